@@ -1,0 +1,307 @@
+//! The two files a user writes: `terrace.yaml` at the project root
+//! ([`ProjectFile`]) and `unit.yaml` in each unit directory ([`UnitFile`]).
+//!
+//! Parsing is strict: an unknown field is an error, so a typo never turns
+//! into a silently ignored setting. The JSON Schemas published under
+//! `schemas/` are generated from these types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The name of the file that marks a project root.
+pub const PROJECT_FILE: &str = "terrace.yaml";
+/// The name of the file that marks a unit directory.
+pub const UNIT_FILE: &str = "unit.yaml";
+/// The file listing paths discovery skips, gitignore syntax.
+pub const IGNORE_FILE: &str = ".terraceignore";
+/// terrace's own working directory under the project root.
+pub const WORK_DIR: &str = ".terrace";
+
+/// `terrace.yaml`: the project, its layers, environments, targets and state.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "terrace project (terrace.yaml)")]
+pub struct ProjectFile {
+    /// The project's name; it labels state, rendered output and objects.
+    pub name: String,
+    /// The layers, lowest first. A unit may depend only on units in its own
+    /// or a lower layer.
+    pub layers: Vec<String>,
+    /// Variables every environment starts from (`${var.NAME}`).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub vars: Map<String, Value>,
+    /// Named instances of the whole project, each with its own variables,
+    /// target bindings and state.
+    #[serde(default)]
+    pub environments: BTreeMap<String, EnvironmentConfig>,
+    /// The environment used when `--env` is not given. Required when there
+    /// is more than one environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_environment: Option<String>,
+    /// Where state is kept.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Where units act: clusters, Docker hosts, machines.
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetConfig>,
+}
+
+/// One environment: variables and target bindings.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvironmentConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// YAML files of variables, relative to the project root, read in order;
+    /// later files win, and `vars` wins over all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub var_files: Vec<String>,
+    /// Variables for this environment (`${var.NAME}`).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub vars: Map<String, Value>,
+    /// Per-environment settings of the project's targets, by target name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub targets: BTreeMap<String, TargetBinding>,
+}
+
+/// Where state is kept.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StateConfig {
+    #[serde(default)]
+    pub backend: StateBackendKind,
+    /// For `local`: the state directory, relative to the project root.
+    /// Default `.terrace/state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// The state backends terrace knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StateBackendKind {
+    /// Files under the project's `.terrace/state/`.
+    #[default]
+    Local,
+}
+
+/// A target: somewhere units act.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TargetConfig {
+    /// What kind of place this is.
+    #[serde(rename = "type")]
+    pub kind: TargetKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// For a cluster: the kubeconfig file shared by every environment (an
+    /// environment's binding overrides it). Without one, a cluster target is
+    /// the embedded default (rendered files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
+    /// For a cluster: the kubeconfig context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+impl TargetConfig {
+    /// The target's own settings, before any environment's binding.
+    pub fn binding(&self) -> TargetBinding {
+        TargetBinding {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
+}
+
+/// The kinds of target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TargetKind {
+    /// A Kubernetes cluster. Without a kubeconfig it is the embedded default:
+    /// rendered manifests are written under `.terrace/rendered/`.
+    Cluster,
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetKind::Cluster => f.write_str("cluster"),
+        }
+    }
+}
+
+/// Where exactly a target is, in one environment.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TargetBinding {
+    /// Path to a kubeconfig file. Without one, a cluster target is the
+    /// embedded default (rendered files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
+    /// The kubeconfig context to use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+impl TargetBinding {
+    /// `self` with every field `other` sets replaced.
+    pub fn overlay(&self, other: &TargetBinding) -> TargetBinding {
+        TargetBinding {
+            kubeconfig: other.kubeconfig.clone().or_else(|| self.kubeconfig.clone()),
+            context: other.context.clone().or_else(|| self.context.clone()),
+        }
+    }
+}
+
+/// `unit.yaml`: one unit of infrastructure.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "terrace unit (unit.yaml)")]
+pub struct UnitFile {
+    /// The unit's name, unique in the project. Defaults to the directory name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The layer this unit belongs to; one of the project's `layers`.
+    pub layer: String,
+    /// What kind of unit this is; the kind's own settings go under a key of
+    /// the same name.
+    pub kind: UnitKind,
+    /// Units that must be applied before this one. References to
+    /// `${unit.NAME.outputs...}` add dependencies on their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// Values the kind works with; may use `${...}` expressions.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub inputs: Map<String, Value>,
+    /// The name of the project target this unit acts on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The environments this unit exists in (all, by default).
+    #[serde(default, skip_serializing_if = "EnvironmentFilter::is_empty")]
+    pub environments: EnvironmentFilter,
+    /// Per-environment changes, by environment name. Each input key and
+    /// settings key given here replaces the unit's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, UnitOverride>,
+    /// Settings of a `manifests` unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<ManifestsSettings>,
+    /// Settings of a `template` unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateSettings>,
+}
+
+/// The unit kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum UnitKind {
+    /// A directory of Kubernetes YAML with `${...}` substitution.
+    Manifests,
+    /// Files rendered from Jinja templates, optionally once per list item.
+    Template,
+}
+
+impl UnitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitKind::Manifests => "manifests",
+            UnitKind::Template => "template",
+        }
+    }
+
+    /// Whether this kind acts on a target, and which kind of target.
+    pub fn target_kind(self) -> Option<TargetKind> {
+        match self {
+            UnitKind::Manifests => Some(TargetKind::Cluster),
+            UnitKind::Template => None,
+        }
+    }
+}
+
+impl fmt::Display for UnitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which environments a unit exists in.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvironmentFilter {
+    /// Only these environments (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Never these environments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+impl EnvironmentFilter {
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    pub fn admits(&self, env: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|e| e == env))
+            && !self.exclude.iter().any(|e| e == env)
+    }
+}
+
+/// What one environment changes in a unit.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UnitOverride {
+    /// Input keys that replace the unit's own.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub inputs: Map<String, Value>,
+    /// Another target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `manifests` settings keys that replace the unit's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<Map<String, Value>>,
+    /// `template` settings keys that replace the unit's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Map<String, Value>>,
+}
+
+/// Settings of a `manifests` unit. Strings may use `${...}`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ManifestsSettings {
+    /// The directory of YAML files, relative to the unit directory
+    /// (default: the unit directory itself, without `unit.yaml`). Every
+    /// `*.yaml` and `*.yml` file under it is read, in path order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Settings of a `template` unit. Strings may use `${...}`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TemplateSettings {
+    /// A template file or a directory of them, relative to the unit
+    /// directory (default `templates`). A file's `.j2` or `.jinja` suffix is
+    /// dropped from the name of what it renders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Where rendered files go, relative to the project root (default
+    /// `.terrace/generated/<env>/<unit>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// A list: the templates are rendered once per item, each into its own
+    /// subdirectory, with the item as `item` and its position as `index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<Value>,
+    /// The subdirectory for each item, as a template (default
+    /// `{{ item.name }}` when items have a name, else the index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_path: Option<String>,
+}

@@ -1,0 +1,135 @@
+//! The [`Driver`] trait: what every unit kind does — render, plan, apply,
+//! plan its destruction — and the contexts the engine hands it.
+
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::{TargetBinding, TargetKind, UnitKind};
+use crate::diag::Diagnostic;
+use crate::plan::UnitPlan;
+use crate::state::{InventoryItem, UnitState};
+
+/// A boxed future, so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A unit with its environment's overrides applied and every expression
+/// evaluated: what a driver works from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedUnit {
+    pub name: String,
+    pub layer: String,
+    pub kind: UnitKind,
+    /// The unit directory, relative to the project root.
+    pub dir: String,
+    pub inputs: Map<String, Value>,
+    /// The kind's own settings (the `manifests:` or `template:` block).
+    pub settings: Value,
+    /// Whether some input is known only after a dependency is applied.
+    pub unknown: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<ResolvedTarget>,
+}
+
+/// A target as bound in the current environment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResolvedTarget {
+    pub name: String,
+    pub kind: TargetKind,
+    pub binding: TargetBinding,
+}
+
+/// Where a unit is planned or applied.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitContext<'a> {
+    /// The project root, absolute.
+    pub root: &'a Path,
+    pub project: &'a str,
+    pub environment: &'a str,
+    pub unit: &'a ResolvedUnit,
+    /// What was applied last time, if anything.
+    pub prior: Option<&'a UnitState>,
+}
+
+/// Where a unit's destruction is planned: only its state is needed, so a
+/// unit removed from the repository can still be destroyed.
+#[derive(Debug, Clone, Copy)]
+pub struct DestroyContext<'a> {
+    pub root: &'a Path,
+    pub project: &'a str,
+    pub environment: &'a str,
+    pub prior: &'a UnitState,
+}
+
+/// One document a unit renders: a Kubernetes object or a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenderedDocument {
+    pub address: String,
+    /// Where it is written, relative to the project root, for file outputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub content: String,
+}
+
+/// What a unit renders.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Rendered {
+    pub documents: Vec<RenderedDocument>,
+}
+
+/// What an apply leaves behind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    pub outputs: Map<String, Value>,
+    pub inventory: Vec<InventoryItem>,
+}
+
+/// Why a driver failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// Bad input: names the file and the place.
+    #[error("{0}")]
+    Input(Box<Diagnostic>),
+    /// The target cannot be used as configured.
+    #[error("{0}")]
+    Target(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<Diagnostic> for DriverError {
+    fn from(d: Diagnostic) -> Self {
+        DriverError::Input(Box::new(d))
+    }
+}
+
+/// A unit kind.
+pub trait Driver: Send + Sync + fmt::Debug {
+    fn kind(&self) -> UnitKind;
+
+    /// What the unit would apply, without looking at the target.
+    fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError>;
+
+    /// Compares what the unit renders with what is there.
+    fn plan<'a>(&'a self, ctx: &'a UnitContext<'a>) -> BoxFuture<'a, Result<UnitPlan, DriverError>>;
+
+    /// Plans removing everything the unit manages.
+    fn plan_destroy<'a>(
+        &'a self,
+        ctx: &'a DestroyContext<'a>,
+    ) -> BoxFuture<'a, Result<UnitPlan, DriverError>>;
+
+    /// Carries out a plan this driver made.
+    fn apply<'a>(
+        &'a self,
+        root: &'a Path,
+        plan: &'a UnitPlan,
+    ) -> BoxFuture<'a, Result<Applied, DriverError>>;
+}

@@ -1,0 +1,19 @@
+//! The model at the centre of terrace: what `terrace.yaml` and `unit.yaml`
+//! say ([`config`]), the `${...}` expression language ([`expr`]), the unit
+//! graph ([`graph`]), what a plan and a state record hold ([`plan`],
+//! [`state`]), and the [`driver::Driver`] trait every unit kind implements.
+//!
+//! This crate does no I/O and needs no async runtime: everything here can be
+//! tested with plain values.
+
+pub mod config;
+pub mod diag;
+pub mod driver;
+pub mod expr;
+pub mod graph;
+pub mod plan;
+pub mod state;
+pub mod value_path;
+
+pub use diag::Diagnostic;
+pub use value_path::{Seg, ValuePath};
