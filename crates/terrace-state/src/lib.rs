@@ -1,14 +1,168 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Where terrace keeps what it applied. Every backend implements
+//! [`StateBackend`]: per environment and unit a [`UnitState`] record, a lock
+//! held while the unit is applied, and a history of runs.
+//!
+//! [`LocalBackend`] keeps them as JSON files under `.terrace/state/`. Every
+//! write goes through [`atomic::write`] (temporary file, fsync, rename,
+//! fsync of the directory), so a crash leaves the previous record or the
+//! new one, never half of either.
+
+pub mod atomic;
+mod local;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+pub use local::LocalBackend;
+use terrace_core::driver::BoxFuture;
+use terrace_core::state::{LockInfo, RunRecord, UnitState};
+
+/// Why a state operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("state file {path} is not valid: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("state file {path} has format {found}; this terrace reads format {expected}")]
+    Format {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("unit `{unit}` in environment `{environment}` is locked by {holder}{}", if *.stale { " — that process is gone" } else { "" })]
+    Locked {
+        environment: String,
+        unit: String,
+        holder: LockInfo,
+        /// The holder ran on this host and is no longer running.
+        stale: bool,
+    },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl StateError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StateError::Locked {
+                environment,
+                unit,
+                stale: true,
+                ..
+            } => Some(format!(
+                "if nothing else is applying it, break the lock: terrace state unlock {unit} --env {environment}"
+            )),
+            StateError::Locked { .. } => Some(
+                "wait for the other run to finish, or pass --lock-timeout to wait for it".to_owned(),
+            ),
+            StateError::Corrupt { .. } => Some(
+                "restore the file from a backup or remove it; terrace then plans the unit as new"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
     }
+}
+
+/// A state backend.
+pub trait StateBackend: Send + Sync + fmt::Debug {
+    /// Where the state lives, for messages.
+    fn describe(&self) -> String;
+
+    /// The unit's record, if it was ever applied.
+    fn read<'a>(
+        &'a self,
+        environment: &'a str,
+        unit: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UnitState>, StateError>>;
+
+    /// Replaces the unit's record, atomically.
+    fn write<'a>(&'a self, state: &'a UnitState) -> BoxFuture<'a, Result<(), StateError>>;
+
+    /// Removes the unit's record (after destroy).
+    fn remove<'a>(
+        &'a self,
+        environment: &'a str,
+        unit: &'a str,
+    ) -> BoxFuture<'a, Result<(), StateError>>;
+
+    /// The names of every unit with a record in the environment, sorted.
+    fn list<'a>(&'a self, environment: &'a str) -> BoxFuture<'a, Result<Vec<String>, StateError>>;
+
+    /// Takes the unit's lock, waiting up to `wait` for another holder.
+    fn lock<'a>(
+        &'a self,
+        environment: &'a str,
+        unit: &'a str,
+        holder: &'a LockInfo,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<(), StateError>>;
+
+    /// Releases a lock this run holds; another holder's lock is left alone.
+    fn unlock<'a>(
+        &'a self,
+        environment: &'a str,
+        unit: &'a str,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StateError>>;
+
+    /// Breaks the unit's lock whoever holds it; returns the holder.
+    fn force_unlock<'a>(
+        &'a self,
+        environment: &'a str,
+        unit: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LockInfo>, StateError>>;
+
+    /// Who holds the unit's lock, if anyone.
+    fn lock_holder<'a>(
+        &'a self,
+        environment: &'a str,
+        unit: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LockInfo>, StateError>>;
+
+    /// Appends a run to the environment's history.
+    fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), StateError>>;
+
+    /// The environment's runs, oldest first.
+    fn runs<'a>(&'a self, environment: &'a str) -> BoxFuture<'a, Result<Vec<RunRecord>, StateError>>;
+}
+
+/// Now, as RFC 3339 UTC with seconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// A new run id: time-ordered and unique per process.
+pub fn new_run_id() -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    format!(
+        "{}-{:03}-{}",
+        humantime::format_rfc3339_seconds(SystemTime::now())
+            .to_string()
+            .replace([':', '-'], ""),
+        now.subsec_millis(),
+        std::process::id()
+    )
+}
+
+/// The lock holder record for this process.
+pub fn this_holder(command: &str, run_id: &str) -> LockInfo {
+    LockInfo {
+        pid: std::process::id(),
+        host: hostname(),
+        command: command.to_owned(),
+        acquired_at: now_rfc3339(),
+        run_id: run_id.to_owned(),
+    }
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
 }
