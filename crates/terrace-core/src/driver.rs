@@ -51,6 +51,8 @@ pub struct UnitContext<'a> {
     pub root: &'a Path,
     pub project: &'a str,
     pub environment: &'a str,
+    /// The environment's variables, for `${var.NAME}` in the unit's files.
+    pub vars: &'a Map<String, Value>,
     pub unit: &'a ResolvedUnit,
     /// What was applied last time, if anything.
     pub prior: Option<&'a UnitState>,

@@ -7,7 +7,9 @@
 //! - `${unit.NAME.outputs.KEY}`: another unit's output (this also makes
 //!   the other unit a dependency);
 //! - `${secret.PATH#KEY.PATH}`: a value from a SOPS file, through the
-//!   [`Scope::secret`] hook.
+//!   [`Scope::secret`] hook;
+//! - `${input.NAME}`: one of the unit's inputs, in the unit's own files
+//!   (manifests); `unit.yaml` itself cannot use it.
 //!
 //! A string that is exactly one expression takes the expression's type
 //! (list, map, number); inside a longer string the value is interpolated.
@@ -28,6 +30,7 @@ pub const UNKNOWN: &str = "(known after apply)";
 pub enum Expr {
     Env,
     Var { name: String, path: Vec<Seg> },
+    Input { name: String, path: Vec<Seg> },
     UnitOutput { unit: String, path: Vec<Seg> },
     Secret { file: String, key: Vec<Seg> },
 }
@@ -98,7 +101,7 @@ impl ParseErrorKind {
                 Some("close the expression with `}`, or write `$${` for a literal `${`")
             }
             ParseErrorKind::UnknownRoot(_) | ParseErrorKind::Empty => Some(
-                "expressions are `${env}`, `${var.NAME}`, `${unit.NAME.outputs.KEY}` and `${secret.PATH#KEY}`; write `$${` for a literal `${`",
+                "expressions are `${env}`, `${var.NAME}`, `${input.NAME}`, `${unit.NAME.outputs.KEY}` and `${secret.PATH#KEY}`; write `$${` for a literal `${`",
             ),
             ParseErrorKind::ExpectedOutputs(_) => Some("write `${unit.NAME.outputs.KEY}`"),
             _ => None,
@@ -192,6 +195,11 @@ fn parse_expr(inner: &str) -> Result<Expr, ParseErrorKind> {
         let (name, rest) = take_name(rest)?;
         let path = parse_steps(rest)?;
         return Ok(Expr::Var { name, path });
+    }
+    if let Some(rest) = s.strip_prefix("input.") {
+        let (name, rest) = take_name(rest)?;
+        let path = parse_steps(rest)?;
+        return Ok(Expr::Input { name, path });
     }
     if let Some(rest) = s.strip_prefix("unit.") {
         let (unit, rest) = take_name(rest)?;
@@ -307,6 +315,10 @@ impl fmt::Display for Expr {
                 write!(f, "var.{name}")?;
                 steps(f, path)
             }
+            Expr::Input { name, path } => {
+                write!(f, "input.{name}")?;
+                steps(f, path)
+            }
             Expr::UnitOutput { unit, path } => {
                 write!(f, "unit.{unit}.outputs")?;
                 steps(f, path)
@@ -343,10 +355,52 @@ pub trait Scope {
     fn var(&self, name: &str) -> Option<&Value>;
     /// The names of every variable, for "did you mean" hints.
     fn var_names(&self) -> Vec<String>;
+    /// The unit's inputs, where the scope has them (`None` in `unit.yaml`).
+    fn inputs(&self) -> Option<&Map<String, Value>> {
+        None
+    }
     /// A dependency's outputs; `None` when `unit` is no unit of the project.
     fn unit_outputs(&self, unit: &str) -> Option<Outputs<'_>>;
+    /// Whether `${unit...}` may be used in this scope.
+    fn outputs_allowed(&self) -> bool {
+        true
+    }
     /// Resolves a secret reference.
     fn secret(&self, file: &str, key: &[Seg]) -> Result<Value, SecretError>;
+}
+
+/// The scope of a unit's own files: its environment, variables and
+/// evaluated inputs. Unit outputs reach files only through inputs, so every
+/// dependency is declared in `unit.yaml`.
+#[derive(Debug, Clone, Copy)]
+pub struct ContentScope<'a> {
+    pub env: &'a str,
+    pub vars: &'a Map<String, Value>,
+    pub inputs: &'a Map<String, Value>,
+}
+
+impl Scope for ContentScope<'_> {
+    fn env(&self) -> &str {
+        self.env
+    }
+    fn var(&self, name: &str) -> Option<&Value> {
+        self.vars.get(name)
+    }
+    fn var_names(&self) -> Vec<String> {
+        self.vars.keys().cloned().collect()
+    }
+    fn inputs(&self) -> Option<&Map<String, Value>> {
+        Some(self.inputs)
+    }
+    fn unit_outputs(&self, _unit: &str) -> Option<Outputs<'_>> {
+        None
+    }
+    fn secret(&self, _file: &str, _key: &[Seg]) -> Result<Value, SecretError> {
+        Err(SecretError::Unsupported)
+    }
+    fn outputs_allowed(&self) -> bool {
+        false
+    }
 }
 
 /// Why a secret could not be resolved.
@@ -369,6 +423,12 @@ pub enum EvalErrorKind {
     UnknownVar { name: String, known: Vec<String> },
     #[error("unknown unit `{0}`")]
     UnknownUnit(String),
+    #[error("`${{input.{0}}}` is not available here")]
+    InputsUnavailable(String),
+    #[error("unit outputs cannot be used here")]
+    OutputsUnavailable,
+    #[error("the unit has no input `{name}`")]
+    UnknownInput { name: String, known: Vec<String> },
     #[error("`{expr}` has no value at `{step}`")]
     Missing { expr: String, step: String },
     #[error("cannot put a {0} inside a string")]
@@ -388,6 +448,18 @@ impl EvalErrorKind {
             EvalErrorKind::UnknownVar { known, .. } => Some(format!(
                 "define it under `vars` in terrace.yaml or the environment; known variables: {}",
                 known.join(", ")
+            )),
+            EvalErrorKind::InputsUnavailable(_) => Some(
+                "`${input.NAME}` works in a unit's own files; in unit.yaml use the value itself"
+                    .to_owned(),
+            ),
+            EvalErrorKind::OutputsUnavailable => Some(
+                "pass the output through an input in unit.yaml (`inputs: {x: ${unit.NAME.outputs.KEY}}`) and use `${input.x}`"
+                    .to_owned(),
+            ),
+            EvalErrorKind::UnknownInput { known, .. } => Some(format!(
+                "add it under `inputs` in unit.yaml; the unit's inputs: {}",
+                if known.is_empty() { "(none)".to_owned() } else { known.join(", ") }
             )),
             EvalErrorKind::NotInterpolable(_) => Some(
                 "make the whole value the expression to keep its type, e.g. `key: ${var.list}`"
@@ -535,6 +607,22 @@ fn resolve(expr: &Expr, scope: &dyn Scope) -> Result<Resolved, EvalErrorKind> {
                 }
             })?;
             walk(root, path, expr).map(Resolved::Value)
+        }
+        Expr::Input { name, path } => {
+            let inputs = scope
+                .inputs()
+                .ok_or_else(|| EvalErrorKind::InputsUnavailable(name.clone()))?;
+            let root = inputs.get(name).ok_or_else(|| EvalErrorKind::UnknownInput {
+                name: name.clone(),
+                known: inputs.keys().cloned().collect(),
+            })?;
+            if root.as_str() == Some(UNKNOWN) {
+                return Ok(Resolved::Unknown);
+            }
+            walk(root, path, expr).map(Resolved::Value)
+        }
+        Expr::UnitOutput { .. } if !scope.outputs_allowed() => {
+            Err(EvalErrorKind::OutputsUnavailable)
         }
         Expr::UnitOutput { unit, path } => {
             match scope
@@ -760,6 +848,22 @@ mod tests {
     fn secrets_fail_clearly_until_supported() {
         let e = ev(json!("${secret.secrets/db.sops.yaml#password}")).expect_err("no secrets");
         assert_eq!(e.kind, EvalErrorKind::Secret(SecretError::Unsupported));
+    }
+
+    #[test]
+    fn content_scope_has_inputs_but_no_outputs() {
+        let vars = json!({"domain": "home.arpa"}).as_object().cloned().expect("map");
+        let inputs = json!({"replicas": 2, "later": UNKNOWN}).as_object().cloned().expect("map");
+        let s = ContentScope { env: "dev", vars: &vars, inputs: &inputs };
+        let p = ValuePath::root();
+        assert_eq!(eval(&json!("${input.replicas}"), &p, &s).expect("ok").value, json!(2));
+        assert!(eval(&json!("${input.later}"), &p, &s).expect("ok").unknown);
+        let e = eval(&json!("${input.nope}"), &p, &s).expect_err("no such input");
+        assert!(matches!(e.kind, EvalErrorKind::UnknownInput { .. }));
+        let e = eval(&json!("${unit.a.outputs.b}"), &p, &s).expect_err("no outputs");
+        assert_eq!(e.kind, EvalErrorKind::OutputsUnavailable);
+        let e = ev(json!("${input.x}")).expect_err("no inputs in unit.yaml");
+        assert_eq!(e.kind, EvalErrorKind::InputsUnavailable("x".into()));
     }
 
     #[test]

@@ -1,5 +1,73 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The built-in unit kinds, each behind [`terrace_core::driver::Driver`]:
+//!
+//! - [`manifests`]: a directory of Kubernetes YAML with `${...}`
+//!   substitution, written by the embedded default cluster target as one
+//!   file per object under `.terrace/rendered/<env>/<cluster>/<unit>/`;
+//! - [`template`]: files rendered from Jinja templates, optionally once per
+//!   item of a list.
+//!
+//! Both end in files, so both plan and apply through [`fileset`]: compare
+//! what renders with what is on disk, write what changed atomically, and
+//! prune what the inventory says was written before and no longer renders.
+
+pub mod fileset;
+pub mod manifests;
+pub mod template;
+
+use std::sync::Arc;
+
+use terrace_core::config::UnitKind;
+use terrace_core::driver::Driver;
+
+/// Every built-in driver.
+pub fn builtin() -> Vec<Arc<dyn Driver>> {
+    vec![
+        Arc::new(manifests::ManifestsDriver),
+        Arc::new(template::TemplateDriver),
+    ]
+}
+
+/// The built-in driver for `kind`.
+pub fn for_kind(kind: UnitKind) -> Arc<dyn Driver> {
+    match kind {
+        UnitKind::Manifests => Arc::new(manifests::ManifestsDriver),
+        UnitKind::Template => Arc::new(template::TemplateDriver),
+    }
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(bytes);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in hash {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// A path relative to the project root, with `/` separators, that stays
+/// inside the root; `None` if it would escape.
+pub fn clean_relative(base: &str, rel: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    let joined = if rel.starts_with('/') {
+        return None;
+    } else if base.is_empty() || base == "." {
+        rel.to_owned()
+    } else {
+        format!("{base}/{rel}")
+    };
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
 }
 
 #[cfg(test)]
@@ -7,8 +75,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+    fn clean_relative_stays_inside() {
+        assert_eq!(clean_relative("apps/web", "./m").as_deref(), Some("apps/web/m"));
+        assert_eq!(clean_relative("apps/web", "../shared").as_deref(), Some("apps/shared"));
+        assert_eq!(clean_relative("apps", "../../etc"), None);
+        assert_eq!(clean_relative("apps", "/etc"), None);
+    }
+
+    #[test]
+    fn digest_is_sha256() {
+        assert_eq!(
+            digest(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 }

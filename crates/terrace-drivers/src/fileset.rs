@@ -1,0 +1,259 @@
+//! A set of files a unit owns: plan them against the disk, write them, and
+//! prune what the previous apply wrote that no longer renders.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use terrace_core::driver::{Applied, DriverError};
+use terrace_core::plan::{Action, Change, UnitPlan};
+use terrace_core::state::{InventoryItem, UnitState};
+
+use crate::digest;
+
+/// A file that should exist with this content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredFile {
+    /// How plans name it (an object, or the file path itself).
+    pub address: String,
+    /// Relative to the project root, `/`-separated.
+    pub path: String,
+    pub content: String,
+}
+
+/// What apply does: the payload of a file-backed [`UnitPlan`].
+#[derive(Debug, Clone, Default)]
+pub struct FilePlan {
+    /// Every desired file, for the inventory.
+    pub desired: Vec<DesiredFile>,
+    /// Paths to write (created or changed).
+    pub write: Vec<String>,
+    /// Paths to remove.
+    pub remove: Vec<String>,
+    /// Directories that may be left empty by removals; removed if so.
+    pub prune_dirs: Vec<String>,
+    /// The unit's outputs after apply.
+    pub outputs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Plans `desired` against the disk and the prior inventory.
+pub fn plan(
+    root: &Path,
+    desired: Vec<DesiredFile>,
+    prior: Option<&UnitState>,
+    outputs: serde_json::Map<String, serde_json::Value>,
+    prune_dirs: Vec<String>,
+) -> Result<UnitPlan, DriverError> {
+    let mut changes = Vec::new();
+    let mut unchanged = 0;
+    let mut write = Vec::new();
+    let mut hasher_input = String::new();
+    for f in &desired {
+        hasher_input.push_str(&f.path);
+        hasher_input.push('\0');
+        hasher_input.push_str(&f.content);
+        hasher_input.push('\0');
+        match read_if_exists(&root.join(&f.path))? {
+            None => {
+                changes.push(Change {
+                    address: f.address.clone(),
+                    action: Action::Create,
+                    diff: Some(unified_diff("", &f.content, &f.path)),
+                });
+                write.push(f.path.clone());
+            }
+            Some(existing) if existing == f.content => unchanged += 1,
+            Some(existing) => {
+                changes.push(Change {
+                    address: f.address.clone(),
+                    action: Action::Update,
+                    diff: Some(unified_diff(&existing, &f.content, &f.path)),
+                });
+                write.push(f.path.clone());
+            }
+        }
+    }
+    let wanted: BTreeSet<&str> = desired.iter().map(|f| f.path.as_str()).collect();
+    let mut remove = Vec::new();
+    for item in prior.map(|p| p.inventory.as_slice()).unwrap_or_default() {
+        let Some(path) = &item.path else { continue };
+        if wanted.contains(path.as_str()) {
+            continue;
+        }
+        if let Some(existing) = read_if_exists(&root.join(path))? {
+            changes.push(Change {
+                address: item.address.clone(),
+                action: Action::Delete,
+                diff: Some(unified_diff(&existing, "", path)),
+            });
+            remove.push(path.clone());
+        }
+    }
+    let action = UnitPlan::action_for(prior.is_some(), &changes);
+    Ok(UnitPlan {
+        action,
+        changes,
+        unchanged,
+        outputs: Some(outputs.clone()),
+        render_hash: digest(hasher_input.as_bytes()),
+        notes: Vec::new(),
+        payload: Some(std::sync::Arc::new(FilePlan {
+            desired,
+            write,
+            remove,
+            prune_dirs,
+            outputs,
+        })),
+    })
+}
+
+/// Plans removing every file in the inventory.
+pub fn plan_destroy(root: &Path, prior: &UnitState, prune_dirs: Vec<String>) -> Result<UnitPlan, DriverError> {
+    let mut changes = Vec::new();
+    let mut remove = Vec::new();
+    for item in &prior.inventory {
+        let Some(path) = &item.path else { continue };
+        if let Some(existing) = read_if_exists(&root.join(path))? {
+            changes.push(Change {
+                address: item.address.clone(),
+                action: Action::Delete,
+                diff: Some(unified_diff(&existing, "", path)),
+            });
+            remove.push(path.clone());
+        }
+    }
+    Ok(UnitPlan {
+        action: Action::Delete,
+        changes,
+        unchanged: 0,
+        outputs: Some(Default::default()),
+        render_hash: String::new(),
+        notes: Vec::new(),
+        payload: Some(std::sync::Arc::new(FilePlan {
+            remove,
+            prune_dirs,
+            ..FilePlan::default()
+        })),
+    })
+}
+
+/// Carries out a file plan.
+pub fn apply(root: &Path, plan: &UnitPlan) -> Result<Applied, DriverError> {
+    let files = plan
+        .payload::<FilePlan>()
+        .ok_or_else(|| DriverError::Other("plan was not made by a file driver".into()))?;
+    let by_path = |p: &str| files.desired.iter().find(|f| f.path == p);
+    for path in &files.write {
+        let f = by_path(path).expect("written paths are desired paths");
+        terrace_state::atomic::write(&root.join(path), f.content.as_bytes())?;
+    }
+    for path in &files.remove {
+        terrace_state::atomic::remove(&root.join(path))?;
+        // Drop directories the removal left empty, up to the unit's own.
+        let mut dir = Path::new(path).parent();
+        while let Some(d) = dir {
+            if d.as_os_str().is_empty() || files.prune_dirs.iter().any(|p| Path::new(p) == d) {
+                break;
+            }
+            if std::fs::remove_dir(root.join(d)).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+    for d in &files.prune_dirs {
+        // Only succeeds when empty: the unit owns nothing there any more.
+        if files.desired.is_empty() {
+            let _ = std::fs::remove_dir(root.join(d));
+        }
+    }
+    Ok(Applied {
+        outputs: files.outputs.clone(),
+        inventory: files
+            .desired
+            .iter()
+            .map(|f| InventoryItem {
+                address: f.address.clone(),
+                path: Some(f.path.clone()),
+                digest: digest(f.content.as_bytes()),
+            })
+            .collect(),
+    })
+}
+
+fn read_if_exists(path: &Path) -> Result<Option<String>, DriverError> {
+    match fs_err::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A unified diff with three lines of context.
+pub fn unified_diff(old: &str, new: &str, name: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(name, name)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use terrace_core::config::UnitKind;
+    use terrace_core::state::{STATE_FORMAT, UnitStatus};
+
+    fn file(path: &str, content: &str) -> DesiredFile {
+        DesiredFile {
+            address: path.to_owned(),
+            path: path.to_owned(),
+            content: content.to_owned(),
+        }
+    }
+
+    fn state(inventory: Vec<InventoryItem>) -> UnitState {
+        UnitState {
+            format: STATE_FORMAT,
+            unit: "u".into(),
+            kind: UnitKind::Template,
+            layer: "l".into(),
+            environment: "e".into(),
+            serial: 1,
+            revision: None,
+            input_hash: String::new(),
+            render_hash: String::new(),
+            outputs: Default::default(),
+            inventory,
+            status: UnitStatus::Applied,
+            updated_at: String::new(),
+            run_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn create_update_prune_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let p = plan(root, vec![file("out/a", "1\n"), file("out/sub/b", "2\n")], None, Default::default(), vec!["out".into()])
+            .expect("plan");
+        assert_eq!(p.action, Action::Create);
+        assert_eq!(p.counts(), (2, 0, 0));
+        let applied = apply(root, &p).expect("apply");
+        let prior = state(applied.inventory);
+
+        // Nothing changed: no-op.
+        let p = plan(root, vec![file("out/a", "1\n"), file("out/sub/b", "2\n")], Some(&prior), Default::default(), vec!["out".into()])
+            .expect("plan");
+        assert_eq!(p.action, Action::NoOp);
+        assert_eq!(p.unchanged, 2);
+
+        // One changed, one gone: exactly those two changes.
+        let p = plan(root, vec![file("out/a", "one\n")], Some(&prior), Default::default(), vec!["out".into()]).expect("plan");
+        assert_eq!(p.action, Action::Update);
+        assert_eq!(p.counts(), (0, 1, 1));
+        assert!(p.changes[0].diff.as_deref().expect("diff").contains("-1\n+one"));
+        apply(root, &p).expect("apply");
+        assert!(!root.join("out/sub").exists(), "emptied directory pruned");
+        assert_eq!(std::fs::read_to_string(root.join("out/a")).expect("read"), "one\n");
+    }
+}

@@ -1,0 +1,310 @@
+//! The `manifests` kind: a directory of Kubernetes YAML, every string
+//! passed through `${...}` substitution (`${var.NAME}`, `${env}`,
+//! `${input.NAME}`), applied to a cluster target.
+//!
+//! Until the Kubernetes driver lands, the only cluster target is the
+//! embedded default: each object is written to
+//! `.terrace/rendered/<env>/<cluster>/<unit>/<group>_<version>_<kind>_<namespace>_<name>.yaml`,
+//! and files of objects that no longer render are removed on apply.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use terrace_core::config::{ManifestsSettings, TargetKind, UNIT_FILE, WORK_DIR};
+use terrace_core::diag::Diagnostic;
+use terrace_core::driver::{
+    Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, RenderedDocument,
+    UnitContext,
+};
+use terrace_core::expr::{self, ContentScope};
+use terrace_core::plan::UnitPlan;
+use terrace_core::{ValuePath, config::UnitKind};
+
+use crate::fileset::{self, DesiredFile};
+use crate::clean_relative;
+
+/// The `manifests` driver.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ManifestsDriver;
+
+/// One rendered object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    /// `apps/v1 Deployment default/web`.
+    pub address: String,
+    /// The file it came from, relative to the project root.
+    pub source: String,
+    pub value: Value,
+    /// The file name the embedded target gives it.
+    pub file_name: String,
+}
+
+/// Renders a unit's objects, in file order then document order.
+pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError> {
+    let settings: ManifestsSettings = settings(ctx)?;
+    let unit_dir = &ctx.unit.dir;
+    let rel = settings.path.as_deref().unwrap_or(".");
+    let dir = clean_relative(unit_dir, rel).ok_or_else(|| {
+        Diagnostic::new(format!("manifests path `{rel}` leads outside the project"))
+            .in_file(format!("{unit_dir}/{UNIT_FILE}"))
+            .with_hint("point `manifests.path` at a directory inside the project")
+    })?;
+    let abs = ctx.root.join(&dir);
+    if !abs.is_dir() {
+        return Err(Diagnostic::new(format!("manifests directory `{dir}` does not exist"))
+            .in_file(format!("{unit_dir}/{UNIT_FILE}"))
+            .with_hint("create it, or set `manifests.path` in unit.yaml")
+            .into());
+    }
+    let mut files = Vec::new();
+    collect_yaml(&abs, &dir, &mut files)?;
+    files.retain(|f| *f != format!("{unit_dir}/{UNIT_FILE}") && *f != UNIT_FILE);
+    files.sort();
+
+    let scope = ContentScope {
+        env: ctx.environment,
+        vars: ctx.vars,
+        inputs: &ctx.unit.inputs,
+    };
+    let mut objects: Vec<Object> = Vec::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for file in files {
+        let src = fs_err::read_to_string(ctx.root.join(&file))?;
+        let docs = terrace_yaml::documents(&src, Path::new(&file)).map_err(DriverError::from)?;
+        for (doc, value) in docs {
+            let evaluated = expr::eval(&value, &ValuePath::root(), &scope).map_err(|e| {
+                let loc = terrace_yaml::locate(&src, doc, &e.path, Some(&e.source_text));
+                let mut d = Diagnostic::new(e.kind.to_string()).in_file(&file).at(loc);
+                if let Some(h) = e.kind.hint() {
+                    d = d.with_hint(h);
+                }
+                DriverError::from(d)
+            })?;
+            let id = identify(&evaluated.value).map_err(|msg| {
+                let loc = terrace_yaml::locate(&src, doc, &ValuePath::root(), None);
+                DriverError::from(
+                    Diagnostic::new(msg)
+                        .in_file(&file)
+                        .at(loc)
+                        .with_hint("every document needs `apiVersion`, `kind` and `metadata.name`"),
+                )
+            })?;
+            if let Some(first) = seen.insert(id.address.clone(), file.clone()) {
+                let loc = terrace_yaml::locate(&src, doc, &ValuePath::root(), None);
+                return Err(Diagnostic::new(format!(
+                    "`{}` is defined twice in unit `{}`: first in {first}",
+                    id.address, ctx.unit.name
+                ))
+                .in_file(&file)
+                .at(loc)
+                .with_hint("remove one of the two definitions")
+                .into());
+            }
+            objects.push(Object {
+                address: id.address,
+                source: file.clone(),
+                value: evaluated.value,
+                file_name: id.file_name,
+            });
+        }
+    }
+    Ok(objects)
+}
+
+fn settings(ctx: &UnitContext<'_>) -> Result<ManifestsSettings, DriverError> {
+    if ctx.unit.settings.is_null() {
+        return Ok(ManifestsSettings::default());
+    }
+    ManifestsSettings::deserialize(&ctx.unit.settings).map_err(|e| {
+        Diagnostic::new(format!("invalid `manifests` settings: {e}"))
+            .in_file(format!("{}/{UNIT_FILE}", ctx.unit.dir))
+            .into()
+    })
+}
+
+fn collect_yaml(abs: &Path, rel: &str, out: &mut Vec<String>) -> Result<(), DriverError> {
+    for entry in fs_err::read_dir(abs)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            collect_yaml(&entry.path(), &child_rel, out)?;
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            out.push(child_rel);
+        }
+    }
+    Ok(())
+}
+
+struct Identity {
+    address: String,
+    file_name: String,
+}
+
+fn identify(v: &Value) -> Result<Identity, String> {
+    let Value::Object(map) = v else {
+        return Err("a manifest document must be a mapping".to_owned());
+    };
+    let api_version = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .ok_or("the document has no `apiVersion`")?;
+    let kind = map
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or("the document has no `kind`")?;
+    let meta = map.get("metadata").and_then(Value::as_object);
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("the {kind} has no `metadata.name`"))?;
+    let namespace = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let address = match namespace {
+        Some(ns) => format!("{api_version} {kind} {ns}/{name}"),
+        None => format!("{api_version} {kind} {name}"),
+    };
+    let safe = |s: &str| s.replace(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'), "-");
+    let mut file_name = String::new();
+    if !group.is_empty() {
+        file_name.push_str(&safe(group));
+        file_name.push('_');
+    }
+    file_name.push_str(&safe(version));
+    file_name.push('_');
+    file_name.push_str(&safe(&kind.to_ascii_lowercase()));
+    file_name.push('_');
+    if let Some(ns) = namespace {
+        file_name.push_str(&safe(ns));
+        file_name.push('_');
+    }
+    file_name.push_str(&safe(name));
+    file_name.push_str(".yaml");
+    Ok(Identity { address, file_name })
+}
+
+/// The rendered-files directory of a unit, relative to the project root.
+pub fn rendered_dir(environment: &str, cluster: &str, unit: &str) -> String {
+    format!("{WORK_DIR}/rendered/{environment}/{cluster}/{unit}")
+}
+
+/// The cluster a unit writes to, checked to be the embedded default.
+fn cluster(ctx: &UnitContext<'_>) -> Result<String, DriverError> {
+    let Some(target) = &ctx.unit.target else {
+        return Err(Diagnostic::new(format!(
+            "unit `{}` of kind manifests names no target",
+            ctx.unit.name
+        ))
+        .in_file(format!("{}/{UNIT_FILE}", ctx.unit.dir))
+        .with_hint("set `target:` to a cluster target of terrace.yaml")
+        .into());
+    };
+    if target.kind != TargetKind::Cluster {
+        return Err(DriverError::Target(format!(
+            "unit `{}` is of kind manifests, but target `{}` is a {}, not a cluster",
+            ctx.unit.name, target.name, target.kind
+        )));
+    }
+    if let Some(kubeconfig) = &target.binding.kubeconfig {
+        return Err(DriverError::Target(format!(
+            "cluster target `{}` in environment `{}` names the kubeconfig {kubeconfig}, but this build of terrace applies manifests only to the embedded default target (rendered files); remove `kubeconfig` from the binding to write rendered manifests",
+            target.name, ctx.environment
+        )));
+    }
+    Ok(target.name.clone())
+}
+
+fn desired(ctx: &UnitContext<'_>) -> Result<(Vec<DesiredFile>, String, Map<String, Value>), DriverError> {
+    let cluster = cluster(ctx)?;
+    let dir = rendered_dir(ctx.environment, &cluster, &ctx.unit.name);
+    let objects = render_objects(ctx)?;
+    let files: Vec<DesiredFile> = objects
+        .iter()
+        .map(|o| DesiredFile {
+            address: o.address.clone(),
+            path: format!("{dir}/{}", o.file_name),
+            content: terrace_yaml::to_string(&o.value),
+        })
+        .collect();
+    let outputs = json!({
+        "cluster": cluster,
+        "renderedPath": dir,
+        "objects": objects.iter().map(|o| o.address.clone()).collect::<Vec<_>>(),
+    });
+    Ok((files, dir, outputs.as_object().cloned().expect("a map")))
+}
+
+impl Driver for ManifestsDriver {
+    fn kind(&self) -> UnitKind {
+        UnitKind::Manifests
+    }
+
+    fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
+        let objects = render_objects(ctx)?;
+        Ok(Rendered {
+            documents: objects
+                .into_iter()
+                .map(|o| RenderedDocument {
+                    address: o.address,
+                    path: None,
+                    content: terrace_yaml::to_string(&o.value),
+                })
+                .collect(),
+        })
+    }
+
+    fn plan<'a>(&'a self, ctx: &'a UnitContext<'a>) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
+        Box::pin(async move {
+            let (files, dir, outputs) = desired(ctx)?;
+            fileset::plan(ctx.root, files, ctx.prior, outputs, vec![dir])
+        })
+    }
+
+    fn plan_destroy<'a>(
+        &'a self,
+        ctx: &'a DestroyContext<'a>,
+    ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
+        Box::pin(async move {
+            let dir = ctx
+                .prior
+                .outputs
+                .get("renderedPath")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .into_iter()
+                .collect();
+            fileset::plan_destroy(ctx.root, ctx.prior, dir)
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        root: &'a Path,
+        plan: &'a UnitPlan,
+    ) -> BoxFuture<'a, Result<Applied, DriverError>> {
+        Box::pin(async move { fileset::apply(root, plan) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_and_file_names() {
+        let id = identify(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "apps"}}))
+            .expect("valid");
+        assert_eq!(id.address, "apps/v1 Deployment apps/web");
+        assert_eq!(id.file_name, "apps_v1_deployment_apps_web.yaml");
+        let id = identify(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}))
+            .expect("valid");
+        assert_eq!(id.file_name, "v1_namespace_apps.yaml");
+        assert!(identify(&json!({"kind": "X"})).is_err());
+    }
+}

@@ -1,0 +1,313 @@
+//! The `template` kind: files rendered from Jinja templates (minijinja)
+//! with the unit's inputs, optionally once per item of a list (`forEach`) —
+//! how one cluster file becomes per-node cloud-init or Talos configs.
+//!
+//! Templates see every input by name and as `inputs`, plus `env`, `unit`,
+//! and for `forEach`, `item` and `index`. An undefined name is an error
+//! naming the template file and line. The outputs are the generated paths
+//! and their content hashes.
+
+use std::path::Path;
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use terrace_core::config::{TemplateSettings, UNIT_FILE, UnitKind, WORK_DIR};
+use terrace_core::diag::{Diagnostic, Location};
+use terrace_core::driver::{
+    Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, RenderedDocument,
+    UnitContext,
+};
+use terrace_core::expr::UNKNOWN;
+use terrace_core::plan::UnitPlan;
+
+use crate::fileset::{self, DesiredFile};
+use crate::{clean_relative, digest};
+
+/// The `template` driver.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TemplateDriver;
+
+struct Source {
+    /// Name inside the template set (relative to the source), used by
+    /// `{% include %}` and for the output name.
+    name: String,
+    /// Project-relative path, for errors.
+    path: String,
+}
+
+/// Renders the unit's files: (project-relative path, content), in order.
+pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, String)>), DriverError> {
+    let unit_file = format!("{}/{UNIT_FILE}", ctx.unit.dir);
+    let settings: TemplateSettings = if ctx.unit.settings.is_null() {
+        TemplateSettings::default()
+    } else {
+        TemplateSettings::deserialize(&ctx.unit.settings).map_err(|e| {
+            DriverError::from(Diagnostic::new(format!("invalid `template` settings: {e}")).in_file(&unit_file))
+        })?
+    };
+    let src_rel = settings.source.as_deref().unwrap_or("templates");
+    let source = clean_relative(&ctx.unit.dir, src_rel).ok_or_else(|| {
+        Diagnostic::new(format!("template source `{src_rel}` leads outside the project")).in_file(&unit_file)
+    })?;
+    let output = match &settings.output {
+        Some(o) => clean_relative("", o).filter(|o| !o.is_empty()).ok_or_else(|| {
+            Diagnostic::new(format!("template output `{o}` must be a directory inside the project"))
+                .in_file(&unit_file)
+        })?,
+        None => format!("{WORK_DIR}/generated/{}/{}", ctx.environment, ctx.unit.name),
+    };
+    if output == ctx.unit.dir || output.starts_with(&format!("{}/", ctx.unit.dir)) && output.starts_with(&source) {
+        return Err(Diagnostic::new("template output overlaps the template source")
+            .in_file(&unit_file)
+            .into());
+    }
+
+    let abs = ctx.root.join(&source);
+    let mut sources = Vec::new();
+    if abs.is_file() {
+        let name = Path::new(&source)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        sources.push(Source { name, path: source.clone() });
+    } else if abs.is_dir() {
+        collect(&abs, "", &source, &mut sources)?;
+    } else {
+        return Err(Diagnostic::new(format!("template source `{source}` does not exist"))
+            .in_file(&unit_file)
+            .with_hint("create it, or set `template.source` in unit.yaml")
+            .into());
+    }
+    sources.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+            .expect("the default delimiters are valid"),
+    );
+    for s in &sources {
+        let text = fs_err::read_to_string(ctx.root.join(&s.path))?;
+        env.add_template_owned(s.name.clone(), text)
+            .map_err(|e| template_error(&e, &sources))?;
+    }
+
+    let mut base = Map::new();
+    for (k, v) in &ctx.unit.inputs {
+        base.insert(k.clone(), v.clone());
+    }
+    base.insert("inputs".into(), Value::Object(ctx.unit.inputs.clone()));
+    base.insert("env".into(), json!(ctx.environment));
+    base.insert("unit".into(), json!(ctx.unit.name));
+
+    let items: Option<Vec<Value>> = match &settings.for_each {
+        None => None,
+        Some(Value::Array(items)) => Some(items.clone()),
+        Some(Value::String(s)) if s == UNKNOWN => Some(Vec::new()),
+        Some(other) => {
+            return Err(Diagnostic::new(format!(
+                "`template.forEach` must be a list, not {}",
+                type_name(other)
+            ))
+            .in_file(&unit_file)
+            .with_hint("use a list, e.g. `forEach: ${var.nodes}`")
+            .into());
+        }
+    };
+
+    let mut out = Vec::new();
+    let mut render_set = |ctx_map: &Map<String, Value>, subdir: Option<String>| -> Result<(), DriverError> {
+        for s in &sources {
+            let tmpl = env.get_template(&s.name).map_err(|e| template_error(&e, &sources))?;
+            let text = tmpl
+                .render(minijinja::Value::from(minijinja::value::Serde(ctx_map)))
+                .map_err(|e| template_error(&e, &sources))?;
+            let name = strip_suffix(&s.name);
+            let path = match &subdir {
+                Some(d) => format!("{output}/{d}/{name}"),
+                None => format!("{output}/{name}"),
+            };
+            out.push((path, text));
+        }
+        Ok(())
+    };
+    match items {
+        None => render_set(&base, None)?,
+        Some(items) => {
+            for (index, item) in items.iter().enumerate() {
+                let mut m = base.clone();
+                m.insert("item".into(), item.clone());
+                m.insert("index".into(), json!(index));
+                let subdir = match &settings.item_path {
+                    Some(p) => env
+                        .render_str(p, minijinja::Value::from(minijinja::value::Serde(&m)))
+                        .map_err(|e| {
+                            DriverError::from(
+                                Diagnostic::new(format!("`template.itemPath` failed for item {index}: {e}"))
+                                    .in_file(&unit_file),
+                            )
+                        })?,
+                    None => item
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .map_or_else(|| index.to_string(), str::to_owned),
+                };
+                let subdir = clean_relative("", subdir.trim()).filter(|s| !s.is_empty()).ok_or_else(|| {
+                    Diagnostic::new(format!("item {index} renders to the directory `{subdir}`, which is not a relative path"))
+                        .in_file(&unit_file)
+                })?;
+                render_set(&m, Some(subdir))?;
+            }
+        }
+    }
+    // Two items rendering to the same place would overwrite each other.
+    let mut paths: Vec<&str> = out.iter().map(|(p, _)| p.as_str()).collect();
+    paths.sort_unstable();
+    if let Some(w) = paths.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Diagnostic::new(format!("two items render to the same file {}", w[0]))
+            .in_file(&unit_file)
+            .with_hint("give each item a distinct `name`, or set `template.itemPath`")
+            .into());
+    }
+    Ok((output, out))
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+fn strip_suffix(name: &str) -> &str {
+    name.strip_suffix(".j2")
+        .or_else(|| name.strip_suffix(".jinja"))
+        .unwrap_or(name)
+}
+
+fn collect(abs: &Path, rel: &str, base: &str, out: &mut Vec<Source>) -> Result<(), DriverError> {
+    for entry in fs_err::read_dir(abs)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        if entry.file_type()?.is_dir() {
+            collect(&entry.path(), &child, base, out)?;
+        } else {
+            out.push(Source {
+                path: format!("{base}/{child}"),
+                name: child,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn template_error(e: &minijinja::Error, sources: &[Source]) -> DriverError {
+    let file = e
+        .name()
+        .and_then(|n| sources.iter().find(|s| s.name == n))
+        .map(|s| s.path.clone());
+    let location = e.line().map(|line| Location {
+        line: line as u32,
+        column: 1,
+        offset: 0,
+        len: 0,
+    });
+    let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    let mut d = Diagnostic::new(format!("template error: {}{detail}", e.kind())).at(location);
+    if let Some(f) = file {
+        d = d.in_file(f);
+    }
+    if e.kind() == minijinja::ErrorKind::UndefinedError {
+        d = d.with_hint("templates see the unit's inputs by name, `inputs`, `env`, `unit`, and `item`/`index` under forEach");
+    }
+    DriverError::from(d)
+}
+
+fn desired(ctx: &UnitContext<'_>) -> Result<(Vec<DesiredFile>, String, Map<String, Value>), DriverError> {
+    let (output, files) = render_files(ctx)?;
+    let mut outputs_files = Map::new();
+    for (path, content) in &files {
+        let rel = path.strip_prefix(&format!("{output}/")).unwrap_or(path);
+        outputs_files.insert(
+            rel.to_owned(),
+            json!({"path": path, "sha256": digest(content.as_bytes()).trim_start_matches("sha256:")}),
+        );
+    }
+    let outputs = json!({
+        "dir": output,
+        "paths": files.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+        "files": outputs_files,
+    });
+    let desired = files
+        .into_iter()
+        .map(|(path, content)| DesiredFile {
+            address: path.clone(),
+            path,
+            content,
+        })
+        .collect();
+    Ok((desired, output, outputs.as_object().cloned().expect("a map")))
+}
+
+impl Driver for TemplateDriver {
+    fn kind(&self) -> UnitKind {
+        UnitKind::Template
+    }
+
+    fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
+        let (_, files) = render_files(ctx)?;
+        Ok(Rendered {
+            documents: files
+                .into_iter()
+                .map(|(path, content)| RenderedDocument {
+                    address: path.clone(),
+                    path: Some(path),
+                    content,
+                })
+                .collect(),
+        })
+    }
+
+    fn plan<'a>(&'a self, ctx: &'a UnitContext<'a>) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
+        Box::pin(async move {
+            let (files, dir, outputs) = desired(ctx)?;
+            fileset::plan(ctx.root, files, ctx.prior, outputs, vec![dir])
+        })
+    }
+
+    fn plan_destroy<'a>(
+        &'a self,
+        ctx: &'a DestroyContext<'a>,
+    ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
+        Box::pin(async move {
+            let dir = ctx
+                .prior
+                .outputs
+                .get("dir")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .into_iter()
+                .collect();
+            fileset::plan_destroy(ctx.root, ctx.prior, dir)
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        root: &'a Path,
+        plan: &'a UnitPlan,
+    ) -> BoxFuture<'a, Result<Applied, DriverError>> {
+        Box::pin(async move { fileset::apply(root, plan) })
+    }
+}
