@@ -1,14 +1,23 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The engine: everything between a repository and the drivers.
+//!
+//! 1. [`project`] finds the project root, reads `terrace.yaml` and discovers
+//!    every `unit.yaml` (skipping `.git`, `.terrace`, `.terraform`,
+//!    `node_modules` and what `.terraceignore` lists);
+//! 2. [`workspace`] picks an environment: merges variables, applies each
+//!    unit's overrides, finds `${unit...}` references and builds the graph;
+//! 3. [`run`] plans, applies and destroys in graph order, passing outputs
+//!    from unit to unit, holding each unit's lock while it is applied, and
+//!    recording state and run history;
+//! 4. [`affected`] maps a Git diff to units and their dependents.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod affected;
+mod error;
+mod locate;
+pub mod project;
+pub mod run;
+pub mod workspace;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use error::EngineError;
+pub use project::Project;
+pub use run::{Engine, Selection, render_with_driver};
+pub use workspace::Workspace;

@@ -1,0 +1,345 @@
+//! Loading a project: find the root, read `terrace.yaml`, discover and read
+//! every `unit.yaml`, and check what can be checked without an environment.
+//! Every problem found is reported, not only the first.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use terrace_core::config::{
+    IGNORE_FILE, PROJECT_FILE, ProjectFile, UNIT_FILE, UnitFile, UnitKind, WORK_DIR,
+};
+use terrace_core::diag::Diagnostic;
+use terrace_core::expr::is_valid_name;
+use terrace_core::ValuePath;
+
+use crate::error::EngineError;
+use crate::locate::at_value;
+
+/// Directories discovery never enters.
+pub const SKIPPED_DIRS: &[&str] = &[".git", WORK_DIR, ".terraform", "node_modules"];
+
+/// A loaded project.
+#[derive(Debug)]
+pub struct Project {
+    /// Absolute.
+    pub root: PathBuf,
+    pub file: ProjectFile,
+    pub source: Arc<str>,
+    /// Sorted by name.
+    pub units: Vec<UnitDecl>,
+}
+
+/// A unit as written, before any environment applies.
+#[derive(Debug, Clone)]
+pub struct UnitDecl {
+    pub name: String,
+    /// The unit directory, relative to the root, `/`-separated (`.` for the
+    /// root itself).
+    pub dir: String,
+    /// `dir/unit.yaml`.
+    pub file_path: String,
+    pub file: UnitFile,
+    pub source: Arc<str>,
+}
+
+/// The directory holding `terrace.yaml`, from `start` upwards.
+pub fn find_root(start: &Path) -> Result<PathBuf, EngineError> {
+    let start = std::path::absolute(start)?;
+    let mut dir = Some(start.as_path());
+    while let Some(d) = dir {
+        if d.join(PROJECT_FILE).is_file() {
+            return Ok(d.to_owned());
+        }
+        dir = d.parent();
+    }
+    Err(EngineError::NotAProject { start })
+}
+
+impl Project {
+    /// Finds the project from `start` and loads it.
+    pub fn discover(start: &Path) -> Result<Project, EngineError> {
+        Project::load(&find_root(start)?)
+    }
+
+    /// Loads the project rooted at `root`.
+    pub fn load(root: &Path) -> Result<Project, EngineError> {
+        let root = std::path::absolute(root)?;
+        let source: Arc<str> = fs_err::read_to_string(root.join(PROJECT_FILE))?.into();
+        let file: ProjectFile = terrace_yaml::from_str(&source, Path::new(PROJECT_FILE))
+            .map_err(|d| EngineError::Invalid(vec![d]))?;
+        let mut diags = check_project(&file, &source);
+
+        let mut units = Vec::new();
+        for path in discover_unit_files(&root)? {
+            let rel = relative(&root, &path);
+            let text: Arc<str> = fs_err::read_to_string(&path)?.into();
+            match terrace_yaml::from_str::<UnitFile>(&text, Path::new(&rel)) {
+                Ok(file) => {
+                    let dir = match rel.rsplit_once('/') {
+                        Some((d, _)) => d.to_owned(),
+                        None => ".".to_owned(),
+                    };
+                    let name = file.name.clone().unwrap_or_else(|| {
+                        if dir == "." {
+                            root.file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .unwrap_or_default()
+                        } else {
+                            dir.rsplit('/').next().unwrap_or(&dir).to_owned()
+                        }
+                    });
+                    units.push(UnitDecl {
+                        name,
+                        dir,
+                        file_path: rel,
+                        file,
+                        source: text,
+                    });
+                }
+                Err(d) => diags.push(d),
+            }
+        }
+        units.sort_by(|a, b| a.name.cmp(&b.name).then(a.file_path.cmp(&b.file_path)));
+        diags.extend(check_units(&file, &units));
+        if !diags.is_empty() {
+            return Err(EngineError::Invalid(diags));
+        }
+        Ok(Project {
+            root,
+            file,
+            source,
+            units,
+        })
+    }
+
+    /// The environments, sorted; a project without any has `default`.
+    pub fn environments(&self) -> Vec<String> {
+        if self.file.environments.is_empty() {
+            vec!["default".to_owned()]
+        } else {
+            self.file.environments.keys().cloned().collect()
+        }
+    }
+
+    /// The environment `--env` names, or the default one.
+    pub fn pick_environment(&self, requested: Option<&str>) -> Result<String, EngineError> {
+        let known = self.environments();
+        match requested.or(self.file.default_environment.as_deref()) {
+            Some(name) if known.iter().any(|k| k == name) => Ok(name.to_owned()),
+            Some(name) => Err(EngineError::UnknownEnvironment {
+                name: name.to_owned(),
+                known,
+            }),
+            None if known.len() == 1 => Ok(known[0].clone()),
+            None => Err(EngineError::NoEnvironment { known }),
+        }
+    }
+
+    pub fn unit(&self, name: &str) -> Option<&UnitDecl> {
+        self.units
+            .binary_search_by(|u| u.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.units[i])
+    }
+
+    pub fn layer_index(&self, layer: &str) -> Option<usize> {
+        self.file.layers.iter().position(|l| l == layer)
+    }
+
+    /// The state directory, absolute.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(
+            self.file
+                .state
+                .path
+                .as_deref()
+                .unwrap_or(".terrace/state"),
+        )
+    }
+}
+
+/// Every `unit.yaml` under `root`, in path order.
+pub fn discover_unit_files(root: &Path) -> Result<Vec<PathBuf>, EngineError> {
+    let mut found = Vec::new();
+    let walker = ignore::WalkBuilder::new(root)
+        .standard_filters(false)
+        .hidden(false)
+        .add_custom_ignore_filename(IGNORE_FILE)
+        .filter_entry(|e| {
+            !(e.file_type().is_some_and(|t| t.is_dir())
+                && SKIPPED_DIRS.iter().any(|s| e.file_name() == *s))
+        })
+        .sort_by_file_path(|a, b| a.cmp(b))
+        .build();
+    for entry in walker {
+        let entry = entry.map_err(|e| std::io::Error::other(e.to_string()))?;
+        if entry.file_name() == UNIT_FILE && entry.file_type().is_some_and(|t| t.is_file()) {
+            found.push(entry.into_path());
+        }
+    }
+    Ok(found)
+}
+
+/// `path` relative to `root`, `/`-separated.
+pub fn relative(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn check_project(file: &ProjectFile, source: &str) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let at = |path: ValuePath, msg: String| at_value(PROJECT_FILE, source, 0, &path, None, msg);
+    if file.layers.is_empty() {
+        diags.push(
+            at(ValuePath::root().key("layers"), "the project has no layers".into())
+                .with_hint("list the layers, lowest first, e.g. `layers: [infra, platform, apps]`"),
+        );
+    }
+    for (i, layer) in file.layers.iter().enumerate() {
+        if file.layers[..i].contains(layer) {
+            diags.push(at(
+                ValuePath::root().key("layers").index(i),
+                format!("layer `{layer}` is listed twice"),
+            ));
+        }
+    }
+    if let Some(def) = &file.default_environment
+        && !file.environments.contains_key(def)
+    {
+        diags.push(
+            at(
+                ValuePath::root().key("defaultEnvironment"),
+                format!("defaultEnvironment `{def}` is not one of the environments"),
+            )
+            .with_hint(format!(
+                "define it under `environments`, or pick one of: {}",
+                file.environments.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+        );
+    }
+    for (env, cfg) in &file.environments {
+        if !is_valid_name(env) {
+            diags.push(at(
+                ValuePath::root().key("environments").key(env),
+                format!("`{env}` is not a valid environment name (letters, digits, `-`, `_`)"),
+            ));
+        }
+        for target in cfg.targets.keys() {
+            if !file.targets.contains_key(target) {
+                diags.push(
+                    at(
+                        ValuePath::root().key("environments").key(env).key("targets").key(target),
+                        format!("environment `{env}` binds `{target}`, which is not a target of the project"),
+                    )
+                    .with_hint("define it under `targets` in terrace.yaml"),
+                );
+            }
+        }
+    }
+    diags
+}
+
+fn check_units(project: &ProjectFile, units: &[UnitDecl]) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let mut by_name: BTreeMap<&str, &UnitDecl> = BTreeMap::new();
+    let envs: Vec<&str> = if project.environments.is_empty() {
+        vec!["default"]
+    } else {
+        project.environments.keys().map(String::as_str).collect()
+    };
+    for u in units {
+        let at = |path: ValuePath, msg: String| at_value(&u.file_path, &u.source, 0, &path, None, msg);
+        if !is_valid_name(&u.name) {
+            diags.push(
+                at(ValuePath::root().key("name"), format!("`{}` is not a valid unit name", u.name))
+                    .with_hint("use letters, digits, `-` and `_`, starting with a letter or digit"),
+            );
+        }
+        if let Some(first) = by_name.insert(&u.name, u) {
+            diags.push(
+                at(
+                    ValuePath::root().key("name"),
+                    format!("unit name `{}` is already used by {}", u.name, first.file_path),
+                )
+                .with_hint("unit names are unique in a project: set `name:` in one of them"),
+            );
+        }
+        if !project.layers.contains(&u.file.layer) {
+            diags.push(
+                at(ValuePath::root().key("layer"), format!("unknown layer `{}`", u.file.layer))
+                    .with_hint(format!("the project's layers: {}", project.layers.join(", "))),
+            );
+        }
+        let settings_for = |kind: UnitKind| match kind {
+            UnitKind::Manifests => u.file.manifests.is_some(),
+            UnitKind::Template => u.file.template.is_some(),
+        };
+        for other in [UnitKind::Manifests, UnitKind::Template] {
+            if other != u.file.kind && settings_for(other) {
+                diags.push(
+                    at(
+                        ValuePath::root().key(other.as_str()),
+                        format!("`{other}` settings in a unit of kind `{}`", u.file.kind),
+                    )
+                    .with_hint(format!("remove the block, or change `kind` to `{other}`")),
+                );
+            }
+        }
+        if let Some(t) = &u.file.target
+            && !project.targets.contains_key(t)
+        {
+            diags.push(
+                at(ValuePath::root().key("target"), format!("unknown target `{t}`"))
+                    .with_hint("define it under `targets` in terrace.yaml"),
+            );
+        }
+        let env_lists = [
+            ("include", &u.file.environments.include),
+            ("exclude", &u.file.environments.exclude),
+        ];
+        for (field, list) in env_lists {
+            for (i, e) in list.iter().enumerate() {
+                if !envs.contains(&e.as_str()) {
+                    diags.push(
+                        at(
+                            ValuePath::root().key("environments").key(field).index(i),
+                            format!("unknown environment `{e}`"),
+                        )
+                        .with_hint(format!("the project's environments: {}", envs.join(", "))),
+                    );
+                }
+            }
+        }
+        for (e, o) in &u.file.overrides {
+            let path = ValuePath::root().key("overrides").key(e);
+            if !envs.contains(&e.as_str()) {
+                diags.push(
+                    at(path.clone(), format!("override for unknown environment `{e}`"))
+                        .with_hint(format!("the project's environments: {}", envs.join(", "))),
+                );
+            }
+            if let Some(t) = &o.target
+                && !project.targets.contains_key(t)
+            {
+                diags.push(at(path.key("target"), format!("unknown target `{t}`")));
+            }
+            for other in [UnitKind::Manifests, UnitKind::Template] {
+                let set = match other {
+                    UnitKind::Manifests => o.manifests.is_some(),
+                    UnitKind::Template => o.template.is_some(),
+                };
+                if set && other != u.file.kind {
+                    diags.push(at(
+                        path.key(other.as_str()),
+                        format!("`{other}` settings in a unit of kind `{}`", u.file.kind),
+                    ));
+                }
+            }
+        }
+    }
+    diags
+}

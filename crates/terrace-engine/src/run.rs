@@ -1,0 +1,797 @@
+//! Plan, apply and destroy across units, in graph order.
+//!
+//! - **plan** walks the graph in topological order. A dependency that will
+//!   change hands its planned outputs to its dependents, or "known after
+//!   apply" when its driver cannot know them yet; a dependency outside the
+//!   selection hands over what its state says.
+//! - **apply** runs up to `jobs` units at once, each as soon as its
+//!   dependencies are done. Each unit is locked, re-planned with its
+//!   dependencies' fresh outputs, applied, and its state written. A failure
+//!   skips only what depends on it.
+//! - **destroy** removes units dependents first.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use terrace_core::config::UnitKind;
+use terrace_core::diag::Diagnostic;
+use terrace_core::driver::{DestroyContext, Driver, DriverError, Rendered, ResolvedUnit, UnitContext};
+use terrace_core::plan::{Action, Change, UnitPlan};
+use terrace_core::state::{RunRecord, RunUnit, STATE_FORMAT, UnitState, UnitStatus};
+use terrace_state::{LocalBackend, StateBackend, StateError, new_run_id, now_rfc3339, this_holder};
+use tracing::{debug, warn};
+
+use crate::error::EngineError;
+use crate::project::Project;
+use crate::workspace::{OutputView, Workspace};
+
+/// Which units a command acts on. Empty means all.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub units: Vec<String>,
+    pub layers: Vec<String>,
+    /// A Git revision: units whose files changed since, and their dependents.
+    pub affected_since: Option<String>,
+}
+
+/// Options of apply and destroy.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Units applied at once.
+    pub jobs: usize,
+    /// How long to wait for a unit's lock.
+    pub lock_timeout: Duration,
+    /// The command recorded in locks and run history.
+    pub command: String,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            jobs: 4,
+            lock_timeout: Duration::ZERO,
+            command: "apply".to_owned(),
+        }
+    }
+}
+
+/// Progress notifications, for the CLI to show.
+pub trait Progress: Send + Sync {
+    fn started(&self, _unit: &str, _verb: &str) {}
+    fn finished(&self, _report: &UnitReport) {}
+}
+
+/// Progress that shows nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// How a unit ended in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Planned (see `action`).
+    Planned,
+    /// Applied its changes.
+    Applied,
+    /// Nothing to do.
+    Unchanged,
+    /// Removed by destroy.
+    Destroyed,
+    Failed,
+    /// Not attempted because something it depends on failed.
+    Skipped,
+}
+
+/// What happened to one unit.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitReport {
+    pub unit: String,
+    pub layer: String,
+    pub kind: UnitKind,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    pub changes: Vec<Change>,
+    pub unchanged: usize,
+    /// Some input is known only after a dependency is applied.
+    pub unknown_inputs: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ReportError>,
+    /// For skipped units: the failed unit that caused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_because: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// An error attached to one unit.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportError {
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnostic: Option<Diagnostic>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl ReportError {
+    fn from_driver(e: DriverError) -> Self {
+        match e {
+            DriverError::Input(d) => ReportError {
+                message: d.to_string(),
+                hint: None,
+                diagnostic: Some(*d),
+            },
+            other => ReportError {
+                message: other.to_string(),
+                diagnostic: None,
+                hint: None,
+            },
+        }
+    }
+
+    fn from_diagnostic(d: Diagnostic) -> Self {
+        ReportError {
+            message: d.to_string(),
+            diagnostic: Some(d),
+            hint: None,
+        }
+    }
+
+    fn from_state(e: StateError) -> Self {
+        ReportError {
+            message: e.to_string(),
+            hint: e.hint(),
+            diagnostic: None,
+        }
+    }
+
+    fn message(message: impl Into<String>) -> Self {
+        ReportError {
+            message: message.into(),
+            diagnostic: None,
+            hint: None,
+        }
+    }
+}
+
+/// The result of a plan, apply or destroy.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub command: String,
+    pub environment: String,
+    pub units: Vec<UnitReport>,
+    /// Units with state but no longer in the repository (or in this
+    /// environment); only `terrace destroy --unit NAME` removes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub orphans: Vec<String>,
+}
+
+impl Report {
+    /// 1 if anything failed; for plan, 2 if anything would change; else 0.
+    pub fn exit_code(&self) -> i32 {
+        if self
+            .units
+            .iter()
+            .any(|u| matches!(u.outcome, Outcome::Failed | Outcome::Skipped))
+        {
+            1
+        } else if self.command == "plan" && self.has_changes() {
+            2
+        } else {
+            0
+        }
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.units
+            .iter()
+            .any(|u| u.action.is_some_and(Action::is_change))
+    }
+}
+
+/// A project opened in one environment, with its state backend.
+#[derive(Debug)]
+pub struct Engine {
+    pub project: Project,
+    pub workspace: Workspace,
+    state: Arc<dyn StateBackend>,
+}
+
+impl Engine {
+    /// Finds the project from `start`, picks the environment and builds it.
+    pub fn open(start: &Path, environment: Option<&str>) -> Result<Engine, EngineError> {
+        let project = Project::discover(start)?;
+        let env = project.pick_environment(environment)?;
+        let workspace = Workspace::new(&project, &env)?;
+        let state: Arc<dyn StateBackend> = Arc::new(LocalBackend::new(project.state_dir()));
+        Ok(Engine {
+            project,
+            workspace,
+            state,
+        })
+    }
+
+    /// Replaces the state backend (tests use this).
+    pub fn with_state(mut self, state: Arc<dyn StateBackend>) -> Self {
+        self.state = state;
+        self
+    }
+
+    pub fn state(&self) -> &Arc<dyn StateBackend> {
+        &self.state
+    }
+
+    pub fn environment(&self) -> &str {
+        &self.workspace.environment
+    }
+
+    fn driver(&self, kind: UnitKind) -> Arc<dyn Driver> {
+        terrace_drivers::for_kind(kind)
+    }
+
+    /// The graph indexes a selection names; every unit when it is empty.
+    pub fn select(&self, sel: &Selection) -> Result<BTreeSet<usize>, EngineError> {
+        let ws = &self.workspace;
+        let all = || (0..ws.graph.len()).collect::<BTreeSet<_>>();
+        let mut chosen: Option<BTreeSet<usize>> = None;
+        let mut narrow = |set: BTreeSet<usize>| {
+            chosen = Some(match chosen.take() {
+                None => set,
+                Some(prev) => prev.intersection(&set).copied().collect(),
+            });
+        };
+        if !sel.units.is_empty() {
+            let mut set = BTreeSet::new();
+            for name in &sel.units {
+                set.insert(ws.index_of(name).ok_or_else(|| EngineError::UnknownUnit {
+                    name: name.clone(),
+                    environment: ws.environment.clone(),
+                })?);
+            }
+            narrow(set);
+        }
+        if !sel.layers.is_empty() {
+            for l in &sel.layers {
+                if self.project.layer_index(l).is_none() {
+                    return Err(EngineError::UnknownLayer {
+                        name: l.clone(),
+                        known: self.project.file.layers.clone(),
+                    });
+                }
+            }
+            narrow(
+                all()
+                    .into_iter()
+                    .filter(|&i| sel.layers.contains(&ws.units[i].layer))
+                    .collect(),
+            );
+        }
+        if let Some(rev) = &sel.affected_since {
+            narrow(crate::affected::affected_units(self, rev)?);
+        }
+        Ok(chosen.unwrap_or_else(all))
+    }
+
+    /// Output views of `i`'s dependencies that `views` lacks, from state.
+    async fn fill_from_state(
+        &self,
+        i: usize,
+        views: &mut HashMap<String, OutputView>,
+    ) -> Result<(), StateError> {
+        for &d in self.workspace.graph.dependencies(i) {
+            let name = &self.workspace.units[d].name;
+            if !views.contains_key(name) {
+                let view = match self.state.read(self.environment(), name).await? {
+                    Some(s) if s.status == UnitStatus::Applied => OutputView::Known(s.outputs),
+                    _ => OutputView::Unknown,
+                };
+                views.insert(name.clone(), view);
+            }
+        }
+        Ok(())
+    }
+
+    fn blank_report(&self, i: usize, outcome: Outcome) -> UnitReport {
+        let u = &self.workspace.units[i];
+        UnitReport {
+            unit: u.name.clone(),
+            layer: u.layer.clone(),
+            kind: u.kind,
+            outcome,
+            action: None,
+            changes: Vec::new(),
+            unchanged: 0,
+            unknown_inputs: false,
+            notes: Vec::new(),
+            error: None,
+            skipped_because: None,
+            duration_ms: 0,
+        }
+    }
+
+    fn unit_context<'a>(&'a self, unit: &'a ResolvedUnit, prior: Option<&'a UnitState>) -> UnitContext<'a> {
+        UnitContext {
+            root: &self.project.root,
+            project: &self.project.file.name,
+            environment: self.environment(),
+            vars: &self.workspace.vars,
+            unit,
+            prior,
+        }
+    }
+
+    /// Plans every selected unit.
+    pub async fn plan(&self, selected: &BTreeSet<usize>, progress: &dyn Progress) -> Result<Report, EngineError> {
+        let mut views: HashMap<String, OutputView> = HashMap::new();
+        let mut failed: HashMap<usize, String> = HashMap::new();
+        let mut reports = Vec::new();
+        for i in self.workspace.graph.topological_order() {
+            if !selected.contains(&i) {
+                continue;
+            }
+            let name = self.workspace.units[i].name.clone();
+            if let Some(cause) = self
+                .workspace
+                .graph
+                .dependencies(i)
+                .iter()
+                .find_map(|d| failed.get(d))
+            {
+                let mut r = self.blank_report(i, Outcome::Skipped);
+                r.skipped_because = Some(cause.clone());
+                failed.insert(i, cause.clone());
+                views.insert(name, OutputView::Unknown);
+                progress.finished(&r);
+                reports.push(r);
+                continue;
+            }
+            progress.started(&name, "plan");
+            let started = Instant::now();
+            self.fill_from_state(i, &mut views).await?;
+            let prior = self.state.read(self.environment(), &name).await?;
+            let mut r = self.blank_report(i, Outcome::Planned);
+            match self.plan_unit(i, &views, prior.as_ref()).await {
+                Ok((unit, plan)) => {
+                    let view = match (&plan.outputs, plan.action) {
+                        (Some(o), _) => OutputView::Known(o.clone()),
+                        (None, Action::NoOp) => prior.as_ref().map_or(OutputView::Unknown, |p| OutputView::Known(p.outputs.clone())),
+                        (None, _) => OutputView::Unknown,
+                    };
+                    views.insert(name.clone(), view);
+                    r.action = Some(plan.action);
+                    r.changes = plan.changes;
+                    r.unchanged = plan.unchanged;
+                    r.unknown_inputs = unit.unknown;
+                    r.notes = plan.notes;
+                    if unit.unknown {
+                        r.notes.push("some inputs are known only after a dependency is applied".to_owned());
+                    }
+                }
+                Err(e) => {
+                    r.outcome = Outcome::Failed;
+                    r.error = Some(e);
+                    failed.insert(i, name.clone());
+                    views.insert(name.clone(), OutputView::Unknown);
+                }
+            }
+            r.duration_ms = started.elapsed().as_millis() as u64;
+            progress.finished(&r);
+            reports.push(r);
+        }
+        Ok(Report {
+            command: "plan".to_owned(),
+            environment: self.environment().to_owned(),
+            units: reports,
+            orphans: self.orphans().await?,
+        })
+    }
+
+    async fn plan_unit(
+        &self,
+        i: usize,
+        views: &HashMap<String, OutputView>,
+        prior: Option<&UnitState>,
+    ) -> Result<(ResolvedUnit, UnitPlan), ReportError> {
+        let unit = self
+            .workspace
+            .evaluate(&self.project, i, views)
+            .map_err(ReportError::from_diagnostic)?;
+        let ctx = self.unit_context(&unit, prior);
+        let plan = self
+            .driver(unit.kind)
+            .plan(&ctx)
+            .await
+            .map_err(ReportError::from_driver)?;
+        Ok((unit, plan))
+    }
+
+    /// Units with state that are not units of this environment.
+    pub async fn orphans(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self
+            .state
+            .list(self.environment())
+            .await?
+            .into_iter()
+            .filter(|n| self.workspace.index_of(n).is_none())
+            .collect())
+    }
+
+    /// What unit `name` renders, with dependencies' outputs from state.
+    pub async fn render(&self, name: &str) -> Result<Result<(ResolvedUnit, Rendered), ReportError>, EngineError> {
+        let i = self.workspace.index_of(name).ok_or_else(|| EngineError::UnknownUnit {
+            name: name.to_owned(),
+            environment: self.environment().to_owned(),
+        })?;
+        let mut views = HashMap::new();
+        self.fill_from_state(i, &mut views).await?;
+        let unit = match self.workspace.evaluate(&self.project, i, &views) {
+            Ok(u) => u,
+            Err(d) => return Ok(Err(ReportError::from_diagnostic(d))),
+        };
+        let rendered = {
+            let ctx = self.unit_context(&unit, None);
+            self.driver(unit.kind).render(&ctx)
+        };
+        Ok(rendered.map(|r| (unit, r)).map_err(ReportError::from_driver))
+    }
+
+    /// Applies the selected units.
+    pub async fn apply(
+        self: &Arc<Self>,
+        selected: &BTreeSet<usize>,
+        opts: &ApplyOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Report, EngineError> {
+        let run_id = new_run_id();
+        let started_at = now_rfc3339();
+        let revision = crate::affected::revision(&self.project.root);
+        let graph = &self.workspace.graph;
+        let views: Arc<Mutex<HashMap<String, OutputView>>> = Arc::default();
+        let mut pending: HashMap<usize, usize> = selected
+            .iter()
+            .map(|&i| (i, graph.dependencies(i).iter().filter(|d| selected.contains(d)).count()))
+            .collect();
+        let order = graph.topological_order();
+        let mut ready: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|i| pending.get(i) == Some(&0))
+            .collect();
+        ready.reverse(); // pop() takes the first in topological order
+        let mut reports: HashMap<usize, UnitReport> = HashMap::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let jobs = opts.jobs.max(1);
+        loop {
+            while tasks.len() < jobs {
+                let Some(i) = ready.pop() else { break };
+                let engine = Arc::clone(self);
+                let views = Arc::clone(&views);
+                let progress = Arc::clone(&progress);
+                let opts = opts.clone();
+                let run_id = run_id.clone();
+                let revision = revision.clone();
+                tasks.spawn(async move {
+                    let r = engine
+                        .apply_unit(i, &views, &opts, &run_id, revision, progress.as_ref())
+                        .await;
+                    (i, r)
+                });
+            }
+            let Some(joined) = tasks.join_next().await else { break };
+            let (i, report) = joined.map_err(|e| std::io::Error::other(format!("apply task failed: {e}")))?;
+            progress.finished(&report);
+            let ok = !matches!(report.outcome, Outcome::Failed);
+            reports.insert(i, report);
+            if ok {
+                for &d in graph.dependents(i) {
+                    if let Some(p) = pending.get_mut(&d) {
+                        *p -= 1;
+                        if *p == 0 {
+                            // Keep topological order among ready units.
+                            ready.push(d);
+                            ready.sort_by_key(|x| std::cmp::Reverse(order.iter().position(|o| o == x)));
+                        }
+                    }
+                }
+            } else {
+                let cause = self.workspace.units[i].name.clone();
+                for d in graph.with_dependents([i]) {
+                    if d != i && selected.contains(&d) && !reports.contains_key(&d) {
+                        pending.remove(&d);
+                        let mut r = self.blank_report(d, Outcome::Skipped);
+                        r.skipped_because = Some(cause.clone());
+                        progress.finished(&r);
+                        reports.insert(d, r);
+                    }
+                }
+            }
+        }
+        let units: Vec<UnitReport> = order.iter().filter_map(|i| reports.remove(i)).collect();
+        let report = Report {
+            command: opts.command.clone(),
+            environment: self.environment().to_owned(),
+            units,
+            orphans: self.orphans().await?,
+        };
+        self.record(&report, &run_id, &started_at, revision).await;
+        Ok(report)
+    }
+
+    async fn record(&self, report: &Report, run_id: &str, started_at: &str, revision: Option<String>) {
+        let run = RunRecord {
+            id: run_id.to_owned(),
+            command: report.command.clone(),
+            environment: report.environment.clone(),
+            started_at: started_at.to_owned(),
+            finished_at: now_rfc3339(),
+            revision,
+            units: report
+                .units
+                .iter()
+                .map(|u| RunUnit {
+                    unit: u.unit.clone(),
+                    action: u.action.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                    outcome: serde_json::to_value(u.outcome)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    error: u.error.as_ref().map(|e| e.message.clone()),
+                    duration_ms: u.duration_ms,
+                })
+                .collect(),
+        };
+        if let Err(error) = self.state.record_run(&run).await {
+            warn!(%error, "could not record the run in history");
+        }
+    }
+
+    async fn apply_unit(
+        &self,
+        i: usize,
+        views: &Mutex<HashMap<String, OutputView>>,
+        opts: &ApplyOptions,
+        run_id: &str,
+        revision: Option<String>,
+        progress: &dyn Progress,
+    ) -> UnitReport {
+        let started = Instant::now();
+        let name = self.workspace.units[i].name.clone();
+        let env = self.environment().to_owned();
+        progress.started(&name, "apply");
+        let mut r = self.blank_report(i, Outcome::Failed);
+        let holder = this_holder(&opts.command, run_id);
+        if let Err(e) = self.state.lock(&env, &name, &holder, opts.lock_timeout).await {
+            r.error = Some(ReportError::from_state(e));
+            r.duration_ms = started.elapsed().as_millis() as u64;
+            return r;
+        }
+        let result = self.apply_locked(i, views, run_id, revision, &mut r).await;
+        if let Err(e) = self.state.unlock(&env, &name, run_id).await {
+            warn!(unit = %name, error = %e, "could not release lock");
+        }
+        if let Err(e) = result {
+            r.outcome = Outcome::Failed;
+            r.error = Some(e);
+        }
+        r.duration_ms = started.elapsed().as_millis() as u64;
+        r
+    }
+
+    async fn apply_locked(
+        &self,
+        i: usize,
+        views: &Mutex<HashMap<String, OutputView>>,
+        run_id: &str,
+        revision: Option<String>,
+        r: &mut UnitReport,
+    ) -> Result<(), ReportError> {
+        let env = self.environment();
+        let name = self.workspace.units[i].name.clone();
+        let mut snapshot = views.lock().expect("views lock").clone();
+        self.fill_from_state(i, &mut snapshot).await.map_err(ReportError::from_state)?;
+        let prior = self.state.read(env, &name).await.map_err(ReportError::from_state)?;
+        let (unit, plan) = self.plan_unit(i, &snapshot, prior.as_ref()).await?;
+        if unit.unknown {
+            let missing: Vec<&str> = self
+                .workspace
+                .graph
+                .dependencies(i)
+                .iter()
+                .map(|&d| self.workspace.units[d].name.as_str())
+                .filter(|d| !matches!(snapshot.get(*d), Some(OutputView::Known(_))))
+                .collect();
+            return Err(ReportError::message(format!(
+                "inputs of `{name}` use outputs of {} which {} never been applied",
+                missing.join(", "),
+                if missing.len() == 1 { "has" } else { "have" }
+            )));
+        }
+        r.action = Some(plan.action);
+        r.changes = plan.changes.clone();
+        r.unchanged = plan.unchanged;
+        let input_hash = terrace_drivers::digest(
+            serde_json::to_string(&(&unit.inputs, &unit.settings, &unit.target))
+                .expect("values serialize")
+                .as_bytes(),
+        );
+        if plan.action == Action::NoOp
+            && let Some(p) = &prior
+            && p.status == UnitStatus::Applied
+        {
+            debug!(unit = %name, "no changes");
+            views.lock().expect("views lock").insert(name, OutputView::Known(p.outputs.clone()));
+            r.outcome = Outcome::Unchanged;
+            return Ok(());
+        }
+        let applied = self
+            .driver(unit.kind)
+            .apply(&self.project.root, &plan)
+            .await
+            .map_err(ReportError::from_driver)?;
+        let state = UnitState {
+            format: STATE_FORMAT,
+            unit: name.clone(),
+            kind: unit.kind,
+            layer: unit.layer.clone(),
+            environment: env.to_owned(),
+            serial: prior.as_ref().map_or(1, |p| p.serial + 1),
+            revision,
+            input_hash,
+            render_hash: plan.render_hash.clone(),
+            outputs: applied.outputs.clone(),
+            inventory: applied.inventory,
+            status: UnitStatus::Applied,
+            updated_at: now_rfc3339(),
+            run_id: run_id.to_owned(),
+        };
+        self.state.write(&state).await.map_err(ReportError::from_state)?;
+        views.lock().expect("views lock").insert(name, OutputView::Known(applied.outputs));
+        r.outcome = Outcome::Applied;
+        Ok(())
+    }
+
+    /// Destroys units, dependents first: the selection, every applied
+    /// dependent of it, and the named orphans. With `dry_run`, only plans.
+    pub async fn destroy(
+        &self,
+        selected: &BTreeSet<usize>,
+        orphans: &[String],
+        opts: &ApplyOptions,
+        dry_run: bool,
+        progress: &dyn Progress,
+    ) -> Result<Report, EngineError> {
+        let run_id = new_run_id();
+        let started_at = now_rfc3339();
+        let env = self.environment().to_owned();
+        let graph = &self.workspace.graph;
+        let with_dependents = graph.with_dependents(selected.iter().copied());
+        let mut names: Vec<(String, String, UnitKind)> = orphans
+            .iter()
+            .map(|o| (o.clone(), String::new(), UnitKind::Manifests))
+            .collect();
+        let mut order = graph.topological_order();
+        order.reverse();
+        for i in order {
+            if with_dependents.contains(&i) {
+                let u = &self.workspace.units[i];
+                names.push((u.name.clone(), u.layer.clone(), u.kind));
+            }
+        }
+        let mut reports = Vec::new();
+        let mut failed: Option<String> = None;
+        for (name, layer, kind) in names {
+            let Some(prior) = self.state.read(&env, &name).await? else {
+                continue;
+            };
+            let mut r = UnitReport {
+                unit: name.clone(),
+                layer: if layer.is_empty() { prior.layer.clone() } else { layer },
+                kind: prior.kind,
+                outcome: Outcome::Planned,
+                action: Some(Action::Delete),
+                changes: Vec::new(),
+                unchanged: 0,
+                unknown_inputs: false,
+                notes: Vec::new(),
+                error: None,
+                skipped_because: None,
+                duration_ms: 0,
+            };
+            let _ = kind;
+            if let Some(cause) = &failed {
+                r.outcome = Outcome::Skipped;
+                r.skipped_because = Some(cause.clone());
+                progress.finished(&r);
+                reports.push(r);
+                continue;
+            }
+            progress.started(&name, if dry_run { "plan destroy" } else { "destroy" });
+            let started = Instant::now();
+            let result = self.destroy_unit(&prior, opts, &run_id, dry_run, &mut r).await;
+            if let Err(e) = result {
+                r.outcome = Outcome::Failed;
+                r.error = Some(e);
+                failed = Some(name.clone());
+            }
+            r.duration_ms = started.elapsed().as_millis() as u64;
+            progress.finished(&r);
+            reports.push(r);
+        }
+        let report = Report {
+            command: if dry_run { "plan".to_owned() } else { opts.command.clone() },
+            environment: env,
+            units: reports,
+            orphans: Vec::new(),
+        };
+        if !dry_run {
+            self.record(&report, &run_id, &started_at, None).await;
+        }
+        Ok(report)
+    }
+
+    async fn destroy_unit(
+        &self,
+        prior: &UnitState,
+        opts: &ApplyOptions,
+        run_id: &str,
+        dry_run: bool,
+        r: &mut UnitReport,
+    ) -> Result<(), ReportError> {
+        let env = self.environment();
+        let ctx = DestroyContext {
+            root: &self.project.root,
+            project: &self.project.file.name,
+            environment: env,
+            prior,
+        };
+        let driver = self.driver(prior.kind);
+        let plan = driver.plan_destroy(&ctx).await.map_err(ReportError::from_driver)?;
+        r.changes = plan.changes.clone();
+        if dry_run {
+            return Ok(());
+        }
+        let holder = this_holder(&opts.command, run_id);
+        self.state
+            .lock(env, &prior.unit, &holder, opts.lock_timeout)
+            .await
+            .map_err(ReportError::from_state)?;
+        let result = async {
+            driver
+                .apply(&self.project.root, &plan)
+                .await
+                .map_err(ReportError::from_driver)?;
+            self.state
+                .remove(env, &prior.unit)
+                .await
+                .map_err(ReportError::from_state)
+        }
+        .await;
+        let _ = self.state.unlock(env, &prior.unit, run_id).await;
+        result?;
+        r.outcome = Outcome::Destroyed;
+        Ok(())
+    }
+
+    /// A unit's outputs from state, if it was applied.
+    pub async fn outputs(&self, name: &str) -> Result<Option<Map<String, Value>>, EngineError> {
+        Ok(self
+            .state
+            .read(self.environment(), name)
+            .await?
+            .map(|s| s.outputs))
+    }
+}
+
+/// Renders a unit with its kind's driver (for `validate`).
+pub fn render_with_driver(ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
+    terrace_drivers::for_kind(ctx.unit.kind).render(ctx)
+}

@@ -1,0 +1,373 @@
+//! One environment of a project: its variables, its units with overrides
+//! applied, their dependencies (explicit and from `${unit...}` references)
+//! and the graph. [`Workspace::evaluate`] turns a unit into the
+//! [`ResolvedUnit`] a driver works from.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde_json::{Map, Value};
+use terrace_core::config::{PROJECT_FILE, TargetKind, UnitKind};
+use terrace_core::diag::Diagnostic;
+use terrace_core::driver::{ResolvedTarget, ResolvedUnit};
+use terrace_core::expr::{self, Outputs, Scope, SecretError};
+use terrace_core::graph::{Graph, GraphError, NodeSpec};
+use terrace_core::{Seg, ValuePath};
+
+use crate::error::EngineError;
+use crate::locate::at_value;
+use crate::project::Project;
+
+/// A unit in one environment, overrides applied, not yet evaluated.
+#[derive(Debug, Clone)]
+pub struct UnitSpec {
+    /// Index into [`Project::units`].
+    pub decl: usize,
+    pub name: String,
+    pub layer: String,
+    pub kind: UnitKind,
+    pub dir: String,
+    pub file_path: String,
+    /// Each input with the place it was written (the unit's own `inputs` or
+    /// an override).
+    pub inputs: Vec<(String, Value, ValuePath)>,
+    /// The kind's settings, each key with the place it was written.
+    pub settings: Vec<(String, Value, ValuePath)>,
+    pub target: Option<String>,
+    /// Every dependency with the place that asked for it, and the
+    /// expression text for implicit ones.
+    pub dependencies: Vec<(String, ValuePath, Option<String>)>,
+}
+
+/// A project seen from one environment.
+#[derive(Debug)]
+pub struct Workspace {
+    pub environment: String,
+    pub vars: Map<String, Value>,
+    /// In the graph's node order.
+    pub units: Vec<UnitSpec>,
+    pub graph: Graph,
+    pub targets: BTreeMap<String, ResolvedTarget>,
+}
+
+/// How a dependent sees a unit's outputs.
+#[derive(Debug, Clone)]
+pub enum OutputView {
+    Known(Map<String, Value>),
+    Unknown,
+}
+
+impl Workspace {
+    /// Builds the environment `environment` of `project`, reporting every
+    /// problem found.
+    pub fn new(project: &Project, environment: &str) -> Result<Workspace, EngineError> {
+        let mut diags = Vec::new();
+        let vars = load_vars(project, environment, &mut diags);
+        let env_cfg = project.file.environments.get(environment);
+        let targets = project
+            .file
+            .targets
+            .iter()
+            .map(|(name, t)| {
+                let binding = env_cfg
+                    .and_then(|e| e.targets.get(name))
+                    .map_or_else(|| t.binding(), |b| t.binding().overlay(b));
+                (
+                    name.clone(),
+                    ResolvedTarget {
+                        name: name.clone(),
+                        kind: t.kind,
+                        binding,
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>();
+
+        let mut units = Vec::new();
+        for (decl, u) in project.units.iter().enumerate() {
+            if !u.file.environments.admits(environment) {
+                continue;
+            }
+            let ov = u.file.overrides.get(environment);
+            let ov_path = ValuePath::root().key("overrides").key(environment);
+            let mut inputs: Vec<(String, Value, ValuePath)> = u
+                .file
+                .inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone(), ValuePath::root().key("inputs").key(k)))
+                .collect();
+            if let Some(ov) = ov {
+                for (k, v) in &ov.inputs {
+                    let origin = ov_path.key("inputs").key(k);
+                    match inputs.iter_mut().find(|(key, _, _)| key == k) {
+                        Some(slot) => *slot = (k.clone(), v.clone(), origin),
+                        None => inputs.push((k.clone(), v.clone(), origin)),
+                    }
+                }
+            }
+            let kind_key = u.file.kind.as_str();
+            let base_settings = match u.file.kind {
+                UnitKind::Manifests => u.file.manifests.as_ref().map(to_map),
+                UnitKind::Template => u.file.template.as_ref().map(to_map),
+            }
+            .unwrap_or_default();
+            let mut settings: Vec<(String, Value, ValuePath)> = base_settings
+                .into_iter()
+                .map(|(k, v)| {
+                    let p = ValuePath::root().key(kind_key).key(&k);
+                    (k, v, p)
+                })
+                .collect();
+            let ov_settings = ov.and_then(|o| match u.file.kind {
+                UnitKind::Manifests => o.manifests.as_ref(),
+                UnitKind::Template => o.template.as_ref(),
+            });
+            for (k, v) in ov_settings.into_iter().flatten() {
+                let origin = ov_path.key(kind_key).key(k);
+                match settings.iter_mut().find(|(key, _, _)| key == k) {
+                    Some(slot) => *slot = (k.clone(), v.clone(), origin),
+                    None => settings.push((k.clone(), v.clone(), origin)),
+                }
+            }
+            let target = ov
+                .and_then(|o| o.target.clone())
+                .or_else(|| u.file.target.clone())
+                .or_else(|| default_target(u.file.kind, &targets));
+
+            let mut dependencies: Vec<(String, ValuePath, Option<String>)> = u
+                .file
+                .depends_on
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.clone(), ValuePath::root().key("dependsOn").index(i), None))
+                .collect();
+            for (_, v, origin) in inputs.iter().chain(settings.iter()) {
+                match expr::unit_references_at(v, origin) {
+                    Ok(refs) => {
+                        for r in refs {
+                            if !dependencies.iter().any(|(d, _, _)| *d == r.unit) {
+                                dependencies.push((r.unit, r.path, Some(r.source_text)));
+                            }
+                        }
+                    }
+                    Err((path, e)) => {
+                        let mut d = at_value(&u.file_path, &u.source, 0, &path, Some(&e.source_text), e.kind.to_string());
+                        if let Some(h) = e.kind.hint() {
+                            d = d.with_hint(h);
+                        }
+                        diags.push(d);
+                    }
+                }
+            }
+            units.push(UnitSpec {
+                decl,
+                name: u.name.clone(),
+                layer: u.file.layer.clone(),
+                kind: u.file.kind,
+                dir: u.dir.clone(),
+                file_path: u.file_path.clone(),
+                inputs,
+                settings,
+                target,
+                dependencies,
+            });
+        }
+
+        let nodes = units
+            .iter()
+            .map(|u| NodeSpec {
+                name: u.name.clone(),
+                layer: u.layer.clone(),
+                layer_index: project.layer_index(&u.layer).unwrap_or(usize::MAX),
+                kind: u.kind.as_str().to_owned(),
+                depends_on: u.dependencies.iter().map(|(d, _, _)| d.clone()).collect(),
+            })
+            .collect();
+        let graph = match Graph::build(nodes) {
+            Ok(g) => Some(g),
+            Err(errors) => {
+                for e in errors {
+                    diags.push(graph_diagnostic(project, &units, environment, &e));
+                }
+                None
+            }
+        };
+        match graph {
+            Some(graph) if diags.is_empty() => Ok(Workspace {
+                environment: environment.to_owned(),
+                vars,
+                units,
+                graph,
+                targets,
+            }),
+            _ => Err(EngineError::Invalid(diags)),
+        }
+    }
+
+    pub fn index_of(&self, unit: &str) -> Option<usize> {
+        self.graph.index_of(unit)
+    }
+
+    /// Evaluates unit `i` with the given view of its dependencies' outputs.
+    pub fn evaluate(
+        &self,
+        project: &Project,
+        i: usize,
+        outputs: &HashMap<String, OutputView>,
+    ) -> Result<ResolvedUnit, Diagnostic> {
+        let spec = &self.units[i];
+        let decl = &project.units[spec.decl];
+        let scope = UnitScope {
+            env: &self.environment,
+            vars: &self.vars,
+            outputs,
+        };
+        let mut unknown = false;
+        let located = |e: expr::EvalError| {
+            let mut d = at_value(&decl.file_path, &decl.source, 0, &e.path, Some(&e.source_text), e.kind.to_string());
+            if let Some(h) = e.kind.hint() {
+                d = d.with_hint(h);
+            }
+            d
+        };
+        let mut inputs = Map::new();
+        for (k, v, origin) in &spec.inputs {
+            let ev = expr::eval(v, origin, &scope).map_err(located)?;
+            unknown |= ev.unknown;
+            inputs.insert(k.clone(), ev.value);
+        }
+        let mut settings = Map::new();
+        for (k, v, origin) in &spec.settings {
+            let ev = expr::eval(v, origin, &scope).map_err(located)?;
+            unknown |= ev.unknown;
+            settings.insert(k.clone(), ev.value);
+        }
+        let target = match &spec.target {
+            Some(t) => Some(self.targets.get(t).cloned().ok_or_else(|| {
+                Diagnostic::new(format!("unknown target `{t}`")).in_file(&decl.file_path)
+            })?),
+            None => None,
+        };
+        Ok(ResolvedUnit {
+            name: spec.name.clone(),
+            layer: spec.layer.clone(),
+            kind: spec.kind,
+            dir: spec.dir.clone(),
+            inputs,
+            settings: if settings.is_empty() { Value::Null } else { Value::Object(settings) },
+            unknown,
+            target,
+        })
+    }
+}
+
+/// A unit's only cluster target when it names none and the project has
+/// exactly one of the kind it needs.
+fn default_target(kind: UnitKind, targets: &BTreeMap<String, ResolvedTarget>) -> Option<String> {
+    let wanted: TargetKind = kind.target_kind()?;
+    let mut matching = targets.values().filter(|t| t.kind == wanted);
+    match (matching.next(), matching.next()) {
+        (Some(t), None) => Some(t.name.clone()),
+        _ => None,
+    }
+}
+
+fn to_map<T: serde::Serialize>(t: &T) -> Map<String, Value> {
+    match serde_json::to_value(t) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+fn load_vars(project: &Project, environment: &str, diags: &mut Vec<Diagnostic>) -> Map<String, Value> {
+    let mut vars = project.file.vars.clone();
+    let Some(env) = project.file.environments.get(environment) else {
+        return vars;
+    };
+    for (i, rel) in env.var_files.iter().enumerate() {
+        let path = project.root.join(rel);
+        let at = || {
+            at_value(
+                PROJECT_FILE,
+                &project.source,
+                0,
+                &ValuePath::root().key("environments").key(environment).key("varFiles").index(i),
+                None,
+                format!("cannot read variable file `{rel}`"),
+            )
+        };
+        let text = match fs_err::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                diags.push(at().with_hint(e.to_string()));
+                continue;
+            }
+        };
+        match terrace_yaml::from_str::<Map<String, Value>>(&text, Path::new(rel)) {
+            Ok(map) => vars.extend(map),
+            Err(d) => diags.push(d.with_hint("a variable file is a YAML mapping of names to values")),
+        }
+    }
+    vars.extend(env.vars.clone());
+    vars
+}
+
+fn graph_diagnostic(project: &Project, units: &[UnitSpec], env: &str, e: &GraphError) -> Diagnostic {
+    let find = |unit: &str, dep: &str| -> Diagnostic {
+        let spec = units.iter().find(|u| u.name == unit).expect("graph errors name known units");
+        let decl = &project.units[spec.decl];
+        let (_, path, needle) = spec
+            .dependencies
+            .iter()
+            .find(|(d, _, _)| d == dep)
+            .expect("the dependency is listed");
+        at_value(&decl.file_path, &decl.source, 0, path, needle.as_deref(), e.to_string())
+    };
+    let d = match e {
+        GraphError::UnknownDependency { unit, dependency } => {
+            let mut d = find(unit, dependency);
+            if let Some(other) = project.unit(dependency) {
+                d.message = format!(
+                    "unit `{unit}` depends on `{dependency}`, which does not exist in environment `{env}` ({} limits its environments)",
+                    other.file_path
+                );
+            }
+            d
+        }
+        GraphError::LayerViolation { unit, dependency, .. } => find(unit, dependency),
+        GraphError::Cycle { path } => {
+            let first = &path[0];
+            let second = path.get(1).unwrap_or(first);
+            find(first, second)
+        }
+    };
+    d.with_hint(e.hint())
+}
+
+/// What `unit.yaml` expressions see.
+struct UnitScope<'a> {
+    env: &'a str,
+    vars: &'a Map<String, Value>,
+    outputs: &'a HashMap<String, OutputView>,
+}
+
+impl Scope for UnitScope<'_> {
+    fn env(&self) -> &str {
+        self.env
+    }
+    fn var(&self, name: &str) -> Option<&Value> {
+        self.vars.get(name)
+    }
+    fn var_names(&self) -> Vec<String> {
+        self.vars.keys().cloned().collect()
+    }
+    fn unit_outputs(&self, unit: &str) -> Option<Outputs<'_>> {
+        Some(match self.outputs.get(unit) {
+            Some(OutputView::Known(m)) => Outputs::Known(m),
+            Some(OutputView::Unknown) | None => Outputs::Unknown,
+        })
+    }
+    fn secret(&self, _file: &str, _key: &[Seg]) -> Result<Value, SecretError> {
+        Err(SecretError::Unsupported)
+    }
+}

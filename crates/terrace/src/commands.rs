@@ -1,0 +1,381 @@
+//! The commands: each opens what it needs, acts, prints, and returns the
+//! exit code.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use terrace_core::expr;
+use terrace_engine::run::{ApplyOptions, Progress, Quiet, Report};
+use terrace_engine::{Engine, Project, Selection, Workspace};
+
+use crate::cli::{Cli, Command, GraphFormat, OutputFormat, SelectArgs, StateCommand};
+use crate::diagnostics::{CliError, render_diagnostic};
+use crate::output;
+use crate::progress::Reporter;
+
+pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
+    let start = cli.directory.clone().unwrap_or_else(|| PathBuf::from("."));
+    let env = cli.env.as_deref();
+    match &cli.command {
+        Command::Init(a) => {
+            let dir = match &cli.directory {
+                Some(d) => d.join(&a.dir),
+                None => a.dir.clone(),
+            };
+            let written = crate::init::init(&dir, a.name.as_deref())?;
+            match cli.output {
+                OutputFormat::Json => println!("{}", json!({"created": written})),
+                _ => {
+                    for w in &written {
+                        println!("created {}", dir.join(w).display());
+                    }
+                    println!("\nNext: terrace -C {} plan", dir.display());
+                }
+            }
+            Ok(0)
+        }
+        Command::Validate => validate(&start, env, cli.output),
+        Command::Graph(a) => {
+            let engine = Engine::open(&start, env)?;
+            let g = &engine.workspace.graph;
+            let layers = &engine.project.file.layers;
+            let text = match (cli.output, a.format) {
+                (OutputFormat::Json, _) => {
+                    let nodes: Vec<Value> = g
+                        .topological_order()
+                        .into_iter()
+                        .map(|i| {
+                            let n = g.node(i);
+                            json!({
+                                "name": n.name, "layer": n.layer, "kind": n.kind,
+                                "dependsOn": g.dependencies(i).iter().map(|&d| g.node(d).name.clone()).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    let waves: Vec<Vec<String>> = g
+                        .waves()
+                        .iter()
+                        .map(|w| w.iter().map(|&i| g.node(i).name.clone()).collect())
+                        .collect();
+                    format!("{}\n", serde_json::to_string_pretty(&json!({"environment": engine.environment(), "units": nodes, "waves": waves})).expect("json"))
+                }
+                (_, GraphFormat::Dot) => g.to_dot(layers),
+                (_, GraphFormat::Mermaid) => g.to_mermaid(layers),
+                (_, GraphFormat::Text) => g.to_text(),
+            };
+            print!("{text}");
+            Ok(0)
+        }
+        Command::Render(a) => {
+            let engine = Engine::open(&start, env)?;
+            match engine.render(&a.unit).await? {
+                Ok((unit, rendered)) => {
+                    match cli.output {
+                        OutputFormat::Json => println!(
+                            "{}",
+                            serde_json::to_string_pretty(&json!({"unit": unit, "documents": rendered.documents})).expect("json")
+                        ),
+                        _ => {
+                            for (i, d) in rendered.documents.iter().enumerate() {
+                                if i > 0 || d.path.is_some() {
+                                    println!("---");
+                                }
+                                if let Some(p) = &d.path {
+                                    println!("# {p}");
+                                }
+                                print!("{}", d.content);
+                                if !d.content.ends_with('\n') {
+                                    println!();
+                                }
+                            }
+                        }
+                    }
+                    Ok(0)
+                }
+                Err(e) => {
+                    let text = match &e.diagnostic {
+                        Some(d) => render_diagnostic(d, Some(&engine.project.root)),
+                        None => format!("error: {}", e.message),
+                    };
+                    eprintln!("{text}");
+                    Ok(1)
+                }
+            }
+        }
+        Command::Plan(a) => {
+            let engine = Engine::open(&start, env)?;
+            let selected = engine.select(&selection(&a.select))?;
+            let progress = Reporter::new(selected.len(), "plan", false);
+            let report = engine.plan(&selected, &progress).await?;
+            progress.finish();
+            print_report(&report, &engine.project.root, cli.output, a.full_diff);
+            Ok(report.exit_code() as u8)
+        }
+        Command::Apply(a) => {
+            let engine = Arc::new(Engine::open(&start, env)?);
+            let selected = engine.select(&selection(&a.select))?;
+            let progress = Arc::new(Reporter::new(selected.len(), "apply", true));
+            let opts = ApplyOptions {
+                jobs: a.jobs,
+                lock_timeout: Duration::from_secs(a.lock_timeout),
+                command: "apply".to_owned(),
+            };
+            let report = engine
+                .apply(&selected, &opts, Arc::clone(&progress) as Arc<dyn Progress>)
+                .await?;
+            progress.finish();
+            print_report(&report, &engine.project.root, cli.output, false);
+            Ok(report.exit_code() as u8)
+        }
+        Command::Destroy(a) => destroy(&start, env, a, cli.output).await,
+        Command::Output(a) => {
+            let engine = Engine::open(&start, env)?;
+            let outputs = engine.outputs(&a.unit).await?.ok_or_else(|| {
+                CliError::message(
+                    format!("unit `{}` has not been applied in environment `{}`", a.unit, engine.environment()),
+                    Some(format!("run `terrace apply --unit {}` first", a.unit)),
+                )
+            })?;
+            let value = match &a.key {
+                None => Value::Object(outputs),
+                Some(key) => lookup(&outputs, key).ok_or_else(|| {
+                    CliError::message(
+                        format!("unit `{}` has no output `{key}`", a.unit),
+                        Some(format!("its outputs: {}", outputs.keys().cloned().collect::<Vec<_>>().join(", "))),
+                    )
+                })?,
+            };
+            match (&value, cli.output) {
+                (Value::String(s), OutputFormat::Text) => println!("{s}"),
+                (_, OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&value).expect("json")),
+                _ => print!("{}", terrace_yaml::to_string(&value)),
+            }
+            Ok(0)
+        }
+        Command::State(s) => state(&start, env, s, cli.output).await,
+        Command::Schema(a) => {
+            for (name, text) in crate::schema::schemas() {
+                match &a.write {
+                    Some(dir) => {
+                        fs_err::create_dir_all(dir)?;
+                        fs_err::write(dir.join(name), text)?;
+                        println!("wrote {}", dir.join(name).display());
+                    }
+                    None => print!("{text}"),
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn selection(s: &SelectArgs) -> Selection {
+    Selection {
+        units: s.units.clone(),
+        layers: s.layers.clone(),
+        affected_since: s.affected_since.clone(),
+    }
+}
+
+fn print_report(report: &Report, root: &Path, format: OutputFormat, full_diff: bool) {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(report).expect("json")),
+        OutputFormat::Markdown => print!("{}", output::markdown(report)),
+        OutputFormat::Text => print!("{}", output::text(report, root, full_diff)),
+    }
+}
+
+/// `validate`: every environment (or the one asked for), fully evaluated
+/// with unknown outputs, and every unit rendered.
+fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8, CliError> {
+    let project = Project::discover(start)?;
+    let envs = match env {
+        Some(e) => vec![project.pick_environment(Some(e))?],
+        None => project.environments(),
+    };
+    let mut problems = Vec::new();
+    let mut counts = Vec::new();
+    for e in &envs {
+        let ws = match Workspace::new(&project, e) {
+            Ok(ws) => ws,
+            Err(terrace_engine::EngineError::Invalid(d)) => {
+                problems.extend(d);
+                continue;
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let views = Default::default();
+        for i in 0..ws.units.len() {
+            match ws.evaluate(&project, i, &views) {
+                Ok(unit) => {
+                    let ctx = terrace_core::driver::UnitContext {
+                        root: &project.root,
+                        project: &project.file.name,
+                        environment: e,
+                        vars: &ws.vars,
+                        unit: &unit,
+                        prior: None,
+                    };
+                    if let Err(err) = terrace_drivers_render(&ctx) {
+                        problems.push(err);
+                    }
+                }
+                Err(d) => problems.push(d),
+            }
+        }
+        counts.push(json!({"environment": e, "units": ws.units.len()}));
+    }
+    problems.dedup();
+    if !problems.is_empty() {
+        return Err(terrace_engine::EngineError::Invalid(problems).into());
+    }
+    match format {
+        OutputFormat::Json => println!("{}", json!({"valid": true, "environments": counts})),
+        _ => {
+            for c in &counts {
+                println!("{}: {} units ok", c["environment"].as_str().unwrap_or_default(), c["units"]);
+            }
+            println!("valid: {} layers, {} environment(s)", project.file.layers.len(), envs.len());
+        }
+    }
+    Ok(0)
+}
+
+fn terrace_drivers_render(ctx: &terrace_core::driver::UnitContext<'_>) -> Result<(), terrace_core::Diagnostic> {
+    use terrace_core::driver::DriverError;
+    match terrace_engine::render_with_driver(ctx) {
+        Ok(_) => Ok(()),
+        Err(DriverError::Input(d)) => Err(*d),
+        Err(DriverError::Target(_)) => Ok(()),
+        Err(other) => Err(terrace_core::Diagnostic::new(format!("unit `{}`: {other}", ctx.unit.name))),
+    }
+}
+
+async fn destroy(start: &Path, env: Option<&str>, a: &crate::cli::DestroyArgs, format: OutputFormat) -> Result<u8, CliError> {
+    let engine = Engine::open(start, env)?;
+    let orphans = engine.orphans().await?;
+    // Named units that are orphans are destroyed from state alone.
+    let (named_orphans, in_graph): (Vec<String>, Vec<String>) =
+        a.select.units.iter().cloned().partition(|u| orphans.contains(u));
+    let mut sel = selection(&a.select);
+    sel.units = in_graph;
+    let selected = if sel.units.is_empty() && !named_orphans.is_empty() && sel.layers.is_empty() {
+        Default::default()
+    } else {
+        engine.select(&sel)?
+    };
+    let opts = ApplyOptions {
+        jobs: 1,
+        lock_timeout: Duration::from_secs(a.lock_timeout),
+        command: "destroy".to_owned(),
+    };
+    let progress = Reporter::new(selected.len() + named_orphans.len(), "destroy", a.yes);
+    let report = engine
+        .destroy(&selected, &named_orphans, &opts, !a.yes, &progress)
+        .await?;
+    progress.finish();
+    print_report(&report, &engine.project.root, format, false);
+    if !a.yes && format == OutputFormat::Text && report.has_changes() {
+        println!("Nothing was destroyed: re-run with --yes to destroy.");
+    }
+    let _ = Quiet;
+    Ok(report.exit_code() as u8)
+}
+
+async fn state(start: &Path, env: Option<&str>, cmd: &StateCommand, format: OutputFormat) -> Result<u8, CliError> {
+    let engine = Engine::open(start, env)?;
+    let backend = engine.state();
+    let envname = engine.environment().to_owned();
+    match cmd {
+        StateCommand::List => {
+            let names = backend.list(&envname).await?;
+            let mut rows = Vec::new();
+            for n in &names {
+                if let Some(s) = backend.read(&envname, n).await? {
+                    let lock = backend.lock_holder(&envname, n).await?;
+                    rows.push(json!({
+                        "unit": s.unit, "kind": s.kind, "layer": s.layer, "serial": s.serial,
+                        "status": s.status, "updatedAt": s.updated_at,
+                        "orphan": engine.workspace.index_of(n).is_none(),
+                        "lockedBy": lock,
+                    }));
+                }
+            }
+            if format == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
+            } else if rows.is_empty() {
+                println!("no state in environment `{envname}` ({})", backend.describe());
+            } else {
+                for r in &rows {
+                    println!(
+                        "{:<24} {:<10} {:<10} serial {:<4} {}{}{}",
+                        r["unit"].as_str().unwrap_or_default(),
+                        r["kind"].as_str().unwrap_or_default(),
+                        r["layer"].as_str().unwrap_or_default(),
+                        r["serial"],
+                        r["updatedAt"].as_str().unwrap_or_default(),
+                        if r["orphan"] == json!(true) { "  (orphan)" } else { "" },
+                        if r["lockedBy"].is_null() { "" } else { "  (locked)" },
+                    );
+                }
+            }
+            Ok(0)
+        }
+        StateCommand::Show { unit } => {
+            let s = backend.read(&envname, unit).await?.ok_or_else(|| {
+                CliError::message(format!("no state for unit `{unit}` in environment `{envname}`"), None)
+            })?;
+            let v = serde_json::to_value(&s).expect("json");
+            match format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&v).expect("json")),
+                _ => print!("{}", terrace_yaml::to_string(&v)),
+            }
+            Ok(0)
+        }
+        StateCommand::Unlock { unit } => {
+            match backend.force_unlock(&envname, unit).await? {
+                Some(h) => println!("broke the lock on `{unit}` held by {h}"),
+                None => println!("`{unit}` was not locked"),
+            }
+            Ok(0)
+        }
+        StateCommand::History => {
+            let runs = backend.runs(&envname).await?;
+            if format == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&runs).expect("json"));
+            } else {
+                for r in &runs {
+                    let failed = r.units.iter().filter(|u| u.outcome == "failed").count();
+                    println!(
+                        "{}  {:<8} {} units, {} failed  {}",
+                        r.started_at,
+                        r.command,
+                        r.units.len(),
+                        failed,
+                        r.revision.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// An output by path: `a.b`, `a[0]`, `files["x.yaml"].path`.
+fn lookup(outputs: &serde_json::Map<String, Value>, key: &str) -> Option<Value> {
+    let parsed = expr::parse(&format!("${{var.{key}}}")).ok()?;
+    let Some(expr::Piece::Expr { expr: expr::Expr::Var { name, path }, .. }) = parsed.pieces.first() else {
+        return None;
+    };
+    let mut cur = outputs.get(name)?;
+    for seg in path {
+        cur = match (seg, cur) {
+            (terrace_core::Seg::Key(k), Value::Object(m)) => m.get(k)?,
+            (terrace_core::Seg::Index(i), Value::Array(a)) => a.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(cur.clone())
+}

@@ -1,0 +1,160 @@
+//! Showing errors: diagnostics with a file render with a caret under the
+//! place (miette), everything else as `error: ...` with a hint. Also sets
+//! up logging to stderr.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceSpan};
+use terrace_core::Diagnostic;
+use terrace_engine::EngineError;
+
+use crate::cli::OutputFormat;
+
+/// Errors of the CLI.
+#[derive(Debug)]
+pub enum CliError {
+    Engine(EngineError),
+    Message { message: String, hint: Option<String> },
+}
+
+
+impl From<EngineError> for CliError {
+    fn from(e: EngineError) -> Self {
+        CliError::Engine(e)
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::Engine(EngineError::Io(e))
+    }
+}
+
+impl From<terrace_state::StateError> for CliError {
+    fn from(e: terrace_state::StateError) -> Self {
+        CliError::Engine(EngineError::State(e))
+    }
+}
+
+impl CliError {
+    pub fn message(message: impl Into<String>, hint: Option<String>) -> Self {
+        CliError::Message {
+            message: message.into(),
+            hint,
+        }
+    }
+}
+
+/// Logging to stderr; `RUST_LOG` wins over `-v`.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color_enabled())
+        .without_time()
+        .try_init();
+}
+
+/// Whether stderr gets colour: a terminal, and `NO_COLOR` unset.
+pub fn color_enabled() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+/// Prints an error to stderr (and as JSON on stdout with `--output json`).
+pub fn report_error(e: &CliError, format: OutputFormat) {
+    let (message, hint, diags): (String, Option<String>, &[Diagnostic]) = match e {
+        CliError::Engine(EngineError::Invalid(d)) => (
+            format!("{} problem{} found", d.len(), if d.len() == 1 { "" } else { "s" }),
+            None,
+            d,
+        ),
+        CliError::Engine(e) => (e.to_string(), e.hint(), &[]),
+        CliError::Message { message, hint } => (message.clone(), hint.clone(), &[]),
+    };
+    if format == OutputFormat::Json {
+        let doc = serde_json::json!({
+            "error": { "message": message, "hint": hint, "diagnostics": diags }
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+    }
+    for d in diags {
+        eprintln!("{}", render_diagnostic(d, None));
+    }
+    eprintln!("error: {message}");
+    if let Some(h) = hint {
+        eprintln!("  hint: {h}");
+    }
+}
+
+/// A diagnostic as text, with the source line and a caret when the file
+/// and place are known. `root` resolves relative file names.
+pub fn render_diagnostic(d: &Diagnostic, root: Option<&Path>) -> String {
+    let (Some(file), Some(loc)) = (&d.file, &d.location) else {
+        return format!("error: {d}");
+    };
+    let path = match root {
+        Some(r) if file.is_relative() => r.join(file),
+        _ => file.clone(),
+    };
+    let Ok(source) = std::fs::read_to_string(&path) else {
+        return format!("error: {d}");
+    };
+    let report = Located {
+        message: format!("{}:{}:{}: {}", file.display(), loc.line, loc.column, d.message),
+        source: NamedSource::new(file.display().to_string(), source.clone()),
+        span: SourceSpan::new(loc.offset.min(source.len()).into(), loc.len.max(1).min(source.len().saturating_sub(loc.offset).max(1))),
+        help: d.hint.clone(),
+    };
+    let theme = if color_enabled() {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let mut out = String::new();
+    let handler = GraphicalReportHandler::new_themed(theme).with_width(100);
+    if handler.render_report(&mut out, &report).is_err() {
+        return format!("error: {d}");
+    }
+    out.trim_end().to_owned()
+}
+
+#[derive(Debug)]
+struct Located {
+    message: String,
+    source: NamedSource<String>,
+    span: SourceSpan,
+    help: Option<String>,
+}
+
+impl std::fmt::Display for Located {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Located {}
+
+impl miette::Diagnostic for Located {
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.source)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            Some("here".to_owned()),
+            self.span,
+        ))))
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h.clone()) as Box<dyn std::fmt::Display>)
+    }
+}

@@ -1,0 +1,248 @@
+//! Reports as text, markdown or JSON.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use terrace_core::plan::Action;
+use terrace_engine::run::{Outcome, Report, UnitReport};
+
+use crate::diagnostics::render_diagnostic;
+
+/// Counts for the summary line.
+#[derive(Debug, Default)]
+struct Totals {
+    create: usize,
+    update: usize,
+    delete: usize,
+    unchanged_units: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+fn totals(report: &Report) -> Totals {
+    let mut t = Totals::default();
+    for u in &report.units {
+        match u.outcome {
+            Outcome::Failed => t.failed += 1,
+            Outcome::Skipped => t.skipped += 1,
+            _ => {}
+        }
+        let (c, up, d) = counts(u);
+        t.create += c;
+        t.update += up;
+        t.delete += d;
+        if u.action == Some(Action::NoOp) || u.outcome == Outcome::Unchanged {
+            t.unchanged_units += 1;
+        }
+    }
+    t
+}
+
+fn counts(u: &UnitReport) -> (usize, usize, usize) {
+    let mut c = (0, 0, 0);
+    for ch in &u.changes {
+        match ch.action {
+            Action::Create => c.0 += 1,
+            Action::Update => c.1 += 1,
+            Action::Delete => c.2 += 1,
+            Action::NoOp => {}
+        }
+    }
+    c
+}
+
+fn status_word(u: &UnitReport) -> String {
+    match u.outcome {
+        Outcome::Failed => "FAILED".to_owned(),
+        Outcome::Skipped => "skipped".to_owned(),
+        Outcome::Applied => "applied".to_owned(),
+        Outcome::Unchanged => "no changes".to_owned(),
+        Outcome::Destroyed => "destroyed".to_owned(),
+        Outcome::Planned => match u.action {
+            Some(Action::NoOp) | None => "no changes".to_owned(),
+            Some(a) => a.to_string(),
+        },
+    }
+}
+
+fn change_cell(u: &UnitReport) -> String {
+    let (c, up, d) = counts(u);
+    let mut parts = Vec::new();
+    if c > 0 {
+        parts.push(format!("+{c}"));
+    }
+    if up > 0 {
+        parts.push(format!("~{up}"));
+    }
+    if d > 0 {
+        parts.push(format!("-{d}"));
+    }
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// The report for people.
+pub fn text(report: &Report, root: &Path, full_diff: bool) -> String {
+    let mut out = String::new();
+    for u in &report.units {
+        let interesting = !u.changes.is_empty()
+            || matches!(u.outcome, Outcome::Failed)
+            || !u.notes.is_empty() && u.action.is_some_and(Action::is_change);
+        if !interesting {
+            continue;
+        }
+        let _ = writeln!(out, "{} ({}, layer {}): {}", u.unit, u.kind, u.layer, status_word(u));
+        for ch in &u.changes {
+            let _ = writeln!(out, "  {} {}", ch.action.symbol(), ch.address);
+            let show = ch.action == Action::Update || full_diff;
+            if let (true, Some(diff)) = (show, &ch.diff) {
+                for line in diff.lines().skip(2) {
+                    let _ = writeln!(out, "      {line}");
+                }
+            }
+        }
+        for n in &u.notes {
+            let _ = writeln!(out, "  note: {n}");
+        }
+        if let Some(e) = &u.error {
+            let text = match &e.diagnostic {
+                Some(d) => render_diagnostic(d, Some(root)),
+                None => format!("error: {}", e.message),
+            };
+            for line in text.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+            if let Some(h) = &e.hint {
+                let _ = writeln!(out, "  hint: {h}");
+            }
+        }
+        out.push('\n');
+    }
+    out.push_str(&table(report));
+    for o in &report.orphans {
+        let _ = writeln!(
+            out,
+            "orphan: `{o}` has state in environment `{}` but is no unit of it; remove it with `terrace destroy --unit {o} --yes`",
+            report.environment
+        );
+    }
+    out.push_str(&summary_line(report));
+    out.push('\n');
+    out
+}
+
+fn table(report: &Report) -> String {
+    if report.units.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<[String; 5]> = report
+        .units
+        .iter()
+        .map(|u| {
+            let mut status = status_word(u);
+            if let Some(c) = &u.skipped_because {
+                status = format!("skipped: {c} failed");
+            }
+            [u.unit.clone(), u.layer.clone(), u.kind.to_string(), status, change_cell(u)]
+        })
+        .collect();
+    let header = ["UNIT", "LAYER", "KIND", "STATUS", "CHANGES"];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[&str]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                let _ = write!(s, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        s.push('\n');
+        s
+    };
+    out.push_str(&line(&header));
+    for r in &rows {
+        out.push_str(&line(&r.each_ref().map(String::as_str)));
+    }
+    out.push('\n');
+    out
+}
+
+fn summary_line(report: &Report) -> String {
+    let t = totals(report);
+    let verb = match report.command.as_str() {
+        "plan" => "Plan",
+        "apply" => "Apply",
+        "destroy" => "Destroy",
+        other => other,
+    };
+    let mut s = format!(
+        "{verb} ({}): {} to create, {} to update, {} to delete; {} of {} units unchanged",
+        report.environment,
+        t.create,
+        t.update,
+        t.delete,
+        t.unchanged_units,
+        report.units.len()
+    );
+    if report.command != "plan" {
+        s = s.replace(" to ", " ");
+        s = s.replacen("create", "created", 1).replacen("update", "updated", 1).replacen("delete", "deleted", 1);
+    }
+    if t.failed > 0 || t.skipped > 0 {
+        let _ = write!(s, "; {} failed, {} skipped", t.failed, t.skipped);
+    }
+    s.push('.');
+    s
+}
+
+/// The report as a markdown comment.
+pub fn markdown(report: &Report) -> String {
+    let mut out = format!("### terrace {} — `{}`\n\n", report.command, report.environment);
+    out.push_str("| Unit | Layer | Kind | Status | Changes |\n|---|---|---|---|---|\n");
+    for u in &report.units {
+        let mut status = status_word(u);
+        if let Some(c) = &u.skipped_because {
+            status = format!("skipped: `{c}` failed");
+        }
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} | {} |",
+            u.unit,
+            u.layer,
+            u.kind,
+            status,
+            change_cell(u)
+        );
+    }
+    out.push('\n');
+    for u in &report.units {
+        if u.changes.is_empty() && u.error.is_none() {
+            continue;
+        }
+        let _ = writeln!(out, "<details><summary><code>{}</code>: {}</summary>\n", u.unit, status_word(u));
+        if let Some(e) = &u.error {
+            let _ = writeln!(out, "```\n{}\n```\n", e.message);
+        }
+        for ch in &u.changes {
+            let _ = writeln!(out, "- `{}` {}", ch.action.symbol(), ch.address);
+        }
+        let diffs: Vec<&str> = u.changes.iter().filter_map(|c| c.diff.as_deref()).collect();
+        if !diffs.is_empty() {
+            let _ = writeln!(out, "\n```diff\n{}```", diffs.concat());
+        }
+        out.push_str("\n</details>\n\n");
+    }
+    out.push_str(&summary_line(report));
+    out.push('\n');
+    out
+}
