@@ -83,7 +83,8 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
                 DriverError::from(d)
             })?;
             let id = identify(&evaluated.value).map_err(|msg| {
-                let loc = terrace_yaml::locate(&src, doc, &ValuePath::root(), None);
+                let loc = terrace_yaml::locate(&src, doc, &ValuePath::root().key("metadata"), None)
+                    .or_else(|| terrace_yaml::locate(&src, doc, &ValuePath::root(), None));
                 DriverError::from(
                     Diagnostic::new(msg)
                         .in_file(&file)

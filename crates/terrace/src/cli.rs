@@ -77,7 +77,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  terrace apply\n  terrace apply -j 4 --layer platform\n\nA unit that fails stops only the units that depend on it.")]
     Apply(ApplyArgs),
     /// Remove what units manage, dependents first.
-    #[command(after_help = "Examples:\n  terrace destroy --unit web          # plan only\n  terrace destroy --unit web --yes    # do it\n  terrace destroy --unit removed-unit --yes   # a unit gone from the repository")]
+    #[command(after_help = "Examples:\n  terrace destroy --unit web          # plan only\n  terrace destroy --unit web --yes    # do it\n  terrace destroy --unit removed-unit --yes   # a unit gone from the repository\n\nWithout --yes, destroy only plans and exits 2 when there is something to destroy.")]
     Destroy(DestroyArgs),
     /// Print a unit's outputs, or one of them.
     #[command(after_help = "Examples:\n  terrace output network\n  terrace output network cidr --output json")]

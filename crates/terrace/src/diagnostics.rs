@@ -107,10 +107,12 @@ pub fn render_diagnostic(d: &Diagnostic, root: Option<&Path>) -> String {
     let Ok(source) = std::fs::read_to_string(&path) else {
         return format!("error: {d}");
     };
+    // Line and column are authoritative; derive the byte offset from them.
+    let offset = byte_offset(&source, loc.line, loc.column).unwrap_or(loc.offset);
     let report = Located {
         message: format!("{}:{}:{}: {}", file.display(), loc.line, loc.column, d.message),
         source: NamedSource::new(file.display().to_string(), source.clone()),
-        span: SourceSpan::new(loc.offset.min(source.len()).into(), loc.len.max(1).min(source.len().saturating_sub(loc.offset).max(1))),
+        span: SourceSpan::new(offset.min(source.len()).into(), loc.len.max(1).min(source.len().saturating_sub(offset).max(1))),
         help: d.hint.clone(),
     };
     let theme = if color_enabled() {
@@ -157,4 +159,20 @@ impl miette::Diagnostic for Located {
             .as_ref()
             .map(|h| Box::new(h.clone()) as Box<dyn std::fmt::Display>)
     }
+}
+
+/// The byte offset of a 1-based line and character column.
+fn byte_offset(source: &str, line: u32, column: u32) -> Option<usize> {
+    let mut start = 0;
+    for (i, l) in source.split_inclusive('\n').enumerate() {
+        if i + 1 == line as usize {
+            let col = l
+                .char_indices()
+                .nth(column.saturating_sub(1) as usize)
+                .map_or(l.len(), |(b, _)| b);
+            return Some(start + col);
+        }
+        start += l.len();
+    }
+    None
 }

@@ -1,0 +1,83 @@
+//! End-to-end tests of the `terrace` binary on copies of
+//! `examples/homelab` and small projects written by the tests.
+
+mod errors;
+mod example;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A fresh copy of `examples/homelab` in a temporary directory.
+pub fn homelab() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&repo_root().join("examples/homelab"), dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read example") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name();
+        if name == ".terrace" {
+            continue;
+        }
+        let target = to.join(&name);
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Runs terrace in `dir` with `args`.
+pub fn terrace(dir: &Path, args: &[&str]) -> Output {
+    Command::cargo_bin("terrace")
+        .expect("binary built")
+        .current_dir(dir)
+        .env_remove("TERRACE_ENV")
+        .env("NO_COLOR", "1")
+        .args(args)
+        .output()
+        .expect("terrace runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited")
+}
+
+/// Writes files (path, content) under `root`.
+pub fn write_files(root: &Path, files: &[(&str, &str)]) {
+    for (p, c) in files {
+        let path = root.join(p);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, c).expect("write");
+    }
+}
+
+/// The plan as JSON.
+pub fn plan_json(dir: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let mut args = vec!["plan", "--output", "json"];
+    args.extend_from_slice(extra);
+    let o = terrace(dir, &args);
+    let v = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("plan JSON: {e}\nstdout: {}\nstderr: {}", stdout(&o), stderr(&o)));
+    (code(&o), v)
+}
