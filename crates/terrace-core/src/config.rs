@@ -199,7 +199,9 @@ pub struct UnitFile {
 }
 
 /// The unit kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum UnitKind {
     /// A directory of Kubernetes YAML with `${...}` substitution.

@@ -120,7 +120,8 @@ pub trait Driver: Send + Sync + fmt::Debug {
     fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError>;
 
     /// Compares what the unit renders with what is there.
-    fn plan<'a>(&'a self, ctx: &'a UnitContext<'a>) -> BoxFuture<'a, Result<UnitPlan, DriverError>>;
+    fn plan<'a>(&'a self, ctx: &'a UnitContext<'a>)
+    -> BoxFuture<'a, Result<UnitPlan, DriverError>>;
 
     /// Plans removing everything the unit manages.
     fn plan_destroy<'a>(

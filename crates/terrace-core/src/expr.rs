@@ -612,10 +612,12 @@ fn resolve(expr: &Expr, scope: &dyn Scope) -> Result<Resolved, EvalErrorKind> {
             let inputs = scope
                 .inputs()
                 .ok_or_else(|| EvalErrorKind::InputsUnavailable(name.clone()))?;
-            let root = inputs.get(name).ok_or_else(|| EvalErrorKind::UnknownInput {
-                name: name.clone(),
-                known: inputs.keys().cloned().collect(),
-            })?;
+            let root = inputs
+                .get(name)
+                .ok_or_else(|| EvalErrorKind::UnknownInput {
+                    name: name.clone(),
+                    known: inputs.keys().cloned().collect(),
+                })?;
             if root.as_str() == Some(UNKNOWN) {
                 return Ok(Resolved::Unknown);
             }
@@ -767,7 +769,12 @@ mod tests {
         let mut outputs = BTreeMap::new();
         outputs.insert(
             "net".to_owned(),
-            Some(json!({"cidr": "10.0.0.0/24", "ids": [7, 8]}).as_object().cloned().expect("map")),
+            Some(
+                json!({"cidr": "10.0.0.0/24", "ids": [7, 8]})
+                    .as_object()
+                    .cloned()
+                    .expect("map"),
+            ),
         );
         outputs.insert("vm".to_owned(), None);
         TestScope {
@@ -823,8 +830,8 @@ mod tests {
 
     #[test]
     fn unknown_outputs_are_marked() {
-        let v = ev(json!({"a": "${unit.vm.outputs.ip}", "b": "ip=${unit.vm.outputs.ip}"}))
-            .expect("ok");
+        let v =
+            ev(json!({"a": "${unit.vm.outputs.ip}", "b": "ip=${unit.vm.outputs.ip}"})).expect("ok");
         assert!(v.unknown);
         assert_eq!(v.value, json!({"a": UNKNOWN, "b": format!("ip={UNKNOWN}")}));
     }
@@ -852,11 +859,24 @@ mod tests {
 
     #[test]
     fn content_scope_has_inputs_but_no_outputs() {
-        let vars = json!({"domain": "home.arpa"}).as_object().cloned().expect("map");
-        let inputs = json!({"replicas": 2, "later": UNKNOWN}).as_object().cloned().expect("map");
-        let s = ContentScope { env: "dev", vars: &vars, inputs: &inputs };
+        let vars = json!({"domain": "home.arpa"})
+            .as_object()
+            .cloned()
+            .expect("map");
+        let inputs = json!({"replicas": 2, "later": UNKNOWN})
+            .as_object()
+            .cloned()
+            .expect("map");
+        let s = ContentScope {
+            env: "dev",
+            vars: &vars,
+            inputs: &inputs,
+        };
         let p = ValuePath::root();
-        assert_eq!(eval(&json!("${input.replicas}"), &p, &s).expect("ok").value, json!(2));
+        assert_eq!(
+            eval(&json!("${input.replicas}"), &p, &s).expect("ok").value,
+            json!(2)
+        );
         assert!(eval(&json!("${input.later}"), &p, &s).expect("ok").unknown);
         let e = eval(&json!("${input.nope}"), &p, &s).expect_err("no such input");
         assert!(matches!(e.kind, EvalErrorKind::UnknownInput { .. }));

@@ -201,7 +201,11 @@ impl Graph {
         self.closure(start, &self.deps)
     }
 
-    fn closure(&self, start: impl IntoIterator<Item = usize>, edges: &[Vec<usize>]) -> BTreeSet<usize> {
+    fn closure(
+        &self,
+        start: impl IntoIterator<Item = usize>,
+        edges: &[Vec<usize>],
+    ) -> BTreeSet<usize> {
         let mut seen = BTreeSet::new();
         let mut todo: Vec<usize> = start.into_iter().collect();
         while let Some(n) = todo.pop() {
@@ -217,7 +221,11 @@ impl Graph {
     pub fn waves(&self) -> Vec<Vec<usize>> {
         let mut depth = vec![0usize; self.nodes.len()];
         for &i in &self.topological_order() {
-            depth[i] = self.deps[i].iter().map(|&d| depth[d] + 1).max().unwrap_or(0);
+            depth[i] = self.deps[i]
+                .iter()
+                .map(|&d| depth[d] + 1)
+                .max()
+                .unwrap_or(0);
         }
         let max = depth.iter().copied().max().map_or(0, |m| m + 1);
         let mut waves = vec![Vec::new(); max];
@@ -286,15 +294,26 @@ impl Graph {
             if members.is_empty() {
                 continue;
             }
-            let _ = writeln!(out, "  subgraph \"cluster_{layer}\" {{\n    label=\"{layer}\";");
+            let _ = writeln!(
+                out,
+                "  subgraph \"cluster_{layer}\" {{\n    label=\"{layer}\";"
+            );
             for n in members {
-                let _ = writeln!(out, "    \"{}\" [label=\"{}\\n({})\"];", n.name, n.name, n.kind);
+                let _ = writeln!(
+                    out,
+                    "    \"{}\" [label=\"{}\\n({})\"];",
+                    n.name, n.name, n.kind
+                );
             }
             out.push_str("  }\n");
         }
         for i in self.topological_order() {
             for &d in &self.deps[i] {
-                let _ = writeln!(out, "  \"{}\" -> \"{}\";", self.nodes[i].name, self.nodes[d].name);
+                let _ = writeln!(
+                    out,
+                    "  \"{}\" -> \"{}\";",
+                    self.nodes[i].name, self.nodes[d].name
+                );
             }
         }
         out.push_str("}\n");
@@ -320,7 +339,12 @@ impl Graph {
         }
         for i in self.topological_order() {
             for &d in &self.deps[i] {
-                let _ = writeln!(out, "  {} --> {}", id(&self.nodes[d].name), id(&self.nodes[i].name));
+                let _ = writeln!(
+                    out,
+                    "  {} --> {}",
+                    id(&self.nodes[d].name),
+                    id(&self.nodes[i].name)
+                );
             }
         }
         out
@@ -350,10 +374,18 @@ mod tests {
             node("dns", 0, &[]),
         ])
         .expect("valid");
-        let names = |w: &Vec<usize>| w.iter().map(|&i| g.node(i).name.clone()).collect::<Vec<_>>();
+        let names = |w: &Vec<usize>| {
+            w.iter()
+                .map(|&i| g.node(i).name.clone())
+                .collect::<Vec<_>>()
+        };
         let waves: Vec<_> = g.waves().iter().map(names).collect();
         assert_eq!(waves, vec![vec!["dns", "net"], vec!["db"], vec!["app"]]);
-        let topo: Vec<_> = g.topological_order().iter().map(|&i| g.node(i).name.clone()).collect();
+        let topo: Vec<_> = g
+            .topological_order()
+            .iter()
+            .map(|&i| g.node(i).name.clone())
+            .collect();
         assert_eq!(topo, ["dns", "net", "db", "app"]);
     }
 

@@ -20,6 +20,15 @@ pub struct DesiredFile {
     pub content: String,
 }
 
+/// What a file-backed unit renders: its files, the directory it owns, and
+/// the outputs it will have.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredSet {
+    pub files: Vec<DesiredFile>,
+    pub dir: String,
+    pub outputs: serde_json::Map<String, serde_json::Value>,
+}
+
 /// What apply does: the payload of a file-backed [`UnitPlan`].
 #[derive(Debug, Clone, Default)]
 pub struct FilePlan {
@@ -107,7 +116,11 @@ pub fn plan(
 }
 
 /// Plans removing every file in the inventory.
-pub fn plan_destroy(root: &Path, prior: &UnitState, prune_dirs: Vec<String>) -> Result<UnitPlan, DriverError> {
+pub fn plan_destroy(
+    root: &Path,
+    prior: &UnitState,
+    prune_dirs: Vec<String>,
+) -> Result<UnitPlan, DriverError> {
     let mut changes = Vec::new();
     let mut remove = Vec::new();
     for item in &prior.inventory {
@@ -234,26 +247,54 @@ mod tests {
     fn create_update_prune_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        let p = plan(root, vec![file("out/a", "1\n"), file("out/sub/b", "2\n")], None, Default::default(), vec!["out".into()])
-            .expect("plan");
+        let p = plan(
+            root,
+            vec![file("out/a", "1\n"), file("out/sub/b", "2\n")],
+            None,
+            Default::default(),
+            vec!["out".into()],
+        )
+        .expect("plan");
         assert_eq!(p.action, Action::Create);
         assert_eq!(p.counts(), (2, 0, 0));
         let applied = apply(root, &p).expect("apply");
         let prior = state(applied.inventory);
 
         // Nothing changed: no-op.
-        let p = plan(root, vec![file("out/a", "1\n"), file("out/sub/b", "2\n")], Some(&prior), Default::default(), vec!["out".into()])
-            .expect("plan");
+        let p = plan(
+            root,
+            vec![file("out/a", "1\n"), file("out/sub/b", "2\n")],
+            Some(&prior),
+            Default::default(),
+            vec!["out".into()],
+        )
+        .expect("plan");
         assert_eq!(p.action, Action::NoOp);
         assert_eq!(p.unchanged, 2);
 
         // One changed, one gone: exactly those two changes.
-        let p = plan(root, vec![file("out/a", "one\n")], Some(&prior), Default::default(), vec!["out".into()]).expect("plan");
+        let p = plan(
+            root,
+            vec![file("out/a", "one\n")],
+            Some(&prior),
+            Default::default(),
+            vec!["out".into()],
+        )
+        .expect("plan");
         assert_eq!(p.action, Action::Update);
         assert_eq!(p.counts(), (0, 1, 1));
-        assert!(p.changes[0].diff.as_deref().expect("diff").contains("-1\n+one"));
+        assert!(
+            p.changes[0]
+                .diff
+                .as_deref()
+                .expect("diff")
+                .contains("-1\n+one")
+        );
         apply(root, &p).expect("apply");
         assert!(!root.join("out/sub").exists(), "emptied directory pruned");
-        assert_eq!(std::fs::read_to_string(root.join("out/a")).expect("read"), "one\n");
+        assert_eq!(
+            std::fs::read_to_string(root.join("out/a")).expect("read"),
+            "one\n"
+        );
     }
 }

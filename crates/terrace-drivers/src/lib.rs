@@ -76,8 +76,14 @@ mod tests {
 
     #[test]
     fn clean_relative_stays_inside() {
-        assert_eq!(clean_relative("apps/web", "./m").as_deref(), Some("apps/web/m"));
-        assert_eq!(clean_relative("apps/web", "../shared").as_deref(), Some("apps/shared"));
+        assert_eq!(
+            clean_relative("apps/web", "./m").as_deref(),
+            Some("apps/web/m")
+        );
+        assert_eq!(
+            clean_relative("apps/web", "../shared").as_deref(),
+            Some("apps/shared")
+        );
         assert_eq!(clean_relative("apps", "../../etc"), None);
         assert_eq!(clean_relative("apps", "/etc"), None);
     }

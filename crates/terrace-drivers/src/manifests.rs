@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use terrace_core::config::{ManifestsSettings, TargetKind, UNIT_FILE, WORK_DIR};
 use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{
@@ -22,8 +22,8 @@ use terrace_core::expr::{self, ContentScope};
 use terrace_core::plan::UnitPlan;
 use terrace_core::{ValuePath, config::UnitKind};
 
-use crate::fileset::{self, DesiredFile};
 use crate::clean_relative;
+use crate::fileset::{self, DesiredFile, DesiredSet};
 
 /// The `manifests` driver.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,10 +53,12 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
     })?;
     let abs = ctx.root.join(&dir);
     if !abs.is_dir() {
-        return Err(Diagnostic::new(format!("manifests directory `{dir}` does not exist"))
-            .in_file(format!("{unit_dir}/{UNIT_FILE}"))
-            .with_hint("create it, or set `manifests.path` in unit.yaml")
-            .into());
+        return Err(
+            Diagnostic::new(format!("manifests directory `{dir}` does not exist"))
+                .in_file(format!("{unit_dir}/{UNIT_FILE}"))
+                .with_hint("create it, or set `manifests.path` in unit.yaml")
+                .into(),
+        );
     }
     let mut files = Vec::new();
     collect_yaml(&abs, &dir, &mut files)?;
@@ -132,7 +134,11 @@ fn collect_yaml(abs: &Path, rel: &str, out: &mut Vec<String>) -> Result<(), Driv
         if name.starts_with('.') {
             continue;
         }
-        let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        let child_rel = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
         let ft = entry.file_type()?;
         if ft.is_dir() {
             collect_yaml(&entry.path(), &child_rel, out)?;
@@ -165,13 +171,20 @@ fn identify(v: &Value) -> Result<Identity, String> {
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .ok_or_else(|| format!("the {kind} has no `metadata.name`"))?;
-    let namespace = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
+    let namespace = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str);
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let address = match namespace {
         Some(ns) => format!("{api_version} {kind} {ns}/{name}"),
         None => format!("{api_version} {kind} {name}"),
     };
-    let safe = |s: &str| s.replace(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'), "-");
+    let safe = |s: &str| {
+        s.replace(
+            |c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'),
+            "-",
+        )
+    };
     let mut file_name = String::new();
     if !group.is_empty() {
         file_name.push_str(&safe(group));
@@ -221,7 +234,7 @@ fn cluster(ctx: &UnitContext<'_>) -> Result<String, DriverError> {
     Ok(target.name.clone())
 }
 
-fn desired(ctx: &UnitContext<'_>) -> Result<(Vec<DesiredFile>, String, Map<String, Value>), DriverError> {
+fn desired(ctx: &UnitContext<'_>) -> Result<DesiredSet, DriverError> {
     let cluster = cluster(ctx)?;
     let dir = rendered_dir(ctx.environment, &cluster, &ctx.unit.name);
     let objects = render_objects(ctx)?;
@@ -238,7 +251,11 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(Vec<DesiredFile>, String, Map<Strin
         "renderedPath": dir,
         "objects": objects.iter().map(|o| o.address.clone()).collect::<Vec<_>>(),
     });
-    Ok((files, dir, outputs.as_object().cloned().expect("a map")))
+    Ok(DesiredSet {
+        files,
+        dir,
+        outputs: outputs.as_object().cloned().expect("a map"),
+    })
 }
 
 impl Driver for ManifestsDriver {
@@ -260,10 +277,13 @@ impl Driver for ManifestsDriver {
         })
     }
 
-    fn plan<'a>(&'a self, ctx: &'a UnitContext<'a>) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
+    fn plan<'a>(
+        &'a self,
+        ctx: &'a UnitContext<'a>,
+    ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
         Box::pin(async move {
-            let (files, dir, outputs) = desired(ctx)?;
-            fileset::plan(ctx.root, files, ctx.prior, outputs, vec![dir])
+            let set = desired(ctx)?;
+            fileset::plan(ctx.root, set.files, ctx.prior, set.outputs, vec![set.dir])
         })
     }
 
@@ -303,8 +323,10 @@ mod tests {
             .expect("valid");
         assert_eq!(id.address, "apps/v1 Deployment apps/web");
         assert_eq!(id.file_name, "apps_v1_deployment_apps_web.yaml");
-        let id = identify(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}))
-            .expect("valid");
+        let id = identify(
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}),
+        )
+        .expect("valid");
         assert_eq!(id.file_name, "v1_namespace_apps.yaml");
         assert!(identify(&json!({"kind": "X"})).is_err());
     }

@@ -21,7 +21,7 @@ use terrace_core::driver::{
 use terrace_core::expr::UNKNOWN;
 use terrace_core::plan::UnitPlan;
 
-use crate::fileset::{self, DesiredFile};
+use crate::fileset::{self, DesiredFile, DesiredSet};
 use crate::{clean_relative, digest};
 
 /// The `template` driver.
@@ -43,24 +43,37 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
         TemplateSettings::default()
     } else {
         TemplateSettings::deserialize(&ctx.unit.settings).map_err(|e| {
-            DriverError::from(Diagnostic::new(format!("invalid `template` settings: {e}")).in_file(&unit_file))
+            DriverError::from(
+                Diagnostic::new(format!("invalid `template` settings: {e}")).in_file(&unit_file),
+            )
         })?
     };
     let src_rel = settings.source.as_deref().unwrap_or("templates");
     let source = clean_relative(&ctx.unit.dir, src_rel).ok_or_else(|| {
-        Diagnostic::new(format!("template source `{src_rel}` leads outside the project")).in_file(&unit_file)
+        Diagnostic::new(format!(
+            "template source `{src_rel}` leads outside the project"
+        ))
+        .in_file(&unit_file)
     })?;
     let output = match &settings.output {
-        Some(o) => clean_relative("", o).filter(|o| !o.is_empty()).ok_or_else(|| {
-            Diagnostic::new(format!("template output `{o}` must be a directory inside the project"))
+        Some(o) => clean_relative("", o)
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| {
+                Diagnostic::new(format!(
+                    "template output `{o}` must be a directory inside the project"
+                ))
                 .in_file(&unit_file)
-        })?,
+            })?,
         None => format!("{WORK_DIR}/generated/{}/{}", ctx.environment, ctx.unit.name),
     };
-    if output == ctx.unit.dir || output.starts_with(&format!("{}/", ctx.unit.dir)) && output.starts_with(&source) {
-        return Err(Diagnostic::new("template output overlaps the template source")
-            .in_file(&unit_file)
-            .into());
+    if output == ctx.unit.dir
+        || output.starts_with(&format!("{}/", ctx.unit.dir)) && output.starts_with(&source)
+    {
+        return Err(
+            Diagnostic::new("template output overlaps the template source")
+                .in_file(&unit_file)
+                .into(),
+        );
     }
 
     let abs = ctx.root.join(&source);
@@ -70,14 +83,19 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        sources.push(Source { name, path: source.clone() });
+        sources.push(Source {
+            name,
+            path: source.clone(),
+        });
     } else if abs.is_dir() {
         collect(&abs, "", &source, &mut sources)?;
     } else {
-        return Err(Diagnostic::new(format!("template source `{source}` does not exist"))
-            .in_file(&unit_file)
-            .with_hint("create it, or set `template.source` in unit.yaml")
-            .into());
+        return Err(
+            Diagnostic::new(format!("template source `{source}` does not exist"))
+                .in_file(&unit_file)
+                .with_hint("create it, or set `template.source` in unit.yaml")
+                .into(),
+        );
     }
     sources.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -119,21 +137,24 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
     };
 
     let mut out = Vec::new();
-    let mut render_set = |ctx_map: &Map<String, Value>, subdir: Option<String>| -> Result<(), DriverError> {
-        for s in &sources {
-            let tmpl = env.get_template(&s.name).map_err(|e| template_error(&e, &sources))?;
-            let text = tmpl
-                .render(minijinja::Value::from(minijinja::value::Serde(ctx_map)))
-                .map_err(|e| template_error(&e, &sources))?;
-            let name = strip_suffix(&s.name);
-            let path = match &subdir {
-                Some(d) => format!("{output}/{d}/{name}"),
-                None => format!("{output}/{name}"),
-            };
-            out.push((path, text));
-        }
-        Ok(())
-    };
+    let mut render_set =
+        |ctx_map: &Map<String, Value>, subdir: Option<String>| -> Result<(), DriverError> {
+            for s in &sources {
+                let tmpl = env
+                    .get_template(&s.name)
+                    .map_err(|e| template_error(&e, &sources))?;
+                let text = tmpl
+                    .render(minijinja::Value::from(minijinja::value::Serde(ctx_map)))
+                    .map_err(|e| template_error(&e, &sources))?;
+                let name = strip_suffix(&s.name);
+                let path = match &subdir {
+                    Some(d) => format!("{output}/{d}/{name}"),
+                    None => format!("{output}/{name}"),
+                };
+                out.push((path, text));
+            }
+            Ok(())
+        };
     match items {
         None => render_set(&base, None)?,
         Some(items) => {
@@ -146,8 +167,10 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
                         .render_str(p, minijinja::Value::from(minijinja::value::Serde(&m)))
                         .map_err(|e| {
                             DriverError::from(
-                                Diagnostic::new(format!("`template.itemPath` failed for item {index}: {e}"))
-                                    .in_file(&unit_file),
+                                Diagnostic::new(format!(
+                                    "`template.itemPath` failed for item {index}: {e}"
+                                ))
+                                .in_file(&unit_file),
                             )
                         })?,
                     None => item
@@ -167,10 +190,12 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
     let mut paths: Vec<&str> = out.iter().map(|(p, _)| p.as_str()).collect();
     paths.sort_unstable();
     if let Some(w) = paths.windows(2).find(|w| w[0] == w[1]) {
-        return Err(Diagnostic::new(format!("two items render to the same file {}", w[0]))
-            .in_file(&unit_file)
-            .with_hint("give each item a distinct `name`, or set `template.itemPath`")
-            .into());
+        return Err(
+            Diagnostic::new(format!("two items render to the same file {}", w[0]))
+                .in_file(&unit_file)
+                .with_hint("give each item a distinct `name`, or set `template.itemPath`")
+                .into(),
+        );
     }
     Ok((output, out))
 }
@@ -199,7 +224,11 @@ fn collect(abs: &Path, rel: &str, base: &str, out: &mut Vec<Source>) -> Result<(
         if name.starts_with('.') {
             continue;
         }
-        let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        let child = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
         if entry.file_type()?.is_dir() {
             collect(&entry.path(), &child, base, out)?;
         } else {
@@ -234,7 +263,7 @@ fn template_error(e: &minijinja::Error, sources: &[Source]) -> DriverError {
     DriverError::from(d)
 }
 
-fn desired(ctx: &UnitContext<'_>) -> Result<(Vec<DesiredFile>, String, Map<String, Value>), DriverError> {
+fn desired(ctx: &UnitContext<'_>) -> Result<DesiredSet, DriverError> {
     let (output, files) = render_files(ctx)?;
     let mut outputs_files = Map::new();
     for (path, content) in &files {
@@ -257,7 +286,11 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(Vec<DesiredFile>, String, Map<Strin
             content,
         })
         .collect();
-    Ok((desired, output, outputs.as_object().cloned().expect("a map")))
+    Ok(DesiredSet {
+        files: desired,
+        dir: output,
+        outputs: outputs.as_object().cloned().expect("a map"),
+    })
 }
 
 impl Driver for TemplateDriver {
@@ -279,10 +312,13 @@ impl Driver for TemplateDriver {
         })
     }
 
-    fn plan<'a>(&'a self, ctx: &'a UnitContext<'a>) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
+    fn plan<'a>(
+        &'a self,
+        ctx: &'a UnitContext<'a>,
+    ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
         Box::pin(async move {
-            let (files, dir, outputs) = desired(ctx)?;
-            fileset::plan(ctx.root, files, ctx.prior, outputs, vec![dir])
+            let set = desired(ctx)?;
+            fileset::plan(ctx.root, set.files, ctx.prior, set.outputs, vec![set.dir])
         })
     }
 

@@ -40,21 +40,50 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, EngineError> {
 /// `None` outside Git.
 pub fn revision(root: &Path) -> Option<String> {
     let head = git(root, &["rev-parse", "HEAD"]).ok()?;
-    let dirty = git(root, &["status", "--porcelain", "--untracked-files=no", "."])
-        .map(|s| !s.trim().is_empty())
-        .unwrap_or(false);
-    Some(format!("{}{}", head.trim(), if dirty { "+dirty" } else { "" }))
+    let dirty = git(
+        root,
+        &["status", "--porcelain", "--untracked-files=no", "."],
+    )
+    .map(|s| !s.trim().is_empty())
+    .unwrap_or(false);
+    Some(format!(
+        "{}{}",
+        head.trim(),
+        if dirty { "+dirty" } else { "" }
+    ))
 }
 
 /// Project-relative paths changed since `rev`: committed, staged, unstaged
 /// and untracked.
 pub fn changed_files(root: &Path, rev: &str) -> Result<Vec<String>, EngineError> {
-    let prefix = git(root, &["rev-parse", "--show-prefix"])?.trim().to_owned();
-    git(root, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")])
-        .map_err(|_| EngineError::Git(format!("unknown revision `{rev}`")))?;
+    let prefix = git(root, &["rev-parse", "--show-prefix"])?
+        .trim()
+        .to_owned();
+    git(
+        root,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{rev}^{{commit}}"),
+        ],
+    )
+    .map_err(|_| EngineError::Git(format!("unknown revision `{rev}`")))?;
     let mut files = BTreeSet::new();
-    let diff = git(root, &["diff", "--name-only", "--no-renames", rev, "--", "."])?;
-    let untracked = git(root, &["ls-files", "--others", "--exclude-standard", "--full-name", "."])?;
+    let diff = git(
+        root,
+        &["diff", "--name-only", "--no-renames", rev, "--", "."],
+    )?;
+    let untracked = git(
+        root,
+        &[
+            "ls-files",
+            "--others",
+            "--exclude-standard",
+            "--full-name",
+            ".",
+        ],
+    )?;
     for line in diff.lines().chain(untracked.lines()) {
         // git prints paths relative to the repository top.
         if let Some(rel) = line.strip_prefix(&prefix) {
@@ -77,7 +106,7 @@ pub fn affected_units(engine: &Engine, rev: &str) -> Result<BTreeSet<usize>, Eng
         .unwrap_or_default();
     let mut direct = BTreeSet::new();
     for f in &files {
-        if f == PROJECT_FILE || var_files.iter().any(|v| *v == f) {
+        if f == PROJECT_FILE || var_files.contains(&f) {
             // Project settings and variables can change any unit.
             return Ok((0..ws.graph.len()).collect());
         }

@@ -1,7 +1,7 @@
 //! Turning "this value in this file" into a located [`Diagnostic`].
 
-use terrace_core::diag::Diagnostic;
 use terrace_core::ValuePath;
+use terrace_core::diag::Diagnostic;
 
 /// A diagnostic for the value at `path` of document `doc` in `source`
 /// (the text of `file`); `needle` narrows it to an expression as written.
@@ -20,7 +20,11 @@ pub(crate) fn at_value(
 
 /// The nearest located ancestor, when a value itself cannot be found (for
 /// example a default).
-fn parent_location(source: &str, doc: usize, path: &ValuePath) -> Option<terrace_core::diag::Location> {
+fn parent_location(
+    source: &str,
+    doc: usize,
+    path: &ValuePath,
+) -> Option<terrace_core::diag::Location> {
     let mut segs = path.segments().to_vec();
     while segs.pop().is_some() {
         if let Some(l) = terrace_yaml::locate(source, doc, &ValuePath(segs.clone()), None) {

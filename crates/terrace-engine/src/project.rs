@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use terrace_core::ValuePath;
 use terrace_core::config::{
     IGNORE_FILE, PROJECT_FILE, ProjectFile, UNIT_FILE, UnitFile, UnitKind, WORK_DIR,
 };
 use terrace_core::diag::Diagnostic;
 use terrace_core::expr::is_valid_name;
-use terrace_core::ValuePath;
 
 use crate::error::EngineError;
 use crate::locate::at_value;
@@ -149,13 +149,8 @@ impl Project {
 
     /// The state directory, absolute.
     pub fn state_dir(&self) -> PathBuf {
-        self.root.join(
-            self.file
-                .state
-                .path
-                .as_deref()
-                .unwrap_or(".terrace/state"),
-        )
+        self.root
+            .join(self.file.state.path.as_deref().unwrap_or(".terrace/state"))
     }
 }
 
@@ -195,8 +190,11 @@ fn check_project(file: &ProjectFile, source: &str) -> Vec<Diagnostic> {
     let at = |path: ValuePath, msg: String| at_value(PROJECT_FILE, source, 0, &path, None, msg);
     if file.layers.is_empty() {
         diags.push(
-            at(ValuePath::root().key("layers"), "the project has no layers".into())
-                .with_hint("list the layers, lowest first, e.g. `layers: [infra, platform, apps]`"),
+            at(
+                ValuePath::root().key("layers"),
+                "the project has no layers".into(),
+            )
+            .with_hint("list the layers, lowest first, e.g. `layers: [infra, platform, apps]`"),
         );
     }
     for (i, layer) in file.layers.iter().enumerate() {
@@ -217,7 +215,11 @@ fn check_project(file: &ProjectFile, source: &str) -> Vec<Diagnostic> {
             )
             .with_hint(format!(
                 "define it under `environments`, or pick one of: {}",
-                file.environments.keys().cloned().collect::<Vec<_>>().join(", ")
+                file.environments
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         );
     }
@@ -252,26 +254,39 @@ fn check_units(project: &ProjectFile, units: &[UnitDecl]) -> Vec<Diagnostic> {
         project.environments.keys().map(String::as_str).collect()
     };
     for u in units {
-        let at = |path: ValuePath, msg: String| at_value(&u.file_path, &u.source, 0, &path, None, msg);
+        let at =
+            |path: ValuePath, msg: String| at_value(&u.file_path, &u.source, 0, &path, None, msg);
         if !is_valid_name(&u.name) {
             diags.push(
-                at(ValuePath::root().key("name"), format!("`{}` is not a valid unit name", u.name))
-                    .with_hint("use letters, digits, `-` and `_`, starting with a letter or digit"),
+                at(
+                    ValuePath::root().key("name"),
+                    format!("`{}` is not a valid unit name", u.name),
+                )
+                .with_hint("use letters, digits, `-` and `_`, starting with a letter or digit"),
             );
         }
         if let Some(first) = by_name.insert(&u.name, u) {
             diags.push(
                 at(
                     ValuePath::root().key("name"),
-                    format!("unit name `{}` is already used by {}", u.name, first.file_path),
+                    format!(
+                        "unit name `{}` is already used by {}",
+                        u.name, first.file_path
+                    ),
                 )
                 .with_hint("unit names are unique in a project: set `name:` in one of them"),
             );
         }
         if !project.layers.contains(&u.file.layer) {
             diags.push(
-                at(ValuePath::root().key("layer"), format!("unknown layer `{}`", u.file.layer))
-                    .with_hint(format!("the project's layers: {}", project.layers.join(", "))),
+                at(
+                    ValuePath::root().key("layer"),
+                    format!("unknown layer `{}`", u.file.layer),
+                )
+                .with_hint(format!(
+                    "the project's layers: {}",
+                    project.layers.join(", ")
+                )),
             );
         }
         let settings_for = |kind: UnitKind| match kind {
@@ -293,8 +308,11 @@ fn check_units(project: &ProjectFile, units: &[UnitDecl]) -> Vec<Diagnostic> {
             && !project.targets.contains_key(t)
         {
             diags.push(
-                at(ValuePath::root().key("target"), format!("unknown target `{t}`"))
-                    .with_hint("define it under `targets` in terrace.yaml"),
+                at(
+                    ValuePath::root().key("target"),
+                    format!("unknown target `{t}`"),
+                )
+                .with_hint("define it under `targets` in terrace.yaml"),
             );
         }
         let env_lists = [
@@ -318,8 +336,11 @@ fn check_units(project: &ProjectFile, units: &[UnitDecl]) -> Vec<Diagnostic> {
             let path = ValuePath::root().key("overrides").key(e);
             if !envs.contains(&e.as_str()) {
                 diags.push(
-                    at(path.clone(), format!("override for unknown environment `{e}`"))
-                        .with_hint(format!("the project's environments: {}", envs.join(", "))),
+                    at(
+                        path.clone(),
+                        format!("override for unknown environment `{e}`"),
+                    )
+                    .with_hint(format!("the project's environments: {}", envs.join(", "))),
                 );
             }
             if let Some(t) = &o.target

@@ -19,7 +19,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use terrace_core::config::UnitKind;
 use terrace_core::diag::Diagnostic;
-use terrace_core::driver::{DestroyContext, Driver, DriverError, Rendered, ResolvedUnit, UnitContext};
+use terrace_core::driver::{
+    DestroyContext, Driver, DriverError, Rendered, ResolvedUnit, UnitContext,
+};
 use terrace_core::plan::{Action, Change, UnitPlan};
 use terrace_core::state::{RunRecord, RunUnit, STATE_FORMAT, UnitState, UnitStatus};
 use terrace_state::{LocalBackend, StateBackend, StateError, new_run_id, now_rfc3339, this_holder};
@@ -318,7 +320,11 @@ impl Engine {
         }
     }
 
-    fn unit_context<'a>(&'a self, unit: &'a ResolvedUnit, prior: Option<&'a UnitState>) -> UnitContext<'a> {
+    fn unit_context<'a>(
+        &'a self,
+        unit: &'a ResolvedUnit,
+        prior: Option<&'a UnitState>,
+    ) -> UnitContext<'a> {
         UnitContext {
             root: &self.project.root,
             project: &self.project.file.name,
@@ -330,7 +336,11 @@ impl Engine {
     }
 
     /// Plans every selected unit.
-    pub async fn plan(&self, selected: &BTreeSet<usize>, progress: &dyn Progress) -> Result<Report, EngineError> {
+    pub async fn plan(
+        &self,
+        selected: &BTreeSet<usize>,
+        progress: &dyn Progress,
+    ) -> Result<Report, EngineError> {
         let mut views: HashMap<String, OutputView> = HashMap::new();
         let mut failed: HashMap<usize, String> = HashMap::new();
         let mut reports = Vec::new();
@@ -363,7 +373,9 @@ impl Engine {
                 Ok((unit, plan)) => {
                     let view = match (&plan.outputs, plan.action) {
                         (Some(o), _) => OutputView::Known(o.clone()),
-                        (None, Action::NoOp) => prior.as_ref().map_or(OutputView::Unknown, |p| OutputView::Known(p.outputs.clone())),
+                        (None, Action::NoOp) => prior.as_ref().map_or(OutputView::Unknown, |p| {
+                            OutputView::Known(p.outputs.clone())
+                        }),
                         (None, _) => OutputView::Unknown,
                     };
                     views.insert(name.clone(), view);
@@ -373,7 +385,9 @@ impl Engine {
                     r.unknown_inputs = unit.unknown;
                     r.notes = plan.notes;
                     if unit.unknown {
-                        r.notes.push("some inputs are known only after a dependency is applied".to_owned());
+                        r.notes.push(
+                            "some inputs are known only after a dependency is applied".to_owned(),
+                        );
                     }
                 }
                 Err(e) => {
@@ -426,11 +440,17 @@ impl Engine {
     }
 
     /// What unit `name` renders, with dependencies' outputs from state.
-    pub async fn render(&self, name: &str) -> Result<Result<(ResolvedUnit, Rendered), ReportError>, EngineError> {
-        let i = self.workspace.index_of(name).ok_or_else(|| EngineError::UnknownUnit {
-            name: name.to_owned(),
-            environment: self.environment().to_owned(),
-        })?;
+    pub async fn render(
+        &self,
+        name: &str,
+    ) -> Result<Result<(ResolvedUnit, Rendered), ReportError>, EngineError> {
+        let i = self
+            .workspace
+            .index_of(name)
+            .ok_or_else(|| EngineError::UnknownUnit {
+                name: name.to_owned(),
+                environment: self.environment().to_owned(),
+            })?;
         let mut views = HashMap::new();
         self.fill_from_state(i, &mut views).await?;
         let unit = match self.workspace.evaluate(&self.project, i, &views) {
@@ -441,7 +461,9 @@ impl Engine {
             let ctx = self.unit_context(&unit, None);
             self.driver(unit.kind).render(&ctx)
         };
-        Ok(rendered.map(|r| (unit, r)).map_err(ReportError::from_driver))
+        Ok(rendered
+            .map(|r| (unit, r))
+            .map_err(ReportError::from_driver))
     }
 
     /// Applies the selected units.
@@ -458,7 +480,16 @@ impl Engine {
         let views: Arc<Mutex<HashMap<String, OutputView>>> = Arc::default();
         let mut pending: HashMap<usize, usize> = selected
             .iter()
-            .map(|&i| (i, graph.dependencies(i).iter().filter(|d| selected.contains(d)).count()))
+            .map(|&i| {
+                (
+                    i,
+                    graph
+                        .dependencies(i)
+                        .iter()
+                        .filter(|d| selected.contains(d))
+                        .count(),
+                )
+            })
             .collect();
         let order = graph.topological_order();
         let mut ready: Vec<usize> = order
@@ -486,8 +517,11 @@ impl Engine {
                     (i, r)
                 });
             }
-            let Some(joined) = tasks.join_next().await else { break };
-            let (i, report) = joined.map_err(|e| std::io::Error::other(format!("apply task failed: {e}")))?;
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let (i, report) =
+                joined.map_err(|e| std::io::Error::other(format!("apply task failed: {e}")))?;
             progress.finished(&report);
             let ok = !matches!(report.outcome, Outcome::Failed);
             reports.insert(i, report);
@@ -498,7 +532,9 @@ impl Engine {
                         if *p == 0 {
                             // Keep topological order among ready units.
                             ready.push(d);
-                            ready.sort_by_key(|x| std::cmp::Reverse(order.iter().position(|o| o == x)));
+                            ready.sort_by_key(|x| {
+                                std::cmp::Reverse(order.iter().position(|o| o == x))
+                            });
                         }
                     }
                 }
@@ -526,7 +562,13 @@ impl Engine {
         Ok(report)
     }
 
-    async fn record(&self, report: &Report, run_id: &str, started_at: &str, revision: Option<String>) {
+    async fn record(
+        &self,
+        report: &Report,
+        run_id: &str,
+        started_at: &str,
+        revision: Option<String>,
+    ) {
         let run = RunRecord {
             id: run_id.to_owned(),
             command: report.command.clone(),
@@ -569,7 +611,11 @@ impl Engine {
         progress.started(&name, "apply");
         let mut r = self.blank_report(i, Outcome::Failed);
         let holder = this_holder(&opts.command, run_id);
-        if let Err(e) = self.state.lock(&env, &name, &holder, opts.lock_timeout).await {
+        if let Err(e) = self
+            .state
+            .lock(&env, &name, &holder, opts.lock_timeout)
+            .await
+        {
             r.error = Some(ReportError::from_state(e));
             r.duration_ms = started.elapsed().as_millis() as u64;
             return r;
@@ -597,8 +643,14 @@ impl Engine {
         let env = self.environment();
         let name = self.workspace.units[i].name.clone();
         let mut snapshot = views.lock().expect("views lock").clone();
-        self.fill_from_state(i, &mut snapshot).await.map_err(ReportError::from_state)?;
-        let prior = self.state.read(env, &name).await.map_err(ReportError::from_state)?;
+        self.fill_from_state(i, &mut snapshot)
+            .await
+            .map_err(ReportError::from_state)?;
+        let prior = self
+            .state
+            .read(env, &name)
+            .await
+            .map_err(ReportError::from_state)?;
         let (unit, plan) = self.plan_unit(i, &snapshot, prior.as_ref()).await?;
         if unit.unknown {
             let missing: Vec<&str> = self
@@ -628,7 +680,10 @@ impl Engine {
             && p.status == UnitStatus::Applied
         {
             debug!(unit = %name, "no changes");
-            views.lock().expect("views lock").insert(name, OutputView::Known(p.outputs.clone()));
+            views
+                .lock()
+                .expect("views lock")
+                .insert(name, OutputView::Known(p.outputs.clone()));
             r.outcome = Outcome::Unchanged;
             return Ok(());
         }
@@ -653,8 +708,14 @@ impl Engine {
             updated_at: now_rfc3339(),
             run_id: run_id.to_owned(),
         };
-        self.state.write(&state).await.map_err(ReportError::from_state)?;
-        views.lock().expect("views lock").insert(name, OutputView::Known(applied.outputs));
+        self.state
+            .write(&state)
+            .await
+            .map_err(ReportError::from_state)?;
+        views
+            .lock()
+            .expect("views lock")
+            .insert(name, OutputView::Known(applied.outputs));
         r.outcome = Outcome::Applied;
         Ok(())
     }
@@ -694,7 +755,11 @@ impl Engine {
             };
             let mut r = UnitReport {
                 unit: name.clone(),
-                layer: if layer.is_empty() { prior.layer.clone() } else { layer },
+                layer: if layer.is_empty() {
+                    prior.layer.clone()
+                } else {
+                    layer
+                },
                 kind: prior.kind,
                 outcome: Outcome::Planned,
                 action: Some(Action::Delete),
@@ -716,7 +781,9 @@ impl Engine {
             }
             progress.started(&name, if dry_run { "plan destroy" } else { "destroy" });
             let started = Instant::now();
-            let result = self.destroy_unit(&prior, opts, &run_id, dry_run, &mut r).await;
+            let result = self
+                .destroy_unit(&prior, opts, &run_id, dry_run, &mut r)
+                .await;
             if let Err(e) = result {
                 r.outcome = Outcome::Failed;
                 r.error = Some(e);
@@ -727,7 +794,11 @@ impl Engine {
             reports.push(r);
         }
         let report = Report {
-            command: if dry_run { "plan".to_owned() } else { opts.command.clone() },
+            command: if dry_run {
+                "plan".to_owned()
+            } else {
+                opts.command.clone()
+            },
             environment: env,
             units: reports,
             orphans: Vec::new(),
@@ -754,7 +825,10 @@ impl Engine {
             prior,
         };
         let driver = self.driver(prior.kind);
-        let plan = driver.plan_destroy(&ctx).await.map_err(ReportError::from_driver)?;
+        let plan = driver
+            .plan_destroy(&ctx)
+            .await
+            .map_err(ReportError::from_driver)?;
         r.changes = plan.changes.clone();
         if dry_run {
             return Ok(());

@@ -151,7 +151,14 @@ impl Workspace {
                         }
                     }
                     Err((path, e)) => {
-                        let mut d = at_value(&u.file_path, &u.source, 0, &path, Some(&e.source_text), e.kind.to_string());
+                        let mut d = at_value(
+                            &u.file_path,
+                            &u.source,
+                            0,
+                            &path,
+                            Some(&e.source_text),
+                            e.kind.to_string(),
+                        );
                         if let Some(h) = e.kind.hint() {
                             d = d.with_hint(h);
                         }
@@ -224,7 +231,14 @@ impl Workspace {
         };
         let mut unknown = false;
         let located = |e: expr::EvalError| {
-            let mut d = at_value(&decl.file_path, &decl.source, 0, &e.path, Some(&e.source_text), e.kind.to_string());
+            let mut d = at_value(
+                &decl.file_path,
+                &decl.source,
+                0,
+                &e.path,
+                Some(&e.source_text),
+                e.kind.to_string(),
+            );
             if let Some(h) = e.kind.hint() {
                 d = d.with_hint(h);
             }
@@ -254,7 +268,11 @@ impl Workspace {
             kind: spec.kind,
             dir: spec.dir.clone(),
             inputs,
-            settings: if settings.is_empty() { Value::Null } else { Value::Object(settings) },
+            settings: if settings.is_empty() {
+                Value::Null
+            } else {
+                Value::Object(settings)
+            },
             unknown,
             target,
         })
@@ -279,7 +297,11 @@ fn to_map<T: serde::Serialize>(t: &T) -> Map<String, Value> {
     }
 }
 
-fn load_vars(project: &Project, environment: &str, diags: &mut Vec<Diagnostic>) -> Map<String, Value> {
+fn load_vars(
+    project: &Project,
+    environment: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Map<String, Value> {
     let mut vars = project.file.vars.clone();
     let Some(env) = project.file.environments.get(environment) else {
         return vars;
@@ -291,7 +313,11 @@ fn load_vars(project: &Project, environment: &str, diags: &mut Vec<Diagnostic>) 
                 PROJECT_FILE,
                 &project.source,
                 0,
-                &ValuePath::root().key("environments").key(environment).key("varFiles").index(i),
+                &ValuePath::root()
+                    .key("environments")
+                    .key(environment)
+                    .key("varFiles")
+                    .index(i),
                 None,
                 format!("cannot read variable file `{rel}`"),
             )
@@ -305,23 +331,40 @@ fn load_vars(project: &Project, environment: &str, diags: &mut Vec<Diagnostic>) 
         };
         match terrace_yaml::from_str::<Map<String, Value>>(&text, Path::new(rel)) {
             Ok(map) => vars.extend(map),
-            Err(d) => diags.push(d.with_hint("a variable file is a YAML mapping of names to values")),
+            Err(d) => {
+                diags.push(d.with_hint("a variable file is a YAML mapping of names to values"))
+            }
         }
     }
     vars.extend(env.vars.clone());
     vars
 }
 
-fn graph_diagnostic(project: &Project, units: &[UnitSpec], env: &str, e: &GraphError) -> Diagnostic {
+fn graph_diagnostic(
+    project: &Project,
+    units: &[UnitSpec],
+    env: &str,
+    e: &GraphError,
+) -> Diagnostic {
     let find = |unit: &str, dep: &str| -> Diagnostic {
-        let spec = units.iter().find(|u| u.name == unit).expect("graph errors name known units");
+        let spec = units
+            .iter()
+            .find(|u| u.name == unit)
+            .expect("graph errors name known units");
         let decl = &project.units[spec.decl];
         let (_, path, needle) = spec
             .dependencies
             .iter()
             .find(|(d, _, _)| d == dep)
             .expect("the dependency is listed");
-        at_value(&decl.file_path, &decl.source, 0, path, needle.as_deref(), e.to_string())
+        at_value(
+            &decl.file_path,
+            &decl.source,
+            0,
+            path,
+            needle.as_deref(),
+            e.to_string(),
+        )
     };
     let d = match e {
         GraphError::UnknownDependency { unit, dependency } => {
@@ -334,7 +377,9 @@ fn graph_diagnostic(project: &Project, units: &[UnitSpec], env: &str, e: &GraphE
             }
             d
         }
-        GraphError::LayerViolation { unit, dependency, .. } => find(unit, dependency),
+        GraphError::LayerViolation {
+            unit, dependency, ..
+        } => find(unit, dependency),
         GraphError::Cycle { path } => {
             let first = &path[0];
             let second = path.get(1).unwrap_or(first);

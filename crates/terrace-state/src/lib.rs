@@ -39,7 +39,7 @@ pub enum StateError {
     Locked {
         environment: String,
         unit: String,
-        holder: LockInfo,
+        holder: Box<LockInfo>,
         /// The holder ran on this host and is no longer running.
         stale: bool,
     },
@@ -57,7 +57,8 @@ impl StateError {
                 "if nothing else is applying it, break the lock: terrace state unlock {unit} --env {environment}"
             )),
             StateError::Locked { .. } => Some(
-                "wait for the other run to finish, or pass --lock-timeout to wait for it".to_owned(),
+                "wait for the other run to finish, or pass --lock-timeout to wait for it"
+                    .to_owned(),
             ),
             StateError::Corrupt { .. } => Some(
                 "restore the file from a backup or remove it; terrace then plans the unit as new"
@@ -128,7 +129,10 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), StateError>>;
 
     /// The environment's runs, oldest first.
-    fn runs<'a>(&'a self, environment: &'a str) -> BoxFuture<'a, Result<Vec<RunRecord>, StateError>>;
+    fn runs<'a>(
+        &'a self,
+        environment: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>, StateError>>;
 }
 
 /// Now, as RFC 3339 UTC with seconds.

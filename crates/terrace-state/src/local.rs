@@ -31,11 +31,17 @@ impl LocalBackend {
     }
 
     fn unit_path(&self, env: &str, unit: &str) -> PathBuf {
-        self.dir.join(env).join("units").join(format!("{unit}.json"))
+        self.dir
+            .join(env)
+            .join("units")
+            .join(format!("{unit}.json"))
     }
 
     fn lock_path(&self, env: &str, unit: &str) -> PathBuf {
-        self.dir.join(env).join("locks").join(format!("{unit}.lock"))
+        self.dir
+            .join(env)
+            .join("locks")
+            .join(format!("{unit}.lock"))
     }
 
     fn read_sync(&self, env: &str, unit: &str) -> Result<Option<UnitState>, StateError> {
@@ -102,7 +108,7 @@ impl LocalBackend {
                 return Ok(Some(StateError::Locked {
                     environment: env.to_owned(),
                     unit: unit.to_owned(),
-                    holder: current,
+                    holder: Box::new(current),
                     stale,
                 }));
             }
@@ -273,7 +279,10 @@ impl StateBackend for LocalBackend {
         })
     }
 
-    fn runs<'a>(&'a self, environment: &'a str) -> BoxFuture<'a, Result<Vec<RunRecord>, StateError>> {
+    fn runs<'a>(
+        &'a self,
+        environment: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>, StateError>> {
         Box::pin(async move {
             let dir = self.dir.join(environment).join("runs");
             let entries = match fs_err::read_dir(&dir) {

@@ -18,7 +18,13 @@ const DIR_VAR: &str = "TERRACE_STATE_TEST_DIR";
 
 fn spawn_helper(test: &str, dir: &Path) -> Child {
     Command::new(std::env::current_exe().expect("test binary path"))
-        .args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            test,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DIR_VAR, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -112,8 +118,15 @@ async fn lock_conflict_between_processes() {
         .lock("prod", "db", &me, Duration::ZERO)
         .await
         .expect_err("a dead holder's lock stays until broken");
-    assert!(matches!(err, StateError::Locked { stale: true, .. }), "{err:?}");
-    assert!(err.hint().expect("hint").contains("terrace state unlock db --env prod"));
+    assert!(
+        matches!(err, StateError::Locked { stale: true, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.hint()
+            .expect("hint")
+            .contains("terrace state unlock db --env prod")
+    );
 
     let broken = backend.force_unlock("prod", "db").await.expect("unlock");
     assert_eq!(broken.expect("had a holder").run_id, "helper-run");
@@ -121,8 +134,17 @@ async fn lock_conflict_between_processes() {
         .lock("prod", "db", &me, Duration::ZERO)
         .await
         .expect("free after unlock");
-    backend.unlock("prod", "db", "main-run").await.expect("release");
-    assert!(backend.lock_holder("prod", "db").await.expect("read").is_none());
+    backend
+        .unlock("prod", "db", "main-run")
+        .await
+        .expect("release");
+    assert!(
+        backend
+            .lock_holder("prod", "db")
+            .await
+            .expect("read")
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -163,8 +185,16 @@ async fn killed_writer_leaves_readable_state() {
             .await
             .expect("state is readable after a kill")
             .expect("state exists");
-        assert!(s.serial >= last, "serial went back from {last} to {}", s.serial);
-        assert_eq!(s.outputs["serial"], json!(s.serial), "content is one whole write");
+        assert!(
+            s.serial >= last,
+            "serial went back from {last} to {}",
+            s.serial
+        );
+        assert_eq!(
+            s.outputs["serial"],
+            json!(s.serial),
+            "content is one whole write"
+        );
         last = s.serial;
     }
     assert!(last > 1, "the writer made progress");

@@ -246,8 +246,13 @@ mod tests {
     #[test]
     fn locate_finds_nested_values_and_needles() {
         let src = "a: 1\n---\nkind: X\nspec:\n  list:\n    - one\n    - \"two ${var.x} three\"\n";
-        let loc = locate(src, 1, &ValuePath::root().key("spec").key("list").index(1), None)
-            .expect("found");
+        let loc = locate(
+            src,
+            1,
+            &ValuePath::root().key("spec").key("list").index(1),
+            None,
+        )
+        .expect("found");
         assert_eq!((loc.line, loc.column), (7, 7));
         let loc = locate(
             src,

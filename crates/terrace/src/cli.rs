@@ -19,7 +19,13 @@ pub struct Cli {
     pub directory: Option<PathBuf>,
 
     /// The environment to act on (default: the project's defaultEnvironment).
-    #[arg(short, long = "env", global = true, env = "TERRACE_ENV", value_name = "ENV")]
+    #[arg(
+        short,
+        long = "env",
+        global = true,
+        env = "TERRACE_ENV",
+        value_name = "ENV"
+    )]
     pub env: Option<String>,
 
     /// How to print results.
@@ -62,25 +68,37 @@ pub enum Command {
     #[command(after_help = "Example:\n  terrace init my-homelab --name homelab")]
     Init(InitArgs),
     /// Load and check everything, offline: files, expressions, the graph.
-    #[command(after_help = "Example:\n  terrace validate            # every environment\n  terrace validate --env prod")]
+    #[command(
+        after_help = "Example:\n  terrace validate            # every environment\n  terrace validate --env prod"
+    )]
     Validate,
     /// Print the unit graph.
-    #[command(after_help = "Examples:\n  terrace graph\n  terrace graph --format dot | dot -Tsvg > graph.svg\n  terrace graph --format mermaid")]
+    #[command(
+        after_help = "Examples:\n  terrace graph\n  terrace graph --format dot | dot -Tsvg > graph.svg\n  terrace graph --format mermaid"
+    )]
     Graph(GraphArgs),
     /// Print what a unit would apply, as YAML.
     #[command(after_help = "Example:\n  terrace render web --env prod")]
     Render(RenderArgs),
     /// Show what apply would change, across all units or a selection.
-    #[command(after_help = "Examples:\n  terrace plan\n  terrace plan --layer apps --unit web\n  terrace plan --affected-since origin/main --output markdown\n\nExit codes: 0 no changes, 2 changes, 1 error.")]
+    #[command(
+        after_help = "Examples:\n  terrace plan\n  terrace plan --layer apps --unit web\n  terrace plan --affected-since origin/main --output markdown\n\nExit codes: 0 no changes, 2 changes, 1 error."
+    )]
     Plan(PlanArgs),
     /// Apply changes in graph order.
-    #[command(after_help = "Examples:\n  terrace apply\n  terrace apply -j 4 --layer platform\n\nA unit that fails stops only the units that depend on it.")]
+    #[command(
+        after_help = "Examples:\n  terrace apply\n  terrace apply -j 4 --layer platform\n\nA unit that fails stops only the units that depend on it."
+    )]
     Apply(ApplyArgs),
     /// Remove what units manage, dependents first.
-    #[command(after_help = "Examples:\n  terrace destroy --unit web          # plan only\n  terrace destroy --unit web --yes    # do it\n  terrace destroy --unit removed-unit --yes   # a unit gone from the repository\n\nWithout --yes, destroy only plans and exits 2 when there is something to destroy.")]
+    #[command(
+        after_help = "Examples:\n  terrace destroy --unit web          # plan only\n  terrace destroy --unit web --yes    # do it\n  terrace destroy --unit removed-unit --yes   # a unit gone from the repository\n\nWithout --yes, destroy only plans and exits 2 when there is something to destroy."
+    )]
     Destroy(DestroyArgs),
     /// Print a unit's outputs, or one of them.
-    #[command(after_help = "Examples:\n  terrace output network\n  terrace output network cidr --output json")]
+    #[command(
+        after_help = "Examples:\n  terrace output network\n  terrace output network cidr --output json"
+    )]
     Output(OutputArgs),
     /// Inspect and repair state.
     #[command(subcommand)]
@@ -182,7 +200,9 @@ pub enum StateCommand {
     #[command(after_help = "Example:\n  terrace state show web")]
     Show { unit: String },
     /// Break a unit's lock (after a crashed run).
-    #[command(after_help = "Example:\n  terrace state unlock web --env prod\n\nOnly break a lock when no run holds it: the message of a locked apply names the holder.")]
+    #[command(
+        after_help = "Example:\n  terrace state unlock web --env prod\n\nOnly break a lock when no run holds it: the message of a locked apply names the holder."
+    )]
     Unlock { unit: String },
     /// List past apply and destroy runs.
     #[command(after_help = "Example:\n  terrace state history")]

@@ -75,7 +75,10 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                     match cli.output {
                         OutputFormat::Json => println!(
                             "{}",
-                            serde_json::to_string_pretty(&json!({"unit": unit, "documents": rendered.documents})).expect("json")
+                            serde_json::to_string_pretty(
+                                &json!({"unit": unit, "documents": rendered.documents})
+                            )
+                            .expect("json")
                         ),
                         _ => {
                             for (i, d) in rendered.documents.iter().enumerate() {
@@ -134,7 +137,11 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             let engine = Engine::open(&start, env)?;
             let outputs = engine.outputs(&a.unit).await?.ok_or_else(|| {
                 CliError::message(
-                    format!("unit `{}` has not been applied in environment `{}`", a.unit, engine.environment()),
+                    format!(
+                        "unit `{}` has not been applied in environment `{}`",
+                        a.unit,
+                        engine.environment()
+                    ),
                     Some(format!("run `terrace apply --unit {}` first", a.unit)),
                 )
             })?;
@@ -143,13 +150,18 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 Some(key) => lookup(&outputs, key).ok_or_else(|| {
                     CliError::message(
                         format!("unit `{}` has no output `{key}`", a.unit),
-                        Some(format!("its outputs: {}", outputs.keys().cloned().collect::<Vec<_>>().join(", "))),
+                        Some(format!(
+                            "its outputs: {}",
+                            outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )),
                     )
                 })?,
             };
             match (&value, cli.output) {
                 (Value::String(s), OutputFormat::Text) => println!("{s}"),
-                (_, OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&value).expect("json")),
+                (_, OutputFormat::Json) => {
+                    println!("{}", serde_json::to_string_pretty(&value).expect("json"))
+                }
                 _ => print!("{}", terrace_yaml::to_string(&value)),
             }
             Ok(0)
@@ -235,30 +247,52 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
         OutputFormat::Json => println!("{}", json!({"valid": true, "environments": counts})),
         _ => {
             for c in &counts {
-                println!("{}: {} units ok", c["environment"].as_str().unwrap_or_default(), c["units"]);
+                println!(
+                    "{}: {} units ok",
+                    c["environment"].as_str().unwrap_or_default(),
+                    c["units"]
+                );
             }
-            println!("valid: {} layers, {} environment(s)", project.file.layers.len(), envs.len());
+            println!(
+                "valid: {} layers, {} environment(s)",
+                project.file.layers.len(),
+                envs.len()
+            );
         }
     }
     Ok(0)
 }
 
-fn terrace_drivers_render(ctx: &terrace_core::driver::UnitContext<'_>) -> Result<(), terrace_core::Diagnostic> {
+fn terrace_drivers_render(
+    ctx: &terrace_core::driver::UnitContext<'_>,
+) -> Result<(), terrace_core::Diagnostic> {
     use terrace_core::driver::DriverError;
     match terrace_engine::render_with_driver(ctx) {
         Ok(_) => Ok(()),
         Err(DriverError::Input(d)) => Err(*d),
         Err(DriverError::Target(_)) => Ok(()),
-        Err(other) => Err(terrace_core::Diagnostic::new(format!("unit `{}`: {other}", ctx.unit.name))),
+        Err(other) => Err(terrace_core::Diagnostic::new(format!(
+            "unit `{}`: {other}",
+            ctx.unit.name
+        ))),
     }
 }
 
-async fn destroy(start: &Path, env: Option<&str>, a: &crate::cli::DestroyArgs, format: OutputFormat) -> Result<u8, CliError> {
+async fn destroy(
+    start: &Path,
+    env: Option<&str>,
+    a: &crate::cli::DestroyArgs,
+    format: OutputFormat,
+) -> Result<u8, CliError> {
     let engine = Engine::open(start, env)?;
     let orphans = engine.orphans().await?;
     // Named units that are orphans are destroyed from state alone.
-    let (named_orphans, in_graph): (Vec<String>, Vec<String>) =
-        a.select.units.iter().cloned().partition(|u| orphans.contains(u));
+    let (named_orphans, in_graph): (Vec<String>, Vec<String>) = a
+        .select
+        .units
+        .iter()
+        .cloned()
+        .partition(|u| orphans.contains(u));
     let mut sel = selection(&a.select);
     sel.units = in_graph;
     let selected = if sel.units.is_empty() && !named_orphans.is_empty() && sel.layers.is_empty() {
@@ -284,7 +318,12 @@ async fn destroy(start: &Path, env: Option<&str>, a: &crate::cli::DestroyArgs, f
     Ok(report.exit_code() as u8)
 }
 
-async fn state(start: &Path, env: Option<&str>, cmd: &StateCommand, format: OutputFormat) -> Result<u8, CliError> {
+async fn state(
+    start: &Path,
+    env: Option<&str>,
+    cmd: &StateCommand,
+    format: OutputFormat,
+) -> Result<u8, CliError> {
     let engine = Engine::open(start, env)?;
     let backend = engine.state();
     let envname = engine.environment().to_owned();
@@ -306,7 +345,10 @@ async fn state(start: &Path, env: Option<&str>, cmd: &StateCommand, format: Outp
             if format == OutputFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
             } else if rows.is_empty() {
-                println!("no state in environment `{envname}` ({})", backend.describe());
+                println!(
+                    "no state in environment `{envname}` ({})",
+                    backend.describe()
+                );
             } else {
                 for r in &rows {
                     println!(
@@ -316,8 +358,16 @@ async fn state(start: &Path, env: Option<&str>, cmd: &StateCommand, format: Outp
                         r["layer"].as_str().unwrap_or_default(),
                         r["serial"],
                         r["updatedAt"].as_str().unwrap_or_default(),
-                        if r["orphan"] == json!(true) { "  (orphan)" } else { "" },
-                        if r["lockedBy"].is_null() { "" } else { "  (locked)" },
+                        if r["orphan"] == json!(true) {
+                            "  (orphan)"
+                        } else {
+                            ""
+                        },
+                        if r["lockedBy"].is_null() {
+                            ""
+                        } else {
+                            "  (locked)"
+                        },
                     );
                 }
             }
@@ -325,11 +375,16 @@ async fn state(start: &Path, env: Option<&str>, cmd: &StateCommand, format: Outp
         }
         StateCommand::Show { unit } => {
             let s = backend.read(&envname, unit).await?.ok_or_else(|| {
-                CliError::message(format!("no state for unit `{unit}` in environment `{envname}`"), None)
+                CliError::message(
+                    format!("no state for unit `{unit}` in environment `{envname}`"),
+                    None,
+                )
             })?;
             let v = serde_json::to_value(&s).expect("json");
             match format {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&v).expect("json")),
+                OutputFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&v).expect("json"))
+                }
                 _ => print!("{}", terrace_yaml::to_string(&v)),
             }
             Ok(0)
@@ -366,7 +421,11 @@ async fn state(start: &Path, env: Option<&str>, cmd: &StateCommand, format: Outp
 /// An output by path: `a.b`, `a[0]`, `files["x.yaml"].path`.
 fn lookup(outputs: &serde_json::Map<String, Value>, key: &str) -> Option<Value> {
     let parsed = expr::parse(&format!("${{var.{key}}}")).ok()?;
-    let Some(expr::Piece::Expr { expr: expr::Expr::Var { name, path }, .. }) = parsed.pieces.first() else {
+    let Some(expr::Piece::Expr {
+        expr: expr::Expr::Var { name, path },
+        ..
+    }) = parsed.pieces.first()
+    else {
         return None;
     };
     let mut cur = outputs.get(name)?;

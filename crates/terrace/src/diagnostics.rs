@@ -15,9 +15,11 @@ use crate::cli::OutputFormat;
 #[derive(Debug)]
 pub enum CliError {
     Engine(EngineError),
-    Message { message: String, hint: Option<String> },
+    Message {
+        message: String,
+        hint: Option<String>,
+    },
 }
-
 
 impl From<EngineError> for CliError {
     fn from(e: EngineError) -> Self {
@@ -72,7 +74,11 @@ pub fn color_enabled() -> bool {
 pub fn report_error(e: &CliError, format: OutputFormat) {
     let (message, hint, diags): (String, Option<String>, &[Diagnostic]) = match e {
         CliError::Engine(EngineError::Invalid(d)) => (
-            format!("{} problem{} found", d.len(), if d.len() == 1 { "" } else { "s" }),
+            format!(
+                "{} problem{} found",
+                d.len(),
+                if d.len() == 1 { "" } else { "s" }
+            ),
             None,
             d,
         ),
@@ -110,9 +116,20 @@ pub fn render_diagnostic(d: &Diagnostic, root: Option<&Path>) -> String {
     // Line and column are authoritative; derive the byte offset from them.
     let offset = byte_offset(&source, loc.line, loc.column).unwrap_or(loc.offset);
     let report = Located {
-        message: format!("{}:{}:{}: {}", file.display(), loc.line, loc.column, d.message),
+        message: format!(
+            "{}:{}:{}: {}",
+            file.display(),
+            loc.line,
+            loc.column,
+            d.message
+        ),
         source: NamedSource::new(file.display().to_string(), source.clone()),
-        span: SourceSpan::new(offset.min(source.len()).into(), loc.len.max(1).min(source.len().saturating_sub(offset).max(1))),
+        span: SourceSpan::new(
+            offset.min(source.len()).into(),
+            loc.len
+                .max(1)
+                .min(source.len().saturating_sub(offset).max(1)),
+        ),
         help: d.hint.clone(),
     };
     let theme = if color_enabled() {

@@ -94,7 +94,14 @@ pub fn text(report: &Report, root: &Path, full_diff: bool) -> String {
         if !interesting {
             continue;
         }
-        let _ = writeln!(out, "{} ({}, layer {}): {}", u.unit, u.kind, u.layer, status_word(u));
+        let _ = writeln!(
+            out,
+            "{} ({}, layer {}): {}",
+            u.unit,
+            u.kind,
+            u.layer,
+            status_word(u)
+        );
         for ch in &u.changes {
             let _ = writeln!(out, "  {} {}", ch.action.symbol(), ch.address);
             let show = ch.action == Action::Update || full_diff;
@@ -146,7 +153,13 @@ fn table(report: &Report) -> String {
             if let Some(c) = &u.skipped_because {
                 status = format!("skipped: {c} failed");
             }
-            [u.unit.clone(), u.layer.clone(), u.kind.to_string(), status, change_cell(u)]
+            [
+                u.unit.clone(),
+                u.layer.clone(),
+                u.kind.to_string(),
+                status,
+                change_cell(u),
+            ]
         })
         .collect();
     let header = ["UNIT", "LAYER", "KIND", "STATUS", "CHANGES"];
@@ -196,7 +209,10 @@ fn summary_line(report: &Report) -> String {
     );
     if report.command != "plan" {
         s = s.replace(" to ", " ");
-        s = s.replacen("create", "created", 1).replacen("update", "updated", 1).replacen("delete", "deleted", 1);
+        s = s
+            .replacen("create", "created", 1)
+            .replacen("update", "updated", 1)
+            .replacen("delete", "deleted", 1);
     }
     if t.failed > 0 || t.skipped > 0 {
         let _ = write!(s, "; {} failed, {} skipped", t.failed, t.skipped);
@@ -207,7 +223,10 @@ fn summary_line(report: &Report) -> String {
 
 /// The report as a markdown comment.
 pub fn markdown(report: &Report) -> String {
-    let mut out = format!("### terrace {} — `{}`\n\n", report.command, report.environment);
+    let mut out = format!(
+        "### terrace {} — `{}`\n\n",
+        report.command, report.environment
+    );
     out.push_str("| Unit | Layer | Kind | Status | Changes |\n|---|---|---|---|---|\n");
     for u in &report.units {
         let mut status = status_word(u);
@@ -229,7 +248,12 @@ pub fn markdown(report: &Report) -> String {
         if u.changes.is_empty() && u.error.is_none() {
             continue;
         }
-        let _ = writeln!(out, "<details><summary><code>{}</code>: {}</summary>\n", u.unit, status_word(u));
+        let _ = writeln!(
+            out,
+            "<details><summary><code>{}</code>: {}</summary>\n",
+            u.unit,
+            status_word(u)
+        );
         if let Some(e) = &u.error {
             let _ = writeln!(out, "```\n{}\n```\n", e.message);
         }

@@ -17,9 +17,11 @@ impl Reporter {
         if std::io::stderr().is_terminal() && total > 0 {
             let bar = ProgressBar::new(total as u64);
             bar.set_style(
-                ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} {wide_msg}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{spinner} {prefix} [{bar:30}] {pos}/{len} {wide_msg}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
             bar.set_prefix(verb.to_owned());
             bar.enable_steady_tick(std::time::Duration::from_millis(120));

@@ -12,7 +12,10 @@ pub fn schemas() -> Vec<(&'static str, String)> {
         text
     };
     vec![
-        ("terrace.schema.json", render(schemars::schema_for!(ProjectFile))),
+        (
+            "terrace.schema.json",
+            render(schemars::schema_for!(ProjectFile)),
+        ),
         ("unit.schema.json", render(schemars::schema_for!(UnitFile))),
     ]
 }

@@ -28,7 +28,10 @@ fn unknown_field_in_unit_file() {
 #[test]
 fn unknown_variable_in_input() {
     insta::assert_snapshot!(validate(&[
-        ("apps/web/unit.yaml", "layer: apps\nkind: manifests\ninputs:\n  host: \"web.${var.domian}\"\n"),
+        (
+            "apps/web/unit.yaml",
+            "layer: apps\nkind: manifests\ninputs:\n  host: \"web.${var.domian}\"\n"
+        ),
         ("apps/web/m.yaml", MANIFEST),
     ]));
 }
@@ -36,7 +39,10 @@ fn unknown_variable_in_input() {
 #[test]
 fn unterminated_expression() {
     insta::assert_snapshot!(validate(&[
-        ("apps/web/unit.yaml", "layer: apps\nkind: manifests\ninputs:\n  a: ok\n  b: \"${var.replicas\"\n"),
+        (
+            "apps/web/unit.yaml",
+            "layer: apps\nkind: manifests\ninputs:\n  a: ok\n  b: \"${var.replicas\"\n"
+        ),
         ("apps/web/m.yaml", MANIFEST),
     ]));
 }
@@ -44,7 +50,10 @@ fn unterminated_expression() {
 #[test]
 fn list_interpolated_into_a_string() {
     insta::assert_snapshot!(validate(&[
-        ("apps/web/unit.yaml", "layer: apps\nkind: manifests\ninputs:\n  a: \"nodes: ${var.nodes}\"\n"),
+        (
+            "apps/web/unit.yaml",
+            "layer: apps\nkind: manifests\ninputs:\n  a: \"nodes: ${var.nodes}\"\n"
+        ),
         ("apps/web/m.yaml", MANIFEST),
     ]));
 }
@@ -52,15 +61,24 @@ fn list_interpolated_into_a_string() {
 #[test]
 fn bad_expression_in_a_manifest() {
     insta::assert_snapshot!(validate(&[
-        ("apps/web/unit.yaml", "layer: apps\nkind: manifests\ninputs:\n  replicas: 2\n"),
-        ("apps/web/m.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"${input.replica}\"\n"),
+        (
+            "apps/web/unit.yaml",
+            "layer: apps\nkind: manifests\ninputs:\n  replicas: 2\n"
+        ),
+        (
+            "apps/web/m.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"${input.replica}\"\n"
+        ),
     ]));
 }
 
 #[test]
 fn dependency_on_a_higher_layer() {
     insta::assert_snapshot!(validate(&[
-        ("infra/net/unit.yaml", "layer: infra\nkind: manifests\ndependsOn:\n  - web\n"),
+        (
+            "infra/net/unit.yaml",
+            "layer: infra\nkind: manifests\ndependsOn:\n  - web\n"
+        ),
         ("infra/net/m.yaml", MANIFEST),
         ("apps/web/unit.yaml", "layer: apps\nkind: manifests\n"),
         ("apps/web/m.yaml", MANIFEST),
@@ -70,16 +88,28 @@ fn dependency_on_a_higher_layer() {
 #[test]
 fn dependency_cycle() {
     insta::assert_snapshot!(validate(&[
-        ("apps/a/unit.yaml", "layer: apps\nkind: manifests\ninputs:\n  x: ${unit.b.outputs.objects}\n"),
-        ("apps/b/unit.yaml", "layer: apps\nkind: manifests\ndependsOn: [c]\n"),
-        ("apps/c/unit.yaml", "layer: apps\nkind: manifests\ndependsOn: [a]\n"),
+        (
+            "apps/a/unit.yaml",
+            "layer: apps\nkind: manifests\ninputs:\n  x: ${unit.b.outputs.objects}\n"
+        ),
+        (
+            "apps/b/unit.yaml",
+            "layer: apps\nkind: manifests\ndependsOn: [c]\n"
+        ),
+        (
+            "apps/c/unit.yaml",
+            "layer: apps\nkind: manifests\ndependsOn: [a]\n"
+        ),
     ]));
 }
 
 #[test]
 fn secret_references_fail_clearly_until_supported() {
     insta::assert_snapshot!(validate(&[
-        ("apps/web/unit.yaml", "layer: apps\nkind: manifests\ninputs:\n  password: ${secret.secrets/db.sops.yaml#password}\n"),
+        (
+            "apps/web/unit.yaml",
+            "layer: apps\nkind: manifests\ninputs:\n  password: ${secret.secrets/db.sops.yaml#password}\n"
+        ),
         ("apps/web/m.yaml", MANIFEST),
     ]));
 }
@@ -95,7 +125,10 @@ fn duplicate_unit_names_and_unknown_layer() {
 #[test]
 fn template_with_an_undefined_name() {
     insta::assert_snapshot!(validate(&[
-        ("infra/cfg/unit.yaml", "layer: infra\nkind: template\ninputs:\n  domain: x\n"),
+        (
+            "infra/cfg/unit.yaml",
+            "layer: infra\nkind: template\ninputs:\n  domain: x\n"
+        ),
         ("infra/cfg/templates/a.conf.j2", "ok\nhost = {{ domian }}\n"),
     ]));
 }
@@ -113,14 +146,17 @@ fn not_a_project() {
 #[test]
 fn terraceignore_hides_units() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write_files(dir.path(), &[
-        ("terrace.yaml", PROJECT),
-        ("apps/web/unit.yaml", "layer: apps\nkind: manifests\n"),
-        ("apps/web/m.yaml", MANIFEST),
-        ("attic/old/unit.yaml", "this is: [not valid"),
-        ("node_modules/x/unit.yaml", "nor: [this"),
-        (".terraceignore", "attic/\n"),
-    ]);
+    write_files(
+        dir.path(),
+        &[
+            ("terrace.yaml", PROJECT),
+            ("apps/web/unit.yaml", "layer: apps\nkind: manifests\n"),
+            ("apps/web/m.yaml", MANIFEST),
+            ("attic/old/unit.yaml", "this is: [not valid"),
+            ("node_modules/x/unit.yaml", "nor: [this"),
+            (".terraceignore", "attic/\n"),
+        ],
+    );
     let o = terrace(dir.path(), &["validate"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }

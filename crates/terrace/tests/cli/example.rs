@@ -30,31 +30,49 @@ fn applied_twice_the_second_plan_has_no_changes() {
 
     let o = terrace(dir.path(), &["plan"]);
     assert_eq!(code(&o), 0, "{}", stdout(&o));
-    assert!(stdout(&o).contains("8 of 8 units unchanged"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("8 of 8 units unchanged"),
+        "{}",
+        stdout(&o)
+    );
 
     let o = terrace(dir.path(), &["apply"]);
     assert_eq!(code(&o), 0);
-    assert!(stdout(&o).contains("0 created, 0 updated, 0 deleted; 8 of 8 units unchanged"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("0 created, 0 updated, 0 deleted; 8 of 8 units unchanged"),
+        "{}",
+        stdout(&o)
+    );
 
     // Typed substitution: replicas is a number in the rendered object.
     let deploy = std::fs::read_to_string(
-        dir.path().join(".terrace/rendered/homelab/k3s/web/apps_v1_deployment_apps_web.yaml"),
+        dir.path()
+            .join(".terrace/rendered/homelab/k3s/web/apps_v1_deployment_apps_web.yaml"),
     )
     .expect("rendered deployment");
     assert!(deploy.contains("replicas: 2\n"), "{deploy}");
     // `$${` wrote a literal `${`.
     let cm = std::fs::read_to_string(
-        dir.path().join(".terrace/rendered/homelab/k3s/status/v1_configmap_apps_status-page.yaml"),
+        dir.path()
+            .join(".terrace/rendered/homelab/k3s/status/v1_configmap_apps_status-page.yaml"),
     )
     .expect("rendered configmap");
     assert!(cm.contains("${STATUS_URL}"), "{cm}");
 
     // Outputs pass across layers: the template's content hash reaches the nodes.
-    let o = terrace(dir.path(), &["output", "cluster-config", r#"files["cluster.yaml"].sha256"#]);
+    let o = terrace(
+        dir.path(),
+        &[
+            "output",
+            "cluster-config",
+            r#"files["cluster.yaml"].sha256"#,
+        ],
+    );
     let sha = stdout(&o).trim().to_owned();
     assert_eq!(sha.len(), 64, "{sha}");
     let user_data = std::fs::read_to_string(
-        dir.path().join(".terrace/generated/homelab/nodes/node1/user-data.yaml"),
+        dir.path()
+            .join(".terrace/generated/homelab/nodes/node1/user-data.yaml"),
     )
     .expect("user data");
     assert!(user_data.contains(&sha));
@@ -62,7 +80,11 @@ fn applied_twice_the_second_plan_has_no_changes() {
     // A second environment has its own state and outputs.
     let (c, plan) = plan_json(dir.path(), &["--env", "staging"]);
     assert_eq!(c, 2);
-    assert_eq!(units_with(&plan, "create").len(), 7, "status is homelab-only");
+    assert_eq!(
+        units_with(&plan, "create").len(),
+        7,
+        "status is homelab-only"
+    );
 }
 
 #[test]
@@ -97,7 +119,9 @@ fn an_input_change_shows_exactly_the_changed_objects() {
 fn objects_that_no_longer_render_are_pruned() {
     let dir = homelab();
     assert_eq!(code(&terrace(dir.path(), &["apply"])), 0);
-    let rendered = dir.path().join(".terrace/rendered/homelab/k3s/status/v1_configmap_apps_status-page.yaml");
+    let rendered = dir
+        .path()
+        .join(".terrace/rendered/homelab/k3s/status/v1_configmap_apps_status-page.yaml");
     assert!(rendered.exists());
     std::fs::write(
         dir.path().join("apps/status/configmap.yaml"),
@@ -111,13 +135,24 @@ fn objects_that_no_longer_render_are_pruned() {
         .as_array()
         .expect("changes")
         .iter()
-        .map(|c| (c["action"].as_str().expect("a"), c["address"].as_str().expect("b")))
+        .map(|c| {
+            (
+                c["action"].as_str().expect("a"),
+                c["address"].as_str().expect("b"),
+            )
+        })
         .collect();
     assert_eq!(
         actions,
-        [("create", "v1 ConfigMap apps/status-v2"), ("delete", "v1 ConfigMap apps/status-page")]
+        [
+            ("create", "v1 ConfigMap apps/status-v2"),
+            ("delete", "v1 ConfigMap apps/status-page")
+        ]
     );
-    assert_eq!(code(&terrace(dir.path(), &["apply", "--unit", "status"])), 0);
+    assert_eq!(
+        code(&terrace(dir.path(), &["apply", "--unit", "status"])),
+        0
+    );
     assert!(!rendered.exists(), "the removed object's file is pruned");
 }
 
@@ -128,18 +163,31 @@ fn unapplied_dependencies_are_known_after_apply() {
     assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("(known after apply)"), "{out}");
-    assert!(out.contains("some inputs are known only after a dependency is applied"), "{out}");
+    assert!(
+        out.contains("some inputs are known only after a dependency is applied"),
+        "{out}"
+    );
 
     // Applying it alone is refused, naming what is missing.
     let o = terrace(dir.path(), &["apply", "--unit", "web"]);
     assert_eq!(code(&o), 1);
-    assert!(stdout(&o).contains("ingress, postgres which have never been applied"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("ingress, postgres which have never been applied"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
 fn a_failure_stops_only_its_dependents() {
     let dir = homelab();
-    write_files(dir.path(), &[("services/postgres/broken.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n")]);
+    write_files(
+        dir.path(),
+        &[(
+            "services/postgres/broken.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n",
+        )],
+    );
     let o = terrace(dir.path(), &["apply", "-j", "3", "--output", "json"]);
     assert_eq!(code(&o), 1);
     let report: Value = serde_json::from_slice(&o.stdout).expect("json");
@@ -149,11 +197,19 @@ fn a_failure_stops_only_its_dependents() {
             .expect("units")
             .iter()
             .find(|u| u["unit"] == name)
-            .map(|u| (u["outcome"].as_str().expect("o").to_owned(), u["skippedBecause"].clone()))
+            .map(|u| {
+                (
+                    u["outcome"].as_str().expect("o").to_owned(),
+                    u["skippedBecause"].clone(),
+                )
+            })
             .expect("unit reported")
     };
     assert_eq!(outcome("postgres").0, "failed");
-    assert_eq!(outcome("web"), ("skipped".to_owned(), Value::from("postgres")));
+    assert_eq!(
+        outcome("web"),
+        ("skipped".to_owned(), Value::from("postgres"))
+    );
     for independent in ["status", "ingress", "namespaces"] {
         assert_eq!(outcome(independent).0, "applied", "{independent}");
     }
@@ -168,7 +224,11 @@ fn a_failure_stops_only_its_dependents() {
         .to_owned();
     assert!(err.contains("services/postgres/broken.yaml:3:11"), "{err}");
     let text = terrace(dir.path(), &["apply"]);
-    assert!(stdout(&text).contains("skipped: postgres failed"), "{}", stdout(&text));
+    assert!(
+        stdout(&text).contains("skipped: postgres failed"),
+        "{}",
+        stdout(&text)
+    );
 }
 
 #[test]
@@ -188,7 +248,10 @@ fn a_locked_unit_names_its_holder_until_unlocked() {
     let o = terrace(dir.path(), &["apply"]);
     assert_eq!(code(&o), 1);
     let out = stdout(&o);
-    assert!(out.contains(&format!("locked by pid {}", std::process::id())), "{out}");
+    assert!(
+        out.contains(&format!("locked by pid {}", std::process::id())),
+        "{out}"
+    );
     assert!(out.contains("status") && out.contains("FAILED"), "{out}");
 
     let o = terrace(dir.path(), &["state", "unlock", "status"]);
@@ -234,18 +297,34 @@ fn affected_since_maps_changed_files_to_units_and_dependents() {
     let (_, v) = plan_json(dir.path(), &["--affected-since", "HEAD"]);
     assert!(names(&v).is_empty(), "nothing changed: {v}");
 
-    write_files(dir.path(), &[("apps/web/extra.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra, namespace: apps}\n")]);
+    write_files(
+        dir.path(),
+        &[(
+            "apps/web/extra.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra, namespace: apps}\n",
+        )],
+    );
     let (_, v) = plan_json(dir.path(), &["--affected-since", "HEAD"]);
     assert_eq!(names(&v), ["web"]);
 
-    std::fs::write(dir.path().join("platform/namespaces/namespaces.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n")
-        .expect("write");
+    std::fs::write(
+        dir.path().join("platform/namespaces/namespaces.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n",
+    )
+    .expect("write");
     let (_, v) = plan_json(dir.path(), &["--affected-since", "HEAD"]);
-    assert_eq!(names(&v), ["namespaces", "ingress", "postgres", "status", "web"]);
+    assert_eq!(
+        names(&v),
+        ["namespaces", "ingress", "postgres", "status", "web"]
+    );
 
     let o = terrace(dir.path(), &["plan", "--affected-since", "no-such-ref"]);
     assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("unknown revision `no-such-ref`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown revision `no-such-ref`"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -253,22 +332,47 @@ fn destroy_plans_then_removes_dependents_first() {
     let dir = homelab();
     assert_eq!(code(&terrace(dir.path(), &["apply"])), 0);
     let o = terrace(dir.path(), &["destroy", "--unit", "postgres"]);
-    assert_eq!(code(&o), 2, "without --yes destroy plans, with changes: {}", stdout(&o));
+    assert_eq!(
+        code(&o),
+        2,
+        "without --yes destroy plans, with changes: {}",
+        stdout(&o)
+    );
     assert!(stdout(&o).contains("re-run with --yes"), "{}", stdout(&o));
-    assert!(dir.path().join(".terrace/rendered/homelab/k3s/postgres").exists());
+    assert!(
+        dir.path()
+            .join(".terrace/rendered/homelab/k3s/postgres")
+            .exists()
+    );
 
-    let o = terrace(dir.path(), &["destroy", "--unit", "postgres", "--yes", "--output", "json"]);
+    let o = terrace(
+        dir.path(),
+        &["destroy", "--unit", "postgres", "--yes", "--output", "json"],
+    );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).expect("json");
-    let order: Vec<&str> = v["units"].as_array().expect("u").iter().map(|u| u["unit"].as_str().expect("n")).collect();
+    let order: Vec<&str> = v["units"]
+        .as_array()
+        .expect("u")
+        .iter()
+        .map(|u| u["unit"].as_str().expect("n"))
+        .collect();
     assert_eq!(order, ["web", "postgres"], "dependents first");
-    assert!(!dir.path().join(".terrace/rendered/homelab/k3s/postgres").exists());
+    assert!(
+        !dir.path()
+            .join(".terrace/rendered/homelab/k3s/postgres")
+            .exists()
+    );
     let (_, plan) = plan_json(dir.path(), &[]);
     assert_eq!(units_with(&plan, "create"), ["postgres", "web"]);
 
     let o = terrace(dir.path(), &["state", "history", "--output", "json"]);
     let runs: Value = serde_json::from_slice(&o.stdout).expect("json");
-    assert_eq!(runs.as_array().expect("runs").len(), 2, "apply and destroy recorded");
+    assert_eq!(
+        runs.as_array().expect("runs").len(),
+        2,
+        "apply and destroy recorded"
+    );
 }
 
 #[test]
@@ -277,7 +381,10 @@ fn markdown_and_graph_formats() {
     let o = terrace(dir.path(), &["plan", "--output", "markdown"]);
     assert_eq!(code(&o), 2);
     let md = stdout(&o);
-    assert!(md.contains("| `web` | apps | manifests | create | +3 |"), "{md}");
+    assert!(
+        md.contains("| `web` | apps | manifests | create | +3 |"),
+        "{md}"
+    );
     assert!(md.contains("```diff"), "{md}");
     let dot = stdout(&terrace(dir.path(), &["graph", "--format", "dot"]));
     assert!(dot.contains("\"web\" -> \"postgres\";"), "{dot}");
@@ -305,14 +412,26 @@ fn init_creates_a_project_that_applies() {
 fn every_command_has_help_with_an_example() {
     let dir = tempfile::tempdir().expect("tempdir");
     for cmd in [
-        vec!["init"], vec!["validate"], vec!["graph"], vec!["render"], vec!["plan"], vec!["apply"],
-        vec!["destroy"], vec!["output"], vec!["state", "list"], vec!["state", "show"],
-        vec!["state", "unlock"], vec!["state", "history"],
+        vec!["init"],
+        vec!["validate"],
+        vec!["graph"],
+        vec!["render"],
+        vec!["plan"],
+        vec!["apply"],
+        vec!["destroy"],
+        vec!["output"],
+        vec!["state", "list"],
+        vec!["state", "show"],
+        vec!["state", "unlock"],
+        vec!["state", "history"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");
         let o = terrace(dir.path(), &args);
         assert_eq!(code(&o), 0, "{cmd:?}");
-        assert!(stdout(&o).contains("Example"), "{cmd:?} --help has no example");
+        assert!(
+            stdout(&o).contains("Example"),
+            "{cmd:?} --help has no example"
+        );
     }
 }

@@ -77,7 +77,12 @@ pub fn plan_json(dir: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
     let mut args = vec!["plan", "--output", "json"];
     args.extend_from_slice(extra);
     let o = terrace(dir, &args);
-    let v = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("plan JSON: {e}\nstdout: {}\nstderr: {}", stdout(&o), stderr(&o)));
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "plan JSON: {e}\nstdout: {}\nstderr: {}",
+            stdout(&o),
+            stderr(&o)
+        )
+    });
     (code(&o), v)
 }

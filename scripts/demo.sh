@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The main job: build terrace, then validate, plan and apply the example
+# homelab repository with the embedded defaults (rendered files under
+# examples/homelab/.terrace/), and show that a second plan has no changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -p terrace
+T="$PWD/target/release/terrace"
+cd examples/homelab
+"$T" validate
+"$T" graph
+set +e
+"$T" plan; code=$?
+set -e
+echo "plan exit code: $code (0 no changes, 2 changes)"
+"$T" apply -j 2
+"$T" plan
+echo "second plan exit code: $? (no changes)"
+echo "rendered manifests and generated files are under examples/homelab/.terrace/"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Installs nothing by hand: everything the tests
+# need is here (Rust toolchain, git); cargo-nextest is used when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Snapshot tests must match what is committed, never rewrite it.
+export INSTA_UPDATE=no
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast -j 2
+else
+  cargo test --workspace -j 2
+fi
