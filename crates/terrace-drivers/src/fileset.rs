@@ -149,6 +149,23 @@ pub fn plan_destroy(
     })
 }
 
+/// Plans removing a unit's files, pruning the directory its state names
+/// under the output `dir_output`.
+pub fn plan_destroy_from_state(
+    ctx: &terrace_core::driver::DestroyContext<'_>,
+    dir_output: &str,
+) -> Result<UnitPlan, DriverError> {
+    let dirs = ctx
+        .prior
+        .outputs
+        .get(dir_output)
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    plan_destroy(ctx.root, ctx.prior, dirs)
+}
+
 /// Carries out a file plan.
 pub fn apply(root: &Path, plan: &UnitPlan) -> Result<Applied, DriverError> {
     let files = plan

@@ -291,17 +291,7 @@ impl Driver for ManifestsDriver {
         &'a self,
         ctx: &'a DestroyContext<'a>,
     ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
-        Box::pin(async move {
-            let dir = ctx
-                .prior
-                .outputs
-                .get("renderedPath")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .into_iter()
-                .collect();
-            fileset::plan_destroy(ctx.root, ctx.prior, dir)
-        })
+        Box::pin(async move { fileset::plan_destroy_from_state(ctx, "renderedPath") })
     }
 
     fn apply<'a>(

@@ -326,17 +326,7 @@ impl Driver for TemplateDriver {
         &'a self,
         ctx: &'a DestroyContext<'a>,
     ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
-        Box::pin(async move {
-            let dir = ctx
-                .prior
-                .outputs
-                .get("dir")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .into_iter()
-                .collect();
-            fileset::plan_destroy(ctx.root, ctx.prior, dir)
-        })
+        Box::pin(async move { fileset::plan_destroy_from_state(ctx, "dir") })
     }
 
     fn apply<'a>(
