@@ -113,6 +113,26 @@ pub struct UnitReport {
     pub duration_ms: u64,
 }
 
+impl UnitReport {
+    /// A report with no action, changes or error yet.
+    fn new(unit: String, layer: String, kind: UnitKind, outcome: Outcome) -> Self {
+        UnitReport {
+            unit,
+            layer,
+            kind,
+            outcome,
+            action: None,
+            changes: Vec::new(),
+            unchanged: 0,
+            unknown_inputs: false,
+            notes: Vec::new(),
+            error: None,
+            skipped_because: None,
+            duration_ms: 0,
+        }
+    }
+}
+
 /// An error attached to one unit.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReportError {
@@ -304,20 +324,7 @@ impl Engine {
 
     fn blank_report(&self, i: usize, outcome: Outcome) -> UnitReport {
         let u = &self.workspace.units[i];
-        UnitReport {
-            unit: u.name.clone(),
-            layer: u.layer.clone(),
-            kind: u.kind,
-            outcome,
-            action: None,
-            changes: Vec::new(),
-            unchanged: 0,
-            unknown_inputs: false,
-            notes: Vec::new(),
-            error: None,
-            skipped_because: None,
-            duration_ms: 0,
-        }
+        UnitReport::new(u.name.clone(), u.layer.clone(), u.kind, outcome)
     }
 
     fn unit_context<'a>(
@@ -492,6 +499,10 @@ impl Engine {
             })
             .collect();
         let order = graph.topological_order();
+        let mut rank = vec![0; graph.len()];
+        for (r, &i) in order.iter().enumerate() {
+            rank[i] = r;
+        }
         let mut ready: Vec<usize> = order
             .iter()
             .copied()
@@ -532,9 +543,7 @@ impl Engine {
                         if *p == 0 {
                             // Keep topological order among ready units.
                             ready.push(d);
-                            ready.sort_by_key(|x| {
-                                std::cmp::Reverse(order.iter().position(|o| o == x))
-                            });
+                            ready.sort_by_key(|&x| std::cmp::Reverse(rank[x]));
                         }
                     }
                 }
@@ -735,43 +744,26 @@ impl Engine {
         let env = self.environment().to_owned();
         let graph = &self.workspace.graph;
         let with_dependents = graph.with_dependents(selected.iter().copied());
-        let mut names: Vec<(String, String, UnitKind)> = orphans
-            .iter()
-            .map(|o| (o.clone(), String::new(), UnitKind::Manifests))
-            .collect();
+        // (unit, layer); orphans have no layer but the one in their state.
+        let mut names: Vec<(String, Option<String>)> =
+            orphans.iter().map(|o| (o.clone(), None)).collect();
         let mut order = graph.topological_order();
         order.reverse();
         for i in order {
             if with_dependents.contains(&i) {
                 let u = &self.workspace.units[i];
-                names.push((u.name.clone(), u.layer.clone(), u.kind));
+                names.push((u.name.clone(), Some(u.layer.clone())));
             }
         }
         let mut reports = Vec::new();
         let mut failed: Option<String> = None;
-        for (name, layer, kind) in names {
+        for (name, layer) in names {
             let Some(prior) = self.state.read(&env, &name).await? else {
                 continue;
             };
-            let mut r = UnitReport {
-                unit: name.clone(),
-                layer: if layer.is_empty() {
-                    prior.layer.clone()
-                } else {
-                    layer
-                },
-                kind: prior.kind,
-                outcome: Outcome::Planned,
-                action: Some(Action::Delete),
-                changes: Vec::new(),
-                unchanged: 0,
-                unknown_inputs: false,
-                notes: Vec::new(),
-                error: None,
-                skipped_because: None,
-                duration_ms: 0,
-            };
-            let _ = kind;
+            let layer = layer.unwrap_or_else(|| prior.layer.clone());
+            let mut r = UnitReport::new(name.clone(), layer, prior.kind, Outcome::Planned);
+            r.action = Some(Action::Delete);
             if let Some(cause) = &failed {
                 r.outcome = Outcome::Skipped;
                 r.skipped_because = Some(cause.clone());

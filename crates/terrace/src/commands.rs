@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use terrace_core::expr;
-use terrace_engine::run::{ApplyOptions, Progress, Quiet, Report};
+use terrace_engine::run::{ApplyOptions, Progress, Report};
 use terrace_engine::{Engine, Project, Selection, Workspace};
 
 use crate::cli::{Cli, Command, GraphFormat, OutputFormat, SelectArgs, StateCommand};
@@ -314,7 +314,6 @@ async fn destroy(
     if !a.yes && format == OutputFormat::Text && report.has_changes() {
         println!("Nothing was destroyed: re-run with --yes to destroy.");
     }
-    let _ = Quiet;
     Ok(report.exit_code() as u8)
 }
 
