@@ -9,6 +9,8 @@
 //!   point at the file, line and column;
 //! - [`to_string`] writes YAML.
 
+pub mod tree;
+
 use std::path::Path;
 
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};

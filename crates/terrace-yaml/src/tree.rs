@@ -1,0 +1,863 @@
+//! A YAML tree that keeps what a person wrote around the data: key order
+//! and comments. Secrets files are decrypted, edited and re-encrypted
+//! through it, so a round trip changes only what the user changed.
+//!
+//! Comments are kept the way sops keeps them: as their own entries, in the
+//! mapping or sequence they sit in, before the item they describe (a
+//! comment at the end of a line moves above that line). Anchors and aliases
+//! are resolved to copies of their value.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use granit_parser::{Event, Parser, Placement, ScalarStyle, Span};
+use terrace_core::diag::{Diagnostic, Location};
+
+/// One YAML value with the comments around its items.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    /// Items in order; comments are `Node::Comment` entries.
+    Seq(Vec<Node>),
+    /// Entries in order; comments are `Key::Comment` with a `Null` value.
+    Map(Vec<(Key, Node)>),
+    /// A comment line inside a sequence (text after `#`).
+    Comment(String),
+}
+
+/// A mapping key, or a comment standing where a key would.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    Name(String),
+    /// The text after `#`.
+    Comment(String),
+}
+
+impl Node {
+    /// Whether the node holds nothing but comments (or nothing at all).
+    pub fn is_empty_collection(&self) -> bool {
+        match self {
+            Node::Map(items) => items.iter().all(|(k, _)| matches!(k, Key::Comment(_))),
+            Node::Seq(items) => items.iter().all(|n| matches!(n, Node::Comment(_))),
+            _ => false,
+        }
+    }
+
+    /// The value under `name` in a mapping.
+    pub fn get(&self, name: &str) -> Option<&Node> {
+        match self {
+            Node::Map(items) => items.iter().find_map(|(k, v)| match k {
+                Key::Name(n) if n == name => Some(v),
+                _ => None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The node as JSON, comments left out.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value;
+        match self {
+            Node::Null | Node::Comment(_) => Value::Null,
+            Node::Bool(b) => Value::Bool(*b),
+            Node::Int(i) => Value::from(*i),
+            Node::Float(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+            Node::Str(s) => Value::String(s.clone()),
+            Node::Seq(items) => Value::Array(
+                items
+                    .iter()
+                    .filter(|n| !matches!(n, Node::Comment(_)))
+                    .map(Node::to_json)
+                    .collect(),
+            ),
+            Node::Map(items) => Value::Object(
+                items
+                    .iter()
+                    .filter_map(|(k, v)| match k {
+                        Key::Name(n) => Some((n.clone(), v.to_json())),
+                        Key::Comment(_) => None,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// A node from JSON; integers stay integers.
+    pub fn from_json(value: &serde_json::Value) -> Node {
+        use serde_json::Value;
+        match value {
+            Value::Null => Node::Null,
+            Value::Bool(b) => Node::Bool(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Node::Int(i),
+                None => Node::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => Node::Str(s.clone()),
+            Value::Array(items) => Node::Seq(items.iter().map(Node::from_json).collect()),
+            Value::Object(map) => Node::Map(
+                map.iter()
+                    .map(|(k, v)| (Key::Name(k.clone()), Node::from_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Parses every document of a YAML stream, keeping comments. An empty
+/// document is `Node::Null` (with its comments in a mapping, if it had any).
+pub fn parse_stream(src: &str, file: &Path) -> Result<Vec<Node>, Diagnostic> {
+    let mut builder = Builder::default();
+    for next in Parser::new_from_str(src) {
+        let (event, span) = next.map_err(|e| {
+            let m = e.marker();
+            let offset = byte_offset(src, m.index());
+            Diagnostic::new(format!("invalid YAML: {}", e.info()))
+                .in_file(file)
+                .at(Some(Location {
+                    line: m.line() as u32,
+                    column: m.col() as u32 + 1,
+                    offset,
+                    len: 1,
+                }))
+        })?;
+        builder
+            .event(event, span)
+            .map_err(|message| Diagnostic::new(message).in_file(file).at(None))?;
+    }
+    Ok(builder.docs)
+}
+
+fn byte_offset(src: &str, chars: usize) -> usize {
+    src.char_indices().nth(chars).map_or(src.len(), |(i, _)| i)
+}
+
+#[derive(Debug)]
+enum Frame {
+    Map {
+        items: Vec<(Key, Node)>,
+        key: Option<String>,
+        indent: Option<usize>,
+        anchor: usize,
+    },
+    Seq {
+        items: Vec<Node>,
+        indent: Option<usize>,
+        anchor: usize,
+    },
+}
+
+impl Frame {
+    fn indent(&self) -> Option<usize> {
+        match self {
+            Frame::Map { indent, .. } | Frame::Seq { indent, .. } => *indent,
+        }
+    }
+
+    fn push_comment(&mut self, text: String) {
+        match self {
+            Frame::Map { items, .. } => items.push((Key::Comment(text), Node::Null)),
+            Frame::Seq { items, .. } => items.push(Node::Comment(text)),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Builder {
+    docs: Vec<Node>,
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    /// Comments waiting for the frame at a given depth to take its next item.
+    pending: Vec<(usize, String)>,
+    /// Comments seen outside any collection (document level).
+    loose: Vec<String>,
+    /// How many documents were complete when this one started.
+    doc_start: usize,
+    /// Own-line comments between a key and its nested collection.
+    ahead: Vec<String>,
+}
+
+impl Builder {
+    fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), String> {
+        match event {
+            Event::StreamStart | Event::StreamEnd => {}
+            Event::DocumentStart(..) => self.doc_start = self.docs.len(),
+            Event::DocumentEnd => self.end_document(),
+            Event::Comment(text, placement) => self.comment(text.into_owned(), placement, span),
+            Event::Scalar(value, style, anchor, tag) => {
+                let tag = tag.map(|t| t.suffix().to_owned());
+                let node = scalar(&value, style, tag.as_deref())?;
+                if anchor != 0 {
+                    self.anchors.insert(anchor, node.clone());
+                }
+                self.value(node, span.start.col())?;
+            }
+            Event::Alias(id) => {
+                let node = self
+                    .anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or("alias to an unknown anchor")?;
+                self.value(node, span.start.col())?;
+            }
+            Event::MappingStart(_, anchor, _) => {
+                self.note_child_column(span.start.col());
+                let items = self
+                    .ahead
+                    .drain(..)
+                    .map(|c| (Key::Comment(c), Node::Null))
+                    .collect();
+                self.stack.push(Frame::Map {
+                    items,
+                    key: None,
+                    indent: None,
+                    anchor,
+                });
+            }
+            Event::SequenceStart(_, anchor, _) => {
+                self.note_child_column(span.start.col());
+                let items = self.ahead.drain(..).map(Node::Comment).collect();
+                self.stack.push(Frame::Seq {
+                    items,
+                    indent: None,
+                    anchor,
+                });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                let depth = self.stack.len() - 1;
+                let frame = self.stack.pop().ok_or("unbalanced YAML events")?;
+                let (mut node, anchor) = match frame {
+                    Frame::Map { items, anchor, .. } => (Node::Map(items), anchor),
+                    Frame::Seq { items, anchor, .. } => (Node::Seq(items), anchor),
+                };
+                // Comments still aimed at the closed frame end it.
+                let mut rest = Vec::new();
+                for (d, text) in self.pending.drain(..) {
+                    if d >= depth {
+                        match &mut node {
+                            Node::Map(items) => items.push((Key::Comment(text), Node::Null)),
+                            Node::Seq(items) => items.push(Node::Comment(text)),
+                            _ => {}
+                        }
+                    } else {
+                        rest.push((d, text));
+                    }
+                }
+                self.pending = rest;
+                if anchor != 0 {
+                    self.anchors.insert(anchor, node.clone());
+                }
+                self.attach(node)?;
+            }
+            _ => return Err("unsupported YAML construct".to_owned()),
+        }
+        Ok(())
+    }
+
+    /// Records the column of a collection's first child, which is how
+    /// far its own comments are indented.
+    fn note_child_column(&mut self, col: usize) {
+        if let Some(top) = self.stack.last_mut() {
+            match top {
+                Frame::Map { indent, key, .. } if indent.is_none() && key.is_none() => {
+                    *indent = Some(col)
+                }
+                Frame::Seq { indent, .. } if indent.is_none() => {
+                    *indent = Some(col.saturating_sub(2))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn value(&mut self, node: Node, col: usize) -> Result<(), String> {
+        self.note_child_column(col);
+        if let Some(Frame::Map { key, .. }) = self.stack.last_mut()
+            && key.is_none()
+        {
+            let name = match node {
+                Node::Str(s) => s,
+                Node::Null => String::new(),
+                Node::Bool(b) => b.to_string(),
+                Node::Int(i) => i.to_string(),
+                Node::Float(f) => f.to_string(),
+                _ => return Err("mapping keys must be scalars".to_owned()),
+            };
+            *key = Some(name);
+            self.flush_pending();
+            return Ok(());
+        }
+        self.attach(node)
+    }
+
+    fn attach(&mut self, node: Node) -> Result<(), String> {
+        match self.stack.last_mut() {
+            None => {
+                let mut node = node;
+                if !self.loose.is_empty() {
+                    let mut items: Vec<(Key, Node)> = self
+                        .loose
+                        .drain(..)
+                        .map(|c| (Key::Comment(c), Node::Null))
+                        .collect();
+                    match &mut node {
+                        Node::Map(rest) => {
+                            items.append(rest);
+                            *rest = items;
+                        }
+                        Node::Seq(rest) => {
+                            let mut seq: Vec<Node> = items
+                                .into_iter()
+                                .filter_map(|(k, _)| match k {
+                                    Key::Comment(c) => Some(Node::Comment(c)),
+                                    Key::Name(_) => None,
+                                })
+                                .collect();
+                            seq.append(rest);
+                            *rest = seq;
+                        }
+                        _ => {}
+                    }
+                }
+                self.docs.push(node);
+            }
+            Some(Frame::Map { items, key, .. }) => {
+                let name = key.take().ok_or("a mapping value without a key")?;
+                items.extend(self.ahead.drain(..).map(|c| (Key::Comment(c), Node::Null)));
+                items.push((Key::Name(name), node));
+            }
+            Some(Frame::Seq { items, .. }) => {
+                items.push(node);
+                self.flush_pending();
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves comments aimed at the top frame into it.
+    fn flush_pending(&mut self) {
+        let depth = self.stack.len() - 1;
+        if !self.pending.iter().any(|(d, _)| *d == depth) {
+            return;
+        }
+        let (mine, rest): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|(d, _)| *d == depth);
+        self.pending = rest;
+        let top = self.stack.last_mut().expect("depth came from the stack");
+        // The entry just started (a key, or a sequence item) must come
+        // after these comments.
+        match top {
+            Frame::Map { items, .. } => {
+                for (_, text) in mine {
+                    items.push((Key::Comment(text), Node::Null));
+                }
+            }
+            Frame::Seq { items, .. } => {
+                let last = items.pop();
+                for (_, text) in mine {
+                    items.push(Node::Comment(text));
+                }
+                items.extend(last);
+            }
+        }
+    }
+
+    fn comment(&mut self, text: String, placement: Placement, span: Span) {
+        let col = span.start.col();
+        let Some(top) = self.stack.last_mut() else {
+            self.loose.push(text);
+            return;
+        };
+        if placement == Placement::Right {
+            // A comment at the end of a line goes above that line's item.
+            match top {
+                Frame::Map {
+                    items, key: None, ..
+                } if !items.is_empty() => {
+                    let last = items.pop().expect("not empty");
+                    items.push((Key::Comment(text), Node::Null));
+                    items.push(last);
+                }
+                Frame::Seq { items, .. } if !items.is_empty() => {
+                    let last = items.pop().expect("not empty");
+                    items.push(Node::Comment(text));
+                    items.push(last);
+                }
+                _ => top.push_comment(text),
+            }
+            return;
+        }
+        // Between a key and its nested block: it belongs to that block.
+        if let Frame::Map {
+            key: Some(_),
+            indent,
+            ..
+        } = top
+            && indent.is_none_or(|i| col > i)
+        {
+            self.ahead.push(text);
+            return;
+        }
+        // An own-line comment belongs to the innermost collection indented
+        // no deeper than the comment.
+        let mut depth = self.stack.len() - 1;
+        while depth > 0 {
+            match self.stack[depth].indent() {
+                Some(indent) if col < indent => depth -= 1,
+                _ => break,
+            }
+        }
+        if depth == self.stack.len() - 1 {
+            self.stack[depth].push_comment(text);
+        } else {
+            self.pending.push((depth, text));
+        }
+    }
+
+    fn end_document(&mut self) {
+        let comments: Vec<(Key, Node)> = self
+            .loose
+            .drain(..)
+            .map(|c| (Key::Comment(c), Node::Null))
+            .collect();
+        if self.docs.len() == self.doc_start {
+            // Nothing was attached: an empty document.
+            self.docs.push(if comments.is_empty() {
+                Node::Null
+            } else {
+                Node::Map(comments)
+            });
+        } else if let Some(Node::Map(items)) = self.docs.last_mut() {
+            items.extend(comments);
+        }
+    }
+}
+
+/// Resolves a scalar the way YAML 1.2's core schema does; quoted and
+/// block scalars are strings.
+fn scalar(value: &str, style: ScalarStyle, tag: Option<&str>) -> Result<Node, String> {
+    if let Some(tag) = tag {
+        return Ok(match tag {
+            "str" | "binary" => Node::Str(value.to_owned()),
+            "null" => Node::Null,
+            "bool" => match plain(value) {
+                n @ Node::Bool(_) => n,
+                _ => return Err(format!("`{value}` is not a !!bool")),
+            },
+            "int" => match plain(value) {
+                n @ Node::Int(_) => n,
+                _ => return Err(format!("`{value}` is not an !!int")),
+            },
+            "float" => match plain(value) {
+                Node::Int(i) => Node::Float(i as f64),
+                n @ Node::Float(_) => n,
+                _ => return Err(format!("`{value}` is not a !!float")),
+            },
+            _ => Node::Str(value.to_owned()),
+        });
+    }
+    Ok(match style {
+        ScalarStyle::Plain => plain(value),
+        _ => Node::Str(value.to_owned()),
+    })
+}
+
+fn plain(value: &str) -> Node {
+    match value {
+        "" | "~" | "null" | "Null" | "NULL" => return Node::Null,
+        "true" | "True" | "TRUE" => return Node::Bool(true),
+        "false" | "False" | "FALSE" => return Node::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Node::Float(f64::INFINITY);
+        }
+        "-.inf" | "-.Inf" | "-.INF" => return Node::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Node::Float(f64::NAN),
+        _ => {}
+    }
+    if let Some(hex) = value.strip_prefix("0x") {
+        if let Ok(i) = i64::from_str_radix(hex, 16) {
+            return Node::Int(i);
+        }
+    } else if let Some(oct) = value.strip_prefix("0o") {
+        if let Ok(i) = i64::from_str_radix(oct, 8) {
+            return Node::Int(i);
+        }
+    } else if is_decimal_int(value) {
+        if let Ok(i) = value.parse::<i64>() {
+            return Node::Int(i);
+        }
+        if let Ok(f) = value.parse::<f64>() {
+            return Node::Float(f);
+        }
+    } else if is_float(value)
+        && let Ok(f) = value.parse::<f64>()
+    {
+        return Node::Float(f);
+    }
+    Node::Str(value.to_owned())
+}
+
+fn is_decimal_int(s: &str) -> bool {
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_float(s: &str) -> bool {
+    let body = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    let (int, frac) = match mantissa.split_once('.') {
+        Some((a, b)) => (a, Some(b)),
+        None => (mantissa, None),
+    };
+    let digits = |x: &str| x.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = match frac {
+        Some(f) => digits(int) && digits(f) && !(int.is_empty() && f.is_empty()),
+        None => !int.is_empty() && digits(int),
+    };
+    let exponent_ok = match exponent {
+        Some(e) => {
+            let e = e.strip_prefix(['-', '+']).unwrap_or(e);
+            !e.is_empty() && digits(e)
+        }
+        None => true,
+    };
+    mantissa_ok && exponent_ok && (frac.is_some() || exponent.is_some())
+}
+
+/// Writes documents as YAML in the layout sops writes (`indent` spaces per
+/// level for mappings and sequences under keys, sequence items' mappings
+/// two columns after the dash), documents separated by `---`.
+pub fn emit_stream(docs: &[Node], indent: usize) -> String {
+    let mut out = String::new();
+    for (i, doc) in docs.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        match doc {
+            Node::Map(items) if !doc.is_empty_collection() => {
+                emit_map(items, 0, 0, indent, &mut out)
+            }
+            Node::Seq(items) if !doc.is_empty_collection() => emit_seq(items, 0, indent, &mut out),
+            Node::Map(items) => {
+                emit_comments(items.iter().filter_map(comment_of_key), 0, &mut out);
+                out.push_str("{}\n");
+            }
+            other => {
+                out.push_str(&inline_scalar(other, 0, indent));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn comment_of_key((k, _): &(Key, Node)) -> Option<&str> {
+    match k {
+        Key::Comment(c) => Some(c),
+        Key::Name(_) => None,
+    }
+}
+
+fn emit_comments<'a>(comments: impl Iterator<Item = &'a str>, col: usize, out: &mut String) {
+    for c in comments {
+        let _ = writeln!(out, "{:col$}#{c}", "");
+    }
+}
+
+/// Keys sit at `col`; what nests under them sits at `base + indent` (a
+/// mapping inside a sequence item has its dash's column as `base`).
+fn emit_map(items: &[(Key, Node)], col: usize, base: usize, indent: usize, out: &mut String) {
+    for (key, value) in items {
+        let name = match key {
+            Key::Comment(c) => {
+                let _ = writeln!(out, "{:col$}#{c}", "");
+                continue;
+            }
+            Key::Name(n) => n,
+        };
+        let _ = write!(out, "{:col$}{}:", "", quote_key(name));
+        write_value(value, base + indent, indent, out);
+    }
+}
+
+/// Writes what follows `key:`: a nested block at `child` on the next
+/// lines, or a scalar on this one.
+fn write_value(value: &Node, child: usize, indent: usize, out: &mut String) {
+    match value {
+        Node::Map(items) if !value.is_empty_collection() => {
+            out.push('\n');
+            emit_map(items, child, child, indent, out);
+        }
+        Node::Seq(items) if !value.is_empty_collection() => {
+            out.push('\n');
+            emit_seq(items, child, indent, out);
+        }
+        Node::Map(_) => out.push_str(" {}\n"),
+        Node::Seq(_) => out.push_str(" []\n"),
+        scalar => {
+            out.push(' ');
+            out.push_str(&inline_scalar(scalar, child, indent));
+            out.push('\n');
+        }
+    }
+}
+
+fn emit_seq(items: &[Node], col: usize, indent: usize, out: &mut String) {
+    for item in items {
+        match item {
+            Node::Comment(c) => {
+                let _ = writeln!(out, "{:col$}#{c}", "");
+            }
+            Node::Map(entries) if !item.is_empty_collection() => {
+                // Leading comments go above the dash; the first key shares
+                // its line.
+                let first = entries
+                    .iter()
+                    .position(|(k, _)| matches!(k, Key::Name(_)))
+                    .unwrap_or(0);
+                emit_comments(entries[..first].iter().filter_map(comment_of_key), col, out);
+                let mut inner = String::new();
+                emit_map(&entries[first..], col + 2, col, indent, &mut inner);
+                let _ = write!(out, "{:col$}- ", "");
+                out.push_str(&inner[col + 2..]);
+            }
+            Node::Seq(inner_items) if !item.is_empty_collection() => {
+                let first = inner_items
+                    .iter()
+                    .position(|n| !matches!(n, Node::Comment(_)))
+                    .unwrap_or(0);
+                for c in &inner_items[..first] {
+                    if let Node::Comment(c) = c {
+                        let _ = writeln!(out, "{:col$}#{c}", "");
+                    }
+                }
+                let mut inner = String::new();
+                emit_seq(&inner_items[first..], col + 2, indent, &mut inner);
+                let _ = write!(out, "{:col$}- ", "");
+                out.push_str(&inner[col + 2..]);
+            }
+            Node::Map(_) => {
+                let _ = writeln!(out, "{:col$}- {{}}", "");
+            }
+            Node::Seq(_) => {
+                let _ = writeln!(out, "{:col$}- []", "");
+            }
+            scalar => {
+                let _ = writeln!(
+                    out,
+                    "{:col$}- {}",
+                    "",
+                    inline_scalar(scalar, col + indent, indent)
+                );
+            }
+        }
+    }
+}
+
+/// A scalar as it sits after `key: ` or `- `. Multi-line strings become
+/// literal blocks indented to `block_col`.
+fn inline_scalar(node: &Node, block_col: usize, _indent: usize) -> String {
+    match node {
+        Node::Null | Node::Comment(_) | Node::Map(_) | Node::Seq(_) => "null".to_owned(),
+        Node::Bool(b) => b.to_string(),
+        Node::Int(i) => i.to_string(),
+        Node::Float(f) => format_float(*f),
+        Node::Str(s) => {
+            if let Some(block) = literal_block(s, block_col) {
+                block
+            } else if plain_safe(s) {
+                s.clone()
+            } else {
+                double_quoted(s)
+            }
+        }
+    }
+}
+
+/// A float the way YAML reads it back as a float.
+pub fn format_float(f: f64) -> String {
+    if f.is_nan() {
+        ".nan".to_owned()
+    } else if f.is_infinite() {
+        if f > 0.0 { ".inf" } else { "-.inf" }.to_owned()
+    } else {
+        let s = f.to_string();
+        if s.contains(['.', 'e', 'E']) {
+            s
+        } else {
+            format!("{s}.0")
+        }
+    }
+}
+
+fn literal_block(s: &str, col: usize) -> Option<String> {
+    if !s.contains('\n') {
+        return None;
+    }
+    let body = s.trim_end_matches('\n');
+    let trailing = s.len() - body.len();
+    let ok = !body.is_empty()
+        && !body.starts_with([' ', '\t'])
+        && body
+            .lines()
+            .all(|l| !l.ends_with([' ', '\t']) && !l.chars().any(|c| c.is_control() && c != '\t'))
+        && !body.contains('\r');
+    if !ok {
+        return None;
+    }
+    let chomp = match trailing {
+        0 => "-",
+        1 => "",
+        _ => "+",
+    };
+    let mut out = format!("|{chomp}");
+    for line in body.split('\n') {
+        out.push('\n');
+        if !line.is_empty() {
+            let _ = write!(out, "{:col$}{line}", "");
+        }
+    }
+    for _ in 1..trailing {
+        out.push('\n');
+    }
+    Some(out)
+}
+
+fn quote_key(k: &str) -> String {
+    if plain_safe(k) {
+        k.to_owned()
+    } else {
+        double_quoted(k)
+    }
+}
+
+/// Whether a string can be written without quotes and read back as the
+/// same string (by YAML 1.1 and 1.2 readers alike).
+pub fn plain_safe(s: &str) -> bool {
+    if s.is_empty() || s.starts_with([' ', '\t']) || s.ends_with([' ', '\t', ':']) {
+        return false;
+    }
+    let first = s.chars().next().unwrap_or(' ');
+    if "-?:,[]{}#&*!|>'\"%@`".contains(first) {
+        // `-x`, `?x` and `:x` are plain in YAML, but quoting them is safer.
+        return false;
+    }
+    if s.contains(": ") || s.contains(" #") || s.contains(['\n', '\r', '\t']) {
+        return false;
+    }
+    if s.chars().any(|c| c.is_control() || c == '\u{feff}') {
+        return false;
+    }
+    if !matches!(plain(s), Node::Str(_)) {
+        return false;
+    }
+    let lower = s.to_ascii_lowercase();
+    if matches!(
+        lower.as_str(),
+        "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null" | "~"
+    ) {
+        return false;
+    }
+    // Timestamps, base-60 and other YAML 1.1 forms: anything starting with
+    // a digit or sign that has more than digits is quoted.
+    if s.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '.')
+        && s.chars().any(|c| matches!(c, ':' | '-' | '_' | ' '))
+    {
+        return false;
+    }
+    true
+}
+
+/// A double-quoted YAML string (a JSON string is one).
+pub fn double_quoted(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(src: &str) -> String {
+        emit_stream(&parse_stream(src, Path::new("t.yaml")).expect("parses"), 4)
+    }
+
+    #[test]
+    fn keeps_order_comments_and_types() {
+        let src = "# top\nb: 1\na:\n    # inside\n    x: 2.5\n    t: \"true\"\n    z: [1, two]\n# between\nc: |\n    line1\n    line2\n";
+        let docs = parse_stream(src, Path::new("t.yaml")).expect("parses");
+        let Node::Map(items) = &docs[0] else {
+            panic!("a map")
+        };
+        assert_eq!(items[0].0, Key::Comment(" top".into()));
+        assert_eq!(items[1], (Key::Name("b".into()), Node::Int(1)));
+        let a = docs[0].get("a").expect("a");
+        assert_eq!(a.get("x"), Some(&Node::Float(2.5)));
+        assert_eq!(a.get("t"), Some(&Node::Str("true".into())));
+        assert_eq!(
+            emit_stream(&docs, 4),
+            "# top\nb: 1\na:\n    # inside\n    x: 2.5\n    t: \"true\"\n    z:\n        - 1\n        - two\n# between\nc: |\n    line1\n    line2\n"
+        );
+    }
+
+    #[test]
+    fn end_of_line_comment_moves_above_its_item() {
+        assert_eq!(round("a: 1 # one\nb: 2\n"), "# one\na: 1\nb: 2\n");
+    }
+
+    #[test]
+    fn dedented_comment_belongs_to_the_outer_map() {
+        let docs = parse_stream("a:\n  x: 1\n# about b\nb: 2\n", Path::new("t")).expect("ok");
+        let Node::Map(items) = &docs[0] else {
+            panic!("a map")
+        };
+        assert_eq!(items[1].0, Key::Comment(" about b".into()));
+        assert_eq!(
+            docs[0].get("a"),
+            Some(&Node::Map(vec![(Key::Name("x".into()), Node::Int(1))]))
+        );
+    }
+
+    #[test]
+    fn sequences_of_maps_and_multi_documents() {
+        let src = "l:\n    - name: a\n      v: 1\n    - - 1\n      - 2\n    - plain\n---\nx: y\n";
+        assert_eq!(
+            round(src),
+            "l:\n    - name: a\n      v: 1\n    - - 1\n      - 2\n    - plain\n---\nx: \"y\"\n"
+        );
+    }
+
+    #[test]
+    fn quoting_keeps_strings_strings() {
+        for s in [
+            "",
+            "1",
+            "1.5",
+            "true",
+            "yes",
+            "null",
+            "a: b",
+            "#x",
+            "2026-01-01",
+            " pad",
+            "x\ty",
+        ] {
+            let doc = Node::Map(vec![(Key::Name("k".into()), Node::Str(s.into()))]);
+            let back = parse_stream(&emit_stream(std::slice::from_ref(&doc), 4), Path::new("t"))
+                .expect("ok");
+            assert_eq!(back[0], doc, "string {s:?}");
+        }
+    }
+
+    #[test]
+    fn errors_are_located() {
+        let e = parse_stream("a: [1, 2\n", Path::new("bad.yaml")).expect_err("invalid");
+        assert_eq!(e.file.as_deref(), Some(Path::new("bad.yaml")));
+        assert!(e.location.is_some());
+    }
+}
