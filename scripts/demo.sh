@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 cargo build --release -p terrace
 T="$PWD/target/release/terrace"
 cd examples/homelab
+# The example's secrets are encrypted to a demo age key kept beside them.
+export SOPS_AGE_KEY_FILE="${SOPS_AGE_KEY_FILE:-$PWD/keys/demo.agekey}"
 "$T" validate
 "$T" graph
 set +e

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Installs nothing by hand: everything the tests
-# need is here (Rust toolchain, git); cargo-nextest is used when present.
+# Runs the whole test suite. Installs nothing by hand: the tools the tests
+# run against (sops, age, ssh-keygen) come from scripts/setup-tools.sh;
+# cargo-nextest is used when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup-tools.sh
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Snapshot tests must match what is committed, never rewrite it.
 export INSTA_UPDATE=no

@@ -1,6 +1,7 @@
 //! The [`Driver`] trait: what every unit kind does — render, plan, apply,
 //! plan its destruction — and the contexts the engine hands it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
@@ -12,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::config::{TargetBinding, TargetKind, UnitKind};
 use crate::diag::Diagnostic;
 use crate::plan::UnitPlan;
+use crate::secrets::SecretSource;
 use crate::state::{InventoryItem, UnitState};
 
 /// A boxed future, so the trait stays object-safe.
@@ -32,6 +34,9 @@ pub struct ResolvedUnit {
     pub settings: Value,
     /// Whether some input is known only after a dependency is applied.
     pub unknown: bool,
+    /// Inputs that hold secret values, with the secrets files behind them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sensitive_inputs: BTreeMap<String, Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<ResolvedTarget>,
 }
@@ -56,6 +61,9 @@ pub struct UnitContext<'a> {
     pub unit: &'a ResolvedUnit,
     /// What was applied last time, if anything.
     pub prior: Option<&'a UnitState>,
+    /// Decrypts secrets and seals what holds them; `None` where the engine
+    /// offers none (tests of plain units).
+    pub secrets: Option<&'a dyn SecretSource>,
 }
 
 /// Where a unit's destruction is planned: only its state is needed, so a

@@ -15,6 +15,7 @@
 //! (list, map, number); inside a longer string the value is interpolated.
 //! `$${` writes a literal `${`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -367,6 +368,10 @@ pub trait Scope {
     }
     /// Resolves a secret reference.
     fn secret(&self, file: &str, key: &[Seg]) -> Result<Value, SecretError>;
+    /// The secrets files behind an input's value (empty for plain ones).
+    fn input_secrets(&self, _name: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The scope of a unit's own files: its environment, variables and
@@ -377,6 +382,9 @@ pub struct ContentScope<'a> {
     pub env: &'a str,
     pub vars: &'a Map<String, Value>,
     pub inputs: &'a Map<String, Value>,
+    /// Which inputs hold secret values, and from which files.
+    pub sensitive_inputs: &'a BTreeMap<String, Vec<String>>,
+    pub secrets: Option<&'a dyn crate::secrets::SecretSource>,
 }
 
 impl Scope for ContentScope<'_> {
@@ -395,8 +403,14 @@ impl Scope for ContentScope<'_> {
     fn unit_outputs(&self, _unit: &str) -> Option<Outputs<'_>> {
         None
     }
-    fn secret(&self, _file: &str, _key: &[Seg]) -> Result<Value, SecretError> {
-        Err(SecretError::Unsupported)
+    fn secret(&self, file: &str, key: &[Seg]) -> Result<Value, SecretError> {
+        match self.secrets {
+            Some(s) => s.value(file, key),
+            None => Err(SecretError::Unsupported),
+        }
+    }
+    fn input_secrets(&self, name: &str) -> Vec<String> {
+        self.sensitive_inputs.get(name).cloned().unwrap_or_default()
     }
     fn outputs_allowed(&self) -> bool {
         false
@@ -406,12 +420,13 @@ impl Scope for ContentScope<'_> {
 /// Why a secret could not be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
-    #[error(
-        "secret references are not available yet: this build of terrace has no secrets support"
-    )]
+    #[error("secret references are not available here")]
     Unsupported,
-    #[error("{0}")]
-    Failed(String),
+    #[error("{message}")]
+    Failed {
+        message: String,
+        hint: Option<String>,
+    },
 }
 
 /// Why an expression could not be evaluated.
@@ -465,9 +480,10 @@ impl EvalErrorKind {
                 "make the whole value the expression to keep its type, e.g. `key: ${var.list}`"
                     .to_owned(),
             ),
-            EvalErrorKind::Secret(SecretError::Unsupported) => {
-                Some("the secrets capability lands with SOPS support; until then pass the value as a variable".to_owned())
-            }
+            EvalErrorKind::Secret(SecretError::Unsupported) => Some(
+                "secrets are resolved by the engine; this context has no secrets source".to_owned(),
+            ),
+            EvalErrorKind::Secret(SecretError::Failed { hint, .. }) => hint.clone(),
             _ => None,
         }
     }
@@ -492,35 +508,49 @@ pub struct Evaluated {
     pub value: Value,
     /// Whether some part is only known after a dependency is applied.
     pub unknown: bool,
+    /// The secrets files whose values flowed into this value (directly,
+    /// or through an input that holds one), sorted.
+    pub secrets: Vec<String>,
+}
+
+/// What evaluation learns besides the value.
+#[derive(Debug, Default)]
+struct Flags {
+    unknown: bool,
+    secrets: std::collections::BTreeSet<String>,
 }
 
 /// Evaluates every expression in `value`; `path` is where `value` sits in its
 /// file, for errors.
 pub fn eval(value: &Value, path: &ValuePath, scope: &dyn Scope) -> Result<Evaluated, EvalError> {
-    let mut unknown = false;
-    let value = eval_inner(value, path, scope, &mut unknown)?;
-    Ok(Evaluated { value, unknown })
+    let mut flags = Flags::default();
+    let value = eval_inner(value, path, scope, &mut flags)?;
+    Ok(Evaluated {
+        value,
+        unknown: flags.unknown,
+        secrets: flags.secrets.into_iter().collect(),
+    })
 }
 
 fn eval_inner(
     value: &Value,
     path: &ValuePath,
     scope: &dyn Scope,
-    unknown: &mut bool,
+    flags: &mut Flags,
 ) -> Result<Value, EvalError> {
     Ok(match value {
-        Value::String(s) => eval_string(s, path, scope, unknown)?,
+        Value::String(s) => eval_string(s, path, scope, flags)?,
         Value::Array(items) => Value::Array(
             items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| eval_inner(v, &path.index(i), scope, unknown))
+                .map(|(i, v)| eval_inner(v, &path.index(i), scope, flags))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(map) => {
             let mut out = Map::with_capacity(map.len());
             for (k, v) in map {
-                out.insert(k.clone(), eval_inner(v, &path.key(k), scope, unknown)?);
+                out.insert(k.clone(), eval_inner(v, &path.key(k), scope, flags)?);
             }
             Value::Object(out)
         }
@@ -532,7 +562,7 @@ fn eval_string(
     s: &str,
     path: &ValuePath,
     scope: &dyn Scope,
-    unknown: &mut bool,
+    flags: &mut Flags,
 ) -> Result<Value, EvalError> {
     if !s.contains("${") {
         return Ok(Value::String(s.to_owned()));
@@ -550,10 +580,10 @@ fn eval_string(
         source_text: source.to_owned(),
     };
     if let Some((expr, offset, source)) = template.single() {
-        return match resolve(expr, scope).map_err(|k| at(k, offset, source))? {
+        return match resolve(expr, scope, flags).map_err(|k| at(k, offset, source))? {
             Resolved::Value(v) => Ok(v),
             Resolved::Unknown => {
-                *unknown = true;
+                flags.unknown = true;
                 Ok(Value::String(UNKNOWN.to_owned()))
             }
         };
@@ -566,9 +596,9 @@ fn eval_string(
                 expr,
                 offset,
                 source,
-            } => match resolve(expr, scope).map_err(|k| at(k, *offset, source))? {
+            } => match resolve(expr, scope, flags).map_err(|k| at(k, *offset, source))? {
                 Resolved::Unknown => {
-                    *unknown = true;
+                    flags.unknown = true;
                     out.push_str(UNKNOWN);
                 }
                 Resolved::Value(v) => match v {
@@ -594,7 +624,7 @@ enum Resolved {
     Unknown,
 }
 
-fn resolve(expr: &Expr, scope: &dyn Scope) -> Result<Resolved, EvalErrorKind> {
+fn resolve(expr: &Expr, scope: &dyn Scope, flags: &mut Flags) -> Result<Resolved, EvalErrorKind> {
     match expr {
         Expr::Env => Ok(Resolved::Value(Value::String(scope.env().to_owned()))),
         Expr::Var { name, path } => {
@@ -621,6 +651,7 @@ fn resolve(expr: &Expr, scope: &dyn Scope) -> Result<Resolved, EvalErrorKind> {
             if root.as_str() == Some(UNKNOWN) {
                 return Ok(Resolved::Unknown);
             }
+            flags.secrets.extend(scope.input_secrets(name));
             walk(root, path, expr).map(Resolved::Value)
         }
         Expr::UnitOutput { .. } if !scope.outputs_allowed() => {
@@ -638,7 +669,11 @@ fn resolve(expr: &Expr, scope: &dyn Scope) -> Result<Resolved, EvalErrorKind> {
                 }
             }
         }
-        Expr::Secret { file, key } => Ok(Resolved::Value(scope.secret(file, key)?)),
+        Expr::Secret { file, key } => {
+            let value = scope.secret(file, key)?;
+            flags.secrets.insert(file.clone());
+            Ok(Resolved::Value(value))
+        }
     }
 }
 
@@ -852,7 +887,7 @@ mod tests {
     }
 
     #[test]
-    fn secrets_fail_clearly_until_supported() {
+    fn secrets_without_a_source_fail_clearly() {
         let e = ev(json!("${secret.secrets/db.sops.yaml#password}")).expect_err("no secrets");
         assert_eq!(e.kind, EvalErrorKind::Secret(SecretError::Unsupported));
     }
@@ -867,12 +902,29 @@ mod tests {
             .as_object()
             .cloned()
             .expect("map");
+        let sensitive: BTreeMap<String, Vec<String>> =
+            [("replicas".to_owned(), vec!["secrets/app.yaml".to_owned()])].into();
         let s = ContentScope {
             env: "dev",
             vars: &vars,
             inputs: &inputs,
+            sensitive_inputs: &sensitive,
+            secrets: None,
         };
         let p = ValuePath::root();
+        // A value drawn from a secret input carries its secrets file along.
+        assert_eq!(
+            eval(&json!({"a": "n=${input.replicas}"}), &p, &s)
+                .expect("ok")
+                .secrets,
+            vec!["secrets/app.yaml".to_owned()]
+        );
+        assert!(
+            eval(&json!("${env}"), &p, &s)
+                .expect("ok")
+                .secrets
+                .is_empty()
+        );
         assert_eq!(
             eval(&json!("${input.replicas}"), &p, &s).expect("ok").value,
             json!(2)

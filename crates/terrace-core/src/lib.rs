@@ -12,6 +12,7 @@ pub mod driver;
 pub mod expr;
 pub mod graph;
 pub mod plan;
+pub mod secrets;
 pub mod state;
 pub mod value_path;
 

@@ -18,6 +18,21 @@ pub struct DesiredFile {
     /// Relative to the project root, `/`-separated.
     pub path: String,
     pub content: String,
+    /// Holds secrets (written SOPS-encrypted): plans show no diff of it.
+    pub sensitive: bool,
+}
+
+impl DesiredFile {
+    fn diff(&self, old: &str) -> String {
+        if self.sensitive {
+            format!(
+                "(sensitive: {} is written SOPS-encrypted; `terrace secrets decrypt {}` shows it)\n",
+                self.address, self.path
+            )
+        } else {
+            unified_diff(old, &self.content, &self.path)
+        }
+    }
 }
 
 /// What a file-backed unit renders: its files, the directory it owns, and
@@ -66,7 +81,7 @@ pub fn plan(
                 changes.push(Change {
                     address: f.address.clone(),
                     action: Action::Create,
-                    diff: Some(unified_diff("", &f.content, &f.path)),
+                    diff: Some(f.diff("")),
                 });
                 write.push(f.path.clone());
             }
@@ -75,7 +90,7 @@ pub fn plan(
                 changes.push(Change {
                     address: f.address.clone(),
                     action: Action::Update,
-                    diff: Some(unified_diff(&existing, &f.content, &f.path)),
+                    diff: Some(f.diff(&existing)),
                 });
                 write.push(f.path.clone());
             }
@@ -238,6 +253,7 @@ mod tests {
             address: path.to_owned(),
             path: path.to_owned(),
             content: content.to_owned(),
+            sensitive: false,
         }
     }
 

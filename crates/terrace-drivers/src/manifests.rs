@@ -8,7 +8,7 @@
 //! and files of objects that no longer render are removed on apply.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -18,8 +18,9 @@ use terrace_core::driver::{
     Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, RenderedDocument,
     UnitContext,
 };
-use terrace_core::expr::{self, ContentScope};
+use terrace_core::expr::{self, ContentScope, SecretError};
 use terrace_core::plan::UnitPlan;
+use terrace_core::secrets::looks_encrypted;
 use terrace_core::{ValuePath, config::UnitKind};
 
 use crate::clean_relative;
@@ -39,6 +40,30 @@ pub struct Object {
     pub value: Value,
     /// The file name the embedded target gives it.
     pub file_name: String,
+    /// The secrets files whose values it holds (itself, when it comes from
+    /// a SOPS-encrypted file); empty for plain objects.
+    pub secret_sources: Vec<PathBuf>,
+    /// The encrypted file whose rule seals it, when it holds no other
+    /// secret.
+    pub rule_from: Option<PathBuf>,
+}
+
+impl Object {
+    pub fn is_sensitive(&self) -> bool {
+        !self.secret_sources.is_empty()
+    }
+}
+
+fn secret_error(e: SecretError, file: &str) -> DriverError {
+    let (message, hint) = match e {
+        SecretError::Failed { message, hint } => (message, hint),
+        other => (other.to_string(), None),
+    };
+    let mut d = Diagnostic::new(message).in_file(file);
+    if let Some(h) = hint {
+        d = d.with_hint(h);
+    }
+    d.into()
 }
 
 /// Renders a unit's objects, in file order then document order.
@@ -69,12 +94,36 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
         env: ctx.environment,
         vars: ctx.vars,
         inputs: &ctx.unit.inputs,
+        sensitive_inputs: &ctx.unit.sensitive_inputs,
+        secrets: ctx.secrets,
     };
     let mut objects: Vec<Object> = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for file in files {
         let src = fs_err::read_to_string(ctx.root.join(&file))?;
-        let docs = terrace_yaml::documents(&src, Path::new(&file)).map_err(DriverError::from)?;
+        // A SOPS-encrypted file is decrypted in memory; its keys are plain,
+        // so errors are still located in the file as written.
+        let encrypted = looks_encrypted(&src);
+        let docs = match (encrypted, ctx.secrets) {
+            (false, _) => {
+                terrace_yaml::documents(&src, Path::new(&file)).map_err(DriverError::from)?
+            }
+            (true, None) => {
+                return Err(Diagnostic::new(
+                    "this file is SOPS-encrypted, and secrets are not available here",
+                )
+                .in_file(&file)
+                .into());
+            }
+            (true, Some(secrets)) => secrets
+                .open_documents(Path::new(&file), &src)
+                .map_err(|e| secret_error(e, &file))?
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .filter(|(_, v)| !v.is_null())
+                .collect(),
+        };
         for (doc, value) in docs {
             let evaluated = expr::eval(&value, &ValuePath::root(), &scope).map_err(|e| {
                 let loc = terrace_yaml::locate(&src, doc, &e.path, Some(&e.source_text));
@@ -105,11 +154,22 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
                 .with_hint("remove one of the two definitions")
                 .into());
             }
+            let mut secret_sources: Vec<PathBuf> = Vec::new();
+            if encrypted {
+                secret_sources.push(PathBuf::from(&file));
+            }
+            secret_sources.extend(evaluated.secrets.iter().map(PathBuf::from));
+            // Values from other secrets may sit anywhere in the object:
+            // then every value is encrypted, whatever the file's rule.
+            let rule_from =
+                (encrypted && evaluated.secrets.is_empty()).then(|| PathBuf::from(&file));
             objects.push(Object {
                 address: id.address,
                 source: file.clone(),
                 value: evaluated.value,
                 file_name: id.file_name,
+                secret_sources,
+                rule_from,
             });
         }
     }
@@ -234,18 +294,48 @@ fn cluster(ctx: &UnitContext<'_>) -> Result<String, DriverError> {
     Ok(target.name.clone())
 }
 
+/// An object holding secrets is written SOPS-encrypted, to the recipients
+/// of the secrets it holds; what is already on disk is kept when the
+/// plaintext is the same, so plans stay quiet.
+fn seal(ctx: &UnitContext<'_>, o: &Object, path: Option<&str>) -> Result<String, DriverError> {
+    let secrets = ctx
+        .secrets
+        .ok_or_else(|| secret_error(SecretError::Unsupported, &o.source))?;
+    let prior = match path.map(|p| fs_err::read_to_string(ctx.root.join(p))) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Some(Err(e)) => return Err(e.into()),
+    };
+    secrets
+        .seal(
+            std::slice::from_ref(&o.value),
+            &o.secret_sources,
+            o.rule_from.as_deref(),
+            prior.as_deref(),
+        )
+        .map_err(|e| secret_error(e, &o.source))
+}
+
 fn desired(ctx: &UnitContext<'_>) -> Result<DesiredSet, DriverError> {
     let cluster = cluster(ctx)?;
     let dir = rendered_dir(ctx.environment, &cluster, &ctx.unit.name);
     let objects = render_objects(ctx)?;
-    let files: Vec<DesiredFile> = objects
-        .iter()
-        .map(|o| DesiredFile {
+    let mut files: Vec<DesiredFile> = Vec::with_capacity(objects.len());
+    for o in &objects {
+        let path = format!("{dir}/{}", o.file_name);
+        let content = if o.is_sensitive() {
+            seal(ctx, o, Some(&path))?
+        } else {
+            terrace_yaml::to_string(&o.value)
+        };
+        files.push(DesiredFile {
             address: o.address.clone(),
-            path: format!("{dir}/{}", o.file_name),
-            content: terrace_yaml::to_string(&o.value),
-        })
-        .collect();
+            path,
+            content,
+            sensitive: o.is_sensitive(),
+        });
+    }
     let outputs = json!({
         "cluster": cluster,
         "renderedPath": dir,
@@ -265,16 +355,21 @@ impl Driver for ManifestsDriver {
 
     fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
         let objects = render_objects(ctx)?;
-        Ok(Rendered {
-            documents: objects
-                .into_iter()
-                .map(|o| RenderedDocument {
-                    address: o.address,
-                    path: None,
-                    content: terrace_yaml::to_string(&o.value),
-                })
-                .collect(),
-        })
+        let mut documents = Vec::with_capacity(objects.len());
+        for o in objects {
+            // Secrets are shown the way they are written: encrypted.
+            let content = if o.is_sensitive() {
+                seal(ctx, &o, None)?
+            } else {
+                terrace_yaml::to_string(&o.value)
+            };
+            documents.push(RenderedDocument {
+                address: o.address,
+                path: None,
+                content,
+            });
+        }
+        Ok(Rendered { documents })
     }
 
     fn plan<'a>(

@@ -113,6 +113,15 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
             .map_err(|e| template_error(&e, &sources))?;
     }
 
+    if let Some((name, files)) = ctx.unit.sensitive_inputs.iter().next() {
+        return Err(Diagnostic::new(format!(
+            "input `{name}` holds a secret (from {}), but a template unit writes plain files",
+            files.join(", ")
+        ))
+        .in_file(format!("{}/{UNIT_FILE}", ctx.unit.dir))
+        .with_hint("keep secrets in manifests units (written SOPS-encrypted) and pass the template only non-secret values")
+        .into());
+    }
     let mut base = Map::new();
     for (k, v) in &ctx.unit.inputs {
         base.insert(k.clone(), v.clone());
@@ -284,6 +293,7 @@ fn desired(ctx: &UnitContext<'_>) -> Result<DesiredSet, DriverError> {
             address: path.clone(),
             path,
             content,
+            sensitive: false,
         })
         .collect();
     Ok(DesiredSet {

@@ -23,7 +23,9 @@ use terrace_core::driver::{
     DestroyContext, Driver, DriverError, Rendered, ResolvedUnit, UnitContext,
 };
 use terrace_core::plan::{Action, Change, UnitPlan};
+use terrace_core::secrets::SecretSource;
 use terrace_core::state::{RunRecord, RunUnit, STATE_FORMAT, UnitState, UnitStatus};
+use terrace_secrets::SecretStore;
 use terrace_state::{LocalBackend, StateBackend, StateError, new_run_id, now_rfc3339, this_holder};
 use tracing::{debug, warn};
 
@@ -226,6 +228,7 @@ pub struct Engine {
     pub project: Project,
     pub workspace: Workspace,
     state: Arc<dyn StateBackend>,
+    secrets: Arc<dyn SecretSource>,
 }
 
 impl Engine {
@@ -235,10 +238,12 @@ impl Engine {
         let env = project.pick_environment(environment)?;
         let workspace = Workspace::new(&project, &env)?;
         let state: Arc<dyn StateBackend> = Arc::new(LocalBackend::new(project.state_dir()));
+        let secrets: Arc<dyn SecretSource> = Arc::new(SecretStore::new(&project.root));
         Ok(Engine {
             project,
             workspace,
             state,
+            secrets,
         })
     }
 
@@ -339,6 +344,7 @@ impl Engine {
             vars: &self.workspace.vars,
             unit,
             prior,
+            secrets: Some(self.secrets.as_ref()),
         }
     }
 
@@ -424,7 +430,7 @@ impl Engine {
     ) -> Result<(ResolvedUnit, UnitPlan), ReportError> {
         let unit = self
             .workspace
-            .evaluate(&self.project, i, views)
+            .evaluate(&self.project, i, views, Some(self.secrets.as_ref()))
             .map_err(ReportError::from_diagnostic)?;
         let ctx = self.unit_context(&unit, prior);
         let plan = self
@@ -460,10 +466,14 @@ impl Engine {
             })?;
         let mut views = HashMap::new();
         self.fill_from_state(i, &mut views).await?;
-        let unit = match self.workspace.evaluate(&self.project, i, &views) {
-            Ok(u) => u,
-            Err(d) => return Ok(Err(ReportError::from_diagnostic(d))),
-        };
+        let unit =
+            match self
+                .workspace
+                .evaluate(&self.project, i, &views, Some(self.secrets.as_ref()))
+            {
+                Ok(u) => u,
+                Err(d) => return Ok(Err(ReportError::from_diagnostic(d))),
+            };
         let rendered = {
             let ctx = self.unit_context(&unit, None);
             self.driver(unit.kind).render(&ctx)

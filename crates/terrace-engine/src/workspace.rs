@@ -12,6 +12,7 @@ use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{ResolvedTarget, ResolvedUnit};
 use terrace_core::expr::{self, Outputs, Scope, SecretError};
 use terrace_core::graph::{Graph, GraphError, NodeSpec};
+use terrace_core::secrets::SecretSource;
 use terrace_core::{Seg, ValuePath};
 
 use crate::error::EngineError;
@@ -221,6 +222,7 @@ impl Workspace {
         project: &Project,
         i: usize,
         outputs: &HashMap<String, OutputView>,
+        secrets: Option<&dyn SecretSource>,
     ) -> Result<ResolvedUnit, Diagnostic> {
         let spec = &self.units[i];
         let decl = &project.units[spec.decl];
@@ -228,6 +230,7 @@ impl Workspace {
             env: &self.environment,
             vars: &self.vars,
             outputs,
+            secrets,
         };
         let mut unknown = false;
         let located = |e: expr::EvalError| {
@@ -245,9 +248,13 @@ impl Workspace {
             d
         };
         let mut inputs = Map::new();
+        let mut sensitive_inputs = BTreeMap::new();
         for (k, v, origin) in &spec.inputs {
             let ev = expr::eval(v, origin, &scope).map_err(located)?;
             unknown |= ev.unknown;
+            if !ev.secrets.is_empty() {
+                sensitive_inputs.insert(k.clone(), ev.secrets);
+            }
             inputs.insert(k.clone(), ev.value);
         }
         let mut settings = Map::new();
@@ -274,6 +281,7 @@ impl Workspace {
                 Value::Object(settings)
             },
             unknown,
+            sensitive_inputs,
             target,
         })
     }
@@ -394,6 +402,7 @@ struct UnitScope<'a> {
     env: &'a str,
     vars: &'a Map<String, Value>,
     outputs: &'a HashMap<String, OutputView>,
+    secrets: Option<&'a dyn SecretSource>,
 }
 
 impl Scope for UnitScope<'_> {
@@ -412,7 +421,10 @@ impl Scope for UnitScope<'_> {
             Some(OutputView::Unknown) | None => Outputs::Unknown,
         })
     }
-    fn secret(&self, _file: &str, _key: &[Seg]) -> Result<Value, SecretError> {
-        Err(SecretError::Unsupported)
+    fn secret(&self, file: &str, key: &[Seg]) -> Result<Value, SecretError> {
+        match self.secrets {
+            Some(s) => s.value(file, key),
+            None => Err(SecretError::Unsupported),
+        }
     }
 }

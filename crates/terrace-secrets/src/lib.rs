@@ -18,6 +18,7 @@ pub mod keys;
 pub mod merge;
 pub mod metadata;
 pub mod rules;
+mod store;
 pub mod walk;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 pub use error::SecretsError;
 pub use format::Format;
 pub use keys::{KeySources, Keyring, Recipient};
+pub use store::SecretStore;
 pub use terrace_yaml::tree::{Key, Node};
 
 use cipher::KEY_LEN;

@@ -11,7 +11,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Replaces `path` with `bytes` atomically, creating parent directories.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     fs_err::create_dir_all(dir)?;
     let name = path
         .file_name()
@@ -36,6 +36,14 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Makes a rename or removal in `dir` durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs_err::File::open(dir)?.sync_all()
@@ -44,7 +52,7 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Removes `path` if it exists and makes the removal durable.
 pub fn remove(path: &Path) -> std::io::Result<()> {
     match fs_err::remove_file(path) {
-        Ok(()) => path.parent().map_or(Ok(()), sync_dir),
+        Ok(()) => sync_dir(parent_dir(path)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }

@@ -103,6 +103,9 @@ pub enum Command {
     /// Inspect and repair state.
     #[command(subcommand)]
     State(StateCommand),
+    /// Encrypt, decrypt and edit SOPS files (age), as sops does.
+    #[command(subcommand, after_help = SECRETS_HELP)]
+    Secrets(SecretsCommand),
     /// Print the JSON Schemas of terrace.yaml and unit.yaml.
     #[command(hide = true)]
     Schema(SchemaArgs),
@@ -214,4 +217,153 @@ pub struct SchemaArgs {
     /// Write `terrace.schema.json` and `unit.schema.json` into DIR.
     #[arg(long, value_name = "DIR")]
     pub write: Option<PathBuf>,
+}
+
+const SECRETS_HELP: &str =
+    "Files are SOPS files: sops reads what terrace writes and the other way round.
+Keys are found where sops finds them: SOPS_AGE_KEY, SOPS_AGE_KEY_FILE,
+SOPS_AGE_KEY_CMD, ~/.config/sops/age/keys.txt, and SSH keys
+(SOPS_AGE_SSH_PRIVATE_KEY_FILE, ~/.ssh/id_ed25519). New files are encrypted
+to the recipients of the first matching `creation_rules` entry of the
+nearest .sops.yaml (or --age).";
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Encrypt a plaintext YAML, JSON or dotenv file.
+    #[command(
+        after_help = "Examples:\n  terrace secrets encrypt -i secrets/db.yaml            # recipients from .sops.yaml\n  terrace secrets encrypt --age age1... app.env > app.enc.env\n  terrace secrets encrypt -i --encrypted-regex '^(data|stringData)$' secret.yaml"
+    )]
+    Encrypt(EncryptArgs),
+    /// Decrypt a file to stdout (or in place with -i).
+    #[command(
+        after_help = "Examples:\n  terrace secrets decrypt secrets/db.yaml\n  terrace secrets decrypt secrets/db.yaml --extract db.password"
+    )]
+    Decrypt(DecryptArgs),
+    /// Edit a file's plaintext in $EDITOR, then re-encrypt it.
+    #[command(
+        after_help = "Example:\n  EDITOR=nano terrace secrets edit secrets/db.yaml\n\nThe plaintext copy lives in a private (0700) temporary directory, in memory\n(/dev/shm) where there is one, and is removed afterwards, also on errors and\nCtrl-C. Values you did not change keep their ciphertext, so the Git diff shows\nonly your edits. A file that does not exist yet is created."
+    )]
+    Edit(EditArgs),
+    /// Re-encrypt a file with a new data key.
+    #[command(
+        after_help = "Examples:\n  terrace secrets rotate -i secrets/db.yaml\n  terrace secrets rotate -i --add-age age1new... --rm-age age1old... secrets/db.yaml\n\nRotate after removing a recipient: until then, they still hold the old data key."
+    )]
+    Rotate(RotateArgs),
+    /// Set a file's recipients to those of its .sops.yaml creation rule.
+    #[command(
+        after_help = "Examples:\n  terrace secrets updatekeys secrets/*.yaml         # show what would change\n  terrace secrets updatekeys --yes secrets/*.yaml   # do it\n\nThe data key stays the same; run `rotate` too when removing someone.\nWithout --yes it exits 2 when a file would change."
+    )]
+    Updatekeys(UpdatekeysArgs),
+    /// Show whether files are encrypted, to whom, and whether you can open them.
+    #[command(after_help = "Example:\n  terrace secrets status secrets/*.yaml --output json")]
+    Status(StatusArgs),
+    /// Git merge driver: merge two edits of an encrypted file by value.
+    #[command(
+        after_help = "Set up once per clone:\n  git config merge.terrace-sops.name 'terrace SOPS merge'\n  git config merge.terrace-sops.driver 'terrace secrets merge-driver %O %A %B %P'\nand in .gitattributes:\n  secrets/**/*.yaml merge=terrace-sops\n\nConflicts are reported by key path; the file is left as your side, to fix\nwith `terrace secrets edit`."
+    )]
+    MergeDriver(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FileArgs {
+    /// The file.
+    pub file: PathBuf,
+    /// The format: yaml, json or dotenv (default: from the extension).
+    #[arg(long, value_name = "TYPE")]
+    pub input_type: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
+    /// Write the result over the file instead of to stdout.
+    #[arg(short, long)]
+    pub in_place: bool,
+    /// Recipients, comma-separated (age1… or ssh-ed25519 …); overrides .sops.yaml.
+    #[arg(long, value_name = "RECIPIENTS")]
+    pub age: Option<String>,
+    /// Encrypt only values under keys matching this regex.
+    #[arg(long, value_name = "REGEX", group = "rule")]
+    pub encrypted_regex: Option<String>,
+    /// Leave values under keys matching this regex plain.
+    #[arg(long, value_name = "REGEX", group = "rule")]
+    pub unencrypted_regex: Option<String>,
+    /// Encrypt only values under keys ending with this suffix.
+    #[arg(long, value_name = "SUFFIX", group = "rule")]
+    pub encrypted_suffix: Option<String>,
+    /// Leave values under keys ending with this suffix plain (default _unencrypted).
+    #[arg(long, value_name = "SUFFIX", group = "rule")]
+    pub unencrypted_suffix: Option<String>,
+    /// Encrypt values after a comment matching this regex.
+    #[arg(long, value_name = "REGEX", group = "rule")]
+    pub encrypted_comment_regex: Option<String>,
+    /// Leave values after a comment matching this regex plain.
+    #[arg(long, value_name = "REGEX", group = "rule")]
+    pub unencrypted_comment_regex: Option<String>,
+    /// Compute the MAC over encrypted values only.
+    #[arg(long)]
+    pub mac_only_encrypted: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
+    /// Write the plaintext over the file instead of to stdout.
+    #[arg(short, long)]
+    pub in_place: bool,
+    /// Print only the value at this path (`a.b.0` or sops's `["a"]["b"][0]`).
+    #[arg(long, value_name = "PATH")]
+    pub extract: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
+    /// Write the result over the file instead of to stdout.
+    #[arg(short, long)]
+    pub in_place: bool,
+    /// Also encrypt to these recipients (comma-separated).
+    #[arg(long, value_name = "RECIPIENTS")]
+    pub add_age: Option<String>,
+    /// Stop encrypting to these recipients (comma-separated).
+    #[arg(long, value_name = "RECIPIENTS")]
+    pub rm_age: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdatekeysArgs {
+    /// The files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Write the changes (without it, only show them).
+    #[arg(short, long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The common ancestor's version (%O).
+    pub base: PathBuf,
+    /// This branch's version (%A); the result is written here.
+    pub ours: PathBuf,
+    /// The other branch's version (%B).
+    pub theirs: PathBuf,
+    /// The file's path in the repository (%P), for its format.
+    pub path: Option<PathBuf>,
 }

@@ -167,6 +167,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             Ok(0)
         }
         Command::State(s) => state(&start, env, s, cli.output).await,
+        Command::Secrets(s) => crate::secrets::run(s, cli.output).await,
         Command::Schema(a) => {
             for (name, text) in crate::schema::schemas() {
                 match &a.write {
@@ -219,8 +220,9 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
             Err(other) => return Err(other.into()),
         };
         let views = Default::default();
+        let secrets = terrace_secrets::SecretStore::new(&project.root);
         for i in 0..ws.units.len() {
-            match ws.evaluate(&project, i, &views) {
+            match ws.evaluate(&project, i, &views, Some(&secrets)) {
                 Ok(unit) => {
                     let ctx = terrace_core::driver::UnitContext {
                         root: &project.root,
@@ -229,6 +231,7 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
                         vars: &ws.vars,
                         unit: &unit,
                         prior: None,
+                        secrets: Some(&secrets),
                     };
                     if let Err(err) = terrace_drivers_render(&ctx) {
                         problems.push(err);

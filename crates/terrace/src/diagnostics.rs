@@ -15,6 +15,7 @@ use crate::cli::OutputFormat;
 #[derive(Debug)]
 pub enum CliError {
     Engine(EngineError),
+    Secrets(terrace_secrets::SecretsError),
     Message {
         message: String,
         hint: Option<String>,
@@ -24,6 +25,12 @@ pub enum CliError {
 impl From<EngineError> for CliError {
     fn from(e: EngineError) -> Self {
         CliError::Engine(e)
+    }
+}
+
+impl From<terrace_secrets::SecretsError> for CliError {
+    fn from(e: terrace_secrets::SecretsError) -> Self {
+        CliError::Secrets(e)
     }
 }
 
@@ -83,6 +90,10 @@ pub fn report_error(e: &CliError, format: OutputFormat) {
             d,
         ),
         CliError::Engine(e) => (e.to_string(), e.hint(), &[]),
+        CliError::Secrets(terrace_secrets::SecretsError::Parse(d)) => {
+            (d.message.clone(), None, std::slice::from_ref(d.as_ref()))
+        }
+        CliError::Secrets(e) => (e.to_string(), e.hint(), &[]),
         CliError::Message { message, hint } => (message.clone(), hint.clone(), &[]),
     };
     if format == OutputFormat::Json {

@@ -12,6 +12,7 @@ mod init;
 mod output;
 mod progress;
 pub mod schema;
+mod secrets;
 
 pub use cli::Cli;
 

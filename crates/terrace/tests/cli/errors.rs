@@ -104,7 +104,7 @@ fn dependency_cycle() {
 }
 
 #[test]
-fn secret_references_fail_clearly_until_supported() {
+fn secret_reference_to_a_missing_file() {
     insta::assert_snapshot!(validate(&[
         (
             "apps/web/unit.yaml",

@@ -26,7 +26,7 @@ fn applied_twice_the_second_plan_has_no_changes() {
 
     let o = terrace(dir.path(), &["apply", "-j", "2"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("20 created"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("22 created"), "{}", stdout(&o));
 
     let o = terrace(dir.path(), &["plan"]);
     assert_eq!(code(&o), 0, "{}", stdout(&o));
@@ -109,7 +109,7 @@ fn an_input_change_shows_exactly_the_changed_objects() {
     assert_eq!(changes[0]["address"], "apps/v1 Deployment apps/web");
     let diff = changes[0]["diff"].as_str().expect("diff");
     assert!(diff.contains("-  replicas: 2\n+  replicas: 3\n"), "{diff}");
-    assert_eq!(web["unchanged"], 2);
+    assert_eq!(web["unchanged"], 3, "the sealed Secret stays as it was");
 
     assert_eq!(code(&terrace(dir.path(), &["apply"])), 0);
     assert_eq!(plan_json(dir.path(), &[]).0, 0);
@@ -382,7 +382,7 @@ fn markdown_and_graph_formats() {
     assert_eq!(code(&o), 2);
     let md = stdout(&o);
     assert!(
-        md.contains("| `web` | apps | manifests | create | +3 |"),
+        md.contains("| `web` | apps | manifests | create | +4 |"),
         "{md}"
     );
     assert!(md.contains("```diff"), "{md}");

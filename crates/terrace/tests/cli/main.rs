@@ -4,6 +4,7 @@
 mod errors;
 mod example;
 mod schema;
+mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -41,14 +42,26 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Runs terrace in `dir` with `args`.
 pub fn terrace(dir: &Path, args: &[&str]) -> Output {
-    Command::cargo_bin("terrace")
-        .expect("binary built")
-        .current_dir(dir)
+    command(dir).args(args).output().expect("terrace runs")
+}
+
+/// The terrace binary in `dir`, with keys only from the example's demo key
+/// (when the directory has one), never from the user's own.
+pub fn command(dir: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("terrace").expect("binary built");
+    cmd.current_dir(dir)
         .env_remove("TERRACE_ENV")
-        .env("NO_COLOR", "1")
-        .args(args)
-        .output()
-        .expect("terrace runs")
+        .env_remove("SOPS_AGE_KEY")
+        .env_remove("SOPS_AGE_KEY_FILE")
+        .env_remove("SOPS_AGE_KEY_CMD")
+        .env("SOPS_AGE_SSH_PRIVATE_KEY_FILE", "/nonexistent")
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .env("NO_COLOR", "1");
+    let demo = dir.join("keys/demo.agekey");
+    if demo.is_file() {
+        cmd.env("SOPS_AGE_KEY_FILE", demo);
+    }
+    cmd
 }
 
 pub fn stdout(o: &Output) -> String {

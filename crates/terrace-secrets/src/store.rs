@@ -1,0 +1,193 @@
+//! The engine's secrets: files under the project root decrypted on first
+//! use and kept in memory for the run; keys loaded once, when first needed
+//! (a project without secrets never touches them).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_json::Value;
+use terrace_core::expr::SecretError;
+use terrace_core::secrets::SecretSource;
+use terrace_core::value_path::Seg;
+use terrace_yaml::tree::Node;
+
+use crate::config::Settings;
+use crate::metadata::Metadata;
+use crate::{Format, KeySources, Keyring, Opened, Recipient, SecretsError, format};
+
+/// Secrets of one project, for one run.
+#[derive(Debug)]
+pub struct SecretStore {
+    root: PathBuf,
+    sources: KeySources,
+    keys: OnceLock<Result<Keyring, String>>,
+    opened: Mutex<HashMap<PathBuf, Arc<Opened>>>,
+}
+
+fn failed(e: SecretsError) -> SecretError {
+    SecretError::Failed {
+        hint: e.hint(),
+        message: e.to_string(),
+    }
+}
+
+impl SecretStore {
+    /// A store reading keys from the process environment, as sops does.
+    pub fn new(root: &Path) -> SecretStore {
+        SecretStore::with_sources(root, KeySources::from_env())
+    }
+
+    pub fn with_sources(root: &Path, sources: KeySources) -> SecretStore {
+        SecretStore {
+            root: root.to_owned(),
+            sources,
+            keys: OnceLock::new(),
+            opened: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn keys(&self) -> Result<&Keyring, SecretError> {
+        self.keys
+            .get_or_init(|| Keyring::load(&self.sources).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|message| SecretError::Failed {
+                message: message.clone(),
+                hint: None,
+            })
+    }
+
+    /// Opens `file` (relative to the root) once per run.
+    fn open(&self, file: &Path, text: Option<&str>) -> Result<Arc<Opened>, SecretError> {
+        if let Some(o) = self.lock().get(file) {
+            return Ok(o.clone());
+        }
+        let owned;
+        let text = match text {
+            Some(t) => t,
+            None => {
+                owned = self.read(file)?;
+                &owned
+            }
+        };
+        let opened = Arc::new(
+            crate::open(text, file, Format::from_path(file), self.keys()?).map_err(failed)?,
+        );
+        self.lock().insert(file.to_owned(), opened.clone());
+        Ok(opened)
+    }
+
+    fn read(&self, file: &Path) -> Result<String, SecretError> {
+        match std::fs::read_to_string(self.root.join(file)) {
+            Ok(t) => Ok(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SecretError::Failed {
+                message: format!("secrets file `{}` does not exist", file.display()),
+                hint: Some(format!(
+                    "paths are relative to the project root; create it with `terrace secrets edit {}`",
+                    file.display()
+                )),
+            }),
+            Err(e) => Err(failed(SecretsError::Io {
+                file: file.to_owned(),
+                source: e,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<Opened>>> {
+        self.opened.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The metadata of a secrets file, without decrypting it.
+    fn metadata(&self, file: &Path) -> Result<Metadata, SecretError> {
+        if let Some(o) = self.lock().get(file) {
+            return Ok(o.meta.clone());
+        }
+        let text = self.read(file)?;
+        let format = Format::from_path(file);
+        let mut docs = format::load(format, &text, file).map_err(failed)?;
+        let node = format::split_metadata(format, &mut docs).ok_or_else(|| {
+            failed(SecretsError::NotEncrypted {
+                file: file.to_owned(),
+            })
+        })?;
+        Metadata::from_node(&node, file).map_err(failed)
+    }
+}
+
+impl SecretSource for SecretStore {
+    fn value(&self, file: &str, key: &[Seg]) -> Result<Value, SecretError> {
+        let opened = self.open(Path::new(file), None)?;
+        let dotted = key
+            .iter()
+            .map(|s| match s {
+                Seg::Key(k) => k.clone(),
+                Seg::Index(i) => i.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(".");
+        opened.lookup(&dotted).map(Node::to_json).map_err(failed)
+    }
+
+    fn open_documents(&self, file: &Path, text: &str) -> Result<Option<Vec<Value>>, SecretError> {
+        if !terrace_core::secrets::looks_encrypted(text) {
+            return Ok(None);
+        }
+        let opened = self.open(file, Some(text))?;
+        Ok(Some(opened.plain.iter().map(Node::to_json).collect()))
+    }
+
+    fn seal(
+        &self,
+        docs: &[Value],
+        sources: &[PathBuf],
+        rule_from: Option<&Path>,
+        prior: Option<&str>,
+    ) -> Result<String, SecretError> {
+        let mut recipients: Vec<String> = Vec::new();
+        for s in sources {
+            for stanza in self.metadata(s)?.age {
+                if !recipients.contains(&stanza.recipient) {
+                    recipients.push(stanza.recipient);
+                }
+            }
+        }
+        let rule = match rule_from {
+            Some(f) => Some(self.metadata(f)?.rule),
+            None => None,
+        };
+        let nodes: Vec<Node> = docs.iter().map(Node::from_json).collect();
+        let rendered = Path::new("(rendered)");
+        if let Some(prior) = prior
+            && let Ok(old) = crate::open(prior, rendered, Format::Yaml, self.keys()?)
+        {
+            let same_recipients = old.meta.age.len() == recipients.len()
+                && old
+                    .meta
+                    .age
+                    .iter()
+                    .all(|s| recipients.contains(&s.recipient));
+            let same_rule = rule.as_ref().map(|r| r.parts()) == Some(old.meta.rule.parts())
+                || (rule.is_none()
+                    && old.meta.rule.parts() == crate::rules::Rule::default().parts());
+            if same_recipients && same_rule {
+                let old_json: Vec<Value> = old.plain.iter().map(Node::to_json).collect();
+                if old_json == docs {
+                    return Ok(prior.to_owned());
+                }
+                return old.seal(&nodes).map_err(failed);
+            }
+        }
+        let settings = Settings {
+            recipients: recipients
+                .iter()
+                .map(|r| Recipient::parse(r))
+                .collect::<Result<_, _>>()
+                .map_err(failed)?,
+            rule,
+            mac_only_encrypted: false,
+        };
+        let text = terrace_yaml::tree::emit_stream(&nodes, 4);
+        crate::encrypt(&text, rendered, Format::Yaml, &settings).map_err(failed)
+    }
+}
