@@ -145,3 +145,63 @@ fn absolute(p: &Path) -> PathBuf {
             .unwrap_or_else(|_| p.to_owned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    const B: &str = "age1lggyhqrw2nlhcxprm67z43rta597azn8gknawjehu9d9dl0jq3yqqvfafg";
+
+    fn setup(cfg: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(".sops.yaml");
+        std::fs::write(&path, cfg).expect("write");
+        (dir, path)
+    }
+
+    #[test]
+    fn the_first_matching_rule_wins_relative_to_the_config() {
+        let (dir, cfg) = setup(&format!(
+            "creation_rules:\n  - path_regex: ^prod/.*\\.yaml$\n    age: {A}, {B}\n    encrypted_regex: ^data$\n  - key_groups:\n      - age: [{B}]\n"
+        ));
+        let prod = settings_for(&cfg, &dir.path().join("prod/db.yaml")).expect("prod rule");
+        assert_eq!(prod.recipients.len(), 2);
+        assert_eq!(
+            prod.rule.map(|r| r.parts().1.to_owned()).as_deref(),
+            Some("^data$")
+        );
+        let other = settings_for(&cfg, &dir.path().join("dev/db.yaml")).expect("catch-all");
+        assert_eq!(
+            other
+                .recipients
+                .iter()
+                .map(|r| r.text.as_str())
+                .collect::<Vec<_>>(),
+            [B]
+        );
+        assert!(other.rule.is_none());
+        assert_eq!(find(&dir.path().join("dev/deeper")), Some(cfg));
+    }
+
+    #[test]
+    fn no_match_and_bad_rules_name_the_config() {
+        let (dir, cfg) = setup(&format!(
+            "creation_rules:\n  - path_regex: ^prod/\n    age: {A}\n"
+        ));
+        let err = settings_for(&cfg, &dir.path().join("dev/x.yaml")).expect_err("no rule");
+        assert!(
+            err.to_string()
+                .contains("no creation rule matches dev/x.yaml"),
+            "{err}"
+        );
+        let (dir, cfg) = setup(&format!(
+            "creation_rules:\n  - age: {A}\n    encrypted_regex: a\n    unencrypted_regex: b\n"
+        ));
+        let err = settings_for(&cfg, &dir.path().join("x.yaml")).expect_err("two rules");
+        assert!(err.to_string().contains(".sops.yaml"), "{err}");
+        let (dir, cfg) = setup("creation_rules:\n  - pgp: ABCDEF\n");
+        let err = settings_for(&cfg, &dir.path().join("x.yaml")).expect_err("no age");
+        assert!(err.to_string().contains("no age recipients"), "{err}");
+    }
+}

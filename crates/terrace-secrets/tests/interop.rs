@@ -99,9 +99,9 @@ fn plain_json(format: Format, text: &str) -> serde_json::Value {
     serde_json::Value::Array(docs.iter().map(Node::to_json).collect())
 }
 
-const YAML: &str = "# database settings\ndb:\n  user: admin\n  password: s3cret # rotate me\n  port: 5432\n  ratio: 0.75\n  enabled: true\n  empty: \"\"\n  nothing: null\nlist:\n  - one\n  - name: two\n    token_unencrypted: visible\nmetadata:\n  name: app-secret\ndata:\n  api_key: abc123\n";
+const YAML: &str = "# database settings\ndb:\n  # sops:plain\n  user: admin\n  # sops:enc\n  password: s3cret # rotate me\n  port: 5432\n  ratio: 0.75\n  enabled: true\n  empty: \"\"\n  nothing: null\nlist:\n  - one\n  - name: two\n    token_unencrypted: visible\nmetadata:\n  name: app-secret\ndata:\n  api_key: abc123\n";
 const JSON: &str = r#"{"db": {"user": "admin", "password": "s3cret", "port": 5432, "ratio": 0.75, "enabled": true}, "list": ["one", {"name": "two"}], "metadata": {"name": "app-secret"}, "data": {"api_key": "abc123"}}"#;
-const DOTENV: &str = "# app settings\nDB_USER=admin\nDB_PASSWORD=s3cret\nMULTI=line1\\nline2\nTOKEN_unencrypted=visible\n";
+const DOTENV: &str = "# app settings\n# sops:plain\nDB_USER=admin\n# sops:enc\nDB_PASSWORD=s3cret\nMULTI=line1\\nline2\nTOKEN_unencrypted=visible\n";
 
 /// The rule variants to exercise: sops flag, terrace rule.
 fn rules() -> Vec<(Vec<&'static str>, Option<Rule>, bool)> {
@@ -136,6 +136,16 @@ fn rules() -> Vec<(Vec<&'static str>, Option<Rule>, bool)> {
             ],
             r("encrypted_regex", "^(data|password|DB_PASSWORD)$"),
             true,
+        ),
+        (
+            vec!["--encrypted-comment-regex", "sops:enc"],
+            r("encrypted_comment_regex", "sops:enc"),
+            false,
+        ),
+        (
+            vec!["--unencrypted-comment-regex", "sops:plain"],
+            r("unencrypted_comment_regex", "sops:plain"),
+            false,
         ),
     ]
 }
@@ -175,7 +185,7 @@ fn sops_encrypted_files_decrypt_here() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 18);
+    assert_eq!(checked, 24);
 }
 
 #[test]
@@ -209,7 +219,7 @@ fn files_encrypted_here_decrypt_with_sops() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 18);
+    assert_eq!(checked, 24);
 }
 
 #[test]

@@ -143,11 +143,13 @@ enum Frame {
         key: Option<String>,
         indent: Option<usize>,
         anchor: usize,
+        line: usize,
     },
     Seq {
         items: Vec<Node>,
         indent: Option<usize>,
         anchor: usize,
+        line: usize,
     },
 }
 
@@ -155,6 +157,20 @@ impl Frame {
     fn indent(&self) -> Option<usize> {
         match self {
             Frame::Map { indent, .. } | Frame::Seq { indent, .. } => *indent,
+        }
+    }
+
+    /// The line the collection starts on.
+    fn line(&self) -> usize {
+        match self {
+            Frame::Map { line, .. } | Frame::Seq { line, .. } => *line,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Frame::Map { items, key, .. } => items.is_empty() && key.is_none(),
+            Frame::Seq { items, .. } => items.is_empty(),
         }
     }
 
@@ -216,6 +232,7 @@ impl Builder {
                     key: None,
                     indent: None,
                     anchor,
+                    line: span.start.line(),
                 });
             }
             Event::SequenceStart(_, anchor, _) => {
@@ -225,6 +242,7 @@ impl Builder {
                     items,
                     indent: None,
                     anchor,
+                    line: span.start.line(),
                 });
             }
             Event::MappingEnd | Event::SequenceEnd => {
@@ -331,6 +349,34 @@ impl Builder {
                 items.push((Key::Name(name), node));
             }
             Some(Frame::Seq { items, .. }) => {
+                // Comments leading a collection item are written above its
+                // dash, so they are read as the sequence's.
+                let mut node = node;
+                match &mut node {
+                    Node::Map(entries) => {
+                        let n = entries
+                            .iter()
+                            .take_while(|(k, _)| matches!(k, Key::Comment(_)))
+                            .count();
+                        if n < entries.len() {
+                            for (k, _) in entries.drain(..n) {
+                                if let Key::Comment(c) = k {
+                                    items.push(Node::Comment(c));
+                                }
+                            }
+                        }
+                    }
+                    Node::Seq(inner) => {
+                        let n = inner
+                            .iter()
+                            .take_while(|i| matches!(i, Node::Comment(_)))
+                            .count();
+                        if n < inner.len() {
+                            items.extend(inner.drain(..n));
+                        }
+                    }
+                    _ => {}
+                }
                 items.push(node);
                 self.flush_pending();
             }
@@ -367,6 +413,17 @@ impl Builder {
 
     fn comment(&mut self, text: String, placement: Placement, span: Span) {
         let col = span.start.col();
+        // A comment above a collection that has just started (its events
+        // can come before the comment's) belongs before that collection.
+        let line = span.start.line();
+        let mut depth = self.stack.len();
+        while depth > 1 && self.stack[depth - 1].is_empty() && self.stack[depth - 1].line() > line {
+            depth -= 1;
+        }
+        if depth < self.stack.len() {
+            self.stack[depth - 1].push_comment(text);
+            return;
+        }
         let Some(top) = self.stack.last_mut() else {
             self.loose.push(text);
             return;
@@ -547,6 +604,14 @@ pub fn emit_stream(docs: &[Node], indent: usize) -> String {
             Node::Map(items) => {
                 emit_comments(items.iter().filter_map(comment_of_key), 0, &mut out);
                 out.push_str("{}\n");
+            }
+            Node::Seq(items) => {
+                for item in items {
+                    if let Node::Comment(c) = item {
+                        let _ = writeln!(out, "#{c}");
+                    }
+                }
+                out.push_str("[]\n");
             }
             other => {
                 out.push_str(&inline_scalar(other, 0, indent));
@@ -851,6 +916,23 @@ mod tests {
             let back = parse_stream(&emit_stream(std::slice::from_ref(&doc), 4), Path::new("t"))
                 .expect("ok");
             assert_eq!(back[0], doc, "string {s:?}");
+        }
+    }
+
+    /// Found by the `yaml_tree` fuzz target: what is written must read back
+    /// as the same tree.
+    #[test]
+    fn fuzz_regressions_read_back_the_same() {
+        for src in [
+            // An end-of-line comment on a list item's first key.
+            "l:\n    - a: one\n        two # note\n      b: 2\n",
+            // A document that is a list holding only a comment.
+            "#\"\n  []\n",
+        ] {
+            let docs = parse_stream(src, Path::new("t")).expect("parses");
+            let text = emit_stream(&docs, 4);
+            let again = parse_stream(&text, Path::new("t")).expect("re-parses");
+            assert_eq!(again, docs, "{src:?} -> {text:?}");
         }
     }
 

@@ -188,15 +188,24 @@ async fn edit(a: &EditArgs) -> Result<u8, CliError> {
         Some(o) => o.plaintext()?,
         None => String::new(),
     };
-    // Ctrl-C reaches the editor; terrace stays to clean up.
-    let guard = tokio::spawn(async {
-        loop {
-            if tokio::signal::ctrl_c().await.is_err() {
-                break;
+    // Ctrl-C reaches the editor; terrace stays to clean up. The handler is
+    // in place before the editor starts.
+    #[cfg(unix)]
+    let guard = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupts = signal(SignalKind::interrupt())?;
+        let mut terminations = signal(SignalKind::terminate())?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = interrupts.recv() => {}
+                    _ = terminations.recv() => {}
+                }
             }
-        }
-    });
+        })
+    };
     let result = edit_in_private_dir(&path, format, &plaintext, existing.as_ref());
+    #[cfg(unix)]
     guard.abort();
     result
 }

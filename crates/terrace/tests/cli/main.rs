@@ -48,7 +48,12 @@ pub fn terrace(dir: &Path, args: &[&str]) -> Output {
 /// The terrace binary in `dir`, with keys only from the example's demo key
 /// (when the directory has one), never from the user's own.
 pub fn command(dir: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("terrace").expect("binary built");
+    Command::from_std(std_command(dir))
+}
+
+/// [`command`] as a plain `std::process::Command` (to spawn it).
+pub fn std_command(dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("terrace"));
     cmd.current_dir(dir)
         .env_remove("TERRACE_ENV")
         .env_remove("SOPS_AGE_KEY")

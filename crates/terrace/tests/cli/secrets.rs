@@ -7,7 +7,7 @@ use std::process::Command as Std;
 
 use terrace_secrets::{Format, KeySources, Keyring, Node};
 
-use crate::{code, command, homelab, stderr, stdout, terrace};
+use crate::{code, command, homelab, std_command, stderr, stdout, terrace};
 
 fn demo_keys(dir: &Path) -> Keyring {
     Keyring::load(&KeySources {
@@ -266,6 +266,56 @@ fn a_failing_editor_changes_nothing_and_still_cleans_up() {
         .output()
         .expect("runs");
     assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("secrets/web.yaml")).expect("read"),
+        before
+    );
+}
+
+#[test]
+fn ctrl_c_during_edit_still_removes_the_plaintext_copy() {
+    use std::os::unix::process::CommandExt;
+    let dir = homelab();
+    let before = std::fs::read_to_string(dir.path().join("secrets/web.yaml")).expect("read");
+    let (script, record) = editor(dir.path(), "sleep 30");
+    let mut cmd = std_command(dir.path());
+    let mut child = cmd
+        .env("EDITOR", &script)
+        .args(["secrets", "edit", "secrets/web.yaml"])
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starts");
+    let start = std::time::Instant::now();
+    while !record.exists()
+        || std::fs::read_to_string(&record)
+            .expect("read")
+            .trim()
+            .is_empty()
+    {
+        assert!(start.elapsed().as_secs() < 20, "the editor never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let copy = PathBuf::from(std::fs::read_to_string(&record).expect("recorded").trim());
+    assert!(
+        copy.exists(),
+        "the plaintext copy exists while the editor runs"
+    );
+    // Ctrl-C in a terminal: SIGINT to the whole foreground process group.
+    let group = format!("-{}", child.id());
+    let killed = Std::new("kill")
+        .args(["-INT", "--", &group])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = child.wait().expect("exits");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "terrace outlives the signal and reports it"
+    );
+    assert!(!copy.exists(), "the plaintext copy was removed");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("secrets/web.yaml")).expect("read"),
         before
