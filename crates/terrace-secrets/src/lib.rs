@@ -215,10 +215,9 @@ fn write(
 }
 
 impl Opened {
-    /// Re-encrypts `plain` with the same data key, recipients and rule.
-    /// Unchanged values keep their ciphertext; when nothing changed at
-    /// all, `lastmodified` and the MAC stay too.
-    pub fn seal(&self, plain: &[Node]) -> Result<String, SecretsError> {
+    /// `plain` encrypted with this file's data key and rule, reusing the
+    /// ciphertext of unchanged values; and its MAC.
+    fn reencrypt(&self, plain: &[Node]) -> (Vec<Node>, String) {
         let mut docs = plain.to_vec();
         let mac = walk::encrypt(
             &mut docs,
@@ -227,6 +226,14 @@ impl Opened {
             self.meta.mac_only_encrypted,
             Some(&self.stash),
         );
+        (docs, mac)
+    }
+
+    /// Re-encrypts `plain` with the same data key, recipients and rule.
+    /// Unchanged values keep their ciphertext; when nothing changed at
+    /// all, `lastmodified` and the MAC stay too.
+    pub fn seal(&self, plain: &[Node]) -> Result<String, SecretsError> {
+        let (docs, mac) = self.reencrypt(plain);
         let mut meta = self.meta.clone();
         if mac != self.plain_mac {
             meta.lastmodified = now();
@@ -276,14 +283,7 @@ impl Opened {
     /// The same data key sealed to a new set of recipients; stanzas of
     /// recipients that stay are kept as they are. Values are untouched.
     pub fn rekey(&self, recipients: &[Recipient]) -> Result<String, SecretsError> {
-        let mut docs = self.plain.clone();
-        walk::encrypt(
-            &mut docs,
-            &self.data_key,
-            &self.meta.rule,
-            self.meta.mac_only_encrypted,
-            Some(&self.stash),
-        );
+        let (docs, _) = self.reencrypt(&self.plain);
         let mut meta = self.meta.clone();
         meta.age = recipients
             .iter()

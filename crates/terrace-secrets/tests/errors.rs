@@ -16,12 +16,16 @@ fn ring_with_new_key() -> (Keyring, String) {
     (ring, public)
 }
 
+fn to(public: &str) -> Settings {
+    Settings {
+        recipients: vec![Recipient::parse(public).expect("recipient")],
+        ..Settings::default()
+    }
+}
+
 fn sample() -> (Keyring, String) {
     let (ring, public) = ring_with_new_key();
-    let settings = Settings {
-        recipients: vec![Recipient::parse(&public).expect("recipient")],
-        ..Settings::default()
-    };
+    let settings = to(&public);
     let text = encrypt(
         "db:\n  password: hunter2\n  user: admin\n",
         Path::new("s.yaml"),
@@ -55,10 +59,7 @@ fn a_tampered_value_names_its_path() {
 #[test]
 fn a_changed_plain_value_fails_the_mac() {
     let (ring, public) = ring_with_new_key();
-    let settings = Settings {
-        recipients: vec![Recipient::parse(&public).expect("recipient")],
-        ..Settings::default()
-    };
+    let settings = to(&public);
     let text = encrypt(
         "name_unencrypted: a\nkey: b\n",
         Path::new("m.yaml"),
@@ -134,10 +135,7 @@ fn truncated_files_are_reported_as_damage() {
     );
     // JSON cut short does not parse at all.
     let (ring2, public) = ring_with_new_key();
-    let settings = Settings {
-        recipients: vec![Recipient::parse(&public).expect("recipient")],
-        ..Settings::default()
-    };
+    let settings = to(&public);
     let json = encrypt(
         r#"{"a": "b"}"#,
         Path::new("s.json"),

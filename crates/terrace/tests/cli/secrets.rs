@@ -511,15 +511,18 @@ fn secrets_errors_name_the_file_and_say_what_to_do() {
     let dir = homelab();
     let d = dir.path();
     // No key at all.
-    let o = Std::new(assert_cmd::cargo::cargo_bin("terrace"))
-        .current_dir(d)
-        .env_remove("SOPS_AGE_KEY")
-        .env_remove("SOPS_AGE_KEY_FILE")
-        .env("XDG_CONFIG_HOME", d.join("nothing"))
-        .env("SOPS_AGE_SSH_PRIVATE_KEY_FILE", d.join("nothing"))
-        .args(["secrets", "decrypt", "secrets/web.yaml"])
-        .output()
-        .expect("runs");
+    let keyless = |args: &[&str]| {
+        Std::new(assert_cmd::cargo::cargo_bin("terrace"))
+            .current_dir(d)
+            .env_remove("SOPS_AGE_KEY")
+            .env_remove("SOPS_AGE_KEY_FILE")
+            .env("XDG_CONFIG_HOME", d.join("nothing"))
+            .env("SOPS_AGE_SSH_PRIVATE_KEY_FILE", d.join("nothing"))
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    let o = keyless(&["secrets", "decrypt", "secrets/web.yaml"]);
     assert_eq!(code(&o), 1);
     let err = stderr(&o);
     assert!(
@@ -528,15 +531,7 @@ fn secrets_errors_name_the_file_and_say_what_to_do() {
     );
     assert!(err.contains("SOPS_AGE_KEY_FILE"), "{err}");
     // A plan that needs the secret fails on the unit, naming the file.
-    let o = Std::new(assert_cmd::cargo::cargo_bin("terrace"))
-        .current_dir(d)
-        .env_remove("SOPS_AGE_KEY")
-        .env_remove("SOPS_AGE_KEY_FILE")
-        .env("XDG_CONFIG_HOME", d.join("nothing"))
-        .env("SOPS_AGE_SSH_PRIVATE_KEY_FILE", d.join("nothing"))
-        .args(["plan", "--unit", "web"])
-        .output()
-        .expect("runs");
+    let o = keyless(&["plan", "--unit", "web"]);
     assert_eq!(code(&o), 1);
     assert!(
         stdout(&o).contains("secrets/web.yaml") || stderr(&o).contains("secrets/web.yaml"),
