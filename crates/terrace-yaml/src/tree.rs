@@ -392,22 +392,11 @@ impl Builder {
         }
         let (mine, rest): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|(d, _)| *d == depth);
         self.pending = rest;
+        // They were read after the item that just ended (a nested block),
+        // and before the next key.
         let top = self.stack.last_mut().expect("depth came from the stack");
-        // The entry just started (a key, or a sequence item) must come
-        // after these comments.
-        match top {
-            Frame::Map { items, .. } => {
-                for (_, text) in mine {
-                    items.push((Key::Comment(text), Node::Null));
-                }
-            }
-            Frame::Seq { items, .. } => {
-                let last = items.pop();
-                for (_, text) in mine {
-                    items.push(Node::Comment(text));
-                }
-                items.extend(last);
-            }
+        for (_, text) in mine {
+            top.push_comment(text);
         }
     }
 
@@ -924,6 +913,8 @@ mod tests {
     #[test]
     fn fuzz_regressions_read_back_the_same() {
         for src in [
+            // A dedented comment after a list item's mapping.
+            "- - x\n  - a: 1\n  # after a\n  - b: 2\n",
             // An end-of-line comment on a list item's first key.
             "l:\n    - a: one\n        two # note\n      b: 2\n",
             // A document that is a list holding only a comment.
@@ -934,6 +925,15 @@ mod tests {
             let again = parse_stream(&text, Path::new("t")).expect("re-parses");
             assert_eq!(again, docs, "{src:?} -> {text:?}");
         }
+    }
+
+    #[test]
+    fn a_comment_after_a_list_items_mapping_stays_after_it() {
+        let docs = parse_stream("- a: 1\n# after a\n- b: 2\n", Path::new("t")).expect("parses");
+        let Node::Seq(items) = &docs[0] else {
+            panic!("a list")
+        };
+        assert_eq!(items[1], Node::Comment(" after a".into()), "{items:?}");
     }
 
     #[test]
