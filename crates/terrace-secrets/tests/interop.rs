@@ -182,6 +182,15 @@ fn sops_encrypted_files_decrypt_here() {
                 .unwrap_or_else(|e| panic!("{name} {flags:?}: {e}\n{encrypted}"));
             let got = serde_json::Value::Array(opened.plain.iter().map(Node::to_json).collect());
             assert_eq!(got, plain_json(format, text), "{name} {flags:?}");
+            // Byte for byte what `sops -d` prints.
+            std::fs::write(&path, &encrypted).expect("write");
+            let out = sops(&["-d", name], &k.key_file, dir.path());
+            assert!(out.status.success());
+            assert_eq!(
+                opened.plaintext().expect("plaintext"),
+                String::from_utf8_lossy(&out.stdout),
+                "{name} {flags:?}"
+            );
             checked += 1;
         }
     }
