@@ -48,6 +48,19 @@ pub struct ProjectFile {
     /// Where units act: clusters, Docker hosts, machines.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
+    /// Defaults for `terraform` units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terraform: Option<TerraformProject>,
+}
+
+/// Project-wide settings of `terraform` units.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TerraformProject {
+    /// The binary: `tofu`, `terraform`, or a path (default: `tofu` when it
+    /// is on the PATH, else `terraform`; `TERRACE_TERRAFORM` overrides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
 }
 
 /// One environment: variables and target bindings.
@@ -196,6 +209,9 @@ pub struct UnitFile {
     /// Settings of a `template` unit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<TemplateSettings>,
+    /// Settings of a `terraform` unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terraform: Option<TerraformSettings>,
 }
 
 /// The unit kinds.
@@ -208,6 +224,9 @@ pub enum UnitKind {
     Manifests,
     /// Files rendered from Jinja templates, optionally once per list item.
     Template,
+    /// A Terraform or OpenTofu root module (the unit directory), with state
+    /// per environment and unit.
+    Terraform,
 }
 
 impl UnitKind {
@@ -215,6 +234,7 @@ impl UnitKind {
         match self {
             UnitKind::Manifests => "manifests",
             UnitKind::Template => "template",
+            UnitKind::Terraform => "terraform",
         }
     }
 
@@ -222,7 +242,7 @@ impl UnitKind {
     pub fn target_kind(self) -> Option<TargetKind> {
         match self {
             UnitKind::Manifests => Some(TargetKind::Cluster),
-            UnitKind::Template => None,
+            UnitKind::Template | UnitKind::Terraform => None,
         }
     }
 }
@@ -272,6 +292,28 @@ pub struct UnitOverride {
     /// `template` settings keys that replace the unit's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<Map<String, Value>>,
+    /// `terraform` settings keys that replace the unit's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terraform: Option<Map<String, Value>>,
+}
+
+/// Settings of a `terraform` unit.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TerraformSettings {
+    /// `terrace` (default): terrace owns the backend, with local state under
+    /// `.terrace/terraform/<env>/<unit>/` (it writes
+    /// `terrace_backend_override.tf.json` into the module). `own`: the
+    /// module's own `backend` block is used as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The binary for this unit (default: the project's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+    /// Whether plans refresh from real infrastructure (default true);
+    /// `false` is the fast path that trusts the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<bool>,
 }
 
 /// Settings of a `manifests` unit. Strings may use `${...}`.

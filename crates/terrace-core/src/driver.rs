@@ -34,6 +34,9 @@ pub struct ResolvedUnit {
     pub settings: Value,
     /// Whether some input is known only after a dependency is applied.
     pub unknown: bool,
+    /// Dependencies not applied yet whose outputs this unit needs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
     /// Inputs that hold secret values, with the secrets files behind them.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sensitive_inputs: BTreeMap<String, Vec<String>>,
@@ -74,6 +77,8 @@ pub struct DestroyContext<'a> {
     pub project: &'a str,
     pub environment: &'a str,
     pub prior: &'a UnitState,
+    /// The unit as evaluated now, when it is still in the repository.
+    pub unit: Option<&'a ResolvedUnit>,
 }
 
 /// One document a unit renders: a Kubernetes object or a file.
@@ -97,7 +102,14 @@ pub struct Rendered {
 pub struct Applied {
     pub outputs: Map<String, Value>,
     pub inventory: Vec<InventoryItem>,
+    /// Outputs that must not be stored in plain text: state records
+    /// [`SENSITIVE`] in their place, and [`Driver::read_outputs`] gives the
+    /// values to dependents.
+    pub sensitive: Vec<String>,
 }
+
+/// What a state record holds in place of a sensitive output.
+pub const SENSITIVE: &str = "(sensitive)";
 
 /// Why a driver failed.
 #[derive(Debug, thiserror::Error)]
@@ -143,4 +155,15 @@ pub trait Driver: Send + Sync + fmt::Debug {
         root: &'a Path,
         plan: &'a UnitPlan,
     ) -> BoxFuture<'a, Result<Applied, DriverError>>;
+
+    /// The outputs of an applied unit, read from where the kind keeps them
+    /// (with sensitive values); `None` when the state record's outputs are
+    /// the whole truth.
+    fn read_outputs(
+        &self,
+        _root: &Path,
+        _prior: &UnitState,
+    ) -> Option<Result<Map<String, Value>, DriverError>> {
+        None
+    }
 }

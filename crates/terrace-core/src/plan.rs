@@ -15,6 +15,10 @@ pub enum Action {
     Create,
     Update,
     Delete,
+    /// Destroyed and created again (a change that cannot be made in place).
+    Replace,
+    /// Not planned yet: a dependency it needs has never been applied.
+    Deferred,
     NoOp,
 }
 
@@ -24,6 +28,8 @@ impl Action {
             Action::Create => "create",
             Action::Update => "update",
             Action::Delete => "delete",
+            Action::Replace => "replace",
+            Action::Deferred => "deferred",
             Action::NoOp => "no-op",
         }
     }
@@ -34,6 +40,8 @@ impl Action {
             Action::Create => '+',
             Action::Update => '~',
             Action::Delete => '-',
+            Action::Replace => '±',
+            Action::Deferred => '…',
             Action::NoOp => ' ',
         }
     }
@@ -112,15 +120,25 @@ impl UnitPlan {
 
     /// Counts of changes by action: (create, update, delete).
     pub fn counts(&self) -> (usize, usize, usize) {
-        let mut c = (0, 0, 0);
-        for ch in &self.changes {
-            match ch.action {
-                Action::Create => c.0 += 1,
-                Action::Update => c.1 += 1,
-                Action::Delete => c.2 += 1,
-                Action::NoOp => {}
-            }
-        }
-        c
+        count_changes(&self.changes)
     }
+}
+
+/// Counts changes by action: (create, update, delete); a replacement
+/// counts as one delete and one create.
+pub fn count_changes(changes: &[Change]) -> (usize, usize, usize) {
+    let mut c = (0, 0, 0);
+    for ch in changes {
+        match ch.action {
+            Action::Create => c.0 += 1,
+            Action::Update => c.1 += 1,
+            Action::Delete => c.2 += 1,
+            Action::Replace => {
+                c.0 += 1;
+                c.2 += 1;
+            }
+            Action::Deferred | Action::NoOp => {}
+        }
+    }
+    c
 }

@@ -222,6 +222,7 @@ pub fn apply(root: &Path, plan: &UnitPlan) -> Result<Applied, DriverError> {
                 digest: digest(f.content.as_bytes()),
             })
             .collect(),
+        sensitive: Vec::new(),
     })
 }
 

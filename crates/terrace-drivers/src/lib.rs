@@ -4,15 +4,18 @@
 //!   substitution, written by the embedded default cluster target as one
 //!   file per object under `.terrace/rendered/<env>/<cluster>/<unit>/`;
 //! - [`template`]: files rendered from Jinja templates, optionally once per
-//!   item of a list.
+//!   item of a list;
+//! - [`terraform`]: a Terraform/OpenTofu root module with state per
+//!   environment and unit.
 //!
-//! Both end in files, so both plan and apply through [`fileset`]: compare
+//! The first two end in files, so both plan and apply through [`fileset`]: compare
 //! what renders with what is on disk, write what changed atomically, and
 //! prune what the inventory says was written before and no longer renders.
 
 pub mod fileset;
 pub mod manifests;
 pub mod template;
+pub mod terraform;
 
 use std::sync::Arc;
 
@@ -24,6 +27,7 @@ pub fn builtin() -> Vec<Arc<dyn Driver>> {
     vec![
         Arc::new(manifests::ManifestsDriver),
         Arc::new(template::TemplateDriver),
+        Arc::new(terraform::TerraformDriver),
     ]
 }
 
@@ -32,6 +36,7 @@ pub fn for_kind(kind: UnitKind) -> Arc<dyn Driver> {
     match kind {
         UnitKind::Manifests => Arc::new(manifests::ManifestsDriver),
         UnitKind::Template => Arc::new(template::TemplateDriver),
+        UnitKind::Terraform => Arc::new(terraform::TerraformDriver),
     }
 }
 

@@ -292,8 +292,9 @@ fn check_units(project: &ProjectFile, units: &[UnitDecl]) -> Vec<Diagnostic> {
         let settings_for = |kind: UnitKind| match kind {
             UnitKind::Manifests => u.file.manifests.is_some(),
             UnitKind::Template => u.file.template.is_some(),
+            UnitKind::Terraform => u.file.terraform.is_some(),
         };
-        for other in [UnitKind::Manifests, UnitKind::Template] {
+        for other in [UnitKind::Manifests, UnitKind::Template, UnitKind::Terraform] {
             if other != u.file.kind && settings_for(other) {
                 diags.push(
                     at(
@@ -348,10 +349,11 @@ fn check_units(project: &ProjectFile, units: &[UnitDecl]) -> Vec<Diagnostic> {
             {
                 diags.push(at(path.key("target"), format!("unknown target `{t}`")));
             }
-            for other in [UnitKind::Manifests, UnitKind::Template] {
+            for other in [UnitKind::Manifests, UnitKind::Template, UnitKind::Terraform] {
                 let set = match other {
                     UnitKind::Manifests => o.manifests.is_some(),
                     UnitKind::Template => o.template.is_some(),
+                    UnitKind::Terraform => o.terraform.is_some(),
                 };
                 if set && other != u.file.kind {
                     diags.push(at(

@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use terrace_core::config::UnitKind;
 use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{
-    DestroyContext, Driver, DriverError, Rendered, ResolvedUnit, UnitContext,
+    DestroyContext, Driver, DriverError, Rendered, ResolvedUnit, SENSITIVE, UnitContext,
 };
 use terrace_core::plan::{Action, Change, UnitPlan};
 use terrace_core::secrets::SecretSource;
@@ -318,13 +318,30 @@ impl Engine {
             let name = &self.workspace.units[d].name;
             if !views.contains_key(name) {
                 let view = match self.state.read(self.environment(), name).await? {
-                    Some(s) if s.status == UnitStatus::Applied => OutputView::Known(s.outputs),
+                    Some(s) if s.status == UnitStatus::Applied => self.applied_outputs(&s),
                     _ => OutputView::Unknown,
                 };
                 views.insert(name.clone(), view);
             }
         }
         Ok(())
+    }
+
+    /// What an applied unit's dependents see: the kind's own record of its
+    /// outputs where it keeps one (sensitive values included), else the
+    /// state record's.
+    fn applied_outputs(&self, state: &UnitState) -> OutputView {
+        match self
+            .driver(state.kind)
+            .read_outputs(&self.project.root, state)
+        {
+            None => OutputView::Known(state.outputs.clone()),
+            Some(Ok(outputs)) => OutputView::Known(outputs),
+            Some(Err(e)) => {
+                warn!(unit = %state.unit, error = %e, "outputs could not be read; treating them as unknown");
+                OutputView::Unknown
+            }
+        }
     }
 
     fn blank_report(&self, i: usize, outcome: Outcome) -> UnitReport {
@@ -386,9 +403,9 @@ impl Engine {
                 Ok((unit, plan)) => {
                     let view = match (&plan.outputs, plan.action) {
                         (Some(o), _) => OutputView::Known(o.clone()),
-                        (None, Action::NoOp) => prior.as_ref().map_or(OutputView::Unknown, |p| {
-                            OutputView::Known(p.outputs.clone())
-                        }),
+                        (None, Action::NoOp) => prior
+                            .as_ref()
+                            .map_or(OutputView::Unknown, |p| self.applied_outputs(p)),
                         (None, _) => OutputView::Unknown,
                     };
                     views.insert(name.clone(), view);
@@ -699,10 +716,8 @@ impl Engine {
             && p.status == UnitStatus::Applied
         {
             debug!(unit = %name, "no changes");
-            views
-                .lock()
-                .expect("views lock")
-                .insert(name, OutputView::Known(p.outputs.clone()));
+            let view = self.applied_outputs(p);
+            views.lock().expect("views lock").insert(name, view);
             r.outcome = Outcome::Unchanged;
             return Ok(());
         }
@@ -721,7 +736,18 @@ impl Engine {
             revision,
             input_hash,
             render_hash: plan.render_hash.clone(),
-            outputs: applied.outputs.clone(),
+            outputs: applied
+                .outputs
+                .iter()
+                .map(|(k, v)| {
+                    let stored = if applied.sensitive.contains(k) {
+                        Value::String(SENSITIVE.to_owned())
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), stored)
+                })
+                .collect(),
             inventory: applied.inventory,
             status: UnitStatus::Applied,
             updated_at: now_rfc3339(),
@@ -820,11 +846,27 @@ impl Engine {
         r: &mut UnitReport,
     ) -> Result<(), ReportError> {
         let env = self.environment();
+        // A unit still in the repository is evaluated (its dependencies are
+        // destroyed after it), so kinds that need their inputs to destroy
+        // (terraform variables) have them.
+        let unit = match self.workspace.index_of(&prior.unit) {
+            Some(i) => {
+                let mut views = HashMap::new();
+                self.fill_from_state(i, &mut views)
+                    .await
+                    .map_err(ReportError::from_state)?;
+                self.workspace
+                    .evaluate(&self.project, i, &views, Some(self.secrets.as_ref()))
+                    .ok()
+            }
+            None => None,
+        };
         let ctx = DestroyContext {
             root: &self.project.root,
             project: &self.project.file.name,
             environment: env,
             prior,
+            unit: unit.as_ref(),
         };
         let driver = self.driver(prior.kind);
         let plan = driver

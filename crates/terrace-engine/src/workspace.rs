@@ -110,6 +110,7 @@ impl Workspace {
             let base_settings = match u.file.kind {
                 UnitKind::Manifests => u.file.manifests.as_ref().map(to_map),
                 UnitKind::Template => u.file.template.as_ref().map(to_map),
+                UnitKind::Terraform => u.file.terraform.as_ref().map(to_map),
             }
             .unwrap_or_default();
             let mut settings: Vec<(String, Value, ValuePath)> = base_settings
@@ -122,6 +123,7 @@ impl Workspace {
             let ov_settings = ov.and_then(|o| match u.file.kind {
                 UnitKind::Manifests => o.manifests.as_ref(),
                 UnitKind::Template => o.template.as_ref(),
+                UnitKind::Terraform => o.terraform.as_ref(),
             });
             for (k, v) in ov_settings.into_iter().flatten() {
                 let origin = ov_path.key(kind_key).key(k);
@@ -281,6 +283,14 @@ impl Workspace {
                 Value::Object(settings)
             },
             unknown,
+            waiting_for: self
+                .graph
+                .dependencies(i)
+                .iter()
+                .map(|&d| &self.units[d].name)
+                .filter(|n| !matches!(outputs.get(n.as_str()), Some(OutputView::Known(_))))
+                .cloned()
+                .collect(),
             sensitive_inputs,
             target,
         })

@@ -39,16 +39,7 @@ fn totals(report: &Report) -> Totals {
 }
 
 fn counts(u: &UnitReport) -> (usize, usize, usize) {
-    let mut c = (0, 0, 0);
-    for ch in &u.changes {
-        match ch.action {
-            Action::Create => c.0 += 1,
-            Action::Update => c.1 += 1,
-            Action::Delete => c.2 += 1,
-            Action::NoOp => {}
-        }
-    }
-    c
+    terrace_core::plan::count_changes(&u.changes)
 }
 
 fn status_word(u: &UnitReport) -> String {

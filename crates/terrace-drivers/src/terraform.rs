@@ -1,0 +1,962 @@
+//! The `terraform` kind: the unit directory is a Terraform or OpenTofu root
+//! module, used as it is.
+//!
+//! - State is per environment and unit: terrace owns the backend (a local
+//!   state file under `.terrace/terraform/<env>/<unit>/`, set through
+//!   `terrace_backend_override.tf.json`, the one file terrace writes into the
+//!   module) unless the unit says `backend: own`. `TF_DATA_DIR` is per
+//!   environment and unit too, so environments never share `.terraform/`.
+//! - Inputs become `TF_VAR_*` environment variables (JSON for lists and
+//!   maps): secrets never touch the disk.
+//! - `init` runs once and again only when what it depends on changes (the
+//!   binary, the backend, provider and module requirements, the lock file);
+//!   providers come from one shared plugin cache.
+//! - Plan is `plan -out` then `show -json`; apply applies exactly that saved
+//!   plan, and refuses it when the module or inputs changed since.
+//! - Outputs are read from the state file directly, not with
+//!   `terraform output`. Sensitive outputs are stored as `(sensitive)` in
+//!   terrace's state; dependents get the value from the state file.
+//! - A unit whose dependency was never applied is "deferred", not failed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_json::{Map, Value, json};
+use terrace_core::config::{TerraformSettings, UnitKind, WORK_DIR};
+use terrace_core::driver::{
+    Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, RenderedDocument, SENSITIVE,
+    UnitContext,
+};
+use terrace_core::plan::{Action, Change, UnitPlan};
+use terrace_core::state::{InventoryItem, UnitState};
+
+use crate::digest;
+
+/// The `terraform` driver.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TerraformDriver;
+
+/// The file terrace writes into a module to own its backend.
+pub const OVERRIDE_FILE: &str = "terrace_backend_override.tf.json";
+const OVERRIDE_CONTENT: &str = "{\"terraform\": {\"backend\": {\"local\": {}}}}\n";
+/// The inventory entry that remembers where the module is.
+const MODULE_ITEM: &str = "terraform module";
+
+/// Where a unit's Terraform files live.
+#[derive(Debug, Clone)]
+struct Layout {
+    /// The root module (the unit directory), absolute.
+    module: PathBuf,
+    /// `.terrace/terraform/<env>/<unit>`, absolute.
+    work: PathBuf,
+    plugin_cache: PathBuf,
+    own_backend: bool,
+}
+
+impl Layout {
+    fn new(root: &Path, environment: &str, unit: &str, dir: &str, own_backend: bool) -> Layout {
+        let base = root.join(WORK_DIR).join("terraform");
+        Layout {
+            module: root.join(dir),
+            work: base.join(environment).join(unit),
+            plugin_cache: base.join("plugin-cache"),
+            own_backend,
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.work.join("terraform.tfstate")
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.work.join("data")
+    }
+}
+
+/// The binary and its version.
+#[derive(Debug, Clone)]
+struct Tool {
+    binary: String,
+    version: String,
+}
+
+/// A saved plan holds the variables' values, so it lives in a private
+/// temporary directory (in memory where possible) and is removed when the
+/// plan is dropped.
+#[derive(Debug)]
+struct PlanFile {
+    dir: tempfile::TempDir,
+}
+
+impl PlanFile {
+    fn new() -> Result<PlanFile, DriverError> {
+        let mut b = tempfile::Builder::new();
+        b.prefix("terrace-tfplan-");
+        let shm = Path::new("/dev/shm");
+        let dir = match shm.is_dir().then(|| b.tempdir_in(shm)) {
+            Some(Ok(d)) => d,
+            _ => b.tempdir()?,
+        };
+        Ok(PlanFile { dir })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("plan.tfplan")
+    }
+}
+
+/// What apply needs: exactly what plan ran.
+#[derive(Debug)]
+struct Payload {
+    plan_file: PlanFile,
+    unit: String,
+    tool: Tool,
+    layout: Layout,
+    vars: Vec<(String, String)>,
+    /// Module files and inputs when planned; apply refuses a change.
+    fingerprint: String,
+    dir: String,
+}
+
+fn settings(value: &Value) -> Result<TerraformSettings, DriverError> {
+    if value.is_null() {
+        return Ok(TerraformSettings::default());
+    }
+    serde_json::from_value(value.clone())
+        .map_err(|e| DriverError::Target(format!("invalid terraform settings: {e}")))
+}
+
+fn own_backend(s: &TerraformSettings) -> Result<bool, DriverError> {
+    match s.backend.as_deref() {
+        None | Some("terrace") => Ok(false),
+        Some("own") => Ok(true),
+        Some(other) => Err(DriverError::Target(format!(
+            "terraform.backend is `{other}`; use `terrace` (the default) or `own`"
+        ))),
+    }
+}
+
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(name).is_file()))
+}
+
+/// The binary: the unit's, else `TERRACE_TERRAFORM`, else `tofu` when it is
+/// on the PATH, else `terraform`. Its version is asked once per process.
+fn tool(setting: Option<&str>) -> Result<Tool, DriverError> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Tool>>> = OnceLock::new();
+    let binary = setting
+        .map(str::to_owned)
+        .or_else(|| {
+            std::env::var("TERRACE_TERRAFORM")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| if on_path("tofu") { "tofu" } else { "terraform" }.to_owned());
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(t) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&binary) {
+        return Ok(t.clone());
+    }
+    let out = std::process::Command::new(&binary)
+        .args(["version", "-json"])
+        .env("CHECKPOINT_DISABLE", "1")
+        .output()
+        .map_err(|e| {
+            DriverError::Target(format!(
+                "cannot run `{binary}` ({e}); install Terraform or OpenTofu, or set `terraform.binary` in terrace.yaml"
+            ))
+        })?;
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let version = v["terraform_version"]
+        .as_str()
+        .ok_or_else(|| {
+            DriverError::Target(format!("`{binary} version -json` did not print a version"))
+        })?
+        .to_owned();
+    let t = Tool { binary, version };
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(t.binary.clone(), t.clone());
+    Ok(t)
+}
+
+/// Inputs as `TF_VAR_*`: strings as they are, everything else as JSON.
+fn tf_vars(inputs: &Map<String, Value>) -> Vec<(String, String)> {
+    inputs
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (format!("TF_VAR_{k}"), value)
+        })
+        .collect()
+}
+
+async fn run(
+    tool: &Tool,
+    layout: &Layout,
+    args: &[&str],
+    vars: &[(String, String)],
+) -> Result<Output, DriverError> {
+    fs_err::create_dir_all(&layout.work)?;
+    fs_err::create_dir_all(&layout.plugin_cache)?;
+    tokio::process::Command::new(&tool.binary)
+        .args(args)
+        .current_dir(&layout.module)
+        .env("TF_DATA_DIR", layout.data_dir())
+        .env("TF_PLUGIN_CACHE_DIR", &layout.plugin_cache)
+        .env("TF_IN_AUTOMATION", "1")
+        .env("TF_INPUT", "0")
+        .env("CHECKPOINT_DISABLE", "1")
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| DriverError::Target(format!("cannot run `{}`: {e}", tool.binary)))
+}
+
+/// A failed Terraform command, with everything it printed, in order.
+fn failure(unit: &str, tool: &Tool, step: &str, out: &Output) -> DriverError {
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    DriverError::Other(
+        format!(
+            "{} {step} failed for unit `{unit}` ({}):\n{}",
+            tool.binary,
+            out.status,
+            text.trim_end()
+        )
+        .into(),
+    )
+}
+
+/// Module files (`*.tf`, `*.tf.json`, `*.tfvars`, the lock file) with their
+/// contents, sorted; terrace's own override file left out.
+fn module_files(module: &Path) -> Result<Vec<(String, String)>, DriverError> {
+    let mut files = Vec::new();
+    for entry in fs_err::read_dir(module)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let wanted = name.ends_with(".tf")
+            || name.ends_with(".tf.json")
+            || name.ends_with(".tfvars")
+            || name == ".terraform.lock.hcl";
+        if wanted && name != OVERRIDE_FILE && entry.file_type()?.is_file() {
+            files.push((name, fs_err::read_to_string(entry.path())?));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn fingerprint(module: &Path, vars: &[(String, String)]) -> Result<String, DriverError> {
+    let mut text = String::new();
+    for (name, content) in module_files(module)? {
+        text.push_str(&name);
+        text.push('\0');
+        text.push_str(&content);
+        text.push('\0');
+    }
+    for (k, v) in vars {
+        text.push_str(k);
+        text.push('=');
+        text.push_str(v);
+        text.push('\0');
+    }
+    Ok(digest(text.as_bytes()))
+}
+
+/// What `init` depends on: the binary, the backend, and the lines of the
+/// module that declare providers, modules and backends.
+fn init_fingerprint(tool: &Tool, layout: &Layout) -> Result<String, DriverError> {
+    let mut text = format!(
+        "{} {}\nown_backend={}\nstate={}\n",
+        tool.binary,
+        tool.version,
+        layout.own_backend,
+        layout.state().display()
+    );
+    for (name, content) in module_files(&layout.module)? {
+        if name == ".terraform.lock.hcl" {
+            text.push_str(&content);
+            continue;
+        }
+        for line in content.lines() {
+            let l = line.trim();
+            if [
+                "source",
+                "version",
+                "backend",
+                "required_providers",
+                "module ",
+                "cloud",
+            ]
+            .iter()
+            .any(|k| l.contains(k))
+            {
+                text.push_str(l);
+                text.push('\n');
+            }
+        }
+    }
+    Ok(digest(text.as_bytes()))
+}
+
+/// Writes (or, with `backend: own`, removes) the backend override.
+fn place_override(layout: &Layout) -> Result<(), DriverError> {
+    let path = layout.module.join(OVERRIDE_FILE);
+    if layout.own_backend {
+        if path.exists() {
+            fs_err::remove_file(&path)?;
+        }
+        return Ok(());
+    }
+    if fs_err::read_to_string(&path).ok().as_deref() != Some(OVERRIDE_CONTENT) {
+        terrace_state::atomic::write(&path, OVERRIDE_CONTENT.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Runs `init` unless nothing it depends on changed since the last one.
+async fn ensure_init(unit: &str, tool: &Tool, layout: &Layout) -> Result<(), DriverError> {
+    place_override(layout)?;
+    let marker = layout.work.join("init.fingerprint");
+    let want = init_fingerprint(tool, layout)?;
+    if layout.data_dir().is_dir()
+        && fs_err::read_to_string(&marker).ok().as_deref() == Some(want.as_str())
+    {
+        return Ok(());
+    }
+    let backend_config = format!("-backend-config=path={}", layout.state().display());
+    let mut args = vec!["init", "-input=false", "-no-color"];
+    if !layout.own_backend {
+        args.push(&backend_config);
+        args.push("-reconfigure");
+    }
+    let out = run(tool, layout, &args, &[]).await?;
+    if !out.status.success() {
+        return Err(failure(unit, tool, "init", &out));
+    }
+    terrace_state::atomic::write(&marker, want.as_bytes())?;
+    Ok(())
+}
+
+/// Replaces sensitive parts of a value (as `*_sensitive` marks them).
+fn mask(value: &Value, sensitive: &Value) -> Value {
+    match (value, sensitive) {
+        (_, Value::Bool(true)) => Value::String(SENSITIVE.to_owned()),
+        (Value::Object(m), Value::Object(s)) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), mask(v, s.get(k).unwrap_or(&Value::Null))))
+                .collect(),
+        ),
+        (Value::Array(a), Value::Array(s)) => Value::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, v)| mask(v, s.get(i).unwrap_or(&Value::Null)))
+                .collect(),
+        ),
+        (v, _) => v.clone(),
+    }
+}
+
+fn action_of(actions: &[Value]) -> Action {
+    let a: Vec<&str> = actions.iter().filter_map(Value::as_str).collect();
+    match a.as_slice() {
+        ["create"] => Action::Create,
+        ["update"] => Action::Update,
+        ["delete"] => Action::Delete,
+        ["delete", "create"] | ["create", "delete"] => Action::Replace,
+        _ => Action::NoOp,
+    }
+}
+
+/// What `show -json` of a plan says, in terrace's terms.
+struct ParsedPlan {
+    changes: Vec<Change>,
+    unchanged: usize,
+    drift: Vec<String>,
+    /// Planned outputs when all are known.
+    outputs: Option<Map<String, Value>>,
+}
+
+fn parse_plan(plan: &Value) -> ParsedPlan {
+    let mut changes = Vec::new();
+    let mut unchanged = 0;
+    for rc in plan["resource_changes"].as_array().into_iter().flatten() {
+        let change = &rc["change"];
+        let action = action_of(change["actions"].as_array().map_or(&[][..], Vec::as_slice));
+        let address = rc["address"].as_str().unwrap_or("?").to_owned();
+        if action == Action::NoOp {
+            unchanged += 1;
+            continue;
+        }
+        let before = mask(&change["before"], &change["before_sensitive"]);
+        let after = mask(&change["after"], &change["after_sensitive"]);
+        let pretty = |v: &Value| {
+            if v.is_null() {
+                String::new()
+            } else {
+                serde_json::to_string_pretty(v).expect("JSON") + "\n"
+            }
+        };
+        let mut diff = crate::fileset::unified_diff(&pretty(&before), &pretty(&after), &address);
+        if change["after_unknown"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty())
+        {
+            let unknown: Vec<&String> = change["after_unknown"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(_, v)| **v == Value::Bool(true))
+                        .map(|(k, _)| k)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !unknown.is_empty() {
+                diff.push_str(&format!(
+                    "(known after apply: {})\n",
+                    unknown
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        changes.push(Change {
+            address,
+            action,
+            diff: Some(diff),
+        });
+    }
+    for (name, oc) in plan["output_changes"].as_object().into_iter().flatten() {
+        let action = action_of(oc["actions"].as_array().map_or(&[][..], Vec::as_slice));
+        if action != Action::NoOp {
+            changes.push(Change {
+                address: format!("output.{name}"),
+                action,
+                diff: None,
+            });
+        }
+    }
+    let drift = plan["resource_drift"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let actions: Vec<&str> = d["change"]["actions"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            format!(
+                "drift: {} changed outside Terraform ({})",
+                d["address"].as_str().unwrap_or("?"),
+                actions.join(", ")
+            )
+        })
+        .collect();
+    let mut outputs = Some(Map::new());
+    for (name, oc) in plan["output_changes"].as_object().into_iter().flatten() {
+        let after_unknown = oc["after_unknown"] == Value::Bool(true);
+        match (&mut outputs, after_unknown) {
+            (Some(map), false) => {
+                let value = if oc["after_sensitive"] == Value::Bool(true) {
+                    // Dependents get it from the state after apply.
+                    Value::String(SENSITIVE.to_owned())
+                } else {
+                    oc["after"].clone()
+                };
+                map.insert(name.clone(), value);
+            }
+            _ => outputs = None,
+        }
+    }
+    ParsedPlan {
+        changes,
+        unchanged,
+        drift,
+        outputs,
+    }
+}
+
+/// Outputs in a state file: values, and which are sensitive.
+fn state_outputs(path: &Path) -> Result<(Map<String, Value>, Vec<String>), DriverError> {
+    let text = match fs_err::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Map::new(), Vec::new())),
+        Err(e) => return Err(e.into()),
+    };
+    let state: Value = serde_json::from_str(&text).map_err(|e| {
+        DriverError::Target(format!(
+            "the state file {} is not JSON: {e}",
+            path.display()
+        ))
+    })?;
+    let mut outputs = Map::new();
+    let mut sensitive = Vec::new();
+    for (name, o) in state["outputs"].as_object().into_iter().flatten() {
+        outputs.insert(name.clone(), o["value"].clone());
+        if o["sensitive"] == Value::Bool(true) {
+            sensitive.push(name.clone());
+        }
+    }
+    Ok((outputs, sensitive))
+}
+
+/// Resource addresses in a state file, for the inventory.
+fn state_resources(path: &Path) -> Vec<String> {
+    let Ok(text) = fs_err::read_to_string(path) else {
+        return Vec::new();
+    };
+    let state: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    for r in state["resources"].as_array().into_iter().flatten() {
+        if r["mode"] != "managed" {
+            continue;
+        }
+        let base = match r["module"].as_str() {
+            Some(m) => format!(
+                "{m}.{}.{}",
+                r["type"].as_str().unwrap_or("?"),
+                r["name"].as_str().unwrap_or("?")
+            ),
+            None => format!(
+                "{}.{}",
+                r["type"].as_str().unwrap_or("?"),
+                r["name"].as_str().unwrap_or("?")
+            ),
+        };
+        for inst in r["instances"].as_array().into_iter().flatten() {
+            match &inst["index_key"] {
+                Value::Null => out.push(base.clone()),
+                Value::String(k) => out.push(format!("{base}[\"{k}\"]")),
+                k => out.push(format!("{base}[{k}]")),
+            }
+        }
+    }
+    out
+}
+
+fn deferred(ctx: &UnitContext<'_>) -> UnitPlan {
+    let waiting = if ctx.unit.waiting_for.is_empty() {
+        "a dependency".to_owned()
+    } else {
+        ctx.unit.waiting_for.join(", ")
+    };
+    let mut notes = vec![format!("deferred: waiting for {waiting} to be applied")];
+    for (k, v) in &ctx.unit.inputs {
+        let shown = if ctx.unit.sensitive_inputs.contains_key(k) {
+            SENSITIVE.to_owned()
+        } else {
+            match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }
+        };
+        notes.push(format!("input {k} = {shown}"));
+    }
+    UnitPlan {
+        action: Action::Deferred,
+        changes: Vec::new(),
+        unchanged: 0,
+        outputs: None,
+        render_hash: String::new(),
+        notes,
+        payload: None,
+    }
+}
+
+impl TerraformDriver {
+    async fn plan_unit(&self, ctx: &UnitContext<'_>) -> Result<UnitPlan, DriverError> {
+        if ctx.unit.unknown {
+            return Ok(deferred(ctx));
+        }
+        let s = settings(&ctx.unit.settings)?;
+        let layout = Layout::new(
+            ctx.root,
+            ctx.environment,
+            &ctx.unit.name,
+            &ctx.unit.dir,
+            own_backend(&s)?,
+        );
+        let tool = tool(s.binary.as_deref())?;
+        ensure_init(&ctx.unit.name, &tool, &layout).await?;
+        let vars = tf_vars(&ctx.unit.inputs);
+        let saved = PlanFile::new()?;
+        let plan_file = saved.path();
+        let out_arg = format!("-out={}", plan_file.display());
+        let mut args = vec![
+            "plan",
+            "-input=false",
+            "-no-color",
+            "-lock-timeout=30s",
+            &out_arg,
+        ];
+        if s.refresh == Some(false) {
+            args.push("-refresh=false");
+        }
+        let out = run(&tool, &layout, &args, &vars).await?;
+        if !out.status.success() {
+            return Err(failure(&ctx.unit.name, &tool, "plan", &out));
+        }
+        let plan_path = plan_file.display().to_string();
+        let show = run(
+            &tool,
+            &layout,
+            &["show", "-json", "-no-color", &plan_path],
+            &vars,
+        )
+        .await?;
+        if !show.status.success() {
+            return Err(failure(&ctx.unit.name, &tool, "show", &show));
+        }
+        let json: Value = serde_json::from_slice(&show.stdout).map_err(|e| {
+            DriverError::Target(format!("`{} show -json` printed no JSON: {e}", tool.binary))
+        })?;
+        let parsed = parse_plan(&json);
+        let fingerprint = fingerprint(&layout.module, &vars)?;
+        let mut notes = vec![format!("{} {}", tool.binary, tool.version)];
+        notes.extend(parsed.drift);
+        Ok(UnitPlan {
+            action: UnitPlan::action_for(ctx.prior.is_some(), &parsed.changes),
+            changes: parsed.changes,
+            unchanged: parsed.unchanged,
+            outputs: parsed.outputs,
+            render_hash: fingerprint.clone(),
+            notes,
+            payload: Some(Arc::new(Payload {
+                plan_file: saved,
+                unit: ctx.unit.name.clone(),
+                tool,
+                layout,
+                vars,
+                fingerprint,
+                dir: ctx.unit.dir.clone(),
+            })),
+        })
+    }
+
+    async fn plan_destroy_unit(&self, ctx: &DestroyContext<'_>) -> Result<UnitPlan, DriverError> {
+        let prior = ctx.prior;
+        let module_item = prior.inventory.iter().find(|i| i.address == MODULE_ITEM);
+        let Some(dir) = module_item.and_then(|i| i.path.clone()) else {
+            return Ok(UnitPlan {
+                action: Action::NoOp,
+                changes: Vec::new(),
+                unchanged: 0,
+                outputs: Some(Map::new()),
+                render_hash: String::new(),
+                notes: vec!["nothing recorded to destroy".into()],
+                payload: None,
+            });
+        };
+        let recorded: Value = module_item
+            .map(|i| serde_json::from_str(&i.digest).unwrap_or(Value::Null))
+            .unwrap_or(Value::Null);
+        let own = recorded["backend"] == "own";
+        let layout = Layout::new(ctx.root, ctx.environment, &prior.unit, &dir, own);
+        if !layout.module.is_dir() {
+            return Err(DriverError::Target(format!(
+                "the module of unit `{}` ({dir}) is gone; restore it to destroy what it manages",
+                prior.unit
+            )));
+        }
+        let tool = tool(recorded["binary"].as_str())?;
+        ensure_init(&prior.unit, &tool, &layout).await?;
+        // Variables come from the unit as it is now; a unit removed from the
+        // repository has none (a module that requires some says so).
+        let vars = ctx.unit.map(|u| tf_vars(&u.inputs)).unwrap_or_default();
+        let saved = PlanFile::new()?;
+        let out_arg = format!("-out={}", saved.path().display());
+        let args = [
+            "plan",
+            "-destroy",
+            "-input=false",
+            "-no-color",
+            "-lock-timeout=30s",
+            &out_arg,
+        ];
+        let out = run(&tool, &layout, &args, &vars).await?;
+        if !out.status.success() {
+            return Err(failure(&prior.unit, &tool, "plan -destroy", &out));
+        }
+        let plan_path = saved.path().display().to_string();
+        let show = run(
+            &tool,
+            &layout,
+            &["show", "-json", "-no-color", &plan_path],
+            &vars,
+        )
+        .await?;
+        if !show.status.success() {
+            return Err(failure(&prior.unit, &tool, "show", &show));
+        }
+        let json: Value = serde_json::from_slice(&show.stdout).map_err(|e| {
+            DriverError::Target(format!("`{} show -json` printed no JSON: {e}", tool.binary))
+        })?;
+        let parsed = parse_plan(&json);
+        let fingerprint = fingerprint(&layout.module, &vars)?;
+        Ok(UnitPlan {
+            action: Action::Delete,
+            changes: parsed.changes,
+            unchanged: 0,
+            outputs: Some(Map::new()),
+            render_hash: String::new(),
+            notes: Vec::new(),
+            payload: Some(Arc::new(Payload {
+                plan_file: saved,
+                unit: prior.unit.clone(),
+                tool,
+                layout,
+                vars,
+                fingerprint,
+                dir,
+            })),
+        })
+    }
+
+    async fn apply_plan(&self, plan: &UnitPlan) -> Result<Applied, DriverError> {
+        let p: &Payload = plan.payload().ok_or_else(|| {
+            DriverError::Target(
+                "this plan cannot be applied: it was deferred or made by another driver".into(),
+            )
+        })?;
+        // Exactly what was planned, or nothing.
+        if fingerprint(&p.layout.module, &p.vars)? != p.fingerprint {
+            return Err(DriverError::Target(format!(
+                "the saved plan of unit `{}` is stale: its module files or inputs changed since it was planned; plan again",
+                p.unit
+            )));
+        }
+        let plan_file = p.plan_file.path();
+        if !plan_file.is_file() {
+            return Err(DriverError::Target(format!(
+                "the saved plan of unit `{}` is missing ({}); plan again",
+                p.unit,
+                plan_file.display()
+            )));
+        }
+        let plan_path = plan_file.display().to_string();
+        let args = [
+            "apply",
+            "-input=false",
+            "-no-color",
+            "-lock-timeout=30s",
+            "-auto-approve",
+            &plan_path,
+        ];
+        let out = run(&p.tool, &p.layout, &args, &p.vars).await?;
+        if !out.status.success() {
+            return Err(failure(&p.unit, &p.tool, "apply", &out));
+        }
+        let state = p.layout.state();
+        let (outputs, sensitive) = if p.layout.own_backend {
+            own_backend_outputs(p).await?
+        } else {
+            state_outputs(&state)?
+        };
+        if plan.action == Action::Delete {
+            return Ok(Applied::default());
+        }
+        let mut inventory = vec![InventoryItem {
+            address: MODULE_ITEM.to_owned(),
+            path: Some(p.dir.clone()),
+            digest: json!({
+                "binary": p.tool.binary,
+                "backend": if p.layout.own_backend { "own" } else { "terrace" },
+            })
+            .to_string(),
+        }];
+        inventory.extend(
+            state_resources(&state)
+                .into_iter()
+                .map(|address| InventoryItem {
+                    address,
+                    path: None,
+                    digest: String::new(),
+                }),
+        );
+        Ok(Applied {
+            outputs,
+            inventory,
+            sensitive,
+        })
+    }
+}
+
+/// With the module's own backend the state is not a local file terrace
+/// knows: `output -json` is the fallback.
+async fn own_backend_outputs(
+    p: &Payload,
+) -> Result<(Map<String, Value>, Vec<String>), DriverError> {
+    let out = run(
+        &p.tool,
+        &p.layout,
+        &["output", "-json", "-no-color"],
+        &p.vars,
+    )
+    .await?;
+    if !out.status.success() {
+        return Err(failure(&p.unit, &p.tool, "output", &out));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut outputs = Map::new();
+    let mut sensitive = Vec::new();
+    for (name, o) in v.as_object().into_iter().flatten() {
+        outputs.insert(name.clone(), o["value"].clone());
+        if o["sensitive"] == Value::Bool(true) {
+            sensitive.push(name.clone());
+        }
+    }
+    Ok((outputs, sensitive))
+}
+
+impl Driver for TerraformDriver {
+    fn kind(&self) -> UnitKind {
+        UnitKind::Terraform
+    }
+
+    fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
+        // What terraform would be given: the inputs as variables.
+        let s = settings(&ctx.unit.settings)?;
+        let own = own_backend(&s)?;
+        let mut doc = Map::new();
+        for (k, v) in &ctx.unit.inputs {
+            let shown = if ctx.unit.sensitive_inputs.contains_key(k) {
+                Value::String(SENSITIVE.to_owned())
+            } else {
+                v.clone()
+            };
+            doc.insert(k.clone(), shown);
+        }
+        Ok(Rendered {
+            documents: vec![RenderedDocument {
+                address: format!("{} (variables)", ctx.unit.dir),
+                path: None,
+                content: format!(
+                    "# TF_VAR_* for {} (backend: {})\n{}",
+                    ctx.unit.dir,
+                    if own {
+                        "the module's own"
+                    } else {
+                        "terrace, local state"
+                    },
+                    serde_json::to_string_pretty(&doc).expect("JSON")
+                ),
+            }],
+        })
+    }
+
+    fn plan<'a>(
+        &'a self,
+        ctx: &'a UnitContext<'a>,
+    ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
+        Box::pin(self.plan_unit(ctx))
+    }
+
+    fn plan_destroy<'a>(
+        &'a self,
+        ctx: &'a DestroyContext<'a>,
+    ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
+        Box::pin(self.plan_destroy_unit(ctx))
+    }
+
+    fn apply<'a>(
+        &'a self,
+        _root: &'a Path,
+        plan: &'a UnitPlan,
+    ) -> BoxFuture<'a, Result<Applied, DriverError>> {
+        Box::pin(self.apply_plan(plan))
+    }
+
+    fn read_outputs(
+        &self,
+        root: &Path,
+        prior: &UnitState,
+    ) -> Option<Result<Map<String, Value>, DriverError>> {
+        let module = prior.inventory.iter().find(|i| i.address == MODULE_ITEM)?;
+        let recorded: Value = serde_json::from_str(&module.digest).unwrap_or(Value::Null);
+        if recorded["backend"] == "own" {
+            // Only `terraform output` knows; the record's outputs stand.
+            return None;
+        }
+        let layout = Layout::new(
+            root,
+            &prior.environment,
+            &prior.unit,
+            module.path.as_deref().unwrap_or("."),
+            false,
+        );
+        Some(state_outputs(&layout.state()).map(|(o, _)| o))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_json_maps_to_changes_with_masked_secrets() {
+        let plan = json!({
+            "resource_changes": [
+                {"address": "terraform_data.a", "change": {"actions": ["no-op"], "before": {}, "after": {}}},
+                {"address": "terraform_data.b", "change": {"actions": ["update"],
+                    "before": {"input": "x", "token": "old"}, "after": {"input": "y", "token": "new"},
+                    "before_sensitive": {"token": true}, "after_sensitive": {"token": true}}},
+                {"address": "terraform_data.c", "change": {"actions": ["delete", "create"], "before": {}, "after": {}}}
+            ],
+            "output_changes": {
+                "id": {"actions": ["update"], "after_unknown": true},
+                "name": {"actions": ["no-op"], "after": "vm", "after_unknown": false}
+            },
+            "resource_drift": [{"address": "terraform_data.b", "change": {"actions": ["update"]}}]
+        });
+        let p = parse_plan(&plan);
+        assert_eq!(p.unchanged, 1);
+        let actions: Vec<(String, Action)> = p
+            .changes
+            .iter()
+            .map(|c| (c.address.clone(), c.action))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("terraform_data.b".to_owned(), Action::Update),
+                ("terraform_data.c".to_owned(), Action::Replace),
+                ("output.id".to_owned(), Action::Update),
+            ]
+        );
+        let diff = p.changes[0].diff.as_deref().expect("diff");
+        assert!(
+            diff.contains("-  \"input\": \"x\"") && diff.contains("+  \"input\": \"y\""),
+            "{diff}"
+        );
+        assert!(!diff.contains("old") && !diff.contains("new"), "{diff}");
+        assert!(p.outputs.is_none(), "an output is known only after apply");
+        assert_eq!(
+            p.drift,
+            ["drift: terraform_data.b changed outside Terraform (update)"]
+        );
+    }
+
+    #[test]
+    fn inputs_become_tf_vars() {
+        let inputs = json!({"name": "vm", "count": 3, "tags": {"a": "b"}});
+        let vars = tf_vars(inputs.as_object().expect("map"));
+        assert_eq!(
+            vars,
+            [
+                ("TF_VAR_name".to_owned(), "vm".to_owned()),
+                ("TF_VAR_count".to_owned(), "3".to_owned()),
+                ("TF_VAR_tags".to_owned(), "{\"a\":\"b\"}".to_owned()),
+            ]
+        );
+    }
+}
