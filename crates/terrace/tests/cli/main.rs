@@ -5,6 +5,7 @@ mod errors;
 mod example;
 mod schema;
 mod secrets;
+mod terraform;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -61,7 +62,11 @@ pub fn std_command(dir: &Path) -> std::process::Command {
         .env_remove("SOPS_AGE_KEY_CMD")
         .env("SOPS_AGE_SSH_PRIVATE_KEY_FILE", "/nonexistent")
         .env("XDG_CONFIG_HOME", "/nonexistent")
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        // terraform offline and quiet.
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_IN_AUTOMATION", "1")
+        .env("TF_CLI_CONFIG_FILE", "");
     let demo = dir.join("keys/demo.agekey");
     if demo.is_file() {
         cmd.env("SOPS_AGE_KEY_FILE", demo);
