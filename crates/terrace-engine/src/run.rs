@@ -900,6 +900,31 @@ impl Engine {
     }
 
     /// A unit's outputs from state, if it was applied.
+    /// Every applied unit's outputs as its dependents get them (read from
+    /// where the kind keeps them, e.g. a Terraform state file), with
+    /// sensitive values masked as in the state record.
+    pub async fn all_outputs(&self) -> Result<Map<String, Value>, EngineError> {
+        let mut all = Map::new();
+        for u in &self.workspace.units {
+            let Some(record) = self.state.read(self.environment(), &u.name).await? else {
+                continue;
+            };
+            if record.status != UnitStatus::Applied {
+                continue;
+            }
+            let OutputView::Known(mut outputs) = self.applied_outputs(&record) else {
+                continue;
+            };
+            for (k, v) in &record.outputs {
+                if v.as_str() == Some(SENSITIVE) {
+                    outputs.insert(k.clone(), v.clone());
+                }
+            }
+            all.insert(u.name.clone(), Value::Object(outputs));
+        }
+        Ok(all)
+    }
+
     pub async fn outputs(&self, name: &str) -> Result<Option<Map<String, Value>>, EngineError> {
         Ok(self
             .state

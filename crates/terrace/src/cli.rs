@@ -97,7 +97,7 @@ pub enum Command {
     Destroy(DestroyArgs),
     /// Print a unit's outputs, or one of them.
     #[command(
-        after_help = "Examples:\n  terrace output network\n  terrace output network cidr --output json"
+        after_help = "Examples:\n  terrace output network\n  terrace output network cidr --output json\n  terrace output --output json          # every applied unit"
     )]
     Output(OutputArgs),
     /// Inspect and repair state.
@@ -189,7 +189,8 @@ pub struct DestroyArgs {
 
 #[derive(Debug, Args)]
 pub struct OutputArgs {
-    pub unit: String,
+    /// The unit (default: every applied unit, as a map by unit).
+    pub unit: Option<String>,
     /// One output, as a path (`files["node1.yaml"].path`).
     pub key: Option<String>,
 }

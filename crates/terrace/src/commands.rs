@@ -135,21 +135,31 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         Command::Destroy(a) => destroy(&start, env, a, cli.output).await,
         Command::Output(a) => {
             let engine = Engine::open(&start, env)?;
-            let outputs = engine.outputs(&a.unit).await?.ok_or_else(|| {
+            let Some(unit) = &a.unit else {
+                let all = Value::Object(engine.all_outputs().await?);
+                match cli.output {
+                    OutputFormat::Json => {
+                        println!("{}", serde_json::to_string_pretty(&all).expect("json"))
+                    }
+                    _ => print!("{}", terrace_yaml::to_string(&all)),
+                }
+                return Ok(0);
+            };
+            let outputs = engine.outputs(unit).await?.ok_or_else(|| {
                 CliError::message(
                     format!(
                         "unit `{}` has not been applied in environment `{}`",
-                        a.unit,
+                        unit,
                         engine.environment()
                     ),
-                    Some(format!("run `terrace apply --unit {}` first", a.unit)),
+                    Some(format!("run `terrace apply --unit {unit}` first")),
                 )
             })?;
             let value = match &a.key {
                 None => Value::Object(outputs),
                 Some(key) => lookup(&outputs, key).ok_or_else(|| {
                     CliError::message(
-                        format!("unit `{}` has no output `{key}`", a.unit),
+                        format!("unit `{unit}` has no output `{key}`"),
                         Some(format!(
                             "its outputs: {}",
                             outputs.keys().cloned().collect::<Vec<_>>().join(", ")
