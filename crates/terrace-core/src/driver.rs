@@ -67,6 +67,9 @@ pub struct UnitContext<'a> {
     /// Decrypts secrets and seals what holds them; `None` where the engine
     /// offers none (tests of plain units).
     pub secrets: Option<&'a dyn SecretSource>,
+    /// Whether plans may read real infrastructure to find drift (`plan
+    /// --refresh=false` trusts the recorded state instead).
+    pub refresh: bool,
 }
 
 /// Where a unit's destruction is planned: only its state is needed, so a

@@ -596,7 +596,7 @@ impl TerraformDriver {
             "-lock-timeout=30s",
             &out_arg,
         ];
-        if s.refresh == Some(false) {
+        if !ctx.refresh || s.refresh == Some(false) {
             args.push("-refresh=false");
         }
         let out = run(&tool, &layout, &args, &vars).await?;

@@ -48,6 +48,7 @@ async fn a_saved_plan_is_refused_once_the_module_changed() {
         unit: &u,
         prior: None,
         secrets: None,
+        refresh: true,
     };
     let driver = TerraformDriver;
     let plan = driver.plan(&ctx).await.expect("plans");
@@ -92,6 +93,7 @@ async fn a_used_plan_cannot_be_applied_again() {
         unit: &first,
         prior: None,
         secrets: None,
+        refresh: true,
     };
     let plan = TerraformDriver.plan(&ctx).await.expect("plans");
     let applied = TerraformDriver

@@ -229,6 +229,7 @@ pub struct Engine {
     pub workspace: Workspace,
     state: Arc<dyn StateBackend>,
     secrets: Arc<dyn SecretSource>,
+    refresh: bool,
 }
 
 impl Engine {
@@ -244,7 +245,14 @@ impl Engine {
             workspace,
             state,
             secrets,
+            refresh: true,
         })
+    }
+
+    /// Whether plans refresh from real infrastructure (default true).
+    pub fn with_refresh(mut self, refresh: bool) -> Self {
+        self.refresh = refresh;
+        self
     }
 
     /// Replaces the state backend (tests use this).
@@ -362,6 +370,7 @@ impl Engine {
             unit,
             prior,
             secrets: Some(self.secrets.as_ref()),
+            refresh: self.refresh,
         }
     }
 

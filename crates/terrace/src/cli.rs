@@ -161,6 +161,10 @@ pub struct PlanArgs {
     /// Show diffs of created and deleted objects too (updates always show theirs).
     #[arg(long)]
     pub full_diff: bool,
+    /// Read real infrastructure to find drift (Terraform refresh); `false`
+    /// is the fast path that trusts the recorded state.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub refresh: bool,
 }
 
 #[derive(Debug, Args)]

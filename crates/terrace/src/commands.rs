@@ -108,7 +108,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             }
         }
         Command::Plan(a) => {
-            let engine = Engine::open(&start, env)?;
+            let engine = Engine::open(&start, env)?.with_refresh(a.refresh);
             let selected = engine.select(&selection(&a.select))?;
             let progress = Reporter::new(selected.len(), "plan", false);
             let report = engine.plan(&selected, &progress).await?;
@@ -242,6 +242,7 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
                         unit: &unit,
                         prior: None,
                         secrets: Some(&secrets),
+                        refresh: true,
                     };
                     if let Err(err) = terrace_drivers_render(&ctx) {
                         problems.push(err);

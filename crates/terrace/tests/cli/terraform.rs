@@ -300,3 +300,70 @@ fn environments_have_separate_state_and_the_module_is_untouched() {
     );
     assert!(!Path::new(&d.join("infra/network/.terraform")).exists());
 }
+
+#[test]
+fn init_runs_once_and_the_fast_path_skips_refresh() {
+    let dir = chain();
+    let d = dir.path();
+    let o = terrace(d, &["apply", "--unit", "network"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let marker = d.join(".terrace/terraform/default/network/init.fingerprint");
+    let first = std::fs::metadata(&marker)
+        .expect("marker")
+        .modified()
+        .expect("mtime");
+    // A resource change is not an init change.
+    let main = d.join("infra/network/main.tf");
+    let text = std::fs::read_to_string(&main).expect("read");
+    std::fs::write(
+        &main,
+        text.replace("input = var.cidr", "input = \"${var.cidr}!\""),
+    )
+    .expect("write");
+    let (c, plan) = plan_json(d, &["--unit", "network", "--refresh=false"]);
+    assert_eq!(c, 2, "{plan}");
+    assert_eq!(
+        resource_changes(unit(&plan, "network")),
+        [("terraform_data.net".to_owned(), "update".to_owned())]
+    );
+    let again = std::fs::metadata(&marker)
+        .expect("marker")
+        .modified()
+        .expect("mtime");
+    assert_eq!(first, again, "init did not run again");
+}
+
+#[test]
+fn a_unit_may_keep_its_own_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    write_files(
+        d,
+        &[
+            ("terrace.yaml", "name: tf\nlayers: [infra]\n"),
+            (
+                "infra/own/unit.yaml",
+                "layer: infra\nkind: terraform\ninputs:\n  cidr: 10.1.0.0/24\nterraform:\n  backend: own\n",
+            ),
+            (
+                "infra/own/main.tf",
+                &format!(
+                    "terraform {{\n  backend \"local\" {{\n    path = \"own.tfstate\"\n  }}\n}}\n{NETWORK}"
+                ),
+            ),
+        ],
+    );
+    let o = terrace(d, &["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        d.join("infra/own/own.tfstate").is_file(),
+        "the module's backend was used"
+    );
+    assert!(
+        !d.join("infra/own/terrace_backend_override.tf.json")
+            .exists()
+    );
+    let o = terrace(d, &["--output", "json", "output", "own", "cidr"]);
+    assert_eq!(stdout(&o).trim(), "\"10.1.0.0/24\"");
+    assert_eq!(code(&terrace(d, &["plan"])), 0);
+}
