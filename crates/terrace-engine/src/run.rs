@@ -376,74 +376,106 @@ impl Engine {
 
     /// Plans every selected unit.
     pub async fn plan(
-        &self,
+        self: &Arc<Self>,
         selected: &BTreeSet<usize>,
         progress: &dyn Progress,
+        jobs: usize,
     ) -> Result<Report, EngineError> {
+        let graph = &self.workspace.graph;
+        let position: HashMap<usize, usize> = graph
+            .topological_order()
+            .into_iter()
+            .enumerate()
+            .map(|(pos, i)| (i, pos))
+            .collect();
         let mut views: HashMap<String, OutputView> = HashMap::new();
         let mut failed: HashMap<usize, String> = HashMap::new();
-        let mut reports = Vec::new();
-        for i in self.workspace.graph.topological_order() {
-            if !selected.contains(&i) {
-                continue;
+        let mut reports: Vec<(usize, UnitReport)> = Vec::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+        // Units of one wave depend only on earlier waves: they plan at once,
+        // up to `jobs` at a time.
+        for mut wave in graph.waves() {
+            wave.sort_by_key(|i| position[i]);
+            let mut running = tokio::task::JoinSet::new();
+            for i in wave {
+                if !selected.contains(&i) {
+                    continue;
+                }
+                let name = self.workspace.units[i].name.clone();
+                if let Some(cause) = graph.dependencies(i).iter().find_map(|d| failed.get(d)) {
+                    let mut r = self.blank_report(i, Outcome::Skipped);
+                    r.skipped_because = Some(cause.clone());
+                    failed.insert(i, cause.clone());
+                    views.insert(name, OutputView::Unknown);
+                    progress.finished(&r);
+                    reports.push((i, r));
+                    continue;
+                }
+                progress.started(&name, "plan");
+                self.fill_from_state(i, &mut views).await?;
+                let deps: HashMap<String, OutputView> = graph
+                    .dependencies(i)
+                    .iter()
+                    .filter_map(|&d| {
+                        let n = &self.workspace.units[d].name;
+                        views.get(n).map(|v| (n.clone(), v.clone()))
+                    })
+                    .collect();
+                let prior = self.state.read(self.environment(), &name).await?;
+                let this = Arc::clone(self);
+                let permits = Arc::clone(&permits);
+                running.spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let started = Instant::now();
+                    let result = this.plan_unit(i, &deps, prior.as_ref()).await;
+                    (i, prior, result, started.elapsed())
+                });
             }
-            let name = self.workspace.units[i].name.clone();
-            if let Some(cause) = self
-                .workspace
-                .graph
-                .dependencies(i)
-                .iter()
-                .find_map(|d| failed.get(d))
-            {
-                let mut r = self.blank_report(i, Outcome::Skipped);
-                r.skipped_because = Some(cause.clone());
-                failed.insert(i, cause.clone());
-                views.insert(name, OutputView::Unknown);
-                progress.finished(&r);
-                reports.push(r);
-                continue;
-            }
-            progress.started(&name, "plan");
-            let started = Instant::now();
-            self.fill_from_state(i, &mut views).await?;
-            let prior = self.state.read(self.environment(), &name).await?;
-            let mut r = self.blank_report(i, Outcome::Planned);
-            match self.plan_unit(i, &views, prior.as_ref()).await {
-                Ok((unit, plan)) => {
-                    let view = match (&plan.outputs, plan.action) {
-                        (Some(o), _) => OutputView::Known(o.clone()),
-                        (None, Action::NoOp) => prior
-                            .as_ref()
-                            .map_or(OutputView::Unknown, |p| self.applied_outputs(p)),
-                        (None, _) => OutputView::Unknown,
-                    };
-                    views.insert(name.clone(), view);
-                    r.action = Some(plan.action);
-                    r.changes = plan.changes;
-                    r.unchanged = plan.unchanged;
-                    r.unknown_inputs = unit.unknown;
-                    r.notes = plan.notes;
-                    if unit.unknown {
-                        r.notes.push(
-                            "some inputs are known only after a dependency is applied".to_owned(),
-                        );
+            while let Some(joined) = running.join_next().await {
+                let (i, prior, result, elapsed) = joined.map_err(|e| {
+                    EngineError::Io(std::io::Error::other(format!("a plan task failed: {e}")))
+                })?;
+                let name = self.workspace.units[i].name.clone();
+                let mut r = self.blank_report(i, Outcome::Planned);
+                match result {
+                    Ok((unit, plan)) => {
+                        let view = match (&plan.outputs, plan.action) {
+                            (Some(o), _) => OutputView::Known(o.clone()),
+                            (None, Action::NoOp) => prior
+                                .as_ref()
+                                .map_or(OutputView::Unknown, |p| self.applied_outputs(p)),
+                            (None, _) => OutputView::Unknown,
+                        };
+                        views.insert(name.clone(), view);
+                        r.action = Some(plan.action);
+                        r.changes = plan.changes;
+                        r.unchanged = plan.unchanged;
+                        r.unknown_inputs = unit.unknown;
+                        r.notes = plan.notes;
+                        if unit.unknown {
+                            r.notes.push(
+                                "some inputs are known only after a dependency is applied"
+                                    .to_owned(),
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        r.outcome = Outcome::Failed;
+                        r.error = Some(e);
+                        failed.insert(i, name.clone());
+                        views.insert(name.clone(), OutputView::Unknown);
                     }
                 }
-                Err(e) => {
-                    r.outcome = Outcome::Failed;
-                    r.error = Some(e);
-                    failed.insert(i, name.clone());
-                    views.insert(name.clone(), OutputView::Unknown);
-                }
+                r.duration_ms = elapsed.as_millis() as u64;
+                progress.finished(&r);
+                reports.push((i, r));
             }
-            r.duration_ms = started.elapsed().as_millis() as u64;
-            progress.finished(&r);
-            reports.push(r);
         }
+        reports.sort_by_key(|(i, _)| position[i]);
         Ok(Report {
             command: "plan".to_owned(),
             environment: self.environment().to_owned(),
-            units: reports,
+            units: reports.into_iter().map(|(_, r)| r).collect(),
             orphans: self.orphans().await?,
         })
     }

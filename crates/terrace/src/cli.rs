@@ -161,6 +161,9 @@ pub struct PlanArgs {
     /// Show diffs of created and deleted objects too (updates always show theirs).
     #[arg(long)]
     pub full_diff: bool,
+    /// Units planned at once (within a wave of the graph).
+    #[arg(short, long, default_value_t = 4)]
+    pub jobs: usize,
     /// Read real infrastructure to find drift (Terraform refresh); `false`
     /// is the fast path that trusts the recorded state.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]

@@ -108,10 +108,10 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             }
         }
         Command::Plan(a) => {
-            let engine = Engine::open(&start, env)?.with_refresh(a.refresh);
+            let engine = Arc::new(Engine::open(&start, env)?.with_refresh(a.refresh));
             let selected = engine.select(&selection(&a.select))?;
             let progress = Reporter::new(selected.len(), "plan", false);
-            let report = engine.plan(&selected, &progress).await?;
+            let report = engine.plan(&selected, &progress, a.jobs).await?;
             progress.finish();
             print_report(&report, &engine.project.root, cli.output, a.full_diff);
             Ok(report.exit_code() as u8)

@@ -367,3 +367,37 @@ fn a_unit_may_keep_its_own_backend() {
     assert_eq!(stdout(&o).trim(), "\"10.1.0.0/24\"");
     assert_eq!(code(&terrace(d, &["plan"])), 0);
 }
+
+#[test]
+fn independent_units_plan_and_apply_in_parallel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut files = vec![(
+        "terrace.yaml".to_owned(),
+        "name: tf\nlayers: [infra]\n".to_owned(),
+    )];
+    for n in ["a", "b", "c", "d"] {
+        files.push((
+            format!("infra/{n}/unit.yaml"),
+            format!(
+                "layer: infra\nkind: terraform\ninputs:\n  cidr: 10.0.{}.0/24\n",
+                n.as_bytes()[0]
+            ),
+        ));
+        files.push((format!("infra/{n}/main.tf"), NETWORK.to_owned()));
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    write_files(d, &refs);
+    let (c, plan) = plan_json(d, &["-j", "4"]);
+    assert_eq!(c, 2, "{plan}");
+    for n in ["a", "b", "c", "d"] {
+        assert_eq!(unit(&plan, n)["action"], "create", "{plan}");
+    }
+    let o = terrace(d, &["apply", "-j", "4"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let (c, plan) = plan_json(d, &["-j", "4"]);
+    assert_eq!(c, 0, "{plan}");
+}
