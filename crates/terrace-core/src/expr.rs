@@ -368,6 +368,11 @@ pub trait Scope {
     }
     /// Resolves a secret reference.
     fn secret(&self, file: &str, key: &[Seg]) -> Result<Value, SecretError>;
+    /// A label when a dependency's output is sensitive (it then counts as
+    /// a secret where it is used).
+    fn output_secret(&self, _unit: &str, _key: &str) -> Option<String> {
+        None
+    }
     /// The secrets files behind an input's value (empty for plain ones).
     fn input_secrets(&self, _name: &str) -> Vec<String> {
         Vec::new()
@@ -664,6 +669,11 @@ fn resolve(expr: &Expr, scope: &dyn Scope, flags: &mut Flags) -> Result<Resolved
             {
                 Outputs::Unknown => Ok(Resolved::Unknown),
                 Outputs::Known(map) => {
+                    if let Some(Seg::Key(key)) = path.first()
+                        && let Some(label) = scope.output_secret(unit, key)
+                    {
+                        flags.secrets.insert(label);
+                    }
                     let root = Value::Object(map.clone());
                     walk(&root, path, expr).map(Resolved::Value)
                 }

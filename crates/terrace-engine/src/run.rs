@@ -343,8 +343,8 @@ impl Engine {
             .driver(state.kind)
             .read_outputs(&self.project.root, state)
         {
-            None => OutputView::Known(state.outputs.clone()),
-            Some(Ok(outputs)) => OutputView::Known(outputs),
+            None => OutputView::Known(state.outputs.clone(), sensitive_names(state)),
+            Some(Ok(outputs)) => OutputView::Known(outputs, sensitive_names(state)),
             Some(Err(e)) => {
                 warn!(unit = %state.unit, error = %e, "outputs could not be read; treating them as unknown");
                 OutputView::Unknown
@@ -440,7 +440,7 @@ impl Engine {
                 match result {
                     Ok((unit, plan)) => {
                         let view = match (&plan.outputs, plan.action) {
-                            (Some(o), _) => OutputView::Known(o.clone()),
+                            (Some(o), _) => OutputView::Known(o.clone(), Vec::new()),
                             (None, Action::NoOp) => prior
                                 .as_ref()
                                 .map_or(OutputView::Unknown, |p| self.applied_outputs(p)),
@@ -736,7 +736,7 @@ impl Engine {
                 .dependencies(i)
                 .iter()
                 .map(|&d| self.workspace.units[d].name.as_str())
-                .filter(|d| !matches!(snapshot.get(*d), Some(OutputView::Known(_))))
+                .filter(|d| !matches!(snapshot.get(*d), Some(OutputView::Known(..))))
                 .collect();
             return Err(ReportError::message(format!(
                 "inputs of `{name}` use outputs of {} which {} never been applied",
@@ -801,7 +801,7 @@ impl Engine {
         views
             .lock()
             .expect("views lock")
-            .insert(name, OutputView::Known(applied.outputs));
+            .insert(name, OutputView::Known(applied.outputs, applied.sensitive));
         r.outcome = Outcome::Applied;
         Ok(())
     }
@@ -953,7 +953,7 @@ impl Engine {
             if record.status != UnitStatus::Applied {
                 continue;
             }
-            let OutputView::Known(mut outputs) = self.applied_outputs(&record) else {
+            let OutputView::Known(mut outputs, _) = self.applied_outputs(&record) else {
                 continue;
             };
             for (k, v) in &record.outputs {
@@ -973,6 +973,16 @@ impl Engine {
             .await?
             .map(|s| s.outputs))
     }
+}
+
+/// Outputs a state record holds only as [`SENSITIVE`].
+fn sensitive_names(state: &UnitState) -> Vec<String> {
+    state
+        .outputs
+        .iter()
+        .filter(|(_, v)| v.as_str() == Some(SENSITIVE))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// Renders a unit with its kind's driver (for `validate`).

@@ -54,7 +54,9 @@ pub struct Workspace {
 /// How a dependent sees a unit's outputs.
 #[derive(Debug, Clone)]
 pub enum OutputView {
-    Known(Map<String, Value>),
+    /// The outputs, and which of them are sensitive (values that count as
+    /// secrets in the units that use them).
+    Known(Map<String, Value>, Vec<String>),
     Unknown,
 }
 
@@ -288,7 +290,7 @@ impl Workspace {
                 .dependencies(i)
                 .iter()
                 .map(|&d| &self.units[d].name)
-                .filter(|n| !matches!(outputs.get(n.as_str()), Some(OutputView::Known(_))))
+                .filter(|n| !matches!(outputs.get(n.as_str()), Some(OutputView::Known(..))))
                 .cloned()
                 .collect(),
             sensitive_inputs,
@@ -427,9 +429,17 @@ impl Scope for UnitScope<'_> {
     }
     fn unit_outputs(&self, unit: &str) -> Option<Outputs<'_>> {
         Some(match self.outputs.get(unit) {
-            Some(OutputView::Known(m)) => Outputs::Known(m),
+            Some(OutputView::Known(m, _)) => Outputs::Known(m),
             Some(OutputView::Unknown) | None => Outputs::Unknown,
         })
+    }
+    fn output_secret(&self, unit: &str, key: &str) -> Option<String> {
+        match self.outputs.get(unit) {
+            Some(OutputView::Known(_, sensitive)) if sensitive.iter().any(|s| s == key) => {
+                Some(format!("unit {unit} output {key}"))
+            }
+            _ => None,
+        }
     }
     fn secret(&self, file: &str, key: &[Seg]) -> Result<Value, SecretError> {
         match self.secrets {

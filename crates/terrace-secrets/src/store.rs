@@ -144,6 +144,20 @@ impl SecretSource for SecretStore {
         rule_from: Option<&Path>,
         prior: Option<&str>,
     ) -> Result<String, SecretError> {
+        if let Some(output) = sources
+            .iter()
+            .find(|s| s.to_string_lossy().starts_with("unit "))
+        {
+            return Err(SecretError::Failed {
+                message: format!(
+                    "this object holds a sensitive value ({}), and a rendered file can only be sealed to the recipients of SOPS files",
+                    output.display()
+                ),
+                hint: Some(
+                    "keep the value in a SOPS file and use ${secret.FILE#KEY}, or pass it only to terraform units".into(),
+                ),
+            });
+        }
         let mut recipients: Vec<String> = Vec::new();
         for s in sources {
             for stanza in self.metadata(s)?.age {

@@ -401,3 +401,38 @@ fn independent_units_plan_and_apply_in_parallel() {
     let (c, plan) = plan_json(d, &["-j", "4"]);
     assert_eq!(c, 0, "{plan}");
 }
+
+#[test]
+fn a_sensitive_output_is_never_rendered_in_plain_text() {
+    let dir = chain();
+    let d = dir.path();
+    write_files(
+        d,
+        &[
+            (
+                "terrace.yaml",
+                "name: tf\nlayers: [infra, platform]\ntargets:\n  k8s: { type: cluster }\n",
+            ),
+            (
+                "platform/app/unit.yaml",
+                "layer: platform\nkind: manifests\ntarget: k8s\ninputs:\n  password: ${unit.vms.outputs.root_password}\n",
+            ),
+            (
+                "platform/app/secret.yaml",
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app\nstringData:\n  password: ${input.password}\n",
+            ),
+        ],
+    );
+    let o = terrace(d, &["apply", "--unit", "network"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = terrace(d, &["apply", "--unit", "vms"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = terrace(d, &["apply", "--unit", "app"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("holds a sensitive value (unit vms output root_password)"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!d.join(".terrace/rendered").exists(), "nothing was written");
+}
