@@ -541,6 +541,37 @@ fn state_resources(path: &Path) -> Vec<String> {
     out
 }
 
+/// Runs a `plan` (its arguments write `saved`), then `show -json` of it.
+async fn plan_and_show(
+    unit: &str,
+    tool: &Tool,
+    layout: &Layout,
+    args: &[&str],
+    vars: &[(String, String)],
+    saved: &PlanFile,
+    step: &str,
+) -> Result<ParsedPlan, DriverError> {
+    let out = run(tool, layout, args, vars).await?;
+    if !out.status.success() {
+        return Err(failure(unit, tool, step, &out));
+    }
+    let plan_path = saved.path().display().to_string();
+    let show = run(
+        tool,
+        layout,
+        &["show", "-json", "-no-color", &plan_path],
+        vars,
+    )
+    .await?;
+    if !show.status.success() {
+        return Err(failure(unit, tool, "show", &show));
+    }
+    let json: Value = serde_json::from_slice(&show.stdout).map_err(|e| {
+        DriverError::Target(format!("`{} show -json` printed no JSON: {e}", tool.binary))
+    })?;
+    Ok(parse_plan(&json))
+}
+
 fn deferred(ctx: &UnitContext<'_>) -> UnitPlan {
     let waiting = if ctx.unit.waiting_for.is_empty() {
         "a dependency".to_owned()
@@ -599,25 +630,8 @@ impl TerraformDriver {
         if !ctx.refresh || s.refresh == Some(false) {
             args.push("-refresh=false");
         }
-        let out = run(&tool, &layout, &args, &vars).await?;
-        if !out.status.success() {
-            return Err(failure(&ctx.unit.name, &tool, "plan", &out));
-        }
-        let plan_path = plan_file.display().to_string();
-        let show = run(
-            &tool,
-            &layout,
-            &["show", "-json", "-no-color", &plan_path],
-            &vars,
-        )
-        .await?;
-        if !show.status.success() {
-            return Err(failure(&ctx.unit.name, &tool, "show", &show));
-        }
-        let json: Value = serde_json::from_slice(&show.stdout).map_err(|e| {
-            DriverError::Target(format!("`{} show -json` printed no JSON: {e}", tool.binary))
-        })?;
-        let parsed = parse_plan(&json);
+        let parsed =
+            plan_and_show(&ctx.unit.name, &tool, &layout, &args, &vars, &saved, "plan").await?;
         let fingerprint = fingerprint(&layout.module, &vars)?;
         let mut notes = vec![format!("{} {}", tool.binary, tool.version)];
         notes.extend(parsed.drift);
@@ -680,25 +694,16 @@ impl TerraformDriver {
             "-lock-timeout=30s",
             &out_arg,
         ];
-        let out = run(&tool, &layout, &args, &vars).await?;
-        if !out.status.success() {
-            return Err(failure(&prior.unit, &tool, "plan -destroy", &out));
-        }
-        let plan_path = saved.path().display().to_string();
-        let show = run(
+        let parsed = plan_and_show(
+            &prior.unit,
             &tool,
             &layout,
-            &["show", "-json", "-no-color", &plan_path],
+            &args,
             &vars,
+            &saved,
+            "plan -destroy",
         )
         .await?;
-        if !show.status.success() {
-            return Err(failure(&prior.unit, &tool, "show", &show));
-        }
-        let json: Value = serde_json::from_slice(&show.stdout).map_err(|e| {
-            DriverError::Target(format!("`{} show -json` printed no JSON: {e}", tool.binary))
-        })?;
-        let parsed = parse_plan(&json);
         let fingerprint = fingerprint(&layout.module, &vars)?;
         Ok(UnitPlan {
             action: Action::Delete,
