@@ -1,0 +1,1055 @@
+//! Building a kustomization: accumulate resources (recursively), apply
+//! components, run generators and transformers in kustomize's order, then,
+//! at the top, add hash suffixes, fix name references and sort.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+use sha2::Digest;
+
+use crate::KustomizeError;
+use crate::fs::{Fs, normalize};
+use crate::patch::{apply_json6902, merge_strategic, obj};
+use crate::transform::{self, Image, Renamed};
+
+/// File names kustomize looks for, in order.
+const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// Fields this engine implements.
+const SUPPORTED: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "metadata",
+    "resources",
+    "bases",
+    "components",
+    "namespace",
+    "namePrefix",
+    "nameSuffix",
+    "commonLabels",
+    "labels",
+    "commonAnnotations",
+    "images",
+    "replicas",
+    "configMapGenerator",
+    "secretGenerator",
+    "generatorOptions",
+    "patches",
+    "patchesStrategicMerge",
+    "patchesJson6902",
+    "sortOptions",
+    "buildMetadata",
+];
+
+/// Fields kustomize has that this engine does not implement yet: an error,
+/// never a silent skip.
+const UNSUPPORTED: &[&str] = &[
+    "replacements",
+    "vars",
+    "helmCharts",
+    "helmGlobals",
+    "helmChartInflationGenerator",
+    "generators",
+    "transformers",
+    "validators",
+    "configurations",
+    "crds",
+    "openapi",
+];
+
+/// One object on its way through the build.
+#[derive(Debug, Clone)]
+struct Res {
+    value: Value,
+    /// Every name it has had, oldest first (for name references).
+    names: Vec<String>,
+    /// Generated with a content-hash suffix, added at the end.
+    hash: bool,
+}
+
+impl Res {
+    fn new(value: Value) -> Res {
+        let name = transform::name(&value).to_owned();
+        Res {
+            value,
+            names: vec![name],
+            hash: false,
+        }
+    }
+
+    fn rename(&mut self, new: String) {
+        if self.names.last() != Some(&new) {
+            self.names.push(new.clone());
+        }
+        self.value["metadata"]["name"] = Value::String(new);
+    }
+}
+
+/// Builds the kustomization in `dir`: the objects `kustomize build` prints.
+pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
+    let dir = normalize(dir);
+    let (file, k) = load(fs, &dir)?;
+    let mut resources = accumulate(fs, &dir, &file, &k, false)?;
+    // Hash suffixes come last, over the final content, without the name.
+    let mut renamed = Vec::new();
+    for r in resources.iter_mut().filter(|r| r.hash) {
+        let suffix = content_hash(&r.value);
+        let new = format!("{}-{suffix}", transform::name(&r.value));
+        r.rename(new);
+    }
+    for r in &resources {
+        if r.names.len() > 1 {
+            renamed.push(Renamed {
+                kind: transform::kind(&r.value).to_owned(),
+                old: r.names[..r.names.len() - 1].to_vec(),
+                new: r.names.last().cloned().unwrap_or_default(),
+                namespace: transform::namespace(&r.value).to_owned(),
+            });
+        }
+    }
+    let mut objects: Vec<Value> = resources.into_iter().map(|r| r.value).collect();
+    transform::fix_references(&mut objects, &renamed);
+    let order = k
+        .get("sortOptions")
+        .and_then(|s| s.get("order"))
+        .and_then(Value::as_str)
+        .unwrap_or("legacy");
+    match order {
+        "legacy" => objects.sort_by_key(legacy_key),
+        "fifo" => {}
+        other => {
+            return Err(KustomizeError::invalid(
+                &file,
+                format!("sortOptions.order is `{other}`; it must be legacy or fifo"),
+            ));
+        }
+    }
+    Ok(objects)
+}
+
+/// Reads a directory's kustomization file and checks its fields.
+fn load(fs: &dyn Fs, dir: &Path) -> Result<(PathBuf, Map<String, Value>), KustomizeError> {
+    let Some(file) = KUSTOMIZATION_FILES
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| fs.is_file(p))
+    else {
+        return Err(KustomizeError::invalid(
+            dir,
+            format!(
+                "no kustomization file: expected one of {} in this directory",
+                KUSTOMIZATION_FILES.join(", ")
+            ),
+        ));
+    };
+    let text = fs
+        .read_to_string(&file)
+        .map_err(|source| KustomizeError::Io {
+            file: file.clone(),
+            source,
+        })?;
+    let docs = yaml_documents(&text, &file)?;
+    let k = match docs.into_iter().next() {
+        None => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(KustomizeError::invalid(
+                &file,
+                "a kustomization must be a mapping",
+            ));
+        }
+    };
+    for key in k.keys() {
+        if UNSUPPORTED.contains(&key.as_str()) {
+            return Err(KustomizeError::Unsupported {
+                file: file.clone(),
+                field: key.clone(),
+            });
+        }
+        if !SUPPORTED.contains(&key.as_str()) {
+            return Err(KustomizeError::invalid(
+                &file,
+                format!(
+                    "unknown field `{key}` (kustomize: invalid Kustomization: json: unknown field \"{key}\")"
+                ),
+            ));
+        }
+    }
+    Ok((file, k))
+}
+
+fn strings(
+    k: &Map<String, Value>,
+    field: &str,
+    file: &Path,
+) -> Result<Vec<String>, KustomizeError> {
+    match k.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    KustomizeError::invalid(file, format!("`{field}` must be a list of strings"))
+                })
+            })
+            .collect(),
+        Some(_) => Err(KustomizeError::invalid(
+            file,
+            format!("`{field}` must be a list"),
+        )),
+    }
+}
+
+fn is_remote(entry: &str) -> bool {
+    entry.contains("://") || entry.starts_with("github.com/") || entry.starts_with("git@")
+}
+
+/// A file path within the kustomization root (the load restrictor).
+fn restricted(dir: &Path, entry: &str, file: &Path) -> Result<PathBuf, KustomizeError> {
+    let path = normalize(&dir.join(entry));
+    if !path.starts_with(dir) {
+        return Err(KustomizeError::Restricted {
+            file: file.to_owned(),
+            path,
+            root: dir.to_owned(),
+        });
+    }
+    Ok(path)
+}
+
+fn read(fs: &dyn Fs, path: &Path, file: &Path) -> Result<String, KustomizeError> {
+    fs.read_to_string(path)
+        .map_err(|source| KustomizeError::Io {
+            file: file.to_owned(),
+            source: std::io::Error::new(source.kind(), format!("{}: {source}", path.display())),
+        })
+}
+
+/// The documents of a YAML stream, read with YAML 1.2's core schema (as
+/// kustomize reads them: `no` and `y` are strings), empty ones left out.
+pub(crate) fn yaml_documents(text: &str, path: &Path) -> Result<Vec<Value>, KustomizeError> {
+    let docs = terrace_yaml::tree::parse_stream(text, path)
+        .map_err(|d| KustomizeError::Yaml(Box::new(d)))?;
+    Ok(docs
+        .iter()
+        .map(terrace_yaml::tree::Node::to_json)
+        .filter(|v| !v.is_null() && v.as_object().is_none_or(|m| !m.is_empty()))
+        .collect())
+}
+
+fn parse_objects(text: &str, path: &Path) -> Result<Vec<Value>, KustomizeError> {
+    let docs = yaml_documents(text, path)?;
+    let mut out = Vec::new();
+    for v in docs {
+        // A `List` contributes its items.
+        if v["kind"].as_str().is_some_and(|k| k.ends_with("List")) && v["items"].is_array() {
+            out.extend(v["items"].as_array().cloned().unwrap_or_default());
+        } else {
+            out.push(v);
+        }
+    }
+    for o in &out {
+        if o["kind"].as_str().is_none()
+            || transform::name(o).is_empty() && o["metadata"]["generateName"].is_null()
+        {
+            return Err(KustomizeError::invalid(
+                path,
+                "every resource needs `kind` and `metadata.name`",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Everything one kustomization (or component) yields.
+fn accumulate(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    component: bool,
+) -> Result<Vec<Res>, KustomizeError> {
+    let kind = k
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("Kustomization");
+    match (kind, component) {
+        ("Component", false) => {
+            return Err(KustomizeError::invalid(
+                file,
+                "a Component can only be used under `components`, not as a resource",
+            ));
+        }
+        ("Kustomization", true) => {
+            return Err(KustomizeError::invalid(
+                file,
+                "listed under `components` but its kind is Kustomization (expected kind: Component)",
+            ));
+        }
+        ("Kustomization" | "Component", _) => {}
+        (other, _) => {
+            return Err(KustomizeError::invalid(
+                file,
+                format!("unknown kustomization kind `{other}`"),
+            ));
+        }
+    }
+    let mut acc: Vec<Res> = Vec::new();
+    let mut entries = strings(k, "resources", file)?;
+    entries.extend(strings(k, "bases", file)?);
+    for entry in entries {
+        if is_remote(&entry) {
+            return Err(KustomizeError::Unsupported {
+                file: file.to_owned(),
+                field: format!("resources: {entry} (remote bases)"),
+            });
+        }
+        let path = normalize(&dir.join(&entry));
+        if fs.is_dir(&path) {
+            let (sub_file, sub) = load(fs, &path)?;
+            acc.extend(accumulate(fs, &path, &sub_file, &sub, false)?);
+        } else if fs.is_file(&path) {
+            let path = restricted(dir, &entry, file)?;
+            let text = read(fs, &path, file)?;
+            acc.extend(parse_objects(&text, &path)?.into_iter().map(Res::new));
+        } else {
+            return Err(KustomizeError::invalid(
+                file,
+                format!(
+                    "resource `{entry}` does not exist (looked for {})",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    check_unique(&acc, file)?;
+    for entry in strings(k, "components", file)? {
+        let path = normalize(&dir.join(&entry));
+        let (c_file, c) = load(fs, &path)?;
+        // A component's resources join; its generators and transformers
+        // act on everything accumulated so far.
+        let mut with = std::mem::take(&mut acc);
+        with.extend(accumulate_component(fs, &path, &c_file, &c)?);
+        acc = with;
+        apply_own(fs, &path, &c_file, &c, &mut acc)?;
+    }
+    apply_own(fs, dir, file, k, &mut acc)?;
+    Ok(acc)
+}
+
+/// A component's own resources (its transformers run in `apply_own`).
+fn accumulate_component(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+) -> Result<Vec<Res>, KustomizeError> {
+    let kind = k
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("Kustomization");
+    if kind != "Component" {
+        return Err(KustomizeError::invalid(
+            file,
+            "listed under `components` but its kind is not Component",
+        ));
+    }
+    let mut only_resources = Map::new();
+    for key in ["resources", "bases", "components"] {
+        if let Some(v) = k.get(key) {
+            only_resources.insert(key.to_owned(), v.clone());
+        }
+    }
+    only_resources.insert("kind".into(), json!("Component"));
+    let mut out = Vec::new();
+    for entry in strings(&only_resources, "resources", file)? {
+        let path = normalize(&dir.join(&entry));
+        if fs.is_dir(&path) {
+            let (sub_file, sub) = load(fs, &path)?;
+            out.extend(accumulate(fs, &path, &sub_file, &sub, false)?);
+        } else {
+            let path = restricted(dir, &entry, file)?;
+            let text = read(fs, &path, file)?;
+            out.extend(parse_objects(&text, &path)?.into_iter().map(Res::new));
+        }
+    }
+    Ok(out)
+}
+
+fn check_unique(acc: &[Res], file: &Path) -> Result<(), KustomizeError> {
+    let mut seen = std::collections::HashSet::new();
+    for r in acc {
+        let id = (
+            transform::kind(&r.value).to_owned(),
+            transform::name(&r.value).to_owned(),
+            transform::namespace(&r.value).to_owned(),
+        );
+        if !seen.insert(id.clone()) {
+            return Err(KustomizeError::invalid(
+                file,
+                format!(
+                    "may not add resource with an already registered id: {}/{} in namespace `{}`",
+                    id.0, id.1, id.2
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Generators, then transformers, of one kustomization, in kustomize's
+/// order.
+fn apply_own(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    acc: &mut Vec<Res>,
+) -> Result<(), KustomizeError> {
+    let options = obj(k.get("generatorOptions").unwrap_or(&Value::Null));
+    for g in k
+        .get("configMapGenerator")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        generate(fs, dir, file, g, &options, false, acc)?;
+    }
+    for g in k
+        .get("secretGenerator")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        generate(fs, dir, file, g, &options, true, acc)?;
+    }
+    // patchesStrategicMerge, patches
+    for p in strings(k, "patchesStrategicMerge", file)? {
+        let text = if !p.contains('\n') && fs.is_file(&normalize(&dir.join(&p))) {
+            read(fs, &restricted(dir, &p, file)?, file)?
+        } else {
+            p.clone()
+        };
+        for patch in parse_patch_docs(&text, file)? {
+            apply_smp(acc, &patch, None, file)?;
+        }
+    }
+    for p in k
+        .get("patches")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let text = patch_text(fs, dir, file, p)?;
+        let target = p.get("target");
+        for doc in yaml_documents(&text, file)? {
+            if let Value::Array(ops) = &doc {
+                let target = target.ok_or_else(|| {
+                    KustomizeError::invalid(file, "a JSON 6902 patch needs a `target`")
+                })?;
+                apply_6902(acc, target, ops, file)?;
+            } else {
+                apply_smp(acc, &doc, target, file)?;
+            }
+        }
+    }
+    if let Some(ns) = k.get("namespace").and_then(Value::as_str) {
+        for r in acc.iter_mut() {
+            transform::set_namespace(&mut r.value, ns);
+        }
+    }
+    let prefix = k.get("namePrefix").and_then(Value::as_str).unwrap_or("");
+    let suffix = k.get("nameSuffix").and_then(Value::as_str).unwrap_or("");
+    if !prefix.is_empty() || !suffix.is_empty() {
+        for r in acc.iter_mut() {
+            if transform::takes_prefix(&r.value) {
+                let new = format!("{prefix}{}{suffix}", transform::name(&r.value));
+                r.rename(new);
+            }
+        }
+    }
+    if let Some(labels) = k.get("commonLabels").and_then(Value::as_object) {
+        let labels = stringify(labels);
+        for r in acc.iter_mut() {
+            transform::add_labels(&mut r.value, &labels, true, true);
+        }
+    }
+    for l in k
+        .get("labels")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let pairs = stringify(&obj(&l["pairs"]));
+        let selectors = l["includeSelectors"] == Value::Bool(true);
+        let templates = l["includeTemplates"] == Value::Bool(true);
+        for r in acc.iter_mut() {
+            transform::add_labels(&mut r.value, &pairs, selectors, templates);
+        }
+    }
+    if let Some(ann) = k.get("commonAnnotations").and_then(Value::as_object) {
+        let ann = stringify(ann);
+        for r in acc.iter_mut() {
+            transform::add_annotations(&mut r.value, &ann);
+        }
+    }
+    for p in k
+        .get("patchesJson6902")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let text = patch_text(fs, dir, file, p)?;
+        let ops: Vec<Value> = match yaml_documents(&text, file)?.into_iter().next() {
+            Some(Value::Array(a)) => a,
+            _ => {
+                return Err(KustomizeError::invalid(
+                    file,
+                    "a patchesJson6902 patch must be a list of operations",
+                ));
+            }
+        };
+        let target = p.get("target").ok_or_else(|| {
+            KustomizeError::invalid(file, "patchesJson6902 entries need a `target`")
+        })?;
+        apply_6902(acc, target, &ops, file)?;
+    }
+    for rep in k
+        .get("replicas")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = rep["name"].as_str().unwrap_or("");
+        for r in acc.iter_mut() {
+            if r.names.iter().any(|n| n == name) {
+                transform::set_replicas(&mut r.value, &rep["count"]);
+            }
+        }
+    }
+    let images: Vec<Image> = k
+        .get("images")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|i| Image {
+            name: i["name"].as_str().unwrap_or("").to_owned(),
+            new_name: i["newName"].as_str().map(str::to_owned),
+            new_tag: match &i["newTag"] {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            },
+            digest: i["digest"].as_str().map(str::to_owned),
+        })
+        .collect();
+    if !images.is_empty() {
+        for r in acc.iter_mut() {
+            transform::set_images(&mut r.value, &images);
+        }
+    }
+    Ok(())
+}
+
+fn stringify(m: &Map<String, Value>) -> Map<String, Value> {
+    m.iter()
+        .map(|(k, v)| {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), Value::String(s))
+        })
+        .collect()
+}
+
+fn patch_text(fs: &dyn Fs, dir: &Path, file: &Path, p: &Value) -> Result<String, KustomizeError> {
+    match (
+        p.get("path").and_then(Value::as_str),
+        p.get("patch").and_then(Value::as_str),
+    ) {
+        (Some(path), None) => read(fs, &restricted(dir, path, file)?, file),
+        (None, Some(inline)) => Ok(inline.to_owned()),
+        _ => Err(KustomizeError::invalid(
+            file,
+            "a patch needs exactly one of `path` and `patch`",
+        )),
+    }
+}
+
+fn parse_patch_docs(text: &str, file: &Path) -> Result<Vec<Value>, KustomizeError> {
+    yaml_documents(text, file)
+}
+
+/// Whether an object matches a patch target (regexes are anchored).
+fn selects(r: &Res, target: &Value) -> bool {
+    let v = &r.value;
+    let api = v["apiVersion"].as_str().unwrap_or("");
+    let (group, version) = match api.split_once('/') {
+        Some((g, ver)) => (g, ver),
+        None => ("", api),
+    };
+    let matches = |field: &str, actual: &str| match target.get(field).and_then(Value::as_str) {
+        None => true,
+        Some(want) => anchored(want, actual),
+    };
+    let name_ok = match target.get("name").and_then(Value::as_str) {
+        None => true,
+        Some(want) => r.names.iter().any(|n| anchored(want, n)),
+    };
+    let labels_ok = target
+        .get("labelSelector")
+        .and_then(Value::as_str)
+        .is_none_or(|sel| selector_matches(sel, &v["metadata"]["labels"]));
+    let ann_ok = target
+        .get("annotationSelector")
+        .and_then(Value::as_str)
+        .is_none_or(|sel| selector_matches(sel, &v["metadata"]["annotations"]));
+    matches("group", group)
+        && matches("version", version)
+        && matches("kind", transform::kind(v))
+        && matches("namespace", transform::namespace(v))
+        && name_ok
+        && labels_ok
+        && ann_ok
+}
+
+/// A tiny anchored regex: literal text, `.*`, `.`, and `a|b` alternatives.
+fn anchored(pattern: &str, text: &str) -> bool {
+    pattern
+        .split('|')
+        .any(|alt| glob(alt.as_bytes(), text.as_bytes()))
+}
+
+fn glob(p: &[u8], t: &[u8]) -> bool {
+    match p {
+        [] => t.is_empty(),
+        [b'.', b'*', rest @ ..] => (0..=t.len()).any(|i| glob(rest, &t[i..])),
+        [b'.', rest @ ..] => !t.is_empty() && glob(rest, &t[1..]),
+        [b'\\', c, rest @ ..] => t.first() == Some(c) && glob(rest, &t[1..]),
+        [c, rest @ ..] => t.first() == Some(c) && glob(rest, &t[1..]),
+    }
+}
+
+/// `k=v,k2!=v2,k3` label selectors (equality forms).
+fn selector_matches(selector: &str, labels: &Value) -> bool {
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .all(|term| {
+            if let Some((k, v)) = term.split_once("!=") {
+                labels[k.trim()].as_str() != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                labels[k.trim()].as_str() == Some(v.trim())
+            } else if let Some(k) = term.strip_prefix('!') {
+                labels[k.trim()].is_null()
+            } else {
+                !labels[term].is_null()
+            }
+        })
+}
+
+fn apply_smp(
+    acc: &mut [Res],
+    patch: &Value,
+    target: Option<&Value>,
+    file: &Path,
+) -> Result<(), KustomizeError> {
+    let mut hit = false;
+    for r in acc.iter_mut() {
+        let selected = match target {
+            Some(t) => selects(r, t),
+            None => {
+                transform::kind(&r.value) == transform::kind(patch)
+                    && r.names.iter().any(|n| n == transform::name(patch))
+                    && (transform::namespace(patch).is_empty()
+                        || transform::namespace(patch) == transform::namespace(&r.value))
+            }
+        };
+        if !selected {
+            continue;
+        }
+        hit = true;
+        let mut p = patch.clone();
+        // With a target, the patch's own name and kind do not rename.
+        if let Some(m) = p.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("name");
+            if target.is_some() {
+                m.remove("namespace");
+            }
+        }
+        if let Some(m) = p.as_object_mut() {
+            m.remove("kind");
+            m.remove("apiVersion");
+        }
+        merge_strategic(&mut r.value, &p);
+    }
+    if !hit && target.is_none() {
+        return Err(KustomizeError::invalid(
+            file,
+            format!(
+                "no resource matches the patch for {} `{}`",
+                transform::kind(patch),
+                transform::name(patch)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn apply_6902(
+    acc: &mut [Res],
+    target: &Value,
+    ops: &[Value],
+    file: &Path,
+) -> Result<(), KustomizeError> {
+    for r in acc.iter_mut() {
+        if selects(r, target) {
+            apply_json6902(&mut r.value, ops).map_err(|m| {
+                KustomizeError::invalid(
+                    file,
+                    format!(
+                        "patch on {} `{}`: {m}",
+                        transform::kind(&r.value),
+                        transform::name(&r.value)
+                    ),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// `key=value` of a literal (quotes around the value are dropped).
+fn literal(s: &str, file: &Path) -> Result<(String, String), KustomizeError> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| KustomizeError::invalid(file, format!("literal `{s}` is not KEY=VALUE")))?;
+    let v = v
+        .strip_prefix('"')
+        .and_then(|x| x.strip_suffix('"'))
+        .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
+        .unwrap_or(v);
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn generate(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    g: &Value,
+    global: &Map<String, Value>,
+    secret: bool,
+    acc: &mut Vec<Res>,
+) -> Result<(), KustomizeError> {
+    let name = g["name"]
+        .as_str()
+        .ok_or_else(|| KustomizeError::invalid(file, "a generator needs a `name`"))?
+        .to_owned();
+    let mut data = Map::new();
+    for l in g["literals"].as_array().into_iter().flatten() {
+        let (k, v) = literal(l.as_str().unwrap_or(""), file)?;
+        data.insert(k, Value::String(v));
+    }
+    let mut env_files: Vec<String> = g["envs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    if let Some(e) = g["env"].as_str() {
+        env_files.push(e.to_owned());
+    }
+    for e in env_files {
+        let text = read(fs, &restricted(dir, &e, file)?, file)?;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once('=').unwrap_or((line, ""));
+            data.insert(k.trim().to_owned(), Value::String(v.to_owned()));
+        }
+    }
+    for f in g["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        let (key, path) = match f.split_once('=') {
+            Some((k, p)) => (k.to_owned(), p),
+            None => (
+                Path::new(f)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                f,
+            ),
+        };
+        let text = read(fs, &restricted(dir, path, file)?, file)?;
+        data.insert(key, Value::String(text));
+    }
+    if secret {
+        for v in data.values_mut() {
+            *v = Value::String(base64(v.as_str().unwrap_or("").as_bytes()));
+        }
+    }
+    let local = obj(&g["options"]);
+    let pick = |key: &str| local.get(key).or_else(|| global.get(key)).cloned();
+    let disable_hash = pick("disableNameSuffixHash") == Some(Value::Bool(true));
+    let mut metadata = Map::new();
+    metadata.insert("name".into(), Value::String(name.clone()));
+    if let Some(ns) = g["namespace"].as_str() {
+        metadata.insert("namespace".into(), Value::String(ns.to_owned()));
+    }
+    let mut labels = obj(global.get("labels").unwrap_or(&Value::Null));
+    labels.extend(obj(local.get("labels").unwrap_or(&Value::Null)));
+    if !labels.is_empty() {
+        metadata.insert("labels".into(), Value::Object(stringify(&labels)));
+    }
+    let mut annotations = obj(global.get("annotations").unwrap_or(&Value::Null));
+    annotations.extend(obj(local.get("annotations").unwrap_or(&Value::Null)));
+    if !annotations.is_empty() {
+        metadata.insert("annotations".into(), Value::Object(stringify(&annotations)));
+    }
+    let kind = if secret { "Secret" } else { "ConfigMap" };
+    let mut value = json!({"apiVersion": "v1", "kind": kind, "metadata": metadata});
+    if !data.is_empty() {
+        value["data"] = Value::Object(data.clone());
+    }
+    if secret {
+        value["type"] = g.get("type").cloned().unwrap_or_else(|| json!("Opaque"));
+    }
+    if pick("immutable") == Some(Value::Bool(true)) {
+        value["immutable"] = Value::Bool(true);
+    }
+    let behavior = g["behavior"].as_str().unwrap_or("create");
+    let ns = g["namespace"].as_str().unwrap_or("");
+    let existing = acc.iter_mut().find(|r| {
+        transform::kind(&r.value) == kind
+            && r.names.first().map(String::as_str) == Some(name.as_str())
+            && transform::namespace(&r.value) == ns
+    });
+    match (behavior, existing) {
+        ("create", Some(_)) => Err(KustomizeError::invalid(
+            file,
+            format!("{kind} `{name}` already exists; use `behavior: merge` or `behavior: replace`"),
+        )),
+        ("create", None) => {
+            let mut r = Res::new(value);
+            r.hash = !disable_hash;
+            acc.push(r);
+            Ok(())
+        }
+        ("merge" | "replace", None) => Err(KustomizeError::invalid(
+            file,
+            format!("{kind} `{name}` does not exist to {behavior}; generate it in a base first"),
+        )),
+        ("merge", Some(r)) => {
+            let target = r.value.as_object_mut().expect("objects are maps");
+            let merged = target
+                .entry("data")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(m) = merged.as_object_mut() {
+                m.extend(data);
+            }
+            if let Some(l) = value["metadata"]["labels"].as_object() {
+                let labels = r.value["metadata"].as_object_mut().and_then(|m| {
+                    m.entry("labels")
+                        .or_insert_with(|| Value::Object(Map::new()))
+                        .as_object_mut()
+                });
+                if let Some(labels) = labels {
+                    labels.extend(l.clone());
+                }
+            }
+            if let Some(a) = value["metadata"]["annotations"].as_object() {
+                let ann = r.value["metadata"].as_object_mut().and_then(|m| {
+                    m.entry("annotations")
+                        .or_insert_with(|| Value::Object(Map::new()))
+                        .as_object_mut()
+                });
+                if let Some(ann) = ann {
+                    ann.extend(a.clone());
+                }
+            }
+            r.hash = r.hash && !disable_hash;
+            Ok(())
+        }
+        ("replace", Some(r)) => {
+            let names = r.names.clone();
+            *r = Res::new(value);
+            r.names = names;
+            r.hash = !disable_hash;
+            Ok(())
+        }
+        (other, _) => Err(KustomizeError::invalid(
+            file,
+            format!("generator behavior `{other}` must be create, merge or replace"),
+        )),
+    }
+}
+
+/// The suffix kustomize computes for a generated ConfigMap or Secret: over
+/// its kind, data (and type, binaryData, stringData), with an empty name.
+fn content_hash(v: &Value) -> String {
+    let mut m = serde_json::Map::new();
+    let field = |f: &str| -> Value {
+        match &v[f] {
+            Value::Null => Value::String(String::new()),
+            other => other.clone(),
+        }
+    };
+    m.insert("data".into(), field("data"));
+    m.insert("kind".into(), Value::String(transform::kind(v).to_owned()));
+    m.insert("name".into(), Value::String(String::new()));
+    if transform::kind(v) == "Secret" {
+        if v["stringData"].is_object() {
+            m.insert("stringData".into(), v["stringData"].clone());
+        }
+        m.insert("type".into(), field("type"));
+    } else if v["binaryData"].is_object() {
+        m.insert("binaryData".into(), v["binaryData"].clone());
+    }
+    let json = sorted_json(&Value::Object(m));
+    let hex: String = sha2::Sha256::digest(json.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    hex[..10]
+        .chars()
+        .map(|c| match c {
+            '0' => 'g',
+            '1' => 'h',
+            '3' => 'k',
+            'a' => 'm',
+            'e' => 't',
+            other => other,
+        })
+        .collect()
+}
+
+/// JSON with object keys sorted, as Go's encoder writes maps.
+fn sorted_json(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", go_string(k), sorted_json(&m[k])))
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(sorted_json).collect::<Vec<_>>().join(",")
+        ),
+        Value::String(s) => go_string(s),
+        other => other.to_string(),
+    }
+}
+
+/// A JSON string as Go's encoder writes it (HTML characters escaped).
+fn go_string(s: &str) -> String {
+    Value::String(s.to_owned())
+        .to_string()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+}
+
+/// kustomize's legacy order: kinds by a fixed list, then by GVK, namespace
+/// and name.
+fn legacy_key(v: &Value) -> (i32, String, String) {
+    const FIRST: [&str; 22] = [
+        "Namespace",
+        "ResourceQuota",
+        "StorageClass",
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "PodSecurityPolicy",
+        "Role",
+        "ClusterRole",
+        "RoleBinding",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Secret",
+        "Endpoints",
+        "Service",
+        "LimitRange",
+        "PriorityClass",
+        "PersistentVolume",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "StatefulSet",
+        "CronJob",
+        "PodDisruptionBudget",
+    ];
+    const LAST: [&str; 2] = [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ];
+    let kind = transform::kind(v);
+    let rank = if let Some(i) = FIRST.iter().position(|k| *k == kind) {
+        i as i32 - FIRST.len() as i32
+    } else if let Some(i) = LAST.iter().position(|k| *k == kind) {
+        1 + i as i32
+    } else {
+        0
+    };
+    let api = v["apiVersion"].as_str().unwrap_or("");
+    let (group, version) = match api.split_once('/') {
+        Some((g, ver)) => (g, ver),
+        None => ("", api),
+    };
+    let or = |s: &str, d: &str| {
+        if s.is_empty() {
+            d.to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let gvk = format!(
+        "{}_{}_{}",
+        or(group, "~G"),
+        or(version, "~V"),
+        or(kind, "~K")
+    );
+    let id = format!(
+        "{gvk}|{}|{}",
+        or(transform::namespace(v), "~X"),
+        or(transform::name(v), "~N")
+    );
+    (rank, gvk, id)
+}

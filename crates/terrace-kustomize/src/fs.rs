@@ -1,0 +1,81 @@
+//! The filesystem the engine reads through: the disk, or memory in tests.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+/// What a build reads. Paths are absolute (or rooted in the memory tree).
+pub trait Fs {
+    fn read_to_string(&self, path: &Path) -> io::Result<String>;
+    fn is_dir(&self, path: &Path) -> bool;
+    fn is_file(&self, path: &Path) -> bool;
+}
+
+/// The real disk.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskFs;
+
+impl Fs for DiskFs {
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+    fn is_file(&self, path: &Path) -> bool {
+        path.is_file()
+    }
+}
+
+/// Files in memory, keyed by normalized path.
+#[derive(Debug, Clone, Default)]
+pub struct MemFs {
+    files: BTreeMap<PathBuf, String>,
+}
+
+impl MemFs {
+    pub fn new() -> MemFs {
+        MemFs::default()
+    }
+
+    /// Adds a file (parent directories exist implicitly).
+    pub fn add(&mut self, path: impl AsRef<Path>, content: impl Into<String>) -> &mut Self {
+        self.files.insert(normalize(path.as_ref()), content.into());
+        self
+    }
+}
+
+impl Fs for MemFs {
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        self.files.get(&normalize(path)).cloned().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: no such file", path.display()),
+            )
+        })
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        let p = normalize(path);
+        self.files.keys().any(|f| f.starts_with(&p) && *f != p)
+    }
+    fn is_file(&self, path: &Path) -> bool {
+        self.files.contains_key(&normalize(path))
+    }
+}
+
+/// `a/./b/../c` -> `a/c`, without touching the disk.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}

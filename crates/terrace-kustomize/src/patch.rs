@@ -1,0 +1,310 @@
+//! Strategic-merge and JSON 6902 patches.
+
+use serde_json::{Map, Value};
+
+/// The merge key of a list, by field name (the common Kubernetes ones).
+fn merge_key(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "volumeMounts"
+        | "imagePullSecrets"
+        | "hostAliases" => match field {
+            "volumeMounts" => "mountPath",
+            "hostAliases" => "ip",
+            _ => "name",
+        },
+        "ports" => "containerPort",
+        "tolerations" => "key",
+        _ => return None,
+    })
+}
+
+/// Applies a strategic-merge patch to `target` (maps merge, lists with a
+/// known merge key merge by it, other lists are replaced; `$patch: delete`
+/// and `$patch: replace` are honoured; `null` deletes a field).
+pub fn merge_strategic(target: &mut Value, patch: &Value) {
+    merge_value(target, patch, None);
+}
+
+fn merge_value(target: &mut Value, patch: &Value, field: Option<&str>) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            if p.get("$patch").and_then(Value::as_str) == Some("replace") {
+                let mut p = p.clone();
+                p.remove("$patch");
+                *t = p;
+                return;
+            }
+            for (k, v) in p {
+                if k.starts_with("$") {
+                    continue;
+                }
+                if v.is_null() {
+                    t.remove(k);
+                    continue;
+                }
+                if v.get("$patch").and_then(Value::as_str) == Some("delete") {
+                    t.remove(k);
+                    continue;
+                }
+                match t.get_mut(k) {
+                    Some(existing) => merge_value(existing, v, Some(k)),
+                    None => {
+                        let mut fresh = v.clone();
+                        strip_directives(&mut fresh);
+                        t.insert(k.clone(), fresh);
+                    }
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p)) => {
+            let key = field.and_then(merge_key);
+            // `ports` of a Service merge by `port`.
+            let key = match (key, p.first().or(t.first())) {
+                (Some("containerPort"), Some(first)) if first.get("containerPort").is_none() => {
+                    Some("port")
+                }
+                (k, _) => k,
+            };
+            let Some(key) = key else {
+                let mut p = Value::Array(p.clone());
+                strip_directives(&mut p);
+                *t = p.as_array().cloned().unwrap_or_default();
+                return;
+            };
+            let mut added = Vec::new();
+            for item in p {
+                let id = item.get(key);
+                let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
+                match t.iter().position(|x| id.is_some() && x.get(key) == id) {
+                    Some(i) if delete => {
+                        t.remove(i);
+                    }
+                    Some(i) => merge_value(&mut t[i], item, None),
+                    None if delete => {}
+                    None => {
+                        let mut fresh = item.clone();
+                        strip_directives(&mut fresh);
+                        added.push(fresh);
+                    }
+                }
+            }
+            t.append(&mut added);
+        }
+        (t, p) => {
+            let mut p = p.clone();
+            strip_directives(&mut p);
+            *t = p;
+        }
+    }
+}
+
+fn strip_directives(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, _| !k.starts_with('$'));
+            m.values_mut().for_each(strip_directives);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_directives),
+        _ => {}
+    }
+}
+
+fn unescape(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
+fn pointer_parts(path: &str) -> Result<Vec<String>, String> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(format!(
+            "`{path}` is not a JSON pointer (it must start with /)"
+        ));
+    };
+    Ok(rest.split('/').map(unescape).collect())
+}
+
+fn parent_mut<'a>(
+    doc: &'a mut Value,
+    parts: &[String],
+    path: &str,
+) -> Result<&'a mut Value, String> {
+    let mut cur = doc;
+    for p in &parts[..parts.len().saturating_sub(1)] {
+        cur = match cur {
+            Value::Object(m) => m.get_mut(p),
+            Value::Array(a) => p.parse::<usize>().ok().and_then(move |i| a.get_mut(i)),
+            _ => None,
+        }
+        .ok_or_else(|| format!("path `{path}` does not exist"))?;
+    }
+    Ok(cur)
+}
+
+fn get<'a>(doc: &'a Value, path: &str) -> Result<&'a Value, String> {
+    doc.pointer(path)
+        .ok_or_else(|| format!("path `{path}` does not exist"))
+}
+
+fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
+    let parts = pointer_parts(path)?;
+    let last = parts
+        .last()
+        .ok_or("cannot remove the whole document")?
+        .clone();
+    match parent_mut(doc, &parts, path)? {
+        Value::Object(m) => m
+            .remove(&last)
+            .ok_or_else(|| format!("path `{path}` does not exist")),
+        Value::Array(a) => {
+            let i: usize = last
+                .parse()
+                .map_err(|_| format!("`{last}` is not an index"))?;
+            if i < a.len() {
+                Ok(a.remove(i))
+            } else {
+                Err(format!("index {i} is out of range at `{path}`"))
+            }
+        }
+        _ => Err(format!("path `{path}` does not exist")),
+    }
+}
+
+fn add(doc: &mut Value, path: &str, value: Value, replace: bool) -> Result<(), String> {
+    let parts = pointer_parts(path)?;
+    let Some(last) = parts.last().cloned() else {
+        *doc = value;
+        return Ok(());
+    };
+    match parent_mut(doc, &parts, path)? {
+        Value::Object(m) => {
+            if replace && !m.contains_key(&last) {
+                return Err(format!("path `{path}` does not exist"));
+            }
+            m.insert(last, value);
+        }
+        Value::Array(a) => {
+            if last == "-" && !replace {
+                a.push(value);
+            } else {
+                let i: usize = last
+                    .parse()
+                    .map_err(|_| format!("`{last}` is not an index"))?;
+                if replace {
+                    let slot = a
+                        .get_mut(i)
+                        .ok_or_else(|| format!("index {i} is out of range at `{path}`"))?;
+                    *slot = value;
+                } else if i <= a.len() {
+                    a.insert(i, value);
+                } else {
+                    return Err(format!("index {i} is out of range at `{path}`"));
+                }
+            }
+        }
+        _ => return Err(format!("path `{path}` does not exist")),
+    }
+    Ok(())
+}
+
+/// Applies RFC 6902 operations.
+pub fn apply_json6902(doc: &mut Value, ops: &[Value]) -> Result<(), String> {
+    for op in ops {
+        let o = op
+            .as_object()
+            .ok_or("every JSON 6902 operation must be a mapping")?;
+        let kind = o
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or("an operation lacks `op`")?;
+        let path = o
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or("an operation lacks `path`")?;
+        let value = || {
+            o.get("value")
+                .cloned()
+                .ok_or(format!("`{kind}` at `{path}` needs a `value`"))
+        };
+        let from = || {
+            o.get("from")
+                .and_then(Value::as_str)
+                .ok_or(format!("`{kind}` at `{path}` needs `from`"))
+        };
+        match kind {
+            "add" => add(doc, path, value()?, false)?,
+            "replace" => add(doc, path, value()?, true)?,
+            "remove" => {
+                remove(doc, path)?;
+            }
+            "move" => {
+                let v = remove(doc, from()?)?;
+                add(doc, path, v, false)?;
+            }
+            "copy" => {
+                let v = get(doc, from()?)?.clone();
+                add(doc, path, v, false)?;
+            }
+            "test" => {
+                if get(doc, path)? != &value()? {
+                    return Err(format!("test at `{path}` failed"));
+                }
+            }
+            other => return Err(format!("unknown JSON 6902 operation `{other}`")),
+        }
+    }
+    Ok(())
+}
+
+/// A map from a JSON value, or empty.
+pub(crate) fn obj(v: &Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn strategic_merge_by_name_and_directives() {
+        let mut d = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}});
+        merge_strategic(
+            &mut d,
+            &json!({"spec": {"containers": [{"name": "a", "image": "z"}, {"name": "b", "$patch": "delete"}, {"name": "c", "image": "w"}]}}),
+        );
+        assert_eq!(
+            d,
+            json!({"spec": {"containers": [{"name": "a", "image": "z"}, {"name": "c", "image": "w"}]}})
+        );
+    }
+
+    #[test]
+    fn json6902_operations() {
+        let mut d = json!({"a": [1, 2], "b": {"c": 1}});
+        apply_json6902(
+            &mut d,
+            &[
+                json!({"op": "add", "path": "/a/-", "value": 3}),
+                json!({"op": "replace", "path": "/b/c", "value": 2}),
+                json!({"op": "copy", "from": "/b/c", "path": "/d"}),
+                json!({"op": "remove", "path": "/a/0"}),
+            ],
+        )
+        .expect("applies");
+        assert_eq!(d, json!({"a": [2, 3], "b": {"c": 2}, "d": 2}));
+        assert!(
+            apply_json6902(
+                &mut d,
+                &[json!({"op": "replace", "path": "/zz", "value": 1})]
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,612 @@
+//! The built-in transformers: namespace, name prefix/suffix, labels,
+//! annotations, images, replicas, and name references.
+
+use serde_json::{Map, Value};
+
+/// Kinds that are not namespaced (kustomize's list).
+pub const CLUSTER_SCOPED: &[&str] = &[
+    "APIService",
+    "CSIDriver",
+    "CSINode",
+    "CertificateSigningRequest",
+    "Cluster",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ComponentStatus",
+    "CustomResourceDefinition",
+    "MutatingWebhookConfiguration",
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "PodSecurityPolicy",
+    "PriorityClass",
+    "RuntimeClass",
+    "SelfSubjectAccessReview",
+    "SelfSubjectRulesReview",
+    "StorageClass",
+    "SubjectAccessReview",
+    "TokenReview",
+    "ValidatingWebhookConfiguration",
+    "VolumeAttachment",
+];
+
+pub fn kind(v: &Value) -> &str {
+    v["kind"].as_str().unwrap_or("")
+}
+
+pub fn name(v: &Value) -> &str {
+    v["metadata"]["name"].as_str().unwrap_or("")
+}
+
+pub fn namespace(v: &Value) -> &str {
+    v["metadata"]["namespace"].as_str().unwrap_or("")
+}
+
+fn meta(v: &mut Value) -> &mut Map<String, Value> {
+    if !v["metadata"].is_object() {
+        v["metadata"] = Value::Object(Map::new());
+    }
+    v["metadata"].as_object_mut().expect("just made an object")
+}
+
+/// A nested map, created when `create` and missing.
+fn map_at<'a>(v: &'a mut Value, path: &[&str], create: bool) -> Option<&'a mut Map<String, Value>> {
+    let mut cur = v;
+    for p in path {
+        if !cur.is_object() {
+            return None;
+        }
+        if cur.get(*p).is_none_or(Value::is_null) {
+            if !create {
+                return None;
+            }
+            cur[*p] = Value::Object(Map::new());
+        }
+        cur = cur.get_mut(*p)?;
+    }
+    cur.as_object_mut()
+}
+
+fn set_all(m: &mut Map<String, Value>, pairs: &Map<String, Value>) {
+    for (k, v) in pairs {
+        m.insert(k.clone(), v.clone());
+    }
+}
+
+pub fn set_namespace(v: &mut Value, ns: &str) {
+    if CLUSTER_SCOPED.contains(&kind(v)) {
+        // Subjects of cluster bindings still move with the namespace.
+    } else {
+        meta(v).insert("namespace".into(), Value::String(ns.to_owned()));
+    }
+    if matches!(kind(v), "RoleBinding" | "ClusterRoleBinding")
+        && let Some(subjects) = v.get_mut("subjects").and_then(Value::as_array_mut)
+    {
+        for s in subjects {
+            let is_sa = s["kind"] == "ServiceAccount";
+            let ns_now = s["namespace"].as_str().unwrap_or("");
+            if is_sa && (ns_now.is_empty() || ns_now == "default") {
+                s["namespace"] = Value::String(ns.to_owned());
+            }
+        }
+    }
+}
+
+/// Whether prefixes and suffixes apply to this kind.
+pub fn takes_prefix(v: &Value) -> bool {
+    !matches!(kind(v), "Namespace" | "CustomResourceDefinition")
+}
+
+/// Where a kind keeps its pod template's metadata and spec.
+fn template_paths(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "Deployment"
+        | "ReplicaSet"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "Job"
+        | "ReplicationController" => &["spec", "template"],
+        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
+        _ => &[],
+    }
+}
+
+/// `commonLabels` (and `labels` with their options).
+pub fn add_labels(v: &mut Value, pairs: &Map<String, Value>, selectors: bool, templates: bool) {
+    let k = kind(v).to_owned();
+    set_all(
+        map_at(v, &["metadata", "labels"], true).expect("metadata is a map"),
+        pairs,
+    );
+    if templates || selectors {
+        let t = template_paths(&k);
+        if !t.is_empty() {
+            let mut path: Vec<&str> = t.to_vec();
+            path.extend(["metadata", "labels"]);
+            if let Some(m) = map_at(v, &path, true) {
+                set_all(m, pairs);
+            }
+            if k == "CronJob" {
+                if let Some(m) = map_at(v, &["spec", "jobTemplate", "metadata", "labels"], true) {
+                    set_all(m, pairs);
+                }
+            }
+        }
+    }
+    if selectors {
+        match k.as_str() {
+            "Service" => {
+                if let Some(m) = map_at(v, &["spec", "selector"], true) {
+                    set_all(m, pairs);
+                }
+            }
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
+                if let Some(m) = map_at(v, &["spec", "selector", "matchLabels"], true) {
+                    set_all(m, pairs);
+                }
+            }
+            "Job" | "PodDisruptionBudget" => {
+                if let Some(m) = map_at(v, &["spec", "selector", "matchLabels"], false) {
+                    set_all(m, pairs);
+                }
+            }
+            "NetworkPolicy" => {
+                if let Some(m) = map_at(v, &["spec", "podSelector", "matchLabels"], true) {
+                    set_all(m, pairs);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `commonAnnotations`: the object and its pod template.
+pub fn add_annotations(v: &mut Value, pairs: &Map<String, Value>) {
+    let k = kind(v).to_owned();
+    set_all(
+        map_at(v, &["metadata", "annotations"], true).expect("metadata is a map"),
+        pairs,
+    );
+    let t = template_paths(&k);
+    if !t.is_empty() {
+        let mut path: Vec<&str> = t.to_vec();
+        path.extend(["metadata", "annotations"]);
+        if let Some(m) = map_at(v, &path, true) {
+            set_all(m, pairs);
+        }
+        if k == "CronJob"
+            && let Some(m) = map_at(v, &["spec", "jobTemplate", "metadata", "annotations"], true)
+        {
+            set_all(m, pairs);
+        }
+    }
+}
+
+/// Every pod spec of an object.
+fn pod_specs(v: &mut Value) -> Vec<&mut Value> {
+    let k = kind(v).to_owned();
+    let mut out = Vec::new();
+    if k == "Pod" {
+        if let Some(s) = v.get_mut("spec") {
+            out.push(s);
+        }
+        return out;
+    }
+    let t = template_paths(&k);
+    if t.is_empty() {
+        return out;
+    }
+    let mut cur = Some(v);
+    for p in t {
+        cur = cur.and_then(|c| c.get_mut(*p));
+    }
+    if let Some(s) = cur.and_then(|c| c.get_mut("spec")) {
+        out.push(s);
+    }
+    out
+}
+
+fn containers(spec: &mut Value) -> Vec<&mut Value> {
+    let mut out = Vec::new();
+    let Some(m) = spec.as_object_mut() else {
+        return out;
+    };
+    for (k, list) in m.iter_mut() {
+        if matches!(
+            k.as_str(),
+            "containers" | "initContainers" | "ephemeralContainers"
+        ) && let Some(a) = list.as_array_mut()
+        {
+            out.extend(a.iter_mut());
+        }
+    }
+    out
+}
+
+/// One `images` entry.
+#[derive(Debug, Clone, Default)]
+pub struct Image {
+    pub name: String,
+    pub new_name: Option<String>,
+    pub new_tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+/// Splits `repo[:tag][@digest]`.
+fn split_image(image: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    // A colon after the last slash is a tag (not a registry port).
+    let slash = rest.rfind('/').map_or(0, |i| i + 1);
+    match rest[slash..].find(':') {
+        Some(i) => (&rest[..slash + i], Some(&rest[slash + i + 1..]), digest),
+        None => (rest, None, digest),
+    }
+}
+
+pub fn set_images(v: &mut Value, images: &[Image]) {
+    for spec in pod_specs(v) {
+        for c in containers(spec) {
+            let Some(current) = c["image"].as_str().map(str::to_owned) else {
+                continue;
+            };
+            let (repo, tag, digest) = split_image(&current);
+            let Some(img) = images.iter().find(|i| i.name == repo) else {
+                continue;
+            };
+            let repo = img.new_name.clone().unwrap_or_else(|| repo.to_owned());
+            let out = if let Some(d) = &img.digest {
+                format!("{repo}@{d}")
+            } else if let Some(t) = &img.new_tag {
+                format!("{repo}:{t}")
+            } else {
+                let mut s = repo;
+                if let Some(t) = tag {
+                    s = format!("{s}:{t}");
+                }
+                if let Some(d) = digest {
+                    s = format!("{s}@{d}");
+                }
+                s
+            };
+            c["image"] = Value::String(out);
+        }
+    }
+}
+
+pub fn set_replicas(v: &mut Value, count: &Value) {
+    if matches!(
+        kind(v),
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "ReplicationController"
+    ) {
+        if !v["spec"].is_object() {
+            v["spec"] = Value::Object(Map::new());
+        }
+        v["spec"]["replicas"] = count.clone();
+    }
+}
+
+/// A reference from one object to another by name.
+struct Ref<'a> {
+    target_kind: &'a str,
+    value: &'a mut Value,
+}
+
+/// Every name reference an object holds.
+fn refs(v: &mut Value) -> Vec<Ref<'_>> {
+    let k = kind(v).to_owned();
+    let mut out: Vec<Ref<'_>> = Vec::new();
+    match k.as_str() {
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let obj = v.as_object_mut().expect("objects are maps");
+            let mut role_ref = None;
+            let mut subjects = None;
+            for (key, val) in obj.iter_mut() {
+                match key.as_str() {
+                    "roleRef" => role_ref = Some(val),
+                    "subjects" => subjects = Some(val),
+                    _ => {}
+                }
+            }
+            if let Some(r) = role_ref {
+                let target = if r["kind"] == "ClusterRole" {
+                    "ClusterRole"
+                } else {
+                    "Role"
+                };
+                if let Some(n) = r.get_mut("name") {
+                    out.push(Ref {
+                        target_kind: target,
+                        value: n,
+                    });
+                }
+            }
+            if let Some(Value::Array(subjects)) = subjects {
+                for s in subjects {
+                    if s["kind"] == "ServiceAccount"
+                        && let Some(n) = s.get_mut("name")
+                    {
+                        out.push(Ref {
+                            target_kind: "ServiceAccount",
+                            value: n,
+                        });
+                    }
+                }
+            }
+            return out;
+        }
+        "Ingress" => {
+            let mut stack: Vec<&mut Value> = vec![v];
+            while let Some(node) = stack.pop() {
+                match node {
+                    Value::Object(m) => {
+                        for (key, val) in m.iter_mut() {
+                            if key == "service" {
+                                if let Some(n) = val.get_mut("name") {
+                                    out.push(Ref {
+                                        target_kind: "Service",
+                                        value: n,
+                                    });
+                                }
+                            } else if key == "secretName" {
+                                out.push(Ref {
+                                    target_kind: "Secret",
+                                    value: val,
+                                });
+                            } else {
+                                stack.push(val);
+                            }
+                        }
+                    }
+                    Value::Array(a) => stack.extend(a.iter_mut()),
+                    _ => {}
+                }
+            }
+            return out;
+        }
+        "HorizontalPodAutoscaler" => {
+            if let Some(r) = v.get_mut("spec").and_then(|s| s.get_mut("scaleTargetRef")) {
+                let target = r["kind"].as_str().unwrap_or("Deployment").to_owned();
+                let target: &'static str = match target.as_str() {
+                    "StatefulSet" => "StatefulSet",
+                    "ReplicaSet" => "ReplicaSet",
+                    _ => "Deployment",
+                };
+                if let Some(n) = r.get_mut("name") {
+                    out.push(Ref {
+                        target_kind: target,
+                        value: n,
+                    });
+                }
+            }
+            return out;
+        }
+        "ServiceAccount" => {
+            let obj = v.as_object_mut().expect("objects are maps");
+            for (key, val) in obj.iter_mut() {
+                if matches!(key.as_str(), "secrets" | "imagePullSecrets")
+                    && let Some(a) = val.as_array_mut()
+                {
+                    for s in a {
+                        if let Some(n) = s.get_mut("name") {
+                            out.push(Ref {
+                                target_kind: "Secret",
+                                value: n,
+                            });
+                        }
+                    }
+                }
+            }
+            return out;
+        }
+        _ => {}
+    }
+    let specs = pod_specs(v);
+    for spec in specs {
+        pod_spec_refs(spec, &mut out);
+    }
+    out
+}
+
+fn pod_spec_refs<'a>(spec: &'a mut Value, out: &mut Vec<Ref<'a>>) {
+    let Some(m) = spec.as_object_mut() else {
+        return;
+    };
+    for (key, val) in m.iter_mut() {
+        match key.as_str() {
+            "serviceAccountName" | "serviceAccount" => out.push(Ref {
+                target_kind: "ServiceAccount",
+                value: val,
+            }),
+            "imagePullSecrets" => {
+                for s in val.as_array_mut().into_iter().flatten() {
+                    if let Some(n) = s.get_mut("name") {
+                        out.push(Ref {
+                            target_kind: "Secret",
+                            value: n,
+                        });
+                    }
+                }
+            }
+            "volumes" => {
+                for vol in val.as_array_mut().into_iter().flatten() {
+                    let Some(vm) = vol.as_object_mut() else {
+                        continue;
+                    };
+                    for (vk, vv) in vm.iter_mut() {
+                        match vk.as_str() {
+                            "configMap" => {
+                                if let Some(n) = vv.get_mut("name") {
+                                    out.push(Ref {
+                                        target_kind: "ConfigMap",
+                                        value: n,
+                                    });
+                                }
+                            }
+                            "secret" => {
+                                if let Some(n) = vv.get_mut("secretName") {
+                                    out.push(Ref {
+                                        target_kind: "Secret",
+                                        value: n,
+                                    });
+                                }
+                            }
+                            "persistentVolumeClaim" => {
+                                if let Some(n) = vv.get_mut("claimName") {
+                                    out.push(Ref {
+                                        target_kind: "PersistentVolumeClaim",
+                                        value: n,
+                                    });
+                                }
+                            }
+                            "projected" => {
+                                for src in vv
+                                    .get_mut("sources")
+                                    .and_then(Value::as_array_mut)
+                                    .into_iter()
+                                    .flatten()
+                                {
+                                    let Some(sm) = src.as_object_mut() else {
+                                        continue;
+                                    };
+                                    for (sk, sv) in sm.iter_mut() {
+                                        let target = match sk.as_str() {
+                                            "configMap" => "ConfigMap",
+                                            "secret" => "Secret",
+                                            _ => continue,
+                                        };
+                                        if let Some(n) = sv.get_mut("name") {
+                                            out.push(Ref {
+                                                target_kind: target,
+                                                value: n,
+                                            });
+                                        }
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            "containers" | "initContainers" | "ephemeralContainers" => {
+                for c in val.as_array_mut().into_iter().flatten() {
+                    let Some(cm) = c.as_object_mut() else {
+                        continue;
+                    };
+                    for (ck, cv) in cm.iter_mut() {
+                        match ck.as_str() {
+                            "env" => {
+                                for e in cv.as_array_mut().into_iter().flatten() {
+                                    let Some(from) =
+                                        e.get_mut("valueFrom").and_then(Value::as_object_mut)
+                                    else {
+                                        continue;
+                                    };
+                                    for (fk, fv) in from.iter_mut() {
+                                        let target = match fk.as_str() {
+                                            "configMapKeyRef" => "ConfigMap",
+                                            "secretKeyRef" => "Secret",
+                                            _ => continue,
+                                        };
+                                        if let Some(n) = fv.get_mut("name") {
+                                            out.push(Ref {
+                                                target_kind: target,
+                                                value: n,
+                                            });
+                                        }
+                                    }
+                                }
+                            }
+                            "envFrom" => {
+                                for e in cv.as_array_mut().into_iter().flatten() {
+                                    let Some(em) = e.as_object_mut() else {
+                                        continue;
+                                    };
+                                    for (ek, ev) in em.iter_mut() {
+                                        let target = match ek.as_str() {
+                                            "configMapRef" => "ConfigMap",
+                                            "secretRef" => "Secret",
+                                            _ => continue,
+                                        };
+                                        if let Some(n) = ev.get_mut("name") {
+                                            out.push(Ref {
+                                                target_kind: target,
+                                                value: n,
+                                            });
+                                        }
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An object's identity for name references: its kind, every name it has
+/// had, its current name and namespace.
+pub struct Renamed {
+    pub kind: String,
+    pub old: Vec<String>,
+    pub new: String,
+    pub namespace: String,
+}
+
+/// Rewrites references to objects that were renamed. A reference matches a
+/// renamed object of its kind whose old names include it, preferring one in
+/// the referrer's namespace.
+pub fn fix_references(objects: &mut [Value], renamed: &[Renamed]) {
+    for o in objects.iter_mut() {
+        let ns = namespace(o).to_owned();
+        let statefulset_service = if kind(o) == "StatefulSet" {
+            o["spec"]["serviceName"].as_str().map(str::to_owned)
+        } else {
+            None
+        };
+        for r in refs(o) {
+            let Some(current) = r.value.as_str() else {
+                continue;
+            };
+            let candidates: Vec<&Renamed> = renamed
+                .iter()
+                .filter(|x| x.kind == r.target_kind && x.old.iter().any(|n| n == current))
+                .collect();
+            let chosen = candidates
+                .iter()
+                .find(|x| x.namespace == ns)
+                .or_else(|| candidates.first());
+            if let Some(x) = chosen {
+                *r.value = Value::String(x.new.clone());
+            }
+        }
+        if let Some(svc) = statefulset_service
+            && let Some(x) = renamed
+                .iter()
+                .find(|x| x.kind == "Service" && x.old.contains(&svc))
+        {
+            o["spec"]["serviceName"] = Value::String(x.new.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_split_like_kustomize() {
+        assert_eq!(split_image("nginx:1.0"), ("nginx", Some("1.0"), None));
+        assert_eq!(split_image("reg:5000/app"), ("reg:5000/app", None, None));
+        assert_eq!(
+            split_image("reg:5000/app:2@sha256:ab"),
+            ("reg:5000/app", Some("2"), Some("sha256:ab"))
+        );
+    }
+}

@@ -1,0 +1,389 @@
+#!/usr/bin/env python3
+"""Writes the conformance corpus (cases/<name>/...) and its expected
+outputs from `kubectl kustomize` (kustomize v5.5.0).
+
+Each case is a directory tree; `build` (if present) names the directory to
+build (default: the case directory). Expected output goes to
+`expected.yaml`; a case kustomize rejects gets `expected.err` holding
+kubectl's message, and `error.txt` (written here, by hand) the words
+terrace's own message must contain.
+
+    python3 crates/terrace-kustomize/tests/conformance/make_cases.py
+"""
+import os, shutil, subprocess, sys, textwrap
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CASES = os.path.join(HERE, "cases")
+
+DEPLOY = """apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.0
+        ports: [{containerPort: 80}]
+"""
+SERVICE = """apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+"""
+CM = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: plain
+data:
+  a: "1"
+"""
+
+cases = {}
+
+
+def case(name, files, build=None, error=None):
+    cases[name] = (files, build, error)
+
+
+def k(text):
+    return textwrap.dedent(text).lstrip()
+
+
+case("resources-single", {"kustomization.yaml": "resources: [d.yaml]\n", "d.yaml": DEPLOY})
+case("resources-multi-doc", {"kustomization.yaml": "resources: [all.yaml]\n", "all.yaml": DEPLOY + "---\n" + SERVICE + "---\n" + CM})
+case("resources-directory", {
+    "base/kustomization.yaml": "resources: [d.yaml, s.yaml]\n", "base/d.yaml": DEPLOY, "base/s.yaml": SERVICE,
+    "overlay/kustomization.yaml": "resources: [../base, cm.yaml]\n", "overlay/cm.yaml": CM,
+}, build="overlay")
+case("bases-deprecated", {
+    "base/kustomization.yaml": "resources: [d.yaml]\n", "base/d.yaml": DEPLOY,
+    "overlay/kustomization.yaml": "bases: [../base]\n",
+}, build="overlay")
+case("resources-list-kind", {"kustomization.yaml": "resources: [l.yaml]\n", "l.yaml": k("""
+    apiVersion: v1
+    kind: List
+    items:
+    - apiVersion: v1
+      kind: ConfigMap
+      metadata: {name: one}
+    - apiVersion: v1
+      kind: ConfigMap
+      metadata: {name: two}
+    """)})
+case("namespace-basic", {"kustomization.yaml": "namespace: prod\nresources: [all.yaml]\n", "all.yaml": DEPLOY + "---\n" + SERVICE + "---\n" + CM})
+case("namespace-cluster-scoped", {"kustomization.yaml": "namespace: prod\nresources: [r.yaml]\n", "r.yaml": k("""
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRole
+    metadata: {name: reader}
+    ---
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: prod}
+    ---
+    apiVersion: storage.k8s.io/v1
+    kind: StorageClass
+    metadata: {name: fast}
+    provisioner: x
+    ---
+    apiVersion: v1
+    kind: ServiceAccount
+    metadata: {name: sa}
+    """)})
+case("namespace-overrides-existing", {"kustomization.yaml": "namespace: b\nresources: [c.yaml]\n", "c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: a\n"})
+case("prefix-suffix", {"kustomization.yaml": "namePrefix: p-\nnameSuffix: -s\nresources: [all.yaml]\n", "all.yaml": DEPLOY + "---\n" + SERVICE})
+case("prefix-skips-namespace-and-crd", {"kustomization.yaml": "namePrefix: p-\nresources: [r.yaml]\n", "r.yaml": k("""
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: apps}
+    ---
+    apiVersion: apiextensions.k8s.io/v1
+    kind: CustomResourceDefinition
+    metadata: {name: foos.example.com}
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRole
+    metadata: {name: reader}
+    """)})
+case("common-labels", {"kustomization.yaml": "commonLabels: {team: a, tier: web}\nresources: [all.yaml]\n", "all.yaml": DEPLOY + "---\n" + SERVICE + "---\n" + CM})
+case("common-labels-cronjob", {"kustomization.yaml": "commonLabels: {team: a}\nresources: [c.yaml]\n", "c.yaml": k("""
+    apiVersion: batch/v1
+    kind: CronJob
+    metadata: {name: backup}
+    spec:
+      schedule: "0 * * * *"
+      jobTemplate:
+        spec:
+          template:
+            spec:
+              restartPolicy: Never
+              containers: [{name: b, image: busybox}]
+    """)})
+case("labels-pairs-only", {"kustomization.yaml": "labels:\n- pairs: {team: a}\nresources: [all.yaml]\n", "all.yaml": DEPLOY + "---\n" + SERVICE})
+case("labels-include-selectors", {"kustomization.yaml": "labels:\n- pairs: {team: a}\n  includeSelectors: true\nresources: [all.yaml]\n", "all.yaml": DEPLOY + "---\n" + SERVICE})
+case("labels-include-templates", {"kustomization.yaml": "labels:\n- pairs: {team: a}\n  includeTemplates: true\nresources: [all.yaml]\n", "all.yaml": DEPLOY + "---\n" + SERVICE})
+case("common-annotations", {"kustomization.yaml": "commonAnnotations: {owner: me, count: \"1\"}\nresources: [all.yaml]\n", "all.yaml": DEPLOY + "---\n" + CM})
+case("images-new-tag", {"kustomization.yaml": "images:\n- name: nginx\n  newTag: \"1.25\"\nresources: [d.yaml]\n", "d.yaml": DEPLOY})
+case("images-new-name-and-digest", {"kustomization.yaml": "images:\n- name: nginx\n  newName: registry.local:5000/nginx\n  digest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\nresources: [d.yaml]\n", "d.yaml": DEPLOY})
+case("images-init-containers", {"kustomization.yaml": "images:\n- name: busybox\n  newName: alpine\n  newTag: \"3\"\nresources: [d.yaml]\n", "d.yaml": DEPLOY.replace("      containers:", "      initContainers:\n      - name: init\n        image: busybox\n      containers:")})
+case("replicas", {"kustomization.yaml": "replicas:\n- name: web\n  count: 5\nresources: [d.yaml]\n", "d.yaml": DEPLOY})
+case("configmap-literals", {"kustomization.yaml": "configMapGenerator:\n- name: cfg\n  literals: [A=1, B=two, C=\"quoted\"]\n"})
+case("configmap-files-and-envs", {
+    "kustomization.yaml": "configMapGenerator:\n- name: cfg\n  files: [app.conf, renamed.txt=other.txt]\n  envs: [vars.env]\n",
+    "app.conf": "listen 80;\n", "other.txt": "hello\n", "vars.env": "# comment\nX=1\nY=two words\n",
+})
+case("configmap-options", {"kustomization.yaml": "generatorOptions:\n  labels: {gen: \"on\"}\n  annotations: {note: a}\nconfigMapGenerator:\n- name: cfg\n  literals: [A=1]\n  options:\n    labels: {own: label}\n"})
+case("configmap-disable-hash", {"kustomization.yaml": "generatorOptions:\n  disableNameSuffixHash: true\nconfigMapGenerator:\n- name: cfg\n  literals: [A=1]\n"})
+case("configmap-immutable", {"kustomization.yaml": "configMapGenerator:\n- name: cfg\n  literals: [A=1]\n  options:\n    immutable: true\n"})
+case("secret-generator", {"kustomization.yaml": "secretGenerator:\n- name: creds\n  literals: [user=admin, password=s3cret]\n- name: tls\n  type: kubernetes.io/tls\n  files: [tls.crt, tls.key]\n", "tls.crt": "CERT\n", "tls.key": "KEY\n"})
+case("generator-reference-with-prefix", {
+    "base/kustomization.yaml": "resources: [d.yaml]\nconfigMapGenerator:\n- name: app-config\n  literals: [A=1, B=two]\n",
+    "base/d.yaml": DEPLOY.replace("        ports: [{containerPort: 80}]\n", "        envFrom:\n        - configMapRef: {name: app-config}\n"),
+    "overlay/kustomization.yaml": "resources: [../base]\nnamePrefix: p-\nnameSuffix: -s\nnamespace: prod\n",
+}, build="overlay")
+case("generator-references-everywhere", {"kustomization.yaml": k("""
+    resources: [pod.yaml]
+    namePrefix: x-
+    configMapGenerator:
+    - name: cfg
+      literals: [K=V]
+    secretGenerator:
+    - name: sec
+      literals: [P=Q]
+    """), "pod.yaml": k("""
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: p}
+    spec:
+      imagePullSecrets: [{name: sec}]
+      containers:
+      - name: c
+        image: busybox
+        env:
+        - name: A
+          valueFrom:
+            configMapKeyRef: {name: cfg, key: K}
+        - name: B
+          valueFrom:
+            secretKeyRef: {name: sec, key: P}
+        envFrom:
+        - secretRef: {name: sec}
+      volumes:
+      - name: v1
+        configMap: {name: cfg}
+      - name: v2
+        secret: {secretName: sec}
+      - name: v3
+        projected:
+          sources:
+          - configMap: {name: cfg}
+          - secret: {name: sec}
+    """)})
+case("generator-merge-across-layers", {
+    "base/kustomization.yaml": "configMapGenerator:\n- name: cfg\n  literals: [A=1, B=2]\n",
+    "overlay/kustomization.yaml": "resources: [../base]\nconfigMapGenerator:\n- name: cfg\n  behavior: merge\n  literals: [B=3, C=4]\n",
+}, build="overlay")
+case("generator-replace-across-layers", {
+    "base/kustomization.yaml": "configMapGenerator:\n- name: cfg\n  literals: [A=1, B=2]\n",
+    "overlay/kustomization.yaml": "resources: [../base]\nconfigMapGenerator:\n- name: cfg\n  behavior: replace\n  literals: [Z=9]\n",
+}, build="overlay")
+case("patches-strategic-merge-file", {"kustomization.yaml": "resources: [d.yaml]\npatchesStrategicMerge: [p.yaml]\n", "d.yaml": DEPLOY, "p.yaml": k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      replicas: 3
+      template:
+        spec:
+          containers:
+          - name: web
+            image: nginx:2.0
+          - name: sidecar
+            image: envoy
+    """)})
+case("patches-strategic-merge-delete", {"kustomization.yaml": "resources: [d.yaml]\npatches:\n- patch: |-\n    apiVersion: apps/v1\n    kind: Deployment\n    metadata:\n      name: web\n    spec:\n      template:\n        spec:\n          containers:\n          - name: sidecar\n            $patch: delete\n", "d.yaml": DEPLOY.replace("        ports: [{containerPort: 80}]\n", "      - name: sidecar\n        image: envoy\n")})
+case("patches-json6902-inline", {"kustomization.yaml": "resources: [d.yaml]\npatches:\n- target:\n    kind: Deployment\n    name: web\n  patch: |-\n    - op: replace\n      path: /spec/replicas\n      value: 4\n    - op: add\n      path: /metadata/annotations\n      value: {patched: \"yes\"}\n", "d.yaml": DEPLOY})
+case("patches-json6902-legacy-field", {"kustomization.yaml": "resources: [d.yaml]\npatchesJson6902:\n- target:\n    group: apps\n    version: v1\n    kind: Deployment\n    name: web\n  path: ops.yaml\n", "d.yaml": DEPLOY, "ops.yaml": "- op: remove\n  path: /spec/template/spec/containers/0/ports\n"})
+case("patches-target-label-selector", {"kustomization.yaml": "resources: [all.yaml]\npatches:\n- target:\n    labelSelector: patch=me\n  patch: |-\n    - op: add\n      path: /metadata/labels/patched\n      value: \"true\"\n", "all.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  labels: {patch: me}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  labels: {patch: no}\n"})
+case("patches-target-regex-name", {"kustomization.yaml": "resources: [all.yaml]\npatches:\n- target:\n    kind: ConfigMap\n    name: app-.*\n  patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: any\n    data:\n      added: x\n", "all.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app-one}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: app-two}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\n"})
+case("components", {
+    "base/kustomization.yaml": "resources: [d.yaml]\n", "base/d.yaml": DEPLOY,
+    "comp/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nresources: [cm.yaml]\npatches:\n- target: {kind: Deployment}\n  patch: |-\n    - op: replace\n      path: /spec/replicas\n      value: 2\n", "comp/cm.yaml": CM,
+    "overlay/kustomization.yaml": "resources: [../base]\ncomponents: [../comp]\n",
+}, build="overlay")
+case("overlay-on-overlay", {
+    "base/kustomization.yaml": "resources: [d.yaml]\nconfigMapGenerator:\n- name: cfg\n  literals: [A=1]\n", "base/d.yaml": DEPLOY,
+    "mid/kustomization.yaml": "resources: [../base]\nnamePrefix: mid-\ncommonLabels: {layer: mid}\n",
+    "top/kustomization.yaml": "resources: [../mid]\nnamePrefix: top-\nnamespace: top\nimages:\n- name: nginx\n  newTag: \"3\"\n",
+}, build="top")
+case("sort-fifo", {"kustomization.yaml": "sortOptions:\n  order: fifo\nresources: [all.yaml]\n", "all.yaml": DEPLOY + "---\n" + SERVICE + "---\n" + CM + "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: z}\n"})
+case("sort-legacy-many-kinds", {"kustomization.yaml": "resources: [all.yaml]\n", "all.yaml": k("""
+    apiVersion: admissionregistration.k8s.io/v1
+    kind: ValidatingWebhookConfiguration
+    metadata: {name: v}
+    ---
+    apiVersion: apps/v1
+    kind: DaemonSet
+    metadata: {name: ds}
+    ---
+    apiVersion: v1
+    kind: Secret
+    metadata: {name: s}
+    ---
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: b}
+    ---
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: a}
+    ---
+    apiVersion: example.com/v1
+    kind: Widget
+    metadata: {name: w}
+    ---
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: n}
+    """)})
+case("rbac-references", {"kustomization.yaml": "namePrefix: p-\nnamespace: ns1\nresources: [r.yaml]\n", "r.yaml": k("""
+    apiVersion: v1
+    kind: ServiceAccount
+    metadata: {name: sa}
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: Role
+    metadata: {name: r}
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: RoleBinding
+    metadata: {name: rb}
+    roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}
+    subjects:
+    - {kind: ServiceAccount, name: sa}
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRole
+    metadata: {name: cr}
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRoleBinding
+    metadata: {name: crb}
+    roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cr}
+    subjects:
+    - {kind: ServiceAccount, name: sa, namespace: default}
+    """)})
+case("ingress-and-statefulset-references", {"kustomization.yaml": "nameSuffix: -v2\nresources: [r.yaml]\n", "r.yaml": k("""
+    apiVersion: v1
+    kind: Service
+    metadata: {name: db}
+    spec:
+      selector: {app: db}
+      ports: [{port: 5432}]
+    ---
+    apiVersion: apps/v1
+    kind: StatefulSet
+    metadata: {name: db}
+    spec:
+      serviceName: db
+      selector:
+        matchLabels: {app: db}
+      template:
+        metadata:
+          labels: {app: db}
+        spec:
+          containers: [{name: db, image: postgres}]
+          volumes:
+          - name: data
+            persistentVolumeClaim: {claimName: data}
+    ---
+    apiVersion: v1
+    kind: PersistentVolumeClaim
+    metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+    ---
+    apiVersion: networking.k8s.io/v1
+    kind: Ingress
+    metadata: {name: web}
+    spec:
+      tls: [{hosts: [a.example], secretName: tls}]
+      rules:
+      - host: a.example
+        http:
+          paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service: {name: db, port: {number: 5432}}
+    ---
+    apiVersion: v1
+    kind: Secret
+    metadata: {name: tls}
+    type: Opaque
+    ---
+    apiVersion: autoscaling/v2
+    kind: HorizontalPodAutoscaler
+    metadata: {name: db}
+    spec:
+      scaleTargetRef: {apiVersion: apps/v1, kind: StatefulSet, name: db}
+      minReplicas: 1
+      maxReplicas: 2
+    """)})
+# Error cases: kustomize rejects them; terrace's message must say why.
+case("error-missing-resource", {"kustomization.yaml": "resources: [nope.yaml]\n"}, error="does not exist")
+case("error-unknown-field", {"kustomization.yaml": "resourcs: [d.yaml]\n", "d.yaml": DEPLOY}, error="unknown field `resourcs`")
+case("error-helm-charts", {"kustomization.yaml": "helmCharts:\n- name: x\n  repo: https://example.com\n"}, error="`helmCharts` is not supported")
+case("error-load-restrictor", {"base/secret.txt": "x\n", "overlay/kustomization.yaml": "configMapGenerator:\n- name: c\n  files: [../base/secret.txt]\n"}, build="overlay", error="outside the kustomization root")
+case("error-component-as-resource", {"comp/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n", "kustomization.yaml": "resources: [comp]\n"}, error="only be used under `components`")
+case("error-merge-without-base", {"kustomization.yaml": "configMapGenerator:\n- name: cfg\n  behavior: merge\n  literals: [A=1]\n"}, error="does not exist to merge")
+case("error-duplicate-resource", {"kustomization.yaml": "resources: [a.yaml, b.yaml]\n", "a.yaml": CM, "b.yaml": CM}, error="already registered id")
+case("error-no-kustomization", {"other.yaml": CM, "kustomization.yaml": "resources: [sub]\n", "sub/x.yaml": CM}, error="no kustomization file")
+
+
+def main():
+    if os.path.isdir(CASES):
+        shutil.rmtree(CASES)
+    failures = 0
+    for name, (files, build, error) in sorted(cases.items()):
+        d = os.path.join(CASES, name)
+        for path, text in files.items():
+            p = os.path.join(d, path)
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            with open(p, "w") as f:
+                f.write(text)
+        if build:
+            with open(os.path.join(d, "build"), "w") as f:
+                f.write(build + "\n")
+        target = os.path.join(d, build or ".")
+        r = subprocess.run(["kubectl", "kustomize", target], capture_output=True, text=True)
+        if error:
+            if r.returncode == 0:
+                print(f"{name}: kustomize accepted an error case", file=sys.stderr)
+                failures += 1
+            with open(os.path.join(d, "expected.err"), "w") as f:
+                f.write(r.stderr.replace(CASES + "/", ""))
+            with open(os.path.join(d, "error.txt"), "w") as f:
+                f.write(error + "\n")
+        else:
+            if r.returncode != 0:
+                print(f"{name}: kustomize failed: {r.stderr}", file=sys.stderr)
+                failures += 1
+            with open(os.path.join(d, "expected.yaml"), "w") as f:
+                f.write(r.stdout)
+    print(f"{len(cases)} cases written under {CASES}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
