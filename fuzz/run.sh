@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one fuzz target for a while, starting from the committed seeds.
 #   bash fuzz/run.sh secrets_file 300     # target, seconds (default 120)
-# Targets: expr (the ${...} language and locating values in YAML), secrets_file (SOPS files in every format, full decryption with a
+# Targets: kustomize (kustomization parsing and patches), expr (the ${...} language and locating values in YAML), secrets_file (SOPS files in every format, full decryption with a
 # fixed key), enc_value (ENC[...] values), yaml_tree (the comment-keeping
 # YAML tree must read back what it writes). Needs a nightly toolchain and
 # `cargo install cargo-fuzz`.

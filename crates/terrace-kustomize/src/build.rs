@@ -89,7 +89,7 @@ impl Res {
 pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
     let dir = normalize(dir);
     let (file, k) = load(fs, &dir)?;
-    let mut resources = accumulate(fs, &dir, &file, &k, false)?;
+    let mut resources = accumulate(fs, &dir, &file, &k, false, &mut Vec::new())?;
     // Hash suffixes come last, over the final content, without the name.
     let mut renamed = Vec::new();
     for r in resources.iter_mut().filter(|r| r.hash) {
@@ -261,13 +261,37 @@ fn parse_objects(text: &str, path: &Path) -> Result<Vec<Value>, KustomizeError> 
     Ok(out)
 }
 
-/// Everything one kustomization (or component) yields.
+/// Everything one kustomization (or component) yields. `stack` holds the
+/// directories being built, to refuse cycles.
 fn accumulate(
     fs: &dyn Fs,
     dir: &Path,
     file: &Path,
     k: &Map<String, Value>,
     component: bool,
+    stack: &mut Vec<PathBuf>,
+) -> Result<Vec<Res>, KustomizeError> {
+    if stack.iter().any(|d| d == dir) {
+        let mut path: Vec<String> = stack.iter().map(|d| d.display().to_string()).collect();
+        path.push(dir.display().to_string());
+        return Err(KustomizeError::invalid(
+            file,
+            format!("cycle detected: {}", path.join(" -> ")),
+        ));
+    }
+    stack.push(dir.to_owned());
+    let result = accumulate_inner(fs, dir, file, k, component, stack);
+    stack.pop();
+    result
+}
+
+fn accumulate_inner(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    component: bool,
+    stack: &mut Vec<PathBuf>,
 ) -> Result<Vec<Res>, KustomizeError> {
     let kind = k
         .get("kind")
@@ -307,7 +331,7 @@ fn accumulate(
         let path = normalize(&dir.join(&entry));
         if fs.is_dir(&path) {
             let (sub_file, sub) = load(fs, &path)?;
-            acc.extend(accumulate(fs, &path, &sub_file, &sub, false)?);
+            acc.extend(accumulate(fs, &path, &sub_file, &sub, false, stack)?);
         } else if fs.is_file(&path) {
             let path = restricted(dir, &entry, file)?;
             let text = read(fs, &path, file)?;
@@ -326,10 +350,19 @@ fn accumulate(
     for entry in strings(k, "components", file)? {
         let path = normalize(&dir.join(&entry));
         let (c_file, c) = load(fs, &path)?;
+        if stack.iter().any(|d| *d == path) {
+            return Err(KustomizeError::invalid(
+                file,
+                format!("cycle detected through component {}", path.display()),
+            ));
+        }
         // A component's resources join; its generators and transformers
         // act on everything accumulated so far.
         let mut with = std::mem::take(&mut acc);
-        with.extend(accumulate_component(fs, &path, &c_file, &c)?);
+        stack.push(path.clone());
+        let component_resources = accumulate_component(fs, &path, &c_file, &c, stack);
+        stack.pop();
+        with.extend(component_resources?);
         acc = with;
         apply_own(fs, &path, &c_file, &c, &mut acc)?;
     }
@@ -343,6 +376,7 @@ fn accumulate_component(
     dir: &Path,
     file: &Path,
     k: &Map<String, Value>,
+    stack: &mut Vec<PathBuf>,
 ) -> Result<Vec<Res>, KustomizeError> {
     let kind = k
         .get("kind")
@@ -366,7 +400,7 @@ fn accumulate_component(
         let path = normalize(&dir.join(&entry));
         if fs.is_dir(&path) {
             let (sub_file, sub) = load(fs, &path)?;
-            out.extend(accumulate(fs, &path, &sub_file, &sub, false)?);
+            out.extend(accumulate(fs, &path, &sub_file, &sub, false, stack)?);
         } else {
             let path = restricted(dir, &entry, file)?;
             let text = read(fs, &path, file)?;

@@ -103,6 +103,9 @@ pub enum Command {
     /// Inspect and repair state.
     #[command(subcommand)]
     State(StateCommand),
+    /// Render kustomizations in process, like `kustomize build`.
+    #[command(subcommand)]
+    Kustomize(KustomizeCommand),
     /// Encrypt, decrypt and edit SOPS files (age), as sops does.
     #[command(subcommand, after_help = SECRETS_HELP)]
     Secrets(SecretsCommand),
@@ -374,4 +377,16 @@ pub struct MergeArgs {
     pub theirs: PathBuf,
     /// The file's path in the repository (%P), for its format.
     pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KustomizeCommand {
+    /// Print what `kustomize build DIR` prints (the same objects, in order).
+    #[command(
+        after_help = "Example:\n  terrace kustomize build overlays/prod | kubectl apply -f -\n\nSupported: resources, bases, components, namespace, namePrefix/Suffix,\ncommonLabels, labels, commonAnnotations, images, replicas, config map and\nsecret generators, patches (strategic merge and JSON 6902), sortOptions.\nAnything else is an error naming the field."
+    )]
+    Build {
+        /// The kustomization directory.
+        dir: PathBuf,
+    },
 }

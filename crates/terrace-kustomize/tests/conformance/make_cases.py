@@ -348,6 +348,7 @@ case("error-load-restrictor", {"base/secret.txt": "x\n", "overlay/kustomization.
 case("error-component-as-resource", {"comp/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n", "kustomization.yaml": "resources: [comp]\n"}, error="only be used under `components`")
 case("error-merge-without-base", {"kustomization.yaml": "configMapGenerator:\n- name: cfg\n  behavior: merge\n  literals: [A=1]\n"}, error="does not exist to merge")
 case("error-duplicate-resource", {"kustomization.yaml": "resources: [a.yaml, b.yaml]\n", "a.yaml": CM, "b.yaml": CM}, error="already registered id")
+case("error-cycle", {"a/kustomization.yaml": "resources: [../b]\n", "b/kustomization.yaml": "resources: [../a]\n"}, build="a", error="cycle detected")
 case("error-no-kustomization", {"other.yaml": CM, "kustomization.yaml": "resources: [sub]\n", "sub/x.yaml": CM}, error="no kustomization file")
 
 

@@ -437,3 +437,27 @@ fn every_command_has_help_with_an_example() {
         );
     }
 }
+
+#[test]
+fn kustomize_build_prints_what_kubectl_kustomize_prints() {
+    let case = crate::repo_root()
+        .join("crates/terrace-kustomize/tests/conformance/cases/generator-reference-with-prefix");
+    let o = terrace(&case, &["kustomize", "build", "overlay"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let parse = |t: &str| -> Vec<Value> {
+        terrace_yaml::tree::parse_stream(t, std::path::Path::new("x"))
+            .expect("yaml")
+            .iter()
+            .map(terrace_yaml::tree::Node::to_json)
+            .collect()
+    };
+    let expected = std::fs::read_to_string(case.join("expected.yaml")).expect("expected");
+    assert_eq!(parse(&stdout(&o)), parse(&expected));
+    let o = terrace(&case, &["kustomize", "build", "nowhere"]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("no kustomization file"),
+        "{}",
+        stderr(&o)
+    );
+}
