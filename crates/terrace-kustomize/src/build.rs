@@ -271,7 +271,7 @@ fn accumulate(
     component: bool,
     stack: &mut Vec<PathBuf>,
 ) -> Result<Vec<Res>, KustomizeError> {
-    if stack.iter().any(|d| d == dir) {
+    if stack.iter().any(|d| d.as_path() == dir) {
         let mut path: Vec<String> = stack.iter().map(|d| d.display().to_string()).collect();
         path.push(dir.display().to_string());
         return Err(KustomizeError::invalid(
@@ -350,7 +350,7 @@ fn accumulate_inner(
     for entry in strings(k, "components", file)? {
         let path = normalize(&dir.join(&entry));
         let (c_file, c) = load(fs, &path)?;
-        if stack.iter().any(|d| *d == path) {
+        if stack.contains(&path) {
             return Err(KustomizeError::invalid(
                 file,
                 format!("cycle detected through component {}", path.display()),
