@@ -386,7 +386,9 @@ pub enum KustomizeCommand {
         after_help = "Example:\n  terrace kustomize build overlays/prod | kubectl apply -f -\n\nSupported: resources, bases, components, namespace, namePrefix/Suffix,\ncommonLabels, labels, commonAnnotations, images, replicas, config map and\nsecret generators, patches (strategic merge and JSON 6902), sortOptions.\nAnything else is an error naming the field."
     )]
     Build {
-        /// The kustomization directory.
-        dir: PathBuf,
+        /// The kustomization directories (each is built on its own; the
+        /// outputs follow one another).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
     },
 }

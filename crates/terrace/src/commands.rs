@@ -178,9 +178,14 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::State(s) => state(&start, env, s, cli.output).await,
         Command::Secrets(s) => crate::secrets::run(s, cli.output).await,
-        Command::Kustomize(crate::cli::KustomizeCommand::Build { dir }) => {
-            let objects = terrace_kustomize::build(&terrace_kustomize::DiskFs, dir)
-                .map_err(|e| CliError::message(e.to_string(), None))?;
+        Command::Kustomize(crate::cli::KustomizeCommand::Build { dirs }) => {
+            let mut objects = Vec::new();
+            for dir in dirs {
+                objects.extend(
+                    terrace_kustomize::build(&terrace_kustomize::DiskFs, dir)
+                        .map_err(|e| CliError::message(e.to_string(), None))?,
+                );
+            }
             match cli.output {
                 OutputFormat::Json => {
                     println!("{}", serde_json::to_string_pretty(&objects).expect("json"))
