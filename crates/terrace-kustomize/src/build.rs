@@ -917,24 +917,16 @@ fn generate(
             if let Some(m) = merged.as_object_mut() {
                 m.extend(data);
             }
-            if let Some(l) = value["metadata"]["labels"].as_object() {
-                let labels = r.value["metadata"].as_object_mut().and_then(|m| {
-                    m.entry("labels")
-                        .or_insert_with(|| Value::Object(Map::new()))
-                        .as_object_mut()
-                });
-                if let Some(labels) = labels {
-                    labels.extend(l.clone());
-                }
-            }
-            if let Some(a) = value["metadata"]["annotations"].as_object() {
-                let ann = r.value["metadata"].as_object_mut().and_then(|m| {
-                    m.entry("annotations")
-                        .or_insert_with(|| Value::Object(Map::new()))
-                        .as_object_mut()
-                });
-                if let Some(ann) = ann {
-                    ann.extend(a.clone());
+            for field in ["labels", "annotations"] {
+                if let Some(pairs) = value["metadata"][field].as_object() {
+                    let into = r.value["metadata"].as_object_mut().and_then(|m| {
+                        m.entry(field)
+                            .or_insert_with(|| Value::Object(Map::new()))
+                            .as_object_mut()
+                    });
+                    if let Some(into) = into {
+                        into.extend(pairs.clone());
+                    }
                 }
             }
             r.hash = r.hash && !disable_hash;
