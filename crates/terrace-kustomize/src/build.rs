@@ -89,7 +89,7 @@ impl Res {
 pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
     let dir = normalize(dir);
     let (file, k) = load(fs, &dir)?;
-    let mut resources = accumulate(fs, &dir, &file, &k, false, &mut Vec::new())?;
+    let mut resources = accumulate(fs, &dir, &file, &k, &mut Vec::new())?;
     // Hash suffixes come last, over the final content, without the name.
     let mut renamed = Vec::new();
     for r in resources.iter_mut().filter(|r| r.hash) {
@@ -261,16 +261,44 @@ fn parse_objects(text: &str, path: &Path) -> Result<Vec<Value>, KustomizeError> 
     Ok(out)
 }
 
-/// Everything one kustomization (or component) yields. `stack` holds the
-/// directories being built, to refuse cycles.
+/// Everything one kustomization yields. `stack` holds the directories
+/// being built, to refuse cycles.
 fn accumulate(
     fs: &dyn Fs,
     dir: &Path,
     file: &Path,
     k: &Map<String, Value>,
-    component: bool,
     stack: &mut Vec<PathBuf>,
 ) -> Result<Vec<Res>, KustomizeError> {
+    check_kind(k, file, false)?;
+    entered(dir, file, stack, |stack| {
+        let mut acc = load_resources(fs, dir, file, k, stack)?;
+        check_unique(&acc, file)?;
+        for entry in strings(k, "components", file)? {
+            let path = normalize(&dir.join(&entry));
+            let (c_file, c) = load(fs, &path)?;
+            check_kind(&c, &c_file, true)?;
+            // A component's resources join; its generators and
+            // transformers act on everything accumulated so far.
+            let own = entered(&path, file, stack, |stack| {
+                load_resources(fs, &path, &c_file, &c, stack)
+            })?;
+            acc.extend(own);
+            apply_own(fs, &path, &c_file, &c, &mut acc)?;
+        }
+        apply_own(fs, dir, file, k, &mut acc)?;
+        Ok(acc)
+    })
+}
+
+/// Runs `f` with `dir` on the stack of directories being built; a
+/// directory already there is a cycle.
+fn entered<T>(
+    dir: &Path,
+    file: &Path,
+    stack: &mut Vec<PathBuf>,
+    f: impl FnOnce(&mut Vec<PathBuf>) -> Result<T, KustomizeError>,
+) -> Result<T, KustomizeError> {
     if stack.iter().any(|d| d.as_path() == dir) {
         let mut path: Vec<String> = stack.iter().map(|d| d.display().to_string()).collect();
         path.push(dir.display().to_string());
@@ -280,44 +308,41 @@ fn accumulate(
         ));
     }
     stack.push(dir.to_owned());
-    let result = accumulate_inner(fs, dir, file, k, component, stack);
+    let result = f(stack);
     stack.pop();
     result
 }
 
-fn accumulate_inner(
-    fs: &dyn Fs,
-    dir: &Path,
-    file: &Path,
-    k: &Map<String, Value>,
-    component: bool,
-    stack: &mut Vec<PathBuf>,
-) -> Result<Vec<Res>, KustomizeError> {
+/// A kustomization is used as a resource, a Component only under
+/// `components`.
+fn check_kind(k: &Map<String, Value>, file: &Path, component: bool) -> Result<(), KustomizeError> {
     let kind = k
         .get("kind")
         .and_then(Value::as_str)
         .unwrap_or("Kustomization");
-    match (kind, component) {
+    let message = match (kind, component) {
+        ("Component", true) | ("Kustomization", false) => return Ok(()),
         ("Component", false) => {
-            return Err(KustomizeError::invalid(
-                file,
-                "a Component can only be used under `components`, not as a resource",
-            ));
+            "a Component can only be used under `components`, not as a resource".to_owned()
         }
         ("Kustomization", true) => {
-            return Err(KustomizeError::invalid(
-                file,
-                "listed under `components` but its kind is Kustomization (expected kind: Component)",
-            ));
+            "listed under `components` but its kind is Kustomization (expected kind: Component)"
+                .to_owned()
         }
-        ("Kustomization" | "Component", _) => {}
-        (other, _) => {
-            return Err(KustomizeError::invalid(
-                file,
-                format!("unknown kustomization kind `{other}`"),
-            ));
-        }
-    }
+        (other, _) => format!("unknown kustomization kind `{other}`"),
+    };
+    Err(KustomizeError::invalid(file, message))
+}
+
+/// The objects a kustomization's (or component's) `resources` and `bases`
+/// name: files within its root, and directories built on their own.
+fn load_resources(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    stack: &mut Vec<PathBuf>,
+) -> Result<Vec<Res>, KustomizeError> {
     let mut acc: Vec<Res> = Vec::new();
     let mut entries = strings(k, "resources", file)?;
     entries.extend(strings(k, "bases", file)?);
@@ -331,7 +356,7 @@ fn accumulate_inner(
         let path = normalize(&dir.join(&entry));
         if fs.is_dir(&path) {
             let (sub_file, sub) = load(fs, &path)?;
-            acc.extend(accumulate(fs, &path, &sub_file, &sub, false, stack)?);
+            acc.extend(accumulate(fs, &path, &sub_file, &sub, stack)?);
         } else if fs.is_file(&path) {
             let path = restricted(dir, &entry, file)?;
             let text = read(fs, &path, file)?;
@@ -346,68 +371,7 @@ fn accumulate_inner(
             ));
         }
     }
-    check_unique(&acc, file)?;
-    for entry in strings(k, "components", file)? {
-        let path = normalize(&dir.join(&entry));
-        let (c_file, c) = load(fs, &path)?;
-        if stack.contains(&path) {
-            return Err(KustomizeError::invalid(
-                file,
-                format!("cycle detected through component {}", path.display()),
-            ));
-        }
-        // A component's resources join; its generators and transformers
-        // act on everything accumulated so far.
-        let mut with = std::mem::take(&mut acc);
-        stack.push(path.clone());
-        let component_resources = accumulate_component(fs, &path, &c_file, &c, stack);
-        stack.pop();
-        with.extend(component_resources?);
-        acc = with;
-        apply_own(fs, &path, &c_file, &c, &mut acc)?;
-    }
-    apply_own(fs, dir, file, k, &mut acc)?;
     Ok(acc)
-}
-
-/// A component's own resources (its transformers run in `apply_own`).
-fn accumulate_component(
-    fs: &dyn Fs,
-    dir: &Path,
-    file: &Path,
-    k: &Map<String, Value>,
-    stack: &mut Vec<PathBuf>,
-) -> Result<Vec<Res>, KustomizeError> {
-    let kind = k
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("Kustomization");
-    if kind != "Component" {
-        return Err(KustomizeError::invalid(
-            file,
-            "listed under `components` but its kind is not Component",
-        ));
-    }
-    let mut only_resources = Map::new();
-    for key in ["resources", "bases", "components"] {
-        if let Some(v) = k.get(key) {
-            only_resources.insert(key.to_owned(), v.clone());
-        }
-    }
-    only_resources.insert("kind".into(), json!("Component"));
-    let mut out = Vec::new();
-    for entry in strings(&only_resources, "resources", file)? {
-        let path = normalize(&dir.join(&entry));
-        if fs.is_dir(&path) {
-            let (sub_file, sub) = load(fs, &path)?;
-            out.extend(accumulate(fs, &path, &sub_file, &sub, false, stack)?);
-        } else {
-            let path = restricted(dir, &entry, file)?;
-            let text = read(fs, &path, file)?;
-            out.extend(parse_objects(&text, &path)?.into_iter().map(Res::new));
-        }
-    }
-    Ok(out)
 }
 
 fn check_unique(acc: &[Res], file: &Path) -> Result<(), KustomizeError> {
