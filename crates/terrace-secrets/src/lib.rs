@@ -62,13 +62,14 @@ fn any_encrypted_value(node: &Node) -> bool {
     }
 }
 
-/// Decrypts a SOPS file in memory and checks its MAC.
-pub fn open(
+/// A SOPS file's (still encrypted) documents and its metadata. A file
+/// with encrypted values but no metadata, or that stops parsing, is
+/// reported as truncated.
+pub fn read_encrypted(
     text: &str,
     file: &Path,
     format: Format,
-    keys: &Keyring,
-) -> Result<Opened, SecretsError> {
+) -> Result<(Vec<Node>, Metadata), SecretsError> {
     let mut docs = match format::load(format, text, file) {
         Ok(d) => d,
         Err(SecretsError::Parse(d)) if text.contains("ENC[AES256_GCM,") => {
@@ -92,6 +93,17 @@ pub fn open(
         });
     };
     let meta = Metadata::from_node(&meta_node, file)?;
+    Ok((docs, meta))
+}
+
+/// Decrypts a SOPS file in memory and checks its MAC.
+pub fn open(
+    text: &str,
+    file: &Path,
+    format: Format,
+    keys: &Keyring,
+) -> Result<Opened, SecretsError> {
+    let (mut docs, meta) = read_encrypted(text, file, format)?;
     let data_key = keys.data_key(&meta, file)?;
     let mut stash = Stash::default();
     let mac = walk::decrypt(

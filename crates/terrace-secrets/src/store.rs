@@ -14,7 +14,7 @@ use terrace_yaml::tree::Node;
 
 use crate::config::Settings;
 use crate::metadata::Metadata;
-use crate::{Format, KeySources, Keyring, Opened, Recipient, SecretsError, format};
+use crate::{Format, KeySources, Keyring, Opened, Recipient, SecretsError};
 
 /// Secrets of one project, for one run.
 #[derive(Debug)]
@@ -104,14 +104,9 @@ impl SecretStore {
             return Ok(o.meta.clone());
         }
         let text = self.read(file)?;
-        let format = Format::from_path(file);
-        let mut docs = format::load(format, &text, file).map_err(failed)?;
-        let node = format::split_metadata(format, &mut docs).ok_or_else(|| {
-            failed(SecretsError::NotEncrypted {
-                file: file.to_owned(),
-            })
-        })?;
-        Metadata::from_node(&node, file).map_err(failed)
+        crate::read_encrypted(&text, file, Format::from_path(file))
+            .map(|(_, meta)| meta)
+            .map_err(failed)
     }
 }
 
