@@ -366,8 +366,18 @@ pub trait Scope {
     fn outputs_allowed(&self) -> bool {
         true
     }
-    /// Resolves a secret reference.
-    fn secret(&self, file: &str, key: &[Seg]) -> Result<Value, SecretError>;
+    /// Where secret references are resolved; `None` where there is no
+    /// secrets source.
+    fn secret_source(&self) -> Option<&dyn crate::secrets::SecretSource> {
+        None
+    }
+    /// Resolves a secret reference through [`Scope::secret_source`].
+    fn secret(&self, file: &str, key: &[Seg]) -> Result<Value, SecretError> {
+        match self.secret_source() {
+            Some(s) => s.value(file, key),
+            None => Err(SecretError::Unsupported),
+        }
+    }
     /// A label when a dependency's output is sensitive (it then counts as
     /// a secret where it is used).
     fn output_secret(&self, _unit: &str, _key: &str) -> Option<String> {
@@ -408,11 +418,8 @@ impl Scope for ContentScope<'_> {
     fn unit_outputs(&self, _unit: &str) -> Option<Outputs<'_>> {
         None
     }
-    fn secret(&self, file: &str, key: &[Seg]) -> Result<Value, SecretError> {
-        match self.secrets {
-            Some(s) => s.value(file, key),
-            None => Err(SecretError::Unsupported),
-        }
+    fn secret_source(&self) -> Option<&dyn crate::secrets::SecretSource> {
+        self.secrets
     }
     fn input_secrets(&self, name: &str) -> Vec<String> {
         self.sensitive_inputs.get(name).cloned().unwrap_or_default()
@@ -797,9 +804,6 @@ mod tests {
                 Some(m) => Outputs::Known(m),
                 None => Outputs::Unknown,
             })
-        }
-        fn secret(&self, _: &str, _: &[Seg]) -> Result<Value, SecretError> {
-            Err(SecretError::Unsupported)
         }
     }
 

@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde_json::{Map, Value};
+use terrace_core::ValuePath;
 use terrace_core::config::{PROJECT_FILE, TargetKind, UnitKind};
 use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{ResolvedTarget, ResolvedUnit};
-use terrace_core::expr::{self, Outputs, Scope, SecretError};
+use terrace_core::expr::{self, Outputs, Scope};
 use terrace_core::graph::{Graph, GraphError, NodeSpec};
 use terrace_core::secrets::SecretSource;
-use terrace_core::{Seg, ValuePath};
 
 use crate::error::EngineError;
 use crate::locate::at_value;
@@ -441,10 +441,7 @@ impl Scope for UnitScope<'_> {
             _ => None,
         }
     }
-    fn secret(&self, file: &str, key: &[Seg]) -> Result<Value, SecretError> {
-        match self.secrets {
-            Some(s) => s.value(file, key),
-            None => Err(SecretError::Unsupported),
-        }
+    fn secret_source(&self) -> Option<&dyn SecretSource> {
+        self.secrets
     }
 }
