@@ -254,12 +254,13 @@ fn module_files(module: &Path) -> Result<Vec<(String, String)>, DriverError> {
     Ok(files)
 }
 
-fn fingerprint(module: &Path, vars: &[(String, String)]) -> Result<String, DriverError> {
+/// Module files (from [`module_files`]) and variables, as one digest.
+fn fingerprint(files: &[(String, String)], vars: &[(String, String)]) -> String {
     let mut text = String::new();
-    for (name, content) in module_files(module)? {
-        text.push_str(&name);
+    for (name, content) in files {
+        text.push_str(name);
         text.push('\0');
-        text.push_str(&content);
+        text.push_str(content);
         text.push('\0');
     }
     for (k, v) in vars {
@@ -268,12 +269,12 @@ fn fingerprint(module: &Path, vars: &[(String, String)]) -> Result<String, Drive
         text.push_str(v);
         text.push('\0');
     }
-    Ok(digest(text.as_bytes()))
+    digest(text.as_bytes())
 }
 
 /// What `init` depends on: the binary, the backend, and the lines of the
 /// module that declare providers, modules and backends.
-fn init_fingerprint(tool: &Tool, layout: &Layout) -> Result<String, DriverError> {
+fn init_fingerprint(tool: &Tool, layout: &Layout, files: &[(String, String)]) -> String {
     let mut text = format!(
         "{} {}\nown_backend={}\nstate={}\n",
         tool.binary,
@@ -281,9 +282,9 @@ fn init_fingerprint(tool: &Tool, layout: &Layout) -> Result<String, DriverError>
         layout.own_backend,
         layout.state().display()
     );
-    for (name, content) in module_files(&layout.module)? {
+    for (name, content) in files {
         if name == ".terraform.lock.hcl" {
-            text.push_str(&content);
+            text.push_str(content);
             continue;
         }
         for line in content.lines() {
@@ -304,7 +305,7 @@ fn init_fingerprint(tool: &Tool, layout: &Layout) -> Result<String, DriverError>
             }
         }
     }
-    Ok(digest(text.as_bytes()))
+    digest(text.as_bytes())
 }
 
 /// Writes (or, with `backend: own`, removes) the backend override.
@@ -323,10 +324,15 @@ fn place_override(layout: &Layout) -> Result<(), DriverError> {
 }
 
 /// Runs `init` unless nothing it depends on changed since the last one.
-async fn ensure_init(unit: &str, tool: &Tool, layout: &Layout) -> Result<(), DriverError> {
+async fn ensure_init(
+    unit: &str,
+    tool: &Tool,
+    layout: &Layout,
+    files: &[(String, String)],
+) -> Result<(), DriverError> {
     place_override(layout)?;
     let marker = layout.work.join("init.fingerprint");
-    let want = init_fingerprint(tool, layout)?;
+    let want = init_fingerprint(tool, layout, files);
     if layout.data_dir().is_dir()
         && fs_err::read_to_string(&marker).ok().as_deref() == Some(want.as_str())
     {
@@ -615,7 +621,8 @@ impl TerraformDriver {
             own_backend(&s)?,
         );
         let tool = tool(s.binary.as_deref())?;
-        ensure_init(&ctx.unit.name, &tool, &layout).await?;
+        let files = module_files(&layout.module)?;
+        ensure_init(&ctx.unit.name, &tool, &layout, &files).await?;
         let vars = tf_vars(&ctx.unit.inputs);
         let saved = PlanFile::new()?;
         let plan_file = saved.path();
@@ -632,7 +639,7 @@ impl TerraformDriver {
         }
         let parsed =
             plan_and_show(&ctx.unit.name, &tool, &layout, &args, &vars, &saved, "plan").await?;
-        let fingerprint = fingerprint(&layout.module, &vars)?;
+        let fingerprint = fingerprint(&files, &vars);
         let mut notes = vec![format!("{} {}", tool.binary, tool.version)];
         notes.extend(parsed.drift);
         Ok(UnitPlan {
@@ -680,7 +687,8 @@ impl TerraformDriver {
             )));
         }
         let tool = tool(recorded["binary"].as_str())?;
-        ensure_init(&prior.unit, &tool, &layout).await?;
+        let files = module_files(&layout.module)?;
+        ensure_init(&prior.unit, &tool, &layout, &files).await?;
         // Variables come from the unit as it is now; a unit removed from the
         // repository has none (a module that requires some says so).
         let vars = ctx.unit.map(|u| tf_vars(&u.inputs)).unwrap_or_default();
@@ -704,7 +712,7 @@ impl TerraformDriver {
             "plan -destroy",
         )
         .await?;
-        let fingerprint = fingerprint(&layout.module, &vars)?;
+        let fingerprint = fingerprint(&files, &vars);
         Ok(UnitPlan {
             action: Action::Delete,
             changes: parsed.changes,
@@ -731,7 +739,7 @@ impl TerraformDriver {
             )
         })?;
         // Exactly what was planned, or nothing.
-        if fingerprint(&p.layout.module, &p.vars)? != p.fingerprint {
+        if fingerprint(&module_files(&p.layout.module)?, &p.vars) != p.fingerprint {
             return Err(DriverError::Target(format!(
                 "the saved plan of unit `{}` is stale: its module files or inputs changed since it was planned; plan again",
                 p.unit
