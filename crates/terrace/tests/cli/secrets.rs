@@ -512,12 +512,8 @@ fn secrets_errors_name_the_file_and_say_what_to_do() {
     let d = dir.path();
     // No key at all.
     let keyless = |args: &[&str]| {
-        Std::new(assert_cmd::cargo::cargo_bin("terrace"))
-            .current_dir(d)
-            .env_remove("SOPS_AGE_KEY")
+        command(d)
             .env_remove("SOPS_AGE_KEY_FILE")
-            .env("XDG_CONFIG_HOME", d.join("nothing"))
-            .env("SOPS_AGE_SSH_PRIVATE_KEY_FILE", d.join("nothing"))
             .args(args)
             .output()
             .expect("runs")
