@@ -39,12 +39,12 @@ const SUPPORTED: &[&str] = &[
     "patchesJson6902",
     "sortOptions",
     "buildMetadata",
+    "replacements",
 ];
 
 /// Fields kustomize has that this engine does not implement yet: an error,
 /// never a silent skip.
 const UNSUPPORTED: &[&str] = &[
-    "replacements",
     "vars",
     "helmCharts",
     "helmGlobals",
@@ -59,10 +59,10 @@ const UNSUPPORTED: &[&str] = &[
 
 /// One object on its way through the build.
 #[derive(Debug, Clone)]
-struct Res {
-    value: Value,
+pub(crate) struct Res {
+    pub(crate) value: Value,
     /// Every name it has had, oldest first (for name references).
-    names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// Generated with a content-hash suffix, added at the end.
     hash: bool,
 }
@@ -217,6 +217,16 @@ fn restricted(dir: &Path, entry: &str, file: &Path) -> Result<PathBuf, Kustomize
     Ok(path)
 }
 
+/// Reads `entry` (relative to `dir`), within the load restrictor.
+pub(crate) fn read_restricted(
+    fs: &dyn Fs,
+    dir: &Path,
+    entry: &str,
+    file: &Path,
+) -> Result<String, KustomizeError> {
+    read(fs, &restricted(dir, entry, file)?, file)
+}
+
 fn read(fs: &dyn Fs, path: &Path, file: &Path) -> Result<String, KustomizeError> {
     fs.read_to_string(path)
         .map_err(|source| KustomizeError::Io {
@@ -274,21 +284,35 @@ fn accumulate(
     entered(dir, file, stack, |stack| {
         let mut acc = load_resources(fs, dir, file, k, stack)?;
         check_unique(&acc, file)?;
-        for entry in strings(k, "components", file)? {
-            let path = normalize(&dir.join(&entry));
-            let (c_file, c) = load(fs, &path)?;
-            check_kind(&c, &c_file, true)?;
-            // A component's resources join; its generators and
-            // transformers act on everything accumulated so far.
-            let own = entered(&path, file, stack, |stack| {
-                load_resources(fs, &path, &c_file, &c, stack)
-            })?;
-            acc.extend(own);
-            apply_own(fs, &path, &c_file, &c, &mut acc)?;
-        }
+        apply_components(fs, dir, file, k, &mut acc, stack)?;
         apply_own(fs, dir, file, k, &mut acc)?;
         Ok(acc)
     })
+}
+
+/// Applies a kustomization's (or component's) `components`, in order. A
+/// component's resources join what was accumulated so far; then its own
+/// components run, then its generators and transformers, over everything.
+fn apply_components(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    acc: &mut Vec<Res>,
+    stack: &mut Vec<PathBuf>,
+) -> Result<(), KustomizeError> {
+    for entry in strings(k, "components", file)? {
+        let path = normalize(&dir.join(&entry));
+        let (c_file, c) = load(fs, &path)?;
+        check_kind(&c, &c_file, true)?;
+        entered(&path, file, stack, |stack| {
+            acc.extend(load_resources(fs, &path, &c_file, &c, stack)?);
+            check_unique(acc, &c_file)?;
+            apply_components(fs, &path, &c_file, &c, acc, stack)?;
+            apply_own(fs, &path, &c_file, &c, acc)
+        })?;
+    }
+    Ok(())
 }
 
 /// Runs `f` with `dir` on the stack of directories being built; a
@@ -424,7 +448,7 @@ fn apply_own(
     // patchesStrategicMerge, patches
     for p in strings(k, "patchesStrategicMerge", file)? {
         let text = if !p.contains('\n') && fs.is_file(&normalize(&dir.join(&p))) {
-            read(fs, &restricted(dir, &p, file)?, file)?
+            read_restricted(fs, dir, &p, file)?
         } else {
             p.clone()
         };
@@ -546,6 +570,9 @@ fn apply_own(
             transform::set_images(&mut r.value, &images);
         }
     }
+    if let Some(list) = k.get("replacements").and_then(Value::as_array) {
+        crate::replace::run(fs, dir, file, list, acc)?;
+    }
     Ok(())
 }
 
@@ -566,7 +593,7 @@ fn patch_text(fs: &dyn Fs, dir: &Path, file: &Path, p: &Value) -> Result<String,
         p.get("path").and_then(Value::as_str),
         p.get("patch").and_then(Value::as_str),
     ) {
-        (Some(path), None) => read(fs, &restricted(dir, path, file)?, file),
+        (Some(path), None) => read_restricted(fs, dir, path, file),
         (None, Some(inline)) => Ok(inline.to_owned()),
         _ => Err(KustomizeError::invalid(
             file,
@@ -579,8 +606,21 @@ fn parse_patch_docs(text: &str, file: &Path) -> Result<Vec<Value>, KustomizeErro
     yaml_documents(text, file)
 }
 
-/// Whether an object matches a patch target (regexes are anchored).
-fn selects(r: &Res, target: &Value) -> bool {
+/// How a selector's fields compare: patches take anchored regexes,
+/// replacements exact values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Match {
+    Regex,
+    Exact,
+}
+
+/// Whether an object matches a selector (group, version, kind, name, any
+/// name it had, namespace, label and annotation selectors).
+pub(crate) fn selects(r: &Res, target: &Value, how: Match) -> bool {
+    let anchored = |want: &str, actual: &str| match how {
+        Match::Regex => anchored(want, actual),
+        Match::Exact => want == actual,
+    };
     let v = &r.value;
     let api = v["apiVersion"].as_str().unwrap_or("");
     let (group, version) = match api.split_once('/') {
@@ -657,7 +697,7 @@ fn apply_smp(
     let mut hit = false;
     for r in acc.iter_mut() {
         let selected = match target {
-            Some(t) => selects(r, t),
+            Some(t) => selects(r, t, Match::Regex),
             None => {
                 transform::kind(&r.value) == transform::kind(patch)
                     && r.names.iter().any(|n| n == transform::name(patch))
@@ -703,7 +743,7 @@ fn apply_6902(
     file: &Path,
 ) -> Result<(), KustomizeError> {
     for r in acc.iter_mut() {
-        if selects(r, target) {
+        if selects(r, target, Match::Regex) {
             apply_json6902(&mut r.value, ops).map_err(|m| {
                 KustomizeError::invalid(
                     file,
@@ -788,7 +828,7 @@ fn generate(
         env_files.push(e.to_owned());
     }
     for e in env_files {
-        let text = read(fs, &restricted(dir, &e, file)?, file)?;
+        let text = read_restricted(fs, dir, &e, file)?;
         for line in text.lines() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -814,7 +854,7 @@ fn generate(
                 f,
             ),
         };
-        let text = read(fs, &restricted(dir, path, file)?, file)?;
+        let text = read_restricted(fs, dir, path, file)?;
         data.insert(key, Value::String(text));
     }
     if secret {

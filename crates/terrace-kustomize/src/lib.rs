@@ -8,12 +8,13 @@
 //! `configMapGenerator`/`secretGenerator` with `generatorOptions` and
 //! content-hash suffixes; references to renamed objects in the common
 //! places; `patches`, `patchesStrategicMerge`, `patchesJson6902`;
-//! `sortOptions` (legacy and fifo); the load restrictor. Every other field
+//! `replacements`; `sortOptions` (legacy and fifo); the load restrictor. Every other field
 //! is an error that names it.
 
 mod build;
 mod fs;
 mod patch;
+mod replace;
 mod transform;
 
 use std::path::PathBuf;

@@ -511,6 +511,12 @@ fn scalar(value: &str, style: ScalarStyle, tag: Option<&str>) -> Result<Node, St
     })
 }
 
+/// The value a plain (unquoted) YAML scalar with this text stands for,
+/// under the YAML 1.2 core schema: `3` is a number, `true` a bool, `~` null.
+pub fn plain_scalar(text: &str) -> serde_json::Value {
+    plain(text).to_json()
+}
+
 fn plain(value: &str) -> Node {
     match value {
         "" | "~" | "null" | "Null" | "NULL" => return Node::Null,

@@ -351,6 +351,334 @@ case("error-duplicate-resource", {"kustomization.yaml": "resources: [a.yaml, b.y
 case("error-cycle", {"a/kustomization.yaml": "resources: [../b]\n", "b/kustomization.yaml": "resources: [../a]\n"}, build="a", error="cycle detected")
 case("error-no-kustomization", {"other.yaml": CM, "kustomization.yaml": "resources: [sub]\n", "sub/x.yaml": CM}, error="no kustomization file")
 
+# --- replacements ---------------------------------------------------------
+REPSRC = k("""
+    apiVersion: v1
+    kind: ConfigMap
+    metadata:
+      name: src
+      annotations:
+        example.com/image: "nginx:1.25"
+    data:
+      image: "nginx:1.25"
+      port: "8080"
+      count: "3"
+      host: db.prod.svc
+    """)
+REPDEP = DEPLOY.replace("        ports: [{containerPort: 80}]\n", "        ports: [{containerPort: 80}]\n        env:\n        - {name: HOST, value: localhost}\n        - {name: PORT, value: \"80\"}\n      - name: side\n        image: envoy:1.0\n")
+case("replacements-basic", {"kustomization.yaml": k("""
+    resources: [src.yaml, d.yaml]
+    replacements:
+    - source:
+        kind: ConfigMap
+        name: src
+      targets:
+      - select:
+          kind: Deployment
+        fieldPaths:
+        - spec.template.metadata.annotations.config
+        options:
+          create: true
+    """), "src.yaml": REPSRC, "d.yaml": REPDEP})
+case("replacements-list-items-by-field", {"kustomization.yaml": k("""
+    resources: [src.yaml, d.yaml]
+    replacements:
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: data.host
+      targets:
+      - select:
+          kind: Deployment
+          name: web
+        fieldPaths:
+        - spec.template.spec.containers.[name=web].env.[name=HOST].value
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: data.port
+      targets:
+      - select:
+          kind: Deployment
+        fieldPaths:
+        - spec.template.spec.containers.0.env.1.value
+        - spec.template.spec.containers.[name=web].ports.0.containerPort
+    """), "src.yaml": REPSRC, "d.yaml": REPDEP})
+case("replacements-wildcard", {"kustomization.yaml": k("""
+    resources: [src.yaml, d.yaml]
+    replacements:
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: data.image
+      targets:
+      - select:
+          kind: Deployment
+        fieldPaths:
+        - spec.template.spec.containers.*.image
+    """), "src.yaml": REPSRC, "d.yaml": REPDEP})
+case("replacements-delimiters", {"kustomization.yaml": k("""
+    resources: [src.yaml, d.yaml]
+    replacements:
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: data.image
+        options:
+          delimiter: ':'
+          index: 1
+      targets:
+      - select:
+          kind: Deployment
+        fieldPaths:
+        - spec.template.spec.containers.[name=side].image
+        options:
+          delimiter: ':'
+          index: 1
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: data.host
+        options:
+          delimiter: '.'
+      targets:
+      - select:
+          kind: Deployment
+        fieldPaths:
+        - metadata.name
+        options:
+          delimiter: '-'
+          index: -1
+      - select:
+          kind: Deployment
+        fieldPaths:
+        - spec.template.spec.containers.[name=web].env.[name=HOST].value
+        options:
+          delimiter: '.'
+          index: 5
+    """), "src.yaml": REPSRC, "d.yaml": REPDEP})
+case("replacements-create-and-types", {"kustomization.yaml": k("""
+    resources: [src.yaml, d.yaml, thing.yaml]
+    replacements:
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: data.count
+      targets:
+      - select:
+          kind: Deployment
+        fieldPaths:
+        - spec.replicas
+        - metadata.labels.count
+        - spec.template.spec.containers.[name=web].env.[name=PORT].value
+      - select:
+          kind: Thing
+        fieldPaths:
+        - spec.asString
+        - spec.created.deep
+        - spec.items.[name=new].value
+        options:
+          create: true
+    """), "src.yaml": REPSRC, "d.yaml": REPDEP.replace("  name: web\nspec:", "  name: web\n  labels: {count: \"1\"}\nspec:"), "thing.yaml": k("""
+    apiVersion: example.com/v1
+    kind: Thing
+    metadata:
+      name: t
+    spec:
+      asString: "x"
+      items:
+      - name: old
+        value: 1
+    """)})
+case("replacements-reject-and-selectors", {"kustomization.yaml": k("""
+    resources: [src.yaml, all.yaml]
+    replacements:
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: data.host
+      targets:
+      - select:
+          kind: ConfigMap
+          labelSelector: role=client
+        reject:
+        - name: b
+        fieldPaths:
+        - data.host
+      - select:
+          annotationSelector: pick=yes
+        fieldPaths:
+        - data.picked
+        options:
+          create: true
+    """), "src.yaml": REPSRC, "all.yaml": k("""
+    apiVersion: v1
+    kind: ConfigMap
+    metadata:
+      name: a
+      labels: {role: client}
+    data: {host: none}
+    ---
+    apiVersion: v1
+    kind: ConfigMap
+    metadata:
+      name: b
+      labels: {role: client}
+      annotations: {pick: "yes"}
+    data: {host: none}
+    ---
+    apiVersion: v1
+    kind: ConfigMap
+    metadata:
+      name: c
+      labels: {role: server}
+    data: {host: none}
+    """)})
+case("replacements-from-files", {"kustomization.yaml": "resources: [src.yaml, d.yaml]\nreplacements:\n- path: one.yaml\n- path: many.yaml\n", "src.yaml": REPSRC, "d.yaml": REPDEP,
+    "one.yaml": k("""
+    source:
+      kind: ConfigMap
+      name: src
+      fieldPath: data.image
+    targets:
+    - select:
+        kind: Deployment
+      fieldPaths:
+      - spec.template.spec.containers.[name=web].image
+    """), "many.yaml": k("""
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: metadata.annotations.[example.com/image]
+      targets:
+      - select:
+          kind: Deployment
+        fieldPaths:
+        - metadata.annotations.[example.com/from]
+        options:
+          create: true
+    """)})
+case("replacements-after-prefix-and-hash", {"kustomization.yaml": k("""
+    namePrefix: p-
+    resources: [d.yaml]
+    configMapGenerator:
+    - name: cfg
+      literals: [A=1]
+    replacements:
+    - source:
+        kind: ConfigMap
+        name: cfg
+      targets:
+      - select:
+          kind: Deployment
+          name: p-web
+        fieldPaths:
+        - metadata.annotations.config-name
+        options:
+          create: true
+    - source:
+        kind: Deployment
+        name: web
+        fieldPath: metadata.name
+      targets:
+      - select:
+          kind: ConfigMap
+          name: cfg
+        fieldPaths:
+        - data.B
+        options:
+          create: true
+    """), "d.yaml": DEPLOY})
+case("replacements-whole-map", {"kustomization.yaml": k("""
+    resources: [src.yaml, t.yaml]
+    replacements:
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: data
+      targets:
+      - select:
+          kind: ConfigMap
+          name: target
+        fieldPaths:
+        - data
+    """), "src.yaml": REPSRC, "t.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: target\ndata:\n  old: x\n"})
+case("replacements-overlay-over-base", {
+    "base/kustomization.yaml": "resources: [src.yaml, d.yaml, s.yaml]\n", "base/src.yaml": REPSRC, "base/d.yaml": REPDEP,
+    "overlay/kustomization.yaml": k("""
+    resources: [../base]
+    namePrefix: prod-
+    namespace: prod
+    replacements:
+    - source:
+        kind: Service
+        name: web
+        fieldPath: metadata.name
+      targets:
+      - select:
+          kind: Deployment
+        fieldPaths:
+        - spec.template.spec.containers.[name=web].env.[name=HOST].value
+        options:
+          delimiter: '.'
+          index: 0
+    """), "base/s.yaml": SERVICE}, build="overlay")
+case("replacements-in-component", {
+    "base/kustomization.yaml": "resources: [src.yaml, d.yaml]\n", "base/src.yaml": REPSRC, "base/d.yaml": REPDEP,
+    "comp/kustomization.yaml": k("""
+    apiVersion: kustomize.config.k8s.io/v1alpha1
+    kind: Component
+    replacements:
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: data.count
+      targets:
+      - select:
+          kind: Deployment
+        fieldPaths:
+        - spec.replicas
+    """), "overlay/kustomization.yaml": "resources: [../base]\ncomponents: [../comp]\n"}, build="overlay")
+case("error-replacements-no-source", {"kustomization.yaml": "resources: [d.yaml]\nreplacements:\n- source:\n    kind: ConfigMap\n    name: nope\n  targets:\n  - select:\n      kind: Deployment\n    fieldPaths: [metadata.name]\n", "d.yaml": DEPLOY}, error="nothing selected by source")
+case("error-replacements-two-sources", {"kustomization.yaml": "resources: [src.yaml, d.yaml]\nreplacements:\n- source:\n    version: v1\n  targets:\n  - select:\n      kind: Deployment\n", "src.yaml": REPSRC, "d.yaml": DEPLOY + "---\n" + SERVICE}, error="multiple matches for source")
+case("error-replacements-missing-target-field", {"kustomization.yaml": "resources: [src.yaml, d.yaml]\nreplacements:\n- source:\n    kind: ConfigMap\n  targets:\n  - select:\n      kind: Deployment\n    fieldPaths: [spec.nothing.here]\n", "src.yaml": REPSRC, "d.yaml": DEPLOY}, error="unable to find field \"spec.nothing.here\"")
+case("error-replacements-missing-source-field", {"kustomization.yaml": "resources: [src.yaml, d.yaml]\nreplacements:\n- source:\n    kind: ConfigMap\n    fieldPath: data.nothing\n  targets:\n  - select:\n      kind: Deployment\n", "src.yaml": REPSRC, "d.yaml": DEPLOY}, error="fieldPath `data.nothing` is missing")
+case("error-replacements-index-out-of-bounds", {"kustomization.yaml": "resources: [src.yaml, d.yaml]\nreplacements:\n- source:\n    kind: ConfigMap\n    fieldPath: data.host\n    options: {delimiter: '.', index: 9}\n  targets:\n  - select:\n      kind: Deployment\n", "src.yaml": REPSRC, "d.yaml": DEPLOY}, error="options.index 9 is out of bounds")
+case("error-replacements-no-targets", {"kustomization.yaml": "resources: [src.yaml]\nreplacements:\n- source:\n    kind: ConfigMap\n", "src.yaml": REPSRC}, error="must specify a source and at least one target")
+
+# --- components -----------------------------------------------------------
+COMP = "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n"
+case("components-nested", {
+    "base/kustomization.yaml": "resources: [d.yaml]\n", "base/d.yaml": DEPLOY,
+    "inner/kustomization.yaml": COMP + "commonLabels: {inner: \"yes\"}\nconfigMapGenerator:\n- name: inner\n  literals: [I=1]\n",
+    "outer/kustomization.yaml": COMP + "components: [../inner]\nresources: [cm.yaml]\ncommonAnnotations: {outer: \"yes\"}\n", "outer/cm.yaml": CM,
+    "overlay/kustomization.yaml": "resources: [../base]\ncomponents: [../outer]\nnamePrefix: o-\n",
+}, build="overlay")
+case("components-order-matters", {
+    "base/kustomization.yaml": "resources: [d.yaml]\n", "base/d.yaml": DEPLOY,
+    "two/kustomization.yaml": COMP + "patches:\n- target: {kind: Deployment}\n  patch: |-\n    - op: replace\n      path: /spec/replicas\n      value: 2\n",
+    "three/kustomization.yaml": COMP + "patches:\n- target: {kind: Deployment}\n  patch: |-\n    - op: replace\n      path: /spec/replicas\n      value: 3\n",
+    "overlay/kustomization.yaml": "resources: [../base]\ncomponents: [../three, ../two]\n",
+}, build="overlay")
+case("components-merge-base-generator", {
+    "base/kustomization.yaml": "resources: [d.yaml]\nconfigMapGenerator:\n- name: cfg\n  literals: [A=1]\n", "base/d.yaml": DEPLOY.replace("        ports: [{containerPort: 80}]\n", "        envFrom: [{configMapRef: {name: cfg}}]\n"),
+    "comp/kustomization.yaml": COMP + "configMapGenerator:\n- name: cfg\n  behavior: merge\n  literals: [B=2]\n",
+    "overlay/kustomization.yaml": "resources: [../base]\ncomponents: [../comp]\n",
+}, build="overlay")
+case("components-see-overlay-resources", {
+    "base/kustomization.yaml": "resources: [d.yaml]\n", "base/d.yaml": DEPLOY,
+    "comp/kustomization.yaml": COMP + "images:\n- name: nginx\n  newTag: \"9\"\n",
+    "overlay/kustomization.yaml": "resources: [../base, extra.yaml]\ncomponents: [../comp]\n", "overlay/extra.yaml": DEPLOY.replace("name: web", "name: extra"),
+}, build="overlay")
+case("components-shared-by-two-overlays", {
+    "base/kustomization.yaml": "resources: [d.yaml]\n", "base/d.yaml": DEPLOY,
+    "comp/kustomization.yaml": COMP + "commonLabels: {feature: x}\n",
+    "a/kustomization.yaml": "resources: [../base]\ncomponents: [../comp]\nnamePrefix: a-\n",
+    "b/kustomization.yaml": "resources: [../base]\ncomponents: [../comp]\nnamePrefix: b-\n",
+    "top/kustomization.yaml": "resources: [../a, ../b]\n",
+}, build="top")
+case("error-kustomization-under-components", {"comp/kustomization.yaml": "resources: []\n", "kustomization.yaml": "components: [comp]\n"}, error="expected kind: Component")
+
 
 def main():
     if os.path.isdir(CASES):
