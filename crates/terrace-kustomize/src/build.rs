@@ -453,7 +453,7 @@ fn apply_own(
             p.clone()
         };
         for patch in parse_patch_docs(&text, file)? {
-            apply_smp(acc, &patch, None, file)?;
+            apply_smp(acc, &patch, None, &Value::Null, file)?;
         }
     }
     for p in k
@@ -471,7 +471,7 @@ fn apply_own(
                 })?;
                 apply_6902(acc, target, ops, file)?;
             } else {
-                apply_smp(acc, &doc, target, file)?;
+                apply_smp(acc, &doc, target, &p["options"], file)?;
             }
         }
     }
@@ -669,29 +669,65 @@ fn glob(p: &[u8], t: &[u8]) -> bool {
     }
 }
 
-/// `k=v,k2!=v2,k3` label selectors (equality forms).
+/// Kubernetes label selectors: `k=v`, `k==v`, `k!=v`, `k`, `!k`,
+/// `k in (a,b)` and `k notin (a,b)`, joined by commas.
 fn selector_matches(selector: &str, labels: &Value) -> bool {
-    selector
-        .split(',')
+    let mut terms = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                terms.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&selector[start..]);
+    terms
+        .into_iter()
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .all(|term| {
-            if let Some((k, v)) = term.split_once("!=") {
-                labels[k.trim()].as_str() != Some(v.trim())
-            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                labels[k.trim()].as_str() == Some(v.trim())
-            } else if let Some(k) = term.strip_prefix('!') {
-                labels[k.trim()].is_null()
-            } else {
-                !labels[term].is_null()
-            }
-        })
+        .all(|term| term_matches(term, labels))
 }
 
+fn term_matches(term: &str, labels: &Value) -> bool {
+    let value = |k: &str| labels[k.trim()].as_str().map(str::to_owned);
+    let set = |rest: &str| -> Vec<String> {
+        rest.trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .split(',')
+            .map(|v| v.trim().to_owned())
+            .collect()
+    };
+    let words: Vec<&str> = term.splitn(3, char::is_whitespace).collect();
+    if let [k, op @ ("in" | "notin"), rest] = words.as_slice() {
+        let has = value(k).is_some_and(|v| set(rest).contains(&v));
+        return if *op == "in" { has } else { !has };
+    }
+    if let Some((k, v)) = term.split_once("!=") {
+        value(k).as_deref() != Some(v.trim())
+    } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+        value(k).as_deref() == Some(v.trim())
+    } else if let Some(k) = term.strip_prefix('!') {
+        labels[k.trim()].is_null()
+    } else {
+        !labels[term].is_null()
+    }
+}
+
+/// Applies a strategic-merge patch to the objects it names (or its
+/// `target` selects). The patch's name and kind change the object only
+/// with `options.allowNameChange` / `allowKindChange`.
 fn apply_smp(
     acc: &mut [Res],
     patch: &Value,
     target: Option<&Value>,
+    options: &Value,
     file: &Path,
 ) -> Result<(), KustomizeError> {
     let mut hit = false;
@@ -710,18 +746,25 @@ fn apply_smp(
         }
         hit = true;
         let mut p = patch.clone();
-        // With a target, the patch's own name and kind do not rename.
+        let new_name = (options["allowNameChange"] == Value::Bool(true))
+            .then(|| transform::name(patch).to_owned())
+            .filter(|n| !n.is_empty());
         if let Some(m) = p.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("name");
             if target.is_some() {
                 m.remove("namespace");
             }
         }
-        if let Some(m) = p.as_object_mut() {
+        if let Some(m) = p.as_object_mut()
+            && options["allowKindChange"] != Value::Bool(true)
+        {
             m.remove("kind");
             m.remove("apiVersion");
         }
         merge_strategic(&mut r.value, &p);
+        if let Some(new) = new_name {
+            r.rename(new);
+        }
     }
     if !hit && target.is_none() {
         return Err(KustomizeError::invalid(

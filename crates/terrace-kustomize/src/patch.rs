@@ -2,7 +2,9 @@
 
 use serde_json::{Map, Value};
 
-/// The merge key of a list, by field name (the common Kubernetes ones).
+/// The merge key of a list in the built-in Kubernetes types, by field name
+/// (`x-kubernetes-patch-merge-key` in their OpenAPI schema). Lists without
+/// one (`args`, `tolerations`, `envFrom`, …) are replaced whole.
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
         "containers"
@@ -10,49 +12,66 @@ fn merge_key(field: &str) -> Option<&'static str> {
         | "ephemeralContainers"
         | "volumes"
         | "env"
-        | "volumeMounts"
         | "imagePullSecrets"
-        | "hostAliases" => match field {
-            "volumeMounts" => "mountPath",
-            "hostAliases" => "ip",
-            _ => "name",
-        },
+        | "resourceClaims"
+        | "schedulingGates"
+        | "secrets"
+        | "webhooks" => "name",
+        "volumeMounts" => "mountPath",
+        "volumeDevices" => "devicePath",
+        "hostAliases" => "ip",
+        "topologySpreadConstraints" => "topologyKey",
+        "ownerReferences" => "uid",
+        "conditions" => "type",
         "ports" => "containerPort",
-        "tolerations" => "key",
         _ => return None,
     })
 }
 
-/// Applies a strategic-merge patch to `target` (maps merge, lists with a
-/// known merge key merge by it, other lists are replaced; `$patch: delete`
-/// and `$patch: replace` are honoured; `null` deletes a field).
-pub fn merge_strategic(target: &mut Value, patch: &Value) {
-    merge_value(target, patch, None);
+/// API groups whose kinds kustomize knows the schema of; lists in other
+/// kinds (custom resources) have no merge keys and are replaced.
+fn builtin_group(api_version: &str) -> bool {
+    let group = match api_version.split_once('/') {
+        Some((g, _)) => g,
+        None => return true,
+    };
+    !group.contains('.') || group.ends_with(".k8s.io")
 }
 
-fn merge_value(target: &mut Value, patch: &Value, field: Option<&str>) {
+/// Applies a strategic-merge patch to `target` the way kustomize (kyaml)
+/// does: maps merge; lists with a merge key merge by it, the patch's items
+/// first and then the target's items it did not name; other lists are
+/// replaced; `$patch: delete` and `$patch: replace` are honoured; `null`
+/// deletes a field. Other `$` directives are kept as fields, as kustomize
+/// keeps them.
+pub fn merge_strategic(target: &mut Value, patch: &Value) {
+    let schema = builtin_group(target["apiVersion"].as_str().unwrap_or(""));
+    merge_value(target, patch, None, schema);
+}
+
+fn is_directive(v: &Value, what: &str) -> bool {
+    v.get("$patch").and_then(Value::as_str) == Some(what)
+}
+
+fn merge_value(target: &mut Value, patch: &Value, field: Option<&str>, schema: bool) {
     match (target, patch) {
         (Value::Object(t), Value::Object(p)) => {
-            if p.get("$patch").and_then(Value::as_str) == Some("replace") {
+            if is_directive(patch, "replace") {
                 let mut p = p.clone();
                 p.remove("$patch");
                 *t = p;
                 return;
             }
             for (k, v) in p {
-                if k.starts_with("$") {
+                if k == "$patch" {
                     continue;
                 }
-                if v.is_null() {
-                    t.remove(k);
-                    continue;
-                }
-                if v.get("$patch").and_then(Value::as_str) == Some("delete") {
+                if v.is_null() || is_directive(v, "delete") {
                     t.remove(k);
                     continue;
                 }
                 match t.get_mut(k) {
-                    Some(existing) => merge_value(existing, v, Some(k)),
+                    Some(existing) => merge_value(existing, v, Some(k), schema),
                     None => {
                         let mut fresh = v.clone();
                         strip_directives(&mut fresh);
@@ -62,7 +81,7 @@ fn merge_value(target: &mut Value, patch: &Value, field: Option<&str>) {
             }
         }
         (Value::Array(t), Value::Array(p)) => {
-            let key = field.and_then(merge_key);
+            let key = field.filter(|_| schema).and_then(merge_key);
             // `ports` of a Service merge by `port`.
             let key = match (key, p.first().or(t.first())) {
                 (Some("containerPort"), Some(first)) if first.get("containerPort").is_none() => {
@@ -70,30 +89,40 @@ fn merge_value(target: &mut Value, patch: &Value, field: Option<&str>) {
                 }
                 (k, _) => k,
             };
-            let Some(key) = key else {
-                let mut p = Value::Array(p.clone());
-                strip_directives(&mut p);
-                *t = p.as_array().cloned().unwrap_or_default();
+            let replace = p.iter().any(|item| is_directive(item, "replace"));
+            let Some(key) = key.filter(|_| !replace) else {
+                let mut items: Vec<Value> = p
+                    .iter()
+                    .filter(|item| !is_directive(item, "replace"))
+                    .cloned()
+                    .collect();
+                items.iter_mut().for_each(strip_directives);
+                *t = items;
                 return;
             };
-            let mut added = Vec::new();
+            let mut original: Vec<Option<Value>> = t.drain(..).map(Some).collect();
             for item in p {
                 let id = item.get(key);
-                let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
-                match t.iter().position(|x| id.is_some() && x.get(key) == id) {
-                    Some(i) if delete => {
-                        t.remove(i);
+                let found = original
+                    .iter()
+                    .position(|x| id.is_some() && x.as_ref().and_then(|x| x.get(key)) == id);
+                let existing = found.and_then(|i| original[i].take());
+                if is_directive(item, "delete") {
+                    continue;
+                }
+                match existing {
+                    Some(mut merged) => {
+                        merge_value(&mut merged, item, None, schema);
+                        t.push(merged);
                     }
-                    Some(i) => merge_value(&mut t[i], item, None),
-                    None if delete => {}
                     None => {
                         let mut fresh = item.clone();
                         strip_directives(&mut fresh);
-                        added.push(fresh);
+                        t.push(fresh);
                     }
                 }
             }
-            t.append(&mut added);
+            t.extend(original.into_iter().flatten());
         }
         (t, p) => {
             let mut p = p.clone();
@@ -103,10 +132,11 @@ fn merge_value(target: &mut Value, patch: &Value, field: Option<&str>) {
     }
 }
 
+/// Drops `$patch` directives from a value that is added as it is.
 fn strip_directives(v: &mut Value) {
     match v {
         Value::Object(m) => {
-            m.retain(|k, _| !k.starts_with('$'));
+            m.remove("$patch");
             m.values_mut().for_each(strip_directives);
         }
         Value::Array(a) => a.iter_mut().for_each(strip_directives),

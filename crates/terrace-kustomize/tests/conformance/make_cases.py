@@ -679,6 +679,370 @@ case("components-shared-by-two-overlays", {
 }, build="top")
 case("error-kustomization-under-components", {"comp/kustomization.yaml": "resources: []\n", "kustomization.yaml": "components: [comp]\n"}, error="expected kind: Component")
 
+# --- strategic merge subtleties ------------------------------------------
+def smp(name, base, patch, extra=None):
+    files = {"kustomization.yaml": "resources: [r.yaml]\npatches:\n- path: p.yaml\n", "r.yaml": base, "p.yaml": patch}
+    files.update(extra or {})
+    case(name, files)
+
+FULLDEP = k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: web
+      labels: {app: web}
+      finalizers: [a, b]
+    spec:
+      replicas: 1
+      selector:
+        matchLabels: {app: web}
+      template:
+        metadata:
+          labels: {app: web}
+        spec:
+          imagePullSecrets: [{name: reg1}]
+          tolerations:
+          - {key: a, operator: Exists}
+          volumes:
+          - name: data
+            emptyDir: {}
+          - name: cfg
+            configMap: {name: cfg}
+          initContainers:
+          - name: init
+            image: busybox
+          containers:
+          - name: web
+            image: nginx:1.0
+            args: [--a, --b]
+            ports:
+            - {containerPort: 80, name: http}
+            - {containerPort: 443, name: https}
+            env:
+            - {name: A, value: "1"}
+            - {name: B, value: "2"}
+            volumeMounts:
+            - {name: data, mountPath: /data}
+          - name: side
+            image: envoy:1.0
+    """)
+smp("smp-env-merge-by-name", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      template:
+        spec:
+          containers:
+          - name: web
+            env:
+            - {name: B, value: "20"}
+            - {name: C, value: "3"}
+    """))
+smp("smp-primitive-list-replaced", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      template:
+        spec:
+          containers:
+          - name: web
+            args: [--c]
+    """))
+smp("smp-ports-merge-by-container-port", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      template:
+        spec:
+          containers:
+          - name: web
+            ports:
+            - {containerPort: 443, name: tls}
+            - {containerPort: 8080, name: admin}
+    """))
+smp("smp-volumes-and-mounts", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      template:
+        spec:
+          volumes:
+          - name: data
+            emptyDir: null
+            persistentVolumeClaim: {claimName: data}
+          - name: extra
+            secret: {secretName: extra}
+          containers:
+          - name: web
+            volumeMounts:
+            - {name: extra, mountPath: /extra}
+            - {name: data, mountPath: /data, readOnly: true}
+    """))
+smp("smp-delete-directive-on-map", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      selector:
+        $patch: delete
+      template:
+        spec:
+          initContainers:
+          - name: init
+            $patch: delete
+    """))
+smp("smp-replace-directive-on-list", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      template:
+        spec:
+          containers:
+          - name: only
+            image: only:1
+          - $patch: replace
+    """))
+smp("smp-replace-directive-on-map", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      template:
+        metadata:
+          $patch: replace
+          labels: {app: web, new: "yes"}
+    """))
+smp("smp-null-removes-field", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: web
+      labels: {app: null}
+    spec:
+      replicas: null
+      template:
+        spec:
+          tolerations: null
+    """))
+smp("smp-set-element-order", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      template:
+        spec:
+          $setElementOrder/containers:
+          - name: side
+          - name: web
+          containers:
+          - name: web
+            image: nginx:2.0
+    """))
+smp("smp-tolerations-replaced", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      template:
+        spec:
+          tolerations:
+          - {key: b, operator: Exists}
+    """))
+smp("smp-image-pull-secrets-merge", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      template:
+        spec:
+          imagePullSecrets: [{name: reg2}]
+    """))
+smp("smp-new-container-appended", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      template:
+        spec:
+          containers:
+          - name: metrics
+            image: exporter:1
+    """))
+smp("smp-custom-resource-lists-replaced", k("""
+    apiVersion: example.com/v1
+    kind: Thing
+    metadata: {name: t}
+    spec:
+      items:
+      - {name: a, v: 1}
+      - {name: b, v: 2}
+      nested: {keep: 1, change: 1}
+    """), k("""
+    apiVersion: example.com/v1
+    kind: Thing
+    metadata: {name: t}
+    spec:
+      items:
+      - {name: b, v: 3}
+      nested: {change: 2, add: 3}
+    """))
+smp("smp-service-ports-by-port", k("""
+    apiVersion: v1
+    kind: Service
+    metadata: {name: web}
+    spec:
+      selector: {app: web}
+      ports:
+      - {name: http, port: 80, targetPort: 8080}
+      - {name: https, port: 443, targetPort: 8443}
+    """), k("""
+    apiVersion: v1
+    kind: Service
+    metadata: {name: web}
+    spec:
+      ports:
+      - {name: https, port: 443, targetPort: 9443}
+      - {name: metrics, port: 9090}
+    """))
+smp("smp-multiple-docs-in-one-patch", FULLDEP + "---\n" + SERVICE, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      replicas: 3
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: web}
+    spec:
+      type: NodePort
+    """))
+smp("smp-delete-from-primitive-list", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: web
+      $deleteFromPrimitiveList/finalizers: [a]
+    """))
+smp("smp-retain-labels-add-annotations", FULLDEP, k("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: web
+      annotations: {note: patched}
+      labels: {extra: "1"}
+    """))
+
+# --- json 6902 ---------------------------------------------------------------
+def j6902(name, ops, base=None, error=None):
+    case(name, {"kustomization.yaml": "resources: [r.yaml]\npatches:\n- target:\n    kind: Deployment\n  path: ops.yaml\n", "r.yaml": base or FULLDEP, "ops.yaml": ops}, error=error)
+
+j6902("json6902-append-and-insert", k("""
+    - op: add
+      path: /spec/template/spec/containers/0/args/-
+      value: --z
+    - op: add
+      path: /spec/template/spec/containers/0/env/0
+      value: {name: FIRST, value: "0"}
+    """))
+j6902("json6902-move-and-copy", k("""
+    - op: copy
+      from: /spec/template/spec/containers/0/image
+      path: /metadata/annotations
+      value: null
+    - op: move
+      from: /metadata/labels/app
+      path: /metadata/labels/moved
+    """).replace("      value: null\n", "").replace("path: /metadata/annotations", "path: /metadata/labels/copied"))
+j6902("json6902-test-passes", k("""
+    - op: test
+      path: /spec/replicas
+      value: 1
+    - op: replace
+      path: /spec/replicas
+      value: 2
+    """))
+j6902("json6902-escaped-path", k("""
+    - op: add
+      path: /metadata/annotations
+      value: {}
+    - op: add
+      path: /metadata/annotations/example.com~1team
+      value: platform
+    - op: add
+      path: /metadata/annotations/tilde~0key
+      value: x
+    """))
+j6902("json6902-remove-list-item", k("""
+    - op: remove
+      path: /spec/template/spec/containers/1
+    - op: remove
+      path: /spec/template/spec/volumes/0
+    """))
+j6902("error-json6902-test-fails", k("""
+    - op: test
+      path: /spec/replicas
+      value: 7
+    """), error="test")
+j6902("error-json6902-remove-missing", k("""
+    - op: remove
+      path: /spec/nothing
+    """), error="/spec/nothing")
+case("json6902-json-syntax", {"kustomization.yaml": "resources: [r.yaml]\npatches:\n- target:\n    kind: Deployment\n  path: ops.json\n", "r.yaml": FULLDEP, "ops.json": '[{"op": "replace", "path": "/spec/replicas", "value": 9}]\n'})
+
+# --- patch targets -----------------------------------------------------------
+MANY = k("""
+    apiVersion: v1
+    kind: ConfigMap
+    metadata:
+      name: alpha
+      namespace: one
+      labels: {tier: front, env: prod}
+      annotations: {team: a}
+    ---
+    apiVersion: v1
+    kind: ConfigMap
+    metadata:
+      name: beta
+      namespace: two
+      labels: {tier: back, env: prod}
+      annotations: {team: b}
+    ---
+    apiVersion: v1
+    kind: Secret
+    metadata:
+      name: gamma
+      namespace: one
+      labels: {tier: front, env: dev}
+    ---
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: alpha
+      namespace: one
+    spec:
+      template:
+        spec:
+          containers: [{name: c, image: x}]
+    """)
+def target(name, tgt):
+    case(name, {"kustomization.yaml": "resources: [r.yaml]\npatches:\n- target:\n" + textwrap.indent(k(tgt), "    ") + "  patch: |-\n    - op: add\n      path: /metadata/labels\n      value: {hit: \"yes\"}\n", "r.yaml": MANY})
+target("target-annotation-selector", "annotationSelector: team=b\n")
+target("target-namespace", "namespace: one\n")
+target("target-group-version", "group: apps\nversion: v1\n")
+target("target-name-alternation", "name: alpha|beta\nkind: ConfigMap\n")
+target("target-set-based-selector", "labelSelector: tier in (front),env notin (dev)\n")
+target("target-not-equal-selector", "labelSelector: env!=prod\n")
+target("target-existence-selector", "labelSelector: \"!tier\"\n")
+target("target-kind-regex", "kind: Config.*\n")
+case("patch-options-allow-name-change", {"kustomization.yaml": "resources: [d.yaml]\npatches:\n- target: {kind: Deployment, name: web}\n  options: {allowNameChange: true}\n  patch: |-\n    apiVersion: apps/v1\n    kind: Deployment\n    metadata:\n      name: renamed\n", "d.yaml": DEPLOY})
+case("patch-smp-with-target-renames-nothing", {"kustomization.yaml": "resources: [r.yaml]\npatches:\n- target: {kind: ConfigMap}\n  patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: ignored\n    data:\n      added: \"1\"\n", "r.yaml": MANY})
+
 
 def main():
     if os.path.isdir(CASES):
