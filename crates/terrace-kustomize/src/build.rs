@@ -115,7 +115,24 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
         .and_then(Value::as_str)
         .unwrap_or("legacy");
     match order {
-        "legacy" => objects.sort_by_key(legacy_key),
+        "legacy" => {
+            let legacy = k
+                .get("sortOptions")
+                .and_then(|s| s.get("legacySortOptions"));
+            let list = |field: &str, default: &[&str]| -> Vec<String> {
+                match legacy.and_then(|l| l.get(field)).and_then(Value::as_array) {
+                    Some(kinds) => kinds
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect(),
+                    None => default.iter().map(|s| (*s).to_owned()).collect(),
+                }
+            };
+            let first = list("orderFirst", &ORDER_FIRST);
+            let last = list("orderLast", &ORDER_LAST);
+            objects.sort_by_cached_key(|v| legacy_key(v, &first, &last));
+        }
         "fifo" => {}
         other => {
             return Err(KustomizeError::invalid(
@@ -175,6 +192,7 @@ fn load(fs: &dyn Fs, dir: &Path) -> Result<(PathBuf, Map<String, Value>), Kustom
             ));
         }
     }
+    crate::schema::check(&k, &file)?;
     Ok((file, k))
 }
 
@@ -491,7 +509,7 @@ fn apply_own(
         }
     }
     if let Some(labels) = k.get("commonLabels").and_then(Value::as_object) {
-        let labels = stringify(labels);
+        let labels = labels.clone();
         for r in acc.iter_mut() {
             transform::add_labels(&mut r.value, &labels, true, true);
         }
@@ -502,7 +520,7 @@ fn apply_own(
         .into_iter()
         .flatten()
     {
-        let pairs = stringify(&obj(&l["pairs"]));
+        let pairs = obj(&l["pairs"]);
         let selectors = l["includeSelectors"] == Value::Bool(true);
         let templates = l["includeTemplates"] == Value::Bool(true);
         for r in acc.iter_mut() {
@@ -510,7 +528,7 @@ fn apply_own(
         }
     }
     if let Some(ann) = k.get("commonAnnotations").and_then(Value::as_object) {
-        let ann = stringify(ann);
+        let ann = ann.clone();
         for r in acc.iter_mut() {
             transform::add_annotations(&mut r.value, &ann);
         }
@@ -557,11 +575,7 @@ fn apply_own(
         .map(|i| Image {
             name: i["name"].as_str().unwrap_or("").to_owned(),
             new_name: i["newName"].as_str().map(str::to_owned),
-            new_tag: match &i["newTag"] {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            },
+            new_tag: i["newTag"].as_str().map(str::to_owned),
             digest: i["digest"].as_str().map(str::to_owned),
         })
         .collect();
@@ -574,18 +588,6 @@ fn apply_own(
         crate::replace::run(fs, dir, file, list, acc)?;
     }
     Ok(())
-}
-
-fn stringify(m: &Map<String, Value>) -> Map<String, Value> {
-    m.iter()
-        .map(|(k, v)| {
-            let s = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k.clone(), Value::String(s))
-        })
-        .collect()
 }
 
 fn patch_text(fs: &dyn Fs, dir: &Path, file: &Path, p: &Value) -> Result<String, KustomizeError> {
@@ -855,10 +857,22 @@ fn generate(
         .as_str()
         .ok_or_else(|| KustomizeError::invalid(file, "a generator needs a `name`"))?
         .to_owned();
-    let mut data = Map::new();
+    // Keys in the order kustomize adds them: literals, env files, files.
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut add = |key: String, value: Vec<u8>| {
+        if entries.iter().any(|(k, _)| *k == key) {
+            let kind = if secret { "secret" } else { "configmap" };
+            return Err(KustomizeError::invalid(
+                file,
+                format!("{kind} {name} illegally repeats the key `{key}`"),
+            ));
+        }
+        entries.push((key, value));
+        Ok(())
+    };
     for l in g["literals"].as_array().into_iter().flatten() {
         let (k, v) = literal(l.as_str().unwrap_or(""), file)?;
-        data.insert(k, Value::String(v));
+        add(k, v.into_bytes())?;
     }
     let mut env_files: Vec<String> = g["envs"]
         .as_array()
@@ -873,12 +887,13 @@ fn generate(
     for e in env_files {
         let text = read_restricted(fs, dir, &e, file)?;
         for line in text.lines() {
-            let line = line.trim();
+            // Leading space goes; the value keeps the rest as written.
+            let line = line.trim_start();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let (k, v) = line.split_once('=').unwrap_or((line, ""));
-            data.insert(k.trim().to_owned(), Value::String(v.to_owned()));
+            add(k.trim().to_owned(), v.as_bytes().to_vec())?;
         }
     }
     for f in g["files"]
@@ -897,17 +912,41 @@ fn generate(
                 f,
             ),
         };
-        let text = read_restricted(fs, dir, path, file)?;
-        data.insert(key, Value::String(text));
+        let path = restricted(dir, path, file)?;
+        let bytes = fs.read(&path).map_err(|source| KustomizeError::Io {
+            file: file.to_owned(),
+            source: std::io::Error::new(source.kind(), format!("{}: {source}", path.display())),
+        })?;
+        add(key, bytes)?;
     }
-    if secret {
-        for v in data.values_mut() {
-            *v = Value::String(base64(v.as_str().unwrap_or("").as_bytes()));
+    // A Secret holds everything base64-encoded; a ConfigMap holds text in
+    // `data` and anything that is not UTF-8 in `binaryData`.
+    let mut data = Map::new();
+    let mut binary = Map::new();
+    for (k, v) in entries {
+        match String::from_utf8(v) {
+            Ok(text) if !secret => {
+                data.insert(k, Value::String(text));
+            }
+            Ok(text) => {
+                data.insert(k, Value::String(base64(text.as_bytes())));
+            }
+            Err(e) if secret => {
+                data.insert(k, Value::String(base64(e.as_bytes())));
+            }
+            Err(e) => {
+                binary.insert(k, Value::String(base64(e.as_bytes())));
+            }
         }
     }
     let local = obj(&g["options"]);
     let pick = |key: &str| local.get(key).or_else(|| global.get(key)).cloned();
-    let disable_hash = pick("disableNameSuffixHash") == Some(Value::Bool(true));
+    // Either level can turn the hash off; neither can turn it back on.
+    let disable_hash = [
+        local.get("disableNameSuffixHash"),
+        global.get("disableNameSuffixHash"),
+    ]
+    .contains(&Some(&Value::Bool(true)));
     let mut metadata = Map::new();
     metadata.insert("name".into(), Value::String(name.clone()));
     if let Some(ns) = g["namespace"].as_str() {
@@ -916,17 +955,20 @@ fn generate(
     let mut labels = obj(global.get("labels").unwrap_or(&Value::Null));
     labels.extend(obj(local.get("labels").unwrap_or(&Value::Null)));
     if !labels.is_empty() {
-        metadata.insert("labels".into(), Value::Object(stringify(&labels)));
+        metadata.insert("labels".into(), Value::Object(labels));
     }
     let mut annotations = obj(global.get("annotations").unwrap_or(&Value::Null));
     annotations.extend(obj(local.get("annotations").unwrap_or(&Value::Null)));
     if !annotations.is_empty() {
-        metadata.insert("annotations".into(), Value::Object(stringify(&annotations)));
+        metadata.insert("annotations".into(), Value::Object(annotations));
     }
     let kind = if secret { "Secret" } else { "ConfigMap" };
     let mut value = json!({"apiVersion": "v1", "kind": kind, "metadata": metadata});
     if !data.is_empty() {
         value["data"] = Value::Object(data.clone());
+    }
+    if !binary.is_empty() {
+        value["binaryData"] = Value::Object(binary.clone());
     }
     if secret {
         value["type"] = g.get("type").cloned().unwrap_or_else(|| json!("Opaque"));
@@ -938,7 +980,7 @@ fn generate(
     let ns = g["namespace"].as_str().unwrap_or("");
     let existing = acc.iter_mut().find(|r| {
         transform::kind(&r.value) == kind
-            && r.names.first().map(String::as_str) == Some(name.as_str())
+            && r.names.iter().any(|n| *n == name)
             && transform::namespace(&r.value) == ns
     });
     match (behavior, existing) {
@@ -958,11 +1000,16 @@ fn generate(
         )),
         ("merge", Some(r)) => {
             let target = r.value.as_object_mut().expect("objects are maps");
-            let merged = target
-                .entry("data")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Some(m) = merged.as_object_mut() {
-                m.extend(data);
+            for (field, entries) in [("data", data), ("binaryData", binary)] {
+                if entries.is_empty() {
+                    continue;
+                }
+                let merged = target
+                    .entry(field)
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Some(m) = merged.as_object_mut() {
+                    m.extend(entries);
+                }
             }
             for field in ["labels", "annotations"] {
                 if let Some(pairs) = value["metadata"][field].as_object() {
@@ -1064,39 +1111,42 @@ fn go_string(s: &str) -> String {
 
 /// kustomize's legacy order: kinds by a fixed list, then by GVK, namespace
 /// and name.
-fn legacy_key(v: &Value) -> (i32, String, String) {
-    const FIRST: [&str; 22] = [
-        "Namespace",
-        "ResourceQuota",
-        "StorageClass",
-        "CustomResourceDefinition",
-        "ServiceAccount",
-        "PodSecurityPolicy",
-        "Role",
-        "ClusterRole",
-        "RoleBinding",
-        "ClusterRoleBinding",
-        "ConfigMap",
-        "Secret",
-        "Endpoints",
-        "Service",
-        "LimitRange",
-        "PriorityClass",
-        "PersistentVolume",
-        "PersistentVolumeClaim",
-        "Deployment",
-        "StatefulSet",
-        "CronJob",
-        "PodDisruptionBudget",
-    ];
-    const LAST: [&str; 2] = [
-        "MutatingWebhookConfiguration",
-        "ValidatingWebhookConfiguration",
-    ];
+/// Kinds the legacy sort puts first and last, unless `legacySortOptions`
+/// names others.
+const ORDER_FIRST: [&str; 22] = [
+    "Namespace",
+    "ResourceQuota",
+    "StorageClass",
+    "CustomResourceDefinition",
+    "ServiceAccount",
+    "PodSecurityPolicy",
+    "Role",
+    "ClusterRole",
+    "RoleBinding",
+    "ClusterRoleBinding",
+    "ConfigMap",
+    "Secret",
+    "Endpoints",
+    "Service",
+    "LimitRange",
+    "PriorityClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "Deployment",
+    "StatefulSet",
+    "CronJob",
+    "PodDisruptionBudget",
+];
+const ORDER_LAST: [&str; 2] = [
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+];
+
+fn legacy_key(v: &Value, first: &[String], last: &[String]) -> (i32, String, String) {
     let kind = transform::kind(v);
-    let rank = if let Some(i) = FIRST.iter().position(|k| *k == kind) {
-        i as i32 - FIRST.len() as i32
-    } else if let Some(i) = LAST.iter().position(|k| *k == kind) {
+    let rank = if let Some(i) = first.iter().position(|k| *k == kind) {
+        i as i32 - first.len() as i32
+    } else if let Some(i) = last.iter().position(|k| *k == kind) {
         1 + i as i32
     } else {
         0

@@ -6,7 +6,15 @@ use std::path::{Component, Path, PathBuf};
 
 /// What a build reads. Paths are absolute (or rooted in the memory tree).
 pub trait Fs {
-    fn read_to_string(&self, path: &Path) -> io::Result<String>;
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        String::from_utf8(self.read(path)?).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            )
+        })
+    }
     fn is_dir(&self, path: &Path) -> bool;
     fn is_file(&self, path: &Path) -> bool;
 }
@@ -16,8 +24,8 @@ pub trait Fs {
 pub struct DiskFs;
 
 impl Fs for DiskFs {
-    fn read_to_string(&self, path: &Path) -> io::Result<String> {
-        std::fs::read_to_string(path)
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
     }
     fn is_dir(&self, path: &Path) -> bool {
         path.is_dir()
@@ -30,7 +38,7 @@ impl Fs for DiskFs {
 /// Files in memory, keyed by normalized path.
 #[derive(Debug, Clone, Default)]
 pub struct MemFs {
-    files: BTreeMap<PathBuf, String>,
+    files: BTreeMap<PathBuf, Vec<u8>>,
 }
 
 impl MemFs {
@@ -39,14 +47,15 @@ impl MemFs {
     }
 
     /// Adds a file (parent directories exist implicitly).
-    pub fn add(&mut self, path: impl AsRef<Path>, content: impl Into<String>) -> &mut Self {
-        self.files.insert(normalize(path.as_ref()), content.into());
+    pub fn add(&mut self, path: impl AsRef<Path>, content: impl AsRef<[u8]>) -> &mut Self {
+        self.files
+            .insert(normalize(path.as_ref()), content.as_ref().to_vec());
         self
     }
 }
 
 impl Fs for MemFs {
-    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         self.files.get(&normalize(path)).cloned().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,

@@ -15,6 +15,7 @@ mod build;
 mod fs;
 mod patch;
 mod replace;
+mod schema;
 mod transform;
 
 use std::path::PathBuf;

@@ -74,10 +74,32 @@ fn set_all(m: &mut Map<String, Value>, pairs: &Map<String, Value>) {
 }
 
 pub fn set_namespace(v: &mut Value, ns: &str) {
-    if CLUSTER_SCOPED.contains(&kind(v)) {
-        // Subjects of cluster bindings still move with the namespace.
-    } else {
-        meta(v).insert("namespace".into(), Value::String(ns.to_owned()));
+    let ns_value = Value::String(ns.to_owned());
+    if kind(v) == "Namespace" {
+        // kustomize names a Namespace object after the namespace.
+        meta(v).insert("name".into(), ns_value.clone());
+    } else if !CLUSTER_SCOPED.contains(&kind(v)) {
+        meta(v).insert("namespace".into(), ns_value.clone());
+    }
+    // Services that cluster-scoped objects call move with the namespace.
+    let mut services: Vec<&mut Value> = Vec::new();
+    match kind(v) {
+        "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration" => {
+            let hooks = v.get_mut("webhooks").and_then(Value::as_array_mut);
+            for hook in hooks.into_iter().flatten() {
+                services.extend(hook.pointer_mut("/clientConfig/service"));
+            }
+        }
+        "APIService" => services.extend(v.pointer_mut("/spec/service")),
+        "CustomResourceDefinition" => {
+            services.extend(v.pointer_mut("/spec/conversion/webhook/clientConfig/service"));
+        }
+        _ => {}
+    }
+    for service in services {
+        if let Some(m) = service.as_object_mut() {
+            m.insert("namespace".into(), ns_value.clone());
+        }
     }
     if matches!(kind(v), "RoleBinding" | "ClusterRoleBinding")
         && let Some(subjects) = v.get_mut("subjects").and_then(Value::as_array_mut)
@@ -129,6 +151,14 @@ pub fn add_labels(v: &mut Value, pairs: &Map<String, Value>, selectors: bool, te
             if k == "CronJob" {
                 if let Some(m) = map_at(v, &["spec", "jobTemplate", "metadata", "labels"], true) {
                     set_all(m, pairs);
+                }
+            }
+            if k == "StatefulSet" {
+                let claims = v["spec"]["volumeClaimTemplates"].as_array_mut();
+                for claim in claims.into_iter().flatten() {
+                    if let Some(m) = map_at(claim, &["metadata", "labels"], true) {
+                        set_all(m, pairs);
+                    }
                 }
             }
         }
@@ -292,6 +322,18 @@ pub fn set_replicas(v: &mut Value, count: &Value) {
 struct Ref<'a> {
     target_kind: &'a str,
     value: &'a mut Value,
+    /// The namespace the reference names explicitly (RBAC subjects).
+    namespace: Option<String>,
+}
+
+impl<'a> Ref<'a> {
+    fn to(target_kind: &'a str, value: &'a mut Value) -> Ref<'a> {
+        Ref {
+            target_kind,
+            value,
+            namespace: None,
+        }
+    }
 }
 
 /// Every name reference an object holds.
@@ -317,20 +359,18 @@ fn refs(v: &mut Value) -> Vec<Ref<'_>> {
                     "Role"
                 };
                 if let Some(n) = r.get_mut("name") {
-                    out.push(Ref {
-                        target_kind: target,
-                        value: n,
-                    });
+                    out.push(Ref::to(target, n));
                 }
             }
             if let Some(Value::Array(subjects)) = subjects {
                 for s in subjects {
+                    let namespace = s["namespace"].as_str().map(str::to_owned);
                     if s["kind"] == "ServiceAccount"
                         && let Some(n) = s.get_mut("name")
                     {
                         out.push(Ref {
-                            target_kind: "ServiceAccount",
-                            value: n,
+                            namespace,
+                            ..Ref::to("ServiceAccount", n)
                         });
                     }
                 }
@@ -345,16 +385,10 @@ fn refs(v: &mut Value) -> Vec<Ref<'_>> {
                         for (key, val) in m.iter_mut() {
                             if key == "service" {
                                 if let Some(n) = val.get_mut("name") {
-                                    out.push(Ref {
-                                        target_kind: "Service",
-                                        value: n,
-                                    });
+                                    out.push(Ref::to("Service", n));
                                 }
                             } else if key == "secretName" {
-                                out.push(Ref {
-                                    target_kind: "Secret",
-                                    value: val,
-                                });
+                                out.push(Ref::to("Secret", val));
                             } else {
                                 stack.push(val);
                             }
@@ -375,10 +409,7 @@ fn refs(v: &mut Value) -> Vec<Ref<'_>> {
                     _ => "Deployment",
                 };
                 if let Some(n) = r.get_mut("name") {
-                    out.push(Ref {
-                        target_kind: target,
-                        value: n,
-                    });
+                    out.push(Ref::to(target, n));
                 }
             }
             return out;
@@ -391,10 +422,7 @@ fn refs(v: &mut Value) -> Vec<Ref<'_>> {
                 {
                     for s in a {
                         if let Some(n) = s.get_mut("name") {
-                            out.push(Ref {
-                                target_kind: "Secret",
-                                value: n,
-                            });
+                            out.push(Ref::to("Secret", n));
                         }
                     }
                 }
@@ -416,17 +444,12 @@ fn pod_spec_refs<'a>(spec: &'a mut Value, out: &mut Vec<Ref<'a>>) {
     };
     for (key, val) in m.iter_mut() {
         match key.as_str() {
-            "serviceAccountName" | "serviceAccount" => out.push(Ref {
-                target_kind: "ServiceAccount",
-                value: val,
-            }),
+            "serviceAccountName" | "serviceAccount" => out.push(Ref::to("ServiceAccount", val)),
+            "priorityClassName" => out.push(Ref::to("PriorityClass", val)),
             "imagePullSecrets" => {
                 for s in val.as_array_mut().into_iter().flatten() {
                     if let Some(n) = s.get_mut("name") {
-                        out.push(Ref {
-                            target_kind: "Secret",
-                            value: n,
-                        });
+                        out.push(Ref::to("Secret", n));
                     }
                 }
             }
@@ -439,26 +462,17 @@ fn pod_spec_refs<'a>(spec: &'a mut Value, out: &mut Vec<Ref<'a>>) {
                         match vk.as_str() {
                             "configMap" => {
                                 if let Some(n) = vv.get_mut("name") {
-                                    out.push(Ref {
-                                        target_kind: "ConfigMap",
-                                        value: n,
-                                    });
+                                    out.push(Ref::to("ConfigMap", n));
                                 }
                             }
                             "secret" => {
                                 if let Some(n) = vv.get_mut("secretName") {
-                                    out.push(Ref {
-                                        target_kind: "Secret",
-                                        value: n,
-                                    });
+                                    out.push(Ref::to("Secret", n));
                                 }
                             }
                             "persistentVolumeClaim" => {
                                 if let Some(n) = vv.get_mut("claimName") {
-                                    out.push(Ref {
-                                        target_kind: "PersistentVolumeClaim",
-                                        value: n,
-                                    });
+                                    out.push(Ref::to("PersistentVolumeClaim", n));
                                 }
                             }
                             "projected" => {
@@ -478,10 +492,7 @@ fn pod_spec_refs<'a>(spec: &'a mut Value, out: &mut Vec<Ref<'a>>) {
                                             _ => continue,
                                         };
                                         if let Some(n) = sv.get_mut("name") {
-                                            out.push(Ref {
-                                                target_kind: target,
-                                                value: n,
-                                            });
+                                            out.push(Ref::to(target, n));
                                         }
                                     }
                                 }
@@ -512,10 +523,7 @@ fn pod_spec_refs<'a>(spec: &'a mut Value, out: &mut Vec<Ref<'a>>) {
                                             _ => continue,
                                         };
                                         if let Some(n) = fv.get_mut("name") {
-                                            out.push(Ref {
-                                                target_kind: target,
-                                                value: n,
-                                            });
+                                            out.push(Ref::to(target, n));
                                         }
                                     }
                                 }
@@ -532,10 +540,7 @@ fn pod_spec_refs<'a>(spec: &'a mut Value, out: &mut Vec<Ref<'a>>) {
                                             _ => continue,
                                         };
                                         if let Some(n) = ev.get_mut("name") {
-                                            out.push(Ref {
-                                                target_kind: target,
-                                                value: n,
-                                            });
+                                            out.push(Ref::to(target, n));
                                         }
                                     }
                                 }
@@ -577,6 +582,7 @@ pub fn fix_references(objects: &mut [Value], renamed: &[Renamed]) {
             let candidates: Vec<&Renamed> = renamed
                 .iter()
                 .filter(|x| x.kind == r.target_kind && x.old.iter().any(|n| n == current))
+                .filter(|x| r.namespace.as_ref().is_none_or(|ns| *ns == x.namespace))
                 .collect();
             let chosen = candidates
                 .iter()

@@ -1043,6 +1043,399 @@ target("target-kind-regex", "kind: Config.*\n")
 case("patch-options-allow-name-change", {"kustomization.yaml": "resources: [d.yaml]\npatches:\n- target: {kind: Deployment, name: web}\n  options: {allowNameChange: true}\n  patch: |-\n    apiVersion: apps/v1\n    kind: Deployment\n    metadata:\n      name: renamed\n", "d.yaml": DEPLOY})
 case("patch-smp-with-target-renames-nothing", {"kustomization.yaml": "resources: [r.yaml]\npatches:\n- target: {kind: ConfigMap}\n  patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: ignored\n    data:\n      added: \"1\"\n", "r.yaml": MANY})
 
+# --- name references ---------------------------------------------------------
+case("nameref-pod-spec-everywhere", {"kustomization.yaml": k("""
+    namePrefix: p-
+    resources: [r.yaml]
+    configMapGenerator:
+    - name: cfg
+      literals: [A=1]
+    secretGenerator:
+    - name: sec
+      literals: [B=2]
+    """), "r.yaml": k("""
+    apiVersion: v1
+    kind: ServiceAccount
+    metadata: {name: runner}
+    ---
+    apiVersion: v1
+    kind: PersistentVolumeClaim
+    metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+    ---
+    apiVersion: scheduling.k8s.io/v1
+    kind: PriorityClass
+    metadata: {name: high}
+    value: 1000
+    ---
+    apiVersion: batch/v1
+    kind: CronJob
+    metadata: {name: nightly}
+    spec:
+      schedule: "0 0 * * *"
+      jobTemplate:
+        spec:
+          template:
+            spec:
+              serviceAccountName: runner
+              priorityClassName: high
+              restartPolicy: Never
+              containers:
+              - name: job
+                image: busybox
+                env:
+                - name: A
+                  valueFrom: {configMapKeyRef: {name: cfg, key: A}}
+                - name: B
+                  valueFrom: {secretKeyRef: {name: sec, key: B}}
+                envFrom:
+                - configMapRef: {name: cfg}
+                - secretRef: {name: sec}
+              volumes:
+              - name: d
+                persistentVolumeClaim: {claimName: data}
+              - name: all
+                projected:
+                  sources:
+                  - configMap: {name: cfg}
+                  - secret: {name: sec}
+    ---
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: solo}
+    spec:
+      serviceAccountName: runner
+      containers:
+      - name: c
+        image: busybox
+        envFrom: [{configMapRef: {name: cfg}}]
+    """)})
+case("nameref-hpa-pdb-and-service", {"kustomization.yaml": "nameSuffix: -v1\nresources: [r.yaml]\n", "r.yaml": DEPLOY + "---\n" + SERVICE + "---\n" + k("""
+    apiVersion: autoscaling/v2
+    kind: HorizontalPodAutoscaler
+    metadata: {name: web}
+    spec:
+      scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+      minReplicas: 1
+      maxReplicas: 3
+    ---
+    apiVersion: policy/v1
+    kind: PodDisruptionBudget
+    metadata: {name: web}
+    spec:
+      minAvailable: 1
+      selector: {matchLabels: {app: web}}
+    ---
+    apiVersion: networking.k8s.io/v1
+    kind: Ingress
+    metadata: {name: web}
+    spec:
+      tls:
+      - hosts: [web.local]
+        secretName: web-tls
+      rules:
+      - host: web.local
+        http:
+          paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service: {name: web, port: {number: 80}}
+    ---
+    apiVersion: v1
+    kind: Secret
+    metadata: {name: web-tls}
+    type: kubernetes.io/tls
+    data: {tls.crt: "", tls.key: ""}
+    """)})
+case("nameref-statefulset-service-and-claims", {"kustomization.yaml": "namePrefix: db-\nresources: [r.yaml]\n", "r.yaml": k("""
+    apiVersion: v1
+    kind: Service
+    metadata: {name: pg}
+    spec:
+      clusterIP: None
+      selector: {app: pg}
+    ---
+    apiVersion: apps/v1
+    kind: StatefulSet
+    metadata: {name: pg}
+    spec:
+      serviceName: pg
+      selector: {matchLabels: {app: pg}}
+      template:
+        metadata: {labels: {app: pg}}
+        spec:
+          containers: [{name: pg, image: postgres}]
+      volumeClaimTemplates:
+      - metadata: {name: data}
+        spec:
+          accessModes: [ReadWriteOnce]
+          resources: {requests: {storage: 1Gi}}
+    """)})
+case("nameref-rbac-cluster-roles", {"kustomization.yaml": "namePrefix: x-\nnamespace: team\nresources: [r.yaml]\n", "r.yaml": k("""
+    apiVersion: v1
+    kind: ServiceAccount
+    metadata: {name: bot}
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRole
+    metadata: {name: reader}
+    rules: [{apiGroups: [""], resources: [pods], verbs: [get]}]
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRoleBinding
+    metadata: {name: bot-reads}
+    roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: reader}
+    subjects:
+    - {kind: ServiceAccount, name: bot, namespace: elsewhere}
+    - {kind: ServiceAccount, name: default, namespace: team}
+    - {kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: RoleBinding
+    metadata: {name: bot-reads-here}
+    roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: reader}
+    subjects:
+    - {kind: ServiceAccount, name: bot}
+    """)})
+case("nameref-same-name-different-kinds", {"kustomization.yaml": "namePrefix: p-\nresources: [r.yaml]\nconfigMapGenerator:\n- name: app\n  literals: [A=1]\nsecretGenerator:\n- name: app\n  literals: [B=2]\n", "r.yaml": DEPLOY.replace("        ports: [{containerPort: 80}]\n", "        envFrom:\n        - configMapRef: {name: app}\n        - secretRef: {name: app}\n")})
+case("nameref-across-namespaces", {
+    "a/kustomization.yaml": "namespace: a\nresources: [cm.yaml]\nconfigMapGenerator:\n- name: cfg\n  literals: [A=a]\n", "a/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: marker}\n",
+    "b/kustomization.yaml": "namespace: b\nresources: [d.yaml]\nconfigMapGenerator:\n- name: cfg\n  literals: [A=b]\n", "b/d.yaml": DEPLOY.replace("        ports: [{containerPort: 80}]\n", "        envFrom: [{configMapRef: {name: cfg}}]\n"),
+    "top/kustomization.yaml": "resources: [../a, ../b]\n",
+}, build="top")
+
+# --- namespace --------------------------------------------------------------
+case("namespace-webhook-and-apiservice", {"kustomization.yaml": "namespace: sys\nresources: [r.yaml]\n", "r.yaml": k("""
+    apiVersion: admissionregistration.k8s.io/v1
+    kind: ValidatingWebhookConfiguration
+    metadata: {name: check}
+    webhooks:
+    - name: check.example.com
+      clientConfig:
+        service: {name: hook, namespace: default, path: /validate}
+      admissionReviewVersions: [v1]
+      sideEffects: None
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: hook}
+    spec:
+      ports: [{port: 443}]
+    """)})
+case("namespace-both-layers", {
+    "base/kustomization.yaml": "namespace: base\nresources: [d.yaml]\n", "base/d.yaml": DEPLOY,
+    "overlay/kustomization.yaml": "namespace: overlay\nresources: [../base]\n",
+}, build="overlay")
+case("namespace-kind-itself", {"kustomization.yaml": "namespace: prod\nresources: [r.yaml]\n", "r.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n---\n" + CM})
+
+# --- labels and annotations ---------------------------------------------------
+WORKLOADS = k("""
+    apiVersion: apps/v1
+    kind: StatefulSet
+    metadata: {name: db}
+    spec:
+      selector: {matchLabels: {app: db}}
+      template:
+        metadata: {labels: {app: db}}
+        spec:
+          containers: [{name: db, image: pg}]
+      volumeClaimTemplates:
+      - metadata: {name: data}
+        spec: {accessModes: [ReadWriteOnce]}
+    ---
+    apiVersion: apps/v1
+    kind: DaemonSet
+    metadata: {name: agent}
+    spec:
+      selector: {matchLabels: {app: agent}}
+      template:
+        metadata: {labels: {app: agent}}
+        spec:
+          containers: [{name: a, image: agent}]
+    ---
+    apiVersion: batch/v1
+    kind: Job
+    metadata: {name: once}
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: j, image: busybox}]
+    ---
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: deny}
+    spec:
+      podSelector: {matchLabels: {app: db}}
+    ---
+    apiVersion: policy/v1
+    kind: PodDisruptionBudget
+    metadata: {name: db}
+    spec:
+      selector: {matchLabels: {app: db}}
+    """)
+case("common-labels-workloads", {"kustomization.yaml": "commonLabels: {team: data}\nresources: [r.yaml]\n", "r.yaml": WORKLOADS})
+case("common-annotations-workloads", {"kustomization.yaml": "commonAnnotations: {owner: data}\nresources: [r.yaml]\n", "r.yaml": WORKLOADS})
+case("labels-selectors-workloads", {"kustomization.yaml": "labels:\n- pairs: {team: data}\n  includeSelectors: true\n- pairs: {tmpl: only}\n  includeTemplates: true\n- pairs: {meta: only}\nresources: [r.yaml]\n", "r.yaml": WORKLOADS})
+case("common-labels-override-existing", {"kustomization.yaml": "commonLabels: {app: renamed}\nresources: [all.yaml]\n", "all.yaml": DEPLOY + "---\n" + SERVICE})
+case("error-common-labels-number", {"kustomization.yaml": "commonLabels: {version: 2}\nresources: [c.yaml]\n", "c.yaml": CM}, error="`commonLabels.version` must be a string")
+case("error-common-annotations-bool", {"kustomization.yaml": "commonAnnotations: {enabled: true}\nresources: [c.yaml]\n", "c.yaml": CM}, error="`commonAnnotations.enabled` must be a string")
+case("error-replicas-count-string", {"kustomization.yaml": "replicas:\n- name: web\n  count: \"2\"\nresources: [d.yaml]\n", "d.yaml": DEPLOY}, error="`replicas[0].count` must be a whole number")
+case("labels-on-generated-objects", {"kustomization.yaml": "commonLabels: {team: a}\nconfigMapGenerator:\n- name: cfg\n  literals: [A=1]\n"})
+
+# --- images -------------------------------------------------------------------
+IMGPOD = k("""
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: p}
+    spec:
+      initContainers:
+      - {name: i, image: "registry.local:5000/team/tool:1.0"}
+      containers:
+      - {name: a, image: nginx}
+      - {name: b, image: "nginx:1.0@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}
+      - {name: c, image: "docker.io/library/nginx:1.0"}
+      - {name: d, image: "nginxx:1.0"}
+    """)
+case("images-forms", {"kustomization.yaml": k("""
+    resources: [p.yaml]
+    images:
+    - name: nginx
+      newTag: "2.0"
+    - name: registry.local:5000/team/tool
+      newName: tool
+      digest: sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
+    """), "p.yaml": IMGPOD})
+case("images-new-name-only", {"kustomization.yaml": "resources: [p.yaml]\nimages:\n- name: nginx\n  newName: mirror.local/nginx\n", "p.yaml": IMGPOD})
+case("error-images-numeric-tag", {"kustomization.yaml": "resources: [p.yaml]\nimages:\n- name: nginx\n  newTag: 3\n", "p.yaml": IMGPOD}, error="`images[0].newTag` must be a string")
+case("images-cronjob-and-overlay", {
+    "base/kustomization.yaml": "resources: [c.yaml]\nimages:\n- name: busybox\n  newTag: \"1\"\n", "base/c.yaml": k("""
+    apiVersion: batch/v1
+    kind: CronJob
+    metadata: {name: c}
+    spec:
+      schedule: "* * * * *"
+      jobTemplate:
+        spec:
+          template:
+            spec:
+              restartPolicy: Never
+              containers: [{name: c, image: busybox}]
+    """),
+    "overlay/kustomization.yaml": "resources: [../base]\nimages:\n- name: busybox\n  newName: alpine\n",
+}, build="overlay")
+
+# --- replicas -----------------------------------------------------------------
+case("replicas-statefulset-and-prefix", {
+    "base/kustomization.yaml": "namePrefix: b-\nresources: [r.yaml]\n", "base/r.yaml": WORKLOADS.split("---")[0] + "---\n" + DEPLOY,
+    "overlay/kustomization.yaml": "resources: [../base]\nreplicas:\n- name: b-db\n  count: 3\n- name: web\n  count: 0\n",
+}, build="overlay")
+
+# --- generators -----------------------------------------------------------------
+case("configmap-env-file-details", {"kustomization.yaml": "configMapGenerator:\n- name: env\n  envs: [a.env, b.env]\n", "a.env": "# comment\n\nA=1\nB= spaced \nC=\"quoted\"\nexport_D=4\n", "b.env": "F=other\nE=\n"})
+case("error-env-repeated-key", {"kustomization.yaml": "configMapGenerator:\n- name: env\n  envs: [a.env, b.env]\n", "a.env": "A=1\n", "b.env": "A=2\n"}, error="repeats the key `A`")
+case("configmap-file-key-rename", {"kustomization.yaml": "configMapGenerator:\n- name: files\n  files:\n  - app.conf\n  - custom-key=other.txt\n", "app.conf": "line1\nline2\n", "other.txt": "other\n"})
+case("configmap-binary-file", {"kustomization.yaml": "configMapGenerator:\n- name: bin\n  files: [blob.bin, text.txt]\n", "blob.bin": b"\xff\xfe\x00\x01", "text.txt": "plain\n"})
+case("configmap-literal-details", {"kustomization.yaml": k("""
+    configMapGenerator:
+    - name: lit
+      literals:
+      - KEY=value=with=equals
+      - EMPTY=
+      - 'SPACED= padded '
+      - "MULTI=line1\\nline2"
+      - QUOTED='single'
+    """)})
+case("configmap-namespace-and-behavior-replace", {
+    "base/kustomization.yaml": "configMapGenerator:\n- name: cfg\n  namespace: ns1\n  literals: [A=1, B=2]\n",
+    "overlay/kustomization.yaml": "resources: [../base]\nconfigMapGenerator:\n- name: cfg\n  namespace: ns1\n  behavior: replace\n  literals: [C=3]\n",
+}, build="overlay")
+case("secret-generator-envs-and-options", {"kustomization.yaml": "secretGenerator:\n- name: env\n  envs: [s.env]\n  options:\n    disableNameSuffixHash: true\n    annotations: {a: b}\n- name: typed\n  type: Opaque\n  literals: [X=y]\n", "s.env": "USER=admin\nPASS=p@ss\n"})
+case("generator-options-per-generator-hash", {"kustomization.yaml": "generatorOptions:\n  disableNameSuffixHash: true\nconfigMapGenerator:\n- name: nohash\n  literals: [A=1]\n- name: hashed\n  literals: [A=1]\n  options:\n    disableNameSuffixHash: false\n"})
+case("generator-merge-in-overlay-with-prefix", {
+    "base/kustomization.yaml": "namePrefix: base-\nresources: [d.yaml]\nconfigMapGenerator:\n- name: cfg\n  literals: [A=1]\n", "base/d.yaml": DEPLOY.replace("        ports: [{containerPort: 80}]\n", "        envFrom: [{configMapRef: {name: cfg}}]\n"),
+    "overlay/kustomization.yaml": "namePrefix: top-\nresources: [../base]\nconfigMapGenerator:\n- name: base-cfg\n  behavior: merge\n  literals: [B=2]\n",
+}, build="overlay")
+case("generator-in-component-with-hash-ref", {
+    "base/kustomization.yaml": "resources: [d.yaml]\n", "base/d.yaml": DEPLOY.replace("        ports: [{containerPort: 80}]\n", "        envFrom: [{secretRef: {name: creds}}]\n"),
+    "comp/kustomization.yaml": COMP + "secretGenerator:\n- name: creds\n  literals: [TOKEN=abc]\n",
+    "overlay/kustomization.yaml": "resources: [../base]\ncomponents: [../comp]\nnamespace: apps\n",
+}, build="overlay")
+
+# --- sorting ------------------------------------------------------------------
+ALLKINDS = k("""
+    apiVersion: v1
+    kind: Service
+    metadata: {name: z-svc}
+    ---
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: a-dep}
+    ---
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: b-cm}
+    ---
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: ns}
+    ---
+    apiVersion: example.com/v1
+    kind: Custom
+    metadata: {name: c}
+    ---
+    apiVersion: apiextensions.k8s.io/v1
+    kind: CustomResourceDefinition
+    metadata: {name: customs.example.com}
+    ---
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: a-cm, namespace: zz}
+    ---
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: a-cm}
+    """)
+case("sort-legacy-custom-order", {"kustomization.yaml": "sortOptions:\n  order: legacy\n  legacySortOptions:\n    orderFirst: [ConfigMap, Service]\n    orderLast: [Namespace]\nresources: [r.yaml]\n", "r.yaml": ALLKINDS})
+case("sort-legacy-names-and-namespaces", {"kustomization.yaml": "resources: [r.yaml]\n", "r.yaml": ALLKINDS})
+case("sort-fifo-across-bases", {
+    "a/kustomization.yaml": "resources: [r.yaml]\n", "a/r.yaml": SERVICE,
+    "b/kustomization.yaml": "resources: [r.yaml]\n", "b/r.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n",
+    "top/kustomization.yaml": "sortOptions: {order: fifo}\nresources: [../a, ../b, cm.yaml]\n", "top/cm.yaml": CM,
+}, build="top")
+
+# --- overlays ------------------------------------------------------------------
+case("overlay-three-levels-all-fields", {
+    "base/kustomization.yaml": "resources: [d.yaml, s.yaml]\nconfigMapGenerator:\n- name: cfg\n  literals: [LEVEL=base]\n", "base/d.yaml": DEPLOY.replace("        ports: [{containerPort: 80}]\n", "        envFrom: [{configMapRef: {name: cfg}}]\n"), "base/s.yaml": SERVICE,
+    "staging/kustomization.yaml": "resources: [../base]\nnamePrefix: stg-\nnamespace: staging\ncommonLabels: {env: staging}\nconfigMapGenerator:\n- name: cfg\n  behavior: merge\n  literals: [LEVEL=staging]\n",
+    "staging-eu/kustomization.yaml": "resources: [../staging]\nnameSuffix: -eu\ncommonAnnotations: {region: eu}\nreplicas:\n- name: web\n  count: 2\nimages:\n- name: nginx\n  newTag: \"1.27\"\npatches:\n- target: {kind: Service}\n  patch: |-\n    - op: add\n      path: /spec/type\n      value: LoadBalancer\n",
+}, build="staging-eu")
+case("overlay-diamond-with-prefixes", {
+    "base/kustomization.yaml": "resources: [d.yaml]\n", "base/d.yaml": DEPLOY,
+    "blue/kustomization.yaml": "resources: [../base]\nnameSuffix: -blue\ncommonLabels: {color: blue}\n",
+    "green/kustomization.yaml": "resources: [../base]\nnameSuffix: -green\ncommonLabels: {color: green}\n",
+    "top/kustomization.yaml": "resources: [../blue, ../green]\n",
+}, build="top")
+case("overlay-kustomization-yml-and-Kustomization", {
+    "a/kustomization.yml": "resources: [r.yaml]\n", "a/r.yaml": CM,
+    "b/Kustomization": "resources: [r.yaml]\n", "b/r.yaml": SERVICE,
+    "top/kustomization.yaml": "resources: [../a, ../b]\n",
+}, build="top")
+
+# --- more errors ---------------------------------------------------------------
+case("error-remote-base", {"kustomization.yaml": "resources:\n- github.com/example/repo//base?ref=v1\n"}, error="remote")
+case("error-smp-no-match", {"kustomization.yaml": "resources: [d.yaml]\npatchesStrategicMerge:\n- |-\n  apiVersion: apps/v1\n  kind: Deployment\n  metadata:\n    name: nope\n  spec:\n    replicas: 2\n", "d.yaml": DEPLOY}, error="nope")
+case("error-bad-sort-order", {"kustomization.yaml": "sortOptions:\n  order: random\nresources: [c.yaml]\n", "c.yaml": CM}, error="random")
+case("error-invalid-resource-yaml", {"kustomization.yaml": "resources: [bad.yaml]\n", "bad.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [unclosed\n"}, error="bad.yaml")
+case("error-missing-patch-file", {"kustomization.yaml": "resources: [d.yaml]\npatches:\n- path: nothere.yaml\n", "d.yaml": DEPLOY}, error="nothere.yaml")
+case("error-generator-missing-file", {"kustomization.yaml": "configMapGenerator:\n- name: c\n  files: [missing.txt]\n"}, error="missing.txt")
+case("error-literal-without-equals", {"kustomization.yaml": "configMapGenerator:\n- name: c\n  literals: [JUSTAKEY]\n"}, error="JUSTAKEY")
+case("error-resource-without-kind", {"kustomization.yaml": "resources: [r.yaml]\n", "r.yaml": "apiVersion: v1\nmetadata: {name: x}\n"}, error="kind")
+case("error-patch-needs-target-for-6902", {"kustomization.yaml": "resources: [d.yaml]\npatches:\n- patch: |-\n    - op: replace\n      path: /spec/replicas\n      value: 2\n", "d.yaml": DEPLOY}, error="target")
+
 
 def main():
     if os.path.isdir(CASES):
@@ -1053,7 +1446,7 @@ def main():
         for path, text in files.items():
             p = os.path.join(d, path)
             os.makedirs(os.path.dirname(p), exist_ok=True)
-            with open(p, "w") as f:
+            with open(p, "wb" if isinstance(text, bytes) else "w") as f:
                 f.write(text)
         if build:
             with open(os.path.join(d, "build"), "w") as f:

@@ -1,0 +1,35 @@
+//! Fields kustomize has and terrace's engine does not: each one is an
+//! error naming the field and the file, never a silent skip. (kustomize
+//! accepts these, so they cannot be conformance cases.)
+
+use std::path::Path;
+
+use terrace_kustomize::{MemFs, build};
+
+#[test]
+fn every_unsupported_field_is_refused_by_name() {
+    let fields = [
+        "vars: []",
+        "transformers: [t.yaml]",
+        "generators: [g.yaml]",
+        "validators: [v.yaml]",
+        "configurations: [c.yaml]",
+        "crds: [crd.json]",
+        "openapi: {path: schema.json}",
+        "helmGlobals: {chartHome: charts}",
+        "helmChartInflationGenerator: []",
+    ];
+    for field in fields {
+        let mut fs = MemFs::new();
+        fs.add("/app/kustomization.yaml", format!("{field}\n"));
+        let err = build(&fs, Path::new("/app"))
+            .expect_err("an unsupported field is an error")
+            .to_string();
+        let name = field.split(':').next().unwrap_or_default();
+        assert!(
+            err.contains(&format!("`{name}` is not supported"))
+                && err.contains("/app/kustomization.yaml"),
+            "{field}: {err}"
+        );
+    }
+}
