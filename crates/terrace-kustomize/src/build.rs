@@ -980,7 +980,7 @@ fn generate(
     let ns = g["namespace"].as_str().unwrap_or("");
     let existing = acc.iter_mut().find(|r| {
         transform::kind(&r.value) == kind
-            && r.names.iter().any(|n| *n == name)
+            && r.names.contains(&name)
             && transform::namespace(&r.value) == ns
     });
     match (behavior, existing) {
