@@ -10,6 +10,7 @@ use sha2::Digest;
 use crate::KustomizeError;
 use crate::fs::{Fs, normalize};
 use crate::patch::{apply_json6902, merge_strategic, obj};
+use crate::select::{Match, Selector};
 use crate::transform::{self, Image, Renamed};
 
 /// File names kustomize looks for, in order.
@@ -608,120 +609,6 @@ fn parse_patch_docs(text: &str, file: &Path) -> Result<Vec<Value>, KustomizeErro
     yaml_documents(text, file)
 }
 
-/// How a selector's fields compare: patches take anchored regexes,
-/// replacements exact values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Match {
-    Regex,
-    Exact,
-}
-
-/// Whether an object matches a selector (group, version, kind, name, any
-/// name it had, namespace, label and annotation selectors).
-pub(crate) fn selects(r: &Res, target: &Value, how: Match) -> bool {
-    let anchored = |want: &str, actual: &str| match how {
-        Match::Regex => anchored(want, actual),
-        Match::Exact => want == actual,
-    };
-    let v = &r.value;
-    let api = v["apiVersion"].as_str().unwrap_or("");
-    let (group, version) = match api.split_once('/') {
-        Some((g, ver)) => (g, ver),
-        None => ("", api),
-    };
-    let matches = |field: &str, actual: &str| match target.get(field).and_then(Value::as_str) {
-        None => true,
-        Some(want) => anchored(want, actual),
-    };
-    let name_ok = match target.get("name").and_then(Value::as_str) {
-        None => true,
-        Some(want) => r.names.iter().any(|n| anchored(want, n)),
-    };
-    let labels_ok = target
-        .get("labelSelector")
-        .and_then(Value::as_str)
-        .is_none_or(|sel| selector_matches(sel, &v["metadata"]["labels"]));
-    let ann_ok = target
-        .get("annotationSelector")
-        .and_then(Value::as_str)
-        .is_none_or(|sel| selector_matches(sel, &v["metadata"]["annotations"]));
-    matches("group", group)
-        && matches("version", version)
-        && matches("kind", transform::kind(v))
-        && matches("namespace", transform::namespace(v))
-        && name_ok
-        && labels_ok
-        && ann_ok
-}
-
-/// A tiny anchored regex: literal text, `.*`, `.`, and `a|b` alternatives.
-fn anchored(pattern: &str, text: &str) -> bool {
-    pattern
-        .split('|')
-        .any(|alt| glob(alt.as_bytes(), text.as_bytes()))
-}
-
-fn glob(p: &[u8], t: &[u8]) -> bool {
-    match p {
-        [] => t.is_empty(),
-        [b'.', b'*', rest @ ..] => (0..=t.len()).any(|i| glob(rest, &t[i..])),
-        [b'.', rest @ ..] => !t.is_empty() && glob(rest, &t[1..]),
-        [b'\\', c, rest @ ..] => t.first() == Some(c) && glob(rest, &t[1..]),
-        [c, rest @ ..] => t.first() == Some(c) && glob(rest, &t[1..]),
-    }
-}
-
-/// Kubernetes label selectors: `k=v`, `k==v`, `k!=v`, `k`, `!k`,
-/// `k in (a,b)` and `k notin (a,b)`, joined by commas.
-fn selector_matches(selector: &str, labels: &Value) -> bool {
-    let mut terms = Vec::new();
-    let mut depth = 0usize;
-    let mut start = 0;
-    for (i, c) in selector.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => {
-                terms.push(&selector[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    terms.push(&selector[start..]);
-    terms
-        .into_iter()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .all(|term| term_matches(term, labels))
-}
-
-fn term_matches(term: &str, labels: &Value) -> bool {
-    let value = |k: &str| labels[k.trim()].as_str().map(str::to_owned);
-    let set = |rest: &str| -> Vec<String> {
-        rest.trim()
-            .trim_start_matches('(')
-            .trim_end_matches(')')
-            .split(',')
-            .map(|v| v.trim().to_owned())
-            .collect()
-    };
-    let words: Vec<&str> = term.splitn(3, char::is_whitespace).collect();
-    if let [k, op @ ("in" | "notin"), rest] = words.as_slice() {
-        let has = value(k).is_some_and(|v| set(rest).contains(&v));
-        return if *op == "in" { has } else { !has };
-    }
-    if let Some((k, v)) = term.split_once("!=") {
-        value(k).as_deref() != Some(v.trim())
-    } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-        value(k).as_deref() == Some(v.trim())
-    } else if let Some(k) = term.strip_prefix('!') {
-        labels[k.trim()].is_null()
-    } else {
-        !labels[term].is_null()
-    }
-}
-
 /// Applies a strategic-merge patch to the objects it names (or its
 /// `target` selects). The patch's name and kind change the object only
 /// with `options.allowNameChange` / `allowKindChange`.
@@ -732,10 +619,11 @@ fn apply_smp(
     options: &Value,
     file: &Path,
 ) -> Result<(), KustomizeError> {
+    let selector = target.map(|t| patch_selector(t, file)).transpose()?;
     let mut hit = false;
     for r in acc.iter_mut() {
-        let selected = match target {
-            Some(t) => selects(r, t, Match::Regex),
+        let selected = match &selector {
+            Some(t) => t.selects(r),
             None => {
                 transform::kind(&r.value) == transform::kind(patch)
                     && r.names.iter().any(|n| n == transform::name(patch))
@@ -781,14 +669,20 @@ fn apply_smp(
     Ok(())
 }
 
+fn patch_selector(target: &Value, file: &Path) -> Result<Selector, KustomizeError> {
+    Selector::new(target, Match::Regex)
+        .map_err(|m| KustomizeError::invalid(file, format!("patch target: {m}")))
+}
+
 fn apply_6902(
     acc: &mut [Res],
     target: &Value,
     ops: &[Value],
     file: &Path,
 ) -> Result<(), KustomizeError> {
+    let selector = patch_selector(target, file)?;
     for r in acc.iter_mut() {
-        if selects(r, target, Match::Regex) {
+        if selector.selects(r) {
             apply_json6902(&mut r.value, ops).map_err(|m| {
                 KustomizeError::invalid(
                     file,

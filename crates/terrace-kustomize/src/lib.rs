@@ -16,6 +16,7 @@ mod fs;
 mod patch;
 mod replace;
 mod schema;
+mod select;
 mod transform;
 
 use std::path::PathBuf;

@@ -13,7 +13,8 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::KustomizeError;
-use crate::build::{Match, Res, selects};
+use crate::build::Res;
+use crate::select::{Match, Selector};
 use crate::transform;
 
 /// One step of a field path.
@@ -265,10 +266,13 @@ fn replace_one(rep: &Value, acc: &mut [Res]) -> Result<(), String> {
         };
         let options = target.get("options").cloned().unwrap_or(Value::Null);
         let create = options["create"] == Value::Bool(true);
+        let select = Selector::new(select, Match::Exact)?;
+        let rejects = rejects
+            .iter()
+            .map(|j| Selector::new(j, Match::Exact))
+            .collect::<Result<Vec<_>, _>>()?;
         for r in acc.iter_mut() {
-            if !selects(r, select, Match::Exact)
-                || rejects.iter().any(|j| selects(r, j, Match::Exact))
-            {
+            if !select.selects(r) || rejects.iter().any(|j| j.selects(r)) {
                 continue;
             }
             for fp in &paths {
@@ -287,7 +291,8 @@ fn replace_one(rep: &Value, acc: &mut [Res]) -> Result<(), String> {
 
 /// The value a replacement's `source` names, refined by its options.
 fn source_value(source: &Value, acc: &mut [Res]) -> Result<Value, String> {
-    let mut hits = acc.iter_mut().filter(|r| selects(r, source, Match::Exact));
+    let selector = Selector::new(source, Match::Exact)?;
+    let mut hits = acc.iter_mut().filter(|r| selector.selects(r));
     let Some(found) = hits.next() else {
         return Err(format!("nothing selected by source {}", describe(source)));
     };

@@ -1436,6 +1436,12 @@ case("error-literal-without-equals", {"kustomization.yaml": "configMapGenerator:
 case("error-resource-without-kind", {"kustomization.yaml": "resources: [r.yaml]\n", "r.yaml": "apiVersion: v1\nmetadata: {name: x}\n"}, error="kind")
 case("error-patch-needs-target-for-6902", {"kustomization.yaml": "resources: [d.yaml]\npatches:\n- patch: |-\n    - op: replace\n      path: /spec/replicas\n      value: 2\n", "d.yaml": DEPLOY}, error="target")
 
+# --- regular expressions in targets ---------------------------------------------
+target("target-regex-character-class", "name: \"[a-b][a-z]+a\"\n")
+target("target-regex-group-and-optional", "kind: (Config|Secr)(Map|et)?\nname: (alpha|gamma)\n")
+target("target-regex-is-anchored", "name: lph\n")
+case("error-target-invalid-regex", {"kustomization.yaml": "resources: [r.yaml]\npatches:\n- target:\n    name: \"a(b\"\n  patch: |-\n    - op: add\n      path: /metadata/labels\n      value: {hit: \"yes\"}\n", "r.yaml": MANY}, error="not a valid regular expression")
+
 
 def main():
     if os.path.isdir(CASES):
