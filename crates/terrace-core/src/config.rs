@@ -212,6 +212,27 @@ pub struct UnitFile {
     /// Settings of a `terraform` unit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terraform: Option<TerraformSettings>,
+    /// Settings of a `kustomize` unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kustomize: Option<KustomizeSettings>,
+}
+
+impl UnitFile {
+    /// The settings block of `kind`, as a map (`None` when absent).
+    pub fn settings_of(&self, kind: UnitKind) -> Option<Map<String, Value>> {
+        fn to_map<T: Serialize>(t: &T) -> Map<String, Value> {
+            match serde_json::to_value(t) {
+                Ok(Value::Object(m)) => m,
+                _ => Map::new(),
+            }
+        }
+        match kind {
+            UnitKind::Manifests => self.manifests.as_ref().map(to_map),
+            UnitKind::Template => self.template.as_ref().map(to_map),
+            UnitKind::Terraform => self.terraform.as_ref().map(to_map),
+            UnitKind::Kustomize => self.kustomize.as_ref().map(to_map),
+        }
+    }
 }
 
 /// The unit kinds.
@@ -227,21 +248,33 @@ pub enum UnitKind {
     /// A Terraform or OpenTofu root module (the unit directory), with state
     /// per environment and unit.
     Terraform,
+    /// A kustomization directory, built by terrace's own Kustomize engine
+    /// (the same objects `kustomize build` prints).
+    Kustomize,
 }
 
 impl UnitKind {
+    /// Every kind, in the order they are documented.
+    pub const ALL: [UnitKind; 4] = [
+        UnitKind::Manifests,
+        UnitKind::Kustomize,
+        UnitKind::Template,
+        UnitKind::Terraform,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             UnitKind::Manifests => "manifests",
             UnitKind::Template => "template",
             UnitKind::Terraform => "terraform",
+            UnitKind::Kustomize => "kustomize",
         }
     }
 
     /// Whether this kind acts on a target, and which kind of target.
     pub fn target_kind(self) -> Option<TargetKind> {
         match self {
-            UnitKind::Manifests => Some(TargetKind::Cluster),
+            UnitKind::Manifests | UnitKind::Kustomize => Some(TargetKind::Cluster),
             UnitKind::Template | UnitKind::Terraform => None,
         }
     }
@@ -295,6 +328,21 @@ pub struct UnitOverride {
     /// `terraform` settings keys that replace the unit's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terraform: Option<Map<String, Value>>,
+    /// `kustomize` settings keys that replace the unit's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kustomize: Option<Map<String, Value>>,
+}
+
+impl UnitOverride {
+    /// The settings keys this override gives for `kind`.
+    pub fn settings_of(&self, kind: UnitKind) -> Option<&Map<String, Value>> {
+        match kind {
+            UnitKind::Manifests => self.manifests.as_ref(),
+            UnitKind::Template => self.template.as_ref(),
+            UnitKind::Terraform => self.terraform.as_ref(),
+            UnitKind::Kustomize => self.kustomize.as_ref(),
+        }
+    }
 }
 
 /// Settings of a `terraform` unit.
@@ -323,6 +371,17 @@ pub struct ManifestsSettings {
     /// The directory of YAML files, relative to the unit directory
     /// (default: the unit directory itself, without `unit.yaml`). Every
     /// `*.yaml` and `*.yml` file under it is read, in path order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Settings of a `kustomize` unit. Strings may use `${...}`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KustomizeSettings {
+    /// The kustomization directory, relative to the unit directory (default:
+    /// the unit directory itself). One unit usually serves every
+    /// environment through its overlay: `overlays/${env}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
 }

@@ -3,16 +3,19 @@
 //! - [`manifests`]: a directory of Kubernetes YAML with `${...}`
 //!   substitution, written by the embedded default cluster target as one
 //!   file per object under `.terrace/rendered/<env>/<cluster>/<unit>/`;
+//! - [`kustomize`]: a kustomization directory built in process by
+//!   `terrace-kustomize`, its objects written like a `manifests` unit's;
 //! - [`template`]: files rendered from Jinja templates, optionally once per
 //!   item of a list;
 //! - [`terraform`]: a Terraform/OpenTofu root module with state per
 //!   environment and unit.
 //!
-//! The first two end in files, so both plan and apply through [`fileset`]: compare
+//! The first three end in files, so both plan and apply through [`fileset`]: compare
 //! what renders with what is on disk, write what changed atomically, and
 //! prune what the inventory says was written before and no longer renders.
 
 pub mod fileset;
+pub mod kustomize;
 pub mod manifests;
 pub mod template;
 pub mod terraform;
@@ -26,6 +29,7 @@ use terrace_core::driver::Driver;
 pub fn builtin() -> Vec<Arc<dyn Driver>> {
     vec![
         Arc::new(manifests::ManifestsDriver),
+        Arc::new(kustomize::KustomizeDriver),
         Arc::new(template::TemplateDriver),
         Arc::new(terraform::TerraformDriver),
     ]
@@ -35,6 +39,7 @@ pub fn builtin() -> Vec<Arc<dyn Driver>> {
 pub fn for_kind(kind: UnitKind) -> Arc<dyn Driver> {
     match kind {
         UnitKind::Manifests => Arc::new(manifests::ManifestsDriver),
+        UnitKind::Kustomize => Arc::new(kustomize::KustomizeDriver),
         UnitKind::Template => Arc::new(template::TemplateDriver),
         UnitKind::Terraform => Arc::new(terraform::TerraformDriver),
     }

@@ -54,7 +54,7 @@ impl Object {
     }
 }
 
-fn secret_error(e: SecretError, file: &str) -> DriverError {
+pub(crate) fn secret_error(e: SecretError, file: &str) -> DriverError {
     let (message, hint) = match e {
         SecretError::Failed { message, hint } => (message, hint),
         other => (other.to_string(), None),
@@ -209,12 +209,12 @@ fn collect_yaml(abs: &Path, rel: &str, out: &mut Vec<String>) -> Result<(), Driv
     Ok(())
 }
 
-struct Identity {
-    address: String,
-    file_name: String,
+pub(crate) struct Identity {
+    pub(crate) address: String,
+    pub(crate) file_name: String,
 }
 
-fn identify(v: &Value) -> Result<Identity, String> {
+pub(crate) fn identify(v: &Value) -> Result<Identity, String> {
     let Value::Object(map) = v else {
         return Err("a manifest document must be a mapping".to_owned());
     };
@@ -272,8 +272,8 @@ pub fn rendered_dir(environment: &str, cluster: &str, unit: &str) -> String {
 fn cluster(ctx: &UnitContext<'_>) -> Result<String, DriverError> {
     let Some(target) = &ctx.unit.target else {
         return Err(Diagnostic::new(format!(
-            "unit `{}` of kind manifests names no target",
-            ctx.unit.name
+            "unit `{}` of kind {} names no target",
+            ctx.unit.name, ctx.unit.kind
         ))
         .in_file(format!("{}/{UNIT_FILE}", ctx.unit.dir))
         .with_hint("set `target:` to a cluster target of terrace.yaml")
@@ -281,13 +281,13 @@ fn cluster(ctx: &UnitContext<'_>) -> Result<String, DriverError> {
     };
     if target.kind != TargetKind::Cluster {
         return Err(DriverError::Target(format!(
-            "unit `{}` is of kind manifests, but target `{}` is a {}, not a cluster",
-            ctx.unit.name, target.name, target.kind
+            "unit `{}` is of kind {}, but target `{}` is a {}, not a cluster",
+            ctx.unit.name, ctx.unit.kind, target.name, target.kind
         )));
     }
     if let Some(kubeconfig) = &target.binding.kubeconfig {
         return Err(DriverError::Target(format!(
-            "cluster target `{}` in environment `{}` names the kubeconfig {kubeconfig}, but this build of terrace applies manifests only to the embedded default target (rendered files); remove `kubeconfig` from the binding to write rendered manifests",
+            "cluster target `{}` in environment `{}` names the kubeconfig {kubeconfig}, but this build of terrace applies Kubernetes objects only to the embedded default target (rendered files); remove `kubeconfig` from the binding to write rendered manifests",
             target.name, ctx.environment
         )));
     }
@@ -317,12 +317,17 @@ fn seal(ctx: &UnitContext<'_>, o: &Object, path: Option<&str>) -> Result<String,
         .map_err(|e| secret_error(e, &o.source))
 }
 
-fn desired(ctx: &UnitContext<'_>) -> Result<DesiredSet, DriverError> {
+/// What the embedded cluster target writes for `objects`: one file per
+/// object, sealed when it holds secrets. Shared by every kind that yields
+/// Kubernetes objects.
+pub(crate) fn desired(
+    ctx: &UnitContext<'_>,
+    objects: &[Object],
+) -> Result<DesiredSet, DriverError> {
     let cluster = cluster(ctx)?;
     let dir = rendered_dir(ctx.environment, &cluster, &ctx.unit.name);
-    let objects = render_objects(ctx)?;
     let mut files: Vec<DesiredFile> = Vec::with_capacity(objects.len());
-    for o in &objects {
+    for o in objects {
         let path = format!("{dir}/{}", o.file_name);
         let content = if o.is_sensitive() {
             seal(ctx, o, Some(&path))?
@@ -348,38 +353,51 @@ fn desired(ctx: &UnitContext<'_>) -> Result<DesiredSet, DriverError> {
     })
 }
 
+/// `terrace render` of objects: sealed ones are shown the way they are
+/// written, encrypted.
+pub(crate) fn render_documents(
+    ctx: &UnitContext<'_>,
+    objects: Vec<Object>,
+) -> Result<Rendered, DriverError> {
+    let mut documents = Vec::with_capacity(objects.len());
+    for o in objects {
+        let content = if o.is_sensitive() {
+            seal(ctx, &o, None)?
+        } else {
+            terrace_yaml::to_string(&o.value)
+        };
+        documents.push(RenderedDocument {
+            address: o.address,
+            path: None,
+            content,
+        });
+    }
+    Ok(Rendered { documents })
+}
+
+/// The plan of objects on the embedded cluster target.
+pub(crate) fn plan_objects(
+    ctx: &UnitContext<'_>,
+    objects: &[Object],
+) -> Result<UnitPlan, DriverError> {
+    let set = desired(ctx, objects)?;
+    fileset::plan(ctx.root, set.files, ctx.prior, set.outputs, vec![set.dir])
+}
+
 impl Driver for ManifestsDriver {
     fn kind(&self) -> UnitKind {
         UnitKind::Manifests
     }
 
     fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
-        let objects = render_objects(ctx)?;
-        let mut documents = Vec::with_capacity(objects.len());
-        for o in objects {
-            // Secrets are shown the way they are written: encrypted.
-            let content = if o.is_sensitive() {
-                seal(ctx, &o, None)?
-            } else {
-                terrace_yaml::to_string(&o.value)
-            };
-            documents.push(RenderedDocument {
-                address: o.address,
-                path: None,
-                content,
-            });
-        }
-        Ok(Rendered { documents })
+        render_documents(ctx, render_objects(ctx)?)
     }
 
     fn plan<'a>(
         &'a self,
         ctx: &'a UnitContext<'a>,
     ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
-        Box::pin(async move {
-            let set = desired(ctx)?;
-            fileset::plan(ctx.root, set.files, ctx.prior, set.outputs, vec![set.dir])
-        })
+        Box::pin(async move { plan_objects(ctx, &render_objects(ctx)?) })
     }
 
     fn plan_destroy<'a>(

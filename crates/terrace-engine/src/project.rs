@@ -289,13 +289,8 @@ fn check_units(project: &ProjectFile, units: &[UnitDecl]) -> Vec<Diagnostic> {
                 )),
             );
         }
-        let settings_for = |kind: UnitKind| match kind {
-            UnitKind::Manifests => u.file.manifests.is_some(),
-            UnitKind::Template => u.file.template.is_some(),
-            UnitKind::Terraform => u.file.terraform.is_some(),
-        };
-        for other in [UnitKind::Manifests, UnitKind::Template, UnitKind::Terraform] {
-            if other != u.file.kind && settings_for(other) {
+        for other in UnitKind::ALL {
+            if other != u.file.kind && u.file.settings_of(other).is_some() {
                 diags.push(
                     at(
                         ValuePath::root().key(other.as_str()),
@@ -349,13 +344,8 @@ fn check_units(project: &ProjectFile, units: &[UnitDecl]) -> Vec<Diagnostic> {
             {
                 diags.push(at(path.key("target"), format!("unknown target `{t}`")));
             }
-            for other in [UnitKind::Manifests, UnitKind::Template, UnitKind::Terraform] {
-                let set = match other {
-                    UnitKind::Manifests => o.manifests.is_some(),
-                    UnitKind::Template => o.template.is_some(),
-                    UnitKind::Terraform => o.terraform.is_some(),
-                };
-                if set && other != u.file.kind {
+            for other in UnitKind::ALL {
+                if o.settings_of(other).is_some() && other != u.file.kind {
                     diags.push(at(
                         path.key(other.as_str()),
                         format!("`{other}` settings in a unit of kind `{}`", u.file.kind),

@@ -109,12 +109,7 @@ impl Workspace {
                 }
             }
             let kind_key = u.file.kind.as_str();
-            let base_settings = match u.file.kind {
-                UnitKind::Manifests => u.file.manifests.as_ref().map(to_map),
-                UnitKind::Template => u.file.template.as_ref().map(to_map),
-                UnitKind::Terraform => u.file.terraform.as_ref().map(to_map),
-            }
-            .unwrap_or_default();
+            let base_settings = u.file.settings_of(u.file.kind).unwrap_or_default();
             let mut settings: Vec<(String, Value, ValuePath)> = base_settings
                 .into_iter()
                 .map(|(k, v)| {
@@ -122,11 +117,7 @@ impl Workspace {
                     (k, v, p)
                 })
                 .collect();
-            let ov_settings = ov.and_then(|o| match u.file.kind {
-                UnitKind::Manifests => o.manifests.as_ref(),
-                UnitKind::Template => o.template.as_ref(),
-                UnitKind::Terraform => o.terraform.as_ref(),
-            });
+            let ov_settings = ov.and_then(|o| o.settings_of(u.file.kind));
             for (k, v) in ov_settings.into_iter().flatten() {
                 let origin = ov_path.key(kind_key).key(k);
                 match settings.iter_mut().find(|(key, _, _)| key == k) {
@@ -307,13 +298,6 @@ fn default_target(kind: UnitKind, targets: &BTreeMap<String, ResolvedTarget>) ->
     match (matching.next(), matching.next()) {
         (Some(t), None) => Some(t.name.clone()),
         _ => None,
-    }
-}
-
-fn to_map<T: serde::Serialize>(t: &T) -> Map<String, Value> {
-    match serde_json::to_value(t) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
     }
 }
 

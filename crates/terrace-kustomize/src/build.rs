@@ -64,6 +64,8 @@ pub(crate) struct Res {
     pub(crate) value: Value,
     /// Every name it has had, oldest first (for name references).
     pub(crate) names: Vec<String>,
+    /// The namespace it was loaded or generated with.
+    first_namespace: String,
     /// Generated with a content-hash suffix, added at the end.
     hash: bool,
 }
@@ -71,9 +73,11 @@ pub(crate) struct Res {
 impl Res {
     fn new(value: Value) -> Res {
         let name = transform::name(&value).to_owned();
+        let first_namespace = transform::namespace(&value).to_owned();
         Res {
             value,
             names: vec![name],
+            first_namespace,
             hash: false,
         }
     }
@@ -875,7 +879,8 @@ fn generate(
     let existing = acc.iter_mut().find(|r| {
         transform::kind(&r.value) == kind
             && r.names.contains(&name)
-            && transform::namespace(&r.value) == ns
+            // Either the namespace it was generated with, or its current one.
+            && (r.first_namespace == ns || transform::namespace(&r.value) == ns)
     });
     match (behavior, existing) {
         ("create", Some(_)) => Err(KustomizeError::invalid(
@@ -921,9 +926,10 @@ fn generate(
             Ok(())
         }
         ("replace", Some(r)) => {
-            let names = r.names.clone();
+            let (names, first_namespace) = (r.names.clone(), r.first_namespace.clone());
             *r = Res::new(value);
             r.names = names;
+            r.first_namespace = first_namespace;
             r.hash = !disable_hash;
             Ok(())
         }

@@ -10,7 +10,7 @@ terrace's own message must contain.
 
     python3 crates/terrace-kustomize/tests/conformance/make_cases.py
 """
-import os, shutil, subprocess, sys, textwrap
+import os, re, shutil, subprocess, sys, textwrap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = os.path.join(HERE, "cases")
@@ -1442,6 +1442,20 @@ target("target-regex-group-and-optional", "kind: (Config|Secr)(Map|et)?\nname: (
 target("target-regex-is-anchored", "name: lph\n")
 case("error-target-invalid-regex", {"kustomization.yaml": "resources: [r.yaml]\npatches:\n- target:\n    name: \"a(b\"\n  patch: |-\n    - op: add\n      path: /metadata/labels\n      value: {hit: \"yes\"}\n", "r.yaml": MANY}, error="not a valid regular expression")
 
+# --- generator merges and namespaces ----------------------------------------------
+case("generator-merge-after-base-namespace", {
+    "base/kustomization.yaml": "namespace: a\nconfigMapGenerator:\n- name: c\n  literals: [A=1]\n- name: d\n  namespace: x\n  literals: [A=1]\n",
+    "overlay/kustomization.yaml": "resources: [../base]\nnamespace: z\nconfigMapGenerator:\n- name: c\n  behavior: merge\n  literals: [B=2]\n- name: d\n  namespace: x\n  behavior: merge\n  literals: [C=3]\n",
+}, build="overlay")
+case("generator-merge-by-current-namespace", {
+    "base/kustomization.yaml": "namespace: a\nconfigMapGenerator:\n- name: c\n  literals: [A=1]\n",
+    "overlay/kustomization.yaml": "resources: [../base]\nconfigMapGenerator:\n- name: c\n  namespace: a\n  behavior: merge\n  literals: [B=2]\n",
+}, build="overlay")
+case("error-generator-merge-other-namespace", {
+    "base/kustomization.yaml": "namespace: a\nconfigMapGenerator:\n- name: c\n  literals: [A=1]\n",
+    "overlay/kustomization.yaml": "resources: [../base]\nconfigMapGenerator:\n- name: c\n  namespace: b\n  behavior: merge\n  literals: [B=2]\n",
+}, build="overlay", error="does not exist to merge")
+
 
 def main():
     if os.path.isdir(CASES):
@@ -1464,7 +1478,10 @@ def main():
                 print(f"{name}: kustomize accepted an error case", file=sys.stderr)
                 failures += 1
             with open(os.path.join(d, "expected.err"), "w") as f:
-                f.write(r.stderr.replace(CASES + "/", ""))
+                # kubectl's log prefix (time, pid) would change every run.
+                message = r.stderr.replace(CASES + "/", "")
+                message = re.sub(r'^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ', "", message, flags=re.M)
+                f.write(message)
             with open(os.path.join(d, "error.txt"), "w") as f:
                 f.write(error + "\n")
         else:

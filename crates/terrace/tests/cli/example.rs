@@ -22,18 +22,18 @@ fn applied_twice_the_second_plan_has_no_changes() {
     let dir = homelab();
     let (c, plan) = plan_json(dir.path(), &[]);
     assert_eq!(c, 2, "a fresh plan has changes");
-    assert_eq!(units_with(&plan, "create").len(), 9);
+    assert_eq!(units_with(&plan, "create").len(), 10);
     // The VMs wait for the network's first apply.
     assert_eq!(units_with(&plan, "deferred"), ["vms"]);
 
     let o = terrace(dir.path(), &["apply", "-j", "2"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("31 created"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("35 created"), "{}", stdout(&o));
 
     let o = terrace(dir.path(), &["plan"]);
     assert_eq!(code(&o), 0, "{}", stdout(&o));
     assert!(
-        stdout(&o).contains("10 of 10 units unchanged"),
+        stdout(&o).contains("11 of 11 units unchanged"),
         "{}",
         stdout(&o)
     );
@@ -41,7 +41,7 @@ fn applied_twice_the_second_plan_has_no_changes() {
     let o = terrace(dir.path(), &["apply"]);
     assert_eq!(code(&o), 0);
     assert!(
-        stdout(&o).contains("0 created, 0 updated, 0 deleted; 10 of 10 units unchanged"),
+        stdout(&o).contains("0 created, 0 updated, 0 deleted; 11 of 11 units unchanged"),
         "{}",
         stdout(&o)
     );
@@ -84,7 +84,7 @@ fn applied_twice_the_second_plan_has_no_changes() {
     assert_eq!(c, 2);
     assert_eq!(
         units_with(&plan, "create").len() + units_with(&plan, "deferred").len(),
-        9,
+        10,
         "status is homelab-only"
     );
 }
@@ -317,7 +317,14 @@ fn affected_since_maps_changed_files_to_units_and_dependents() {
     let (_, v) = plan_json(dir.path(), &["--affected-since", "HEAD"]);
     assert_eq!(
         names(&v),
-        ["namespaces", "ingress", "postgres", "status", "web"]
+        [
+            "namespaces",
+            "ingress",
+            "postgres",
+            "dashboard",
+            "status",
+            "web"
+        ]
     );
 
     let o = terrace(dir.path(), &["plan", "--affected-since", "no-such-ref"]);

@@ -3,6 +3,7 @@
 
 mod errors;
 mod example;
+mod kustomize;
 mod schema;
 mod secrets;
 mod terraform;

@@ -1,0 +1,225 @@
+//! The `kustomize` kind: a kustomization directory (`kustomize.path`,
+//! usually `overlays/${env}`), built in process by `terrace-kustomize`
+//! into the objects `kustomize build` prints, then applied to a cluster
+//! target like a `manifests` unit's objects.
+//!
+//! SOPS-encrypted resource files are decrypted in memory while the build
+//! reads them (as Flux's kustomize-controller does), so kustomize's
+//! transformers see plain objects; every object that came out of such a
+//! file is sealed again before it is written or shown.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Deserialize;
+use serde_json::Value;
+use terrace_core::config::{KustomizeSettings, UNIT_FILE, UnitKind};
+use terrace_core::diag::Diagnostic;
+use terrace_core::driver::{
+    Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, UnitContext,
+};
+use terrace_core::plan::UnitPlan;
+use terrace_core::secrets::{SecretSource, looks_encrypted};
+use terrace_kustomize::{DiskFs, Fs};
+
+use crate::clean_relative;
+use crate::fileset;
+use crate::manifests::{self, Object, identify};
+
+/// The `kustomize` driver.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KustomizeDriver;
+
+/// The annotation that carries an object's SOPS source file through the
+/// build; removed before the object goes anywhere.
+const SOURCE_ANNOTATION: &str = "terrace.dev/sops-source";
+
+/// The disk, with SOPS-encrypted YAML files decrypted on read. Each
+/// decrypted document is marked with its file so the object can be sealed
+/// again after the build.
+struct DecryptingFs<'a> {
+    root: &'a Path,
+    secrets: Option<&'a dyn SecretSource>,
+    /// The first decryption failure: the build only sees an I/O error.
+    failure: Mutex<Option<DriverError>>,
+}
+
+impl Fs for DecryptingFs<'_> {
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let bytes = DiskFs.read(path)?;
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            return Ok(bytes);
+        };
+        if !looks_encrypted(text) {
+            return Ok(bytes);
+        }
+        let rel = path.strip_prefix(self.root).unwrap_or(path);
+        let fail = |e: DriverError| {
+            let mut slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert(e);
+            io::Error::other(format!("{}: could not be decrypted", rel.display()))
+        };
+        let Some(secrets) = self.secrets else {
+            return Err(fail(
+                Diagnostic::new("this file is SOPS-encrypted, and secrets are not available here")
+                    .in_file(rel.display().to_string())
+                    .into(),
+            ));
+        };
+        let docs = secrets
+            .open_documents(rel, text)
+            .map_err(|e| fail(manifests::secret_error(e, &rel.display().to_string())))?
+            .unwrap_or_default();
+        let marked: Vec<Value> = docs
+            .into_iter()
+            .filter(|d| !d.is_null())
+            .map(|mut d| {
+                if let Some(meta) = d.get_mut("metadata").and_then(Value::as_object_mut) {
+                    let annotations = meta
+                        .entry("annotations")
+                        .or_insert_with(|| Value::Object(Default::default()));
+                    if let Some(a) = annotations.as_object_mut() {
+                        a.insert(
+                            SOURCE_ANNOTATION.into(),
+                            Value::String(rel.display().to_string()),
+                        );
+                    }
+                }
+                d
+            })
+            .collect();
+        Ok(terrace_kustomize::to_yaml(&marked).into_bytes())
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        DiskFs.is_dir(path)
+    }
+    fn is_file(&self, path: &Path) -> bool {
+        DiskFs.is_file(path)
+    }
+}
+
+/// Removes the source mark from an object; the file it names, if any.
+fn take_source(v: &mut Value) -> Option<PathBuf> {
+    let meta = v.get_mut("metadata")?.as_object_mut()?;
+    let annotations = meta.get_mut("annotations")?.as_object_mut()?;
+    let source = annotations.remove(SOURCE_ANNOTATION)?;
+    if annotations.is_empty() {
+        meta.remove("annotations");
+    }
+    source.as_str().map(PathBuf::from)
+}
+
+/// Builds the unit's kustomization: its objects, in kustomize's order.
+pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError> {
+    let unit_file = format!("{}/{UNIT_FILE}", ctx.unit.dir);
+    let settings: KustomizeSettings = if ctx.unit.settings.is_null() {
+        KustomizeSettings::default()
+    } else {
+        KustomizeSettings::deserialize(&ctx.unit.settings).map_err(|e| {
+            DriverError::from(
+                Diagnostic::new(format!("invalid `kustomize` settings: {e}")).in_file(&unit_file),
+            )
+        })?
+    };
+    let rel = settings.path.as_deref().unwrap_or(".");
+    let dir = clean_relative(&ctx.unit.dir, rel).ok_or_else(|| {
+        Diagnostic::new(format!("kustomize path `{rel}` leads outside the project"))
+            .in_file(&unit_file)
+            .with_hint("point `kustomize.path` at a directory inside the project")
+    })?;
+    let abs = ctx.root.join(&dir);
+    if !abs.is_dir() {
+        return Err(Diagnostic::new(format!(
+            "kustomization directory `{dir}` does not exist in environment `{}`",
+            ctx.environment
+        ))
+        .in_file(&unit_file)
+        .with_hint("create it, or set `kustomize.path` (for example `overlays/${env}`)")
+        .into());
+    }
+    let fs = DecryptingFs {
+        root: ctx.root,
+        secrets: ctx.secrets,
+        failure: Mutex::new(None),
+    };
+    let built = terrace_kustomize::build(&fs, &abs);
+    if let Some(e) = fs.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    let root_prefix = format!("{}/", ctx.root.display());
+    let values = built.map_err(|e| {
+        Diagnostic::new(e.to_string().replace(&root_prefix, ""))
+            .in_file(&unit_file)
+            .with_hint(format!(
+                "`terrace kustomize build {dir}` shows the same error; the kustomization is at {dir}"
+            ))
+    })?;
+    let mut objects = Vec::with_capacity(values.len());
+    for mut value in values {
+        let source = take_source(&mut value);
+        let id = identify(&value).map_err(|msg| {
+            DriverError::from(Diagnostic::new(format!("{dir}: {msg}")).in_file(&unit_file))
+        })?;
+        objects.push(Object {
+            address: id.address,
+            source: source
+                .as_ref()
+                .map_or_else(|| dir.clone(), |p| p.display().to_string()),
+            value,
+            file_name: id.file_name,
+            secret_sources: source.iter().cloned().collect(),
+            rule_from: source,
+        });
+    }
+    Ok(objects)
+}
+
+impl Driver for KustomizeDriver {
+    fn kind(&self) -> UnitKind {
+        UnitKind::Kustomize
+    }
+
+    fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
+        manifests::render_documents(ctx, render_objects(ctx)?)
+    }
+
+    fn plan<'a>(
+        &'a self,
+        ctx: &'a UnitContext<'a>,
+    ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
+        Box::pin(async move { manifests::plan_objects(ctx, &render_objects(ctx)?) })
+    }
+
+    fn plan_destroy<'a>(
+        &'a self,
+        ctx: &'a DestroyContext<'a>,
+    ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
+        Box::pin(async move { fileset::plan_destroy_from_state(ctx, "renderedPath") })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        root: &'a Path,
+        plan: &'a UnitPlan,
+    ) -> BoxFuture<'a, Result<Applied, DriverError>> {
+        Box::pin(async move { fileset::apply(root, plan) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_source_mark_is_removed_with_an_annotations_map_it_created() {
+        let mut v =
+            json!({"metadata": {"name": "a", "annotations": {SOURCE_ANNOTATION: "s.yaml"}}});
+        assert_eq!(take_source(&mut v), Some(PathBuf::from("s.yaml")));
+        assert_eq!(v, json!({"metadata": {"name": "a"}}));
+        let mut v = json!({"metadata": {"name": "a", "annotations": {"keep": "1"}}});
+        assert_eq!(take_source(&mut v), None);
+        assert_eq!(v["metadata"]["annotations"]["keep"], "1");
+    }
+}
