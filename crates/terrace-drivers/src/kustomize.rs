@@ -16,20 +16,18 @@ use serde::Deserialize;
 use serde_json::Value;
 use terrace_core::config::{KustomizeSettings, UNIT_FILE, UnitKind};
 use terrace_core::diag::Diagnostic;
-use terrace_core::driver::{
-    Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, UnitContext,
-};
-use terrace_core::plan::UnitPlan;
+use terrace_core::driver::{DriverError, UnitContext};
 use terrace_core::secrets::{SecretSource, looks_encrypted};
 use terrace_kustomize::{DiskFs, Fs};
 
 use crate::clean_relative;
-use crate::fileset;
-use crate::manifests::{self, Object, identify};
+use crate::manifests::{self, Object, ObjectsDriver, identify};
 
-/// The `kustomize` driver.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct KustomizeDriver;
+/// The `kustomize` driver: its objects go the way of a `manifests` unit's.
+pub const KUSTOMIZE: ObjectsDriver = ObjectsDriver {
+    kind: UnitKind::Kustomize,
+    objects: render_objects,
+};
 
 /// The annotation that carries an object's SOPS source file through the
 /// build; removed before the object goes anywhere.
@@ -173,38 +171,6 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
         });
     }
     Ok(objects)
-}
-
-impl Driver for KustomizeDriver {
-    fn kind(&self) -> UnitKind {
-        UnitKind::Kustomize
-    }
-
-    fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
-        manifests::render_documents(ctx, render_objects(ctx)?)
-    }
-
-    fn plan<'a>(
-        &'a self,
-        ctx: &'a UnitContext<'a>,
-    ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
-        Box::pin(async move { manifests::plan_objects(ctx, &render_objects(ctx)?) })
-    }
-
-    fn plan_destroy<'a>(
-        &'a self,
-        ctx: &'a DestroyContext<'a>,
-    ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
-        Box::pin(async move { fileset::plan_destroy_from_state(ctx, "renderedPath") })
-    }
-
-    fn apply<'a>(
-        &'a self,
-        root: &'a Path,
-        plan: &'a UnitPlan,
-    ) -> BoxFuture<'a, Result<Applied, DriverError>> {
-        Box::pin(async move { fileset::apply(root, plan) })
-    }
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ use terrace_core::driver::Driver;
 /// Every built-in driver.
 pub fn builtin() -> Vec<Arc<dyn Driver>> {
     vec![
-        Arc::new(manifests::ManifestsDriver),
-        Arc::new(kustomize::KustomizeDriver),
+        Arc::new(manifests::MANIFESTS),
+        Arc::new(kustomize::KUSTOMIZE),
         Arc::new(template::TemplateDriver),
         Arc::new(terraform::TerraformDriver),
     ]
@@ -38,8 +38,8 @@ pub fn builtin() -> Vec<Arc<dyn Driver>> {
 /// The built-in driver for `kind`.
 pub fn for_kind(kind: UnitKind) -> Arc<dyn Driver> {
     match kind {
-        UnitKind::Manifests => Arc::new(manifests::ManifestsDriver),
-        UnitKind::Kustomize => Arc::new(kustomize::KustomizeDriver),
+        UnitKind::Manifests => Arc::new(manifests::MANIFESTS),
+        UnitKind::Kustomize => Arc::new(kustomize::KUSTOMIZE),
         UnitKind::Template => Arc::new(template::TemplateDriver),
         UnitKind::Terraform => Arc::new(terraform::TerraformDriver),
     }

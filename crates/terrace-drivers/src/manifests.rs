@@ -26,9 +26,20 @@ use terrace_core::{ValuePath, config::UnitKind};
 use crate::clean_relative;
 use crate::fileset::{self, DesiredFile, DesiredSet};
 
+/// The driver of a kind that yields Kubernetes objects: `objects` renders
+/// them; planning, rendering and applying on the cluster target are the
+/// same for every such kind.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectsDriver {
+    pub kind: UnitKind,
+    pub objects: fn(&UnitContext<'_>) -> Result<Vec<Object>, DriverError>,
+}
+
 /// The `manifests` driver.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ManifestsDriver;
+pub const MANIFESTS: ObjectsDriver = ObjectsDriver {
+    kind: UnitKind::Manifests,
+    objects: render_objects,
+};
 
 /// One rendered object.
 #[derive(Debug, Clone, PartialEq)]
@@ -355,10 +366,7 @@ pub(crate) fn desired(
 
 /// `terrace render` of objects: sealed ones are shown the way they are
 /// written, encrypted.
-pub(crate) fn render_documents(
-    ctx: &UnitContext<'_>,
-    objects: Vec<Object>,
-) -> Result<Rendered, DriverError> {
+fn render_documents(ctx: &UnitContext<'_>, objects: Vec<Object>) -> Result<Rendered, DriverError> {
     let mut documents = Vec::with_capacity(objects.len());
     for o in objects {
         let content = if o.is_sensitive() {
@@ -376,28 +384,25 @@ pub(crate) fn render_documents(
 }
 
 /// The plan of objects on the embedded cluster target.
-pub(crate) fn plan_objects(
-    ctx: &UnitContext<'_>,
-    objects: &[Object],
-) -> Result<UnitPlan, DriverError> {
+fn plan_objects(ctx: &UnitContext<'_>, objects: &[Object]) -> Result<UnitPlan, DriverError> {
     let set = desired(ctx, objects)?;
     fileset::plan(ctx.root, set.files, ctx.prior, set.outputs, vec![set.dir])
 }
 
-impl Driver for ManifestsDriver {
+impl Driver for ObjectsDriver {
     fn kind(&self) -> UnitKind {
-        UnitKind::Manifests
+        self.kind
     }
 
     fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
-        render_documents(ctx, render_objects(ctx)?)
+        render_documents(ctx, (self.objects)(ctx)?)
     }
 
     fn plan<'a>(
         &'a self,
         ctx: &'a UnitContext<'a>,
     ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
-        Box::pin(async move { plan_objects(ctx, &render_objects(ctx)?) })
+        Box::pin(async move { plan_objects(ctx, &(self.objects)(ctx)?) })
     }
 
     fn plan_destroy<'a>(
