@@ -251,11 +251,18 @@ pub(crate) fn read_restricted(
 }
 
 fn read(fs: &dyn Fs, path: &Path, file: &Path) -> Result<String, KustomizeError> {
-    fs.read_to_string(path)
-        .map_err(|source| KustomizeError::Io {
-            file: file.to_owned(),
-            source: std::io::Error::new(source.kind(), format!("{}: {source}", path.display())),
-        })
+    fs.read_to_string(path).map_err(io_error(file, path))
+}
+
+/// An I/O error reading `path`, reported against the kustomization `file`.
+fn io_error<'a>(
+    file: &'a Path,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> KustomizeError + 'a {
+    move |source| KustomizeError::Io {
+        file: file.to_owned(),
+        source: std::io::Error::new(source.kind(), format!("{}: {source}", path.display())),
+    }
 }
 
 /// The documents of a YAML stream, read with YAML 1.2's core schema (as
@@ -811,10 +818,7 @@ fn generate(
             ),
         };
         let path = restricted(dir, path, file)?;
-        let bytes = fs.read(&path).map_err(|source| KustomizeError::Io {
-            file: file.to_owned(),
-            source: std::io::Error::new(source.kind(), format!("{}: {source}", path.display())),
-        })?;
+        let bytes = fs.read(&path).map_err(io_error(file, &path))?;
         add(key, bytes)?;
     }
     // A Secret holds everything base64-encoded; a ConfigMap holds text in
