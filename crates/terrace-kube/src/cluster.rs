@@ -1,0 +1,218 @@
+//! A connection to one cluster: the client, and what API discovery found,
+//! cached for the run.
+//!
+//! A cluster is reached only through what its binding names: a kubeconfig
+//! file (and context), or the in-cluster service account. The shell's
+//! `KUBECONFIG` and `~/.kube/config` are never read, so a binding that names
+//! nothing can never reach a real cluster by accident.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use http::Request;
+use kube::Client;
+use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+use serde_json::Value;
+
+use crate::KubeError;
+
+/// Where a cluster is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A kubeconfig file and, optionally, one of its contexts (else its
+    /// current context).
+    Kubeconfig {
+        path: PathBuf,
+        context: Option<String>,
+    },
+    /// The service account of the pod terrace runs in.
+    InCluster,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Kubeconfig {
+                path,
+                context: Some(c),
+            } => write!(f, "{} (context {c})", path.display()),
+            Endpoint::Kubeconfig {
+                path,
+                context: None,
+            } => write!(f, "{}", path.display()),
+            Endpoint::InCluster => f.write_str("in-cluster service account"),
+        }
+    }
+}
+
+/// How a kind is reached on this cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// `deployments`.
+    pub plural: String,
+    pub namespaced: bool,
+}
+
+/// A cluster: a client and a discovery cache.
+pub struct Cluster {
+    /// The target's name, for messages.
+    pub name: String,
+    client: Client,
+    /// Per `apiVersion`: its kinds (`None` when the cluster does not serve
+    /// that group version).
+    discovered: Mutex<HashMap<String, Option<HashMap<String, Resource>>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// A cluster over an existing client (tests pass a scripted one).
+    pub fn new(name: impl Into<String>, client: Client) -> Cluster {
+        Cluster {
+            name: name.into(),
+            client,
+            discovered: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Connects to `endpoint`.
+    pub async fn connect(name: &str, endpoint: &Endpoint) -> Result<Cluster, KubeError> {
+        let fail = |message: String| KubeError::Connect {
+            cluster: name.to_owned(),
+            endpoint: endpoint.to_string(),
+            message,
+        };
+        let config = match endpoint {
+            Endpoint::Kubeconfig { path, context } => {
+                let kubeconfig = read_kubeconfig(path).map_err(fail)?;
+                let options = KubeConfigOptions {
+                    context: context.clone(),
+                    cluster: None,
+                    user: None,
+                };
+                Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+            }
+            Endpoint::InCluster => Config::incluster().map_err(|e| fail(e.to_string()))?,
+        };
+        let client = Client::try_from(config).map_err(|e| fail(e.to_string()))?;
+        Ok(Cluster::new(name, client))
+    }
+
+    /// The namespace of objects that name none (the context's, else
+    /// `default`).
+    pub fn default_namespace(&self) -> &str {
+        self.client.default_namespace()
+    }
+
+    /// How `kind` of `api_version` is served, from discovery (one request
+    /// per group version, cached); `None` when the cluster does not serve
+    /// it.
+    pub async fn resource(
+        &self,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<Option<Resource>, KubeError> {
+        if let Some(known) = self.cached(api_version) {
+            return Ok(known.and_then(|kinds| kinds.get(kind).cloned()));
+        }
+        let path = if api_version.contains('/') {
+            format!("/apis/{api_version}")
+        } else {
+            format!("/api/{api_version}")
+        };
+        let found = match self.get_json(&path).await {
+            Ok(list) => {
+                let mut kinds = HashMap::new();
+                for r in list["resources"].as_array().into_iter().flatten() {
+                    let (Some(plural), Some(k)) = (r["name"].as_str(), r["kind"].as_str()) else {
+                        continue;
+                    };
+                    // Subresources (`deployments/scale`) are not kinds.
+                    if plural.contains('/') {
+                        continue;
+                    }
+                    kinds.insert(
+                        k.to_owned(),
+                        Resource {
+                            plural: plural.to_owned(),
+                            namespaced: r["namespaced"].as_bool().unwrap_or(false),
+                        },
+                    );
+                }
+                Some(kinds)
+            }
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        let answer = found.as_ref().and_then(|k| k.get(kind).cloned());
+        self.discovered
+            .lock()
+            .expect("discovery lock")
+            .insert(api_version.to_owned(), found);
+        Ok(answer)
+    }
+
+    /// Forgets what discovery said of `api_version` (after a CRD for it was
+    /// established).
+    pub fn forget(&self, api_version: &str) {
+        self.discovered
+            .lock()
+            .expect("discovery lock")
+            .remove(api_version);
+    }
+
+    fn cached(&self, api_version: &str) -> Option<Option<HashMap<String, Resource>>> {
+        self.discovered
+            .lock()
+            .expect("discovery lock")
+            .get(api_version)
+            .cloned()
+    }
+
+    /// GET `path`, as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<Value, KubeError> {
+        self.send(Request::get(path), Vec::new(), path).await
+    }
+
+    /// Sends one request and reads a JSON answer; API errors keep their
+    /// status.
+    pub(crate) async fn send(
+        &self,
+        builder: http::request::Builder,
+        body: Vec<u8>,
+        what: &str,
+    ) -> Result<Value, KubeError> {
+        let request = builder
+            .body(body)
+            .map_err(|e| KubeError::Request(format!("{what}: {e}")))?;
+        match self.client.request_text(request).await {
+            Ok(text) if text.trim().is_empty() => Ok(Value::Null),
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| KubeError::Request(format!("{what}: the answer is not JSON: {e}"))),
+            Err(kube::Error::Api(status)) => Err(KubeError::Api(Box::new(*status))),
+            Err(e) => Err(KubeError::Request(format!(
+                "{what}: {e} (cluster `{}`)",
+                self.name
+            ))),
+        }
+    }
+}
+
+fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, String> {
+    if !path.is_file() {
+        return Err(format!(
+            "the kubeconfig {} does not exist or is not a file",
+            path.display()
+        ));
+    }
+    Kubeconfig::read_from(path).map_err(|e| e.to_string())
+}

@@ -1,0 +1,1099 @@
+//! Plan and apply a unit's objects on a live cluster.
+//!
+//! **Plan** reads, never writes: each object is fetched; an object that
+//! exists is applied server-side with `dryRun=All`, and the answer is
+//! compared with the live object (both [`normalize`]d), so defaulted
+//! fields, mutating webhooks and fields other managers own never show as
+//! drift. An object that does not exist is a create. Objects of the prior
+//! inventory that the unit no longer renders are planned for deletion,
+//! unless they opt out ([`PRUNE`]) or another unit took them over.
+//!
+//! **Apply** carries out exactly that plan: steps in [`order`]'s order,
+//! server-side apply under the field manager `terrace`, only for objects
+//! the plan says change; CRDs are waited for until Established before the
+//! next step; after each wave the applied objects are waited for until
+//! healthy (per-unit timeout); PostSync hooks run after; then pruning in
+//! reverse order. Every applied object carries [`MANAGED_BY`] and the
+//! [`PROJECT`], [`ENVIRONMENT`] and [`UNIT`] annotations.
+//!
+//! **Conflicts.** When a field terrace sets is owned by another field
+//! manager with a different value, the API server refuses the apply. What
+//! happens then is the unit's [`Conflicts`] policy: `yield` (the default)
+//! leaves those fields to their owner and says so in the plan; `force`
+//! takes them over; `error` fails the plan, naming fields and owners.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use http::Request;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use terrace_core::plan::{Action, Change};
+use terrace_core::state::InventoryItem;
+
+use crate::diff::{self, normalize};
+use crate::health::{Health, health};
+use crate::order::{self, Phase, Role};
+use crate::{Cluster, FIELD_MANAGER, KubeError, Resource};
+
+/// The label every applied object carries.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The project an object belongs to.
+pub const PROJECT: &str = "terrace.dev/project";
+/// The environment an object belongs to.
+pub const ENVIRONMENT: &str = "terrace.dev/environment";
+/// The unit an object belongs to.
+pub const UNIT: &str = "terrace.dev/unit";
+/// `terrace.dev/prune: disabled` keeps an object in the cluster when it
+/// leaves the unit (Flux's `kustomize.toolkit.fluxcd.io/prune: disabled`
+/// and Argo CD's `argocd.argoproj.io/sync-options: Prune=false` are
+/// honoured too).
+pub const PRUNE: &str = "terrace.dev/prune";
+
+/// How many requests run at once within a step.
+const CONCURRENCY: usize = 8;
+
+/// Who owns the objects of a unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub project: String,
+    pub environment: String,
+    pub unit: String,
+}
+
+impl Owner {
+    fn describe(&self) -> String {
+        format!(
+            "unit `{}` of project `{}`, environment `{}`",
+            self.unit, self.project, self.environment
+        )
+    }
+
+    /// The owner an object's annotations name, if any.
+    fn of(v: &Value) -> Option<Owner> {
+        let a = &v["metadata"]["annotations"];
+        Some(Owner {
+            project: a[PROJECT].as_str()?.to_owned(),
+            environment: a[ENVIRONMENT].as_str()?.to_owned(),
+            unit: a[UNIT].as_str()?.to_owned(),
+        })
+    }
+
+    fn stamp(&self, v: &mut Value) {
+        let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let labels = meta.entry("labels").or_insert_with(|| json!({}));
+        if let Some(l) = labels.as_object_mut() {
+            l.entry(MANAGED_BY).or_insert_with(|| json!("terrace"));
+        }
+        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(PROJECT.to_owned(), json!(self.project));
+            a.insert(ENVIRONMENT.to_owned(), json!(self.environment));
+            a.insert(UNIT.to_owned(), json!(self.unit));
+        }
+    }
+}
+
+/// What to do when another field manager owns a field terrace sets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Conflicts {
+    /// Leave the field to its owner, and say so in the plan.
+    #[default]
+    Yield,
+    /// Take the field over (`force=true`).
+    Force,
+    /// Fail, naming the fields and their owners.
+    Error,
+}
+
+/// How a unit is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    pub conflicts: Conflicts,
+    /// Wait for applied objects to become healthy.
+    pub wait: bool,
+    /// How long the waits of one apply may take in all.
+    pub timeout: Duration,
+    /// How often a wait looks again.
+    pub poll: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            conflicts: Conflicts::Yield,
+            wait: true,
+            timeout: Duration::from_secs(300),
+            poll: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One object the unit renders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// `apps/v1 Deployment default/web`.
+    pub address: String,
+    /// The file it came from, for messages.
+    pub source: String,
+    /// The object, decrypted when it holds secrets: it lives only in memory.
+    pub value: Value,
+    /// Holds secrets: plans show no values of it.
+    pub sensitive: bool,
+}
+
+/// Where an object lives on the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    api_version: String,
+    kind: String,
+    namespace: Option<String>,
+    name: String,
+    /// `None` for a custom resource whose CRD this unit creates: found
+    /// once the CRD is established.
+    resource: Option<Resource>,
+}
+
+impl Target {
+    fn path(&self, resource: &Resource) -> String {
+        let mut p = if self.api_version.contains('/') {
+            format!("/apis/{}", self.api_version)
+        } else {
+            format!("/api/{}", self.api_version)
+        };
+        if let (true, Some(ns)) = (resource.namespaced, &self.namespace) {
+            p.push_str("/namespaces/");
+            p.push_str(ns);
+        }
+        p.push('/');
+        p.push_str(&resource.plural);
+        p.push('/');
+        p.push_str(&self.name);
+        p
+    }
+}
+
+/// One object's part of a plan.
+#[derive(Debug, Clone)]
+pub struct ObjectPlan {
+    pub desired: Desired,
+    pub action: Action,
+    /// A hook: applied on every apply of the unit, never compared.
+    pub hook: bool,
+    /// Fields left to other managers (`conflicts: yield`).
+    pub yielded: Vec<String>,
+    role: Role,
+    target: Target,
+}
+
+/// An object to delete.
+#[derive(Debug, Clone)]
+pub struct PruneItem {
+    pub address: String,
+    live: Value,
+    target: Target,
+}
+
+/// What apply carries out: the plan payload of a unit on a live cluster.
+#[derive(Debug, Clone)]
+pub struct KubePlan {
+    pub cluster: Arc<Cluster>,
+    pub owner: Owner,
+    pub options: Options,
+    pub objects: Vec<ObjectPlan>,
+    pub prune: Vec<PruneItem>,
+    /// The inventory before this apply, kept for what a failed apply may
+    /// have left behind.
+    pub prior: Vec<InventoryItem>,
+}
+
+/// A plan and what it says.
+#[derive(Debug)]
+pub struct Planned {
+    pub plan: KubePlan,
+    pub changes: Vec<Change>,
+    pub unchanged: usize,
+    pub notes: Vec<String>,
+}
+
+/// An apply that stopped part way: what is in the cluster now, and why.
+#[derive(Debug)]
+pub struct ApplyFailure {
+    pub inventory: Vec<InventoryItem>,
+    pub error: KubeError,
+}
+
+/// `apiVersion kind namespace/name` back into its parts.
+fn parse_address(address: &str) -> Option<(String, String, Option<String>, String)> {
+    let mut parts = address.split(' ');
+    let (api_version, kind, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let (ns, name) = match rest.split_once('/') {
+        Some((ns, name)) => (Some(ns.to_owned()), name.to_owned()),
+        None => (None, rest.to_owned()),
+    };
+    Some((api_version.to_owned(), kind.to_owned(), ns, name))
+}
+
+/// The group versions and kinds the CRDs among `objects` define.
+fn defined_by_crds(objects: &[Desired]) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for o in objects {
+        let v = &o.value;
+        if v["kind"] != "CustomResourceDefinition" {
+            continue;
+        }
+        let (Some(group), Some(kind)) = (
+            v["spec"]["group"].as_str(),
+            v["spec"]["names"]["kind"].as_str(),
+        ) else {
+            continue;
+        };
+        for version in v["spec"]["versions"].as_array().into_iter().flatten() {
+            if let Some(name) = version["name"].as_str() {
+                out.insert((format!("{group}/{name}"), kind.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// The digest an inventory records of an applied object.
+fn digest(o: &Desired) -> String {
+    use std::fmt::Write;
+    if o.sensitive {
+        // A hash of a secret's plaintext could be guessed at; record none.
+        return "sensitive".to_owned();
+    }
+    let text = serde_json::to_string(&o.value).expect("values serialize");
+    let hash = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
+    let mut s = String::from("sha256:");
+    for b in hash {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Plans `desired` on `cluster` for `owner`, against the prior inventory.
+pub async fn plan(
+    cluster: Arc<Cluster>,
+    owner: Owner,
+    desired: Vec<Desired>,
+    prior: &[InventoryItem],
+    options: Options,
+) -> Result<Planned, KubeError> {
+    let crd_kinds = defined_by_crds(&desired);
+    let mut objects = Vec::with_capacity(desired.len());
+    for mut d in desired {
+        let role = order::role(&d.value).map_err(|e| KubeError::Object {
+            object: d.address.clone(),
+            source_file: d.source.clone(),
+            message: e.message,
+        })?;
+        owner.stamp(&mut d.value);
+        let target = locate(&cluster, &mut d, &crd_kinds).await?;
+        objects.push(ObjectPlan {
+            hook: role.phase != Phase::Sync,
+            role,
+            target,
+            action: Action::Create,
+            yielded: Vec::new(),
+            desired: d,
+        });
+    }
+
+    // Compare every object with the cluster, a few at a time.
+    let compared: Vec<(Action, Vec<String>, Option<String>)> =
+        futures::stream::iter(objects.iter())
+            .map(|o| compare(&cluster, &owner, o, options.conflicts))
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await?;
+    let mut changes = Vec::new();
+    let mut notes = Vec::new();
+    let mut unchanged = 0;
+    for (o, (action, yielded, diff)) in objects.iter_mut().zip(compared) {
+        o.action = action;
+        if !yielded.is_empty() {
+            notes.push(format!(
+                "{}: left to the field managers that own them: {}",
+                o.desired.address,
+                yielded.join(", ")
+            ));
+        }
+        o.yielded = yielded;
+        if o.hook {
+            continue;
+        }
+        match action {
+            Action::NoOp => unchanged += 1,
+            a => changes.push(Change {
+                address: o.desired.address.clone(),
+                action: a,
+                diff,
+            }),
+        }
+    }
+
+    // What left the unit.
+    let wanted: BTreeSet<&str> = objects.iter().map(|o| o.desired.address.as_str()).collect();
+    let gone: Vec<&InventoryItem> = prior
+        .iter()
+        .filter(|i| i.path.is_none() && !wanted.contains(i.address.as_str()))
+        .collect();
+    let (prune, prune_changes, prune_notes) = plan_prune(&cluster, &owner, &gone).await?;
+    changes.extend(prune_changes);
+    notes.extend(prune_notes);
+    Ok(Planned {
+        plan: KubePlan {
+            cluster,
+            owner,
+            options,
+            objects,
+            prune,
+            prior: prior.to_vec(),
+        },
+        changes,
+        unchanged,
+        notes,
+    })
+}
+
+/// Plans deleting every object of the prior inventory.
+pub async fn plan_destroy(
+    cluster: Arc<Cluster>,
+    owner: Owner,
+    prior: &[InventoryItem],
+    options: Options,
+) -> Result<Planned, KubeError> {
+    let all: Vec<&InventoryItem> = prior.iter().filter(|i| i.path.is_none()).collect();
+    let (prune, changes, notes) = plan_prune(&cluster, &owner, &all).await?;
+    Ok(Planned {
+        plan: KubePlan {
+            cluster,
+            owner,
+            options,
+            objects: Vec::new(),
+            prune,
+            prior: prior.to_vec(),
+        },
+        changes,
+        unchanged: 0,
+        notes,
+    })
+}
+
+/// Finds how an object is served, filling in its namespace.
+async fn locate(
+    cluster: &Cluster,
+    d: &mut Desired,
+    crd_kinds: &BTreeSet<(String, String)>,
+) -> Result<Target, KubeError> {
+    let err = |message: String| KubeError::Object {
+        object: d.address.clone(),
+        source_file: d.source.clone(),
+        message,
+    };
+    let api_version = d.value["apiVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let kind = d.value["kind"].as_str().unwrap_or_default().to_owned();
+    let name = d.value["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let resource = cluster
+        .resource(&api_version, &kind)
+        .await
+        .map_err(|e| err(format!("API discovery failed: {e}")))?;
+    let given = d.value["metadata"]["namespace"].as_str().map(str::to_owned);
+    let namespace = match &resource {
+        Some(r) if r.namespaced => {
+            let ns = given.unwrap_or_else(|| cluster.default_namespace().to_owned());
+            d.value["metadata"]["namespace"] = json!(ns);
+            Some(ns)
+        }
+        Some(_) => {
+            if let Some(meta) = d.value["metadata"].as_object_mut() {
+                meta.remove("namespace");
+            }
+            None
+        }
+        None if crd_kinds.contains(&(api_version.clone(), kind.clone())) => given,
+        None => {
+            return Err(err(format!(
+                "cluster `{}` does not serve kind `{kind}` of apiVersion `{api_version}`; check the apiVersion, or install the CustomResourceDefinition first (in this unit, or in a unit this one depends on)",
+                cluster.name
+            )));
+        }
+    };
+    Ok(Target {
+        api_version,
+        kind,
+        namespace,
+        name,
+        resource,
+    })
+}
+
+/// The server-side apply request for an object.
+fn apply_request(
+    target: &Target,
+    resource: &Resource,
+    force: bool,
+    dry_run: bool,
+) -> http::request::Builder {
+    let mut url = format!("{}?fieldManager={FIELD_MANAGER}", target.path(resource));
+    if force {
+        url.push_str("&force=true");
+    }
+    if dry_run {
+        url.push_str("&dryRun=All");
+    }
+    Request::patch(url).header("Content-Type", "application/apply-patch+yaml")
+}
+
+/// Server-side apply of `body`, following the conflict policy: returns the
+/// object as the server answered and the fields left to other managers.
+async fn server_side_apply(
+    cluster: &Cluster,
+    o: &ObjectPlan,
+    resource: &Resource,
+    conflicts: Conflicts,
+    dry_run: bool,
+) -> Result<(Value, Vec<String>), KubeError> {
+    let mut body = o.desired.value.clone();
+    let mut yielded: Vec<String> = o.yielded.clone();
+    for field in &yielded {
+        remove_field(&mut body, field);
+    }
+    let force = conflicts == Conflicts::Force;
+    // Each round yields at least one field more, so this ends.
+    loop {
+        let bytes = serde_json::to_vec(&body).expect("values serialize");
+        let what = format!("apply {}", o.desired.address);
+        match cluster
+            .send(
+                apply_request(&o.target, resource, force, dry_run),
+                bytes,
+                &what,
+            )
+            .await
+        {
+            Ok(answer) => return Ok((answer, yielded)),
+            Err(KubeError::Api(status)) if status.code == 409 => {
+                let causes: Vec<(String, String)> = status
+                    .details
+                    .as_ref()
+                    .map(|d| {
+                        d.causes
+                            .iter()
+                            .filter(|c| !c.field.is_empty())
+                            .map(|c| (c.field.clone(), c.message.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let removable: Vec<&(String, String)> = causes
+                    .iter()
+                    .filter(|(f, _)| !yielded.contains(f))
+                    .collect();
+                if conflicts == Conflicts::Yield && !removable.is_empty() {
+                    let mut progressed = false;
+                    for (field, _) in removable {
+                        progressed |= remove_field(&mut body, field);
+                        yielded.push(field.clone());
+                    }
+                    if progressed {
+                        continue;
+                    }
+                }
+                let fields: Vec<String> =
+                    causes.iter().map(|(f, m)| format!("{f} ({m})")).collect();
+                let message = if fields.is_empty() {
+                    status.message.clone()
+                } else {
+                    format!(
+                        "fields owned by another field manager: {}; set `apply.conflicts: force` in the unit to take them over, or `yield` to leave them to their owner, or remove them from the manifest",
+                        fields.join(", ")
+                    )
+                };
+                return Err(KubeError::Object {
+                    object: o.desired.address.clone(),
+                    source_file: o.desired.source.clone(),
+                    message,
+                });
+            }
+            Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
+        }
+    }
+}
+
+/// Compares one object with the cluster: its action, the fields left to
+/// other managers, and the diff to show.
+async fn compare(
+    cluster: &Cluster,
+    owner: &Owner,
+    o: &ObjectPlan,
+    conflicts: Conflicts,
+) -> Result<(Action, Vec<String>, Option<String>), KubeError> {
+    let show_new = || {
+        let lines = diff::leaves(&normalize(&o.desired.value));
+        Some(diff::describe(&lines, o.desired.sensitive))
+    };
+    let (Some(resource), false) = (&o.target.resource, o.hook) else {
+        return Ok((Action::Create, Vec::new(), show_new()));
+    };
+    let live = match cluster.get_json(&o.target.path(resource)).await {
+        Ok(v) => v,
+        Err(e) if e.is_not_found() => return Ok((Action::Create, Vec::new(), show_new())),
+        Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
+    };
+    if let Some(other) = Owner::of(&live)
+        && other != *owner
+    {
+        return Err(KubeError::Object {
+            object: o.desired.address.clone(),
+            source_file: o.desired.source.clone(),
+            message: format!(
+                "the object in the cluster belongs to {}; one object must have one owning unit: remove it from one of the two units",
+                other.describe()
+            ),
+        });
+    }
+    let (dry, yielded) = server_side_apply(cluster, o, resource, conflicts, true).await?;
+    let hide = o.desired.sensitive || o.target.kind == "Secret";
+    let changes = diff::fields(&normalize(&live), &normalize(&dry));
+    if changes.is_empty() {
+        Ok((Action::NoOp, yielded, None))
+    } else {
+        Ok((
+            Action::Update,
+            yielded,
+            Some(diff::describe(&changes, hide)),
+        ))
+    }
+}
+
+/// Whether a live object asks not to be pruned.
+fn keeps_on_prune(live: &Value) -> bool {
+    let a = &live["metadata"]["annotations"];
+    let says = |key: &str| a[key].as_str().map(str::trim);
+    matches!(says(PRUNE), Some("disabled" | "false"))
+        || says("kustomize.toolkit.fluxcd.io/prune") == Some("disabled")
+        || says("argocd.argoproj.io/sync-options")
+            .is_some_and(|o| o.split(',').any(|x| x.trim() == "Prune=false"))
+}
+
+async fn plan_prune(
+    cluster: &Cluster,
+    owner: &Owner,
+    gone: &[&InventoryItem],
+) -> Result<(Vec<PruneItem>, Vec<Change>, Vec<String>), KubeError> {
+    let mut found = Vec::new();
+    let mut notes = Vec::new();
+    for item in gone {
+        let Some((api_version, kind, namespace, name)) = parse_address(&item.address) else {
+            continue;
+        };
+        let Some(resource) = cluster.resource(&api_version, &kind).await? else {
+            notes.push(format!(
+                "{}: not pruned: the cluster no longer serves its kind",
+                item.address
+            ));
+            continue;
+        };
+        let target = Target {
+            api_version,
+            kind,
+            namespace: namespace.or_else(|| {
+                resource
+                    .namespaced
+                    .then(|| cluster.default_namespace().to_owned())
+            }),
+            name,
+            resource: Some(resource.clone()),
+        };
+        let live = match cluster.get_json(&target.path(&resource)).await {
+            Ok(v) => v,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.about(&item.address, "the unit's inventory")),
+        };
+        if keeps_on_prune(&live) {
+            notes.push(format!(
+                "{}: left in the cluster: its annotations disable pruning",
+                item.address
+            ));
+            continue;
+        }
+        if Owner::of(&live).is_some_and(|o| o != *owner) {
+            notes.push(format!(
+                "{}: left in the cluster: another unit owns it now",
+                item.address
+            ));
+            continue;
+        }
+        found.push(PruneItem {
+            address: item.address.clone(),
+            live,
+            target,
+        });
+    }
+    // Reverse apply order.
+    let values: Vec<Value> = found.iter().map(|p| p.live.clone()).collect();
+    let order = order::delete_order(&values).unwrap_or_else(|_| (0..found.len()).rev().collect());
+    let mut slots: Vec<Option<PruneItem>> = found.into_iter().map(Some).collect();
+    let prune: Vec<PruneItem> = order.into_iter().filter_map(|i| slots[i].take()).collect();
+    let changes = prune
+        .iter()
+        .map(|p| Change {
+            address: p.address.clone(),
+            action: Action::Delete,
+            diff: None,
+        })
+        .collect();
+    Ok((prune, changes, notes))
+}
+
+/// Carries out a plan.
+pub async fn apply(plan: &KubePlan) -> Result<Vec<InventoryItem>, ApplyFailure> {
+    let mut applied = vec![false; plan.objects.len()];
+    match run(plan, &mut applied).await {
+        Ok(()) => Ok(inventory(plan, &applied, true)),
+        Err(error) => Err(ApplyFailure {
+            inventory: inventory(plan, &applied, false),
+            error,
+        }),
+    }
+}
+
+/// The inventory after an apply: the unit's objects that are in the
+/// cluster, and after a failure also what the prior inventory held and
+/// was not pruned.
+fn inventory(plan: &KubePlan, applied: &[bool], done: bool) -> Vec<InventoryItem> {
+    let mut out: Vec<InventoryItem> = plan
+        .objects
+        .iter()
+        .zip(applied)
+        .filter(|(o, a)| !o.hook && (**a || o.action == Action::NoOp))
+        .map(|(o, _)| InventoryItem {
+            address: o.desired.address.clone(),
+            path: None,
+            digest: digest(&o.desired),
+        })
+        .collect();
+    if !done {
+        for p in &plan.prior {
+            if !out.iter().any(|i| i.address == p.address) {
+                out.push(p.clone());
+            }
+        }
+    }
+    out
+}
+
+async fn run(plan: &KubePlan, applied: &mut [bool]) -> Result<(), KubeError> {
+    let cluster = &plan.cluster;
+    let deadline = Instant::now() + plan.options.timeout;
+    let values: Vec<Value> = plan
+        .objects
+        .iter()
+        .map(|o| o.desired.value.clone())
+        .collect();
+    let steps = order::apply_steps(&values).map_err(|e| KubeError::Request(e.to_string()))?;
+    let mut i = 0;
+    while i < steps.len() {
+        // One phase and wave at a time; its health is awaited at its end.
+        let (phase, wave) = (steps[i].phase, steps[i].wave);
+        let mut in_wave = Vec::new();
+        while i < steps.len() && steps[i].phase == phase && steps[i].wave == wave {
+            let step = &steps[i];
+            let todo: Vec<usize> = step
+                .objects
+                .iter()
+                .copied()
+                .filter(|&k| plan.objects[k].hook || plan.objects[k].action != Action::NoOp)
+                .collect();
+            info!(
+                ?phase,
+                wave,
+                objects = todo.len(),
+                crds = step.crds,
+                "applying a step"
+            );
+            let results: Vec<usize> = futures::stream::iter(todo)
+                .map(|k| async move {
+                    apply_one(plan, &plan.objects[k], deadline)
+                        .await
+                        .map(|()| k)
+                })
+                .buffer_unordered(CONCURRENCY)
+                .try_collect()
+                .await?;
+            for k in results {
+                applied[k] = true;
+                in_wave.push(k);
+            }
+            if step.crds {
+                let crds: Vec<&ObjectPlan> =
+                    step.objects.iter().map(|&k| &plan.objects[k]).collect();
+                wait_healthy(plan, &crds, deadline).await?;
+                for c in crds {
+                    for (gv, _) in defined_by_crds(std::slice::from_ref(&c.desired)) {
+                        cluster.forget(&gv);
+                    }
+                }
+            }
+            i += 1;
+        }
+        let waited: Vec<&ObjectPlan> = in_wave.iter().map(|&k| &plan.objects[k]).collect();
+        let hooks: Vec<&ObjectPlan> = waited.iter().copied().filter(|o| o.hook).collect();
+        if plan.options.wait || !hooks.is_empty() {
+            let wait_for = if plan.options.wait {
+                waited
+            } else {
+                hooks.clone()
+            };
+            let outcome = wait_healthy(plan, &wait_for, deadline).await;
+            finish_hooks(plan, &hooks, outcome.is_ok()).await?;
+            outcome?;
+        }
+    }
+    for p in &plan.prune {
+        let resource = p
+            .target
+            .resource
+            .as_ref()
+            .expect("pruned objects were found");
+        info!(object = %p.address, "pruning");
+        match delete(cluster, &p.target, resource).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.about(&p.address, "the unit's inventory")),
+        }
+    }
+    Ok(())
+}
+
+async fn delete(cluster: &Cluster, target: &Target, resource: &Resource) -> Result<(), KubeError> {
+    let body =
+        json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"});
+    cluster
+        .send(
+            Request::delete(target.path(resource)).header("Content-Type", "application/json"),
+            serde_json::to_vec(&body).expect("json"),
+            &format!("delete {}", target.name),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// The resource of an object, found again after its CRD was established.
+async fn resource_of(cluster: &Cluster, o: &ObjectPlan) -> Result<Resource, KubeError> {
+    if let Some(r) = &o.target.resource {
+        return Ok(r.clone());
+    }
+    cluster
+        .resource(&o.target.api_version, &o.target.kind)
+        .await?
+        .ok_or_else(|| KubeError::Object {
+            object: o.desired.address.clone(),
+            source_file: o.desired.source.clone(),
+            message: format!(
+                "cluster `{}` still does not serve kind `{}` after its CustomResourceDefinition was established",
+                cluster.name, o.target.kind
+            ),
+        })
+}
+
+async fn apply_one(plan: &KubePlan, o: &ObjectPlan, deadline: Instant) -> Result<(), KubeError> {
+    let cluster = &plan.cluster;
+    let mut target = o.target.clone();
+    let resource = resource_of(cluster, o).await?;
+    if resource.namespaced && target.namespace.is_none() {
+        target.namespace = Some(cluster.default_namespace().to_owned());
+    }
+    if o.hook && o.role.delete.before_creation {
+        // A hook runs anew: the previous run's object goes first.
+        match delete(cluster, &target, &resource).await {
+            Ok(()) => wait_gone(plan, o, &target, &resource, deadline).await?,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
+        }
+    }
+    debug!(object = %o.desired.address, "server-side apply");
+    let o = ObjectPlan {
+        target,
+        ..o.clone()
+    };
+    server_side_apply(cluster, &o, &resource, plan.options.conflicts, false).await?;
+    Ok(())
+}
+
+async fn wait_gone(
+    plan: &KubePlan,
+    o: &ObjectPlan,
+    target: &Target,
+    resource: &Resource,
+    deadline: Instant,
+) -> Result<(), KubeError> {
+    loop {
+        match plan.cluster.get_json(&target.path(resource)).await {
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
+            Ok(_) if Instant::now() >= deadline => {
+                return Err(KubeError::Object {
+                    object: o.desired.address.clone(),
+                    source_file: o.desired.source.clone(),
+                    message:
+                        "the previous run of this hook was not deleted within the unit's timeout"
+                            .to_owned(),
+                });
+            }
+            Ok(_) => tokio::time::sleep(plan.options.poll).await,
+        }
+    }
+}
+
+/// Waits until every object in `objects` is healthy; names those that are
+/// not, with why, when one fails or the deadline passes.
+async fn wait_healthy(
+    plan: &KubePlan,
+    objects: &[&ObjectPlan],
+    deadline: Instant,
+) -> Result<(), KubeError> {
+    let mut pending: Vec<&ObjectPlan> = objects.to_vec();
+    let mut reasons: HashMap<String, String> = HashMap::new();
+    loop {
+        let mut still = Vec::new();
+        for o in pending {
+            let resource = resource_of(&plan.cluster, o).await?;
+            let mut target = o.target.clone();
+            if resource.namespaced && target.namespace.is_none() {
+                target.namespace = Some(plan.cluster.default_namespace().to_owned());
+            }
+            let live = plan
+                .cluster
+                .get_json(&target.path(&resource))
+                .await
+                .map_err(|e| e.about(&o.desired.address, &o.desired.source))?;
+            match health(&live) {
+                Health::Ready => {}
+                Health::Failed(why) => {
+                    return Err(unhealthy(&[(o.desired.address.clone(), why)], false));
+                }
+                Health::Progressing(why) => {
+                    reasons.insert(o.desired.address.clone(), why);
+                    still.push(o);
+                }
+            }
+        }
+        if still.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let named: Vec<(String, String)> = still
+                .iter()
+                .map(|o| {
+                    let a = o.desired.address.clone();
+                    let why = reasons.get(&a).cloned().unwrap_or_default();
+                    (a, why)
+                })
+                .collect();
+            return Err(unhealthy(&named, true));
+        }
+        pending = still;
+        tokio::time::sleep(plan.options.poll).await;
+    }
+}
+
+fn unhealthy(objects: &[(String, String)], timed_out: bool) -> KubeError {
+    let list: Vec<String> = objects
+        .iter()
+        .map(|(a, why)| format!("{a}: {why}"))
+        .collect();
+    KubeError::Request(if timed_out {
+        format!(
+            "not healthy within the unit's timeout (set `apply.timeout` in the unit to wait longer): {}",
+            list.join("; ")
+        )
+    } else {
+        format!("unhealthy: {}", list.join("; "))
+    })
+}
+
+/// Deletes hooks as their policy says, once they succeeded or failed.
+async fn finish_hooks(
+    plan: &KubePlan,
+    hooks: &[&ObjectPlan],
+    succeeded: bool,
+) -> Result<(), KubeError> {
+    for h in hooks {
+        let policy = h.role.delete;
+        if (succeeded && policy.on_success) || (!succeeded && policy.on_failure) {
+            let resource = resource_of(&plan.cluster, h).await?;
+            match delete(&plan.cluster, &h.target, &resource).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.about(&h.desired.address, &h.desired.source)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the field a conflict names (`.spec.replicas`,
+/// `.spec.containers[name="web"].image`, `.metadata.labels.app.kubernetes.io/name`)
+/// from `v`; says whether it was there.
+pub fn remove_field(v: &mut Value, path: &str) -> bool {
+    match path.chars().next() {
+        None => false,
+        Some('.') => {
+            let rest = &path[1..];
+            let Some(map) = v.as_object_mut() else {
+                return false;
+            };
+            // Field names may hold dots: the longest key that fits wins.
+            let key = map
+                .keys()
+                .filter(|k| {
+                    rest.starts_with(k.as_str())
+                        && matches!(rest[k.len()..].chars().next(), None | Some('.') | Some('['))
+                })
+                .max_by_key(|k| k.len())
+                .cloned();
+            let Some(key) = key else { return false };
+            let after = &rest[key.len()..];
+            if after.is_empty() {
+                map.remove(&key).is_some()
+            } else {
+                map.get_mut(&key)
+                    .is_some_and(|child| remove_field(child, after))
+            }
+        }
+        Some('[') => {
+            let Some(end) = closing_bracket(path) else {
+                return false;
+            };
+            let (selector, after) = (&path[1..end], &path[end + 1..]);
+            let Some(items) = v.as_array_mut() else {
+                return false;
+            };
+            let Some(index) = items.iter().position(|item| selects(item, selector)) else {
+                return false;
+            };
+            if after.is_empty() {
+                items.remove(index);
+                true
+            } else {
+                remove_field(&mut items[index], after)
+            }
+        }
+        Some(_) => false,
+    }
+}
+
+/// The `]` that closes the `[` at the start of `path`, outside quotes.
+fn closing_bracket(path: &str) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in path.char_indices().skip(1) {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ']' if !quoted => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether a list item matches `[3]`, `[=value]` or `[k="v",n=1]`.
+fn selects(item: &Value, selector: &str) -> bool {
+    if let Some(value) = selector.strip_prefix('=') {
+        return serde_json::from_str::<Value>(value).is_ok_and(|v| v == *item);
+    }
+    if selector.chars().all(|c| c.is_ascii_digit()) {
+        return false;
+    }
+    let mut rest = selector;
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            return false;
+        };
+        // The value is JSON: read exactly one.
+        let mut stream = serde_json::Deserializer::from_str(after).into_iter::<Value>();
+        let Some(Ok(value)) = stream.next() else {
+            return false;
+        };
+        if item.get(key) != Some(&value) {
+            return false;
+        }
+        rest = after[stream.byte_offset()..].trim_start_matches(',');
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_paths_remove_the_field_they_name() {
+        let mut v = json!({"metadata": {"labels": {"app.kubernetes.io/name": "web", "app": "x"}},
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [
+                {"name": "side", "image": "s"}, {"name": "web", "image": "w", "ports": [{"containerPort": 80, "protocol": "TCP"}]}]}},
+                "finalizers": ["a", "b"]}});
+        assert!(remove_field(&mut v, ".spec.replicas"));
+        assert!(remove_field(
+            &mut v,
+            ".metadata.labels.app.kubernetes.io/name"
+        ));
+        assert!(remove_field(
+            &mut v,
+            ".spec.template.spec.containers[name=\"web\"].image"
+        ));
+        assert!(remove_field(
+            &mut v,
+            ".spec.template.spec.containers[name=\"web\"].ports[containerPort=80,protocol=\"TCP\"]"
+        ));
+        assert!(remove_field(&mut v, ".spec.finalizers[=\"a\"]"));
+        assert!(!remove_field(&mut v, ".spec.nothing"));
+        assert_eq!(
+            v,
+            json!({"metadata": {"labels": {"app": "x"}},
+                "spec": {"template": {"spec": {"containers": [
+                    {"name": "side", "image": "s"}, {"name": "web", "ports": []}]}},
+                    "finalizers": ["b"]}})
+        );
+    }
+
+    #[test]
+    fn addresses_parse_back() {
+        assert_eq!(
+            parse_address("apps/v1 Deployment apps/web"),
+            Some((
+                "apps/v1".into(),
+                "Deployment".into(),
+                Some("apps".into()),
+                "web".into()
+            ))
+        );
+        assert_eq!(
+            parse_address("v1 Namespace apps"),
+            Some(("v1".into(), "Namespace".into(), None, "apps".into()))
+        );
+        assert_eq!(parse_address("a/b.yaml"), None);
+    }
+}
