@@ -127,6 +127,7 @@ impl TargetConfig {
         TargetBinding {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
+            in_cluster: None,
         }
     }
 }
@@ -159,6 +160,10 @@ pub struct TargetBinding {
     /// The kubeconfig context to use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    /// Reach the cluster terrace runs in, through the pod's service
+    /// account (instead of a kubeconfig).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_cluster: Option<bool>,
 }
 
 impl TargetBinding {
@@ -167,7 +172,14 @@ impl TargetBinding {
         TargetBinding {
             kubeconfig: other.kubeconfig.clone().or_else(|| self.kubeconfig.clone()),
             context: other.context.clone().or_else(|| self.context.clone()),
+            in_cluster: other.in_cluster.or(self.in_cluster),
         }
+    }
+
+    /// Whether this binding reaches a live cluster (else it is the
+    /// embedded default: rendered files).
+    pub fn is_live(&self) -> bool {
+        self.kubeconfig.is_some() || self.in_cluster == Some(true)
     }
 }
 
@@ -373,6 +385,39 @@ pub struct ManifestsSettings {
     /// `*.yaml` and `*.yml` file under it is read, in path order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// How the objects are applied to a live cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<ApplySettings>,
+}
+
+/// How a unit's objects are applied to a live cluster (a cluster target
+/// bound to a kubeconfig or in-cluster).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApplySettings {
+    /// When a field the unit sets is owned by another field manager (an
+    /// autoscaler's `spec.replicas`): `yield` leaves it to its owner and
+    /// says so in the plan (default), `force` takes it over, `error` fails
+    /// the plan naming the fields and their owners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<ConflictPolicy>,
+    /// Wait after apply until the objects are healthy (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
+    /// How long the waits of one apply may take, as `90s`, `5m` or `1h`
+    /// (default `5m`). Dependents of a unit that is not healthy in time do
+    /// not start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// What to do with a field another field manager owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictPolicy {
+    Yield,
+    Force,
+    Error,
 }
 
 /// Settings of a `kustomize` unit. Strings may use `${...}`.
@@ -384,6 +429,9 @@ pub struct KustomizeSettings {
     /// environment through its overlay: `overlays/${env}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// How the objects are applied to a live cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<ApplySettings>,
 }
 
 /// Settings of a `template` unit. Strings may use `${...}`.

@@ -82,6 +82,9 @@ pub struct DestroyContext<'a> {
     pub prior: &'a UnitState,
     /// The unit as evaluated now, when it is still in the repository.
     pub unit: Option<&'a ResolvedUnit>,
+    /// The environment's targets, by name: where a unit removed from the
+    /// repository was applied.
+    pub targets: &'a BTreeMap<String, ResolvedTarget>,
 }
 
 /// One document a unit renders: a Kubernetes object or a file.
@@ -125,6 +128,13 @@ pub enum DriverError {
     Target(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// Apply stopped part way: what it left behind is recorded (as a failed
+    /// apply), so prune and destroy still know every object.
+    #[error("{message}")]
+    Incomplete {
+        applied: Box<Applied>,
+        message: String,
+    },
     #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync>),
 }

@@ -16,6 +16,7 @@
 
 pub mod fileset;
 pub mod kustomize;
+mod live;
 pub mod manifests;
 pub mod template;
 pub mod terraform;

@@ -2,8 +2,9 @@
 //! passed through `${...}` substitution (`${var.NAME}`, `${env}`,
 //! `${input.NAME}`), applied to a cluster target.
 //!
-//! Until the Kubernetes driver lands, the only cluster target is the
-//! embedded default: each object is written to
+//! A cluster target bound to a kubeconfig (or in-cluster) is a live
+//! cluster: objects are applied there by [`crate::live`]. Without a
+//! binding it is the embedded default: each object is written to
 //! `.terrace/rendered/<env>/<cluster>/<unit>/<group>_<version>_<kind>_<namespace>_<name>.yaml`,
 //! and files of objects that no longer render are removed on apply.
 
@@ -25,6 +26,8 @@ use terrace_core::{ValuePath, config::UnitKind};
 
 use crate::clean_relative;
 use crate::fileset::{self, DesiredFile, DesiredSet};
+use crate::live;
+use terrace_kube::Endpoint;
 
 /// The driver of a kind that yields Kubernetes objects: `objects` renders
 /// them; planning, rendering and applying on the cluster target are the
@@ -279,8 +282,9 @@ pub fn rendered_dir(environment: &str, cluster: &str, unit: &str) -> String {
     format!("{WORK_DIR}/rendered/{environment}/{cluster}/{unit}")
 }
 
-/// The cluster a unit writes to, checked to be the embedded default.
-fn cluster(ctx: &UnitContext<'_>) -> Result<String, DriverError> {
+/// The cluster target a unit applies to: its name, and where it is when
+/// it is a live cluster (`None`: the embedded default, rendered files).
+fn cluster(ctx: &UnitContext<'_>) -> Result<(String, Option<Endpoint>), DriverError> {
     let Some(target) = &ctx.unit.target else {
         return Err(Diagnostic::new(format!(
             "unit `{}` of kind {} names no target",
@@ -296,13 +300,7 @@ fn cluster(ctx: &UnitContext<'_>) -> Result<String, DriverError> {
             ctx.unit.name, ctx.unit.kind, target.name, target.kind
         )));
     }
-    if let Some(kubeconfig) = &target.binding.kubeconfig {
-        return Err(DriverError::Target(format!(
-            "cluster target `{}` in environment `{}` names the kubeconfig {kubeconfig}, but this build of terrace applies Kubernetes objects only to the embedded default target (rendered files); remove `kubeconfig` from the binding to write rendered manifests",
-            target.name, ctx.environment
-        )));
-    }
-    Ok(target.name.clone())
+    Ok((target.name.clone(), live::endpoint(ctx.root, target)))
 }
 
 /// An object holding secrets is written SOPS-encrypted, to the recipients
@@ -335,7 +333,7 @@ pub(crate) fn desired(
     ctx: &UnitContext<'_>,
     objects: &[Object],
 ) -> Result<DesiredSet, DriverError> {
-    let cluster = cluster(ctx)?;
+    let (cluster, _) = cluster(ctx)?;
     let dir = rendered_dir(ctx.environment, &cluster, &ctx.unit.name);
     let mut files: Vec<DesiredFile> = Vec::with_capacity(objects.len());
     for o in objects {
@@ -402,14 +400,25 @@ impl Driver for ObjectsDriver {
         &'a self,
         ctx: &'a UnitContext<'a>,
     ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
-        Box::pin(async move { plan_objects(ctx, &(self.objects)(ctx)?) })
+        Box::pin(async move {
+            let objects = (self.objects)(ctx)?;
+            match cluster(ctx)? {
+                (name, Some(endpoint)) => live::plan(ctx, &name, &endpoint, objects).await,
+                (_, None) => plan_objects(ctx, &objects),
+            }
+        })
     }
 
     fn plan_destroy<'a>(
         &'a self,
         ctx: &'a DestroyContext<'a>,
     ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
-        Box::pin(async move { fileset::plan_destroy_from_state(ctx, "renderedPath") })
+        Box::pin(async move {
+            match live::plan_destroy(ctx).await {
+                Some(planned) => planned,
+                None => fileset::plan_destroy_from_state(ctx, "renderedPath"),
+            }
+        })
     }
 
     fn apply<'a>(
@@ -417,7 +426,13 @@ impl Driver for ObjectsDriver {
         root: &'a Path,
         plan: &'a UnitPlan,
     ) -> BoxFuture<'a, Result<Applied, DriverError>> {
-        Box::pin(async move { fileset::apply(root, plan) })
+        Box::pin(async move {
+            if live::is_live(plan) {
+                live::apply(plan).await
+            } else {
+                fileset::apply(root, plan)
+            }
+        })
     }
 }
 

@@ -25,6 +25,8 @@ pub enum EngineError {
     State(#[from] StateError),
     #[error("git: {0}")]
     Git(String),
+    #[error("--cluster names target `{name}`, which is not a cluster target of this project; its cluster targets: {}", .known.join(", "))]
+    UnknownClusterTarget { name: String, known: Vec<String> },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

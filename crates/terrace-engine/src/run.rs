@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use terrace_core::config::UnitKind;
+use terrace_core::config::{TargetBinding, TargetKind, UnitKind};
 use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{
     DestroyContext, Driver, DriverError, Rendered, ResolvedUnit, SENSITIVE, UnitContext,
@@ -253,6 +253,44 @@ impl Engine {
     pub fn with_refresh(mut self, refresh: bool) -> Self {
         self.refresh = refresh;
         self
+    }
+
+    /// Points cluster targets elsewhere than terrace.yaml binds them (the
+    /// command line's `--cluster` and `--cluster-context`): each given
+    /// field replaces the environment's.
+    pub fn bind_targets(
+        mut self,
+        bindings: &[(String, TargetBinding)],
+    ) -> Result<Self, EngineError> {
+        for (name, binding) in bindings {
+            let Some(t) = self
+                .workspace
+                .targets
+                .get_mut(name)
+                .filter(|t| t.kind == TargetKind::Cluster)
+            else {
+                return Err(EngineError::UnknownClusterTarget {
+                    name: name.clone(),
+                    known: self
+                        .workspace
+                        .targets
+                        .values()
+                        .filter(|t| t.kind == TargetKind::Cluster)
+                        .map(|t| t.name.clone())
+                        .collect(),
+                });
+            };
+            let mut b = t.binding.overlay(binding);
+            // A new place replaces the old one whole.
+            if binding.in_cluster == Some(true) {
+                b.kubeconfig = None;
+                b.context = binding.context.clone();
+            } else if binding.kubeconfig.is_some() {
+                b.in_cluster = None;
+            }
+            t.binding = b;
+        }
+        Ok(self)
     }
 
     /// Replaces the state backend (tests use this).
@@ -762,11 +800,17 @@ impl Engine {
             r.outcome = Outcome::Unchanged;
             return Ok(());
         }
-        let applied = self
+        // An apply that stopped part way still records what it left
+        // behind, as a failed apply, so the next plan and prune know it.
+        let (applied, failure) = match self
             .driver(unit.kind)
             .apply(&self.project.root, &plan)
             .await
-            .map_err(ReportError::from_driver)?;
+        {
+            Ok(applied) => (applied, None),
+            Err(DriverError::Incomplete { applied, message }) => (*applied, Some(message)),
+            Err(e) => return Err(ReportError::from_driver(e)),
+        };
         let state = UnitState {
             format: STATE_FORMAT,
             unit: name.clone(),
@@ -790,7 +834,11 @@ impl Engine {
                 })
                 .collect(),
             inventory: applied.inventory,
-            status: UnitStatus::Applied,
+            status: if failure.is_some() {
+                UnitStatus::Failed
+            } else {
+                UnitStatus::Applied
+            },
             updated_at: now_rfc3339(),
             run_id: run_id.to_owned(),
         };
@@ -798,6 +846,9 @@ impl Engine {
             .write(&state)
             .await
             .map_err(ReportError::from_state)?;
+        if let Some(message) = failure {
+            return Err(ReportError::message(message));
+        }
         views
             .lock()
             .expect("views lock")
@@ -908,6 +959,7 @@ impl Engine {
             environment: env,
             prior,
             unit: unit.as_ref(),
+            targets: &self.workspace.targets,
         };
         let driver = self.driver(prior.kind);
         let plan = driver

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::Request;
 use kube::Client;
@@ -105,6 +105,20 @@ impl Cluster {
         };
         let client = Client::try_from(config).map_err(|e| fail(e.to_string()))?;
         Ok(Cluster::new(name, client))
+    }
+
+    /// The process's one connection to `endpoint`, made on first use, so
+    /// every unit on a cluster shares the client and what discovery found.
+    pub async fn shared(name: &str, endpoint: &Endpoint) -> Result<Arc<Cluster>, KubeError> {
+        static SHARED: OnceLock<tokio::sync::Mutex<HashMap<Endpoint, Arc<Cluster>>>> =
+            OnceLock::new();
+        let mut clusters = SHARED.get_or_init(Default::default).lock().await;
+        if let Some(c) = clusters.get(endpoint) {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(Cluster::connect(name, endpoint).await?);
+        clusters.insert(endpoint.clone(), Arc::clone(&c));
+        Ok(c)
     }
 
     /// The namespace of objects that name none (the context's, else

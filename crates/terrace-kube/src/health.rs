@@ -68,6 +68,27 @@ fn observed(v: &Value) -> Option<Health> {
     })
 }
 
+/// Whether an object that did not change is still waited for when its unit
+/// is applied (a unit whose last apply failed is applied again until its
+/// objects are healthy): workloads, claims, CRDs and custom resources,
+/// whose health can change without terrace changing them.
+pub fn has_health(v: &Value) -> bool {
+    let kind = v["kind"].as_str().unwrap_or("");
+    let group = v["apiVersion"]
+        .as_str()
+        .and_then(|a| a.rsplit_once('/'))
+        .map_or("", |(g, _)| g);
+    matches!(
+        kind,
+        "Deployment"
+            | "StatefulSet"
+            | "DaemonSet"
+            | "Job"
+            | "PersistentVolumeClaim"
+            | "CustomResourceDefinition"
+    ) || (group.contains('.') && !group.ends_with("k8s.io"))
+}
+
 /// `v`'s health.
 pub fn health(v: &Value) -> Health {
     let kind = v["kind"].as_str().unwrap_or("");

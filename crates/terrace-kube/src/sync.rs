@@ -18,9 +18,13 @@
 //!
 //! **Conflicts.** When a field terrace sets is owned by another field
 //! manager with a different value, the API server refuses the apply. What
-//! happens then is the unit's [`Conflicts`] policy: `yield` (the default)
-//! leaves those fields to their owner and says so in the plan; `force`
-//! takes them over; `error` fails the plan, naming fields and owners.
+//! happens then is the unit's [`Conflicts`] policy:
+//! - `yield` (the default): a field a controller owns (an autoscaler's
+//!   `spec.replicas`) is left to it, and the plan says so; a field changed
+//!   by hand ([`is_hand_edit`]: `kubectl edit`/`patch`/`scale`, k9s, the
+//!   dashboard) is drift: the plan shows it and apply takes it back;
+//! - `force`: every such field is taken over;
+//! - `error`: the plan fails, naming the fields and their owners.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -188,8 +192,8 @@ pub struct ObjectPlan {
     pub action: Action,
     /// A hook: applied on every apply of the unit, never compared.
     pub hook: bool,
-    /// Fields left to other managers (`conflicts: yield`).
-    pub yielded: Vec<String>,
+    /// Who holds its fields, as the plan found.
+    pub ownership: Ownership,
     role: Role,
     target: Target,
 }
@@ -307,31 +311,42 @@ pub async fn plan(
             role,
             target,
             action: Action::Create,
-            yielded: Vec::new(),
+            ownership: Ownership::default(),
             desired: d,
         });
     }
 
     // Compare every object with the cluster, a few at a time.
-    let compared: Vec<(Action, Vec<String>, Option<String>)> =
-        futures::stream::iter(objects.iter())
-            .map(|o| compare(&cluster, &owner, o, options.conflicts))
-            .buffered(CONCURRENCY)
-            .try_collect()
-            .await?;
+    // The futures are made before the stream, so it holds no closure
+    // (whose lifetimes would keep the whole future from being `Send`).
+    let comparisons: Vec<_> = objects
+        .iter()
+        .map(|o| compare(&cluster, &owner, o, options.conflicts))
+        .collect();
+    let compared: Vec<(Action, Ownership, Option<String>)> = futures::stream::iter(comparisons)
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await?;
     let mut changes = Vec::new();
     let mut notes = Vec::new();
     let mut unchanged = 0;
-    for (o, (action, yielded, diff)) in objects.iter_mut().zip(compared) {
+    for (o, (action, ownership, diff)) in objects.iter_mut().zip(compared) {
         o.action = action;
-        if !yielded.is_empty() {
+        if !ownership.yielded.is_empty() {
             notes.push(format!(
-                "{}: left to the field managers that own them: {}",
+                "{}: left to the controllers that own them: {}",
                 o.desired.address,
-                yielded.join(", ")
+                ownership.yielded.join(", ")
             ));
         }
-        o.yielded = yielded;
+        if !ownership.taken_back.is_empty() {
+            notes.push(format!(
+                "{}: changed by hand, taken back: {}",
+                o.desired.address,
+                ownership.taken_back.join(", ")
+            ));
+        }
+        o.ownership = ownership;
         if o.hook {
             continue;
         }
@@ -464,23 +479,48 @@ fn apply_request(
     Request::patch(url).header("Content-Type", "application/apply-patch+yaml")
 }
 
-/// Server-side apply of `body`, following the conflict policy: returns the
-/// object as the server answered and the fields left to other managers.
+/// Whether a field manager is a person's tool (its changes are drift,
+/// taken back under `conflicts: yield`) rather than a controller (whose
+/// fields are left to it).
+pub fn is_hand_edit(manager: &str) -> bool {
+    manager.starts_with("kubectl")
+        || manager.starts_with("k9s")
+        || manager.starts_with("Mozilla")
+        || manager == "before-first-apply"
+}
+
+/// Who holds the fields of an object terrace applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// Fields left to the controllers that own them.
+    pub yielded: Vec<String>,
+    /// Fields changed by hand, taken back (`force=true`).
+    pub taken_back: Vec<String>,
+}
+
+/// The manager a conflict cause names: `conflict with "kubectl-edit" using v1`.
+fn manager_of(message: &str) -> &str {
+    message.split('"').nth(1).unwrap_or(message)
+}
+
+/// Server-side apply of an object, following the conflict policy from
+/// what `known` already says; returns the object as the server answered
+/// and who holds its fields.
 async fn server_side_apply(
     cluster: &Cluster,
     o: &ObjectPlan,
     resource: &Resource,
     conflicts: Conflicts,
     dry_run: bool,
-) -> Result<(Value, Vec<String>), KubeError> {
+) -> Result<(Value, Ownership), KubeError> {
     let mut body = o.desired.value.clone();
-    let mut yielded: Vec<String> = o.yielded.clone();
-    for field in &yielded {
+    let mut owned = o.ownership.clone();
+    for field in &owned.yielded {
         remove_field(&mut body, field);
     }
-    let force = conflicts == Conflicts::Force;
-    // Each round yields at least one field more, so this ends.
+    // Each round settles at least one conflict more, so this ends.
     loop {
+        let force = conflicts == Conflicts::Force || !owned.taken_back.is_empty();
         let bytes = serde_json::to_vec(&body).expect("values serialize");
         let what = format!("apply {}", o.desired.address);
         match cluster
@@ -491,7 +531,7 @@ async fn server_side_apply(
             )
             .await
         {
-            Ok(answer) => return Ok((answer, yielded)),
+            Ok(answer) => return Ok((answer, owned)),
             Err(KubeError::Api(status)) if status.code == 409 => {
                 let causes: Vec<(String, String)> = status
                     .details
@@ -504,19 +544,20 @@ async fn server_side_apply(
                             .collect()
                     })
                     .unwrap_or_default();
-                let removable: Vec<&(String, String)> = causes
+                let new: Vec<&(String, String)> = causes
                     .iter()
-                    .filter(|(f, _)| !yielded.contains(f))
+                    .filter(|(f, _)| !owned.yielded.contains(f) && !owned.taken_back.contains(f))
                     .collect();
-                if conflicts == Conflicts::Yield && !removable.is_empty() {
-                    let mut progressed = false;
-                    for (field, _) in removable {
-                        progressed |= remove_field(&mut body, field);
-                        yielded.push(field.clone());
+                if conflicts == Conflicts::Yield && !new.is_empty() && !force {
+                    for (field, message) in new {
+                        if is_hand_edit(manager_of(message)) {
+                            owned.taken_back.push(field.clone());
+                        } else {
+                            remove_field(&mut body, field);
+                            owned.yielded.push(field.clone());
+                        }
                     }
-                    if progressed {
-                        continue;
-                    }
+                    continue;
                 }
                 let fields: Vec<String> =
                     causes.iter().map(|(f, m)| format!("{f} ({m})")).collect();
@@ -539,24 +580,26 @@ async fn server_side_apply(
     }
 }
 
-/// Compares one object with the cluster: its action, the fields left to
-/// other managers, and the diff to show.
+/// Compares one object with the cluster: its action, who holds its
+/// fields, and the diff to show.
 async fn compare(
     cluster: &Cluster,
     owner: &Owner,
     o: &ObjectPlan,
     conflicts: Conflicts,
-) -> Result<(Action, Vec<String>, Option<String>), KubeError> {
+) -> Result<(Action, Ownership, Option<String>), KubeError> {
     let show_new = || {
         let lines = diff::leaves(&normalize(&o.desired.value));
         Some(diff::describe(&lines, o.desired.sensitive))
     };
     let (Some(resource), false) = (&o.target.resource, o.hook) else {
-        return Ok((Action::Create, Vec::new(), show_new()));
+        return Ok((Action::Create, Ownership::default(), show_new()));
     };
     let live = match cluster.get_json(&o.target.path(resource)).await {
         Ok(v) => v,
-        Err(e) if e.is_not_found() => return Ok((Action::Create, Vec::new(), show_new())),
+        Err(e) if e.is_not_found() => {
+            return Ok((Action::Create, Ownership::default(), show_new()));
+        }
         Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
     };
     if let Some(other) = Owner::of(&live)
@@ -571,17 +614,13 @@ async fn compare(
             ),
         });
     }
-    let (dry, yielded) = server_side_apply(cluster, o, resource, conflicts, true).await?;
+    let (dry, owned) = server_side_apply(cluster, o, resource, conflicts, true).await?;
     let hide = o.desired.sensitive || o.target.kind == "Secret";
     let changes = diff::fields(&normalize(&live), &normalize(&dry));
     if changes.is_empty() {
-        Ok((Action::NoOp, yielded, None))
+        Ok((Action::NoOp, owned, None))
     } else {
-        Ok((
-            Action::Update,
-            yielded,
-            Some(diff::describe(&changes, hide)),
-        ))
+        Ok((Action::Update, owned, Some(diff::describe(&changes, hide))))
     }
 }
 
@@ -731,12 +770,8 @@ async fn run(plan: &KubePlan, applied: &mut [bool]) -> Result<(), KubeError> {
                 crds = step.crds,
                 "applying a step"
             );
-            let results: Vec<usize> = futures::stream::iter(todo)
-                .map(|k| async move {
-                    apply_one(plan, &plan.objects[k], deadline)
-                        .await
-                        .map(|()| k)
-                })
+            let applies: Vec<_> = todo.iter().map(|&k| apply_one(plan, k, deadline)).collect();
+            let results: Vec<usize> = futures::stream::iter(applies)
                 .buffer_unordered(CONCURRENCY)
                 .try_collect()
                 .await?;
@@ -755,6 +790,18 @@ async fn run(plan: &KubePlan, applied: &mut [bool]) -> Result<(), KubeError> {
                 }
             }
             i += 1;
+        }
+        // Unchanged objects whose health may have changed are waited for too.
+        for step in steps[..i]
+            .iter()
+            .filter(|s| s.phase == phase && s.wave == wave)
+        {
+            for &k in &step.objects {
+                let o = &plan.objects[k];
+                if !applied[k] && !o.hook && crate::health::has_health(&o.desired.value) {
+                    in_wave.push(k);
+                }
+            }
         }
         let waited: Vec<&ObjectPlan> = in_wave.iter().map(|&k| &plan.objects[k]).collect();
         let hooks: Vec<&ObjectPlan> = waited.iter().copied().filter(|o| o.hook).collect();
@@ -803,20 +850,34 @@ async fn resource_of(cluster: &Cluster, o: &ObjectPlan) -> Result<Resource, Kube
     if let Some(r) = &o.target.resource {
         return Ok(r.clone());
     }
-    cluster
-        .resource(&o.target.api_version, &o.target.kind)
-        .await?
-        .ok_or_else(|| KubeError::Object {
-            object: o.desired.address.clone(),
-            source_file: o.desired.source.clone(),
-            message: format!(
-                "cluster `{}` still does not serve kind `{}` after its CustomResourceDefinition was established",
-                cluster.name, o.target.kind
-            ),
-        })
+    // Discovery may serve a new kind a moment after its CRD is
+    // Established: ask again for a few seconds.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(r) = cluster
+            .resource(&o.target.api_version, &o.target.kind)
+            .await?
+        {
+            return Ok(r);
+        }
+        if Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        cluster.forget(&o.target.api_version);
+    }
+    Err(KubeError::Object {
+        object: o.desired.address.clone(),
+        source_file: o.desired.source.clone(),
+        message: format!(
+            "cluster `{}` still does not serve kind `{}` after its CustomResourceDefinition was established",
+            cluster.name, o.target.kind
+        ),
+    })
 }
 
-async fn apply_one(plan: &KubePlan, o: &ObjectPlan, deadline: Instant) -> Result<(), KubeError> {
+async fn apply_one(plan: &KubePlan, k: usize, deadline: Instant) -> Result<usize, KubeError> {
+    let o = &plan.objects[k];
     let cluster = &plan.cluster;
     let mut target = o.target.clone();
     let resource = resource_of(cluster, o).await?;
@@ -837,7 +898,7 @@ async fn apply_one(plan: &KubePlan, o: &ObjectPlan, deadline: Instant) -> Result
         ..o.clone()
     };
     server_side_apply(cluster, &o, &resource, plan.options.conflicts, false).await?;
-    Ok(())
+    Ok(k)
 }
 
 async fn wait_gone(

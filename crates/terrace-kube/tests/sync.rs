@@ -496,6 +496,51 @@ async fn fields_of_other_managers_follow_the_conflict_policy() {
 }
 
 #[tokio::test]
+async fn fields_changed_by_hand_are_drift_and_taken_back() {
+    let fake = Fake::new();
+    let inv = converge(&fake, vec![namespace("apps"), deployment(2)], &[]).await;
+    let path = "/apis/apps/v1/namespaces/apps/deployments/web";
+    // `kubectl scale` took `spec.replicas` over.
+    fake.edit(path, |o| o["spec"]["replicas"] = json!(7));
+    fake.0.lock().expect("lock").owned.push(Owned {
+        path: path.into(),
+        pointer: "/spec/replicas".into(),
+        field: ".spec.replicas".into(),
+        manager: "kubectl-scale".into(),
+    });
+    let planned = sync::plan(
+        Arc::new(fake.cluster()),
+        owner(),
+        vec![namespace("apps"), deployment(2)]
+            .into_iter()
+            .map(desired)
+            .collect(),
+        &inv,
+        options(),
+    )
+    .await
+    .expect("plan");
+    assert_eq!(planned.changes.len(), 1);
+    assert_eq!(
+        planned.changes[0].diff.as_deref(),
+        Some("~ spec.replicas: 7 → 2\n")
+    );
+    assert!(planned.notes.iter().any(|n| n.contains("changed by hand")));
+    fake.clear_calls();
+    sync::apply(&planned.plan).await.expect("apply");
+    let write = fake
+        .calls()
+        .into_iter()
+        .find(|c| c.is_write())
+        .expect("a write");
+    assert!(write.query.contains("force=true"), "{}", write.query);
+    assert_eq!(
+        fake.object(path).expect("deployment")["spec"]["replicas"],
+        2
+    );
+}
+
+#[tokio::test]
 async fn an_unhealthy_deployment_is_named_with_its_reason() {
     let fake = Fake::new();
     fake.0.lock().expect("lock").deployments_ready = false;

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "terrace",
     version,
     propagate_version = true,
-    after_help = "Examples:\n  terrace -C examples/homelab plan\n  terrace apply --env prod -j 4\n  terrace plan --affected-since origin/main --output markdown\n\nExit codes: 0 success (plan: no changes), 2 plan has changes, 1 error."
+    after_help = "Examples:\n  terrace -C examples/homelab plan\n  terrace apply --env prod -j 4\n  terrace plan --affected-since origin/main --output markdown\n  terrace --cluster k3s=$HOME/.kube/k3s.yaml --cluster-context k3s=admin@k3s apply\n\nExit codes: 0 success (plan: no changes), 2 plan has changes, 1 error."
 )]
 pub struct Cli {
     /// Run as if started in DIR (the project root is found from there upwards).
@@ -31,6 +31,31 @@ pub struct Cli {
     /// How to print results.
     #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+
+    /// Point cluster target TARGET at a live cluster through KUBECONFIG,
+    /// whatever terrace.yaml binds it to (repeatable; `in-cluster` uses the
+    /// pod's service account). Without it, and without a kubeconfig in
+    /// terrace.yaml, a cluster target is the embedded default (rendered
+    /// files): the shell's KUBECONFIG is never read.
+    #[arg(
+        long = "cluster",
+        global = true,
+        env = "TERRACE_CLUSTER",
+        value_delimiter = ',',
+        value_name = "TARGET=KUBECONFIG"
+    )]
+    pub clusters: Vec<String>,
+
+    /// The kubeconfig context of cluster target TARGET (repeatable; default
+    /// the kubeconfig's current context).
+    #[arg(
+        long = "cluster-context",
+        global = true,
+        env = "TERRACE_CLUSTER_CONTEXT",
+        value_delimiter = ',',
+        value_name = "TARGET=CONTEXT"
+    )]
+    pub cluster_contexts: Vec<String>,
 
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

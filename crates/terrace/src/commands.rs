@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use terrace_core::config::TargetBinding;
 use terrace_core::expr;
 use terrace_engine::run::{ApplyOptions, Progress, Report};
 use terrace_engine::{Engine, Project, Selection, Workspace};
@@ -18,6 +19,10 @@ use crate::progress::Reporter;
 pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
     let start = cli.directory.clone().unwrap_or_else(|| PathBuf::from("."));
     let env = cli.env.as_deref();
+    let bindings = cluster_bindings(cli)?;
+    let open = |start: &Path, env: Option<&str>| -> Result<Engine, CliError> {
+        Ok(Engine::open(start, env)?.bind_targets(&bindings)?)
+    };
     match &cli.command {
         Command::Init(a) => {
             let dir = match &cli.directory {
@@ -38,7 +43,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::Validate => validate(&start, env, cli.output),
         Command::Graph(a) => {
-            let engine = Engine::open(&start, env)?;
+            let engine = open(&start, env)?;
             let g = &engine.workspace.graph;
             let layers = &engine.project.file.layers;
             let text = match (cli.output, a.format) {
@@ -69,7 +74,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             Ok(0)
         }
         Command::Render(a) => {
-            let engine = Engine::open(&start, env)?;
+            let engine = open(&start, env)?;
             match engine.render(&a.unit).await? {
                 Ok((unit, rendered)) => {
                     match cli.output {
@@ -108,7 +113,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             }
         }
         Command::Plan(a) => {
-            let engine = Arc::new(Engine::open(&start, env)?.with_refresh(a.refresh));
+            let engine = Arc::new(open(&start, env)?.with_refresh(a.refresh));
             let selected = engine.select(&selection(&a.select))?;
             let progress = Reporter::new(selected.len(), "plan", false);
             let report = engine.plan(&selected, &progress, a.jobs).await?;
@@ -117,7 +122,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             Ok(report.exit_code() as u8)
         }
         Command::Apply(a) => {
-            let engine = Arc::new(Engine::open(&start, env)?);
+            let engine = Arc::new(open(&start, env)?);
             let selected = engine.select(&selection(&a.select))?;
             let progress = Arc::new(Reporter::new(selected.len(), "apply", true));
             let opts = ApplyOptions {
@@ -132,9 +137,9 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             print_report(&report, &engine.project.root, cli.output, false);
             Ok(report.exit_code() as u8)
         }
-        Command::Destroy(a) => destroy(&start, env, a, cli.output).await,
+        Command::Destroy(a) => destroy(open(&start, env)?, a, cli.output).await,
         Command::Output(a) => {
-            let engine = Engine::open(&start, env)?;
+            let engine = open(&start, env)?;
             let Some(unit) = &a.unit else {
                 let all = Value::Object(engine.all_outputs().await?);
                 match cli.output {
@@ -226,6 +231,54 @@ fn print_report(report: &Report, root: &Path, format: OutputFormat, full_diff: b
     }
 }
 
+/// `--cluster TARGET=KUBECONFIG` and `--cluster-context TARGET=CONTEXT`
+/// as bindings; relative kubeconfig paths are taken from the working
+/// directory.
+fn cluster_bindings(cli: &Cli) -> Result<Vec<(String, TargetBinding)>, CliError> {
+    let mut out: Vec<(String, TargetBinding)> = Vec::new();
+    let split = |flag: &str, text: &str| -> Result<(String, String), CliError> {
+        match text.split_once('=') {
+            Some((t, v)) if !t.trim().is_empty() && !v.trim().is_empty() => {
+                Ok((t.trim().to_owned(), v.trim().to_owned()))
+            }
+            _ => Err(CliError::Message {
+                message: format!("{flag} `{text}` is not of the form TARGET=VALUE"),
+                hint: Some(format!(
+                    "name the cluster target and its value, as in {flag} k3s=/path/to/kubeconfig"
+                )),
+            }),
+        }
+    };
+    fn entry(out: &mut Vec<(String, TargetBinding)>, target: String) -> &mut TargetBinding {
+        let i = match out.iter().position(|(t, _)| *t == target) {
+            Some(i) => i,
+            None => {
+                out.push((target, TargetBinding::default()));
+                out.len() - 1
+            }
+        };
+        &mut out[i].1
+    }
+    for c in &cli.clusters {
+        let (target, value) = split("--cluster", c)?;
+        let b = entry(&mut out, target);
+        if value == "in-cluster" {
+            b.in_cluster = Some(true);
+        } else {
+            let path = std::path::absolute(&value).map_err(|e| CliError::Message {
+                message: format!("--cluster: cannot resolve the path {value}: {e}"),
+                hint: None,
+            })?;
+            b.kubeconfig = Some(path.display().to_string());
+        }
+    }
+    for c in &cli.cluster_contexts {
+        let (target, value) = split("--cluster-context", c)?;
+        entry(&mut out, target).context = Some(value);
+    }
+    Ok(out)
+}
+
 /// `validate`: every environment (or the one asked for), fully evaluated
 /// with unknown outputs, and every unit rendered.
 fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8, CliError> {
@@ -309,12 +362,10 @@ fn terrace_drivers_render(
 }
 
 async fn destroy(
-    start: &Path,
-    env: Option<&str>,
+    engine: Engine,
     a: &crate::cli::DestroyArgs,
     format: OutputFormat,
 ) -> Result<u8, CliError> {
-    let engine = Engine::open(start, env)?;
     let orphans = engine.orphans().await?;
     // Named units that are orphans are destroyed from state alone.
     let (named_orphans, in_graph): (Vec<String>, Vec<String>) = a

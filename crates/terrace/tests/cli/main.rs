@@ -1,6 +1,7 @@
 //! End-to-end tests of the `terrace` binary on copies of
 //! `examples/homelab` and small projects written by the tests.
 
+mod cluster;
 mod errors;
 mod example;
 mod kustomize;
@@ -58,6 +59,9 @@ pub fn std_command(dir: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("terrace"));
     cmd.current_dir(dir)
         .env_remove("TERRACE_ENV")
+        .env_remove("TERRACE_CLUSTER")
+        .env_remove("TERRACE_CLUSTER_CONTEXT")
+        .env_remove("TERRACE_KUBE_WAIT")
         .env_remove("SOPS_AGE_KEY")
         .env_remove("SOPS_AGE_KEY_FILE")
         .env_remove("SOPS_AGE_KEY_CMD")

@@ -1,0 +1,244 @@
+//! Objects on a live cluster: a cluster target whose binding names a
+//! kubeconfig (or `inCluster: true`). Planning and applying are
+//! `terrace-kube`'s; this module turns a unit into its terms and back.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use terrace_core::config::{ApplySettings, ConflictPolicy, UNIT_FILE};
+use terrace_core::diag::Diagnostic;
+use terrace_core::driver::{Applied, DestroyContext, DriverError, ResolvedTarget, UnitContext};
+use terrace_core::plan::UnitPlan;
+use terrace_kube::sync::{self, Conflicts, Desired, KubePlan, Options, Owner};
+use terrace_kube::{Cluster, Endpoint, KubeError};
+
+use crate::digest;
+use crate::manifests::Object;
+
+/// The plan payload: what `terrace-kube` carries out, and the outputs the
+/// unit will have.
+#[derive(Debug)]
+struct LivePlan {
+    kube: KubePlan,
+    outputs: Map<String, Value>,
+}
+
+/// Where a live target is; `None` for the embedded default.
+pub(crate) fn endpoint(root: &Path, target: &ResolvedTarget) -> Option<Endpoint> {
+    let b = &target.binding;
+    if let Some(path) = &b.kubeconfig {
+        let path = Path::new(path);
+        return Some(Endpoint::Kubeconfig {
+            path: if path.is_absolute() {
+                path.to_owned()
+            } else {
+                root.join(path)
+            },
+            context: b.context.clone(),
+        });
+    }
+    (b.in_cluster == Some(true)).then_some(Endpoint::InCluster)
+}
+
+fn kube_error(e: KubeError) -> DriverError {
+    match e {
+        KubeError::Object {
+            object,
+            source_file,
+            message,
+        } => Diagnostic::new(format!("{object}: {message}"))
+            .in_file(source_file)
+            .into(),
+        other => DriverError::Target(other.to_string()),
+    }
+}
+
+/// The unit's `apply:` settings as options.
+fn options(ctx: &UnitContext<'_>) -> Result<Options, DriverError> {
+    let file = format!("{}/{UNIT_FILE}", ctx.unit.dir);
+    let settings = match ctx.unit.settings.get("apply") {
+        None | Some(Value::Null) => ApplySettings::default(),
+        Some(v) => ApplySettings::deserialize(v).map_err(|e| {
+            Diagnostic::new(format!("invalid `apply` settings: {e}")).in_file(&file)
+        })?,
+    };
+    let mut options = Options::default();
+    if let Some(c) = settings.conflicts {
+        options.conflicts = match c {
+            ConflictPolicy::Yield => Conflicts::Yield,
+            ConflictPolicy::Force => Conflicts::Force,
+            ConflictPolicy::Error => Conflicts::Error,
+        };
+    }
+    if let Some(w) = settings.wait {
+        options.wait = w;
+    }
+    if let Some(t) = &settings.timeout {
+        options.timeout = humantime::parse_duration(t).map_err(|e| {
+            Diagnostic::new(format!("`apply.timeout` is `{t}`: {e}"))
+                .in_file(&file)
+                .with_hint("write a duration such as `90s`, `5m` or `1h`")
+        })?;
+    }
+    // For CI against clusters where pods never start (no nodes), and for
+    // tests: the environment can turn waiting off, or poll faster.
+    if let Ok(w) = std::env::var("TERRACE_KUBE_WAIT") {
+        options.wait = !matches!(w.trim(), "false" | "0" | "no");
+    }
+    if let Ok(poll) = std::env::var("TERRACE_KUBE_POLL_MS")
+        && let Ok(ms) = poll.parse::<u64>()
+    {
+        options.poll = Duration::from_millis(ms.max(1));
+    }
+    Ok(options)
+}
+
+/// Plans `objects` on the live cluster `target` names.
+pub(crate) async fn plan(
+    ctx: &UnitContext<'_>,
+    target: &str,
+    endpoint: &Endpoint,
+    objects: Vec<Object>,
+) -> Result<UnitPlan, DriverError> {
+    let options = options(ctx)?;
+    let cluster = Cluster::shared(target, endpoint)
+        .await
+        .map_err(kube_error)?;
+    // Secret values never enter the render hash.
+    let mut hashed = String::new();
+    for o in &objects {
+        hashed.push_str(&o.address);
+        hashed.push('\0');
+        if !o.is_sensitive() {
+            hashed.push_str(&o.value.to_string());
+        }
+        hashed.push('\0');
+    }
+    let outputs = json!({
+        "cluster": target,
+        "objects": objects.iter().map(|o| o.address.clone()).collect::<Vec<_>>(),
+    })
+    .as_object()
+    .cloned()
+    .expect("a map");
+    let desired: Vec<Desired> = objects
+        .into_iter()
+        .map(|o| Desired {
+            sensitive: o.is_sensitive(),
+            address: o.address,
+            source: o.source,
+            value: o.value,
+        })
+        .collect();
+    let owner = Owner {
+        project: ctx.project.to_owned(),
+        environment: ctx.environment.to_owned(),
+        unit: ctx.unit.name.clone(),
+    };
+    let prior = ctx
+        .prior
+        .map(|p| p.inventory.as_slice())
+        .unwrap_or_default();
+    let planned = sync::plan(cluster, owner, desired, prior, options)
+        .await
+        .map_err(kube_error)?;
+    Ok(UnitPlan {
+        action: UnitPlan::action_for(ctx.prior.is_some(), &planned.changes),
+        changes: planned.changes,
+        unchanged: planned.unchanged,
+        outputs: Some(outputs.clone()),
+        render_hash: digest(hashed.as_bytes()),
+        notes: planned.notes,
+        payload: Some(Arc::new(LivePlan {
+            kube: planned.plan,
+            outputs,
+        })),
+    })
+}
+
+/// Whether a plan was made for a live cluster.
+pub(crate) fn is_live(plan: &UnitPlan) -> bool {
+    plan.payload::<LivePlan>().is_some()
+}
+
+/// Carries out a live plan.
+pub(crate) async fn apply(plan: &UnitPlan) -> Result<Applied, DriverError> {
+    let live = plan
+        .payload::<LivePlan>()
+        .ok_or_else(|| DriverError::Other("plan was not made for a live cluster".into()))?;
+    match sync::apply(&live.kube).await {
+        Ok(inventory) => Ok(Applied {
+            outputs: live.outputs.clone(),
+            inventory,
+            sensitive: Vec::new(),
+        }),
+        Err(failure) => Err(DriverError::Incomplete {
+            message: kube_error(failure.error).to_string(),
+            applied: Box::new(Applied {
+                outputs: live.outputs.clone(),
+                inventory: failure.inventory,
+                sensitive: Vec::new(),
+            }),
+        }),
+    }
+}
+
+/// Plans deleting what a unit applied to a live cluster; `None` when it
+/// was applied to the embedded target.
+pub(crate) async fn plan_destroy(
+    ctx: &DestroyContext<'_>,
+) -> Option<Result<UnitPlan, DriverError>> {
+    let prior = ctx.prior;
+    if prior.outputs.contains_key("renderedPath")
+        || prior.inventory.iter().any(|i| i.path.is_some())
+    {
+        return None;
+    }
+    let name = ctx
+        .unit
+        .and_then(|u| u.target.as_ref().map(|t| t.name.clone()))
+        .or_else(|| prior.outputs.get("cluster")?.as_str().map(str::to_owned))?;
+    Some(
+        async {
+            let target = ctx.targets.get(&name).ok_or_else(|| {
+                DriverError::Target(format!(
+                    "unit `{}` was applied to cluster `{name}`, which terrace.yaml no longer defines; define the target again to destroy it",
+                    prior.unit
+                ))
+            })?;
+            let endpoint = endpoint(ctx.root, target).ok_or_else(|| {
+                DriverError::Target(format!(
+                    "unit `{}` was applied to the live cluster `{name}`, which is not bound to a kubeconfig now; bind it (`--cluster {name}=KUBECONFIG`) to destroy it",
+                    prior.unit
+                ))
+            })?;
+            let cluster = Cluster::shared(&name, &endpoint)
+                .await
+                .map_err(kube_error)?;
+            let owner = Owner {
+                project: ctx.project.to_owned(),
+                environment: ctx.environment.to_owned(),
+                unit: prior.unit.clone(),
+            };
+            let planned = sync::plan_destroy(cluster, owner, &prior.inventory, Options::default())
+                .await
+                .map_err(kube_error)?;
+            Ok(UnitPlan {
+                action: terrace_core::plan::Action::Delete,
+                changes: planned.changes,
+                unchanged: 0,
+                outputs: Some(Map::new()),
+                render_hash: String::new(),
+                notes: planned.notes,
+                payload: Some(Arc::new(LivePlan {
+                    kube: planned.plan,
+                    outputs: Map::new(),
+                })),
+            })
+        }
+        .await,
+    )
+}
