@@ -153,8 +153,10 @@ impl fmt::Display for TargetKind {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TargetBinding {
-    /// Path to a kubeconfig file. Without one, a cluster target is the
-    /// embedded default (rendered files).
+    /// Path to a kubeconfig file (relative to the project root, or `~/…`).
+    /// With one, the cluster target is a live cluster; without one (and
+    /// without `inCluster`), it is the embedded default (rendered files).
+    /// `terrace --cluster TARGET=KUBECONFIG` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig: Option<String>,
     /// The kubeconfig context to use.

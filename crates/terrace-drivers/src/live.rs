@@ -30,13 +30,14 @@ struct LivePlan {
 pub(crate) fn endpoint(root: &Path, target: &ResolvedTarget) -> Option<Endpoint> {
     let b = &target.binding;
     if let Some(path) = &b.kubeconfig {
-        let path = Path::new(path);
+        // `~/…` is the user's home; other relative paths are the project's.
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let path = match (path.strip_prefix("~/"), home) {
+            (Some(rest), Some(home)) => home.join(rest),
+            _ => root.join(path),
+        };
         return Some(Endpoint::Kubeconfig {
-            path: if path.is_absolute() {
-                path.to_owned()
-            } else {
-                root.join(path)
-            },
+            path,
             context: b.context.clone(),
         });
     }
