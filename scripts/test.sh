@@ -8,6 +8,11 @@ bash scripts/setup-tools.sh
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Snapshot tests must match what is committed, never rewrite it.
 export INSTA_UPDATE=no
+if [ -z "${TERRACE_TEST_KUBECONFIG:-}" ]; then
+  echo "note: the real-cluster tests (cli cluster::real_cluster_*) are skipped: TERRACE_TEST_KUBECONFIG does not name a kubeconfig"
+else
+  echo "note: the real-cluster tests run against the cluster of $TERRACE_TEST_KUBECONFIG"
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast -j 2
 else

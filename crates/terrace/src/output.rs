@@ -97,7 +97,12 @@ pub fn text(report: &Report, root: &Path, full_diff: bool) -> String {
             let _ = writeln!(out, "  {} {}", ch.action.symbol(), ch.address);
             let show = ch.action == Action::Update || full_diff;
             if let (true, Some(diff)) = (show, &ch.diff) {
-                for line in diff.lines().skip(2) {
+                // Unified diffs start with their `---`/`+++` header;
+                // field-level diffs (live clusters) have none.
+                let body = diff
+                    .lines()
+                    .skip_while(|l| l.starts_with("--- ") || l.starts_with("+++ "));
+                for line in body {
                     let _ = writeln!(out, "      {line}");
                 }
             }

@@ -53,6 +53,10 @@ def controllers(obj):
 
 
 class Handler(BaseHTTPRequestHandler):
+    # Keep-alive, and each answer in one write (no Nagle stalls).
+    protocol_version = "HTTP/1.1"
+    wbufsize = -1
+
     def log_message(self, *args):
         pass
 
@@ -63,6 +67,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+        self.wfile.flush()
 
     def handle_any(self):
         url = urlsplit(self.path)
