@@ -168,6 +168,14 @@ struct Target {
 
 impl Target {
     fn path(&self, resource: &Resource) -> String {
+        let mut p = self.collection(resource);
+        p.push('/');
+        p.push_str(&self.name);
+        p
+    }
+
+    /// The path of the list this object is in.
+    fn collection(&self, resource: &Resource) -> String {
         let mut p = if self.api_version.contains('/') {
             format!("/apis/{}", self.api_version)
         } else {
@@ -179,8 +187,6 @@ impl Target {
         }
         p.push('/');
         p.push_str(&resource.plural);
-        p.push('/');
-        p.push_str(&self.name);
         p
     }
 }
@@ -316,12 +322,28 @@ pub async fn plan(
         });
     }
 
+    // What is live: one LIST per kind and namespace that holds several of
+    // the unit's objects, else one GET per object (in `compare`).
+    let listed = list_live(&cluster, &objects).await?;
+    let digests: HashMap<&str, &str> = prior
+        .iter()
+        .map(|i| (i.address.as_str(), i.digest.as_str()))
+        .collect();
     // Compare every object with the cluster, a few at a time.
     // The futures are made before the stream, so it holds no closure
     // (whose lifetimes would keep the whole future from being `Send`).
     let comparisons: Vec<_> = objects
         .iter()
-        .map(|o| compare(&cluster, &owner, o, options.conflicts))
+        .map(|o| {
+            let live = o
+                .target
+                .resource
+                .as_ref()
+                .and_then(|r| listed.get(&o.target.collection(r)))
+                .map(|items| items.get(&o.target.name).cloned());
+            let last = digests.get(o.desired.address.as_str()).copied();
+            compare(&cluster, &owner, o, live, last, options.conflicts)
+        })
         .collect();
     let compared: Vec<(Action, Ownership, Option<String>)> = futures::stream::iter(comparisons)
         .buffered(CONCURRENCY)
@@ -586,6 +608,8 @@ async fn compare(
     cluster: &Cluster,
     owner: &Owner,
     o: &ObjectPlan,
+    listed: Option<Option<Value>>,
+    last_digest: Option<&str>,
     conflicts: Conflicts,
 ) -> Result<(Action, Ownership, Option<String>), KubeError> {
     let show_new = || {
@@ -595,12 +619,16 @@ async fn compare(
     let (Some(resource), false) = (&o.target.resource, o.hook) else {
         return Ok((Action::Create, Ownership::default(), show_new()));
     };
-    let live = match cluster.get_json(&o.target.path(resource)).await {
-        Ok(v) => v,
-        Err(e) if e.is_not_found() => {
-            return Ok((Action::Create, Ownership::default(), show_new()));
-        }
-        Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
+    let live = match listed {
+        Some(Some(v)) => v,
+        Some(None) => return Ok((Action::Create, Ownership::default(), show_new())),
+        None => match cluster.get_json(&o.target.path(resource)).await {
+            Ok(v) => v,
+            Err(e) if e.is_not_found() => {
+                return Ok((Action::Create, Ownership::default(), show_new()));
+            }
+            Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
+        },
     };
     if let Some(other) = Owner::of(&live)
         && other != *owner
@@ -614,6 +642,15 @@ async fn compare(
             ),
         });
     }
+    // The fast path: the same object as last applied, every field of it
+    // still as applied: the apply would change nothing, no dry-run needed.
+    // (Anything else, including a value the server writes differently,
+    // goes to the dry-run, which decides.)
+    if last_digest == Some(digest(&o.desired).as_str())
+        && contained(&normalize(&o.desired.value), &live)
+    {
+        return Ok((Action::NoOp, Ownership::default(), None));
+    }
     let (dry, owned) = server_side_apply(cluster, o, resource, conflicts, true).await?;
     let hide = o.desired.sensitive || o.target.kind == "Secret";
     let changes = diff::fields(&normalize(&live), &normalize(&dry));
@@ -622,6 +659,58 @@ async fn compare(
     } else {
         Ok((Action::Update, owned, Some(diff::describe(&changes, hide))))
     }
+}
+
+/// Whether every field of `want` is in `live` with the same value (lists
+/// item by item, of the same length).
+fn contained(want: &Value, live: &Value) -> bool {
+    match (want, live) {
+        (Value::Object(w), Value::Object(l)) => w
+            .iter()
+            .all(|(k, v)| l.get(k).is_some_and(|lv| contained(v, lv))),
+        (Value::Array(w), Value::Array(l)) => {
+            w.len() == l.len() && w.iter().zip(l).all(|(a, b)| contained(a, b))
+        }
+        (w, l) => w == l,
+    }
+}
+
+/// The live objects of every list (kind and namespace) that holds two or
+/// more of `objects`, by list path and name.
+async fn list_live(
+    cluster: &Cluster,
+    objects: &[ObjectPlan],
+) -> Result<HashMap<String, HashMap<String, Value>>, KubeError> {
+    let mut counts: HashMap<String, (usize, &ObjectPlan)> = HashMap::new();
+    for o in objects.iter().filter(|o| !o.hook) {
+        if let Some(r) = &o.target.resource {
+            counts.entry(o.target.collection(r)).or_insert((0, o)).0 += 1;
+        }
+    }
+    let mut out = HashMap::new();
+    for (path, (n, o)) in counts {
+        if n < 2 {
+            continue;
+        }
+        let list = match cluster.get_json(&path).await {
+            Ok(v) => v,
+            // A namespace this unit creates does not exist yet.
+            Err(e) if e.is_not_found() => Value::Null,
+            Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
+        };
+        let mut items = HashMap::new();
+        for mut item in list["items"].as_array().cloned().unwrap_or_default() {
+            let Some(name) = item["metadata"]["name"].as_str().map(str::to_owned) else {
+                continue;
+            };
+            // Items of a list carry no apiVersion and kind.
+            item["apiVersion"] = json!(o.target.api_version);
+            item["kind"] = json!(o.target.kind);
+            items.insert(name, item);
+        }
+        out.insert(path, items);
+    }
+    Ok(out)
 }
 
 /// Whether a live object asks not to be pruned.

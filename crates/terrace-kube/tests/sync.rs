@@ -252,10 +252,13 @@ async fn unchanged_objects_plan_quiet_and_apply_sends_nothing() {
     .expect("plan");
     assert!(planned.changes.is_empty(), "{:#?}", planned.changes);
     assert_eq!(planned.unchanged, 3);
-    // Defaulted fields (the fake adds `strategy`, `revisionHistoryLimit`)
-    // did not show as drift; the dry-runs wrote nothing.
+    // The objects are as last applied and still so in the cluster: no
+    // dry-run was needed, and nothing was written.
     let calls = fake.calls();
-    assert!(calls.iter().any(|c| c.query.contains("dryRun=All")));
+    assert!(
+        calls.iter().all(|c| !c.query.contains("dryRun")),
+        "{calls:#?}"
+    );
     assert!(calls.iter().all(|c| !c.is_write()));
     fake.clear_calls();
     let again = sync::apply(&planned.plan).await.expect("apply");
@@ -265,6 +268,28 @@ async fn unchanged_objects_plan_quiet_and_apply_sends_nothing() {
         fake.calls()
     );
     assert_eq!(inventory(&again), inventory(&inv));
+
+    // Without a record of what was applied (state lost), every object is
+    // dry-run: defaulted fields (the fake adds `strategy` and
+    // `revisionHistoryLimit`) still do not show as drift.
+    fake.clear_calls();
+    let planned = sync::plan(
+        Arc::new(fake.cluster()),
+        owner(),
+        objects().into_iter().map(desired).collect(),
+        &[],
+        options(),
+    )
+    .await
+    .expect("plan");
+    assert!(planned.changes.is_empty(), "{:#?}", planned.changes);
+    let dry_runs = fake
+        .calls()
+        .iter()
+        .filter(|c| c.query.contains("dryRun=All"))
+        .count();
+    assert_eq!(dry_runs, 3);
+    assert!(fake.calls().iter().all(|c| !c.is_write()));
 }
 
 #[tokio::test]

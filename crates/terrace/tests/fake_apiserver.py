@@ -78,6 +78,16 @@ class Handler(BaseHTTPRequestHandler):
             log.write(json.dumps({"method": self.command, "path": url.path,
                                   "query": url.query, "body": body}) + "\n")
         parts = url.path.strip("/").split("/")
+        if url.path == "/api":
+            return self.reply(200, {"kind": "APIVersions", "versions": ["v1"]})
+        if url.path == "/apis":
+            groups = {}
+            for gv in SERVED:
+                if "/" in gv:
+                    g, v = gv.split("/")
+                    groups.setdefault(g, []).append({"groupVersion": gv, "version": v})
+            return self.reply(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                {"name": g, "versions": vs, "preferredVersion": vs[0]} for g, vs in groups.items()]})
         gv = None
         if len(parts) == 2 and parts[0] == "api":
             gv = parts[1]
@@ -91,6 +101,15 @@ class Handler(BaseHTTPRequestHandler):
                 {"name": plural, "kind": kind, "namespaced": ns, "verbs": ["get", "patch", "delete"]}
                 for kind, (plural, ns) in kinds.items()]})
         path = url.path
+        plurals = {p for kinds in SERVED.values() for (p, _) in kinds.values()}
+        if self.command == "GET" and parts[-1] in plurals:
+            items = []
+            for p, obj in list(OBJECTS.items()):
+                if p.startswith(path + "/") and "/" not in p[len(path) + 1:]:
+                    controllers(obj)
+                    item = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+                    items.append(item)
+            return self.reply(200, {"kind": "List", "items": items})
         if self.command == "GET":
             obj = OBJECTS.get(path)
             if obj is None:

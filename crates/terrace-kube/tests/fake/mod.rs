@@ -198,6 +198,35 @@ impl Fake {
             );
         }
         match call.method.as_str() {
+            "GET"
+                if s.served
+                    .values()
+                    .any(|(plural, _)| call.path.ends_with(&format!("/{plural}"))) =>
+            {
+                // A list: every object directly under the path.
+                let prefix = format!("{}/", call.path);
+                let paths: Vec<String> = s
+                    .objects
+                    .keys()
+                    .filter(|p| {
+                        p.strip_prefix(&prefix)
+                            .is_some_and(|rest| !rest.contains('/'))
+                    })
+                    .cloned()
+                    .collect();
+                let mut items = Vec::new();
+                for p in paths {
+                    let mut obj = s.objects[&p].clone();
+                    s.controllers(&p, &mut obj);
+                    s.objects.insert(p, obj.clone());
+                    if let Some(m) = obj.as_object_mut() {
+                        m.remove("apiVersion");
+                        m.remove("kind");
+                    }
+                    items.push(obj);
+                }
+                ok(&json!({"kind": "List", "items": items}))
+            }
             "GET" => {
                 let mut st = s;
                 let Some(mut obj) = st.objects.get(&call.path).cloned() else {
