@@ -402,6 +402,28 @@ fn real_cluster(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// Waits (up to two minutes) until none of `names` is still terminating
+/// from an earlier run's destroy.
+fn settle_namespaces(kubeconfig: &Path, names: &[&str]) {
+    let started = Instant::now();
+    for ns in names {
+        loop {
+            let o = kubectl(
+                kubeconfig,
+                &["get", "namespace", ns, "-o", "jsonpath={.status.phase}"],
+            );
+            if String::from_utf8_lossy(&o.stdout) != "Terminating" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "namespace {ns} is still terminating from an earlier run"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
     StdCommand::new("kubectl")
         .arg("--kubeconfig")
@@ -419,6 +441,7 @@ fn real_cluster_example_lifecycle_and_drift() {
     // No pod starts on an API server without nodes: workloads are not
     // waited for here (their health is tested on the fake).
     let path = kc;
+    settle_namespaces(&path, &["platform", "databases", "apps"]);
     let kc = Bound {
         kubeconfig: &path,
         wait: false,
@@ -480,6 +503,7 @@ fn real_cluster_health_waits() {
         return;
     };
     // Only a CRD, a Namespace, a custom resource and a ConfigMap: no pods.
+    settle_namespaces(&kc, &["terrace-health-test"]);
     health_lifecycle(Bound {
         kubeconfig: &kc,
         wait: true,
