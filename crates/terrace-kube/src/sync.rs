@@ -531,6 +531,7 @@ fn manager_of(message: &str) -> &str {
 async fn server_side_apply(
     cluster: &Cluster,
     o: &ObjectPlan,
+    target: &Target,
     resource: &Resource,
     conflicts: Conflicts,
     dry_run: bool,
@@ -547,7 +548,7 @@ async fn server_side_apply(
         let what = format!("apply {}", o.desired.address);
         match cluster
             .send(
-                apply_request(&o.target, resource, force, dry_run),
+                apply_request(target, resource, force, dry_run),
                 bytes,
                 &what,
             )
@@ -651,7 +652,7 @@ async fn compare(
     {
         return Ok((Action::NoOp, Ownership::default(), None));
     }
-    let (dry, owned) = server_side_apply(cluster, o, resource, conflicts, true).await?;
+    let (dry, owned) = server_side_apply(cluster, o, &o.target, resource, conflicts, true).await?;
     let hide = o.desired.sensitive || o.target.kind == "Secret";
     let changes = diff::fields(&normalize(&live), &normalize(&dry));
     if changes.is_empty() {
@@ -868,6 +869,12 @@ async fn run(plan: &KubePlan, applied: &mut [bool]) -> Result<(), KubeError> {
                 applied[k] = true;
                 in_wave.push(k);
             }
+            // Unchanged objects whose health may have changed are waited
+            // for too.
+            in_wave.extend(step.objects.iter().copied().filter(|&k| {
+                let o = &plan.objects[k];
+                !applied[k] && !o.hook && crate::health::has_health(&o.desired.value)
+            }));
             if step.crds {
                 let crds: Vec<&ObjectPlan> =
                     step.objects.iter().map(|&k| &plan.objects[k]).collect();
@@ -879,18 +886,6 @@ async fn run(plan: &KubePlan, applied: &mut [bool]) -> Result<(), KubeError> {
                 }
             }
             i += 1;
-        }
-        // Unchanged objects whose health may have changed are waited for too.
-        for step in steps[..i]
-            .iter()
-            .filter(|s| s.phase == phase && s.wave == wave)
-        {
-            for &k in &step.objects {
-                let o = &plan.objects[k];
-                if !applied[k] && !o.hook && crate::health::has_health(&o.desired.value) {
-                    in_wave.push(k);
-                }
-            }
         }
         let waited: Vec<&ObjectPlan> = in_wave.iter().map(|&k| &plan.objects[k]).collect();
         let hooks: Vec<&ObjectPlan> = waited.iter().copied().filter(|o| o.hook).collect();
@@ -912,26 +907,33 @@ async fn run(plan: &KubePlan, applied: &mut [bool]) -> Result<(), KubeError> {
             .as_ref()
             .expect("pruned objects were found");
         info!(object = %p.address, "pruning");
-        match delete(cluster, &p.target, resource).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.about(&p.address, "the unit's inventory")),
-        }
+        delete(cluster, &p.target, resource)
+            .await
+            .map_err(|e| e.about(&p.address, "the unit's inventory"))?;
     }
     Ok(())
 }
 
-async fn delete(cluster: &Cluster, target: &Target, resource: &Resource) -> Result<(), KubeError> {
+/// Deletes an object; says whether it was there (gone already is fine).
+async fn delete(
+    cluster: &Cluster,
+    target: &Target,
+    resource: &Resource,
+) -> Result<bool, KubeError> {
     let body =
         json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"});
-    cluster
+    match cluster
         .send(
             Request::delete(target.path(resource)).header("Content-Type", "application/json"),
             serde_json::to_vec(&body).expect("json"),
             &format!("delete {}", target.name),
         )
         .await
-        .map(|_| ())
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The resource of an object, found again after its CRD was established.
@@ -965,28 +967,41 @@ async fn resource_of(cluster: &Cluster, o: &ObjectPlan) -> Result<Resource, Kube
     })
 }
 
-async fn apply_one(plan: &KubePlan, k: usize, deadline: Instant) -> Result<usize, KubeError> {
-    let o = &plan.objects[k];
-    let cluster = &plan.cluster;
-    let mut target = o.target.clone();
+/// Where an object is at apply time: a custom resource planned before its
+/// CRD existed gets its resource now, and the default namespace if it is
+/// namespaced and names none.
+async fn placed(cluster: &Cluster, o: &ObjectPlan) -> Result<(Target, Resource), KubeError> {
     let resource = resource_of(cluster, o).await?;
+    let mut target = o.target.clone();
     if resource.namespaced && target.namespace.is_none() {
         target.namespace = Some(cluster.default_namespace().to_owned());
     }
+    Ok((target, resource))
+}
+
+async fn apply_one(plan: &KubePlan, k: usize, deadline: Instant) -> Result<usize, KubeError> {
+    let o = &plan.objects[k];
+    let cluster = &plan.cluster;
+    let (target, resource) = placed(cluster, o).await?;
     if o.hook && o.role.delete.before_creation {
         // A hook runs anew: the previous run's object goes first.
-        match delete(cluster, &target, &resource).await {
-            Ok(()) => wait_gone(plan, o, &target, &resource, deadline).await?,
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
+        let existed = delete(cluster, &target, &resource)
+            .await
+            .map_err(|e| e.about(&o.desired.address, &o.desired.source))?;
+        if existed {
+            wait_gone(plan, o, &target, &resource, deadline).await?;
         }
     }
     debug!(object = %o.desired.address, "server-side apply");
-    let o = ObjectPlan {
-        target,
-        ..o.clone()
-    };
-    server_side_apply(cluster, &o, &resource, plan.options.conflicts, false).await?;
+    server_side_apply(
+        cluster,
+        o,
+        &target,
+        &resource,
+        plan.options.conflicts,
+        false,
+    )
+    .await?;
     Ok(k)
 }
 
@@ -1027,11 +1042,7 @@ async fn wait_healthy(
     loop {
         let mut still = Vec::new();
         for o in pending {
-            let resource = resource_of(&plan.cluster, o).await?;
-            let mut target = o.target.clone();
-            if resource.namespaced && target.namespace.is_none() {
-                target.namespace = Some(plan.cluster.default_namespace().to_owned());
-            }
+            let (target, resource) = placed(&plan.cluster, o).await?;
             let live = plan
                 .cluster
                 .get_json(&target.path(&resource))
@@ -1091,12 +1102,10 @@ async fn finish_hooks(
     for h in hooks {
         let policy = h.role.delete;
         if (succeeded && policy.on_success) || (!succeeded && policy.on_failure) {
-            let resource = resource_of(&plan.cluster, h).await?;
-            match delete(&plan.cluster, &h.target, &resource).await {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.about(&h.desired.address, &h.desired.source)),
-            }
+            let (target, resource) = placed(&plan.cluster, h).await?;
+            delete(&plan.cluster, &target, &resource)
+                .await
+                .map_err(|e| e.about(&h.desired.address, &h.desired.source))?;
         }
     }
     Ok(())
