@@ -73,18 +73,22 @@ fn inventory(items: &[InventoryItem]) -> Vec<String> {
     items.iter().map(|i| i.address.clone()).collect()
 }
 
+/// Plans `objects` for the unit `owner()` names.
+async fn plan_on(
+    fake: &Fake,
+    objects: Vec<Value>,
+    prior: &[InventoryItem],
+    options: Options,
+) -> Result<sync::Planned, terrace_kube::KubeError> {
+    let desired = objects.into_iter().map(desired).collect();
+    sync::plan(Arc::new(fake.cluster()), owner(), desired, prior, options).await
+}
+
 /// Plans and applies; returns the new inventory.
 async fn converge(fake: &Fake, objects: Vec<Value>, prior: &[InventoryItem]) -> Vec<InventoryItem> {
-    let cluster = Arc::new(fake.cluster());
-    let planned = sync::plan(
-        cluster,
-        owner(),
-        objects.into_iter().map(desired).collect(),
-        prior,
-        options(),
-    )
-    .await
-    .expect("plan");
+    let planned = plan_on(fake, objects, prior, options())
+        .await
+        .expect("plan");
     sync::apply(&planned.plan).await.expect("apply")
 }
 
@@ -123,16 +127,7 @@ async fn first_apply_orders_crds_namespaces_waves_and_hooks() {
         namespace("apps"),
         crd(),
     ];
-    let cluster = Arc::new(fake.cluster());
-    let planned = sync::plan(
-        cluster,
-        owner(),
-        objects.into_iter().map(desired).collect(),
-        &[],
-        options(),
-    )
-    .await
-    .expect("plan");
+    let planned = plan_on(&fake, objects, &[], options()).await.expect("plan");
     // Hooks are not changes; everything else is created.
     assert_eq!(planned.changes.len(), 6, "{:#?}", planned.changes);
     assert!(planned.changes.iter().all(|c| c.action == Action::Create));
@@ -240,16 +235,9 @@ async fn unchanged_objects_plan_quiet_and_apply_sends_nothing() {
     let inv = converge(&fake, objects(), &[]).await;
     fake.clear_calls();
 
-    let cluster = Arc::new(fake.cluster());
-    let planned = sync::plan(
-        cluster,
-        owner(),
-        objects().into_iter().map(desired).collect(),
-        &inv,
-        options(),
-    )
-    .await
-    .expect("plan");
+    let planned = plan_on(&fake, objects(), &inv, options())
+        .await
+        .expect("plan");
     assert!(planned.changes.is_empty(), "{:#?}", planned.changes);
     assert_eq!(planned.unchanged, 3);
     // The objects are as last applied and still so in the cluster: no
@@ -273,15 +261,9 @@ async fn unchanged_objects_plan_quiet_and_apply_sends_nothing() {
     // dry-run: defaulted fields (the fake adds `strategy` and
     // `revisionHistoryLimit`) still do not show as drift.
     fake.clear_calls();
-    let planned = sync::plan(
-        Arc::new(fake.cluster()),
-        owner(),
-        objects().into_iter().map(desired).collect(),
-        &[],
-        options(),
-    )
-    .await
-    .expect("plan");
+    let planned = plan_on(&fake, objects(), &[], options())
+        .await
+        .expect("plan");
     assert!(planned.changes.is_empty(), "{:#?}", planned.changes);
     let dry_runs = fake
         .calls()
@@ -306,18 +288,13 @@ async fn one_changed_field_updates_exactly_one_object() {
     )
     .await;
     fake.clear_calls();
-    let cluster = Arc::new(fake.cluster());
-    let planned = sync::plan(
-        cluster,
-        owner(),
+    let planned = plan_on(
+        &fake,
         vec![
             namespace("apps"),
             config_map("cfg", json!({"a": "1"})),
             deployment(3),
-        ]
-        .into_iter()
-        .map(desired)
-        .collect(),
+        ],
         &inv,
         options(),
     )
@@ -360,14 +337,9 @@ async fn prune_deletes_exactly_the_removed_objects_in_reverse_order() {
     )
     .await;
     fake.clear_calls();
-    let cluster = Arc::new(fake.cluster());
-    let planned = sync::plan(
-        cluster,
-        owner(),
-        vec![namespace("apps"), config_map("stays", json!({}))]
-            .into_iter()
-            .map(desired)
-            .collect(),
+    let planned = plan_on(
+        &fake,
+        vec![namespace("apps"), config_map("stays", json!({}))],
         &inv,
         options(),
     )
@@ -431,16 +403,9 @@ async fn drift_shows_in_plan_and_apply_heals_it() {
     let inv = converge(&fake, objects(), &[]).await;
     let path = "/api/v1/namespaces/apps/configmaps/cfg";
     fake.edit(path, |o| o["data"]["a"] = json!("changed by hand"));
-    let cluster = Arc::new(fake.cluster());
-    let planned = sync::plan(
-        cluster,
-        owner(),
-        objects().into_iter().map(desired).collect(),
-        &inv,
-        options(),
-    )
-    .await
-    .expect("plan");
+    let planned = plan_on(&fake, objects(), &inv, options())
+        .await
+        .expect("plan");
     assert_eq!(planned.changes.len(), 1);
     assert_eq!(
         planned.changes[0].diff.as_deref(),
@@ -467,13 +432,9 @@ async fn fields_of_other_managers_follow_the_conflict_policy() {
         let fake = fake.clone();
         let inv = inv.clone();
         async move {
-            sync::plan(
-                Arc::new(fake.cluster()),
-                owner(),
-                vec![namespace("apps"), deployment(2)]
-                    .into_iter()
-                    .map(desired)
-                    .collect(),
+            plan_on(
+                &fake,
+                vec![namespace("apps"), deployment(2)],
                 &inv,
                 Options {
                     conflicts,
@@ -533,13 +494,9 @@ async fn fields_changed_by_hand_are_drift_and_taken_back() {
         field: ".spec.replicas".into(),
         manager: "kubectl-scale".into(),
     });
-    let planned = sync::plan(
-        Arc::new(fake.cluster()),
-        owner(),
-        vec![namespace("apps"), deployment(2)]
-            .into_iter()
-            .map(desired)
-            .collect(),
+    let planned = plan_on(
+        &fake,
+        vec![namespace("apps"), deployment(2)],
         &inv,
         options(),
     )
@@ -572,14 +529,9 @@ async fn an_unhealthy_deployment_is_named_with_its_reason() {
     let after = config_map("after", json!({}));
     let mut after = after;
     after["metadata"]["annotations"] = json!({"argocd.argoproj.io/sync-wave": "5"});
-    let cluster = Arc::new(fake.cluster());
-    let planned = sync::plan(
-        cluster,
-        owner(),
-        vec![namespace("apps"), deployment(2), after]
-            .into_iter()
-            .map(desired)
-            .collect(),
+    let planned = plan_on(
+        &fake,
+        vec![namespace("apps"), deployment(2), after],
         &[],
         Options {
             timeout: Duration::from_millis(60),
@@ -609,12 +561,9 @@ async fn an_unhealthy_deployment_is_named_with_its_reason() {
 #[tokio::test]
 async fn unknown_kinds_and_foreign_objects_are_refused() {
     let fake = Fake::new();
-    let err = sync::plan(
-        Arc::new(fake.cluster()),
-        owner(),
-        vec![desired(
-            json!({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g"}}),
-        )],
+    let err = plan_on(
+        &fake,
+        vec![json!({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g"}})],
         &[],
         options(),
     )
