@@ -169,12 +169,25 @@ pub struct TargetBinding {
 }
 
 impl TargetBinding {
-    /// `self` with every field `other` sets replaced.
+    /// `self` with every field `other` sets replaced. A new place
+    /// replaces the old one whole: `inCluster: true` drops the kubeconfig
+    /// and its context, and a kubeconfig drops `inCluster`.
     pub fn overlay(&self, other: &TargetBinding) -> TargetBinding {
+        if other.in_cluster == Some(true) {
+            return TargetBinding {
+                kubeconfig: None,
+                context: other.context.clone(),
+                in_cluster: Some(true),
+            };
+        }
         TargetBinding {
             kubeconfig: other.kubeconfig.clone().or_else(|| self.kubeconfig.clone()),
             context: other.context.clone().or_else(|| self.context.clone()),
-            in_cluster: other.in_cluster.or(self.in_cluster),
+            in_cluster: if other.kubeconfig.is_some() {
+                other.in_cluster
+            } else {
+                other.in_cluster.or(self.in_cluster)
+            },
         }
     }
 
@@ -457,4 +470,42 @@ pub struct TemplateSettings {
     /// `{{ item.name }}` when items have a name, else the index).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item_path: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kubeconfig(path: &str, context: Option<&str>) -> TargetBinding {
+        TargetBinding {
+            kubeconfig: Some(path.into()),
+            context: context.map(Into::into),
+            in_cluster: None,
+        }
+    }
+
+    #[test]
+    fn an_overlay_replaces_the_place_whole() {
+        let base = kubeconfig("a.yaml", Some("admin"));
+        // A context alone keeps the kubeconfig.
+        let ctx = TargetBinding {
+            context: Some("ci".into()),
+            ..TargetBinding::default()
+        };
+        assert_eq!(base.overlay(&ctx), kubeconfig("a.yaml", Some("ci")));
+        // In-cluster drops the kubeconfig and its context.
+        let inside = TargetBinding {
+            in_cluster: Some(true),
+            ..TargetBinding::default()
+        };
+        let b = base.overlay(&inside);
+        assert_eq!(
+            (b.kubeconfig, b.context, b.in_cluster),
+            (None, None, Some(true))
+        );
+        // A kubeconfig drops in-cluster.
+        let b = base.overlay(&inside).overlay(&kubeconfig("b.yaml", None));
+        assert_eq!(b, kubeconfig("b.yaml", None));
+        assert!(b.is_live());
+    }
 }

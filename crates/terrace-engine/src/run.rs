@@ -280,15 +280,7 @@ impl Engine {
                         .collect(),
                 });
             };
-            let mut b = t.binding.overlay(binding);
-            // A new place replaces the old one whole.
-            if binding.in_cluster == Some(true) {
-                b.kubeconfig = None;
-                b.context = binding.context.clone();
-            } else if binding.kubeconfig.is_some() {
-                b.in_cluster = None;
-            }
-            t.binding = b;
+            t.binding = t.binding.overlay(binding);
         }
         Ok(self)
     }
