@@ -1,5 +1,10 @@
 //! A set of files a unit owns: plan them against the disk, write them, and
 //! prune what the previous apply wrote that no longer renders.
+//!
+//! Every path, rendered or read back from state, must lie in one of the
+//! unit's output roots (`prune_dirs`); writes and removals go through
+//! `terrace_fs`, so they never follow a symlink. Files under `.terrace/`
+//! are written private (0600).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -71,7 +76,10 @@ pub fn plan(
     let mut unchanged = 0;
     let mut write = Vec::new();
     let mut hasher_input = String::new();
+    let prune_dirs = checked_roots(prune_dirs)?;
     for f in &desired {
+        confine(&f.path, &prune_dirs, "renders")?;
+        terrace_fs::check_write(root, &f.path).map_err(std::io::Error::from)?;
         hasher_input.push_str(&f.path);
         hasher_input.push('\0');
         hasher_input.push_str(&f.content);
@@ -103,6 +111,8 @@ pub fn plan(
         if wanted.contains(path.as_str()) {
             continue;
         }
+        confine(path, &prune_dirs, "state lists")?;
+        terrace_fs::check_write(root, path).map_err(std::io::Error::from)?;
         if let Some(existing) = read_if_exists(&root.join(path))? {
             changes.push(Change {
                 address: item.address.clone(),
@@ -138,8 +148,11 @@ pub fn plan_destroy(
 ) -> Result<UnitPlan, DriverError> {
     let mut changes = Vec::new();
     let mut remove = Vec::new();
+    let prune_dirs = checked_roots(prune_dirs)?;
     for item in &prior.inventory {
         let Some(path) = &item.path else { continue };
+        confine(path, &prune_dirs, "state lists")?;
+        terrace_fs::check_write(root, path).map_err(std::io::Error::from)?;
         if let Some(existing) = read_if_exists(&root.join(path))? {
             changes.push(Change {
                 address: item.address.clone(),
@@ -189,17 +202,19 @@ pub fn apply(root: &Path, plan: &UnitPlan) -> Result<Applied, DriverError> {
     let by_path = |p: &str| files.desired.iter().find(|f| f.path == p);
     for path in &files.write {
         let f = by_path(path).expect("written paths are desired paths");
-        terrace_state::atomic::write(&root.join(path), f.content.as_bytes())?;
+        terrace_fs::write(root, path, f.content.as_bytes(), mode_for(path))?;
     }
     for path in &files.remove {
-        terrace_state::atomic::remove(&root.join(path))?;
+        terrace_fs::remove(root, path)?;
         // Drop directories the removal left empty, up to the unit's own.
         let mut dir = Path::new(path).parent();
         while let Some(d) = dir {
             if d.as_os_str().is_empty() || files.prune_dirs.iter().any(|p| Path::new(p) == d) {
                 break;
             }
-            if std::fs::remove_dir(root.join(d)).is_err() {
+            if terrace_fs::check_write(root, &d.to_string_lossy()).is_err()
+                || std::fs::remove_dir(root.join(d)).is_err()
+            {
                 break;
             }
             dir = d.parent();
@@ -208,7 +223,9 @@ pub fn apply(root: &Path, plan: &UnitPlan) -> Result<Applied, DriverError> {
     for d in &files.prune_dirs {
         // Only succeeds when empty: the unit owns nothing there any more.
         if files.desired.is_empty() {
-            let _ = std::fs::remove_dir(root.join(d));
+            if terrace_fs::check_write(root, d).is_ok() {
+                let _ = std::fs::remove_dir(root.join(d));
+            }
         }
     }
     Ok(Applied {
@@ -224,6 +241,59 @@ pub fn apply(root: &Path, plan: &UnitPlan) -> Result<Applied, DriverError> {
             .collect(),
         sensitive: Vec::new(),
     })
+}
+
+/// Files under `.terrace/` are private; files a unit writes elsewhere in
+/// the project (a template's `output:`) are ordinary files.
+fn mode_for(path: &str) -> terrace_fs::Mode {
+    if terrace_fs::is_within(path, terrace_core::config::WORK_DIR) {
+        terrace_fs::Mode::Private
+    } else {
+        terrace_fs::Mode::Shared
+    }
+}
+
+/// Output roots as clean project-relative paths; one from state that is
+/// absolute or leaves the project is refused.
+fn checked_roots(dirs: Vec<String>) -> Result<Vec<String>, DriverError> {
+    dirs.into_iter()
+        .map(|d| match terrace_fs::clean_relative("", &d) {
+            Some(c) if !c.is_empty() && c == d => match crate::reserved(&c) {
+                None => Ok(c),
+                Some(why) => Err(DriverError::Other(Box::<dyn std::error::Error + Send + Sync>::from(format!(
+                    "the output directory `{c}` is {why}; terrace never writes or deletes there"
+                )))),
+            },
+            _ => Err(DriverError::Other(Box::<dyn std::error::Error + Send + Sync>::from(format!(
+                "the output directory `{d}` is not a relative path inside the project; terrace writes and deletes only there (is the state record damaged?)"
+            )))),
+        })
+        .collect()
+}
+
+/// Refuses a path outside every output root of the unit: nothing from a
+/// state record is deleted, and nothing rendered is written, elsewhere.
+fn confine(path: &str, roots: &[String], verb: &str) -> Result<(), DriverError> {
+    let clean = terrace_fs::clean_relative("", path);
+    if clean.as_deref() == Some(path) && roots.iter().any(|r| terrace_fs::is_within(path, r)) {
+        return Ok(());
+    }
+    Err(DriverError::Other(
+        Box::<dyn std::error::Error + Send + Sync>::from(format!(
+            "the unit {verb} the file `{}`, outside its output directory {}; terrace writes and deletes only there{}",
+            path.chars().take(200).collect::<String>(),
+            roots
+                .iter()
+                .map(|r| format!("`{r}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if verb == "state lists" {
+                " (remove the entry from the state record, or the record itself, with care)"
+            } else {
+                ""
+            }
+        )),
+    ))
 }
 
 fn read_if_exists(path: &Path) -> Result<Option<String>, DriverError> {

@@ -45,7 +45,8 @@ struct DecryptingFs<'a> {
 
 impl Fs for DecryptingFs<'_> {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        let bytes = DiskFs.read(path)?;
+        // Nothing outside the project, whatever a symlink says.
+        let bytes = terrace_fs::read(self.root, path)?;
         let Ok(text) = std::str::from_utf8(&bytes) else {
             return Ok(bytes);
         };
@@ -94,6 +95,9 @@ impl Fs for DecryptingFs<'_> {
     }
     fn is_file(&self, path: &Path) -> bool {
         DiskFs.is_file(path)
+    }
+    fn real_path(&self, path: &Path) -> Option<PathBuf> {
+        DiskFs.real_path(path)
     }
 }
 

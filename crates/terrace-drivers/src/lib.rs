@@ -58,32 +58,39 @@ pub fn digest(bytes: &[u8]) -> String {
     out
 }
 
-/// A path relative to the project root, with `/` separators, that stays
-/// inside the root; `None` if it would escape.
-pub fn clean_relative(base: &str, rel: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    let joined = if rel.starts_with('/') {
-        return None;
-    } else if base.is_empty() || base == "." {
-        rel.to_owned()
-    } else {
-        format!("{base}/{rel}")
-    };
-    for part in joined.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            p => parts.push(p),
-        }
+pub use terrace_fs::clean_relative;
+
+/// Why a project-relative directory may not receive a unit's files:
+/// terrace's own state, Terraform state and caches under `.terrace/`, and
+/// Git's directory. `None` when it may.
+pub fn reserved(rel: &str) -> Option<&'static str> {
+    use terrace_core::config::WORK_DIR;
+    if terrace_fs::is_within(rel, ".git") || rel.starts_with(".git/") {
+        return Some("Git's own directory");
     }
-    Some(parts.join("/"))
+    if terrace_fs::is_within(rel, WORK_DIR)
+        && !terrace_fs::is_within(rel, &format!("{WORK_DIR}/generated"))
+        && !terrace_fs::is_within(rel, &format!("{WORK_DIR}/rendered"))
+    {
+        return Some("terrace's own directory (state, locks and caches live there)");
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_directories() {
+        assert!(reserved(".git/hooks").is_some());
+        assert!(reserved(".git").is_some());
+        assert!(reserved(".terrace/state/homelab/units").is_some());
+        assert!(reserved(".terrace").is_some());
+        assert!(reserved(".terrace/generated/homelab/nodes").is_none());
+        assert!(reserved("nodes/out").is_none());
+        assert!(reserved(".github").is_none());
+    }
 
     #[test]
     fn clean_relative_stays_inside() {

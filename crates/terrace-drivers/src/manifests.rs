@@ -114,7 +114,7 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
     let mut objects: Vec<Object> = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for file in files {
-        let src = fs_err::read_to_string(ctx.root.join(&file))?;
+        let src = terrace_fs::read_to_string(ctx.root, &ctx.root.join(&file))?;
         // A SOPS-encrypted file is decrypted in memory; its keys are plain,
         // so errors are still located in the file as written.
         let encrypted = looks_encrypted(&src);
@@ -310,7 +310,7 @@ fn seal(ctx: &UnitContext<'_>, o: &Object, path: Option<&str>) -> Result<String,
     let secrets = ctx
         .secrets
         .ok_or_else(|| secret_error(SecretError::Unsupported, &o.source))?;
-    let prior = match path.map(|p| fs_err::read_to_string(ctx.root.join(p))) {
+    let prior = match path.map(|p| terrace_fs::read_to_string(ctx.root, &ctx.root.join(p))) {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,

@@ -66,6 +66,14 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
             })?,
         None => format!("{WORK_DIR}/generated/{}/{}", ctx.environment, ctx.unit.name),
     };
+    if let Some(why) = crate::reserved(&output) {
+        return Err(Diagnostic::new(format!(
+            "template output `{output}` is {why}; a unit may not write there"
+        ))
+        .in_file(&unit_file)
+        .with_hint("point `template.output` at a directory of its own, or leave it out (`.terrace/generated/<env>/<unit>`)")
+        .into());
+    }
     if output == ctx.unit.dir
         || output.starts_with(&format!("{}/", ctx.unit.dir)) && output.starts_with(&source)
     {
@@ -108,7 +116,7 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
             .expect("the default delimiters are valid"),
     );
     for s in &sources {
-        let text = fs_err::read_to_string(ctx.root.join(&s.path))?;
+        let text = terrace_fs::read_to_string(ctx.root, &ctx.root.join(&s.path))?;
         env.add_template_owned(s.name.clone(), text)
             .map_err(|e| template_error(&e, &sources))?;
     }
@@ -195,6 +203,17 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
             }
         }
     }
+    // Another unit's directory belongs to that unit.
+    for (path, _) in &out {
+        if let Some(other) = other_unit_dir(ctx.root, path, &ctx.unit.dir) {
+            return Err(Diagnostic::new(format!(
+                "template output `{path}` lies in `{other}`, the directory of another unit"
+            ))
+            .in_file(&unit_file)
+            .with_hint("a unit writes only into its own output directory; choose one no other unit.yaml sits in")
+            .into());
+        }
+    }
     // Two items rendering to the same place would overwrite each other.
     let mut paths: Vec<&str> = out.iter().map(|(p, _)| p.as_str()).collect();
     paths.sort_unstable();
@@ -207,6 +226,26 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
         );
     }
     Ok((output, out))
+}
+
+/// The nearest directory above `path` (project-relative) that holds a
+/// `unit.yaml` of a unit other than the one in `own`, if any.
+fn other_unit_dir(root: &Path, path: &str, own: &str) -> Option<String> {
+    let mut dir = Path::new(path).parent();
+    while let Some(d) = dir {
+        if d.as_os_str().is_empty() {
+            return None;
+        }
+        let rel = d.to_string_lossy();
+        if rel == own {
+            return None;
+        }
+        if root.join(d).join(UNIT_FILE).is_file() {
+            return Some(rel.into_owned());
+        }
+        dir = d.parent();
+    }
+    None
 }
 
 fn type_name(v: &Value) -> &'static str {

@@ -92,8 +92,13 @@ struct PlanFile {
 
 impl PlanFile {
     fn new() -> Result<PlanFile, DriverError> {
+        use std::os::unix::fs::PermissionsExt;
         let mut b = tempfile::Builder::new();
-        b.prefix("terrace-tfplan-");
+        // The pid in the name lets a later run sweep what a killed one
+        // left (`sweep_stale_plans`).
+        let prefix = format!("{PLAN_PREFIX}{}-", std::process::id());
+        b.prefix(&prefix);
+        b.permissions(std::fs::Permissions::from_mode(0o700));
         let shm = Path::new("/dev/shm");
         let dir = match shm.is_dir().then(|| b.tempdir_in(shm)) {
             Some(Ok(d)) => d,
@@ -104,6 +109,37 @@ impl PlanFile {
 
     fn path(&self) -> PathBuf {
         self.dir.path().join("plan.tfplan")
+    }
+}
+
+const PLAN_PREFIX: &str = "terrace-tfplan-";
+
+/// Removes saved-plan directories that a terrace process which no longer
+/// runs left behind (killed with SIGKILL, or a crash of the machine's
+/// power is not it: /dev/shm is gone then). Directories of running
+/// processes are left alone.
+pub fn sweep_stale_plans() {
+    for base in [Path::new("/dev/shm").to_path_buf(), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(PLAN_PREFIX)
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let mine = entry.metadata().is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.uid() == std::fs::metadata("/proc/self").map_or(u32::MAX, |s| s.uid())
+            });
+            if mine && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 
@@ -203,8 +239,8 @@ async fn run(
     args: &[&str],
     vars: &[(String, String)],
 ) -> Result<Output, DriverError> {
-    fs_err::create_dir_all(&layout.work)?;
-    fs_err::create_dir_all(&layout.plugin_cache)?;
+    terrace_fs::atomic::create_dirs(&layout.work, terrace_fs::Mode::Private)?;
+    terrace_fs::atomic::create_dirs(&layout.plugin_cache, terrace_fs::Mode::Private)?;
     tokio::process::Command::new(&tool.binary)
         .args(args)
         .current_dir(&layout.module)
@@ -318,7 +354,7 @@ fn place_override(layout: &Layout) -> Result<(), DriverError> {
         return Ok(());
     }
     if fs_err::read_to_string(&path).ok().as_deref() != Some(OVERRIDE_CONTENT) {
-        terrace_state::atomic::write(&path, OVERRIDE_CONTENT.as_bytes())?;
+        terrace_fs::atomic::write(&path, OVERRIDE_CONTENT.as_bytes(), terrace_fs::Mode::Shared)?;
     }
     Ok(())
 }
@@ -348,7 +384,7 @@ async fn ensure_init(
     if !out.status.success() {
         return Err(failure(unit, tool, "init", &out));
     }
-    terrace_state::atomic::write(&marker, want.as_bytes())?;
+    terrace_fs::atomic::write(&marker, want.as_bytes(), terrace_fs::Mode::Private)?;
     Ok(())
 }
 

@@ -228,14 +228,27 @@ fn is_remote(entry: &str) -> bool {
 }
 
 /// A file path within the kustomization root (the load restrictor).
-fn restricted(dir: &Path, entry: &str, file: &Path) -> Result<PathBuf, KustomizeError> {
+/// As kustomize does, the check holds for the path as written and for the
+/// file it really is once symlinks are resolved.
+fn restricted(
+    fs: &dyn Fs,
+    dir: &Path,
+    entry: &str,
+    file: &Path,
+) -> Result<PathBuf, KustomizeError> {
     let path = normalize(&dir.join(entry));
+    let refused = || KustomizeError::Restricted {
+        file: file.to_owned(),
+        path: path.clone(),
+        root: dir.to_owned(),
+    };
     if !path.starts_with(dir) {
-        return Err(KustomizeError::Restricted {
-            file: file.to_owned(),
-            path,
-            root: dir.to_owned(),
-        });
+        return Err(refused());
+    }
+    if let (Some(real), Some(real_dir)) = (fs.real_path(&path), fs.real_path(dir))
+        && !real.starts_with(&real_dir)
+    {
+        return Err(refused());
     }
     Ok(path)
 }
@@ -247,7 +260,7 @@ pub(crate) fn read_restricted(
     entry: &str,
     file: &Path,
 ) -> Result<String, KustomizeError> {
-    read(fs, &restricted(dir, entry, file)?, file)
+    read(fs, &restricted(fs, dir, entry, file)?, file)
 }
 
 fn read(fs: &dyn Fs, path: &Path, file: &Path) -> Result<String, KustomizeError> {
@@ -412,7 +425,7 @@ fn load_resources(
             let (sub_file, sub) = load(fs, &path)?;
             acc.extend(accumulate(fs, &path, &sub_file, &sub, stack)?);
         } else if fs.is_file(&path) {
-            let path = restricted(dir, &entry, file)?;
+            let path = restricted(fs, dir, &entry, file)?;
             let text = read(fs, &path, file)?;
             acc.extend(parse_objects(&text, &path)?.into_iter().map(Res::new));
         } else {
@@ -817,7 +830,7 @@ fn generate(
                 f,
             ),
         };
-        let path = restricted(dir, path, file)?;
+        let path = restricted(fs, dir, path, file)?;
         let bytes = fs.read(&path).map_err(io_error(file, &path))?;
         add(key, bytes)?;
     }

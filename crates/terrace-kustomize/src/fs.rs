@@ -17,6 +17,12 @@ pub trait Fs {
     }
     fn is_dir(&self, path: &Path) -> bool;
     fn is_file(&self, path: &Path) -> bool;
+    /// Where `path` really is once symlinks are resolved, if it exists
+    /// (the load restrictor checks it); the memory tree has no links.
+    fn real_path(&self, path: &Path) -> Option<PathBuf> {
+        let _ = path;
+        None
+    }
 }
 
 /// The real disk.
@@ -32,6 +38,9 @@ impl Fs for DiskFs {
     }
     fn is_file(&self, path: &Path) -> bool {
         path.is_file()
+    }
+    fn real_path(&self, path: &Path) -> Option<PathBuf> {
+        path.canonicalize().ok()
     }
 }
 

@@ -3,11 +3,10 @@
 //! held while the unit is applied, and a history of runs.
 //!
 //! [`LocalBackend`] keeps them as JSON files under `.terrace/state/`. Every
-//! write goes through [`atomic::write`] (temporary file, fsync, rename,
+//! write goes through `terrace_fs::atomic::write` (temporary file, fsync, rename,
 //! fsync of the directory), so a crash leaves the previous record or the
 //! new one, never half of either.
 
-pub mod atomic;
 mod local;
 
 use std::fmt;

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use terrace_core::driver::BoxFuture;
 use terrace_core::state::{LockInfo, RunRecord, STATE_FORMAT, UnitState};
 
-use crate::{StateBackend, StateError, atomic, hostname};
+use terrace_fs::{Mode, atomic};
+
+use crate::{StateBackend, StateError, hostname};
 
 /// State as files on the local disk.
 #[derive(Debug, Clone)]
@@ -30,22 +32,31 @@ impl LocalBackend {
         &self.dir
     }
 
-    fn unit_path(&self, env: &str, unit: &str) -> PathBuf {
-        self.dir
-            .join(env)
-            .join("units")
-            .join(format!("{unit}.json"))
+    /// The environment's directory; names that could lead elsewhere (a
+    /// `/`, a leading `.`) are refused before any path is built.
+    fn env_dir(&self, env: &str) -> Result<PathBuf, StateError> {
+        terrace_fs::check_name("environment", env).map_err(std::io::Error::from)?;
+        Ok(self.dir.join(env))
     }
 
-    fn lock_path(&self, env: &str, unit: &str) -> PathBuf {
-        self.dir
-            .join(env)
+    fn unit_path(&self, env: &str, unit: &str) -> Result<PathBuf, StateError> {
+        terrace_fs::check_name("unit", unit).map_err(std::io::Error::from)?;
+        Ok(self
+            .env_dir(env)?
+            .join("units")
+            .join(format!("{unit}.json")))
+    }
+
+    fn lock_path(&self, env: &str, unit: &str) -> Result<PathBuf, StateError> {
+        terrace_fs::check_name("unit", unit).map_err(std::io::Error::from)?;
+        Ok(self
+            .env_dir(env)?
             .join("locks")
-            .join(format!("{unit}.lock"))
+            .join(format!("{unit}.lock")))
     }
 
     fn read_sync(&self, env: &str, unit: &str) -> Result<Option<UnitState>, StateError> {
-        let path = self.unit_path(env, unit);
+        let path = self.unit_path(env, unit)?;
         let bytes = match fs_err::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -55,7 +66,7 @@ impl LocalBackend {
     }
 
     fn read_lock(&self, env: &str, unit: &str) -> Result<Option<LockInfo>, StateError> {
-        let path = self.lock_path(env, unit);
+        let path = self.lock_path(env, unit)?;
         match fs_err::read(&path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
@@ -69,19 +80,18 @@ impl LocalBackend {
     /// temporary file and hard-linked into place, so the lock file appears
     /// complete or not at all.
     fn try_lock(&self, env: &str, unit: &str, holder: &LockInfo) -> Result<bool, StateError> {
-        let path = self.lock_path(env, unit);
+        let path = self.lock_path(env, unit)?;
         let dir = path.parent().expect("lock paths have a parent");
-        fs_err::create_dir_all(dir)?;
+        atomic::create_dirs(dir, Mode::Private)?;
         let tmp = dir.join(format!(".{unit}.lock.{}.{}", holder.pid, holder.run_id));
         let body = serde_json::to_vec_pretty(holder).expect("lock info serializes");
-        atomic::write(&tmp, &body)?;
+        // A lock needs no fsync: after a power failure its holder is gone
+        // too, and a lost lock file is a released lock.
+        atomic::write_volatile(&tmp, &body, Mode::Private)?;
         let linked = std::fs::hard_link(&tmp, &path);
         let _ = std::fs::remove_file(&tmp);
         match linked {
-            Ok(()) => {
-                atomic::sync_dir(dir)?;
-                Ok(true)
-            }
+            Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(std::io::Error::new(
                 e.kind(),
@@ -115,9 +125,17 @@ impl LocalBackend {
         }
         Err(std::io::Error::other(format!(
             "lock file {} keeps appearing and vanishing",
-            self.lock_path(env, unit).display()
+            self.lock_path(env, unit)?.display()
         ))
         .into())
+    }
+}
+
+/// Removes a lock file; no fsync (see [`LocalBackend::try_lock`]).
+fn remove_lock(path: &Path) -> std::io::Result<()> {
+    match fs_err::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -165,10 +183,10 @@ impl StateBackend for LocalBackend {
 
     fn write<'a>(&'a self, state: &'a UnitState) -> BoxFuture<'a, Result<(), StateError>> {
         Box::pin(async move {
-            let path = self.unit_path(&state.environment, &state.unit);
+            let path = self.unit_path(&state.environment, &state.unit)?;
             let mut body = serde_json::to_vec_pretty(state).expect("state serializes");
             body.push(b'\n');
-            atomic::write(&path, &body)?;
+            atomic::write(&path, &body, Mode::Private)?;
             Ok(())
         })
     }
@@ -179,14 +197,14 @@ impl StateBackend for LocalBackend {
         unit: &'a str,
     ) -> BoxFuture<'a, Result<(), StateError>> {
         Box::pin(async move {
-            atomic::remove(&self.unit_path(environment, unit))?;
+            atomic::remove(&self.unit_path(environment, unit)?)?;
             Ok(())
         })
     }
 
     fn list<'a>(&'a self, environment: &'a str) -> BoxFuture<'a, Result<Vec<String>, StateError>> {
         Box::pin(async move {
-            let dir = self.dir.join(environment).join("units");
+            let dir = self.env_dir(environment)?.join("units");
             let entries = match fs_err::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -234,7 +252,7 @@ impl StateBackend for LocalBackend {
         Box::pin(async move {
             match self.read_lock(environment, unit)? {
                 Some(h) if h.run_id == run_id => {
-                    atomic::remove(&self.lock_path(environment, unit))?;
+                    remove_lock(&self.lock_path(environment, unit)?)?;
                     Ok(())
                 }
                 _ => Ok(()),
@@ -253,7 +271,7 @@ impl StateBackend for LocalBackend {
                 StateError::Corrupt { .. } => Ok(None),
                 e => Err(e),
             })?;
-            atomic::remove(&self.lock_path(environment, unit))?;
+            remove_lock(&self.lock_path(environment, unit)?)?;
             Ok(holder)
         })
     }
@@ -268,13 +286,13 @@ impl StateBackend for LocalBackend {
 
     fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), StateError>> {
         Box::pin(async move {
+            terrace_fs::check_name("run", &run.id).map_err(std::io::Error::from)?;
             let path = self
-                .dir
-                .join(&run.environment)
+                .env_dir(&run.environment)?
                 .join("runs")
                 .join(format!("{}.json", run.id));
             let body = serde_json::to_vec_pretty(run).expect("runs serialize");
-            atomic::write(&path, &body)?;
+            atomic::write(&path, &body, Mode::Private)?;
             Ok(())
         })
     }
@@ -284,7 +302,7 @@ impl StateBackend for LocalBackend {
         environment: &'a str,
     ) -> BoxFuture<'a, Result<Vec<RunRecord>, StateError>> {
         Box::pin(async move {
-            let dir = self.dir.join(environment).join("runs");
+            let dir = self.env_dir(environment)?.join("runs");
             let entries = match fs_err::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),

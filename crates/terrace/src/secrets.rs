@@ -49,7 +49,7 @@ fn read(path: &Path) -> Result<String, CliError> {
 
 /// Writes a file whole or not at all.
 fn write(path: &Path, text: &str) -> Result<(), CliError> {
-    terrace_state::atomic::write(path, text.as_bytes()).map_err(|e| {
+    terrace_fs::atomic::write(path, text.as_bytes(), terrace_fs::Mode::Shared).map_err(|e| {
         CliError::from(SecretsError::Io {
             file: path.to_owned(),
             source: e,
