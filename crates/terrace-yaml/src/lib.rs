@@ -8,6 +8,11 @@
 //!   so errors found after parsing (in expressions, in the graph) still
 //!   point at the file, line and column;
 //! - [`to_string`] writes YAML.
+//!
+//! Messages from the YAML libraries can quote the input; what goes into a
+//! [`Diagnostic`] is cut to 200 characters, so a huge one-line file that
+//! fails to parse gives a short error. Alias expansion is budgeted here by
+//! serde-saphyr's defaults and in [`tree`] by its own.
 
 pub mod tree;
 
@@ -43,9 +48,55 @@ pub fn to_string<T: Serialize>(value: &T) -> String {
     serde_saphyr::to_string(value).expect("JSON-shaped values always serialize to YAML")
 }
 
+/// How many characters of a library's message a [`Diagnostic`] keeps.
+pub(crate) const MESSAGE_CHARS: usize = 200;
+
+/// `s` cut to at most `max` characters, on a character boundary, with `…`
+/// standing for what was cut.
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_owned(),
+    }
+}
+
+/// The start of `value`'s text, at most `max_bytes` long: a message that
+/// quotes a huge input is not copied whole only to be cut.
+fn display_prefix(value: &dyn std::fmt::Display, max_bytes: usize) -> String {
+    struct Bounded {
+        text: String,
+        max_bytes: usize,
+    }
+    impl std::fmt::Write for Bounded {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let room = self.max_bytes.saturating_sub(self.text.len());
+            if s.len() <= room {
+                self.text.push_str(s);
+                return Ok(());
+            }
+            let mut end = room;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.text.push_str(&s[..end]);
+            // Stops the formatting: the rest would be cut anyway.
+            Err(std::fmt::Error)
+        }
+    }
+    let mut out = Bounded {
+        text: String::new(),
+        max_bytes,
+    };
+    // An error here only means the text was cut short.
+    let _ = std::fmt::write(&mut out, format_args!("{value}"));
+    out.text
+}
+
 fn error_diagnostic(e: &serde_saphyr::Error, src: &str, file: &Path) -> Diagnostic {
     let location = e.location().and_then(|l| to_location(&l, src));
-    let message = first_line(&e.without_snippet().to_string());
+    // Room for saphyr's location suffix, which `first_line` takes off.
+    let text = display_prefix(e.without_snippet(), 16 * MESSAGE_CHARS);
+    let message = clip(&first_line(&text), MESSAGE_CHARS);
     let hint = if message.contains("unknown field") {
         Some("check the spelling; the JSON Schemas under schemas/ list every field")
     } else {
@@ -279,5 +330,43 @@ mod tests {
     #[test]
     fn line_col_counts_chars() {
         assert_eq!(line_col("ab\ncdé f", 8), (2, 5));
+    }
+
+    #[test]
+    fn clip_cuts_on_a_char_boundary() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("ééééé", 3), "ééé…");
+        assert_eq!(clip("abc", 3), "abc");
+    }
+
+    #[test]
+    fn a_message_quoting_a_huge_input_is_cut() {
+        // An unknown field whose name is a megabyte long, on one line (an
+        // explicit `?` key has no length limit): saphyr's message quotes it.
+        let src = format!("name: a\n? {}\n: 1\n", "k".repeat(1_000_000));
+        let d = from_str::<Cfg>(&src, Path::new("x.yaml")).expect_err("unknown field");
+        assert!(
+            d.message.contains("unknown field `kkk"),
+            "{}",
+            clip(&d.message, 300)
+        );
+        assert!(d.message.ends_with('…'), "{}", clip(&d.message, 300));
+        assert!(
+            d.message.chars().count() <= MESSAGE_CHARS + 1,
+            "{}",
+            d.message.len()
+        );
+    }
+
+    #[test]
+    fn a_huge_invalid_line_gives_a_short_message() {
+        let src = format!("a: [{}\n", "x".repeat(1_000_000));
+        let d = documents(&src, Path::new("m.yaml")).expect_err("unclosed flow sequence");
+        assert!(
+            d.message.chars().count() <= MESSAGE_CHARS + 1,
+            "{}",
+            d.message.len()
+        );
+        assert!(d.location.is_some());
     }
 }

@@ -6,13 +6,42 @@
 //! mapping or sequence they sit in, before the item they describe (a
 //! comment at the end of a line moves above that line). Anchors and aliases
 //! are resolved to copies of their value.
+//!
+//! Reading fails closed. Copying aliases is budgeted: a stream that expands
+//! to more than [`MAX_NODES`] nodes (an alias bomb such as "billion laughs"
+//! is a few hundred bytes) or nests collections more than [`MAX_DEPTH`]
+//! levels deep is refused with an error rather than exhausting memory or the
+//! stack. A key that appears twice in one mapping is an error, as it is for
+//! kustomize and sops. Every error names the place of the event that caused
+//! it, and messages that quote the input are cut short.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use granit_parser::{Event, Parser, Placement, ScalarStyle, Span};
+use granit_parser::{Event, Marker, Parser, Placement, ScalarStyle, Span};
 use terrace_core::diag::{Diagnostic, Location};
+
+use crate::{MESSAGE_CHARS, clip};
+
+/// The most nodes a YAML stream may hold, counting every scalar, collection
+/// and comment, every node an alias copies and the copy an anchor keeps of
+/// its value. [`parse_stream`] refuses a stream past it: aliases are
+/// resolved to copies, so a few hundred bytes of nested aliases would
+/// otherwise expand until memory runs out.
+pub const MAX_NODES: usize = 1_000_000;
+
+/// The most bytes of text (strings, keys, comments) that aliases and
+/// anchors may copy in one stream: an alias to a long string costs one node
+/// but copies all of it. [`parse_stream`] refuses a stream past it.
+pub const MAX_ALIAS_BYTES: usize = 64 * 1024 * 1024;
+
+/// How deeply collections may nest, aliases' contents included, before
+/// [`parse_stream`] refuses the stream. Writing a tree and converting it to
+/// JSON recurse once per level; the cap keeps them far from the end of the
+/// stack, and below the parser's own limits (255 block and 255 flow levels),
+/// so whatever is read can be written and read back.
+pub const MAX_DEPTH: usize = 128;
 
 /// One YAML value with the comments around its items.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,46 +139,81 @@ impl Node {
 
 /// Parses every document of a YAML stream, keeping comments. An empty
 /// document is `Node::Null` (with its comments in a mapping, if it had any).
+///
+/// Refuses a stream that expands past [`MAX_NODES`] nodes or nests deeper
+/// than [`MAX_DEPTH`] levels, and a mapping with the same key twice; the
+/// error is located at the event that crossed the line.
 pub fn parse_stream(src: &str, file: &Path) -> Result<Vec<Node>, Diagnostic> {
     let mut builder = Builder::default();
     for next in Parser::new_from_str(src) {
         let (event, span) = next.map_err(|e| {
-            let m = e.marker();
-            let offset = byte_offset(src, m.index());
-            Diagnostic::new(format!("invalid YAML: {}", e.info()))
+            // The parser's message can quote the input.
+            Diagnostic::new(format!("invalid YAML: {}", clip(&e.info(), MESSAGE_CHARS)))
                 .in_file(file)
-                .at(Some(Location {
-                    line: m.line() as u32,
-                    column: m.col() as u32 + 1,
-                    offset,
-                    len: 1,
-                }))
+                .at(Some(location(src, *e.marker(), 1)))
         })?;
-        builder
-            .event(event, span)
-            .map_err(|message| Diagnostic::new(message).in_file(file).at(None))?;
+        builder.event(event, span).map_err(|message| {
+            Diagnostic::new(clip(&message, MESSAGE_CHARS))
+                .in_file(file)
+                .at(Some(location(src, span.start, span_len(&span))))
+        })?;
     }
     Ok(builder.docs)
+}
+
+/// Where a parser marker points, as a [`Location`] covering `len` bytes.
+fn location(src: &str, m: Marker, len: usize) -> Location {
+    let offset = m
+        .byte_offset()
+        .unwrap_or_else(|| byte_offset(src, m.index()))
+        .min(src.len());
+    Location {
+        line: m.line() as u32,
+        column: m.col() as u32 + 1,
+        offset,
+        len,
+    }
+}
+
+/// How many bytes an event's span covers when it stays on one line (a key,
+/// an alias), else one: the start is what the error points at.
+fn span_len(span: &Span) -> usize {
+    match span.byte_range() {
+        Some(range) if span.end.line() == span.start.line() => {
+            range.end.saturating_sub(range.start).max(1)
+        }
+        _ => 1,
+    }
 }
 
 fn byte_offset(src: &str, chars: usize) -> usize {
     src.char_indices().nth(chars).map_or(src.len(), |(i, _)| i)
 }
 
+/// A collection being built. `start` is the size of the stream built
+/// before the collection began, so the size when it ends tells what it holds
+/// (what each alias to it will copy); `height` is the most levels any of its
+/// items nests.
 #[derive(Debug)]
 enum Frame {
     Map {
         items: Vec<(Key, Node)>,
         key: Option<String>,
+        /// The keys seen so far, to refuse one given twice.
+        keys: HashSet<String>,
         indent: Option<usize>,
         anchor: usize,
         line: usize,
+        start: Size,
+        height: usize,
     },
     Seq {
         items: Vec<Node>,
         indent: Option<usize>,
         anchor: usize,
         line: usize,
+        start: Size,
+        height: usize,
     },
 }
 
@@ -182,11 +246,56 @@ impl Frame {
     }
 }
 
+/// How much a part of the tree holds: nodes (comments included) and bytes
+/// of text in them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Size {
+    /// One node holding `bytes` of text.
+    fn node(bytes: usize) -> Size {
+        Size { nodes: 1, bytes }
+    }
+
+    fn add(&mut self, other: Size) {
+        self.nodes = self.nodes.saturating_add(other.nodes);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+
+    fn since(self, start: Size) -> Size {
+        Size {
+            nodes: self.nodes.saturating_sub(start.nodes),
+            bytes: self.bytes.saturating_sub(start.bytes),
+        }
+    }
+}
+
+/// An anchored value and what each alias to it costs.
+#[derive(Debug)]
+struct Anchored {
+    node: Node,
+    /// What an alias to it adds to the stream.
+    size: Size,
+    /// Collection levels in it (0 for a scalar).
+    height: usize,
+}
+
 #[derive(Debug, Default)]
 struct Builder {
     docs: Vec<Node>,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    anchors: HashMap<usize, Anchored>,
+    /// What the stream's trees hold so far, aliases' copies included.
+    built: Size,
+    /// What anchors' own copies of their values hold.
+    kept: Size,
+    /// Bytes of text aliases have copied.
+    alias_bytes: usize,
+    /// Whether an alias has been copied (the budget's error says so).
+    aliased: bool,
     /// Comments waiting for the frame at a given depth to take its next item.
     pending: Vec<(usize, String)>,
     /// Comments seen outside any collection (document level).
@@ -203,24 +312,47 @@ impl Builder {
             Event::StreamStart | Event::StreamEnd => {}
             Event::DocumentStart(..) => self.doc_start = self.docs.len(),
             Event::DocumentEnd => self.end_document(),
-            Event::Comment(text, placement) => self.comment(text.into_owned(), placement, span),
+            Event::Comment(text, placement) => {
+                self.count(Size::node(text.len()))?;
+                self.comment(text.into_owned(), placement, span);
+            }
             Event::Scalar(value, style, anchor, tag) => {
+                let size = Size::node(value.len());
+                self.count(size)?;
                 let tag = tag.map(|t| t.suffix().to_owned());
                 let node = scalar(&value, style, tag.as_deref())?;
                 if anchor != 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.keep(size)?;
+                    self.anchors.insert(
+                        anchor,
+                        Anchored {
+                            node: node.clone(),
+                            size,
+                            height: 0,
+                        },
+                    );
                 }
                 self.value(node, span.start.col())?;
             }
             Event::Alias(id) => {
-                let node = self
-                    .anchors
-                    .get(&id)
-                    .cloned()
-                    .ok_or("alias to an unknown anchor")?;
+                let (size, height) = match self.anchors.get(&id) {
+                    Some(anchored) => (anchored.size, anchored.height),
+                    None => return Err("alias to an unknown anchor".to_owned()),
+                };
+                // Counted before copying, so a bomb stops before it is built.
+                self.aliased = true;
+                self.alias_bytes = self.alias_bytes.saturating_add(size.bytes);
+                self.count(size)?;
+                check_depth(self.stack.len() + height, height > 0)?;
+                let node = match self.anchors.get(&id) {
+                    Some(anchored) => anchored.node.clone(),
+                    None => return Err("alias to an unknown anchor".to_owned()),
+                };
+                self.raise_height(height);
                 self.value(node, span.start.col())?;
             }
             Event::MappingStart(_, anchor, _) => {
+                let start = self.open()?;
                 self.note_child_column(span.start.col());
                 let items = self
                     .ahead
@@ -230,12 +362,16 @@ impl Builder {
                 self.stack.push(Frame::Map {
                     items,
                     key: None,
+                    keys: HashSet::new(),
                     indent: None,
                     anchor,
                     line: span.start.line(),
+                    start,
+                    height: 0,
                 });
             }
             Event::SequenceStart(_, anchor, _) => {
+                let start = self.open()?;
                 self.note_child_column(span.start.col());
                 let items = self.ahead.drain(..).map(Node::Comment).collect();
                 self.stack.push(Frame::Seq {
@@ -243,14 +379,28 @@ impl Builder {
                     indent: None,
                     anchor,
                     line: span.start.line(),
+                    start,
+                    height: 0,
                 });
             }
             Event::MappingEnd | Event::SequenceEnd => {
-                let depth = self.stack.len() - 1;
                 let frame = self.stack.pop().ok_or("unbalanced YAML events")?;
-                let (mut node, anchor) = match frame {
-                    Frame::Map { items, anchor, .. } => (Node::Map(items), anchor),
-                    Frame::Seq { items, anchor, .. } => (Node::Seq(items), anchor),
+                let depth = self.stack.len();
+                let (mut node, anchor, start, height) = match frame {
+                    Frame::Map {
+                        items,
+                        anchor,
+                        start,
+                        height,
+                        ..
+                    } => (Node::Map(items), anchor, start, height + 1),
+                    Frame::Seq {
+                        items,
+                        anchor,
+                        start,
+                        height,
+                        ..
+                    } => (Node::Seq(items), anchor, start, height + 1),
                 };
                 // Comments still aimed at the closed frame end it.
                 let mut rest = Vec::new();
@@ -267,13 +417,81 @@ impl Builder {
                 }
                 self.pending = rest;
                 if anchor != 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    let size = self.built.since(start);
+                    self.keep(size)?;
+                    self.anchors.insert(
+                        anchor,
+                        Anchored {
+                            node: node.clone(),
+                            size,
+                            height,
+                        },
+                    );
                 }
+                self.raise_height(height);
                 self.attach(node)?;
             }
             _ => return Err("unsupported YAML construct".to_owned()),
         }
         Ok(())
+    }
+
+    /// Adds what is about to be built to the stream's count.
+    fn count(&mut self, size: Size) -> Result<(), String> {
+        self.built.add(size);
+        self.check_budget()
+    }
+
+    /// Adds the copy an anchor keeps of its value to the stream's count.
+    fn keep(&mut self, size: Size) -> Result<(), String> {
+        self.kept.add(size);
+        self.check_budget()
+    }
+
+    /// Past [`MAX_NODES`] or [`MAX_ALIAS_BYTES`], an error.
+    fn check_budget(&self) -> Result<(), String> {
+        if self.built.nodes.saturating_add(self.kept.nodes) > MAX_NODES {
+            return Err(if self.aliased {
+                format!(
+                    "YAML file expands to more than {MAX_NODES} nodes (through aliases); \
+                     a file this large is refused: remove the repeated aliases"
+                )
+            } else {
+                format!(
+                    "YAML file has more than {MAX_NODES} nodes; \
+                     a file this large is refused: split it into smaller files"
+                )
+            });
+        }
+        if self.alias_bytes.saturating_add(self.kept.bytes) > MAX_ALIAS_BYTES {
+            return Err(format!(
+                "YAML file copies more than {} MiB of text through anchors and aliases; \
+                 a file this large is refused: remove the repeated aliases",
+                MAX_ALIAS_BYTES >> 20
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts a collection that is starting and checks how deep it sits.
+    /// Returns where its own size starts: comments read ahead of it (and
+    /// already counted) become its first items, so they are part of it.
+    fn open(&mut self) -> Result<Size, String> {
+        let ahead = Size {
+            nodes: self.ahead.len(),
+            bytes: self.ahead.iter().map(String::len).sum(),
+        };
+        let start = self.built.since(ahead);
+        self.count(Size::node(0))?;
+        check_depth(self.stack.len() + 1, false)?;
+        Ok(start)
+    }
+
+    /// Records that the top collection holds an item `height` levels deep.
+    fn raise_height(&mut self, child: usize) {
+        if let Some(Frame::Map { height, .. } | Frame::Seq { height, .. }) = self.stack.last_mut() {
+            *height = (*height).max(child);
+        }
     }
 
     /// Records the column of a collection's first child, which is how
@@ -294,7 +512,7 @@ impl Builder {
 
     fn value(&mut self, node: Node, col: usize) -> Result<(), String> {
         self.note_child_column(col);
-        if let Some(Frame::Map { key, .. }) = self.stack.last_mut()
+        if let Some(Frame::Map { key, keys, .. }) = self.stack.last_mut()
             && key.is_none()
         {
             let name = match node {
@@ -305,6 +523,14 @@ impl Builder {
                 Node::Float(f) => f.to_string(),
                 _ => return Err("mapping keys must be scalars".to_owned()),
             };
+            // Comments are `Key::Comment` entries and never pass here: only
+            // names are compared.
+            if !keys.insert(name.clone()) {
+                return Err(format!(
+                    "duplicate key `{}` in a mapping: keep one of the two entries",
+                    clip(&name, 80)
+                ));
+            }
             *key = Some(name);
             self.flush_pending();
             return Ok(());
@@ -482,6 +708,22 @@ impl Builder {
     }
 }
 
+/// Refuses collections nested deeper than [`MAX_DEPTH`] levels.
+fn check_depth(depth: usize, through_alias: bool) -> Result<(), String> {
+    if depth <= MAX_DEPTH {
+        return Ok(());
+    }
+    let how = if through_alias {
+        " (through aliases)"
+    } else {
+        ""
+    };
+    Err(format!(
+        "YAML nests collections more than {MAX_DEPTH} levels deep{how}; \
+         a file nested this deeply is refused: flatten the structure"
+    ))
+}
+
 /// Resolves a scalar the way YAML 1.2's core schema does; quoted and
 /// block scalars are strings.
 fn scalar(value: &str, style: ScalarStyle, tag: Option<&str>) -> Result<Node, String> {
@@ -491,16 +733,16 @@ fn scalar(value: &str, style: ScalarStyle, tag: Option<&str>) -> Result<Node, St
             "null" => Node::Null,
             "bool" => match plain(value) {
                 n @ Node::Bool(_) => n,
-                _ => return Err(format!("`{value}` is not a !!bool")),
+                _ => return Err(format!("`{}` is not a !!bool", clip(value, 80))),
             },
             "int" => match plain(value) {
                 n @ Node::Int(_) => n,
-                _ => return Err(format!("`{value}` is not an !!int")),
+                _ => return Err(format!("`{}` is not an !!int", clip(value, 80))),
             },
             "float" => match plain(value) {
                 Node::Int(i) => Node::Float(i as f64),
                 n @ Node::Float(_) => n,
-                _ => return Err(format!("`{value}` is not a !!float")),
+                _ => return Err(format!("`{}` is not a !!float", clip(value, 80))),
             },
             _ => Node::Str(value.to_owned()),
         });
@@ -947,5 +1189,172 @@ mod tests {
         let e = parse_stream("a: [1, 2\n", Path::new("bad.yaml")).expect_err("invalid");
         assert_eq!(e.file.as_deref(), Some(Path::new("bad.yaml")));
         assert!(e.location.is_some());
+    }
+
+    /// "Billion laughs": `levels` anchors, each a list of nine aliases to the
+    /// one before, so the last stands for 9^levels strings.
+    fn laughs(levels: usize) -> String {
+        let mut src = String::from("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..levels {
+            let alias = format!("*l{}", i - 1);
+            let aliases = [alias.as_str(); 9].join(", ");
+            src.push_str(&format!("l{i}: &l{i} [{aliases}]\n"));
+        }
+        src
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused() {
+        let e = parse_stream(&laughs(9), Path::new("bomb.yaml")).expect_err("refused");
+        assert!(
+            e.message.contains(&format!(
+                "expands to more than {MAX_NODES} nodes (through aliases)"
+            )),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("remove the repeated aliases"),
+            "{}",
+            e.message
+        );
+        // The sixth line's anchor (about 600,000 nodes, kept and copied)
+        // crosses the budget; nothing past it is built.
+        assert_eq!(e.location.expect("located").line, 6);
+    }
+
+    #[test]
+    fn a_chain_of_anchors_is_refused() {
+        // 5,000 anchors (about 150 KB), each a pair of aliases to the one
+        // before: the last would stand for 2^5000 strings.
+        let mut src = String::from("a0: &a0 x\n");
+        for i in 1..5000 {
+            src.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}]\n", p = i - 1));
+        }
+        let e = parse_stream(&src, Path::new("chain.yaml")).expect_err("refused");
+        assert!(e.message.contains("(through aliases)"), "{}", e.message);
+        // Refused as soon as the doubling passes the budget: each node is
+        // counted once built and once kept by its anchor.
+        assert_eq!(e.location.expect("located").line, 18);
+    }
+
+    #[test]
+    fn an_alias_to_a_long_string_is_charged_by_its_bytes() {
+        // Each alias is one node, but copies a megabyte.
+        let src = format!(
+            "s: &s {}\nl: [{}]\n",
+            "x".repeat(1 << 20),
+            ["*s"; 100].join(", ")
+        );
+        let e = parse_stream(&src, Path::new("t")).expect_err("refused");
+        assert!(e.message.contains("MiB of text"), "{}", e.message);
+        assert_eq!(e.location.expect("located").line, 2);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let e = parse_stream(&deep, Path::new("deep.yaml")).expect_err("refused");
+        // Our cap or the parser's own, whichever comes first.
+        assert!(
+            e.message.chars().count() <= MESSAGE_CHARS + 1,
+            "{}",
+            e.message
+        );
+        assert_eq!(e.location.expect("located").line, 1);
+    }
+
+    #[test]
+    fn nesting_is_capped_at_max_depth() {
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let docs = parse_stream(&nest(MAX_DEPTH), Path::new("t")).expect("at the cap");
+        // What is read at the cap is written and read back.
+        let again = parse_stream(&emit_stream(&docs, 4), Path::new("t")).expect("re-parses");
+        assert_eq!(again, docs);
+        let e = parse_stream(&nest(MAX_DEPTH + 1), Path::new("t")).expect_err("past the cap");
+        assert!(
+            e.message
+                .contains(&format!("more than {MAX_DEPTH} levels deep;")),
+            "{}",
+            e.message
+        );
+        let loc = e.location.expect("located");
+        assert_eq!((loc.line, loc.column), (1, MAX_DEPTH as u32 + 1));
+    }
+
+    #[test]
+    fn aliases_count_toward_the_depth() {
+        let src = format!(
+            "a: &a {}x{}\nb: {}*a{}\n",
+            "[".repeat(100),
+            "]".repeat(100),
+            "[".repeat(50),
+            "]".repeat(50)
+        );
+        let e = parse_stream(&src, Path::new("t")).expect_err("too deep through the alias");
+        assert!(
+            e.message.contains("levels deep (through aliases)"),
+            "{}",
+            e.message
+        );
+        let loc = e.location.expect("located");
+        assert_eq!((loc.line, loc.column), (2, 54));
+    }
+
+    #[test]
+    fn a_duplicate_key_is_refused_where_it_repeats() {
+        let src = "name: a\n# name: commented out\nother: 1\nname: b\n";
+        let e = parse_stream(src, Path::new("dup.yaml")).expect_err("duplicate");
+        assert!(
+            e.message.contains("duplicate key `name` in a mapping"),
+            "{}",
+            e.message
+        );
+        let loc = e.location.expect("located");
+        assert_eq!((loc.line, loc.column), (4, 1));
+        assert!(src[loc.offset..].starts_with("name: b"), "{loc:?}");
+        // In a nested mapping, inside a list.
+        let e = parse_stream("l:\n- k: 1\n  k: 2\n", Path::new("t")).expect_err("duplicate");
+        assert_eq!(e.location.expect("located").line, 3);
+        // The same key in two mappings, and repeated comments, are fine.
+        parse_stream("a:\n  name: x\nb:\n  name: y\n# b\n# b\n", Path::new("t")).expect("parses");
+    }
+
+    #[test]
+    fn ordinary_aliases_and_merge_keys_still_parse() {
+        let src = "base: &base\n  image: nginx\n  port: 80\nweb:\n  <<: *base\n  name: web\nboth: [*base, *base]\n";
+        let docs = parse_stream(src, Path::new("t")).expect("parses");
+        let base = docs[0].get("base").expect("base");
+        assert_eq!(base.get("port"), Some(&Node::Int(80)));
+        assert_eq!(docs[0].get("web").and_then(|w| w.get("<<")), Some(base));
+        assert_eq!(
+            docs[0].get("both"),
+            Some(&Node::Seq(vec![base.clone(), base.clone()]))
+        );
+    }
+
+    #[test]
+    fn a_huge_invalid_line_gives_a_short_message() {
+        // The offending value is quoted in the message, cut short.
+        let src = format!("a: !!bool {}\n", "x".repeat(1_000_000));
+        let e = parse_stream(&src, Path::new("t")).expect_err("not a bool");
+        assert!(
+            e.message.contains("` is not a !!bool"),
+            "{}",
+            clip(&e.message, 300)
+        );
+        assert!(
+            e.message.chars().count() <= MESSAGE_CHARS + 1,
+            "{}",
+            e.message.len()
+        );
+        // One the parser refuses.
+        let src = format!("a: [{}\n", "x".repeat(1_000_000));
+        let e = parse_stream(&src, Path::new("t")).expect_err("unclosed");
+        assert!(
+            e.message.chars().count() <= MESSAGE_CHARS + 1,
+            "{}",
+            e.message.len()
+        );
     }
 }
