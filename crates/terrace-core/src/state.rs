@@ -95,6 +95,9 @@ pub struct RunRecord {
     pub finished_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// A signal stopped the run before every unit was done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     pub units: Vec<RunUnit>,
 }
 

@@ -4,6 +4,9 @@
 //! (`a:b:c:`) as authenticated data, and the plaintext written the way
 //! sops writes it (`True`/`False` for booleans, shortest decimal for
 //! numbers).
+//!
+//! Plaintext copies made here are zeroized once used; an error never
+//! carries the decrypted text.
 
 use aes_gcm::aead::consts::U32;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -12,6 +15,7 @@ use aes_gcm::{AesGcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use terrace_yaml::tree::Node;
+use zeroize::{Zeroize, Zeroizing};
 
 type Gcm = AesGcm<Aes256, U32>;
 
@@ -130,6 +134,7 @@ pub fn random<const N: usize>() -> [u8; N] {
 /// sops leaves them.
 pub fn encrypt(node: &Node, key: &[u8; KEY_LEN], aad: &str) -> Option<String> {
     let (bytes, kind) = plain_bytes(node)?;
+    let bytes = Zeroizing::new(bytes);
     if bytes.is_empty() && matches!(node, Node::Str(_) | Node::Comment(_)) {
         return Some(String::new());
     }
@@ -139,7 +144,7 @@ pub fn encrypt(node: &Node, key: &[u8; KEY_LEN], aad: &str) -> Option<String> {
         .encrypt(
             Nonce::<U32>::from_slice(&iv),
             Payload {
-                msg: &bytes,
+                msg: bytes.as_slice(),
                 aad: aad.as_bytes(),
             },
         )
@@ -162,8 +167,10 @@ pub enum DecryptError {
         "authentication failed: the value, its place in the file, or the data key differ from what was encrypted"
     )]
     Authentication,
-    #[error("the decrypted text `{0}` is not a valid {1}")]
-    BadPlaintext(String, String),
+    /// The value decrypted, but not to its declared type (the decrypted
+    /// text is a secret, so it is not kept).
+    #[error("the decrypted value is not a valid {0}")]
+    BadPlaintext(String),
     #[error("unknown value type `{0}`")]
     UnknownType(String),
 }
@@ -183,24 +190,27 @@ pub fn decrypt(s: &str, key: &[u8; KEY_LEN], aad: &str) -> Result<Node, DecryptE
             },
         )
         .map_err(|_| DecryptError::Authentication)?;
-    let text = String::from_utf8(plain)
-        .map_err(|_| DecryptError::BadPlaintext("(not UTF-8)".into(), v.kind.clone()))?;
-    let bad = |text: &str| DecryptError::BadPlaintext(text.to_owned(), v.kind.clone());
+    let bad = || DecryptError::BadPlaintext(v.kind.clone());
+    // Zeroized on drop; strings move their buffer into the node instead.
+    let mut text = Zeroizing::new(String::from_utf8(plain).map_err(|e| {
+        e.into_bytes().zeroize();
+        bad()
+    })?);
     Ok(match v.kind.as_str() {
-        "str" | "bytes" => Node::Str(text),
-        "int" | "int64" => Node::Int(text.parse().map_err(|_| bad(&text))?),
+        "str" | "bytes" => Node::Str(std::mem::take(&mut *text)),
+        "int" | "int64" => Node::Int(text.parse().map_err(|_| bad())?),
         "float" => Node::Float(match text.as_str() {
             "NaN" => f64::NAN,
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            t => t.parse().map_err(|_| bad(t))?,
+            t => t.parse().map_err(|_| bad())?,
         }),
         "bool" => Node::Bool(match text.as_str() {
             "True" | "true" | "TRUE" | "t" | "T" | "1" => true,
             "False" | "false" | "FALSE" | "f" | "F" | "0" => false,
-            t => return Err(bad(t)),
+            _ => return Err(bad()),
         }),
-        "comment" => Node::Comment(text),
+        "comment" => Node::Comment(std::mem::take(&mut *text)),
         other => return Err(DecryptError::UnknownType(other.to_owned())),
     })
 }
@@ -231,6 +241,19 @@ mod tests {
             encrypt(&Node::Str(String::new()), &key, "x:"),
             Some(String::new())
         );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_does_not_show_its_plaintext() {
+        let key: [u8; 32] = random();
+        let enc = encrypt(&Node::Str("hunter2".into()), &key, "a:").expect("a leaf");
+        // The type is not authenticated: the value decrypts, then fails
+        // to read as an int.
+        let retyped = enc.replace("type:str", "type:int");
+        let err = decrypt(&retyped, &key, "a:").expect_err("not an int");
+        assert_eq!(err, DecryptError::BadPlaintext("int".into()));
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
     }
 
     #[test]

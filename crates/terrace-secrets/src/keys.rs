@@ -7,6 +7,9 @@
 //! (`SOPS_AGE_SSH_PRIVATE_KEY_FILE`, else `~/.ssh/id_ed25519` and
 //! `~/.ssh/id_rsa`). Recipients are `age1…` keys or SSH public keys
 //! (`ssh-ed25519 …`, `ssh-rsa …`).
+//!
+//! Key text read from any source is zeroized once parsed, and neither
+//! [`KeySources`] nor [`Keyring`] prints a private key in its `Debug`.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -14,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use age::armor::{ArmoredReader, ArmoredWriter, Format as ArmorFormat};
+use zeroize::Zeroizing;
 
+use crate::Redacted;
 use crate::cipher::KEY_LEN;
 use crate::error::SecretsError;
 use crate::metadata::{AgeStanza, Metadata};
@@ -34,20 +39,35 @@ impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keyring")
             .field("sources", &self.sources())
+            .field("public_keys", &self.publics)
             .field("searched", &self.searched)
+            .field("identities", &Redacted)
             .finish()
     }
 }
 
 /// Where to look for keys; [`KeySources::from_env`] reads the process
-/// environment the way sops does.
-#[derive(Debug, Clone, Default)]
+/// environment the way sops does. `key_text` (`SOPS_AGE_KEY`) is zeroized
+/// on drop and redacted in `Debug`.
+#[derive(Clone, Default)]
 pub struct KeySources {
-    pub key_text: Option<String>,
+    pub key_text: Option<Zeroizing<String>>,
     pub key_file: Option<PathBuf>,
     pub key_cmd: Option<String>,
     pub default_file: Option<PathBuf>,
     pub ssh_files: Vec<PathBuf>,
+}
+
+impl fmt::Debug for KeySources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeySources")
+            .field("key_text", &self.key_text.as_ref().map(|_| Redacted))
+            .field("key_file", &self.key_file)
+            .field("key_cmd", &self.key_cmd)
+            .field("default_file", &self.default_file)
+            .field("ssh_files", &self.ssh_files)
+            .finish()
+    }
 }
 
 impl KeySources {
@@ -64,7 +84,7 @@ impl KeySources {
                 .unwrap_or_default(),
         };
         KeySources {
-            key_text: var("SOPS_AGE_KEY"),
+            key_text: var("SOPS_AGE_KEY").map(Zeroizing::new),
             key_file: var("SOPS_AGE_KEY_FILE").map(PathBuf::from),
             key_cmd: var("SOPS_AGE_KEY_CMD"),
             default_file: config.map(|c| c.join("sops/age/keys.txt")),
@@ -94,7 +114,9 @@ impl Keyring {
         if let Some(file) = &sources.key_file {
             ring.searched
                 .push(format!("SOPS_AGE_KEY_FILE ({})", file.display()));
-            let text = fs_err::read_to_string(file).map_err(|e| SecretsError::io(file, e))?;
+            let text = Zeroizing::new(
+                fs_err::read_to_string(file).map_err(|e| SecretsError::io(file, e))?,
+            );
             ring.add_key_text(&text, &file.display().to_string(), file)?;
         }
         if let Some(cmd) = &sources.key_cmd {
@@ -111,13 +133,16 @@ impl Keyring {
                     message: format!("`{cmd}` failed with {}", out.status),
                 });
             }
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stdout = Zeroizing::new(out.stdout);
+            let text = Zeroizing::new(String::from_utf8_lossy(&stdout).into_owned());
             ring.add_key_text(&text, "SOPS_AGE_KEY_CMD", Path::new("SOPS_AGE_KEY_CMD"))?;
         }
         if let Some(file) = &sources.default_file {
             ring.searched.push(file.display().to_string());
             if file.is_file() {
-                let text = fs_err::read_to_string(file).map_err(|e| SecretsError::io(file, e))?;
+                let text = Zeroizing::new(
+                    fs_err::read_to_string(file).map_err(|e| SecretsError::io(file, e))?,
+                );
                 ring.add_key_text(&text, &file.display().to_string(), file)?;
             }
         }
@@ -126,11 +151,11 @@ impl Keyring {
             if !file.is_file() {
                 continue;
             }
-            let bytes = fs_err::read(file).map_err(|e| SecretsError::io(file, e))?;
+            let bytes = Zeroizing::new(fs_err::read(file).map_err(|e| SecretsError::io(file, e))?);
             // Passphrase-protected or unsupported SSH keys are skipped:
             // terrace never prompts.
             if let Ok(id @ age::ssh::Identity::Unencrypted(_)) =
-                age::ssh::Identity::from_buffer(&bytes[..], Some(file.display().to_string()))
+                age::ssh::Identity::from_buffer(bytes.as_slice(), Some(file.display().to_string()))
             {
                 ring.identities
                     .push((Box::new(id), file.display().to_string()));
@@ -183,7 +208,11 @@ impl Keyring {
 
     /// Recovers the data key from the first age stanza one of the
     /// identities opens.
-    pub fn data_key(&self, meta: &Metadata, file: &Path) -> Result<[u8; KEY_LEN], SecretsError> {
+    pub fn data_key(
+        &self,
+        meta: &Metadata,
+        file: &Path,
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, SecretsError> {
         if self.identities.is_empty() {
             return Err(SecretsError::NoIdentities {
                 file: file.to_owned(),
@@ -223,7 +252,7 @@ impl Keyring {
                 .map(|(i, _)| i.as_ref() as &dyn age::Identity);
             match decryptor.decrypt(ids) {
                 Ok(mut r) => {
-                    let mut key = Vec::new();
+                    let mut key = Zeroizing::new(Vec::new());
                     r.read_to_end(&mut key)
                         .map_err(|_| SecretsError::Truncated {
                             file: file.to_owned(),
@@ -232,10 +261,12 @@ impl Keyring {
                                 stanza.recipient
                             ),
                         })?;
-                    return key.try_into().map_err(|_| SecretsError::Truncated {
-                        file: file.to_owned(),
-                        detail: "the data key is not 32 bytes".into(),
-                    });
+                    return <[u8; KEY_LEN]>::try_from(key.as_slice())
+                        .map(Zeroizing::new)
+                        .map_err(|_| SecretsError::Truncated {
+                            file: file.to_owned(),
+                            detail: "the data key is not 32 bytes".into(),
+                        });
                 }
                 Err(age::DecryptError::NoMatchingKeys) => continue,
                 Err(e) => {

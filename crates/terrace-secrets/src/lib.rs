@@ -9,6 +9,8 @@
 //!   recipients; [`merge::merge`] merges two edits by key path.
 //!
 //! Nothing here writes plaintext anywhere: callers get trees and strings.
+//! Types that hold plaintext, data keys or private keys print
+//! `<redacted>` in their `Debug` output, and zeroize what they can on drop.
 
 pub mod cipher;
 pub mod config;
@@ -21,29 +23,90 @@ pub mod rules;
 mod store;
 pub mod walk;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+
+use zeroize::Zeroize;
 
 pub use error::SecretsError;
 pub use format::Format;
 pub use keys::{KeySources, Keyring, Recipient};
 pub use store::SecretStore;
 pub use terrace_yaml::tree::{Key, Node};
+/// The wrapper that zeroizes on drop, as [`KeySources::key_text`] holds it.
+pub use zeroize::Zeroizing;
 
 use cipher::KEY_LEN;
 use metadata::Metadata;
 use walk::{LeafError, LeafErrorKind, Stash};
 
 /// A decrypted file: its plaintext documents and what is needed to write
-/// it back.
-#[derive(Debug, Clone)]
+/// it back. Its `Debug` shows the file, the number of documents and the
+/// recipients, never values or the data key.
+#[derive(Clone)]
 pub struct Opened {
     pub file: PathBuf,
     pub format: Format,
     pub plain: Vec<Node>,
     pub meta: Metadata,
-    data_key: [u8; KEY_LEN],
+    data_key: Zeroizing<[u8; KEY_LEN]>,
     stash: Stash,
     plain_mac: String,
+}
+
+impl Opened {
+    /// The plaintext of every value the file holds encrypted (not the
+    /// values its rule leaves plain), for sinks to search for.
+    pub fn secret_values(&self) -> Vec<String> {
+        self.stash
+            .plaintexts()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect()
+    }
+}
+
+impl fmt::Debug for Opened {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let recipients: Vec<&str> = self.meta.age.iter().map(|s| s.recipient.as_str()).collect();
+        f.debug_struct("Opened")
+            .field("file", &self.file)
+            .field("format", &self.format)
+            .field("documents", &self.plain.len())
+            .field("recipients", &recipients)
+            .field("plain", &Redacted)
+            .field("data_key", &Redacted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stands in for a secret in `Debug` output.
+pub(crate) struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Overwrites every value and comment of a plaintext tree with zeros
+/// (mapping keys stay: sops never encrypts them).
+pub(crate) fn zeroize_node(node: &mut Node) {
+    match node {
+        Node::Null => {}
+        Node::Bool(b) => b.zeroize(),
+        Node::Int(i) => i.zeroize(),
+        Node::Float(x) => x.zeroize(),
+        Node::Str(s) | Node::Comment(s) => s.zeroize(),
+        Node::Seq(items) => items.iter_mut().for_each(zeroize_node),
+        Node::Map(items) => {
+            for (key, value) in items.iter_mut() {
+                if let Key::Comment(c) = key {
+                    c.zeroize();
+                }
+                zeroize_node(value);
+            }
+        }
+    }
 }
 
 /// Whether text is a SOPS file (has `sops` metadata).
@@ -179,7 +242,7 @@ pub fn encrypt(
             message: "no age recipients: pass --age or add a .sops.yaml creation rule".into(),
         });
     }
-    let data_key: [u8; KEY_LEN] = cipher::random();
+    let data_key: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(cipher::random());
     let rule = settings.rule.clone().unwrap_or_default();
     let mac = walk::encrypt(
         &mut docs,
@@ -227,6 +290,13 @@ fn write(
 }
 
 impl Opened {
+    /// Overwrites the plaintext documents with zeros, for a holder about
+    /// to drop the last copy (the data key and the stash zeroize
+    /// themselves on drop).
+    pub(crate) fn zeroize_plaintext(&mut self) {
+        self.plain.iter_mut().for_each(zeroize_node);
+    }
+
     /// `plain` encrypted with this file's data key and rule, reusing the
     /// ciphertext of unchanged values; and its MAC.
     fn reencrypt(&self, plain: &[Node]) -> (Vec<Node>, String) {
@@ -276,7 +346,7 @@ impl Opened {
                 &current
             }
         };
-        let data_key: [u8; KEY_LEN] = cipher::random();
+        let data_key: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(cipher::random());
         let mut docs = self.plain.clone();
         let mac = walk::encrypt(
             &mut docs,
@@ -377,4 +447,106 @@ pub fn lookup<'a>(node: &'a Node, key: &str) -> Option<&'a Node> {
         };
     }
     Some(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use age::secrecy::ExposeSecret;
+    use terrace_core::secrets::SecretSource;
+    use terrace_core::value_path::Seg;
+
+    use super::*;
+
+    const PLAIN: &str = "hunter2-do-not-print";
+
+    /// Fails if `debug` shows the plaintext, an age private key or the
+    /// data key's bytes.
+    fn assert_redacted(what: &str, debug: &str, data_key: &str) {
+        assert!(!debug.contains(PLAIN), "{what} shows a value: {debug}");
+        assert!(
+            !debug.contains("AGE-SECRET-KEY-"),
+            "{what} shows a private key: {debug}"
+        );
+        assert!(
+            !debug.contains(data_key),
+            "{what} shows the data key: {debug}"
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_values_or_keys() {
+        let id = age::x25519::Identity::generate();
+        let key_text = id.to_string().expose_secret().to_owned();
+        let public = id.to_public().to_string();
+        let sources = KeySources {
+            key_text: Some(Zeroizing::new(key_text)),
+            ..KeySources::default()
+        };
+        let ring = Keyring::load(&sources).expect("the key text loads");
+        let settings = config::Settings {
+            recipients: vec![Recipient::parse(&public).expect("recipient")],
+            ..config::Settings::default()
+        };
+        let file = Path::new("s.yaml");
+        let text = encrypt(
+            &format!("db:\n    password: {PLAIN}\n    port: 5432\n"),
+            file,
+            Format::Yaml,
+            &settings,
+        )
+        .expect("encrypts");
+        let opened = open(&text, file, Format::Yaml, &ring).expect("opens");
+        assert_eq!(
+            opened.lookup("db.password").expect("the key is there"),
+            &Node::Str(PLAIN.into())
+        );
+        assert!(!opened.stash.is_empty(), "the stash holds plaintexts");
+        let data_key = format!("{:?}", *opened.data_key);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(file), &text).expect("write");
+        let store = SecretStore::with_sources(dir.path(), sources.clone());
+        let value = store
+            .value(
+                "s.yaml",
+                &[Seg::Key("db".into()), Seg::Key("password".into())],
+            )
+            .expect("the store decrypts");
+        assert_eq!(value, serde_json::Value::String(PLAIN.into()));
+
+        for (what, debug) in [
+            ("KeySources", format!("{sources:?}")),
+            ("Keyring", format!("{ring:?}")),
+            ("Settings", format!("{settings:?}")),
+            ("Opened", format!("{opened:?}")),
+            ("Opened (pretty)", format!("{opened:#?}")),
+            ("Stash", format!("{:?}", opened.stash)),
+            ("SecretStore", format!("{store:?}")),
+        ] {
+            assert_redacted(what, &debug, &data_key);
+        }
+        // What is shown is still useful.
+        assert!(format!("{sources:?}").contains("<redacted>"));
+        assert!(format!("{ring:?}").contains(&public));
+        let shown = format!("{opened:?}");
+        assert!(
+            shown.contains("s.yaml") && shown.contains(&public),
+            "{shown}"
+        );
+        assert!(format!("{store:?}").contains("s.yaml"));
+    }
+
+    #[test]
+    fn zeroizing_the_plaintext_clears_every_value() {
+        let mut docs = terrace_yaml::tree::parse_stream(
+            &format!("# {PLAIN}\na: {PLAIN}\nb: [{PLAIN}, 7]\n"),
+            Path::new("t.yaml"),
+        )
+        .expect("parses");
+        assert!(format!("{docs:?}").contains(PLAIN));
+        docs.iter_mut().for_each(zeroize_node);
+        let left = format!("{docs:?}");
+        assert!(!left.contains(PLAIN), "{left}");
+        assert!(!left.contains('7'), "{left}");
+    }
 }

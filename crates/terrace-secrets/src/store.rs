@@ -1,28 +1,65 @@
 //! The engine's secrets: files under the project root decrypted on first
 //! use and kept in memory for the run; keys loaded once, when first needed
 //! (a project without secrets never touches them).
+//!
+//! The store's `Debug` lists the files it holds, never their values, and
+//! dropping it zeroizes the plaintext it cached.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
 use terrace_core::expr::SecretError;
-use terrace_core::secrets::SecretSource;
+use terrace_core::secrets::{Plaintexts, SecretSource};
 use terrace_core::value_path::Seg;
 use terrace_yaml::tree::Node;
 
 use crate::config::Settings;
 use crate::metadata::Metadata;
-use crate::{Format, KeySources, Keyring, Opened, Recipient, SecretsError};
+use crate::{Format, KeySources, Keyring, Opened, Recipient, Redacted, SecretsError};
 
 /// Secrets of one project, for one run.
-#[derive(Debug)]
 pub struct SecretStore {
     root: PathBuf,
     sources: KeySources,
     keys: OnceLock<Result<Keyring, String>>,
     opened: Mutex<HashMap<PathBuf, Arc<Opened>>>,
+    /// Every opened file's secret values, made again after a file opens.
+    plaintexts: Mutex<Option<Plaintexts>>,
+}
+
+impl fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("SecretStore");
+        s.field("root", &self.root)
+            .field("sources", &self.sources)
+            .field("keys", &self.keys.get());
+        // `try_lock`: a `{:?}` while this thread holds the lock must not
+        // deadlock. Only the file names are shown.
+        match self.opened.try_lock() {
+            Ok(cache) => {
+                let mut files: Vec<&PathBuf> = cache.keys().collect();
+                files.sort();
+                s.field("opened", &files)
+            }
+            Err(_) => s.field("opened", &Redacted),
+        };
+        s.finish()
+    }
+}
+
+impl Drop for SecretStore {
+    /// Zeroizes the plaintext of every cached file no one else still holds.
+    fn drop(&mut self) {
+        let cache = self.opened.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (_, mut opened) in cache.drain() {
+            if let Some(o) = Arc::get_mut(&mut opened) {
+                o.zeroize_plaintext();
+            }
+        }
+    }
 }
 
 fn failed(e: SecretsError) -> SecretError {
@@ -44,6 +81,7 @@ impl SecretStore {
             sources,
             keys: OnceLock::new(),
             opened: Mutex::new(HashMap::new()),
+            plaintexts: Mutex::new(None),
         }
     }
 
@@ -74,11 +112,12 @@ impl SecretStore {
             crate::open(text, file, Format::from_path(file), self.keys()?).map_err(failed)?,
         );
         self.lock().insert(file.to_owned(), opened.clone());
+        *self.plaintexts.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(opened)
     }
 
     fn read(&self, file: &Path) -> Result<String, SecretError> {
-        match std::fs::read_to_string(self.root.join(file)) {
+        match terrace_fs::read_to_string(&self.root, &self.root.join(file)) {
             Ok(t) => Ok(t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SecretError::Failed {
                 message: format!("secrets file `{}` does not exist", file.display()),
@@ -111,6 +150,21 @@ impl SecretStore {
 }
 
 impl SecretSource for SecretStore {
+    fn plaintexts(&self) -> Plaintexts {
+        let mut cached = self.plaintexts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = &*cached {
+            return p.clone();
+        }
+        let made = Plaintexts::new(
+            self.lock()
+                .iter()
+                .flat_map(|(file, o)| o.secret_values().into_iter().map(|v| (v, file.clone())))
+                .collect::<Vec<_>>(),
+        );
+        *cached = Some(made.clone());
+        made
+    }
+
     fn value(&self, file: &str, key: &[Seg]) -> Result<Value, SecretError> {
         let opened = self.open(Path::new(file), None)?;
         let dotted = key

@@ -8,17 +8,36 @@
 //! `mac_only_encrypted`), written as upper-case hex.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use sha2::{Digest, Sha256, Sha512};
 use terrace_yaml::tree::{Key, Node};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::cipher::{self, KEY_LEN};
 use crate::rules::Rule;
 
 /// Ciphertexts of a file's previous version, keyed by authenticated data,
 /// type and plaintext: a value that did not change keeps its ciphertext.
-#[derive(Debug, Default, Clone)]
+/// The plaintexts are zeroized on drop and never shown by `Debug`.
+#[derive(Default, Clone)]
 pub struct Stash(HashMap<(String, &'static str, Vec<u8>), String>);
+
+impl fmt::Debug for Stash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stash")
+            .field("values", &self.0.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Stash {
+    fn drop(&mut self) {
+        for ((_, _, mut plain), _) in self.0.drain() {
+            plain.zeroize();
+        }
+    }
+}
 
 impl Stash {
     pub fn len(&self) -> usize {
@@ -27,6 +46,11 @@ impl Stash {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The plaintext of every value that was encrypted in the file.
+    pub fn plaintexts(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.keys().map(|(_, _, plain)| plain.as_slice())
     }
 
     /// Adds another stash's ciphertexts (same data key), keeping ours.
@@ -232,7 +256,10 @@ impl<'a> Walk<'a> {
                     let aad = self.aad();
                     let reused = self.reuse.and_then(|stash| {
                         let (bytes, kind) = cipher::plain_bytes(node)?;
-                        stash.0.get(&(aad.clone(), kind, bytes)).cloned()
+                        let mut probe = (aad.clone(), kind, bytes);
+                        let found = stash.0.get(&probe).cloned();
+                        probe.2.zeroize();
+                        found
                     });
                     let text = match reused {
                         Some(t) => Some(t),
@@ -306,7 +333,8 @@ impl<'a> Walk<'a> {
             return;
         }
         if let Some((bytes, _)) = cipher::plain_bytes(node) {
-            self.hash.update(&bytes);
+            let bytes = Zeroizing::new(bytes);
+            self.hash.update(bytes.as_slice());
         }
     }
 }
