@@ -222,10 +222,8 @@ pub fn apply(root: &Path, plan: &UnitPlan) -> Result<Applied, DriverError> {
     }
     for d in &files.prune_dirs {
         // Only succeeds when empty: the unit owns nothing there any more.
-        if files.desired.is_empty() {
-            if terrace_fs::check_write(root, d).is_ok() {
-                let _ = std::fs::remove_dir(root.join(d));
-            }
+        if files.desired.is_empty() && terrace_fs::check_write(root, d).is_ok() {
+            let _ = std::fs::remove_dir(root.join(d));
         }
     }
     Ok(Applied {

@@ -113,7 +113,7 @@ pub(crate) async fn plan(
     for o in &objects {
         hashed.push_str(&o.address);
         hashed.push('\0');
-        if !o.is_sensitive() {
+        if !o.hides_diff() {
             hashed.push_str(&o.value.to_string());
         }
         hashed.push('\0');
@@ -128,7 +128,7 @@ pub(crate) async fn plan(
     let desired: Vec<Desired> = objects
         .into_iter()
         .map(|o| Desired {
-            sensitive: o.is_sensitive(),
+            sensitive: o.hides_diff(),
             address: o.address,
             source: o.source,
             value: o.value,

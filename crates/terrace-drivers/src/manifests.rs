@@ -66,6 +66,57 @@ impl Object {
     pub fn is_sensitive(&self) -> bool {
         !self.secret_sources.is_empty()
     }
+
+    /// Plans show no diff of it: it holds a secret, or it is a `Secret`
+    /// (whatever its provenance says).
+    pub fn hides_diff(&self) -> bool {
+        self.is_sensitive()
+            || (self.value.get("kind").and_then(Value::as_str) == Some("Secret")
+                && self.value.get("apiVersion").and_then(Value::as_str) == Some("v1"))
+    }
+}
+
+/// The net under provenance: an object in which a secret value appears —
+/// however kustomize's generators, patches or replacements moved it there
+/// — is sealed to that value's file; an object whose name or namespace
+/// holds one is refused (names are never sealed).
+fn mark_secrets(ctx: &UnitContext<'_>, objects: &mut [Object]) -> Result<(), DriverError> {
+    let Some(secrets) = ctx.secrets else {
+        return Ok(());
+    };
+    let plain = secrets.plaintexts();
+    if plain.is_empty() {
+        return Ok(());
+    }
+    for o in objects.iter_mut() {
+        let meta = o.value.get("metadata");
+        for field in ["name", "namespace", "generateName"] {
+            if let Some(v) = meta.and_then(|m| m.get(field)).and_then(Value::as_str)
+                && plain.found_in(v)
+            {
+                return Err(Diagnostic::new(format!(
+                    "`metadata.{field}` of an object ({}) holds a secret value; names are never sealed",
+                    plain.redact(&o.address)
+                ))
+                .in_file(&o.source)
+                .with_hint("keep secrets out of names, namespaces and labels; use them only in values (`data`, `stringData`, `env`)")
+                .into());
+            }
+        }
+        let found = plain.sources_in(&o.value);
+        let mut added = false;
+        for f in found {
+            if !o.secret_sources.contains(&f) {
+                o.secret_sources.push(f);
+                added = true;
+            }
+        }
+        if added {
+            // Values of several origins: every value is encrypted.
+            o.rule_from = None;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn secret_error(e: SecretError, file: &str) -> DriverError {
@@ -347,7 +398,7 @@ pub(crate) fn desired(
             address: o.address.clone(),
             path,
             content,
-            sensitive: o.is_sensitive(),
+            sensitive: o.hides_diff(),
         });
     }
     let outputs = json!({
@@ -387,13 +438,22 @@ fn plan_objects(ctx: &UnitContext<'_>, objects: &[Object]) -> Result<UnitPlan, D
     fileset::plan(ctx.root, set.files, ctx.prior, set.outputs, vec![set.dir])
 }
 
+impl ObjectsDriver {
+    /// The kind's objects, with every secret they hold marked.
+    fn objects(&self, ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError> {
+        let mut objects = (self.objects)(ctx)?;
+        mark_secrets(ctx, &mut objects)?;
+        Ok(objects)
+    }
+}
+
 impl Driver for ObjectsDriver {
     fn kind(&self) -> UnitKind {
         self.kind
     }
 
     fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
-        render_documents(ctx, (self.objects)(ctx)?)
+        render_documents(ctx, self.objects(ctx)?)
     }
 
     fn plan<'a>(
@@ -401,7 +461,7 @@ impl Driver for ObjectsDriver {
         ctx: &'a UnitContext<'a>,
     ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
         Box::pin(async move {
-            let objects = (self.objects)(ctx)?;
+            let objects = self.objects(ctx)?;
             match cluster(ctx)? {
                 (name, Some(endpoint)) => live::plan(ctx, &name, &endpoint, objects).await,
                 (_, None) => plan_objects(ctx, &objects),

@@ -241,17 +241,16 @@ async fn run(
 ) -> Result<Output, DriverError> {
     terrace_fs::atomic::create_dirs(&layout.work, terrace_fs::Mode::Private)?;
     terrace_fs::atomic::create_dirs(&layout.plugin_cache, terrace_fs::Mode::Private)?;
-    tokio::process::Command::new(&tool.binary)
-        .args(args)
+    let mut cmd = tokio::process::Command::new(&tool.binary);
+    cmd.args(args)
         .current_dir(&layout.module)
         .env("TF_DATA_DIR", layout.data_dir())
         .env("TF_PLUGIN_CACHE_DIR", &layout.plugin_cache)
         .env("TF_IN_AUTOMATION", "1")
         .env("TF_INPUT", "0")
         .env("CHECKPOINT_DISABLE", "1")
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .kill_on_drop(true)
-        .output()
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    crate::children::output(cmd)
         .await
         .map_err(|e| DriverError::Target(format!("cannot run `{}`: {e}", tool.binary)))
 }

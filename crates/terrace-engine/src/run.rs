@@ -23,7 +23,7 @@ use terrace_core::driver::{
     DestroyContext, Driver, DriverError, Rendered, ResolvedUnit, SENSITIVE, UnitContext,
 };
 use terrace_core::plan::{Action, Change, UnitPlan};
-use terrace_core::secrets::SecretSource;
+use terrace_core::secrets::{Plaintexts, SecretSource};
 use terrace_core::state::{RunRecord, RunUnit, STATE_FORMAT, UnitState, UnitStatus};
 use terrace_secrets::SecretStore;
 use terrace_state::{LocalBackend, StateBackend, StateError, new_run_id, now_rfc3339, this_holder};
@@ -51,6 +51,8 @@ pub struct ApplyOptions {
     pub lock_timeout: Duration,
     /// The command recorded in locks and run history.
     pub command: String,
+    /// Set by the first SIGINT/SIGTERM: no unit starts after it.
+    pub interrupt: Interrupt,
 }
 
 impl Default for ApplyOptions {
@@ -59,7 +61,35 @@ impl Default for ApplyOptions {
             jobs: 4,
             lock_timeout: Duration::ZERO,
             command: "apply".to_owned(),
+            interrupt: Interrupt::default(),
         }
+    }
+}
+
+/// A run's interrupt: once triggered, apply starts no more units, every
+/// running child program gets one SIGINT (`terrace_drivers::children`),
+/// and the units already running finish and are recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<std::sync::atomic::AtomicBool>);
+
+impl Interrupt {
+    /// Stops the run; returns whether it was already stopped.
+    pub fn trigger(&self) -> bool {
+        let was = self.0.swap(true, std::sync::atomic::Ordering::SeqCst);
+        if !was {
+            terrace_drivers::children::interrupt_all();
+        }
+        was
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A second interrupt: running child programs are killed.
+    pub fn force(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        terrace_drivers::children::kill_all();
     }
 }
 
@@ -89,6 +119,8 @@ pub enum Outcome {
     Failed,
     /// Not attempted because something it depends on failed.
     Skipped,
+    /// Not started: the run was interrupted first.
+    Interrupted,
 }
 
 /// What happened to one unit.
@@ -197,16 +229,20 @@ pub struct Report {
     /// environment); only `terrace destroy --unit NAME` removes them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub orphans: Vec<String>,
+    /// A signal stopped the run before every unit was done.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl Report {
     /// 1 if anything failed; for plan, 2 if anything would change; else 0.
     pub fn exit_code(&self) -> i32 {
-        if self
-            .units
-            .iter()
-            .any(|u| matches!(u.outcome, Outcome::Failed | Outcome::Skipped))
-        {
+        if self.units.iter().any(|u| {
+            matches!(
+                u.outcome,
+                Outcome::Failed | Outcome::Skipped | Outcome::Interrupted
+            )
+        }) {
             1
         } else if self.command == "plan" && self.has_changes() {
             2
@@ -229,6 +265,9 @@ pub struct Engine {
     pub workspace: Workspace,
     state: Arc<dyn StateBackend>,
     secrets: Arc<dyn SecretSource>,
+    /// Values of sensitive outputs read in this run (a Terraform output
+    /// marked sensitive, or one that echoes a secret).
+    sensitive_outputs: Mutex<Vec<(String, std::path::PathBuf)>>,
     refresh: bool,
 }
 
@@ -245,6 +284,7 @@ impl Engine {
             workspace,
             state,
             secrets,
+            sensitive_outputs: Mutex::default(),
             refresh: true,
         })
     }
@@ -374,12 +414,75 @@ impl Engine {
             .read_outputs(&self.project.root, state)
         {
             None => OutputView::Known(state.outputs.clone(), sensitive_names(state)),
-            Some(Ok(outputs)) => OutputView::Known(outputs, sensitive_names(state)),
+            Some(Ok(outputs)) => {
+                let sensitive = sensitive_names(state);
+                self.remember_sensitive(&state.unit, &outputs, &sensitive);
+                OutputView::Known(outputs, sensitive)
+            }
             Some(Err(e)) => {
                 warn!(unit = %state.unit, error = %e, "outputs could not be read; treating them as unknown");
                 OutputView::Unknown
             }
         }
+    }
+
+    /// Every secret value this run has seen: decrypted secrets and the
+    /// values of sensitive outputs. What leaves the process is checked
+    /// against it.
+    pub fn plaintexts(&self) -> Plaintexts {
+        let extra = self
+            .sensitive_outputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.secrets.plaintexts().merged(&Plaintexts::new(extra))
+    }
+
+    fn remember_sensitive(&self, unit: &str, outputs: &Map<String, Value>, names: &[String]) {
+        let mut found = Vec::new();
+        for name in names {
+            if let Some(v) = outputs.get(name) {
+                let source = std::path::PathBuf::from(format!("unit {unit} output {name}"));
+                collect_strings(v, &mut |s| found.push((s.to_owned(), source.clone())));
+            }
+        }
+        if !found.is_empty() {
+            self.sensitive_outputs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(found);
+        }
+    }
+
+    /// A unit's report as it may be shown and stored: every secret value
+    /// in its changes, notes and errors replaced.
+    fn sealed(&self, mut r: UnitReport) -> UnitReport {
+        let plain = self.plaintexts();
+        if plain.is_empty() {
+            return r;
+        }
+        for c in &mut r.changes {
+            plain.redact_in_place(&mut c.address);
+            if let Some(d) = &mut c.diff {
+                plain.redact_in_place(d);
+            }
+        }
+        for n in &mut r.notes {
+            plain.redact_in_place(n);
+        }
+        if let Some(e) = &mut r.error {
+            plain.redact_in_place(&mut e.message);
+            if let Some(h) = &mut e.hint {
+                plain.redact_in_place(h);
+            }
+            if let Some(d) = &mut e.diagnostic {
+                plain.redact_in_place(&mut d.message);
+                if let Some(h) = &mut d.hint {
+                    plain.redact_in_place(h);
+                }
+            }
+        }
+        r
     }
 
     fn blank_report(&self, i: usize, outcome: Outcome) -> UnitReport {
@@ -497,6 +600,7 @@ impl Engine {
                     }
                 }
                 r.duration_ms = elapsed.as_millis() as u64;
+                let r = self.sealed(r);
                 progress.finished(&r);
                 reports.push((i, r));
             }
@@ -507,6 +611,7 @@ impl Engine {
             environment: self.environment().to_owned(),
             units: reports.into_iter().map(|(_, r)| r).collect(),
             orphans: self.orphans().await?,
+            interrupted: false,
         })
     }
 
@@ -526,6 +631,20 @@ impl Engine {
             .plan(&ctx)
             .await
             .map_err(ReportError::from_driver)?;
+        let plain = self.plaintexts();
+        if let Some(c) = plan.changes.iter().find(|c| plain.found_in(&c.address)) {
+            return Err(ReportError {
+                message: format!(
+                    "unit `{}` would write `{}`: a secret value flows into a name or path, which is never sealed",
+                    unit.name,
+                    plain.redact(&c.address)
+                ),
+                hint: Some(
+                    "keep secrets out of names, paths (`template.itemPath`) and addresses; use them only in values".to_owned(),
+                ),
+                diagnostic: None,
+            });
+        }
         Ok((unit, plan))
     }
 
@@ -566,9 +685,22 @@ impl Engine {
             let ctx = self.unit_context(&unit, None);
             self.driver(unit.kind).render(&ctx)
         };
+        let plain = self.plaintexts();
         Ok(rendered
-            .map(|r| (unit, r))
-            .map_err(ReportError::from_driver))
+            .map(|mut r| {
+                for d in &mut r.documents {
+                    plain.redact_in_place(&mut d.content);
+                }
+                (unit, r)
+            })
+            .map_err(|e| {
+                let mut e = ReportError::from_driver(e);
+                plain.redact_in_place(&mut e.message);
+                if let Some(d) = &mut e.diagnostic {
+                    plain.redact_in_place(&mut d.message);
+                }
+                e
+            }))
     }
 
     /// Applies the selected units.
@@ -609,9 +741,11 @@ impl Engine {
         ready.reverse(); // pop() takes the first in topological order
         let mut reports: HashMap<usize, UnitReport> = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
+        // Which unit each task applies, to answer for it if it panics.
+        let mut task_unit: HashMap<tokio::task::Id, usize> = HashMap::new();
         let jobs = opts.jobs.max(1);
         loop {
-            while tasks.len() < jobs {
+            while tasks.len() < jobs && !opts.interrupt.is_set() {
                 let Some(i) = ready.pop() else { break };
                 let engine = Arc::clone(self);
                 let views = Arc::clone(&views);
@@ -619,18 +753,41 @@ impl Engine {
                 let opts = opts.clone();
                 let run_id = run_id.clone();
                 let revision = revision.clone();
-                tasks.spawn(async move {
+                let handle = tasks.spawn(async move {
                     let r = engine
                         .apply_unit(i, &views, &opts, &run_id, revision, progress.as_ref())
                         .await;
                     (i, r)
                 });
+                task_unit.insert(handle.id(), i);
             }
-            let Some(joined) = tasks.join_next().await else {
+            let Some(joined) = tasks.join_next_with_id().await else {
                 break;
             };
-            let (i, report) =
-                joined.map_err(|e| std::io::Error::other(format!("apply task failed: {e}")))?;
+            let (i, report) = match joined {
+                Ok((_, done)) => done,
+                // A bug in one unit's task fails that unit alone: its
+                // siblings go on, and its lock is released here.
+                Err(e) => {
+                    let i = task_unit[&e.id()];
+                    let name = self.workspace.units[i].name.clone();
+                    let _ = self.state.unlock(self.environment(), &name, &run_id).await;
+                    let mut r = self.blank_report(i, Outcome::Failed);
+                    r.error = Some(ReportError {
+                        message: format!(
+                            "terrace hit a bug while applying `{name}` ({}); the other units went on",
+                            panic_message(e)
+                        ),
+                        hint: Some(
+                            "please report it with the output of `terrace -vv apply --unit NAME`"
+                                .to_owned(),
+                        ),
+                        diagnostic: None,
+                    });
+                    (i, r)
+                }
+            };
+            let report = self.sealed(report);
             progress.finished(&report);
             let ok = !matches!(report.outcome, Outcome::Failed);
             reports.insert(i, report);
@@ -658,12 +815,23 @@ impl Engine {
                 }
             }
         }
+        let interrupted = opts.interrupt.is_set();
+        if interrupted {
+            for &i in &order {
+                if selected.contains(&i) && !reports.contains_key(&i) {
+                    let r = self.blank_report(i, Outcome::Interrupted);
+                    progress.finished(&r);
+                    reports.insert(i, r);
+                }
+            }
+        }
         let units: Vec<UnitReport> = order.iter().filter_map(|i| reports.remove(i)).collect();
         let report = Report {
             command: opts.command.clone(),
             environment: self.environment().to_owned(),
             units,
             orphans: self.orphans().await?,
+            interrupted,
         };
         self.record(&report, &run_id, &started_at, revision).await;
         Ok(report)
@@ -683,6 +851,7 @@ impl Engine {
             started_at: started_at.to_owned(),
             finished_at: now_rfc3339(),
             revision,
+            interrupted: report.interrupted,
             units: report
                 .units
                 .iter()
@@ -718,14 +887,21 @@ impl Engine {
         progress.started(&name, "apply");
         let mut r = self.blank_report(i, Outcome::Failed);
         let holder = this_holder(&opts.command, run_id);
-        if let Err(e) = self
+        match self
             .state
             .lock(&env, &name, &holder, opts.lock_timeout)
             .await
         {
-            r.error = Some(ReportError::from_state(e));
-            r.duration_ms = started.elapsed().as_millis() as u64;
-            return r;
+            Ok(None) => {}
+            Ok(Some(gone)) => r.notes.push(format!(
+                "took over the lock of {} (pid {} on this host, no longer running)",
+                gone.command, gone.pid
+            )),
+            Err(e) => {
+                r.error = Some(ReportError::from_state(e));
+                r.duration_ms = started.elapsed().as_millis() as u64;
+                return r;
+            }
         }
         let result = self.apply_locked(i, views, run_id, revision, &mut r).await;
         if let Err(e) = self.state.unlock(&env, &name, run_id).await {
@@ -749,7 +925,20 @@ impl Engine {
     ) -> Result<(), ReportError> {
         let env = self.environment();
         let name = self.workspace.units[i].name.clone();
-        let mut snapshot = views.lock().expect("views lock").clone();
+        // Only this unit's dependencies: copying every output so far would
+        // make a large apply quadratic.
+        let mut snapshot: HashMap<String, OutputView> = {
+            let all = views.lock().unwrap_or_else(|p| p.into_inner());
+            self.workspace
+                .graph
+                .dependencies(i)
+                .iter()
+                .filter_map(|&d| {
+                    let n = &self.workspace.units[d].name;
+                    all.get(n).map(|v| (n.clone(), v.clone()))
+                })
+                .collect()
+        };
         self.fill_from_state(i, &mut snapshot)
             .await
             .map_err(ReportError::from_state)?;
@@ -803,6 +992,16 @@ impl Engine {
             Err(DriverError::Incomplete { applied, message }) => (*applied, Some(message)),
             Err(e) => return Err(ReportError::from_driver(e)),
         };
+        // An output that holds a secret value (Terraform echoing a secret
+        // input, say) is sensitive whatever the kind said.
+        let mut applied = applied;
+        let plain = self.plaintexts();
+        for (k, v) in &applied.outputs {
+            if !applied.sensitive.contains(k) && !plain.sources_in(v).is_empty() {
+                applied.sensitive.push(k.clone());
+            }
+        }
+        self.remember_sensitive(&name, &applied.outputs, &applied.sensitive);
         let state = UnitState {
             format: STATE_FORMAT,
             unit: name.clone(),
@@ -902,6 +1101,7 @@ impl Engine {
                 failed = Some(name.clone());
             }
             r.duration_ms = started.elapsed().as_millis() as u64;
+            let r = self.sealed(r);
             progress.finished(&r);
             reports.push(r);
         }
@@ -914,6 +1114,7 @@ impl Engine {
             environment: env,
             units: reports,
             orphans: Vec::new(),
+            interrupted: false,
         };
         if !dry_run {
             self.record(&report, &run_id, &started_at, None).await;
@@ -963,10 +1164,17 @@ impl Engine {
             return Ok(());
         }
         let holder = this_holder(&opts.command, run_id);
-        self.state
+        if let Some(gone) = self
+            .state
             .lock(env, &prior.unit, &holder, opts.lock_timeout)
             .await
-            .map_err(ReportError::from_state)?;
+            .map_err(ReportError::from_state)?
+        {
+            r.notes.push(format!(
+                "took over the lock of {} (pid {} on this host, no longer running)",
+                gone.command, gone.pid
+            ));
+        }
         let result = async {
             driver
                 .apply(&self.project.root, &plan)
@@ -1016,6 +1224,30 @@ impl Engine {
             .read(self.environment(), name)
             .await?
             .map(|s| s.outputs))
+    }
+}
+
+/// What a panicking task said, if it said it in a string.
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
+}
+
+/// Calls `f` with every string (and number) in `v`.
+fn collect_strings(v: &Value, f: &mut dyn FnMut(&str)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Number(n) => f(&n.to_string()),
+        Value::Array(items) => items.iter().for_each(|i| collect_strings(i, f)),
+        Value::Object(m) => m.values().for_each(|v| collect_strings(v, f)),
+        _ => {}
     }
 }
 

@@ -93,14 +93,16 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     /// The names of every unit with a record in the environment, sorted.
     fn list<'a>(&'a self, environment: &'a str) -> BoxFuture<'a, Result<Vec<String>, StateError>>;
 
-    /// Takes the unit's lock, waiting up to `wait` for another holder.
+    /// Takes the unit's lock, waiting up to `wait` for another holder. A
+    /// lock whose holder ran on this host and is gone is taken over; its
+    /// holder is returned so the caller can say so.
     fn lock<'a>(
         &'a self,
         environment: &'a str,
         unit: &'a str,
         holder: &'a LockInfo,
         wait: Duration,
-    ) -> BoxFuture<'a, Result<(), StateError>>;
+    ) -> BoxFuture<'a, Result<Option<LockInfo>, StateError>>;
 
     /// Releases a lock this run holds; another holder's lock is left alone.
     fn unlock<'a>(

@@ -107,15 +107,23 @@ impl LocalBackend {
         env: &str,
         unit: &str,
         holder: &LockInfo,
-    ) -> Result<Option<StateError>, StateError> {
+    ) -> Result<Result<Option<LockInfo>, StateError>, StateError> {
+        let mut taken_over = None;
         for _ in 0..3 {
             if self.try_lock(env, unit, holder)? {
-                return Ok(None);
+                return Ok(Ok(taken_over));
             }
             // Released between the attempt and the read: try again.
             if let Some(current) = self.read_lock(env, unit)? {
                 let stale = is_stale(&current);
-                return Ok(Some(StateError::Locked {
+                if stale && taken_over.is_none() {
+                    // Its holder ran here and is gone (killed, crashed):
+                    // nobody can release it but us.
+                    remove_lock(&self.lock_path(env, unit)?)?;
+                    taken_over = Some(current);
+                    continue;
+                }
+                return Ok(Err(StateError::Locked {
                     environment: env.to_owned(),
                     unit: unit.to_owned(),
                     holder: Box::new(current),
@@ -230,14 +238,14 @@ impl StateBackend for LocalBackend {
         unit: &'a str,
         holder: &'a LockInfo,
         wait: Duration,
-    ) -> BoxFuture<'a, Result<(), StateError>> {
+    ) -> BoxFuture<'a, Result<Option<LockInfo>, StateError>> {
         Box::pin(async move {
-            let deadline = Instant::now() + wait;
+            let deadline = Instant::now().checked_add(wait);
             loop {
                 match self.lock_sync(environment, unit, holder)? {
-                    None => return Ok(()),
-                    Some(err) if Instant::now() >= deadline => return Err(err),
-                    Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Ok(taken_over) => return Ok(taken_over),
+                    Err(err) if deadline.is_some_and(|d| Instant::now() >= d) => return Err(err),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         })

@@ -1,5 +1,6 @@
-//! Command-line arguments.
+//! Command-line arguments, and the limits on numbers in them.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -11,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "terrace",
     version,
     propagate_version = true,
-    after_help = "Examples:\n  terrace -C examples/homelab plan\n  terrace apply --env prod -j 4\n  terrace plan --affected-since origin/main --output markdown\n  terrace --cluster k3s=$HOME/.kube/k3s.yaml --cluster-context k3s=admin@k3s apply\n\nExit codes: 0 success (plan: no changes), 2 plan has changes, 1 error."
+    after_help = TOP_HELP
 )]
 pub struct Cli {
     /// Run as if started in DIR (the project root is found from there upwards).
@@ -66,13 +67,98 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Worker threads for the runtime: enough for `-j`, at most the cores.
+    /// Worker threads for the runtime: enough for `-j`, at most the cores
+    /// (and never more than [`MAX_JOBS`]); at least one.
     pub fn worker_threads(&self) -> usize {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cores = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, MAX_JOBS);
         match &self.command {
-            Command::Apply(a) => a.jobs.clamp(1, cores.max(1)),
-            _ => cores.clamp(1, 2),
+            Command::Apply(a) => a.jobs.clamp(1, cores),
+            _ => cores.min(2),
         }
+    }
+}
+
+impl OutputFormat {
+    /// The `--output` of a command line clap refused, read from the raw
+    /// arguments (without the program name) so that the error can still be
+    /// given as JSON: `--output F`, `--output=F`, `-o F`, `-oF`, `-o=F`,
+    /// also after boolean short flags (`-vo F`); the last one wins, and
+    /// nothing after `--` counts. Text when there is none or it is no format.
+    pub fn from_raw_args<I, S>(args: I) -> OutputFormat
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut args = args
+            .into_iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned());
+        let mut format = OutputFormat::Text;
+        while let Some(arg) = args.next() {
+            if arg == "--" {
+                break;
+            }
+            let value = if arg == "--output" {
+                args.next()
+            } else if let Some(v) = arg.strip_prefix("--output=") {
+                Some(v.to_owned())
+            } else if let Some(shorts) = arg.strip_prefix('-').filter(|a| !a.starts_with('-')) {
+                // Short flags that take no value may come before `o`.
+                match shorts.trim_start_matches(['v', 'i', 'y']).strip_prefix('o') {
+                    Some("") => args.next(),
+                    Some(v) => Some(v.strip_prefix('=').unwrap_or(v).to_owned()),
+                    None => None,
+                }
+            } else {
+                None
+            };
+            if let Some(f) =
+                value.and_then(|v| <OutputFormat as ValueEnum>::from_str(&v, false).ok())
+            {
+                format = f;
+            }
+        }
+        format
+    }
+}
+
+/// Examples and the exit codes, for `terrace --help`.
+const TOP_HELP: &str = "Examples:
+  terrace -C examples/homelab plan
+  terrace apply --env prod -j 4
+  terrace plan --affected-since origin/main --output markdown
+  terrace --cluster k3s=$HOME/.kube/k3s.yaml --cluster-context k3s=admin@k3s apply
+
+Exit codes:
+  0    success; for plan, no changes
+  1    an error: in the command line, the repository, a unit, or writing output
+  2    the plan has changes (also destroy and secrets updatekeys without --yes)
+  101  a bug in terrace
+  130  interrupted by SIGINT (Ctrl-C)
+  143  stopped by SIGTERM";
+
+/// The most units `-j` runs at once.
+pub const MAX_JOBS: usize = 256;
+
+/// The longest `--lock-timeout`, in seconds: a week.
+pub const MAX_LOCK_TIMEOUT_SECS: u64 = 7 * 24 * 60 * 60;
+
+/// `-j`: a whole number of units from 1 to [`MAX_JOBS`].
+fn parse_jobs(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_JOBS).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of units from 1 to {MAX_JOBS}")),
+    }
+}
+
+/// `--lock-timeout`: whole seconds from 0 to [`MAX_LOCK_TIMEOUT_SECS`].
+fn parse_lock_timeout(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n <= MAX_LOCK_TIMEOUT_SECS => Ok(n),
+        _ => Err(format!(
+            "expected whole seconds from 0 to {MAX_LOCK_TIMEOUT_SECS} (a week)"
+        )),
     }
 }
 
@@ -189,8 +275,8 @@ pub struct PlanArgs {
     /// Show diffs of created and deleted objects too (updates always show theirs).
     #[arg(long)]
     pub full_diff: bool,
-    /// Units planned at once (within a wave of the graph).
-    #[arg(short, long, default_value_t = 4)]
+    /// Units planned at once (within a wave of the graph), 1 to 256.
+    #[arg(short, long, default_value_t = 4, value_parser = parse_jobs)]
     pub jobs: usize,
     /// Read real infrastructure to find drift (Terraform refresh); `false`
     /// is the fast path that trusts the recorded state.
@@ -202,11 +288,17 @@ pub struct PlanArgs {
 pub struct ApplyArgs {
     #[command(flatten)]
     pub select: SelectArgs,
-    /// Units applied at once.
-    #[arg(short, long, default_value_t = 4)]
+    /// Units applied at once, 1 to 256.
+    #[arg(short, long, default_value_t = 4, value_parser = parse_jobs)]
     pub jobs: usize,
-    /// Seconds to wait for a unit locked by another run (0: fail at once).
-    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    /// Seconds to wait for a unit locked by another run (0: fail at once;
+    /// at most 604800, a week).
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "SECS",
+        value_parser = parse_lock_timeout
+    )]
     pub lock_timeout: u64,
 }
 
@@ -217,8 +309,14 @@ pub struct DestroyArgs {
     /// Really destroy; without it, destroy only plans.
     #[arg(long)]
     pub yes: bool,
-    /// Seconds to wait for a unit locked by another run.
-    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    /// Seconds to wait for a unit locked by another run (at most 604800,
+    /// a week).
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "SECS",
+        value_parser = parse_lock_timeout
+    )]
     pub lock_timeout: u64,
 }
 
@@ -416,4 +514,75 @@ pub enum KustomizeCommand {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, MAX_JOBS, OutputFormat};
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn absurd_numbers_are_usage_errors_naming_the_flag() {
+        let cases: [(&[&str], &str); 5] = [
+            (&["plan", "-j", "18446744073709551615"], "--jobs"),
+            (&["apply", "-j", "0"], "--jobs"),
+            (&["apply", "--jobs", "257"], "--jobs"),
+            (
+                &["apply", "--lock-timeout", "18446744073709551615"],
+                "--lock-timeout",
+            ),
+            (&["destroy", "--lock-timeout", "604801"], "--lock-timeout"),
+        ];
+        for (args, flag) in cases {
+            let e = Cli::try_parse_from(std::iter::once("terrace").chain(args.iter().copied()))
+                .expect_err("an absurd number is refused");
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{args:?}");
+            let text = e.to_string();
+            assert!(text.contains(flag), "{args:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn the_largest_numbers_are_accepted() {
+        let cli =
+            Cli::try_parse_from(["terrace", "apply", "-j", "256", "--lock-timeout", "604800"])
+                .expect("the limits themselves are allowed");
+        let threads = cli.worker_threads();
+        assert!((1..=MAX_JOBS).contains(&threads), "{threads}");
+        let cli = Cli::try_parse_from(["terrace", "plan"]).expect("plan parses");
+        assert!((1..=2).contains(&cli.worker_threads()));
+    }
+
+    #[test]
+    fn output_format_from_a_refused_command_line() {
+        let format = |args: &[&str]| OutputFormat::from_raw_args(args);
+        for json in [
+            &["plan", "--output", "json", "--bogus"][..],
+            &["--output=json", "plan"],
+            &["-o", "json", "plan", "-j", "0"],
+            &["-ojson"],
+            &["-o=json"],
+            &["-vo", "json"],
+            &["-o", "text", "--output", "json"],
+        ] {
+            assert_eq!(format(json), OutputFormat::Json, "{json:?}");
+        }
+        for text in [
+            &["plan", "--bogus"][..],
+            &["-o", "json", "-o", "text"],
+            &["secrets", "decrypt", "--", "-o", "json"],
+            &["-Co", "json"],
+            &["-o", "yaml"],
+            &["--output"],
+        ] {
+            assert_eq!(format(text), OutputFormat::Text, "{text:?}");
+        }
+    }
 }

@@ -8,15 +8,25 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use terrace_core::config::TargetBinding;
 use terrace_core::expr;
-use terrace_engine::run::{ApplyOptions, Progress, Report};
+use terrace_engine::run::{ApplyOptions, Interrupt, Progress, Report};
 use terrace_engine::{Engine, Project, Selection, Workspace};
 
 use crate::cli::{Cli, Command, GraphFormat, OutputFormat, SelectArgs, StateCommand};
-use crate::diagnostics::{CliError, render_diagnostic};
+use crate::diagnostics::CliError;
 use crate::output;
+use crate::output::{out, outln};
 use crate::progress::Reporter;
 
 pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
+    // `secrets edit` handles signals itself while the editor runs.
+    let interrupt = Interrupt::default();
+    if !matches!(cli.command, Command::Secrets(_)) {
+        let graceful = matches!(
+            cli.command,
+            Command::Apply(_) | Command::Destroy(_) | Command::Plan(_) | Command::Render(_)
+        );
+        crate::signals::install(interrupt.clone(), graceful);
+    }
     let start = cli.directory.clone().unwrap_or_else(|| PathBuf::from("."));
     let env = cli.env.as_deref();
     let bindings = cluster_bindings(cli)?;
@@ -31,12 +41,12 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             };
             let written = crate::init::init(&dir, a.name.as_deref())?;
             match cli.output {
-                OutputFormat::Json => println!("{}", json!({"created": written})),
+                OutputFormat::Json => outln!("{}", json!({"created": written})),
                 _ => {
                     for w in &written {
-                        println!("created {}", dir.join(w).display());
+                        outln!("created {}", dir.join(w).display());
                     }
-                    println!("\nNext: terrace -C {} plan", dir.display());
+                    outln!("\nNext: terrace -C {} plan", dir.display());
                 }
             }
             Ok(0)
@@ -70,7 +80,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 (_, GraphFormat::Mermaid) => g.to_mermaid(layers),
                 (_, GraphFormat::Text) => g.to_text(),
             };
-            print!("{text}");
+            out!("{text}");
             Ok(0)
         }
         Command::Render(a) => {
@@ -78,7 +88,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             match engine.render(&a.unit).await? {
                 Ok((unit, rendered)) => {
                     match cli.output {
-                        OutputFormat::Json => println!(
+                        OutputFormat::Json => outln!(
                             "{}",
                             serde_json::to_string_pretty(
                                 &json!({"unit": unit, "documents": rendered.documents})
@@ -88,14 +98,14 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                         _ => {
                             for (i, d) in rendered.documents.iter().enumerate() {
                                 if i > 0 || d.path.is_some() {
-                                    println!("---");
+                                    outln!("---");
                                 }
                                 if let Some(p) = &d.path {
-                                    println!("# {p}");
+                                    outln!("# {p}");
                                 }
-                                print!("{}", d.content);
+                                out!("{}", d.content);
                                 if !d.content.ends_with('\n') {
-                                    println!();
+                                    outln!();
                                 }
                             }
                         }
@@ -103,11 +113,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                     Ok(0)
                 }
                 Err(e) => {
-                    let text = match &e.diagnostic {
-                        Some(d) => render_diagnostic(d, Some(&engine.project.root)),
-                        None => format!("error: {}", e.message),
-                    };
-                    eprintln!("{text}");
+                    crate::diagnostics::report_unit_error(&e, &engine.project.root, cli.output);
                     Ok(1)
                 }
             }
@@ -129,6 +135,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 jobs: a.jobs,
                 lock_timeout: Duration::from_secs(a.lock_timeout),
                 command: "apply".to_owned(),
+                interrupt: interrupt.clone(),
             };
             let report = engine
                 .apply(&selected, &opts, Arc::clone(&progress) as Arc<dyn Progress>)
@@ -137,16 +144,16 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             print_report(&report, &engine.project.root, cli.output, false);
             Ok(report.exit_code() as u8)
         }
-        Command::Destroy(a) => destroy(open(&start, env)?, a, cli.output).await,
+        Command::Destroy(a) => destroy(open(&start, env)?, a, cli.output, &interrupt).await,
         Command::Output(a) => {
             let engine = open(&start, env)?;
             let Some(unit) = &a.unit else {
                 let all = Value::Object(engine.all_outputs().await?);
                 match cli.output {
                     OutputFormat::Json => {
-                        println!("{}", serde_json::to_string_pretty(&all).expect("json"))
+                        outln!("{}", serde_json::to_string_pretty(&all).expect("json"))
                     }
-                    _ => print!("{}", terrace_yaml::to_string(&all)),
+                    _ => out!("{}", terrace_yaml::to_string(&all)),
                 }
                 return Ok(0);
             };
@@ -173,11 +180,11 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 })?,
             };
             match (&value, cli.output) {
-                (Value::String(s), OutputFormat::Text) => println!("{s}"),
+                (Value::String(s), OutputFormat::Text) => outln!("{s}"),
                 (_, OutputFormat::Json) => {
-                    println!("{}", serde_json::to_string_pretty(&value).expect("json"))
+                    outln!("{}", serde_json::to_string_pretty(&value).expect("json"))
                 }
-                _ => print!("{}", terrace_yaml::to_string(&value)),
+                _ => out!("{}", terrace_yaml::to_string(&value)),
             }
             Ok(0)
         }
@@ -193,9 +200,9 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             }
             match cli.output {
                 OutputFormat::Json => {
-                    println!("{}", serde_json::to_string_pretty(&objects).expect("json"))
+                    outln!("{}", serde_json::to_string_pretty(&objects).expect("json"))
                 }
-                _ => print!("{}", terrace_kustomize::to_yaml(&objects)),
+                _ => out!("{}", terrace_kustomize::to_yaml(&objects)),
             }
             Ok(0)
         }
@@ -205,9 +212,9 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                     Some(dir) => {
                         fs_err::create_dir_all(dir)?;
                         fs_err::write(dir.join(name), text)?;
-                        println!("wrote {}", dir.join(name).display());
+                        outln!("wrote {}", dir.join(name).display());
                     }
-                    None => print!("{text}"),
+                    None => out!("{text}"),
                 }
             }
             Ok(0)
@@ -225,9 +232,9 @@ fn selection(s: &SelectArgs) -> Selection {
 
 fn print_report(report: &Report, root: &Path, format: OutputFormat, full_diff: bool) {
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(report).expect("json")),
-        OutputFormat::Markdown => print!("{}", output::markdown(report)),
-        OutputFormat::Text => print!("{}", output::text(report, root, full_diff)),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(report).expect("json")),
+        OutputFormat::Markdown => out!("{}", output::markdown(report)),
+        OutputFormat::Text => out!("{}", output::text(report, root, full_diff)),
     }
 }
 
@@ -327,16 +334,16 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
         return Err(terrace_engine::EngineError::Invalid(problems).into());
     }
     match format {
-        OutputFormat::Json => println!("{}", json!({"valid": true, "environments": counts})),
+        OutputFormat::Json => outln!("{}", json!({"valid": true, "environments": counts})),
         _ => {
             for c in &counts {
-                println!(
+                outln!(
                     "{}: {} units ok",
                     c["environment"].as_str().unwrap_or_default(),
                     c["units"]
                 );
             }
-            println!(
+            outln!(
                 "valid: {} layers, {} environment(s)",
                 project.file.layers.len(),
                 envs.len()
@@ -365,6 +372,7 @@ async fn destroy(
     engine: Engine,
     a: &crate::cli::DestroyArgs,
     format: OutputFormat,
+    interrupt: &Interrupt,
 ) -> Result<u8, CliError> {
     let orphans = engine.orphans().await?;
     // Named units that are orphans are destroyed from state alone.
@@ -385,6 +393,7 @@ async fn destroy(
         jobs: 1,
         lock_timeout: Duration::from_secs(a.lock_timeout),
         command: "destroy".to_owned(),
+        interrupt: interrupt.clone(),
     };
     let progress = Reporter::new(selected.len() + named_orphans.len(), "destroy", a.yes);
     let report = engine
@@ -393,7 +402,7 @@ async fn destroy(
     progress.finish();
     print_report(&report, &engine.project.root, format, false);
     if !a.yes && format == OutputFormat::Text && report.has_changes() {
-        println!("Nothing was destroyed: re-run with --yes to destroy.");
+        outln!("Nothing was destroyed: re-run with --yes to destroy.");
     }
     Ok(report.exit_code() as u8)
 }
@@ -423,15 +432,15 @@ async fn state(
                 }
             }
             if format == OutputFormat::Json {
-                println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
+                outln!("{}", serde_json::to_string_pretty(&rows).expect("json"));
             } else if rows.is_empty() {
-                println!(
+                outln!(
                     "no state in environment `{envname}` ({})",
                     backend.describe()
                 );
             } else {
                 for r in &rows {
-                    println!(
+                    outln!(
                         "{:<24} {:<10} {:<10} serial {:<4} {}{}{}",
                         r["unit"].as_str().unwrap_or_default(),
                         r["kind"].as_str().unwrap_or_default(),
@@ -463,27 +472,27 @@ async fn state(
             let v = serde_json::to_value(&s).expect("json");
             match format {
                 OutputFormat::Json => {
-                    println!("{}", serde_json::to_string_pretty(&v).expect("json"))
+                    outln!("{}", serde_json::to_string_pretty(&v).expect("json"))
                 }
-                _ => print!("{}", terrace_yaml::to_string(&v)),
+                _ => out!("{}", terrace_yaml::to_string(&v)),
             }
             Ok(0)
         }
         StateCommand::Unlock { unit } => {
             match backend.force_unlock(&envname, unit).await? {
-                Some(h) => println!("broke the lock on `{unit}` held by {h}"),
-                None => println!("`{unit}` was not locked"),
+                Some(h) => outln!("broke the lock on `{unit}` held by {h}"),
+                None => outln!("`{unit}` was not locked"),
             }
             Ok(0)
         }
         StateCommand::History => {
             let runs = backend.runs(&envname).await?;
             if format == OutputFormat::Json {
-                println!("{}", serde_json::to_string_pretty(&runs).expect("json"));
+                outln!("{}", serde_json::to_string_pretty(&runs).expect("json"));
             } else {
                 for r in &runs {
                     let failed = r.units.iter().filter(|u| u.outcome == "failed").count();
-                    println!(
+                    outln!(
                         "{}  {:<8} {} units, {} failed  {}",
                         r.started_at,
                         r.command,

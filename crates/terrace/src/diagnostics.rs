@@ -1,6 +1,8 @@
 //! Showing errors: diagnostics with a file render with a caret under the
-//! place (miette), everything else as `error: ...` with a hint. Also sets
-//! up logging to stderr.
+//! place (miette), everything else as `error: ...` with a hint, on stderr.
+//! With `--output json` every error is also one `{"error": {"message",
+//! "hint", "diagnostics"}}` document on stdout, whether the command line,
+//! the repository or a unit is at fault. Also sets up logging to stderr.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -8,8 +10,10 @@ use std::path::Path;
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceSpan};
 use terrace_core::Diagnostic;
 use terrace_engine::EngineError;
+use terrace_engine::run::ReportError;
 
 use crate::cli::OutputFormat;
+use crate::output::{errln, outln};
 
 /// Errors of the CLI.
 #[derive(Debug)]
@@ -97,18 +101,95 @@ pub fn report_error(e: &CliError, format: OutputFormat) {
         CliError::Message { message, hint } => (message.clone(), hint.clone(), &[]),
     };
     if format == OutputFormat::Json {
-        let doc = serde_json::json!({
-            "error": { "message": message, "hint": hint, "diagnostics": diags }
-        });
-        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+        print_json_error(&message, hint.as_deref(), diags);
     }
     for d in diags {
-        eprintln!("{}", render_diagnostic(d, None));
+        errln!("{}", render_diagnostic(d, None));
     }
-    eprintln!("error: {message}");
+    errln!("error: {message}");
     if let Some(h) = hint {
-        eprintln!("  hint: {h}");
+        errln!("  hint: {h}");
     }
+}
+
+/// Reports the error of one unit for a command that stops on it (`render`):
+/// the diagnostic with its source line (file names relative to `root`), or
+/// else the message, then the hint; with `--output json` also the error
+/// object of [`report_error`] on stdout.
+pub fn report_unit_error(e: &ReportError, root: &Path, format: OutputFormat) {
+    if format == OutputFormat::Json {
+        print_json_error(&e.message, e.hint.as_deref(), e.diagnostic.as_slice());
+    }
+    match &e.diagnostic {
+        Some(d) => errln!("{}", render_diagnostic(d, Some(root))),
+        None => errln!("error: {}", e.message),
+    }
+    if let Some(h) = &e.hint {
+        errln!("  hint: {h}");
+    }
+}
+
+/// Reports a command line clap refused: clap's own message on stderr
+/// and, with `--output json`, the same error object as [`report_error`]
+/// on stdout.
+pub fn report_usage_error(e: &clap::Error, format: OutputFormat) {
+    if format == OutputFormat::Json {
+        let (message, hint) = usage_error_parts(&e.to_string());
+        let message = if message.is_empty() {
+            e.kind()
+                .as_str()
+                .unwrap_or("invalid command line")
+                .to_owned()
+        } else {
+            message
+        };
+        print_json_error(&message, hint.as_deref(), &[]);
+    }
+    // clap writes usage errors to stderr; there is nowhere to report a
+    // failure to.
+    let _ = e.print();
+}
+
+/// The error object of `--output json`: `{"error": {"message", "hint",
+/// "diagnostics"}}`, one document on stdout.
+fn print_json_error(message: &str, hint: Option<&str>, diags: &[Diagnostic]) {
+    let doc = serde_json::json!({
+        "error": { "message": message, "hint": hint, "diagnostics": diags }
+    });
+    match serde_json::to_string_pretty(&doc) {
+        Ok(text) => outln!("{text}"),
+        Err(e) => errln!("error: cannot write the error as JSON: {e}"),
+    }
+}
+
+/// The message (the `error:` paragraph, on one line) and a hint (clap's
+/// `tip:` lines, else its usage line) of clap's plain-text error.
+fn usage_error_parts(text: &str) -> (String, Option<String>) {
+    let first = text.split("\n\n").next().unwrap_or_default();
+    let message = first
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_owned();
+    let rest = text.get(first.len()..).unwrap_or_default();
+    let tips: Vec<&str> = rest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .collect();
+    let hint = if tips.is_empty() {
+        rest.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("Usage: "))
+            .map(str::to_owned)
+    } else {
+        Some(tips.join("; "))
+    };
+    (message, hint)
 }
 
 /// A diagnostic as text, with the source line and a caret when the file
@@ -203,4 +284,28 @@ fn byte_offset(source: &str, line: u32, column: u32) -> Option<usize> {
         start += l.len();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usage_error_parts;
+
+    #[test]
+    fn usage_error_with_a_tip() {
+        let text = "error: unexpected argument '--jbos' found\n\n  tip: a similar argument exists: '--jobs'\n\nUsage: terrace plan --jobs <JOBS>\n\nFor more information, try '--help'.\n";
+        let (message, hint) = usage_error_parts(text);
+        assert_eq!(message, "unexpected argument '--jbos' found");
+        assert_eq!(hint.as_deref(), Some("a similar argument exists: '--jobs'"));
+    }
+
+    #[test]
+    fn usage_error_over_several_lines() {
+        let text = "error: the following required arguments were not provided:\n  <UNIT>\n\nUsage: terrace render <UNIT>\n\nFor more information, try '--help'.\n";
+        let (message, hint) = usage_error_parts(text);
+        assert_eq!(
+            message,
+            "the following required arguments were not provided: <UNIT>"
+        );
+        assert_eq!(hint.as_deref(), Some("Usage: terrace render <UNIT>"));
+    }
 }

@@ -1,12 +1,109 @@
-//! Reports as text, markdown or JSON.
+//! Reports as text, markdown or JSON, and the one way this crate writes
+//! to stdout and stderr: the `out!`/`outln!` and `err!`/`errln!` macros
+//! (instead of `print!`/`println!` and `eprint!`/`eprintln!`), which never
+//! panic. A reader that goes away (`terrace state list | head -1`) ends
+//! the output quietly; any other failure to write stdout is kept for
+//! `crate::run` to turn into exit code 1.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use terrace_core::plan::Action;
 use terrace_engine::run::{Outcome, Report, UnitReport};
 
 use crate::diagnostics::render_diagnostic;
+
+/// The first error writing stdout; once set, stdout is left alone.
+static STDOUT_FAILED: OnceLock<std::io::Error> = OnceLock::new();
+
+/// Writes to stdout, as `print!` does, without panicking: after the first
+/// failed write (a closed pipe above all) nothing more is written.
+#[allow(unused_macros)]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(::std::format_args!($($arg)*), false)
+    };
+}
+
+/// Writes a line to stdout, as `println!` does, without panicking.
+#[allow(unused_macros)]
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(::std::format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(::std::format_args!($($arg)*), true)
+    };
+}
+
+/// Writes to stderr, as `eprint!` does; a failure is ignored.
+#[allow(unused_macros)]
+macro_rules! err {
+    ($($arg:tt)*) => {
+        $crate::output::write_stderr(::std::format_args!($($arg)*), false)
+    };
+}
+
+/// Writes a line to stderr, as `eprintln!` does; a failure is ignored.
+#[allow(unused_macros)]
+macro_rules! errln {
+    () => {
+        $crate::output::write_stderr(::std::format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stderr(::std::format_args!($($arg)*), true)
+    };
+}
+
+// Path-based exports, so other modules `use crate::output::{out, outln}`.
+#[allow(unused_imports)]
+pub(crate) use err;
+#[allow(unused_imports)]
+pub(crate) use errln;
+#[allow(unused_imports)]
+pub(crate) use out;
+#[allow(unused_imports)]
+pub(crate) use outln;
+
+/// What `out!` and `outln!` call.
+pub fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    if STDOUT_FAILED.get().is_some() {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    let mut written = stdout.write_fmt(args);
+    if newline {
+        written = written.and_then(|()| stdout.write_all(b"\n"));
+    }
+    if let Err(e) = written {
+        let _ = STDOUT_FAILED.set(e);
+    }
+}
+
+/// What `err!` and `errln!` call: stderr is where errors go, so a
+/// failure to write it has nowhere to be reported and is ignored.
+pub fn write_stderr(args: std::fmt::Arguments<'_>, newline: bool) {
+    let mut stderr = std::io::stderr().lock();
+    let written = stderr.write_fmt(args);
+    if newline && written.is_ok() {
+        let _ = stderr.write_all(b"\n");
+    }
+}
+
+/// Flushes stdout and returns the error that stopped writing it, unless
+/// that was the reader going away (`EPIPE`), which is no error of ours.
+pub fn stdout_failure() -> Option<&'static std::io::Error> {
+    if STDOUT_FAILED.get().is_none() {
+        if let Err(e) = std::io::stdout().lock().flush() {
+            let _ = STDOUT_FAILED.set(e);
+        }
+    }
+    STDOUT_FAILED
+        .get()
+        .filter(|e| e.kind() != std::io::ErrorKind::BrokenPipe)
+}
 
 /// Counts for the summary line.
 #[derive(Debug, Default)]
@@ -46,6 +143,7 @@ fn status_word(u: &UnitReport) -> String {
     match u.outcome {
         Outcome::Failed => "FAILED".to_owned(),
         Outcome::Skipped => "skipped".to_owned(),
+        Outcome::Interrupted => "not started (interrupted)".to_owned(),
         Outcome::Applied => "applied".to_owned(),
         Outcome::Unchanged => "no changes".to_owned(),
         Outcome::Destroyed => "destroyed".to_owned(),

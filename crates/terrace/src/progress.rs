@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 use terrace_engine::run::{Outcome, Progress, UnitReport};
 
+use crate::output::errln;
+
 /// Shows progress of `total` units.
 pub struct Reporter {
     bar: Option<ProgressBar>,
@@ -49,7 +51,7 @@ impl Progress for Reporter {
         if let Some(bar) = &self.bar {
             bar.set_message(format!("{verb} {unit}"));
         } else if self.plain {
-            eprintln!("{verb} {unit} ...");
+            errln!("{verb} {unit} ...");
         }
     }
 
@@ -61,6 +63,7 @@ impl Progress for Reporter {
             Outcome::Destroyed => "destroyed",
             Outcome::Failed => "FAILED",
             Outcome::Skipped => "skipped",
+            Outcome::Interrupted => "not started (interrupted)",
         };
         if let Some(bar) = &self.bar {
             bar.inc(1);
@@ -68,7 +71,7 @@ impl Progress for Reporter {
                 bar.println(format!("{} {word}", r.unit));
             }
         } else if self.plain {
-            eprintln!("{} {word} ({} ms)", r.unit, r.duration_ms);
+            errln!("{} {word} ({} ms)", r.unit, r.duration_ms);
         }
     }
 }

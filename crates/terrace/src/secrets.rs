@@ -13,6 +13,7 @@ use crate::cli::{
     SecretsCommand, StatusArgs, UpdatekeysArgs,
 };
 use crate::diagnostics::CliError;
+use crate::output::{err, errln, out, outln};
 
 pub async fn run(cmd: &SecretsCommand, output: OutputFormat) -> Result<u8, CliError> {
     match cmd {
@@ -121,7 +122,7 @@ fn emit(path: &Path, text: &str, in_place: bool) -> Result<u8, CliError> {
     if in_place {
         write(path, text)?;
     } else {
-        print!("{text}");
+        out!("{text}");
     }
     Ok(0)
 }
@@ -134,14 +135,14 @@ fn decrypt(a: &DecryptArgs) -> Result<u8, CliError> {
         let key = extract_path(extract);
         let value = opened.lookup(&key)?;
         match value {
-            Node::Str(s) => println!("{s}"),
+            Node::Str(s) => outln!("{s}"),
             Node::Map(_) | Node::Seq(_) => {
-                print!(
+                out!(
                     "{}",
                     terrace_yaml::tree::emit_stream(std::slice::from_ref(value), 4)
                 )
             }
-            other => println!("{}", other.to_json()),
+            other => outln!("{}", other.to_json()),
         }
         return Ok(0);
     }
@@ -230,7 +231,7 @@ fn edit_in_private_dir(
             Ok(d) => d,
             Err(e) => {
                 let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 if interactive && ask("edit again? [Y/n] ") {
                     continue;
                 }
@@ -245,7 +246,7 @@ fn edit_in_private_dir(
         };
         let text = match existing {
             Some(o) if !o.changed(&docs) => {
-                eprintln!("{}: no changes", path.display());
+                errln!("{}: no changes", path.display());
                 return Ok(0);
             }
             Some(o) => o.seal(&docs)?,
@@ -255,7 +256,7 @@ fn edit_in_private_dir(
             }
         };
         write(path, &text)?;
-        eprintln!("{}: encrypted", path.display());
+        errln!("{}: encrypted", path.display());
         return Ok(0);
     }
 }
@@ -298,7 +299,7 @@ fn run_editor(file: &Path) -> Result<(), CliError> {
 }
 
 fn ask(prompt: &str) -> bool {
-    eprint!("{prompt}");
+    err!("{prompt}");
     let mut line = String::new();
     if std::io::stdin().read_line(&mut line).is_err() {
         return false;
@@ -359,13 +360,13 @@ fn updatekeys(a: &UpdatekeysArgs, output: OutputFormat) -> Result<u8, CliError> 
         }
         if output != OutputFormat::Json {
             if !changes {
-                println!("{}: recipients up to date", path.display());
+                outln!("{}: recipients up to date", path.display());
             }
             for r in &added {
-                println!("{}: + {r}", path.display());
+                outln!("{}: + {r}", path.display());
             }
             for r in &removed {
-                println!("{}: - {r}", path.display());
+                outln!("{}: - {r}", path.display());
             }
         }
         report.push(
@@ -373,12 +374,12 @@ fn updatekeys(a: &UpdatekeysArgs, output: OutputFormat) -> Result<u8, CliError> 
         );
     }
     if output == OutputFormat::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"files": report})).expect("json")
         );
     } else if changed_any && !a.yes {
-        println!("\nRun again with --yes to write these changes.");
+        outln!("\nRun again with --yes to write these changes.");
     }
     Ok(if changed_any && !a.yes { 2 } else { 0 })
 }
@@ -418,7 +419,7 @@ fn status(a: &StatusArgs, output: OutputFormat) -> Result<u8, CliError> {
         rows.push(row);
     }
     if output == OutputFormat::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"files": rows})).expect("json")
         );
@@ -426,12 +427,12 @@ fn status(a: &StatusArgs, output: OutputFormat) -> Result<u8, CliError> {
         for r in &rows {
             let file = r["file"].as_str().unwrap_or_default();
             if r["encrypted"] == json!(false) {
-                println!("{file}: not encrypted");
+                outln!("{file}: not encrypted");
             } else if let Some(err) = r["error"].as_str() {
-                println!("{file}: cannot decrypt: {err}");
+                outln!("{file}: cannot decrypt: {err}");
             } else {
                 let recipients = r["recipients"].as_array().map_or(0, Vec::len);
-                println!(
+                outln!(
                     "{file}: encrypted to {recipients} recipient{}, you can decrypt it, MAC valid, last modified {}",
                     if recipients == 1 { "" } else { "s" },
                     r["lastModified"].as_str().unwrap_or_default()
@@ -455,20 +456,20 @@ fn merge_driver(a: &MergeArgs) -> Result<u8, CliError> {
         Ok(merged) => {
             let text = ours.seal_with(&theirs, &merged)?;
             write(&a.ours, &text)?;
-            eprintln!("{}: merged by value", shown.display());
+            errln!("{}: merged by value", shown.display());
             Ok(0)
         }
         Err(conflicts) => {
-            eprintln!(
+            errln!(
                 "{}: {} conflict{} (the file keeps this branch's version):",
                 shown.display(),
                 conflicts.len(),
                 if conflicts.len() == 1 { "" } else { "s" }
             );
             for c in &conflicts {
-                eprintln!("  {}: {}", c.path, c.what);
+                errln!("  {}: {}", c.path, c.what);
             }
-            eprintln!(
+            errln!(
                 "Resolve with `terrace secrets edit {}`, then `git add` it.",
                 shown.display()
             );
