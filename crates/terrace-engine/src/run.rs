@@ -275,6 +275,13 @@ impl Engine {
     /// Finds the project from `start`, picks the environment and builds it.
     pub fn open(start: &Path, environment: Option<&str>) -> Result<Engine, EngineError> {
         let project = Project::discover(start)?;
+        // terrace's own directory is private, also when an older version
+        // made it 0755; saved plans a killed run left are removed.
+        let work = project.root.join(terrace_core::config::WORK_DIR);
+        if work.exists() {
+            terrace_fs::private_dir(&work)?;
+        }
+        terrace_drivers::terraform::sweep_stale_plans();
         let env = project.pick_environment(environment)?;
         let workspace = Workspace::new(&project, &env)?;
         let state: Arc<dyn StateBackend> = Arc::new(LocalBackend::new(project.state_dir()));

@@ -202,9 +202,34 @@ pub fn render_diagnostic(d: &Diagnostic, root: Option<&Path>) -> String {
         Some(r) if file.is_relative() => r.join(file),
         _ => file.clone(),
     };
-    let Ok(source) = std::fs::read_to_string(&path) else {
+    // The snippet is read the way the file was: never through a symlink
+    // out of the project.
+    let read = match root {
+        Some(r) => terrace_fs::read_to_string(r, &path),
+        None => std::fs::read_to_string(&path),
+    };
+    let Ok(source) = read else {
         return format!("error: {d}");
     };
+    // A snippet of a huge line would print it whole: name the place only.
+    let long_line = source
+        .lines()
+        .skip((loc.line as usize).saturating_sub(3))
+        .take(5)
+        .any(|l| l.len() > 400);
+    if long_line || source.len() > 16 * 1024 * 1024 {
+        let mut text = format!(
+            "error: {}:{}:{}: {}",
+            file.display(),
+            loc.line,
+            loc.column,
+            d.message
+        );
+        if let Some(h) = &d.hint {
+            text.push_str(&format!("\n  help: {h}"));
+        }
+        return text;
+    }
     // Line and column are authoritative; derive the byte offset from them.
     let offset = byte_offset(&source, loc.line, loc.column).unwrap_or(loc.offset);
     let report = Located {

@@ -4,6 +4,7 @@
 mod cluster;
 mod errors;
 mod example;
+mod hostile;
 mod kustomize;
 mod schema;
 mod secrets;
