@@ -71,6 +71,9 @@ struct Searcher {
     automaton: aho_corasick::AhoCorasick,
 }
 
+/// A secret value this long found inside a name makes the name refused.
+pub const NAME_MATCH_LEN: usize = 8;
+
 /// What replaces a secret value in text shown to people.
 pub const REDACTED: &str = "(sensitive)";
 
@@ -118,6 +121,19 @@ impl Plaintexts {
         self.inner
             .as_ref()
             .is_some_and(|s| s.automaton.is_match(text))
+    }
+
+    /// Whether a name (an object's name, an address, a path) holds a secret:
+    /// it is one whole, or holds one of at least [`NAME_MATCH_LEN`]
+    /// characters. Shorter values inside longer names (`admin` in
+    /// `cluster-admin`) are too common in names to refuse them; they are
+    /// still redacted wherever the name is shown.
+    pub fn found_in_name(&self, name: &str) -> bool {
+        self.inner.as_ref().is_some_and(|s| {
+            s.automaton
+                .find_iter(name)
+                .any(|m| m.len() >= NAME_MATCH_LEN || (m.start() == 0 && m.end() == name.len()))
+        })
     }
 
     /// The sources of every secret value in `text`.
@@ -231,5 +247,16 @@ mod tests {
         );
         assert_eq!(p.redact("nothing here"), "nothing here");
         assert!(!format!("{p:?}").contains("hunter"));
+    }
+
+    #[test]
+    fn names_are_refused_for_whole_or_long_values() {
+        let p = Plaintexts::new([
+            ("admin".to_owned(), PathBuf::from("s.yaml")),
+            ("hunter22".to_owned(), PathBuf::from("s.yaml")),
+        ]);
+        assert!(!p.found_in_name("cluster-admin"));
+        assert!(p.found_in_name("admin"));
+        assert!(p.found_in_name("x-hunter22-y"));
     }
 }

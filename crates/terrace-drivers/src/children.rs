@@ -28,9 +28,19 @@ fn running() -> std::sync::MutexGuard<'static, BTreeSet<u32>> {
     RUNNING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Notes a child that was just started.
+/// Notes a child that was just started. If the run was interrupted while
+/// it started, it gets its SIGINT now (the flag is set under the same
+/// lock, so no child is missed).
 pub fn register(pid: u32) -> Registered {
-    running().insert(pid);
+    let mut running = running();
+    running.insert(pid);
+    if interrupted()
+        && let Some(p) = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::INT);
+    }
     Registered(pid)
 }
 
@@ -41,21 +51,29 @@ pub fn interrupted() -> bool {
 
 /// Sends SIGINT to every running child, once per call; returns how many.
 pub fn interrupt_all() -> usize {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-    send(rustix::process::Signal::INT)
+    send(rustix::process::Signal::INT, false)
 }
 
-/// Sends SIGKILL to every running child (a second interrupt: force).
+/// Sends SIGKILL to every running child's whole process group (its
+/// plugins too): a second interrupt, forcing.
 pub fn kill_all() -> usize {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-    send(rustix::process::Signal::KILL)
+    send(rustix::process::Signal::KILL, true)
 }
 
-fn send(signal: rustix::process::Signal) -> usize {
-    let pids: Vec<u32> = running().iter().copied().collect();
-    pids.iter()
+fn send(signal: rustix::process::Signal, group: bool) -> usize {
+    let running = running();
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    running
+        .iter()
         .filter_map(|&p| rustix::process::Pid::from_raw(i32::try_from(p).ok()?))
-        .filter(|&pid| rustix::process::kill_process(pid, signal).is_ok())
+        .filter(|&pid| {
+            if group {
+                // Each child leads its own group (`process_group(0)`).
+                rustix::process::kill_process_group(pid, signal).is_ok()
+            } else {
+                rustix::process::kill_process(pid, signal).is_ok()
+            }
+        })
         .count()
 }
 

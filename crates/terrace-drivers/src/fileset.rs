@@ -77,6 +77,16 @@ pub fn plan(
     let mut write = Vec::new();
     let mut hasher_input = String::new();
     let prune_dirs = checked_roots(prune_dirs)?;
+    // What the last apply wrote may sit under the output directory it had
+    // then (a changed `output:`): that one may be pruned too.
+    let mut prior_roots = prune_dirs.clone();
+    if let Some(p) = prior {
+        for key in ["dir", "renderedPath"] {
+            if let Some(d) = p.outputs.get(key).and_then(serde_json::Value::as_str) {
+                prior_roots.extend(checked_roots(vec![d.to_owned()])?);
+            }
+        }
+    }
     for f in &desired {
         confine(&f.path, &prune_dirs, "renders")?;
         terrace_fs::check_write(root, &f.path).map_err(std::io::Error::from)?;
@@ -111,7 +121,7 @@ pub fn plan(
         if wanted.contains(path.as_str()) {
             continue;
         }
-        confine(path, &prune_dirs, "state lists")?;
+        confine(path, &prior_roots, "state lists")?;
         terrace_fs::check_write(root, path).map_err(std::io::Error::from)?;
         if let Some(existing) = read_if_exists(&root.join(path))? {
             changes.push(Change {

@@ -92,7 +92,7 @@ fn mark_secrets(ctx: &UnitContext<'_>, objects: &mut [Object]) -> Result<(), Dri
         let meta = o.value.get("metadata");
         for field in ["name", "namespace", "generateName"] {
             if let Some(v) = meta.and_then(|m| m.get(field)).and_then(Value::as_str)
-                && plain.found_in(v)
+                && plain.found_in_name(v)
             {
                 return Err(Diagnostic::new(format!(
                     "`metadata.{field}` of an object ({}) holds a secret value; names are never sealed",

@@ -203,6 +203,25 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
             }
         }
     }
+    // A template writes plain files: a secret value that reached it
+    // without its provenance (a literal copy, say) is refused too.
+    if let Some(secrets) = ctx.secrets {
+        let plain = secrets.plaintexts();
+        if let Some((path, _)) = out
+            .iter()
+            .find(|(p, text)| plain.found_in(text) || plain.found_in_name(p))
+        {
+            return Err(Diagnostic::new(format!(
+                "template output `{}` would hold a secret value in plain text",
+                plain.redact(path)
+            ))
+            .in_file(&unit_file)
+            .with_hint(
+                "keep secrets in manifests units (written SOPS-encrypted) and out of templates",
+            )
+            .into());
+        }
+    }
     // Another unit's directory belongs to that unit.
     for (path, _) in &out {
         if let Some(other) = other_unit_dir(ctx.root, path, &ctx.unit.dir) {

@@ -639,7 +639,11 @@ impl Engine {
             .await
             .map_err(ReportError::from_driver)?;
         let plain = self.plaintexts();
-        if let Some(c) = plan.changes.iter().find(|c| plain.found_in(&c.address)) {
+        if let Some(c) = plan.changes.iter().find(|c| {
+            c.address
+                .split([' ', '/'])
+                .any(|part| plain.found_in_name(part))
+        }) {
             return Err(ReportError {
                 message: format!(
                     "unit `{}` would write `{}`: a secret value flows into a name or path, which is never sealed",
@@ -703,8 +707,14 @@ impl Engine {
             .map_err(|e| {
                 let mut e = ReportError::from_driver(e);
                 plain.redact_in_place(&mut e.message);
+                if let Some(h) = &mut e.hint {
+                    plain.redact_in_place(h);
+                }
                 if let Some(d) = &mut e.diagnostic {
                     plain.redact_in_place(&mut d.message);
+                    if let Some(h) = &mut d.hint {
+                        plain.redact_in_place(h);
+                    }
                 }
                 e
             }))
@@ -1090,6 +1100,12 @@ impl Engine {
             let layer = layer.unwrap_or_else(|| prior.layer.clone());
             let mut r = UnitReport::new(name.clone(), layer, prior.kind, Outcome::Planned);
             r.action = Some(Action::Delete);
+            if opts.interrupt.is_set() && !dry_run {
+                r.outcome = Outcome::Interrupted;
+                progress.finished(&r);
+                reports.push(r);
+                continue;
+            }
             if let Some(cause) = &failed {
                 r.outcome = Outcome::Skipped;
                 r.skipped_because = Some(cause.clone());
@@ -1121,7 +1137,7 @@ impl Engine {
             environment: env,
             units: reports,
             orphans: Vec::new(),
-            interrupted: false,
+            interrupted: opts.interrupt.is_set() && !dry_run,
         };
         if !dry_run {
             self.record(&report, &run_id, &started_at, None).await;

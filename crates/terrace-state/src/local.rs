@@ -118,8 +118,14 @@ impl LocalBackend {
                 let stale = is_stale(&current);
                 if stale && taken_over.is_none() {
                     // Its holder ran here and is gone (killed, crashed):
-                    // nobody can release it but us.
-                    remove_lock(&self.lock_path(env, unit)?)?;
+                    // nobody can release it but us. Remove it only if it is
+                    // still that holder's (another run may have taken it
+                    // over just now).
+                    if self.read_lock(env, unit)?.is_some_and(|again| {
+                        again.run_id == current.run_id && again.pid == current.pid
+                    }) {
+                        remove_lock(&self.lock_path(env, unit)?)?;
+                    }
                     taken_over = Some(current);
                     continue;
                 }
