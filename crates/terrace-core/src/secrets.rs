@@ -32,6 +32,13 @@ pub trait SecretSource: Send + Sync + Debug {
         Plaintexts::default()
     }
 
+    /// The secret values of these files alone (those already opened): what
+    /// one unit can hold, the same whatever other units run beside it.
+    fn plaintexts_of(&self, files: &[PathBuf]) -> Plaintexts {
+        let _ = files;
+        self.plaintexts()
+    }
+
     fn seal(
         &self,
         docs: &[Value],

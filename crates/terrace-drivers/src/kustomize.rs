@@ -41,6 +41,9 @@ struct DecryptingFs<'a> {
     secrets: Option<&'a dyn SecretSource>,
     /// The first decryption failure: the build only sees an I/O error.
     failure: Mutex<Option<DriverError>>,
+    /// Every SOPS file the build decrypted (resources, generator files,
+    /// patches): any object may hold their values.
+    opened: Mutex<Vec<PathBuf>>,
 }
 
 impl Fs for DecryptingFs<'_> {
@@ -70,6 +73,10 @@ impl Fs for DecryptingFs<'_> {
             .open_documents(rel, text)
             .map_err(|e| fail(manifests::secret_error(e, &rel.display().to_string())))?
             .unwrap_or_default();
+        self.opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(rel.to_path_buf());
         let marked: Vec<Value> = docs
             .into_iter()
             .filter(|d| !d.is_null())
@@ -144,6 +151,7 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
         root: ctx.root,
         secrets: ctx.secrets,
         failure: Mutex::new(None),
+        opened: Mutex::new(Vec::new()),
     };
     let built = terrace_kustomize::build(&fs, &abs);
     if let Some(e) = fs.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -157,6 +165,9 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
                 "`terrace kustomize build {dir}` shows the same error; the kustomization is at {dir}"
             ))
     })?;
+    let mut opened = fs.opened.into_inner().unwrap_or_else(|p| p.into_inner());
+    opened.sort();
+    opened.dedup();
     let mut objects = Vec::with_capacity(values.len());
     for mut value in values {
         let source = take_source(&mut value);
@@ -172,6 +183,7 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
             file_name: id.file_name,
             secret_sources: source.iter().cloned().collect(),
             rule_from: source,
+            secret_scope: opened.clone(),
         });
     }
     Ok(objects)

@@ -60,6 +60,10 @@ pub struct Object {
     /// The encrypted file whose rule seals it, when it holds no other
     /// secret.
     pub rule_from: Option<PathBuf>,
+    /// Secrets files the build read whose values the object may hold
+    /// without its provenance saying so (a kustomize generator reading a
+    /// SOPS file, a replacement); `mark_secrets` searches it for them.
+    pub secret_scope: Vec<PathBuf>,
 }
 
 impl Object {
@@ -84,7 +88,22 @@ fn mark_secrets(ctx: &UnitContext<'_>, objects: &mut [Object]) -> Result<(), Dri
     let Some(secrets) = ctx.secrets else {
         return Ok(());
     };
-    let plain = secrets.plaintexts();
+    // The files this unit read, so what is sealed does not depend on which
+    // other units happened to run first.
+    let mut scope: Vec<PathBuf> = ctx
+        .unit
+        .sensitive_inputs
+        .values()
+        .flatten()
+        .map(PathBuf::from)
+        .collect();
+    for o in objects.iter() {
+        scope.extend(o.secret_sources.iter().cloned());
+        scope.extend(o.secret_scope.iter().cloned());
+    }
+    scope.sort();
+    scope.dedup();
+    let plain = secrets.plaintexts_of(&scope);
     if plain.is_empty() {
         return Ok(());
     }
@@ -235,6 +254,7 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
                 file_name: id.file_name,
                 secret_sources,
                 rule_from,
+                secret_scope: Vec::new(),
             });
         }
     }

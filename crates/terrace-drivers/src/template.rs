@@ -66,7 +66,11 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
             })?,
         None => format!("{WORK_DIR}/generated/{}/{}", ctx.environment, ctx.unit.name),
     };
-    if let Some(why) = crate::reserved(&output) {
+    let why = crate::reserved(&output).or_else(|| {
+        terrace_fs::is_within(&output, &format!("{WORK_DIR}/rendered"))
+            .then_some("where cluster targets write their objects")
+    });
+    if let Some(why) = why {
         return Err(Diagnostic::new(format!(
             "template output `{output}` is {why}; a unit may not write there"
         ))

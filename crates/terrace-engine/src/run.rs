@@ -86,6 +86,13 @@ impl Interrupt {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Returns once the interrupt is triggered.
+    pub async fn wait(&self) {
+        while !self.is_set() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A second interrupt: running child programs are killed.
     pub fn force(&self) {
         self.0.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -904,11 +911,16 @@ impl Engine {
         progress.started(&name, "apply");
         let mut r = self.blank_report(i, Outcome::Failed);
         let holder = this_holder(&opts.command, run_id);
-        match self
-            .state
-            .lock(&env, &name, &holder, opts.lock_timeout)
-            .await
-        {
+        // Waiting for another run's lock ends with the interrupt.
+        let locked = tokio::select! {
+            locked = self.state.lock(&env, &name, &holder, opts.lock_timeout) => locked,
+            () = opts.interrupt.wait() => {
+                r.outcome = Outcome::Interrupted;
+                r.duration_ms = started.elapsed().as_millis() as u64;
+                return r;
+            }
+        };
+        match locked {
             Ok(None) => {}
             Ok(Some(gone)) => r.notes.push(format!(
                 "took over the lock of {} (pid {} on this host, no longer running)",
@@ -919,6 +931,12 @@ impl Engine {
                 r.duration_ms = started.elapsed().as_millis() as u64;
                 return r;
             }
+        }
+        // Fault injection for the test that a panicking unit fails alone
+        // (debug builds only).
+        #[cfg(debug_assertions)]
+        if std::env::var("TERRACE_FAULT_PANIC_UNIT").is_ok_and(|u| u == name) {
+            panic!("fault injected into unit `{name}`");
         }
         let result = self.apply_locked(i, views, run_id, revision, &mut r).await;
         if let Err(e) = self.state.unlock(&env, &name, run_id).await {

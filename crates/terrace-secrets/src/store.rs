@@ -150,6 +150,16 @@ impl SecretStore {
 }
 
 impl SecretSource for SecretStore {
+    fn plaintexts_of(&self, files: &[PathBuf]) -> Plaintexts {
+        Plaintexts::new(
+            self.lock()
+                .iter()
+                .filter(|(file, _)| files.contains(file))
+                .flat_map(|(file, o)| o.secret_values().into_iter().map(|v| (v, file.clone())))
+                .collect::<Vec<_>>(),
+        )
+    }
+
     fn plaintexts(&self) -> Plaintexts {
         let mut cached = self.plaintexts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = &*cached {

@@ -703,3 +703,49 @@ fn no_plaintext_anywhere_after_every_command() {
     );
     assert!(leaked.is_empty(), "plain text in {leaked:?}");
 }
+
+// 15. A panic in one unit's task fails that unit alone.
+#[test]
+fn a_panicking_unit_fails_alone_and_releases_its_lock() {
+    let dir = homelab();
+    let o = command(dir.path())
+        .env("TERRACE_FAULT_PANIC_UNIT", "namespaces")
+        .args(["apply", "--output", "json"])
+        .output()
+        .expect("runs");
+    assert_eq!(code(&o), 1, "{}", all_output(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let outcome = |unit: &str| {
+        report["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .find(|u| u["unit"] == unit)
+            .map(|u| u["outcome"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(outcome("namespaces"), "failed", "{report}");
+    let units = report["units"].as_array().expect("units");
+    let bug = units
+        .iter()
+        .find(|u| u["unit"] == "namespaces")
+        .and_then(|u| u["error"]["message"].as_str())
+        .unwrap_or_default();
+    assert!(bug.contains("terrace hit a bug"), "{bug}");
+    assert!(
+        units.iter().any(|u| u["outcome"] == "applied"),
+        "units that do not depend on it were applied: {report}"
+    );
+    assert!(
+        units
+            .iter()
+            .any(|u| u["outcome"] == "skipped" && u["skippedBecause"] == "namespaces"),
+        "its dependents were skipped: {report}"
+    );
+    assert!(
+        !dir.path()
+            .join(".terrace/state/homelab/locks/namespaces.lock")
+            .exists(),
+        "its lock was released"
+    );
+}
