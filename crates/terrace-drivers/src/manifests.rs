@@ -104,10 +104,7 @@ fn mark_secrets(ctx: &UnitContext<'_>, objects: &mut [Object]) -> Result<(), Dri
     scope.sort();
     scope.dedup();
     let plain = secrets.plaintexts_of(&scope);
-    if plain.is_empty() {
-        return Ok(());
-    }
-    for o in objects.iter_mut() {
+    for o in objects.iter_mut().filter(|_| !plain.is_empty()) {
         let meta = o.value.get("metadata");
         for field in ["name", "namespace", "generateName"] {
             if let Some(v) = meta.and_then(|m| m.get(field)).and_then(Value::as_str)
@@ -133,6 +130,13 @@ fn mark_secrets(ctx: &UnitContext<'_>, objects: &mut [Object]) -> Result<(), Dri
         if added {
             // Values of several origins: every value is encrypted.
             o.rule_from = None;
+        }
+    }
+    // A Secret is sealed whatever its provenance says: one written in the
+    // clear is sealed to its file's creation rule.
+    for o in objects.iter_mut() {
+        if o.hides_diff() && !o.is_sensitive() {
+            o.secret_sources.push(PathBuf::from(&o.source));
         }
     }
     Ok(())

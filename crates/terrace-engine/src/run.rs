@@ -274,8 +274,19 @@ pub struct Engine {
     secrets: Arc<dyn SecretSource>,
     /// Values of sensitive outputs read in this run (a Terraform output
     /// marked sensitive, or one that echoes a secret).
-    sensitive_outputs: Mutex<Vec<(String, std::path::PathBuf)>>,
+    sensitive_outputs: Mutex<SensitiveValues>,
     refresh: bool,
+}
+
+/// Values of sensitive outputs with where they came from; `Debug` shows
+/// only how many (the engine derives `Debug`).
+#[derive(Default)]
+struct SensitiveValues(Vec<(String, std::path::PathBuf)>);
+
+impl std::fmt::Debug for SensitiveValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SensitiveValues(<{} redacted>)", self.0.len())
+    }
 }
 
 impl Engine {
@@ -448,6 +459,7 @@ impl Engine {
             .sensitive_outputs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .clone();
         self.secrets.plaintexts().merged(&Plaintexts::new(extra))
     }
@@ -464,6 +476,7 @@ impl Engine {
             self.sensitive_outputs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
+                .0
                 .extend(found);
         }
     }

@@ -137,6 +137,40 @@ impl SecretStore {
         self.opened.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Who a source's values are sealed to: the recipients of a SOPS file;
+    /// for a plain file (a `Secret` written in the clear in the
+    /// repository), those of its creation rule in the nearest `.sops.yaml`.
+    fn recipients_of(&self, file: &Path) -> Result<Vec<String>, SecretError> {
+        let abs = self.root.join(file);
+        // A kustomization directory is where a generated Secret comes from.
+        let text = if abs.is_dir() {
+            String::new()
+        } else {
+            self.read(file)?
+        };
+        if terrace_core::secrets::looks_encrypted(&text) {
+            return Ok(self
+                .metadata(file)?
+                .age
+                .into_iter()
+                .map(|s| s.recipient)
+                .collect());
+        }
+        let Some(config) = crate::config::find(abs.parent().unwrap_or(&self.root)) else {
+            return Err(SecretError::Failed {
+                message: format!(
+                    "`{}` holds a Secret in plain text, and there is no .sops.yaml to say whom to seal it to; terrace writes Secrets only sealed",
+                    file.display()
+                ),
+                hint: Some(
+                    "encrypt the file (`terrace secrets encrypt -i FILE`), or add a .sops.yaml creation rule with your age recipients".into(),
+                ),
+            });
+        };
+        let settings = crate::config::settings_for(&config, &abs).map_err(failed)?;
+        Ok(settings.recipients.into_iter().map(|r| r.text).collect())
+    }
+
     /// The metadata of a secrets file, without decrypting it.
     fn metadata(&self, file: &Path) -> Result<Metadata, SecretError> {
         if let Some(o) = self.lock().get(file) {
@@ -219,9 +253,9 @@ impl SecretSource for SecretStore {
         }
         let mut recipients: Vec<String> = Vec::new();
         for s in sources {
-            for stanza in self.metadata(s)?.age {
-                if !recipients.contains(&stanza.recipient) {
-                    recipients.push(stanza.recipient);
+            for recipient in self.recipients_of(s)? {
+                if !recipients.contains(&recipient) {
+                    recipients.push(recipient);
                 }
             }
         }

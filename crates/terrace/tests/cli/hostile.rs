@@ -749,3 +749,46 @@ fn a_panicking_unit_fails_alone_and_releases_its_lock() {
         "its lock was released"
     );
 }
+
+// A Secret written in the clear in the repository is still sealed on
+// disk (to its creation rule's recipients) and never diffed; without a
+// rule for it, it is refused rather than written plain.
+#[test]
+fn a_plain_secret_is_sealed_or_refused() {
+    let dir = homelab();
+    let plain = "plain-secret-value-7Hq";
+    write_files(
+        dir.path(),
+        &[(
+            "apps/status/plain-secret.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: plain\n  namespace: apps\nstringData:\n  token: {plain}\n"
+            ),
+        )],
+    );
+    let o = terrace(dir.path(), &["plan", "--unit", "status", "--full-diff"]);
+    assert_eq!(code(&o), 2, "{}", all_output(&o));
+    assert!(!all_output(&o).contains(plain), "{}", all_output(&o));
+    let o = terrace(dir.path(), &["apply", "--unit", "status"]);
+    assert_eq!(code(&o), 0, "{}", all_output(&o));
+    assert!(files_holding(&dir.path().join(".terrace"), &[plain]).is_empty());
+    assert!(
+        !files_holding(&dir.path().join(".terrace/rendered"), &["ENC[AES256_GCM"]).is_empty(),
+        "the Secret was written sealed"
+    );
+
+    let dir = homelab();
+    write_files(
+        dir.path(),
+        &[(
+            "apps/status/creds.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: plain\n  namespace: apps\nstringData:\n  token: {plain}\n"
+            ),
+        )],
+    );
+    let o = terrace(dir.path(), &["apply", "--unit", "status"]);
+    assert_eq!(code(&o), 1, "{}", all_output(&o));
+    assert!(!all_output(&o).contains(plain), "{}", all_output(&o));
+    assert!(files_holding(&dir.path().join(".terrace"), &[plain]).is_empty());
+}
