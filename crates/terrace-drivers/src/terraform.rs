@@ -250,9 +250,21 @@ async fn run(
         .env("TF_INPUT", "0")
         .env("CHECKPOINT_DISABLE", "1")
         .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    crate::children::output(cmd)
+    let out = crate::children::output(cmd)
         .await
-        .map_err(|e| DriverError::Target(format!("cannot run `{}`: {e}", tool.binary)))
+        .map_err(|e| DriverError::Target(format!("cannot run `{}`: {e}", tool.binary)));
+    // Terraform's state holds what its resources hold, secrets included;
+    // terrace's copy of it is for the owner alone (Terraform writes 0644).
+    if !layout.own_backend {
+        use std::os::unix::fs::PermissionsExt;
+        let state = layout.state();
+        for f in [state.clone(), state.with_extension("tfstate.backup")] {
+            if f.is_file() {
+                let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
+            }
+        }
+    }
+    out
 }
 
 /// A failed Terraform command, with everything it printed, in order.
