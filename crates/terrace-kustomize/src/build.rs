@@ -518,6 +518,7 @@ fn apply_own(
             }
         }
     }
+    check_shapes(acc, file)?;
     if let Some(ns) = k.get("namespace").and_then(Value::as_str) {
         for r in acc.iter_mut() {
             transform::set_namespace(&mut r.value, ns);
@@ -536,7 +537,8 @@ fn apply_own(
     if let Some(labels) = k.get("commonLabels").and_then(Value::as_object) {
         let labels = labels.clone();
         for r in acc.iter_mut() {
-            transform::add_labels(&mut r.value, &labels, true, true);
+            transform::add_labels(&mut r.value, &labels, true, true)
+                .map_err(|m| KustomizeError::invalid(file, m))?;
         }
     }
     for l in k
@@ -549,13 +551,15 @@ fn apply_own(
         let selectors = l["includeSelectors"] == Value::Bool(true);
         let templates = l["includeTemplates"] == Value::Bool(true);
         for r in acc.iter_mut() {
-            transform::add_labels(&mut r.value, &pairs, selectors, templates);
+            transform::add_labels(&mut r.value, &pairs, selectors, templates)
+                .map_err(|m| KustomizeError::invalid(file, m))?;
         }
     }
     if let Some(ann) = k.get("commonAnnotations").and_then(Value::as_object) {
         let ann = ann.clone();
         for r in acc.iter_mut() {
-            transform::add_annotations(&mut r.value, &ann);
+            transform::add_annotations(&mut r.value, &ann)
+                .map_err(|m| KustomizeError::invalid(file, m))?;
         }
     }
     for p in k
@@ -579,6 +583,7 @@ fn apply_own(
         })?;
         apply_6902(acc, target, &ops, file)?;
     }
+    check_shapes(acc, file)?;
     for rep in k
         .get("replicas")
         .and_then(Value::as_array)
@@ -611,6 +616,31 @@ fn apply_own(
     }
     if let Some(list) = k.get("replacements").and_then(Value::as_array) {
         crate::replace::run(fs, dir, file, list, acc)?;
+        check_shapes(acc, file)?;
+    }
+    Ok(())
+}
+
+/// After a patch or a replacement every resource must still be an object
+/// with a `metadata` map and a string name, or later transformers have
+/// nothing to work on (kustomize refuses such a result too).
+fn check_shapes(acc: &[Res], file: &Path) -> Result<(), KustomizeError> {
+    for r in acc {
+        let meta = r.value.get("metadata");
+        let ok = r.value.is_object()
+            && meta.is_some_and(Value::is_object)
+            && meta
+                .and_then(|m| m.get("name"))
+                .is_none_or(Value::is_string);
+        if !ok {
+            return Err(KustomizeError::invalid(
+                file,
+                format!(
+                    "after its patches and replacements, the resource first named `{}` is no longer an object with a `metadata` map and a string `metadata.name`",
+                    r.names.first().map(String::as_str).unwrap_or_default()
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -67,6 +67,12 @@ fn map_at<'a>(v: &'a mut Value, path: &[&str], create: bool) -> Option<&'a mut M
     cur.as_object_mut()
 }
 
+fn not_a_map(kind: &str, field: &str) -> String {
+    format!(
+        "a {kind} has a `metadata` or `metadata.{field}` that is not a map; kustomize refuses it too (wrong node kind)"
+    )
+}
+
 fn set_all(m: &mut Map<String, Value>, pairs: &Map<String, Value>) {
     for (k, v) in pairs {
         m.insert(k.clone(), v.clone());
@@ -134,10 +140,17 @@ fn template_paths(kind: &str) -> &'static [&'static str] {
 }
 
 /// `commonLabels` (and `labels` with their options).
-pub fn add_labels(v: &mut Value, pairs: &Map<String, Value>, selectors: bool, templates: bool) {
+/// An object whose `metadata.labels` is not a map is an error, as in
+/// kustomize ("wrong node kind").
+pub fn add_labels(
+    v: &mut Value,
+    pairs: &Map<String, Value>,
+    selectors: bool,
+    templates: bool,
+) -> Result<(), String> {
     let k = kind(v).to_owned();
     set_all(
-        map_at(v, &["metadata", "labels"], true).expect("metadata is a map"),
+        map_at(v, &["metadata", "labels"], true).ok_or_else(|| not_a_map(&k, "labels"))?,
         pairs,
     );
     if templates || selectors {
@@ -188,13 +201,15 @@ pub fn add_labels(v: &mut Value, pairs: &Map<String, Value>, selectors: bool, te
             _ => {}
         }
     }
+    Ok(())
 }
 
 /// `commonAnnotations`: the object and its pod template.
-pub fn add_annotations(v: &mut Value, pairs: &Map<String, Value>) {
+pub fn add_annotations(v: &mut Value, pairs: &Map<String, Value>) -> Result<(), String> {
     let k = kind(v).to_owned();
     set_all(
-        map_at(v, &["metadata", "annotations"], true).expect("metadata is a map"),
+        map_at(v, &["metadata", "annotations"], true)
+            .ok_or_else(|| not_a_map(&k, "annotations"))?,
         pairs,
     );
     let t = template_paths(&k);
@@ -210,6 +225,7 @@ pub fn add_annotations(v: &mut Value, pairs: &Map<String, Value>) {
             set_all(m, pairs);
         }
     }
+    Ok(())
 }
 
 /// Every pod spec of an object.

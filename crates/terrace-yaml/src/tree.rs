@@ -416,6 +416,16 @@ impl Builder {
                     }
                 }
                 self.pending = rest;
+                // Only a flow collection can hold comments and nothing else
+                // (`[ # note` … `]`); it is written back as `[]`, so its
+                // comments are dropped rather than moved elsewhere.
+                if node.is_empty_collection() {
+                    match &mut node {
+                        Node::Map(items) => items.clear(),
+                        Node::Seq(items) => items.clear(),
+                        _ => {}
+                    }
+                }
                 if anchor != 0 {
                     let size = self.built.since(start);
                     self.keep(size)?;
@@ -1182,6 +1192,13 @@ mod tests {
             panic!("a list")
         };
         assert_eq!(items[1], Node::Comment(" after a".into()), "{items:?}");
+    }
+
+    #[test]
+    fn a_flow_collection_of_only_comments_reads_back_the_same() {
+        // Found by the yaml_tree fuzz target.
+        assert_eq!(round("- [ #\n]\n"), "- []\n");
+        assert_eq!(round("a: { # c\n}\n"), "a: {}\n");
     }
 
     #[test]
