@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use granit_parser::{Event, Marker, Parser, Placement, ScalarStyle, Span};
+use granit_parser::{Event, Marker, Parser, Placement, ScalarStyle, Span, StructureStyle};
 use terrace_core::diag::{Diagnostic, Location};
 
 use crate::{MESSAGE_CHARS, clip};
@@ -285,6 +285,9 @@ struct Anchored {
 
 #[derive(Debug, Default)]
 struct Builder {
+    /// Per open collection, whether it is a flow one; and how many are.
+    flows: Vec<bool>,
+    flow_depth: usize,
     docs: Vec<Node>,
     stack: Vec<Frame>,
     anchors: HashMap<usize, Anchored>,
@@ -312,6 +315,10 @@ impl Builder {
             Event::StreamStart | Event::StreamEnd => {}
             Event::DocumentStart(..) => self.doc_start = self.docs.len(),
             Event::DocumentEnd => self.end_document(),
+            // A flow collection is written back in block style, where a
+            // comment inside it has no faithful place: such comments are
+            // dropped rather than moved to another collection.
+            Event::Comment(..) if self.flow_depth > 0 => {}
             Event::Comment(text, placement) => {
                 self.count(Size::node(text.len()))?;
                 self.comment(text.into_owned(), placement, span);
@@ -351,7 +358,9 @@ impl Builder {
                 self.raise_height(height);
                 self.value(node, span.start.col())?;
             }
-            Event::MappingStart(_, anchor, _) => {
+            Event::MappingStart(style, anchor, _) => {
+                self.flows.push(style == StructureStyle::Flow);
+                self.flow_depth += usize::from(style == StructureStyle::Flow);
                 let start = self.open()?;
                 self.note_child_column(span.start.col());
                 let items = self
@@ -370,7 +379,9 @@ impl Builder {
                     height: 0,
                 });
             }
-            Event::SequenceStart(_, anchor, _) => {
+            Event::SequenceStart(style, anchor, _) => {
+                self.flows.push(style == StructureStyle::Flow);
+                self.flow_depth += usize::from(style == StructureStyle::Flow);
                 let start = self.open()?;
                 self.note_child_column(span.start.col());
                 let items = self.ahead.drain(..).map(Node::Comment).collect();
@@ -384,6 +395,9 @@ impl Builder {
                 });
             }
             Event::MappingEnd | Event::SequenceEnd => {
+                if self.flows.pop() == Some(true) {
+                    self.flow_depth -= 1;
+                }
                 let frame = self.stack.pop().ok_or("unbalanced YAML events")?;
                 let depth = self.stack.len();
                 let (mut node, anchor, start, height) = match frame {
@@ -893,7 +907,14 @@ fn emit_map(items: &[(Key, Node)], col: usize, base: usize, indent: usize, out: 
             }
             Key::Name(n) => n,
         };
-        let _ = write!(out, "{:col$}{}:", "", quote_key(name));
+        let quoted = quote_key(name);
+        // YAML allows an implicit key of at most 1024 characters; a
+        // longer one is written as an explicit `? key` entry.
+        if quoted.chars().count() > 1000 {
+            let _ = write!(out, "{:col$}? {quoted}\n{:col$}:", "", "");
+        } else {
+            let _ = write!(out, "{:col$}{quoted}:", "");
+        }
         write_value(value, base + indent, indent, out);
     }
 }
@@ -1019,7 +1040,9 @@ fn literal_block(s: &str, col: usize) -> Option<String> {
         && body
             .lines()
             .all(|l| !l.ends_with([' ', '\t']) && !l.chars().any(|c| c.is_control() && c != '\t'))
-        && !body.contains('\r');
+        && !body.contains('\r')
+        // At the top level a line `---` or `...` would end the document.
+        && (col > 0 || !body.lines().any(|l| l.starts_with("---") || l.starts_with("...")));
     if !ok {
         return None;
     }
@@ -1053,6 +1076,10 @@ fn quote_key(k: &str) -> String {
 /// same string (by YAML 1.1 and 1.2 readers alike).
 pub fn plain_safe(s: &str) -> bool {
     if s.is_empty() || s.starts_with([' ', '\t']) || s.ends_with([' ', '\t', ':']) {
+        return false;
+    }
+    // `...` and `---` at the start of a line end or start a document.
+    if s.starts_with("...") {
         return false;
     }
     let first = s.chars().next().unwrap_or(' ');
@@ -1199,6 +1226,47 @@ mod tests {
         // Found by the yaml_tree fuzz target.
         assert_eq!(round("- [ #\n]\n"), "- []\n");
         assert_eq!(round("a: { # c\n}\n"), "a: {}\n");
+        assert_eq!(round("- [k\n\nV\n #\n]\n"), round("- [k\n\nV\n]\n"));
+    }
+
+    #[test]
+    fn a_document_end_marker_as_text_is_quoted() {
+        // Found by the yaml_tree fuzz target.
+        let docs = parse_stream("\t...", Path::new("t.yaml")).expect("parses");
+        let text = emit_stream(&docs, 4);
+        assert_eq!(
+            parse_stream(&text, Path::new("t.yaml")).expect("again"),
+            docs,
+            "{text}"
+        );
+        assert!(!plain_safe("..."));
+        assert!(!plain_safe("...x"));
+    }
+
+    #[test]
+    fn a_key_longer_than_yaml_allows_inline_is_written_explicitly() {
+        // Found by the yaml_tree fuzz target (an alias as a key).
+        let key = "k".repeat(1500);
+        let src = format!("? {key}\n: [a]\nb: 1\n");
+        let docs = parse_stream(&src, Path::new("t.yaml")).expect("parses");
+        let text = emit_stream(&docs, 4);
+        assert_eq!(
+            parse_stream(&text, Path::new("t.yaml")).expect("again"),
+            docs
+        );
+    }
+
+    #[test]
+    fn a_top_level_text_with_a_document_marker_line_reads_back_the_same() {
+        // Found by the yaml_tree fuzz target: `e\n---` as a literal block
+        // at the top level would end the document at its second line.
+        let docs = parse_stream("e\r\r ---", Path::new("t.yaml")).expect("parses");
+        let text = emit_stream(&docs, 4);
+        assert_eq!(
+            parse_stream(&text, Path::new("t.yaml")).expect("again"),
+            docs,
+            "{text}"
+        );
     }
 
     #[test]
