@@ -42,6 +42,22 @@ fn files_holding(dir: &Path, needles: &[&str]) -> Vec<PathBuf> {
     found
 }
 
+/// Whether a process whose command line holds `needle` runs (read from
+/// /proc, so no procps is needed).
+fn process_running_with(needle: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+        })
+}
+
 fn all_output(o: &std::process::Output) -> String {
     format!("{}{}", stdout(o), stderr(o))
 }
@@ -231,10 +247,7 @@ fn sigint_during_apply_stops_cleanly() {
     let lock = dir.path().join(".terrace/state/default/locks/slow.lock");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let sleeping = std::process::Command::new("pgrep")
-            .args(["-f", &marker])
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let sleeping = process_running_with(&marker);
         if lock.exists() && sleeping {
             break;
         }
@@ -242,8 +255,8 @@ fn sigint_during_apply_stops_cleanly() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let started = Instant::now();
-    std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+    std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {pid}")])
         .status()
         .expect("kill");
     let out = child.wait_with_output().expect("wait");
@@ -636,13 +649,7 @@ fn a_dead_holders_lock_is_taken_over_with_a_note() {
     let dir = homelab();
     let locks = dir.path().join(".terrace/state/homelab/locks");
     std::fs::create_dir_all(&locks).expect("mkdir");
-    let host = String::from_utf8(
-        std::process::Command::new("hostname")
-            .output()
-            .expect("hostname")
-            .stdout,
-    )
-    .expect("utf8");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     std::fs::write(
         locks.join("namespaces.lock"),
         format!(
