@@ -103,7 +103,11 @@ mod tests {
     #[tokio::test]
     async fn a_running_child_gets_the_interrupt_and_no_new_one_starts() {
         let mut cmd = tokio::process::Command::new("sh");
-        cmd.args(["-c", "trap 'echo got-int; exit 7' INT; sleep 30 & wait"]);
+        // A shell runs its trap between commands: short sleeps in a loop.
+        cmd.args([
+            "-c",
+            "trap 'echo got-int; exit 7' INT; i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done",
+        ]);
         let run = tokio::spawn(output(cmd));
         // Wait until it is registered.
         for _ in 0..200 {
@@ -112,9 +116,16 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        // Give the shell time to set its trap.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
         assert_eq!(interrupt_all(), 1);
         let out = run.await.expect("joined").expect("ran");
         assert_eq!(out.status.code(), Some(7));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the child stopped on the interrupt, not at its own end"
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("got-int"));
         assert!(running().is_empty());
         let again = output(tokio::process::Command::new("true")).await;

@@ -254,6 +254,24 @@ fn sigint_during_apply_stops_cleanly() {
         assert!(Instant::now() < deadline, "apply never reached terraform");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // 5. The saved plan (it holds the variables) is private while it exists.
+    let plans: Vec<PathBuf> = [PathBuf::from("/dev/shm"), std::env::temp_dir()]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("terrace-tfplan-{pid}-"))
+        })
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(plans.len(), 1, "one saved plan while apply runs: {plans:?}");
+    let mode = std::fs::metadata(&plans[0])
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "{}", plans[0].display());
     let started = Instant::now();
     std::process::Command::new("sh")
         .args(["-c", &format!("kill -INT {pid}")])
@@ -563,22 +581,30 @@ fn alias_bombs_are_refused_not_fatal() {
     assert_eq!(code(&o), 1, "{}", all_output(&o));
 }
 
-// 16 and 17. Pipes, absurd numbers and usage errors.
+// 16. A reader that goes away: `terrace state list | head -1`.
 #[test]
-fn the_command_line_never_panics_and_usage_errors_exit_1() {
+fn a_closed_stdout_ends_quietly() {
     let dir = homelab();
     let o = terrace(dir.path(), &["apply"]);
     assert_eq!(code(&o), 0, "{}", all_output(&o));
-    let mut child = std_command(dir.path())
-        .args(["state", "list"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    drop(child.stdout.take());
-    let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    for args in [&["state", "list"][..], &["plan", "--output", "json"]] {
+        let mut child = std_command(dir.path())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}
+
+// 16 and 17. Absurd numbers and usage errors exit 1, never 2 or 101.
+#[test]
+fn absurd_numbers_and_usage_errors_exit_1() {
+    let dir = homelab();
 
     for args in [
         &["plan", "-j", "18446744073709551615"][..],
