@@ -21,7 +21,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A unit with its environment's overrides applied and every expression
 /// evaluated: what a driver works from.
-#[derive(Debug, Clone, Serialize)]
+/// `Debug` shows its secret inputs as `(sensitive)`.
+#[derive(Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ResolvedUnit {
     pub name: String,
@@ -42,6 +43,35 @@ pub struct ResolvedUnit {
     pub sensitive_inputs: BTreeMap<String, Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<ResolvedTarget>,
+}
+
+impl fmt::Debug for ResolvedUnit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inputs: Map<String, Value> = self
+            .inputs
+            .iter()
+            .map(|(k, v)| {
+                let shown = if self.sensitive_inputs.contains_key(k) {
+                    Value::String(crate::secrets::REDACTED.to_owned())
+                } else {
+                    v.clone()
+                };
+                (k.clone(), shown)
+            })
+            .collect();
+        f.debug_struct("ResolvedUnit")
+            .field("name", &self.name)
+            .field("layer", &self.layer)
+            .field("kind", &self.kind)
+            .field("dir", &self.dir)
+            .field("inputs", &inputs)
+            .field("settings", &self.settings)
+            .field("unknown", &self.unknown)
+            .field("waiting_for", &self.waiting_for)
+            .field("sensitive_inputs", &self.sensitive_inputs)
+            .field("target", &self.target)
+            .finish()
+    }
 }
 
 /// A target as bound in the current environment.
@@ -178,5 +208,37 @@ pub trait Driver: Send + Sync + fmt::Debug {
         _prior: &UnitState,
     ) -> Option<Result<Map<String, Value>, DriverError>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_resolved_unit_hides_its_secret_inputs() {
+        let mut inputs = Map::new();
+        inputs.insert("password".into(), Value::String("hunter22-secret".into()));
+        inputs.insert("replicas".into(), Value::from(2));
+        let unit = ResolvedUnit {
+            name: "web".into(),
+            layer: "apps".into(),
+            kind: UnitKind::Manifests,
+            dir: "apps/web".into(),
+            inputs,
+            settings: Value::Null,
+            unknown: false,
+            waiting_for: Vec::new(),
+            sensitive_inputs: [("password".to_owned(), vec!["secrets/web.yaml".to_owned()])]
+                .into_iter()
+                .collect(),
+            target: None,
+        };
+        let shown = format!("{unit:?}");
+        assert!(!shown.contains("hunter22-secret"), "{shown}");
+        assert!(
+            shown.contains("(sensitive)") && shown.contains("replicas"),
+            "{shown}"
+        );
     }
 }

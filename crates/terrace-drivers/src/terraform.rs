@@ -143,8 +143,8 @@ pub fn sweep_stale_plans() {
     }
 }
 
-/// What apply needs: exactly what plan ran.
-#[derive(Debug)]
+/// What apply needs: exactly what plan ran. `Debug` leaves the
+/// variables' values out (they may be secrets).
 struct Payload {
     plan_file: PlanFile,
     unit: String,
@@ -154,6 +154,27 @@ struct Payload {
     /// Module files and inputs when planned; apply refuses a change.
     fingerprint: String,
     dir: String,
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payload")
+            .field("plan_file", &self.plan_file)
+            .field("unit", &self.unit)
+            .field("tool", &self.tool)
+            .field("layout", &self.layout)
+            .field(
+                "vars",
+                &self
+                    .vars
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("fingerprint", &self.fingerprint)
+            .field("dir", &self.dir)
+            .finish()
+    }
 }
 
 fn settings(value: &Value) -> Result<TerraformSettings, DriverError> {

@@ -717,6 +717,18 @@ impl Engine {
             self.driver(unit.kind).render(&ctx)
         };
         let plain = self.plaintexts();
+        // The unit goes out with the documents (`render --output json`):
+        // its secret inputs are shown as sensitive.
+        let mut unit = unit;
+        for name in unit.sensitive_inputs.keys() {
+            if let Some(v) = unit.inputs.get_mut(name) {
+                *v = Value::String(terrace_core::secrets::REDACTED.to_owned());
+            }
+        }
+        for v in unit.inputs.values_mut() {
+            plain.redact_value(v);
+        }
+        plain.redact_value(&mut unit.settings);
         Ok(rendered
             .map(|mut r| {
                 for d in &mut r.documents {

@@ -726,6 +726,7 @@ fn no_plaintext_anywhere_after_every_command() {
         &["plan", "--output", "markdown", "--full-diff"],
         &["apply"],
         &["render", "web"],
+        &["render", "web", "--output", "json"],
         &["render", "dashboard", "--output", "json"],
         &["output"],
         &["output", "--output", "json"],
