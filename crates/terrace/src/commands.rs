@@ -307,6 +307,7 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
         };
         let views = Default::default();
         let secrets = terrace_secrets::SecretStore::new(&project.root);
+        let before = problems.len();
         for i in 0..ws.units.len() {
             match ws.evaluate(&project, i, &views, Some(&secrets)) {
                 Ok(unit) => {
@@ -325,6 +326,14 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
                     }
                 }
                 Err(d) => problems.push(d),
+            }
+        }
+        // A message that quotes a decrypted value shows it as sensitive.
+        let plain = terrace_core::secrets::SecretSource::plaintexts(&secrets);
+        for d in &mut problems[before..] {
+            plain.redact_in_place(&mut d.message);
+            if let Some(h) = &mut d.hint {
+                plain.redact_in_place(h);
             }
         }
         counts.push(json!({"environment": e, "units": ws.units.len()}));
