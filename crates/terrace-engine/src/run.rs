@@ -216,6 +216,21 @@ impl ReportError {
         }
     }
 
+    /// Every secret value in the message, the hint and the diagnostic
+    /// replaced.
+    fn redact(&mut self, plain: &Plaintexts) {
+        plain.redact_in_place(&mut self.message);
+        if let Some(h) = &mut self.hint {
+            plain.redact_in_place(h);
+        }
+        if let Some(d) = &mut self.diagnostic {
+            plain.redact_in_place(&mut d.message);
+            if let Some(h) = &mut d.hint {
+                plain.redact_in_place(h);
+            }
+        }
+    }
+
     fn message(message: impl Into<String>) -> Self {
         ReportError {
             message: message.into(),
@@ -498,16 +513,7 @@ impl Engine {
             plain.redact_in_place(n);
         }
         if let Some(e) = &mut r.error {
-            plain.redact_in_place(&mut e.message);
-            if let Some(h) = &mut e.hint {
-                plain.redact_in_place(h);
-            }
-            if let Some(d) = &mut e.diagnostic {
-                plain.redact_in_place(&mut d.message);
-                if let Some(h) = &mut d.hint {
-                    plain.redact_in_place(h);
-                }
-            }
+            e.redact(&plain);
         }
         r
     }
@@ -738,16 +744,7 @@ impl Engine {
             })
             .map_err(|e| {
                 let mut e = ReportError::from_driver(e);
-                plain.redact_in_place(&mut e.message);
-                if let Some(h) = &mut e.hint {
-                    plain.redact_in_place(h);
-                }
-                if let Some(d) = &mut e.diagnostic {
-                    plain.redact_in_place(&mut d.message);
-                    if let Some(h) = &mut d.hint {
-                        plain.redact_in_place(h);
-                    }
-                }
+                e.redact(&plain);
                 e
             }))
     }
