@@ -281,7 +281,8 @@ fn io_error<'a>(
 /// The documents of a YAML stream, read with YAML 1.2's core schema (as
 /// kustomize reads them: `no` and `y` are strings), empty ones left out.
 pub(crate) fn yaml_documents(text: &str, path: &Path) -> Result<Vec<Value>, KustomizeError> {
-    let docs = terrace_yaml::tree::parse_stream(text, path)
+    // Numbers as kyaml reads them: `defaultMode: 0400` is octal.
+    let docs = terrace_yaml::tree::parse_stream_with(text, path, terrace_yaml::tree::Schema::Kyaml)
         .map_err(|d| KustomizeError::Yaml(Box::new(d)))?;
     Ok(docs
         .iter()
@@ -299,6 +300,23 @@ fn parse_objects(text: &str, path: &Path) -> Result<Vec<Value>, KustomizeError> 
             out.extend(v["items"].as_array().cloned().unwrap_or_default());
         } else {
             out.push(v);
+        }
+    }
+    for o in &mut out {
+        // Annotation values are strings to kustomize: `port: 8080` and
+        // `happy: true` come out as "8080" and "true".
+        if let Some(a) = o
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("annotations"))
+            .and_then(Value::as_object_mut)
+        {
+            for v in a.values_mut() {
+                match v {
+                    Value::Bool(b) => *v = Value::String(b.to_string()),
+                    Value::Number(n) => *v = Value::String(n.to_string()),
+                    _ => {}
+                }
+            }
         }
     }
     for o in &out {
@@ -765,28 +783,20 @@ fn literal(s: &str, file: &Path) -> Result<(String, String), KustomizeError> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
+/// Base64 as kyaml writes generated data: standard encoding, and once it
+/// is 70 characters or longer, lines of 70 each ended by a newline (the
+/// content hash, and so the generated name, is taken over this text).
 fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
+    use base64::Engine as _;
+    const LINE: usize = 70;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+    if encoded.len() < LINE {
+        return encoded;
+    }
+    let mut out = String::with_capacity(encoded.len() + encoded.len() / LINE + 1);
+    for line in encoded.as_bytes().chunks(LINE) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
     }
     out
 }

@@ -144,7 +144,28 @@ impl Node {
 /// than [`MAX_DEPTH`] levels, and a mapping with the same key twice; the
 /// error is located at the event that crossed the line.
 pub fn parse_stream(src: &str, file: &Path) -> Result<Vec<Node>, Diagnostic> {
-    let mut builder = Builder::default();
+    parse_stream_with(src, file, Schema::Core)
+}
+
+/// How plain (unquoted) scalars are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Schema {
+    /// The YAML 1.2 core schema: `0400` is 400, `no` a string.
+    #[default]
+    Core,
+    /// As kustomize's kyaml (Go's yaml.v3) reads numbers: Go's integer
+    /// syntax with `_` separators, so `0400` is octal (256), `0b101` is 5
+    /// and `1_000` is 1000; what is no integer but looks like a float is
+    /// one (`09` is 9). Words are read as in the core schema.
+    Kyaml,
+}
+
+/// [`parse_stream`] with a choice of [`Schema`].
+pub fn parse_stream_with(src: &str, file: &Path, schema: Schema) -> Result<Vec<Node>, Diagnostic> {
+    let mut builder = Builder {
+        schema,
+        ..Builder::default()
+    };
     for next in Parser::new_from_str(src) {
         let (event, span) = next.map_err(|e| {
             // The parser's message can quote the input.
@@ -285,6 +306,7 @@ struct Anchored {
 
 #[derive(Debug, Default)]
 struct Builder {
+    schema: Schema,
     /// Per open collection, whether it is a flow one; and how many are.
     flows: Vec<bool>,
     flow_depth: usize,
@@ -327,7 +349,12 @@ impl Builder {
                 let size = Size::node(value.len());
                 self.count(size)?;
                 let tag = tag.map(|t| t.suffix().to_owned());
-                let node = scalar(&value, style, tag.as_deref())?;
+                let node = match (self.schema, style, &tag) {
+                    (Schema::Kyaml, ScalarStyle::Plain, None) => {
+                        go_number(&value).unwrap_or_else(|| plain(&value))
+                    }
+                    _ => scalar(&value, style, tag.as_deref())?,
+                };
                 if anchor != 0 {
                     self.keep(size)?;
                     self.anchors.insert(
@@ -775,6 +802,74 @@ fn scalar(value: &str, style: ScalarStyle, tag: Option<&str>) -> Result<Node, St
         ScalarStyle::Plain => plain(value),
         _ => Node::Str(value.to_owned()),
     })
+}
+
+/// A plain scalar read as Go's yaml.v3 reads numbers (see
+/// [`Schema::Kyaml`]); `None` when it is no number.
+fn go_number(text: &str) -> Option<Node> {
+    let first = text.bytes().next()?;
+    if !(first.is_ascii_digit() || matches!(first, b'+' | b'-')) {
+        return None;
+    }
+    let plain: String = text.chars().filter(|&c| c != '_').collect();
+    let (negative, digits) = match plain.as_bytes().first() {
+        Some(b'-') => (true, &plain[1..]),
+        Some(b'+') => (false, &plain[1..]),
+        _ => (false, plain.as_str()),
+    };
+    let (radix, body) = if let Some(r) = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        (16, r)
+    } else if let Some(r) = digits
+        .strip_prefix("0o")
+        .or_else(|| digits.strip_prefix("0O"))
+    {
+        (8, r)
+    } else if let Some(r) = digits
+        .strip_prefix("0b")
+        .or_else(|| digits.strip_prefix("0B"))
+    {
+        (2, r)
+    } else if digits.len() > 1 && digits.starts_with('0') {
+        (8, &digits[1..])
+    } else {
+        (10, digits)
+    };
+    if !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if let Ok(v) = i64::from_str_radix(body, radix) {
+            return Some(Node::Int(if negative { -v } else { v }));
+        }
+    }
+    // yaml.v3's float syntax; a whole float prints as an integer.
+    let float_like = {
+        let d = plain.strip_prefix(['+', '-']).unwrap_or(&plain);
+        let (mantissa, exponent) = match d.find(['e', 'E']) {
+            Some(i) => (&d[..i], Some(&d[i + 1..])),
+            None => (d, None),
+        };
+        let mantissa_ok = match mantissa.split_once('.') {
+            Some((a, b)) => {
+                (!a.is_empty() || !b.is_empty())
+                    && a.bytes().all(|c| c.is_ascii_digit())
+                    && b.bytes().all(|c| c.is_ascii_digit())
+            }
+            None => !mantissa.is_empty() && mantissa.bytes().all(|c| c.is_ascii_digit()),
+        };
+        let exponent_ok = exponent.is_none_or(|e| {
+            let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+            !e.is_empty() && e.bytes().all(|c| c.is_ascii_digit())
+        });
+        mantissa_ok && exponent_ok
+    };
+    if float_like && let Ok(f) = plain.parse::<f64>() {
+        if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 {
+            return Some(Node::Int(f as i64));
+        }
+        return Some(Node::Float(f));
+    }
+    None
 }
 
 /// The value a plain (unquoted) YAML scalar with this text stands for,
@@ -1239,6 +1334,19 @@ mod tests {
             docs,
             "{text}"
         );
+    }
+
+    #[test]
+    fn kyaml_reads_numbers_as_go_does() {
+        let src = "a: 0400\nb: 0775\nc: 09\nd: 1_000\ne: 0x1F\nf: +0755\ng: 1e3\nh: 0b101\ni: -010\nj: 1.5\nk: 1.2.3\nl: no\nm: 2024-01-01\nn: \"0400\"\n";
+        let docs = parse_stream_with(src, Path::new("k.yaml"), Schema::Kyaml).expect("parses");
+        assert_eq!(
+            docs[0].to_json(),
+            serde_json::json!({"a": 256, "b": 509, "c": 9, "d": 1000, "e": 31, "f": 493, "g": 1000,
+                "h": 5, "i": -8, "j": 1.5, "k": "1.2.3", "l": "no", "m": "2024-01-01", "n": "0400"})
+        );
+        let core = parse_stream(src, Path::new("k.yaml")).expect("parses");
+        assert_eq!(core[0].to_json()["a"], 400, "the core schema is unchanged");
     }
 
     #[test]

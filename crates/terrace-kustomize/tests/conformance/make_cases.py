@@ -1457,6 +1457,21 @@ case("error-generator-merge-other-namespace", {
 }, build="overlay", error="does not exist to merge")
 
 
+# --- numbers, base64 and annotation values as kyaml has them ------------------------
+case("yaml11-octal-and-go-numbers", {
+    "kustomization.yaml": "resources: [p.yaml, c.yaml]\n",
+    "p.yaml": "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - {name: c, image: x}\n  volumes:\n  - name: v\n    secret:\n      secretName: s\n      defaultMode: 0400\n      items:\n      - {key: a, path: a, mode: 0775}\n  - name: w\n    secret: {secretName: s, defaultMode: 09}\n",
+    "c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  x: \"0400\"\n  y: 1_000\n  z: 0x1F\n  w: +0755\n  v: 1e3\n  u: 0b101\n  t: 00\n  s: -010\n  r: 1.5\n",
+})
+case("generator-base64-wraps-at-70-columns", {
+    "kustomization.yaml": "secretGenerator:\n- name: s\n  literals:\n  - short=abc\n  - a=0123456789012345678901234567890123456789012345678901234567890\n  - exact=0123456789012345678901234567890123456789012345678901\n  - long=" + "x" * 200 + "\n",
+})
+case("annotations-non-string-values", {
+    "kustomization.yaml": "resources: [p.yaml]\ncommonAnnotations:\n  team: web\n",
+    "p.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: p\n  labels:\n    n: 5\n  annotations:\n    happy: true\n    port: 8080\n",
+})
+
+
 def main():
     if os.path.isdir(CASES):
         shutil.rmtree(CASES)
@@ -1481,6 +1496,8 @@ def main():
                 # kubectl's log prefix (time, pid) would change every run.
                 message = r.stderr.replace(CASES + "/", "")
                 message = re.sub(r'^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ', "", message, flags=re.M)
+                # Go pointers in messages change every run.
+                message = re.sub(r'0x[0-9a-f]{6,}', "0x…", message)
                 f.write(message)
             with open(os.path.join(d, "error.txt"), "w") as f:
                 f.write(error + "\n")
