@@ -462,7 +462,15 @@ fn load_resources(
 fn check_unique(acc: &[Res], file: &Path) -> Result<(), KustomizeError> {
     let mut seen = std::collections::HashSet::new();
     for r in acc {
+        // The group is part of the identity (a core ServiceAccount and a
+        // talos.dev one may share a name); the version is not.
+        let group = r.value["apiVersion"]
+            .as_str()
+            .and_then(|a| a.rsplit_once('/'))
+            .map_or("", |(g, _)| g)
+            .to_owned();
         let id = (
+            group,
             transform::kind(&r.value).to_owned(),
             transform::name(&r.value).to_owned(),
             transform::namespace(&r.value).to_owned(),
@@ -472,7 +480,7 @@ fn check_unique(acc: &[Res], file: &Path) -> Result<(), KustomizeError> {
                 file,
                 format!(
                     "may not add resource with an already registered id: {}/{} in namespace `{}`",
-                    id.0, id.1, id.2
+                    id.1, id.2, id.3
                 ),
             ));
         }
@@ -685,7 +693,7 @@ fn parse_patch_docs(text: &str, file: &Path) -> Result<Vec<Value>, KustomizeErro
 /// `target` selects). The patch's name and kind change the object only
 /// with `options.allowNameChange` / `allowKindChange`.
 fn apply_smp(
-    acc: &mut [Res],
+    acc: &mut Vec<Res>,
     patch: &Value,
     target: Option<&Value>,
     options: &Value,
@@ -693,7 +701,10 @@ fn apply_smp(
 ) -> Result<(), KustomizeError> {
     let selector = target.map(|t| patch_selector(t, file)).transpose()?;
     let mut hit = false;
-    for r in acc.iter_mut() {
+    // `$patch: delete` at the top of a patch removes the resource.
+    let delete = patch.get("$patch").and_then(Value::as_str) == Some("delete");
+    let mut doomed = Vec::new();
+    for (index, r) in acc.iter_mut().enumerate() {
         let selected = match &selector {
             Some(t) => t.selects(r),
             None => {
@@ -707,6 +718,10 @@ fn apply_smp(
             continue;
         }
         hit = true;
+        if delete {
+            doomed.push(index);
+            continue;
+        }
         let mut p = patch.clone();
         let new_name = (options["allowNameChange"] == Value::Bool(true))
             .then(|| transform::name(patch).to_owned())
@@ -727,6 +742,9 @@ fn apply_smp(
         if let Some(new) = new_name {
             r.rename(new);
         }
+    }
+    for index in doomed.into_iter().rev() {
+        acc.remove(index);
     }
     if !hit && target.is_none() {
         return Err(KustomizeError::invalid(

@@ -81,10 +81,12 @@ fn set_all(m: &mut Map<String, Value>, pairs: &Map<String, Value>) {
 
 pub fn set_namespace(v: &mut Value, ns: &str) {
     let ns_value = Value::String(ns.to_owned());
-    if kind(v) == "Namespace" {
+    let core_namespace = kind(v) == "Namespace" && v["apiVersion"] == "v1";
+    if core_namespace {
         // kustomize names a Namespace object after the namespace.
         meta(v).insert("name".into(), ns_value.clone());
-    } else if !CLUSTER_SCOPED.contains(&kind(v)) {
+    } else if kind(v) == "Namespace" || !CLUSTER_SCOPED.contains(&kind(v)) {
+        // A `Namespace` of another API group is a namespaced resource.
         meta(v).insert("namespace".into(), ns_value.clone());
     }
     // Services that cluster-scoped objects call move with the namespace.

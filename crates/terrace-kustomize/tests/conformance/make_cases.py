@@ -1471,6 +1471,21 @@ case("annotations-non-string-values", {
     "p.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: p\n  labels:\n    n: 5\n  annotations:\n    happy: true\n    port: 8080\n",
 })
 
+case("patch-delete-removes-the-resource", {
+    "kustomization.yaml": "resources: [d.yaml, s.yaml]\npatches:\n- patch: |-\n    $patch: delete\n    apiVersion: v1\n    kind: Service\n    metadata:\n      name: web\n",
+    "d.yaml": DEPLOY, "s.yaml": SERVICE,
+})
+case("identity-includes-the-api-group", {
+    "kustomization.yaml": "resources: [a.yaml, b.yaml]\n",
+    "a.yaml": "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: same\n",
+    "b.yaml": "apiVersion: talos.dev/v1alpha1\nkind: ServiceAccount\nmetadata:\n  name: same\n",
+})
+case("namespace-kind-of-another-group", {
+    "kustomization.yaml": "namespace: apps\nnamePrefix: p-\nresources: [n.yaml, c.yaml]\n",
+    "n.yaml": "apiVersion: example.com/v1\nkind: Namespace\nmetadata:\n  name: custom\n",
+    "c.yaml": CM,
+})
+
 
 def main():
     if os.path.isdir(CASES):
