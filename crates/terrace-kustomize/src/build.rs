@@ -94,7 +94,10 @@ impl Res {
 pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
     let dir = normalize(dir);
     let (file, k) = load(fs, &dir)?;
-    let mut resources = accumulate(fs, &dir, &file, &k, &mut Vec::new())?;
+    // A Component can be built on its own, as `kustomize build` does:
+    // its resources, with its own generators and transformers.
+    let is_component = k.get("kind").and_then(Value::as_str) == Some("Component");
+    let mut resources = accumulate_as(fs, &dir, &file, &k, &mut Vec::new(), is_component)?;
     // Hash suffixes come last, over the final content, without the name.
     let mut renamed = Vec::new();
     for r in resources.iter_mut().filter(|r| r.hash) {
@@ -181,6 +184,21 @@ fn load(fs: &dyn Fs, dir: &Path) -> Result<(PathBuf, Map<String, Value>), Kustom
             ));
         }
     };
+    // kustomize decodes the file with Go's JSON decoder, which matches
+    // field names case-insensitively (`nameprefix:` is `namePrefix:`).
+    let k: Map<String, Value> = k
+        .into_iter()
+        .map(|(key, v)| {
+            let canonical = SUPPORTED
+                .iter()
+                .chain(UNSUPPORTED.iter())
+                .find(|f| **f != key && f.eq_ignore_ascii_case(&key))
+                .filter(|_| {
+                    !SUPPORTED.contains(&key.as_str()) && !UNSUPPORTED.contains(&key.as_str())
+                });
+            (canonical.map_or(key, |f| (*f).to_owned()), v)
+        })
+        .collect();
     for key in k.keys() {
         if UNSUPPORTED.contains(&key.as_str()) {
             return Err(KustomizeError::Unsupported {
@@ -341,7 +359,19 @@ fn accumulate(
     k: &Map<String, Value>,
     stack: &mut Vec<PathBuf>,
 ) -> Result<Vec<Res>, KustomizeError> {
-    check_kind(k, file, false)?;
+    accumulate_as(fs, dir, file, k, stack, false)
+}
+
+/// [`accumulate`] of a Kustomization, or (`component`) of a Component.
+fn accumulate_as(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    stack: &mut Vec<PathBuf>,
+    component: bool,
+) -> Result<Vec<Res>, KustomizeError> {
+    check_kind(k, file, component)?;
     entered(dir, file, stack, |stack| {
         let mut acc = load_resources(fs, dir, file, k, stack)?;
         check_unique(&acc, file)?;

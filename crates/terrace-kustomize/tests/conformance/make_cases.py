@@ -1486,6 +1486,16 @@ case("namespace-kind-of-another-group", {
     "c.yaml": CM,
 })
 
+case("component-as-the-build-root", {
+    "kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nresources: [c.yaml]\nnamePrefix: x-\nconfigMapGenerator:\n- name: g\n  literals: [A=1]\npatches:\n- target: {kind: ConfigMap, name: plain}\n  patch: |-\n    - op: add\n      path: /data/b\n      value: \"2\"\n",
+    "c.yaml": CM,
+})
+
+case("field-names-match-case-insensitively", {
+    "kustomization.yaml": "Resources: [c.yaml]\nnameprefix: x-\nCOMMONLABELS: {app: web}\n",
+    "c.yaml": CM,
+})
+
 
 def main():
     if os.path.isdir(CASES):
