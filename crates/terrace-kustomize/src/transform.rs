@@ -254,18 +254,29 @@ fn pod_specs(v: &mut Value) -> Vec<&mut Value> {
     out
 }
 
-fn containers(spec: &mut Value) -> Vec<&mut Value> {
+/// The items of every container list in `v`, at any depth.
+fn containers_anywhere(v: &mut Value) -> Vec<&mut Value> {
     let mut out = Vec::new();
-    let Some(m) = spec.as_object_mut() else {
-        return out;
-    };
-    for (k, list) in m.iter_mut() {
-        if matches!(
-            k.as_str(),
-            "containers" | "initContainers" | "ephemeralContainers"
-        ) && let Some(a) = list.as_array_mut()
-        {
-            out.extend(a.iter_mut());
+    let mut stack = vec![v];
+    while let Some(cur) = stack.pop() {
+        match cur {
+            Value::Object(m) => {
+                for (k, child) in m.iter_mut() {
+                    let listed = matches!(
+                        k.as_str(),
+                        "containers" | "initContainers" | "ephemeralContainers"
+                    );
+                    if listed && child.is_array() {
+                        if let Value::Array(items) = child {
+                            out.extend(items.iter_mut());
+                        }
+                    } else {
+                        stack.push(child);
+                    }
+                }
+            }
+            Value::Array(items) => stack.extend(items.iter_mut()),
+            _ => {}
         }
     }
     out
@@ -294,33 +305,33 @@ fn split_image(image: &str) -> (&str, Option<&str>, Option<&str>) {
     }
 }
 
+/// `images`: as kustomize does, every `containers` and `initContainers`
+/// list anywhere in the object, whatever its kind (custom kinds too).
 pub fn set_images(v: &mut Value, images: &[Image]) {
-    for spec in pod_specs(v) {
-        for c in containers(spec) {
-            let Some(current) = c["image"].as_str().map(str::to_owned) else {
-                continue;
-            };
-            let (repo, tag, digest) = split_image(&current);
-            let Some(img) = images.iter().find(|i| i.name == repo) else {
-                continue;
-            };
-            let repo = img.new_name.clone().unwrap_or_else(|| repo.to_owned());
-            let out = if let Some(d) = &img.digest {
-                format!("{repo}@{d}")
-            } else if let Some(t) = &img.new_tag {
-                format!("{repo}:{t}")
-            } else {
-                let mut s = repo;
-                if let Some(t) = tag {
-                    s = format!("{s}:{t}");
-                }
-                if let Some(d) = digest {
-                    s = format!("{s}@{d}");
-                }
-                s
-            };
-            c["image"] = Value::String(out);
-        }
+    for c in containers_anywhere(v) {
+        let Some(current) = c["image"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        let (repo, tag, digest) = split_image(&current);
+        let Some(img) = images.iter().find(|i| i.name == repo) else {
+            continue;
+        };
+        let repo = img.new_name.clone().unwrap_or_else(|| repo.to_owned());
+        let out = if let Some(d) = &img.digest {
+            format!("{repo}@{d}")
+        } else if let Some(t) = &img.new_tag {
+            format!("{repo}:{t}")
+        } else {
+            let mut s = repo;
+            if let Some(t) = tag {
+                s = format!("{s}:{t}");
+            }
+            if let Some(d) = digest {
+                s = format!("{s}@{d}");
+            }
+            s
+        };
+        c["image"] = Value::String(out);
     }
 }
 

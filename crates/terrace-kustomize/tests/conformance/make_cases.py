@@ -1496,6 +1496,11 @@ case("field-names-match-case-insensitively", {
     "c.yaml": CM,
 })
 
+case("images-in-custom-kinds-and-any-depth", {
+    "kustomization.yaml": "resources: [c.yaml]\nimages:\n- name: nginx\n  newTag: \"2.0\"\n",
+    "c.yaml": "apiVersion: example.com/v1\nkind: Custom\nmetadata:\n  name: c\nspec:\n  containers:\n  - {name: a, image: nginx:1.0}\n  initContainers:\n  - {name: b, image: nginx:1.0}\n  template:\n    spec:\n      containers:\n      - {name: c, image: nginx:1.0}\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers:\n          - {name: d, image: nginx:1.0}\n  foo:\n    containers:\n    - {name: e, image: nginx:1.0}\n  image: nginx:1.0\n",
+})
+
 
 def main():
     if os.path.isdir(CASES):
