@@ -576,8 +576,20 @@ fn apply_own(
     }
     check_shapes(acc, file)?;
     if let Some(ns) = k.get("namespace").and_then(Value::as_str) {
+        // RBAC subjects that name a ServiceAccount of this build move with
+        // it (kustomize's name references): (name, namespace) before.
+        let accounts: Vec<(String, String)> = acc
+            .iter()
+            .filter(|r| transform::kind(&r.value) == "ServiceAccount")
+            .map(|r| {
+                (
+                    transform::name(&r.value).to_owned(),
+                    transform::namespace(&r.value).to_owned(),
+                )
+            })
+            .collect();
         for r in acc.iter_mut() {
-            transform::set_namespace(&mut r.value, ns);
+            transform::set_namespace(&mut r.value, ns, &accounts);
         }
     }
     let prefix = k.get("namePrefix").and_then(Value::as_str).unwrap_or("");

@@ -79,7 +79,9 @@ fn set_all(m: &mut Map<String, Value>, pairs: &Map<String, Value>) {
     }
 }
 
-pub fn set_namespace(v: &mut Value, ns: &str) {
+/// `namespace:`. `accounts` are the build's ServiceAccounts as (name,
+/// namespace) before the change: RBAC subjects naming one move with it.
+pub fn set_namespace(v: &mut Value, ns: &str, accounts: &[(String, String)]) {
     let ns_value = Value::String(ns.to_owned());
     let core_namespace = kind(v) == "Namespace" && v["apiVersion"] == "v1";
     if core_namespace {
@@ -112,10 +114,22 @@ pub fn set_namespace(v: &mut Value, ns: &str) {
     if matches!(kind(v), "RoleBinding" | "ClusterRoleBinding")
         && let Some(subjects) = v.get_mut("subjects").and_then(Value::as_array_mut)
     {
+        // kustomize moves the `default` ServiceAccount, whatever namespace
+        // the subject names; other subjects follow only a ServiceAccount
+        // of this build (name references, later).
+        let same = |a: &str, b: &str| {
+            a == b || (a.is_empty() && b == "default") || (a == "default" && b.is_empty())
+        };
         for s in subjects {
-            let is_sa = s["kind"] == "ServiceAccount";
-            let ns_now = s["namespace"].as_str().unwrap_or("");
-            if is_sa && (ns_now.is_empty() || ns_now == "default") {
+            if s["kind"] != "ServiceAccount" {
+                continue;
+            }
+            let name = s["name"].as_str().unwrap_or("");
+            let subject_ns = s["namespace"].as_str().unwrap_or("");
+            let ours = accounts
+                .iter()
+                .any(|(n, account_ns)| n == name && same(account_ns, subject_ns));
+            if name == "default" || ours {
                 s["namespace"] = Value::String(ns.to_owned());
             }
         }

@@ -1501,6 +1501,12 @@ case("images-in-custom-kinds-and-any-depth", {
     "c.yaml": "apiVersion: example.com/v1\nkind: Custom\nmetadata:\n  name: c\nspec:\n  containers:\n  - {name: a, image: nginx:1.0}\n  initContainers:\n  - {name: b, image: nginx:1.0}\n  template:\n    spec:\n      containers:\n      - {name: c, image: nginx:1.0}\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers:\n          - {name: d, image: nginx:1.0}\n  foo:\n    containers:\n    - {name: e, image: nginx:1.0}\n  image: nginx:1.0\n",
 })
 
+case("namespace-moves-default-service-account-subjects", {
+    "kustomization.yaml": "namespace: apps\nresources: [r.yaml, sa.yaml]\n",
+    "r.yaml": "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: b\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\nsubjects:\n- {kind: ServiceAccount, name: default, namespace: default}\n- {kind: ServiceAccount, name: default, namespace: other}\n- {kind: ServiceAccount, name: default}\n- {kind: ServiceAccount, name: other, namespace: default}\n- {kind: ServiceAccount, name: ghost}\n- {kind: ServiceAccount, name: mine}\n- {kind: ServiceAccount, name: x, namespace: elsewhere}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: rb\n  namespace: z\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}\nsubjects:\n- {kind: ServiceAccount, name: default, namespace: default}\n- {kind: ServiceAccount, name: other, namespace: default}\n- {kind: ServiceAccount, name: mine}\n- {kind: User, name: u, namespace: default}\n",
+    "sa.yaml": "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: mine\n",
+})
+
 
 def main():
     if os.path.isdir(CASES):
