@@ -183,7 +183,11 @@ pub fn add_labels(
                 }
             }
             if k == "StatefulSet" {
-                let claims = v["spec"]["volumeClaimTemplates"].as_array_mut();
+                // `pointer_mut`, not indexing: indexing would create the
+                // field (as null) where it was absent.
+                let claims = v
+                    .pointer_mut("/spec/volumeClaimTemplates")
+                    .and_then(Value::as_array_mut);
                 for claim in claims.into_iter().flatten() {
                     if let Some(m) = map_at(claim, &["metadata", "labels"], true) {
                         set_all(m, pairs);
@@ -209,9 +213,25 @@ pub fn add_labels(
                     set_all(m, pairs);
                 }
             }
+            // kustomize's field specs: the policy's own selector and its
+            // peers' selectors, each only where `matchLabels` exists.
             "NetworkPolicy" => {
-                if let Some(m) = map_at(v, &["spec", "podSelector", "matchLabels"], true) {
+                if let Some(m) = map_at(v, &["spec", "podSelector", "matchLabels"], false) {
                     set_all(m, pairs);
+                }
+                for (rules, peers) in [("ingress", "from"), ("egress", "to")] {
+                    let rules = v
+                        .get_mut("spec")
+                        .and_then(|s| s.get_mut(rules))
+                        .and_then(Value::as_array_mut);
+                    for rule in rules.into_iter().flatten() {
+                        let peers = rule.get_mut(peers).and_then(Value::as_array_mut);
+                        for peer in peers.into_iter().flatten() {
+                            if let Some(m) = map_at(peer, &["podSelector", "matchLabels"], false) {
+                                set_all(m, pairs);
+                            }
+                        }
+                    }
                 }
             }
             _ => {}

@@ -1507,6 +1507,12 @@ case("namespace-moves-default-service-account-subjects", {
     "sa.yaml": "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: mine\n",
 })
 
+case("labels-network-policy-peers-and-no-null-claims", {
+    "kustomization.yaml": "resources: [s.yaml, n.yaml]\ncommonLabels: {app: web}\n",
+    "s.yaml": "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: s\nspec:\n  serviceName: s\n  selector: {matchLabels: {x: y}}\n  template:\n    metadata: {labels: {x: y}}\n    spec:\n      containers: [{name: c, image: i}]\n",
+    "n.yaml": "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: np\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {role: fe}}\n    - namespaceSelector: {}\n  egress:\n  - to:\n    - podSelector: {}\n",
+})
+
 
 def main():
     if os.path.isdir(CASES):
