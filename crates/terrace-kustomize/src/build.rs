@@ -373,17 +373,21 @@ fn accumulate_as(
 ) -> Result<Vec<Res>, KustomizeError> {
     check_kind(k, file, component)?;
     entered(dir, file, stack, |stack| {
+        // kustomize's order: resources, own generators, components, own
+        // transformers.
         let mut acc = load_resources(fs, dir, file, k, stack)?;
         check_unique(&acc, file)?;
+        generate_own(fs, dir, file, k, &mut acc)?;
         apply_components(fs, dir, file, k, &mut acc, stack)?;
-        apply_own(fs, dir, file, k, &mut acc)?;
+        transform_own(fs, dir, file, k, &mut acc)?;
         Ok(acc)
     })
 }
 
 /// Applies a kustomization's (or component's) `components`, in order. A
 /// component's resources join what was accumulated so far; then its own
-/// components run, then its generators and transformers, over everything.
+/// generators, its own components, and its transformers run over
+/// everything.
 fn apply_components(
     fs: &dyn Fs,
     dir: &Path,
@@ -399,8 +403,9 @@ fn apply_components(
         entered(&path, file, stack, |stack| {
             acc.extend(load_resources(fs, &path, &c_file, &c, stack)?);
             check_unique(acc, &c_file)?;
+            generate_own(fs, &path, &c_file, &c, acc)?;
             apply_components(fs, &path, &c_file, &c, acc, stack)?;
-            apply_own(fs, &path, &c_file, &c, acc)
+            transform_own(fs, &path, &c_file, &c, acc)
         })?;
     }
     Ok(())
@@ -518,9 +523,8 @@ fn check_unique(acc: &[Res], file: &Path) -> Result<(), KustomizeError> {
     Ok(())
 }
 
-/// Generators, then transformers, of one kustomization, in kustomize's
-/// order.
-fn apply_own(
+/// A kustomization's (or component's) own generators.
+fn generate_own(
     fs: &dyn Fs,
     dir: &Path,
     file: &Path,
@@ -544,6 +548,18 @@ fn apply_own(
     {
         generate(fs, dir, file, g, &options, true, acc)?;
     }
+    Ok(())
+}
+
+/// A kustomization's (or component's) own transformers, in kustomize's
+/// order.
+fn transform_own(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    acc: &mut Vec<Res>,
+) -> Result<(), KustomizeError> {
     // patchesStrategicMerge, patches
     for p in strings(k, "patchesStrategicMerge", file)? {
         let text = if !p.contains('\n') && fs.is_file(&normalize(&dir.join(&p))) {

@@ -1513,6 +1513,12 @@ case("labels-network-policy-peers-and-no-null-claims", {
     "n.yaml": "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: np\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {role: fe}}\n    - namespaceSelector: {}\n  egress:\n  - to:\n    - podSelector: {}\n",
 })
 
+case("components-run-after-own-generators", {
+    "kustomization.yaml": "resources: [c.yaml]\ncomponents: [comp]\nconfigMapGenerator:\n- name: gen\n  literals: [A=1]\n",
+    "c.yaml": CM,
+    "comp/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nconfigMapGenerator:\n- name: fromcomp\n  literals: [B=2]\npatches:\n- target: {kind: ConfigMap}\n  patch: |-\n    - op: add\n      path: /data/patched\n      value: \"yes\"\n",
+})
+
 
 def main():
     if os.path.isdir(CASES):
