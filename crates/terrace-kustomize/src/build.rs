@@ -154,11 +154,26 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
 
 /// Reads a directory's kustomization file and checks its fields.
 fn load(fs: &dyn Fs, dir: &Path) -> Result<(PathBuf, Map<String, Value>), KustomizeError> {
-    let Some(file) = KUSTOMIZATION_FILES
+    let found: Vec<PathBuf> = KUSTOMIZATION_FILES
         .iter()
         .map(|n| dir.join(n))
-        .find(|p| fs.is_file(p))
-    else {
+        .filter(|p| fs.is_file(p))
+        .collect();
+    if found.len() > 1 {
+        return Err(KustomizeError::invalid(
+            dir,
+            format!(
+                "found multiple kustomization files in this directory ({}); keep one",
+                found
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let Some(file) = found.into_iter().next() else {
         return Err(KustomizeError::invalid(
             dir,
             format!(
@@ -440,6 +455,19 @@ fn check_kind(k: &Map<String, Value>, file: &Path, component: bool) -> Result<()
         .get("kind")
         .and_then(Value::as_str)
         .unwrap_or("Kustomization");
+    // kustomize checks the apiVersion a kind is written with.
+    if let Some(api) = k.get("apiVersion").and_then(Value::as_str) {
+        let want = match kind {
+            "Component" => "kustomize.config.k8s.io/v1alpha1",
+            _ => "kustomize.config.k8s.io/v1beta1",
+        };
+        if api != want {
+            return Err(KustomizeError::invalid(
+                file,
+                format!("apiVersion for {kind} should be {want}, not `{api}`"),
+            ));
+        }
+    }
     let message = match (kind, component) {
         ("Component", true) | ("Kustomization", false) => return Ok(()),
         ("Component", false) => {
@@ -567,7 +595,16 @@ fn transform_own(
         } else {
             p.clone()
         };
-        for patch in parse_patch_docs(&text, file)? {
+        let patches = parse_patch_docs(&text, file)?;
+        if patches.is_empty() {
+            return Err(KustomizeError::invalid(
+                file,
+                format!(
+                    "the patchesStrategicMerge entry `{p}` holds no patch (kustomize refuses an empty one)"
+                ),
+            ));
+        }
+        for patch in patches {
             apply_smp(acc, &patch, None, &Value::Null, file)?;
         }
     }

@@ -1519,6 +1519,20 @@ case("components-run-after-own-generators", {
     "comp/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nconfigMapGenerator:\n- name: fromcomp\n  literals: [B=2]\npatches:\n- target: {kind: ConfigMap}\n  patch: |-\n    - op: add\n      path: /data/patched\n      value: \"yes\"\n",
 })
 
+case("error-several-kustomization-files", {
+    "kustomization.yaml": "resources: [c.yaml]\n", "kustomization.yml": "resources: [c.yaml]\n", "c.yaml": CM,
+}, error="multiple kustomization files")
+case("error-empty-strategic-merge-patch-file", {
+    "kustomization.yaml": "resources: [c.yaml]\npatchesStrategicMerge: [p.yaml]\n", "c.yaml": CM, "p.yaml": "",
+}, error="holds no patch")
+case("error-component-with-kustomization-api-version", {
+    "kustomization.yaml": "resources: [c.yaml]\ncomponents: [comp]\n", "c.yaml": CM,
+    "comp/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Component\nnamePrefix: x-\n",
+}, error="apiVersion for Component should be kustomize.config.k8s.io/v1alpha1")
+case("error-kustomization-with-component-api-version", {
+    "kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Kustomization\nresources: [c.yaml]\n", "c.yaml": CM,
+}, error="apiVersion for Kustomization should be kustomize.config.k8s.io/v1beta1")
+
 
 def main():
     if os.path.isdir(CASES):
