@@ -448,6 +448,11 @@ fn entered<T>(
     result
 }
 
+/// Namespaces as kustomize compares them in ids: none is `default`.
+fn same_namespace(a: &str, b: &str) -> bool {
+    a == b || (a.is_empty() && b == "default") || (a == "default" && b.is_empty())
+}
+
 /// A kustomization is used as a resource, a Component only under
 /// `components`.
 fn check_kind(k: &Map<String, Value>, file: &Path, component: bool) -> Result<(), KustomizeError> {
@@ -532,11 +537,15 @@ fn check_unique(acc: &[Res], file: &Path) -> Result<(), KustomizeError> {
             .and_then(|a| a.rsplit_once('/'))
             .map_or("", |(g, _)| g)
             .to_owned();
+        let ns = match transform::namespace(&r.value) {
+            "" => "default",
+            other => other,
+        };
         let id = (
             group,
             transform::kind(&r.value).to_owned(),
             transform::name(&r.value).to_owned(),
-            transform::namespace(&r.value).to_owned(),
+            ns.to_owned(),
         );
         if !seen.insert(id.clone()) {
             return Err(KustomizeError::invalid(
@@ -1050,7 +1059,8 @@ fn generate(
         transform::kind(&r.value) == kind
             && r.names.contains(&name)
             // Either the namespace it was generated with, or its current one.
-            && (r.first_namespace == ns || transform::namespace(&r.value) == ns)
+            && (same_namespace(&r.first_namespace, ns)
+                || same_namespace(transform::namespace(&r.value), ns))
     });
     match (behavior, existing) {
         ("create", Some(_)) => Err(KustomizeError::invalid(

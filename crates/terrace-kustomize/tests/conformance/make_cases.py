@@ -1533,6 +1533,15 @@ case("error-kustomization-with-component-api-version", {
     "kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Kustomization\nresources: [c.yaml]\n", "c.yaml": CM,
 }, error="apiVersion for Kustomization should be kustomize.config.k8s.io/v1beta1")
 
+case("error-generators-default-namespace-collide", {
+    "kustomization.yaml": "configMapGenerator:\n- name: g\n  literals: [A=1]\n- name: g\n  namespace: default\n  literals: [B=1]\n",
+}, error="already exists")
+case("error-resources-default-namespace-collide", {
+    "kustomization.yaml": "resources: [a.yaml, b.yaml]\n",
+    "a.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+    "b.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: default}\n",
+}, error="already registered id")
+
 
 def main():
     if os.path.isdir(CASES):
