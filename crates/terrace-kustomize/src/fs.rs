@@ -23,6 +23,35 @@ pub trait Fs {
         let _ = path;
         None
     }
+    /// Whether files must lie within the kustomization's directory
+    /// (kustomize's `LoadRestrictionsRootOnly`, the default).
+    fn restricts_loads(&self) -> bool {
+        true
+    }
+}
+
+/// A filesystem with kustomize's load restrictor off
+/// (`--load-restrictor LoadRestrictionsNone`): files may come from
+/// anywhere the inner filesystem reaches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unrestricted<F>(pub F);
+
+impl<F: Fs> Fs for Unrestricted<F> {
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.0.read(path)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        self.0.is_dir(path)
+    }
+    fn is_file(&self, path: &Path) -> bool {
+        self.0.is_file(path)
+    }
+    fn real_path(&self, path: &Path) -> Option<PathBuf> {
+        self.0.real_path(path)
+    }
+    fn restricts_loads(&self) -> bool {
+        false
+    }
 }
 
 /// The real disk.

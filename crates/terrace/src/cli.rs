@@ -506,14 +506,29 @@ pub struct MergeArgs {
 pub enum KustomizeCommand {
     /// Print what `kustomize build DIR` prints (the same objects, in order).
     #[command(
-        after_help = "Example:\n  terrace kustomize build overlays/prod | kubectl apply -f -\n\nSupported: resources, bases, components, namespace, namePrefix/Suffix,\ncommonLabels, labels, commonAnnotations, images, replicas, config map and\nsecret generators, patches (strategic merge and JSON 6902), sortOptions.\nAnything else is an error naming the field."
+        after_help = "Example:\n  terrace kustomize build overlays/prod | kubectl apply -f -\n\nSupported: resources, bases, components, namespace, namePrefix/Suffix,\ncommonLabels, labels, commonAnnotations, images, replicas, config map and\nsecret generators, patches (strategic merge and JSON 6902), sortOptions.\nAnything else is an error naming the field.\n\nFiles outside a kustomization's directory (or reached through a symlink\nthat leads outside it) are refused, as kustomize refuses them; pass\n--load-restrictor LoadRestrictionsNone to allow them."
     )]
     Build {
         /// The kustomization directories (each is built on its own; the
         /// outputs follow one another).
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
+        /// Where files may be loaded from, as kustomize's flag: only from
+        /// within each kustomization's directory (the default), or from
+        /// anywhere (`LoadRestrictionsNone`).
+        #[arg(long, value_enum, default_value_t = LoadRestrictor::LoadRestrictionsRootOnly)]
+        load_restrictor: LoadRestrictor,
     },
+}
+
+/// kustomize's `--load-restrictor` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[allow(clippy::enum_variant_names)]
+pub enum LoadRestrictor {
+    #[value(name = "LoadRestrictionsRootOnly")]
+    LoadRestrictionsRootOnly,
+    #[value(name = "LoadRestrictionsNone")]
+    LoadRestrictionsNone,
 }
 
 #[cfg(test)]

@@ -190,11 +190,19 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::State(s) => state(&start, env, s, cli.output).await,
         Command::Secrets(s) => crate::secrets::run(s, cli.output).await,
-        Command::Kustomize(crate::cli::KustomizeCommand::Build { dirs }) => {
+        Command::Kustomize(crate::cli::KustomizeCommand::Build {
+            dirs,
+            load_restrictor,
+        }) => {
+            let unrestricted = terrace_kustomize::Unrestricted(terrace_kustomize::DiskFs);
+            let fs: &dyn terrace_kustomize::Fs = match load_restrictor {
+                crate::cli::LoadRestrictor::LoadRestrictionsRootOnly => &terrace_kustomize::DiskFs,
+                crate::cli::LoadRestrictor::LoadRestrictionsNone => &unrestricted,
+            };
             let mut objects = Vec::new();
             for dir in dirs {
                 objects.extend(
-                    terrace_kustomize::build(&terrace_kustomize::DiskFs, dir)
+                    terrace_kustomize::build(fs, dir)
                         .map_err(|e| CliError::message(e.to_string(), None))?,
                 );
             }

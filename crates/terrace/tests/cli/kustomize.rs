@@ -196,3 +196,72 @@ fn errors_name_the_kustomization() {
         "{err}"
     );
 }
+
+#[test]
+fn the_load_restrictor_can_be_turned_off_as_in_kustomize() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::write_files(
+        dir.path(),
+        &[
+            (
+                "shared/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\ndata:\n  a: \"1\"\n",
+            ),
+            (
+                "app/kustomization.yaml",
+                "resources: [../shared/cm.yaml]\nnamePrefix: app-\n",
+            ),
+        ],
+    );
+    // By default a file outside the kustomization's directory is refused.
+    let o = terrace(dir.path(), &["kustomize", "build", "app"]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let o = terrace(
+        dir.path(),
+        &[
+            "kustomize",
+            "build",
+            "app",
+            "--load-restrictor",
+            "LoadRestrictionsNone",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let ours: Vec<Value> = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(ours[0]["metadata"]["name"], "app-shared");
+    if StdCommand::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped the comparison: kubectl (the reference renderer) is not on the PATH");
+        return;
+    }
+    let reference = StdCommand::new("kubectl")
+        .args([
+            "kustomize",
+            "--load-restrictor",
+            "LoadRestrictionsNone",
+            "app",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("kubectl");
+    assert!(
+        reference.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reference.stderr)
+    );
+    let theirs: Vec<Value> = terrace_yaml::tree::parse_stream(
+        &String::from_utf8_lossy(&reference.stdout),
+        Path::new("kubectl.yaml"),
+    )
+    .expect("yaml")
+    .iter()
+    .map(terrace_yaml::tree::Node::to_json)
+    .collect();
+    assert_eq!(ours, theirs);
+}
