@@ -384,6 +384,9 @@ pub fn set_replicas(v: &mut Value, count: &Value) {
 /// A reference from one object to another by name.
 struct Ref<'a> {
     target_kind: &'a str,
+    /// A second kind the name may refer to (RBAC `resourceNames`: a
+    /// ConfigMap or a Secret).
+    also_kind: Option<&'a str>,
     value: &'a mut Value,
     /// The namespace the reference names explicitly (RBAC subjects).
     namespace: Option<String>,
@@ -393,9 +396,14 @@ impl<'a> Ref<'a> {
     fn to(target_kind: &'a str, value: &'a mut Value) -> Ref<'a> {
         Ref {
             target_kind,
+            also_kind: None,
             value,
             namespace: None,
         }
+    }
+
+    fn refers_to(&self, kind: &str) -> bool {
+        kind == self.target_kind || self.also_kind == Some(kind)
     }
 }
 
@@ -404,6 +412,27 @@ fn refs(v: &mut Value) -> Vec<Ref<'_>> {
     let k = kind(v).to_owned();
     let mut out: Vec<Ref<'_>> = Vec::new();
     match k.as_str() {
+        // kustomize's name references: `rules[].resourceNames` of roles
+        // name ConfigMaps and Secrets.
+        "Role" | "ClusterRole" => {
+            let rules = v.get_mut("rules").and_then(Value::as_array_mut);
+            for rule in rules.into_iter().flatten() {
+                let names = rule.get_mut("resourceNames").and_then(Value::as_array_mut);
+                for n in names.into_iter().flatten() {
+                    out.push(Ref {
+                        also_kind: Some("Secret"),
+                        ..Ref::to("ConfigMap", n)
+                    });
+                }
+            }
+            return out;
+        }
+        "ValidatingAdmissionPolicyBinding" => {
+            if let Some(n) = v.get_mut("spec").and_then(|s| s.get_mut("policyName")) {
+                out.push(Ref::to("ValidatingAdmissionPolicy", n));
+            }
+            return out;
+        }
         "RoleBinding" | "ClusterRoleBinding" => {
             let obj = v.as_object_mut().expect("objects are maps");
             let mut role_ref = None;
@@ -644,7 +673,7 @@ pub fn fix_references(objects: &mut [Value], renamed: &[Renamed]) {
             };
             let candidates: Vec<&Renamed> = renamed
                 .iter()
-                .filter(|x| x.kind == r.target_kind && x.old.iter().any(|n| n == current))
+                .filter(|x| r.refers_to(&x.kind) && x.old.iter().any(|n| n == current))
                 .filter(|x| r.namespace.as_ref().is_none_or(|ns| *ns == x.namespace))
                 .collect();
             let chosen = candidates

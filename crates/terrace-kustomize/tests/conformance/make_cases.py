@@ -1542,6 +1542,11 @@ case("error-resources-default-namespace-collide", {
     "b.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: default}\n",
 }, error="already registered id")
 
+case("nameref-role-resource-names-and-policy-bindings", {
+    "kustomization.yaml": "resources: [r.yaml]\nnamePrefix: p-\nconfigMapGenerator:\n- name: cfg\n  literals: [A=1]\nsecretGenerator:\n- name: sec\n  literals: [B=2]\npatches:\n- target: {kind: Role, name: reader}\n  options: {allowNameChange: true}\n  patch: |-\n    apiVersion: rbac.authorization.k8s.io/v1\n    kind: Role\n    metadata:\n      name: reader-renamed\n",
+    "r.yaml": "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: reader\nrules:\n- apiGroups: [\"\"]\n  resources: [configmaps]\n  resourceNames: [cfg]\n  verbs: [get]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: creader\nrules:\n- apiGroups: [\"\"]\n  resources: [configmaps, secrets]\n  resourceNames: [cfg, sec, other]\n  verbs: [get]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: rb\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}\nsubjects: [{kind: User, name: u}]\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata:\n  name: pol\nspec:\n  validations: [{expression: \"true\"}]\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata:\n  name: polb\nspec:\n  policyName: pol\n  validationActions: [Deny]\n",
+})
+
 
 def main():
     if os.path.isdir(CASES):
