@@ -1109,7 +1109,25 @@ fn generate(
             Ok(())
         }
         ("replace", Some(r)) => {
+            // The content is replaced; the object keeps its metadata (the
+            // name the base's prefix gave it, labels, annotations), with
+            // the new generator's labels and annotations over them.
             let (names, first_namespace) = (r.names.clone(), r.first_namespace.clone());
+            let mut metadata = r.value["metadata"].clone();
+            for field in ["labels", "annotations"] {
+                if let Some(pairs) = value["metadata"][field].as_object() {
+                    let into = metadata.as_object_mut().and_then(|m| {
+                        m.entry(field)
+                            .or_insert_with(|| Value::Object(Map::new()))
+                            .as_object_mut()
+                    });
+                    if let Some(into) = into {
+                        into.extend(pairs.clone());
+                    }
+                }
+            }
+            let mut value = value;
+            value["metadata"] = metadata;
             *r = Res::new(value);
             r.names = names;
             r.first_namespace = first_namespace;

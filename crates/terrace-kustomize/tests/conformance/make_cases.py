@@ -1547,6 +1547,11 @@ case("nameref-role-resource-names-and-policy-bindings", {
     "r.yaml": "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: reader\nrules:\n- apiGroups: [\"\"]\n  resources: [configmaps]\n  resourceNames: [cfg]\n  verbs: [get]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: creader\nrules:\n- apiGroups: [\"\"]\n  resources: [configmaps, secrets]\n  resourceNames: [cfg, sec, other]\n  verbs: [get]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: rb\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}\nsubjects: [{kind: User, name: u}]\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata:\n  name: pol\nspec:\n  validations: [{expression: \"true\"}]\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata:\n  name: polb\nspec:\n  policyName: pol\n  validationActions: [Deny]\n",
 })
 
+case("generator-replace-keeps-base-prefix-and-metadata", {
+    "base/kustomization.yaml": "namePrefix: b-\ncommonLabels: {tier: base}\ncommonAnnotations: {note: base}\nconfigMapGenerator:\n- name: cm\n  literals: [A=1]\n",
+    "overlay/kustomization.yaml": "resources: [../base]\nnamePrefix: o-\nconfigMapGenerator:\n- name: cm\n  behavior: replace\n  literals: [B=2]\n  options:\n    labels: {added: here}\n",
+}, build="overlay")
+
 
 def main():
     if os.path.isdir(CASES):
