@@ -68,6 +68,17 @@ pub(crate) struct Res {
     first_namespace: String,
     /// Generated with a content-hash suffix, added at the end.
     hash: bool,
+    /// The kustomization builds it came through, innermost first: two
+    /// overlays of one base give its objects different origins, so a
+    /// reference goes to the object of its own branch (as kustomize's
+    /// name references prefer the referee with the referrer's history).
+    origin: Vec<u32>,
+}
+
+/// A new id for one kustomization's build (see [`Res::origin`]).
+fn next_origin() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Res {
@@ -79,6 +90,7 @@ impl Res {
             names: vec![name],
             first_namespace,
             hash: false,
+            origin: Vec::new(),
         }
     }
 
@@ -112,11 +124,13 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
                 old: r.names[..r.names.len() - 1].to_vec(),
                 new: r.names.last().cloned().unwrap_or_default(),
                 namespace: transform::namespace(&r.value).to_owned(),
+                origin: r.origin.clone(),
             });
         }
     }
+    let origins: Vec<Vec<u32>> = resources.iter().map(|r| r.origin.clone()).collect();
     let mut objects: Vec<Value> = resources.into_iter().map(|r| r.value).collect();
-    transform::fix_references(&mut objects, &renamed);
+    transform::fix_references(&mut objects, &origins, &renamed);
     let order = k
         .get("sortOptions")
         .and_then(|s| s.get("order"))
@@ -398,6 +412,10 @@ fn accumulate_as(
         generate_own(fs, dir, file, k, &mut acc)?;
         apply_components(fs, dir, file, k, &mut acc, stack)?;
         transform_own(fs, dir, file, k, &mut acc)?;
+        let id = next_origin();
+        for r in &mut acc {
+            r.origin.push(id);
+        }
         Ok(acc)
     })
 }
@@ -1128,9 +1146,11 @@ fn generate(
             }
             let mut value = value;
             value["metadata"] = metadata;
+            let origin = std::mem::take(&mut r.origin);
             *r = Res::new(value);
             r.names = names;
             r.first_namespace = first_namespace;
+            r.origin = origin;
             r.hash = !disable_hash;
             Ok(())
         }

@@ -654,13 +654,28 @@ pub struct Renamed {
     pub old: Vec<String>,
     pub new: String,
     pub namespace: String,
+    /// The kustomization builds it came through, innermost first.
+    pub origin: Vec<u32>,
+}
+
+/// How many kustomization builds, from the top down, two objects share:
+/// the deeper their common build, the closer they are.
+fn shared_builds(a: &[u32], b: &[u32]) -> usize {
+    a.iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 /// Rewrites references to objects that were renamed. A reference matches a
-/// renamed object of its kind whose old names include it, preferring one in
-/// the referrer's namespace.
-pub fn fix_references(objects: &mut [Value], renamed: &[Renamed]) {
-    for o in objects.iter_mut() {
+/// renamed object of its kind whose old names include it, preferring the
+/// one that came through the most of the referrer's builds (its own
+/// overlay in a diamond), then one in the referrer's namespace.
+/// `origins` holds each object's builds, innermost first.
+pub fn fix_references(objects: &mut [Value], origins: &[Vec<u32>], renamed: &[Renamed]) {
+    for (i, o) in objects.iter_mut().enumerate() {
+        let origin = origins.get(i).map(Vec::as_slice).unwrap_or_default();
         let ns = namespace(o).to_owned();
         let statefulset_service = if kind(o) == "StatefulSet" {
             o["spec"]["serviceName"].as_str().map(str::to_owned)
@@ -676,10 +691,15 @@ pub fn fix_references(objects: &mut [Value], renamed: &[Renamed]) {
                 .filter(|x| r.refers_to(&x.kind) && x.old.iter().any(|n| n == current))
                 .filter(|x| r.namespace.as_ref().is_none_or(|ns| *ns == x.namespace))
                 .collect();
-            let chosen = candidates
-                .iter()
-                .find(|x| x.namespace == ns)
-                .or_else(|| candidates.first());
+            let mut chosen: Option<&Renamed> = None;
+            let mut best = (0, false);
+            for x in &candidates {
+                let score = (shared_builds(origin, &x.origin), x.namespace == ns);
+                if chosen.is_none() || score > best {
+                    chosen = Some(x);
+                    best = score;
+                }
+            }
             if let Some(x) = chosen {
                 *r.value = Value::String(x.new.clone());
             }

@@ -1552,6 +1552,15 @@ case("generator-replace-keeps-base-prefix-and-metadata", {
     "overlay/kustomization.yaml": "resources: [../base]\nnamePrefix: o-\nconfigMapGenerator:\n- name: cm\n  behavior: replace\n  literals: [B=2]\n  options:\n    labels: {added: here}\n",
 }, build="overlay")
 
+case("nameref-diamond-each-overlay-its-own", {
+    "base/kustomization.yaml": "resources: [sa.yaml, pod.yaml]\n",
+    "base/sa.yaml": "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: sa\n",
+    "base/pod.yaml": "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  serviceAccountName: sa\n  containers: [{name: c, image: i}]\n",
+    "a/kustomization.yaml": "resources: [../base]\nnamePrefix: a-\n",
+    "b/kustomization.yaml": "resources: [../base]\nnamePrefix: b-\n",
+    "top/kustomization.yaml": "resources: [../a, ../b]\n",
+}, build="top")
+
 
 def main():
     if os.path.isdir(CASES):
