@@ -66,6 +66,8 @@ pub(crate) struct Res {
     pub(crate) names: Vec<String>,
     /// The namespace it was loaded or generated with.
     first_namespace: String,
+    /// The kind it was loaded or generated with (a patch may change it).
+    first_kind: String,
     /// Generated with a content-hash suffix, added at the end.
     hash: bool,
     /// The kustomization builds it came through, innermost first: two
@@ -85,10 +87,12 @@ impl Res {
     fn new(value: Value) -> Res {
         let name = transform::name(&value).to_owned();
         let first_namespace = transform::namespace(&value).to_owned();
+        let first_kind = transform::kind(&value).to_owned();
         Res {
             value,
             names: vec![name],
             first_namespace,
+            first_kind,
             hash: false,
             origin: Vec::new(),
         }
@@ -832,8 +836,11 @@ fn apply_smp(
     for (index, r) in acc.iter_mut().enumerate() {
         let selected = match &selector {
             Some(t) => t.selects(r),
+            // By its current or its original kind and any of its names:
+            // a later patch still finds what an earlier one renamed.
             None => {
-                transform::kind(&r.value) == transform::kind(patch)
+                (transform::kind(&r.value) == transform::kind(patch)
+                    || r.first_kind == transform::kind(patch))
                     && r.names.iter().any(|n| n == transform::name(patch))
                     && (transform::namespace(patch).is_empty()
                         || transform::namespace(patch) == transform::namespace(&r.value))

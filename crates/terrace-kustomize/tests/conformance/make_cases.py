@@ -1561,6 +1561,11 @@ case("nameref-diamond-each-overlay-its-own", {
     "top/kustomization.yaml": "resources: [../a, ../b]\n",
 }, build="top")
 
+case("patch-finds-a-resource-by-its-original-name-and-kind", {
+    "kustomization.yaml": "resources: [c.yaml]\npatches:\n- target: {kind: ConfigMap, name: plain}\n  options: {allowNameChange: true, allowKindChange: true}\n  patch: |-\n    apiVersion: v1\n    kind: Secret\n    metadata:\n      name: renamed\n- target: {kind: ConfigMap, name: plain}\n  patch: |-\n    - op: add\n      path: /metadata/labels\n      value: {second: \"yes\"}\n- patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: plain\n      annotations: {third: \"yes\"}\n",
+    "c.yaml": CM,
+})
+
 
 def main():
     if os.path.isdir(CASES):
