@@ -833,18 +833,54 @@ fn apply_smp(
     // `$patch: delete` at the top of a patch removes the resource.
     let delete = patch.get("$patch").and_then(Value::as_str) == Some("delete");
     let mut doomed = Vec::new();
-    for (index, r) in acc.iter_mut().enumerate() {
-        let selected = match &selector {
-            Some(t) => t.selects(r),
-            // By its current or its original kind and any of its names:
-            // a later patch still finds what an earlier one renamed.
-            None => {
+    // An untargeted patch names its resource: by its current or original
+    // kind and any of its names (a later patch still finds what an earlier
+    // one renamed), in the patch's namespace; failing that, the one
+    // resource of that kind and name in any namespace. Several is an
+    // error, as in kustomize.
+    let untargeted: Vec<usize> = if selector.is_none() {
+        let named: Vec<usize> = acc
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
                 (transform::kind(&r.value) == transform::kind(patch)
                     || r.first_kind == transform::kind(patch))
                     && r.names.iter().any(|n| n == transform::name(patch))
-                    && (transform::namespace(patch).is_empty()
-                        || transform::namespace(patch) == transform::namespace(&r.value))
-            }
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let exact: Vec<usize> = named
+            .iter()
+            .copied()
+            .filter(|&i| {
+                same_namespace(
+                    transform::namespace(patch),
+                    transform::namespace(&acc[i].value),
+                )
+            })
+            .collect();
+        if !exact.is_empty() {
+            exact
+        } else if named.len() > 1 {
+            return Err(KustomizeError::invalid(
+                file,
+                format!(
+                    "the patch for {} `{}` matches {} resources in different namespaces (failed to find unique target); give the patch a namespace or a target",
+                    transform::kind(patch),
+                    transform::name(patch),
+                    named.len()
+                ),
+            ));
+        } else {
+            named
+        }
+    } else {
+        Vec::new()
+    };
+    for (index, r) in acc.iter_mut().enumerate() {
+        let selected = match &selector {
+            Some(t) => t.selects(r),
+            None => untargeted.contains(&index),
         };
         if !selected {
             continue;

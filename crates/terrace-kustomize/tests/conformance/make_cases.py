@@ -1566,6 +1566,16 @@ case("patch-finds-a-resource-by-its-original-name-and-kind", {
     "c.yaml": CM,
 })
 
+case("error-patch-ambiguous-across-namespaces", {
+    "kustomization.yaml": "resources: [c.yaml]\npatches:\n- patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: x\n    data: {b: \"2\"}\n",
+    "c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: b}\n",
+}, error="failed to find unique target")
+case("patch-without-namespace-finds-the-one-resource", {
+    "base/kustomization.yaml": "namespace: apps\nresources: [c.yaml]\n",
+    "base/c.yaml": CM,
+    "overlay/kustomization.yaml": "resources: [../base]\npatches:\n- patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: plain\n    data: {b: \"2\"}\n",
+}, build="overlay")
+
 
 def main():
     if os.path.isdir(CASES):
