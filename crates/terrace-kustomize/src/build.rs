@@ -135,11 +135,12 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
     let origins: Vec<Vec<u32>> = resources.iter().map(|r| r.origin.clone()).collect();
     let mut objects: Vec<Value> = resources.into_iter().map(|r| r.value).collect();
     transform::fix_references(&mut objects, &origins, &renamed);
-    let order = k
-        .get("sortOptions")
-        .and_then(|s| s.get("order"))
-        .and_then(Value::as_str)
-        .unwrap_or("legacy");
+    // Without sortOptions the order is legacy; with them, `order` must
+    // say which, as kustomize requires.
+    let order = match k.get("sortOptions") {
+        None => "legacy",
+        Some(options) => options.get("order").and_then(Value::as_str).unwrap_or(""),
+    };
     match order {
         "legacy" => {
             let legacy = k
@@ -159,7 +160,17 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
             let last = list("orderLast", &ORDER_LAST);
             objects.sort_by_cached_key(|v| legacy_key(v, &first, &last));
         }
-        "fifo" => {}
+        "fifo" => {
+            if k.get("sortOptions")
+                .and_then(|s| s.get("legacySortOptions"))
+                .is_some()
+            {
+                return Err(KustomizeError::invalid(
+                    &file,
+                    "sortOptions.legacySortOptions is set but the selected sort order is `fifo`, not `legacy`",
+                ));
+            }
+        }
         other => {
             return Err(KustomizeError::invalid(
                 &file,

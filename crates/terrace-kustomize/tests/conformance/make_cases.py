@@ -1576,6 +1576,13 @@ case("patch-without-namespace-finds-the-one-resource", {
     "overlay/kustomization.yaml": "resources: [../base]\npatches:\n- patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: plain\n    data: {b: \"2\"}\n",
 }, build="overlay")
 
+case("error-sort-options-legacy-with-fifo", {
+    "kustomization.yaml": "resources: [c.yaml]\nsortOptions:\n  order: fifo\n  legacySortOptions: {orderFirst: [ConfigMap]}\n", "c.yaml": CM,
+}, error="legacySortOptions is set")
+case("error-sort-options-without-order", {
+    "kustomization.yaml": "resources: [c.yaml]\nsortOptions:\n  legacySortOptions: {orderFirst: [ConfigMap]}\n", "c.yaml": CM,
+}, error="it must be legacy or fifo")
+
 
 def main():
     if os.path.isdir(CASES):
