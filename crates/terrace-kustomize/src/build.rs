@@ -720,6 +720,45 @@ fn transform_own(
             transform::add_labels(&mut r.value, &pairs, selectors, templates)
                 .map_err(|m| KustomizeError::invalid(file, m))?;
         }
+        // `fields`: more places for the pairs, as kustomize field specs
+        // (`path` with `/` and `[]` for each item of a list, an optional
+        // `kind`, `group`, `version`, and `create`).
+        for spec in l
+            .get("fields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(path) = spec["path"].as_str() else {
+                return Err(KustomizeError::invalid(
+                    file,
+                    "labels[].fields entries need a `path`",
+                ));
+            };
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            let create = spec["create"] == Value::Bool(true);
+            for r in acc.iter_mut() {
+                let (group, version) = match r.value["apiVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .rsplit_once('/')
+                {
+                    Some((g, v)) => (g.to_owned(), v.to_owned()),
+                    None => (
+                        String::new(),
+                        r.value["apiVersion"].as_str().unwrap_or("").to_owned(),
+                    ),
+                };
+                let wanted =
+                    |field: &str, have: &str| spec[field].as_str().is_none_or(|w| w == have);
+                if wanted("kind", transform::kind(&r.value))
+                    && wanted("group", &group)
+                    && wanted("version", &version)
+                {
+                    transform::set_at_field_spec(&mut r.value, &segments, create, &pairs);
+                }
+            }
+        }
     }
     if let Some(ann) = k.get("commonAnnotations").and_then(Value::as_object) {
         let ann = ann.clone();

@@ -240,6 +240,38 @@ pub fn add_labels(
     Ok(())
 }
 
+/// Sets `pairs` in the map at a kustomize field-spec path (`a/b[]/c`:
+/// `[]` visits every item of a list), creating missing maps on the way
+/// only with `create`.
+pub fn set_at_field_spec(v: &mut Value, path: &[&str], create: bool, pairs: &Map<String, Value>) {
+    let Some((first, rest)) = path.split_first() else {
+        if let Some(m) = v.as_object_mut() {
+            set_all(m, pairs);
+        }
+        return;
+    };
+    let Some(obj) = v.as_object_mut() else {
+        return;
+    };
+    if let Some(key) = first.strip_suffix("[]") {
+        if let Some(items) = obj.get_mut(key).and_then(Value::as_array_mut) {
+            for item in items {
+                set_at_field_spec(item, rest, create, pairs);
+            }
+        }
+        return;
+    }
+    if !obj.contains_key(*first) || obj[*first].is_null() {
+        if !create {
+            return;
+        }
+        obj.insert((*first).to_owned(), Value::Object(Map::new()));
+    }
+    if let Some(next) = obj.get_mut(*first) {
+        set_at_field_spec(next, rest, create, pairs);
+    }
+}
+
 /// `commonAnnotations`: the object and its pod template.
 pub fn add_annotations(v: &mut Value, pairs: &Map<String, Value>) -> Result<(), String> {
     let k = kind(v).to_owned();

@@ -1583,6 +1583,11 @@ case("error-sort-options-without-order", {
     "kustomization.yaml": "resources: [c.yaml]\nsortOptions:\n  legacySortOptions: {orderFirst: [ConfigMap]}\n", "c.yaml": CM,
 }, error="it must be legacy or fifo")
 
+case("labels-with-field-specs", {
+    "kustomization.yaml": "resources: [c.yaml]\nlabels:\n- pairs: {team: web}\n  fields:\n  - path: spec/selector/matchLabels\n    kind: Custom\n    create: true\n  - path: spec/extra/labels\n    kind: Custom\n  - path: data/labels\n    create: true\n  - path: spec/items[]/labels\n    kind: Custom\n    create: true\n  - path: spec/other\n    kind: Custom\n    group: other.io\n    create: true\n",
+    "c.yaml": "apiVersion: example.com/v1\nkind: Custom\nmetadata:\n  name: c\nspec:\n  items:\n  - name: a\n  - name: b\n    labels: {x: z}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: m\n",
+})
+
 
 def main():
     if os.path.isdir(CASES):
