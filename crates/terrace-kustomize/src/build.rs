@@ -484,11 +484,6 @@ fn entered<T>(
     result
 }
 
-/// Namespaces as kustomize compares them in ids: none is `default`.
-fn same_namespace(a: &str, b: &str) -> bool {
-    a == b || (a.is_empty() && b == "default") || (a == "default" && b.is_empty())
-}
-
 /// A kustomization is used as a resource, a Component only under
 /// `components`.
 fn check_kind(k: &Map<String, Value>, file: &Path, component: bool) -> Result<(), KustomizeError> {
@@ -568,11 +563,7 @@ fn check_unique(acc: &[Res], file: &Path) -> Result<(), KustomizeError> {
     for r in acc {
         // The group is part of the identity (a core ServiceAccount and a
         // talos.dev one may share a name); the version is not.
-        let group = r.value["apiVersion"]
-            .as_str()
-            .and_then(|a| a.rsplit_once('/'))
-            .map_or("", |(g, _)| g)
-            .to_owned();
+        let group = transform::group_version(&r.value).0.to_owned();
         let ns = match transform::namespace(&r.value) {
             "" => "default",
             other => other,
@@ -737,24 +728,11 @@ fn transform_own(
             };
             let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
             let create = spec["create"] == Value::Bool(true);
+            // Its kind, group and version select objects exactly.
+            let selector =
+                Selector::new(spec, Match::Exact).map_err(|m| KustomizeError::invalid(file, m))?;
             for r in acc.iter_mut() {
-                let (group, version) = match r.value["apiVersion"]
-                    .as_str()
-                    .unwrap_or("")
-                    .rsplit_once('/')
-                {
-                    Some((g, v)) => (g.to_owned(), v.to_owned()),
-                    None => (
-                        String::new(),
-                        r.value["apiVersion"].as_str().unwrap_or("").to_owned(),
-                    ),
-                };
-                let wanted =
-                    |field: &str, have: &str| spec[field].as_str().is_none_or(|w| w == have);
-                if wanted("kind", transform::kind(&r.value))
-                    && wanted("group", &group)
-                    && wanted("version", &version)
-                {
+                if selector.selects(r) {
                     transform::set_at_field_spec(&mut r.value, &segments, create, &pairs);
                 }
             }
@@ -903,7 +881,7 @@ fn apply_smp(
             .iter()
             .copied()
             .filter(|&i| {
-                same_namespace(
+                transform::same_namespace(
                     transform::namespace(patch),
                     transform::namespace(&acc[i].value),
                 )
@@ -1173,8 +1151,8 @@ fn generate(
         transform::kind(&r.value) == kind
             && r.names.contains(&name)
             // Either the namespace it was generated with, or its current one.
-            && (same_namespace(&r.first_namespace, ns)
-                || same_namespace(transform::namespace(&r.value), ns))
+            && (transform::same_namespace(&r.first_namespace, ns)
+                || transform::same_namespace(transform::namespace(&r.value), ns))
     });
     match (behavior, existing) {
         ("create", Some(_)) => Err(KustomizeError::invalid(
@@ -1365,11 +1343,7 @@ fn legacy_key(v: &Value, first: &[String], last: &[String]) -> (i32, String, Str
     } else {
         0
     };
-    let api = v["apiVersion"].as_str().unwrap_or("");
-    let (group, version) = match api.split_once('/') {
-        Some((g, ver)) => (g, ver),
-        None => ("", api),
-    };
+    let (group, version) = transform::group_version(v);
     let or = |s: &str, d: &str| {
         if s.is_empty() {
             d.to_owned()

@@ -77,11 +77,7 @@ impl Selector {
     /// object has had matches.
     pub(crate) fn selects(&self, r: &Res) -> bool {
         let v = &r.value;
-        let api = v["apiVersion"].as_str().unwrap_or("");
-        let (group, version) = match api.split_once('/') {
-            Some((g, ver)) => (g, ver),
-            None => ("", api),
-        };
+        let (group, version) = transform::group_version(v);
         let ok = |p: &Option<Pattern>, actual: &str| p.as_ref().is_none_or(|p| p.matches(actual));
         ok(&self.group, group)
             && ok(&self.version, version)

@@ -30,6 +30,20 @@ pub const CLUSTER_SCOPED: &[&str] = &[
     "VolumeAttachment",
 ];
 
+/// The group (empty for the core group) and version of `apiVersion`.
+pub fn group_version(v: &Value) -> (&str, &str) {
+    let api = v["apiVersion"].as_str().unwrap_or("");
+    match api.split_once('/') {
+        Some((g, ver)) => (g, ver),
+        None => ("", api),
+    }
+}
+
+/// Namespaces as kustomize compares them in ids: none is `default`.
+pub fn same_namespace(a: &str, b: &str) -> bool {
+    a == b || (a.is_empty() && b == "default") || (a == "default" && b.is_empty())
+}
+
 pub fn kind(v: &Value) -> &str {
     v["kind"].as_str().unwrap_or("")
 }
@@ -117,9 +131,6 @@ pub fn set_namespace(v: &mut Value, ns: &str, accounts: &[(String, String)]) {
         // kustomize moves the `default` ServiceAccount, whatever namespace
         // the subject names; other subjects follow only a ServiceAccount
         // of this build (name references, later).
-        let same = |a: &str, b: &str| {
-            a == b || (a.is_empty() && b == "default") || (a == "default" && b.is_empty())
-        };
         for s in subjects {
             if s["kind"] != "ServiceAccount" {
                 continue;
@@ -128,7 +139,7 @@ pub fn set_namespace(v: &mut Value, ns: &str, accounts: &[(String, String)]) {
             let subject_ns = s["namespace"].as_str().unwrap_or("");
             let ours = accounts
                 .iter()
-                .any(|(n, account_ns)| n == name && same(account_ns, subject_ns));
+                .any(|(n, account_ns)| n == name && same_namespace(account_ns, subject_ns));
             if name == "default" || ours {
                 s["namespace"] = Value::String(ns.to_owned());
             }
