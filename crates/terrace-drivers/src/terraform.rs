@@ -93,6 +93,9 @@ struct PlanFile {
 impl PlanFile {
     fn new() -> Result<PlanFile, DriverError> {
         use std::os::unix::fs::PermissionsExt;
+        // Before the first plan of this process, not at every start-up.
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(sweep_stale_plans);
         let mut b = tempfile::Builder::new();
         // The pid in the name lets a later run sweep what a killed one
         // left (`sweep_stale_plans`).
@@ -115,10 +118,10 @@ impl PlanFile {
 const PLAN_PREFIX: &str = "terrace-tfplan-";
 
 /// Removes saved-plan directories that a terrace process which no longer
-/// runs left behind (killed with SIGKILL, or a crash of the machine's
-/// power is not it: /dev/shm is gone then). Directories of running
-/// processes are left alone.
-pub fn sweep_stale_plans() {
+/// runs left behind (killed with SIGKILL; after a power loss /dev/shm is
+/// gone anyway). Directories of running processes are left alone. Runs
+/// once per process, before its first saved plan.
+fn sweep_stale_plans() {
     for base in [Path::new("/dev/shm").to_path_buf(), std::env::temp_dir()] {
         let Ok(entries) = std::fs::read_dir(&base) else {
             continue;

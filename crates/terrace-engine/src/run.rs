@@ -309,12 +309,11 @@ impl Engine {
     pub fn open(start: &Path, environment: Option<&str>) -> Result<Engine, EngineError> {
         let project = Project::discover(start)?;
         // terrace's own directory is private, also when an older version
-        // made it 0755; saved plans a killed run left are removed.
+        // made it 0755.
         let work = project.root.join(terrace_core::config::WORK_DIR);
         if work.exists() {
             terrace_fs::private_dir(&work)?;
         }
-        terrace_drivers::terraform::sweep_stale_plans();
         let env = project.pick_environment(environment)?;
         let workspace = Workspace::new(&project, &env)?;
         let state: Arc<dyn StateBackend> = Arc::new(LocalBackend::new(project.state_dir()));
@@ -476,6 +475,11 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .0
             .clone();
+        // The store keeps its own set built; merging makes a new one, so
+        // only when there is something to merge.
+        if extra.is_empty() {
+            return self.secrets.plaintexts();
+        }
         self.secrets.plaintexts().merged(&Plaintexts::new(extra))
     }
 
