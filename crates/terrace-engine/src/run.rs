@@ -296,7 +296,7 @@ pub struct Engine {
 /// Values of sensitive outputs with where they came from; `Debug` shows
 /// only how many (the engine derives `Debug`).
 #[derive(Default)]
-struct SensitiveValues(Vec<(String, std::path::PathBuf)>);
+struct SensitiveValues(BTreeSet<(String, std::path::PathBuf)>);
 
 impl std::fmt::Debug for SensitiveValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -476,7 +476,8 @@ impl Engine {
             .0
             .clone();
         // The store keeps its own set built; merging makes a new one, so
-        // only when there is something to merge.
+        // only when there is something to merge. (A dependency's outputs
+        // are read once per dependent: the set keeps each value once.)
         if extra.is_empty() {
             return self.secrets.plaintexts();
         }
