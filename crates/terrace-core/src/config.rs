@@ -200,7 +200,9 @@ impl TargetBinding {
 
 /// `unit.yaml`: one unit of infrastructure.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+// Not `deny_unknown_fields` (serde cannot combine it with `flatten`): a key
+// that is neither a field nor the kind's name is refused by the project check.
+#[serde(rename_all = "camelCase")]
 #[schemars(title = "terrace unit (unit.yaml)")]
 pub struct UnitFile {
     /// The unit's name, unique in the project. Defaults to the directory name.
@@ -230,86 +232,54 @@ pub struct UnitFile {
     /// settings key given here replaces the unit's own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub overrides: BTreeMap<String, UnitOverride>,
-    /// Settings of a `manifests` unit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifests: Option<ManifestsSettings>,
-    /// Settings of a `template` unit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<TemplateSettings>,
-    /// Settings of a `terraform` unit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terraform: Option<TerraformSettings>,
-    /// Settings of a `kustomize` unit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kustomize: Option<KustomizeSettings>,
+    /// The kind's own settings, under the key of the kind's name
+    /// (`terraform: {...}` in a `terraform` unit). Checked against the kind
+    /// when the project loads (`terrace_core::kind`).
+    #[serde(flatten)]
+    pub settings: BTreeMap<String, Value>,
 }
 
 impl UnitFile {
-    /// The settings block of `kind`, as a map (`None` when absent).
-    pub fn settings_of(&self, kind: UnitKind) -> Option<Map<String, Value>> {
-        fn to_map<T: Serialize>(t: &T) -> Map<String, Value> {
-            match serde_json::to_value(t) {
-                Ok(Value::Object(m)) => m,
-                _ => Map::new(),
-            }
-        }
-        match kind {
-            UnitKind::Manifests => self.manifests.as_ref().map(to_map),
-            UnitKind::Template => self.template.as_ref().map(to_map),
-            UnitKind::Terraform => self.terraform.as_ref().map(to_map),
-            UnitKind::Kustomize => self.kustomize.as_ref().map(to_map),
-        }
+    /// The settings block of the unit's own kind (`None` when absent).
+    pub fn own_settings(&self) -> Option<&Value> {
+        self.settings.get(self.kind.as_str())
     }
 }
 
-/// The unit kinds.
+/// The name of a unit kind (`manifests`, `terraform`, ...): one of the
+/// kinds of the [`crate::kind::Registry`] the engine was given, checked when
+/// the project loads.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
 )]
-#[serde(rename_all = "camelCase")]
-pub enum UnitKind {
-    /// A directory of Kubernetes YAML with `${...}` substitution.
-    Manifests,
-    /// Files rendered from Jinja templates, optionally once per list item.
-    Template,
-    /// A Terraform or OpenTofu root module (the unit directory), with state
-    /// per environment and unit.
-    Terraform,
-    /// A kustomization directory, built by terrace's own Kustomize engine
-    /// (the same objects `kustomize build` prints).
-    Kustomize,
-}
+#[serde(transparent)]
+pub struct UnitKind(String);
 
 impl UnitKind {
-    /// Every kind, in the order they are documented.
-    pub const ALL: [UnitKind; 4] = [
-        UnitKind::Manifests,
-        UnitKind::Kustomize,
-        UnitKind::Template,
-        UnitKind::Terraform,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UnitKind::Manifests => "manifests",
-            UnitKind::Template => "template",
-            UnitKind::Terraform => "terraform",
-            UnitKind::Kustomize => "kustomize",
-        }
+    pub fn new(name: impl Into<String>) -> Self {
+        UnitKind(name.into())
     }
 
-    /// Whether this kind acts on a target, and which kind of target.
-    pub fn target_kind(self) -> Option<TargetKind> {
-        match self {
-            UnitKind::Manifests | UnitKind::Kustomize => Some(TargetKind::Cluster),
-            UnitKind::Template | UnitKind::Terraform => None,
-        }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for UnitKind {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for UnitKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
     }
 }
 
 impl fmt::Display for UnitKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.0)
     }
 }
 
@@ -338,7 +308,8 @@ impl EnvironmentFilter {
 
 /// What one environment changes in a unit.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+// Unknown keys are refused by the project check, as in `UnitFile`.
+#[serde(rename_all = "camelCase")]
 pub struct UnitOverride {
     /// Input keys that replace the unit's own.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
@@ -346,166 +317,15 @@ pub struct UnitOverride {
     /// Another target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    /// `manifests` settings keys that replace the unit's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifests: Option<Map<String, Value>>,
-    /// `template` settings keys that replace the unit's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<Map<String, Value>>,
-    /// `terraform` settings keys that replace the unit's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terraform: Option<Map<String, Value>>,
-    /// `kustomize` settings keys that replace the unit's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kustomize: Option<Map<String, Value>>,
+    /// Settings keys of the unit's kind that replace the unit's own, under
+    /// the kind's name (`terraform: {refresh: false}`).
+    #[serde(flatten)]
+    pub settings: BTreeMap<String, Value>,
 }
 
 impl UnitOverride {
     /// The settings keys this override gives for `kind`.
-    pub fn settings_of(&self, kind: UnitKind) -> Option<&Map<String, Value>> {
-        match kind {
-            UnitKind::Manifests => self.manifests.as_ref(),
-            UnitKind::Template => self.template.as_ref(),
-            UnitKind::Terraform => self.terraform.as_ref(),
-            UnitKind::Kustomize => self.kustomize.as_ref(),
-        }
-    }
-}
-
-/// Settings of a `terraform` unit.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TerraformSettings {
-    /// `terrace` (default): terrace owns the backend, with local state under
-    /// `.terrace/terraform/<env>/<unit>/` (it writes
-    /// `terrace_backend_override.tf.json` into the module). `own`: the
-    /// module's own `backend` block is used as it is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
-    /// The binary for this unit (default: the project's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub binary: Option<String>,
-    /// Whether plans refresh from real infrastructure (default true);
-    /// `false` is the fast path that trusts the state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh: Option<bool>,
-}
-
-/// Settings of a `manifests` unit. Strings may use `${...}`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ManifestsSettings {
-    /// The directory of YAML files, relative to the unit directory
-    /// (default: the unit directory itself, without `unit.yaml`). Every
-    /// `*.yaml` and `*.yml` file under it is read, in path order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// How the objects are applied to a live cluster.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub apply: Option<ApplySettings>,
-}
-
-/// How a unit's objects are applied to a live cluster (a cluster target
-/// bound to a kubeconfig or in-cluster).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ApplySettings {
-    /// When a field the unit sets is owned by another field manager (an
-    /// autoscaler's `spec.replicas`): `yield` leaves it to its owner and
-    /// says so in the plan (default), `force` takes it over, `error` fails
-    /// the plan naming the fields and their owners.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conflicts: Option<ConflictPolicy>,
-    /// Wait after apply until the objects are healthy (default true).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait: Option<bool>,
-    /// How long the waits of one apply may take, as `90s`, `5m` or `1h`
-    /// (default `5m`). Dependents of a unit that is not healthy in time do
-    /// not start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
-}
-
-/// What to do with a field another field manager owns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ConflictPolicy {
-    Yield,
-    Force,
-    Error,
-}
-
-/// Settings of a `kustomize` unit. Strings may use `${...}`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct KustomizeSettings {
-    /// The kustomization directory, relative to the unit directory (default:
-    /// the unit directory itself). One unit usually serves every
-    /// environment through its overlay: `overlays/${env}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// How the objects are applied to a live cluster.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub apply: Option<ApplySettings>,
-}
-
-/// Settings of a `template` unit. Strings may use `${...}`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TemplateSettings {
-    /// A template file or a directory of them, relative to the unit
-    /// directory (default `templates`). A file's `.j2` or `.jinja` suffix is
-    /// dropped from the name of what it renders.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Where rendered files go, relative to the project root (default
-    /// `.terrace/generated/<env>/<unit>`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
-    /// A list: the templates are rendered once per item, each into its own
-    /// subdirectory, with the item as `item` and its position as `index`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub for_each: Option<Value>,
-    /// The subdirectory for each item, as a template (default
-    /// `{{ item.name }}` when items have a name, else the index).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub item_path: Option<String>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn kubeconfig(path: &str, context: Option<&str>) -> TargetBinding {
-        TargetBinding {
-            kubeconfig: Some(path.into()),
-            context: context.map(Into::into),
-            in_cluster: None,
-        }
-    }
-
-    #[test]
-    fn an_overlay_replaces_the_place_whole() {
-        let base = kubeconfig("a.yaml", Some("admin"));
-        // A context alone keeps the kubeconfig.
-        let ctx = TargetBinding {
-            context: Some("ci".into()),
-            ..TargetBinding::default()
-        };
-        assert_eq!(base.overlay(&ctx), kubeconfig("a.yaml", Some("ci")));
-        // In-cluster drops the kubeconfig and its context.
-        let inside = TargetBinding {
-            in_cluster: Some(true),
-            ..TargetBinding::default()
-        };
-        let b = base.overlay(&inside);
-        assert_eq!(
-            (b.kubeconfig, b.context, b.in_cluster),
-            (None, None, Some(true))
-        );
-        // A kubeconfig drops in-cluster.
-        let b = base.overlay(&inside).overlay(&kubeconfig("b.yaml", None));
-        assert_eq!(b, kubeconfig("b.yaml", None));
-        assert!(b.is_live());
+    pub fn settings_of(&self, kind: &UnitKind) -> Option<&Value> {
+        self.settings.get(kind.as_str())
     }
 }

@@ -177,8 +177,6 @@ impl From<Diagnostic> for DriverError {
 
 /// A unit kind.
 pub trait Driver: Send + Sync + fmt::Debug {
-    fn kind(&self) -> UnitKind;
-
     /// What the unit would apply, without looking at the target.
     fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError>;
 
@@ -223,7 +221,7 @@ mod debug_tests {
         let unit = ResolvedUnit {
             name: "web".into(),
             layer: "apps".into(),
-            kind: UnitKind::Manifests,
+            kind: UnitKind::new("manifests"),
             dir: "apps/web".into(),
             inputs,
             settings: Value::Null,

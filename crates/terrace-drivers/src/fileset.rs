@@ -340,7 +340,7 @@ mod tests {
         UnitState {
             format: STATE_FORMAT,
             unit: "u".into(),
-            kind: UnitKind::Template,
+            kind: UnitKind::new("template"),
             layer: "l".into(),
             environment: "e".into(),
             serial: 1,

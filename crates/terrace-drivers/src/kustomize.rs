@@ -12,11 +12,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::Value;
-use terrace_core::config::{KustomizeSettings, UNIT_FILE, UnitKind};
+use terrace_core::config::{TargetKind, UNIT_FILE};
 use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{DriverError, UnitContext};
+use terrace_core::kind::TypedKind;
 use terrace_core::secrets::{SecretSource, looks_encrypted};
 use terrace_kustomize::{DiskFs, Fs};
 
@@ -25,9 +28,18 @@ use crate::manifests::{self, Object, ObjectsDriver, identify};
 
 /// The `kustomize` driver: its objects go the way of a `manifests` unit's.
 pub const KUSTOMIZE: ObjectsDriver = ObjectsDriver {
-    kind: UnitKind::Kustomize,
     objects: render_objects,
 };
+
+/// The `kustomize` kind.
+pub fn kind() -> TypedKind<KustomizeSettings> {
+    TypedKind::new(
+        "kustomize",
+        "A kustomization directory, built by terrace's own Kustomize engine (the same objects `kustomize build` prints).",
+        Some(TargetKind::Cluster),
+        || std::sync::Arc::new(KUSTOMIZE),
+    )
+}
 
 /// The annotation that carries an object's SOPS source file through the
 /// build; removed before the object goes anywhere.
@@ -122,15 +134,7 @@ fn take_source(v: &mut Value) -> Option<PathBuf> {
 /// Builds the unit's kustomization: its objects, in kustomize's order.
 pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError> {
     let unit_file = format!("{}/{UNIT_FILE}", ctx.unit.dir);
-    let settings: KustomizeSettings = if ctx.unit.settings.is_null() {
-        KustomizeSettings::default()
-    } else {
-        KustomizeSettings::deserialize(&ctx.unit.settings).map_err(|e| {
-            DriverError::from(
-                Diagnostic::new(format!("invalid `kustomize` settings: {e}")).in_file(&unit_file),
-            )
-        })?
-    };
+    let settings: KustomizeSettings = crate::unit_settings(ctx)?;
     let rel = settings.path.as_deref().unwrap_or(".");
     let dir = clean_relative(&ctx.unit.dir, rel).ok_or_else(|| {
         Diagnostic::new(format!("kustomize path `{rel}` leads outside the project"))
@@ -187,6 +191,20 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
         });
     }
     Ok(objects)
+}
+
+/// Settings of a `kustomize` unit. Strings may use `${...}`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KustomizeSettings {
+    /// The kustomization directory, relative to the unit directory (default:
+    /// the unit directory itself). One unit usually serves every
+    /// environment through its overlay: `overlays/${env}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// How the objects are applied to a live cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<crate::ApplySettings>,
 }
 
 #[cfg(test)]

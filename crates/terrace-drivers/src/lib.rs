@@ -24,29 +24,34 @@ pub mod manifests;
 pub mod template;
 pub mod terraform;
 
-use std::sync::Arc;
+use serde::de::DeserializeOwned;
+use terrace_core::config::UNIT_FILE;
+use terrace_core::diag::Diagnostic;
+use terrace_core::driver::{DriverError, UnitContext};
+use terrace_core::kind::{Registry, parse_settings};
 
-use terrace_core::config::UnitKind;
-use terrace_core::driver::Driver;
+pub use live::{ApplySettings, ConflictPolicy, Timeout};
 
-/// Every built-in driver.
-pub fn builtin() -> Vec<Arc<dyn Driver>> {
-    vec![
-        Arc::new(manifests::MANIFESTS),
-        Arc::new(kustomize::KUSTOMIZE),
-        Arc::new(template::TemplateDriver),
-        Arc::new(terraform::TerraformDriver),
-    ]
+/// Every built-in kind, in the order they are documented. A new kind is
+/// one module (its settings type, its driver, its `kind()`) and one line
+/// here.
+pub fn registry() -> Registry {
+    Registry::new()
+        .with(manifests::kind())
+        .with(kustomize::kind())
+        .with(template::kind())
+        .with(terraform::kind())
 }
 
-/// The built-in driver for `kind`.
-pub fn for_kind(kind: UnitKind) -> Arc<dyn Driver> {
-    match kind {
-        UnitKind::Manifests => Arc::new(manifests::MANIFESTS),
-        UnitKind::Kustomize => Arc::new(kustomize::KUSTOMIZE),
-        UnitKind::Template => Arc::new(template::TemplateDriver),
-        UnitKind::Terraform => Arc::new(terraform::TerraformDriver),
-    }
+/// The unit's settings as its kind's type, expressions evaluated. The
+/// project check already read them once, unevaluated, so an error here is
+/// a value an expression produced.
+pub(crate) fn unit_settings<S: DeserializeOwned>(ctx: &UnitContext<'_>) -> Result<S, DriverError> {
+    parse_settings(&ctx.unit.settings).map_err(|e| {
+        Diagnostic::new(format!("invalid `{}` settings: {e}", ctx.unit.kind))
+            .in_file(format!("{}/{UNIT_FILE}", ctx.unit.dir))
+            .into()
+    })
 }
 
 /// `sha256:<hex>` of `bytes`.

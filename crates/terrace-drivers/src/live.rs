@@ -6,9 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
-use terrace_core::config::{ApplySettings, ConflictPolicy, UNIT_FILE};
+use terrace_core::config::UNIT_FILE;
 use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{Applied, DestroyContext, DriverError, ResolvedTarget, UnitContext};
 use terrace_core::plan::UnitPlan;
@@ -78,11 +80,7 @@ fn options(ctx: &UnitContext<'_>) -> Result<Options, DriverError> {
         options.wait = w;
     }
     if let Some(t) = &settings.timeout {
-        options.timeout = humantime::parse_duration(t).map_err(|e| {
-            Diagnostic::new(format!("`apply.timeout` is `{t}`: {e}"))
-                .in_file(&file)
-                .with_hint("write a duration such as `90s`, `5m` or `1h`")
-        })?;
+        options.timeout = t.duration();
     }
     // For CI against clusters where pods never start (no nodes), and for
     // tests: the environment can turn waiting off, or poll faster.
@@ -242,4 +240,58 @@ pub(crate) async fn plan_destroy(
         }
         .await,
     )
+}
+
+/// How a unit's objects are applied to a live cluster (a cluster target
+/// bound to a kubeconfig or in-cluster).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApplySettings {
+    /// When a field the unit sets is owned by another field manager (an
+    /// autoscaler's `spec.replicas`): `yield` leaves it to its owner and
+    /// says so in the plan (default), `force` takes it over, `error` fails
+    /// the plan naming the fields and their owners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<ConflictPolicy>,
+    /// Wait after apply until the objects are healthy (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
+    /// How long the waits of one apply may take, as `90s`, `5m` or `1h`
+    /// (default `5m`). Dependents of a unit that is not healthy in time do
+    /// not start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Timeout>,
+}
+
+/// A duration as written (`90s`, `5m`, `1h`), checked when the project
+/// loads.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Timeout(#[schemars(regex(pattern = r"^[0-9]+\s*[a-z]+( *[0-9]+\s*[a-z]+)*$"))] String);
+
+impl Timeout {
+    pub fn duration(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.0).unwrap_or_default()
+    }
+}
+
+impl<'de> Deserialize<'de> for Timeout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match humantime::parse_duration(&text) {
+            Ok(_) => Ok(Timeout(text)),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}): write one such as `90s`, `5m` or `1h`"
+            ))),
+        }
+    }
+}
+
+/// What to do with a field another field manager owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictPolicy {
+    Yield,
+    Force,
+    Error,
 }

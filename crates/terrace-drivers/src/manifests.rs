@@ -11,18 +11,21 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{Value, json};
-use terrace_core::config::{ManifestsSettings, TargetKind, UNIT_FILE, WORK_DIR};
+use terrace_core::ValuePath;
+use terrace_core::config::{TargetKind, UNIT_FILE, WORK_DIR};
 use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{
     Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, RenderedDocument,
     UnitContext,
 };
 use terrace_core::expr::{self, ContentScope, SecretError};
+use terrace_core::kind::TypedKind;
 use terrace_core::plan::UnitPlan;
 use terrace_core::secrets::looks_encrypted;
-use terrace_core::{ValuePath, config::UnitKind};
 
 use crate::clean_relative;
 use crate::fileset::{self, DesiredFile, DesiredSet};
@@ -34,15 +37,23 @@ use terrace_kube::Endpoint;
 /// same for every such kind.
 #[derive(Debug, Clone, Copy)]
 pub struct ObjectsDriver {
-    pub kind: UnitKind,
     pub objects: fn(&UnitContext<'_>) -> Result<Vec<Object>, DriverError>,
 }
 
 /// The `manifests` driver.
 pub const MANIFESTS: ObjectsDriver = ObjectsDriver {
-    kind: UnitKind::Manifests,
     objects: render_objects,
 };
+
+/// The `manifests` kind.
+pub fn kind() -> TypedKind<ManifestsSettings> {
+    TypedKind::new(
+        "manifests",
+        "A directory of Kubernetes YAML with `${...}` substitution.",
+        Some(TargetKind::Cluster),
+        || std::sync::Arc::new(MANIFESTS),
+    )
+}
 
 /// One rendered object.
 #[derive(Debug, Clone, PartialEq)]
@@ -266,14 +277,7 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
 }
 
 fn settings(ctx: &UnitContext<'_>) -> Result<ManifestsSettings, DriverError> {
-    if ctx.unit.settings.is_null() {
-        return Ok(ManifestsSettings::default());
-    }
-    ManifestsSettings::deserialize(&ctx.unit.settings).map_err(|e| {
-        Diagnostic::new(format!("invalid `manifests` settings: {e}"))
-            .in_file(format!("{}/{UNIT_FILE}", ctx.unit.dir))
-            .into()
-    })
+    crate::unit_settings(ctx)
 }
 
 fn collect_yaml(abs: &Path, rel: &str, out: &mut Vec<String>) -> Result<(), DriverError> {
@@ -472,10 +476,6 @@ impl ObjectsDriver {
 }
 
 impl Driver for ObjectsDriver {
-    fn kind(&self) -> UnitKind {
-        self.kind
-    }
-
     fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
         render_documents(ctx, self.objects(ctx)?)
     }
@@ -518,6 +518,20 @@ impl Driver for ObjectsDriver {
             }
         })
     }
+}
+
+/// Settings of a `manifests` unit. Strings may use `${...}`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ManifestsSettings {
+    /// The directory of YAML files, relative to the unit directory
+    /// (default: the unit directory itself, without `unit.yaml`). Every
+    /// `*.yaml` and `*.yml` file under it is read, in path order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// How the objects are applied to a live cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<crate::ApplySettings>,
 }
 
 #[cfg(test)]

@@ -10,15 +10,18 @@
 use std::path::Path;
 
 use minijinja::{Environment, UndefinedBehavior};
+use schemars::JsonSchema;
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
-use terrace_core::config::{TemplateSettings, UNIT_FILE, UnitKind, WORK_DIR};
+use terrace_core::config::{UNIT_FILE, WORK_DIR};
 use terrace_core::diag::{Diagnostic, Location};
 use terrace_core::driver::{
     Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, RenderedDocument,
     UnitContext,
 };
 use terrace_core::expr::UNKNOWN;
+use terrace_core::kind::TypedKind;
 use terrace_core::plan::UnitPlan;
 
 use crate::fileset::{self, DesiredFile, DesiredSet};
@@ -39,15 +42,7 @@ struct Source {
 /// Renders the unit's files: (project-relative path, content), in order.
 pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, String)>), DriverError> {
     let unit_file = format!("{}/{UNIT_FILE}", ctx.unit.dir);
-    let settings: TemplateSettings = if ctx.unit.settings.is_null() {
-        TemplateSettings::default()
-    } else {
-        TemplateSettings::deserialize(&ctx.unit.settings).map_err(|e| {
-            DriverError::from(
-                Diagnostic::new(format!("invalid `template` settings: {e}")).in_file(&unit_file),
-            )
-        })?
-    };
+    let settings: TemplateSettings = crate::unit_settings(ctx)?;
     let src_rel = settings.source.as_deref().unwrap_or("templates");
     let source = clean_relative(&ctx.unit.dir, src_rel).ok_or_else(|| {
         Diagnostic::new(format!(
@@ -366,10 +361,6 @@ fn desired(ctx: &UnitContext<'_>) -> Result<DesiredSet, DriverError> {
 }
 
 impl Driver for TemplateDriver {
-    fn kind(&self) -> UnitKind {
-        UnitKind::Template
-    }
-
     fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
         let (_, files) = render_files(ctx)?;
         Ok(Rendered {
@@ -408,4 +399,37 @@ impl Driver for TemplateDriver {
     ) -> BoxFuture<'a, Result<Applied, DriverError>> {
         Box::pin(async move { fileset::apply(root, plan) })
     }
+}
+
+/// The `template` kind: files rendered from Jinja templates.
+pub fn kind() -> TypedKind<TemplateSettings> {
+    TypedKind::new(
+        "template",
+        "Files rendered from Jinja templates, optionally once per list item.",
+        None,
+        || std::sync::Arc::new(TemplateDriver),
+    )
+}
+
+/// Settings of a `template` unit. Strings may use `${...}`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TemplateSettings {
+    /// A template file or a directory of them, relative to the unit
+    /// directory (default `templates`). A file's `.j2` or `.jinja` suffix is
+    /// dropped from the name of what it renders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Where rendered files go, relative to the project root (default
+    /// `.terrace/generated/<env>/<unit>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// A list: the templates are rendered once per item, each into its own
+    /// subdirectory, with the item as `item` and its position as `index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<Value>,
+    /// The subdirectory for each item, as a template (default
+    /// `{{ item.name }}` when items have a name, else the index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_path: Option<String>,
 }

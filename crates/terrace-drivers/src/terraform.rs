@@ -23,12 +23,15 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use terrace_core::config::{TerraformSettings, UnitKind, WORK_DIR};
+use terrace_core::config::WORK_DIR;
 use terrace_core::driver::{
     Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, RenderedDocument, SENSITIVE,
     UnitContext,
 };
+use terrace_core::kind::TypedKind;
 use terrace_core::plan::{Action, Change, UnitPlan};
 use terrace_core::state::{InventoryItem, UnitState};
 
@@ -180,22 +183,23 @@ impl std::fmt::Debug for Payload {
     }
 }
 
-fn settings(value: &Value) -> Result<TerraformSettings, DriverError> {
-    if value.is_null() {
-        return Ok(TerraformSettings::default());
-    }
-    serde_json::from_value(value.clone())
-        .map_err(|e| DriverError::Target(format!("invalid terraform settings: {e}")))
+/// The `terraform` kind: a root module, with state per environment and
+/// unit.
+pub fn kind() -> TypedKind<TerraformSettings> {
+    TypedKind::new(
+        "terraform",
+        "A Terraform or OpenTofu root module (the unit directory), with state per environment and unit.",
+        None,
+        || std::sync::Arc::new(TerraformDriver),
+    )
+}
+
+fn settings(ctx: &UnitContext<'_>) -> Result<TerraformSettings, DriverError> {
+    crate::unit_settings(ctx)
 }
 
 fn own_backend(s: &TerraformSettings) -> Result<bool, DriverError> {
-    match s.backend.as_deref() {
-        None | Some("terrace") => Ok(false),
-        Some("own") => Ok(true),
-        Some(other) => Err(DriverError::Target(format!(
-            "terraform.backend is `{other}`; use `terrace` (the default) or `own`"
-        ))),
-    }
+    Ok(s.backend.unwrap_or_default() == TerraformBackend::Own)
 }
 
 fn on_path(name: &str) -> bool {
@@ -683,7 +687,7 @@ impl TerraformDriver {
         if ctx.unit.unknown {
             return Ok(deferred(ctx));
         }
-        let s = settings(&ctx.unit.settings)?;
+        let s = settings(ctx)?;
         let layout = Layout::new(
             ctx.root,
             ctx.environment,
@@ -900,13 +904,9 @@ async fn own_backend_outputs(
 }
 
 impl Driver for TerraformDriver {
-    fn kind(&self) -> UnitKind {
-        UnitKind::Terraform
-    }
-
     fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
         // What terraform would be given: the inputs as variables.
-        let s = settings(&ctx.unit.settings)?;
+        let s = settings(ctx)?;
         let own = own_backend(&s)?;
         let mut doc = Map::new();
         for (k, v) in &ctx.unit.inputs {
@@ -977,6 +977,36 @@ impl Driver for TerraformDriver {
         );
         Some(state_outputs(&layout.state()).map(|(o, _)| o))
     }
+}
+
+/// Settings of a `terraform` unit.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TerraformSettings {
+    /// `terrace` (default): terrace owns the backend, with local state under
+    /// `.terrace/terraform/<env>/<unit>/` (it writes
+    /// `terrace_backend_override.tf.json` into the module). `own`: the
+    /// module's own `backend` block is used as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<TerraformBackend>,
+    /// The binary for this unit (default: the project's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+    /// Whether plans refresh from real infrastructure (default true);
+    /// `false` is the fast path that trusts the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<bool>,
+}
+
+/// Who owns a Terraform unit's backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TerraformBackend {
+    /// terrace: local state under `.terrace/terraform/<env>/<unit>/`.
+    #[default]
+    Terrace,
+    /// The module's own `backend` block.
+    Own,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ fn unit(inputs: Value) -> ResolvedUnit {
     ResolvedUnit {
         name: "net".into(),
         layer: "infra".into(),
-        kind: UnitKind::Terraform,
+        kind: UnitKind::new("terraform"),
         dir: "infra/net".into(),
         inputs: inputs.as_object().cloned().unwrap_or_default(),
         settings: Value::Null,

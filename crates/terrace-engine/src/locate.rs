@@ -33,3 +33,35 @@ fn parent_location(
     }
     None
 }
+
+/// A diagnostic pointing at the mapping key at the end of `path` (an
+/// unknown field), not at its value: the key is the nearest text before
+/// the value that spells it.
+pub(crate) fn at_key(
+    file: &str,
+    source: &str,
+    doc: usize,
+    path: &ValuePath,
+    message: impl Into<String>,
+) -> Diagnostic {
+    let key = match path.segments().last() {
+        Some(terrace_core::Seg::Key(k)) => Some(k.as_str()),
+        _ => None,
+    };
+    let location = terrace_yaml::locate(source, doc, path, None).and_then(|value| {
+        let key = key?;
+        let before = source.get(..value.offset)?;
+        let offset = before.rfind(key)?;
+        let (line, column) = terrace_yaml::line_col(source, offset);
+        Some(terrace_core::diag::Location {
+            line,
+            column,
+            offset,
+            len: key.len(),
+        })
+    });
+    match location {
+        Some(l) => Diagnostic::new(message).in_file(file).at(Some(l)),
+        None => at_value(file, source, doc, path, None, message),
+    }
+}

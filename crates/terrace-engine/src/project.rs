@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde_json::Value;
 use terrace_core::ValuePath;
-use terrace_core::config::{
-    IGNORE_FILE, PROJECT_FILE, ProjectFile, UNIT_FILE, UnitFile, UnitKind, WORK_DIR,
-};
+use terrace_core::config::{IGNORE_FILE, PROJECT_FILE, ProjectFile, UNIT_FILE, UnitFile, WORK_DIR};
 use terrace_core::diag::Diagnostic;
 use terrace_core::expr::is_valid_name;
+use terrace_core::kind::{Kind, Registry, SettingsError};
 
 use crate::error::EngineError;
-use crate::locate::at_value;
+use crate::locate::{at_key, at_value};
 
 /// Directories discovery never enters.
 pub const SKIPPED_DIRS: &[&str] = &[".git", WORK_DIR, ".terraform", "node_modules"];
@@ -28,6 +28,8 @@ pub struct Project {
     pub source: Arc<str>,
     /// Sorted by name.
     pub units: Vec<UnitDecl>,
+    /// The kinds this build knows; every unit's kind is one of them.
+    pub kinds: Arc<Registry>,
 }
 
 /// A unit as written, before any environment applies.
@@ -58,12 +60,13 @@ pub fn find_root(start: &Path) -> Result<PathBuf, EngineError> {
 
 impl Project {
     /// Finds the project from `start` and loads it.
-    pub fn discover(start: &Path) -> Result<Project, EngineError> {
-        Project::load(&find_root(start)?)
+    pub fn discover(start: &Path, kinds: Arc<Registry>) -> Result<Project, EngineError> {
+        Project::load(&find_root(start)?, kinds)
     }
 
-    /// Loads the project rooted at `root`.
-    pub fn load(root: &Path) -> Result<Project, EngineError> {
+    /// Loads the project rooted at `root`, checking every unit's settings
+    /// against its kind in `kinds`.
+    pub fn load(root: &Path, kinds: Arc<Registry>) -> Result<Project, EngineError> {
         let root = std::path::absolute(root)?;
         let source: Arc<str> = fs_err::read_to_string(root.join(PROJECT_FILE))?.into();
         let file: ProjectFile = terrace_yaml::from_str(&source, Path::new(PROJECT_FILE))
@@ -101,7 +104,7 @@ impl Project {
             }
         }
         units.sort_by(|a, b| a.name.cmp(&b.name).then(a.file_path.cmp(&b.file_path)));
-        diags.extend(check_units(&file, &units));
+        diags.extend(check_units(&file, &units, &kinds));
         if !diags.is_empty() {
             return Err(EngineError::Invalid(diags));
         }
@@ -110,6 +113,7 @@ impl Project {
             file,
             source,
             units,
+            kinds,
         })
     }
 
@@ -245,7 +249,7 @@ fn check_project(file: &ProjectFile, source: &str) -> Vec<Diagnostic> {
     diags
 }
 
-fn check_units(project: &ProjectFile, units: &[UnitDecl]) -> Vec<Diagnostic> {
+fn check_units(project: &ProjectFile, units: &[UnitDecl], kinds: &Registry) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
     let mut by_name: BTreeMap<&str, &UnitDecl> = BTreeMap::new();
     let envs: Vec<&str> = if project.environments.is_empty() {
@@ -289,16 +293,19 @@ fn check_units(project: &ProjectFile, units: &[UnitDecl]) -> Vec<Diagnostic> {
                 )),
             );
         }
-        for other in UnitKind::ALL {
-            if other != u.file.kind && u.file.settings_of(other).is_some() {
-                diags.push(
-                    at(
-                        ValuePath::root().key(other.as_str()),
-                        format!("`{other}` settings in a unit of kind `{}`", u.file.kind),
-                    )
-                    .with_hint(format!("remove the block, or change `kind` to `{other}`")),
-                );
-            }
+        let kind = kinds.get(u.file.kind.as_str());
+        match kind {
+            None => diags.push(
+                at(
+                    ValuePath::root().key("kind"),
+                    format!("unknown unit kind `{}`", u.file.kind),
+                )
+                .with_hint(format!(
+                    "the kinds this build knows: {}",
+                    kinds.names().collect::<Vec<_>>().join(", ")
+                )),
+            ),
+            Some(kind) => check_settings(u, kind, kinds, &mut diags),
         }
         if let Some(t) = &u.file.target
             && !project.targets.contains_key(t)
@@ -344,15 +351,99 @@ fn check_units(project: &ProjectFile, units: &[UnitDecl]) -> Vec<Diagnostic> {
             {
                 diags.push(at(path.key("target"), format!("unknown target `{t}`")));
             }
-            for other in UnitKind::ALL {
-                if o.settings_of(other).is_some() && other != u.file.kind {
-                    diags.push(at(
-                        path.key(other.as_str()),
-                        format!("`{other}` settings in a unit of kind `{}`", u.file.kind),
-                    ));
-                }
-            }
         }
     }
     diags
+}
+
+/// The fields of `unit.yaml` besides the kind's settings block, for hints.
+const UNIT_FIELDS: &str =
+    "name, description, layer, kind, dependsOn, inputs, target, environments, overrides";
+/// The fields of an override besides the kind's settings block.
+const OVERRIDE_FIELDS: &str = "inputs, target";
+
+/// Checks a unit's settings block, and each environment's override merged
+/// onto it, against its kind; refuses keys that are neither fields nor
+/// the kind's block. Each error points at the value as written: in the
+/// override when the override gave it.
+fn check_settings(u: &UnitDecl, kind: &dyn Kind, kinds: &Registry, diags: &mut Vec<Diagnostic>) {
+    let name = kind.name();
+    let at = |path: ValuePath, needle: Option<&str>, msg: String| {
+        at_value(&u.file_path, &u.source, 0, &path, needle, msg)
+    };
+    let stray = |base: ValuePath, key: &str, fields: &str| {
+        let d = at_key(
+            &u.file_path,
+            &u.source,
+            0,
+            &base.key(key),
+            if kinds.get(key).is_some() {
+                format!("`{key}` settings in a unit of kind `{name}`")
+            } else {
+                format!("unknown field `{key}`")
+            },
+        );
+        if kinds.get(key).is_some() {
+            d.with_hint(format!("remove the block, or change `kind` to `{key}`"))
+        } else {
+            d.with_hint(format!(
+                "the fields here: {fields}, and `{name}` for the kind's settings"
+            ))
+        }
+    };
+    let located = |block: ValuePath, e: &SettingsError| {
+        let mut path = block;
+        path.0.extend(e.path.0.iter().cloned());
+        let message = format!("invalid `{name}` settings: {}", e.message);
+        let d = match &e.unknown_field {
+            Some(field) => at_key(&u.file_path, &u.source, 0, &path.key(field), message),
+            None => at(path, None, message),
+        };
+        d.with_hint(format!(
+            "see the `{name}` settings in schemas/unit.schema.json, or `terrace schema`"
+        ))
+    };
+    for key in u.file.settings.keys().filter(|k| *k != name) {
+        diags.push(stray(ValuePath::root(), key, UNIT_FIELDS));
+    }
+    let base = u.file.own_settings().cloned().unwrap_or(Value::Null);
+    let base_error = kind.check_settings(&base).err();
+    if let Some(e) = &base_error {
+        diags.push(located(ValuePath::root().key(name), e));
+    }
+    for (env, o) in &u.file.overrides {
+        let ov_path = ValuePath::root().key("overrides").key(env);
+        for key in o.settings.keys().filter(|k| *k != name) {
+            diags.push(stray(ov_path.clone(), key, OVERRIDE_FIELDS));
+        }
+        let Some(ov) = o.settings_of(&u.file.kind) else {
+            continue;
+        };
+        let Value::Object(ov) = ov else {
+            diags.push(at(
+                ov_path.key(name),
+                None,
+                format!("`overrides.{env}.{name}` must be a mapping of `{name}` settings keys"),
+            ));
+            continue;
+        };
+        let mut merged = match &base {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        for (k, v) in ov {
+            merged.insert(k.clone(), v.clone());
+        }
+        if let Err(e) = kind.check_settings(&Value::Object(merged)) {
+            let from_override = match e.path.segments().first() {
+                Some(terrace_core::Seg::Key(k)) => ov.contains_key(k),
+                _ => e.unknown_field.as_ref().is_some_and(|f| ov.contains_key(f)),
+            };
+            if from_override {
+                diags.push(located(ov_path.key(name), &e));
+            } else if base_error.is_none() {
+                diags.push(located(ValuePath::root().key(name), &e));
+            }
+        }
+    }
 }

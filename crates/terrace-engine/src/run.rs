@@ -11,7 +11,6 @@
 //! - **destroy** removes units dependents first.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,11 +21,11 @@ use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{
     DestroyContext, Driver, DriverError, Rendered, ResolvedUnit, SENSITIVE, UnitContext,
 };
+use terrace_core::kind::UnknownKind;
 use terrace_core::plan::{Action, Change, UnitPlan};
 use terrace_core::secrets::{Plaintexts, SecretSource};
 use terrace_core::state::{RunRecord, RunUnit, STATE_FORMAT, UnitState, UnitStatus};
-use terrace_secrets::SecretStore;
-use terrace_state::{LocalBackend, StateBackend, StateError, new_run_id, now_rfc3339, this_holder};
+use terrace_state::{StateBackend, StateError, new_run_id, now_rfc3339, this_holder};
 use tracing::{debug, warn};
 
 use crate::error::EngineError;
@@ -200,6 +199,10 @@ impl ReportError {
         }
     }
 
+    fn from_unknown(e: UnknownKind) -> Self {
+        ReportError::message(e.to_string())
+    }
+
     fn from_diagnostic(d: Diagnostic) -> Self {
         ReportError {
             message: d.to_string(),
@@ -305,9 +308,17 @@ impl std::fmt::Debug for SensitiveValues {
 }
 
 impl Engine {
-    /// Finds the project from `start`, picks the environment and builds it.
-    pub fn open(start: &Path, environment: Option<&str>) -> Result<Engine, EngineError> {
-        let project = Project::discover(start)?;
+    /// Builds the engine for one environment of `project` (the default
+    /// one when `environment` is `None`) from its parts: the kinds come
+    /// with the project ([`Project::kinds`]), state and secrets are given.
+    /// The CLI passes the local backend and the SOPS store; tests pass
+    /// fakes.
+    pub fn new(
+        project: Project,
+        environment: Option<&str>,
+        state: Arc<dyn StateBackend>,
+        secrets: Arc<dyn SecretSource>,
+    ) -> Result<Engine, EngineError> {
         // terrace's own directory is private, also when an older version
         // made it 0755.
         let work = project.root.join(terrace_core::config::WORK_DIR);
@@ -316,8 +327,6 @@ impl Engine {
         }
         let env = project.pick_environment(environment)?;
         let workspace = Workspace::new(&project, &env)?;
-        let state: Arc<dyn StateBackend> = Arc::new(LocalBackend::new(project.state_dir()));
-        let secrets: Arc<dyn SecretSource> = Arc::new(SecretStore::new(&project.root));
         Ok(Engine {
             project,
             workspace,
@@ -364,12 +373,6 @@ impl Engine {
         Ok(self)
     }
 
-    /// Replaces the state backend (tests use this).
-    pub fn with_state(mut self, state: Arc<dyn StateBackend>) -> Self {
-        self.state = state;
-        self
-    }
-
     pub fn state(&self) -> &Arc<dyn StateBackend> {
         &self.state
     }
@@ -378,8 +381,10 @@ impl Engine {
         &self.workspace.environment
     }
 
-    fn driver(&self, kind: UnitKind) -> Arc<dyn Driver> {
-        terrace_drivers::for_kind(kind)
+    /// The driver of `kind`. A kind this build lacks can only come from
+    /// state (a unit applied by a build with more kinds).
+    fn driver(&self, kind: &UnitKind) -> Result<Arc<dyn Driver>, UnknownKind> {
+        self.project.kinds.of(kind).map(|k| k.driver())
     }
 
     /// The graph indexes a selection names; every unit when it is empty.
@@ -448,10 +453,10 @@ impl Engine {
     /// outputs where it keeps one (sensitive values included), else the
     /// state record's.
     fn applied_outputs(&self, state: &UnitState) -> OutputView {
-        match self
-            .driver(state.kind)
-            .read_outputs(&self.project.root, state)
-        {
+        let Ok(driver) = self.driver(&state.kind) else {
+            return OutputView::Known(state.outputs.clone(), sensitive_names(state));
+        };
+        match driver.read_outputs(&self.project.root, state) {
             None => OutputView::Known(state.outputs.clone(), sensitive_names(state)),
             Some(Ok(outputs)) => {
                 let sensitive = sensitive_names(state);
@@ -525,7 +530,7 @@ impl Engine {
 
     fn blank_report(&self, i: usize, outcome: Outcome) -> UnitReport {
         let u = &self.workspace.units[i];
-        UnitReport::new(u.name.clone(), u.layer.clone(), u.kind, outcome)
+        UnitReport::new(u.name.clone(), u.layer.clone(), u.kind.clone(), outcome)
     }
 
     fn unit_context<'a>(
@@ -665,7 +670,7 @@ impl Engine {
             .map_err(ReportError::from_diagnostic)?;
         let ctx = self.unit_context(&unit, prior);
         let plan = self
-            .driver(unit.kind)
+            .driver(&unit.kind).map_err(ReportError::from_unknown)?
             .plan(&ctx)
             .await
             .map_err(ReportError::from_driver)?;
@@ -723,9 +728,9 @@ impl Engine {
                 Ok(u) => u,
                 Err(d) => return Ok(Err(ReportError::from_diagnostic(d))),
             };
-        let rendered = {
-            let ctx = self.unit_context(&unit, None);
-            self.driver(unit.kind).render(&ctx)
+        let rendered = match self.driver(&unit.kind) {
+            Ok(driver) => driver.render(&self.unit_context(&unit, None)),
+            Err(e) => return Ok(Err(ReportError::from_unknown(e))),
         };
         let plain = self.plaintexts();
         // The unit goes out with the documents (`render --output json`):
@@ -1046,7 +1051,7 @@ impl Engine {
         // An apply that stopped part way still records what it left
         // behind, as a failed apply, so the next plan and prune know it.
         let (applied, failure) = match self
-            .driver(unit.kind)
+            .driver(&unit.kind).map_err(ReportError::from_unknown)?
             .apply(&self.project.root, &plan)
             .await
         {
@@ -1067,7 +1072,7 @@ impl Engine {
         let state = UnitState {
             format: STATE_FORMAT,
             unit: name.clone(),
-            kind: unit.kind,
+            kind: unit.kind.clone(),
             layer: unit.layer.clone(),
             environment: env.to_owned(),
             serial: prior.as_ref().map_or(1, |p| p.serial + 1),
@@ -1143,7 +1148,7 @@ impl Engine {
                 continue;
             };
             let layer = layer.unwrap_or_else(|| prior.layer.clone());
-            let mut r = UnitReport::new(name.clone(), layer, prior.kind, Outcome::Planned);
+            let mut r = UnitReport::new(name.clone(), layer, prior.kind.clone(), Outcome::Planned);
             r.action = Some(Action::Delete);
             if opts.interrupt.is_set() && !dry_run {
                 r.outcome = Outcome::Interrupted;
@@ -1222,7 +1227,7 @@ impl Engine {
             unit: unit.as_ref(),
             targets: &self.workspace.targets,
         };
-        let driver = self.driver(prior.kind);
+        let driver = self.driver(&prior.kind).map_err(ReportError::from_unknown)?;
         let plan = driver
             .plan_destroy(&ctx)
             .await
@@ -1330,6 +1335,13 @@ fn sensitive_names(state: &UnitState) -> Vec<String> {
 }
 
 /// Renders a unit with its kind's driver (for `validate`).
-pub fn render_with_driver(ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
-    terrace_drivers::for_kind(ctx.unit.kind).render(ctx)
+pub fn render_with_driver(
+    project: &Project,
+    ctx: &UnitContext<'_>,
+) -> Result<Rendered, DriverError> {
+    let kind = project
+        .kinds
+        .of(&ctx.unit.kind)
+        .map_err(|e| DriverError::Other(Box::new(e)))?;
+    kind.driver().render(ctx)
 }

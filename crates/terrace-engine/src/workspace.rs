@@ -109,7 +109,10 @@ impl Workspace {
                 }
             }
             let kind_key = u.file.kind.as_str();
-            let base_settings = u.file.settings_of(u.file.kind).unwrap_or_default();
+            let base_settings = match u.file.own_settings() {
+                Some(Value::Object(m)) => m.clone(),
+                _ => Map::new(),
+            };
             let mut settings: Vec<(String, Value, ValuePath)> = base_settings
                 .into_iter()
                 .map(|(k, v)| {
@@ -117,7 +120,9 @@ impl Workspace {
                     (k, v, p)
                 })
                 .collect();
-            let ov_settings = ov.and_then(|o| o.settings_of(u.file.kind));
+            let ov_settings = ov
+                .and_then(|o| o.settings_of(&u.file.kind))
+                .and_then(Value::as_object);
             for (k, v) in ov_settings.into_iter().flatten() {
                 let origin = ov_path.key(kind_key).key(k);
                 match settings.iter_mut().find(|(key, _, _)| key == k) {
@@ -128,7 +133,7 @@ impl Workspace {
             let target = ov
                 .and_then(|o| o.target.clone())
                 .or_else(|| u.file.target.clone())
-                .or_else(|| default_target(u.file.kind, &targets));
+                .or_else(|| default_target(project, &u.file.kind, &targets));
 
             let mut dependencies: Vec<(String, ValuePath, Option<String>)> = u
                 .file
@@ -166,7 +171,7 @@ impl Workspace {
                 decl,
                 name: u.name.clone(),
                 layer: u.file.layer.clone(),
-                kind: u.file.kind,
+                kind: u.file.kind.clone(),
                 dir: u.dir.clone(),
                 file_path: u.file_path.clone(),
                 inputs,
@@ -267,7 +272,7 @@ impl Workspace {
         Ok(ResolvedUnit {
             name: spec.name.clone(),
             layer: spec.layer.clone(),
-            kind: spec.kind,
+            kind: spec.kind.clone(),
             dir: spec.dir.clone(),
             inputs,
             settings: if settings.is_empty() {
@@ -292,8 +297,12 @@ impl Workspace {
 
 /// A unit's only cluster target when it names none and the project has
 /// exactly one of the kind it needs.
-fn default_target(kind: UnitKind, targets: &BTreeMap<String, ResolvedTarget>) -> Option<String> {
-    let wanted: TargetKind = kind.target_kind()?;
+fn default_target(
+    project: &Project,
+    kind: &UnitKind,
+    targets: &BTreeMap<String, ResolvedTarget>,
+) -> Option<String> {
+    let wanted: TargetKind = project.kinds.get(kind.as_str())?.target_kind()?;
     let mut matching = targets.values().filter(|t| t.kind == wanted);
     match (matching.next(), matching.next()) {
         (Some(t), None) => Some(t.name.clone()),

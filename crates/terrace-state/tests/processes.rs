@@ -53,7 +53,7 @@ fn state(serial: u64, size: usize) -> UnitState {
     UnitState {
         format: STATE_FORMAT,
         unit: "db".into(),
-        kind: UnitKind::Manifests,
+        kind: UnitKind::new("manifests"),
         layer: "services".into(),
         environment: "prod".into(),
         serial,

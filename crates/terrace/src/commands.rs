@@ -17,6 +17,23 @@ use crate::output;
 use crate::output::{out, outln};
 use crate::progress::Reporter;
 
+/// The project at (or above) `start`, with the kinds this build knows.
+pub fn load_project(start: &Path) -> Result<Project, CliError> {
+    Ok(Project::discover(
+        start,
+        std::sync::Arc::new(terrace_drivers::registry()),
+    )?)
+}
+
+/// The engine of the project at `start`, built from its parts: the
+/// built-in kinds, the local state backend, the SOPS secret store.
+pub fn open_engine(start: &Path, env: Option<&str>) -> Result<Engine, CliError> {
+    let project = load_project(start)?;
+    let state = std::sync::Arc::new(terrace_state::LocalBackend::new(project.state_dir()));
+    let secrets = std::sync::Arc::new(terrace_secrets::SecretStore::new(&project.root));
+    Ok(Engine::new(project, env, state, secrets)?)
+}
+
 pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
     // `secrets edit` handles signals itself while the editor runs.
     let interrupt = Interrupt::default();
@@ -31,7 +48,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
     let env = cli.env.as_deref();
     let bindings = cluster_bindings(cli)?;
     let open = |start: &Path, env: Option<&str>| -> Result<Engine, CliError> {
-        Ok(Engine::open(start, env)?.bind_targets(&bindings)?)
+        Ok(open_engine(start, env)?.bind_targets(&bindings)?)
     };
     match &cli.command {
         Command::Init(a) => {
@@ -218,9 +235,12 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             for (name, text) in crate::schema::schemas() {
                 match &a.write {
                     Some(dir) => {
-                        fs_err::create_dir_all(dir)?;
-                        fs_err::write(dir.join(name), text)?;
-                        outln!("wrote {}", dir.join(name).display());
+                        let path = dir.join(&name);
+                        if let Some(parent) = path.parent() {
+                            fs_err::create_dir_all(parent)?;
+                        }
+                        fs_err::write(&path, text)?;
+                        outln!("wrote {}", path.display());
                     }
                     None => out!("{text}"),
                 }
@@ -297,7 +317,7 @@ fn cluster_bindings(cli: &Cli) -> Result<Vec<(String, TargetBinding)>, CliError>
 /// `validate`: every environment (or the one asked for), fully evaluated
 /// with unknown outputs, and every unit rendered.
 fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8, CliError> {
-    let project = Project::discover(start)?;
+    let project = load_project(start)?;
     let envs = match env {
         Some(e) => vec![project.pick_environment(Some(e))?],
         None => project.environments(),
@@ -329,7 +349,7 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
                         secrets: Some(&secrets),
                         refresh: true,
                     };
-                    if let Err(err) = terrace_drivers_render(&ctx) {
+                    if let Err(err) = terrace_drivers_render(&project, &ctx) {
                         problems.push(err);
                     }
                 }
@@ -371,10 +391,11 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
 }
 
 fn terrace_drivers_render(
+    project: &Project,
     ctx: &terrace_core::driver::UnitContext<'_>,
 ) -> Result<(), terrace_core::Diagnostic> {
     use terrace_core::driver::DriverError;
-    match terrace_engine::render_with_driver(ctx) {
+    match terrace_engine::render_with_driver(project, ctx) {
         Ok(_) => Ok(()),
         Err(DriverError::Input(d)) => Err(*d),
         Err(DriverError::Target(_)) => Ok(()),
@@ -430,7 +451,7 @@ async fn state(
     cmd: &StateCommand,
     format: OutputFormat,
 ) -> Result<u8, CliError> {
-    let engine = Engine::open(start, env)?;
+    let engine = open_engine(start, env)?;
     let backend = engine.state();
     let envname = engine.environment().to_owned();
     match cmd {

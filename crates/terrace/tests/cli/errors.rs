@@ -160,3 +160,41 @@ fn terraceignore_hides_units() {
     let o = terrace(dir.path(), &["validate"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
+
+#[test]
+fn terraform_backend_that_does_not_exist() {
+    // Used to pass `validate` and fail at plan.
+    insta::assert_snapshot!(validate(&[(
+        "infra/net/unit.yaml",
+        "layer: infra\nkind: terraform\nterraform:\n  backend: bogus\n"
+    )]));
+}
+
+#[test]
+fn typo_in_an_environment_override() {
+    // Used to be an unlocated driver error at plan.
+    insta::assert_snapshot!(validate(&[
+        (
+            "apps/web/unit.yaml",
+            "layer: apps\nkind: manifests\nmanifests:\n  path: m\noverrides:\n  default:\n    manifests:\n      pth: other\n"
+        ),
+        ("apps/web/m/m.yaml", MANIFEST),
+        (
+            "apps/api/unit.yaml",
+            "layer: apps\nkind: manifests\noverrides:\n  default:\n    manifests:\n      apply:\n        timeout: 5 minutes-ish\n"
+        ),
+        ("apps/api/m.yaml", MANIFEST),
+    ]));
+}
+
+#[test]
+fn unknown_kind_and_another_kinds_settings() {
+    insta::assert_snapshot!(validate(&[
+        ("apps/web/unit.yaml", "layer: apps\nkind: helmm\n"),
+        (
+            "apps/api/unit.yaml",
+            "layer: apps\nkind: manifests\nterraform:\n  refresh: false\n"
+        ),
+        ("apps/api/m.yaml", MANIFEST),
+    ]));
+}

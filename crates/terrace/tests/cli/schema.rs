@@ -5,7 +5,7 @@ use crate::repo_root;
 #[test]
 fn committed_schemas_are_current() {
     for (name, text) in terrace::schema::schemas() {
-        let path = repo_root().join("schemas").join(name);
+        let path = repo_root().join("schemas").join(&name);
         if std::env::var_os("TERRACE_UPDATE_SCHEMAS").is_some() {
             std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
             std::fs::write(&path, &text).expect("write schema");
