@@ -54,17 +54,7 @@ pub(crate) fn unit_settings<S: DeserializeOwned>(ctx: &UnitContext<'_>) -> Resul
     })
 }
 
-/// `sha256:<hex>` of `bytes`.
-pub fn digest(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    let hash = sha2::Sha256::digest(bytes);
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for b in hash {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
+pub use terrace_fs::digest::digest;
 
 pub use terrace_fs::clean_relative;
 
@@ -98,13 +88,5 @@ mod tests {
         assert!(reserved(".terrace/generated/homelab/nodes").is_none());
         assert!(reserved("nodes/out").is_none());
         assert!(reserved(".github").is_none());
-    }
-
-    #[test]
-    fn digest_is_sha256() {
-        assert_eq!(
-            digest(b""),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
     }
 }

@@ -670,7 +670,8 @@ impl Engine {
             .map_err(ReportError::from_diagnostic)?;
         let ctx = self.unit_context(&unit, prior);
         let plan = self
-            .driver(&unit.kind).map_err(ReportError::from_unknown)?
+            .driver(&unit.kind)
+            .map_err(ReportError::from_unknown)?
             .plan(&ctx)
             .await
             .map_err(ReportError::from_driver)?;
@@ -1033,7 +1034,7 @@ impl Engine {
         r.action = Some(plan.action);
         r.changes = plan.changes.clone();
         r.unchanged = plan.unchanged;
-        let input_hash = terrace_drivers::digest(
+        let input_hash = terrace_fs::digest::digest(
             serde_json::to_string(&(&unit.inputs, &unit.settings, &unit.target))
                 .expect("values serialize")
                 .as_bytes(),
@@ -1051,7 +1052,8 @@ impl Engine {
         // An apply that stopped part way still records what it left
         // behind, as a failed apply, so the next plan and prune know it.
         let (applied, failure) = match self
-            .driver(&unit.kind).map_err(ReportError::from_unknown)?
+            .driver(&unit.kind)
+            .map_err(ReportError::from_unknown)?
             .apply(&self.project.root, &plan)
             .await
         {
@@ -1227,7 +1229,9 @@ impl Engine {
             unit: unit.as_ref(),
             targets: &self.workspace.targets,
         };
-        let driver = self.driver(&prior.kind).map_err(ReportError::from_unknown)?;
+        let driver = self
+            .driver(&prior.kind)
+            .map_err(ReportError::from_unknown)?;
         let plan = driver
             .plan_destroy(&ctx)
             .await

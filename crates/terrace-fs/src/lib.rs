@@ -17,6 +17,8 @@
 //! directories) under `.terrace/`.
 
 pub mod atomic;
+pub mod digest;
+pub mod time;
 
 use std::io;
 use std::path::{Component, Path, PathBuf};

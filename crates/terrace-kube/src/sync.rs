@@ -280,18 +280,12 @@ fn defined_by_crds(objects: &[Desired]) -> BTreeSet<(String, String)> {
 
 /// The digest an inventory records of an applied object.
 fn digest(o: &Desired) -> String {
-    use std::fmt::Write;
     if o.sensitive {
         // A hash of a secret's plaintext could be guessed at; record none.
         return "sensitive".to_owned();
     }
     let text = serde_json::to_string(&o.value).expect("values serialize");
-    let hash = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
-    let mut s = String::from("sha256:");
-    for b in hash {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    terrace_fs::digest::digest(text.as_bytes())
 }
 
 /// Plans `desired` on `cluster` for `owner`, against the prior inventory.

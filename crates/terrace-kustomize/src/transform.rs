@@ -188,10 +188,10 @@ pub fn add_labels(
             if let Some(m) = map_at(v, &path, true) {
                 set_all(m, pairs);
             }
-            if k == "CronJob" {
-                if let Some(m) = map_at(v, &["spec", "jobTemplate", "metadata", "labels"], true) {
-                    set_all(m, pairs);
-                }
+            if k == "CronJob"
+                && let Some(m) = map_at(v, &["spec", "jobTemplate", "metadata", "labels"], true)
+            {
+                set_all(m, pairs);
             }
             if k == "StatefulSet" {
                 // `pointer_mut`, not indexing: indexing would create the

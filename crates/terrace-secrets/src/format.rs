@@ -68,14 +68,25 @@ pub fn load(format: Format, text: &str, file: &Path) -> Result<Vec<Node>, Secret
         }
         Format::Json => {
             let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-                let (line, column) = (e.line() as u32, e.column() as u32);
+                // serde_json counts columns in bytes; locations count
+                // characters.
+                let line_start: usize = text
+                    .split_inclusive('\n')
+                    .take(e.line().saturating_sub(1))
+                    .map(str::len)
+                    .sum();
+                let mut offset = (line_start + e.column().saturating_sub(1)).min(text.len());
+                while !text.is_char_boundary(offset) {
+                    offset -= 1;
+                }
+                let (line, column) = terrace_core::diag::line_col(text, offset);
                 SecretsError::Parse(Box::new(
                     Diagnostic::new(format!("invalid JSON: {e}"))
                         .in_file(file)
                         .at(Some(Location {
                             line,
                             column,
-                            offset: offset_of(text, line, column),
+                            offset,
                             len: 1,
                         })),
                 ))
@@ -90,15 +101,6 @@ pub fn load(format: Format, text: &str, file: &Path) -> Result<Vec<Node>, Secret
         }
         Format::Dotenv => Ok(vec![load_dotenv(text, file)?]),
     }
-}
-
-fn offset_of(text: &str, line: u32, column: u32) -> usize {
-    let start: usize = text
-        .split_inclusive('\n')
-        .take(line.saturating_sub(1) as usize)
-        .map(str::len)
-        .sum();
-    (start + column.saturating_sub(1) as usize).min(text.len())
 }
 
 /// JSON numbers are floats, as sops reads them.

@@ -272,9 +272,7 @@ fn encrypt_mac(mac: &str, key: &[u8; KEY_LEN], lastmodified: &str) -> String {
     cipher::encrypt(&Node::Str(mac.to_owned()), key, lastmodified).expect("a string leaf")
 }
 
-fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
+use terrace_fs::time::now_rfc3339 as now;
 
 fn write(
     format: Format,

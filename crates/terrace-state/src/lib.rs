@@ -136,10 +136,7 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<Vec<RunRecord>, StateError>>;
 }
 
-/// Now, as RFC 3339 UTC with seconds.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
+pub use terrace_fs::time::now_rfc3339;
 
 /// A new run id: time-ordered and unique per process.
 pub fn new_run_id() -> String {

@@ -145,30 +145,8 @@ fn to_location(l: &serde_saphyr::Location, src: &str) -> Option<Location> {
     })
 }
 
-/// The byte offset of a 1-based line and character column.
-fn offset_of(src: &str, line: u32, column: u32) -> usize {
-    let mut offset = 0;
-    for (i, l) in src.split_inclusive('\n').enumerate() {
-        if i + 1 == line as usize {
-            return offset
-                + l.char_indices()
-                    .nth(column.saturating_sub(1) as usize)
-                    .map_or(l.len(), |(b, _)| b);
-        }
-        offset += l.len();
-    }
-    src.len()
-}
-
-/// The 1-based line and column of a byte offset.
-pub fn line_col(src: &str, offset: usize) -> (u32, u32) {
-    let offset = offset.min(src.len());
-    let before = &src[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = src[line_start..offset].chars().count() + 1;
-    (line as u32, column as u32)
-}
+pub use terrace_core::diag::line_col;
+use terrace_core::diag::offset_of;
 
 /// Where the value at `path` in document `doc` sits in `src`. When
 /// `needle` is given (an expression as written) and found in that value,

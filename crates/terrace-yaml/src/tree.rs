@@ -837,10 +837,11 @@ fn go_number(text: &str) -> Option<Node> {
     } else {
         (10, digits)
     };
-    if !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        if let Ok(v) = i64::from_str_radix(body, radix) {
-            return Some(Node::Int(if negative { -v } else { v }));
-        }
+    if !body.is_empty()
+        && body.bytes().all(|b| b.is_ascii_alphanumeric())
+        && let Ok(v) = i64::from_str_radix(body, radix)
+    {
+        return Some(Node::Int(if negative { -v } else { v }));
     }
     // yaml.v3's float syntax; a whole float prints as an integer.
     let float_like = {

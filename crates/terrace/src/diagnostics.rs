@@ -231,7 +231,11 @@ pub fn render_diagnostic(d: &Diagnostic, root: Option<&Path>) -> String {
         return text;
     }
     // Line and column are authoritative; derive the byte offset from them.
-    let offset = byte_offset(&source, loc.line, loc.column).unwrap_or(loc.offset);
+    let offset = if (loc.line as usize) <= source.split_inclusive('\n').count() {
+        terrace_core::diag::offset_of(&source, loc.line, loc.column)
+    } else {
+        loc.offset
+    };
     let report = Located {
         message: format!(
             "{}:{}:{}: {}",
@@ -293,22 +297,6 @@ impl miette::Diagnostic for Located {
             .as_ref()
             .map(|h| Box::new(h.clone()) as Box<dyn std::fmt::Display>)
     }
-}
-
-/// The byte offset of a 1-based line and character column.
-fn byte_offset(source: &str, line: u32, column: u32) -> Option<usize> {
-    let mut start = 0;
-    for (i, l) in source.split_inclusive('\n').enumerate() {
-        if i + 1 == line as usize {
-            let col = l
-                .char_indices()
-                .nth(column.saturating_sub(1) as usize)
-                .map_or(l.len(), |(b, _)| b);
-            return Some(start + col);
-        }
-        start += l.len();
-    }
-    None
 }
 
 #[cfg(test)]

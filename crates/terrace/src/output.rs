@@ -95,10 +95,10 @@ pub fn write_stderr(args: std::fmt::Arguments<'_>, newline: bool) {
 /// Flushes stdout and returns the error that stopped writing it, unless
 /// that was the reader going away (`EPIPE`), which is no error of ours.
 pub fn stdout_failure() -> Option<&'static std::io::Error> {
-    if STDOUT_FAILED.get().is_none() {
-        if let Err(e) = std::io::stdout().lock().flush() {
-            let _ = STDOUT_FAILED.set(e);
-        }
+    if STDOUT_FAILED.get().is_none()
+        && let Err(e) = std::io::stdout().lock().flush()
+    {
+        let _ = STDOUT_FAILED.set(e);
     }
     STDOUT_FAILED
         .get()
