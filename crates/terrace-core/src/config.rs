@@ -23,7 +23,9 @@ pub const WORK_DIR: &str = ".terrace";
 
 /// `terrace.yaml`: the project, its layers, environments, targets and state.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+// Not `deny_unknown_fields` (serde cannot combine it with `flatten`): a key
+// that is neither a field nor a kind's name is refused by the project check.
+#[serde(rename_all = "camelCase")]
 #[schemars(title = "terrace project (terrace.yaml)")]
 pub struct ProjectFile {
     /// The project's name; it labels state, rendered output and objects.
@@ -48,19 +50,11 @@ pub struct ProjectFile {
     /// Where units act: clusters, Docker hosts, machines.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
-    /// Defaults for `terraform` units.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terraform: Option<TerraformProject>,
-}
-
-/// Project-wide settings of `terraform` units.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TerraformProject {
-    /// The binary: `tofu`, `terraform`, or a path (default: `tofu` when it
-    /// is on the PATH, else `terraform`; `TERRACE_TERRAFORM` overrides).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub binary: Option<String>,
+    /// Defaults for every unit of a kind, under the kind's name
+    /// (`terraform: {binary: tofu}`): the same settings as the kind's block
+    /// in `unit.yaml`, which wins key by key.
+    #[serde(flatten)]
+    pub defaults: BTreeMap<String, Value>,
 }
 
 /// One environment: variables and target bindings.

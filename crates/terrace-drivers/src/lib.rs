@@ -13,10 +13,9 @@
 //! The first three end in files, so both plan and apply through [`fileset`]: compare
 //! what renders with what is on disk, write what changed atomically, and
 //! prune what the inventory says was written before and no longer renders.
-//! External programs run through [`children`], so an interrupt reaches
-//! them once and none starts after it.
+//! External programs run through `terrace-exec` (a cleared environment,
+//! a timeout, redacted output, interrupts that reach them).
 
-pub mod children;
 pub mod fileset;
 pub mod kustomize;
 mod live;

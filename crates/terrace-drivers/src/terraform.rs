@@ -20,8 +20,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -31,9 +31,11 @@ use terrace_core::driver::{
     Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, RenderedDocument, SENSITIVE,
     UnitContext,
 };
-use terrace_core::kind::TypedKind;
+use terrace_core::kind::{TypedKind, parse_settings};
 use terrace_core::plan::{Action, Change, UnitPlan};
+use terrace_core::secrets::Plaintexts;
 use terrace_core::state::{InventoryItem, UnitState};
+use terrace_exec::{ExecError, Finished, Program};
 
 use crate::digest;
 
@@ -83,6 +85,31 @@ impl Layout {
 struct Tool {
     binary: String,
     version: String,
+    program: Program,
+}
+
+/// How one unit runs its tool: the variables it may pass on, how long a
+/// command may take, and the secret values its output must not show.
+#[derive(Debug, Clone)]
+struct Runner {
+    tool: Tool,
+    pass_env: Vec<String>,
+    timeout: Duration,
+    redact: Plaintexts,
+}
+
+impl Runner {
+    fn new(tool: Tool, settings: &TerraformSettings, redact: Plaintexts) -> Runner {
+        Runner {
+            tool,
+            pass_env: settings.pass_env.clone(),
+            timeout: settings
+                .timeout
+                .as_ref()
+                .map_or(DEFAULT_TIMEOUT, crate::Timeout::duration),
+            redact,
+        }
+    }
 }
 
 /// A saved plan holds the variables' values, so it lives in a private
@@ -154,7 +181,7 @@ fn sweep_stale_plans() {
 struct Payload {
     plan_file: PlanFile,
     unit: String,
-    tool: Tool,
+    runner: Runner,
     layout: Layout,
     vars: Vec<(String, String)>,
     /// Module files and inputs when planned; apply refuses a change.
@@ -167,7 +194,7 @@ impl std::fmt::Debug for Payload {
         f.debug_struct("Payload")
             .field("plan_file", &self.plan_file)
             .field("unit", &self.unit)
-            .field("tool", &self.tool)
+            .field("runner", &self.runner)
             .field("layout", &self.layout)
             .field(
                 "vars",
@@ -202,14 +229,47 @@ fn own_backend(s: &TerraformSettings) -> Result<bool, DriverError> {
     Ok(s.backend.unwrap_or_default() == TerraformBackend::Own)
 }
 
-fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(name).is_file()))
-}
+/// Credentials and settings of common providers, passed to Terraform
+/// besides a unit's `passEnv`: what a provider block reads when it is not
+/// given them.
+pub const DEFAULT_PASS_ENV: &[&str] = &[
+    "AWS_*",
+    "GOOGLE_*",
+    "CLOUDSDK_*",
+    "ARM_*",
+    "AZURE_*",
+    "HCLOUD_*",
+    "DIGITALOCEAN_*",
+    "CLOUDFLARE_*",
+    "PROXMOX_VE_*",
+    "PM_*",
+    "VAULT_*",
+    "KUBE_*",
+    "TF_TOKEN_*",
+    "TF_LOG*",
+    "TF_CLI_CONFIG_FILE",
+    "TF_REGISTRY_*",
+];
+
+/// Variables never passed whatever `passEnv` says: they would change what
+/// a plan does behind terrace's back (terrace sets the ones it needs).
+const DENIED_ENV: &[&str] = &[
+    "TF_VAR_*",
+    "TF_CLI_ARGS*",
+    "TF_WORKSPACE",
+    "TF_DATA_DIR",
+    "TF_INPUT",
+    "TF_IN_AUTOMATION",
+    "TF_PLUGIN_CACHE_DIR",
+];
+
+/// How long one command may run when the unit says nothing.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// The binary: the unit's, else `TERRACE_TERRAFORM`, else `tofu` when it is
-/// on the PATH, else `terraform`. Its version is asked once per process.
-fn tool(setting: Option<&str>) -> Result<Tool, DriverError> {
+/// on the PATH, else `terraform`. It is found, and its version asked, once
+/// per process.
+async fn tool(setting: Option<&str>) -> Result<Tool, DriverError> {
     static CACHE: OnceLock<Mutex<HashMap<String, Tool>>> = OnceLock::new();
     let binary = setting
         .map(str::to_owned)
@@ -218,20 +278,33 @@ fn tool(setting: Option<&str>) -> Result<Tool, DriverError> {
                 .ok()
                 .filter(|s| !s.is_empty())
         })
-        .unwrap_or_else(|| if on_path("tofu") { "tofu" } else { "terraform" }.to_owned());
+        .unwrap_or_else(|| {
+            if Program::find("tofu").is_ok() {
+                "tofu"
+            } else {
+                "terraform"
+            }
+            .to_owned()
+        });
     let cache = CACHE.get_or_init(Default::default);
     if let Some(t) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&binary) {
         return Ok(t.clone());
     }
-    let out = std::process::Command::new(&binary)
+    let program = Program::find(&binary).map_err(|e| {
+        DriverError::Target(format!(
+            "{e}; install Terraform or OpenTofu, or set `terraform.binary` (in terrace.yaml for every unit)"
+        ))
+    })?;
+    let out = program
+        .command()
         .args(["version", "-json"])
         .env("CHECKPOINT_DISABLE", "1")
-        .output()
-        .map_err(|e| {
-            DriverError::Target(format!(
-                "cannot run `{binary}` ({e}); install Terraform or OpenTofu, or set `terraform.binary` in terrace.yaml"
-            ))
-        })?;
+        .stream_stdout(false)
+        .timeout(Duration::from_secs(60))
+        .run()
+        .await
+        .and_then(|f| f.success("version"))
+        .map_err(|e| DriverError::Target(e.to_string()))?;
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     let version = v["terraform_version"]
         .as_str()
@@ -239,7 +312,11 @@ fn tool(setting: Option<&str>) -> Result<Tool, DriverError> {
             DriverError::Target(format!("`{binary} version -json` did not print a version"))
         })?
         .to_owned();
-    let t = Tool { binary, version };
+    let t = Tool {
+        binary,
+        version,
+        program,
+    };
     cache
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -261,26 +338,54 @@ fn tf_vars(inputs: &Map<String, Value>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Runs one command of the unit's tool: a cleared environment (the
+/// basics, provider credentials, the unit's `passEnv`, and what terrace
+/// sets), no stdin, the unit's timeout, secret values redacted from what
+/// it prints. `show -json` prints one large document: it is captured, not
+/// streamed.
 async fn run(
-    tool: &Tool,
+    runner: &Runner,
     layout: &Layout,
     args: &[&str],
     vars: &[(String, String)],
-) -> Result<Output, DriverError> {
+) -> Result<Finished, DriverError> {
     terrace_fs::atomic::create_dirs(&layout.work, terrace_fs::Mode::Private)?;
     terrace_fs::atomic::create_dirs(&layout.plugin_cache, terrace_fs::Mode::Private)?;
-    let mut cmd = tokio::process::Command::new(&tool.binary);
-    cmd.args(args)
+    let mut exec = runner
+        .tool
+        .program
+        .command()
+        .args(args)
         .current_dir(&layout.module)
+        .timeout(runner.timeout)
+        .redact(runner.redact.clone())
+        .stream_stdout(args.first() != Some(&"show") && args.first() != Some(&"output"));
+    for pattern in DEFAULT_PASS_ENV
+        .iter()
+        .copied()
+        .chain(runner.pass_env.iter().map(String::as_str))
+    {
+        exec = match pattern.strip_suffix('*') {
+            Some(prefix) => exec.pass_env_prefix(prefix),
+            None => exec.pass_env(pattern),
+        };
+    }
+    for pattern in DENIED_ENV {
+        exec = exec.deny_env(pattern);
+    }
+    let exec = exec
         .env("TF_DATA_DIR", layout.data_dir())
         .env("TF_PLUGIN_CACHE_DIR", &layout.plugin_cache)
         .env("TF_IN_AUTOMATION", "1")
         .env("TF_INPUT", "0")
         .env("CHECKPOINT_DISABLE", "1")
         .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let out = crate::children::output(cmd)
-        .await
-        .map_err(|e| DriverError::Target(format!("cannot run `{}`: {e}", tool.binary)));
+    let out = exec.run().await.map_err(|e| match e {
+        ExecError::Interrupted { .. } | ExecError::TimedOut { .. } => {
+            DriverError::Other(Box::new(e))
+        }
+        other => DriverError::Target(other.to_string()),
+    });
     // Terraform's state holds what its resources hold, secrets included;
     // terrace's copy of it is for the owner alone (Terraform writes 0644).
     if !layout.own_backend {
@@ -295,14 +400,15 @@ async fn run(
     out
 }
 
-/// A failed Terraform command, with everything it printed, in order.
-fn failure(unit: &str, tool: &Tool, step: &str, out: &Output) -> DriverError {
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
+/// A failed Terraform command, with what it printed (stdout, then the
+/// end of stderr), secret values redacted.
+fn failure(unit: &str, runner: &Runner, step: &str, out: &Finished) -> DriverError {
+    let mut text = out.stdout_text();
+    text.push_str(&out.stderr);
     DriverError::Other(
         format!(
             "{} {step} failed for unit `{unit}` ({}):\n{}",
-            tool.binary,
+            runner.tool.binary,
             out.status,
             text.trim_end()
         )
@@ -401,13 +507,13 @@ fn place_override(layout: &Layout) -> Result<(), DriverError> {
 /// Runs `init` unless nothing it depends on changed since the last one.
 async fn ensure_init(
     unit: &str,
-    tool: &Tool,
+    runner: &Runner,
     layout: &Layout,
     files: &[(String, String)],
 ) -> Result<(), DriverError> {
     place_override(layout)?;
     let marker = layout.work.join("init.fingerprint");
-    let want = init_fingerprint(tool, layout, files);
+    let want = init_fingerprint(&runner.tool, layout, files);
     if layout.data_dir().is_dir()
         && fs_err::read_to_string(&marker).ok().as_deref() == Some(want.as_str())
     {
@@ -419,9 +525,9 @@ async fn ensure_init(
         args.push(&backend_config);
         args.push("-reconfigure");
     }
-    let out = run(tool, layout, &args, &[]).await?;
+    let out = run(runner, layout, &args, &[]).await?;
     if !out.status.success() {
-        return Err(failure(unit, tool, "init", &out));
+        return Err(failure(unit, runner, "init", &out));
     }
     terrace_fs::atomic::write(&marker, want.as_bytes(), terrace_fs::Mode::Private)?;
     Ok(())
@@ -625,30 +731,33 @@ fn state_resources(path: &Path) -> Vec<String> {
 /// Runs a `plan` (its arguments write `saved`), then `show -json` of it.
 async fn plan_and_show(
     unit: &str,
-    tool: &Tool,
+    runner: &Runner,
     layout: &Layout,
     args: &[&str],
     vars: &[(String, String)],
     saved: &PlanFile,
     step: &str,
 ) -> Result<ParsedPlan, DriverError> {
-    let out = run(tool, layout, args, vars).await?;
+    let out = run(runner, layout, args, vars).await?;
     if !out.status.success() {
-        return Err(failure(unit, tool, step, &out));
+        return Err(failure(unit, runner, step, &out));
     }
     let plan_path = saved.path().display().to_string();
     let show = run(
-        tool,
+        runner,
         layout,
         &["show", "-json", "-no-color", &plan_path],
         vars,
     )
     .await?;
     if !show.status.success() {
-        return Err(failure(unit, tool, "show", &show));
+        return Err(failure(unit, runner, "show", &show));
     }
     let json: Value = serde_json::from_slice(&show.stdout).map_err(|e| {
-        DriverError::Target(format!("`{} show -json` printed no JSON: {e}", tool.binary))
+        DriverError::Target(format!(
+            "`{} show -json` printed no JSON: {e}",
+            runner.tool.binary
+        ))
     })?;
     Ok(parse_plan(&json))
 }
@@ -695,9 +804,10 @@ impl TerraformDriver {
             &ctx.unit.dir,
             own_backend(&s)?,
         );
-        let tool = tool(s.binary.as_deref())?;
+        let plaintexts = ctx.secrets.map(|s| s.plaintexts()).unwrap_or_default();
+        let runner = Runner::new(tool(s.binary.as_deref()).await?, &s, plaintexts);
         let files = module_files(&layout.module)?;
-        ensure_init(&ctx.unit.name, &tool, &layout, &files).await?;
+        ensure_init(&ctx.unit.name, &runner, &layout, &files).await?;
         let vars = tf_vars(&ctx.unit.inputs);
         let saved = PlanFile::new()?;
         let plan_file = saved.path();
@@ -712,10 +822,18 @@ impl TerraformDriver {
         if !ctx.refresh || s.refresh == Some(false) {
             args.push("-refresh=false");
         }
-        let parsed =
-            plan_and_show(&ctx.unit.name, &tool, &layout, &args, &vars, &saved, "plan").await?;
+        let parsed = plan_and_show(
+            &ctx.unit.name,
+            &runner,
+            &layout,
+            &args,
+            &vars,
+            &saved,
+            "plan",
+        )
+        .await?;
         let fingerprint = fingerprint(&files, &vars);
-        let mut notes = vec![format!("{} {}", tool.binary, tool.version)];
+        let mut notes = vec![format!("{} {}", runner.tool.binary, runner.tool.version)];
         notes.extend(parsed.drift);
         Ok(UnitPlan {
             action: UnitPlan::action_for(ctx.prior.is_some(), &parsed.changes),
@@ -727,7 +845,7 @@ impl TerraformDriver {
             payload: Some(Arc::new(Payload {
                 plan_file: saved,
                 unit: ctx.unit.name.clone(),
-                tool,
+                runner,
                 layout,
                 vars,
                 fingerprint,
@@ -761,9 +879,19 @@ impl TerraformDriver {
                 prior.unit
             )));
         }
-        let tool = tool(recorded["binary"].as_str())?;
+        // The unit's settings as they are now; a unit removed from the
+        // repository runs with the defaults.
+        let s: TerraformSettings = ctx
+            .unit
+            .and_then(|u| parse_settings(&u.settings).ok())
+            .unwrap_or_default();
+        let runner = Runner::new(
+            tool(recorded["binary"].as_str()).await?,
+            &s,
+            Plaintexts::default(),
+        );
         let files = module_files(&layout.module)?;
-        ensure_init(&prior.unit, &tool, &layout, &files).await?;
+        ensure_init(&prior.unit, &runner, &layout, &files).await?;
         // Variables come from the unit as it is now; a unit removed from the
         // repository has none (a module that requires some says so).
         let vars = ctx.unit.map(|u| tf_vars(&u.inputs)).unwrap_or_default();
@@ -779,7 +907,7 @@ impl TerraformDriver {
         ];
         let parsed = plan_and_show(
             &prior.unit,
-            &tool,
+            &runner,
             &layout,
             &args,
             &vars,
@@ -798,7 +926,7 @@ impl TerraformDriver {
             payload: Some(Arc::new(Payload {
                 plan_file: saved,
                 unit: prior.unit.clone(),
-                tool,
+                runner,
                 layout,
                 vars,
                 fingerprint,
@@ -837,9 +965,9 @@ impl TerraformDriver {
             "-auto-approve",
             &plan_path,
         ];
-        let out = run(&p.tool, &p.layout, &args, &p.vars).await?;
+        let out = run(&p.runner, &p.layout, &args, &p.vars).await?;
         if !out.status.success() {
-            return Err(failure(&p.unit, &p.tool, "apply", &out));
+            return Err(failure(&p.unit, &p.runner, "apply", &out));
         }
         let state = p.layout.state();
         let (outputs, sensitive) = if p.layout.own_backend {
@@ -854,7 +982,7 @@ impl TerraformDriver {
             address: MODULE_ITEM.to_owned(),
             path: Some(p.dir.clone()),
             digest: json!({
-                "binary": p.tool.binary,
+                "binary": p.runner.tool.binary,
                 "backend": if p.layout.own_backend { "own" } else { "terrace" },
             })
             .to_string(),
@@ -882,14 +1010,14 @@ async fn own_backend_outputs(
     p: &Payload,
 ) -> Result<(Map<String, Value>, Vec<String>), DriverError> {
     let out = run(
-        &p.tool,
+        &p.runner,
         &p.layout,
         &["output", "-json", "-no-color"],
         &p.vars,
     )
     .await?;
     if !out.status.success() {
-        return Err(failure(&p.unit, &p.tool, "output", &out));
+        return Err(failure(&p.unit, &p.runner, "output", &out));
     }
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     let mut outputs = Map::new();
@@ -989,9 +1117,26 @@ pub struct TerraformSettings {
     /// module's own `backend` block is used as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<TerraformBackend>,
-    /// The binary for this unit (default: the project's).
+    /// The binary: `tofu`, `terraform`, or a path (default: the
+    /// `TERRACE_TERRAFORM` variable, else `tofu` when it is on the PATH,
+    /// else `terraform`). Usually set once for the project, in
+    /// terrace.yaml's `terraform:` defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<String>,
+    /// Variables of terrace's own environment that Terraform and its
+    /// providers get, by name or as `PREFIX*`, besides the basics (`PATH`,
+    /// `HOME`, locale, proxies, certificates) and the credentials of common
+    /// providers (see `DEFAULT_PASS_ENV`). Nothing else is inherited: a
+    /// shell's `TF_VAR_*`, `TF_CLI_ARGS*` or `TF_WORKSPACE` never changes
+    /// a plan, and terrace's own keys (`SOPS_*`, `TERRACE_*`) never reach a
+    /// provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pass_env: Vec<String>,
+    /// How long one `terraform` command of this unit may run, as `90s`,
+    /// `30m` or `2h` (default `1h`). When it is up, Terraform gets one
+    /// SIGINT (it stops and releases its state lock), then is killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<crate::Timeout>,
     /// Whether plans refresh from real infrastructure (default true);
     /// `false` is the fast path that trusts the state.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -71,7 +71,7 @@ impl Project {
         let source: Arc<str> = fs_err::read_to_string(root.join(PROJECT_FILE))?.into();
         let file: ProjectFile = terrace_yaml::from_str(&source, Path::new(PROJECT_FILE))
             .map_err(|d| EngineError::Invalid(vec![d]))?;
-        let mut diags = check_project(&file, &source);
+        let mut diags = check_project(&file, &source, &kinds);
 
         let mut units = Vec::new();
         for path in discover_unit_files(&root)? {
@@ -189,9 +189,31 @@ pub fn relative(root: &Path, path: &Path) -> String {
         .join("/")
 }
 
-fn check_project(file: &ProjectFile, source: &str) -> Vec<Diagnostic> {
+fn check_project(file: &ProjectFile, source: &str, kinds: &Registry) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
     let at = |path: ValuePath, msg: String| at_value(PROJECT_FILE, source, 0, &path, None, msg);
+    for (key, block) in &file.defaults {
+        let path = ValuePath::root().key(key);
+        let Some(kind) = kinds.get(key) else {
+            diags.push(
+                at_key(PROJECT_FILE, source, 0, &path, format!("unknown field `{key}`"))
+                    .with_hint(format!(
+                        "the fields here: name, layers, vars, environments, defaultEnvironment, state, targets, and defaults for a kind under its name ({})",
+                        kinds.names().collect::<Vec<_>>().join(", ")
+                    )),
+            );
+            continue;
+        };
+        if let Err(e) = kind.check_settings(block) {
+            diags.push(settings_diagnostic(
+                PROJECT_FILE,
+                source,
+                path,
+                kind.name(),
+                &e,
+            ));
+        }
+    }
     if file.layers.is_empty() {
         diags.push(
             at(
@@ -392,16 +414,7 @@ fn check_settings(u: &UnitDecl, kind: &dyn Kind, kinds: &Registry, diags: &mut V
         }
     };
     let located = |block: ValuePath, e: &SettingsError| {
-        let mut path = block;
-        path.0.extend(e.path.0.iter().cloned());
-        let message = format!("invalid `{name}` settings: {}", e.message);
-        let d = match &e.unknown_field {
-            Some(field) => at_key(&u.file_path, &u.source, 0, &path.key(field), message),
-            None => at(path, None, message),
-        };
-        d.with_hint(format!(
-            "see the `{name}` settings in schemas/unit.schema.json, or `terrace schema`"
-        ))
+        settings_diagnostic(&u.file_path, &u.source, block, name, e)
     };
     for key in u.file.settings.keys().filter(|k| *k != name) {
         diags.push(stray(ValuePath::root(), key, UNIT_FIELDS));
@@ -446,4 +459,25 @@ fn check_settings(u: &UnitDecl, kind: &dyn Kind, kinds: &Registry, diags: &mut V
             }
         }
     }
+}
+
+/// A settings error of kind `name` in the block at `block` of `file`,
+/// pointing at the key (unknown field) or the value.
+fn settings_diagnostic(
+    file: &str,
+    source: &str,
+    block: ValuePath,
+    name: &str,
+    e: &SettingsError,
+) -> Diagnostic {
+    let mut path = block;
+    path.0.extend(e.path.0.iter().cloned());
+    let message = format!("invalid `{name}` settings: {}", e.message);
+    let d = match &e.unknown_field {
+        Some(field) => at_key(file, source, 0, &path.key(field), message),
+        None => at_value(file, source, 0, &path, None, message),
+    };
+    d.with_hint(format!(
+        "see schemas/kinds/{name}.schema.json (`terrace schema` prints every schema)"
+    ))
 }

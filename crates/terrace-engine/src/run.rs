@@ -66,7 +66,7 @@ impl Default for ApplyOptions {
 }
 
 /// A run's interrupt: once triggered, apply starts no more units, every
-/// running child program gets one SIGINT (`terrace_drivers::children`),
+/// running child program gets one SIGINT (`terrace_exec::children`),
 /// and the units already running finish and are recorded.
 #[derive(Debug, Clone, Default)]
 pub struct Interrupt(Arc<std::sync::atomic::AtomicBool>);
@@ -76,7 +76,7 @@ impl Interrupt {
     pub fn trigger(&self) -> bool {
         let was = self.0.swap(true, std::sync::atomic::Ordering::SeqCst);
         if !was {
-            terrace_drivers::children::interrupt_all();
+            terrace_exec::children::interrupt_all();
         }
         was
     }
@@ -95,7 +95,7 @@ impl Interrupt {
     /// A second interrupt: running child programs are killed.
     pub fn force(&self) {
         self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-        terrace_drivers::children::kill_all();
+        terrace_exec::children::kill_all();
     }
 }
 

@@ -109,10 +109,14 @@ impl Workspace {
                 }
             }
             let kind_key = u.file.kind.as_str();
-            let base_settings = match u.file.own_settings() {
+            // The project's defaults for the kind, then the unit's own.
+            let mut base_settings = match project.file.defaults.get(u.file.kind.as_str()) {
                 Some(Value::Object(m)) => m.clone(),
                 _ => Map::new(),
             };
+            if let Some(Value::Object(m)) = u.file.own_settings() {
+                base_settings.extend(m.clone());
+            }
             let mut settings: Vec<(String, Value, ValuePath)> = base_settings
                 .into_iter()
                 .map(|(k, v)| {

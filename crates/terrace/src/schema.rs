@@ -19,7 +19,7 @@ pub fn schemas() -> Vec<(String, String)> {
     let mut out = vec![
         (
             "terrace.schema.json".to_owned(),
-            render(&ordered(&schemars::schema_for!(ProjectFile))),
+            render(&project_schema(&kinds)),
         ),
         ("unit.schema.json".to_owned(), render(&unit_schema(&kinds))),
     ];
@@ -42,6 +42,30 @@ pub fn schemas() -> Vec<(String, String)> {
         ));
     }
     out
+}
+
+/// `terrace.yaml`: its fields, and defaults for each kind under its name.
+fn project_schema(kinds: &Registry) -> Value {
+    let mut generator = schemars::SchemaGenerator::default();
+    let blocks: Vec<(&str, Schema)> = kinds
+        .iter()
+        .map(|k| (k.name(), k.settings_schema(&mut generator)))
+        .collect();
+    let mut root = ordered(&generator.into_root_schema_for::<ProjectFile>());
+    root["additionalProperties"] = Value::Bool(false);
+    for (name, schema) in blocks {
+        let mut s = ordered(&schema);
+        if let Value::Object(m) = &mut s {
+            m.insert(
+                "description".into(),
+                Value::String(format!(
+                    "Defaults for every `{name}` unit; a unit's own `{name}` block wins key by key."
+                )),
+            );
+        }
+        root["properties"][name] = s;
+    }
+    root
 }
 
 /// `unit.yaml`: the common fields, `kind` one of the registered kinds, and

@@ -436,3 +436,68 @@ fn a_sensitive_output_is_never_rendered_in_plain_text() {
     );
     assert!(!d.join(".terrace/rendered").exists(), "nothing was written");
 }
+
+#[test]
+fn the_shell_environment_does_not_change_what_terraform_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    write_files(
+        d,
+        &[
+            // The binary comes from the project's defaults for the kind.
+            (
+                "terrace.yaml",
+                "name: tf\nlayers: [infra]\nterraform:\n  binary: terraform\n",
+            ),
+            ("infra/named/unit.yaml", "layer: infra\nkind: terraform\n"),
+            (
+                "infra/named/main.tf",
+                "variable \"name\" {\n  type    = string\n  default = \"from-the-unit\"\n}\nresource \"terraform_data\" \"n\" {\n  input = var.name\n}\noutput \"name\" {\n  value = var.name\n}\n",
+            ),
+        ],
+    );
+    // Each of these would change the plan (or break it) if it reached
+    // terraform: a variable, extra arguments, another workspace.
+    let o = std_command(d)
+        .args(["apply"])
+        .env("TF_VAR_name", "from-the-shell")
+        .env("TF_CLI_ARGS", "-no-such-flag")
+        .env("TF_CLI_ARGS_plan", "-no-such-flag")
+        .env("TF_WORKSPACE", "elsewhere")
+        .output()
+        .expect("terrace runs");
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = terrace(d, &["--output", "json", "output", "named"]);
+    let out: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(out["name"], "from-the-unit", "{out}");
+}
+
+#[test]
+fn a_command_past_its_timeout_is_stopped_and_the_unit_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    write_files(
+        d,
+        &[
+            ("terrace.yaml", "name: tf\nlayers: [infra]\n"),
+            (
+                "infra/slow/unit.yaml",
+                "layer: infra\nkind: terraform\nterraform:\n  timeout: 2s\n",
+            ),
+            (
+                "infra/slow/main.tf",
+                "resource \"terraform_data\" \"slow\" {\n  provisioner \"local-exec\" {\n    command = \"sleep 60\"\n  }\n}\n",
+            ),
+        ],
+    );
+    let started = Instant::now();
+    let o = terrace(d, &["apply"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    let text = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(text.contains("did not finish within 2s"), "{text}");
+    // Stopped well before the provisioner's minute was up.
+    assert!(started.elapsed() < Duration::from_secs(55), "{text}");
+    // Terraform let go of its state lock: the next plan runs.
+    let (c, _) = plan_json(d, &[]);
+    assert_ne!(c, 1, "the unit can be planned again");
+}

@@ -1,11 +1,14 @@
-//! The external programs terrace runs (Terraform today), so an interrupt
-//! reaches them the way it should.
+//! The external programs terrace runs, so an interrupt reaches them the
+//! way it should.
 //!
 //! Each child runs in its own process group: a terminal's Ctrl-C goes to
 //! terrace alone, and terrace forwards exactly one SIGINT to every running
 //! child (Terraform stops gracefully on the first and gives up its state
 //! lock; a second would make it abandon the state), then waits for it.
 //! Once interrupted, no new child is started.
+//!
+//! [`crate::Exec`] registers every program it runs here; [`output`] is for
+//! a prepared `tokio::process::Command` that has not moved to it yet.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -132,6 +135,16 @@ mod tests {
         assert_eq!(
             again.expect_err("refused").kind(),
             std::io::ErrorKind::Interrupted
+        );
+        let refused = crate::Program::find("/bin/sh")
+            .expect("sh is there")
+            .command()
+            .args(["-c", "true"])
+            .run()
+            .await;
+        assert!(
+            matches!(refused, Err(crate::ExecError::Interrupted { .. })),
+            "no program starts after an interrupt: {refused:?}"
         );
         // Other tests in this process run children again.
         INTERRUPTED.store(false, Ordering::SeqCst);
