@@ -573,6 +573,7 @@ impl Engine {
         for mut wave in graph.waves() {
             wave.sort_by_key(|i| position[i]);
             let mut running = tokio::task::JoinSet::new();
+            let mut tasks: HashMap<tokio::task::Id, usize> = HashMap::new();
             for i in wave {
                 if !selected.contains(&i) {
                     continue;
@@ -600,22 +601,49 @@ impl Engine {
                 let prior = self.state.read(self.environment(), &name).await?;
                 let this = Arc::clone(self);
                 let permits = Arc::clone(&permits);
-                running.spawn(async move {
+                let task = running.spawn(async move {
                     let _permit = permits.acquire_owned().await;
                     let started = Instant::now();
                     let result = this.plan_unit(i, &deps, prior.as_ref()).await;
                     (i, prior, result, started.elapsed())
                 });
+                tasks.insert(task.id(), i);
             }
             while let Some(joined) = running.join_next().await {
-                let (i, prior, result, elapsed) = joined.map_err(|e| {
-                    EngineError::Io(std::io::Error::other(format!("a plan task failed: {e}")))
-                })?;
+                // A driver that panics fails its own unit, as in apply.
+                let (i, prior, result, elapsed) = match joined {
+                    Ok(done) => done,
+                    Err(e) => {
+                        let Some(&i) = tasks.get(&e.id()) else {
+                            return Err(EngineError::Io(std::io::Error::other(format!(
+                                "a plan task failed: {e}"
+                            ))));
+                        };
+                        let message = format!(
+                            "the `{}` driver failed while planning: {}",
+                            self.workspace.units[i].kind,
+                            panic_message(e)
+                        );
+                        (i, None, Err(ReportError::message(message)), Duration::ZERO)
+                    }
+                };
                 let name = self.workspace.units[i].name.clone();
                 let mut r = self.blank_report(i, Outcome::Planned);
                 match result {
                     Ok((unit, plan)) => {
-                        let view = match (&plan.outputs, plan.action) {
+                        // A unit whose last apply failed part way is
+                        // applied again even when nothing differs, so the
+                        // plan says so, and its recorded outputs are not
+                        // trusted.
+                        let failed_before = prior
+                            .as_ref()
+                            .is_some_and(|p| p.status == UnitStatus::Failed);
+                        let action = if failed_before && plan.action == Action::NoOp {
+                            Action::Update
+                        } else {
+                            plan.action
+                        };
+                        let view = match (&plan.outputs, action) {
                             (Some(o), _) => OutputView::Known(o.clone(), Vec::new()),
                             (None, Action::NoOp) => prior
                                 .as_ref()
@@ -623,11 +651,16 @@ impl Engine {
                             (None, _) => OutputView::Unknown,
                         };
                         views.insert(name.clone(), view);
-                        r.action = Some(plan.action);
+                        r.action = Some(action);
                         r.changes = plan.changes;
                         r.unchanged = plan.unchanged;
                         r.unknown_inputs = unit.unknown;
                         r.notes = plan.notes;
+                        if failed_before {
+                            r.notes.push(
+                                "its last apply failed part way: apply runs it again".to_owned(),
+                            );
+                        }
                         if unit.unknown {
                             r.notes.push(
                                 "some inputs are known only after a dependency is applied"
@@ -1025,10 +1058,39 @@ impl Engine {
                 .map(|&d| self.workspace.units[d].name.as_str())
                 .filter(|d| !matches!(snapshot.get(*d), Some(OutputView::Known(..))))
                 .collect();
+            let mut failed = Vec::new();
+            for d in &missing {
+                if let Ok(Some(s)) = self.state.read(env, d).await
+                    && s.status == UnitStatus::Failed
+                {
+                    failed.push(*d);
+                }
+            }
+            let never: Vec<&str> = missing
+                .iter()
+                .copied()
+                .filter(|d| !failed.contains(d))
+                .collect();
+            let mut why = Vec::new();
+            if !never.is_empty() {
+                why.push(format!(
+                    "{} which {} never been applied",
+                    never.join(", "),
+                    if never.len() == 1 { "has" } else { "have" }
+                ));
+            }
+            if !failed.is_empty() {
+                why.push(format!("{} whose last apply failed", failed.join(", ")));
+            }
             return Err(ReportError::message(format!(
-                "inputs of `{name}` use outputs of {} which {} never been applied",
-                missing.join(", "),
-                if missing.len() == 1 { "has" } else { "have" }
+                "inputs of `{name}` use outputs of {}",
+                why.join(", and of ")
+            )));
+        }
+        if plan.action == Action::Deferred {
+            return Err(ReportError::message(format!(
+                "unit `{name}` could not be planned with its dependencies' outputs: {}",
+                plan.notes.join("; ")
             )));
         }
         r.action = Some(plan.action);
@@ -1132,20 +1194,25 @@ impl Engine {
         let env = self.environment().to_owned();
         let graph = &self.workspace.graph;
         let with_dependents = graph.with_dependents(selected.iter().copied());
-        // (unit, layer); orphans have no layer but the one in their state.
-        let mut names: Vec<(String, Option<String>)> =
+        // (unit, its graph index); orphans have none, and their layer is
+        // the one in their state.
+        let mut names: Vec<(String, Option<usize>)> =
             orphans.iter().map(|o| (o.clone(), None)).collect();
         let mut order = graph.topological_order();
         order.reverse();
         for i in order {
             if with_dependents.contains(&i) {
-                let u = &self.workspace.units[i];
-                names.push((u.name.clone(), Some(u.layer.clone())));
+                names.push((self.workspace.units[i].name.clone(), Some(i)));
             }
         }
         let mut reports = Vec::new();
-        let mut failed: Option<String> = None;
-        for (name, layer) in names {
+        // A unit that failed to go keeps what it depends on: those are
+        // skipped. An orphan's dependencies are not known, so its failure
+        // stops the rest.
+        let mut kept: HashMap<usize, String> = HashMap::new();
+        let mut stop_all: Option<String> = None;
+        for (name, index) in names {
+            let layer = index.map(|i| self.workspace.units[i].layer.clone());
             let Some(prior) = self.state.read(&env, &name).await? else {
                 continue;
             };
@@ -1158,7 +1225,10 @@ impl Engine {
                 reports.push(r);
                 continue;
             }
-            if let Some(cause) = &failed {
+            let cause = stop_all
+                .as_ref()
+                .or_else(|| index.and_then(|i| kept.get(&i)));
+            if let Some(cause) = cause {
                 r.outcome = Outcome::Skipped;
                 r.skipped_because = Some(cause.clone());
                 progress.finished(&r);
@@ -1173,7 +1243,19 @@ impl Engine {
             if let Err(e) = result {
                 r.outcome = Outcome::Failed;
                 r.error = Some(e);
-                failed = Some(name.clone());
+                match index {
+                    Some(i) => {
+                        let mut stack = vec![i];
+                        while let Some(j) = stack.pop() {
+                            for &d in graph.dependencies(j) {
+                                if kept.insert(d, name.clone()).is_none() {
+                                    stack.push(d);
+                                }
+                            }
+                        }
+                    }
+                    None => stop_all = Some(name.clone()),
+                }
             }
             r.duration_ms = started.elapsed().as_millis() as u64;
             let r = self.sealed(r);

@@ -10,8 +10,9 @@
 //! fake:
 //!   outputs: {port: 8080}   # what apply leaves as outputs
 //!   planOutputs: true       # plan already knows them (else "after apply")
-//!   fail: apply             # or `plan`: the driver returns an error there
+//!   fail: apply             # or `plan`, `destroy`: the driver returns an error there
 //!   panic: true             # apply panics
+//!   panicPlan: true         # plan panics
 //!   sleepMs: 30             # plan and apply take this long
 //!   deferredWhenUnknown: true # plan says `deferred` while an input is unknown
 //!   stable: true            # plan says `no-op` once the unit has state
@@ -56,6 +57,7 @@ struct FakeSettings {
     plan_outputs: bool,
     fail: Option<Phase>,
     panic: bool,
+    panic_plan: bool,
     sleep_ms: u64,
     deferred_when_unknown: bool,
     stable: bool,
@@ -67,6 +69,7 @@ struct FakeSettings {
 enum Phase {
     Plan,
     Apply,
+    Destroy,
 }
 
 /// What the driver was handed for one unit.
@@ -193,6 +196,9 @@ impl Driver for FakeDriver {
             });
             pause(settings.sleep_ms).await;
             journal(ctx.root, |j| j.planning -= 1);
+            if settings.panic_plan {
+                panic!("the fake driver panicked while planning `{}`", unit.name);
+            }
             if settings.fail == Some(Phase::Plan) {
                 return Err(failure(&unit.name, "plan"));
             }
@@ -237,6 +243,13 @@ impl Driver for FakeDriver {
     ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
         Box::pin(async move {
             let unit = ctx.prior.unit.clone();
+            let settings = ctx
+                .unit
+                .and_then(|u| parse_settings::<FakeSettings>(&u.settings).ok())
+                .unwrap_or_default();
+            if settings.fail == Some(Phase::Destroy) {
+                return Err(failure(&unit, "destroy"));
+            }
             Ok(UnitPlan {
                 action: Action::Delete,
                 changes: vec![Change {
@@ -779,8 +792,19 @@ async fn a_partial_apply_is_recorded_as_failed_and_applied_again() {
     assert_eq!(state.serial, 1);
     assert_unlocked(&engine, "a").await;
 
-    // The next plan hands the driver the failed record and what it left.
-    plan_all(&engine).await;
+    // The next plan hands the driver the failed record and what it left,
+    // and says the unit is applied again although the driver sees no
+    // change.
+    let plan = plan_all(&engine).await;
+    assert_eq!(unit(&plan, "a").action, Some(Action::Update));
+    assert!(
+        unit(&plan, "a")
+            .notes
+            .iter()
+            .any(|n| n.contains("last apply failed part way")),
+        "{:?}",
+        unit(&plan, "a").notes
+    );
     let planned = plans_of(&engine, "a");
     assert_eq!(
         planned.last().and_then(|s| s.prior),
@@ -1185,4 +1209,60 @@ async fn destroy_removes_dependents_first_and_forgets_their_state() {
     }
     let c = engine.state().read(&env, "c").await.expect("readable");
     assert!(c.is_some(), "destroy reached the unselected, independent c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_planning_fails_its_unit_alone() {
+    let dir = project(&[
+        ("a", "layer: base\nkind: fake\nfake:\n  panicPlan: true\n"),
+        ("b", "layer: apps\nkind: fake\ndependsOn: [a]\n"),
+        ("c", "layer: base\nkind: fake\n"),
+    ]);
+    let engine = open(dir.path());
+
+    let report = plan_all(&engine).await;
+
+    assert_eq!(unit(&report, "a").outcome, Outcome::Failed);
+    assert!(
+        error_of(&report, "a").contains("panicked while planning `a`"),
+        "{}",
+        error_of(&report, "a")
+    );
+    assert_eq!(unit(&report, "b").outcome, Outcome::Skipped);
+    assert_eq!(unit(&report, "b").skipped_because.as_deref(), Some("a"));
+    assert_eq!(unit(&report, "c").outcome, Outcome::Planned);
+    assert_eq!(unit(&report, "c").action, Some(Action::Create));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_destroy_keeps_only_what_it_depends_on() {
+    let dir = project(&[
+        ("a", "layer: base\nkind: fake\n"),
+        (
+            "b",
+            "layer: apps\nkind: fake\ndependsOn: [a]\nfake:\n  fail: destroy\n",
+        ),
+        ("c", "layer: base\nkind: fake\n"),
+        ("d", "layer: apps\nkind: fake\ndependsOn: [c]\n"),
+    ]);
+    let engine = open(dir.path());
+    assert_eq!(apply_all(&engine, 4).await.exit_code(), 0);
+    let env = engine.environment().to_owned();
+
+    let report = engine
+        .destroy(&select(&engine, &[]), &[], &options(1), false, &Quiet)
+        .await
+        .expect("destroy runs");
+
+    assert_eq!(unit(&report, "b").outcome, Outcome::Failed);
+    // `b` still stands, so what it depends on stays.
+    assert_eq!(unit(&report, "a").outcome, Outcome::Skipped);
+    assert_eq!(unit(&report, "a").skipped_because.as_deref(), Some("b"));
+    // The rest of the graph has nothing to do with `b`.
+    assert_eq!(unit(&report, "c").outcome, Outcome::Destroyed);
+    assert_eq!(unit(&report, "d").outcome, Outcome::Destroyed);
+    for (name, kept) in [("a", true), ("b", true), ("c", false), ("d", false)] {
+        let state = engine.state().read(&env, name).await.expect("readable");
+        assert_eq!(state.is_some(), kept, "state of {name}");
+    }
 }
