@@ -25,6 +25,10 @@ pub struct DesiredFile {
     pub content: String,
     /// Holds secrets (written SOPS-encrypted): plans show no diff of it.
     pub sensitive: bool,
+    /// For a sensitive file: the encrypted files (project-relative) whose
+    /// values it holds. The render hash counts their digests instead of
+    /// the sealed content, which is new ciphertext each time it is sealed.
+    pub secret_sources: Vec<String>,
 }
 
 impl DesiredFile {
@@ -92,7 +96,11 @@ pub fn plan(
         terrace_fs::check_write(root, &f.path).map_err(std::io::Error::from)?;
         hasher_input.push_str(&f.path);
         hasher_input.push('\0');
-        hasher_input.push_str(&f.content);
+        if f.sensitive {
+            hasher_input.push_str(&crate::sealed_sources_digest(root, &f.secret_sources));
+        } else {
+            hasher_input.push_str(&f.content);
+        }
         hasher_input.push('\0');
         match read_if_exists(&root.join(&f.path))? {
             None => {
@@ -333,6 +341,7 @@ mod tests {
             path: path.to_owned(),
             content: content.to_owned(),
             sensitive: false,
+            secret_sources: Vec::new(),
         }
     }
 

@@ -57,6 +57,23 @@ pub use terrace_fs::digest::digest;
 
 pub use terrace_fs::clean_relative;
 
+/// What stands for a sealed document in a render hash: the digests of the
+/// encrypted files its secret values came from (their name, for a source
+/// that is not a file, such as a dependency's sensitive output). It
+/// changes when a secret does and reveals nothing of it; the sealed text
+/// itself is new ciphertext every time.
+pub fn sealed_sources_digest(root: &std::path::Path, sources: &[String]) -> String {
+    let mut text = String::from("(sealed)");
+    for source in sources {
+        text.push('\0');
+        match terrace_fs::read(root, &root.join(source)) {
+            Ok(bytes) => text.push_str(&digest(&bytes)),
+            Err(_) => text.push_str(source),
+        }
+    }
+    digest(text.as_bytes())
+}
+
 /// Why a project-relative directory may not receive a unit's files:
 /// terrace's own state, Terraform state and caches under `.terrace/`, and
 /// Git's directory. `None` when it may.

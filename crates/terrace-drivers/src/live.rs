@@ -111,7 +111,14 @@ pub(crate) async fn plan(
     for o in &objects {
         hashed.push_str(&o.address);
         hashed.push('\0');
-        if !o.hides_diff() {
+        if o.hides_diff() {
+            let sources: Vec<String> = o
+                .secret_sources
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            hashed.push_str(&crate::sealed_sources_digest(ctx.root, &sources));
+        } else {
             hashed.push_str(&o.value.to_string());
         }
         hashed.push('\0');

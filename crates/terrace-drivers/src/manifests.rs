@@ -427,6 +427,11 @@ pub(crate) fn desired(
             path,
             content,
             sensitive: o.hides_diff(),
+            secret_sources: o
+                .secret_sources
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
         });
     }
     let outputs = json!({

@@ -354,6 +354,7 @@ fn desired(ctx: &UnitContext<'_>) -> Result<DesiredSet, DriverError> {
             path,
             content,
             sensitive: false,
+            secret_sources: Vec::new(),
         })
         .collect();
     Ok(DesiredSet {

@@ -651,10 +651,12 @@ fn parse_plan(plan: &Value) -> ParsedPlan {
         .collect();
     let mut outputs = Some(Map::new());
     for (name, oc) in plan["output_changes"].as_object().into_iter().flatten() {
-        let after_unknown = oc["after_unknown"] == Value::Bool(true);
+        // Unknown is `true`, or (for a map or list output) `true` somewhere
+        // inside: `after` then lacks those parts.
+        let after_unknown = any_true(&oc["after_unknown"]);
         // A sensitive value is not in the plan; dependents get it from the
         // state (unchanged) or after apply.
-        let sensitive = oc["after_sensitive"] == Value::Bool(true);
+        let sensitive = any_true(&oc["after_sensitive"]);
         match (&mut outputs, after_unknown || sensitive) {
             (Some(map), false) => {
                 map.insert(name.clone(), oc["after"].clone());
@@ -667,6 +669,18 @@ fn parse_plan(plan: &Value) -> ParsedPlan {
         unchanged,
         drift,
         outputs,
+    }
+}
+
+/// Whether `true` appears anywhere in `v` (Terraform's unknown and
+/// sensitive marks are `true`, or a structure holding `true` where parts
+/// are).
+fn any_true(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::Array(items) => items.iter().any(any_true),
+        Value::Object(m) => m.values().any(any_true),
+        _ => false,
     }
 }
 
@@ -762,40 +776,8 @@ async fn plan_and_show(
     Ok(parse_plan(&json))
 }
 
-fn deferred(ctx: &UnitContext<'_>) -> UnitPlan {
-    let waiting = if ctx.unit.waiting_for.is_empty() {
-        "a dependency".to_owned()
-    } else {
-        ctx.unit.waiting_for.join(", ")
-    };
-    let mut notes = vec![format!("deferred: waiting for {waiting} to be applied")];
-    for (k, v) in &ctx.unit.inputs {
-        let shown = if ctx.unit.sensitive_inputs.contains_key(k) {
-            SENSITIVE.to_owned()
-        } else {
-            match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }
-        };
-        notes.push(format!("input {k} = {shown}"));
-    }
-    UnitPlan {
-        action: Action::Deferred,
-        changes: Vec::new(),
-        unchanged: 0,
-        outputs: None,
-        render_hash: String::new(),
-        notes,
-        payload: None,
-    }
-}
-
 impl TerraformDriver {
     async fn plan_unit(&self, ctx: &UnitContext<'_>) -> Result<UnitPlan, DriverError> {
-        if ctx.unit.unknown {
-            return Ok(deferred(ctx));
-        }
         let s = settings(ctx)?;
         let layout = Layout::new(
             ctx.root,

@@ -8,13 +8,15 @@
 //! 3. [`run`] plans, applies and destroys in graph order, passing outputs
 //!    from unit to unit, holding each unit's lock while it is applied, and
 //!    recording state and run history;
-//! 4. [`affected`] maps a Git diff to units and their dependents.
+//! 4. [`affected`] maps a Git diff to units and their dependents;
+//! 5. [`saved`] is a plan written to a file and carried out later, exactly.
 
 pub mod affected;
 mod error;
 mod locate;
 pub mod project;
 pub mod run;
+pub mod saved;
 pub mod workspace;
 
 pub use error::EngineError;

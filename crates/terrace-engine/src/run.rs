@@ -30,6 +30,7 @@ use tracing::{debug, warn};
 
 use crate::error::EngineError;
 use crate::project::Project;
+use crate::saved::{SavedPlan, StateMark, UnitFingerprint};
 use crate::workspace::{OutputView, Workspace};
 
 /// Which units a command acts on. Empty means all.
@@ -52,6 +53,9 @@ pub struct ApplyOptions {
     pub command: String,
     /// Set by the first SIGINT/SIGTERM: no unit starts after it.
     pub interrupt: Interrupt,
+    /// `apply FILE`: each unit is applied only if its fresh plan is the
+    /// saved one.
+    pub saved: Option<Arc<SavedPlan>>,
 }
 
 impl Default for ApplyOptions {
@@ -61,6 +65,7 @@ impl Default for ApplyOptions {
             lock_timeout: Duration::ZERO,
             command: "apply".to_owned(),
             interrupt: Interrupt::default(),
+            saved: None,
         }
     }
 }
@@ -150,6 +155,9 @@ pub struct UnitReport {
     /// For skipped units: the failed unit that caused it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_because: Option<String>,
+    /// For planned units: what the plan was made from (`plan --out`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<UnitFingerprint>,
     pub duration_ms: u64,
 }
 
@@ -168,6 +176,7 @@ impl UnitReport {
             notes: Vec::new(),
             error: None,
             skipped_because: None,
+            fingerprint: None,
             duration_ms: 0,
         }
     }
@@ -651,6 +660,7 @@ impl Engine {
                             (None, _) => OutputView::Unknown,
                         };
                         views.insert(name.clone(), view);
+                        r.fingerprint = Some(self.fingerprint(&unit, &plan, prior.as_ref()));
                         r.action = Some(action);
                         r.changes = plan.changes;
                         r.unchanged = plan.unchanged;
@@ -702,6 +712,18 @@ impl Engine {
             .evaluate(&self.project, i, views, Some(self.secrets.as_ref()))
             .map_err(ReportError::from_diagnostic)?;
         let ctx = self.unit_context(&unit, prior);
+        // A value known only after apply reaches no plan, diff or dry run:
+        // the unit waits for its dependencies, and the plan says which.
+        // It is still rendered (with placeholders, nothing kept) so its own
+        // mistakes show now rather than after its dependencies apply.
+        if unit.unknown {
+            self.driver(&unit.kind)
+                .map_err(ReportError::from_unknown)?
+                .render(&ctx)
+                .map_err(ReportError::from_driver)?;
+            let plan = deferred_plan(&unit);
+            return Ok((unit, plan));
+        }
         let plan = self
             .driver(&unit.kind)
             .map_err(ReportError::from_unknown)?
@@ -727,6 +749,88 @@ impl Engine {
             });
         }
         Ok((unit, plan))
+    }
+
+    /// The units of `saved` that can be carried out here, in graph order:
+    /// a unit is held back when its own plan was a preview (deferred, or
+    /// inputs known only after apply) or when something it depends on is
+    /// held back.
+    pub fn select_saved(&self, saved: &SavedPlan) -> crate::saved::SavedSelection {
+        let ws = &self.workspace;
+        let mut out = crate::saved::SavedSelection::default();
+        for u in &saved.units {
+            if ws.index_of(&u.unit).is_none() {
+                out.moved.push(crate::saved::Moved {
+                    unit: u.unit.clone(),
+                    what: vec!["it is no longer in the project or this environment".to_owned()],
+                });
+            }
+        }
+        let mut held: BTreeSet<usize> = BTreeSet::new();
+        for i in ws.graph.topological_order() {
+            let Some(u) = saved.unit(&ws.units[i].name) else {
+                continue;
+            };
+            let blocked = ws.graph.dependencies(i).iter().any(|d| held.contains(d));
+            if u.is_applied() && !blocked {
+                out.applied.insert(i);
+            } else {
+                held.insert(i);
+                out.waiting.push(u.unit.clone());
+            }
+        }
+        out
+    }
+
+    /// What a unit's plan was made from, as digests (see
+    /// [`UnitFingerprint`]).
+    fn fingerprint(
+        &self,
+        unit: &ResolvedUnit,
+        plan: &UnitPlan,
+        prior: Option<&UnitState>,
+    ) -> UnitFingerprint {
+        UnitFingerprint {
+            inputs: self.inputs_digest(unit),
+            render: plan.render_hash.clone(),
+            state: prior.map(|p| StateMark {
+                serial: p.serial,
+                status: p.status,
+            }),
+        }
+    }
+
+    /// A digest of a unit's evaluated inputs, settings and target in which
+    /// no secret value takes part: a secret input counts as the digest of
+    /// the encrypted files it came from (a sensitive dependency output, by
+    /// its name), and secret values in settings are redacted first.
+    fn inputs_digest(&self, unit: &ResolvedUnit) -> String {
+        let root = &self.project.root;
+        let mut inputs = unit.inputs.clone();
+        for (name, sources) in &unit.sensitive_inputs {
+            let sealed: Vec<String> = sources
+                .iter()
+                .map(|source| {
+                    let path = root.join(source);
+                    match terrace_fs::read(root, &path) {
+                        Ok(bytes) => terrace_fs::digest::digest(&bytes),
+                        Err(_) => source.clone(),
+                    }
+                })
+                .collect();
+            inputs.insert(name.clone(), serde_json::json!({ "sealed": sealed }));
+        }
+        let plain = self.plaintexts();
+        for v in inputs.values_mut() {
+            plain.redact_value(v);
+        }
+        let mut settings = unit.settings.clone();
+        plain.redact_value(&mut settings);
+        terrace_fs::digest::digest(
+            serde_json::to_string(&(&inputs, &settings, &unit.target))
+                .expect("values serialize")
+                .as_bytes(),
+        )
     }
 
     /// Units with state that are not units of this environment.
@@ -1004,7 +1108,9 @@ impl Engine {
         if std::env::var("TERRACE_FAULT_PANIC_UNIT").is_ok_and(|u| u == name) {
             panic!("fault injected into unit `{name}`");
         }
-        let result = self.apply_locked(i, views, run_id, revision, &mut r).await;
+        let result = self
+            .apply_locked(i, views, run_id, revision, opts.saved.as_deref(), &mut r)
+            .await;
         if let Err(e) = self.state.unlock(&env, &name, run_id).await {
             warn!(unit = %name, error = %e, "could not release lock");
         }
@@ -1022,6 +1128,7 @@ impl Engine {
         views: &Mutex<HashMap<String, OutputView>>,
         run_id: &str,
         revision: Option<String>,
+        saved: Option<&SavedPlan>,
         r: &mut UnitReport,
     ) -> Result<(), ReportError> {
         let env = self.environment();
@@ -1096,11 +1203,26 @@ impl Engine {
         r.action = Some(plan.action);
         r.changes = plan.changes.clone();
         r.unchanged = plan.unchanged;
-        let input_hash = terrace_fs::digest::digest(
-            serde_json::to_string(&(&unit.inputs, &unit.settings, &unit.target))
-                .expect("values serialize")
-                .as_bytes(),
-        );
+        if let Some(saved) = saved {
+            let fingerprint = self.fingerprint(&unit, &plan, prior.as_ref());
+            let moved = match saved.unit(&name) {
+                Some(entry) => {
+                    entry.differences(Some(plan.action), &plan.changes, Some(&fingerprint), None)
+                }
+                None => vec!["it is not in the saved plan".to_owned()],
+            };
+            if !moved.is_empty() {
+                return Err(ReportError {
+                    message: format!(
+                        "the saved plan no longer holds for `{name}`: {}",
+                        moved.join("; ")
+                    ),
+                    hint: Some("plan again (`terrace plan --out FILE`) and review it".to_owned()),
+                    diagnostic: None,
+                });
+            }
+        }
+        let input_hash = self.inputs_digest(&unit);
         if plan.action == Action::NoOp
             && let Some(p) = &prior
             && p.status == UnitStatus::Applied
@@ -1418,6 +1540,38 @@ fn sensitive_names(state: &UnitState) -> Vec<String> {
         .filter(|(_, v)| v.as_str() == Some(SENSITIVE))
         .map(|(k, _)| k.clone())
         .collect()
+}
+
+/// The plan of a unit some of whose inputs are known only after a
+/// dependency is applied: deferred, with the inputs known so far as notes
+/// (secret ones shown as sensitive).
+pub fn deferred_plan(unit: &ResolvedUnit) -> UnitPlan {
+    let waiting = if unit.waiting_for.is_empty() {
+        "a dependency".to_owned()
+    } else {
+        unit.waiting_for.join(", ")
+    };
+    let mut notes = vec![format!("deferred: waiting for {waiting} to be applied")];
+    for (k, v) in &unit.inputs {
+        let shown = if unit.sensitive_inputs.contains_key(k) {
+            SENSITIVE.to_owned()
+        } else {
+            match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }
+        };
+        notes.push(format!("input {k} = {shown}"));
+    }
+    UnitPlan {
+        action: Action::Deferred,
+        changes: Vec::new(),
+        unchanged: 0,
+        outputs: None,
+        render_hash: String::new(),
+        notes,
+        payload: None,
+    }
 }
 
 /// Renders a unit with its kind's driver (for `validate`).

@@ -36,7 +36,7 @@ use terrace_core::Seg;
 use terrace_core::driver::{
     Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, UnitContext,
 };
-use terrace_core::expr::{SecretError, UNKNOWN};
+use terrace_core::expr::SecretError;
 use terrace_core::kind::{Registry, TypedKind, parse_settings};
 use terrace_core::plan::{Action, Change, UnitPlan};
 use terrace_core::secrets::SecretSource;
@@ -78,7 +78,6 @@ struct Seen {
     unit: String,
     inputs: Map<String, Value>,
     unknown: bool,
-    waiting_for: Vec<String>,
     /// The prior state's status and how many inventory items it held.
     prior: Option<(UnitStatus, usize)>,
 }
@@ -186,7 +185,6 @@ impl Driver for FakeDriver {
                 unit: unit.name.clone(),
                 inputs: unit.inputs.clone(),
                 unknown: unit.unknown,
-                waiting_for: unit.waiting_for.clone(),
                 prior: ctx.prior.map(|p| (p.status, p.inventory.len())),
             };
             journal(ctx.root, |j| {
@@ -267,7 +265,6 @@ impl Driver for FakeDriver {
                         unit,
                         inputs: Map::new(),
                         unknown: false,
-                        waiting_for: Vec::new(),
                         prior: Some((ctx.prior.status, ctx.prior.inventory.len())),
                     },
                     settings: FakeSettings::default(),
@@ -610,7 +607,7 @@ async fn plan_hands_planned_outputs_to_dependents() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plan_marks_dependents_unknown_when_outputs_come_only_after_apply() {
+async fn a_unit_waiting_for_outputs_is_deferred_and_its_driver_never_sees_a_placeholder() {
     let dir = project(&[
         (
             "a",
@@ -625,16 +622,18 @@ async fn plan_marks_dependents_unknown_when_outputs_come_only_after_apply() {
 
     let report = plan_all(&engine).await;
 
+    // The engine defers it: the driver's plan is never handed the
+    // placeholder of an unknown value.
     let b = plans_of(&engine, "b");
-    assert_eq!(b.len(), 1, "{b:?}");
-    assert!(b[0].unknown);
-    assert_eq!(b[0].inputs.get("port"), Some(&json!(UNKNOWN)));
-    assert_eq!(b[0].waiting_for, ["a"]);
+    assert!(b.is_empty(), "{b:?}");
     let b = unit(&report, "b");
     assert_eq!(b.outcome, Outcome::Planned);
+    assert_eq!(b.action, Some(Action::Deferred));
     assert!(b.unknown_inputs);
     assert!(
-        b.notes.iter().any(|n| n.contains("known only after")),
+        b.notes
+            .iter()
+            .any(|n| n.contains("deferred: waiting for a")),
         "{:?}",
         b.notes
     );
@@ -978,15 +977,13 @@ async fn a_deferred_unit_is_planned_and_its_dependents_still_plan() {
     assert_eq!(b.outcome, Outcome::Planned);
     assert_eq!(b.action, Some(Action::Deferred));
     assert!(b.unknown_inputs);
-    assert_eq!(plans_of(&engine, "b")[0].waiting_for, ["a"]);
-    // Not skipped: planned with what is known, its input still unknown.
+    // Not skipped: deferred too, its input still unknown, and neither
+    // driver was handed a placeholder.
     let c = unit(&plan, "c");
     assert_eq!(c.outcome, Outcome::Planned);
+    assert_eq!(c.action, Some(Action::Deferred));
     assert!(c.unknown_inputs);
-    assert_eq!(
-        plans_of(&engine, "c")[0].inputs.get("url"),
-        Some(&json!(UNKNOWN))
-    );
+    assert!(plans_of(&engine, "b").is_empty() && plans_of(&engine, "c").is_empty());
     assert!(plan.has_changes());
     assert_eq!(plan.exit_code(), 2);
 

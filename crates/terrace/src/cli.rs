@@ -193,12 +193,12 @@ pub enum Command {
     Render(RenderArgs),
     /// Show what apply would change, across all units or a selection.
     #[command(
-        after_help = "Examples:\n  terrace plan\n  terrace plan --layer apps --unit web\n  terrace plan --affected-since origin/main --output markdown\n\nExit codes: 0 no changes, 2 changes, 1 error."
+        after_help = "Examples:\n  terrace plan\n  terrace plan --layer apps --unit web\n  terrace plan --affected-since origin/main --output markdown\n  terrace plan --out plan.json      # in CI on a pull request; then `terrace apply plan.json` on merge\n\nExit codes: 0 no changes, 2 changes, 1 error."
     )]
     Plan(PlanArgs),
     /// Apply changes in graph order.
     #[command(
-        after_help = "Examples:\n  terrace apply\n  terrace apply -j 4 --layer platform\n\nA unit that fails stops only the units that depend on it."
+        after_help = "Examples:\n  terrace apply\n  terrace apply -j 4 --layer platform\n  terrace apply plan.json           # exactly the plan `terrace plan --out plan.json` saved\n\nA unit that fails stops only the units that depend on it. A saved plan is\nrefused, naming what moved, when a unit's sources, inputs, dependency\noutputs or state changed since it was planned."
     )]
     Apply(ApplyArgs),
     /// Remove what units manage, dependents first.
@@ -282,10 +282,18 @@ pub struct PlanArgs {
     /// is the fast path that trusts the recorded state.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub refresh: bool,
+    /// Save the plan to this file, for `terrace apply FILE` (it holds no
+    /// secret: changes are sealed, and inputs are kept as digests).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
+    /// A plan saved by `terrace plan --out FILE`: apply exactly it (its
+    /// environment and units; no selection flags).
+    #[arg(value_name = "PLAN_FILE", conflicts_with_all = ["units", "layers", "affected_since"])]
+    pub plan: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub select: SelectArgs,
     /// Units applied at once, 1 to 256.

@@ -8,13 +8,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use terrace_core::config::TargetBinding;
 use terrace_core::expr;
-use terrace_engine::run::{ApplyOptions, Interrupt, Progress, Report};
+use terrace_engine::run::{ApplyOptions, Interrupt, Progress, Quiet, Report};
+use terrace_engine::saved::SavedPlan;
 use terrace_engine::{Engine, Project, Selection, Workspace};
 
 use crate::cli::{Cli, Command, GraphFormat, OutputFormat, SelectArgs, StateCommand};
 use crate::diagnostics::CliError;
 use crate::output;
-use crate::output::{out, outln};
+use crate::output::{errln, out, outln};
 use crate::progress::Reporter;
 
 /// The project at (or above) `start`, with the kinds this build knows.
@@ -142,7 +143,13 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             let report = engine.plan(&selected, &progress, a.jobs).await?;
             progress.finish();
             print_report(&report, &engine.project.root, cli.output, a.full_diff);
+            if let Some(out) = &a.out {
+                save_plan(&engine, &report, a.refresh, out)?;
+            }
             Ok(report.exit_code() as u8)
+        }
+        Command::Apply(a) if a.plan.is_some() => {
+            apply_saved(&start, env, &bindings, a, cli.output, &interrupt).await
         }
         Command::Apply(a) => {
             let engine = Arc::new(open(&start, env)?);
@@ -153,6 +160,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 lock_timeout: Duration::from_secs(a.lock_timeout),
                 command: "apply".to_owned(),
                 interrupt: interrupt.clone(),
+                saved: None,
             };
             let report = engine
                 .apply(&selected, &opts, Arc::clone(&progress) as Arc<dyn Progress>)
@@ -248,6 +256,130 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             Ok(0)
         }
     }
+}
+
+/// `plan --out FILE`: the plan, sealed as it was printed, with each
+/// unit's fingerprint.
+fn save_plan(engine: &Engine, report: &Report, refresh: bool, out: &Path) -> Result<(), CliError> {
+    let revision = terrace_engine::affected::revision(&engine.project.root);
+    let saved = SavedPlan::from_report(&engine.project.file.name, refresh, revision, report)
+        .map_err(|e| {
+            CliError::message(
+                format!("the plan was not saved to {}: {e}", out.display()),
+                Some("fix the failing units and plan again".to_owned()),
+            )
+        })?;
+    terrace_fs::atomic::write(out, saved.to_json().as_bytes(), terrace_fs::Mode::Shared)?;
+    errln!(
+        "Saved the plan of {} unit(s) to {}: apply it with `terrace apply {}`.",
+        saved.units.len(),
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `apply FILE`: the saved plan's environment and units, each applied
+/// only when a fresh plan of it is the saved one.
+async fn apply_saved(
+    start: &Path,
+    env: Option<&str>,
+    bindings: &[(String, terrace_core::config::TargetBinding)],
+    a: &crate::cli::ApplyArgs,
+    format: OutputFormat,
+    interrupt: &Interrupt,
+) -> Result<u8, CliError> {
+    let file = a.plan.as_deref().expect("apply_saved has a plan file");
+    let saved = read_saved_plan(file)?;
+    if let Some(env) = env
+        && env != saved.environment
+    {
+        return Err(CliError::message(
+            format!(
+                "{} is a plan of environment `{}`, not `{env}`",
+                file.display(),
+                saved.environment
+            ),
+            Some(
+                "leave out --env (the plan names its environment), or plan that environment"
+                    .to_owned(),
+            ),
+        ));
+    }
+    let engine = Arc::new(
+        open_engine(start, Some(&saved.environment))?
+            .bind_targets(bindings)?
+            .with_refresh(saved.refresh),
+    );
+    if engine.project.file.name != saved.project {
+        return Err(CliError::message(
+            format!(
+                "{} is a plan of project `{}`, not of `{}`",
+                file.display(),
+                saved.project,
+                engine.project.file.name
+            ),
+            None,
+        ));
+    }
+    let terrace_engine::saved::SavedSelection {
+        applied: selected,
+        waiting: deferred,
+        mut moved,
+    } = engine.select_saved(&saved);
+    // Nothing is applied unless every unit still plans as saved.
+    if moved.is_empty() {
+        let fresh = engine.plan(&selected, &Quiet, a.jobs).await?;
+        moved = saved.compare(&fresh);
+    }
+    if !moved.is_empty() {
+        let list: Vec<String> = moved.iter().map(|m| format!("  {m}")).collect();
+        return Err(CliError::message(
+            format!(
+                "the saved plan {} no longer holds; nothing was applied:\n{}",
+                file.display(),
+                list.join("\n")
+            ),
+            Some("plan again (`terrace plan --out FILE`) and review the new plan".to_owned()),
+        ));
+    }
+    let progress = Arc::new(Reporter::new(selected.len(), "apply", true));
+    let opts = ApplyOptions {
+        jobs: a.jobs,
+        lock_timeout: Duration::from_secs(a.lock_timeout),
+        command: "apply".to_owned(),
+        interrupt: interrupt.clone(),
+        saved: Some(Arc::new(saved)),
+    };
+    let report = engine
+        .apply(&selected, &opts, Arc::clone(&progress) as Arc<dyn Progress>)
+        .await?;
+    progress.finish();
+    print_report(&report, &engine.project.root, format, false);
+    if !deferred.is_empty() && format == OutputFormat::Text {
+        outln!(
+            "Not in the saved plan's reach (deferred, or waiting for a dependency's outputs): {}. Plan again now that their dependencies are applied.",
+            deferred.join(", ")
+        );
+    }
+    Ok(report.exit_code() as u8)
+}
+
+/// Reads a saved plan, refusing a file that is not one or is too large.
+fn read_saved_plan(file: &Path) -> Result<SavedPlan, CliError> {
+    let size = fs_err::metadata(file)?.len();
+    if size > terrace_engine::saved::MAX_SAVED_PLAN_BYTES {
+        return Err(CliError::message(
+            format!(
+                "{} is {size} bytes; a saved plan is at most {} bytes",
+                file.display(),
+                terrace_engine::saved::MAX_SAVED_PLAN_BYTES
+            ),
+            Some("give the file `terrace plan --out FILE` wrote".to_owned()),
+        ));
+    }
+    let text = fs_err::read_to_string(file)?;
+    SavedPlan::parse(&text, file).map_err(|d| terrace_engine::EngineError::Invalid(vec![d]).into())
 }
 
 fn selection(s: &SelectArgs) -> Selection {
@@ -432,6 +564,7 @@ async fn destroy(
         lock_timeout: Duration::from_secs(a.lock_timeout),
         command: "destroy".to_owned(),
         interrupt: interrupt.clone(),
+        saved: None,
     };
     let progress = Reporter::new(selected.len() + named_orphans.len(), "destroy", a.yes);
     let report = engine

@@ -724,6 +724,8 @@ fn no_plaintext_anywhere_after_every_command() {
         &["plan"][..],
         &["plan", "--output", "json"],
         &["plan", "--output", "markdown", "--full-diff"],
+        &["plan", "--out", ".terrace/saved-plan.json"],
+        &["apply", ".terrace/saved-plan.json"],
         &["apply"],
         &["render", "web"],
         &["render", "web", "--output", "json"],

@@ -6,6 +6,7 @@ mod errors;
 mod example;
 mod hostile;
 mod kustomize;
+mod saved_plan;
 mod schema;
 mod secrets;
 mod terraform;

@@ -1,0 +1,192 @@
+//! `terrace plan --out FILE` and `terrace apply FILE`: the plan CI makes on
+//! a pull request, carried out exactly on merge, or refused naming what
+//! moved.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{code, homelab, stderr, stdout, terrace, write_files};
+
+const CONFIG_MAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: apps\ndata:\n  mode: ${input.mode}\n";
+
+/// Two file-rendering units, `settings` (a ConfigMap) and `docs` (a
+/// template that reads nothing of it), in a project of one environment.
+fn project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_files(
+        dir.path(),
+        &[
+            (
+                "terrace.yaml",
+                "name: saved\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\n",
+            ),
+            (
+                "apps/settings/unit.yaml",
+                "layer: apps\nkind: manifests\ninputs:\n  mode: fast\n",
+            ),
+            ("apps/settings/cm.yaml", CONFIG_MAP),
+            ("apps/docs/unit.yaml", "layer: apps\nkind: template\n"),
+            ("apps/docs/templates/README.md.j2", "# {{ unit }}\n"),
+        ],
+    );
+    dir
+}
+
+fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+    terrace(dir, args)
+}
+
+fn all(o: &std::process::Output) -> String {
+    format!("{}{}", stdout(o), stderr(o))
+}
+
+#[test]
+fn a_saved_plan_is_carried_out_and_then_refused_as_stale() {
+    let dir = project();
+    let d = dir.path();
+    let o = run(d, &["plan", "--out", "plan.json"]);
+    assert_eq!(code(&o), 2, "{}", all(&o));
+    assert!(
+        stderr(&o).contains("Saved the plan of 2 unit(s)"),
+        "{}",
+        all(&o)
+    );
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("plan.json")).expect("plan file"))
+            .expect("json");
+    assert_eq!(saved["format"], 1);
+    assert_eq!(saved["environment"], "default");
+    assert_eq!(saved["units"].as_array().map(Vec::len), Some(2));
+
+    let o = run(d, &["--output", "json", "apply", "plan.json"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let outcomes: Vec<&str> = report["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .map(|u| u["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(outcomes, ["applied", "applied"], "{report}");
+    assert!(
+        d.join(".terrace/rendered/default/k8s/settings/v1_configmap_apps_settings.yaml")
+            .is_file()
+    );
+
+    // Applied once, the plan no longer describes the project's state.
+    let o = run(d, &["apply", "plan.json"]);
+    assert_eq!(code(&o), 1, "{}", all(&o));
+    let text = all(&o);
+    assert!(
+        text.contains("no longer holds; nothing was applied"),
+        "{text}"
+    );
+    assert!(text.contains("`settings`: its state changed"), "{text}");
+    assert!(text.contains("`docs`: its state changed"), "{text}");
+}
+
+#[test]
+fn a_saved_plan_is_refused_when_a_source_or_an_input_changed() {
+    let dir = project();
+    let d = dir.path();
+    assert_eq!(code(&run(d, &["plan", "--out", "plan.json"])), 2);
+    // A source file and an input change after the plan was reviewed.
+    write_files(
+        d,
+        &[
+            (
+                "apps/docs/templates/README.md.j2",
+                "# {{ unit }} (edited)\n",
+            ),
+            (
+                "apps/settings/unit.yaml",
+                "layer: apps\nkind: manifests\ninputs:\n  mode: slow\n",
+            ),
+        ],
+    );
+    let o = run(d, &["apply", "plan.json"]);
+    assert_eq!(code(&o), 1, "{}", all(&o));
+    let text = all(&o);
+    assert!(
+        text.contains("`docs`: what it renders changed (its sources)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`settings`: its inputs (or the dependency outputs they use)"),
+        "{text}"
+    );
+    // Nothing was applied: no state, no rendered files.
+    assert!(!d.join(".terrace/state/default/units/docs.json").exists());
+    assert!(!d.join(".terrace/rendered").exists());
+}
+
+#[test]
+fn a_saved_plan_carries_out_only_what_it_could_plan() {
+    // The example: the VMs wait for the network's outputs, the node
+    // configs for the VMs', and the platform is applied after the node
+    // configs. A saved plan applies what it could plan and says what
+    // waits; plan-and-apply rounds then converge.
+    let dir = homelab();
+    let d = dir.path();
+    let o = run(d, &["plan", "--out", "first.json"]);
+    assert_eq!(code(&o), 2, "{}", all(&o));
+    let o = run(d, &["apply", "first.json"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    assert!(
+        stdout(&o).contains("Not in the saved plan's reach (deferred, or waiting for a dependency's outputs): vms, node-configs, namespaces"),
+        "{}",
+        all(&o)
+    );
+    assert!(d.join(".terrace/state/homelab/units/network.json").exists());
+    assert!(!d.join(".terrace/state/homelab/units/vms.json").exists());
+    let mut rounds = 1;
+    loop {
+        let o = run(d, &["plan", "--out", "next.json"]);
+        if code(&o) == 0 {
+            break;
+        }
+        assert_eq!(code(&o), 2, "{}", all(&o));
+        rounds += 1;
+        assert!(rounds <= 4, "saved plans did not converge: {}", all(&o));
+        let o = run(d, &["apply", "next.json"]);
+        assert_eq!(code(&o), 0, "{}", all(&o));
+    }
+    // network first, then vms, then the node configs and all after them.
+    assert_eq!(rounds, 3);
+}
+
+#[test]
+fn a_file_that_is_not_a_plan_of_this_project_is_refused() {
+    let dir = project();
+    let d = dir.path();
+    write_files(
+        d,
+        &[
+            ("garbage.json", "{\"units\": 3}\n"),
+            ("future.json", "{\"format\": 99}\n"),
+        ],
+    );
+    let o = run(d, &["apply", "garbage.json"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("garbage.json"), "{}", all(&o));
+    assert!(stderr(&o).contains("not a saved plan"), "{}", all(&o));
+    let o = run(d, &["apply", "future.json"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("saved plan format 99"), "{}", all(&o));
+    let o = run(d, &["apply", "missing.json"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("missing.json"), "{}", all(&o));
+
+    // A plan of another environment, or with selection flags.
+    assert_eq!(code(&run(d, &["plan", "--out", "plan.json"])), 2);
+    let o = run(d, &["--env", "staging", "apply", "plan.json"]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("is a plan of environment `default`, not `staging`"),
+        "{}",
+        all(&o)
+    );
+    let o = run(d, &["apply", "plan.json", "--unit", "docs"]);
+    assert_eq!(code(&o), 1, "{}", all(&o));
+}
