@@ -613,7 +613,11 @@ impl Engine {
                 let task = running.spawn(async move {
                     let _permit = permits.acquire_owned().await;
                     let started = Instant::now();
-                    let result = this.plan_unit(i, &deps, prior.as_ref()).await;
+                    let (prior, result) = off_runtime(async move {
+                        let result = this.plan_unit(i, &deps, prior.as_ref()).await;
+                        (prior, result)
+                    })
+                    .await;
                     (i, prior, result, started.elapsed())
                 });
                 tasks.insert(task.id(), i);
@@ -947,12 +951,12 @@ impl Engine {
                 let opts = opts.clone();
                 let run_id = run_id.clone();
                 let revision = revision.clone();
-                let handle = tasks.spawn(async move {
+                let handle = tasks.spawn(off_runtime(async move {
                     let r = engine
                         .apply_unit(i, &views, &opts, &run_id, revision, progress.as_ref())
                         .await;
                     (i, r)
-                });
+                }));
                 task_unit.insert(handle.id(), i);
             }
             let Some(joined) = tasks.join_next_with_id().await else {
@@ -1509,6 +1513,24 @@ impl Engine {
 }
 
 /// What a panicking task said, if it said it in a string.
+/// Runs a unit's plan or apply on a thread of the blocking pool, its
+/// async parts (requests, child programs, timers) still driven by the
+/// runtime. Rendering, decryption, kustomize builds and fsyncs are
+/// synchronous; here they never hold one of the runtime's few threads, so
+/// `-j N` works on N units at once. A panic comes back out as the task's.
+async fn off_runtime<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let handle = tokio::runtime::Handle::current();
+    match tokio::task::spawn_blocking(move || handle.block_on(work)).await {
+        Ok(done) => done,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("a unit's work was cancelled: {e}"),
+        },
+    }
+}
+
 fn panic_message(e: tokio::task::JoinError) -> String {
     if !e.is_panic() {
         return e.to_string();

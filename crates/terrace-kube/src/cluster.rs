@@ -109,16 +109,23 @@ impl Cluster {
 
     /// The process's one connection to `endpoint`, made on first use, so
     /// every unit on a cluster shares the client and what discovery found.
+    ///
+    /// Each endpoint connects on its own: the process-wide map is locked
+    /// only to find the endpoint's cell, never across a connection, so a
+    /// hanging exec-auth plugin stalls the units of its cluster alone.
     pub async fn shared(name: &str, endpoint: &Endpoint) -> Result<Arc<Cluster>, KubeError> {
-        static SHARED: OnceLock<tokio::sync::Mutex<HashMap<Endpoint, Arc<Cluster>>>> =
-            OnceLock::new();
-        let mut clusters = SHARED.get_or_init(Default::default).lock().await;
-        if let Some(c) = clusters.get(endpoint) {
-            return Ok(Arc::clone(c));
-        }
-        let c = Arc::new(Cluster::connect(name, endpoint).await?);
-        clusters.insert(endpoint.clone(), Arc::clone(&c));
-        Ok(c)
+        type Cell = Arc<tokio::sync::OnceCell<Arc<Cluster>>>;
+        static SHARED: OnceLock<Mutex<HashMap<Endpoint, Cell>>> = OnceLock::new();
+        let cell: Cell = {
+            let mut cells = SHARED
+                .get_or_init(Default::default)
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(cells.entry(endpoint.clone()).or_default())
+        };
+        cell.get_or_try_init(|| async { Cluster::connect(name, endpoint).await.map(Arc::new) })
+            .await
+            .map(Arc::clone)
     }
 
     /// The namespace of objects that name none (the context's, else

@@ -298,12 +298,18 @@ pub async fn plan(
 ) -> Result<Planned, KubeError> {
     let crd_kinds = defined_by_crds(&desired);
     let mut objects = Vec::with_capacity(desired.len());
+    let mut skipped_notes = Vec::new();
     for mut d in desired {
         let role = order::role(&d.value).map_err(|e| KubeError::Object {
             object: d.address.clone(),
             source_file: d.source.clone(),
             message: e.message,
         })?;
+        // `hook: Skip` is never applied, so it is never planned either.
+        if role.skip {
+            skipped_notes.push(format!("{}: not applied (hook: Skip)", d.address));
+            continue;
+        }
         owner.stamp(&mut d.value);
         let target = locate(&cluster, &mut d, &crd_kinds).await?;
         objects.push(ObjectPlan {
@@ -376,15 +382,30 @@ pub async fn plan(
         }
     }
 
-    // What left the unit.
+    // What left the unit. An inventory entry that names one of the
+    // unit's objects another way (written before its namespace was filled
+    // in) is still that object, never pruned.
     let wanted: BTreeSet<&str> = objects.iter().map(|o| o.desired.address.as_str()).collect();
     let gone: Vec<&InventoryItem> = prior
         .iter()
         .filter(|i| i.path.is_none() && !wanted.contains(i.address.as_str()))
         .collect();
-    let (prune, prune_changes, prune_notes) = plan_prune(&cluster, &owner, &gone).await?;
+    let kept: BTreeSet<(String, String, Option<String>, String)> = objects
+        .iter()
+        .map(|o| {
+            let t = &o.target;
+            (
+                group_of(&t.api_version),
+                t.kind.clone(),
+                t.namespace.clone(),
+                t.name.clone(),
+            )
+        })
+        .collect();
+    let (prune, prune_changes, prune_notes) = plan_prune(&cluster, &owner, &gone, &kept).await?;
     changes.extend(prune_changes);
     notes.extend(prune_notes);
+    notes.extend(skipped_notes);
     Ok(Planned {
         plan: KubePlan {
             cluster,
@@ -408,7 +429,7 @@ pub async fn plan_destroy(
     options: Options,
 ) -> Result<Planned, KubeError> {
     let all: Vec<&InventoryItem> = prior.iter().filter(|i| i.path.is_none()).collect();
-    let (prune, changes, notes) = plan_prune(&cluster, &owner, &all).await?;
+    let (prune, changes, notes) = plan_prune(&cluster, &owner, &all, &BTreeSet::new()).await?;
     Ok(Planned {
         plan: KubePlan {
             cluster,
@@ -451,7 +472,17 @@ async fn locate(
     let given = d.value["metadata"]["namespace"].as_str().map(str::to_owned);
     let namespace = match &resource {
         Some(r) if r.namespaced => {
-            let ns = given.unwrap_or_else(|| cluster.default_namespace().to_owned());
+            let ns = match given {
+                Some(ns) => ns,
+                None => {
+                    // Named where it lands, so the inventory (and a later
+                    // prune) finds it there whatever the default
+                    // namespace is then.
+                    let ns = cluster.default_namespace().to_owned();
+                    d.address = format!("{api_version} {kind} {ns}/{name}");
+                    ns
+                }
+            };
             d.value["metadata"]["namespace"] = json!(ns);
             Some(ns)
         }
@@ -722,6 +753,7 @@ async fn plan_prune(
     cluster: &Cluster,
     owner: &Owner,
     gone: &[&InventoryItem],
+    kept: &BTreeSet<(String, String, Option<String>, String)>,
 ) -> Result<(Vec<PruneItem>, Vec<Change>, Vec<String>), KubeError> {
     let mut found = Vec::new();
     let mut notes = Vec::new();
@@ -747,6 +779,15 @@ async fn plan_prune(
             name,
             resource: Some(resource.clone()),
         };
+        let key = (
+            group_of(&target.api_version),
+            target.kind.clone(),
+            target.namespace.clone(),
+            target.name.clone(),
+        );
+        if kept.contains(&key) {
+            continue;
+        }
         let live = match cluster.get_json(&target.path(&resource)).await {
             Ok(v) => v,
             Err(e) if e.is_not_found() => continue,
@@ -759,12 +800,22 @@ async fn plan_prune(
             ));
             continue;
         }
-        if Owner::of(&live).is_some_and(|o| o != *owner) {
-            notes.push(format!(
-                "{}: left in the cluster: another unit owns it now",
-                item.address
-            ));
-            continue;
+        match Owner::of(&live) {
+            Some(o) if o == *owner => {}
+            Some(_) => {
+                notes.push(format!(
+                    "{}: left in the cluster: another unit owns it now",
+                    item.address
+                ));
+                continue;
+            }
+            None => {
+                notes.push(format!(
+                    "{}: left in the cluster: it does not carry this unit's ownership marks (something else made it)",
+                    item.address
+                ));
+                continue;
+            }
         }
         found.push(PruneItem {
             address: item.address.clone(),
@@ -1196,6 +1247,14 @@ fn selects(item: &Value, selector: &str) -> bool {
         rest = after[stream.byte_offset()..].trim_start_matches(',');
     }
     true
+}
+
+/// The API group of an `apiVersion` (`""` for the core group): objects are
+/// the same object whatever version names them.
+fn group_of(api_version: &str) -> String {
+    api_version
+        .rsplit_once('/')
+        .map_or(String::new(), |(g, _)| g.to_owned())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod errors;
 mod example;
 mod hostile;
 mod kustomize;
+mod real_cluster;
 mod saved_plan;
 mod schema;
 mod secrets;

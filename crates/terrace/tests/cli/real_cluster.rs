@@ -866,10 +866,38 @@ fn real_cluster_changes_by_hand_are_drift_and_apply_heals_them() {
     assert_namespace_destroyed(&kc, NS);
 }
 
+/// The namespace of the health test's probes.
+const PROBES_NS: &str = "terrace-rt-health";
+/// Their resource.
+const PROBES: &str = "probes.health.rt.terrace.dev";
+
+/// Sets the conditions of probe `name` through the status subresource, as
+/// its controller would; the resource version of that write.
+fn set_conditions(kubeconfig: &Path, name: &str, conditions: Value) -> u64 {
+    let patch = json!({"status": {"conditions": conditions}}).to_string();
+    let out = kubectl_ok(
+        kubeconfig,
+        &[
+            "-n",
+            PROBES_NS,
+            "patch",
+            PROBES,
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ],
+    );
+    out.trim().parse().expect("a resourceVersion")
+}
+
 #[test]
 fn real_cluster_custom_resources_are_waited_for_until_ready_and_named_when_not() {
-    const NS: &str = "terrace-rt-health";
-    const CRD: &str = "probes.health.rt.terrace.dev";
+    const NS: &str = PROBES_NS;
+    const CRD: &str = PROBES;
     let Some(kc) =
         real_cluster("real_cluster_custom_resources_are_waited_for_until_ready_and_named_when_not")
     else {
@@ -911,30 +939,10 @@ fn real_cluster_custom_resources_are_waited_for_until_ready_and_named_when_not()
     // No conditions yet: ready once they exist.
     p.must(&["apply"]);
 
-    let set_status = |name: &str, conditions: Value| -> u64 {
-        let patch = json!({"status": {"conditions": conditions}}).to_string();
-        let out = kubectl_ok(
-            &kc,
-            &[
-                "-n",
-                NS,
-                "patch",
-                "probes.health.rt.terrace.dev",
-                name,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &patch,
-                "-o",
-                "jsonpath={.metadata.resourceVersion}",
-            ],
-        );
-        out.trim().parse().expect("a resourceVersion")
-    };
-
     // g1 changes while it is not Ready: apply waits for it, and its next
     // wave starts only once it is Ready.
-    set_status(
+    set_conditions(
+        &kc,
         "g1",
         json!([{"type": "Ready", "status": "False", "reason": "Warming", "message": "the probe warms up"}]),
     );
@@ -951,30 +959,14 @@ fn real_cluster_custom_resources_are_waited_for_until_ready_and_named_when_not()
             // Once terrace applied the change, the "controller" reports
             // Ready a moment later.
             eventually("terrace applies g1", Duration::from_secs(30), || {
-                live(&kc, Some(NS), "probes.health.rt.terrace.dev", "g1")
-                    .is_some_and(|g| g["spec"]["size"] == 2)
+                live(&kc, Some(PROBES_NS), PROBES, "g1").is_some_and(|g| g["spec"]["size"] == 2)
             });
             std::thread::sleep(Duration::from_secs(1));
-            let patch = json!({"status": {"conditions": [
-                {"type": "Ready", "status": "True", "reason": "Warm", "message": "ready"}]}})
-            .to_string();
-            let out = kubectl_ok(
+            set_conditions(
                 &kc,
-                &[
-                    "-n",
-                    NS,
-                    "patch",
-                    "probes.health.rt.terrace.dev",
-                    "g1",
-                    "--subresource=status",
-                    "--type=merge",
-                    "-p",
-                    &patch,
-                    "-o",
-                    "jsonpath={.metadata.resourceVersion}",
-                ],
-            );
-            out.trim().parse::<u64>().expect("a resourceVersion")
+                "g1",
+                json!([{"type": "Ready", "status": "True", "reason": "Warm", "message": "ready"}]),
+            )
         })
     };
     p.must(&["apply", "--unit", "g1"]);
@@ -988,7 +980,8 @@ fn real_cluster_custom_resources_are_waited_for_until_ready_and_named_when_not()
 
     // g2 changes and stays not Ready: apply fails at the unit's timeout,
     // naming it and its reason.
-    set_status(
+    set_conditions(
+        &kc,
         "g2",
         json!([{"type": "Ready", "status": "False", "reason": "OutOfProbes", "message": "no probes left"}]),
     );
@@ -1002,7 +995,8 @@ fn real_cluster_custom_resources_are_waited_for_until_ready_and_named_when_not()
         "{all}"
     );
     // Stalled: a failure at once (the failed unit is applied again).
-    set_status(
+    set_conditions(
+        &kc,
         "g2",
         json!([
             {"type": "Ready", "status": "False", "reason": "OutOfProbes", "message": "no probes left"},
