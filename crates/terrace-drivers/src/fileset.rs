@@ -125,7 +125,9 @@ pub fn plan(
     let wanted: BTreeSet<&str> = desired.iter().map(|f| f.path.as_str()).collect();
     let mut remove = Vec::new();
     for item in prior.map(|p| p.inventory.as_slice()).unwrap_or_default() {
-        let Some(path) = &item.path else { continue };
+        let InventoryItem::File { address, path, .. } = item else {
+            continue;
+        };
         if wanted.contains(path.as_str()) {
             continue;
         }
@@ -133,7 +135,7 @@ pub fn plan(
         terrace_fs::check_write(root, path).map_err(std::io::Error::from)?;
         if let Some(existing) = read_if_exists(&root.join(path))? {
             changes.push(Change {
-                address: item.address.clone(),
+                address: address.clone(),
                 action: Action::Delete,
                 diff: Some(unified_diff(&existing, "", path)),
             });
@@ -168,12 +170,14 @@ pub fn plan_destroy(
     let mut remove = Vec::new();
     let prune_dirs = checked_roots(prune_dirs)?;
     for item in &prior.inventory {
-        let Some(path) = &item.path else { continue };
+        let InventoryItem::File { address, path, .. } = item else {
+            continue;
+        };
         confine(path, &prune_dirs, "state lists")?;
         terrace_fs::check_write(root, path).map_err(std::io::Error::from)?;
         if let Some(existing) = read_if_exists(&root.join(path))? {
             changes.push(Change {
-                address: item.address.clone(),
+                address: address.clone(),
                 action: Action::Delete,
                 diff: Some(unified_diff(&existing, "", path)),
             });
@@ -249,9 +253,9 @@ pub fn apply(root: &Path, plan: &UnitPlan) -> Result<Applied, DriverError> {
         inventory: files
             .desired
             .iter()
-            .map(|f| InventoryItem {
+            .map(|f| InventoryItem::File {
                 address: f.address.clone(),
-                path: Some(f.path.clone()),
+                path: f.path.clone(),
                 digest: digest(f.content.as_bytes()),
             })
             .collect(),
@@ -357,6 +361,7 @@ mod tests {
             input_hash: String::new(),
             render_hash: String::new(),
             outputs: Default::default(),
+            sensitive_outputs: Vec::new(),
             inventory,
             status: UnitStatus::Applied,
             updated_at: String::new(),

@@ -199,7 +199,7 @@ pub(crate) async fn plan_destroy(
 ) -> Option<Result<UnitPlan, DriverError>> {
     let prior = ctx.prior;
     if prior.outputs.contains_key("renderedPath")
-        || prior.inventory.iter().any(|i| i.path.is_some())
+        || prior.inventory.iter().any(|i| i.path().is_some())
     {
         return None;
     }

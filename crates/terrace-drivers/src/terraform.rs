@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use terrace_core::config::WORK_DIR;
 use terrace_core::driver::{
     Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, RenderedDocument, SENSITIVE,
@@ -47,7 +47,17 @@ pub struct TerraformDriver;
 pub const OVERRIDE_FILE: &str = "terrace_backend_override.tf.json";
 const OVERRIDE_CONTENT: &str = "{\"terraform\": {\"backend\": {\"local\": {}}}}\n";
 /// The inventory entry that remembers where the module is.
-const MODULE_ITEM: &str = "terraform module";
+/// The module entry of an inventory: its directory, binary and backend.
+fn module_of(inventory: &[InventoryItem]) -> Option<(&str, &str, &str)> {
+    inventory.iter().find_map(|i| match i {
+        InventoryItem::TerraformModule {
+            dir,
+            binary,
+            backend,
+        } => Some((dir.as_str(), binary.as_str(), backend.as_str())),
+        _ => None,
+    })
+}
 
 /// Where a unit's Terraform files live.
 #[derive(Debug, Clone)]
@@ -838,8 +848,7 @@ impl TerraformDriver {
 
     async fn plan_destroy_unit(&self, ctx: &DestroyContext<'_>) -> Result<UnitPlan, DriverError> {
         let prior = ctx.prior;
-        let module_item = prior.inventory.iter().find(|i| i.address == MODULE_ITEM);
-        let Some(dir) = module_item.and_then(|i| i.path.clone()) else {
+        let Some((dir, binary, backend)) = module_of(&prior.inventory) else {
             return Ok(UnitPlan {
                 action: Action::NoOp,
                 changes: Vec::new(),
@@ -850,10 +859,8 @@ impl TerraformDriver {
                 payload: None,
             });
         };
-        let recorded: Value = module_item
-            .map(|i| serde_json::from_str(&i.digest).unwrap_or(Value::Null))
-            .unwrap_or(Value::Null);
-        let own = recorded["backend"] == "own";
+        let dir = dir.to_owned();
+        let own = backend == "own";
         let layout = Layout::new(ctx.root, ctx.environment, &prior.unit, &dir, own);
         if !layout.module.is_dir() {
             return Err(DriverError::Target(format!(
@@ -867,11 +874,7 @@ impl TerraformDriver {
             .unit
             .and_then(|u| parse_settings(&u.settings).ok())
             .unwrap_or_default();
-        let runner = Runner::new(
-            tool(recorded["binary"].as_str()).await?,
-            &s,
-            Plaintexts::default(),
-        );
+        let runner = Runner::new(tool(Some(binary)).await?, &s, Plaintexts::default());
         let files = module_files(&layout.module)?;
         ensure_init(&prior.unit, &runner, &layout, &files).await?;
         // Variables come from the unit as it is now; a unit removed from the
@@ -960,23 +963,20 @@ impl TerraformDriver {
         if plan.action == Action::Delete {
             return Ok(Applied::default());
         }
-        let mut inventory = vec![InventoryItem {
-            address: MODULE_ITEM.to_owned(),
-            path: Some(p.dir.clone()),
-            digest: json!({
-                "binary": p.runner.tool.binary,
-                "backend": if p.layout.own_backend { "own" } else { "terrace" },
-            })
-            .to_string(),
+        let mut inventory = vec![InventoryItem::TerraformModule {
+            dir: p.dir.clone(),
+            binary: p.runner.tool.binary.clone(),
+            backend: if p.layout.own_backend {
+                "own"
+            } else {
+                "terrace"
+            }
+            .to_owned(),
         }];
         inventory.extend(
             state_resources(&state)
                 .into_iter()
-                .map(|address| InventoryItem {
-                    address,
-                    path: None,
-                    digest: String::new(),
-                }),
+                .map(|address| InventoryItem::TerraformResource { address }),
         );
         Ok(Applied {
             outputs,
@@ -1072,19 +1072,12 @@ impl Driver for TerraformDriver {
         root: &Path,
         prior: &UnitState,
     ) -> Option<Result<Map<String, Value>, DriverError>> {
-        let module = prior.inventory.iter().find(|i| i.address == MODULE_ITEM)?;
-        let recorded: Value = serde_json::from_str(&module.digest).unwrap_or(Value::Null);
-        if recorded["backend"] == "own" {
+        let (dir, _, backend) = module_of(&prior.inventory)?;
+        if backend == "own" {
             // Only `terraform output` knows; the record's outputs stand.
             return None;
         }
-        let layout = Layout::new(
-            root,
-            &prior.environment,
-            &prior.unit,
-            module.path.as_deref().unwrap_or("."),
-            false,
-        );
+        let layout = Layout::new(root, &prior.environment, &prior.unit, dir, false);
         Some(state_outputs(&layout.state()).map(|(o, _)| o))
     }
 }
@@ -1139,6 +1132,7 @@ pub enum TerraformBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn plan_json_maps_to_changes_with_masked_secrets() {

@@ -1272,14 +1272,14 @@ impl Engine {
             outputs: applied
                 .outputs
                 .iter()
-                .map(|(k, v)| {
-                    let stored = if applied.sensitive.contains(k) {
-                        Value::String(SENSITIVE.to_owned())
-                    } else {
-                        v.clone()
-                    };
-                    (k.clone(), stored)
-                })
+                .filter(|(k, _)| !applied.sensitive.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            sensitive_outputs: applied
+                .outputs
+                .keys()
+                .filter(|k| applied.sensitive.contains(k))
+                .cloned()
                 .collect(),
             inventory: applied.inventory,
             status: if failure.is_some() {
@@ -1493,10 +1493,8 @@ impl Engine {
             let OutputView::Known(mut outputs, _) = self.applied_outputs(&record) else {
                 continue;
             };
-            for (k, v) in &record.outputs {
-                if v.as_str() == Some(SENSITIVE) {
-                    outputs.insert(k.clone(), v.clone());
-                }
+            for k in &record.sensitive_outputs {
+                outputs.insert(k.clone(), Value::String(SENSITIVE.to_owned()));
             }
             all.insert(u.name.clone(), Value::Object(outputs));
         }
@@ -1504,15 +1502,16 @@ impl Engine {
     }
 
     pub async fn outputs(&self, name: &str) -> Result<Option<Map<String, Value>>, EngineError> {
-        Ok(self
-            .state
-            .read(self.environment(), name)
-            .await?
-            .map(|s| s.outputs))
+        Ok(self.state.read(self.environment(), name).await?.map(|s| {
+            let mut outputs = s.outputs;
+            for k in s.sensitive_outputs {
+                outputs.insert(k, Value::String(SENSITIVE.to_owned()));
+            }
+            outputs
+        }))
     }
 }
 
-/// What a panicking task said, if it said it in a string.
 /// Runs a unit's plan or apply on a thread of the blocking pool, its
 /// async parts (requests, child programs, timers) still driven by the
 /// runtime. Rendering, decryption, kustomize builds and fsyncs are
@@ -1531,6 +1530,7 @@ async fn off_runtime<T: Send + 'static>(
     }
 }
 
+/// What a panicking task said, if it said it in a string.
 fn panic_message(e: tokio::task::JoinError) -> String {
     if !e.is_panic() {
         return e.to_string();
@@ -1554,14 +1554,9 @@ fn collect_strings(v: &Value, f: &mut dyn FnMut(&str)) {
     }
 }
 
-/// Outputs a state record holds only as [`SENSITIVE`].
+/// Outputs whose values a state record does not hold.
 fn sensitive_names(state: &UnitState) -> Vec<String> {
-    state
-        .outputs
-        .iter()
-        .filter(|(_, v)| v.as_str() == Some(SENSITIVE))
-        .map(|(k, _)| k.clone())
-        .collect()
+    state.sensitive_outputs.clone()
 }
 
 /// The plan of a unit some of whose inputs are known only after a

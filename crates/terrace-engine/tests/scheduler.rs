@@ -151,10 +151,8 @@ fn failure(unit: &str, phase: &str) -> DriverError {
 }
 
 fn inventory_item(unit: &str) -> InventoryItem {
-    InventoryItem {
+    InventoryItem::TerraformResource {
         address: format!("fake/{unit}"),
-        path: None,
-        digest: format!("sha256:{unit}"),
     }
 }
 

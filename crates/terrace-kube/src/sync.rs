@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use terrace_core::plan::{Action, Change};
-use terrace_core::state::InventoryItem;
+use terrace_core::state::{InventoryItem, ObjectRef};
 
 use crate::diff::{self, normalize};
 use crate::health::{Health, health};
@@ -167,6 +167,21 @@ struct Target {
 }
 
 impl Target {
+    /// The object's identity, as the inventory records it.
+    fn object_ref(&self) -> ObjectRef {
+        let (group, version) = match self.api_version.rsplit_once('/') {
+            Some((g, v)) => (g.to_owned(), v.to_owned()),
+            None => (String::new(), self.api_version.clone()),
+        };
+        ObjectRef {
+            group,
+            version,
+            kind: self.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
     fn path(&self, resource: &Resource) -> String {
         let mut p = self.collection(resource);
         p.push('/');
@@ -241,20 +256,6 @@ pub struct ApplyFailure {
     pub error: KubeError,
 }
 
-/// `apiVersion kind namespace/name` back into its parts.
-fn parse_address(address: &str) -> Option<(String, String, Option<String>, String)> {
-    let mut parts = address.split(' ');
-    let (api_version, kind, rest) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let (ns, name) = match rest.split_once('/') {
-        Some((ns, name)) => (Some(ns.to_owned()), name.to_owned()),
-        None => (None, rest.to_owned()),
-    };
-    Some((api_version.to_owned(), kind.to_owned(), ns, name))
-}
-
 /// The group versions and kinds the CRDs among `objects` define.
 fn defined_by_crds(objects: &[Desired]) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
@@ -279,13 +280,13 @@ fn defined_by_crds(objects: &[Desired]) -> BTreeSet<(String, String)> {
 }
 
 /// The digest an inventory records of an applied object.
-fn digest(o: &Desired) -> String {
+fn digest(o: &Desired) -> Option<String> {
     if o.sensitive {
         // A hash of a secret's plaintext could be guessed at; record none.
-        return "sensitive".to_owned();
+        return None;
     }
     let text = serde_json::to_string(&o.value).expect("values serialize");
-    terrace_fs::digest::digest(text.as_bytes())
+    Some(terrace_fs::digest::digest(text.as_bytes()))
 }
 
 /// Plans `desired` on `cluster` for `owner`, against the prior inventory.
@@ -325,9 +326,15 @@ pub async fn plan(
     // What is live: one LIST per kind and namespace that holds several of
     // the unit's objects, else one GET per object (in `compare`).
     let listed = list_live(&cluster, &objects).await?;
-    let digests: HashMap<&str, &str> = prior
+    let digests: HashMap<String, &str> = prior
         .iter()
-        .map(|i| (i.address.as_str(), i.digest.as_str()))
+        .filter_map(|i| match i {
+            InventoryItem::Object {
+                object,
+                digest: Some(d),
+            } => Some((object.to_string(), d.as_str())),
+            _ => None,
+        })
         .collect();
     // Compare every object with the cluster, a few at a time.
     // The futures are made before the stream, so it holds no closure
@@ -386,9 +393,8 @@ pub async fn plan(
     // unit's objects another way (written before its namespace was filled
     // in) is still that object, never pruned.
     let wanted: BTreeSet<&str> = objects.iter().map(|o| o.desired.address.as_str()).collect();
-    let gone: Vec<&InventoryItem> = prior
-        .iter()
-        .filter(|i| i.path.is_none() && !wanted.contains(i.address.as_str()))
+    let gone: Vec<&ObjectRef> = objects_of(prior)
+        .filter(|o| !wanted.contains(o.to_string().as_str()))
         .collect();
     let kept: BTreeSet<(String, String, Option<String>, String)> = objects
         .iter()
@@ -428,7 +434,7 @@ pub async fn plan_destroy(
     prior: &[InventoryItem],
     options: Options,
 ) -> Result<Planned, KubeError> {
-    let all: Vec<&InventoryItem> = prior.iter().filter(|i| i.path.is_none()).collect();
+    let all: Vec<&ObjectRef> = objects_of(prior).collect();
     let (prune, changes, notes) = plan_prune(&cluster, &owner, &all, &BTreeSet::new()).await?;
     Ok(Planned {
         plan: KubePlan {
@@ -672,7 +678,8 @@ async fn compare(
     // still as applied: the apply would change nothing, no dry-run needed.
     // (Anything else, including a value the server writes differently,
     // goes to the dry-run, which decides.)
-    if last_digest == Some(digest(&o.desired).as_str())
+    if last_digest.is_some()
+        && last_digest == digest(&o.desired).as_deref()
         && contained(&normalize(&o.desired.value), &live)
     {
         return Ok((Action::NoOp, Ownership::default(), None));
@@ -752,19 +759,22 @@ fn keeps_on_prune(live: &Value) -> bool {
 async fn plan_prune(
     cluster: &Cluster,
     owner: &Owner,
-    gone: &[&InventoryItem],
+    gone: &[&ObjectRef],
     kept: &BTreeSet<(String, String, Option<String>, String)>,
 ) -> Result<(Vec<PruneItem>, Vec<Change>, Vec<String>), KubeError> {
     let mut found = Vec::new();
     let mut notes = Vec::new();
-    for item in gone {
-        let Some((api_version, kind, namespace, name)) = parse_address(&item.address) else {
-            continue;
-        };
+    for object in gone {
+        let address = object.to_string();
+        let (api_version, kind, namespace, name) = (
+            object.api_version(),
+            object.kind.clone(),
+            object.namespace.clone(),
+            object.name.clone(),
+        );
         let Some(resource) = cluster.resource(&api_version, &kind).await? else {
             notes.push(format!(
-                "{}: not pruned: the cluster no longer serves its kind",
-                item.address
+                "{address}: not pruned: the cluster no longer serves its kind"
             ));
             continue;
         };
@@ -791,12 +801,11 @@ async fn plan_prune(
         let live = match cluster.get_json(&target.path(&resource)).await {
             Ok(v) => v,
             Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e.about(&item.address, "the unit's inventory")),
+            Err(e) => return Err(e.about(&address, "the unit's inventory")),
         };
         if keeps_on_prune(&live) {
             notes.push(format!(
-                "{}: left in the cluster: its annotations disable pruning",
-                item.address
+                "{address}: left in the cluster: its annotations disable pruning"
             ));
             continue;
         }
@@ -804,21 +813,19 @@ async fn plan_prune(
             Some(o) if o == *owner => {}
             Some(_) => {
                 notes.push(format!(
-                    "{}: left in the cluster: another unit owns it now",
-                    item.address
+                    "{address}: left in the cluster: another unit owns it now"
                 ));
                 continue;
             }
             None => {
                 notes.push(format!(
-                    "{}: left in the cluster: it does not carry this unit's ownership marks (something else made it)",
-                    item.address
+                    "{address}: left in the cluster: it does not carry this unit's ownership marks (something else made it)"
                 ));
                 continue;
             }
         }
         found.push(PruneItem {
-            address: item.address.clone(),
+            address,
             live,
             target,
         });
@@ -860,20 +867,27 @@ fn inventory(plan: &KubePlan, applied: &[bool], done: bool) -> Vec<InventoryItem
         .iter()
         .zip(applied)
         .filter(|(o, a)| !o.hook && (**a || o.action == Action::NoOp))
-        .map(|(o, _)| InventoryItem {
-            address: o.desired.address.clone(),
-            path: None,
+        .map(|(o, _)| InventoryItem::Object {
+            object: o.target.object_ref(),
             digest: digest(&o.desired),
         })
         .collect();
     if !done {
         for p in &plan.prior {
-            if !out.iter().any(|i| i.address == p.address) {
+            if !out.iter().any(|i| i.address() == p.address()) {
                 out.push(p.clone());
             }
         }
     }
     out
+}
+
+/// The cluster objects among inventory items.
+fn objects_of(items: &[InventoryItem]) -> impl Iterator<Item = &ObjectRef> {
+    items.iter().filter_map(|i| match i {
+        InventoryItem::Object { object, .. } => Some(object),
+        _ => None,
+    })
 }
 
 async fn run(plan: &KubePlan, applied: &mut [bool]) -> Result<(), KubeError> {
@@ -1289,23 +1303,5 @@ mod tests {
                     {"name": "side", "image": "s"}, {"name": "web", "ports": []}]}},
                     "finalizers": ["b"]}})
         );
-    }
-
-    #[test]
-    fn addresses_parse_back() {
-        assert_eq!(
-            parse_address("apps/v1 Deployment apps/web"),
-            Some((
-                "apps/v1".into(),
-                "Deployment".into(),
-                Some("apps".into()),
-                "web".into()
-            ))
-        );
-        assert_eq!(
-            parse_address("v1 Namespace apps"),
-            Some(("v1".into(), "Namespace".into(), None, "apps".into()))
-        );
-        assert_eq!(parse_address("a/b.yaml"), None);
     }
 }

@@ -70,7 +70,7 @@ fn crd() -> Value {
 }
 
 fn inventory(items: &[InventoryItem]) -> Vec<String> {
-    items.iter().map(|i| i.address.clone()).collect()
+    items.iter().map(|i| i.address()).collect()
 }
 
 /// Plans `objects` for the unit `owner()` names.

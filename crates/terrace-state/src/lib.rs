@@ -28,10 +28,10 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("state file {path} has format {found}; this terrace reads format {expected}")]
+    #[error("state file {path} has format {found}; this terrace reads formats 1 to {expected}")]
     Format {
         path: PathBuf,
-        found: u32,
+        found: u64,
         expected: u32,
     },
     #[error("unit `{unit}` in environment `{environment}` is locked by {holder}{}", if *.stale { " — that process is gone" } else { "" })]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use terrace_core::driver::BoxFuture;
-use terrace_core::state::{LockInfo, RunRecord, STATE_FORMAT, UnitState};
+use terrace_core::state::{LockInfo, RecordError, RunRecord, STATE_FORMAT, UnitState};
 
 use terrace_fs::{Mode, atomic};
 
@@ -160,25 +160,24 @@ fn is_stale(holder: &LockInfo) -> bool {
         && !Path::new(&format!("/proc/{}", holder.pid)).exists()
 }
 
+/// A record of this format, or of format 1 upgraded (see
+/// [`UnitState::from_json`]); the upgraded record is written on the
+/// unit's next apply.
 fn parse_state(path: &Path, bytes: &[u8]) -> Result<UnitState, StateError> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        format: u32,
-    }
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
+    let text = std::str::from_utf8(bytes).map_err(|e| StateError::Corrupt {
         path: path.to_owned(),
-        source,
+        source: <serde_json::Error as serde::de::Error>::custom(e),
     })?;
-    if probe.format != STATE_FORMAT {
-        return Err(StateError::Format {
+    UnitState::from_json(text).map_err(|e| match e {
+        RecordError::Json(source) => StateError::Corrupt {
             path: path.to_owned(),
-            found: probe.format,
+            source,
+        },
+        RecordError::Format { found } => StateError::Format {
+            path: path.to_owned(),
+            found,
             expected: STATE_FORMAT,
-        });
-    }
-    serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
-        path: path.to_owned(),
-        source,
+        },
     })
 }
 

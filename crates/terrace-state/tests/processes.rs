@@ -65,6 +65,7 @@ fn state(serial: u64, size: usize) -> UnitState {
             .as_object()
             .cloned()
             .expect("map"),
+        sensitive_outputs: Vec::new(),
         inventory: Vec::new(),
         status: UnitStatus::Applied,
         updated_at: "2026-01-01T00:00:00Z".into(),

@@ -196,10 +196,13 @@ fn terraform_secret_inputs_are_masked_in_plans_state_and_outputs() {
     let record = dir.path().join(".terrace/state/default/units/db.json");
     let state = std::fs::read_to_string(&record).expect("state record");
     assert!(!state.contains(DB_PASSWORD), "{state}");
-    assert!(
-        state.contains("(sensitive)"),
+    let record: serde_json::Value = serde_json::from_str(&state).expect("json");
+    assert_eq!(
+        record["sensitiveOutputs"],
+        serde_json::json!(["echo"]),
         "the echoing output is sensitive: {state}"
     );
+    assert!(record["outputs"].get("echo").is_none(), "{state}");
     for args in [
         &["output", "db"][..],
         &["output", "db", "echo"],

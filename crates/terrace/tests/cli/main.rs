@@ -11,6 +11,7 @@ mod saved_plan;
 mod schema;
 mod secrets;
 mod terraform;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

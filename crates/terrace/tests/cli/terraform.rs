@@ -159,7 +159,12 @@ fn a_chain_of_three_units_plans_deferred_then_applies_passing_outputs() {
     let record =
         std::fs::read_to_string(d.join(".terrace/state/default/units/vms.json")).expect("record");
     assert!(!record.contains(&password), "{record}");
-    assert!(record.contains("(sensitive)"), "{record}");
+    let parsed: Value = serde_json::from_str(&record).expect("json");
+    assert_eq!(
+        parsed["sensitiveOutputs"],
+        serde_json::json!(["root_password"]),
+        "{record}"
+    );
     // Nothing to do now.
     assert_eq!(plan_json(d, &[]).0, 0);
 
