@@ -57,6 +57,25 @@ impl fmt::Display for Action {
     }
 }
 
+/// How a unit ended in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Planned (see the action).
+    Planned,
+    /// Applied its changes.
+    Applied,
+    /// Nothing to do.
+    Unchanged,
+    /// Removed by destroy.
+    Destroyed,
+    Failed,
+    /// Not attempted because something it depends on failed.
+    Skipped,
+    /// Not started: the run was interrupted first.
+    Interrupted,
+}
+
 /// One object or file that changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {

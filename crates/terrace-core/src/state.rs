@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::UnitKind;
+use crate::plan::{Action, Outcome};
 
 /// The version of the state format this build writes. It reads this one
 /// and format 1 ([`UnitState::from_json`] upgrades it).
@@ -358,11 +359,26 @@ pub struct RunRecord {
 #[serde(rename_all = "camelCase")]
 pub struct RunUnit {
     pub unit: String,
-    pub action: String,
-    pub outcome: String,
+    /// None for a unit that was never planned (skipped, interrupted);
+    /// older records wrote `-` for it.
+    #[serde(default, deserialize_with = "action_or_dash")]
+    pub action: Option<Action>,
+    pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub duration_ms: u64,
+}
+
+/// An action as run history stores it: `-` (older records) or absent is
+/// none.
+fn action_or_dash<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Action>, D::Error> {
+    match Option::<String>::deserialize(d)?.as_deref() {
+        None | Some("-") => Ok(None),
+        Some(text) => {
+            Action::deserialize(serde::de::value::StrDeserializer::<'_, D::Error>::new(text))
+                .map(Some)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -453,6 +469,24 @@ mod tests {
             ]
         );
         assert_eq!(s.status, UnitStatus::Failed);
+    }
+
+    #[test]
+    fn run_history_reads_older_records_and_typed_ones() {
+        let old = r#"{"id": "r", "command": "apply", "environment": "e",
+          "startedAt": "a", "finishedAt": "b", "units": [
+            {"unit": "x", "action": "-", "outcome": "skipped", "durationMs": 0},
+            {"unit": "y", "action": "no-op", "outcome": "unchanged", "durationMs": 3}
+          ]}"#;
+        let run: RunRecord = serde_json::from_str(old).expect("reads");
+        assert_eq!(run.units[0].action, None);
+        assert_eq!(run.units[0].outcome, Outcome::Skipped);
+        assert_eq!(run.units[1].action, Some(Action::NoOp));
+        let again: RunRecord =
+            serde_json::from_str(&serde_json::to_string(&run).expect("writes")).expect("reads");
+        assert_eq!(again, run);
+        let bad = old.replace("\"no-op\"", "\"nothing\"");
+        assert!(serde_json::from_str::<RunRecord>(&bad).is_err());
     }
 
     #[test]

@@ -198,8 +198,11 @@ pub(crate) async fn plan_destroy(
     ctx: &DestroyContext<'_>,
 ) -> Option<Result<UnitPlan, DriverError>> {
     let prior = ctx.prior;
-    if prior.outputs.contains_key("renderedPath")
-        || prior.inventory.iter().any(|i| i.path().is_some())
+    // What it applied says where: objects on a cluster, or files.
+    if !prior
+        .inventory
+        .iter()
+        .any(|i| matches!(i, terrace_core::state::InventoryItem::Object { .. }))
     {
         return None;
     }

@@ -115,24 +115,7 @@ pub trait Progress: Send + Sync {
 pub struct Quiet;
 impl Progress for Quiet {}
 
-/// How a unit ended in a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    /// Planned (see `action`).
-    Planned,
-    /// Applied its changes.
-    Applied,
-    /// Nothing to do.
-    Unchanged,
-    /// Removed by destroy.
-    Destroyed,
-    Failed,
-    /// Not attempted because something it depends on failed.
-    Skipped,
-    /// Not started: the run was interrupted first.
-    Interrupted,
-}
+pub use terrace_core::plan::Outcome;
 
 /// What happened to one unit.
 #[derive(Debug, Clone, Serialize)]
@@ -1055,11 +1038,8 @@ impl Engine {
                 .iter()
                 .map(|u| RunUnit {
                     unit: u.unit.clone(),
-                    action: u.action.map_or_else(|| "-".to_owned(), |a| a.to_string()),
-                    outcome: serde_json::to_value(u.outcome)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
+                    action: u.action,
+                    outcome: u.outcome,
                     error: u.error.as_ref().map(|e| e.message.clone()),
                     duration_ms: u.duration_ms,
                 })

@@ -662,7 +662,11 @@ async fn state(
                 outln!("{}", serde_json::to_string_pretty(&runs).expect("json"));
             } else {
                 for r in &runs {
-                    let failed = r.units.iter().filter(|u| u.outcome == "failed").count();
+                    let failed = r
+                        .units
+                        .iter()
+                        .filter(|u| u.outcome == terrace_core::plan::Outcome::Failed)
+                        .count();
                     outln!(
                         "{}  {:<8} {} units, {} failed  {}",
                         r.started_at,
