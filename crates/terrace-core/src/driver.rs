@@ -82,6 +82,36 @@ pub struct ResolvedTarget {
     pub binding: TargetBinding,
 }
 
+/// Where the lines a unit's external programs print go while it runs
+/// (already redacted): the progress view.
+#[derive(Clone)]
+pub struct Lines(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl Lines {
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Lines {
+        Lines(std::sync::Arc::new(f))
+    }
+
+    pub fn send(&self, line: &str) {
+        (self.0)(line);
+    }
+}
+
+impl fmt::Debug for Lines {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Lines")
+    }
+}
+
+/// Where a plan is carried out.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyContext<'a> {
+    /// The project root, absolute.
+    pub root: &'a Path,
+    /// Where programs' output goes while they run.
+    pub lines: Option<&'a Lines>,
+}
+
 /// Where a unit is planned or applied.
 #[derive(Debug, Clone, Copy)]
 pub struct UnitContext<'a> {
@@ -100,6 +130,8 @@ pub struct UnitContext<'a> {
     /// Whether plans may read real infrastructure to find drift (`plan
     /// --refresh=false` trusts the recorded state instead).
     pub refresh: bool,
+    /// Where programs' output goes while they run; `None` keeps it quiet.
+    pub lines: Option<&'a Lines>,
 }
 
 /// Where a unit's destruction is planned: only its state is needed, so a
@@ -193,7 +225,7 @@ pub trait Driver: Send + Sync + fmt::Debug {
     /// Carries out a plan this driver made.
     fn apply<'a>(
         &'a self,
-        root: &'a Path,
+        ctx: &'a ApplyContext<'a>,
         plan: &'a UnitPlan,
     ) -> BoxFuture<'a, Result<Applied, DriverError>>;
 

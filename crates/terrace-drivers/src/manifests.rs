@@ -19,8 +19,8 @@ use terrace_core::ValuePath;
 use terrace_core::config::{TargetKind, UNIT_FILE, WORK_DIR};
 use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{
-    Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, RenderedDocument,
-    UnitContext,
+    Applied, ApplyContext, BoxFuture, DestroyContext, Driver, DriverError, Rendered,
+    RenderedDocument, UnitContext,
 };
 use terrace_core::expr::{self, ContentScope, SecretError};
 use terrace_core::kind::TypedKind;
@@ -512,14 +512,14 @@ impl Driver for ObjectsDriver {
 
     fn apply<'a>(
         &'a self,
-        root: &'a Path,
+        ctx: &'a ApplyContext<'a>,
         plan: &'a UnitPlan,
     ) -> BoxFuture<'a, Result<Applied, DriverError>> {
         Box::pin(async move {
             if live::is_live(plan) {
                 live::apply(plan).await
             } else {
-                fileset::apply(root, plan)
+                fileset::apply(ctx.root, plan)
             }
         })
     }

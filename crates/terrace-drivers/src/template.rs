@@ -17,8 +17,8 @@ use serde_json::{Map, Value, json};
 use terrace_core::config::{UNIT_FILE, WORK_DIR};
 use terrace_core::diag::{Diagnostic, Location};
 use terrace_core::driver::{
-    Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, RenderedDocument,
-    UnitContext,
+    Applied, ApplyContext, BoxFuture, DestroyContext, Driver, DriverError, Rendered,
+    RenderedDocument, UnitContext,
 };
 use terrace_core::expr::UNKNOWN;
 use terrace_core::kind::TypedKind;
@@ -398,10 +398,10 @@ impl Driver for TemplateDriver {
 
     fn apply<'a>(
         &'a self,
-        root: &'a Path,
+        ctx: &'a ApplyContext<'a>,
         plan: &'a UnitPlan,
     ) -> BoxFuture<'a, Result<Applied, DriverError>> {
-        Box::pin(async move { fileset::apply(root, plan) })
+        Box::pin(async move { fileset::apply(ctx.root, plan) })
     }
 }
 

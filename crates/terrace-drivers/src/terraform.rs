@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use terrace_core::config::WORK_DIR;
 use terrace_core::driver::{
-    Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, RenderedDocument, SENSITIVE,
-    UnitContext,
+    Applied, ApplyContext, BoxFuture, DestroyContext, Driver, DriverError, Lines, Rendered,
+    RenderedDocument, SENSITIVE, UnitContext,
 };
 use terrace_core::kind::{TypedKind, parse_settings};
 use terrace_core::plan::{Action, Change, UnitPlan};
@@ -106,11 +106,19 @@ struct Runner {
     pass_env: Vec<String>,
     timeout: Duration,
     redact: Plaintexts,
+    /// Where what the tool prints goes while it runs.
+    lines: Option<Lines>,
 }
 
 impl Runner {
-    fn new(tool: Tool, settings: &TerraformSettings, redact: Plaintexts) -> Runner {
+    fn new(
+        tool: Tool,
+        settings: &TerraformSettings,
+        redact: Plaintexts,
+        lines: Option<&Lines>,
+    ) -> Runner {
         Runner {
+            lines: lines.cloned(),
             tool,
             pass_env: settings.pass_env.clone(),
             timeout: settings
@@ -358,6 +366,7 @@ async fn run(
     layout: &Layout,
     args: &[&str],
     vars: &[(String, String)],
+    stream: bool,
 ) -> Result<Finished, DriverError> {
     terrace_fs::atomic::create_dirs(&layout.work, terrace_fs::Mode::Private)?;
     terrace_fs::atomic::create_dirs(&layout.plugin_cache, terrace_fs::Mode::Private)?;
@@ -382,6 +391,9 @@ async fn run(
     }
     for pattern in DENIED_ENV {
         exec = exec.deny_env(pattern);
+    }
+    if let Some(lines) = runner.lines.clone().filter(|_| stream) {
+        exec = exec.on_line(move |_, line| lines.send(line));
     }
     let exec = exec
         .env("TF_DATA_DIR", layout.data_dir())
@@ -535,7 +547,7 @@ async fn ensure_init(
         args.push(&backend_config);
         args.push("-reconfigure");
     }
-    let out = run(runner, layout, &args, &[]).await?;
+    let out = run(runner, layout, &args, &[], true).await?;
     if !out.status.success() {
         return Err(failure(unit, runner, "init", &out));
     }
@@ -762,7 +774,7 @@ async fn plan_and_show(
     saved: &PlanFile,
     step: &str,
 ) -> Result<ParsedPlan, DriverError> {
-    let out = run(runner, layout, args, vars).await?;
+    let out = run(runner, layout, args, vars, true).await?;
     if !out.status.success() {
         return Err(failure(unit, runner, step, &out));
     }
@@ -772,6 +784,7 @@ async fn plan_and_show(
         layout,
         &["show", "-json", "-no-color", &plan_path],
         vars,
+        false,
     )
     .await?;
     if !show.status.success() {
@@ -797,7 +810,7 @@ impl TerraformDriver {
             own_backend(&s)?,
         );
         let plaintexts = ctx.secrets.map(|s| s.plaintexts()).unwrap_or_default();
-        let runner = Runner::new(tool(s.binary.as_deref()).await?, &s, plaintexts);
+        let runner = Runner::new(tool(s.binary.as_deref()).await?, &s, plaintexts, ctx.lines);
         let files = module_files(&layout.module)?;
         ensure_init(&ctx.unit.name, &runner, &layout, &files).await?;
         let vars = tf_vars(&ctx.unit.inputs);
@@ -874,7 +887,7 @@ impl TerraformDriver {
             .unit
             .and_then(|u| parse_settings(&u.settings).ok())
             .unwrap_or_default();
-        let runner = Runner::new(tool(Some(binary)).await?, &s, Plaintexts::default());
+        let runner = Runner::new(tool(Some(binary)).await?, &s, Plaintexts::default(), None);
         let files = module_files(&layout.module)?;
         ensure_init(&prior.unit, &runner, &layout, &files).await?;
         // Variables come from the unit as it is now; a unit removed from the
@@ -920,7 +933,11 @@ impl TerraformDriver {
         })
     }
 
-    async fn apply_plan(&self, plan: &UnitPlan) -> Result<Applied, DriverError> {
+    async fn apply_plan(
+        &self,
+        plan: &UnitPlan,
+        lines: Option<&Lines>,
+    ) -> Result<Applied, DriverError> {
         let p: &Payload = plan.payload().ok_or_else(|| {
             DriverError::Target(
                 "this plan cannot be applied: it was deferred or made by another driver".into(),
@@ -950,7 +967,11 @@ impl TerraformDriver {
             "-auto-approve",
             &plan_path,
         ];
-        let out = run(&p.runner, &p.layout, &args, &p.vars).await?;
+        let runner = Runner {
+            lines: lines.cloned(),
+            ..p.runner.clone()
+        };
+        let out = run(&runner, &p.layout, &args, &p.vars, true).await?;
         if !out.status.success() {
             return Err(failure(&p.unit, &p.runner, "apply", &out));
         }
@@ -996,6 +1017,7 @@ async fn own_backend_outputs(
         &p.layout,
         &["output", "-json", "-no-color"],
         &p.vars,
+        false,
     )
     .await?;
     if !out.status.success() {
@@ -1061,10 +1083,10 @@ impl Driver for TerraformDriver {
 
     fn apply<'a>(
         &'a self,
-        _root: &'a Path,
+        ctx: &'a ApplyContext<'a>,
         plan: &'a UnitPlan,
     ) -> BoxFuture<'a, Result<Applied, DriverError>> {
-        Box::pin(self.apply_plan(plan))
+        Box::pin(self.apply_plan(plan, ctx.lines))
     }
 
     fn read_outputs(

@@ -4,9 +4,13 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 use terrace_core::config::UnitKind;
-use terrace_core::driver::{Driver, ResolvedUnit, UnitContext};
+use terrace_core::driver::{ApplyContext, Driver, ResolvedUnit, UnitContext};
 use terrace_core::plan::Action;
 use terrace_drivers::terraform::TerraformDriver;
+
+fn apply_ctx(root: &std::path::Path) -> ApplyContext<'_> {
+    ApplyContext { root, lines: None }
+}
 
 fn unit(inputs: Value) -> ResolvedUnit {
     ResolvedUnit {
@@ -49,6 +53,7 @@ async fn a_saved_plan_is_refused_once_the_module_changed() {
         prior: None,
         secrets: None,
         refresh: true,
+        lines: None,
     };
     let driver = TerraformDriver;
     let plan = driver.plan(&ctx).await.expect("plans");
@@ -66,7 +71,10 @@ async fn a_saved_plan_is_refused_once_the_module_changed() {
         text.replace("input = var.cidr", "input = \"${var.cidr}-changed\""),
     )
     .expect("write");
-    let err = driver.apply(dir.path(), &plan).await.expect_err("stale");
+    let err = driver
+        .apply(&apply_ctx(dir.path()), &plan)
+        .await
+        .expect_err("stale");
     assert!(err.to_string().contains("stale"), "{err}");
     let state = dir
         .path()
@@ -75,7 +83,10 @@ async fn a_saved_plan_is_refused_once_the_module_changed() {
 
     // Planned again, it applies; the outputs come from the state file.
     let plan = driver.plan(&ctx).await.expect("plans");
-    let applied = driver.apply(dir.path(), &plan).await.expect("applies");
+    let applied = driver
+        .apply(&apply_ctx(dir.path()), &plan)
+        .await
+        .expect("applies");
     assert_eq!(applied.outputs["cidr"], "10.0.0.0/24");
     assert!(state.is_file());
 }
@@ -94,17 +105,18 @@ async fn a_used_plan_cannot_be_applied_again() {
         prior: None,
         secrets: None,
         refresh: true,
+        lines: None,
     };
     let plan = TerraformDriver.plan(&ctx).await.expect("plans");
     let applied = TerraformDriver
-        .apply(dir.path(), &plan)
+        .apply(&apply_ctx(dir.path()), &plan)
         .await
         .expect("applies");
     assert_eq!(applied.outputs["cidr"], "10.0.0.0/24");
     // ...and applying it twice is refused by terraform itself (the state
     // moved on), with its whole message.
     let err = TerraformDriver
-        .apply(dir.path(), &plan)
+        .apply(&apply_ctx(dir.path()), &plan)
         .await
         .expect_err("used plan");
     let text = err.to_string();

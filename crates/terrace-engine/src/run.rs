@@ -19,7 +19,8 @@ use serde_json::{Map, Value};
 use terrace_core::config::{TargetBinding, TargetKind, UnitKind};
 use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{
-    DestroyContext, Driver, DriverError, Rendered, ResolvedUnit, SENSITIVE, UnitContext,
+    ApplyContext, DestroyContext, Driver, DriverError, Lines, Rendered, ResolvedUnit, SENSITIVE,
+    UnitContext,
 };
 use terrace_core::kind::UnknownKind;
 use terrace_core::plan::{Action, Change, UnitPlan};
@@ -108,6 +109,8 @@ impl Interrupt {
 pub trait Progress: Send + Sync {
     fn started(&self, _unit: &str, _verb: &str) {}
     fn finished(&self, _report: &UnitReport) {}
+    /// A line an external program of `unit` printed (already redacted).
+    fn line(&self, _unit: &str, _line: &str) {}
 }
 
 /// Progress that shows nothing.
@@ -286,6 +289,15 @@ pub struct Engine {
     /// marked sensitive, or one that echoes a secret).
     sensitive_outputs: Mutex<SensitiveValues>,
     refresh: bool,
+}
+
+/// What one unit's apply belongs to: the run, the revision it records, the
+/// saved plan it must match, and where its programs' lines go.
+struct UnitRun<'a> {
+    run_id: &'a str,
+    revision: Option<String>,
+    saved: Option<&'a SavedPlan>,
+    lines: &'a Lines,
 }
 
 /// Values of sensitive outputs with where they came from; `Debug` shows
@@ -529,6 +541,7 @@ impl Engine {
         &'a self,
         unit: &'a ResolvedUnit,
         prior: Option<&'a UnitState>,
+        lines: Option<&'a Lines>,
     ) -> UnitContext<'a> {
         UnitContext {
             root: &self.project.root,
@@ -539,6 +552,7 @@ impl Engine {
             prior,
             secrets: Some(self.secrets.as_ref()),
             refresh: self.refresh,
+            lines,
         }
     }
 
@@ -597,7 +611,7 @@ impl Engine {
                     let _permit = permits.acquire_owned().await;
                     let started = Instant::now();
                     let (prior, result) = off_runtime(async move {
-                        let result = this.plan_unit(i, &deps, prior.as_ref()).await;
+                        let result = this.plan_unit(i, &deps, prior.as_ref(), None).await;
                         (prior, result)
                     })
                     .await;
@@ -693,12 +707,13 @@ impl Engine {
         i: usize,
         views: &HashMap<String, OutputView>,
         prior: Option<&UnitState>,
+        lines: Option<&Lines>,
     ) -> Result<(ResolvedUnit, UnitPlan), ReportError> {
         let unit = self
             .workspace
             .evaluate(&self.project, i, views, Some(self.secrets.as_ref()))
             .map_err(ReportError::from_diagnostic)?;
-        let ctx = self.unit_context(&unit, prior);
+        let ctx = self.unit_context(&unit, prior, lines);
         // A value known only after apply reaches no plan, diff or dry run:
         // the unit waits for its dependencies, and the plan says which.
         // It is still rendered (with placeholders, nothing kept) so its own
@@ -854,7 +869,7 @@ impl Engine {
                 Err(d) => return Ok(Err(ReportError::from_diagnostic(d))),
             };
         let rendered = match self.driver(&unit.kind) {
-            Ok(driver) => driver.render(&self.unit_context(&unit, None)),
+            Ok(driver) => driver.render(&self.unit_context(&unit, None, None)),
             Err(e) => return Ok(Err(ReportError::from_unknown(e))),
         };
         let plain = self.plaintexts();
@@ -936,7 +951,7 @@ impl Engine {
                 let revision = revision.clone();
                 let handle = tasks.spawn(off_runtime(async move {
                     let r = engine
-                        .apply_unit(i, &views, &opts, &run_id, revision, progress.as_ref())
+                        .apply_unit(i, &views, &opts, &run_id, revision, progress)
                         .await;
                     (i, r)
                 }));
@@ -1057,10 +1072,15 @@ impl Engine {
         opts: &ApplyOptions,
         run_id: &str,
         revision: Option<String>,
-        progress: &dyn Progress,
+        progress: Arc<dyn Progress>,
     ) -> UnitReport {
         let started = Instant::now();
         let name = self.workspace.units[i].name.clone();
+        let lines = {
+            let progress = Arc::clone(&progress);
+            let unit = name.clone();
+            Lines::new(move |line| progress.line(&unit, line))
+        };
         let env = self.environment().to_owned();
         progress.started(&name, "apply");
         let mut r = self.blank_report(i, Outcome::Failed);
@@ -1093,7 +1113,17 @@ impl Engine {
             panic!("fault injected into unit `{name}`");
         }
         let result = self
-            .apply_locked(i, views, run_id, revision, opts.saved.as_deref(), &mut r)
+            .apply_locked(
+                i,
+                views,
+                &UnitRun {
+                    run_id,
+                    revision,
+                    saved: opts.saved.as_deref(),
+                    lines: &lines,
+                },
+                &mut r,
+            )
             .await;
         if let Err(e) = self.state.unlock(&env, &name, run_id).await {
             warn!(unit = %name, error = %e, "could not release lock");
@@ -1110,11 +1140,16 @@ impl Engine {
         &self,
         i: usize,
         views: &Mutex<HashMap<String, OutputView>>,
-        run_id: &str,
-        revision: Option<String>,
-        saved: Option<&SavedPlan>,
+        run: &UnitRun<'_>,
         r: &mut UnitReport,
     ) -> Result<(), ReportError> {
+        let UnitRun {
+            run_id,
+            saved,
+            lines,
+            ..
+        } = *run;
+        let revision = run.revision.clone();
         let env = self.environment();
         let name = self.workspace.units[i].name.clone();
         // Only this unit's dependencies: copying every output so far would
@@ -1139,7 +1174,9 @@ impl Engine {
             .read(env, &name)
             .await
             .map_err(ReportError::from_state)?;
-        let (unit, plan) = self.plan_unit(i, &snapshot, prior.as_ref()).await?;
+        let (unit, plan) = self
+            .plan_unit(i, &snapshot, prior.as_ref(), Some(lines))
+            .await?;
         if unit.unknown {
             let missing: Vec<&str> = self
                 .workspace
@@ -1222,7 +1259,13 @@ impl Engine {
         let (applied, failure) = match self
             .driver(&unit.kind)
             .map_err(ReportError::from_unknown)?
-            .apply(&self.project.root, &plan)
+            .apply(
+                &ApplyContext {
+                    root: &self.project.root,
+                    lines: Some(lines),
+                },
+                &plan,
+            )
             .await
         {
             Ok(applied) => (applied, None),
@@ -1442,7 +1485,13 @@ impl Engine {
         }
         let result = async {
             driver
-                .apply(&self.project.root, &plan)
+                .apply(
+                    &ApplyContext {
+                        root: &self.project.root,
+                        lines: None,
+                    },
+                    &plan,
+                )
                 .await
                 .map_err(ReportError::from_driver)?;
             self.state

@@ -13,6 +13,7 @@
 //!   fail: apply             # or `plan`, `destroy`: the driver returns an error there
 //!   panic: true             # apply panics
 //!   panicPlan: true         # plan panics
+//!   say: "a line"           # apply prints this line, as a program would
 //!   sleepMs: 30             # plan and apply take this long
 //!   deferredWhenUnknown: true # plan says `deferred` while an input is unknown
 //!   stable: true            # plan says `no-op` once the unit has state
@@ -34,7 +35,7 @@ use serde_json::{Map, Value, json};
 use tempfile::TempDir;
 use terrace_core::Seg;
 use terrace_core::driver::{
-    Applied, BoxFuture, DestroyContext, Driver, DriverError, Rendered, UnitContext,
+    Applied, ApplyContext, BoxFuture, DestroyContext, Driver, DriverError, Rendered, UnitContext,
 };
 use terrace_core::expr::SecretError;
 use terrace_core::kind::{Registry, TypedKind, parse_settings};
@@ -58,6 +59,7 @@ struct FakeSettings {
     fail: Option<Phase>,
     panic: bool,
     panic_plan: bool,
+    say: Option<String>,
     sleep_ms: u64,
     deferred_when_unknown: bool,
     stable: bool,
@@ -273,16 +275,20 @@ impl Driver for FakeDriver {
 
     fn apply<'a>(
         &'a self,
-        root: &'a Path,
+        ctx: &'a ApplyContext<'a>,
         plan: &'a UnitPlan,
     ) -> BoxFuture<'a, Result<Applied, DriverError>> {
         Box::pin(async move {
+            let root = ctx.root;
             let Some(fake) = plan.payload::<FakePlan>() else {
                 return Err(DriverError::Other(
                     "a plan the fake driver did not make".into(),
                 ));
             };
             let name = fake.seen.unit.as_str();
+            if let (Some(line), Some(lines)) = (&fake.settings.say, ctx.lines) {
+                lines.send(line);
+            }
             if fake.op == Op::Destroy {
                 journal(root, |j| j.events.push(Event::Destroyed(name.to_owned())));
                 return Ok(Applied::default());
@@ -356,6 +362,7 @@ impl SecretSource for NoSecrets {
 #[derive(Debug, Default)]
 struct Recorder {
     finished: Mutex<Vec<String>>,
+    lines: Mutex<Vec<(String, String)>>,
 }
 
 impl Progress for Recorder {
@@ -364,6 +371,13 @@ impl Progress for Recorder {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(report.unit.clone());
+    }
+
+    fn line(&self, unit: &str, line: &str) {
+        self.lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((unit.to_owned(), line.to_owned()));
     }
 }
 
@@ -1260,4 +1274,34 @@ async fn a_failed_destroy_keeps_only_what_it_depends_on() {
         let state = engine.state().read(&env, name).await.expect("readable");
         assert_eq!(state.is_some(), kept, "state of {name}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_unit_prints_while_it_applies_reaches_the_progress_view_by_unit() {
+    let dir = project(&[
+        ("a", "layer: base\nkind: fake\nfake:\n  say: creating a\n"),
+        ("b", "layer: base\nkind: fake\nfake:\n  say: creating b\n"),
+    ]);
+    let engine = open(dir.path());
+    let progress = Arc::new(Recorder::default());
+
+    let report = engine
+        .apply(&select(&engine, &[]), &options(2), progress.clone())
+        .await
+        .expect("apply runs");
+
+    assert_eq!(report.exit_code(), 0);
+    let mut lines = progress
+        .lines
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            ("a".to_owned(), "creating a".to_owned()),
+            ("b".to_owned(), "creating b".to_owned())
+        ]
+    );
 }

@@ -480,6 +480,7 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
                         prior: None,
                         secrets: Some(&secrets),
                         refresh: true,
+                        lines: None,
                     };
                     if let Err(err) = terrace_drivers_render(&project, &ctx) {
                         problems.push(err);

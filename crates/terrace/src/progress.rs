@@ -74,4 +74,14 @@ impl Progress for Reporter {
             errln!("{} {word} ({} ms)", r.unit, r.duration_ms);
         }
     }
+
+    /// What a unit's program prints while it runs (a long Terraform
+    /// apply), prefixed with the unit, above the bar.
+    fn line(&self, unit: &str, line: &str) {
+        if let Some(bar) = &self.bar {
+            bar.println(format!("{unit} │ {line}"));
+        } else if self.plain {
+            errln!("{unit} │ {line}");
+        }
+    }
 }

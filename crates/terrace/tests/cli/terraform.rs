@@ -500,6 +500,12 @@ fn a_command_past_its_timeout_is_stopped_and_the_unit_fails() {
     assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
     let text = format!("{}{}", stdout(&o), stderr(&o));
     assert!(text.contains("did not finish within 2s"), "{text}");
+    // What terraform printed while it ran came out as it ran, by unit.
+    assert!(
+        stderr(&o).contains("slow │ terraform_data.slow"),
+        "{}",
+        stderr(&o)
+    );
     // Stopped well before the provisioner's minute was up.
     assert!(started.elapsed() < Duration::from_secs(55), "{text}");
     // Terraform let go of its state lock: the next plan runs.
