@@ -563,6 +563,8 @@ impl Engine {
         progress: &dyn Progress,
         jobs: usize,
     ) -> Result<Report, EngineError> {
+        // Directories are checked again in every run (see terrace-fs).
+        terrace_fs::forget_checked();
         let graph = &self.workspace.graph;
         let position: HashMap<usize, usize> = graph
             .topological_order()
@@ -573,13 +575,13 @@ impl Engine {
         let mut views: HashMap<String, OutputView> = HashMap::new();
         let mut failed: HashMap<usize, String> = HashMap::new();
         let mut reports: Vec<(usize, UnitReport)> = Vec::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
         // Units of one wave depend only on earlier waves: they plan at once,
-        // up to `jobs` at a time.
+        // in `jobs` groups, each group on one thread of the blocking pool
+        // (rendering, decryption and file reads are synchronous), so there
+        // are few hand-offs between threads however many units there are.
         for mut wave in graph.waves() {
             wave.sort_by_key(|i| position[i]);
-            let mut running = tokio::task::JoinSet::new();
-            let mut tasks: HashMap<tokio::task::Id, usize> = HashMap::new();
+            let mut work: Vec<(usize, HashMap<String, OutputView>)> = Vec::new();
             for i in wave {
                 if !selected.contains(&i) {
                     continue;
@@ -604,37 +606,50 @@ impl Engine {
                         views.get(n).map(|v| (n.clone(), v.clone()))
                     })
                     .collect();
-                let prior = self.state.read(self.environment(), &name).await?;
-                let this = Arc::clone(self);
-                let permits = Arc::clone(&permits);
-                let task = running.spawn(async move {
-                    let _permit = permits.acquire_owned().await;
-                    let started = Instant::now();
-                    let (prior, result) = off_runtime(async move {
-                        let result = this.plan_unit(i, &deps, prior.as_ref(), None).await;
-                        (prior, result)
-                    })
-                    .await;
-                    (i, prior, result, started.elapsed())
-                });
-                tasks.insert(task.id(), i);
+                work.push((i, deps));
             }
-            while let Some(joined) = running.join_next().await {
-                // A driver that panics fails its own unit, as in apply.
-                let (i, prior, result, elapsed) = match joined {
-                    Ok(done) => done,
-                    Err(e) => {
-                        let Some(&i) = tasks.get(&e.id()) else {
-                            return Err(EngineError::Io(std::io::Error::other(format!(
-                                "a plan task failed: {e}"
-                            ))));
-                        };
+            let groups = jobs.max(1).min(work.len().max(1));
+            let mut batches: Vec<Vec<(usize, HashMap<String, OutputView>)>> =
+                (0..groups).map(|_| Vec::new()).collect();
+            for (n, w) in work.into_iter().enumerate() {
+                batches[n % groups].push(w);
+            }
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+                let this = Arc::clone(self);
+                let tx = tx.clone();
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    for (i, deps) in batch {
+                        let started = Instant::now();
+                        // A driver that panics fails its own unit, as in
+                        // apply; the group goes on with the next.
+                        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            handle.block_on(async {
+                                let name = &this.workspace.units[i].name;
+                                let prior = this.state.read(this.environment(), name).await?;
+                                let result = this.plan_unit(i, &deps, prior.as_ref(), None).await;
+                                Ok::<_, StateError>((prior, result))
+                            })
+                        }));
+                        if tx.send((i, done, started.elapsed())).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            while let Some((i, done, elapsed)) = rx.recv().await {
+                let (prior, result) = match done {
+                    Ok(Ok(planned)) => planned,
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(panic) => {
                         let message = format!(
                             "the `{}` driver failed while planning: {}",
                             self.workspace.units[i].kind,
-                            panic_message(e)
+                            panic_text(panic.as_ref())
                         );
-                        (i, None, Err(ReportError::message(message)), Duration::ZERO)
+                        (None, Err(ReportError::message(message)))
                     }
                 };
                 let name = self.workspace.units[i].name.clone();
@@ -906,6 +921,8 @@ impl Engine {
         opts: &ApplyOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<Report, EngineError> {
+        // Directories are checked again in every run (see terrace-fs).
+        terrace_fs::forget_checked();
         let run_id = new_run_id();
         let started_at = now_rfc3339();
         let revision = crate::affected::revision(&self.project.root);
@@ -1338,6 +1355,8 @@ impl Engine {
         dry_run: bool,
         progress: &dyn Progress,
     ) -> Result<Report, EngineError> {
+        // Directories are checked again in every run (see terrace-fs).
+        terrace_fs::forget_checked();
         let run_id = new_run_id();
         let started_at = now_rfc3339();
         let env = self.environment().to_owned();
@@ -1564,7 +1583,11 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     if !e.is_panic() {
         return e.to_string();
     }
-    let payload = e.into_panic();
+    panic_text(e.into_panic().as_ref())
+}
+
+/// The text of a panic's payload, when it is one.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -15,13 +15,68 @@
 //!
 //! [`atomic`] writes files crash-safely, private (0600 in 0700
 //! directories) under `.terrace/`.
+//!
+//! Within one run, a directory is checked once: its real path (for reads)
+//! and that it is not a symlink (for writes) are remembered until
+//! [`forget_checked`], which the engine calls as each plan, apply or
+//! destroy starts. The file itself is checked every time.
 
 pub mod atomic;
 pub mod digest;
 pub mod time;
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+/// Directories found to be real directories, not symlinks, this run.
+static REAL_DIRS: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+/// Directories' real paths (symlinks resolved), this run.
+static RESOLVED: Mutex<Option<HashMap<PathBuf, PathBuf>>> = Mutex::new(None);
+
+/// Forgets what was checked of directories: a new run checks them again.
+pub fn forget_checked() {
+    *REAL_DIRS.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    *RESOLVED.lock().unwrap_or_else(PoisonError::into_inner) = None;
+}
+
+/// `dir` with symlinks resolved, remembered for the run.
+fn resolved_dir(dir: &Path) -> io::Result<PathBuf> {
+    if let Some(real) = RESOLVED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .and_then(|m| m.get(dir))
+    {
+        return Ok(real.clone());
+    }
+    let real = dir.canonicalize()?;
+    RESOLVED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(HashMap::new)
+        .insert(dir.to_owned(), real.clone());
+    Ok(real)
+}
+
+/// `abs` with symlinks resolved: its directory from the run's memory, the
+/// file itself looked at every time.
+fn resolved(abs: &Path) -> io::Result<PathBuf> {
+    let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
+        return abs.canonicalize();
+    };
+    if name == ".." || parent.as_os_str().is_empty() {
+        return abs.canonicalize();
+    }
+    let real_parent = resolved_dir(parent)?;
+    let meta = std::fs::symlink_metadata(abs)?;
+    if meta.file_type().is_symlink() {
+        abs.canonicalize()
+    } else {
+        Ok(real_parent.join(name))
+    }
+}
 
 pub use atomic::Mode;
 
@@ -94,12 +149,12 @@ pub fn is_within(rel: &str, dir: &str) -> bool {
 /// Checks that `abs`, once symlinks are resolved, lies inside `root`.
 /// A path that does not exist passes (the read then fails as usual).
 pub fn check_read(root: &Path, abs: &Path) -> Result<(), ContainError> {
-    let real = match abs.canonicalize() {
+    let real = match resolved(abs) {
         Ok(r) => r,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let real_root = root.canonicalize()?;
+    let real_root = resolved_dir(root)?;
     if real.starts_with(&real_root) {
         return Ok(());
     }
@@ -138,12 +193,23 @@ pub fn check_write(root: &Path, rel: &str) -> Result<PathBuf, ContainError> {
     }
     let mut at = root.to_path_buf();
     let mut shown_so_far = String::new();
-    for part in clean.split('/') {
+    let parts: Vec<&str> = clean.split('/').collect();
+    for (n, part) in parts.iter().enumerate() {
         at.push(part);
         if !shown_so_far.is_empty() {
             shown_so_far.push('/');
         }
         shown_so_far.push_str(part);
+        let last = n + 1 == parts.len();
+        if !last
+            && REAL_DIRS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|d| d.contains(&at))
+        {
+            continue;
+        }
         match std::fs::symlink_metadata(&at) {
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(ContainError::WriteThroughSymlink {
@@ -151,7 +217,15 @@ pub fn check_write(root: &Path, rel: &str) -> Result<PathBuf, ContainError> {
                     link: shown_so_far,
                 });
             }
-            Ok(_) => {}
+            Ok(m) => {
+                if !last && m.is_dir() {
+                    REAL_DIRS
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get_or_insert_with(HashSet::new)
+                        .insert(at.clone());
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => break,
             Err(e) => return Err(e.into()),
         }
