@@ -551,8 +551,64 @@ pub struct Ownership {
     pub taken_back: Vec<String>,
 }
 
-/// The manager a conflict cause names: `conflict with "kubectl-edit" using v1`.
-fn manager_of(message: &str) -> &str {
+/// Who owns the field at `path` (as a conflict names it:
+/// `.spec.replicas`, `.spec.containers[name="web"].image`) of `live`, by
+/// its `metadata.managedFields`: every manager but `terrace` whose
+/// `fieldsV1` holds the path.
+pub fn managers_of(live: &Value, path: &str) -> Vec<String> {
+    live["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["manager"] != FIELD_MANAGER)
+        .filter(|m| holds(&m["fieldsV1"], path))
+        .filter_map(|m| m["manager"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Whether a `fieldsV1` set holds `path`: `f:<name>` for a field,
+/// `k:{...}` for a list item picked by its keys.
+fn holds(set: &Value, path: &str) -> bool {
+    let Some(map) = set.as_object() else {
+        return false;
+    };
+    match path.chars().next() {
+        None => true,
+        Some('.') => {
+            let rest = &path[1..];
+            // Field names may hold dots: the longest name that fits wins.
+            let found = map
+                .keys()
+                .filter_map(|k| k.strip_prefix("f:").map(|name| (k, name)))
+                .filter(|(_, name)| {
+                    rest.starts_with(name)
+                        && matches!(
+                            rest[name.len()..].chars().next(),
+                            None | Some('.') | Some('[')
+                        )
+                })
+                .max_by_key(|(_, name)| name.len());
+            found.is_some_and(|(k, name)| holds(&map[k], &rest[name.len()..]))
+        }
+        Some('[') => {
+            let Some(end) = closing_bracket(path) else {
+                return false;
+            };
+            let (selector, after) = (&path[1..end], &path[end + 1..]);
+            map.iter().any(|(k, child)| {
+                k.strip_prefix("k:")
+                    .and_then(|keys| serde_json::from_str::<Value>(keys).ok())
+                    .is_some_and(|item| selects(&item, selector))
+                    && holds(child, after)
+            })
+        }
+        Some(_) => false,
+    }
+}
+
+/// The manager a conflict's message names (`conflict with
+/// "kubectl-edit" using v1`), for a live object that does not say.
+fn manager_in_message(message: &str) -> &str {
     message.split('"').nth(1).unwrap_or(message)
 }
 
@@ -566,6 +622,7 @@ async fn server_side_apply(
     resource: &Resource,
     conflicts: Conflicts,
     dry_run: bool,
+    live: Option<&Value>,
 ) -> Result<(Value, Ownership), KubeError> {
     let mut body = o.desired.value.clone();
     let mut owned = o.ownership.clone();
@@ -604,7 +661,15 @@ async fn server_side_apply(
                     .collect();
                 if conflicts == Conflicts::Yield && !new.is_empty() && !force {
                     for (field, message) in new {
-                        if is_hand_edit(manager_of(message)) {
+                        // Who owns it: the live object's managedFields,
+                        // else the conflict's own words.
+                        let managers = live.map(|l| managers_of(l, field)).unwrap_or_default();
+                        let hand = if managers.is_empty() {
+                            is_hand_edit(manager_in_message(message))
+                        } else {
+                            managers.iter().all(|m| is_hand_edit(m))
+                        };
+                        if hand {
                             owned.taken_back.push(field.clone());
                         } else {
                             remove_field(&mut body, field);
@@ -613,8 +678,19 @@ async fn server_side_apply(
                     }
                     continue;
                 }
-                let fields: Vec<String> =
-                    causes.iter().map(|(f, m)| format!("{f} ({m})")).collect();
+                let fields: Vec<String> = causes
+                    .iter()
+                    .map(|(f, m)| {
+                        let owners = live.map(|l| managers_of(l, f)).unwrap_or_default();
+                        if owners.is_empty() {
+                            format!("{f} ({m})")
+                        } else {
+                            let named: Vec<String> =
+                                owners.iter().map(|o| format!("\"{o}\"")).collect();
+                            format!("{f} (conflict with {})", named.join(", "))
+                        }
+                    })
+                    .collect();
                 let message = if fields.is_empty() {
                     status.message.clone()
                 } else {
@@ -684,7 +760,16 @@ async fn compare(
     {
         return Ok((Action::NoOp, Ownership::default(), None));
     }
-    let (dry, owned) = server_side_apply(cluster, o, &o.target, resource, conflicts, true).await?;
+    let (dry, owned) = server_side_apply(
+        cluster,
+        o,
+        &o.target,
+        resource,
+        conflicts,
+        true,
+        Some(&live),
+    )
+    .await?;
     let hide = o.desired.sensitive || o.target.kind == "Secret";
     let changes = diff::fields(&normalize(&live), &normalize(&dry));
     if changes.is_empty() {
@@ -1059,6 +1144,7 @@ async fn apply_one(plan: &KubePlan, k: usize, deadline: Instant) -> Result<usize
         &resource,
         plan.options.conflicts,
         false,
+        None,
     )
     .await?;
     Ok(k)
@@ -1274,6 +1360,28 @@ fn group_of(api_version: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_come_from_managed_fields() {
+        let live = json!({"metadata": {"managedFields": [
+            {"manager": "terrace", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+            {"manager": "hpa-controller", "operation": "Update", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+            {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:spec": {"f:template": {"f:spec": {
+                "f:containers": {"k:{\"name\":\"web\"}": {".": {}, "f:image": {}}}}}}}},
+            {"manager": "other", "operation": "Apply", "fieldsV1": {"f:data": {"f:a.b": {}}}}
+        ]}});
+        assert_eq!(managers_of(&live, ".spec.replicas"), ["hpa-controller"]);
+        assert_eq!(
+            managers_of(&live, ".spec.template.spec.containers[name=\"web\"].image"),
+            ["kubectl-edit"]
+        );
+        assert!(
+            managers_of(&live, ".spec.template.spec.containers[name=\"api\"].image").is_empty()
+        );
+        assert_eq!(managers_of(&live, ".data.a.b"), ["other"]);
+        assert!(managers_of(&live, ".data.a").is_empty());
+        assert!(managers_of(&json!({}), ".spec.replicas").is_empty());
+    }
 
     #[test]
     fn conflict_paths_remove_the_field_they_name() {
