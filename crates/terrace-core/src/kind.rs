@@ -233,6 +233,43 @@ pub struct UnknownKind {
     pub known: Vec<&'static str>,
 }
 
+/// A duration as written (`90s`, `5m`, `1h`), checked when the project
+/// loads.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Timeout(#[schemars(regex(pattern = r"^[0-9]+\s*[a-z]+( *[0-9]+\s*[a-z]+)*$"))] String);
+
+impl Timeout {
+    pub fn duration(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.0).unwrap_or_default()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timeout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        match humantime::parse_duration(&text) {
+            Ok(_) => Ok(Timeout(text)),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}): write one such as `90s`, `5m` or `1h`"
+            ))),
+        }
+    }
+}
+
+/// A unit's settings as its kind's type `S`, expressions evaluated. The
+/// project check already read them once, unevaluated, so an error here is
+/// a value an expression produced.
+pub fn unit_settings<S: DeserializeOwned>(
+    ctx: &crate::driver::UnitContext<'_>,
+) -> Result<S, crate::driver::DriverError> {
+    parse_settings(&ctx.unit.settings).map_err(|e| {
+        crate::diag::Diagnostic::new(format!("invalid `{}` settings: {e}", ctx.unit.kind))
+            .in_file(format!("{}/{}", ctx.unit.dir, crate::config::UNIT_FILE))
+            .into()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,8 @@
 //!   `terrace-kustomize`, its objects written like a `manifests` unit's;
 //! - [`template`]: files rendered from Jinja templates, optionally once per
 //!   item of a list;
-//! - [`terraform`]: a Terraform/OpenTofu root module with state per
-//!   environment and unit.
+//! - `terraform`: a Terraform/OpenTofu root module with state per
+//!   environment and unit, in its own crate (`terrace-terraform`).
 //!
 //! The first three end in files, so both plan and apply through [`fileset`]: compare
 //! what renders with what is on disk, write what changed atomically, and
@@ -21,15 +21,11 @@ pub mod kustomize;
 mod live;
 pub mod manifests;
 pub mod template;
-pub mod terraform;
 
-use serde::de::DeserializeOwned;
-use terrace_core::config::UNIT_FILE;
-use terrace_core::diag::Diagnostic;
-use terrace_core::driver::{DriverError, UnitContext};
-use terrace_core::kind::{Registry, parse_settings};
+use terrace_core::kind::Registry;
 
-pub use live::{ApplySettings, ConflictPolicy, Timeout};
+pub use live::{ApplySettings, ConflictPolicy};
+pub use terrace_core::kind::Timeout;
 
 /// Every built-in kind, in the order they are documented. A new kind is
 /// one module (its settings type, its driver, its `kind()`) and one line
@@ -39,19 +35,10 @@ pub fn registry() -> Registry {
         .with(manifests::kind())
         .with(kustomize::kind())
         .with(template::kind())
-        .with(terraform::kind())
+        .with(terrace_terraform::kind())
 }
 
-/// The unit's settings as its kind's type, expressions evaluated. The
-/// project check already read them once, unevaluated, so an error here is
-/// a value an expression produced.
-pub(crate) fn unit_settings<S: DeserializeOwned>(ctx: &UnitContext<'_>) -> Result<S, DriverError> {
-    parse_settings(&ctx.unit.settings).map_err(|e| {
-        Diagnostic::new(format!("invalid `{}` settings: {e}", ctx.unit.kind))
-            .in_file(format!("{}/{UNIT_FILE}", ctx.unit.dir))
-            .into()
-    })
-}
+pub(crate) use terrace_core::kind::unit_settings;
 
 pub use terrace_fs::digest::digest;
 

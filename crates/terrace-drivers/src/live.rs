@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use terrace_core::config::UNIT_FILE;
 use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{Applied, DestroyContext, DriverError, ResolvedTarget, UnitContext};
+use terrace_core::kind::Timeout;
 use terrace_core::plan::UnitPlan;
 use terrace_kube::sync::{self, Conflicts, Desired, KubePlan, Options, Owner};
 use terrace_kube::{Cluster, Endpoint, KubeError};
@@ -271,30 +272,6 @@ pub struct ApplySettings {
     /// not start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Timeout>,
-}
-
-/// A duration as written (`90s`, `5m`, `1h`), checked when the project
-/// loads.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
-#[serde(transparent)]
-pub struct Timeout(#[schemars(regex(pattern = r"^[0-9]+\s*[a-z]+( *[0-9]+\s*[a-z]+)*$"))] String);
-
-impl Timeout {
-    pub fn duration(&self) -> std::time::Duration {
-        humantime::parse_duration(&self.0).unwrap_or_default()
-    }
-}
-
-impl<'de> Deserialize<'de> for Timeout {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        match humantime::parse_duration(&text) {
-            Ok(_) => Ok(Timeout(text)),
-            Err(e) => Err(serde::de::Error::custom(format!(
-                "`{text}` is not a duration ({e}): write one such as `90s`, `5m` or `1h`"
-            ))),
-        }
-    }
 }
 
 /// What to do with a field another field manager owns.

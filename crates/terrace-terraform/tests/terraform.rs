@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use terrace_core::config::UnitKind;
 use terrace_core::driver::{ApplyContext, Driver, ResolvedUnit, UnitContext};
 use terrace_core::plan::Action;
-use terrace_drivers::terraform::TerraformDriver;
+use terrace_terraform::TerraformDriver;
 
 fn apply_ctx(root: &std::path::Path) -> ApplyContext<'_> {
     ApplyContext { root, lines: None }

@@ -14,9 +14,12 @@
 //! - Plan is `plan -out` then `show -json`; apply applies exactly that saved
 //!   plan, and refuses it when the module or inputs changed since.
 //! - Outputs are read from the state file directly, not with
-//!   `terraform output`. Sensitive outputs are stored as `(sensitive)` in
-//!   terrace's state; dependents get the value from the state file.
-//! - A unit whose dependency was never applied is "deferred", not failed.
+//!   `terraform output`. Sensitive outputs are not stored in terrace's
+//!   state (only their names); dependents get the value from the state
+//!   file.
+//! - Every command runs through `terrace-exec`: a cleared environment
+//!   (the basics, common providers' credentials, the unit's `passEnv`), a
+//!   timeout, lines streamed to the progress view, secrets redacted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,13 +34,13 @@ use terrace_core::driver::{
     Applied, ApplyContext, BoxFuture, DestroyContext, Driver, DriverError, Lines, Rendered,
     RenderedDocument, SENSITIVE, UnitContext,
 };
-use terrace_core::kind::{TypedKind, parse_settings};
+use terrace_core::kind::{Timeout, TypedKind, parse_settings};
 use terrace_core::plan::{Action, Change, UnitPlan};
 use terrace_core::secrets::Plaintexts;
 use terrace_core::state::{InventoryItem, UnitState};
 use terrace_exec::{ExecError, Finished, Program};
 
-use crate::digest;
+use terrace_fs::digest::digest;
 
 /// The `terraform` driver.
 #[derive(Debug, Clone, Copy, Default)]
@@ -124,7 +127,7 @@ impl Runner {
             timeout: settings
                 .timeout
                 .as_ref()
-                .map_or(DEFAULT_TIMEOUT, crate::Timeout::duration),
+                .map_or(DEFAULT_TIMEOUT, Timeout::duration),
             redact,
         }
     }
@@ -240,7 +243,7 @@ pub fn kind() -> TypedKind<TerraformSettings> {
 }
 
 fn settings(ctx: &UnitContext<'_>) -> Result<TerraformSettings, DriverError> {
-    crate::unit_settings(ctx)
+    terrace_core::kind::unit_settings(ctx)
 }
 
 fn own_backend(s: &TerraformSettings) -> Result<bool, DriverError> {
@@ -614,7 +617,7 @@ fn parse_plan(plan: &Value) -> ParsedPlan {
                 serde_json::to_string_pretty(v).expect("JSON") + "\n"
             }
         };
-        let mut diff = crate::fileset::unified_diff(&pretty(&before), &pretty(&after), &address);
+        let mut diff = unified_diff(&pretty(&before), &pretty(&after), &address);
         if change["after_unknown"]
             .as_object()
             .is_some_and(|m| !m.is_empty())
@@ -1133,7 +1136,7 @@ pub struct TerraformSettings {
     /// `30m` or `2h` (default `1h`). When it is up, Terraform gets one
     /// SIGINT (it stops and releases its state lock), then is killed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<crate::Timeout>,
+    pub timeout: Option<Timeout>,
     /// Whether plans refresh from real infrastructure (default true);
     /// `false` is the fast path that trusts the state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1149,6 +1152,15 @@ pub enum TerraformBackend {
     Terrace,
     /// The module's own `backend` block.
     Own,
+}
+
+/// A unified diff of two texts, for a plan.
+fn unified_diff(old: &str, new: &str, name: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(name, name)
+        .to_string()
 }
 
 #[cfg(test)]
