@@ -143,6 +143,16 @@ impl UnitPlan {
     }
 }
 
+/// A unified diff of two texts (3 lines of context), as plans show
+/// changed files and values.
+pub fn unified_diff(old: &str, new: &str, name: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(name, name)
+        .to_string()
+}
+
 /// Counts changes by action: (create, update, delete); a replacement
 /// counts as one delete and one create.
 pub fn count_changes(changes: &[Change]) -> (usize, usize, usize) {

@@ -325,13 +325,7 @@ fn read_if_exists(path: &Path) -> Result<Option<String>, DriverError> {
 }
 
 /// A unified diff with three lines of context.
-pub fn unified_diff(old: &str, new: &str, name: &str) -> String {
-    similar::TextDiff::from_lines(old, new)
-        .unified_diff()
-        .context_radius(3)
-        .header(name, name)
-        .to_string()
-}
+pub use terrace_core::plan::unified_diff;
 
 #[cfg(test)]
 mod tests {

@@ -617,7 +617,8 @@ fn parse_plan(plan: &Value) -> ParsedPlan {
                 serde_json::to_string_pretty(v).expect("JSON") + "\n"
             }
         };
-        let mut diff = unified_diff(&pretty(&before), &pretty(&after), &address);
+        let mut diff =
+            terrace_core::plan::unified_diff(&pretty(&before), &pretty(&after), &address);
         if change["after_unknown"]
             .as_object()
             .is_some_and(|m| !m.is_empty())
@@ -1152,15 +1153,6 @@ pub enum TerraformBackend {
     Terrace,
     /// The module's own `backend` block.
     Own,
-}
-
-/// A unified diff of two texts, for a plan.
-fn unified_diff(old: &str, new: &str, name: &str) -> String {
-    similar::TextDiff::from_lines(old, new)
-        .unified_diff()
-        .context_radius(3)
-        .header(name, name)
-        .to_string()
 }
 
 #[cfg(test)]

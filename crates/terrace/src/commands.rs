@@ -154,19 +154,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         Command::Apply(a) => {
             let engine = Arc::new(open(&start, env)?);
             let selected = engine.select(&selection(&a.select))?;
-            let progress = Arc::new(Reporter::new(selected.len(), "apply", true));
-            let opts = ApplyOptions {
-                jobs: a.jobs,
-                lock_timeout: Duration::from_secs(a.lock_timeout),
-                command: "apply".to_owned(),
-                interrupt: interrupt.clone(),
-                saved: None,
-            };
-            let report = engine
-                .apply(&selected, &opts, Arc::clone(&progress) as Arc<dyn Progress>)
-                .await?;
-            progress.finish();
-            print_report(&report, &engine.project.root, cli.output, false);
+            let report = run_apply(&engine, &selected, a, &interrupt, None, cli.output).await?;
             Ok(report.exit_code() as u8)
         }
         Command::Destroy(a) => destroy(open(&start, env)?, a, cli.output, &interrupt).await,
@@ -343,19 +331,15 @@ async fn apply_saved(
             Some("plan again (`terrace plan --out FILE`) and review the new plan".to_owned()),
         ));
     }
-    let progress = Arc::new(Reporter::new(selected.len(), "apply", true));
-    let opts = ApplyOptions {
-        jobs: a.jobs,
-        lock_timeout: Duration::from_secs(a.lock_timeout),
-        command: "apply".to_owned(),
-        interrupt: interrupt.clone(),
-        saved: Some(Arc::new(saved)),
-    };
-    let report = engine
-        .apply(&selected, &opts, Arc::clone(&progress) as Arc<dyn Progress>)
-        .await?;
-    progress.finish();
-    print_report(&report, &engine.project.root, format, false);
+    let report = run_apply(
+        &engine,
+        &selected,
+        a,
+        interrupt,
+        Some(Arc::new(saved)),
+        format,
+    )
+    .await?;
     if !deferred.is_empty() && format == OutputFormat::Text {
         outln!(
             "Not in the saved plan's reach (deferred, or waiting for a dependency's outputs): {}. Plan again now that their dependencies are applied.",
@@ -363,6 +347,31 @@ async fn apply_saved(
         );
     }
     Ok(report.exit_code() as u8)
+}
+
+/// Applies `selected` with progress shown, then prints the report.
+async fn run_apply(
+    engine: &Arc<Engine>,
+    selected: &std::collections::BTreeSet<usize>,
+    a: &crate::cli::ApplyArgs,
+    interrupt: &Interrupt,
+    saved: Option<Arc<SavedPlan>>,
+    format: OutputFormat,
+) -> Result<Report, CliError> {
+    let progress = Arc::new(Reporter::new(selected.len(), "apply", true));
+    let opts = ApplyOptions {
+        jobs: a.jobs,
+        lock_timeout: Duration::from_secs(a.lock_timeout),
+        command: "apply".to_owned(),
+        interrupt: interrupt.clone(),
+        saved,
+    };
+    let report = engine
+        .apply(selected, &opts, Arc::clone(&progress) as Arc<dyn Progress>)
+        .await?;
+    progress.finish();
+    print_report(&report, &engine.project.root, format, false);
+    Ok(report)
 }
 
 /// Reads a saved plan, refusing a file that is not one or is too large.

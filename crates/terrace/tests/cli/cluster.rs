@@ -6,13 +6,13 @@
 //! test sets. `real_cluster.rs` has the rest; the tests here need no
 //! cluster at all, or use the example project.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{code, homelab, std_command, stderr, stdout, write_files};
+use crate::{code, homelab, kubectl, real_cluster, std_command, stderr, stdout, unit, write_files};
 
 /// A cluster to run on: its kubeconfig, and whether workloads are waited
 /// for (not on an API server without nodes).
@@ -35,15 +35,6 @@ fn on_cluster(dir: &Path, cluster: Bound<'_>, args: &[&str]) -> std::process::Ou
         )
         .output()
         .expect("terrace runs")
-}
-
-fn unit<'a>(plan: &'a Value, name: &str) -> &'a Value {
-    plan["units"]
-        .as_array()
-        .expect("units")
-        .iter()
-        .find(|u| u["unit"] == name)
-        .unwrap_or_else(|| panic!("unit {name} in {plan}"))
 }
 
 fn plan_on(dir: &Path, cluster: Bound<'_>) -> (i32, Value) {
@@ -253,19 +244,6 @@ fn health_lifecycle(kubeconfig: Bound<'_>) {
     must(on_cluster(d, kubeconfig, &["destroy", "--yes"]), "destroy");
 }
 
-/// The kubeconfig of a real cluster, or why the test is skipped.
-fn real_cluster(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("TERRACE_TEST_KUBECONFIG") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            eprintln!(
-                "skipped {test}: TERRACE_TEST_KUBECONFIG does not name a kubeconfig (set it to run this test against a real API server)"
-            );
-            None
-        }
-    }
-}
-
 /// Waits (up to two minutes) until none of `names` is still terminating
 /// from an earlier run's destroy.
 fn settle_namespaces(kubeconfig: &Path, names: &[&str]) {
@@ -286,15 +264,6 @@ fn settle_namespaces(kubeconfig: &Path, names: &[&str]) {
             std::thread::sleep(Duration::from_secs(2));
         }
     }
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
-    StdCommand::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("kubectl runs")
 }
 
 #[test]

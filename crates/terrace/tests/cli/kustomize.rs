@@ -7,7 +7,7 @@ use std::process::Command as StdCommand;
 
 use serde_json::Value;
 
-use crate::{code, homelab, plan_json, stderr, stdout, terrace};
+use crate::{code, homelab, plan_json, stderr, stdout, terrace, unit};
 
 const PASSWORD: &str = "dashboard-demo-password";
 
@@ -28,15 +28,6 @@ fn read_objects(dir: &Path) -> Vec<Value> {
             terrace_yaml::tree::parse_stream(&text, f).expect("yaml")[0].to_json()
         })
         .collect()
-}
-
-fn unit<'a>(plan: &'a Value, name: &str) -> &'a Value {
-    plan["units"]
-        .as_array()
-        .expect("units")
-        .iter()
-        .find(|u| u["unit"] == name)
-        .expect("unit in plan")
 }
 
 #[test]

@@ -118,3 +118,37 @@ pub fn plan_json(dir: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
     });
     (code(&o), v)
 }
+
+/// Unit `name` of a plan or apply report (`--output json`).
+pub fn unit<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .find(|u| u["unit"] == name)
+        .unwrap_or_else(|| panic!("unit {name} in {report}"))
+}
+
+/// The kubeconfig of a real cluster, or `None` after saying why `test` is
+/// skipped.
+pub fn real_cluster(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("TERRACE_TEST_KUBECONFIG") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            eprintln!(
+                "skipped {test}: TERRACE_TEST_KUBECONFIG does not name a kubeconfig (set it to run this test against a real API server)"
+            );
+            None
+        }
+    }
+}
+
+/// kubectl against the cluster of `kubeconfig`.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl runs")
+}

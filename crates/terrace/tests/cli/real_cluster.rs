@@ -23,38 +23,15 @@
 //! nodes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{code, std_command, stderr, stdout, write_files};
+use crate::{code, kubectl, real_cluster, std_command, stderr, stdout, unit, write_files};
 
 const HOOK: &str = "argocd.argoproj.io/hook";
 const WAVE: &str = "argocd.argoproj.io/sync-wave";
-
-/// The kubeconfig of a real cluster, or `None` after saying why `test` is
-/// skipped.
-fn real_cluster(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("TERRACE_TEST_KUBECONFIG") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            eprintln!(
-                "skipped {test}: TERRACE_TEST_KUBECONFIG does not name a kubeconfig (set it to run this test against a real API server)"
-            );
-            None
-        }
-    }
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("kubectl runs")
-}
 
 /// kubectl, which must succeed; what it printed.
 fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> String {
@@ -325,16 +302,6 @@ fn config_map(namespace: &str, name: &str, annotations: Value, data: Value) -> V
         "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
         "data": data,
     })
-}
-
-/// Unit `name` of a plan or apply report.
-fn unit<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["units"]
-        .as_array()
-        .expect("units")
-        .iter()
-        .find(|u| u["unit"] == name)
-        .unwrap_or_else(|| panic!("unit {name} in {report}"))
 }
 
 /// A unit's changes as (address, action), sorted.

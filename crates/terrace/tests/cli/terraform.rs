@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{code, plan_json, std_command, stderr, stdout, terrace, write_files};
+use crate::{code, plan_json, std_command, stderr, stdout, terrace, unit, write_files};
 
 const NETWORK: &str = r#"variable "cidr" {
   type = string
@@ -86,15 +86,6 @@ fn chain() -> tempfile::TempDir {
         ],
     );
     dir
-}
-
-fn unit<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["units"]
-        .as_array()
-        .expect("units")
-        .iter()
-        .find(|u| u["unit"] == name)
-        .unwrap_or_else(|| panic!("unit {name} in {report}"))
 }
 
 fn resource_changes(u: &Value) -> Vec<(String, String)> {
