@@ -10,9 +10,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use http::Request;
 use kube::Client;
+use kube::api::{ApiResource, DynamicObject};
 use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+use kube::core::{GroupVersion, GroupVersionKind, Resource as _};
+use kube::discovery::Scope;
 use serde_json::Value;
 
 use crate::KubeError;
@@ -145,34 +147,35 @@ impl Cluster {
         if let Some(known) = self.cached(api_version) {
             return Ok(known.and_then(|kinds| kinds.get(kind).cloned()));
         }
-        let path = if api_version.contains('/') {
-            format!("/apis/{api_version}")
-        } else {
-            format!("/api/{api_version}")
-        };
-        let found = match self.get_json(&path).await {
-            Ok(list) => {
-                let mut kinds = HashMap::new();
-                for r in list["resources"].as_array().into_iter().flatten() {
-                    let (Some(plural), Some(k)) = (r["name"].as_str(), r["kind"].as_str()) else {
-                        continue;
-                    };
-                    // Subresources (`deployments/scale`) are not kinds.
-                    if plural.contains('/') {
-                        continue;
-                    }
-                    kinds.insert(
-                        k.to_owned(),
-                        Resource {
-                            plural: plural.to_owned(),
-                            namespaced: r["namespaced"].as_bool().unwrap_or(false),
-                        },
-                    );
-                }
-                Some(kinds)
+        let gv: GroupVersion = api_version.parse().map_err(|e| {
+            KubeError::Request(format!("`{api_version}` is not an apiVersion: {e:?}"))
+        })?;
+        // kube's discovery of one group version (one request; subresources
+        // are not kinds).
+        let found = match kube::discovery::pinned_group(&self.client, &gv).await {
+            Ok(group) => Some(
+                group
+                    .versioned_resources(&gv.version)
+                    .into_iter()
+                    .map(|(ar, caps)| {
+                        (
+                            ar.kind,
+                            Resource {
+                                plural: ar.plural,
+                                namespaced: caps.scope == Scope::Namespaced,
+                            },
+                        )
+                    })
+                    .collect::<HashMap<_, _>>(),
+            ),
+            Err(kube::Error::Api(status)) if status.code == 404 => None,
+            Err(kube::Error::Api(status)) => return Err(KubeError::Api(status)),
+            Err(e) => {
+                return Err(KubeError::Request(format!(
+                    "API discovery of {api_version}: {e} (cluster `{}`)",
+                    self.name
+                )));
             }
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(e),
         };
         let answer = found.as_ref().and_then(|k| k.get(kind).cloned());
         self.discovered
@@ -199,27 +202,37 @@ impl Cluster {
             .cloned()
     }
 
-    /// GET `path`, as JSON.
-    pub async fn get_json(&self, path: &str) -> Result<Value, KubeError> {
-        self.send(Request::get(path), Vec::new(), path).await
+    /// kube's requests for `kind` (of `api_version`, served as
+    /// `resource`) in `namespace`; a cluster-scoped kind ignores it.
+    pub fn requests(
+        &self,
+        api_version: &str,
+        kind: &str,
+        resource: &Resource,
+        namespace: Option<&str>,
+    ) -> kube::core::Request {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, version, kind),
+            &resource.plural,
+        );
+        let namespace = if resource.namespaced { namespace } else { None };
+        kube::core::Request::new(DynamicObject::url_path(&ar, namespace))
     }
 
-    /// Sends one request and reads a JSON answer; API errors keep their
-    /// status.
-    pub(crate) async fn send(
+    /// Sends a request kube built and reads the JSON answer; API errors
+    /// keep their status.
+    pub async fn send(
         &self,
-        builder: http::request::Builder,
-        body: Vec<u8>,
+        built: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
         what: &str,
     ) -> Result<Value, KubeError> {
-        let request = builder
-            .body(body)
-            .map_err(|e| KubeError::Request(format!("{what}: {e}")))?;
+        let request = built.map_err(|e| KubeError::Request(format!("{what}: {e}")))?;
         match self.client.request_text(request).await {
             Ok(text) if text.trim().is_empty() => Ok(Value::Null),
             Ok(text) => serde_json::from_str(&text)
                 .map_err(|e| KubeError::Request(format!("{what}: the answer is not JSON: {e}"))),
-            Err(kube::Error::Api(status)) => Err(KubeError::Api(Box::new(*status))),
+            Err(kube::Error::Api(status)) => Err(KubeError::Api(status)),
             Err(e) => Err(KubeError::Request(format!(
                 "{what}: {e} (cluster `{}`)",
                 self.name

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use http::Request;
+use kube::api::{DeleteParams, GetParams, ListParams, Patch, PatchParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -182,27 +182,33 @@ impl Target {
         }
     }
 
-    fn path(&self, resource: &Resource) -> String {
-        let mut p = self.collection(resource);
-        p.push('/');
-        p.push_str(&self.name);
-        p
+    /// kube's requests for this object's kind, in its namespace.
+    fn requests(&self, cluster: &Cluster, resource: &Resource) -> kube::core::Request {
+        cluster.requests(
+            &self.api_version,
+            &self.kind,
+            resource,
+            self.namespace.as_deref(),
+        )
     }
 
-    /// The path of the list this object is in.
-    fn collection(&self, resource: &Resource) -> String {
-        let mut p = if self.api_version.contains('/') {
-            format!("/apis/{}", self.api_version)
-        } else {
-            format!("/api/{}", self.api_version)
-        };
-        if let (true, Some(ns)) = (resource.namespaced, &self.namespace) {
-            p.push_str("/namespaces/");
-            p.push_str(ns);
-        }
-        p.push('/');
-        p.push_str(&resource.plural);
-        p
+    /// The object as the cluster has it.
+    async fn get(&self, cluster: &Cluster, resource: &Resource) -> Result<Value, KubeError> {
+        let request = self
+            .requests(cluster, resource)
+            .get(&self.name, &GetParams::default());
+        cluster.send(request, &format!("get {}", self.name)).await
+    }
+
+    /// Which list this object is in: its kind and namespace.
+    fn list_key(&self, resource: &Resource) -> String {
+        let namespace = self.namespace.as_deref().filter(|_| resource.namespaced);
+        format!(
+            "{} {} {}",
+            self.api_version,
+            resource.plural,
+            namespace.unwrap_or("")
+        )
     }
 }
 
@@ -346,7 +352,7 @@ pub async fn plan(
                 .target
                 .resource
                 .as_ref()
-                .and_then(|r| listed.get(&o.target.collection(r)))
+                .and_then(|r| listed.get(&o.target.list_key(r)))
                 .map(|items| items.get(&o.target.name).cloned());
             let last = digests.get(o.desired.address.as_str()).copied();
             compare(&cluster, &owner, o, live, last, options.conflicts)
@@ -515,23 +521,6 @@ async fn locate(
     })
 }
 
-/// The server-side apply request for an object.
-fn apply_request(
-    target: &Target,
-    resource: &Resource,
-    force: bool,
-    dry_run: bool,
-) -> http::request::Builder {
-    let mut url = format!("{}?fieldManager={FIELD_MANAGER}", target.path(resource));
-    if force {
-        url.push_str("&force=true");
-    }
-    if dry_run {
-        url.push_str("&dryRun=All");
-    }
-    Request::patch(url).header("Content-Type", "application/apply-patch+yaml")
-}
-
 /// Whether a field manager is a person's tool (its changes are drift,
 /// taken back under `conflicts: yield`) rather than a controller (whose
 /// fields are left to it).
@@ -632,16 +621,19 @@ async fn server_side_apply(
     // Each round settles at least one conflict more, so this ends.
     loop {
         let force = conflicts == Conflicts::Force || !owned.taken_back.is_empty();
-        let bytes = serde_json::to_vec(&body).expect("values serialize");
         let what = format!("apply {}", o.desired.address);
-        match cluster
-            .send(
-                apply_request(target, resource, force, dry_run),
-                bytes,
-                &what,
-            )
-            .await
-        {
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        if force {
+            params = params.force();
+        }
+        if dry_run {
+            params = params.dry_run();
+        }
+        let request =
+            target
+                .requests(cluster, resource)
+                .patch(&target.name, &params, &Patch::Apply(&body));
+        match cluster.send(request, &what).await {
             Ok(answer) => return Ok((answer, owned)),
             Err(KubeError::Api(status)) if status.code == 409 => {
                 let causes: Vec<(String, String)> = status
@@ -730,7 +722,7 @@ async fn compare(
     let live = match listed {
         Some(Some(v)) => v,
         Some(None) => return Ok((Action::Create, Ownership::default(), show_new())),
-        None => match cluster.get_json(&o.target.path(resource)).await {
+        None => match o.target.get(cluster, resource).await {
             Ok(v) => v,
             Err(e) if e.is_not_found() => {
                 return Ok((Action::Create, Ownership::default(), show_new()));
@@ -802,15 +794,22 @@ async fn list_live(
     let mut counts: HashMap<String, (usize, &ObjectPlan)> = HashMap::new();
     for o in objects.iter().filter(|o| !o.hook) {
         if let Some(r) = &o.target.resource {
-            counts.entry(o.target.collection(r)).or_insert((0, o)).0 += 1;
+            counts.entry(o.target.list_key(r)).or_insert((0, o)).0 += 1;
         }
     }
     let mut out = HashMap::new();
-    for (path, (n, o)) in counts {
+    for (key, (n, o)) in counts {
         if n < 2 {
             continue;
         }
-        let list = match cluster.get_json(&path).await {
+        let Some(resource) = &o.target.resource else {
+            continue;
+        };
+        let request = o
+            .target
+            .requests(cluster, resource)
+            .list(&ListParams::default());
+        let list = match cluster.send(request, &format!("list {key}")).await {
             Ok(v) => v,
             // A namespace this unit creates does not exist yet.
             Err(e) if e.is_not_found() => Value::Null,
@@ -826,7 +825,7 @@ async fn list_live(
             item["kind"] = json!(o.target.kind);
             items.insert(name, item);
         }
-        out.insert(path, items);
+        out.insert(key, items);
     }
     Ok(out)
 }
@@ -883,7 +882,7 @@ async fn plan_prune(
         if kept.contains(&key) {
             continue;
         }
-        let live = match cluster.get_json(&target.path(&resource)).await {
+        let live = match target.get(cluster, &resource).await {
             Ok(v) => v,
             Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(e.about(&address, "the unit's inventory")),
@@ -1064,14 +1063,11 @@ async fn delete(
     target: &Target,
     resource: &Resource,
 ) -> Result<bool, KubeError> {
-    let body =
-        json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"});
+    let request = target
+        .requests(cluster, resource)
+        .delete(&target.name, &DeleteParams::background());
     match cluster
-        .send(
-            Request::delete(target.path(resource)).header("Content-Type", "application/json"),
-            serde_json::to_vec(&body).expect("json"),
-            &format!("delete {}", target.name),
-        )
+        .send(request, &format!("delete {}", target.name))
         .await
     {
         Ok(_) => Ok(true),
@@ -1158,7 +1154,7 @@ async fn wait_gone(
     deadline: Instant,
 ) -> Result<(), KubeError> {
     loop {
-        match plan.cluster.get_json(&target.path(resource)).await {
+        match target.get(&plan.cluster, resource).await {
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
             Ok(_) if Instant::now() >= deadline => {
@@ -1188,9 +1184,8 @@ async fn wait_healthy(
         let mut still = Vec::new();
         for o in pending {
             let (target, resource) = placed(&plan.cluster, o).await?;
-            let live = plan
-                .cluster
-                .get_json(&target.path(&resource))
+            let live = target
+                .get(&plan.cluster, &resource)
                 .await
                 .map_err(|e| e.about(&o.desired.address, &o.desired.source))?;
             match health(&live) {
