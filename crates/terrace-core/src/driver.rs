@@ -1,7 +1,7 @@
 //! The [`Driver`] trait: what every unit kind does — render, plan, apply,
 //! plan its destruction — and the contexts the engine hands it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
@@ -30,10 +30,17 @@ pub struct ResolvedUnit {
     pub kind: UnitKind,
     /// The unit directory, relative to the project root.
     pub dir: String,
+    /// The inputs known now. An input known only after a dependency is
+    /// applied is not here but in `unknown_inputs`: no placeholder stands
+    /// in for it.
     pub inputs: Map<String, Value>,
+    /// Inputs known only after a dependency is applied.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub unknown_inputs: BTreeSet<String>,
     /// The kind's own settings (the `manifests:` or `template:` block).
     pub settings: Value,
-    /// Whether some input is known only after a dependency is applied.
+    /// Whether some input or setting is known only after a dependency is
+    /// applied.
     pub unknown: bool,
     /// Dependencies not applied yet whose outputs this unit needs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -65,12 +72,28 @@ impl fmt::Debug for ResolvedUnit {
             .field("kind", &self.kind)
             .field("dir", &self.dir)
             .field("inputs", &inputs)
+            .field("unknown_inputs", &self.unknown_inputs)
             .field("settings", &self.settings)
             .field("unknown", &self.unknown)
             .field("waiting_for", &self.waiting_for)
             .field("sensitive_inputs", &self.sensitive_inputs)
             .field("target", &self.target)
             .finish()
+    }
+}
+
+impl ResolvedUnit {
+    /// This unit with a placeholder ([`crate::expr::UNKNOWN`]) for every
+    /// input known only after apply: what `validate`, `render` and the
+    /// check of a deferred unit render, to find the unit's own mistakes
+    /// before its dependencies exist. Never planned or applied.
+    pub fn preview(&self) -> ResolvedUnit {
+        let mut unit = self.clone();
+        for name in &self.unknown_inputs {
+            unit.inputs
+                .insert(name.clone(), Value::String(crate::expr::UNKNOWN.to_owned()));
+        }
+        unit
     }
 }
 
@@ -256,6 +279,7 @@ mod debug_tests {
             kind: UnitKind::new("manifests"),
             dir: "apps/web".into(),
             inputs,
+            unknown_inputs: BTreeSet::new(),
             settings: Value::Null,
             unknown: false,
             waiting_for: Vec::new(),
@@ -264,6 +288,15 @@ mod debug_tests {
                 .collect(),
             target: None,
         };
+        // An input known only after apply is named, not valued; only a
+        // preview gives it a placeholder.
+        let mut waiting = unit.clone();
+        waiting.unknown_inputs.insert("endpoint".to_owned());
+        assert!(!waiting.inputs.contains_key("endpoint"));
+        assert_eq!(
+            waiting.preview().inputs["endpoint"],
+            Value::String(crate::expr::UNKNOWN.to_owned())
+        );
         let shown = format!("{unit:?}");
         assert!(!shown.contains("hunter22-secret"), "{shown}");
         assert!(

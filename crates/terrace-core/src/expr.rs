@@ -360,6 +360,11 @@ pub trait Scope {
     fn inputs(&self) -> Option<&Map<String, Value>> {
         None
     }
+    /// Whether the input `name` is known only after a dependency is
+    /// applied.
+    fn input_unknown(&self, _name: &str) -> bool {
+        false
+    }
     /// A dependency's outputs; `None` when `unit` is no unit of the project.
     fn unit_outputs(&self, unit: &str) -> Option<Outputs<'_>>;
     /// Whether `${unit...}` may be used in this scope.
@@ -397,6 +402,8 @@ pub struct ContentScope<'a> {
     pub env: &'a str,
     pub vars: &'a Map<String, Value>,
     pub inputs: &'a Map<String, Value>,
+    /// Inputs known only after a dependency is applied.
+    pub unknown_inputs: &'a std::collections::BTreeSet<String>,
     /// Which inputs hold secret values, and from which files.
     pub sensitive_inputs: &'a BTreeMap<String, Vec<String>>,
     pub secrets: Option<&'a dyn crate::secrets::SecretSource>,
@@ -414,6 +421,9 @@ impl Scope for ContentScope<'_> {
     }
     fn inputs(&self) -> Option<&Map<String, Value>> {
         Some(self.inputs)
+    }
+    fn input_unknown(&self, name: &str) -> bool {
+        self.unknown_inputs.contains(name)
     }
     fn unit_outputs(&self, _unit: &str) -> Option<Outputs<'_>> {
         None
@@ -654,6 +664,9 @@ fn resolve(expr: &Expr, scope: &dyn Scope, flags: &mut Flags) -> Result<Resolved
             let inputs = scope
                 .inputs()
                 .ok_or_else(|| EvalErrorKind::InputsUnavailable(name.clone()))?;
+            if scope.input_unknown(name) {
+                return Ok(Resolved::Unknown);
+            }
             let root = inputs
                 .get(name)
                 .ok_or_else(|| EvalErrorKind::UnknownInput {
@@ -912,16 +925,15 @@ mod tests {
             .as_object()
             .cloned()
             .expect("map");
-        let inputs = json!({"replicas": 2, "later": UNKNOWN})
-            .as_object()
-            .cloned()
-            .expect("map");
+        let inputs = json!({"replicas": 2}).as_object().cloned().expect("map");
+        let unknown: std::collections::BTreeSet<String> = ["later".to_owned()].into();
         let sensitive: BTreeMap<String, Vec<String>> =
             [("replicas".to_owned(), vec!["secrets/app.yaml".to_owned()])].into();
         let s = ContentScope {
             env: "dev",
             vars: &vars,
             inputs: &inputs,
+            unknown_inputs: &unknown,
             sensitive_inputs: &sensitive,
             secrets: None,
         };

@@ -193,6 +193,7 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
         env: ctx.environment,
         vars: ctx.vars,
         inputs: &ctx.unit.inputs,
+        unknown_inputs: &ctx.unit.unknown_inputs,
         sensitive_inputs: &ctx.unit.sensitive_inputs,
         secrets: ctx.secrets,
     };

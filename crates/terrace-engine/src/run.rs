@@ -734,9 +734,10 @@ impl Engine {
         // It is still rendered (with placeholders, nothing kept) so its own
         // mistakes show now rather than after its dependencies apply.
         if unit.unknown {
+            let preview = unit.preview();
             self.driver(&unit.kind)
                 .map_err(ReportError::from_unknown)?
-                .render(&ctx)
+                .render(&self.unit_context(&preview, prior, lines))
                 .map_err(ReportError::from_driver)?;
             let plan = deferred_plan(&unit);
             return Ok((unit, plan));
@@ -883,6 +884,9 @@ impl Engine {
                 Ok(u) => u,
                 Err(d) => return Ok(Err(ReportError::from_diagnostic(d))),
             };
+        // What it would apply, with placeholders for what is known only
+        // after its dependencies are applied.
+        let unit = unit.preview();
         let rendered = match self.driver(&unit.kind) {
             Ok(driver) => driver.render(&self.unit_context(&unit, None, None)),
             Err(e) => return Ok(Err(ReportError::from_unknown(e))),
@@ -1621,6 +1625,9 @@ pub fn deferred_plan(unit: &ResolvedUnit) -> UnitPlan {
         unit.waiting_for.join(", ")
     };
     let mut notes = vec![format!("deferred: waiting for {waiting} to be applied")];
+    for k in &unit.unknown_inputs {
+        notes.push(format!("input {k} = {}", terrace_core::expr::UNKNOWN));
+    }
     for (k, v) in &unit.inputs {
         let shown = if unit.sensitive_inputs.contains_key(k) {
             SENSITIVE.to_owned()

@@ -252,14 +252,21 @@ impl Workspace {
             d
         };
         let mut inputs = Map::new();
+        let mut unknown_inputs = std::collections::BTreeSet::new();
         let mut sensitive_inputs = BTreeMap::new();
         for (k, v, origin) in &spec.inputs {
             let ev = expr::eval(v, origin, &scope).map_err(located)?;
-            unknown |= ev.unknown;
             if !ev.secrets.is_empty() {
                 sensitive_inputs.insert(k.clone(), ev.secrets);
             }
-            inputs.insert(k.clone(), ev.value);
+            // An input with any part known only after apply is unknown
+            // whole: it is named, never given a placeholder value.
+            if ev.unknown {
+                unknown = true;
+                unknown_inputs.insert(k.clone());
+            } else {
+                inputs.insert(k.clone(), ev.value);
+            }
         }
         let mut settings = Map::new();
         for (k, v, origin) in &spec.settings {
@@ -279,6 +286,7 @@ impl Workspace {
             kind: spec.kind.clone(),
             dir: spec.dir.clone(),
             inputs,
+            unknown_inputs,
             settings: if settings.is_empty() {
                 Value::Null
             } else {

@@ -649,6 +649,14 @@ async fn a_unit_waiting_for_outputs_is_deferred_and_its_driver_never_sees_a_plac
         "{:?}",
         b.notes
     );
+    // The input is named as unknown, not given a value.
+    assert!(
+        b.notes
+            .iter()
+            .any(|n| n == "input port = (known after apply)"),
+        "{:?}",
+        b.notes
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ fn unit(inputs: Value) -> ResolvedUnit {
         kind: UnitKind::new("terraform"),
         dir: "infra/net".into(),
         inputs: inputs.as_object().cloned().unwrap_or_default(),
+        unknown_inputs: Default::default(),
         settings: Value::Null,
         unknown: false,
         waiting_for: Vec::new(),

@@ -480,6 +480,8 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
         for i in 0..ws.units.len() {
             match ws.evaluate(&project, i, &views, Some(&secrets)) {
                 Ok(unit) => {
+                    // Outputs are unknown here: placeholders stand in.
+                    let unit = unit.preview();
                     let ctx = terrace_core::driver::UnitContext {
                         root: &project.root,
                         project: &project.file.name,
