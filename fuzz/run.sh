@@ -3,7 +3,9 @@
 #   bash fuzz/run.sh secrets_file 300     # target, seconds (default 120)
 # Targets: kustomize (kustomization parsing and patches), expr (the ${...} language and locating values in YAML), secrets_file (SOPS files in every format, full decryption with a
 # fixed key), enc_value (ENC[...] values), yaml_tree (the comment-keeping
-# YAML tree must read back what it writes). Needs a nightly toolchain and
+# YAML tree must read back what it writes), records (state records of
+# both formats and saved plans read, or are refused, and read back what
+# is written). Needs a nightly toolchain and
 # `cargo install cargo-fuzz`.
 set -euo pipefail
 cd "$(dirname "$0")"

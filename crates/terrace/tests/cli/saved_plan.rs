@@ -190,3 +190,41 @@ fn a_file_that_is_not_a_plan_of_this_project_is_refused() {
     let o = run(d, &["apply", "plan.json", "--unit", "docs"]);
     assert_eq!(code(&o), 1, "{}", all(&o));
 }
+
+#[test]
+fn hostile_plan_files_are_refused_without_harm() {
+    let dir = project();
+    let d = dir.path();
+    // Nesting far past any budget: an error, not a stack overflow.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    write_files(d, &[("deep.json", &deep)]);
+    let o = run(d, &["apply", "deep.json"]);
+    assert_eq!(code(&o), 1, "{}", all(&o));
+    assert!(stderr(&o).contains("not a saved plan"), "{}", all(&o));
+    // Larger than a plan can be: refused before it is read.
+    let big = std::fs::File::create(d.join("big.json")).expect("create");
+    big.set_len(65 * 1024 * 1024).expect("sparse file");
+    let o = run(d, &["apply", "big.json"]);
+    assert_eq!(code(&o), 1, "{}", all(&o));
+    assert!(
+        stderr(&o).contains("a saved plan is at most"),
+        "{}",
+        all(&o)
+    );
+    // A plan naming a unit the project does not have, and one whose
+    // fingerprint was edited: refused, naming the unit, nothing applied.
+    assert_eq!(code(&run(d, &["plan", "--out", "plan.json"])), 2);
+    let text = std::fs::read_to_string(d.join("plan.json")).expect("plan");
+    let mut plan: Value = serde_json::from_str(&text).expect("json");
+    plan["units"][0]["unit"] = Value::from("intruder");
+    plan["units"][1]["fingerprint"]["inputs"] = Value::from("sha256:0");
+    std::fs::write(d.join("edited.json"), plan.to_string()).expect("write");
+    let o = run(d, &["apply", "edited.json"]);
+    assert_eq!(code(&o), 1, "{}", all(&o));
+    let text = all(&o);
+    assert!(
+        text.contains("`intruder`: it is no longer in the project"),
+        "{text}"
+    );
+    assert!(!d.join(".terrace/state").exists(), "{text}");
+}
