@@ -117,16 +117,18 @@ pub struct TypedKind<S> {
     name: &'static str,
     summary: &'static str,
     target: Option<TargetKind>,
-    driver: fn() -> Arc<dyn Driver>,
+    /// Made once: a driver may own what lives across units (a cluster
+    /// connection pool), for as long as the registry lives.
+    driver: Arc<dyn Driver>,
     settings: PhantomData<fn() -> S>,
 }
 
 impl<S> TypedKind<S> {
-    pub const fn new(
+    pub fn new(
         name: &'static str,
         summary: &'static str,
         target: Option<TargetKind>,
-        driver: fn() -> Arc<dyn Driver>,
+        driver: Arc<dyn Driver>,
     ) -> Self {
         TypedKind {
             name,
@@ -169,7 +171,7 @@ impl<S: DeserializeOwned + JsonSchema> Kind for TypedKind<S> {
     }
 
     fn driver(&self) -> Arc<dyn Driver> {
-        (self.driver)()
+        Arc::clone(&self.driver)
     }
 }
 

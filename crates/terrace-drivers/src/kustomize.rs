@@ -26,18 +26,17 @@ use terrace_kustomize::{DiskFs, Fs};
 use crate::clean_relative;
 use crate::manifests::{self, Object, ObjectsDriver, identify};
 
-/// The `kustomize` driver: its objects go the way of a `manifests` unit's.
-pub const KUSTOMIZE: ObjectsDriver = ObjectsDriver {
-    objects: render_objects,
-};
-
-/// The `kustomize` kind.
-pub fn kind() -> TypedKind<KustomizeSettings> {
+/// The `kustomize` kind: its objects go the way of a `manifests` unit's
+/// (the same `ObjectsDriver`, sharing the registry's cluster pool).
+pub fn kind(clusters: &std::sync::Arc<terrace_kube::ClusterPool>) -> TypedKind<KustomizeSettings> {
     TypedKind::new(
         "kustomize",
         "A kustomization directory, built by terrace's own Kustomize engine (the same objects `kustomize build` prints).",
         Some(TargetKind::Cluster),
-        || std::sync::Arc::new(KUSTOMIZE),
+        std::sync::Arc::new(ObjectsDriver {
+            clusters: std::sync::Arc::clone(clusters),
+            objects: render_objects,
+        }),
     )
 }
 

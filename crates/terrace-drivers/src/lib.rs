@@ -31,9 +31,12 @@ pub use terrace_core::kind::Timeout;
 /// one module (its settings type, its driver, its `kind()`) and one line
 /// here.
 pub fn registry() -> Registry {
+    // One pool of cluster connections for the registry's object kinds:
+    // the engine that holds the registry owns it.
+    let clusters = std::sync::Arc::new(terrace_kube::ClusterPool::default());
     Registry::new()
-        .with(manifests::kind())
-        .with(kustomize::kind())
+        .with(manifests::kind(&clusters))
+        .with(kustomize::kind(&clusters))
         .with(template::kind())
         .with(terrace_terraform::kind())
 }

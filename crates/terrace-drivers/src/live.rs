@@ -16,7 +16,7 @@ use terrace_core::driver::{Applied, DestroyContext, DriverError, ResolvedTarget,
 use terrace_core::kind::Timeout;
 use terrace_core::plan::UnitPlan;
 use terrace_kube::sync::{self, Conflicts, Desired, KubePlan, Options, Owner};
-use terrace_kube::{Cluster, Endpoint, KubeError};
+use terrace_kube::{ClusterPool, Endpoint, KubeError};
 
 use crate::digest;
 use crate::manifests::Object;
@@ -99,14 +99,13 @@ fn options(ctx: &UnitContext<'_>) -> Result<Options, DriverError> {
 /// Plans `objects` on the live cluster `target` names.
 pub(crate) async fn plan(
     ctx: &UnitContext<'_>,
+    clusters: &ClusterPool,
     target: &str,
     endpoint: &Endpoint,
     objects: Vec<Object>,
 ) -> Result<UnitPlan, DriverError> {
     let options = options(ctx)?;
-    let cluster = Cluster::shared(target, endpoint)
-        .await
-        .map_err(kube_error)?;
+    let cluster = clusters.get(target, endpoint).await.map_err(kube_error)?;
     // Secret values never enter the render hash.
     let mut hashed = String::new();
     for o in &objects {
@@ -197,6 +196,7 @@ pub(crate) async fn apply(plan: &UnitPlan) -> Result<Applied, DriverError> {
 /// was applied to the embedded target.
 pub(crate) async fn plan_destroy(
     ctx: &DestroyContext<'_>,
+    clusters: &ClusterPool,
 ) -> Option<Result<UnitPlan, DriverError>> {
     let prior = ctx.prior;
     // What it applied says where: objects on a cluster, or files.
@@ -225,9 +225,7 @@ pub(crate) async fn plan_destroy(
                     prior.unit
                 ))
             })?;
-            let cluster = Cluster::shared(&name, &endpoint)
-                .await
-                .map_err(kube_error)?;
+            let cluster = clusters.get(&name, &endpoint).await.map_err(kube_error)?;
             let owner = Owner {
                 project: ctx.project.to_owned(),
                 environment: ctx.environment.to_owned(),

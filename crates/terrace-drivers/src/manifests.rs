@@ -30,28 +30,29 @@ use terrace_core::secrets::looks_encrypted;
 use crate::clean_relative;
 use crate::fileset::{self, DesiredFile, DesiredSet};
 use crate::live;
-use terrace_kube::Endpoint;
+use terrace_kube::{ClusterPool, Endpoint};
 
 /// The driver of a kind that yields Kubernetes objects: `objects` renders
 /// them; planning, rendering and applying on the cluster target are the
 /// same for every such kind.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ObjectsDriver {
+    /// The connections to live clusters, shared by the registry's object
+    /// kinds for as long as it lives.
+    pub clusters: std::sync::Arc<ClusterPool>,
     pub objects: fn(&UnitContext<'_>) -> Result<Vec<Object>, DriverError>,
 }
 
-/// The `manifests` driver.
-pub const MANIFESTS: ObjectsDriver = ObjectsDriver {
-    objects: render_objects,
-};
-
 /// The `manifests` kind.
-pub fn kind() -> TypedKind<ManifestsSettings> {
+pub fn kind(clusters: &std::sync::Arc<ClusterPool>) -> TypedKind<ManifestsSettings> {
     TypedKind::new(
         "manifests",
         "A directory of Kubernetes YAML with `${...}` substitution.",
         Some(TargetKind::Cluster),
-        || std::sync::Arc::new(MANIFESTS),
+        std::sync::Arc::new(ObjectsDriver {
+            clusters: std::sync::Arc::clone(clusters),
+            objects: render_objects,
+        }),
     )
 }
 
@@ -493,7 +494,9 @@ impl Driver for ObjectsDriver {
         Box::pin(async move {
             let objects = self.objects(ctx)?;
             match cluster(ctx)? {
-                (name, Some(endpoint)) => live::plan(ctx, &name, &endpoint, objects).await,
+                (name, Some(endpoint)) => {
+                    live::plan(ctx, &self.clusters, &name, &endpoint, objects).await
+                }
                 (_, None) => plan_objects(ctx, &objects),
             }
         })
@@ -504,7 +507,7 @@ impl Driver for ObjectsDriver {
         ctx: &'a DestroyContext<'a>,
     ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
         Box::pin(async move {
-            match live::plan_destroy(ctx).await {
+            match live::plan_destroy(ctx, &self.clusters).await {
                 Some(planned) => planned,
                 None => fileset::plan_destroy_from_state(ctx, "renderedPath"),
             }

@@ -411,7 +411,7 @@ pub fn kind() -> TypedKind<TemplateSettings> {
         "template",
         "Files rendered from Jinja templates, optionally once per list item.",
         None,
-        || std::sync::Arc::new(TemplateDriver),
+        std::sync::Arc::new(TemplateDriver),
     )
 }
 

@@ -424,7 +424,7 @@ fn open(root: &Path) -> Arc<Engine> {
         "fake",
         "a driver the scheduler tests steer through its settings",
         None,
-        fake_driver,
+        fake_driver(),
     ));
     let project = Project::load(root, Arc::new(kinds)).expect("project loads");
     let state: Arc<dyn StateBackend> = Arc::new(LocalBackend::new(project.state_dir()));

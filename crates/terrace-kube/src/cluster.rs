@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use kube::Client;
 use kube::api::{ApiResource, DynamicObject};
@@ -107,27 +107,6 @@ impl Cluster {
         };
         let client = Client::try_from(config).map_err(|e| fail(e.to_string()))?;
         Ok(Cluster::new(name, client))
-    }
-
-    /// The process's one connection to `endpoint`, made on first use, so
-    /// every unit on a cluster shares the client and what discovery found.
-    ///
-    /// Each endpoint connects on its own: the process-wide map is locked
-    /// only to find the endpoint's cell, never across a connection, so a
-    /// hanging exec-auth plugin stalls the units of its cluster alone.
-    pub async fn shared(name: &str, endpoint: &Endpoint) -> Result<Arc<Cluster>, KubeError> {
-        type Cell = Arc<tokio::sync::OnceCell<Arc<Cluster>>>;
-        static SHARED: OnceLock<Mutex<HashMap<Endpoint, Cell>>> = OnceLock::new();
-        let cell: Cell = {
-            let mut cells = SHARED
-                .get_or_init(Default::default)
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(cells.entry(endpoint.clone()).or_default())
-        };
-        cell.get_or_try_init(|| async { Cluster::connect(name, endpoint).await.map(Arc::new) })
-            .await
-            .map(Arc::clone)
     }
 
     /// The namespace of objects that name none (the context's, else
@@ -238,6 +217,35 @@ impl Cluster {
                 self.name
             ))),
         }
+    }
+}
+
+/// The connections to clusters, one per endpoint, made on first use so
+/// every unit on a cluster shares the client and what discovery found.
+/// Whoever holds the pool owns the connections (the engine, through its
+/// kind registry); they close when it is dropped.
+///
+/// Each endpoint connects on its own: the map is locked only to find the
+/// endpoint's cell, never across a connection, so a hanging exec-auth
+/// plugin stalls the units of its cluster alone.
+#[derive(Debug, Default)]
+pub struct ClusterPool {
+    cells: Mutex<HashMap<Endpoint, Arc<tokio::sync::OnceCell<Arc<Cluster>>>>>,
+}
+
+impl ClusterPool {
+    /// The connection to `endpoint` (the target `name`, for messages).
+    pub async fn get(&self, name: &str, endpoint: &Endpoint) -> Result<Arc<Cluster>, KubeError> {
+        let cell = {
+            let mut cells = self
+                .cells
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(cells.entry(endpoint.clone()).or_default())
+        };
+        cell.get_or_try_init(|| async { Cluster::connect(name, endpoint).await.map(Arc::new) })
+            .await
+            .map(Arc::clone)
     }
 }
 

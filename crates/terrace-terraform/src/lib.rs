@@ -238,7 +238,7 @@ pub fn kind() -> TypedKind<TerraformSettings> {
         "terraform",
         "A Terraform or OpenTofu root module (the unit directory), with state per environment and unit.",
         None,
-        || std::sync::Arc::new(TerraformDriver),
+        std::sync::Arc::new(TerraformDriver),
     )
 }
 
