@@ -73,33 +73,34 @@ impl Project {
             .map_err(|d| EngineError::Invalid(vec![d]))?;
         let mut diags = check_project(&file, &source, &kinds);
 
+        // Unit files are read and parsed on every core at once.
+        let paths = discover_unit_files(&root)?;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, 8);
+        let chunk = paths.len().div_ceil(threads).max(1);
+        let read: Vec<Result<Result<UnitDecl, Diagnostic>, std::io::Error>> =
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = paths
+                    .chunks(chunk)
+                    .map(|part| {
+                        let root = &root;
+                        scope.spawn(move || {
+                            part.iter()
+                                .map(|path| read_unit(root, path))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            });
         let mut units = Vec::new();
-        for path in discover_unit_files(&root)? {
-            let rel = relative(&root, &path);
-            let text: Arc<str> = fs_err::read_to_string(&path)?.into();
-            match terrace_yaml::from_str::<UnitFile>(&text, Path::new(&rel)) {
-                Ok(file) => {
-                    let dir = match rel.rsplit_once('/') {
-                        Some((d, _)) => d.to_owned(),
-                        None => ".".to_owned(),
-                    };
-                    let name = file.name.clone().unwrap_or_else(|| {
-                        if dir == "." {
-                            root.file_name()
-                                .map(|n| n.to_string_lossy().into_owned())
-                                .unwrap_or_default()
-                        } else {
-                            dir.rsplit('/').next().unwrap_or(&dir).to_owned()
-                        }
-                    });
-                    units.push(UnitDecl {
-                        name,
-                        dir,
-                        file_path: rel,
-                        file,
-                        source: text,
-                    });
-                }
+        for r in read {
+            match r? {
+                Ok(unit) => units.push(unit),
                 Err(d) => diags.push(d),
             }
         }
@@ -156,6 +157,37 @@ impl Project {
         self.root
             .join(self.file.state.path.as_deref().unwrap_or(".terrace/state"))
     }
+}
+
+/// One `unit.yaml`, read and parsed: the unit as written, or what is
+/// wrong with it.
+fn read_unit(root: &Path, path: &Path) -> Result<Result<UnitDecl, Diagnostic>, std::io::Error> {
+    let rel = relative(root, path);
+    let text: Arc<str> = fs_err::read_to_string(path)?.into();
+    Ok(
+        terrace_yaml::from_str::<UnitFile>(&text, Path::new(&rel)).map(|file| {
+            let dir = match rel.rsplit_once('/') {
+                Some((d, _)) => d.to_owned(),
+                None => ".".to_owned(),
+            };
+            let name = file.name.clone().unwrap_or_else(|| {
+                if dir == "." {
+                    root.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                } else {
+                    dir.rsplit('/').next().unwrap_or(&dir).to_owned()
+                }
+            });
+            UnitDecl {
+                name,
+                dir,
+                file_path: rel,
+                file,
+                source: text,
+            }
+        }),
+    )
 }
 
 /// Every `unit.yaml` under `root`, in path order.
