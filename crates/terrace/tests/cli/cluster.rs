@@ -402,3 +402,83 @@ fn real_cluster_health_waits() {
         wait: true,
     });
 }
+
+#[test]
+fn real_cluster_a_saved_plan_is_applied_to_the_cluster_it_was_made_for() {
+    let Some(path) =
+        real_cluster("real_cluster_a_saved_plan_is_applied_to_the_cluster_it_was_made_for")
+    else {
+        return;
+    };
+    let ns = "terrace-rt-saved";
+    settle_namespaces(&path, &[ns]);
+    let kc = Bound {
+        kubeconfig: &path,
+        wait: false,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    write_files(
+        d,
+        &[
+            (
+                "terrace.yaml",
+                "name: saved\nlayers: [apps]\ntargets:\n  k3s: { type: cluster }\n",
+            ),
+            ("apps/cm/unit.yaml", "layer: apps\nkind: manifests\n"),
+            (
+                "apps/cm/objects.yaml",
+                &format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: {ns}\ndata:\n  mode: fast\n"
+                ),
+            ),
+        ],
+    );
+    let o = on_cluster(d, kc, &["plan", "--out", "plan.json"]);
+    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+    // Nothing reached the cluster while planning.
+    let o = kubectl(&path, &["get", "namespace", ns]);
+    assert_ne!(o.status.code(), Some(0), "planning created the namespace");
+    must(
+        on_cluster(d, kc, &["apply", "plan.json"]),
+        "apply the saved plan",
+    );
+    let o = kubectl(
+        &path,
+        &[
+            "-n",
+            ns,
+            "get",
+            "configmap",
+            "settings",
+            "-o",
+            "jsonpath={.data.mode}",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "fast", "{}", stderr(&o));
+    // Applied once, the saved plan no longer holds.
+    let o = on_cluster(d, kc, &["apply", "plan.json"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("no longer holds"), "{}", stderr(&o));
+    // A plan whose object was changed on the cluster since is refused too.
+    must(on_cluster(d, kc, &["plan", "--out", "second.json"]), "plan");
+    let o = kubectl(
+        &path,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "configmap",
+            "settings",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"mode":"slow"}}"#,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = on_cluster(d, kc, &["apply", "second.json"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("its changes differ"), "{}", stderr(&o));
+    must(on_cluster(d, kc, &["destroy", "--yes"]), "destroy");
+}
