@@ -106,8 +106,10 @@ pub(crate) async fn plan(
 ) -> Result<UnitPlan, DriverError> {
     let options = options(ctx)?;
     let cluster = clusters.get(target, endpoint).await.map_err(kube_error)?;
-    // Secret values never enter the render hash.
-    let mut hashed = String::new();
+    // Secret values never enter the render hash; which cluster does (a
+    // saved plan is for the cluster it was made on, whatever file its
+    // kubeconfig is read from).
+    let mut hashed = format!("{}\0", cluster.identity());
     for o in &objects {
         hashed.push_str(&o.address);
         hashed.push('\0');

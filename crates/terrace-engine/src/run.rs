@@ -844,8 +844,12 @@ impl Engine {
         }
         let mut settings = unit.settings.clone();
         plain.redact_value(&mut settings);
+        // The target by name: where its kubeconfig file sits may differ
+        // between the machine that plans and the one that applies; which
+        // cluster it reaches is in the driver's render hash.
+        let target = unit.target.as_ref().map(|t| (&t.name, t.kind));
         terrace_fs::digest::digest(
-            serde_json::to_string(&(&inputs, &settings, &unit.target))
+            serde_json::to_string(&(&inputs, &settings, target))
                 .expect("values serialize")
                 .as_bytes(),
         )

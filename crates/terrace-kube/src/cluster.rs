@@ -61,6 +61,9 @@ pub struct Cluster {
     /// The target's name, for messages.
     pub name: String,
     client: Client,
+    /// Which API server it is (its URL) and the default namespace: what
+    /// identifies the cluster whatever file its binding was read from.
+    identity: String,
     /// Per `apiVersion`: its kinds (`None` when the cluster does not serve
     /// that group version).
     discovered: Mutex<HashMap<String, Option<HashMap<String, Resource>>>>,
@@ -77,9 +80,15 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// A cluster over an existing client (tests pass a scripted one).
     pub fn new(name: impl Into<String>, client: Client) -> Cluster {
+        let identity = format!("(client) {}", client.default_namespace());
+        Cluster::with_identity(name, client, identity)
+    }
+
+    fn with_identity(name: impl Into<String>, client: Client, identity: String) -> Cluster {
         Cluster {
             name: name.into(),
             client,
+            identity,
             discovered: Mutex::new(HashMap::new()),
         }
     }
@@ -105,8 +114,15 @@ impl Cluster {
             }
             Endpoint::InCluster => Config::incluster().map_err(|e| fail(e.to_string()))?,
         };
+        let identity = format!("{} {}", config.cluster_url, config.default_namespace);
         let client = Client::try_from(config).map_err(|e| fail(e.to_string()))?;
-        Ok(Cluster::new(name, client))
+        Ok(Cluster::with_identity(name, client, identity))
+    }
+
+    /// The API server's URL and the default namespace: the same cluster
+    /// reached through another kubeconfig file is the same identity.
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// The namespace of objects that name none (the context's, else
