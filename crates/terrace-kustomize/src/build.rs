@@ -75,6 +75,20 @@ pub(crate) struct Res {
     /// reference goes to the object of its own branch (as kustomize's
     /// name references prefer the referee with the referrer's history).
     origin: Vec<u32>,
+    /// Where it came from, for `buildMetadata: [originAnnotations]`.
+    from: Source,
+}
+
+/// Where a resource came from: a file, or a generator of a kustomization.
+#[derive(Debug, Clone, Default)]
+enum Source {
+    #[default]
+    Unknown,
+    File(PathBuf),
+    Generated {
+        configured_in: PathBuf,
+        kind: &'static str,
+    },
 }
 
 /// A new id for one kustomization's build (see [`Res::origin`]).
@@ -95,6 +109,7 @@ impl Res {
             first_kind,
             hash: false,
             origin: Vec::new(),
+            from: Source::Unknown,
         }
     }
 
@@ -104,6 +119,85 @@ impl Res {
         }
         self.value["metadata"]["name"] = Value::String(new);
     }
+}
+
+/// The root kustomization's `buildMetadata` (a base's is not read, as in
+/// kustomize): `managedByLabel` labels every object as kubectl's kustomize
+/// does, `originAnnotations` says where each came from (its file, or the
+/// generator and the kustomization that configured it), relative to the
+/// root. Unknown options are ignored, as kustomize ignores them.
+fn build_metadata(
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    resources: &mut [Res],
+) -> Result<(), KustomizeError> {
+    let options = strings(k, "buildMetadata", file)?;
+    if options.iter().any(|o| o == "transformerAnnotations") {
+        return Err(KustomizeError::Unsupported {
+            file: file.to_owned(),
+            field: "buildMetadata: transformerAnnotations".to_owned(),
+        });
+    }
+    let origins = options.iter().any(|o| o == "originAnnotations");
+    let managed = options.iter().any(|o| o == "managedByLabel");
+    for r in resources.iter_mut() {
+        if origins {
+            let text = match &r.from {
+                Source::File(path) => format!("path: {}\n", relative_to(dir, path)),
+                Source::Generated {
+                    configured_in,
+                    kind,
+                } => format!(
+                    "configuredIn: {}\nconfiguredBy:\n  apiVersion: builtin\n  kind: {kind}\n",
+                    relative_to(dir, configured_in)
+                ),
+                Source::Unknown => continue,
+            };
+            set_metadata(
+                &mut r.value,
+                "annotations",
+                "config.kubernetes.io/origin",
+                text,
+            );
+        }
+        if managed {
+            set_metadata(
+                &mut r.value,
+                "labels",
+                "app.kubernetes.io/managed-by",
+                // What kubectl's built-in kustomize says of itself.
+                "kustomize-(devel)".to_owned(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Sets `metadata.<field>.<key>` when `metadata` is a map.
+fn set_metadata(value: &mut Value, field: &str, key: &str, text: String) {
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut)
+        && let Some(map) = meta
+            .entry(field)
+            .or_insert_with(|| Value::Object(Map::new()))
+            .as_object_mut()
+    {
+        map.insert(key.to_owned(), Value::String(text));
+    }
+}
+
+/// `path` relative to the directory `base` (both normalized), `/`-separated.
+fn relative_to(base: &Path, path: &Path) -> String {
+    let b: Vec<_> = base.components().collect();
+    let p: Vec<_> = path.components().collect();
+    let common = b.iter().zip(&p).take_while(|(x, y)| x == y).count();
+    let mut parts: Vec<String> = vec!["..".to_owned(); b.len() - common];
+    parts.extend(
+        p[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    parts.join("/")
 }
 
 /// Builds the kustomization in `dir`: the objects `kustomize build` prints.
@@ -132,6 +226,7 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
             });
         }
     }
+    build_metadata(&dir, &file, &k, &mut resources)?;
     let origins: Vec<Vec<u32>> = resources.iter().map(|r| r.origin.clone()).collect();
     let mut objects: Vec<Value> = resources.into_iter().map(|r| r.value).collect();
     transform::fix_references(&mut objects, &origins, &renamed);
@@ -544,7 +639,11 @@ fn load_resources(
         } else if fs.is_file(&path) {
             let path = restricted(fs, dir, &entry, file)?;
             let text = read(fs, &path, file)?;
-            acc.extend(parse_objects(&text, &path)?.into_iter().map(Res::new));
+            acc.extend(parse_objects(&text, &path)?.into_iter().map(|v| {
+                let mut r = Res::new(v);
+                r.from = Source::File(path.clone());
+                r
+            }));
         } else {
             return Err(KustomizeError::invalid(
                 file,
@@ -1161,6 +1260,14 @@ fn generate(
         )),
         ("create", None) => {
             let mut r = Res::new(value);
+            r.from = Source::Generated {
+                configured_in: file.to_owned(),
+                kind: if secret {
+                    "SecretGenerator"
+                } else {
+                    "ConfigMapGenerator"
+                },
+            };
             r.hash = !disable_hash;
             acc.push(r);
             Ok(())
@@ -1218,10 +1325,12 @@ fn generate(
             let mut value = value;
             value["metadata"] = metadata;
             let origin = std::mem::take(&mut r.origin);
+            let from = std::mem::take(&mut r.from);
             *r = Res::new(value);
             r.names = names;
             r.first_namespace = first_namespace;
             r.origin = origin;
+            r.from = from;
             r.hash = !disable_hash;
             Ok(())
         }

@@ -33,3 +33,20 @@ fn every_unsupported_field_is_refused_by_name() {
         );
     }
 }
+
+#[test]
+fn transformer_annotations_are_refused_by_name() {
+    let mut fs = MemFs::new();
+    fs.add(
+        "/app/kustomization.yaml",
+        "buildMetadata: [originAnnotations, transformerAnnotations]\n",
+    );
+    let err = build(&fs, Path::new("/app"))
+        .expect_err("transformerAnnotations is not supported")
+        .to_string();
+    assert!(
+        err.contains("`buildMetadata: transformerAnnotations` is not supported")
+            && err.contains("/app/kustomization.yaml"),
+        "{err}"
+    );
+}

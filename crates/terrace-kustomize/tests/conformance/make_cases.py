@@ -1588,6 +1588,20 @@ case("labels-with-field-specs", {
     "c.yaml": "apiVersion: example.com/v1\nkind: Custom\nmetadata:\n  name: c\nspec:\n  items:\n  - name: a\n  - name: b\n    labels: {x: z}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: m\n",
 })
 
+# buildMetadata: the root's options, relative origins of files and
+# generators (in a base, in a directory resource), kubectl's managed-by.
+case("build-metadata-origins-and-managed-by", {
+    "base/kustomization.yaml": "resources: [cm.yaml]\nconfigMapGenerator:\n- name: gen\n  literals: [x=1]\nsecretGenerator:\n- name: pw\n  literals: [p=2]\n",
+    "base/cm.yaml": CM,
+    "overlay/kustomization.yaml": "resources:\n- ../base\n- dir/two.yaml\nbuildMetadata: [managedByLabel, originAnnotations, notAnOption]\nnamePrefix: o-\nconfigMapGenerator:\n- name: top\n  literals: [y=2]\n",
+    "overlay/dir/two.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  annotations:\n    keep: \"yes\"\n  labels:\n    app.kubernetes.io/managed-by: me\n",
+}, build="overlay")
+case("build-metadata-of-a-base-is-not-read", {
+    "base/kustomization.yaml": "resources: [cm.yaml]\nbuildMetadata: [managedByLabel, originAnnotations]\n",
+    "base/cm.yaml": CM,
+    "overlay/kustomization.yaml": "resources: [../base]\n",
+}, build="overlay")
+
 
 def main():
     if os.path.isdir(CASES):
