@@ -353,6 +353,9 @@ impl Builder {
                     (Schema::Kyaml, ScalarStyle::Plain, None) => {
                         go_number(&value).unwrap_or_else(|| plain(&value))
                     }
+                    (Schema::Kyaml, ScalarStyle::Folded, _) => {
+                        scalar(&go_folded(&value), style, tag.as_deref())?
+                    }
                     _ => scalar(&value, style, tag.as_deref())?,
                 };
                 if anchor != 0 {
@@ -777,6 +780,30 @@ fn check_depth(depth: usize, through_alias: bool) -> Result<(), String> {
 
 /// Resolves a scalar the way YAML 1.2's core schema does; quoted and
 /// block scalars are strings.
+/// A folded scalar's text as go-yaml (and so kustomize) reads it: a
+/// more-indented line after a line that is not gets one line break more
+/// than the YAML spec gives (`a\n  b` is `a\n\n  b`), also across blank
+/// lines; more-indented lines after one another are as the spec says.
+fn go_folded(value: &str) -> String {
+    let more = |line: &str| line.starts_with([' ', '\t']);
+    let mut out = String::with_capacity(value.len() + 8);
+    // Whether the last line with text in it was more-indented.
+    let mut last_more: Option<bool> = None;
+    for (i, line) in value.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if !line.is_empty() {
+            if more(line) && last_more == Some(false) {
+                out.push('\n');
+            }
+            last_more = Some(more(line));
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 fn scalar(value: &str, style: ScalarStyle, tag: Option<&str>) -> Result<Node, String> {
     if let Some(tag) = tag {
         return Ok(match tag {

@@ -1602,6 +1602,13 @@ case("build-metadata-of-a-base-is-not-read", {
     "overlay/kustomization.yaml": "resources: [../base]\n",
 }, build="overlay")
 
+# Folded scalars with more-indented lines, as go-yaml reads them (one line
+# break more before a more-indented line than the YAML spec gives).
+case("folded-scalars-with-more-indented-lines", {
+    "kustomization.yaml": "resources: [cm.yaml]\n",
+    "cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: >-\n    first line\n    second\n      indented more\n    back\n\n    after blank\n  b: >-\n    a\n\n      b\n  c: >-\n    a\n\n    b\n      c\n\n      d\n    e\n  d: |-\n    lit\n      more\n    x\n  e: >\n    a\n      b\n    c\n\n  f: >+\n    a\n      b\n\n",
+})
+
 
 def main():
     if os.path.isdir(CASES):
