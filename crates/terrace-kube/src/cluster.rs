@@ -215,6 +215,26 @@ impl Cluster {
         kube::core::Request::new(DynamicObject::url_path(&ar, namespace))
     }
 
+    /// Opens a watch kube built: the object's changes as they happen.
+    pub async fn watch(
+        &self,
+        built: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+        what: &str,
+    ) -> Result<
+        impl futures::Stream<Item = Result<kube::core::WatchEvent<Value>, kube::Error>> + use<>,
+        KubeError,
+    > {
+        let request = built.map_err(|e| KubeError::Request(format!("{what}: {e}")))?;
+        match self.client.request_events::<Value>(request).await {
+            Ok(events) => Ok(events),
+            Err(kube::Error::Api(status)) => Err(KubeError::Api(status)),
+            Err(e) => Err(KubeError::Request(format!(
+                "{what}: {e} (cluster `{}`)",
+                self.name
+            ))),
+        }
+    }
+
     /// Sends a request kube built and reads the JSON answer; API errors
     /// keep their status.
     pub async fn send(

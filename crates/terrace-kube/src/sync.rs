@@ -1172,49 +1172,114 @@ async fn wait_gone(
 }
 
 /// Waits until every object in `objects` is healthy; names those that are
-/// not, with why, when one fails or the deadline passes.
+/// not, with why, when one fails or the deadline passes. Each object is
+/// read, then watched (its changes arrive as they happen); where a watch
+/// cannot be opened, it is read again every `poll`.
 async fn wait_healthy(
     plan: &KubePlan,
     objects: &[&ObjectPlan],
     deadline: Instant,
 ) -> Result<(), KubeError> {
-    let mut pending: Vec<&ObjectPlan> = objects.to_vec();
-    let mut reasons: HashMap<String, String> = HashMap::new();
+    let waits = objects.iter().map(|o| wait_one(plan, o, deadline));
+    let outcomes = futures::future::join_all(waits).await;
+    let mut late = Vec::new();
+    for (o, outcome) in objects.iter().zip(outcomes) {
+        match outcome? {
+            Health::Ready => {}
+            Health::Failed(why) => {
+                return Err(unhealthy(&[(o.desired.address.clone(), why)], false));
+            }
+            Health::Progressing(why) => late.push((o.desired.address.clone(), why)),
+        }
+    }
+    if late.is_empty() {
+        Ok(())
+    } else {
+        Err(unhealthy(&late, true))
+    }
+}
+
+/// How a watch of one object ended.
+enum Watched {
+    Settled(Health),
+    /// Read the object again and watch anew.
+    Again,
+    /// The answer was no watch stream: poll instead.
+    Unwatchable,
+}
+
+/// One object until it is ready, fails, or the deadline passes (then
+/// `Progressing` with the last reason).
+async fn wait_one(plan: &KubePlan, o: &ObjectPlan, deadline: Instant) -> Result<Health, KubeError> {
+    let cluster = &plan.cluster;
+    let (target, resource) = placed(cluster, o).await?;
+    let about = |e: KubeError| e.about(&o.desired.address, &o.desired.source);
     loop {
-        let mut still = Vec::new();
-        for o in pending {
-            let (target, resource) = placed(&plan.cluster, o).await?;
-            let live = target
-                .get(&plan.cluster, &resource)
-                .await
-                .map_err(|e| e.about(&o.desired.address, &o.desired.source))?;
-            match health(&live) {
-                Health::Ready => {}
-                Health::Failed(why) => {
-                    return Err(unhealthy(&[(o.desired.address.clone(), why)], false));
-                }
-                Health::Progressing(why) => {
-                    reasons.insert(o.desired.address.clone(), why);
-                    still.push(o);
+        let live = target.get(cluster, &resource).await.map_err(about)?;
+        let why = match health(&live) {
+            Health::Progressing(why) => why,
+            settled => return Ok(settled),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Health::Progressing(why));
+        }
+        let version = live["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_owned();
+        let params = kube::api::WatchParams::default()
+            .fields(&format!("metadata.name={}", target.name))
+            .timeout(left.as_secs().clamp(1, 290) as u32);
+        let request = target.requests(cluster, &resource).watch(&params, &version);
+        let watched = match cluster
+            .watch(request, &format!("watch {}", o.desired.address))
+            .await
+        {
+            Ok(events) => {
+                let settle = async {
+                    let mut events = std::pin::pin!(events);
+                    loop {
+                        match events.try_next().await {
+                            Ok(Some(
+                                kube::core::WatchEvent::Added(v)
+                                | kube::core::WatchEvent::Modified(v),
+                            )) => match health(&v) {
+                                Health::Progressing(_) => {}
+                                settled => return Watched::Settled(settled),
+                            },
+                            Ok(Some(kube::core::WatchEvent::Bookmark(_))) => {}
+                            // Gone, the watch expired or ended: read it
+                            // again.
+                            Ok(Some(
+                                kube::core::WatchEvent::Deleted(_)
+                                | kube::core::WatchEvent::Error(_),
+                            ))
+                            | Ok(None) => return Watched::Again,
+                            // Not a watch stream at all.
+                            Err(_) => return Watched::Unwatchable,
+                        }
+                    }
+                };
+                match tokio::time::timeout(left, settle).await {
+                    Ok(Watched::Settled(settled)) => return Ok(settled),
+                    Ok(Watched::Again) => true,
+                    Ok(Watched::Unwatchable) => false,
+                    Err(_) => return Ok(Health::Progressing(why)),
                 }
             }
-        }
-        if still.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            let named: Vec<(String, String)> = still
-                .iter()
-                .map(|o| {
-                    let a = o.desired.address.clone();
-                    let why = reasons.get(&a).cloned().unwrap_or_default();
-                    (a, why)
-                })
-                .collect();
-            return Err(unhealthy(&named, true));
-        }
-        pending = still;
-        tokio::time::sleep(plan.options.poll).await;
+            Err(_) => false,
+        };
+        // No watch here (a proxy that refuses them, a scripted fake): read
+        // it again after the poll interval. After a watch that ended,
+        // a short pause keeps a server that ends every watch at once from
+        // being asked in a loop.
+        let pause = if watched {
+            Duration::from_millis(100)
+        } else {
+            plan.options.poll
+        };
+        tokio::time::sleep(pause.min(left)).await;
     }
 }
 
