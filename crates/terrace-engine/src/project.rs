@@ -192,8 +192,11 @@ fn read_unit(root: &Path, path: &Path) -> Result<Result<UnitDecl, Diagnostic>, s
 
 /// Every `unit.yaml` under `root`, in path order.
 pub fn discover_unit_files(root: &Path) -> Result<Vec<PathBuf>, EngineError> {
-    let mut found = Vec::new();
-    let walker = ignore::WalkBuilder::new(root)
+    // Walked on every core; the paths are sorted afterwards, so the order
+    // is the same as a sorted walk's.
+    let found = std::sync::Mutex::new(Vec::new());
+    let failure = std::sync::Mutex::new(None::<String>);
+    ignore::WalkBuilder::new(root)
         .standard_filters(false)
         .hidden(false)
         .add_custom_ignore_filename(IGNORE_FILE)
@@ -201,14 +204,44 @@ pub fn discover_unit_files(root: &Path) -> Result<Vec<PathBuf>, EngineError> {
             !(e.file_type().is_some_and(|t| t.is_dir())
                 && SKIPPED_DIRS.iter().any(|s| e.file_name() == *s))
         })
-        .sort_by_file_path(|a, b| a.cmp(b))
-        .build();
-    for entry in walker {
-        let entry = entry.map_err(|e| std::io::Error::other(e.to_string()))?;
-        if entry.file_name() == UNIT_FILE && entry.file_type().is_some_and(|t| t.is_file()) {
-            found.push(entry.into_path());
-        }
+        .threads(
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(8),
+        )
+        .build_parallel()
+        .run(|| {
+            Box::new(|entry| match entry {
+                Ok(entry) => {
+                    if entry.file_name() == UNIT_FILE
+                        && entry.file_type().is_some_and(|t| t.is_file())
+                    {
+                        found
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(entry.into_path());
+                    }
+                    ignore::WalkState::Continue
+                }
+                Err(e) => {
+                    failure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get_or_insert(e.to_string());
+                    ignore::WalkState::Quit
+                }
+            })
+        });
+    if let Some(e) = failure
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        return Err(std::io::Error::other(e).into());
     }
+    let mut found = found
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    found.sort();
     Ok(found)
 }
 
