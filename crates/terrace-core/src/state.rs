@@ -184,10 +184,15 @@ impl UnitState {
     /// Terraform modules and resources), and outputs it held only as
     /// `(sensitive)` become names in `sensitive_outputs`.
     pub fn from_json(text: &str) -> Result<UnitState, RecordError> {
-        let value: Value = serde_json::from_str(text)?;
-        match value.get("format").and_then(Value::as_u64) {
-            Some(1) => Ok(v1::upgrade(serde_json::from_value(value)?)),
-            Some(f) if f == u64::from(STATE_FORMAT) => Ok(serde_json::from_value(value)?),
+        /// Only the format, read without building the rest.
+        #[derive(Deserialize)]
+        struct Probe {
+            format: Option<u64>,
+        }
+        let probe: Probe = serde_json::from_str(text)?;
+        match probe.format {
+            Some(1) => Ok(v1::upgrade(serde_json::from_str(text)?)),
+            Some(f) if f == u64::from(STATE_FORMAT) => Ok(serde_json::from_str(text)?),
             Some(found) => Err(RecordError::Format { found }),
             None => Err(RecordError::Format { found: 0 }),
         }
