@@ -354,6 +354,8 @@ fn load(fs: &dyn Fs, dir: &Path) -> Result<(PathBuf, Map<String, Value>), Kustom
             ));
         }
     }
+    let mut k = k;
+    crate::schema::canonical_names(&mut k);
     crate::schema::check(&k, &file)?;
     Ok((file, k))
 }

@@ -121,6 +121,48 @@ const KUSTOMIZATION: &[(&str, Ty)] = &[
     ("replacements", Ty::List(&Ty::Obj(&[("path", Ty::Str)]))),
 ];
 
+/// Renames the fields of the kustomization's typed parts to their
+/// canonical names where they match case-insensitively (`images[].Name`
+/// is `name`), as Go's JSON decoder matches struct fields. Maps of data
+/// (labels, annotations) keep their keys as written.
+pub(crate) fn canonical_names(k: &mut serde_json::Map<String, Value>) {
+    for (field, ty) in KUSTOMIZATION {
+        if let Some(v) = k.get_mut(*field) {
+            canonical_value(v, ty);
+        }
+    }
+}
+
+fn canonical_value(v: &mut Value, ty: &Ty) {
+    match (ty, v) {
+        (Ty::Obj(fields), Value::Object(m)) => {
+            let keys: Vec<String> = m.keys().cloned().collect();
+            for key in keys {
+                if fields.iter().any(|(f, _)| *f == key) {
+                    continue;
+                }
+                if let Some((f, _)) = fields.iter().find(|(f, _)| f.eq_ignore_ascii_case(&key))
+                    && !m.contains_key(*f)
+                    && let Some(value) = m.remove(&key)
+                {
+                    m.insert((*f).to_owned(), value);
+                }
+            }
+            for (f, field_ty) in fields.iter() {
+                if let Some(child) = m.get_mut(*f) {
+                    canonical_value(child, field_ty);
+                }
+            }
+        }
+        (Ty::List(item_ty), Value::Array(items)) => {
+            for item in items {
+                canonical_value(item, item_ty);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

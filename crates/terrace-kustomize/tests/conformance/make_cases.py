@@ -1609,6 +1609,13 @@ case("folded-scalars-with-more-indented-lines", {
     "cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: >-\n    first line\n    second\n      indented more\n    back\n\n    after blank\n  b: >-\n    a\n\n      b\n  c: >-\n    a\n\n    b\n      c\n\n      d\n    e\n  d: |-\n    lit\n      more\n    x\n  e: >\n    a\n      b\n    c\n\n  f: >+\n    a\n      b\n\n",
 })
 
+# Nested field names match case-insensitively, as Go's JSON decoder
+# matches struct fields; data maps keep their keys.
+case("nested-field-names-match-case-insensitively", {
+    "kustomization.yaml": "resources: [deploy.yaml]\nimages:\n- Name: nginx\n  newtag: \"2.0\"\nconfigMapGenerator:\n- Name: gen\n  LITERALS: [a=1]\n  Options:\n    DisableNameSuffixHash: true\n    Labels: {Team: Web}\nreplicas:\n- NAME: web\n  Count: 3\npatches:\n- Target: {Kind: Deployment}\n  Patch: |-\n    - op: add\n      path: /metadata/labels\n      value: {Patched: \"yes\"}\n",
+    "deploy.yaml": DEPLOY,
+})
+
 
 def main():
     if os.path.isdir(CASES):
