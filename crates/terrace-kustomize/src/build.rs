@@ -77,6 +77,10 @@ pub(crate) struct Res {
     origin: Vec<u32>,
     /// Where it came from, for `buildMetadata: [originAnnotations]`.
     from: Source,
+    /// The name prefixes and suffixes given to it, innermost first: a
+    /// reference prefers a referral given the same ones (kustomize's
+    /// `PrefixesSuffixesEquals`).
+    affixes: Vec<(String, String)>,
 }
 
 /// Where a resource came from: a file, or a generator of a kustomization.
@@ -110,6 +114,7 @@ impl Res {
             hash: false,
             origin: Vec::new(),
             from: Source::Unknown,
+            affixes: Vec::new(),
         }
     }
 
@@ -215,21 +220,25 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
         let new = format!("{}-{suffix}", transform::name(&r.value));
         r.rename(new);
     }
+    // Every object is a possible referral, renamed or not: a reference
+    // goes to the one kustomize would pick among all that ever had the
+    // name.
     for r in &resources {
-        if r.names.len() > 1 {
-            renamed.push(Renamed {
-                kind: transform::kind(&r.value).to_owned(),
-                old: r.names[..r.names.len() - 1].to_vec(),
-                new: r.names.last().cloned().unwrap_or_default(),
-                namespace: transform::namespace(&r.value).to_owned(),
-                origin: r.origin.clone(),
-            });
-        }
+        renamed.push(Renamed {
+            kind: transform::kind(&r.value).to_owned(),
+            old: r.names.clone(),
+            new: r.names.last().cloned().unwrap_or_default(),
+            namespace: transform::namespace(&r.value).to_owned(),
+            origin: r.origin.clone(),
+            affixes: r.affixes.clone(),
+        });
     }
     build_metadata(&dir, &file, &k, &mut resources)?;
     let origins: Vec<Vec<u32>> = resources.iter().map(|r| r.origin.clone()).collect();
+    let affixes: Vec<Vec<(String, String)>> = resources.iter().map(|r| r.affixes.clone()).collect();
     let mut objects: Vec<Value> = resources.into_iter().map(|r| r.value).collect();
-    transform::fix_references(&mut objects, &origins, &renamed);
+    transform::fix_references(&mut objects, &origins, &affixes, &renamed)
+        .map_err(|m| KustomizeError::invalid(&file, m))?;
     // Without sortOptions the order is legacy; with them, `order` must
     // say which, as kustomize requires.
     let order = match k.get("sortOptions") {
@@ -789,6 +798,7 @@ fn transform_own(
             if transform::takes_prefix(&r.value) {
                 let new = format!("{prefix}{}{suffix}", transform::name(&r.value));
                 r.rename(new);
+                r.affixes.push((prefix.to_owned(), suffix.to_owned()));
             }
         }
     }
@@ -1328,11 +1338,13 @@ fn generate(
             value["metadata"] = metadata;
             let origin = std::mem::take(&mut r.origin);
             let from = std::mem::take(&mut r.from);
+            let affixes = std::mem::take(&mut r.affixes);
             *r = Res::new(value);
             r.names = names;
             r.first_namespace = first_namespace;
             r.origin = origin;
             r.from = from;
+            r.affixes = affixes;
             r.hash = !disable_hash;
             Ok(())
         }

@@ -699,6 +699,8 @@ pub struct Renamed {
     pub namespace: String,
     /// The kustomization builds it came through, innermost first.
     pub origin: Vec<u32>,
+    /// The name prefixes and suffixes given to it, innermost first.
+    pub affixes: Vec<(String, String)>,
 }
 
 /// How many kustomization builds, from the top down, two objects share:
@@ -711,15 +713,37 @@ fn shared_builds(a: &[u32], b: &[u32]) -> usize {
         .count()
 }
 
-/// Rewrites references to objects that were renamed. A reference matches a
-/// renamed object of its kind whose old names include it, preferring the
-/// one that came through the most of the referrer's builds (its own
-/// overlay in a diamond), then one in the referrer's namespace.
-/// `origins` holds each object's builds, innermost first.
-pub fn fix_references(objects: &mut [Value], origins: &[Vec<u32>], renamed: &[Renamed]) {
+/// Rewrites name references as kustomize's name-reference filter does.
+/// The candidates for a reference are the objects of its kind that ever
+/// had the name; a namespaced referrer keeps those in its namespace (and
+/// cluster-scoped objects and ServiceAccounts); of several, those that
+/// came through the most of the referrer's builds (its own overlay in a
+/// diamond, as kustomize compares prefixes and suffixes). None left: the
+/// reference stays; several with different names: an error, as in
+/// kustomize. `origins` holds each object's builds, innermost first;
+/// `objects_named` lists every object with all its names.
+pub fn fix_references(
+    objects: &mut [Value],
+    origins: &[Vec<u32>],
+    affixes: &[Vec<(String, String)>],
+    objects_named: &[Renamed],
+) -> Result<(), String> {
+    let mut by_name: std::collections::HashMap<&str, Vec<&Renamed>> =
+        std::collections::HashMap::new();
+    for x in objects_named {
+        for n in &x.old {
+            let list = by_name.entry(n.as_str()).or_default();
+            if !list.iter().any(|y| std::ptr::eq(*y, x)) {
+                list.push(x);
+            }
+        }
+    }
     for (i, o) in objects.iter_mut().enumerate() {
         let origin = origins.get(i).map(Vec::as_slice).unwrap_or_default();
+        let own_affixes = affixes.get(i).map(Vec::as_slice).unwrap_or_default();
         let ns = namespace(o).to_owned();
+        let referrer = format!("{} {}", kind(o), name(o));
+        let referrer_cluster_scoped = CLUSTER_SCOPED.contains(&kind(o));
         let statefulset_service = if kind(o) == "StatefulSet" {
             o["spec"]["serviceName"].as_str().map(str::to_owned)
         } else {
@@ -729,32 +753,63 @@ pub fn fix_references(objects: &mut [Value], origins: &[Vec<u32>], renamed: &[Re
             let Some(current) = r.value.as_str() else {
                 continue;
             };
-            let candidates: Vec<&Renamed> = renamed
-                .iter()
-                .filter(|x| r.refers_to(&x.kind) && x.old.iter().any(|n| n == current))
+            let mut candidates: Vec<&Renamed> = by_name
+                .get(current)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|x| r.refers_to(&x.kind))
                 .filter(|x| r.namespace.as_ref().is_none_or(|ns| *ns == x.namespace))
+                .filter(|x| {
+                    referrer_cluster_scoped
+                        || CLUSTER_SCOPED.contains(&x.kind.as_str())
+                        || x.kind == "ServiceAccount"
+                        || same_namespace(&x.namespace, &ns)
+                })
                 .collect();
-            let mut chosen: Option<&Renamed> = None;
-            let mut best = (0, false);
-            for x in &candidates {
-                let score = (shared_builds(origin, &x.origin), x.namespace == ns);
-                if chosen.is_none() || score > best {
-                    chosen = Some(x);
-                    best = score;
+            if candidates.len() > 1 {
+                // Those given the same prefixes and suffixes as the
+                // referrer (none left: the reference stays), then, of
+                // several still, those that came through the most of its
+                // builds.
+                candidates.retain(|x| x.affixes == own_affixes);
+                if candidates.len() > 1 {
+                    let closest = candidates
+                        .iter()
+                        .map(|x| shared_builds(origin, &x.origin))
+                        .max()
+                        .unwrap_or(0);
+                    candidates.retain(|x| shared_builds(origin, &x.origin) == closest);
                 }
             }
-            if let Some(x) = chosen {
-                *r.value = Value::String(x.new.clone());
+            let chosen = match candidates.as_slice() {
+                [] => continue,
+                [one] => *one,
+                [first, rest @ ..] if rest.iter().all(|x| x.new == first.new) => *first,
+                several => {
+                    let ids: Vec<String> = several
+                        .iter()
+                        .map(|x| format!("{} {}/{}", x.kind, x.namespace, x.new))
+                        .collect();
+                    return Err(format!(
+                        "{referrer}: the reference to `{current}` could be any of {}: found multiple possible referrals",
+                        ids.join(", ")
+                    ));
+                }
+            };
+            if chosen.new != current {
+                *r.value = Value::String(chosen.new.clone());
             }
         }
         if let Some(svc) = statefulset_service
-            && let Some(x) = renamed
+            && let Some(x) = objects_named
                 .iter()
-                .find(|x| x.kind == "Service" && x.old.contains(&svc))
+                .find(|x| x.kind == "Service" && x.old.contains(&svc) && x.new != svc)
         {
             o["spec"]["serviceName"] = Value::String(x.new.clone());
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

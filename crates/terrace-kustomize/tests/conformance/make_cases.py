@@ -1616,6 +1616,24 @@ case("nested-field-names-match-case-insensitively", {
     "deploy.yaml": DEPLOY,
 })
 
+# Name references as kustomize picks them: a namespaced referrer only
+# looks in its own namespace (none there: the reference stays), an
+# object not renamed counts as much as a renamed one, and a reference
+# that could be several objects with different names is refused.
+AMBIGUOUS_RESOURCES = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n  namespace: a\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n  namespace: b\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: POD_NS\nspec:\n  containers:\n  - name: x\n    image: x\n    envFrom:\n    - configMapRef:\n        name: cm\n"
+case("reference-to-objects-of-other-namespaces-stays", {
+    "kustomization.yaml": "resources: [r.yaml]\nnameSuffix: -s\n",
+    "r.yaml": AMBIGUOUS_RESOURCES.replace("POD_NS", "c"),
+})
+case("reference-keeps-to-its-namespace-object-not-renamed", {
+    "kustomization.yaml": "resources: [r.yaml]\npatches:\n- target: {kind: ConfigMap, namespace: b}\n  patch: |-\n    - op: replace\n      path: /metadata/name\n      value: renamed-b\n",
+    "r.yaml": AMBIGUOUS_RESOURCES.replace("POD_NS", "a"),
+})
+case("error-ambiguous-reference", {
+    "kustomization.yaml": "resources: [role.yaml]\nconfigMapGenerator:\n- name: cm\n  namespace: a\n  literals: [x=1]\n- name: cm\n  namespace: b\n  literals: [x=2]\n",
+    "role.yaml": "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: r\nrules:\n- apiGroups: [\"\"]\n  resources: [configmaps]\n  resourceNames: [cm]\n  verbs: [get]\n",
+}, error="found multiple possible referrals")
+
 
 def main():
     if os.path.isdir(CASES):
