@@ -470,6 +470,25 @@ fn refs(v: &mut Value) -> Vec<Ref<'_>> {
             }
             return out;
         }
+        // A webhook's service, in the namespace it names.
+        "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration" => {
+            let hooks = v.get_mut("webhooks").and_then(Value::as_array_mut);
+            for hook in hooks.into_iter().flatten() {
+                let service = hook
+                    .get_mut("clientConfig")
+                    .and_then(|c| c.get_mut("service"));
+                if let Some(service) = service {
+                    let namespace = service["namespace"].as_str().map(str::to_owned);
+                    if let Some(n) = service.get_mut("name") {
+                        out.push(Ref {
+                            namespace,
+                            ..Ref::to("Service", n)
+                        });
+                    }
+                }
+            }
+            return out;
+        }
         "ValidatingAdmissionPolicyBinding" => {
             if let Some(n) = v.get_mut("spec").and_then(|s| s.get_mut("policyName")) {
                 out.push(Ref::to("ValidatingAdmissionPolicy", n));

@@ -1634,6 +1634,17 @@ case("error-ambiguous-reference", {
     "role.yaml": "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: r\nrules:\n- apiGroups: [\"\"]\n  resources: [configmaps]\n  resourceNames: [cm]\n  verbs: [get]\n",
 }, error="found multiple possible referrals")
 
+# A webhook's service is a name reference, in the namespace it names; an
+# APIService's is not (kubectl leaves it).
+case("webhook-and-apiservice-services-follow-renames", {
+    "base/kustomization.yaml": "resources: [svc.yaml]\n",
+    "base/svc.yaml": "apiVersion: v1\nkind: Service\nmetadata:\n  name: svc\nspec:\n  ports: [{port: 443}]\n",
+    "a/kustomization.yaml": "resources: [../base]\nnamespace: na\nnamePrefix: a-\n",
+    "b/kustomization.yaml": "resources: [../base]\nnamespace: nb\nnamePrefix: b-\n",
+    "top/kustomization.yaml": "resources: [../a, ../b, hooks.yaml]\n",
+    "top/hooks.yaml": "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata:\n  name: hook\nwebhooks:\n- name: h.example.com\n  clientConfig:\n    service:\n      name: svc\n      namespace: na\n  admissionReviewVersions: [v1]\n  sideEffects: None\n- name: g.example.com\n  clientConfig:\n    service:\n      name: svc\n      namespace: nb\n  admissionReviewVersions: [v1]\n  sideEffects: None\n---\napiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata:\n  name: v1.example.com\nspec:\n  group: example.com\n  version: v1\n  groupPriorityMinimum: 100\n  versionPriority: 10\n  service:\n    name: svc\n    namespace: nb\n",
+}, build="top")
+
 
 def main():
     if os.path.isdir(CASES):
