@@ -41,6 +41,7 @@ const SUPPORTED: &[&str] = &[
     "sortOptions",
     "buildMetadata",
     "replacements",
+    "configurations",
 ];
 
 /// Fields kustomize has that this engine does not implement yet: an error,
@@ -53,7 +54,6 @@ const UNSUPPORTED: &[&str] = &[
     "generators",
     "transformers",
     "validators",
-    "configurations",
     "crds",
     "openapi",
 ];
@@ -93,6 +93,16 @@ enum Source {
         configured_in: PathBuf,
         kind: &'static str,
     },
+}
+
+/// What a build carries from kustomization to kustomization: the
+/// directories being built (a cycle is an error) and the name references
+/// their `configurations` add (they apply to the whole build, as
+/// kustomize merges transformer configurations upwards).
+#[derive(Debug, Default)]
+struct Walk {
+    stack: Vec<PathBuf>,
+    name_refs: Vec<transform::NameRef>,
 }
 
 /// A new id for one kustomization's build (see [`Res::origin`]).
@@ -212,7 +222,8 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
     // A Component can be built on its own, as `kustomize build` does:
     // its resources, with its own generators and transformers.
     let is_component = k.get("kind").and_then(Value::as_str) == Some("Component");
-    let mut resources = accumulate_as(fs, &dir, &file, &k, &mut Vec::new(), is_component)?;
+    let mut walk = Walk::default();
+    let mut resources = accumulate_as(fs, &dir, &file, &k, &mut walk, is_component)?;
     // Hash suffixes come last, over the final content, without the name.
     let mut renamed = Vec::new();
     for r in resources.iter_mut().filter(|r| r.hash) {
@@ -237,7 +248,7 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
     let origins: Vec<Vec<u32>> = resources.iter().map(|r| r.origin.clone()).collect();
     let affixes: Vec<Vec<(String, String)>> = resources.iter().map(|r| r.affixes.clone()).collect();
     let mut objects: Vec<Value> = resources.into_iter().map(|r| r.value).collect();
-    transform::fix_references(&mut objects, &origins, &affixes, &renamed)
+    transform::fix_references(&mut objects, &origins, &affixes, &renamed, &walk.name_refs)
         .map_err(|m| KustomizeError::invalid(&file, m))?;
     // Without sortOptions the order is legacy; with them, `order` must
     // say which, as kustomize requires.
@@ -510,7 +521,7 @@ fn accumulate(
     dir: &Path,
     file: &Path,
     k: &Map<String, Value>,
-    stack: &mut Vec<PathBuf>,
+    stack: &mut Walk,
 ) -> Result<Vec<Res>, KustomizeError> {
     accumulate_as(fs, dir, file, k, stack, false)
 }
@@ -521,13 +532,14 @@ fn accumulate_as(
     dir: &Path,
     file: &Path,
     k: &Map<String, Value>,
-    stack: &mut Vec<PathBuf>,
+    stack: &mut Walk,
     component: bool,
 ) -> Result<Vec<Res>, KustomizeError> {
     check_kind(k, file, component)?;
     entered(dir, file, stack, |stack| {
         // kustomize's order: resources, own generators, components, own
         // transformers.
+        configurations(fs, dir, file, k, &mut stack.name_refs)?;
         let mut acc = load_resources(fs, dir, file, k, stack)?;
         check_unique(&acc, file)?;
         generate_own(fs, dir, file, k, &mut acc)?;
@@ -551,7 +563,7 @@ fn apply_components(
     file: &Path,
     k: &Map<String, Value>,
     acc: &mut Vec<Res>,
-    stack: &mut Vec<PathBuf>,
+    stack: &mut Walk,
 ) -> Result<(), KustomizeError> {
     for entry in strings(k, "components", file)? {
         let path = normalize(&dir.join(&entry));
@@ -573,21 +585,86 @@ fn apply_components(
 fn entered<T>(
     dir: &Path,
     file: &Path,
-    stack: &mut Vec<PathBuf>,
-    f: impl FnOnce(&mut Vec<PathBuf>) -> Result<T, KustomizeError>,
+    stack: &mut Walk,
+    f: impl FnOnce(&mut Walk) -> Result<T, KustomizeError>,
 ) -> Result<T, KustomizeError> {
-    if stack.iter().any(|d| d.as_path() == dir) {
-        let mut path: Vec<String> = stack.iter().map(|d| d.display().to_string()).collect();
+    if stack.stack.iter().any(|d| d.as_path() == dir) {
+        let mut path: Vec<String> = stack
+            .stack
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         path.push(dir.display().to_string());
         return Err(KustomizeError::invalid(
             file,
             format!("cycle detected: {}", path.join(" -> ")),
         ));
     }
-    stack.push(dir.to_owned());
+    stack.stack.push(dir.to_owned());
     let result = f(stack);
-    stack.pop();
+    stack.stack.pop();
     result
+}
+
+/// A kustomization's `configurations`: files of transformer
+/// configuration. Their `nameReference` entries are supported (fields of
+/// other kinds that name an object of a kind); any other section is
+/// refused by name.
+fn configurations(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    name_refs: &mut Vec<transform::NameRef>,
+) -> Result<(), KustomizeError> {
+    for entry in strings(k, "configurations", file)? {
+        let path = restricted(fs, dir, &entry, file)?;
+        let text = read(fs, &path, file)?;
+        let docs = yaml_documents(&text, &path)?;
+        for doc in docs {
+            let Some(config) = doc.as_object() else {
+                return Err(KustomizeError::invalid(
+                    &path,
+                    "a configuration must be a mapping",
+                ));
+            };
+            for (section, value) in config {
+                if section != "nameReference" {
+                    return Err(KustomizeError::Unsupported {
+                        file: path.clone(),
+                        field: format!("configurations: {section}"),
+                    });
+                }
+                for entry in value.as_array().into_iter().flatten() {
+                    let kind = entry["kind"].as_str().ok_or_else(|| {
+                        KustomizeError::invalid(&path, "a nameReference needs a `kind`")
+                    })?;
+                    let specs = entry["fieldSpecs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|spec| {
+                            Some(transform::FieldSpec {
+                                kind: spec["kind"].as_str().map(str::to_owned),
+                                group: spec["group"].as_str().map(str::to_owned),
+                                path: spec["path"]
+                                    .as_str()?
+                                    .split('/')
+                                    .filter(|p| !p.is_empty())
+                                    .map(str::to_owned)
+                                    .collect(),
+                            })
+                        })
+                        .collect();
+                    name_refs.push(transform::NameRef {
+                        kind: kind.to_owned(),
+                        specs,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A kustomization is used as a resource, a Component only under
@@ -631,7 +708,7 @@ fn load_resources(
     dir: &Path,
     file: &Path,
     k: &Map<String, Value>,
-    stack: &mut Vec<PathBuf>,
+    stack: &mut Walk,
 ) -> Result<Vec<Res>, KustomizeError> {
     let mut acc: Vec<Res> = Vec::new();
     let mut entries = strings(k, "resources", file)?;

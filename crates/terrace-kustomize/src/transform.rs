@@ -732,92 +732,207 @@ fn shared_builds(a: &[u32], b: &[u32]) -> usize {
         .count()
 }
 
+/// A name reference a kustomization's `configurations` add: fields of
+/// other kinds (by `fieldSpecs`) that name an object of `kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameRef {
+    pub kind: String,
+    pub specs: Vec<FieldSpec>,
+}
+
+/// Where a field is: in objects of `kind` (and `group`) when given, at
+/// `path` (`/`-separated; lists on the way are walked into).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldSpec {
+    pub kind: Option<String>,
+    pub group: Option<String>,
+    pub path: Vec<String>,
+}
+
+/// Every string at `path` under `v`, lists on the way walked into.
+fn at_path<'a>(v: &'a mut Value, path: &[String], out: &mut Vec<&'a mut Value>) {
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                at_path(item, path, out);
+            }
+        }
+        Value::Object(m) => {
+            let Some((first, rest)) = path.split_first() else {
+                return;
+            };
+            let key = first.strip_suffix("[]").unwrap_or(first);
+            if let Some(next) = m.get_mut(key) {
+                if rest.is_empty() {
+                    match next {
+                        Value::String(_) => out.push(next),
+                        Value::Array(items) => {
+                            out.extend(items.iter_mut().filter(|i| i.is_string()));
+                        }
+                        _ => {}
+                    }
+                } else {
+                    at_path(next, rest, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What a reference is resolved against: every object with all its names,
+/// indexed by name.
+struct Referrals<'a> {
+    by_name: std::collections::HashMap<&'a str, Vec<&'a Renamed>>,
+}
+
+/// Who refers: for kustomize's choice among candidates.
+struct Referrer<'a> {
+    label: String,
+    namespace: String,
+    cluster_scoped: bool,
+    origin: &'a [u32],
+    affixes: &'a [(String, String)],
+}
+
+impl<'a> Referrals<'a> {
+    fn new(objects_named: &'a [Renamed]) -> Referrals<'a> {
+        let mut by_name: std::collections::HashMap<&str, Vec<&Renamed>> =
+            std::collections::HashMap::new();
+        for x in objects_named {
+            for n in &x.old {
+                let list = by_name.entry(n.as_str()).or_default();
+                if !list.iter().any(|y| std::ptr::eq(*y, x)) {
+                    list.push(x);
+                }
+            }
+        }
+        Referrals { by_name }
+    }
+
+    /// The name `current` (a reference of `referrer` to an object a kind
+    /// of which `wanted` accepts, in `explicit_ns` when it names one)
+    /// should be now; `None` to leave it.
+    fn resolve(
+        &self,
+        current: &str,
+        wanted: impl Fn(&str) -> bool,
+        explicit_ns: Option<&str>,
+        referrer: &Referrer<'_>,
+    ) -> Result<Option<String>, String> {
+        let mut candidates: Vec<&Renamed> = self
+            .by_name
+            .get(current)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|x| wanted(&x.kind))
+            .filter(|x| explicit_ns.is_none_or(|ns| ns == x.namespace))
+            .filter(|x| {
+                referrer.cluster_scoped
+                    || CLUSTER_SCOPED.contains(&x.kind.as_str())
+                    || x.kind == "ServiceAccount"
+                    || same_namespace(&x.namespace, &referrer.namespace)
+            })
+            .collect();
+        if candidates.len() > 1 {
+            // Those given the same prefixes and suffixes as the referrer
+            // (none left: the reference stays), then, of several still,
+            // those that came through the most of its builds.
+            candidates.retain(|x| x.affixes == referrer.affixes);
+            if candidates.len() > 1 {
+                let closest = candidates
+                    .iter()
+                    .map(|x| shared_builds(referrer.origin, &x.origin))
+                    .max()
+                    .unwrap_or(0);
+                candidates.retain(|x| shared_builds(referrer.origin, &x.origin) == closest);
+            }
+        }
+        let chosen = match candidates.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            [first, rest @ ..] if rest.iter().all(|x| x.new == first.new) => *first,
+            several => {
+                let ids: Vec<String> = several
+                    .iter()
+                    .map(|x| format!("{} {}/{}", x.kind, x.namespace, x.new))
+                    .collect();
+                return Err(format!(
+                    "{}: the reference to `{current}` could be any of {}: found multiple possible referrals",
+                    referrer.label,
+                    ids.join(", ")
+                ));
+            }
+        };
+        Ok((chosen.new != current).then(|| chosen.new.clone()))
+    }
+}
+
 /// Rewrites name references as kustomize's name-reference filter does.
 /// The candidates for a reference are the objects of its kind that ever
 /// had the name; a namespaced referrer keeps those in its namespace (and
-/// cluster-scoped objects and ServiceAccounts); of several, those that
-/// came through the most of the referrer's builds (its own overlay in a
-/// diamond, as kustomize compares prefixes and suffixes). None left: the
+/// cluster-scoped objects and ServiceAccounts); of several, those with
+/// the referrer's prefixes and suffixes, then those that came through the
+/// most of its builds (its own overlay in a diamond). None left: the
 /// reference stays; several with different names: an error, as in
-/// kustomize. `origins` holds each object's builds, innermost first;
-/// `objects_named` lists every object with all its names.
+/// kustomize. `origins` and `affixes` hold each object's builds and name
+/// prefixes and suffixes, innermost first; `objects_named` lists every
+/// object with all its names; `custom` adds the name references of
+/// `configurations`.
 pub fn fix_references(
     objects: &mut [Value],
     origins: &[Vec<u32>],
     affixes: &[Vec<(String, String)>],
     objects_named: &[Renamed],
+    custom: &[NameRef],
 ) -> Result<(), String> {
-    let mut by_name: std::collections::HashMap<&str, Vec<&Renamed>> =
-        std::collections::HashMap::new();
-    for x in objects_named {
-        for n in &x.old {
-            let list = by_name.entry(n.as_str()).or_default();
-            if !list.iter().any(|y| std::ptr::eq(*y, x)) {
-                list.push(x);
-            }
-        }
-    }
+    let referrals = Referrals::new(objects_named);
     for (i, o) in objects.iter_mut().enumerate() {
-        let origin = origins.get(i).map(Vec::as_slice).unwrap_or_default();
-        let own_affixes = affixes.get(i).map(Vec::as_slice).unwrap_or_default();
-        let ns = namespace(o).to_owned();
-        let referrer = format!("{} {}", kind(o), name(o));
-        let referrer_cluster_scoped = CLUSTER_SCOPED.contains(&kind(o));
-        let statefulset_service = if kind(o) == "StatefulSet" {
+        let referrer = Referrer {
+            label: format!("{} {}", kind(o), name(o)),
+            namespace: namespace(o).to_owned(),
+            cluster_scoped: CLUSTER_SCOPED.contains(&kind(o)),
+            origin: origins.get(i).map(Vec::as_slice).unwrap_or_default(),
+            affixes: affixes.get(i).map(Vec::as_slice).unwrap_or_default(),
+        };
+        let own_kind = kind(o).to_owned();
+        let own_group = group_version(o).0.to_owned();
+        let statefulset_service = if own_kind == "StatefulSet" {
             o["spec"]["serviceName"].as_str().map(str::to_owned)
         } else {
             None
         };
         for r in refs(o) {
-            let Some(current) = r.value.as_str() else {
+            let Some(current) = r.value.as_str().map(str::to_owned) else {
                 continue;
             };
-            let mut candidates: Vec<&Renamed> = by_name
-                .get(current)
-                .into_iter()
-                .flatten()
-                .copied()
-                .filter(|x| r.refers_to(&x.kind))
-                .filter(|x| r.namespace.as_ref().is_none_or(|ns| *ns == x.namespace))
-                .filter(|x| {
-                    referrer_cluster_scoped
-                        || CLUSTER_SCOPED.contains(&x.kind.as_str())
-                        || x.kind == "ServiceAccount"
-                        || same_namespace(&x.namespace, &ns)
-                })
-                .collect();
-            if candidates.len() > 1 {
-                // Those given the same prefixes and suffixes as the
-                // referrer (none left: the reference stays), then, of
-                // several still, those that came through the most of its
-                // builds.
-                candidates.retain(|x| x.affixes == own_affixes);
-                if candidates.len() > 1 {
-                    let closest = candidates
-                        .iter()
-                        .map(|x| shared_builds(origin, &x.origin))
-                        .max()
-                        .unwrap_or(0);
-                    candidates.retain(|x| shared_builds(origin, &x.origin) == closest);
-                }
+            let explicit = r.namespace.clone();
+            if let Some(new) =
+                referrals.resolve(&current, |k| r.refers_to(k), explicit.as_deref(), &referrer)?
+            {
+                *r.value = Value::String(new);
             }
-            let chosen = match candidates.as_slice() {
-                [] => continue,
-                [one] => *one,
-                [first, rest @ ..] if rest.iter().all(|x| x.new == first.new) => *first,
-                several => {
-                    let ids: Vec<String> = several
-                        .iter()
-                        .map(|x| format!("{} {}/{}", x.kind, x.namespace, x.new))
-                        .collect();
-                    return Err(format!(
-                        "{referrer}: the reference to `{current}` could be any of {}: found multiple possible referrals",
-                        ids.join(", ")
-                    ));
+        }
+        for nr in custom {
+            for spec in &nr.specs {
+                if spec.kind.as_ref().is_some_and(|k| *k != own_kind)
+                    || spec.group.as_ref().is_some_and(|g| *g != own_group)
+                {
+                    continue;
                 }
-            };
-            if chosen.new != current {
-                *r.value = Value::String(chosen.new.clone());
+                let mut found = Vec::new();
+                at_path(o, &spec.path, &mut found);
+                for value in found {
+                    let Some(current) = value.as_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    if let Some(new) =
+                        referrals.resolve(&current, |k| k == nr.kind, None, &referrer)?
+                    {
+                        *value = Value::String(new);
+                    }
+                }
             }
         }
         if let Some(svc) = statefulset_service

@@ -13,7 +13,6 @@ fn every_unsupported_field_is_refused_by_name() {
         "transformers: [t.yaml]",
         "generators: [g.yaml]",
         "validators: [v.yaml]",
-        "configurations: [c.yaml]",
         "crds: [crd.json]",
         "openapi: {path: schema.json}",
         "helmGlobals: {chartHome: charts}",
@@ -47,6 +46,24 @@ fn transformer_annotations_are_refused_by_name() {
     assert!(
         err.contains("`buildMetadata: transformerAnnotations` is not supported")
             && err.contains("/app/kustomization.yaml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn configurations_other_than_name_references_are_refused_by_name() {
+    let mut fs = MemFs::new();
+    fs.add("/app/kustomization.yaml", "configurations: [c.yaml]\n");
+    fs.add(
+        "/app/c.yaml",
+        "commonLabels:\n- path: spec/selector\n  kind: MyKind\n",
+    );
+    let err = build(&fs, Path::new("/app"))
+        .expect_err("a commonLabels configuration is not supported")
+        .to_string();
+    assert!(
+        err.contains("`configurations: commonLabels` is not supported")
+            && err.contains("/app/c.yaml"),
         "{err}"
     );
 }

@@ -1645,6 +1645,25 @@ case("webhook-and-apiservice-services-follow-renames", {
     "top/hooks.yaml": "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata:\n  name: hook\nwebhooks:\n- name: h.example.com\n  clientConfig:\n    service:\n      name: svc\n      namespace: na\n  admissionReviewVersions: [v1]\n  sideEffects: None\n- name: g.example.com\n  clientConfig:\n    service:\n      name: svc\n      namespace: nb\n  admissionReviewVersions: [v1]\n  sideEffects: None\n---\napiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata:\n  name: v1.example.com\nspec:\n  group: example.com\n  version: v1\n  groupPriorityMinimum: 100\n  versionPriority: 10\n  service:\n    name: svc\n    namespace: nb\n",
 }, build="top")
 
+# configurations: nameReference entries teach name references of other
+# kinds, lists on the path walked into; a base's apply to the overlay's
+# build too.
+MYKIND = "apiVersion: example.com/v1\nkind: MyKind\nmetadata:\n  name: m\nspec:\n  serviceName: web\n  backends:\n  - service: web\n  - service: other\n"
+NAMEREF_CONFIG = "nameReference:\n- kind: Service\n  version: v1\n  fieldSpecs:\n  - kind: MyKind\n    group: example.com\n    path: spec/serviceName\n  - kind: MyKind\n    path: spec/backends/service\n"
+case("configurations-name-reference", {
+    "kustomization.yaml": "resources: [svc.yaml, mk.yaml]\nnamePrefix: p-\nconfigurations: [conf.yaml]\n",
+    "svc.yaml": SERVICE,
+    "mk.yaml": MYKIND,
+    "conf.yaml": NAMEREF_CONFIG,
+})
+case("configurations-of-a-base-apply-to-the-overlay", {
+    "base/kustomization.yaml": "resources: [svc.yaml, mk.yaml]\nconfigurations: [conf.yaml]\n",
+    "base/svc.yaml": SERVICE,
+    "base/mk.yaml": MYKIND,
+    "base/conf.yaml": NAMEREF_CONFIG,
+    "overlay/kustomization.yaml": "resources: [../base]\nnameSuffix: -o\n",
+}, build="overlay")
+
 
 def main():
     if os.path.isdir(CASES):
