@@ -42,12 +42,12 @@ const SUPPORTED: &[&str] = &[
     "buildMetadata",
     "replacements",
     "configurations",
+    "vars",
 ];
 
 /// Fields kustomize has that this engine does not implement yet: an error,
 /// never a silent skip.
 const UNSUPPORTED: &[&str] = &[
-    "vars",
     "helmCharts",
     "helmGlobals",
     "helmChartInflationGenerator",
@@ -103,6 +103,8 @@ enum Source {
 struct Walk {
     stack: Vec<PathBuf>,
     name_refs: Vec<transform::NameRef>,
+    /// Every kustomization's `vars`, replaced once the build is done.
+    vars: Vec<crate::vars::Var>,
 }
 
 /// A new id for one kustomization's build (see [`Res::origin`]).
@@ -249,6 +251,8 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
     let affixes: Vec<Vec<(String, String)>> = resources.iter().map(|r| r.affixes.clone()).collect();
     let mut objects: Vec<Value> = resources.into_iter().map(|r| r.value).collect();
     transform::fix_references(&mut objects, &origins, &affixes, &renamed, &walk.name_refs)
+        .map_err(|m| KustomizeError::invalid(&file, m))?;
+    crate::vars::apply(&mut objects, &renamed, &walk.vars)
         .map_err(|m| KustomizeError::invalid(&file, m))?;
     // Without sortOptions the order is legacy; with them, `order` must
     // say which, as kustomize requires.
@@ -540,6 +544,7 @@ fn accumulate_as(
         // kustomize's order: resources, own generators, components, own
         // transformers.
         configurations(fs, dir, file, k, &mut stack.name_refs)?;
+        stack.vars.extend(crate::vars::parse(k, file)?);
         let mut acc = load_resources(fs, dir, file, k, stack)?;
         check_unique(&acc, file)?;
         generate_own(fs, dir, file, k, &mut acc)?;

@@ -18,6 +18,7 @@ mod replace;
 mod schema;
 mod select;
 mod transform;
+mod vars;
 
 use std::path::PathBuf;
 

@@ -9,7 +9,6 @@ use terrace_kustomize::{MemFs, build};
 #[test]
 fn every_unsupported_field_is_refused_by_name() {
     let fields = [
-        "vars: []",
         "transformers: [t.yaml]",
         "generators: [g.yaml]",
         "validators: [v.yaml]",

@@ -1664,6 +1664,24 @@ case("configurations-of-a-base-apply-to-the-overlay", {
     "overlay/kustomization.yaml": "resources: [../base]\nnameSuffix: -o\n",
 }, build="overlay")
 
+# vars: $(NAME) in the var-reference fields, from a field of an object read
+# after every transformation (a prefix, a generated name's hash);
+# `$$` escapes, unknown names stay, a lone var keeps its type.
+case("vars-replace-var-references", {
+    "kustomization.yaml": "resources: [svc.yaml, d.yaml]\nnamePrefix: p-\nvars:\n- name: SVC\n  objref: {kind: Service, name: web, apiVersion: v1}\n- name: PORT\n  objref: {kind: Service, name: web, apiVersion: v1}\n  fieldref:\n    fieldpath: spec.ports[0].port\n- name: UNUSED\n  objref: {kind: Service, name: web, apiVersion: v1}\n",
+    "svc.yaml": "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports: [{port: 8080}]\n",
+    "d.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n  annotations:\n    a: \"$(SVC)\"\nspec:\n  template:\n    spec:\n      containers:\n      - name: c\n        image: x\n        args: [\"--svc=$(SVC):$(PORT)\", \"$(NOPE)\", \"$$(SVC)\", \"$(PORT)\"]\n        env:\n        - name: E\n          value: $(PORT)\n",
+})
+case("vars-of-a-base-see-the-overlay-and-generated-names", {
+    "base/kustomization.yaml": "resources: [pod.yaml]\nconfigMapGenerator:\n- name: cfg\n  literals: [a=1]\nvars:\n- name: CFG\n  objref: {kind: ConfigMap, name: cfg, apiVersion: v1}\n",
+    "base/pod.yaml": "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels:\n    cfg: $(CFG)\nspec:\n  containers:\n  - name: c\n    image: x\n    command: [run, --config=$(CFG)]\n",
+    "overlay/kustomization.yaml": "resources: [../base]\nnamePrefix: o-\n",
+}, build="overlay")
+case("error-var-without-its-object", {
+    "kustomization.yaml": "resources: [pod.yaml]\nvars:\n- name: X\n  objref: {kind: Service, name: missing, apiVersion: v1}\n",
+    "pod.yaml": "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: x\n    args: [\"$(X)\"]\n",
+}, error="cannot be mapped to a field in the set of known resources")
+
 
 def main():
     if os.path.isdir(CASES):
