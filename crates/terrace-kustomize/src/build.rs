@@ -43,6 +43,7 @@ const SUPPORTED: &[&str] = &[
     "replacements",
     "configurations",
     "vars",
+    "transformers",
 ];
 
 /// Fields kustomize has that this engine does not implement yet: an error,
@@ -52,7 +53,6 @@ const UNSUPPORTED: &[&str] = &[
     "helmGlobals",
     "helmChartInflationGenerator",
     "generators",
-    "transformers",
     "validators",
     "crds",
     "openapi",
@@ -993,6 +993,118 @@ fn transform_own(
     if let Some(list) = k.get("replacements").and_then(Value::as_array) {
         crate::replace::run(fs, dir, file, list, acc)?;
         check_shapes(acc, file)?;
+    }
+    builtin_transformers(fs, dir, file, k, acc)
+}
+
+/// `transformers:`: files of builtin transformer configurations, run after
+/// the kustomization's own, in order. The prefix/suffix, label,
+/// annotation, image, replica and patch transformers are supported; any
+/// other (and exec or container plugins) is refused by name.
+fn builtin_transformers(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    acc: &mut Vec<Res>,
+) -> Result<(), KustomizeError> {
+    for entry in strings(k, "transformers", file)? {
+        let path = restricted(fs, dir, &entry, file)?;
+        let text = read(fs, &path, file)?;
+        for config in yaml_documents(&text, &path)? {
+            let kind = config["kind"].as_str().unwrap_or_default().to_owned();
+            if config["apiVersion"] != "builtin" {
+                return Err(KustomizeError::Unsupported {
+                    file: path.clone(),
+                    field: format!("transformers: {kind} (only builtin transformers)"),
+                });
+            }
+            // The same transformers a kustomization's fields configure.
+            let mut as_fields = Map::new();
+            match kind.as_str() {
+                "PrefixSuffixTransformer" => {
+                    let on_names = config["fieldSpecs"]
+                        .as_array()
+                        .is_none_or(|specs| specs.iter().all(|s| s["path"] == "metadata/name"));
+                    if !on_names {
+                        return Err(KustomizeError::Unsupported {
+                            file: path.clone(),
+                            field: "transformers: PrefixSuffixTransformer fieldSpecs other than metadata/name".to_owned(),
+                        });
+                    }
+                    for (from, to) in [("prefix", "namePrefix"), ("suffix", "nameSuffix")] {
+                        if let Some(v) = config.get(from) {
+                            as_fields.insert(to.to_owned(), v.clone());
+                        }
+                    }
+                }
+                "ImageTagTransformer" => {
+                    as_fields.insert(
+                        "images".to_owned(),
+                        Value::Array(vec![config["imageTag"].clone()]),
+                    );
+                }
+                "ReplicaCountTransformer" => {
+                    as_fields.insert(
+                        "replicas".to_owned(),
+                        Value::Array(vec![config["replica"].clone()]),
+                    );
+                }
+                "PatchTransformer" => {
+                    let mut patch = Map::new();
+                    for field in ["path", "patch", "target", "options"] {
+                        if let Some(v) = config.get(field) {
+                            patch.insert(field.to_owned(), v.clone());
+                        }
+                    }
+                    as_fields.insert(
+                        "patches".to_owned(),
+                        Value::Array(vec![Value::Object(patch)]),
+                    );
+                }
+                "LabelTransformer" | "AnnotationsTransformer" => {
+                    let pairs_field = if kind == "LabelTransformer" {
+                        "labels"
+                    } else {
+                        "annotations"
+                    };
+                    let pairs = obj(&config[pairs_field]);
+                    for spec in config["fieldSpecs"].as_array().into_iter().flatten() {
+                        let spec_path: Vec<&str> = spec["path"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .split('/')
+                            .filter(|p| !p.is_empty())
+                            .collect();
+                        let create = spec["create"] == Value::Bool(true);
+                        for r in acc.iter_mut() {
+                            let kind_ok = spec["kind"]
+                                .as_str()
+                                .is_none_or(|k| k == transform::kind(&r.value));
+                            let group_ok = spec["group"]
+                                .as_str()
+                                .is_none_or(|g| g == transform::group_version(&r.value).0);
+                            if kind_ok && group_ok {
+                                transform::set_at_field_spec(
+                                    &mut r.value,
+                                    &spec_path,
+                                    create,
+                                    &pairs,
+                                );
+                            }
+                        }
+                    }
+                    continue;
+                }
+                other => {
+                    return Err(KustomizeError::Unsupported {
+                        file: path.clone(),
+                        field: format!("transformers: {other}"),
+                    });
+                }
+            }
+            transform_own(fs, dir, &path, &as_fields, acc)?;
+        }
     }
     Ok(())
 }

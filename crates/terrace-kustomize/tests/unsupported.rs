@@ -9,7 +9,6 @@ use terrace_kustomize::{MemFs, build};
 #[test]
 fn every_unsupported_field_is_refused_by_name() {
     let fields = [
-        "transformers: [t.yaml]",
         "generators: [g.yaml]",
         "validators: [v.yaml]",
         "crds: [crd.json]",
@@ -65,4 +64,26 @@ fn configurations_other_than_name_references_are_refused_by_name() {
             && err.contains("/app/c.yaml"),
         "{err}"
     );
+}
+
+#[test]
+fn transformers_other_than_the_supported_builtins_are_refused_by_name() {
+    for (config, named) in [
+        (
+            "apiVersion: builtin\nkind: NamespaceTransformer\nmetadata:\n  name: n\n  namespace: x\n",
+            "`transformers: NamespaceTransformer` is not supported",
+        ),
+        (
+            "apiVersion: example.com/v1\nkind: MyPlugin\nmetadata:\n  name: p\n",
+            "`transformers: MyPlugin (only builtin transformers)` is not supported",
+        ),
+    ] {
+        let mut fs = MemFs::new();
+        fs.add("/app/kustomization.yaml", "transformers: [t.yaml]\n");
+        fs.add("/app/t.yaml", config);
+        let err = build(&fs, Path::new("/app"))
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains(named) && err.contains("/app/t.yaml"), "{err}");
+    }
 }

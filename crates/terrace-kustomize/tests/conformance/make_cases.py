@@ -1682,6 +1682,17 @@ case("error-var-without-its-object", {
     "pod.yaml": "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: x\n    args: [\"$(X)\"]\n",
 }, error="cannot be mapped to a field in the set of known resources")
 
+# transformers: builtin transformer configurations run after the
+# kustomization's own, in order (prefix/suffix, labels and annotations
+# at their field specs, images, replicas, patches).
+case("builtin-transformers-after-the-kustomizations-own", {
+    "kustomization.yaml": "resources: [cm.yaml, d.yaml]\nnamePrefix: k-\ntransformers: [t.yaml, t2.yaml]\n",
+    "cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n",
+    "d.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n      - name: web\n        image: nginx:1.0\n",
+    "t.yaml": 'apiVersion: builtin\nkind: PrefixSuffixTransformer\nmetadata:\n  name: ps\nprefix: x-\nsuffix: -s\nfieldSpecs:\n- path: metadata/name\n---\napiVersion: builtin\nkind: LabelTransformer\nmetadata:\n  name: l\nlabels:\n  team: a\nfieldSpecs:\n- path: metadata/labels\n  create: true\n- path: data/sel\n  create: true\n---\napiVersion: builtin\nkind: AnnotationsTransformer\nmetadata:\n  name: an\nannotations:\n  note: hi\nfieldSpecs:\n- path: metadata/annotations\n  create: true\n',
+    "t2.yaml": 'apiVersion: builtin\nkind: ImageTagTransformer\nmetadata:\n  name: img\nimageTag:\n  name: nginx\n  newTag: "9"\n---\napiVersion: builtin\nkind: ReplicaCountTransformer\nmetadata:\n  name: rc\nreplica:\n  name: web\n  count: 4\nfieldSpecs:\n- path: spec/replicas\n  create: true\n  kind: Deployment\n---\napiVersion: builtin\nkind: PatchTransformer\nmetadata:\n  name: p\ntarget:\n  kind: Deployment\npatch: |-\n  - op: add\n    path: /metadata/annotations\n    value: {patched: "yes"}\n',
+})
+
 
 def main():
     if os.path.isdir(CASES):
