@@ -44,6 +44,7 @@ const SUPPORTED: &[&str] = &[
     "configurations",
     "vars",
     "transformers",
+    "generators",
 ];
 
 /// Fields kustomize has that this engine does not implement yet: an error,
@@ -52,7 +53,6 @@ const UNSUPPORTED: &[&str] = &[
     "helmCharts",
     "helmGlobals",
     "helmChartInflationGenerator",
-    "generators",
     "validators",
     "crds",
     "openapi",
@@ -803,6 +803,43 @@ fn generate_own(
         .flatten()
     {
         generate(fs, dir, file, g, &options, true, acc)?;
+    }
+    // `generators:`: builtin generator configurations, after the fields'.
+    for entry in strings(k, "generators", file)? {
+        let path = restricted(fs, dir, &entry, file)?;
+        let text = read(fs, &path, file)?;
+        for config in yaml_documents(&text, &path)? {
+            let kind = config["kind"].as_str().unwrap_or_default().to_owned();
+            let secret = match (config["apiVersion"].as_str(), kind.as_str()) {
+                (Some("builtin"), "ConfigMapGenerator") => false,
+                (Some("builtin"), "SecretGenerator") => true,
+                (Some("builtin"), other) => {
+                    return Err(KustomizeError::Unsupported {
+                        file: path.clone(),
+                        field: format!("generators: {other}"),
+                    });
+                }
+                _ => {
+                    return Err(KustomizeError::Unsupported {
+                        file: path.clone(),
+                        field: format!("generators: {kind} (only builtin generators)"),
+                    });
+                }
+            };
+            // The same generator a `configMapGenerator` entry configures:
+            // its name and namespace come from the configuration's
+            // metadata.
+            let mut g = config.as_object().cloned().unwrap_or_default();
+            for field in ["apiVersion", "kind", "metadata"] {
+                g.remove(field);
+            }
+            for field in ["name", "namespace"] {
+                if let Some(v) = config["metadata"].get(field) {
+                    g.insert(field.to_owned(), v.clone());
+                }
+            }
+            generate(fs, dir, &path, &Value::Object(g), &options, secret, acc)?;
+        }
     }
     Ok(())
 }

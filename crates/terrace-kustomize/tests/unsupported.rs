@@ -9,7 +9,6 @@ use terrace_kustomize::{MemFs, build};
 #[test]
 fn every_unsupported_field_is_refused_by_name() {
     let fields = [
-        "generators: [g.yaml]",
         "validators: [v.yaml]",
         "crds: [crd.json]",
         "openapi: {path: schema.json}",
@@ -86,4 +85,21 @@ fn transformers_other_than_the_supported_builtins_are_refused_by_name() {
             .to_string();
         assert!(err.contains(named) && err.contains("/app/t.yaml"), "{err}");
     }
+}
+
+#[test]
+fn generators_other_than_the_builtin_ones_are_refused_by_name() {
+    let mut fs = MemFs::new();
+    fs.add("/app/kustomization.yaml", "generators: [g.yaml]\n");
+    fs.add(
+        "/app/g.yaml",
+        "apiVersion: builtin\nkind: HelmChartInflationGenerator\nmetadata:\n  name: h\n",
+    );
+    let err = build(&fs, Path::new("/app"))
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("`generators: HelmChartInflationGenerator` is not supported"),
+        "{err}"
+    );
 }

@@ -1693,6 +1693,12 @@ case("builtin-transformers-after-the-kustomizations-own", {
     "t2.yaml": 'apiVersion: builtin\nkind: ImageTagTransformer\nmetadata:\n  name: img\nimageTag:\n  name: nginx\n  newTag: "9"\n---\napiVersion: builtin\nkind: ReplicaCountTransformer\nmetadata:\n  name: rc\nreplica:\n  name: web\n  count: 4\nfieldSpecs:\n- path: spec/replicas\n  create: true\n  kind: Deployment\n---\napiVersion: builtin\nkind: PatchTransformer\nmetadata:\n  name: p\ntarget:\n  kind: Deployment\npatch: |-\n  - op: add\n    path: /metadata/annotations\n    value: {patched: "yes"}\n',
 })
 
+# generators: builtin generator configurations, named by their metadata.
+case("builtin-generators", {
+    "kustomization.yaml": "generators: [g.yaml]\nconfigMapGenerator:\n- name: own\n  literals: [o=1]\nnamePrefix: p-\n",
+    "g.yaml": 'apiVersion: builtin\nkind: ConfigMapGenerator\nmetadata:\n  name: fromplugin\n  namespace: ns1\nliterals: [a=1, b=2]\noptions:\n  labels: {made: plugin}\n---\napiVersion: builtin\nkind: SecretGenerator\nmetadata:\n  name: sec\ntype: Opaque\nliterals: [p=x]\n',
+})
+
 
 def main():
     if os.path.isdir(CASES):
