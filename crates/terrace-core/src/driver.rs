@@ -262,6 +262,15 @@ pub trait Driver: Send + Sync + fmt::Debug {
     ) -> Option<Result<Map<String, Value>, DriverError>> {
         None
     }
+
+    /// Whether a no-op plan of this unit may be reused while nothing it
+    /// looked at changed (see `terrace_fs::watch`): true only when the
+    /// plan depends on nothing but the unit's resolved inputs, its prior
+    /// state and files it reads through `terrace_fs` (no live target, no
+    /// external program, no file read any other way).
+    fn plan_is_reusable(&self, _ctx: &UnitContext<'_>) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

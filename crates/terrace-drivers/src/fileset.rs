@@ -317,11 +317,7 @@ fn confine(path: &str, roots: &[String], verb: &str) -> Result<(), DriverError> 
 }
 
 fn read_if_exists(path: &Path) -> Result<Option<String>, DriverError> {
-    match fs_err::read_to_string(path) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    Ok(terrace_fs::read_if_exists(path)?)
 }
 
 /// A unified diff with three lines of context.

@@ -36,6 +36,8 @@ pub fn kind(clusters: &std::sync::Arc<terrace_kube::ClusterPool>) -> TypedKind<K
         std::sync::Arc::new(ObjectsDriver {
             clusters: std::sync::Arc::clone(clusters),
             objects: render_objects,
+            // The kustomize engine lists and probes files on its own.
+            reads_through_terrace_fs: false,
         }),
     )
 }

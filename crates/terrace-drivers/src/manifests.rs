@@ -41,6 +41,9 @@ pub struct ObjectsDriver {
     /// kinds for as long as it lives.
     pub clusters: std::sync::Arc<ClusterPool>,
     pub objects: fn(&UnitContext<'_>) -> Result<Vec<Object>, DriverError>,
+    /// Whether `objects` reads files only through `terrace_fs` (see
+    /// [`Driver::plan_is_reusable`]).
+    pub reads_through_terrace_fs: bool,
 }
 
 /// The `manifests` kind.
@@ -52,6 +55,7 @@ pub fn kind(clusters: &std::sync::Arc<ClusterPool>) -> TypedKind<ManifestsSettin
         std::sync::Arc::new(ObjectsDriver {
             clusters: std::sync::Arc::clone(clusters),
             objects: render_objects,
+            reads_through_terrace_fs: true,
         }),
     )
 }
@@ -177,7 +181,7 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
             .with_hint("point `manifests.path` at a directory inside the project")
     })?;
     let abs = ctx.root.join(&dir);
-    if !abs.is_dir() {
+    if !terrace_fs::is_dir(&abs) {
         return Err(
             Diagnostic::new(format!("manifests directory `{dir}` does not exist"))
                 .in_file(format!("{unit_dir}/{UNIT_FILE}"))
@@ -205,6 +209,11 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
         // A SOPS-encrypted file is decrypted in memory; its keys are plain,
         // so errors are still located in the file as written.
         let encrypted = looks_encrypted(&src);
+        if encrypted {
+            // What is rendered from a secret is sealed anew each time and
+            // depends on keys outside the project: never reused.
+            terrace_fs::watch::taint();
+        }
         let docs = match (encrypted, ctx.secrets) {
             (false, _) => {
                 terrace_yaml::documents(&src, Path::new(&file)).map_err(DriverError::from)?
@@ -283,7 +292,7 @@ fn settings(ctx: &UnitContext<'_>) -> Result<ManifestsSettings, DriverError> {
 }
 
 fn collect_yaml(abs: &Path, rel: &str, out: &mut Vec<String>) -> Result<(), DriverError> {
-    for entry in fs_err::read_dir(abs)? {
+    for entry in terrace_fs::read_dir(abs)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
@@ -478,11 +487,19 @@ impl ObjectsDriver {
     fn objects(&self, ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError> {
         let mut objects = (self.objects)(ctx)?;
         mark_secrets(ctx, &mut objects)?;
+        if objects.iter().any(Object::is_sensitive) {
+            terrace_fs::watch::taint();
+        }
         Ok(objects)
     }
 }
 
 impl Driver for ObjectsDriver {
+    fn plan_is_reusable(&self, ctx: &UnitContext<'_>) -> bool {
+        // Rendered to files only: a live cluster can drift at any time.
+        self.reads_through_terrace_fs && matches!(cluster(ctx), Ok((_, None)))
+    }
+
     fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
         render_documents(ctx, self.objects(ctx)?)
     }

@@ -85,7 +85,7 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
 
     let abs = ctx.root.join(&source);
     let mut sources = Vec::new();
-    if abs.is_file() {
+    if terrace_fs::is_file(&abs) {
         let name = Path::new(&source)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -94,7 +94,7 @@ pub fn render_files(ctx: &UnitContext<'_>) -> Result<(String, Vec<(String, Strin
             name,
             path: source.clone(),
         });
-    } else if abs.is_dir() {
+    } else if terrace_fs::is_dir(&abs) {
         collect(&abs, "", &source, &mut sources)?;
     } else {
         return Err(
@@ -287,7 +287,7 @@ fn strip_suffix(name: &str) -> &str {
 }
 
 fn collect(abs: &Path, rel: &str, base: &str, out: &mut Vec<Source>) -> Result<(), DriverError> {
-    for entry in fs_err::read_dir(abs)? {
+    for entry in terrace_fs::read_dir(abs)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
@@ -365,6 +365,10 @@ fn desired(ctx: &UnitContext<'_>) -> Result<DesiredSet, DriverError> {
 }
 
 impl Driver for TemplateDriver {
+    fn plan_is_reusable(&self, _ctx: &UnitContext<'_>) -> bool {
+        true
+    }
+
     fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
         let (_, files) = render_files(ctx)?;
         Ok(Rendered {

@@ -9,12 +9,15 @@
 //!    from unit to unit, holding each unit's lock while it is applied, and
 //!    recording state and run history;
 //! 4. [`affected`] maps a Git diff to units and their dependents;
-//! 5. [`saved`] is a plan written to a file and carried out later, exactly.
+//! 5. [`saved`] is a plan written to a file and carried out later, exactly;
+//! 6. `reuse` remembers no-op plans of file-rendering units, reused while
+//!    nothing they read changed.
 
 pub mod affected;
 mod error;
 mod locate;
 pub mod project;
+mod reuse;
 pub mod run;
 pub mod saved;
 pub mod workspace;

@@ -289,6 +289,10 @@ pub struct Engine {
     /// marked sensitive, or one that echoes a secret).
     sensitive_outputs: Mutex<SensitiveValues>,
     refresh: bool,
+    /// No-op plans remembered from earlier runs (see `reuse`).
+    reuse: crate::reuse::Reuse,
+    /// The digest of what every unit's reuse key shares.
+    reuse_base: std::sync::OnceLock<String>,
 }
 
 /// What one unit's apply belongs to: the run, the revision it records, the
@@ -338,6 +342,8 @@ impl Engine {
             secrets,
             sensitive_outputs: Mutex::default(),
             refresh: true,
+            reuse: crate::reuse::Reuse::new(&env),
+            reuse_base: std::sync::OnceLock::new(),
         })
     }
 
@@ -708,6 +714,7 @@ impl Engine {
             }
         }
         reports.sort_by_key(|(i, _)| position[i]);
+        self.reuse.save(&self.project.root);
         Ok(Report {
             command: "plan".to_owned(),
             environment: self.environment().to_owned(),
@@ -742,12 +749,29 @@ impl Engine {
             let plan = deferred_plan(&unit);
             return Ok((unit, plan));
         }
-        let plan = self
-            .driver(&unit.kind)
-            .map_err(ReportError::from_unknown)?
-            .plan(&ctx)
-            .await
-            .map_err(ReportError::from_driver)?;
+        let driver = self.driver(&unit.kind).map_err(ReportError::from_unknown)?;
+        let reuse_key = (unit.sensitive_inputs.is_empty()
+            && prior.is_some_and(|p| p.status == UnitStatus::Applied)
+            && driver.plan_is_reusable(&ctx))
+        .then(|| self.reuse_key(&unit, prior));
+        let root = &self.project.root;
+        if let Some(key) = &reuse_key
+            && let Some(plan) = self.reuse.lookup(root, &unit.name, key)
+        {
+            return Ok((unit, plan));
+        }
+        let plan = match reuse_key {
+            None => driver.plan(&ctx).await,
+            Some(key) => {
+                let (plan, looked) =
+                    terrace_fs::watch::Recorded::new(root, driver.plan(&ctx)).await;
+                if let Ok(p) = &plan {
+                    self.reuse.remember(root, &unit.name, key, p, looked);
+                }
+                plan
+            }
+        }
+        .map_err(ReportError::from_driver)?;
         let plain = self.plaintexts();
         if let Some(c) = plan.changes.iter().find(|c| {
             c.address
@@ -767,6 +791,28 @@ impl Engine {
             });
         }
         Ok((unit, plan))
+    }
+
+    /// What a unit's remembered no-op plan is valid for: the project
+    /// file, environment and variables, terrace's version, the unit as
+    /// resolved and its prior state record.
+    fn reuse_key(&self, unit: &ResolvedUnit, prior: Option<&UnitState>) -> String {
+        let base = self.reuse_base.get_or_init(|| {
+            let shared = serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "project": &self.project.file,
+                "environment": self.environment(),
+                "vars": &self.workspace.vars,
+                "refresh": self.refresh,
+            });
+            terrace_fs::digest::digest(shared.to_string().as_bytes())
+        });
+        let mut bytes = base.clone().into_bytes();
+        bytes.push(0);
+        serde_json::to_writer(&mut bytes, unit).expect("a unit serializes");
+        bytes.push(0);
+        serde_json::to_writer(&mut bytes, &prior).expect("state serializes");
+        terrace_fs::digest::digest(&bytes)
     }
 
     /// The units of `saved` that can be carried out here, in graph order:
@@ -1055,6 +1101,7 @@ impl Engine {
             interrupted,
         };
         self.record(&report, &run_id, &started_at, revision).await;
+        self.reuse.save(&self.project.root);
         Ok(report)
     }
 

@@ -24,6 +24,7 @@
 pub mod atomic;
 pub mod digest;
 pub mod time;
+pub mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -170,14 +171,45 @@ pub fn check_read(root: &Path, abs: &Path) -> Result<(), ContainError> {
 
 /// Reads `abs` as text after [`check_read`].
 pub fn read_to_string(root: &Path, abs: &Path) -> io::Result<String> {
+    watch::note(abs);
     check_read(root, abs)?;
     fs_err::read_to_string(abs)
 }
 
 /// Reads `abs` after [`check_read`].
 pub fn read(root: &Path, abs: &Path) -> io::Result<Vec<u8>> {
+    watch::note(abs);
     check_read(root, abs)?;
     fs_err::read(abs)
+}
+
+/// Reads `abs` as text when it exists. No containment check: for paths
+/// already checked by [`check_write`] (a render's own outputs).
+pub fn read_if_exists(abs: &Path) -> io::Result<Option<String>> {
+    watch::note(abs);
+    match fs_err::read_to_string(abs) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The entries of the directory `abs` (its listing noted, see [`watch`]).
+pub fn read_dir(abs: &Path) -> io::Result<fs_err::ReadDir> {
+    watch::note(abs);
+    fs_err::read_dir(abs)
+}
+
+/// Whether `abs` is a directory, following symlinks (noted, see [`watch`]).
+pub fn is_dir(abs: &Path) -> bool {
+    watch::note(abs);
+    abs.is_dir()
+}
+
+/// Whether `abs` is a file, following symlinks (noted, see [`watch`]).
+pub fn is_file(abs: &Path) -> bool {
+    watch::note(abs);
+    abs.is_file()
 }
 
 /// Checks that writing `rel` under `root` follows no symlink: neither a

@@ -7,6 +7,7 @@ mod example;
 mod hostile;
 mod kustomize;
 mod real_cluster;
+mod reuse;
 mod saved_plan;
 mod schema;
 mod secrets;
