@@ -5,7 +5,11 @@ same objects, side by side:
 
 (a) first apply (everything created);
 (b) re-apply with nothing changed (terrace: plan + apply, which finds
-    nothing to send; kubectl: the same command again).
+    nothing to send; kubectl: the same command again), the median of
+    RUNS (default 3) runs each, after the cluster has had SETTLE seconds
+    (default 5) to finish what the first apply started (the
+    controller-manager creating ReplicaSets and Pods), so both tools
+    re-apply against the same quiet cluster.
 
 The cluster is the one the kubeconfig in TERRACE_TEST_KUBECONFIG names;
 without it the benchmark says so and exits 0. Each tool gets its own
@@ -16,10 +20,12 @@ not wait: the figures compare the API traffic, not rollouts.
 Prints both times with the ratio (kubectl / terrace; above 1 means terrace
 is faster).
 """
-import os, shutil, subprocess, sys, tempfile, time
+import os, shutil, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COUNTS = {"configmap": 400, "service": 300, "deployment": 300}
+RUNS = int(os.environ.get("RUNS", "3"))
+SETTLE = float(os.environ.get("SETTLE", "5"))
 
 
 def objects(ns):
@@ -86,7 +92,10 @@ def main():
                            stdout=subprocess.DEVNULL)
             rows = []
             rows.append(("(a) first apply, 1,000 objects", timed(t_cmd, env), timed(k_cmd)))
-            rows.append(("(b) re-apply, nothing changed", timed(t_cmd, env), timed(k_cmd)))
+            time.sleep(SETTLE)
+            rows.append(("(b) re-apply, nothing changed",
+                         statistics.median(timed(t_cmd, env) for _ in range(RUNS)),
+                         statistics.median(timed(k_cmd) for _ in range(RUNS))))
         finally:
             for ns in ("terrace-bench", "terrace-bench-kubectl"):
                 subprocess.run([kubectl, "--kubeconfig", kubeconfig, "delete", "namespace", ns,

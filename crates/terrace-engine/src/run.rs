@@ -299,9 +299,42 @@ pub struct Engine {
 /// saved plan it must match, and where its programs' lines go.
 struct UnitRun<'a> {
     run_id: &'a str,
-    revision: Option<String>,
+    revision: &'a PendingRevision,
     saved: Option<&'a SavedPlan>,
     lines: &'a Lines,
+}
+
+/// The Git revision a run records, found on the blocking pool while the
+/// run goes on (`git status` can take a while in a large work tree).
+#[derive(Clone)]
+struct PendingRevision {
+    found: Arc<tokio::sync::OnceCell<Option<String>>>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<Option<String>>>>>,
+}
+
+impl PendingRevision {
+    fn start(root: &std::path::Path) -> PendingRevision {
+        let root = root.to_path_buf();
+        PendingRevision {
+            found: Arc::default(),
+            task: Arc::new(Mutex::new(Some(tokio::task::spawn_blocking(move || {
+                crate::affected::revision(&root)
+            })))),
+        }
+    }
+
+    async fn get(&self) -> Option<String> {
+        self.found
+            .get_or_init(|| async {
+                let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match task {
+                    Some(t) => t.await.ok().flatten(),
+                    None => None,
+                }
+            })
+            .await
+            .clone()
+    }
 }
 
 /// Values of sensitive outputs with where they came from; `Debug` shows
@@ -979,7 +1012,7 @@ impl Engine {
         terrace_fs::forget_checked();
         let run_id = new_run_id();
         let started_at = now_rfc3339();
-        let revision = crate::affected::revision(&self.project.root);
+        let revision = PendingRevision::start(&self.project.root);
         let graph = &self.workspace.graph;
         let views: Arc<Mutex<HashMap<String, OutputView>>> = Arc::default();
         let mut pending: HashMap<usize, usize> = selected
@@ -1100,7 +1133,8 @@ impl Engine {
             orphans: self.orphans().await?,
             interrupted,
         };
-        self.record(&report, &run_id, &started_at, revision).await;
+        self.record(&report, &run_id, &started_at, revision.get().await)
+            .await;
         self.reuse.save(&self.project.root);
         Ok(report)
     }
@@ -1143,7 +1177,7 @@ impl Engine {
         views: &Mutex<HashMap<String, OutputView>>,
         opts: &ApplyOptions,
         run_id: &str,
-        revision: Option<String>,
+        revision: PendingRevision,
         progress: Arc<dyn Progress>,
     ) -> UnitReport {
         let started = Instant::now();
@@ -1190,7 +1224,7 @@ impl Engine {
                 views,
                 &UnitRun {
                     run_id,
-                    revision,
+                    revision: &revision,
                     saved: opts.saved.as_deref(),
                     lines: &lines,
                 },
@@ -1221,7 +1255,6 @@ impl Engine {
             lines,
             ..
         } = *run;
-        let revision = run.revision.clone();
         let env = self.environment();
         let name = self.workspace.units[i].name.clone();
         // Only this unit's dependencies: copying every output so far would
@@ -1361,7 +1394,7 @@ impl Engine {
             layer: unit.layer.clone(),
             environment: env.to_owned(),
             serial: prior.as_ref().map_or(1, |p| p.serial + 1),
-            revision,
+            revision: run.revision.get().await,
             input_hash,
             render_hash: plan.render_hash.clone(),
             outputs: applied
