@@ -79,8 +79,13 @@ pub enum Outcome {
 /// One object or file that changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
-    /// What changes: `apps/v1 Deployment default/web`, or a file path.
+    /// What changes, as people read it: `apps/v1 Deployment default/web`,
+    /// or a file path.
     pub address: String,
+    /// The Kubernetes object that changes (on a cluster, or in a rendered
+    /// file), as a typed reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<crate::state::ObjectRef>,
     pub action: Action,
     /// A unified diff of the change, when there is one to show.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -20,6 +20,8 @@ use crate::digest;
 pub struct DesiredFile {
     /// How plans name it (an object, or the file path itself).
     pub address: String,
+    /// The object it holds, when it holds one.
+    pub object: Option<terrace_core::state::ObjectRef>,
     /// Relative to the project root, `/`-separated.
     pub path: String,
     pub content: String,
@@ -106,6 +108,7 @@ pub fn plan(
             None => {
                 changes.push(Change {
                     address: f.address.clone(),
+                    object: f.object.clone(),
                     action: Action::Create,
                     diff: Some(f.diff("")),
                 });
@@ -115,6 +118,7 @@ pub fn plan(
             Some(existing) => {
                 changes.push(Change {
                     address: f.address.clone(),
+                    object: f.object.clone(),
                     action: Action::Update,
                     diff: Some(f.diff(&existing)),
                 });
@@ -136,6 +140,7 @@ pub fn plan(
         if let Some(existing) = read_if_exists(&root.join(path))? {
             changes.push(Change {
                 address: address.clone(),
+                object: None,
                 action: Action::Delete,
                 diff: Some(unified_diff(&existing, "", path)),
             });
@@ -178,6 +183,7 @@ pub fn plan_destroy(
         if let Some(existing) = read_if_exists(&root.join(path))? {
             changes.push(Change {
                 address: address.clone(),
+                object: None,
                 action: Action::Delete,
                 diff: Some(unified_diff(&existing, "", path)),
             });
@@ -331,6 +337,7 @@ mod tests {
 
     fn file(path: &str, content: &str) -> DesiredFile {
         DesiredFile {
+            object: None,
             address: path.to_owned(),
             path: path.to_owned(),
             content: content.to_owned(),

@@ -181,6 +181,7 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
         })?;
         objects.push(Object {
             address: id.address,
+            object: id.object,
             source: source
                 .as_ref()
                 .map_or_else(|| dir.clone(), |p| p.display().to_string()),

@@ -26,6 +26,7 @@ use terrace_core::expr::{self, ContentScope, SecretError};
 use terrace_core::kind::TypedKind;
 use terrace_core::plan::UnitPlan;
 use terrace_core::secrets::looks_encrypted;
+use terrace_core::state::ObjectRef;
 
 use crate::clean_relative;
 use crate::fileset::{self, DesiredFile, DesiredSet};
@@ -65,6 +66,8 @@ pub fn kind(clusters: &std::sync::Arc<ClusterPool>) -> TypedKind<ManifestsSettin
 pub struct Object {
     /// `apps/v1 Deployment default/web`.
     pub address: String,
+    /// The same, typed.
+    pub object: ObjectRef,
     /// The file it came from, relative to the project root.
     pub source: String,
     pub value: Value,
@@ -275,6 +278,7 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
                 (encrypted && evaluated.secrets.is_empty()).then(|| PathBuf::from(&file));
             objects.push(Object {
                 address: id.address,
+                object: id.object,
                 source: file.clone(),
                 value: evaluated.value,
                 file_name: id.file_name,
@@ -315,6 +319,7 @@ fn collect_yaml(abs: &Path, rel: &str, out: &mut Vec<String>) -> Result<(), Driv
 
 pub(crate) struct Identity {
     pub(crate) address: String,
+    pub(crate) object: ObjectRef,
     pub(crate) file_name: String,
 }
 
@@ -364,7 +369,18 @@ pub(crate) fn identify(v: &Value) -> Result<Identity, String> {
     }
     file_name.push_str(&safe(name));
     file_name.push_str(".yaml");
-    Ok(Identity { address, file_name })
+    let object = ObjectRef {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        kind: kind.to_owned(),
+        namespace: namespace.map(str::to_owned),
+        name: name.to_owned(),
+    };
+    Ok(Identity {
+        address,
+        object,
+        file_name,
+    })
 }
 
 /// The rendered-files directory of a unit, relative to the project root.
@@ -435,6 +451,7 @@ pub(crate) fn desired(
         };
         files.push(DesiredFile {
             address: o.address.clone(),
+            object: Some(o.object.clone()),
             path,
             content,
             sensitive: o.hides_diff(),

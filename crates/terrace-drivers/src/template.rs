@@ -350,6 +350,7 @@ fn desired(ctx: &UnitContext<'_>) -> Result<DesiredSet, DriverError> {
     let desired = files
         .into_iter()
         .map(|(path, content)| DesiredFile {
+            object: None,
             address: path.clone(),
             path,
             content,

@@ -213,6 +213,7 @@ impl Driver for FakeDriver {
                 Vec::new()
             } else {
                 vec![Change {
+                    object: None,
                     address: format!("fake/{}", unit.name),
                     action,
                     diff: None,
@@ -251,6 +252,7 @@ impl Driver for FakeDriver {
             Ok(UnitPlan {
                 action: Action::Delete,
                 changes: vec![Change {
+                    object: None,
                     address: format!("fake/{unit}"),
                     action: Action::Delete,
                     diff: None,

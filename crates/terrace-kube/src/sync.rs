@@ -389,6 +389,7 @@ pub async fn plan(
             Action::NoOp => unchanged += 1,
             a => changes.push(Change {
                 address: o.desired.address.clone(),
+                object: Some(o.target.object_ref()),
                 action: a,
                 diff,
             }),
@@ -398,10 +399,8 @@ pub async fn plan(
     // What left the unit. An inventory entry that names one of the
     // unit's objects another way (written before its namespace was filled
     // in) is still that object, never pruned.
-    let wanted: BTreeSet<&str> = objects.iter().map(|o| o.desired.address.as_str()).collect();
-    let gone: Vec<&ObjectRef> = objects_of(prior)
-        .filter(|o| !wanted.contains(o.to_string().as_str()))
-        .collect();
+    let wanted: BTreeSet<ObjectRef> = objects.iter().map(|o| o.target.object_ref()).collect();
+    let gone: Vec<&ObjectRef> = objects_of(prior).filter(|o| !wanted.contains(*o)).collect();
     let kept: BTreeSet<(String, String, Option<String>, String)> = objects
         .iter()
         .map(|o| {
@@ -923,6 +922,7 @@ async fn plan_prune(
         .iter()
         .map(|p| Change {
             address: p.address.clone(),
+            object: Some(p.target.object_ref()),
             action: Action::Delete,
             diff: None,
         })

@@ -645,6 +645,7 @@ fn parse_plan(plan: &Value) -> ParsedPlan {
         }
         changes.push(Change {
             address,
+            object: None,
             action,
             diff: Some(diff),
         });
@@ -654,6 +655,7 @@ fn parse_plan(plan: &Value) -> ParsedPlan {
         if action != Action::NoOp {
             changes.push(Change {
                 address: format!("output.{name}"),
+                object: None,
                 action,
                 diff: None,
             });

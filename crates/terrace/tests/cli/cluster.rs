@@ -101,8 +101,10 @@ fn example_lifecycle(kubeconfig: Bound<'_>) -> tempfile::TempDir {
     assert_eq!(
         changes,
         serde_json::json!([
-            {"address": "networking.k8s.io/v1 Ingress apps/web", "action": "delete"},
-            {"address": "v1 Service apps/web", "action": "delete"}
+            {"address": "networking.k8s.io/v1 Ingress apps/web", "action": "delete",
+             "object": {"group": "networking.k8s.io", "version": "v1", "kind": "Ingress", "namespace": "apps", "name": "web"}},
+            {"address": "v1 Service apps/web", "action": "delete",
+             "object": {"version": "v1", "kind": "Service", "namespace": "apps", "name": "web"}}
         ]),
         "{plan}"
     );

@@ -798,6 +798,17 @@ fn real_cluster_changes_by_hand_are_drift_and_apply_heals_them() {
     const PAGE: &str = "v1 ConfigMap terrace-rt-drift/page";
     const WEB: &str = "apps/v1 Deployment terrace-rt-drift/web";
     assert_eq!(changes(app), pairs(&[(WEB, "update"), (PAGE, "update")]));
+    // Each change also names its object as a typed reference.
+    let web_change = app["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["address"] == WEB)
+        .expect("the Deployment's change");
+    assert_eq!(
+        web_change["object"],
+        json!({"group": "apps", "version": "v1", "kind": "Deployment", "namespace": NS, "name": "web"})
+    );
     let page_diff = diff_of(app, PAGE);
     assert!(
         page_diff.contains("~ data.title: changed by hand → as committed"),

@@ -118,6 +118,11 @@ fn a_reused_plan_still_sees_every_change() {
         "{report}"
     );
     assert_eq!(reused, ["docs"]);
+    // The change names the object the file holds, typed.
+    assert_eq!(
+        crate::unit(&report, "settings")["changes"][0]["object"],
+        serde_json::json!({"version": "v1", "kind": "ConfigMap", "namespace": "apps", "name": "settings"})
+    );
 
     // A source edited.
     settled_and_reused(d);
