@@ -547,9 +547,9 @@ fn accumulate_as(
         stack.vars.extend(crate::vars::parse(k, file)?);
         let mut acc = load_resources(fs, dir, file, k, stack)?;
         check_unique(&acc, file)?;
-        generate_own(fs, dir, file, k, &mut acc)?;
+        generate_own(fs, dir, file, k, &mut acc, stack)?;
         apply_components(fs, dir, file, k, &mut acc, stack)?;
-        transform_own(fs, dir, file, k, &mut acc)?;
+        transform_own(fs, dir, file, k, &mut acc, stack)?;
         let id = next_origin();
         for r in &mut acc {
             r.origin.push(id);
@@ -577,9 +577,9 @@ fn apply_components(
         entered(&path, file, stack, |stack| {
             acc.extend(load_resources(fs, &path, &c_file, &c, stack)?);
             check_unique(acc, &c_file)?;
-            generate_own(fs, &path, &c_file, &c, acc)?;
+            generate_own(fs, &path, &c_file, &c, acc, stack)?;
             apply_components(fs, &path, &c_file, &c, acc, stack)?;
-            transform_own(fs, &path, &c_file, &c, acc)
+            transform_own(fs, &path, &c_file, &c, acc, stack)
         })?;
     }
     Ok(())
@@ -786,6 +786,7 @@ fn generate_own(
     file: &Path,
     k: &Map<String, Value>,
     acc: &mut Vec<Res>,
+    stack: &mut Walk,
 ) -> Result<(), KustomizeError> {
     let options = obj(k.get("generatorOptions").unwrap_or(&Value::Null));
     for g in k
@@ -805,41 +806,37 @@ fn generate_own(
         generate(fs, dir, file, g, &options, true, acc)?;
     }
     // `generators:`: builtin generator configurations, after the fields'.
-    for entry in strings(k, "generators", file)? {
-        let path = restricted(fs, dir, &entry, file)?;
-        let text = read(fs, &path, file)?;
-        for config in yaml_documents(&text, &path)? {
-            let kind = config["kind"].as_str().unwrap_or_default().to_owned();
-            let secret = match (config["apiVersion"].as_str(), kind.as_str()) {
-                (Some("builtin"), "ConfigMapGenerator") => false,
-                (Some("builtin"), "SecretGenerator") => true,
-                (Some("builtin"), other) => {
-                    return Err(KustomizeError::Unsupported {
-                        file: path.clone(),
-                        field: format!("generators: {other}"),
-                    });
-                }
-                _ => {
-                    return Err(KustomizeError::Unsupported {
-                        file: path.clone(),
-                        field: format!("generators: {kind} (only builtin generators)"),
-                    });
-                }
-            };
-            // The same generator a `configMapGenerator` entry configures:
-            // its name and namespace come from the configuration's
-            // metadata.
-            let mut g = config.as_object().cloned().unwrap_or_default();
-            for field in ["apiVersion", "kind", "metadata"] {
-                g.remove(field);
+    for (path, config) in plugin_configs(fs, dir, file, k, "generators", stack)? {
+        let kind = config["kind"].as_str().unwrap_or_default().to_owned();
+        let secret = match (config["apiVersion"].as_str(), kind.as_str()) {
+            (Some("builtin"), "ConfigMapGenerator") => false,
+            (Some("builtin"), "SecretGenerator") => true,
+            (Some("builtin"), other) => {
+                return Err(KustomizeError::Unsupported {
+                    file: path.clone(),
+                    field: format!("generators: {other}"),
+                });
             }
-            for field in ["name", "namespace"] {
-                if let Some(v) = config["metadata"].get(field) {
-                    g.insert(field.to_owned(), v.clone());
-                }
+            _ => {
+                return Err(KustomizeError::Unsupported {
+                    file: path.clone(),
+                    field: format!("generators: {kind} (only builtin generators)"),
+                });
             }
-            generate(fs, dir, &path, &Value::Object(g), &options, secret, acc)?;
+        };
+        // The same generator a `configMapGenerator` entry configures:
+        // its name and namespace come from the configuration's
+        // metadata.
+        let mut g = config.as_object().cloned().unwrap_or_default();
+        for field in ["apiVersion", "kind", "metadata"] {
+            g.remove(field);
         }
+        for field in ["name", "namespace"] {
+            if let Some(v) = config["metadata"].get(field) {
+                g.insert(field.to_owned(), v.clone());
+            }
+        }
+        generate(fs, dir, &path, &Value::Object(g), &options, secret, acc)?;
     }
     Ok(())
 }
@@ -852,6 +849,7 @@ fn transform_own(
     file: &Path,
     k: &Map<String, Value>,
     acc: &mut Vec<Res>,
+    stack: &mut Walk,
 ) -> Result<(), KustomizeError> {
     // patchesStrategicMerge, patches
     for p in strings(k, "patchesStrategicMerge", file)? {
@@ -1031,7 +1029,53 @@ fn transform_own(
         crate::replace::run(fs, dir, file, list, acc)?;
         check_shapes(acc, file)?;
     }
-    builtin_transformers(fs, dir, file, k, acc)
+    builtin_transformers(fs, dir, file, k, acc, stack)
+}
+
+/// The configurations a kustomization's `transformers:` or `generators:`
+/// lists, in order, each with the file it came from. As in kustomize, an
+/// entry that reads as objects is an inline configuration; any other is a
+/// file of configurations, or a directory whose kustomization is built and
+/// whose resources are the configurations.
+fn plugin_configs(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    field: &str,
+    stack: &mut Walk,
+) -> Result<Vec<(PathBuf, Value)>, KustomizeError> {
+    let mut out = Vec::new();
+    for entry in strings(k, field, file)? {
+        if let Ok(docs) = yaml_documents(&entry, file)
+            && !docs.is_empty()
+            && docs.iter().all(|d| d.get("kind").is_some())
+        {
+            out.extend(docs.into_iter().map(|d| (file.to_owned(), d)));
+            continue;
+        }
+        if is_remote(&entry) {
+            return Err(KustomizeError::Unsupported {
+                file: file.to_owned(),
+                field: format!("{field}: {entry} (remote configurations)"),
+            });
+        }
+        let path = normalize(&dir.join(&entry));
+        if fs.is_dir(&path) {
+            let (sub_file, sub) = load(fs, &path)?;
+            let built = accumulate(fs, &path, &sub_file, &sub, stack)?;
+            out.extend(built.into_iter().map(|r| (sub_file.clone(), r.value)));
+        } else {
+            let path = restricted(fs, dir, &entry, file)?;
+            let text = read(fs, &path, file)?;
+            out.extend(
+                yaml_documents(&text, &path)?
+                    .into_iter()
+                    .map(|d| (path.clone(), d)),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// `transformers:`: files of builtin transformer configurations, run after
@@ -1044,104 +1088,114 @@ fn builtin_transformers(
     file: &Path,
     k: &Map<String, Value>,
     acc: &mut Vec<Res>,
+    stack: &mut Walk,
 ) -> Result<(), KustomizeError> {
-    for entry in strings(k, "transformers", file)? {
-        let path = restricted(fs, dir, &entry, file)?;
-        let text = read(fs, &path, file)?;
-        for config in yaml_documents(&text, &path)? {
-            let kind = config["kind"].as_str().unwrap_or_default().to_owned();
-            if config["apiVersion"] != "builtin" {
-                return Err(KustomizeError::Unsupported {
-                    file: path.clone(),
-                    field: format!("transformers: {kind} (only builtin transformers)"),
-                });
-            }
-            // The same transformers a kustomization's fields configure.
-            let mut as_fields = Map::new();
-            match kind.as_str() {
-                "PrefixSuffixTransformer" => {
-                    let on_names = config["fieldSpecs"]
-                        .as_array()
-                        .is_none_or(|specs| specs.iter().all(|s| s["path"] == "metadata/name"));
-                    if !on_names {
-                        return Err(KustomizeError::Unsupported {
+    for (path, config) in plugin_configs(fs, dir, file, k, "transformers", stack)? {
+        let kind = config["kind"].as_str().unwrap_or_default().to_owned();
+        if config["apiVersion"] != "builtin" {
+            return Err(KustomizeError::Unsupported {
+                file: path.clone(),
+                field: format!("transformers: {kind} (only builtin transformers)"),
+            });
+        }
+        // The same transformers a kustomization's fields configure.
+        let mut as_fields = Map::new();
+        match kind.as_str() {
+            "PrefixSuffixTransformer" => {
+                let on_names = config["fieldSpecs"]
+                    .as_array()
+                    .is_none_or(|specs| specs.iter().all(|s| s["path"] == "metadata/name"));
+                if !on_names {
+                    return Err(KustomizeError::Unsupported {
                             file: path.clone(),
                             field: "transformers: PrefixSuffixTransformer fieldSpecs other than metadata/name".to_owned(),
                         });
+                }
+                for (from, to) in [("prefix", "namePrefix"), ("suffix", "nameSuffix")] {
+                    if let Some(v) = config.get(from) {
+                        as_fields.insert(to.to_owned(), v.clone());
                     }
-                    for (from, to) in [("prefix", "namePrefix"), ("suffix", "nameSuffix")] {
-                        if let Some(v) = config.get(from) {
-                            as_fields.insert(to.to_owned(), v.clone());
-                        }
-                    }
-                }
-                "ImageTagTransformer" => {
-                    as_fields.insert(
-                        "images".to_owned(),
-                        Value::Array(vec![config["imageTag"].clone()]),
-                    );
-                }
-                "ReplicaCountTransformer" => {
-                    as_fields.insert(
-                        "replicas".to_owned(),
-                        Value::Array(vec![config["replica"].clone()]),
-                    );
-                }
-                "PatchTransformer" => {
-                    let mut patch = Map::new();
-                    for field in ["path", "patch", "target", "options"] {
-                        if let Some(v) = config.get(field) {
-                            patch.insert(field.to_owned(), v.clone());
-                        }
-                    }
-                    as_fields.insert(
-                        "patches".to_owned(),
-                        Value::Array(vec![Value::Object(patch)]),
-                    );
-                }
-                "LabelTransformer" | "AnnotationsTransformer" => {
-                    let pairs_field = if kind == "LabelTransformer" {
-                        "labels"
-                    } else {
-                        "annotations"
-                    };
-                    let pairs = obj(&config[pairs_field]);
-                    for spec in config["fieldSpecs"].as_array().into_iter().flatten() {
-                        let spec_path: Vec<&str> = spec["path"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .split('/')
-                            .filter(|p| !p.is_empty())
-                            .collect();
-                        let create = spec["create"] == Value::Bool(true);
-                        for r in acc.iter_mut() {
-                            let kind_ok = spec["kind"]
-                                .as_str()
-                                .is_none_or(|k| k == transform::kind(&r.value));
-                            let group_ok = spec["group"]
-                                .as_str()
-                                .is_none_or(|g| g == transform::group_version(&r.value).0);
-                            if kind_ok && group_ok {
-                                transform::set_at_field_spec(
-                                    &mut r.value,
-                                    &spec_path,
-                                    create,
-                                    &pairs,
-                                );
-                            }
-                        }
-                    }
-                    continue;
-                }
-                other => {
-                    return Err(KustomizeError::Unsupported {
-                        file: path.clone(),
-                        field: format!("transformers: {other}"),
-                    });
                 }
             }
-            transform_own(fs, dir, &path, &as_fields, acc)?;
+            "NamespaceTransformer" => {
+                // The `namespace:` field's transformer; its own field
+                // specs only when they are that field's.
+                let plain = config["fieldSpecs"]
+                    .as_array()
+                    .is_none_or(|specs| specs.iter().all(|s| s["path"] == "metadata/namespace"))
+                    && config.get("unsetOnly").is_none()
+                    && config.get("setRoleBindingSubjects").is_none();
+                if !plain {
+                    return Err(KustomizeError::Unsupported {
+                            file: path.clone(),
+                            field: "transformers: NamespaceTransformer with field specs or options other than the `namespace:` field's".to_owned(),
+                        });
+                }
+                if let Some(ns) = config["metadata"].get("namespace") {
+                    as_fields.insert("namespace".to_owned(), ns.clone());
+                }
+            }
+            "ImageTagTransformer" => {
+                as_fields.insert(
+                    "images".to_owned(),
+                    Value::Array(vec![config["imageTag"].clone()]),
+                );
+            }
+            "ReplicaCountTransformer" => {
+                as_fields.insert(
+                    "replicas".to_owned(),
+                    Value::Array(vec![config["replica"].clone()]),
+                );
+            }
+            "PatchTransformer" => {
+                let mut patch = Map::new();
+                for field in ["path", "patch", "target", "options"] {
+                    if let Some(v) = config.get(field) {
+                        patch.insert(field.to_owned(), v.clone());
+                    }
+                }
+                as_fields.insert(
+                    "patches".to_owned(),
+                    Value::Array(vec![Value::Object(patch)]),
+                );
+            }
+            "LabelTransformer" | "AnnotationsTransformer" => {
+                let pairs_field = if kind == "LabelTransformer" {
+                    "labels"
+                } else {
+                    "annotations"
+                };
+                let pairs = obj(&config[pairs_field]);
+                for spec in config["fieldSpecs"].as_array().into_iter().flatten() {
+                    let spec_path: Vec<&str> = spec["path"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .split('/')
+                        .filter(|p| !p.is_empty())
+                        .collect();
+                    let create = spec["create"] == Value::Bool(true);
+                    for r in acc.iter_mut() {
+                        let kind_ok = spec["kind"]
+                            .as_str()
+                            .is_none_or(|k| k == transform::kind(&r.value));
+                        let group_ok = spec["group"]
+                            .as_str()
+                            .is_none_or(|g| g == transform::group_version(&r.value).0);
+                        if kind_ok && group_ok {
+                            transform::set_at_field_spec(&mut r.value, &spec_path, create, &pairs);
+                        }
+                    }
+                }
+                continue;
+            }
+            other => {
+                return Err(KustomizeError::Unsupported {
+                    file: path.clone(),
+                    field: format!("transformers: {other}"),
+                });
+            }
         }
+        transform_own(fs, dir, &path, &as_fields, acc, stack)?;
     }
     Ok(())
 }

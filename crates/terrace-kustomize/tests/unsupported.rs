@@ -69,8 +69,12 @@ fn configurations_other_than_name_references_are_refused_by_name() {
 fn transformers_other_than_the_supported_builtins_are_refused_by_name() {
     for (config, named) in [
         (
-            "apiVersion: builtin\nkind: NamespaceTransformer\nmetadata:\n  name: n\n  namespace: x\n",
-            "`transformers: NamespaceTransformer` is not supported",
+            "apiVersion: builtin\nkind: ReplacementTransformer\nmetadata:\n  name: n\n",
+            "`transformers: ReplacementTransformer` is not supported",
+        ),
+        (
+            "apiVersion: builtin\nkind: NamespaceTransformer\nmetadata:\n  name: n\n  namespace: x\nunsetOnly: true\n",
+            "NamespaceTransformer with field specs or options other than the `namespace:` field's` is not supported",
         ),
         (
             "apiVersion: example.com/v1\nkind: MyPlugin\nmetadata:\n  name: p\n",
@@ -85,6 +89,22 @@ fn transformers_other_than_the_supported_builtins_are_refused_by_name() {
             .to_string();
         assert!(err.contains(named) && err.contains("/app/t.yaml"), "{err}");
     }
+}
+
+#[test]
+fn plugin_configuration_entries_that_are_not_there_or_loop_are_refused() {
+    // Neither a configuration nor a file: named as missing.
+    let mut fs = MemFs::new();
+    fs.add("/app/kustomization.yaml", "transformers: [nothing-here]\n");
+    let err = build(&fs, Path::new("/app")).expect_err("refused").to_string();
+    assert!(err.contains("nothing-here"), "{err}");
+    // A directory of configurations that lists its parent: a cycle, not a
+    // stack overflow.
+    let mut fs = MemFs::new();
+    fs.add("/app/kustomization.yaml", "transformers: [t]\n");
+    fs.add("/app/t/kustomization.yaml", "transformers: [..]\n");
+    let err = build(&fs, Path::new("/app")).expect_err("refused").to_string();
+    assert!(err.contains("cycle"), "{err}");
 }
 
 #[test]

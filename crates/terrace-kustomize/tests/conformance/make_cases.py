@@ -1699,6 +1699,53 @@ case("builtin-generators", {
     "g.yaml": 'apiVersion: builtin\nkind: ConfigMapGenerator\nmetadata:\n  name: fromplugin\n  namespace: ns1\nliterals: [a=1, b=2]\noptions:\n  labels: {made: plugin}\n---\napiVersion: builtin\nkind: SecretGenerator\nmetadata:\n  name: sec\ntype: Opaque\nliterals: [p=x]\n',
 })
 
+# transformers: / generators: entries may be inline configurations, or
+# directories whose kustomization's resources are the configurations.
+case("builtin-configs-inline", {
+    "kustomization.yaml": k('''
+        resources: [cm.yaml]
+        generators:
+        - |-
+          apiVersion: builtin
+          kind: ConfigMapGenerator
+          metadata:
+            name: inline
+          literals: [FRUIT=apple]
+        transformers:
+        - |-
+          apiVersion: builtin
+          kind: NamespaceTransformer
+          metadata:
+            name: ns
+            namespace: moved
+          fieldSpecs:
+          - path: metadata/namespace
+            create: true
+        - |-
+          apiVersion: builtin
+          kind: PrefixSuffixTransformer
+          metadata:
+            name: ps
+          prefix: baked-
+          suffix: -pie
+          fieldSpecs:
+          - path: metadata/name
+        '''),
+    "cm.yaml": CM,
+})
+case("builtin-configs-from-a-directory", {
+    "app/kustomization.yaml": k('''
+        resources: [cm.yaml]
+        generators: [../gen]
+        transformers: [../xform]
+        '''),
+    "app/cm.yaml": CM,
+    "gen/kustomization.yaml": "resources: [g.yaml]\n",
+    "gen/g.yaml": "apiVersion: builtin\nkind: ConfigMapGenerator\nmetadata:\n  name: generated\nliterals: [a=1]\n",
+    "xform/kustomization.yaml": "resources: [labels.yaml]\n",
+    "xform/labels.yaml": "apiVersion: builtin\nkind: LabelTransformer\nmetadata:\n  name: l\nlabels:\n  team: a\nfieldSpecs:\n- path: metadata/labels\n  create: true\n",
+}, build="app")
+
 
 def main():
     if os.path.isdir(CASES):
