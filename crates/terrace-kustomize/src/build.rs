@@ -336,7 +336,18 @@ fn load(fs: &dyn Fs, dir: &Path) -> Result<(PathBuf, Map<String, Value>), Kustom
             file: file.clone(),
             source,
         })?;
-    let docs = yaml_documents(&text, &file)?;
+    // Read as kustomize reads it (Go's `sigs.k8s.io/yaml`): a key given
+    // twice keeps its last value.
+    let docs: Vec<Value> = terrace_yaml::tree::parse_stream_last_key_wins(
+        &text,
+        &file,
+        terrace_yaml::tree::Schema::Kyaml,
+    )
+    .map_err(|d| KustomizeError::Yaml(Box::new(d)))?
+    .iter()
+    .map(terrace_yaml::tree::Node::to_json)
+    .filter(|v| !v.is_null())
+    .collect();
     let k = match docs.into_iter().next() {
         None => Map::new(),
         Some(Value::Object(m)) => m,

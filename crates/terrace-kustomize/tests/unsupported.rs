@@ -96,14 +96,18 @@ fn plugin_configuration_entries_that_are_not_there_or_loop_are_refused() {
     // Neither a configuration nor a file: named as missing.
     let mut fs = MemFs::new();
     fs.add("/app/kustomization.yaml", "transformers: [nothing-here]\n");
-    let err = build(&fs, Path::new("/app")).expect_err("refused").to_string();
+    let err = build(&fs, Path::new("/app"))
+        .expect_err("refused")
+        .to_string();
     assert!(err.contains("nothing-here"), "{err}");
     // A directory of configurations that lists its parent: a cycle, not a
     // stack overflow.
     let mut fs = MemFs::new();
     fs.add("/app/kustomization.yaml", "transformers: [t]\n");
     fs.add("/app/t/kustomization.yaml", "transformers: [..]\n");
-    let err = build(&fs, Path::new("/app")).expect_err("refused").to_string();
+    let err = build(&fs, Path::new("/app"))
+        .expect_err("refused")
+        .to_string();
     assert!(err.contains("cycle"), "{err}");
 }
 

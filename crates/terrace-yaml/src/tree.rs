@@ -162,8 +162,30 @@ pub enum Schema {
 
 /// [`parse_stream`] with a choice of [`Schema`].
 pub fn parse_stream_with(src: &str, file: &Path, schema: Schema) -> Result<Vec<Node>, Diagnostic> {
+    parse(src, file, schema, false)
+}
+
+/// [`parse_stream_with`], where a key given twice in a mapping keeps its
+/// last value instead of being refused: how Go's `sigs.k8s.io/yaml` reads
+/// a kustomization file (kustomize accepts `literals:` twice, the second
+/// winning).
+pub fn parse_stream_last_key_wins(
+    src: &str,
+    file: &Path,
+    schema: Schema,
+) -> Result<Vec<Node>, Diagnostic> {
+    parse(src, file, schema, true)
+}
+
+fn parse(
+    src: &str,
+    file: &Path,
+    schema: Schema,
+    last_key_wins: bool,
+) -> Result<Vec<Node>, Diagnostic> {
     let mut builder = Builder {
         schema,
+        last_key_wins,
         ..Builder::default()
     };
     for next in Parser::new_from_str(src) {
@@ -307,6 +329,8 @@ struct Anchored {
 #[derive(Debug, Default)]
 struct Builder {
     schema: Schema,
+    /// A key given twice replaces the earlier entry (else it is refused).
+    last_key_wins: bool,
     /// Per open collection, whether it is a flow one; and how many are.
     flows: Vec<bool>,
     flow_depth: usize,
@@ -566,7 +590,10 @@ impl Builder {
 
     fn value(&mut self, node: Node, col: usize) -> Result<(), String> {
         self.note_child_column(col);
-        if let Some(Frame::Map { key, keys, .. }) = self.stack.last_mut()
+        let last_key_wins = self.last_key_wins;
+        if let Some(Frame::Map {
+            key, keys, items, ..
+        }) = self.stack.last_mut()
             && key.is_none()
         {
             let name = match node {
@@ -580,10 +607,13 @@ impl Builder {
             // Comments are `Key::Comment` entries and never pass here: only
             // names are compared.
             if !keys.insert(name.clone()) {
-                return Err(format!(
-                    "duplicate key `{}` in a mapping: keep one of the two entries",
-                    clip(&name, 80)
-                ));
+                if !last_key_wins {
+                    return Err(format!(
+                        "duplicate key `{}` in a mapping: keep one of the two entries",
+                        clip(&name, 80)
+                    ));
+                }
+                items.retain(|(k, _)| !matches!(k, Key::Name(n) if *n == name));
             }
             *key = Some(name);
             self.flush_pending();
@@ -1514,6 +1544,17 @@ mod tests {
         );
         let loc = e.location.expect("located");
         assert_eq!((loc.line, loc.column), (2, 54));
+    }
+
+    #[test]
+    fn a_duplicate_key_can_keep_its_last_value() {
+        let src = "name: a\nother: 1\nnested:\n  x: 1\n  x: 2\nname: b\n";
+        let docs =
+            parse_stream_last_key_wins(src, Path::new("k.yaml"), Schema::Kyaml).expect("accepted");
+        assert_eq!(
+            docs[0].to_json(),
+            serde_json::json!({"other": 1, "nested": {"x": 2}, "name": "b"})
+        );
     }
 
     #[test]

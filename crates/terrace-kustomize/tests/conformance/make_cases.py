@@ -1746,6 +1746,23 @@ case("builtin-configs-from-a-directory", {
     "xform/labels.yaml": "apiVersion: builtin\nkind: LabelTransformer\nmetadata:\n  name: l\nlabels:\n  team: a\nfieldSpecs:\n- path: metadata/labels\n  create: true\n",
 }, build="app")
 
+# A key given twice: refused in a resource (kyaml), the last one kept in a
+# kustomization file (read with sigs.k8s.io/yaml).
+case("duplicate-key-in-a-resource", {
+    "kustomization.yaml": "resources: [cm.yaml]\n",
+    "cm.yaml": 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: "1"\n  a: "2"\n',
+}, error="duplicate key `a`")
+case("duplicate-key-in-a-kustomization-keeps-the-last", {
+    "kustomization.yaml": k('''
+        namePrefix: first-
+        configMapGenerator:
+        - name: bob
+          literals: [bean=pinto]
+          literals: [fruit=apple]
+        namePrefix: second-
+        '''),
+})
+
 
 def main():
     if os.path.isdir(CASES):
