@@ -92,6 +92,8 @@ enum Source {
     Generated {
         configured_in: PathBuf,
         kind: &'static str,
+        /// The generator configuration's own name (`generators:` entries).
+        by: Option<String>,
     },
 }
 
@@ -165,9 +167,12 @@ fn build_metadata(
                 Source::Generated {
                     configured_in,
                     kind,
+                    by,
                 } => format!(
-                    "configuredIn: {}\nconfiguredBy:\n  apiVersion: builtin\n  kind: {kind}\n",
-                    relative_to(dir, configured_in)
+                    "configuredIn: {}\nconfiguredBy:\n  apiVersion: builtin\n  kind: {kind}\n{}",
+                    relative_to(dir, configured_in),
+                    by.as_ref()
+                        .map_or_else(String::new, |n| format!("  name: {n}\n"))
                 ),
                 Source::Unknown => continue,
             };
@@ -806,7 +811,7 @@ fn generate_own(
         .into_iter()
         .flatten()
     {
-        generate(fs, dir, file, g, &options, false, acc)?;
+        generate(fs, dir, file, g, &options, false, None, acc)?;
     }
     for g in k
         .get("secretGenerator")
@@ -814,7 +819,7 @@ fn generate_own(
         .into_iter()
         .flatten()
     {
-        generate(fs, dir, file, g, &options, true, acc)?;
+        generate(fs, dir, file, g, &options, true, None, acc)?;
     }
     // `generators:`: builtin generator configurations, after the fields'.
     for (path, config) in plugin_configs(fs, dir, file, k, "generators", stack)? {
@@ -842,12 +847,16 @@ fn generate_own(
         for field in ["apiVersion", "kind", "metadata"] {
             g.remove(field);
         }
+        // Its own `name` and `namespace` first, else the metadata's.
         for field in ["name", "namespace"] {
-            if let Some(v) = config["metadata"].get(field) {
+            if let Some(v) = config["metadata"].get(field)
+                && !g.contains_key(field)
+            {
                 g.insert(field.to_owned(), v.clone());
             }
         }
-        generate(fs, dir, &path, &Value::Object(g), &options, secret, acc)?;
+        let by = config["metadata"]["name"].as_str();
+        generate(fs, dir, &path, &Value::Object(g), &options, secret, by, acc)?;
     }
     Ok(())
 }
@@ -1391,6 +1400,19 @@ fn apply_6902(
     Ok(())
 }
 
+/// Where a generated object comes from, for `originAnnotations`.
+fn generated_by(file: &Path, secret: bool, by: Option<&str>) -> Source {
+    Source::Generated {
+        configured_in: file.to_owned(),
+        kind: if secret {
+            "SecretGenerator"
+        } else {
+            "ConfigMapGenerator"
+        },
+        by: by.map(str::to_owned),
+    }
+}
+
 /// `key=value` of a literal (quotes around the value are dropped).
 fn literal(s: &str, file: &Path) -> Result<(String, String), KustomizeError> {
     let (k, v) = s
@@ -1430,6 +1452,7 @@ fn generate(
     g: &Value,
     global: &Map<String, Value>,
     secret: bool,
+    by: Option<&str>,
     acc: &mut Vec<Res>,
 ) -> Result<(), KustomizeError> {
     let name = g["name"]
@@ -1568,14 +1591,7 @@ fn generate(
         )),
         ("create", None) => {
             let mut r = Res::new(value);
-            r.from = Source::Generated {
-                configured_in: file.to_owned(),
-                kind: if secret {
-                    "SecretGenerator"
-                } else {
-                    "ConfigMapGenerator"
-                },
-            };
+            r.from = generated_by(file, secret, by);
             r.hash = !disable_hash;
             acc.push(r);
             Ok(())
@@ -1633,7 +1649,8 @@ fn generate(
             let mut value = value;
             value["metadata"] = metadata;
             let origin = std::mem::take(&mut r.origin);
-            let from = std::mem::take(&mut r.from);
+            // The replacing generator is where it now comes from.
+            let from = generated_by(file, secret, by);
             let affixes = std::mem::take(&mut r.affixes);
             *r = Res::new(value);
             r.names = names;

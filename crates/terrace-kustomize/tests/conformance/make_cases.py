@@ -1763,6 +1763,24 @@ case("duplicate-key-in-a-kustomization-keeps-the-last", {
         '''),
 })
 
+# A builtin generator configuration's own `name` wins over its metadata's;
+# origins name the configuration, and a replacing generator is the origin.
+case("builtin-generator-name-and-origins", {
+    "kustomization.yaml": "generators: [g.yaml]\nbuildMetadata: [originAnnotations]\n",
+    "g.yaml": "apiVersion: builtin\nkind: ConfigMapGenerator\nmetadata:\n  name: notImportantHere\nname: bob\nliterals: [fruit=apple]\n",
+})
+case("generator-replace-is-the-origin", {
+    "base/kustomization.yaml": "configMapGenerator:\n- name: bob\n  literals: [fruit=apple]\n",
+    "overlay/kustomization.yaml": k('''
+        resources: [../base]
+        configMapGenerator:
+        - name: bob
+          behavior: replace
+          literals: [month=12]
+        buildMetadata: [originAnnotations]
+        '''),
+}, build="overlay")
+
 
 def main():
     if os.path.isdir(CASES):
