@@ -70,11 +70,6 @@ pub(crate) struct Res {
     first_kind: String,
     /// Generated with a content-hash suffix, added at the end.
     hash: bool,
-    /// The kustomization builds it came through, innermost first: two
-    /// overlays of one base give its objects different origins, so a
-    /// reference goes to the object of its own branch (as kustomize's
-    /// name references prefer the referee with the referrer's history).
-    origin: Vec<u32>,
     /// Where it came from, for `buildMetadata: [originAnnotations]`.
     from: Source,
     /// The name prefixes and suffixes given to it, innermost first: a
@@ -109,12 +104,6 @@ struct Walk {
     vars: Vec<crate::vars::Var>,
 }
 
-/// A new id for one kustomization's build (see [`Res::origin`]).
-fn next_origin() -> u32 {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
 impl Res {
     fn new(value: Value) -> Res {
         let name = transform::name(&value).to_owned();
@@ -126,7 +115,6 @@ impl Res {
             first_namespace,
             first_kind,
             hash: false,
-            origin: Vec::new(),
             from: Source::Unknown,
             affixes: Vec::new(),
         }
@@ -247,15 +235,14 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
             old: r.names.clone(),
             new: r.names.last().cloned().unwrap_or_default(),
             namespace: transform::namespace(&r.value).to_owned(),
-            origin: r.origin.clone(),
+            first_namespace: r.first_namespace.clone(),
             affixes: r.affixes.clone(),
         });
     }
     build_metadata(&dir, &file, &k, &mut resources)?;
-    let origins: Vec<Vec<u32>> = resources.iter().map(|r| r.origin.clone()).collect();
     let affixes: Vec<Vec<(String, String)>> = resources.iter().map(|r| r.affixes.clone()).collect();
     let mut objects: Vec<Value> = resources.into_iter().map(|r| r.value).collect();
-    transform::fix_references(&mut objects, &origins, &affixes, &renamed, &walk.name_refs)
+    transform::fix_references(&mut objects, &affixes, &renamed, &walk.name_refs)
         .map_err(|m| KustomizeError::invalid(&file, m))?;
     crate::vars::apply(&mut objects, &renamed, &walk.vars)
         .map_err(|m| KustomizeError::invalid(&file, m))?;
@@ -566,10 +553,6 @@ fn accumulate_as(
         generate_own(fs, dir, file, k, &mut acc, stack)?;
         apply_components(fs, dir, file, k, &mut acc, stack)?;
         transform_own(fs, dir, file, k, &mut acc, stack)?;
-        let id = next_origin();
-        for r in &mut acc {
-            r.origin.push(id);
-        }
         Ok(acc)
     })
 }
@@ -912,20 +895,8 @@ fn transform_own(
     }
     check_shapes(acc, file)?;
     if let Some(ns) = k.get("namespace").and_then(Value::as_str) {
-        // RBAC subjects that name a ServiceAccount of this build move with
-        // it (kustomize's name references): (name, namespace) before.
-        let accounts: Vec<(String, String)> = acc
-            .iter()
-            .filter(|r| transform::kind(&r.value) == "ServiceAccount")
-            .map(|r| {
-                (
-                    transform::name(&r.value).to_owned(),
-                    transform::namespace(&r.value).to_owned(),
-                )
-            })
-            .collect();
         for r in acc.iter_mut() {
-            transform::set_namespace(&mut r.value, ns, &accounts);
+            transform::set_namespace(&mut r.value, ns);
         }
     }
     let prefix = k.get("namePrefix").and_then(Value::as_str).unwrap_or("");
@@ -1648,14 +1619,12 @@ fn generate(
             }
             let mut value = value;
             value["metadata"] = metadata;
-            let origin = std::mem::take(&mut r.origin);
             // The replacing generator is where it now comes from.
             let from = generated_by(file, secret, by);
             let affixes = std::mem::take(&mut r.affixes);
             *r = Res::new(value);
             r.names = names;
             r.first_namespace = first_namespace;
-            r.origin = origin;
             r.from = from;
             r.affixes = affixes;
             r.hash = !disable_hash;

@@ -93,9 +93,12 @@ fn set_all(m: &mut Map<String, Value>, pairs: &Map<String, Value>) {
     }
 }
 
-/// `namespace:`. `accounts` are the build's ServiceAccounts as (name,
-/// namespace) before the change: RBAC subjects naming one move with it.
-pub fn set_namespace(v: &mut Value, ns: &str, accounts: &[(String, String)]) {
+/// `namespace:`, with kustomize's field specs: the object's own
+/// namespace, an APIService's service (created), a CRD's conversion
+/// webhook service (when it names one), and RBAC subjects named `default`.
+/// Other subjects and webhook services follow the objects they name
+/// through name references ([`fix_references`]).
+pub fn set_namespace(v: &mut Value, ns: &str) {
     let ns_value = Value::String(ns.to_owned());
     let core_namespace = kind(v) == "Namespace" && v["apiVersion"] == "v1";
     if core_namespace {
@@ -105,43 +108,38 @@ pub fn set_namespace(v: &mut Value, ns: &str, accounts: &[(String, String)]) {
         // A `Namespace` of another API group is a namespaced resource.
         meta(v).insert("namespace".into(), ns_value.clone());
     }
-    // Services that cluster-scoped objects call move with the namespace.
-    let mut services: Vec<&mut Value> = Vec::new();
     match kind(v) {
-        "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration" => {
-            let hooks = v.get_mut("webhooks").and_then(Value::as_array_mut);
-            for hook in hooks.into_iter().flatten() {
-                services.extend(hook.pointer_mut("/clientConfig/service"));
+        "APIService" if group_version(v).0 == "apiregistration.k8s.io" => {
+            if let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut)
+                && let Some(service) = spec
+                    .entry("service")
+                    .or_insert_with(|| Value::Object(Map::new()))
+                    .as_object_mut()
+            {
+                service.insert("namespace".into(), ns_value.clone());
             }
         }
-        "APIService" => services.extend(v.pointer_mut("/spec/service")),
         "CustomResourceDefinition" => {
-            services.extend(v.pointer_mut("/spec/conversion/webhook/clientConfig/service"));
+            if let Some(service) = v
+                .pointer_mut("/spec/conversion/webhook/clientConfig/service")
+                .and_then(Value::as_object_mut)
+                && service.contains_key("namespace")
+            {
+                service.insert("namespace".into(), ns_value.clone());
+            }
         }
         _ => {}
-    }
-    for service in services {
-        if let Some(m) = service.as_object_mut() {
-            m.insert("namespace".into(), ns_value.clone());
-        }
     }
     if matches!(kind(v), "RoleBinding" | "ClusterRoleBinding")
         && let Some(subjects) = v.get_mut("subjects").and_then(Value::as_array_mut)
     {
-        // kustomize moves the `default` ServiceAccount, whatever namespace
-        // the subject names; other subjects follow only a ServiceAccount
-        // of this build (name references, later).
+        // kustomize's `defaultOnly`: subjects named `default`, whatever
+        // their kind and namespace.
         for s in subjects {
-            if s["kind"] != "ServiceAccount" {
-                continue;
-            }
-            let name = s["name"].as_str().unwrap_or("");
-            let subject_ns = s["namespace"].as_str().unwrap_or("");
-            let ours = accounts
-                .iter()
-                .any(|(n, account_ns)| n == name && same_namespace(account_ns, subject_ns));
-            if name == "default" || ours {
-                s["namespace"] = Value::String(ns.to_owned());
+            if s["name"] == "default"
+                && let Some(m) = s.as_object_mut()
+            {
+                m.insert("namespace".into(), ns_value.clone());
             }
         }
     }
@@ -430,9 +428,12 @@ struct Ref<'a> {
     /// A second kind the name may refer to (RBAC `resourceNames`: a
     /// ConfigMap or a Secret).
     also_kind: Option<&'a str>,
+    /// The name; with `map`, the mapping holding `name` and `namespace`.
     value: &'a mut Value,
-    /// The namespace the reference names explicitly (RBAC subjects).
-    namespace: Option<String>,
+    /// A mapping with `name` and `namespace` (RBAC subjects, webhook
+    /// services): candidates are those in the namespace it names, and
+    /// both fields take the chosen object's.
+    map: bool,
 }
 
 impl<'a> Ref<'a> {
@@ -441,7 +442,7 @@ impl<'a> Ref<'a> {
             target_kind,
             also_kind: None,
             value,
-            namespace: None,
+            map: false,
         }
     }
 
@@ -477,14 +478,11 @@ fn refs(v: &mut Value) -> Vec<Ref<'_>> {
                 let service = hook
                     .get_mut("clientConfig")
                     .and_then(|c| c.get_mut("service"));
-                if let Some(service) = service {
-                    let namespace = service["namespace"].as_str().map(str::to_owned);
-                    if let Some(n) = service.get_mut("name") {
-                        out.push(Ref {
-                            namespace,
-                            ..Ref::to("Service", n)
-                        });
-                    }
+                if let Some(service) = service.filter(|s| s.is_object()) {
+                    out.push(Ref {
+                        map: true,
+                        ..Ref::to("Service", service)
+                    });
                 }
             }
             return out;
@@ -518,13 +516,10 @@ fn refs(v: &mut Value) -> Vec<Ref<'_>> {
             }
             if let Some(Value::Array(subjects)) = subjects {
                 for s in subjects {
-                    let namespace = s["namespace"].as_str().map(str::to_owned);
-                    if s["kind"] == "ServiceAccount"
-                        && let Some(n) = s.get_mut("name")
-                    {
+                    if s["kind"] == "ServiceAccount" && s.is_object() {
                         out.push(Ref {
-                            namespace,
-                            ..Ref::to("ServiceAccount", n)
+                            map: true,
+                            ..Ref::to("ServiceAccount", s)
                         });
                     }
                 }
@@ -541,6 +536,8 @@ fn refs(v: &mut Value) -> Vec<Ref<'_>> {
                                 if let Some(n) = val.get_mut("name") {
                                     out.push(Ref::to("Service", n));
                                 }
+                            } else if key == "serviceName" {
+                                out.push(Ref::to("Service", val));
                             } else if key == "secretName" {
                                 out.push(Ref::to("Secret", val));
                             } else {
@@ -716,20 +713,10 @@ pub struct Renamed {
     pub old: Vec<String>,
     pub new: String,
     pub namespace: String,
-    /// The kustomization builds it came through, innermost first.
-    pub origin: Vec<u32>,
+    /// The namespace it had when it entered the build.
+    pub first_namespace: String,
     /// The name prefixes and suffixes given to it, innermost first.
     pub affixes: Vec<(String, String)>,
-}
-
-/// How many kustomization builds, from the top down, two objects share:
-/// the deeper their common build, the closer they are.
-fn shared_builds(a: &[u32], b: &[u32]) -> usize {
-    a.iter()
-        .rev()
-        .zip(b.iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count()
 }
 
 /// A name reference a kustomization's `configurations` add: fields of
@@ -789,9 +776,11 @@ struct Referrals<'a> {
 /// Who refers: for kustomize's choice among candidates.
 struct Referrer<'a> {
     label: String,
+    /// A RoleBinding with a ServiceAccount subject whose `namespace:` is
+    /// there but empty: kustomize refuses to pick for it.
+    blank_subject_namespace: bool,
     namespace: String,
     cluster_scoped: bool,
-    origin: &'a [u32],
     affixes: &'a [(String, String)],
 }
 
@@ -810,16 +799,19 @@ impl<'a> Referrals<'a> {
         Referrals { by_name }
     }
 
-    /// The name `current` (a reference of `referrer` to an object a kind
-    /// of which `wanted` accepts, in `explicit_ns` when it names one)
-    /// should be now; `None` to leave it.
+    /// The object a reference of `referrer` named `current` goes to (one
+    /// of a kind `wanted` accepts; for a mapping reference (`map`) with a
+    /// namespace `explicit_ns`, one that was, or else is, in that
+    /// namespace); `None` when there is none. Several that differ in name
+    /// (or, for a mapping, in namespace) are an error.
     fn resolve(
         &self,
         current: &str,
         wanted: impl Fn(&str) -> bool,
+        map: bool,
         explicit_ns: Option<&str>,
         referrer: &Referrer<'_>,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<&'a Renamed>, String> {
         let mut candidates: Vec<&Renamed> = self
             .by_name
             .get(current)
@@ -827,7 +819,28 @@ impl<'a> Referrals<'a> {
             .flatten()
             .copied()
             .filter(|x| wanted(&x.kind))
-            .filter(|x| explicit_ns.is_none_or(|ns| ns == x.namespace))
+            .collect();
+        if !candidates.is_empty() && referrer.blank_subject_namespace {
+            return Err(format!(
+                "{}: Invalid Input: namespace is blank for resource (a ServiceAccount subject has `namespace:` with no value)",
+                referrer.label
+            ));
+        }
+        if let Some(ns) = explicit_ns {
+            // As kustomize groups them: by the namespace each had when it
+            // entered the build, else by the one it has now.
+            // (no namespace is `default`).
+            if candidates
+                .iter()
+                .any(|x| same_namespace(&x.first_namespace, ns))
+            {
+                candidates.retain(|x| same_namespace(&x.first_namespace, ns));
+            } else {
+                candidates.retain(|x| same_namespace(&x.namespace, ns));
+            }
+        }
+        let mut candidates: Vec<&Renamed> = candidates
+            .into_iter()
             .filter(|x| {
                 referrer.cluster_scoped
                     || CLUSTER_SCOPED.contains(&x.kind.as_str())
@@ -840,19 +853,17 @@ impl<'a> Referrals<'a> {
             // (none left: the reference stays), then, of several still,
             // those that came through the most of its builds.
             candidates.retain(|x| x.affixes == referrer.affixes);
-            if candidates.len() > 1 {
-                let closest = candidates
-                    .iter()
-                    .map(|x| shared_builds(referrer.origin, &x.origin))
-                    .max()
-                    .unwrap_or(0);
-                candidates.retain(|x| shared_builds(referrer.origin, &x.origin) == closest);
-            }
         }
         let chosen = match candidates.as_slice() {
             [] => return Ok(None),
             [one] => *one,
-            [first, rest @ ..] if rest.iter().all(|x| x.new == first.new) => *first,
+            [first, rest @ ..]
+                if rest
+                    .iter()
+                    .all(|x| x.new == first.new && (!map || x.namespace == first.namespace)) =>
+            {
+                *first
+            }
             several => {
                 let ids: Vec<String> = several
                     .iter()
@@ -865,7 +876,7 @@ impl<'a> Referrals<'a> {
                 ));
             }
         };
-        Ok((chosen.new != current).then(|| chosen.new.clone()))
+        Ok(Some(chosen))
     }
 }
 
@@ -873,27 +884,33 @@ impl<'a> Referrals<'a> {
 /// The candidates for a reference are the objects of its kind that ever
 /// had the name; a namespaced referrer keeps those in its namespace (and
 /// cluster-scoped objects and ServiceAccounts); of several, those with
-/// the referrer's prefixes and suffixes, then those that came through the
-/// most of its builds (its own overlay in a diamond). None left: the
-/// reference stays; several with different names: an error, as in
-/// kustomize. `origins` and `affixes` hold each object's builds and name
-/// prefixes and suffixes, innermost first; `objects_named` lists every
+/// the referrer's prefixes and suffixes (its own overlay in a diamond).
+/// None left: the reference stays; several with different names (or, for
+/// a mapping such as an RBAC subject, namespaces): an error, as in
+/// kustomize. `affixes` hold each object's name prefixes and suffixes,
+/// innermost first; `objects_named` lists every
 /// object with all its names; `custom` adds the name references of
 /// `configurations`.
 pub fn fix_references(
     objects: &mut [Value],
-    origins: &[Vec<u32>],
     affixes: &[Vec<(String, String)>],
     objects_named: &[Renamed],
     custom: &[NameRef],
 ) -> Result<(), String> {
     let referrals = Referrals::new(objects_named);
     for (i, o) in objects.iter_mut().enumerate() {
+        let blank_subject_namespace = kind(o) == "RoleBinding"
+            && o["subjects"].as_array().is_some_and(|subjects| {
+                subjects.iter().any(|s| {
+                    s["kind"] == "ServiceAccount"
+                        && s.get("namespace").is_some_and(|n| !n.is_string())
+                })
+            });
         let referrer = Referrer {
             label: format!("{} {}", kind(o), name(o)),
+            blank_subject_namespace,
             namespace: namespace(o).to_owned(),
             cluster_scoped: CLUSTER_SCOPED.contains(&kind(o)),
-            origin: origins.get(i).map(Vec::as_slice).unwrap_or_default(),
             affixes: affixes.get(i).map(Vec::as_slice).unwrap_or_default(),
         };
         let own_kind = kind(o).to_owned();
@@ -904,14 +921,40 @@ pub fn fix_references(
             None
         };
         for r in refs(o) {
+            if r.map {
+                let Some(current) = r.value["name"].as_str().map(str::to_owned) else {
+                    continue;
+                };
+                let explicit = r.value["namespace"].as_str().map(str::to_owned);
+                let Some(chosen) = referrals.resolve(
+                    &current,
+                    |k| r.refers_to(k),
+                    true,
+                    explicit.as_deref(),
+                    &referrer,
+                )?
+                else {
+                    continue;
+                };
+                if let Some(m) = r.value.as_object_mut() {
+                    if chosen.new != current {
+                        m.insert("name".into(), Value::String(chosen.new.clone()));
+                    }
+                    // Never an empty namespace: that one means `default`.
+                    if !chosen.namespace.is_empty() {
+                        m.insert("namespace".into(), Value::String(chosen.namespace.clone()));
+                    }
+                }
+                continue;
+            }
             let Some(current) = r.value.as_str().map(str::to_owned) else {
                 continue;
             };
-            let explicit = r.namespace.clone();
-            if let Some(new) =
-                referrals.resolve(&current, |k| r.refers_to(k), explicit.as_deref(), &referrer)?
+            if let Some(chosen) =
+                referrals.resolve(&current, |k| r.refers_to(k), false, None, &referrer)?
+                && chosen.new != current
             {
-                *r.value = Value::String(new);
+                *r.value = Value::String(chosen.new.clone());
             }
         }
         for nr in custom {
@@ -927,10 +970,11 @@ pub fn fix_references(
                     let Some(current) = value.as_str().map(str::to_owned) else {
                         continue;
                     };
-                    if let Some(new) =
-                        referrals.resolve(&current, |k| k == nr.kind, None, &referrer)?
+                    if let Some(chosen) =
+                        referrals.resolve(&current, |k| k == nr.kind, false, None, &referrer)?
+                        && chosen.new != current
                     {
-                        *value = Value::String(new);
+                        *value = Value::String(chosen.new.clone());
                     }
                 }
             }

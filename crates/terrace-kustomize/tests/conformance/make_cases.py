@@ -1781,6 +1781,35 @@ case("generator-replace-is-the-origin", {
         '''),
 }, build="overlay")
 
+# Mapping references (RBAC subjects, webhook services): candidates by the
+# namespace they name (first the one an object had, then the one it has),
+# and both name and namespace taken from the chosen object.
+case("nameref-subject-takes-the-accounts-namespace", {
+    "app/kustomization.yaml": "namespace: apps\nnamePrefix: p-\nresources: [sa.yaml]\n",
+    "app/sa.yaml": "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: runner\n",
+    "kustomization.yaml": "resources: [app, crb.yaml]\n",
+    "crb.yaml": "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: crb\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\nsubjects:\n- {kind: ServiceAccount, name: runner}\n- {kind: ServiceAccount, name: other, namespace: elsewhere}\n",
+})
+case("nameref-subject-in-two-namespaces-is-ambiguous", {
+    "a/kustomization.yaml": "namespace: a\nresources: [r.yaml]\n",
+    "a/r.yaml": "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: sa\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: crb-a\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cr}\nsubjects:\n- {kind: ServiceAccount, name: sa}\n",
+    "b/kustomization.yaml": "namespace: b\nresources: [r.yaml]\n",
+    "b/r.yaml": "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: sa\n",
+    "kustomization.yaml": "resources: [a, b]\n",
+}, error="found multiple possible referrals")
+case("rolebinding-subject-with-a-blank-namespace", {
+    "kustomization.yaml": "resources: [r.yaml]\n",
+    "r.yaml": "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: test\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: test\nrules: []\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: test\nsubjects:\n- kind: ServiceAccount\n  name: test\n  namespace:\nroleRef: {kind: Role, name: test, apiGroup: rbac.authorization.k8s.io}\n",
+}, error="namespace is blank for resource")
+case("namespace-leaves-other-webhook-services", {
+    "kustomization.yaml": "namespace: newns\nnamePrefix: p-\nresources: [r.yaml]\n",
+    "r.yaml": "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\nmetadata:\n  name: hooks\nwebhooks:\n- name: ours.example.com\n  clientConfig:\n    service: {name: svc, namespace: oldns}\n- name: theirs.example.com\n  clientConfig:\n    service: {name: external, namespace: random}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc\n  namespace: oldns\n",
+})
+case("nameref-ingress-service-name-v1beta1", {
+    "kustomization.yaml": "namePrefix: k-\nresources: [r.yaml]\n",
+    "r.yaml": "apiVersion: v1\nkind: Service\nmetadata:\n  name: nginx\n---\napiVersion: networking.k8s.io/v1beta1\nkind: Ingress\nmetadata:\n  name: web\nspec:\n  backend: {serviceName: nginx, servicePort: 80}\n  rules:\n  - http:\n      paths:\n      - path: /\n        backend: {serviceName: nginx, servicePort: 80}\n",
+})
+
 
 def main():
     if os.path.isdir(CASES):
