@@ -102,6 +102,8 @@ struct Walk {
     name_refs: Vec<transform::NameRef>,
     /// Every kustomization's `vars`, replaced once the build is done.
     vars: Vec<crate::vars::Var>,
+    /// Fields `configurations` add to those vars are replaced in.
+    var_refs: Vec<transform::FieldSpec>,
 }
 
 impl Res {
@@ -244,7 +246,7 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
     let mut objects: Vec<Value> = resources.into_iter().map(|r| r.value).collect();
     transform::fix_references(&mut objects, &affixes, &renamed, &walk.name_refs)
         .map_err(|m| KustomizeError::invalid(&file, m))?;
-    crate::vars::apply(&mut objects, &renamed, &walk.vars)
+    crate::vars::apply(&mut objects, &renamed, &walk.vars, &walk.var_refs)
         .map_err(|m| KustomizeError::invalid(&file, m))?;
     // Without sortOptions the order is legacy; with them, `order` must
     // say which, as kustomize requires.
@@ -546,7 +548,7 @@ fn accumulate_as(
     entered(dir, file, stack, |stack| {
         // kustomize's order: resources, own generators, components, own
         // transformers.
-        configurations(fs, dir, file, k, &mut stack.name_refs)?;
+        configurations(fs, dir, file, k, stack)?;
         stack.vars.extend(crate::vars::parse(k, file)?);
         let mut acc = load_resources(fs, dir, file, k, stack)?;
         check_unique(&acc, file)?;
@@ -619,8 +621,27 @@ fn configurations(
     dir: &Path,
     file: &Path,
     k: &Map<String, Value>,
-    name_refs: &mut Vec<transform::NameRef>,
+    stack: &mut Walk,
 ) -> Result<(), KustomizeError> {
+    let field_specs = |value: &Value| -> Vec<transform::FieldSpec> {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|spec| {
+                Some(transform::FieldSpec {
+                    kind: spec["kind"].as_str().map(str::to_owned),
+                    group: spec["group"].as_str().map(str::to_owned),
+                    path: spec["path"]
+                        .as_str()?
+                        .split('/')
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                })
+            })
+            .collect()
+    };
     for entry in strings(k, "configurations", file)? {
         let path = restricted(fs, dir, &entry, file)?;
         let text = read(fs, &path, file)?;
@@ -633,6 +654,10 @@ fn configurations(
                 ));
             };
             for (section, value) in config {
+                if section == "varReference" {
+                    stack.var_refs.extend(field_specs(value));
+                    continue;
+                }
                 if section != "nameReference" {
                     return Err(KustomizeError::Unsupported {
                         file: path.clone(),
@@ -643,24 +668,8 @@ fn configurations(
                     let kind = entry["kind"].as_str().ok_or_else(|| {
                         KustomizeError::invalid(&path, "a nameReference needs a `kind`")
                     })?;
-                    let specs = entry["fieldSpecs"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|spec| {
-                            Some(transform::FieldSpec {
-                                kind: spec["kind"].as_str().map(str::to_owned),
-                                group: spec["group"].as_str().map(str::to_owned),
-                                path: spec["path"]
-                                    .as_str()?
-                                    .split('/')
-                                    .filter(|p| !p.is_empty())
-                                    .map(str::to_owned)
-                                    .collect(),
-                            })
-                        })
-                        .collect();
-                    name_refs.push(transform::NameRef {
+                    let specs = field_specs(&entry["fieldSpecs"]);
+                    stack.name_refs.push(transform::NameRef {
                         kind: kind.to_owned(),
                         specs,
                     });
@@ -810,6 +819,10 @@ fn generate_own(
         let secret = match (config["apiVersion"].as_str(), kind.as_str()) {
             (Some("builtin"), "ConfigMapGenerator") => false,
             (Some("builtin"), "SecretGenerator") => true,
+            (Some("builtin"), "IAMPolicyGenerator") => {
+                acc.push(iam_policy_service_account(&config, &path)?);
+                continue;
+            }
             (Some("builtin"), other) => {
                 return Err(KustomizeError::Unsupported {
                     file: path.clone(),
@@ -1126,6 +1139,15 @@ fn builtin_transformers(
                     as_fields.insert("namespace".to_owned(), ns.clone());
                 }
             }
+            "ReplacementTransformer" => {
+                as_fields.insert(
+                    "replacements".to_owned(),
+                    config
+                        .get("replacements")
+                        .cloned()
+                        .unwrap_or(Value::Array(Vec::new())),
+                );
+            }
             "ImageTagTransformer" => {
                 as_fields.insert(
                     "images".to_owned(),
@@ -1369,6 +1391,44 @@ fn apply_6902(
         }
     }
     Ok(())
+}
+
+/// The ServiceAccount the builtin `IAMPolicyGenerator` makes: on GKE, one
+/// bound by annotation to a Google service account (the only cloud
+/// kustomize supports).
+fn iam_policy_service_account(config: &Value, path: &Path) -> Result<Res, KustomizeError> {
+    let cloud = config["cloud"].as_str().unwrap_or_default();
+    if cloud != "gke" {
+        return Err(KustomizeError::invalid(
+            path,
+            format!("IAMPolicyGenerator: cloud provider `{cloud}` not supported yet (only `gke`)"),
+        ));
+    }
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let (account, project) = (
+        text(&config["serviceAccount"]["name"]),
+        text(&config["serviceAccount"]["projectId"]),
+    );
+    let mut metadata = json!({
+        "annotations": {
+            "iam.gke.io/gcp-service-account": format!("{account}@{project}.iam.gserviceaccount.com"),
+        },
+        "name": text(&config["kubernetesService"]["name"]),
+    });
+    if let Some(ns) = config["kubernetesService"]["namespace"]
+        .as_str()
+        .filter(|ns| !ns.is_empty())
+    {
+        metadata["namespace"] = json!(ns);
+    }
+    let mut r =
+        Res::new(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata}));
+    r.from = Source::Generated {
+        configured_in: path.to_owned(),
+        kind: "IAMPolicyGenerator",
+        by: config["metadata"]["name"].as_str().map(str::to_owned),
+    };
+    Ok(r)
 }
 
 /// Where a generated object comes from, for `originAnnotations`.

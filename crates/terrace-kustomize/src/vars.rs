@@ -94,7 +94,14 @@ fn fields_of(kind: &str) -> Vec<String> {
     let mut out: Vec<String> = pod_spec
         .map(|prefix| POD_SPEC.iter().map(|p| format!("{prefix}{p}")).collect())
         .unwrap_or_default();
+    if kind == "CronJob" {
+        // kustomize's own field spec for a CronJob's NFS volumes leaves
+        // out the pod template's `spec`; it is matched as written.
+        out.retain(|p| !p.ends_with("volumes/nfs/server"));
+        out.push("spec/jobTemplate/spec/template/volumes/nfs/server".to_owned());
+    }
     let own: &[&str] = match kind {
+        "Deployment" => &["spec/template/metadata/annotations"],
         "StatefulSet" => &["spec/volumeClaimTemplates/spec/nfs/server"],
         "Ingress" => &["spec/rules/host", "spec/tls/hosts", "spec/tls/secretName"],
         "Service" => &["spec/ports/port", "spec/ports/targetPort"],
@@ -110,7 +117,12 @@ fn fields_of(kind: &str) -> Vec<String> {
 /// Replaces the vars in `objects` (each with its names in `named`, in
 /// the same order). A var whose object is not in the build is an error,
 /// as in kustomize.
-pub(crate) fn apply(objects: &mut [Value], named: &[Renamed], vars: &[Var]) -> Result<(), String> {
+pub(crate) fn apply(
+    objects: &mut [Value],
+    named: &[Renamed],
+    vars: &[Var],
+    custom: &[transform::FieldSpec],
+) -> Result<(), String> {
     if vars.is_empty() {
         return Ok(());
     }
@@ -144,6 +156,20 @@ pub(crate) fn apply(objects: &mut [Value], named: &[Renamed], vars: &[Var]) -> R
     for o in objects.iter_mut() {
         for path in fields_of(transform::kind(o)) {
             let path: Vec<&str> = path.split('/').collect();
+            substitute_at(o, &path, &values);
+        }
+        // Fields `configurations: varReference` add.
+        let (kind, group) = (
+            transform::kind(o).to_owned(),
+            transform::group_version(o).0.to_owned(),
+        );
+        for spec in custom {
+            if spec.kind.as_ref().is_some_and(|k| *k != kind)
+                || spec.group.as_ref().is_some_and(|g| *g != group)
+            {
+                continue;
+            }
+            let path: Vec<&str> = spec.path.iter().map(String::as_str).collect();
             substitute_at(o, &path, &values);
         }
     }

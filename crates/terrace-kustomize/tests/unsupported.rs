@@ -69,8 +69,8 @@ fn configurations_other_than_name_references_are_refused_by_name() {
 fn transformers_other_than_the_supported_builtins_are_refused_by_name() {
     for (config, named) in [
         (
-            "apiVersion: builtin\nkind: ReplacementTransformer\nmetadata:\n  name: n\n",
-            "`transformers: ReplacementTransformer` is not supported",
+            "apiVersion: builtin\nkind: HashTransformer\nmetadata:\n  name: n\n",
+            "`transformers: HashTransformer` is not supported",
         ),
         (
             "apiVersion: builtin\nkind: NamespaceTransformer\nmetadata:\n  name: n\n  namespace: x\nunsetOnly: true\n",

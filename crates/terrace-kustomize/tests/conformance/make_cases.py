@@ -1810,6 +1810,70 @@ case("nameref-ingress-service-name-v1beta1", {
     "r.yaml": "apiVersion: v1\nkind: Service\nmetadata:\n  name: nginx\n---\napiVersion: networking.k8s.io/v1beta1\nkind: Ingress\nmetadata:\n  name: web\nspec:\n  backend: {serviceName: nginx, servicePort: 80}\n  rules:\n  - http:\n      paths:\n      - path: /\n        backend: {serviceName: nginx, servicePort: 80}\n",
 })
 
+# More builtin configurations: the GKE IAMPolicyGenerator, and the
+# ReplacementTransformer through transformers:.
+case("builtin-iam-policy-generator-and-replacements", {
+    "kustomization.yaml": k('''
+        resources: [cm.yaml]
+        generators:
+        - |-
+          apiVersion: builtin
+          kind: IAMPolicyGenerator
+          metadata:
+            name: gke
+          cloud: gke
+          kubernetesService: {namespace: apps, name: runner}
+          serviceAccount: {name: gsa, projectId: my-project}
+        transformers: [r.yaml]
+        '''),
+    "cm.yaml": CM,
+    "r.yaml": "apiVersion: builtin\nkind: ReplacementTransformer\nmetadata:\n  name: r\nreplacements:\n- source: {kind: ServiceAccount, fieldPath: metadata.name}\n  targets:\n  - select: {kind: ConfigMap}\n    fieldPaths: [data.a]\n",
+})
+# vars: the fields configurations' varReference adds, a Deployment's pod
+# template annotations, and a CronJob's NFS server at kustomize's path.
+case("vars-in-configured-and-default-fields", {
+    "kustomization.yaml": k('''
+        resources: [r.yaml]
+        configurations: [varrefs.yaml]
+        vars:
+        - name: SVC
+          objref: {kind: Service, name: web, apiVersion: v1}
+        '''),
+    "varrefs.yaml": "varReference:\n- path: data/url\n  kind: ConfigMap\n",
+    "r.yaml": k('''
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web}
+        ---
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: c}
+        data: {url: "http://$(SVC)/", other: "$(SVC)"}
+        ---
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: d}
+        spec:
+          template:
+            metadata:
+              annotations: {target: "$(SVC)"}
+            spec:
+              containers: [{name: c, image: x}]
+        ---
+        apiVersion: batch/v1
+        kind: CronJob
+        metadata: {name: j}
+        spec:
+          schedule: "* * * * *"
+          jobTemplate:
+            spec:
+              template:
+                volumes: [{name: v, nfs: {server: "$(SVC).local", path: /}}]
+                spec:
+                  containers: [{name: c, image: x}]
+        '''),
+})
+
 
 def main():
     if os.path.isdir(CASES):
