@@ -9,7 +9,7 @@ use sha2::Digest;
 
 use crate::KustomizeError;
 use crate::fs::{Fs, normalize};
-use crate::patch::{apply_json6902, merge_strategic, obj};
+use crate::patch::{Schema, apply_json6902, merge_strategic_with, obj};
 use crate::select::{Match, Selector};
 use crate::transform::{self, Image, Renamed};
 
@@ -45,6 +45,7 @@ const SUPPORTED: &[&str] = &[
     "vars",
     "transformers",
     "generators",
+    "openapi",
 ];
 
 /// Fields kustomize has that this engine does not implement yet: an error,
@@ -55,7 +56,6 @@ const UNSUPPORTED: &[&str] = &[
     "helmChartInflationGenerator",
     "validators",
     "crds",
-    "openapi",
 ];
 
 /// One object on its way through the build.
@@ -104,6 +104,68 @@ struct Walk {
     vars: Vec<crate::vars::Var>,
     /// Fields `configurations` add to those vars are replaced in.
     var_refs: Vec<transform::FieldSpec>,
+    /// The `openapi` of the first kustomization loaded that has one (as
+    /// kustomize sets its schema once): `Some(None)` for the built-in
+    /// Kubernetes schema, `Some(Some(..))` for a custom one.
+    openapi: Option<Option<std::sync::Arc<Schema>>>,
+}
+
+/// A kustomization's `openapi`: the built-in schema of the one Kubernetes
+/// version kustomize carries, or a custom schema file (JSON or YAML) whose
+/// kinds' lists then merge by its merge keys. The first kustomization that
+/// names one, in the order they are loaded (an overlay before its bases),
+/// decides for the whole build.
+fn openapi(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    stack: &mut Walk,
+) -> Result<(), KustomizeError> {
+    let Some(config) = k.get("openapi") else {
+        return Ok(());
+    };
+    let path = config.get("path").and_then(Value::as_str);
+    let version = config.get("version").and_then(Value::as_str);
+    let chosen = match (path, version) {
+        (Some(_), Some(_)) => {
+            return Err(KustomizeError::invalid(
+                file,
+                "openapi: builtin version and custom schema provided, cannot use both",
+            ));
+        }
+        (None, Some("v1.21.2")) | (None, None) => None,
+        (None, Some(other)) => {
+            return Err(KustomizeError::invalid(
+                file,
+                format!(
+                    "openapi: the built-in schema of Kubernetes `{other}` is not one kustomize carries (only v1.21.2)"
+                ),
+            ));
+        }
+        (Some(entry), None) => {
+            if is_remote(entry) {
+                return Err(KustomizeError::Unsupported {
+                    file: file.to_owned(),
+                    field: format!("openapi: {entry} (remote schemas)"),
+                });
+            }
+            let path = restricted(fs, dir, entry, file)?;
+            let text = read(fs, &path, file)?;
+            let doc = yaml_documents(&text, &path)?
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let schema = Schema::new(&doc).ok_or_else(|| {
+                KustomizeError::invalid(&path, "an OpenAPI schema needs a `definitions` map")
+            })?;
+            Some(std::sync::Arc::new(schema))
+        }
+    };
+    if stack.openapi.is_none() {
+        stack.openapi = Some(chosen);
+    }
+    Ok(())
 }
 
 impl Res {
@@ -549,6 +611,7 @@ fn accumulate_as(
         // kustomize's order: resources, own generators, components, own
         // transformers.
         configurations(fs, dir, file, k, stack)?;
+        openapi(fs, dir, file, k, stack)?;
         stack.vars.extend(crate::vars::parse(k, file)?);
         let mut acc = load_resources(fs, dir, file, k, stack)?;
         check_unique(&acc, file)?;
@@ -576,6 +639,7 @@ fn apply_components(
         let (c_file, c) = load(fs, &path)?;
         check_kind(&c, &c_file, true)?;
         entered(&path, file, stack, |stack| {
+            openapi(fs, &path, &c_file, &c, stack)?;
             acc.extend(load_resources(fs, &path, &c_file, &c, stack)?);
             check_unique(acc, &c_file)?;
             generate_own(fs, &path, &c_file, &c, acc, stack)?;
@@ -867,6 +931,7 @@ fn transform_own(
     acc: &mut Vec<Res>,
     stack: &mut Walk,
 ) -> Result<(), KustomizeError> {
+    let schema = stack.openapi.clone().flatten();
     // patchesStrategicMerge, patches
     for p in strings(k, "patchesStrategicMerge", file)? {
         let text = if !p.contains('\n') && fs.is_file(&normalize(&dir.join(&p))) {
@@ -884,7 +949,7 @@ fn transform_own(
             ));
         }
         for patch in patches {
-            apply_smp(acc, &patch, None, &Value::Null, file)?;
+            apply_smp(acc, &patch, None, &Value::Null, file, schema.as_deref())?;
         }
     }
     for p in k
@@ -902,7 +967,7 @@ fn transform_own(
                 })?;
                 apply_6902(acc, target, ops, file)?;
             } else {
-                apply_smp(acc, &doc, target, &p["options"], file)?;
+                apply_smp(acc, &doc, target, &p["options"], file, schema.as_deref())?;
             }
         }
     }
@@ -1264,6 +1329,7 @@ fn apply_smp(
     target: Option<&Value>,
     options: &Value,
     file: &Path,
+    schema: Option<&Schema>,
 ) -> Result<(), KustomizeError> {
     let selector = target.map(|t| patch_selector(t, file)).transpose()?;
     let mut hit = false;
@@ -1343,7 +1409,7 @@ fn apply_smp(
             m.remove("kind");
             m.remove("apiVersion");
         }
-        merge_strategic(&mut r.value, &p);
+        merge_strategic_with(&mut r.value, &p, schema);
         if let Some(new) = new_name {
             r.rename(new);
         }

@@ -45,15 +45,144 @@ fn builtin_group(api_version: &str) -> bool {
 /// deletes a field. Other `$` directives are kept as fields, as kustomize
 /// keeps them.
 pub fn merge_strategic(target: &mut Value, patch: &Value) {
-    let schema = builtin_group(target["apiVersion"].as_str().unwrap_or(""));
-    merge_value(target, patch, None, schema);
+    merge_strategic_with(target, patch, None);
+}
+
+/// [`merge_strategic`], with a kustomization's `openapi` schema: a kind
+/// it defines (`x-kubernetes-group-version-kind`) merges its lists by the
+/// schema's `x-kubernetes-patch-merge-key`.
+pub fn merge_strategic_with(target: &mut Value, patch: &Value, custom: Option<&Schema>) {
+    let api_version = target["apiVersion"].as_str().unwrap_or("").to_owned();
+    let kind = target["kind"].as_str().unwrap_or("").to_owned();
+    if let Some(schema) = custom
+        && let Some(root) = schema.definition_of(&api_version, &kind)
+    {
+        merge_value(target, patch, &Guide::Schema(Some(root), None, schema));
+        return;
+    }
+    let known = builtin_group(&api_version);
+    merge_value(target, patch, &Guide::Builtin(None, known));
+}
+
+/// A custom OpenAPI schema (kustomize's `openapi: {path: ...}`): its
+/// `definitions`, found by name and by the kinds they define.
+#[derive(Debug, Default)]
+pub struct Schema {
+    definitions: Map<String, Value>,
+    /// (group, version, kind) to definition name.
+    kinds: Vec<((String, String, String), String)>,
+}
+
+impl Schema {
+    /// From a schema document; `None` when it has no `definitions` map.
+    pub fn new(doc: &Value) -> Option<Schema> {
+        let definitions = doc.get("definitions")?.as_object()?.clone();
+        let mut kinds = Vec::new();
+        for (name, def) in &definitions {
+            for gvk in def["x-kubernetes-group-version-kind"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let text = |f: &str| gvk[f].as_str().unwrap_or_default().to_owned();
+                kinds.push(((text("group"), text("version"), text("kind")), name.clone()));
+            }
+        }
+        Some(Schema { definitions, kinds })
+    }
+
+    fn definition_of(&self, api_version: &str, kind: &str) -> Option<&Value> {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let name = self.kinds.iter().find_map(|((g, v, k), name)| {
+            (g == group && v == version && k == kind).then_some(name)
+        })?;
+        self.definitions.get(name)
+    }
+
+    /// `node` with a `$ref` to one of the definitions followed (a few
+    /// times at most: a definition may refer to another).
+    fn resolve<'a>(&'a self, mut node: &'a Value) -> Option<&'a Value> {
+        for _ in 0..8 {
+            let Some(r) = node.get("$ref").and_then(Value::as_str) else {
+                return Some(node);
+            };
+            node = self.definitions.get(r.strip_prefix("#/definitions/")?)?;
+        }
+        None
+    }
+}
+
+/// What tells a merge the merge key of each list.
+enum Guide<'a> {
+    /// The built-in Kubernetes kinds: by the list's field name (when the
+    /// kind is of a group kustomize knows).
+    Builtin(Option<&'a str>, bool),
+    /// A custom schema's node for the value being merged, and its field
+    /// name: where the schema has no node (a `$ref` to a definition it
+    /// does not hold, as kustomize's own Kubernetes definitions would
+    /// answer), the built-in merge keys apply.
+    Schema(Option<&'a Value>, Option<&'a str>, &'a Schema),
+}
+
+impl<'a> Guide<'a> {
+    fn field(&self, key: &'a str) -> Guide<'a> {
+        match self {
+            Guide::Builtin(_, known) => Guide::Builtin(Some(key), *known),
+            Guide::Schema(node, _, schema) => Guide::Schema(
+                node.and_then(|n| n.get("properties"))
+                    .and_then(|p| p.get(key))
+                    .and_then(|n| schema.resolve(n)),
+                Some(key),
+                schema,
+            ),
+        }
+    }
+
+    fn item(&self) -> Guide<'a> {
+        match self {
+            Guide::Builtin(_, known) => Guide::Builtin(None, *known),
+            Guide::Schema(node, _, schema) => Guide::Schema(
+                node.and_then(|n| n.get("items"))
+                    .and_then(|n| schema.resolve(n)),
+                None,
+                schema,
+            ),
+        }
+    }
+
+    /// The key a list here merges by; `None` to replace it.
+    fn merge_key(&self, patch: &[Value], target: &[Value]) -> Option<&'a str> {
+        match self {
+            Guide::Builtin(field, known) => {
+                let key = field.filter(|_| *known).and_then(merge_key);
+                // `ports` of a Service merge by `port`.
+                match (key, patch.first().or(target.first())) {
+                    (Some("containerPort"), Some(first))
+                        if first.get("containerPort").is_none() =>
+                    {
+                        Some("port")
+                    }
+                    (k, _) => k,
+                }
+            }
+            Guide::Schema(None, field, _) => Guide::Builtin(*field, true).merge_key(patch, target),
+            Guide::Schema(Some(node), _, _) => {
+                let merges = node["x-kubernetes-patch-strategy"]
+                    .as_str()
+                    .is_some_and(|s| s.split(',').any(|s| s == "merge"));
+                node["x-kubernetes-patch-merge-key"]
+                    .as_str()
+                    .filter(|_| merges)
+            }
+        }
+    }
 }
 
 fn is_directive(v: &Value, what: &str) -> bool {
     v.get("$patch").and_then(Value::as_str) == Some(what)
 }
 
-fn merge_value(target: &mut Value, patch: &Value, field: Option<&str>, schema: bool) {
+fn merge_value(target: &mut Value, patch: &Value, guide: &Guide<'_>) {
     match (target, patch) {
         (Value::Object(t), Value::Object(p)) => {
             if is_directive(patch, "replace") {
@@ -71,7 +200,7 @@ fn merge_value(target: &mut Value, patch: &Value, field: Option<&str>, schema: b
                     continue;
                 }
                 match t.get_mut(k) {
-                    Some(existing) => merge_value(existing, v, Some(k), schema),
+                    Some(existing) => merge_value(existing, v, &guide.field(k)),
                     None => {
                         let mut fresh = v.clone();
                         strip_directives(&mut fresh);
@@ -81,14 +210,7 @@ fn merge_value(target: &mut Value, patch: &Value, field: Option<&str>, schema: b
             }
         }
         (Value::Array(t), Value::Array(p)) => {
-            let key = field.filter(|_| schema).and_then(merge_key);
-            // `ports` of a Service merge by `port`.
-            let key = match (key, p.first().or(t.first())) {
-                (Some("containerPort"), Some(first)) if first.get("containerPort").is_none() => {
-                    Some("port")
-                }
-                (k, _) => k,
-            };
+            let key = guide.merge_key(p, t);
             let replace = p.iter().any(|item| is_directive(item, "replace"));
             let Some(key) = key.filter(|_| !replace) else {
                 let mut items: Vec<Value> = p
@@ -112,7 +234,7 @@ fn merge_value(target: &mut Value, patch: &Value, field: Option<&str>, schema: b
                 }
                 match existing {
                     Some(mut merged) => {
-                        merge_value(&mut merged, item, None, schema);
+                        merge_value(&mut merged, item, &guide.item());
                         t.push(merged);
                     }
                     None => {

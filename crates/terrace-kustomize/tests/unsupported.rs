@@ -11,7 +11,7 @@ fn every_unsupported_field_is_refused_by_name() {
     let fields = [
         "validators: [v.yaml]",
         "crds: [crd.json]",
-        "openapi: {path: schema.json}",
+        "openapi: {path: https://example.com/schema.json}",
         "helmGlobals: {chartHome: charts}",
         "helmChartInflationGenerator: []",
     ];
@@ -22,9 +22,14 @@ fn every_unsupported_field_is_refused_by_name() {
             .expect_err("an unsupported field is an error")
             .to_string();
         let name = field.split(':').next().unwrap_or_default();
+        let named = if name == "openapi" {
+            "`openapi: https://example.com/schema.json (remote schemas)` is not supported"
+                .to_owned()
+        } else {
+            format!("`{name}` is not supported")
+        };
         assert!(
-            err.contains(&format!("`{name}` is not supported"))
-                && err.contains("/app/kustomization.yaml"),
+            err.contains(&named) && err.contains("/app/kustomization.yaml"),
             "{field}: {err}"
         );
     }

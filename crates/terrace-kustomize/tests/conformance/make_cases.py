@@ -1874,6 +1874,64 @@ case("vars-in-configured-and-default-fields", {
         '''),
 })
 
+# openapi: a custom schema gives a custom kind's lists their merge keys;
+# the first
+# kustomization loaded that names one decides, `version: v1.21.2` being
+# the built-in schema; both, or another version, are refused.
+SCHEMA = '''{"definitions": {
+  "v1alpha1.Thing": {"type": "object",
+    "properties": {"spec": {"type": "object", "properties": {
+      "workers": {"type": "array", "items": {"$ref": "#/definitions/Worker"},
+        "x-kubernetes-patch-merge-key": "id", "x-kubernetes-patch-strategy": "merge"}}}},
+    "x-kubernetes-group-version-kind": [{"group": "example.com", "kind": "Thing", "version": "v1alpha1"}]},
+  "Worker": {"type": "object", "properties": {"id": {"type": "string"}, "size": {"type": "integer"}}}
+}}
+'''
+THING = '''apiVersion: example.com/v1alpha1
+kind: Thing
+metadata:
+  name: t
+spec:
+  workers:
+  - {id: a, size: 1}
+  - {id: b, size: 2}
+'''
+THING_PATCH = '''patches:
+- patch: |-
+    apiVersion: example.com/v1alpha1
+    kind: Thing
+    metadata: {name: t}
+    spec:
+      workers:
+      - {id: b, size: 5}
+'''
+case("openapi-custom-schema-merge-keys", {
+    "kustomization.yaml": "resources: [t.yaml]\nopenapi:\n  path: schema.json\n" + THING_PATCH,
+    "t.yaml": THING,
+    "schema.json": SCHEMA,
+})
+case("openapi-overlay-version-takes-precedence", {
+    "base/kustomization.yaml": "resources: [t.yaml]\nopenapi:\n  path: schema.json\n",
+    "base/t.yaml": THING,
+    "base/schema.json": SCHEMA,
+    "overlay/kustomization.yaml": "resources: [../base]\nopenapi:\n  version: v1.21.2\n" + THING_PATCH,
+}, build="overlay")
+case("openapi-schema-from-a-base", {
+    "base/kustomization.yaml": "resources: [t.yaml]\nopenapi:\n  path: schema.json\n",
+    "base/t.yaml": THING,
+    "base/schema.json": SCHEMA,
+    "overlay/kustomization.yaml": "resources: [../base]\n" + THING_PATCH,
+}, build="overlay")
+case("error-openapi-path-and-version", {
+    "kustomization.yaml": "resources: [t.yaml]\nopenapi:\n  path: schema.json\n  version: v1.21.2\n",
+    "t.yaml": THING,
+    "schema.json": SCHEMA,
+}, error="cannot use both")
+case("error-openapi-unknown-version", {
+    "kustomization.yaml": "resources: [t.yaml]\nopenapi:\n  version: v1.14.1\n",
+    "t.yaml": THING,
+}, error="v1.14.1")
+
 
 def main():
     if os.path.isdir(CASES):
