@@ -652,9 +652,11 @@ fn errors_do_not_quote_huge_lines() {
 #[test]
 fn duplicate_keys_are_refused() {
     let dir = homelab();
-    let k = dir.path().join("apps/dashboard/base/kustomization.yaml");
+    // In a resource a duplicate key is an error, as kyaml has it (in a
+    // kustomization file the last one wins, as kustomize reads it).
+    let k = dir.path().join("apps/dashboard/base/service.yaml");
     let text = std::fs::read_to_string(&k).expect("read");
-    std::fs::write(&k, format!("{text}namespace: other\n")).expect("write");
+    std::fs::write(&k, format!("{text}kind: Service\n")).expect("write");
     let o = terrace(dir.path(), &["plan", "--unit", "dashboard"]);
     assert_eq!(code(&o), 1, "{}", all_output(&o));
     assert!(all_output(&o).contains("duplicate"), "{}", all_output(&o));
