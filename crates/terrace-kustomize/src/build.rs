@@ -46,6 +46,7 @@ const SUPPORTED: &[&str] = &[
     "transformers",
     "generators",
     "openapi",
+    "crds",
 ];
 
 /// Fields kustomize has that this engine does not implement yet: an error,
@@ -55,7 +56,6 @@ const UNSUPPORTED: &[&str] = &[
     "helmGlobals",
     "helmChartInflationGenerator",
     "validators",
-    "crds",
 ];
 
 /// One object on its way through the build.
@@ -76,6 +76,31 @@ pub(crate) struct Res {
     /// reference prefers a referral given the same ones (kustomize's
     /// `PrefixesSuffixesEquals`).
     affixes: Vec<(String, String)>,
+    /// The transformers that ran over it, in order, for `buildMetadata:
+    /// [transformerAnnotations]` (recorded only when the root asks).
+    transformations: Vec<Transformation>,
+}
+
+/// A transformer that ran over a resource: the kustomization field (as
+/// kustomize's builtin transformer of that field) or the `transformers:`
+/// configuration, and the file that configured it.
+#[derive(Debug, Clone)]
+struct Transformation {
+    configured_in: PathBuf,
+    kind: String,
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+impl Transformation {
+    fn builtin(file: &Path, kind: &str) -> Transformation {
+        Transformation {
+            configured_in: file.to_owned(),
+            kind: kind.to_owned(),
+            name: None,
+            namespace: None,
+        }
+    }
 }
 
 /// Where a resource came from: a file, or a generator of a kustomization.
@@ -108,6 +133,9 @@ struct Walk {
     /// kustomize sets its schema once): `Some(None)` for the built-in
     /// Kubernetes schema, `Some(Some(..))` for a custom one.
     openapi: Option<Option<std::sync::Arc<Schema>>>,
+    /// The root asks for `transformerAnnotations`: record each
+    /// transformer on the resources it ran over.
+    record_transformations: bool,
 }
 
 /// A kustomization's `openapi`: the built-in schema of the one Kubernetes
@@ -181,6 +209,7 @@ impl Res {
             hash: false,
             from: Source::Unknown,
             affixes: Vec::new(),
+            transformations: Vec::new(),
         }
     }
 
@@ -204,12 +233,7 @@ fn build_metadata(
     resources: &mut [Res],
 ) -> Result<(), KustomizeError> {
     let options = strings(k, "buildMetadata", file)?;
-    if options.iter().any(|o| o == "transformerAnnotations") {
-        return Err(KustomizeError::Unsupported {
-            file: file.to_owned(),
-            field: "buildMetadata: transformerAnnotations".to_owned(),
-        });
-    }
+    let transformations = options.iter().any(|o| o == "transformerAnnotations");
     let origins = options.iter().any(|o| o == "originAnnotations");
     let managed = options.iter().any(|o| o == "managedByLabel");
     for r in resources.iter_mut() {
@@ -232,6 +256,28 @@ fn build_metadata(
                 &mut r.value,
                 "annotations",
                 "config.kubernetes.io/origin",
+                text,
+            );
+        }
+        if transformations && !r.transformations.is_empty() {
+            let mut text = String::new();
+            for t in &r.transformations {
+                text.push_str(&format!(
+                    "- configuredIn: {}\n  configuredBy:\n    apiVersion: builtin\n    kind: {}\n",
+                    relative_to(dir, &t.configured_in),
+                    t.kind
+                ));
+                if let Some(name) = &t.name {
+                    text.push_str(&format!("    name: {name}\n"));
+                }
+                if let Some(namespace) = &t.namespace {
+                    text.push_str(&format!("    namespace: {namespace}\n"));
+                }
+            }
+            set_metadata(
+                &mut r.value,
+                "annotations",
+                "alpha.config.kubernetes.io/transformations",
                 text,
             );
         }
@@ -281,7 +327,12 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
     // A Component can be built on its own, as `kustomize build` does:
     // its resources, with its own generators and transformers.
     let is_component = k.get("kind").and_then(Value::as_str) == Some("Component");
-    let mut walk = Walk::default();
+    let mut walk = Walk {
+        record_transformations: strings(&k, "buildMetadata", &file)?
+            .iter()
+            .any(|o| o == "transformerAnnotations"),
+        ..Walk::default()
+    };
     let mut resources = accumulate_as(fs, &dir, &file, &k, &mut walk, is_component)?;
     // Hash suffixes come last, over the final content, without the name.
     let mut renamed = Vec::new();
@@ -611,13 +662,14 @@ fn accumulate_as(
         // kustomize's order: resources, own generators, components, own
         // transformers.
         configurations(fs, dir, file, k, stack)?;
+        crds(fs, dir, file, k, stack)?;
         openapi(fs, dir, file, k, stack)?;
         stack.vars.extend(crate::vars::parse(k, file)?);
         let mut acc = load_resources(fs, dir, file, k, stack)?;
         check_unique(&acc, file)?;
         generate_own(fs, dir, file, k, &mut acc, stack)?;
         apply_components(fs, dir, file, k, &mut acc, stack)?;
-        transform_own(fs, dir, file, k, &mut acc, stack)?;
+        transform_own(fs, dir, file, k, &mut acc, stack, None)?;
         Ok(acc)
     })
 }
@@ -644,7 +696,7 @@ fn apply_components(
             check_unique(acc, &c_file)?;
             generate_own(fs, &path, &c_file, &c, acc, stack)?;
             apply_components(fs, &path, &c_file, &c, acc, stack)?;
-            transform_own(fs, &path, &c_file, &c, acc, stack)
+            transform_own(fs, &path, &c_file, &c, acc, stack, None)
         })?;
     }
     Ok(())
@@ -740,6 +792,142 @@ fn configurations(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// A kustomization's `crds`: files of OpenAPI definitions (a map of type
+/// name to `{Schema, Dependencies}`, JSON or YAML) of custom kinds. A
+/// property marked `x-kubernetes-object-ref-kind` (with
+/// `x-kubernetes-object-ref-api-version`) names an object of that kind, so
+/// it follows the object's renames, as a `nameReference` does. A type
+/// counts as a kind when it has `kind`, `apiVersion` and `metadata`
+/// properties; its kind is the type name after the last `.`. `$ref`s are
+/// followed into other types of the file.
+fn crds(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    k: &Map<String, Value>,
+    stack: &mut Walk,
+) -> Result<(), KustomizeError> {
+    for entry in strings(k, "crds", file)? {
+        if is_remote(&entry) {
+            return Err(KustomizeError::Unsupported {
+                file: file.to_owned(),
+                field: format!("crds: {entry} (remote definitions)"),
+            });
+        }
+        let path = restricted(fs, dir, &entry, file)?;
+        let text = read(fs, &path, file)?;
+        let doc = yaml_documents(&text, &path)?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let Some(types) = doc.as_object() else {
+            return Err(KustomizeError::invalid(
+                &path,
+                "CRD definitions must be a map of type names to `{Schema, Dependencies}`",
+            ));
+        };
+        for (name, def) in types {
+            let props = &def["Schema"]["properties"];
+            if ["kind", "apiVersion", "metadata"]
+                .iter()
+                .any(|p| props.get(p).is_none())
+            {
+                continue;
+            }
+            let kind = name.rsplit('.').next().unwrap_or(name);
+            let mut walk = CrdWalk {
+                types,
+                kind,
+                chain: vec![name.as_str()],
+                budget: CRD_BUDGET,
+                path: &path,
+            };
+            crd_refs(&mut walk, name, &mut Vec::new(), stack)?;
+        }
+    }
+    Ok(())
+}
+
+/// How many properties one CRD kind's walk may visit: `$ref`s shared by
+/// many properties multiply, and a hostile file could make that endless.
+const CRD_BUDGET: usize = 100_000;
+
+/// One CRD kind's walk through its types.
+struct CrdWalk<'a> {
+    types: &'a Map<String, Value>,
+    kind: &'a str,
+    /// The types being walked: a type that refers to itself is walked
+    /// once (kustomize would recurse without end).
+    chain: Vec<&'a str>,
+    budget: usize,
+    path: &'a Path,
+}
+
+/// The object references under the type `type_name` of a CRD kind, at
+/// `at`.
+fn crd_refs(
+    w: &mut CrdWalk<'_>,
+    type_name: &str,
+    at: &mut Vec<String>,
+    stack: &mut Walk,
+) -> Result<(), KustomizeError> {
+    let (types, kind, path) = (w.types, w.kind, w.path);
+    let Some(props) = types
+        .get(type_name)
+        .and_then(|t| t["Schema"]["properties"].as_object())
+    else {
+        return Ok(());
+    };
+    for (prop, schema) in props {
+        w.budget = w.budget.checked_sub(1).ok_or_else(|| {
+            KustomizeError::invalid(
+                path,
+                format!("the types of {kind} refer to each other more than {CRD_BUDGET} times; simplify the definitions"),
+            )
+        })?;
+        at.push(prop.clone());
+        for marker in [
+            "x-kubernetes-annotation",
+            "x-kubernetes-label-selector",
+            "x-kubernetes-identity",
+        ] {
+            if schema.get(marker).is_some() {
+                return Err(KustomizeError::Unsupported {
+                    file: path.to_owned(),
+                    field: format!("crds: {marker} (at {kind} {})", at.join("/")),
+                });
+            }
+        }
+        if schema["x-kubernetes-object-ref-api-version"].is_string()
+            && let Some(referral) = schema["x-kubernetes-object-ref-kind"].as_str()
+        {
+            let key = schema["x-kubernetes-object-ref-name-key"]
+                .as_str()
+                .unwrap_or("name");
+            let mut field = at.clone();
+            field.push(key.to_owned());
+            stack.name_refs.push(transform::NameRef {
+                kind: referral.to_owned(),
+                specs: vec![transform::FieldSpec {
+                    kind: Some(kind.to_owned()),
+                    group: None,
+                    path: field,
+                }],
+            });
+        }
+        if let Some((next, _)) = schema["$ref"].as_str().and_then(|r| types.get_key_value(r))
+            && !w.chain.contains(&next.as_str())
+            && w.chain.len() < 64
+        {
+            w.chain.push(next);
+            crd_refs(w, next, at, stack)?;
+            w.chain.pop();
+        }
+        at.pop();
     }
     Ok(())
 }
@@ -930,6 +1118,7 @@ fn transform_own(
     k: &Map<String, Value>,
     acc: &mut Vec<Res>,
     stack: &mut Walk,
+    config: Option<Transformation>,
 ) -> Result<(), KustomizeError> {
     let schema = stack.openapi.clone().flatten();
     // patchesStrategicMerge, patches
@@ -1098,7 +1287,65 @@ fn transform_own(
         crate::replace::run(fs, dir, file, list, acc)?;
         check_shapes(acc, file)?;
     }
+    if stack.record_transformations {
+        match config {
+            Some(t) => note(acc, &t),
+            None => note_fields(file, k, acc),
+        }
+    }
     builtin_transformers(fs, dir, file, k, acc, stack)
+}
+
+/// Records `t` on every resource, as kustomize annotates every resource a
+/// transformer ran over (changed or not).
+fn note(acc: &mut [Res], t: &Transformation) {
+    for r in acc {
+        r.transformations.push(t.clone());
+    }
+}
+
+/// Records the builtin transformers a kustomization's fields configure, in
+/// the order kustomize runs them: one per patch, label set, JSON patch,
+/// replica and image entry, one for the other fields.
+fn note_fields(file: &Path, k: &Map<String, Value>, acc: &mut [Res]) {
+    let count = |field: &str| k.get(field).and_then(Value::as_array).map_or(0, Vec::len);
+    let given = |field: &str| match k.get(field) {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(_) => true,
+    };
+    let labels = if given("labels") || given("commonLabels") {
+        count("labels") + 1
+    } else {
+        0
+    };
+    let order = [
+        (
+            "PatchStrategicMergeTransformer",
+            usize::from(given("patchesStrategicMerge")),
+        ),
+        ("PatchTransformer", count("patches")),
+        ("NamespaceTransformer", usize::from(given("namespace"))),
+        ("PrefixTransformer", usize::from(given("namePrefix"))),
+        ("SuffixTransformer", usize::from(given("nameSuffix"))),
+        ("LabelTransformer", labels),
+        (
+            "AnnotationsTransformer",
+            usize::from(given("commonAnnotations")),
+        ),
+        ("PatchJson6902Transformer", count("patchesJson6902")),
+        ("ReplicaCountTransformer", count("replicas")),
+        ("ImageTagTransformer", count("images")),
+        ("ReplacementTransformer", usize::from(given("replacements"))),
+    ];
+    for (kind, times) in order {
+        let t = Transformation::builtin(file, kind);
+        for _ in 0..times {
+            note(acc, &t);
+        }
+    }
 }
 
 /// The configurations a kustomization's `transformers:` or `generators:`
@@ -1167,6 +1414,13 @@ fn builtin_transformers(
                 field: format!("transformers: {kind} (only builtin transformers)"),
             });
         }
+        let meta = |field: &str| config["metadata"][field].as_str().map(str::to_owned);
+        let by = Transformation {
+            configured_in: path.clone(),
+            kind: kind.clone(),
+            name: meta("name"),
+            namespace: meta("namespace"),
+        };
         // The same transformers a kustomization's fields configure.
         let mut as_fields = Map::new();
         match kind.as_str() {
@@ -1264,6 +1518,9 @@ fn builtin_transformers(
                         }
                     }
                 }
+                if stack.record_transformations {
+                    note(acc, &by);
+                }
                 continue;
             }
             other => {
@@ -1273,7 +1530,7 @@ fn builtin_transformers(
                 });
             }
         }
-        transform_own(fs, dir, &path, &as_fields, acc, stack)?;
+        transform_own(fs, dir, &path, &as_fields, acc, stack, Some(by))?;
     }
     Ok(())
 }
@@ -1748,7 +2005,9 @@ fn generate(
             // The replacing generator is where it now comes from.
             let from = generated_by(file, secret, by);
             let affixes = std::mem::take(&mut r.affixes);
+            let transformations = std::mem::take(&mut r.transformations);
             *r = Res::new(value);
+            r.transformations = transformations;
             r.names = names;
             r.first_namespace = first_namespace;
             r.from = from;

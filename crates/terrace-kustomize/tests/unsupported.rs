@@ -10,7 +10,7 @@ use terrace_kustomize::{MemFs, build};
 fn every_unsupported_field_is_refused_by_name() {
     let fields = [
         "validators: [v.yaml]",
-        "crds: [crd.json]",
+        "crds: [https://example.com/crd.json]",
         "openapi: {path: https://example.com/schema.json}",
         "helmGlobals: {chartHome: charts}",
         "helmChartInflationGenerator: []",
@@ -25,6 +25,8 @@ fn every_unsupported_field_is_refused_by_name() {
         let named = if name == "openapi" {
             "`openapi: https://example.com/schema.json (remote schemas)` is not supported"
                 .to_owned()
+        } else if name == "crds" {
+            "`crds: https://example.com/crd.json (remote definitions)` is not supported".to_owned()
         } else {
             format!("`{name}` is not supported")
         };
@@ -36,18 +38,24 @@ fn every_unsupported_field_is_refused_by_name() {
 }
 
 #[test]
-fn transformer_annotations_are_refused_by_name() {
+fn crd_markers_other_than_object_references_are_refused_by_name() {
     let mut fs = MemFs::new();
+    fs.add("/app/kustomization.yaml", "crds: [crd.json]\n");
     fs.add(
-        "/app/kustomization.yaml",
-        "buildMetadata: [originAnnotations, transformerAnnotations]\n",
+        "/app/crd.json",
+        r#"{"x.v1.Thing": {"Schema": {"properties": {
+            "kind": {}, "apiVersion": {}, "metadata": {},
+            "spec": {"$ref": "x.v1.ThingSpec"}}}},
+          "x.v1.ThingSpec": {"Schema": {"properties": {
+            "selector": {"x-kubernetes-label-selector": ""}}}}}"#,
     );
     let err = build(&fs, Path::new("/app"))
-        .expect_err("transformerAnnotations is not supported")
+        .expect_err("a label-selector marker is not supported")
         .to_string();
     assert!(
-        err.contains("`buildMetadata: transformerAnnotations` is not supported")
-            && err.contains("/app/kustomization.yaml"),
+        err.contains(
+            "`crds: x-kubernetes-label-selector (at Thing spec/selector)` is not supported"
+        ) && err.contains("/app/crd.json"),
         "{err}"
     );
 }
