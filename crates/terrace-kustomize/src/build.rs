@@ -136,6 +136,33 @@ struct Walk {
     /// The root asks for `transformerAnnotations`: record each
     /// transformer on the resources it ran over.
     record_transformations: bool,
+    /// Fields `configurations` add for `namePrefix`/`nameSuffix` and
+    /// `images`. A kustomization's transformers see its own and its
+    /// bases' (those from `scope.last()` on), as kustomize merges a
+    /// base's configuration into its parent's and not the other way.
+    field_configs: Vec<(FieldConfig, transform::FieldSpec)>,
+    /// Where each kustomization being built starts in `field_configs`.
+    scope: Vec<usize>,
+}
+
+/// Which transformer a `configurations` field spec is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldConfig {
+    Prefix,
+    Suffix,
+    Images,
+}
+
+impl Walk {
+    /// The field specs of `which` the kustomization being built sees.
+    fn field_specs(&self, which: FieldConfig) -> Vec<&transform::FieldSpec> {
+        let from = self.scope.last().copied().unwrap_or(0);
+        self.field_configs[from.min(self.field_configs.len())..]
+            .iter()
+            .filter(|(w, _)| *w == which)
+            .map(|(_, spec)| spec)
+            .collect()
+    }
 }
 
 /// A kustomization's `openapi`: the built-in schema of the one Kubernetes
@@ -361,6 +388,14 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
         .map_err(|m| KustomizeError::invalid(&file, m))?;
     crate::vars::apply(&mut objects, &renamed, &walk.vars, &walk.var_refs)
         .map_err(|m| KustomizeError::invalid(&file, m))?;
+    // Objects marked `config.kubernetes.io/local-config` (other than
+    // "false") served the build (as sources of names, replacements and
+    // vars) and are not part of its output, as in kustomize.
+    objects.retain(|o| {
+        o["metadata"]["annotations"]
+            .get("config.kubernetes.io/local-config")
+            .is_none_or(|v| v == "false")
+    });
     // Without sortOptions the order is legacy; with them, `order` must
     // say which, as kustomize requires.
     let order = match k.get("sortOptions") {
@@ -661,6 +696,7 @@ fn accumulate_as(
     entered(dir, file, stack, |stack| {
         // kustomize's order: resources, own generators, components, own
         // transformers.
+        stack.scope.push(stack.field_configs.len());
         configurations(fs, dir, file, k, stack)?;
         crds(fs, dir, file, k, stack)?;
         openapi(fs, dir, file, k, stack)?;
@@ -670,6 +706,7 @@ fn accumulate_as(
         generate_own(fs, dir, file, k, &mut acc, stack)?;
         apply_components(fs, dir, file, k, &mut acc, stack)?;
         transform_own(fs, dir, file, k, &mut acc, stack, None)?;
+        stack.scope.pop();
         Ok(acc)
     })
 }
@@ -770,15 +807,27 @@ fn configurations(
                 ));
             };
             for (section, value) in config {
-                if section == "varReference" {
-                    stack.var_refs.extend(field_specs(value));
+                let which = match section.as_str() {
+                    "varReference" => {
+                        stack.var_refs.extend(field_specs(value));
+                        continue;
+                    }
+                    "nameReference" => None,
+                    "namePrefix" => Some(FieldConfig::Prefix),
+                    "nameSuffix" => Some(FieldConfig::Suffix),
+                    "images" => Some(FieldConfig::Images),
+                    _ => {
+                        return Err(KustomizeError::Unsupported {
+                            file: path.clone(),
+                            field: format!("configurations: {section}"),
+                        });
+                    }
+                };
+                if let Some(which) = which {
+                    stack
+                        .field_configs
+                        .extend(field_specs(value).into_iter().map(|spec| (which, spec)));
                     continue;
-                }
-                if section != "nameReference" {
-                    return Err(KustomizeError::Unsupported {
-                        file: path.clone(),
-                        field: format!("configurations: {section}"),
-                    });
                 }
                 for entry in value.as_array().into_iter().flatten() {
                     let kind = entry["kind"].as_str().ok_or_else(|| {
@@ -1169,11 +1218,43 @@ fn transform_own(
     let prefix = k.get("namePrefix").and_then(Value::as_str).unwrap_or("");
     let suffix = k.get("nameSuffix").and_then(Value::as_str).unwrap_or("");
     if !prefix.is_empty() || !suffix.is_empty() {
+        let prefix_specs = stack.field_specs(FieldConfig::Prefix);
+        let suffix_specs = stack.field_specs(FieldConfig::Suffix);
         for r in acc.iter_mut() {
-            if transform::takes_prefix(&r.value) {
-                let new = format!("{prefix}{}{suffix}", transform::name(&r.value));
+            if !transform::takes_prefix(&r.value) {
+                continue;
+            }
+            let p = if names_affixed(&prefix_specs, &r.value) {
+                prefix
+            } else {
+                ""
+            };
+            let s = if names_affixed(&suffix_specs, &r.value) {
+                suffix
+            } else {
+                ""
+            };
+            if !p.is_empty() || !s.is_empty() {
+                let new = format!("{p}{}{s}", transform::name(&r.value));
                 r.rename(new);
-                r.affixes.push((prefix.to_owned(), suffix.to_owned()));
+                r.affixes.push((p.to_owned(), s.to_owned()));
+            }
+            // Other fields `configurations` name take the prefix (or
+            // suffix) too.
+            for (specs, before, after) in [(&prefix_specs, prefix, ""), (&suffix_specs, "", suffix)]
+            {
+                for spec in specs.iter().filter(|s| !s.is_name()) {
+                    if !spec.selects(&r.value) {
+                        continue;
+                    }
+                    for field in transform::strings_at(&mut r.value, &spec.path) {
+                        if let Some(text) = field.as_str()
+                            && (!before.is_empty() || !after.is_empty())
+                        {
+                            *field = Value::String(format!("{before}{text}{after}"));
+                        }
+                    }
+                }
             }
         }
     }
@@ -1279,8 +1360,9 @@ fn transform_own(
         })
         .collect();
     if !images.is_empty() {
+        let image_specs = stack.field_specs(FieldConfig::Images);
         for r in acc.iter_mut() {
-            transform::set_images(&mut r.value, &images);
+            transform::set_images(&mut r.value, &images, &image_specs);
         }
     }
     if let Some(list) = k.get("replacements").and_then(Value::as_array) {
@@ -1294,6 +1376,18 @@ fn transform_own(
         }
     }
     builtin_transformers(fs, dir, file, k, acc, stack)
+}
+
+/// Whether an object's name takes the prefix (or suffix): always, unless
+/// `configurations` name `metadata/name` for given kinds only (kustomize
+/// then affixes only the names of those).
+fn names_affixed(specs: &[&transform::FieldSpec], v: &Value) -> bool {
+    let mut names = specs.iter().filter(|s| s.is_name()).peekable();
+    names.peek().is_none()
+        || specs
+            .iter()
+            .filter(|s| s.is_name())
+            .any(|s| (s.kind.is_none() && s.group.is_none()) || s.selects(v))
 }
 
 /// Records `t` on every resource, as kustomize annotates every resource a

@@ -382,32 +382,57 @@ fn split_image(image: &str) -> (&str, Option<&str>, Option<&str>) {
 
 /// `images`: as kustomize does, every `containers` and `initContainers`
 /// list anywhere in the object, whatever its kind (custom kinds too).
-pub fn set_images(v: &mut Value, images: &[Image]) {
+pub fn set_images(v: &mut Value, images: &[Image], extra: &[&FieldSpec]) {
     for c in containers_anywhere(v) {
-        let Some(current) = c["image"].as_str().map(str::to_owned) else {
+        let Some(current) = c["image"].as_str() else {
             continue;
         };
-        let (repo, tag, digest) = split_image(&current);
-        let Some(img) = images.iter().find(|i| i.name == repo) else {
-            continue;
-        };
-        let repo = img.new_name.clone().unwrap_or_else(|| repo.to_owned());
-        let out = if let Some(d) = &img.digest {
-            format!("{repo}@{d}")
-        } else if let Some(t) = &img.new_tag {
-            format!("{repo}:{t}")
-        } else {
-            let mut s = repo;
-            if let Some(t) = tag {
-                s = format!("{s}:{t}");
-            }
-            if let Some(d) = digest {
-                s = format!("{s}@{d}");
-            }
-            s
-        };
-        c["image"] = Value::String(out);
+        if let Some(new) = new_image(current, images) {
+            c["image"] = Value::String(new);
+        }
     }
+    // Fields `configurations` name (`images:` field specs): the image
+    // itself is at the path.
+    for spec in extra {
+        if spec.selects(v) {
+            let mut found = Vec::new();
+            at_path(v, &spec.path, &mut found);
+            for field in found {
+                if let Some(new) = field.as_str().and_then(|cur| new_image(cur, images)) {
+                    *field = Value::String(new);
+                }
+            }
+        }
+    }
+}
+
+/// What an image becomes under the first `images` entry of its name.
+fn new_image(current: &str, images: &[Image]) -> Option<String> {
+    let (repo, tag, digest) = split_image(current);
+    let img = images.iter().find(|i| i.name == repo)?;
+    let repo = img.new_name.clone().unwrap_or_else(|| repo.to_owned());
+    Some(if let Some(d) = &img.digest {
+        format!("{repo}@{d}")
+    } else if let Some(t) = &img.new_tag {
+        format!("{repo}:{t}")
+    } else {
+        let mut s = repo;
+        if let Some(t) = tag {
+            s = format!("{s}:{t}");
+        }
+        if let Some(d) = digest {
+            s = format!("{s}@{d}");
+        }
+        s
+    })
+}
+
+/// Every string at `path` under `v` (lists on the way walked into), to
+/// change in place.
+pub fn strings_at<'a>(v: &'a mut Value, path: &[String]) -> Vec<&'a mut Value> {
+    let mut out = Vec::new();
+    at_path(v, path, &mut out);
+    out
 }
 
 pub fn set_replicas(v: &mut Value, count: &Value) {
@@ -734,6 +759,22 @@ pub struct FieldSpec {
     pub kind: Option<String>,
     pub group: Option<String>,
     pub path: Vec<String>,
+}
+
+impl FieldSpec {
+    /// Whether the spec's kind and group (when given) are `v`'s.
+    pub fn selects(&self, v: &Value) -> bool {
+        self.kind.as_deref().is_none_or(|k| k == kind(v))
+            && self
+                .group
+                .as_deref()
+                .is_none_or(|g| g == group_version(v).0)
+    }
+
+    /// A spec of the object's own name.
+    pub fn is_name(&self) -> bool {
+        self.path.len() == 2 && self.path[0] == "metadata" && self.path[1] == "name"
+    }
 }
 
 /// Every string at `path` under `v`, lists on the way walked into.
