@@ -76,6 +76,8 @@ pub(crate) struct Res {
     /// reference prefers a referral given the same ones (kustomize's
     /// `PrefixesSuffixesEquals`).
     affixes: Vec<(String, String)>,
+    /// The vars bound to it (where each was declared).
+    var_names: Vec<String>,
     /// The transformers that ran over it, in order, for `buildMetadata:
     /// [transformerAnnotations]` (recorded only when the root asks).
     transformations: Vec<Transformation>,
@@ -143,6 +145,9 @@ struct Walk {
     field_configs: Vec<(FieldConfig, transform::FieldSpec)>,
     /// Where each kustomization being built starts in `field_configs`.
     scope: Vec<usize>,
+    /// While a `transformers:` configuration runs: its own field specs,
+    /// which replace the defaults and `configurations`.
+    plugin_specs: Option<Vec<(FieldConfig, transform::FieldSpec)>>,
 }
 
 /// Which transformer a `configurations` field spec is for.
@@ -151,11 +156,21 @@ enum FieldConfig {
     Prefix,
     Suffix,
     Images,
+    CommonLabels,
+    CommonAnnotations,
+    Replicas,
 }
 
 impl Walk {
     /// The field specs of `which` the kustomization being built sees.
     fn field_specs(&self, which: FieldConfig) -> Vec<&transform::FieldSpec> {
+        if let Some(own) = &self.plugin_specs {
+            return own
+                .iter()
+                .filter(|(w, _)| *w == which)
+                .map(|(_, spec)| spec)
+                .collect();
+        }
         let from = self.scope.last().copied().unwrap_or(0);
         self.field_configs[from.min(self.field_configs.len())..]
             .iter()
@@ -236,6 +251,7 @@ impl Res {
             hash: false,
             from: Source::Unknown,
             affixes: Vec::new(),
+            var_names: Vec::new(),
             transformations: Vec::new(),
         }
     }
@@ -383,10 +399,11 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
     }
     build_metadata(&dir, &file, &k, &mut resources)?;
     let affixes: Vec<Vec<(String, String)>> = resources.iter().map(|r| r.affixes.clone()).collect();
+    let bound: Vec<Vec<String>> = resources.iter().map(|r| r.var_names.clone()).collect();
     let mut objects: Vec<Value> = resources.into_iter().map(|r| r.value).collect();
     transform::fix_references(&mut objects, &affixes, &renamed, &walk.name_refs)
         .map_err(|m| KustomizeError::invalid(&file, m))?;
-    crate::vars::apply(&mut objects, &renamed, &walk.vars, &walk.var_refs)
+    crate::vars::apply(&mut objects, &bound, &walk.vars, &walk.var_refs)
         .map_err(|m| KustomizeError::invalid(&file, m))?;
     // Objects marked `config.kubernetes.io/local-config` (other than
     // "false") served the build (as sources of names, replacements and
@@ -700,12 +717,44 @@ fn accumulate_as(
         configurations(fs, dir, file, k, stack)?;
         crds(fs, dir, file, k, stack)?;
         openapi(fs, dir, file, k, stack)?;
-        stack.vars.extend(crate::vars::parse(k, file)?);
+        let own_vars = crate::vars::parse(k, file)?;
         let mut acc = load_resources(fs, dir, file, k, stack)?;
         check_unique(&acc, file)?;
         generate_own(fs, dir, file, k, &mut acc, stack)?;
         apply_components(fs, dir, file, k, &mut acc, stack)?;
         transform_own(fs, dir, file, k, &mut acc, stack, None)?;
+        // A var is bound to its object among what this kustomization
+        // holds, after its transformers, as kustomize's MergeVars does:
+        // more than one candidate is an error.
+        for var in &own_vars {
+            let matched: Vec<usize> = acc
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| var.names(&r.value, &r.names, &r.first_namespace))
+                .map(|(i, _)| i)
+                .collect();
+            if matched.len() > 1 {
+                let places: Vec<String> = matched
+                    .iter()
+                    .map(|&i| format!("`{}`", transform::namespace(&acc[i].value)))
+                    .collect();
+                return Err(KustomizeError::invalid(
+                    file,
+                    format!(
+                        "var `{}` matches {} {} objects named `{}` (in namespaces {}; unable to disambiguate); give its objref a namespace",
+                        var.name,
+                        matched.len(),
+                        var.kind,
+                        var.object,
+                        places.join(", ")
+                    ),
+                ));
+            }
+            if let Some(&i) = matched.first() {
+                acc[i].var_names.push(var.name.clone());
+            }
+        }
+        stack.vars.extend(own_vars);
         stack.scope.pop();
         Ok(acc)
     })
@@ -781,18 +830,7 @@ fn configurations(
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|spec| {
-                Some(transform::FieldSpec {
-                    kind: spec["kind"].as_str().map(str::to_owned),
-                    group: spec["group"].as_str().map(str::to_owned),
-                    path: spec["path"]
-                        .as_str()?
-                        .split('/')
-                        .filter(|p| !p.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                })
-            })
+            .filter_map(field_spec)
             .collect()
     };
     for entry in strings(k, "configurations", file)? {
@@ -816,6 +854,9 @@ fn configurations(
                     "namePrefix" => Some(FieldConfig::Prefix),
                     "nameSuffix" => Some(FieldConfig::Suffix),
                     "images" => Some(FieldConfig::Images),
+                    "commonLabels" => Some(FieldConfig::CommonLabels),
+                    "commonAnnotations" => Some(FieldConfig::CommonAnnotations),
+                    "replicas" => Some(FieldConfig::Replicas),
                     _ => {
                         return Err(KustomizeError::Unsupported {
                             file: path.clone(),
@@ -843,6 +884,21 @@ fn configurations(
         }
     }
     Ok(())
+}
+
+/// A kustomize field spec (`path`, optional `kind`, `group`, `create`).
+fn field_spec(spec: &Value) -> Option<transform::FieldSpec> {
+    Some(transform::FieldSpec {
+        kind: spec["kind"].as_str().map(str::to_owned),
+        group: spec["group"].as_str().map(str::to_owned),
+        path: spec["path"]
+            .as_str()?
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        create: spec["create"] == Value::Bool(true),
+    })
 }
 
 /// A kustomization's `crds`: files of OpenAPI definitions (a map of type
@@ -939,16 +995,23 @@ fn crd_refs(
             )
         })?;
         at.push(prop.clone());
-        for marker in [
-            "x-kubernetes-annotation",
-            "x-kubernetes-label-selector",
-            "x-kubernetes-identity",
+        // Fields that take the common annotations, the common labels
+        // (label selectors) and the name prefix (identities).
+        for (marker, which) in [
+            ("x-kubernetes-annotation", FieldConfig::CommonAnnotations),
+            ("x-kubernetes-label-selector", FieldConfig::CommonLabels),
+            ("x-kubernetes-identity", FieldConfig::Prefix),
         ] {
             if schema.get(marker).is_some() {
-                return Err(KustomizeError::Unsupported {
-                    file: path.to_owned(),
-                    field: format!("crds: {marker} (at {kind} {})", at.join("/")),
-                });
+                stack.field_configs.push((
+                    which,
+                    transform::FieldSpec {
+                        kind: Some(kind.to_owned()),
+                        group: None,
+                        path: at.clone(),
+                        create: false,
+                    },
+                ));
             }
         }
         if schema["x-kubernetes-object-ref-api-version"].is_string()
@@ -965,6 +1028,7 @@ fn crd_refs(
                     kind: Some(kind.to_owned()),
                     group: None,
                     path: field,
+                    create: false,
                 }],
             });
         }
@@ -1220,16 +1284,17 @@ fn transform_own(
     if !prefix.is_empty() || !suffix.is_empty() {
         let prefix_specs = stack.field_specs(FieldConfig::Prefix);
         let suffix_specs = stack.field_specs(FieldConfig::Suffix);
+        let strict = stack.plugin_specs.is_some();
         for r in acc.iter_mut() {
             if !transform::takes_prefix(&r.value) {
                 continue;
             }
-            let p = if names_affixed(&prefix_specs, &r.value) {
+            let p = if names_affixed(&prefix_specs, &r.value, strict) {
                 prefix
             } else {
                 ""
             };
-            let s = if names_affixed(&suffix_specs, &r.value) {
+            let s = if names_affixed(&suffix_specs, &r.value, strict) {
                 suffix
             } else {
                 ""
@@ -1258,11 +1323,27 @@ fn transform_own(
             }
         }
     }
+    // Places `configurations` (and `crds`) add for common labels and
+    // annotations.
+    let label_specs: Vec<transform::FieldSpec> = stack
+        .field_specs(FieldConfig::CommonLabels)
+        .into_iter()
+        .cloned()
+        .collect();
+    let configured = |r: &mut Res, specs: &[transform::FieldSpec], pairs: &Map<String, Value>| {
+        for spec in specs {
+            if spec.selects(&r.value) {
+                let path: Vec<&str> = spec.path.iter().map(String::as_str).collect();
+                transform::set_at_field_spec(&mut r.value, &path, spec.create, pairs);
+            }
+        }
+    };
     if let Some(labels) = k.get("commonLabels").and_then(Value::as_object) {
         let labels = labels.clone();
         for r in acc.iter_mut() {
             transform::add_labels(&mut r.value, &labels, true, true)
                 .map_err(|m| KustomizeError::invalid(file, m))?;
+            configured(r, &label_specs, &labels);
         }
     }
     for l in k
@@ -1277,6 +1358,9 @@ fn transform_own(
         for r in acc.iter_mut() {
             transform::add_labels(&mut r.value, &pairs, selectors, templates)
                 .map_err(|m| KustomizeError::invalid(file, m))?;
+            if selectors {
+                configured(r, &label_specs, &pairs);
+            }
         }
         // `fields`: more places for the pairs, as kustomize field specs
         // (`path` with `/` and `[]` for each item of a list, an optional
@@ -1307,9 +1391,15 @@ fn transform_own(
     }
     if let Some(ann) = k.get("commonAnnotations").and_then(Value::as_object) {
         let ann = ann.clone();
+        let specs: Vec<transform::FieldSpec> = stack
+            .field_specs(FieldConfig::CommonAnnotations)
+            .into_iter()
+            .cloned()
+            .collect();
         for r in acc.iter_mut() {
             transform::add_annotations(&mut r.value, &ann)
                 .map_err(|m| KustomizeError::invalid(file, m))?;
+            configured(r, &specs, &ann);
         }
     }
     for p in k
@@ -1341,10 +1431,48 @@ fn transform_own(
         .flatten()
     {
         let name = rep["name"].as_str().unwrap_or("");
-        for r in acc.iter_mut() {
-            if r.names.iter().any(|n| n == name) {
-                transform::set_replicas(&mut r.value, &rep["count"]);
+        // kustomize's default places, then those `configurations` add (a
+        // `ReplicaCountTransformer`'s own field specs replace both).
+        let mut specs: Vec<transform::FieldSpec> = Vec::new();
+        if stack.plugin_specs.is_none() {
+            for kind in [
+                "Deployment",
+                "ReplicationController",
+                "ReplicaSet",
+                "StatefulSet",
+            ] {
+                specs.push(transform::FieldSpec {
+                    kind: Some(kind.to_owned()),
+                    group: None,
+                    path: vec!["spec".to_owned(), "replicas".to_owned()],
+                    create: true,
+                });
             }
+        }
+        specs.extend(
+            stack
+                .field_specs(FieldConfig::Replicas)
+                .into_iter()
+                .cloned(),
+        );
+        let mut found = false;
+        for spec in &specs {
+            for r in acc.iter_mut() {
+                if r.names.iter().any(|n| n == name) && spec.selects(&r.value) {
+                    found = true;
+                    transform::set_scalar_at(&mut r.value, &spec.path, spec.create, &rep["count"]);
+                }
+            }
+        }
+        if !found {
+            let kinds: Vec<&str> = specs.iter().filter_map(|s| s.kind.as_deref()).collect();
+            return Err(KustomizeError::invalid(
+                file,
+                format!(
+                    "replicas: no resource named `{name}` among the kinds replicas apply to ({}); check the name, or add the kind with `configurations: replicas`",
+                    kinds.join(", ")
+                ),
+            ));
         }
     }
     let images: Vec<Image> = k
@@ -1380,8 +1508,12 @@ fn transform_own(
 
 /// Whether an object's name takes the prefix (or suffix): always, unless
 /// `configurations` name `metadata/name` for given kinds only (kustomize
-/// then affixes only the names of those).
-fn names_affixed(specs: &[&transform::FieldSpec], v: &Value) -> bool {
+/// then affixes only the names of those). A `transformers:`
+/// configuration's own field specs (`strict`) are the only ones.
+fn names_affixed(specs: &[&transform::FieldSpec], v: &Value, strict: bool) -> bool {
+    if strict {
+        return specs.iter().any(|s| s.is_name() && s.selects(v));
+    }
     let mut names = specs.iter().filter(|s| s.is_name()).peekable();
     names.peek().is_none()
         || specs
@@ -1515,19 +1647,24 @@ fn builtin_transformers(
             name: meta("name"),
             namespace: meta("namespace"),
         };
-        // The same transformers a kustomization's fields configure.
+        // The same transformers a kustomization's fields configure, with
+        // the configuration's own field specs where it has them.
         let mut as_fields = Map::new();
+        let mut own_specs: Vec<(FieldConfig, transform::FieldSpec)> = Vec::new();
         match kind.as_str() {
             "PrefixSuffixTransformer" => {
-                let on_names = config["fieldSpecs"]
-                    .as_array()
-                    .is_none_or(|specs| specs.iter().all(|s| s["path"] == "metadata/name"));
-                if !on_names {
-                    return Err(KustomizeError::Unsupported {
-                            file: path.clone(),
-                            field: "transformers: PrefixSuffixTransformer fieldSpecs other than metadata/name".to_owned(),
-                        });
-                }
+                // Its field specs are the only places it affixes (kustomize
+                // refuses it without any).
+                let Some(specs) = config["fieldSpecs"].as_array() else {
+                    return Err(KustomizeError::invalid(
+                        &path,
+                        "PrefixSuffixTransformer: fieldSpecs is not expected to be nil; give at least `- path: metadata/name`",
+                    ));
+                };
+                let specs: Vec<transform::FieldSpec> =
+                    specs.iter().filter_map(field_spec).collect();
+                own_specs.extend(specs.iter().map(|s| (FieldConfig::Prefix, s.clone())));
+                own_specs.extend(specs.into_iter().map(|s| (FieldConfig::Suffix, s)));
                 for (from, to) in [("prefix", "namePrefix"), ("suffix", "nameSuffix")] {
                     if let Some(v) = config.get(from) {
                         as_fields.insert(to.to_owned(), v.clone());
@@ -1535,22 +1672,61 @@ fn builtin_transformers(
                 }
             }
             "NamespaceTransformer" => {
-                // The `namespace:` field's transformer; its own field
-                // specs only when they are that field's.
+                // Its field specs may only be `metadata/namespace` (set on
+                // namespaced objects): other places are not supported.
                 let plain = config["fieldSpecs"]
                     .as_array()
-                    .is_none_or(|specs| specs.iter().all(|s| s["path"] == "metadata/namespace"))
-                    && config.get("unsetOnly").is_none()
-                    && config.get("setRoleBindingSubjects").is_none();
+                    .is_none_or(|specs| specs.iter().all(|s| s["path"] == "metadata/namespace"));
                 if !plain {
                     return Err(KustomizeError::Unsupported {
-                            file: path.clone(),
-                            field: "transformers: NamespaceTransformer with field specs or options other than the `namespace:` field's".to_owned(),
-                        });
+                        file: path.clone(),
+                        field: "transformers: NamespaceTransformer field specs other than metadata/namespace".to_owned(),
+                    });
                 }
-                if let Some(ns) = config["metadata"].get("namespace") {
-                    as_fields.insert("namespace".to_owned(), ns.clone());
+                let options = transform::NamespaceOptions {
+                    unset_only: config["unsetOnly"] == Value::Bool(true),
+                    subjects: transform::SubjectMode::parse(
+                        config["setRoleBindingSubjects"]
+                            .as_str()
+                            .unwrap_or_default(),
+                    )
+                    .map_err(|m| KustomizeError::invalid(&path, m))?,
+                    metadata_only: true,
+                };
+                let ns = config["metadata"]["namespace"].as_str().unwrap_or_default();
+                for r in acc.iter_mut() {
+                    transform::set_namespace_with(&mut r.value, ns, &options);
                 }
+                if stack.record_transformations {
+                    note(acc, &by);
+                }
+                continue;
+            }
+            "PatchStrategicMergeTransformer" => {
+                // Its patch files, then its inline patches.
+                let mut list: Vec<Value> = config["paths"].as_array().cloned().unwrap_or_default();
+                if let Some(inline) = config.get("patches").filter(|p| !p.is_null()) {
+                    list.push(inline.clone());
+                }
+                as_fields.insert("patchesStrategicMerge".to_owned(), Value::Array(list));
+            }
+            "PatchJson6902Transformer" => {
+                if config["target"]["name"].as_str().is_none_or(str::is_empty) {
+                    return Err(KustomizeError::invalid(
+                        &path,
+                        "PatchJson6902Transformer: must specify the target name",
+                    ));
+                }
+                let mut patch = Map::new();
+                for (from, to) in [("target", "target"), ("path", "path"), ("jsonOp", "patch")] {
+                    if let Some(v) = config.get(from) {
+                        patch.insert(to.to_owned(), v.clone());
+                    }
+                }
+                as_fields.insert(
+                    "patchesJson6902".to_owned(),
+                    Value::Array(vec![Value::Object(patch)]),
+                );
             }
             "ReplacementTransformer" => {
                 as_fields.insert(
@@ -1562,12 +1738,28 @@ fn builtin_transformers(
                 );
             }
             "ImageTagTransformer" => {
+                own_specs.extend(
+                    config["fieldSpecs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(field_spec)
+                        .map(|s| (FieldConfig::Images, s)),
+                );
                 as_fields.insert(
                     "images".to_owned(),
                     Value::Array(vec![config["imageTag"].clone()]),
                 );
             }
             "ReplicaCountTransformer" => {
+                own_specs.extend(
+                    config["fieldSpecs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(field_spec)
+                        .map(|s| (FieldConfig::Replicas, s)),
+                );
                 as_fields.insert(
                     "replicas".to_owned(),
                     Value::Array(vec![config["replica"].clone()]),
@@ -1624,7 +1816,14 @@ fn builtin_transformers(
                 });
             }
         }
-        transform_own(fs, dir, &path, &as_fields, acc, stack, Some(by))?;
+        let own = matches!(
+            kind.as_str(),
+            "PrefixSuffixTransformer" | "ImageTagTransformer" | "ReplicaCountTransformer"
+        );
+        let saved = std::mem::replace(&mut stack.plugin_specs, own.then_some(own_specs));
+        let result = transform_own(fs, dir, &path, &as_fields, acc, stack, Some(by));
+        stack.plugin_specs = saved;
+        result?;
     }
     Ok(())
 }
@@ -1713,7 +1912,27 @@ fn apply_smp(
                 )
             })
             .collect();
-        if !exact.is_empty() {
+        // Among several, those of the patch's own apiVersion (kustomize
+        // matches the group and version too).
+        let exact = if exact.len() > 1 {
+            exact
+                .into_iter()
+                .filter(|&i| acc[i].value["apiVersion"] == patch["apiVersion"])
+                .collect()
+        } else {
+            exact
+        };
+        if exact.len() > 1 {
+            return Err(KustomizeError::invalid(
+                file,
+                format!(
+                    "the patch for {} `{}` matches {} resources that have had that name (multiple matches; failed to find unique target); give the patch a target",
+                    transform::kind(patch),
+                    transform::name(patch),
+                    exact.len()
+                ),
+            ));
+        } else if !exact.is_empty() {
             exact
         } else if named.len() > 1 {
             return Err(KustomizeError::invalid(
@@ -1795,6 +2014,7 @@ fn apply_6902(
     let selector = patch_selector(target, file)?;
     for r in acc.iter_mut() {
         if selector.selects(r) {
+            let before = transform::name(&r.value).to_owned();
             apply_json6902(&mut r.value, ops).map_err(|m| {
                 KustomizeError::invalid(
                     file,
@@ -1805,6 +2025,12 @@ fn apply_6902(
                     ),
                 )
             })?;
+            // A patch that renames is followed by references, as kustomize
+            // follows every name an object has had.
+            let after = transform::name(&r.value).to_owned();
+            if after != before && r.value["metadata"].is_object() {
+                r.rename(after);
+            }
         }
     }
     Ok(())

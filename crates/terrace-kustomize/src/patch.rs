@@ -178,6 +178,22 @@ impl<'a> Guide<'a> {
     }
 }
 
+impl Guide<'_> {
+    /// A custom schema's list of scalars with the `merge` strategy: the
+    /// patch's items, then the target's others (a set union).
+    fn merges_scalars(&self) -> bool {
+        match self {
+            Guide::Schema(Some(node), _, _) => {
+                node["x-kubernetes-patch-strategy"]
+                    .as_str()
+                    .is_some_and(|s| s.split(',').any(|s| s == "merge"))
+                    && node.get("x-kubernetes-patch-merge-key").is_none()
+            }
+            _ => false,
+        }
+    }
+}
+
 fn is_directive(v: &Value, what: &str) -> bool {
     v.get("$patch").and_then(Value::as_str) == Some(what)
 }
@@ -212,6 +228,17 @@ fn merge_value(target: &mut Value, patch: &Value, guide: &Guide<'_>) {
         (Value::Array(t), Value::Array(p)) => {
             let key = guide.merge_key(p, t);
             let replace = p.iter().any(|item| is_directive(item, "replace"));
+            let scalars = |l: &[Value]| l.iter().all(|v| !v.is_object() && !v.is_array());
+            if key.is_none() && !replace && guide.merges_scalars() && scalars(p) && scalars(t) {
+                let mut items: Vec<Value> = Vec::new();
+                for v in p.iter().chain(t.iter()) {
+                    if !items.contains(v) {
+                        items.push(v.clone());
+                    }
+                }
+                *t = items;
+                return;
+            }
             let Some(key) = key.filter(|_| !replace) else {
                 let mut items: Vec<Value> = p
                     .iter()

@@ -14,18 +14,24 @@ pub const CLUSTER_SCOPED: &[&str] = &[
     "ClusterRoleBinding",
     "ComponentStatus",
     "CustomResourceDefinition",
+    "FlowSchema",
+    "IngressClass",
     "MutatingWebhookConfiguration",
     "Namespace",
     "Node",
+    "NodeProxyOptions",
     "PersistentVolume",
     "PodSecurityPolicy",
     "PriorityClass",
+    "PriorityLevelConfiguration",
     "RuntimeClass",
     "SelfSubjectAccessReview",
     "SelfSubjectRulesReview",
     "StorageClass",
     "SubjectAccessReview",
     "TokenReview",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
     "ValidatingWebhookConfiguration",
     "VolumeAttachment",
 ];
@@ -99,14 +105,83 @@ fn set_all(m: &mut Map<String, Value>, pairs: &Map<String, Value>) {
 /// Other subjects and webhook services follow the objects they name
 /// through name references ([`fix_references`]).
 pub fn set_namespace(v: &mut Value, ns: &str) {
+    set_namespace_with(v, ns, &NamespaceOptions::default());
+}
+
+/// How kustomize's namespace transformer is configured: the `namespace:`
+/// field's way (the default), or a `NamespaceTransformer` configuration's.
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceOptions {
+    /// Only fields that are missing or empty are set (`unsetOnly`).
+    pub unset_only: bool,
+    /// Which RoleBinding/ClusterRoleBinding subjects move.
+    pub subjects: SubjectMode,
+    /// Only `metadata.namespace` (a configuration whose field specs are
+    /// that one): no Namespace renaming, no service namespaces.
+    pub metadata_only: bool,
+}
+
+/// kustomize's `setRoleBindingSubjects`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SubjectMode {
+    /// Subjects named `default`, whatever their kind (`defaultOnly`).
+    #[default]
+    DefaultOnly,
+    /// Every ServiceAccount subject (`allServiceAccounts`).
+    AllServiceAccounts,
+    /// None (`none`).
+    None,
+}
+
+impl SubjectMode {
+    pub fn parse(text: &str) -> Result<SubjectMode, String> {
+        match text {
+            "" | "defaultOnly" => Ok(SubjectMode::DefaultOnly),
+            "allServiceAccounts" => Ok(SubjectMode::AllServiceAccounts),
+            "none" => Ok(SubjectMode::None),
+            other => Err(format!(
+                "invalid value `{other}` for setRoleBindingSubjects: must be one of defaultOnly, none or allServiceAccounts"
+            )),
+        }
+    }
+}
+
+pub fn set_namespace_with(v: &mut Value, ns: &str, options: &NamespaceOptions) {
     let ns_value = Value::String(ns.to_owned());
+    let set = |m: &mut Map<String, Value>, key: &str| {
+        let empty = m
+            .get(key)
+            .is_none_or(|old| old.is_null() || old.as_str() == Some(""));
+        if !options.unset_only || empty {
+            m.insert(key.to_owned(), ns_value.clone());
+        }
+    };
     let core_namespace = kind(v) == "Namespace" && v["apiVersion"] == "v1";
     if core_namespace {
-        // kustomize names a Namespace object after the namespace.
-        meta(v).insert("name".into(), ns_value.clone());
+        if !options.metadata_only {
+            // kustomize names a Namespace object after the namespace.
+            set(meta(v), "name");
+        }
     } else if kind(v) == "Namespace" || !CLUSTER_SCOPED.contains(&kind(v)) {
         // A `Namespace` of another API group is a namespaced resource.
-        meta(v).insert("namespace".into(), ns_value.clone());
+        set(meta(v), "namespace");
+    }
+    if matches!(kind(v), "RoleBinding" | "ClusterRoleBinding")
+        && let Some(subjects) = v.get_mut("subjects").and_then(Value::as_array_mut)
+    {
+        for s in subjects {
+            let moves = match options.subjects {
+                SubjectMode::DefaultOnly => s["name"] == "default",
+                SubjectMode::AllServiceAccounts => s["kind"] == "ServiceAccount",
+                SubjectMode::None => false,
+            };
+            if moves && let Some(m) = s.as_object_mut() {
+                set(m, "namespace");
+            }
+        }
+    }
+    if options.metadata_only {
+        return;
     }
     match kind(v) {
         "APIService" if group_version(v).0 == "apiregistration.k8s.io" => {
@@ -129,19 +204,6 @@ pub fn set_namespace(v: &mut Value, ns: &str) {
             }
         }
         _ => {}
-    }
-    if matches!(kind(v), "RoleBinding" | "ClusterRoleBinding")
-        && let Some(subjects) = v.get_mut("subjects").and_then(Value::as_array_mut)
-    {
-        // kustomize's `defaultOnly`: subjects named `default`, whatever
-        // their kind and namespace.
-        for s in subjects {
-            if s["name"] == "default"
-                && let Some(m) = s.as_object_mut()
-            {
-                m.insert("namespace".into(), ns_value.clone());
-            }
-        }
     }
 }
 
@@ -281,6 +343,40 @@ pub fn set_at_field_spec(v: &mut Value, path: &[&str], create: bool, pairs: &Map
     }
 }
 
+/// Sets the scalar at `path` (`[]` walks each item of a list), creating
+/// the maps on the way when `create` is set.
+pub fn set_scalar_at(v: &mut Value, path: &[String], create: bool, value: &Value) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let Some(obj) = v.as_object_mut() else {
+        return;
+    };
+    if let Some(key) = first.strip_suffix("[]") {
+        if let Some(items) = obj.get_mut(key).and_then(Value::as_array_mut) {
+            for item in items {
+                set_scalar_at(item, rest, create, value);
+            }
+        }
+        return;
+    }
+    if rest.is_empty() {
+        if create || obj.contains_key(first.as_str()) {
+            obj.insert(first.clone(), value.clone());
+        }
+        return;
+    }
+    if !obj.get(first.as_str()).is_some_and(Value::is_object) {
+        if !create {
+            return;
+        }
+        obj.insert(first.clone(), Value::Object(Map::new()));
+    }
+    if let Some(next) = obj.get_mut(first.as_str()) {
+        set_scalar_at(next, rest, create, value);
+    }
+}
+
 /// `commonAnnotations`: the object and its pod template.
 pub fn add_annotations(v: &mut Value, pairs: &Map<String, Value>) -> Result<(), String> {
     let k = kind(v).to_owned();
@@ -411,7 +507,9 @@ fn new_image(current: &str, images: &[Image]) -> Option<String> {
     let (repo, tag, digest) = split_image(current);
     let img = images.iter().find(|i| i.name == repo)?;
     let repo = img.new_name.clone().unwrap_or_else(|| repo.to_owned());
-    Some(if let Some(d) = &img.digest {
+    Some(if let (Some(t), Some(d)) = (&img.new_tag, &img.digest) {
+        format!("{repo}:{t}@{d}")
+    } else if let Some(d) = &img.digest {
         format!("{repo}@{d}")
     } else if let Some(t) = &img.new_tag {
         format!("{repo}:{t}")
@@ -433,18 +531,6 @@ pub fn strings_at<'a>(v: &'a mut Value, path: &[String]) -> Vec<&'a mut Value> {
     let mut out = Vec::new();
     at_path(v, path, &mut out);
     out
-}
-
-pub fn set_replicas(v: &mut Value, count: &Value) {
-    if matches!(
-        kind(v),
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "ReplicationController"
-    ) {
-        if !v["spec"].is_object() {
-            v["spec"] = Value::Object(Map::new());
-        }
-        v["spec"]["replicas"] = count.clone();
-    }
 }
 
 /// A reference from one object to another by name.
@@ -759,6 +845,8 @@ pub struct FieldSpec {
     pub kind: Option<String>,
     pub group: Option<String>,
     pub path: Vec<String>,
+    /// The field is created where it is missing (`create: true`).
+    pub create: bool,
 }
 
 impl FieldSpec {

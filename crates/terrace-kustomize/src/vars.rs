@@ -11,7 +11,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::KustomizeError;
-use crate::transform::{self, Renamed};
+use crate::transform;
 
 /// One var: a name, and where its value is.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,24 @@ pub(crate) struct Var {
     pub namespace: Option<String>,
     /// A dotted path (`spec.ports[0].port`); `metadata.name` by default.
     pub field: String,
+}
+
+impl Var {
+    /// Whether the object (with every name it has had, and the namespace
+    /// it came with) is the one the var names, as kustomize matches it
+    /// when the var is declared: any namespace unless the var gives one.
+    pub(crate) fn names(&self, v: &Value, names: &[String], first_namespace: &str) -> bool {
+        transform::kind(v) == self.kind
+            && names.contains(&self.object)
+            && self
+                .api_version
+                .as_ref()
+                .is_none_or(|a| v["apiVersion"].as_str() == Some(a.as_str()))
+            && self.namespace.as_ref().is_none_or(|ns| {
+                transform::same_namespace(transform::namespace(v), ns)
+                    || transform::same_namespace(first_namespace, ns)
+            })
+    }
 }
 
 /// The `vars` of one kustomization.
@@ -114,12 +132,12 @@ fn fields_of(kind: &str) -> Vec<String> {
     out
 }
 
-/// Replaces the vars in `objects` (each with its names in `named`, in
-/// the same order). A var whose object is not in the build is an error,
-/// as in kustomize.
+/// Replaces the vars in `objects` (each with the names of the vars bound
+/// to it in `bound`, in the same order). A var bound to no object is an
+/// error, as in kustomize.
 pub(crate) fn apply(
     objects: &mut [Value],
-    named: &[Renamed],
+    bound: &[Vec<String>],
     vars: &[Var],
     custom: &[transform::FieldSpec],
 ) -> Result<(), String> {
@@ -131,18 +149,11 @@ pub(crate) fn apply(
         if values.iter().any(|(n, _)| *n == var.name) {
             return Err(format!("var `{}` is defined more than once", var.name));
         }
-        let found = objects.iter().zip(named).find(|(o, n)| {
-            transform::kind(o) == var.kind
-                && n.old.contains(&var.object)
-                && var
-                    .api_version
-                    .as_ref()
-                    .is_none_or(|v| o["apiVersion"].as_str() == Some(v.as_str()))
-                && var
-                    .namespace
-                    .as_ref()
-                    .is_none_or(|ns| transform::same_namespace(transform::namespace(o), ns))
-        });
+        // The object the var was bound to where it was declared.
+        let found = objects
+            .iter()
+            .zip(bound)
+            .find(|(_, names)| names.contains(&var.name));
         let value = found
             .and_then(|(o, _)| field(o, &var.field))
             .ok_or_else(|| {

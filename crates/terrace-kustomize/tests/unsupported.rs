@@ -38,41 +38,18 @@ fn every_unsupported_field_is_refused_by_name() {
 }
 
 #[test]
-fn crd_markers_other_than_object_references_are_refused_by_name() {
-    let mut fs = MemFs::new();
-    fs.add("/app/kustomization.yaml", "crds: [crd.json]\n");
-    fs.add(
-        "/app/crd.json",
-        r#"{"x.v1.Thing": {"Schema": {"properties": {
-            "kind": {}, "apiVersion": {}, "metadata": {},
-            "spec": {"$ref": "x.v1.ThingSpec"}}}},
-          "x.v1.ThingSpec": {"Schema": {"properties": {
-            "selector": {"x-kubernetes-label-selector": ""}}}}}"#,
-    );
-    let err = build(&fs, Path::new("/app"))
-        .expect_err("a label-selector marker is not supported")
-        .to_string();
-    assert!(
-        err.contains(
-            "`crds: x-kubernetes-label-selector (at Thing spec/selector)` is not supported"
-        ) && err.contains("/app/crd.json"),
-        "{err}"
-    );
-}
-
-#[test]
 fn configurations_other_than_name_references_are_refused_by_name() {
     let mut fs = MemFs::new();
     fs.add("/app/kustomization.yaml", "configurations: [c.yaml]\n");
     fs.add(
         "/app/c.yaml",
-        "commonLabels:\n- path: spec/selector\n  kind: MyKind\n",
+        "templateLabels:\n- path: spec/template/metadata/labels\n  kind: MyKind\n",
     );
     let err = build(&fs, Path::new("/app"))
-        .expect_err("a commonLabels configuration is not supported")
+        .expect_err("a templateLabels configuration is not supported")
         .to_string();
     assert!(
-        err.contains("`configurations: commonLabels` is not supported")
+        err.contains("`configurations: templateLabels` is not supported")
             && err.contains("/app/c.yaml"),
         "{err}"
     );
@@ -86,8 +63,8 @@ fn transformers_other_than_the_supported_builtins_are_refused_by_name() {
             "`transformers: HashTransformer` is not supported",
         ),
         (
-            "apiVersion: builtin\nkind: NamespaceTransformer\nmetadata:\n  name: n\n  namespace: x\nunsetOnly: true\n",
-            "NamespaceTransformer with field specs or options other than the `namespace:` field's` is not supported",
+            "apiVersion: builtin\nkind: NamespaceTransformer\nmetadata:\n  name: n\n  namespace: x\nfieldSpecs:\n- path: spec/targetNamespace\n",
+            "`transformers: NamespaceTransformer field specs other than metadata/namespace` is not supported",
         ),
         (
             "apiVersion: example.com/v1\nkind: MyPlugin\nmetadata:\n  name: p\n",

@@ -104,15 +104,33 @@ impl Node {
                     .map(Node::to_json)
                     .collect(),
             ),
-            Node::Map(items) => Value::Object(
-                items
-                    .iter()
-                    .filter_map(|(k, v)| match k {
-                        Key::Name(n) => Some((n.clone(), v.to_json())),
-                        Key::Comment(_) => None,
-                    })
-                    .collect(),
-            ),
+            Node::Map(items) => {
+                // YAML 1.1 merge keys (`<<: *base`, `<<: [*a, *b]`), as
+                // Go's YAML decoder (and so kubectl) resolves them: keys
+                // written in the map win, then earlier merged maps.
+                let mut out = serde_json::Map::new();
+                let mut merged: Vec<&Node> = Vec::new();
+                for (k, v) in items {
+                    match (k, v) {
+                        (Key::Name(n), Node::Map(_)) if n == "<<" => merged.push(v),
+                        (Key::Name(n), Node::Seq(list)) if n == "<<" => {
+                            merged.extend(list.iter().filter(|m| matches!(m, Node::Map(_))));
+                        }
+                        (Key::Name(n), _) => {
+                            out.insert(n.clone(), v.to_json());
+                        }
+                        (Key::Comment(_), _) => {}
+                    }
+                }
+                for source in merged {
+                    if let Value::Object(entries) = source.to_json() {
+                        for (k, v) in entries {
+                            out.entry(k).or_insert(v);
+                        }
+                    }
+                }
+                Value::Object(out)
+            }
         }
     }
 
@@ -1586,6 +1604,13 @@ mod tests {
         assert_eq!(
             docs[0].get("both"),
             Some(&Node::Seq(vec![base.clone(), base.clone()]))
+        );
+        // As data, the merge key is resolved (keys written win).
+        let src = "a: &a {x: 1, y: 1}\nb: &b {y: 2, z: 2}\nm:\n  <<: [*a, *b]\n  x: 0\n";
+        let docs = parse_stream(src, Path::new("t")).expect("parses");
+        assert_eq!(
+            docs[0].to_json()["m"],
+            serde_json::json!({"x": 0, "y": 1, "z": 2})
         );
     }
 
