@@ -1932,6 +1932,1235 @@ case("error-openapi-unknown-version", {
     "t.yaml": THING,
 }, error="v1.14.1")
 
+# Round 2, part 2: builtin plugin configurations and their fieldSpecs,
+# replacements, vars and configurations, openapi and crds schemas,
+# buildMetadata, name references (RBAC, webhooks, ingress), components,
+# patches, sorting, labels, images, replicas, namespaces, YAML details,
+# and errors kubectl gives.
+APPDEP = DEPLOY.replace("        ports: [{containerPort: 80}]\n", "        envFrom: [{configMapRef: {name: settings}}]\n      volumes:\n      - name: conf\n        configMap: {name: settings}\n")
+
+# PatchStrategicMergeTransformer: patch files (`paths`) and an inline
+# `patches` string; PatchJson6902Transformer: an ops file and `jsonOp`.
+case("builtin-patch-strategic-merge-transformer", {
+    "kustomization.yaml": "resources: [d.yaml]\ntransformers: [smp.yaml]\n",
+    "d.yaml": DEPLOY,
+    "smp.yaml": k("""
+    apiVersion: builtin
+    kind: PatchStrategicMergeTransformer
+    metadata:
+      name: tune-web
+    paths: [more-replicas.yaml]
+    patches: |-
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata:
+        name: web
+      spec:
+        template:
+          spec:
+            containers:
+            - name: web
+              env:
+              - {name: MODE, value: fast}
+    """),
+    "more-replicas.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 3\n",
+})
+case("builtin-patch-json6902-transformer", {
+    "kustomization.yaml": "resources: [all.yaml]\ntransformers: [ops.yaml]\n",
+    "all.yaml": DEPLOY + "---\n" + SERVICE,
+    "ops.yaml": k("""
+    apiVersion: builtin
+    kind: PatchJson6902Transformer
+    metadata:
+      name: deploy-ops
+    target:
+      group: apps
+      version: v1
+      kind: Deployment
+      name: web
+    path: deploy-ops.yaml
+    ---
+    apiVersion: builtin
+    kind: PatchJson6902Transformer
+    metadata:
+      name: svc-ops
+    target:
+      version: v1
+      kind: Service
+      name: web
+    jsonOp: '[{"op": "add", "path": "/spec/type", "value": "NodePort"}]'
+    """),
+    "deploy-ops.yaml": "- op: copy\n  from: /spec/template/spec/containers/0/image\n  path: /spec/template/metadata/labels/image\n- op: move\n  from: /spec/template/metadata/labels/app\n  path: /spec/template/metadata/labels/application\n",
+})
+
+# LabelTransformer with fieldSpecs of its own: only where they say.
+case("builtin-label-transformer-selective-field-specs", {
+    "kustomization.yaml": "resources: [all.yaml]\ntransformers: [labels.yaml]\n",
+    "all.yaml": DEPLOY + "---\n" + SERVICE + "---\n" + CM,
+    "labels.yaml": k("""
+    apiVersion: builtin
+    kind: LabelTransformer
+    metadata:
+      name: stack
+    labels:
+      stack: media
+    fieldSpecs:
+    - path: metadata/labels
+      kind: Deployment
+      create: true
+    - path: spec/selector/matchLabels
+      kind: Deployment
+      create: true
+    - path: spec/template/metadata/labels
+      kind: Deployment
+      create: true
+    - path: spec/selector
+      kind: Service
+      version: v1
+      create: true
+    - path: data
+      kind: ConfigMap
+    """),
+})
+
+# NamespaceTransformer options: unsetOnly, setRoleBindingSubjects.
+case("builtin-namespace-transformer-unset-only", {
+    "kustomization.yaml": "resources: [r.yaml]\ntransformers: [ns.yaml]\n",
+    "r.yaml": k("""
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: placed, namespace: keep}
+    ---
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: loose}
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: RoleBinding
+    metadata: {name: rb}
+    roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}
+    subjects:
+    - {kind: ServiceAccount, name: default, namespace: default}
+    - {kind: ServiceAccount, name: bot, namespace: tools}
+    """),
+    "ns.yaml": k("""
+    apiVersion: builtin
+    kind: NamespaceTransformer
+    metadata:
+      name: fallback
+      namespace: fallback
+    unsetOnly: true
+    setRoleBindingSubjects: none
+    fieldSpecs:
+    - path: metadata/namespace
+      create: true
+    """),
+})
+case("builtin-namespace-transformer-all-service-accounts", {
+    "kustomization.yaml": "resources: [r.yaml]\ntransformers: [ns.yaml]\n",
+    "r.yaml": k("""
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRoleBinding
+    metadata: {name: crb}
+    roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
+    subjects:
+    - {kind: ServiceAccount, name: default, namespace: default}
+    - {kind: ServiceAccount, name: bot, namespace: tools}
+    - {kind: ServiceAccount, name: lone}
+    - {kind: Group, name: admins, apiGroup: rbac.authorization.k8s.io}
+    ---
+    apiVersion: v1
+    kind: ServiceAccount
+    metadata: {name: bot}
+    """),
+    "ns.yaml": k("""
+    apiVersion: builtin
+    kind: NamespaceTransformer
+    metadata:
+      name: everything
+      namespace: media
+    setRoleBindingSubjects: allServiceAccounts
+    fieldSpecs:
+    - path: metadata/namespace
+      create: true
+    """),
+})
+case("error-builtin-namespace-transformer-bad-subjects-mode", {
+    "kustomization.yaml": "resources: [c.yaml]\ntransformers: [ns.yaml]\n", "c.yaml": CM,
+    "ns.yaml": "apiVersion: builtin\nkind: NamespaceTransformer\nmetadata:\n  name: ns\n  namespace: x\nsetRoleBindingSubjects: everyone\n",
+}, error="everyone")
+
+# ImageTagTransformer: the usual container fields, plus its fieldSpecs
+# in a custom kind; ReplicaCountTransformer at a custom kind's field.
+case("builtin-image-tag-transformer-custom-field-specs", {
+    "kustomization.yaml": "resources: [r.yaml]\ntransformers: [img.yaml]\n",
+    "r.yaml": DEPLOY.replace("nginx:1.0", "redis:7.2") + "---\n" + k("""
+    apiVersion: cache.example.com/v1
+    kind: CacheCluster
+    metadata: {name: cache}
+    spec:
+      cache:
+        image: redis:7.2
+      exporter:
+        image: redis:7.2
+    """),
+    "img.yaml": k("""
+    apiVersion: builtin
+    kind: ImageTagTransformer
+    metadata:
+      name: valkey
+    imageTag:
+      name: redis
+      newName: valkey/valkey
+      newTag: "8.0"
+    fieldSpecs:
+    - path: spec/cache/image
+      kind: CacheCluster
+    """),
+})
+case("builtin-replica-count-transformer-custom-kind", {
+    "kustomization.yaml": "resources: [r.yaml]\ntransformers: [rc.yaml]\n",
+    "r.yaml": DEPLOY.replace("name: web\nspec", "name: cluster\nspec") + "---\n" + k("""
+    apiVersion: postgres.example.com/v1
+    kind: PostgresCluster
+    metadata: {name: cluster}
+    spec:
+      version: 16
+    """),
+    "rc.yaml": k("""
+    apiVersion: builtin
+    kind: ReplicaCountTransformer
+    metadata:
+      name: pg
+    replica:
+      name: cluster
+      count: 3
+    fieldSpecs:
+    - path: spec/instances
+      kind: PostgresCluster
+      create: true
+    """),
+})
+
+# A prefix only on ConfigMaps; the Deployment's references follow.
+case("builtin-prefix-on-config-maps-only-references-follow", {
+    "kustomization.yaml": "resources: [d.yaml, cm.yaml]\ntransformers: [ps.yaml]\n",
+    "d.yaml": APPDEP,
+    "cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  A: \"1\"\n",
+    "ps.yaml": "apiVersion: builtin\nkind: PrefixSuffixTransformer\nmetadata:\n  name: cm-only\nprefix: cfg-\nsuffix: -v1\nfieldSpecs:\n- path: metadata/name\n  kind: ConfigMap\n",
+})
+case("builtin-annotations-transformer-custom-field-specs", {
+    "kustomization.yaml": "resources: [r.yaml]\ntransformers: [ann.yaml]\n",
+    "r.yaml": CM + "---\n" + k("""
+    apiVersion: monitoring.coreos.com/v1
+    kind: Prometheus
+    metadata: {name: prom}
+    spec:
+      podMetadata:
+        labels: {app: prom}
+    """),
+    "ann.yaml": k("""
+    apiVersion: builtin
+    kind: AnnotationsTransformer
+    metadata:
+      name: backup
+    annotations:
+      backup.example.com/schedule: daily
+    fieldSpecs:
+    - path: spec/podMetadata/annotations
+      kind: Prometheus
+      create: true
+    - path: metadata/annotations
+      kind: ConfigMap
+      create: true
+    """),
+})
+# Without fieldSpecs a label or annotation transformer touches nothing; a
+# prefix/suffix transformer is refused.
+case("builtin-transformers-without-field-specs-do-nothing", {
+    "kustomization.yaml": "resources: [d.yaml]\ntransformers: [t.yaml]\n",
+    "d.yaml": DEPLOY,
+    "t.yaml": "apiVersion: builtin\nkind: LabelTransformer\nmetadata:\n  name: l\nlabels: {a: b}\n---\napiVersion: builtin\nkind: AnnotationsTransformer\nmetadata:\n  name: an\nannotations: {c: d}\n",
+})
+case("error-builtin-prefix-transformer-without-field-specs", {
+    "kustomization.yaml": "resources: [d.yaml]\ntransformers: [t.yaml]\n",
+    "d.yaml": DEPLOY,
+    "t.yaml": "apiVersion: builtin\nkind: PrefixSuffixTransformer\nmetadata:\n  name: ps\nprefix: nope-\n",
+}, error="fieldSpecs")
+
+# SecretGenerator configuration with files, envs, literals and options;
+# a ConfigMapGenerator configuration merging into a base's generator.
+case("builtin-secret-generator-files-envs-options", {
+    "kustomization.yaml": "generators: [sec.yaml]\n",
+    "sec.yaml": k("""
+    apiVersion: builtin
+    kind: SecretGenerator
+    metadata:
+      name: app-secrets
+      namespace: vault
+    type: Opaque
+    files: [token.txt, renamed.key=key.pem]
+    envs: [db.env]
+    literals: [MODE=prod]
+    options:
+      disableNameSuffixHash: true
+      labels: {sealed: "no"}
+      annotations: {rotated: "2024-01-01"}
+    """),
+    "token.txt": "t0ken\n", "key.pem": "-----BEGIN KEY-----\nabc\n-----END KEY-----\n", "db.env": "DB_USER=app\nDB_PASS=hunter2\n",
+})
+case("builtin-configmap-generator-merges-into-base", {
+    "base/kustomization.yaml": "resources: [d.yaml]\nconfigMapGenerator:\n- name: settings\n  literals: [A=1, B=2]\n",
+    "base/d.yaml": APPDEP,
+    "overlay/kustomization.yaml": "resources: [../base]\ngenerators: [merge.yaml]\n",
+    "overlay/merge.yaml": "apiVersion: builtin\nkind: ConfigMapGenerator\nmetadata:\n  name: settings\nbehavior: merge\nliterals: [B=20, C=3]\n",
+}, build="overlay")
+
+# An overlay's transformer configurations act on its base's objects, and
+# name references follow; a component may carry configurations too.
+case("builtin-transformers-in-overlay-act-on-base", {
+    "base/kustomization.yaml": "resources: [d.yaml]\nconfigMapGenerator:\n- name: settings\n  literals: [A=1]\n",
+    "base/d.yaml": APPDEP,
+    "overlay/kustomization.yaml": "resources: [../base]\ntransformers: [t.yaml]\n",
+    "overlay/t.yaml": "apiVersion: builtin\nkind: PrefixSuffixTransformer\nmetadata:\n  name: ps\nsuffix: -blue\nfieldSpecs:\n- path: metadata/name\n---\napiVersion: builtin\nkind: LabelTransformer\nmetadata:\n  name: l\nlabels: {color: blue}\nfieldSpecs:\n- path: metadata/labels\n  create: true\n",
+}, build="overlay")
+case("builtin-configs-in-a-component", {
+    "base/kustomization.yaml": "resources: [d.yaml]\n", "base/d.yaml": DEPLOY,
+    "comp/kustomization.yaml": COMP + k("""
+    generators:
+    - |-
+      apiVersion: builtin
+      kind: ConfigMapGenerator
+      metadata:
+        name: feature-flags
+      literals: [NEW_UI=true]
+    transformers:
+    - |-
+      apiVersion: builtin
+      kind: AnnotationsTransformer
+      metadata:
+        name: feature
+      annotations: {feature: new-ui}
+      fieldSpecs:
+      - path: metadata/annotations
+        create: true
+    """),
+    "overlay/kustomization.yaml": "resources: [../base]\ncomponents: [../comp]\n",
+}, build="overlay")
+# A directory of configurations runs them in its resources' order.
+case("builtin-transformer-directory-runs-in-order", {
+    "kustomization.yaml": "resources: [c.yaml]\ntransformers: [xforms]\n", "c.yaml": CM,
+    "xforms/kustomization.yaml": "resources: [second.yaml, first.yaml]\n",
+    "xforms/first.yaml": "apiVersion: builtin\nkind: PrefixSuffixTransformer\nmetadata:\n  name: first\nprefix: one-\nfieldSpecs:\n- path: metadata/name\n",
+    "xforms/second.yaml": "apiVersion: builtin\nkind: PrefixSuffixTransformer\nmetadata:\n  name: second\nprefix: two-\nfieldSpecs:\n- path: metadata/name\n",
+})
+case("builtin-replacement-transformer-with-path", {
+    "kustomization.yaml": "resources: [src.yaml, d.yaml]\ntransformers: [rt.yaml]\n",
+    "src.yaml": REPSRC, "d.yaml": REPDEP,
+    "rt.yaml": "apiVersion: builtin\nkind: ReplacementTransformer\nmetadata:\n  name: r\nreplacements:\n- path: image.yaml\n- source: {kind: ConfigMap, name: src, fieldPath: data.count}\n  targets:\n  - select: {kind: Deployment}\n    fieldPaths: [spec.replicas]\n",
+    "image.yaml": "source: {kind: ConfigMap, name: src, fieldPath: data.image}\ntargets:\n- select: {kind: Deployment}\n  fieldPaths: [spec.template.spec.containers.0.image]\n",
+})
+case("error-exec-plugin-transformer", {
+    "kustomization.yaml": "resources: [c.yaml]\ntransformers: [sops.yaml]\n", "c.yaml": CM,
+    "sops.yaml": "apiVersion: secrets.example.com/v1\nkind: SopsDecryptor\nmetadata:\n  name: decrypt\nfiles: [secret.enc.yaml]\n",
+}, error="SopsDecryptor")
+case("error-builtin-unknown-kind", {
+    "kustomization.yaml": "resources: [c.yaml]\ntransformers: [t.yaml]\n", "c.yaml": CM,
+    "t.yaml": "apiVersion: builtin\nkind: NoSuchTransformer\nmetadata:\n  name: t\n",
+}, error="NoSuchTransformer")
+case("error-builtin-json6902-transformer-without-target-name", {
+    "kustomization.yaml": "resources: [d.yaml]\ntransformers: [t.yaml]\n", "d.yaml": DEPLOY,
+    "t.yaml": "apiVersion: builtin\nkind: PatchJson6902Transformer\nmetadata:\n  name: t\ntarget: {kind: Deployment}\njsonOp: '[{\"op\": \"replace\", \"path\": \"/spec/replicas\", \"value\": 2}]'\n",
+}, error="target")
+
+# Replacements as homelab repositories use them: a domain into every
+# Ingress host (wildcards with a delimiter), a source chosen by its
+# namespace, structured values, a file in a component, group/version
+# selection with several rejects.
+case("replacements-domain-into-ingress-hosts", {
+    "kustomization.yaml": k("""
+    resources: [domain.yaml, ing.yaml]
+    replacements:
+    - source:
+        kind: ConfigMap
+        name: cluster-vars
+        fieldPath: data.domain
+      targets:
+      - select:
+          kind: Ingress
+        fieldPaths:
+        - spec.rules.*.host
+        options:
+          delimiter: '.'
+          index: 1
+      - select:
+          kind: Ingress
+        reject:
+        - name: auth
+        fieldPaths:
+        - spec.tls.*.hosts.*
+        options:
+          delimiter: '.'
+          index: 1
+      - select:
+          kind: Ingress
+          name: grafana
+        fieldPaths:
+        - metadata.annotations.[external-dns.alpha.kubernetes.io/hostname]
+        options:
+          create: true
+    """),
+    "domain.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cluster-vars\ndata:\n  domain: home.example.net\n",
+    "ing.yaml": k("""
+    apiVersion: networking.k8s.io/v1
+    kind: Ingress
+    metadata: {name: grafana}
+    spec:
+      tls:
+      - hosts: [grafana.PLACEHOLDER, metrics.PLACEHOLDER]
+        secretName: wildcard-tls
+      rules:
+      - host: grafana.PLACEHOLDER
+        http:
+          paths:
+          - {path: /, pathType: Prefix, backend: {service: {name: grafana, port: {number: 3000}}}}
+      - host: metrics.PLACEHOLDER
+    ---
+    apiVersion: networking.k8s.io/v1
+    kind: Ingress
+    metadata: {name: auth}
+    spec:
+      rules:
+      - host: auth.PLACEHOLDER
+    """),
+})
+case("replacements-source-by-namespace", {
+    "kustomization.yaml": k("""
+    resources: [r.yaml]
+    replacements:
+    - source:
+        kind: ConfigMap
+        name: settings
+        namespace: prod
+        fieldPath: data.level
+      targets:
+      - select:
+          kind: Deployment
+        reject:
+        - namespace: dev
+        fieldPaths:
+        - spec.template.spec.containers.[name=web].args.0
+    - source:
+        kind: Deployment
+        name: web
+        namespace: dev
+        fieldPath: spec.template.spec.containers.[image=nginx:1.0].name
+      targets:
+      - select:
+          kind: ConfigMap
+          namespace: dev
+        fieldPaths: [data.container]
+        options: {create: true}
+    """),
+    "r.yaml": k("""
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: settings, namespace: dev}
+    data: {level: debug}
+    ---
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: settings, namespace: prod}
+    data: {level: warn}
+    """) + "---\n" + DEPLOY.replace("  name: web\n", "  name: web\n  namespace: dev\n", 1).replace("        ports:", "        args: [--level=info]\n        ports:") + "---\n" + DEPLOY.replace("  name: web\n", "  name: web\n  namespace: prod\n", 1).replace("        ports:", "        args: [--level=info]\n        ports:"),
+})
+case("replacements-structured-list-value", {
+    "kustomization.yaml": k("""
+    resources: [d.yaml, probe.yaml]
+    replacements:
+    - source:
+        kind: Deployment
+        name: web
+        fieldPath: spec.template.spec.containers.[name=web].ports
+      targets:
+      - select:
+          kind: Probe
+        fieldPaths: [spec.endpoints]
+        options: {create: true}
+    - source:
+        kind: Deployment
+        name: web
+        fieldPath: spec.selector.matchLabels
+      targets:
+      - select:
+          kind: Probe
+        fieldPaths: [spec.selector.matchLabels]
+        options: {create: true}
+    """),
+    "d.yaml": DEPLOY.replace("ports: [{containerPort: 80}]", "ports: [{containerPort: 80, name: http}, {containerPort: 9090, name: metrics}]"),
+    "probe.yaml": "apiVersion: monitoring.example.com/v1\nkind: Probe\nmetadata:\n  name: web\nspec:\n  interval: 30s\n",
+})
+case("replacements-from-a-file-in-a-component", {
+    "base/kustomization.yaml": "resources: [src.yaml, d.yaml]\n", "base/src.yaml": REPSRC, "base/d.yaml": REPDEP,
+    "comp/kustomization.yaml": COMP + "replacements:\n- path: host.yaml\n",
+    "comp/host.yaml": k("""
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: data.host
+      targets:
+      - select:
+          kind: Deployment
+        fieldPaths:
+        - spec.template.spec.containers.[name=web].env.[name=HOST].value
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: data.port
+      targets:
+      - select:
+          kind: Deployment
+        fieldPaths:
+        - spec.template.spec.containers.[name=web].env.[name=PORT].value
+    """),
+    "overlay/kustomization.yaml": "resources: [../base]\ncomponents: [../comp]\nnameSuffix: -x\n",
+}, build="overlay")
+case("replacements-select-by-group-version-and-rejects", {
+    "kustomization.yaml": k("""
+    resources: [src.yaml, r.yaml]
+    replacements:
+    - source:
+        kind: ConfigMap
+        name: src
+        fieldPath: data.port
+      targets:
+      - select:
+          version: v1
+          kind: ConfigMap
+        reject:
+        - name: src
+        - namespace: skip
+        - labelSelector: frozen=true
+        fieldPaths: [data.port]
+        options: {create: true}
+      - select:
+          group: example.com
+        fieldPaths: [spec.port]
+        options: {create: true}
+    """),
+    "src.yaml": REPSRC,
+    "r.yaml": k("""
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: a}
+    ---
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: b, namespace: skip}
+    ---
+    apiVersion: v1
+    kind: ConfigMap
+    metadata:
+      name: c
+      labels: {frozen: "true"}
+    ---
+    apiVersion: example.com/v1
+    kind: Listener
+    metadata: {name: l}
+    ---
+    apiVersion: other.com/v1
+    kind: Listener
+    metadata: {name: l}
+    """),
+})
+case("error-replacements-missing-path", {
+    "kustomization.yaml": "resources: [c.yaml]\nreplacements:\n- path: no-such-replacement.yaml\n", "c.yaml": CM,
+}, error="no-such-replacement.yaml")
+
+# vars: fieldrefs into labels and list items; a custom kind's field via
+# configurations' varReference; vars declared at two levels.
+case("vars-fieldrefs-labels-and-list-items", {
+    "kustomization.yaml": k("""
+    resources: [d.yaml, cm.yaml]
+    vars:
+    - name: APP_LABEL
+      objref: {kind: Deployment, name: web, apiVersion: apps/v1}
+      fieldref: {fieldpath: metadata.labels.app}
+    - name: WEB_IMAGE
+      objref: {kind: Deployment, name: web, apiVersion: apps/v1}
+      fieldref: {fieldpath: "spec.template.spec.containers[0].image"}
+    - name: WEB_REPLICAS
+      objref: {kind: Deployment, name: web, apiVersion: apps/v1}
+      fieldref: {fieldpath: spec.replicas}
+    """),
+    "d.yaml": DEPLOY.replace("  name: web\nspec:", "  name: web\n  labels: {app: web-app}\nspec:").replace("        ports:", "        command: [run, --label=$(APP_LABEL), --image=$(WEB_IMAGE)]\n        ports:"),
+    "cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: info\ndata:\n  image: $(WEB_IMAGE)\n  replicas: $(WEB_REPLICAS)\n  label: app=$(APP_LABEL)\n",
+})
+case("vars-in-a-custom-kind-via-configurations", {
+    "kustomization.yaml": "namePrefix: mon-\nresources: [r.yaml]\nconfigurations: [refs.yaml]\nvars:\n- name: TARGET_SVC\n  objref: {kind: Service, name: web, apiVersion: v1}\n",
+    "refs.yaml": "varReference:\n- path: spec/targets/url\n  kind: Check\n- path: spec/note\n  kind: Check\n",
+    "r.yaml": SERVICE + "---\n" + k("""
+    apiVersion: uptime.example.com/v1
+    kind: Check
+    metadata: {name: ping}
+    spec:
+      note: checks $(TARGET_SVC)
+      other: $(TARGET_SVC)
+      targets:
+      - url: http://$(TARGET_SVC):80/healthz
+      - url: http://$(TARGET_SVC):80/ready
+    """),
+})
+case("vars-declared-in-base-and-overlay", {
+    "base/kustomization.yaml": "resources: [svc.yaml, pod.yaml]\nvars:\n- name: BASE_SVC\n  objref: {kind: Service, name: web, apiVersion: v1}\n",
+    "base/svc.yaml": SERVICE,
+    "base/pod.yaml": "apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\nspec:\n  containers:\n  - name: c\n    image: curl\n    args: [\"$(BASE_SVC)\", \"$(OVERLAY_CM)\"]\n",
+    "overlay/kustomization.yaml": "resources: [../base]\nnamePrefix: o-\nconfigMapGenerator:\n- name: extra\n  literals: [A=1]\nvars:\n- name: OVERLAY_CM\n  objref: {kind: ConfigMap, name: extra, apiVersion: v1}\n",
+}, build="overlay")
+case("error-vars-same-name-at-two-levels", {
+    "base/kustomization.yaml": "resources: [svc.yaml]\nvars:\n- name: DUPLICATED_VAR\n  objref: {kind: Service, name: web, apiVersion: v1}\n",
+    "base/svc.yaml": SERVICE,
+    "overlay/kustomization.yaml": "resources: [../base]\nvars:\n- name: DUPLICATED_VAR\n  objref: {kind: Service, name: web, apiVersion: v1}\n",
+}, build="overlay", error="DUPLICATED_VAR")
+case("error-var-matches-two-objects", {
+    "kustomization.yaml": "resources: [r.yaml]\nvars:\n- name: TWICE\n  objref: {kind: ConfigMap, name: same, apiVersion: v1}\n",
+    "r.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: same, namespace: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: same, namespace: b}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: x, args: [\"$(TWICE)\"]}]\n",
+}, error="TWICE")
+
+# configurations: commonLabels, images and nameReference for custom kinds.
+case("configurations-common-labels-for-a-custom-kind", {
+    "kustomization.yaml": "resources: [m.yaml]\ncommonLabels: {team: infra}\nconfigurations: [labels.yaml]\n",
+    "labels.yaml": "commonLabels:\n- path: spec/selector/matchLabels\n  kind: ServiceMonitor\n  create: true\n- path: spec/podTargetLabels\n  kind: NotThere\n",
+    "m.yaml": "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata:\n  name: web\nspec:\n  endpoints: [{port: http}]\n---\napiVersion: monitoring.coreos.com/v1\nkind: PodMonitor\nmetadata:\n  name: pods\nspec:\n  selector: {}\n",
+})
+case("configurations-images-at-a-custom-path", {
+    "kustomization.yaml": "resources: [p.yaml]\nconfigurations: [images.yaml]\nimages:\n- name: alpine\n  newTag: \"3.20\"\n- name: node\n  newName: mirror.local/node\n",
+    "images.yaml": "images:\n- path: spec/steps/image\n  kind: Pipeline\n- path: spec/runner/image\n  kind: Pipeline\n",
+    "p.yaml": k("""
+    apiVersion: ci.example.com/v1
+    kind: Pipeline
+    metadata: {name: build}
+    spec:
+      runner:
+        image: node:20
+      steps:
+      - {name: lint, image: alpine:3.18}
+      - {name: test, image: node:20}
+    ---
+    apiVersion: ci.example.com/v1
+    kind: Other
+    metadata: {name: o}
+    spec:
+      runner:
+        image: node:20
+    """),
+})
+case("configurations-name-reference-to-generated-config-map", {
+    "kustomization.yaml": "namePrefix: p-\nresources: [app.yaml]\nconfigurations: [refs.yaml]\nconfigMapGenerator:\n- name: app-settings\n  literals: [THEME=dark]\nsecretGenerator:\n- name: app-token\n  literals: [TOKEN=x]\n",
+    "refs.yaml": "nameReference:\n- kind: ConfigMap\n  version: v1\n  fieldSpecs:\n  - path: spec/configRef/name\n    kind: App\n  - path: spec/extraConfigs\n    kind: App\n- kind: Secret\n  version: v1\n  fieldSpecs:\n  - path: spec/secrets/secretName\n    kind: App\n",
+    "app.yaml": "apiVersion: apps.example.com/v1\nkind: App\nmetadata:\n  name: shop\nspec:\n  configRef: {name: app-settings}\n  extraConfigs: [app-settings, not-generated]\n  secrets:\n  - secretName: app-token\n  - secretName: external\n",
+})
+
+# openapi: a schema in YAML, merge keys at two depths, and a list of
+# strings with the merge strategy (union instead of replacement).
+SCHEMA_YAML = k('''
+    definitions:
+      v1.Router:
+        type: object
+        x-kubernetes-group-version-kind:
+        - {group: net.example.com, kind: Router, version: v1}
+        properties:
+          spec:
+            type: object
+            properties:
+              routes:
+                type: array
+                x-kubernetes-patch-merge-key: name
+                x-kubernetes-patch-strategy: merge
+                items: {$ref: "#/definitions/v1.Route"}
+              hosts:
+                type: array
+                x-kubernetes-patch-strategy: merge
+                items: {type: string}
+      v1.Route:
+        type: object
+        properties:
+          name: {type: string}
+          backends:
+            type: array
+            x-kubernetes-patch-merge-key: service
+            x-kubernetes-patch-strategy: merge
+            items: {$ref: "#/definitions/v1.Backend"}
+      v1.Backend:
+        type: object
+        properties:
+          service: {type: string}
+          weight: {type: integer}
+    ''')
+ROUTER = k('''
+    apiVersion: net.example.com/v1
+    kind: Router
+    metadata: {name: edge}
+    spec:
+      hosts: [a.example, b.example]
+      routes:
+      - name: web
+        backends:
+        - {service: blue, weight: 100}
+        - {service: green, weight: 0}
+      - name: api
+        backends:
+        - {service: api, weight: 100}
+    ''')
+case("openapi-yaml-schema-nested-merge-keys", {
+    "kustomization.yaml": k('''
+    resources: [router.yaml]
+    openapi:
+      path: schema.yaml
+    patches:
+    - patch: |-
+        apiVersion: net.example.com/v1
+        kind: Router
+        metadata: {name: edge}
+        spec:
+          hosts: [c.example]
+          routes:
+          - name: web
+            backends:
+            - {service: blue, weight: 20}
+            - {service: green, weight: 80}
+          - name: admin
+            backends:
+            - {service: admin, weight: 100}
+    '''),
+    "router.yaml": ROUTER,
+    "schema.yaml": SCHEMA_YAML,
+})
+case("openapi-schema-delete-directive-by-merge-key", {
+    "kustomization.yaml": "resources: [router.yaml]\nopenapi:\n  path: schema.yaml\npatches:\n- patch: |-\n    apiVersion: net.example.com/v1\n    kind: Router\n    metadata: {name: edge}\n    spec:\n      routes:\n      - name: api\n        $patch: delete\n      - name: web\n        backends:\n        - service: green\n          $patch: delete\n",
+    "router.yaml": ROUTER,
+    "schema.yaml": SCHEMA_YAML,
+})
+
+# crds: OpenAPI definitions whose properties carry
+# x-kubernetes-object-ref-kind/-api-version make a custom kind's fields
+# name references, so they follow prefixes and generated names' hashes.
+def crd_defs(kind, spec_props, group_path="example.com/apis/v1"):
+    import json
+    return json.dumps({
+        f"{group_path}.{kind}": {"Schema": {"properties": {
+            "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+            "metadata": {"$ref": "k8s.io/apimachinery/pkg/apis/meta/v1.ObjectMeta"},
+            "spec": {"$ref": f"{group_path}.{kind}Spec"}}},
+            "Dependencies": [f"{group_path}.{kind}Spec"]},
+        f"{group_path}.{kind}Spec": {"Schema": {"properties": spec_props}, "Dependencies": []},
+    }, indent=2) + "\n"
+DB_DEFS = crd_defs("Database", {
+    "credentialsRef": {"x-kubernetes-object-ref-api-version": "v1", "x-kubernetes-object-ref-kind": "Secret", "$ref": "k8s.io/api/core/v1.LocalObjectReference"},
+    "configRef": {"x-kubernetes-object-ref-api-version": "v1", "x-kubernetes-object-ref-kind": "ConfigMap", "$ref": "k8s.io/api/core/v1.LocalObjectReference"},
+    "engine": {"type": "string"},
+})
+DATABASE = "apiVersion: db.example.com/v1\nkind: Database\nmetadata:\n  name: main\nspec:\n  engine: postgres\n  credentialsRef:\n    name: db-creds\n  configRef:\n    name: db-config\n"
+case("crds-object-refs-follow-prefix-and-hash", {
+    "kustomization.yaml": "crds: [defs.json]\nresources: [db.yaml]\nnamePrefix: shop-\nsecretGenerator:\n- name: db-creds\n  literals: [password=s3cret]\nconfigMapGenerator:\n- name: db-config\n  literals: [max_connections=\"100\"]\n",
+    "defs.json": DB_DEFS, "db.yaml": DATABASE,
+})
+case("crds-of-a-base-apply-to-the-overlay", {
+    "base/kustomization.yaml": "crds: [defs.json]\nresources: [db.yaml, secret.yaml]\nconfigMapGenerator:\n- name: db-config\n  literals: [A=1]\n",
+    "base/defs.json": DB_DEFS, "base/db.yaml": DATABASE,
+    "base/secret.yaml": "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db-creds\nstringData:\n  password: x\n",
+    "overlay/kustomization.yaml": "resources: [../base]\nnameSuffix: -staging\nconfigMapGenerator:\n- name: db-config\n  behavior: merge\n  literals: [B=2]\n",
+}, build="overlay")
+case("crds-yaml-definitions-with-a-name-key", {
+    "kustomization.yaml": "crds: [defs.yaml]\nresources: [r.yaml]\nnamePrefix: k-\n",
+    "defs.yaml": k('''
+    example.com/apis/v1.Gateway:
+      Schema:
+        properties:
+          apiVersion: {type: string}
+          kind: {type: string}
+          metadata: {$ref: k8s.io/apimachinery/pkg/apis/meta/v1.ObjectMeta}
+          spec: {$ref: example.com/apis/v1.GatewaySpec}
+      Dependencies: []
+    example.com/apis/v1.GatewaySpec:
+      Schema:
+        properties:
+          tls:
+            x-kubernetes-object-ref-api-version: v1
+            x-kubernetes-object-ref-kind: Secret
+            x-kubernetes-object-ref-name-key: secretName
+          backend:
+            x-kubernetes-object-ref-api-version: v1
+            x-kubernetes-object-ref-kind: Service
+      Dependencies: []
+    '''),
+    "r.yaml": SERVICE + "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: cert\ntype: kubernetes.io/tls\ndata: {tls.crt: \"\", tls.key: \"\"}\n---\n" + k('''
+    apiVersion: gw.example.com/v1
+    kind: Gateway
+    metadata: {name: gw}
+    spec:
+      tls: {secretName: cert}
+      backend: {name: web}
+    '''),
+})
+case("crds-label-selector-annotation-and-identity", {
+    "kustomization.yaml": "crds: [defs.json]\nresources: [r.yaml]\nnamePrefix: t-\ncommonLabels: {team: a}\ncommonAnnotations: {owner: me}\n",
+    "defs.json": crd_defs("Pool", {
+        "selector": {"x-kubernetes-label-selector": ""},
+        "podAnnotations": {"x-kubernetes-annotation": ""},
+        "alias": {"x-kubernetes-identity": ""},
+    }),
+    "r.yaml": "apiVersion: pool.example.com/v1\nkind: Pool\nmetadata:\n  name: workers\nspec:\n  selector: {role: worker}\n  podAnnotations: {a: b}\n  alias: workers\n",
+})
+case("error-crds-missing-file", {
+    "kustomization.yaml": "crds: [missing-defs.json]\nresources: [c.yaml]\n", "c.yaml": CM,
+}, error="missing-defs.json")
+
+# buildMetadata: transformerAnnotations; all three options at once, with
+# origins for objects from a component and from a generator configuration.
+case("build-metadata-transformer-annotations", {
+    "base/kustomization.yaml": "resources: [c.yaml]\nnamePrefix: b-\n", "base/c.yaml": CM,
+    "overlay/kustomization.yaml": "resources: [../base, d.yaml]\nbuildMetadata: [transformerAnnotations]\ncommonLabels: {env: prod}\npatches:\n- target: {kind: Deployment}\n  patch: |-\n    - op: replace\n      path: /spec/replicas\n      value: 2\n",
+    "overlay/d.yaml": DEPLOY,
+}, build="overlay")
+case("build-metadata-all-options-with-component-and-generator-config", {
+    "comp/kustomization.yaml": COMP + "resources: [extra.yaml]\n",
+    "comp/extra.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\n",
+    "kustomization.yaml": "resources: [c.yaml]\ncomponents: [comp]\ngenerators: [g.yaml]\nbuildMetadata: [originAnnotations, managedByLabel, transformerAnnotations]\nnamespace: apps\n",
+    "c.yaml": CM,
+    "g.yaml": "apiVersion: builtin\nkind: ConfigMapGenerator\nmetadata:\n  name: generated\nliterals: [A=1]\n",
+})
+
+# RBAC: a suffix on cluster roles, subjects of other kinds left alone;
+# an overlay's JSON patch renaming a Role and a ServiceAccount, followed by
+# the base's binding.
+case("rbac-cluster-role-suffix-and-other-subjects", {
+    "kustomization.yaml": "nameSuffix: -v2\nresources: [r.yaml]\n",
+    "r.yaml": k('''
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRole
+    metadata: {name: metrics-reader}
+    rules: [{nonResourceURLs: [/metrics], verbs: [get]}]
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRole
+    metadata: {name: aggregate}
+    aggregationRule:
+      clusterRoleSelectors: [{matchLabels: {rbac.example.com/aggregate: "true"}}]
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRoleBinding
+    metadata: {name: metrics}
+    roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: metrics-reader}
+    subjects:
+    - {kind: Group, name: system:monitoring, apiGroup: rbac.authorization.k8s.io}
+    - {kind: User, name: metrics-reader, apiGroup: rbac.authorization.k8s.io}
+    - {kind: ServiceAccount, name: prometheus, namespace: monitoring}
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: RoleBinding
+    metadata: {name: local, namespace: apps}
+    roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: aggregate}
+    subjects:
+    - {kind: Group, name: devs, apiGroup: rbac.authorization.k8s.io}
+    '''),
+})
+case("rbac-role-renamed-by-overlay-json-patch", {
+    "base/kustomization.yaml": "resources: [r.yaml]\n",
+    "base/r.yaml": k('''
+    apiVersion: v1
+    kind: ServiceAccount
+    metadata: {name: worker}
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: Role
+    metadata: {name: jobs}
+    rules: [{apiGroups: [batch], resources: [jobs], verbs: [create]}]
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: RoleBinding
+    metadata: {name: worker-jobs}
+    roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: jobs}
+    subjects:
+    - {kind: ServiceAccount, name: worker}
+    '''),
+    "overlay/kustomization.yaml": k('''
+    resources: [../base]
+    patches:
+    - target: {kind: Role, name: jobs}
+      patch: |-
+        - op: replace
+          path: /metadata/name
+          value: batch-jobs
+    - target: {kind: ServiceAccount}
+      patch: |-
+        - op: replace
+          path: /metadata/name
+          value: batch-worker
+    '''),
+}, build="overlay")
+case("ingress-default-backend-and-generated-tls-secret", {
+    "kustomization.yaml": "namePrefix: media-\nresources: [r.yaml]\nsecretGenerator:\n- name: jellyfin-tls\n  type: kubernetes.io/tls\n  files: [tls.crt, tls.key]\n",
+    "tls.crt": "CERT\n", "tls.key": "KEY\n",
+    "r.yaml": k('''
+    apiVersion: v1
+    kind: Service
+    metadata: {name: jellyfin}
+    spec:
+      ports: [{port: 8096}]
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: fallback}
+    spec:
+      ports: [{port: 80}]
+    ---
+    apiVersion: networking.k8s.io/v1
+    kind: Ingress
+    metadata: {name: jellyfin}
+    spec:
+      ingressClassName: nginx
+      defaultBackend:
+        service: {name: fallback, port: {number: 80}}
+      tls:
+      - hosts: [jellyfin.home.lan]
+        secretName: jellyfin-tls
+      rules:
+      - host: jellyfin.home.lan
+        http:
+          paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service: {name: jellyfin, port: {number: 8096}}
+          - path: /static
+            pathType: Prefix
+            backend:
+              resource: {apiGroup: storage.example.com, kind: Bucket, name: jellyfin}
+    '''),
+})
+case("webhook-service-follows-prefix-and-namespace", {
+    "kustomization.yaml": "namespace: policy\nnamePrefix: kyverno-\nresources: [r.yaml]\n",
+    "r.yaml": k('''
+    apiVersion: v1
+    kind: Service
+    metadata: {name: svc}
+    spec:
+      ports: [{port: 443, targetPort: 9443}]
+    ---
+    apiVersion: admissionregistration.k8s.io/v1
+    kind: MutatingWebhookConfiguration
+    metadata: {name: mutate}
+    webhooks:
+    - name: mutate.example.com
+      admissionReviewVersions: [v1]
+      sideEffects: None
+      clientConfig:
+        service: {name: svc, namespace: default, path: /mutate}
+    ---
+    apiVersion: admissionregistration.k8s.io/v1
+    kind: ValidatingWebhookConfiguration
+    metadata: {name: validate}
+    webhooks:
+    - name: validate.example.com
+      admissionReviewVersions: [v1]
+      sideEffects: None
+      clientConfig:
+        service: {name: svc, path: /validate}
+    - name: url.example.com
+      admissionReviewVersions: [v1]
+      sideEffects: None
+      clientConfig:
+        url: https://external.example.com/validate
+    '''),
+})
+case("namespace-sets-crd-conversion-webhook-service", {
+    "kustomization.yaml": "namespace: operators\nnamePrefix: op-\nresources: [r.yaml]\n",
+    "r.yaml": k('''
+    apiVersion: apiextensions.k8s.io/v1
+    kind: CustomResourceDefinition
+    metadata: {name: widgets.example.com}
+    spec:
+      group: example.com
+      names: {kind: Widget, plural: widgets}
+      scope: Namespaced
+      conversion:
+        strategy: Webhook
+        webhook:
+          conversionReviewVersions: [v1]
+          clientConfig:
+            service: {name: webhook, namespace: old, path: /convert}
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: webhook}
+    spec:
+      ports: [{port: 443}]
+    '''),
+})
+case("namespace-skips-more-cluster-scoped-kinds", {
+    "kustomization.yaml": "namespace: apps\nresources: [r.yaml]\n",
+    "r.yaml": k('''
+    apiVersion: v1
+    kind: PersistentVolume
+    metadata: {name: nfs-media}
+    spec:
+      capacity: {storage: 1Ti}
+      accessModes: [ReadWriteMany]
+      nfs: {server: nas.lan, path: /media}
+    ---
+    apiVersion: networking.k8s.io/v1
+    kind: IngressClass
+    metadata: {name: traefik}
+    spec: {controller: traefik.io/ingress-controller}
+    ---
+    apiVersion: scheduling.k8s.io/v1
+    kind: PriorityClass
+    metadata: {name: critical}
+    value: 100000
+    ---
+    apiVersion: storage.k8s.io/v1
+    kind: CSIDriver
+    metadata: {name: nfs.csi.k8s.io}
+    ---
+    apiVersion: cert-manager.io/v1
+    kind: ClusterIssuer
+    metadata: {name: letsencrypt}
+    ---
+    apiVersion: node.k8s.io/v1
+    kind: RuntimeClass
+    metadata: {name: gvisor}
+    handler: runsc
+    ---
+    apiVersion: v1
+    kind: PersistentVolumeClaim
+    metadata: {name: media}
+    spec:
+      volumeName: nfs-media
+      accessModes: [ReadWriteMany]
+      resources: {requests: {storage: 1Ti}}
+    '''),
+})
+
+# Components: a component as the build root with a nested component; a
+# component deleting a base object; replacing a base's generator; a
+# component's namespace over the overlay's own objects.
+case("component-root-with-nested-component", {
+    "kustomization.yaml": COMP + "resources: [c.yaml]\ncomponents: [inner]\ncommonLabels: {root: \"yes\"}\n",
+    "c.yaml": CM,
+    "inner/kustomization.yaml": COMP + "configMapGenerator:\n- name: from-inner\n  literals: [X=1]\npatches:\n- target: {kind: ConfigMap, name: plain}\n  patch: |-\n    - op: add\n      path: /data/inner\n      value: \"yes\"\n",
+})
+case("components-delete-a-base-object", {
+    "base/kustomization.yaml": "resources: [d.yaml, s.yaml, c.yaml]\n", "base/d.yaml": DEPLOY, "base/s.yaml": SERVICE, "base/c.yaml": CM,
+    "no-service/kustomization.yaml": COMP + "patches:\n- patch: |-\n    $patch: delete\n    apiVersion: v1\n    kind: Service\n    metadata:\n      name: web\n- path: drop-cm.yaml\n",
+    "no-service/drop-cm.yaml": "$patch: delete\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: plain\n",
+    "overlay/kustomization.yaml": "resources: [../base]\ncomponents: [../no-service]\nnamePrefix: x-\n",
+}, build="overlay")
+case("components-replace-a-base-generator", {
+    "base/kustomization.yaml": "resources: [d.yaml]\nconfigMapGenerator:\n- name: settings\n  literals: [A=1, B=2]\n", "base/d.yaml": APPDEP,
+    "comp/kustomization.yaml": COMP + "configMapGenerator:\n- name: settings\n  behavior: replace\n  literals: [ONLY=this]\n  options:\n    labels: {from: component}\n",
+    "overlay/kustomization.yaml": "resources: [../base]\ncomponents: [../comp]\n",
+}, build="overlay")
+case("components-namespace-over-overlay-objects", {
+    "base/kustomization.yaml": "resources: [d.yaml]\n", "base/d.yaml": DEPLOY,
+    "comp/kustomization.yaml": COMP + "namespace: from-comp\ncommonAnnotations: {comp: \"yes\"}\n",
+    "overlay/kustomization.yaml": "resources: [../base, s.yaml]\ncomponents: [../comp]\nconfigMapGenerator:\n- name: own\n  literals: [A=1]\n",
+    "overlay/s.yaml": SERVICE,
+}, build="overlay")
+case("error-component-root-with-kustomization-api-version", {
+    "kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Component\nresources: [c.yaml]\n", "c.yaml": CM,
+}, error="apiVersion")
+
+# Patches: label and annotation selectors together; JSON 6902 moves and
+# copies of list items with a passing test; an overlay's legacy
+# patchesStrategicMerge file deleting one object and changing another.
+target("target-label-and-annotation-selectors-combined", "kind: ConfigMap\nlabelSelector: tier=front\nannotationSelector: team=a\n")
+j6902("json6902-move-and-copy-list-items", k("""
+    - op: test
+      path: /spec/template/spec/containers/1/name
+      value: side
+    - op: move
+      from: /spec/template/spec/containers/1
+      path: /spec/template/spec/containers/0
+    - op: copy
+      from: /spec/template/spec/containers/1/env
+      path: /spec/template/spec/initContainers/0/env
+    - op: copy
+      from: /spec/template/spec/volumes/0
+      path: /spec/template/spec/volumes/-
+    - op: replace
+      path: /spec/template/spec/volumes/2/name
+      value: scratch
+    """))
+case("patches-strategic-merge-legacy-delete-and-change", {
+    "base/kustomization.yaml": "resources: [d.yaml, s.yaml, c.yaml]\n", "base/d.yaml": DEPLOY, "base/s.yaml": SERVICE, "base/c.yaml": CM,
+    "overlay/kustomization.yaml": "resources: [../base]\npatchesStrategicMerge: [p.yaml]\n",
+    "overlay/p.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: plain\n$patch: delete\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: LoadBalancer\n  ports:\n  - port: 80\n    $patch: delete\n  - port: 8080\n",
+}, build="overlay")
+
+# Sorting: only orderFirst given; fifo with generators and components;
+# a base's sortOptions are not read.
+case("sort-legacy-only-order-first", {
+    "kustomization.yaml": "sortOptions:\n  order: legacy\n  legacySortOptions:\n    orderFirst: [Service, Deployment]\nresources: [r.yaml]\n", "r.yaml": ALLKINDS,
+})
+case("sort-fifo-with-generators-and-components", {
+    "comp/kustomization.yaml": COMP + "resources: [ns.yaml]\nconfigMapGenerator:\n- name: comp-gen\n  literals: [A=1]\n",
+    "comp/ns.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: late\n",
+    "kustomization.yaml": "sortOptions: {order: fifo}\nresources: [s.yaml, d.yaml]\ncomponents: [comp]\nsecretGenerator:\n- name: own-secret\n  literals: [B=2]\nconfigMapGenerator:\n- name: own-gen\n  literals: [C=3]\n",
+    "s.yaml": SERVICE, "d.yaml": DEPLOY,
+})
+case("sort-options-of-a-base-are-not-read", {
+    "base/kustomization.yaml": "sortOptions: {order: fifo}\nresources: [r.yaml]\n", "base/r.yaml": ALLKINDS,
+    "overlay/kustomization.yaml": "resources: [../base]\n",
+}, build="overlay")
+
+# Labels: fields with includeSelectors; includeSelectors with
+# includeTemplates explicitly false.
+case("labels-fields-and-include-selectors", {
+    "kustomization.yaml": "resources: [r.yaml]\nlabels:\n- pairs: {app.kubernetes.io/part-of: media}\n  includeSelectors: true\n  fields:\n  - path: spec/podSelector/matchLabels\n    kind: Policy\n    create: true\n",
+    "r.yaml": DEPLOY + "---\napiVersion: policy.example.com/v1\nkind: Policy\nmetadata:\n  name: p\nspec:\n  action: allow\n",
+})
+case("labels-include-selectors-with-templates-false", {
+    "kustomization.yaml": "resources: [r.yaml]\nlabels:\n- pairs: {sel: both}\n  includeSelectors: true\n  includeTemplates: false\n- pairs: {tmpl: only}\n  includeSelectors: false\n  includeTemplates: true\n",
+    "r.yaml": WORKLOADS,
+})
+
+# Images: digests replacing tags and tags replacing digests; an overlay
+# chain where the base renamed the image.
+case("images-digest-and-tag-interplay", {
+    "kustomization.yaml": k("""
+    resources: [p.yaml]
+    images:
+    - name: app
+      digest: sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc
+    - name: tool
+      newTag: "2.0"
+    - name: registry.lan:5000/media/sonarr
+      newName: ghcr.io/example/sonarr
+      newTag: "4.0"
+      digest: sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd
+    """),
+    "p.yaml": k("""
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: p}
+    spec:
+      containers:
+      - {name: a, image: "app:1.0"}
+      - {name: b, image: "tool@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}
+      - {name: c, image: "registry.lan:5000/media/sonarr:3.0"}
+      - {name: d, image: "app"}
+    """),
+})
+case("images-overlay-chain-after-rename", {
+    "base/kustomization.yaml": "resources: [d.yaml]\nimages:\n- name: nginx\n  newName: mirror.lan/library/nginx\n", "base/d.yaml": DEPLOY,
+    "overlay/kustomization.yaml": "resources: [../base]\nimages:\n- name: nginx\n  newTag: \"ignored\"\n- name: mirror.lan/library/nginx\n  newTag: \"1.27-alpine\"\n",
+}, build="overlay")
+
+# Replicas: several workload kinds, names as they were before a prefix;
+# a name that matches nothing is refused.
+case("replicas-several-kinds-by-original-name", {
+    "kustomization.yaml": "namePrefix: p-\nresources: [r.yaml]\nreplicas:\n- name: web\n  count: 2\n- name: rs\n  count: 4\n- name: rc\n  count: 0\n",
+    "r.yaml": DEPLOY + "---\n" + k("""
+    apiVersion: apps/v1
+    kind: ReplicaSet
+    metadata: {name: rs}
+    spec:
+      selector: {matchLabels: {app: rs}}
+      template:
+        metadata: {labels: {app: rs}}
+        spec:
+          containers: [{name: c, image: x}]
+    ---
+    apiVersion: v1
+    kind: ReplicationController
+    metadata: {name: rc}
+    spec:
+      replicas: 1
+      template:
+        metadata: {labels: {app: rc}}
+        spec:
+          containers: [{name: c, image: x}]
+    ---
+    apiVersion: example.com/v1
+    kind: Scaler
+    metadata: {name: web}
+    spec:
+      replicas: 1
+    """),
+})
+case("error-replicas-name-matches-nothing", {
+    "kustomization.yaml": "resources: [d.yaml]\nreplicas:\n- name: nothere\n  count: 2\n", "d.yaml": DEPLOY,
+}, error="nothere")
+
+# YAML details: anchors and aliases (with a merge key), folded and literal
+# block scalars in a patch, long base64 data, YAML 1.1 octal in a patch.
+case("yaml-anchors-and-aliases", {
+    "kustomization.yaml": "resources: [r.yaml]\ncommonLabels: {app: media}\n",
+    "r.yaml": k("""
+    apiVersion: v1
+    kind: ConfigMap
+    metadata:
+      name: anchors
+      annotations: &common
+        owner: media-team
+        tier: backend
+    data:
+      first: &val shared-value
+      second: *val
+    ---
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: sonarr
+    spec:
+      selector:
+        matchLabels: {app: sonarr}
+      template:
+        metadata:
+          labels: {app: sonarr}
+        spec:
+          containers:
+          - name: sonarr
+            image: linuxserver/sonarr
+            env: &env
+            - {name: TZ, value: Europe/Paris}
+            - {name: PUID, value: "1000"}
+            resources: &res
+              limits: {memory: 512Mi}
+          - name: exporter
+            image: exportarr
+            env: *env
+            resources:
+              <<: *res
+              requests: {cpu: 10m}
+    """),
+})
+case("block-scalars-in-a-patch", {
+    "kustomization.yaml": "resources: [c.yaml]\npatches:\n- path: p.yaml\n",
+    "c.yaml": CM,
+    "p.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: plain\n  annotations:\n    description: >-\n      A long description\n      folded onto one line.\ndata:\n  nginx.conf: |\n    server {\n      listen 80;\n    }\n  script.sh: |-\n    #!/bin/sh\n    echo \"hi\"\n  keep: |+\n    trailing\n\n  folded: >\n    a\n    b\n\n    c\n",
+})
+case("secret-long-base64-data-and-string-data", {
+    "kustomization.yaml": "resources: [s.yaml]\nnamePrefix: x-\n",
+    "s.yaml": "apiVersion: v1\nkind: Secret\nmetadata:\n  name: big\ntype: Opaque\ndata:\n  ca.crt: " + ("TUlJQkl" * 60) + "==\n  folded: >-\n    QUJD\n    REVG\nstringData:\n  config.json: '{\"a\": 1}'\n  multi: |\n    line one\n    line two\n",
+})
+case("yaml11-octal-in-a-patch", {
+    "kustomization.yaml": "resources: [d.yaml]\nconfigMapGenerator:\n- name: modes\n  literals: [MODE=0755, FLAG=yes, N=010]\npatches:\n- patch: |-\n    apiVersion: apps/v1\n    kind: Deployment\n    metadata:\n      name: web\n    spec:\n      template:\n        spec:\n          volumes:\n          - name: scripts\n            configMap:\n              name: modes\n              defaultMode: 0755\n          - name: keys\n            secret:\n              secretName: keys\n              defaultMode: 0o600\n",
+    "d.yaml": DEPLOY,
+})
+
+# More errors: two kustomization files in a base; a transformer patch file
+# that is not there.
+case("error-several-kustomization-files-in-a-base", {
+    "base/kustomization.yaml": "resources: [c.yaml]\n", "base/Kustomization": "resources: [c.yaml]\n", "base/c.yaml": CM,
+    "overlay/kustomization.yaml": "resources: [../base]\n",
+}, build="overlay", error="multiple kustomization files")
+case("error-builtin-patch-transformer-missing-file", {
+    "kustomization.yaml": "resources: [d.yaml]\ntransformers: [t.yaml]\n", "d.yaml": DEPLOY,
+    "t.yaml": "apiVersion: builtin\nkind: PatchTransformer\nmetadata:\n  name: t\npath: absent-patch.yaml\ntarget: {kind: Deployment}\n",
+}, error="absent-patch.yaml")
+
 
 def main():
     if os.path.isdir(CASES):
