@@ -54,6 +54,48 @@ impl<F: Fs> Fs for Unrestricted<F> {
     }
 }
 
+/// One build's view of a filesystem: where paths really are is asked
+/// once per path (a kustomization's directory is checked for every file
+/// it loads).
+pub(crate) struct Memo<'a> {
+    inner: &'a dyn Fs,
+    real: std::cell::RefCell<std::collections::HashMap<PathBuf, Option<PathBuf>>>,
+}
+
+impl<'a> Memo<'a> {
+    pub(crate) fn new(inner: &'a dyn Fs) -> Memo<'a> {
+        Memo {
+            inner,
+            real: std::cell::RefCell::default(),
+        }
+    }
+}
+
+impl Fs for Memo<'_> {
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.inner.read(path)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        self.inner.is_dir(path)
+    }
+    fn is_file(&self, path: &Path) -> bool {
+        self.inner.is_file(path)
+    }
+    fn real_path(&self, path: &Path) -> Option<PathBuf> {
+        if let Some(known) = self.real.borrow().get(path) {
+            return known.clone();
+        }
+        let found = self.inner.real_path(path);
+        self.real
+            .borrow_mut()
+            .insert(path.to_owned(), found.clone());
+        found
+    }
+    fn restricts_loads(&self) -> bool {
+        self.inner.restricts_loads()
+    }
+}
+
 /// The real disk.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DiskFs;
