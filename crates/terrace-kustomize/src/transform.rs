@@ -896,6 +896,29 @@ fn at_path<'a>(v: &'a mut Value, path: &[String], out: &mut Vec<&'a mut Value>) 
     }
 }
 
+/// kustomize's `PrefixesSuffixesEquals`: the prefixes (and the suffixes)
+/// two objects were given end the same way; with `allow_empty`, an
+/// object given none matches any.
+fn affixes_match(a: &[(String, String)], b: &[(String, String)], allow_empty: bool) -> bool {
+    let list = |x: &[(String, String)], prefix: bool| -> Vec<String> {
+        x.iter()
+            .map(|(p, s)| if prefix { p.clone() } else { s.clone() })
+            .filter(|v| !v.is_empty())
+            .collect()
+    };
+    let same_ending = |x: Vec<String>, y: Vec<String>| {
+        let (short, long) = if x.len() <= y.len() { (x, y) } else { (y, x) };
+        if short.is_empty() {
+            return long.is_empty();
+        }
+        long.ends_with(&short)
+    };
+    [true, false].into_iter().all(|prefix| {
+        let (x, y) = (list(a, prefix), list(b, prefix));
+        (allow_empty && (x.is_empty() || y.is_empty())) || same_ending(x, y)
+    })
+}
+
 /// What a reference is resolved against: every object with all its names,
 /// indexed by name.
 struct Referrals<'a> {
@@ -979,9 +1002,12 @@ impl<'a> Referrals<'a> {
             .collect();
         if candidates.len() > 1 {
             // Those given the same prefixes and suffixes as the referrer
-            // (none left: the reference stays), then, of several still,
-            // those that came through the most of its builds.
-            candidates.retain(|x| x.affixes == referrer.affixes);
+            // (none left: the reference stays), as kustomize sieves them:
+            // first where either has none, then strictly.
+            candidates.retain(|x| affixes_match(&x.affixes, referrer.affixes, true));
+            if candidates.len() > 1 {
+                candidates.retain(|x| affixes_match(&x.affixes, referrer.affixes, false));
+            }
         }
         let chosen = match candidates.as_slice() {
             [] => return Ok(None),
