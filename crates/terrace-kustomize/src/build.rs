@@ -1278,7 +1278,14 @@ fn transform_own(
     check_shapes(acc, file)?;
     if let Some(ns) = k.get("namespace").and_then(Value::as_str) {
         for r in acc.iter_mut() {
+            let before = transform::name(&r.value).to_owned();
             transform::set_namespace(&mut r.value, ns);
+            // A Namespace object takes the namespace's name: references
+            // to it follow.
+            let after = transform::name(&r.value).to_owned();
+            if after != before {
+                r.rename(after);
+            }
         }
     }
     let prefix = k.get("namePrefix").and_then(Value::as_str).unwrap_or("");
