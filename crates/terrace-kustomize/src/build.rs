@@ -78,6 +78,11 @@ pub(crate) struct Res {
     affixes: Vec<(String, String)>,
     /// The vars bound to it (where each was declared).
     var_names: Vec<String>,
+    /// A transformer changed its identity, or could have (kustomize's
+    /// "previous ids": a namespace, prefix, suffix, hash, JSON patch or
+    /// renaming patch ran over it). Only such objects are referrals: a
+    /// reference to an object nothing changed has nothing to follow.
+    changed: bool,
     /// The transformers that ran over it, in order, for `buildMetadata:
     /// [transformerAnnotations]` (recorded only when the root asks).
     transformations: Vec<Transformation>,
@@ -252,11 +257,13 @@ impl Res {
             from: Source::Unknown,
             affixes: Vec::new(),
             var_names: Vec::new(),
+            changed: false,
             transformations: Vec::new(),
         }
     }
 
     fn rename(&mut self, new: String) {
+        self.changed = true;
         if self.names.last() != Some(&new) {
             self.names.push(new.clone());
         }
@@ -386,10 +393,10 @@ pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
         let new = format!("{}-{suffix}", transform::name(&r.value));
         r.rename(new);
     }
-    // Every object is a possible referral, renamed or not: a reference
-    // goes to the one kustomize would pick among all that ever had the
-    // name.
-    for r in &resources {
+    // Every object whose identity a transformer touched is a possible
+    // referral: a reference goes to the one kustomize would pick among
+    // all that ever had the name.
+    for r in resources.iter().filter(|r| r.changed) {
         renamed.push(Renamed {
             kind: transform::kind(&r.value).to_owned(),
             old: r.names.clone(),
@@ -1279,6 +1286,7 @@ fn transform_own(
     if let Some(ns) = k.get("namespace").and_then(Value::as_str) {
         for r in acc.iter_mut() {
             let before = transform::name(&r.value).to_owned();
+            r.changed = true;
             transform::set_namespace(&mut r.value, ns);
             // A Namespace object takes the namespace's name: references
             // to it follow.
@@ -1704,6 +1712,7 @@ fn builtin_transformers(
                 };
                 let ns = config["metadata"]["namespace"].as_str().unwrap_or_default();
                 for r in acc.iter_mut() {
+                    r.changed = true;
                     transform::set_namespace_with(&mut r.value, ns, &options);
                 }
                 if stack.record_transformations {
@@ -1973,6 +1982,11 @@ fn apply_smp(
             continue;
         }
         let mut p = patch.clone();
+        if options["allowNameChange"] == Value::Bool(true)
+            || options["allowKindChange"] == Value::Bool(true)
+        {
+            r.changed = true;
+        }
         let new_name = (options["allowNameChange"] == Value::Bool(true))
             .then(|| transform::name(patch).to_owned())
             .filter(|n| !n.is_empty());
@@ -2023,6 +2037,7 @@ fn apply_6902(
     let selector = patch_selector(target, file)?;
     for r in acc.iter_mut() {
         if selector.selects(r) {
+            r.changed = true;
             let before = transform::name(&r.value).to_owned();
             apply_json6902(&mut r.value, ops).map_err(|m| {
                 KustomizeError::invalid(

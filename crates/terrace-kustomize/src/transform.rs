@@ -928,9 +928,6 @@ struct Referrals<'a> {
 /// Who refers: for kustomize's choice among candidates.
 struct Referrer<'a> {
     label: String,
-    /// A RoleBinding with a ServiceAccount subject whose `namespace:` is
-    /// there but empty: kustomize refuses to pick for it.
-    blank_subject_namespace: bool,
     namespace: String,
     cluster_scoped: bool,
     affixes: &'a [(String, String)],
@@ -972,12 +969,6 @@ impl<'a> Referrals<'a> {
             .copied()
             .filter(|x| wanted(&x.kind))
             .collect();
-        if !candidates.is_empty() && referrer.blank_subject_namespace {
-            return Err(format!(
-                "{}: Invalid Input: namespace is blank for resource (a ServiceAccount subject has `namespace:` with no value)",
-                referrer.label
-            ));
-        }
         if let Some(ns) = explicit_ns {
             // As kustomize groups them: by the namespace each had when it
             // entered the build, else by the one it has now.
@@ -1061,9 +1052,17 @@ pub fn fix_references(
                         && s.get("namespace").is_some_and(|n| !n.is_string())
                 })
             });
+        // kustomize refuses such a RoleBinding whenever it looks for what
+        // it refers to, which it always does.
+        if blank_subject_namespace {
+            return Err(format!(
+                "{} {}: Invalid Input: namespace is blank for resource (a ServiceAccount subject has `namespace:` with no value)",
+                kind(o),
+                name(o)
+            ));
+        }
         let referrer = Referrer {
             label: format!("{} {}", kind(o), name(o)),
-            blank_subject_namespace,
             namespace: namespace(o).to_owned(),
             cluster_scoped: CLUSTER_SCOPED.contains(&kind(o)),
             affixes: affixes.get(i).map(Vec::as_slice).unwrap_or_default(),
