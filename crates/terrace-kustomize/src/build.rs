@@ -1914,9 +1914,19 @@ fn apply_smp(
             .iter()
             .enumerate()
             .filter(|(_, r)| {
-                (transform::kind(&r.value) == transform::kind(patch)
-                    || r.first_kind == transform::kind(patch))
-                    && r.names.iter().any(|n| n == transform::name(patch))
+                let (kind, name) = (transform::kind(patch), transform::name(patch));
+                let current = transform::kind(&r.value);
+                // Its ids: the current kind with any name it has had, the
+                // original kind with its names from before the kind
+                // changed (here: the original name, as kind and name
+                // change together in one patch).
+                (current == kind && r.names.iter().any(|n| n == name))
+                    || (r.first_kind == kind
+                        && if current == r.first_kind {
+                            r.names.iter().any(|n| n == name)
+                        } else {
+                            r.names.first().is_some_and(|n| n == name)
+                        })
             })
             .map(|(i, _)| i)
             .collect();
