@@ -372,7 +372,7 @@ fn relative_to(base: &Path, path: &Path) -> String {
 
 /// Builds the kustomization in `dir`: the objects `kustomize build` prints.
 pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
-    let memo = crate::fs::Memo::new(fs);
+    let memo = crate::fs::Cached::new(fs);
     let fs: &dyn Fs = &memo;
     let dir = normalize(dir);
     let (file, k) = load(fs, &dir)?;

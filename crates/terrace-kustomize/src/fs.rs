@@ -1,6 +1,7 @@
 //! The filesystem the engine reads through: the disk, or memory in tests.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
@@ -54,42 +55,68 @@ impl<F: Fs> Fs for Unrestricted<F> {
     }
 }
 
-/// One build's view of a filesystem: where paths really are is asked
-/// once per path (a kustomization's directory is checked for every file
-/// it loads).
-pub(crate) struct Memo<'a> {
+/// A filesystem whose answers are kept for as long as this value lives:
+/// one build (a kustomization's directory is checked for every file it
+/// loads), or one `terrace kustomize build` of many overlays that share a
+/// base. Files read are kept too, so it suits short-lived use only.
+pub struct Cached<'a> {
     inner: &'a dyn Fs,
-    real: std::cell::RefCell<std::collections::HashMap<PathBuf, Option<PathBuf>>>,
+    real: RefCell<HashMap<PathBuf, Option<PathBuf>>>,
+    dirs: RefCell<HashMap<PathBuf, bool>>,
+    files: RefCell<HashMap<PathBuf, bool>>,
+    read: RefCell<HashMap<PathBuf, Vec<u8>>>,
 }
 
-impl<'a> Memo<'a> {
-    pub(crate) fn new(inner: &'a dyn Fs) -> Memo<'a> {
-        Memo {
+impl std::fmt::Debug for Cached<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("files_read", &self.read.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Cached<'a> {
+    pub fn new(inner: &'a dyn Fs) -> Cached<'a> {
+        Cached {
             inner,
-            real: std::cell::RefCell::default(),
+            real: RefCell::default(),
+            dirs: RefCell::default(),
+            files: RefCell::default(),
+            read: RefCell::default(),
         }
     }
 }
 
-impl Fs for Memo<'_> {
+/// The answer kept for `key`, asked of `ask` the first time.
+fn kept<V: Clone>(map: &RefCell<HashMap<PathBuf, V>>, key: &Path, ask: impl FnOnce() -> V) -> V {
+    if let Some(known) = map.borrow().get(key) {
+        return known.clone();
+    }
+    let found = ask();
+    map.borrow_mut().insert(key.to_owned(), found.clone());
+    found
+}
+
+impl Fs for Cached<'_> {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        self.inner.read(path)
+        if let Some(bytes) = self.read.borrow().get(path) {
+            return Ok(bytes.clone());
+        }
+        // Errors are not kept: they are reported once, by the build.
+        let bytes = self.inner.read(path)?;
+        self.read
+            .borrow_mut()
+            .insert(path.to_owned(), bytes.clone());
+        Ok(bytes)
     }
     fn is_dir(&self, path: &Path) -> bool {
-        self.inner.is_dir(path)
+        kept(&self.dirs, path, || self.inner.is_dir(path))
     }
     fn is_file(&self, path: &Path) -> bool {
-        self.inner.is_file(path)
+        kept(&self.files, path, || self.inner.is_file(path))
     }
     fn real_path(&self, path: &Path) -> Option<PathBuf> {
-        if let Some(known) = self.real.borrow().get(path) {
-            return known.clone();
-        }
-        let found = self.inner.real_path(path);
-        self.real
-            .borrow_mut()
-            .insert(path.to_owned(), found.clone());
-        found
+        kept(&self.real, path, || self.inner.real_path(path))
     }
     fn restricts_loads(&self) -> bool {
         self.inner.restricts_loads()
@@ -167,4 +194,62 @@ pub fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A memory tree that counts what it is asked.
+    struct Counting {
+        inner: MemFs,
+        asked: Cell<usize>,
+    }
+
+    impl Fs for Counting {
+        fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+            self.asked.set(self.asked.get() + 1);
+            self.inner.read(path)
+        }
+        fn is_dir(&self, path: &Path) -> bool {
+            self.asked.set(self.asked.get() + 1);
+            self.inner.is_dir(path)
+        }
+        fn is_file(&self, path: &Path) -> bool {
+            self.asked.set(self.asked.get() + 1);
+            self.inner.is_file(path)
+        }
+    }
+
+    #[test]
+    fn a_cached_filesystem_asks_once_and_answers_the_same() {
+        let mut inner = MemFs::new();
+        inner.add("/base/kustomization.yaml", "resources: [cm.yaml]\n");
+        inner.add(
+            "/base/cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n",
+        );
+        for o in ["a", "b"] {
+            inner.add(
+                format!("/{o}/kustomization.yaml"),
+                format!("resources: [../base]\nnamePrefix: {o}-\n"),
+            );
+        }
+        let counting = Counting {
+            inner,
+            asked: Cell::new(0),
+        };
+        let cached = Cached::new(&counting);
+        let a = crate::build(&cached, Path::new("/a")).expect("a builds");
+        let after_one = counting.asked.get();
+        let again = crate::build(&cached, Path::new("/a")).expect("a builds again");
+        assert_eq!(a, again);
+        assert_eq!(counting.asked.get(), after_one, "nothing asked twice");
+        let b = crate::build(&cached, Path::new("/b")).expect("b builds");
+        assert_eq!(b[0]["metadata"]["name"], "b-c");
+        // A missing file is still an error, every time.
+        assert!(cached.read(Path::new("/nothing")).is_err());
+        assert!(cached.read(Path::new("/nothing")).is_err());
+    }
 }

@@ -212,10 +212,12 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 crate::cli::LoadRestrictor::LoadRestrictionsRootOnly => &terrace_kustomize::DiskFs,
                 crate::cli::LoadRestrictor::LoadRestrictionsNone => &unrestricted,
             };
+            // Overlays built together share their bases' files.
+            let cached = terrace_kustomize::Cached::new(fs);
             let mut objects = Vec::new();
             for dir in dirs {
                 objects.extend(
-                    terrace_kustomize::build(fs, dir)
+                    terrace_kustomize::build(&cached, dir)
                         .map_err(|e| CliError::message(e.to_string(), None))?,
                 );
             }
