@@ -96,6 +96,20 @@ fn options(ctx: &UnitContext<'_>) -> Result<Options, DriverError> {
     Ok(options)
 }
 
+/// Starts connecting to a cluster (and reading the core group's
+/// discovery) in the background, when a runtime is there to run it.
+pub(crate) fn warm_up(clusters: &Arc<ClusterPool>, target: String, endpoint: Endpoint) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let clusters = Arc::clone(clusters);
+    runtime.spawn(async move {
+        if let Ok(cluster) = clusters.get(&target, &endpoint).await {
+            let _ = cluster.resource("v1", "Namespace").await;
+        }
+    });
+}
+
 /// Plans `objects` on the live cluster `target` names.
 pub(crate) async fn plan(
     ctx: &UnitContext<'_>,

@@ -207,28 +207,27 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
     };
     let mut objects: Vec<Object> = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    for file in files {
-        let src = terrace_fs::read_to_string(ctx.root, &ctx.root.join(&file))?;
+    for (file, read) in files.iter().zip(read_and_parse(ctx.root, &files)) {
+        let (src, parsed) = read?;
+        let file = file.clone();
         // A SOPS-encrypted file is decrypted in memory; its keys are plain,
         // so errors are still located in the file as written.
-        let encrypted = looks_encrypted(&src);
+        let encrypted = parsed.is_none();
         if encrypted {
             // What is rendered from a secret is sealed anew each time and
             // depends on keys outside the project: never reused.
             terrace_fs::watch::taint();
         }
-        let docs = match (encrypted, ctx.secrets) {
-            (false, _) => {
-                terrace_yaml::documents(&src, Path::new(&file)).map_err(DriverError::from)?
-            }
-            (true, None) => {
+        let docs = match (parsed, ctx.secrets) {
+            (Some(docs), _) => docs?,
+            (None, None) => {
                 return Err(Diagnostic::new(
                     "this file is SOPS-encrypted, and secrets are not available here",
                 )
                 .in_file(&file)
                 .into());
             }
-            (true, Some(secrets)) => secrets
+            (None, Some(secrets)) => secrets
                 .open_documents(Path::new(&file), &src)
                 .map_err(|e| secret_error(e, &file))?
                 .unwrap_or_default()
@@ -289,6 +288,43 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
         }
     }
     Ok(objects)
+}
+
+/// A file's text and, unless it is SOPS-encrypted (`None`), its
+/// documents.
+type ReadFile = Result<(String, Option<Result<Vec<(usize, Value)>, DriverError>>), DriverError>;
+
+/// Reads and parses `files` (relative to `root`), on every core when
+/// there are many. Each file's metadata is noted for plan reuse on this
+/// thread, before any of them is read.
+fn read_and_parse(root: &Path, files: &[String]) -> Vec<ReadFile> {
+    let one = |file: &String| -> ReadFile {
+        let src = terrace_fs::read_to_string(root, &root.join(file))?;
+        let parsed = (!looks_encrypted(&src))
+            .then(|| terrace_yaml::documents(&src, Path::new(file)).map_err(DriverError::from));
+        Ok((src, parsed))
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if files.len() < 64 || threads < 2 {
+        return files.iter().map(one).collect();
+    }
+    for file in files {
+        terrace_fs::watch::note(&root.join(file));
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 fn settings(ctx: &UnitContext<'_>) -> Result<ManifestsSettings, DriverError> {
@@ -526,6 +562,12 @@ impl Driver for ObjectsDriver {
         ctx: &'a UnitContext<'a>,
     ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
         Box::pin(async move {
+            // The connection (kubeconfig, TLS, the first discovery) is made
+            // while the objects render; the plan below waits for the same
+            // connection, and reports its error if it failed.
+            if let Ok((name, Some(endpoint))) = cluster(ctx) {
+                live::warm_up(&self.clusters, name, endpoint);
+            }
             let objects = self.objects(ctx)?;
             match cluster(ctx)? {
                 (name, Some(endpoint)) => {
@@ -580,6 +622,37 @@ pub struct ManifestsSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_files_are_read_in_parallel_in_order_with_errors_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let mut files = Vec::new();
+        for i in 0..150 {
+            let name = format!("m/{i:03}.yaml");
+            let text = if i == 77 {
+                "a: [unclosed\n".to_owned()
+            } else {
+                format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c{i}\n")
+            };
+            std::fs::create_dir_all(root.join("m")).expect("mkdir");
+            std::fs::write(root.join(&name), text).expect("write");
+            files.push(name);
+        }
+        let read = read_and_parse(root, &files);
+        assert_eq!(read.len(), 150);
+        for (i, r) in read.into_iter().enumerate() {
+            let (_, parsed) = r.expect("readable");
+            let docs = parsed.expect("not encrypted");
+            if i == 77 {
+                let e = docs.expect_err("invalid YAML").to_string();
+                assert!(e.contains("m/077.yaml"), "{e}");
+            } else {
+                let docs = docs.expect("valid");
+                assert_eq!(docs[0].1["metadata"]["name"], format!("c{i}"));
+            }
+        }
+    }
 
     #[test]
     fn identity_and_file_names() {

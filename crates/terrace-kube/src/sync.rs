@@ -353,7 +353,7 @@ pub async fn plan(
                 .resource
                 .as_ref()
                 .and_then(|r| listed.get(&o.target.list_key(r)))
-                .map(|items| items.get(&o.target.name).cloned());
+                .map(|items| items.get(&o.target.name));
             let last = digests.get(o.desired.address.as_str()).copied();
             compare(&cluster, &owner, o, live, last, options.conflicts)
         })
@@ -707,7 +707,7 @@ async fn compare(
     cluster: &Cluster,
     owner: &Owner,
     o: &ObjectPlan,
-    listed: Option<Option<Value>>,
+    listed: Option<Option<&Value>>,
     last_digest: Option<&str>,
     conflicts: Conflicts,
 ) -> Result<(Action, Ownership, Option<String>), KubeError> {
@@ -718,11 +718,12 @@ async fn compare(
     let (Some(resource), false) = (&o.target.resource, o.hook) else {
         return Ok((Action::Create, Ownership::default(), show_new()));
     };
-    let live = match listed {
-        Some(Some(v)) => v,
+    // What the LIST returned is read in place; a GET's answer is owned.
+    let live: std::borrow::Cow<'_, Value> = match listed {
+        Some(Some(v)) => std::borrow::Cow::Borrowed(v),
         Some(None) => return Ok((Action::Create, Ownership::default(), show_new())),
         None => match o.target.get(cluster, resource).await {
-            Ok(v) => v,
+            Ok(v) => std::borrow::Cow::Owned(v),
             Err(e) if e.is_not_found() => {
                 return Ok((Action::Create, Ownership::default(), show_new()));
             }
