@@ -797,37 +797,52 @@ async fn list_live(
             counts.entry(o.target.list_key(r)).or_insert((0, o)).0 += 1;
         }
     }
-    let mut out = HashMap::new();
-    for (key, (n, o)) in counts {
-        if n < 2 {
-            continue;
-        }
-        let Some(resource) = &o.target.resource else {
+    // One after the other, on the one pooled connection: asked together
+    // they open new connections (a TLS handshake each), which measured
+    // slower (a no-op plan of 1,000 objects: 92 -> 115 ms). (The
+    // futures are made before the stream, so it holds no closure.)
+    let lists: Vec<_> = counts
+        .into_iter()
+        .filter(|(_, (n, _))| *n >= 2)
+        .map(|(key, (_, o))| list_one(cluster, key, o))
+        .collect();
+    futures::stream::iter(lists).buffered(1).try_collect().await
+}
+
+/// One LIST of the kind and namespace `key` names, by object name.
+async fn list_one(
+    cluster: &Cluster,
+    key: String,
+    o: &ObjectPlan,
+) -> Result<(String, HashMap<String, Value>), KubeError> {
+    let Some(resource) = &o.target.resource else {
+        return Ok((key, HashMap::new()));
+    };
+    let request = o
+        .target
+        .requests(cluster, resource)
+        .list(&ListParams::default());
+    let mut list = match cluster.send(request, &format!("list {key}")).await {
+        Ok(v) => v,
+        // A namespace this unit creates does not exist yet.
+        Err(e) if e.is_not_found() => Value::Null,
+        Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
+    };
+    let listed = match list["items"].take() {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    };
+    let mut items = HashMap::new();
+    for mut item in listed {
+        let Some(name) = item["metadata"]["name"].as_str().map(str::to_owned) else {
             continue;
         };
-        let request = o
-            .target
-            .requests(cluster, resource)
-            .list(&ListParams::default());
-        let list = match cluster.send(request, &format!("list {key}")).await {
-            Ok(v) => v,
-            // A namespace this unit creates does not exist yet.
-            Err(e) if e.is_not_found() => Value::Null,
-            Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
-        };
-        let mut items = HashMap::new();
-        for mut item in list["items"].as_array().cloned().unwrap_or_default() {
-            let Some(name) = item["metadata"]["name"].as_str().map(str::to_owned) else {
-                continue;
-            };
-            // Items of a list carry no apiVersion and kind.
-            item["apiVersion"] = json!(o.target.api_version);
-            item["kind"] = json!(o.target.kind);
-            items.insert(name, item);
-        }
-        out.insert(key, items);
+        // Items of a list carry no apiVersion and kind.
+        item["apiVersion"] = json!(o.target.api_version);
+        item["kind"] = json!(o.target.kind);
+        items.insert(name, item);
     }
-    Ok(out)
+    Ok((key, items))
 }
 
 /// Whether a live object asks not to be pruned.
