@@ -2194,7 +2194,26 @@ fn generate(
     if let Some(e) = g["env"].as_str() {
         env_files.push(e.to_owned());
     }
+    // kustomize downloads a generator source given as a URL; terrace
+    // reads only files of the project.
+    let generator = if secret {
+        "secretGenerator"
+    } else {
+        "configMapGenerator"
+    };
+    let remote = |source: &str, field: &str| -> Result<(), KustomizeError> {
+        if is_remote(source) {
+            return Err(KustomizeError::Unsupported {
+                file: file.to_owned(),
+                field: format!(
+                    "{generator} {field}: {source} (remote files; download it into the repository)"
+                ),
+            });
+        }
+        Ok(())
+    };
     for e in env_files {
+        remote(&e, "envs")?;
         let text = read_restricted(fs, dir, &e, file)?;
         for line in text.lines() {
             // Leading space goes; the value keeps the rest as written.
@@ -2222,6 +2241,7 @@ fn generate(
                 f,
             ),
         };
+        remote(path, "files")?;
         let path = restricted(fs, dir, path, file)?;
         let bytes = fs.read(&path).map_err(io_error(file, &path))?;
         add(key, bytes)?;

@@ -117,3 +117,27 @@ fn generators_other_than_the_builtin_ones_are_refused_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn generator_files_given_as_urls_are_refused_by_name() {
+    for (field, entry) in [
+        ("files", "dash.json=https://example.com/dash.json"),
+        ("envs", "https://example.com/app.env"),
+    ] {
+        let mut fs = MemFs::new();
+        fs.add(
+            "/app/kustomization.yaml",
+            format!("configMapGenerator:\n- name: c\n  {field}: [\"{entry}\"]\n"),
+        );
+        let err = build(&fs, Path::new("/app"))
+            .expect_err("a URL is not a file of the project")
+            .to_string();
+        assert!(
+            err.contains(&format!("`configMapGenerator {field}: "))
+                && err
+                    .contains("(remote files; download it into the repository)` is not supported")
+                && err.contains("/app/kustomization.yaml"),
+            "{err}"
+        );
+    }
+}
