@@ -459,7 +459,10 @@ impl Builder {
                 let items = self.ahead.drain(..).map(Node::Comment).collect();
                 self.stack.push(Frame::Seq {
                     items,
-                    indent: None,
+                    // A block sequence's comments are indented as its `-`
+                    // (its first item's column can be a block scalar's
+                    // content, further in).
+                    indent: (style == StructureStyle::Block).then(|| span.start.col()),
                     anchor,
                     line: span.start.line(),
                     start,
@@ -1375,6 +1378,9 @@ mod tests {
             "l:\n    - a: one\n        two # note\n      b: 2\n",
             // A document that is a list holding only a comment.
             "#\"\n  []\n",
+            // A comment after a list whose first item is written as a
+            // block scalar (its content sits further in than the `-`).
+            ":\n- 9\n\r 9\n#",
         ] {
             let docs = parse_stream(src, Path::new("t")).expect("parses");
             let text = emit_stream(&docs, 4);
