@@ -33,5 +33,11 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return ExitCode::from(terrace::report_runtime_error(&cli, &e)),
     };
-    ExitCode::from(runtime.block_on(terrace::run(cli)))
+    let code = runtime.block_on(terrace::run(cli));
+    // Everything the command needed has finished inside `run`. What may
+    // still run is background work nothing waits for (a cluster
+    // connection started ahead of a plan that then failed, whose exec
+    // credential plugin can hang): it is not waited for.
+    runtime.shutdown_background();
+    ExitCode::from(code)
 }

@@ -492,3 +492,74 @@ fn real_cluster_a_saved_plan_is_applied_to_the_cluster_it_was_made_for() {
     assert!(stderr(&o).contains("its changes differ"), "{}", stderr(&o));
     must(on_cluster(d, kc, &["destroy", "--yes"]), "destroy");
 }
+
+/// A live unit starts connecting while it renders. When the render fails
+/// and the kubeconfig's credential plugin never answers, terrace still
+/// reports the error and exits: nothing waits for that connection.
+#[test]
+fn a_failed_render_does_not_wait_for_a_hanging_credential_plugin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("bench")).expect("mkdir");
+    std::fs::write(
+        root.join("terrace.yaml"),
+        "name: hang\nlayers: [apps]\ntargets:\n  k3s:\n    type: cluster\n",
+    )
+    .expect("write");
+    std::fs::write(
+        root.join("bench/unit.yaml"),
+        "layer: apps\nkind: manifests\n",
+    )
+    .expect("write");
+    std::fs::write(
+        root.join("bench/a.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: [broken\n",
+    )
+    .expect("write");
+    // The plugin notes its process id, so the test stops it afterwards.
+    let kubeconfig = root.join("kc.yaml");
+    let pid_file = root.join("plugin.pid");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"https://127.0.0.1:1\"}}\n\
+             contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user:\n\
+             \x20   exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: sh\n\
+             \x20     args: [\"-c\", \"echo $$ > {}; exec sleep 600\"]\n      interactiveMode: Never\n",
+            pid_file.display()
+        ),
+    )
+    .expect("write");
+    let mut child = std_command(root)
+        .args([
+            "--cluster",
+            &format!("k3s={}", kubeconfig.display()),
+            "plan",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("terrace starts");
+    // Generous: the point is that it ends at all, long before the plugin.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("terrace waited for the credential plugin after its render failed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // Stop the plugin if it was started (it may not have been yet).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+    assert_eq!(status.code(), Some(1));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+        .expect("stdout");
+    assert!(out.contains("bench/a.yaml:3"), "{out}");
+}
