@@ -97,6 +97,33 @@ pub fn code(o: &Output) -> i32 {
 }
 
 /// Writes files (path, content) under `root`.
+/// The ConfigMap of [`two_file_units`]' `settings` unit.
+pub const SETTINGS_CONFIG_MAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: apps\ndata:\n  mode: ${input.mode}\n";
+
+/// A project `name` of one environment with two file-rendering units:
+/// `settings` (a ConfigMap from its input `mode`) and `docs` (a template
+/// that reads nothing of it).
+pub fn two_file_units(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_files(
+        dir.path(),
+        &[
+            (
+                "terrace.yaml",
+                &format!("name: {name}\nlayers: [apps]\ntargets:\n  k8s: {{ type: cluster }}\n"),
+            ),
+            (
+                "apps/settings/unit.yaml",
+                "layer: apps\nkind: manifests\ninputs:\n  mode: fast\n",
+            ),
+            ("apps/settings/cm.yaml", SETTINGS_CONFIG_MAP),
+            ("apps/docs/unit.yaml", "layer: apps\nkind: template\n"),
+            ("apps/docs/templates/README.md.j2", "# {{ unit }}\n"),
+        ],
+    );
+    dir
+}
+
 pub fn write_files(root: &Path, files: &[(&str, &str)]) {
     for (p, c) in files {
         let path = root.join(p);

@@ -7,30 +7,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{code, command, stderr, stdout, write_files};
+use crate::{SETTINGS_CONFIG_MAP, code, command, stderr, stdout, two_file_units, write_files};
 
-const CONFIG_MAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: apps\ndata:\n  mode: ${input.mode}\n";
 const RECORDS: &str = ".terrace/cache/default/plans.json";
 
 fn project() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_files(
-        dir.path(),
-        &[
-            (
-                "terrace.yaml",
-                "name: reuse\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\n",
-            ),
-            (
-                "apps/settings/unit.yaml",
-                "layer: apps\nkind: manifests\ninputs:\n  mode: fast\n",
-            ),
-            ("apps/settings/cm.yaml", CONFIG_MAP),
-            ("apps/docs/unit.yaml", "layer: apps\nkind: template\n"),
-            ("apps/docs/templates/README.md.j2", "# {{ unit }}\n"),
-        ],
-    );
-    dir
+    two_file_units("reuse")
 }
 
 /// `terrace plan --output json` with the reuse decisions logged: the exit
@@ -130,7 +112,7 @@ fn a_reused_plan_still_sees_every_change() {
         d,
         &[(
             "apps/settings/cm.yaml",
-            &CONFIG_MAP.replace("mode:", "kind: x\n  mode:"),
+            &SETTINGS_CONFIG_MAP.replace("mode:", "kind: x\n  mode:"),
         )],
     );
     let (c, report, reused) = plan(d);

@@ -6,31 +6,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::{code, homelab, stderr, stdout, terrace, write_files};
+use crate::{code, homelab, stderr, stdout, terrace, two_file_units, write_files};
 
-const CONFIG_MAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: apps\ndata:\n  mode: ${input.mode}\n";
-
-/// Two file-rendering units, `settings` (a ConfigMap) and `docs` (a
-/// template that reads nothing of it), in a project of one environment.
 fn project() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_files(
-        dir.path(),
-        &[
-            (
-                "terrace.yaml",
-                "name: saved\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\n",
-            ),
-            (
-                "apps/settings/unit.yaml",
-                "layer: apps\nkind: manifests\ninputs:\n  mode: fast\n",
-            ),
-            ("apps/settings/cm.yaml", CONFIG_MAP),
-            ("apps/docs/unit.yaml", "layer: apps\nkind: template\n"),
-            ("apps/docs/templates/README.md.j2", "# {{ unit }}\n"),
-        ],
-    );
-    dir
+    two_file_units("saved")
 }
 
 fn run(dir: &Path, args: &[&str]) -> std::process::Output {
