@@ -834,14 +834,6 @@ fn configurations(
     k: &Map<String, Value>,
     stack: &mut Walk,
 ) -> Result<(), KustomizeError> {
-    let field_specs = |value: &Value| -> Vec<transform::FieldSpec> {
-        value
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(field_spec)
-            .collect()
-    };
     for entry in strings(k, "configurations", file)? {
         let path = restricted(fs, dir, &entry, file)?;
         let text = read(fs, &path, file)?;
@@ -893,6 +885,15 @@ fn configurations(
         }
     }
     Ok(())
+}
+
+/// A list of kustomize field specs (entries without a `path` are skipped).
+fn field_specs(list: &Value) -> Vec<transform::FieldSpec> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(field_spec)
+        .collect()
 }
 
 /// A kustomize field spec (`path`, optional `kind`, `group`, `create`).
@@ -1672,14 +1673,13 @@ fn builtin_transformers(
             "PrefixSuffixTransformer" => {
                 // Its field specs are the only places it affixes (kustomize
                 // refuses it without any).
-                let Some(specs) = config["fieldSpecs"].as_array() else {
+                if !config["fieldSpecs"].is_array() {
                     return Err(KustomizeError::invalid(
                         &path,
                         "PrefixSuffixTransformer: fieldSpecs is not expected to be nil; give at least `- path: metadata/name`",
                     ));
-                };
-                let specs: Vec<transform::FieldSpec> =
-                    specs.iter().filter_map(field_spec).collect();
+                }
+                let specs = field_specs(&config["fieldSpecs"]);
                 own_specs.extend(specs.iter().map(|s| (FieldConfig::Prefix, s.clone())));
                 own_specs.extend(specs.into_iter().map(|s| (FieldConfig::Suffix, s)));
                 for (from, to) in [("prefix", "namePrefix"), ("suffix", "nameSuffix")] {
@@ -1757,11 +1757,8 @@ fn builtin_transformers(
             }
             "ImageTagTransformer" => {
                 own_specs.extend(
-                    config["fieldSpecs"]
-                        .as_array()
+                    field_specs(&config["fieldSpecs"])
                         .into_iter()
-                        .flatten()
-                        .filter_map(field_spec)
                         .map(|s| (FieldConfig::Images, s)),
                 );
                 as_fields.insert(
@@ -1771,11 +1768,8 @@ fn builtin_transformers(
             }
             "ReplicaCountTransformer" => {
                 own_specs.extend(
-                    config["fieldSpecs"]
-                        .as_array()
+                    field_specs(&config["fieldSpecs"])
                         .into_iter()
-                        .flatten()
-                        .filter_map(field_spec)
                         .map(|s| (FieldConfig::Replicas, s)),
                 );
                 as_fields.insert(

@@ -315,19 +315,46 @@ pub fn add_labels(
 /// `[]` visits every item of a list), creating missing maps on the way
 /// only with `create`.
 pub fn set_at_field_spec(v: &mut Value, path: &[&str], create: bool, pairs: &Map<String, Value>) {
-    let Some((first, rest)) = path.split_first() else {
-        if let Some(m) = v.as_object_mut() {
-            set_all(m, pairs);
-        }
+    at_field_spec(v, path, create, &mut |m| set_all(m, pairs));
+}
+
+/// Sets the scalar at `path` (`[]` walks each item of a list): the maps
+/// on the way, and the field itself, are created only with `create`.
+pub fn set_scalar_at(v: &mut Value, path: &[String], create: bool, value: &Value) {
+    let Some((last, parent)) = path.split_last() else {
         return;
     };
+    if last.ends_with("[]") {
+        return;
+    }
+    let parent: Vec<&str> = parent.iter().map(String::as_str).collect();
+    at_field_spec(v, &parent, create, &mut |m| {
+        if create || m.contains_key(last.as_str()) {
+            m.insert(last.clone(), value.clone());
+        }
+    });
+}
+
+/// Calls `f` on every map at `path` under `v`: `[]` visits every item of
+/// a list; a missing (or null) map on the way is created only with
+/// `create`.
+fn at_field_spec(
+    v: &mut Value,
+    path: &[&str],
+    create: bool,
+    f: &mut dyn FnMut(&mut Map<String, Value>),
+) {
     let Some(obj) = v.as_object_mut() else {
+        return;
+    };
+    let Some((first, rest)) = path.split_first() else {
+        f(obj);
         return;
     };
     if let Some(key) = first.strip_suffix("[]") {
         if let Some(items) = obj.get_mut(key).and_then(Value::as_array_mut) {
             for item in items {
-                set_at_field_spec(item, rest, create, pairs);
+                at_field_spec(item, rest, create, f);
             }
         }
         return;
@@ -339,41 +366,7 @@ pub fn set_at_field_spec(v: &mut Value, path: &[&str], create: bool, pairs: &Map
         obj.insert((*first).to_owned(), Value::Object(Map::new()));
     }
     if let Some(next) = obj.get_mut(*first) {
-        set_at_field_spec(next, rest, create, pairs);
-    }
-}
-
-/// Sets the scalar at `path` (`[]` walks each item of a list), creating
-/// the maps on the way when `create` is set.
-pub fn set_scalar_at(v: &mut Value, path: &[String], create: bool, value: &Value) {
-    let Some((first, rest)) = path.split_first() else {
-        return;
-    };
-    let Some(obj) = v.as_object_mut() else {
-        return;
-    };
-    if let Some(key) = first.strip_suffix("[]") {
-        if let Some(items) = obj.get_mut(key).and_then(Value::as_array_mut) {
-            for item in items {
-                set_scalar_at(item, rest, create, value);
-            }
-        }
-        return;
-    }
-    if rest.is_empty() {
-        if create || obj.contains_key(first.as_str()) {
-            obj.insert(first.clone(), value.clone());
-        }
-        return;
-    }
-    if !obj.get(first.as_str()).is_some_and(Value::is_object) {
-        if !create {
-            return;
-        }
-        obj.insert(first.clone(), Value::Object(Map::new()));
-    }
-    if let Some(next) = obj.get_mut(first.as_str()) {
-        set_scalar_at(next, rest, create, value);
+        at_field_spec(next, rest, create, f);
     }
 }
 
