@@ -372,8 +372,22 @@ fn relative_to(base: &Path, path: &Path) -> String {
 
 /// Builds the kustomization in `dir`: the objects `kustomize build` prints.
 pub fn build(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
-    let memo = crate::fs::Cached::new(fs);
-    let fs: &dyn Fs = &memo;
+    build_all(fs, std::slice::from_ref(&dir))
+}
+
+/// Builds each kustomization of `dirs`, in order, one after the other's
+/// objects. They share what they read (overlays of one base read it
+/// once), and a build asks where a path really is only once.
+pub fn build_all(fs: &dyn Fs, dirs: &[&Path]) -> Result<Vec<Value>, KustomizeError> {
+    let cached = crate::fs::Cached::new(fs);
+    let mut objects = Vec::new();
+    for dir in dirs {
+        objects.extend(build_one(&cached, dir)?);
+    }
+    Ok(objects)
+}
+
+fn build_one(fs: &dyn Fs, dir: &Path) -> Result<Vec<Value>, KustomizeError> {
     let dir = normalize(dir);
     let (file, k) = load(fs, &dir)?;
     // A Component can be built on its own, as `kustomize build` does:

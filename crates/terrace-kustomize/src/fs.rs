@@ -59,7 +59,7 @@ impl<F: Fs> Fs for Unrestricted<F> {
 /// one build (a kustomization's directory is checked for every file it
 /// loads), or one `terrace kustomize build` of many overlays that share a
 /// base. Files read are kept too, so it suits short-lived use only.
-pub struct Cached<'a> {
+pub(crate) struct Cached<'a> {
     inner: &'a dyn Fs,
     real: RefCell<HashMap<PathBuf, Option<PathBuf>>>,
     dirs: RefCell<HashMap<PathBuf, bool>>,
@@ -76,7 +76,7 @@ impl std::fmt::Debug for Cached<'_> {
 }
 
 impl<'a> Cached<'a> {
-    pub fn new(inner: &'a dyn Fs) -> Cached<'a> {
+    pub(crate) fn new(inner: &'a dyn Fs) -> Cached<'a> {
         Cached {
             inner,
             real: RefCell::default(),
@@ -251,5 +251,19 @@ mod tests {
         // A missing file is still an error, every time.
         assert!(cached.read(Path::new("/nothing")).is_err());
         assert!(cached.read(Path::new("/nothing")).is_err());
+        // Builds made together share what they read: the same overlay
+        // twice asks no more than once.
+        counting.asked.set(0);
+        let once = crate::build_all(&counting, &[Path::new("/a")]).expect("builds");
+        let asked_once = counting.asked.get();
+        counting.asked.set(0);
+        let twice =
+            crate::build_all(&counting, &[Path::new("/a"), Path::new("/a")]).expect("builds");
+        assert_eq!(
+            counting.asked.get(),
+            asked_once,
+            "the second build asked again"
+        );
+        assert_eq!(twice, [once.clone(), once].concat());
     }
 }

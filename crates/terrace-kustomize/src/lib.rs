@@ -22,8 +22,8 @@ mod vars;
 
 use std::path::PathBuf;
 
-pub use build::build;
-pub use fs::{Cached, DiskFs, Fs, MemFs, Unrestricted, normalize};
+pub use build::{build, build_all};
+pub use fs::{DiskFs, Fs, MemFs, Unrestricted, normalize};
 pub use patch::{apply_json6902, merge_strategic};
 
 /// Why a build failed. Every error names the kustomization file.

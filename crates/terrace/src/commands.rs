@@ -213,14 +213,9 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 crate::cli::LoadRestrictor::LoadRestrictionsNone => &unrestricted,
             };
             // Overlays built together share their bases' files.
-            let cached = terrace_kustomize::Cached::new(fs);
-            let mut objects = Vec::new();
-            for dir in dirs {
-                objects.extend(
-                    terrace_kustomize::build(&cached, dir)
-                        .map_err(|e| CliError::message(e.to_string(), None))?,
-                );
-            }
+            let dirs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
+            let objects = terrace_kustomize::build_all(fs, &dirs)
+                .map_err(|e| CliError::message(e.to_string(), None))?;
             match cli.output {
                 OutputFormat::Json => {
                     outln!("{}", serde_json::to_string_pretty(&objects).expect("json"))
