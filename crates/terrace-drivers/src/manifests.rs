@@ -565,11 +565,12 @@ impl Driver for ObjectsDriver {
             // The connection (kubeconfig, TLS, the first discovery) is made
             // while the objects render; the plan below waits for the same
             // connection, and reports its error if it failed.
-            if let Ok((name, Some(endpoint))) = cluster(ctx) {
-                live::warm_up(&self.clusters, name, endpoint);
+            let bound = cluster(ctx);
+            if let Ok((name, Some(endpoint))) = &bound {
+                live::warm_up(&self.clusters, name.clone(), endpoint.clone());
             }
             let objects = self.objects(ctx)?;
-            match cluster(ctx)? {
+            match bound? {
                 (name, Some(endpoint)) => {
                     live::plan(ctx, &self.clusters, &name, &endpoint, objects).await
                 }
