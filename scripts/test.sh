@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-tools.sh
+# Where setup-tools.sh puts what no package carries (helm).
+export PATH="$PATH:${TERRACE_TOOLS:-$HOME/.cache/terrace-tools}/bin"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Snapshot tests must match what is committed, never rewrite it.
 export INSTA_UPDATE=no

@@ -48,6 +48,11 @@ pub struct ResolvedUnit {
     /// Inputs that hold secret values, with the secrets files behind them.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sensitive_inputs: BTreeMap<String, Vec<String>>,
+    /// Top-level keys of the kind's settings whose values hold secrets (a
+    /// `${secret...}` in a helm unit's `values:`), with the secrets files
+    /// behind them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sensitive_settings: BTreeMap<String, Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<ResolvedTarget>,
 }
@@ -66,6 +71,14 @@ impl fmt::Debug for ResolvedUnit {
                 (k.clone(), shown)
             })
             .collect();
+        let mut settings = self.settings.clone();
+        if let Some(map) = settings.as_object_mut() {
+            for k in self.sensitive_settings.keys() {
+                if let Some(v) = map.get_mut(k) {
+                    *v = Value::String(crate::secrets::REDACTED.to_owned());
+                }
+            }
+        }
         f.debug_struct("ResolvedUnit")
             .field("name", &self.name)
             .field("layer", &self.layer)
@@ -73,10 +86,11 @@ impl fmt::Debug for ResolvedUnit {
             .field("dir", &self.dir)
             .field("inputs", &inputs)
             .field("unknown_inputs", &self.unknown_inputs)
-            .field("settings", &self.settings)
+            .field("settings", &settings)
             .field("unknown", &self.unknown)
             .field("waiting_for", &self.waiting_for)
             .field("sensitive_inputs", &self.sensitive_inputs)
+            .field("sensitive_settings", &self.sensitive_settings)
             .field("target", &self.target)
             .finish()
     }
@@ -233,7 +247,11 @@ impl From<Diagnostic> for DriverError {
 /// A unit kind.
 pub trait Driver: Send + Sync + fmt::Debug {
     /// What the unit would apply, without looking at the target.
-    fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError>;
+    /// Async because some kinds render through a program (`helm template`).
+    fn render<'a>(
+        &'a self,
+        ctx: &'a UnitContext<'a>,
+    ) -> BoxFuture<'a, Result<Rendered, DriverError>>;
 
     /// Compares what the unit renders with what is there.
     fn plan<'a>(&'a self, ctx: &'a UnitContext<'a>)
@@ -295,6 +313,7 @@ mod debug_tests {
             sensitive_inputs: [("password".to_owned(), vec!["secrets/web.yaml".to_owned()])]
                 .into_iter()
                 .collect(),
+            sensitive_settings: BTreeMap::new(),
             target: None,
         };
         // An input known only after apply is named, not valued; only a

@@ -5,6 +5,8 @@
 //!   file per object under `.terrace/rendered/<env>/<cluster>/<unit>/`;
 //! - [`kustomize`]: a kustomization directory built in process by
 //!   `terrace-kustomize`, its objects written like a `manifests` unit's;
+//! - [`helm`]: a Helm chart with values, rendered by the helm binary,
+//!   its objects applied like a `manifests` unit's;
 //! - [`template`]: files rendered from Jinja templates, optionally once per
 //!   item of a list;
 //! - `terraform`: a Terraform/OpenTofu root module with state per
@@ -17,6 +19,7 @@
 //! a timeout, redacted output, interrupts that reach them).
 
 pub mod fileset;
+pub mod helm;
 pub mod kustomize;
 mod live;
 pub mod manifests;
@@ -37,6 +40,7 @@ pub fn registry() -> Registry {
     Registry::new()
         .with(manifests::kind(&clusters))
         .with(kustomize::kind(&clusters))
+        .with(helm::kind(&clusters))
         .with(template::kind())
         .with(terrace_terraform::kind())
 }

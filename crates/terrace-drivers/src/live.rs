@@ -19,7 +19,7 @@ use terrace_kube::sync::{self, Conflicts, Desired, KubePlan, Options, Owner};
 use terrace_kube::{ClusterPool, Endpoint, KubeError};
 
 use crate::digest;
-use crate::manifests::Object;
+use crate::manifests::Objects;
 
 /// The plan payload: what `terrace-kube` carries out, and the outputs the
 /// unit will have.
@@ -116,9 +116,16 @@ pub(crate) async fn plan(
     clusters: &ClusterPool,
     target: &str,
     endpoint: &Endpoint,
-    objects: Vec<Object>,
+    rendered: Objects,
 ) -> Result<UnitPlan, DriverError> {
-    let options = options(ctx)?;
+    let Objects {
+        objects,
+        outputs: extra_outputs,
+        notes: extra_notes,
+        namespace,
+    } = rendered;
+    let mut options = options(ctx)?;
+    options.namespace = namespace;
     let cluster = clusters.get(target, endpoint).await.map_err(kube_error)?;
     // Secret values never enter the render hash; which cluster does (a
     // saved plan is for the cluster it was made on, whatever file its
@@ -139,13 +146,14 @@ pub(crate) async fn plan(
         }
         hashed.push('\0');
     }
-    let outputs = json!({
+    let mut outputs = json!({
         "cluster": target,
         "objects": objects.iter().map(|o| o.address.clone()).collect::<Vec<_>>(),
     })
     .as_object()
     .cloned()
     .expect("a map");
+    outputs.extend(extra_outputs);
     let desired: Vec<Desired> = objects
         .into_iter()
         .map(|o| Desired {
@@ -173,7 +181,7 @@ pub(crate) async fn plan(
         unchanged: planned.unchanged,
         outputs: Some(outputs.clone()),
         render_hash: digest(hashed.as_bytes()),
-        notes: planned.notes,
+        notes: extra_notes.into_iter().chain(planned.notes).collect(),
         payload: Some(Arc::new(LivePlan {
             kube: planned.plan,
             outputs,

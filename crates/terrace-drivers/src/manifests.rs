@@ -33,18 +33,68 @@ use crate::fileset::{self, DesiredFile, DesiredSet};
 use crate::live;
 use terrace_kube::{ClusterPool, Endpoint};
 
-/// The driver of a kind that yields Kubernetes objects: `objects` renders
-/// them; planning, rendering and applying on the cluster target are the
-/// same for every such kind.
+/// The driver of a kind that yields Kubernetes objects: its `source`
+/// renders them; planning, rendering and applying on the cluster target
+/// are the same for every such kind.
 #[derive(Debug, Clone)]
 pub struct ObjectsDriver {
     /// The connections to live clusters, shared by the registry's object
     /// kinds for as long as it lives.
     pub clusters: std::sync::Arc<ClusterPool>,
-    pub objects: fn(&UnitContext<'_>) -> Result<Vec<Object>, DriverError>,
-    /// Whether `objects` reads files only through `terrace_fs` (see
-    /// [`Driver::plan_is_reusable`]).
+    pub source: std::sync::Arc<dyn ObjectSource>,
+}
+
+/// What a kind's render gives besides its objects.
+#[derive(Debug, Default)]
+pub struct Objects {
+    pub objects: Vec<Object>,
+    /// Outputs the kind adds to the unit's (a chart's version).
+    pub outputs: serde_json::Map<String, Value>,
+    /// Lines for the plan (a chart version that moved).
+    pub notes: Vec<String>,
+    /// The namespace objects without one land in, instead of the
+    /// cluster's default (a Helm release's namespace).
+    pub namespace: Option<String>,
+}
+
+/// Where a kind's objects come from.
+pub trait ObjectSource: Send + Sync + std::fmt::Debug {
+    fn objects<'a>(
+        &'a self,
+        ctx: &'a UnitContext<'a>,
+    ) -> BoxFuture<'a, Result<Objects, DriverError>>;
+
+    /// Whether it reads files only through `terrace_fs` and runs no
+    /// program (see [`Driver::plan_is_reusable`]).
+    fn reads_through_terrace_fs(&self) -> bool {
+        false
+    }
+}
+
+/// A source rendered in process by a function.
+#[derive(Debug)]
+pub struct InProcess {
+    pub render: fn(&UnitContext<'_>) -> Result<Vec<Object>, DriverError>,
     pub reads_through_terrace_fs: bool,
+}
+
+impl ObjectSource for InProcess {
+    fn objects<'a>(
+        &'a self,
+        ctx: &'a UnitContext<'a>,
+    ) -> BoxFuture<'a, Result<Objects, DriverError>> {
+        let rendered = (self.render)(ctx);
+        Box::pin(async move {
+            Ok(Objects {
+                objects: rendered?,
+                ..Objects::default()
+            })
+        })
+    }
+
+    fn reads_through_terrace_fs(&self) -> bool {
+        self.reads_through_terrace_fs
+    }
 }
 
 /// The `manifests` kind.
@@ -55,8 +105,10 @@ pub fn kind(clusters: &std::sync::Arc<ClusterPool>) -> TypedKind<ManifestsSettin
         Some(TargetKind::Cluster),
         std::sync::Arc::new(ObjectsDriver {
             clusters: std::sync::Arc::clone(clusters),
-            objects: render_objects,
-            reads_through_terrace_fs: true,
+            source: std::sync::Arc::new(InProcess {
+                render: render_objects,
+                reads_through_terrace_fs: true,
+            }),
         }),
     )
 }
@@ -530,31 +582,37 @@ fn render_documents(ctx: &UnitContext<'_>, objects: Vec<Object>) -> Result<Rende
 }
 
 /// The plan of objects on the embedded cluster target.
-fn plan_objects(ctx: &UnitContext<'_>, objects: &[Object]) -> Result<UnitPlan, DriverError> {
-    let set = desired(ctx, objects)?;
-    fileset::plan(ctx.root, set.files, ctx.prior, set.outputs, vec![set.dir])
+fn plan_objects(ctx: &UnitContext<'_>, rendered: Objects) -> Result<UnitPlan, DriverError> {
+    let mut set = desired(ctx, &rendered.objects)?;
+    set.outputs.extend(rendered.outputs);
+    let mut plan = fileset::plan(ctx.root, set.files, ctx.prior, set.outputs, vec![set.dir])?;
+    plan.notes.extend(rendered.notes);
+    Ok(plan)
 }
 
 impl ObjectsDriver {
     /// The kind's objects, with every secret they hold marked.
-    fn objects(&self, ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError> {
-        let mut objects = (self.objects)(ctx)?;
-        mark_secrets(ctx, &mut objects)?;
-        if objects.iter().any(Object::is_sensitive) {
+    async fn objects(&self, ctx: &UnitContext<'_>) -> Result<Objects, DriverError> {
+        let mut rendered = self.source.objects(ctx).await?;
+        mark_secrets(ctx, &mut rendered.objects)?;
+        if rendered.objects.iter().any(Object::is_sensitive) {
             terrace_fs::watch::taint();
         }
-        Ok(objects)
+        Ok(rendered)
     }
 }
 
 impl Driver for ObjectsDriver {
     fn plan_is_reusable(&self, ctx: &UnitContext<'_>) -> bool {
         // Rendered to files only: a live cluster can drift at any time.
-        self.reads_through_terrace_fs && matches!(cluster(ctx), Ok((_, None)))
+        self.source.reads_through_terrace_fs() && matches!(cluster(ctx), Ok((_, None)))
     }
 
-    fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
-        render_documents(ctx, self.objects(ctx)?)
+    fn render<'a>(
+        &'a self,
+        ctx: &'a UnitContext<'a>,
+    ) -> BoxFuture<'a, Result<Rendered, DriverError>> {
+        Box::pin(async move { render_documents(ctx, self.objects(ctx).await?.objects) })
     }
 
     fn plan<'a>(
@@ -569,12 +627,12 @@ impl Driver for ObjectsDriver {
             if let Ok((name, Some(endpoint))) = &bound {
                 live::warm_up(&self.clusters, name.clone(), endpoint.clone());
             }
-            let objects = self.objects(ctx)?;
+            let rendered = self.objects(ctx).await?;
             match bound? {
                 (name, Some(endpoint)) => {
-                    live::plan(ctx, &self.clusters, &name, &endpoint, objects).await
+                    live::plan(ctx, &self.clusters, &name, &endpoint, rendered).await
                 }
-                (_, None) => plan_objects(ctx, &objects),
+                (_, None) => plan_objects(ctx, rendered),
             }
         })
     }

@@ -370,17 +370,22 @@ impl Driver for TemplateDriver {
         true
     }
 
-    fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
-        let (_, files) = render_files(ctx)?;
-        Ok(Rendered {
-            documents: files
-                .into_iter()
-                .map(|(path, content)| RenderedDocument {
-                    address: path.clone(),
-                    path: Some(path),
-                    content,
-                })
-                .collect(),
+    fn render<'a>(
+        &'a self,
+        ctx: &'a UnitContext<'a>,
+    ) -> BoxFuture<'a, Result<Rendered, DriverError>> {
+        Box::pin(async move {
+            let (_, files) = render_files(ctx)?;
+            Ok(Rendered {
+                documents: files
+                    .into_iter()
+                    .map(|(path, content)| RenderedDocument {
+                        address: path.clone(),
+                        path: Some(path),
+                        content,
+                    })
+                    .collect(),
+            })
         })
     }
 

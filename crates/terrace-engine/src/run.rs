@@ -778,12 +778,14 @@ impl Engine {
             self.driver(&unit.kind)
                 .map_err(ReportError::from_unknown)?
                 .render(&self.unit_context(&preview, prior, lines))
+                .await
                 .map_err(ReportError::from_driver)?;
             let plan = deferred_plan(&unit);
             return Ok((unit, plan));
         }
         let driver = self.driver(&unit.kind).map_err(ReportError::from_unknown)?;
         let reuse_key = (unit.sensitive_inputs.is_empty()
+            && unit.sensitive_settings.is_empty()
             && prior.is_some_and(|p| p.status == UnitStatus::Applied)
             && driver.plan_is_reusable(&ctx))
         .then(|| self.reuse_key(&unit, prior));
@@ -971,7 +973,7 @@ impl Engine {
         // after its dependencies are applied.
         let unit = unit.preview();
         let rendered = match self.driver(&unit.kind) {
-            Ok(driver) => driver.render(&self.unit_context(&unit, None, None)),
+            Ok(driver) => driver.render(&self.unit_context(&unit, None, None)).await,
             Err(e) => return Ok(Err(ReportError::from_unknown(e))),
         };
         let plain = self.plaintexts();
@@ -985,6 +987,13 @@ impl Engine {
         }
         for v in unit.inputs.values_mut() {
             plain.redact_value(v);
+        }
+        if let Some(settings) = unit.settings.as_object_mut() {
+            for name in unit.sensitive_settings.keys() {
+                if let Some(v) = settings.get_mut(name) {
+                    *v = Value::String(terrace_core::secrets::REDACTED.to_owned());
+                }
+            }
         }
         plain.redact_value(&mut unit.settings);
         Ok(rendered
@@ -1735,7 +1744,7 @@ pub fn deferred_plan(unit: &ResolvedUnit) -> UnitPlan {
 }
 
 /// Renders a unit with its kind's driver (for `validate`).
-pub fn render_with_driver(
+pub async fn render_with_driver(
     project: &Project,
     ctx: &UnitContext<'_>,
 ) -> Result<Rendered, DriverError> {
@@ -1743,5 +1752,5 @@ pub fn render_with_driver(
         .kinds
         .of(&ctx.unit.kind)
         .map_err(|e| DriverError::Other(Box::new(e)))?;
-    kind.driver().render(ctx)
+    kind.driver().render(ctx).await
 }

@@ -269,9 +269,13 @@ impl Workspace {
             }
         }
         let mut settings = Map::new();
+        let mut sensitive_settings = BTreeMap::new();
         for (k, v, origin) in &spec.settings {
             let ev = expr::eval(v, origin, &scope).map_err(located)?;
             unknown |= ev.unknown;
+            if !ev.secrets.is_empty() {
+                sensitive_settings.insert(k.clone(), ev.secrets);
+            }
             settings.insert(k.clone(), ev.value);
         }
         let target = match &spec.target {
@@ -302,6 +306,7 @@ impl Workspace {
                 .cloned()
                 .collect(),
             sensitive_inputs,
+            sensitive_settings,
             target,
         })
     }

@@ -169,8 +169,11 @@ fn payload(plan: FakePlan) -> Option<Arc<dyn Any + Send + Sync>> {
 }
 
 impl Driver for FakeDriver {
-    fn render(&self, _ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
-        Ok(Rendered::default())
+    fn render<'a>(
+        &'a self,
+        _ctx: &'a UnitContext<'a>,
+    ) -> BoxFuture<'a, Result<Rendered, DriverError>> {
+        Box::pin(async { Ok(Rendered::default()) })
     }
 
     fn plan<'a>(

@@ -146,6 +146,9 @@ pub struct Exec {
     redact: Plaintexts,
     on_line: Option<OnLine>,
     stream_stdout: bool,
+    /// Written to the program's stdin, which is then closed; `None`: stdin
+    /// is closed from the start.
+    stdin: Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>,
 }
 
 impl Exec {
@@ -163,7 +166,16 @@ impl Exec {
             redact: Plaintexts::default(),
             on_line: None,
             stream_stdout: true,
+            stdin: None,
         }
+    }
+
+    /// Gives the program `input` on its stdin (a pipe: secret values
+    /// reach it without touching the disk), then closes it. The bytes are
+    /// cleared from memory when the last copy of this command is dropped.
+    pub fn stdin(mut self, input: Vec<u8>) -> Exec {
+        self.stdin = Some(std::sync::Arc::new(zeroize::Zeroizing::new(input)));
+        self
     }
 
     /// The program this runs.
@@ -323,7 +335,11 @@ impl Exec {
         cmd.args(&self.args)
             .env_clear()
             .envs(self.environment())
-            .stdin(Stdio::null())
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own group: a terminal's Ctrl-C reaches terrace alone,
@@ -353,6 +369,21 @@ impl Exec {
                 source,
             })?;
         let _registered = child.id().map(children::register);
+        // Fed from its own task, so a program that writes before it has
+        // read everything never blocks on a full pipe.
+        let feeding = match (child.stdin.take(), &self.stdin) {
+            (Some(mut pipe), Some(input)) => {
+                let input = std::sync::Arc::clone(input);
+                Some(tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    // A program that exits without reading all of it
+                    // closes the pipe: not an error of ours.
+                    let _ = pipe.write_all(&input).await;
+                    let _ = pipe.shutdown().await;
+                }))
+            }
+            _ => None,
+        };
         // The child leads its own group, whose id is its pid.
         let group = child
             .id()
@@ -405,6 +436,9 @@ impl Exec {
                 },
             }
         };
+        if let Some(feeding) = feeding {
+            feeding.abort();
+        }
         match ended {
             Ended::TimedOut(after) => Err(ExecError::TimedOut {
                 command,
@@ -466,6 +500,7 @@ impl fmt::Debug for Exec {
             .field("redact", &self.redact)
             .field("on_line", &self.on_line.is_some())
             .field("stream_stdout", &self.stream_stdout)
+            .field("stdin_bytes", &self.stdin.as_ref().map(|s| s.len()))
             .finish()
     }
 }

@@ -9,6 +9,14 @@
 //! Namespaces and the rest in Helm's install order, kinds Helm does not
 //! know (custom resources) last. Objects keep their given order within a
 //! kind. Pruning deletes in exactly the reverse order.
+//!
+//! Helm's hook annotations map onto the same phases, as Argo CD maps
+//! them: `pre-install`/`pre-upgrade` run as PreSync, `post-install`/
+//! `post-upgrade` as PostSync, `helm.sh/hook-weight` is the wave and
+//! `helm.sh/hook-delete-policy` the delete policy (Helm's default,
+//! `before-hook-creation`, when none is given). Test hooks and hooks that
+//! run only on delete or rollback are never applied. Argo CD's own
+//! annotations win where both are given.
 
 use serde_json::Value;
 
@@ -18,6 +26,13 @@ pub const SYNC_WAVE: &str = "argocd.argoproj.io/sync-wave";
 pub const HOOK: &str = "argocd.argoproj.io/hook";
 /// When a hook object is deleted (Argo CD's).
 pub const HOOK_DELETE_POLICY: &str = "argocd.argoproj.io/hook-delete-policy";
+
+/// Helm's hook annotation (`pre-install,post-upgrade`).
+pub const HELM_HOOK: &str = "helm.sh/hook";
+/// Helm's hook weight: the wave of a Helm hook.
+pub const HELM_HOOK_WEIGHT: &str = "helm.sh/hook-weight";
+/// When Helm deletes a hook object.
+pub const HELM_HOOK_DELETE_POLICY: &str = "helm.sh/hook-delete-policy";
 
 /// Helm's install order (`InstallOrder` in its kind sorter), after which
 /// unknown kinds follow.
@@ -130,17 +145,15 @@ pub fn role(v: &Value) -> Result<Role, OrderError> {
         object: describe(v),
         message,
     };
-    let wave = match annotations.get(SYNC_WAVE) {
-        None | Some(Value::Null) => 0,
-        Some(w) => {
-            let text = w.as_str().map_or_else(|| w.to_string(), str::to_owned);
-            text.trim().parse::<i64>().map_err(|_| {
-                err(format!(
-                    "annotation {SYNC_WAVE} is `{text}`; it must be an integer such as \"-1\" or \"2\""
-                ))
-            })?
-        }
-    };
+    let argo_hook = annotations.get(HOOK).and_then(Value::as_str).is_some();
+    let helm_hooks = annotations
+        .get(HELM_HOOK)
+        .and_then(Value::as_str)
+        .filter(|_| !argo_hook);
+    if let Some(hooks) = helm_hooks {
+        return helm_role(v, hooks, annotations);
+    }
+    let wave = wave_of(annotations, SYNC_WAVE).map_err(err)?;
     let mut phase = Phase::Sync;
     let mut skip = false;
     if let Some(hooks) = annotations.get(HOOK).and_then(Value::as_str) {
@@ -181,6 +194,78 @@ pub fn role(v: &Value) -> Result<Role, OrderError> {
         wave,
         delete,
         skip,
+    })
+}
+
+/// An integer annotation (a sync wave, a hook weight); 0 when absent.
+fn wave_of(annotations: &Value, key: &str) -> Result<i64, String> {
+    match annotations.get(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(w) => {
+            let text = w.as_str().map_or_else(|| w.to_string(), str::to_owned);
+            text.trim().parse::<i64>().map_err(|_| {
+                format!(
+                    "annotation {key} is `{text}`; it must be an integer such as \"-1\" or \"2\""
+                )
+            })
+        }
+    }
+}
+
+/// The role of an object with Helm hook annotations (and no Argo CD
+/// hook).
+fn helm_role(v: &Value, hooks: &str, annotations: &Value) -> Result<Role, OrderError> {
+    let err = |message: String| OrderError {
+        object: describe(v),
+        message,
+    };
+    let mut phase = None;
+    for hook in hooks.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        match hook {
+            "pre-install" | "pre-upgrade" => phase = Some(Phase::PreSync),
+            "post-install" | "post-upgrade" => {
+                phase = Some(phase.unwrap_or(Phase::PostSync));
+            }
+            // Run by `helm test`, or only on delete and rollback, which a
+            // sync never does.
+            "test" | "test-success" | "test-failure" | "pre-delete" | "post-delete"
+            | "pre-rollback" | "post-rollback" => {}
+            // Helm 2's CRD hook: an ordinary object (CRDs go first anyway).
+            "crd-install" => phase = Some(phase.unwrap_or(Phase::Sync)),
+            other => {
+                return Err(err(format!(
+                    "annotation {HELM_HOOK} is `{other}`; Helm's hooks are pre-install, post-install, pre-upgrade, post-upgrade, pre-delete, post-delete, pre-rollback, post-rollback and test"
+                )));
+            }
+        }
+    }
+    let wave = wave_of(annotations, HELM_HOOK_WEIGHT).map_err(err)?;
+    let mut delete = DeletePolicy::default();
+    match annotations
+        .get(HELM_HOOK_DELETE_POLICY)
+        .and_then(Value::as_str)
+    {
+        None => delete.before_creation = true,
+        Some(policies) => {
+            for p in policies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                match p {
+                    "before-hook-creation" => delete.before_creation = true,
+                    "hook-succeeded" => delete.on_success = true,
+                    "hook-failed" => delete.on_failure = true,
+                    other => {
+                        return Err(err(format!(
+                            "annotation {HELM_HOOK_DELETE_POLICY} is `{other}`; it must be before-hook-creation, hook-succeeded or hook-failed"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(Role {
+        phase: phase.unwrap_or(Phase::Sync),
+        wave,
+        delete,
+        skip: phase.is_none(),
     })
 }
 
@@ -335,5 +420,42 @@ mod tests {
         assert!(e.message.contains("must be an integer"), "{e}");
         let e = role(&obj("Job", "j", json!({HOOK: "SyncFail"}))).expect_err("refused");
         assert!(e.to_string().contains("SyncFail"), "{e}");
+    }
+
+    #[test]
+    fn helm_hooks_map_onto_phases() {
+        let r = role(&obj(
+            "Job",
+            "migrate",
+            json!({HELM_HOOK: "pre-install,pre-upgrade", HELM_HOOK_WEIGHT: "-5", HELM_HOOK_DELETE_POLICY: "hook-succeeded"}),
+        ))
+        .expect("valid");
+        assert_eq!((r.phase, r.wave, r.skip), (Phase::PreSync, -5, false));
+        assert!(r.delete.on_success && !r.delete.before_creation);
+        let r = role(&obj("Job", "notify", json!({HELM_HOOK: "post-install"}))).expect("valid");
+        assert_eq!(r.phase, Phase::PostSync);
+        // Helm's default delete policy.
+        assert!(r.delete.before_creation);
+        for skipped in ["test", "test-success", "pre-delete", "post-rollback"] {
+            let r = role(&obj("Pod", "t", json!({HELM_HOOK: skipped}))).expect("valid");
+            assert!(r.skip, "{skipped}");
+        }
+        // Argo CD's own annotation wins.
+        let r = role(&obj(
+            "Job",
+            "j",
+            json!({HELM_HOOK: "pre-install", HOOK: "PostSync"}),
+        ))
+        .expect("valid");
+        assert_eq!(r.phase, Phase::PostSync);
+        let e = role(&obj("Job", "j", json!({HELM_HOOK: "pre-instal"}))).expect_err("refused");
+        assert!(e.to_string().contains("pre-instal"), "{e}");
+        let e = role(&obj(
+            "Job",
+            "j",
+            json!({HELM_HOOK: "post-install", HELM_HOOK_WEIGHT: "x"}),
+        ))
+        .expect_err("refused");
+        assert!(e.to_string().contains(HELM_HOOK_WEIGHT), "{e}");
     }
 }

@@ -119,7 +119,7 @@ pub enum Conflicts {
 }
 
 /// How a unit is applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub conflicts: Conflicts,
     /// Wait for applied objects to become healthy.
@@ -128,6 +128,13 @@ pub struct Options {
     pub timeout: Duration,
     /// How often a wait looks again.
     pub poll: Duration,
+    /// Where namespaced objects that name no namespace land (a Helm
+    /// release's namespace); `None`: the cluster's default namespace.
+    pub namespace: Option<String>,
+    /// Units of the same project and environment whose objects this unit
+    /// takes over (they handed them over): applying stamps this unit's
+    /// marks on them instead of failing on another owner.
+    pub adopt_from: Vec<String>,
 }
 
 impl Default for Options {
@@ -137,6 +144,8 @@ impl Default for Options {
             wait: true,
             timeout: Duration::from_secs(300),
             poll: Duration::from_secs(2),
+            namespace: None,
+            adopt_from: Vec::new(),
         }
     }
 }
@@ -318,7 +327,7 @@ pub async fn plan(
             continue;
         }
         owner.stamp(&mut d.value);
-        let target = locate(&cluster, &mut d, &crd_kinds).await?;
+        let target = locate(&cluster, &mut d, &crd_kinds, options.namespace.as_deref()).await?;
         objects.push(ObjectPlan {
             hook: role.phase != Phase::Sync,
             role,
@@ -355,7 +364,7 @@ pub async fn plan(
                 .and_then(|r| listed.get(&o.target.list_key(r)))
                 .map(|items| items.get(&o.target.name));
             let last = digests.get(o.desired.address.as_str()).copied();
-            compare(&cluster, &owner, o, live, last, options.conflicts)
+            compare(&cluster, &owner, o, live, last, &options)
         })
         .collect();
     let compared: Vec<(Action, Ownership, Option<String>)> = futures::stream::iter(comparisons)
@@ -380,6 +389,9 @@ pub async fn plan(
                 o.desired.address,
                 ownership.taken_back.join(", ")
             ));
+        }
+        if let Some(from) = &ownership.adopted_from {
+            notes.push(format!("{}: adopting it from {from}", o.desired.address));
         }
         o.ownership = ownership;
         if o.hook {
@@ -461,6 +473,7 @@ async fn locate(
     cluster: &Cluster,
     d: &mut Desired,
     crd_kinds: &BTreeSet<(String, String)>,
+    default_namespace: Option<&str>,
 ) -> Result<Target, KubeError> {
     let err = |message: String| KubeError::Object {
         object: d.address.clone(),
@@ -489,7 +502,9 @@ async fn locate(
                     // Named where it lands, so the inventory (and a later
                     // prune) finds it there whatever the default
                     // namespace is then.
-                    let ns = cluster.default_namespace().to_owned();
+                    let ns = default_namespace
+                        .unwrap_or_else(|| cluster.default_namespace())
+                        .to_owned();
                     d.address = format!("{api_version} {kind} {ns}/{name}");
                     ns
                 }
@@ -522,12 +537,16 @@ async fn locate(
 
 /// Whether a field manager is a person's tool (its changes are drift,
 /// taken back under `conflicts: yield`) rather than a controller (whose
-/// fields are left to it).
+/// fields are left to it). Helm and Flux's helm-controller count as
+/// people's tools too: terrace takes over the releases they installed, so
+/// their fields are terrace's to change.
 pub fn is_hand_edit(manager: &str) -> bool {
     manager.starts_with("kubectl")
         || manager.starts_with("k9s")
         || manager.starts_with("Mozilla")
         || manager == "before-first-apply"
+        || manager == "helm"
+        || manager == "helm-controller"
 }
 
 /// Who holds the fields of an object terrace applies.
@@ -537,6 +556,10 @@ pub struct Ownership {
     pub yielded: Vec<String>,
     /// Fields changed by hand, taken back (`force=true`).
     pub taken_back: Vec<String>,
+    /// The object exists without this unit's marks and is taken over:
+    /// who had it (a unit that handed it over, or the field managers that
+    /// made it).
+    pub adopted_from: Option<String>,
 }
 
 /// Who owns the field at `path` (as a conflict names it:
@@ -709,8 +732,9 @@ async fn compare(
     o: &ObjectPlan,
     listed: Option<Option<&Value>>,
     last_digest: Option<&str>,
-    conflicts: Conflicts,
+    options: &Options,
 ) -> Result<(Action, Ownership, Option<String>), KubeError> {
+    let conflicts = options.conflicts;
     let show_new = || {
         let lines = diff::leaves(&normalize(&o.desired.value));
         Some(diff::describe(&lines, o.desired.sensitive))
@@ -730,17 +754,44 @@ async fn compare(
             Err(e) => return Err(e.about(&o.desired.address, &o.desired.source)),
         },
     };
-    if let Some(other) = Owner::of(&live)
-        && other != *owner
-    {
-        return Err(KubeError::Object {
-            object: o.desired.address.clone(),
-            source_file: o.desired.source.clone(),
-            message: format!(
-                "the object in the cluster belongs to {}; one object must have one owning unit: remove it from one of the two units",
-                other.describe()
-            ),
-        });
+    let mut adopted_from = None;
+    match Owner::of(&live) {
+        Some(other) if other == *owner => {}
+        Some(other)
+            if other.project == owner.project
+                && other.environment == owner.environment
+                && options.adopt_from.contains(&other.unit) =>
+        {
+            adopted_from = Some(format!("unit `{}`, which handed it over", other.unit));
+        }
+        Some(other) => {
+            return Err(KubeError::Object {
+                object: o.desired.address.clone(),
+                source_file: o.desired.source.clone(),
+                message: format!(
+                    "the object in the cluster belongs to {}; one object must have one owning unit: remove it from one of the two units, or give it over with `handOver: {{to: {}}}` in the unit that has it",
+                    other.describe(),
+                    owner.unit
+                ),
+            });
+        }
+        None => {
+            // Made by something else (`helm install`, Flux, kubectl):
+            // applying takes it over, without recreating it.
+            let mut managers: Vec<String> = live["metadata"]["managedFields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["manager"].as_str().map(str::to_owned))
+                .filter(|m| m != FIELD_MANAGER)
+                .collect();
+            managers.dedup();
+            adopted_from = Some(if managers.is_empty() {
+                "no terrace unit (it has no ownership marks)".to_owned()
+            } else {
+                format!("field manager(s) {}", managers.join(", "))
+            });
+        }
     }
     // The fast path: the same object as last applied, every field of it
     // still as applied: the apply would change nothing, no dry-run needed.
@@ -752,7 +803,7 @@ async fn compare(
     {
         return Ok((Action::NoOp, Ownership::default(), None));
     }
-    let (dry, owned) = server_side_apply(
+    let (dry, mut owned) = server_side_apply(
         cluster,
         o,
         &o.target,
@@ -762,6 +813,7 @@ async fn compare(
         Some(&live),
     )
     .await?;
+    owned.adopted_from = adopted_from;
     let hide = o.desired.sensitive || o.target.kind == "Secret";
     let changes = diff::fields(&normalize(&live), &normalize(&dry));
     if changes.is_empty() {
@@ -1126,11 +1178,13 @@ async fn resource_of(cluster: &Cluster, o: &ObjectPlan) -> Result<Resource, Kube
 /// Where an object is at apply time: a custom resource planned before its
 /// CRD existed gets its resource now, and the default namespace if it is
 /// namespaced and names none.
-async fn placed(cluster: &Cluster, o: &ObjectPlan) -> Result<(Target, Resource), KubeError> {
+async fn placed(plan: &KubePlan, o: &ObjectPlan) -> Result<(Target, Resource), KubeError> {
+    let cluster = &plan.cluster;
     let resource = resource_of(cluster, o).await?;
     let mut target = o.target.clone();
     if resource.namespaced && target.namespace.is_none() {
-        target.namespace = Some(cluster.default_namespace().to_owned());
+        let ns = plan.options.namespace.as_deref();
+        target.namespace = Some(ns.unwrap_or_else(|| cluster.default_namespace()).to_owned());
     }
     Ok((target, resource))
 }
@@ -1138,7 +1192,7 @@ async fn placed(cluster: &Cluster, o: &ObjectPlan) -> Result<(Target, Resource),
 async fn apply_one(plan: &KubePlan, k: usize, deadline: Instant) -> Result<usize, KubeError> {
     let o = &plan.objects[k];
     let cluster = &plan.cluster;
-    let (target, resource) = placed(cluster, o).await?;
+    let (target, resource) = placed(plan, o).await?;
     if o.hook && o.role.delete.before_creation {
         // A hook runs anew: the previous run's object goes first.
         let existed = delete(cluster, &target, &resource)
@@ -1228,7 +1282,7 @@ enum Watched {
 /// `Progressing` with the last reason).
 async fn wait_one(plan: &KubePlan, o: &ObjectPlan, deadline: Instant) -> Result<Health, KubeError> {
     let cluster = &plan.cluster;
-    let (target, resource) = placed(cluster, o).await?;
+    let (target, resource) = placed(plan, o).await?;
     let about = |e: KubeError| e.about(&o.desired.address, &o.desired.source);
     loop {
         let live = target.get(cluster, &resource).await.map_err(about)?;
@@ -1323,7 +1377,7 @@ async fn finish_hooks(
     for h in hooks {
         let policy = h.role.delete;
         if (succeeded && policy.on_success) || (!succeeded && policy.on_failure) {
-            let (target, resource) = placed(&plan.cluster, h).await?;
+            let (target, resource) = placed(plan, h).await?;
             delete(&plan.cluster, &target, &resource)
                 .await
                 .map_err(|e| e.about(&h.desired.address, &h.desired.source))?;

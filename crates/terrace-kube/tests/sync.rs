@@ -27,6 +27,7 @@ fn options() -> Options {
         wait: true,
         timeout: Duration::from_secs(5),
         poll: Duration::from_millis(5),
+        ..Options::default()
     }
 }
 

@@ -1042,34 +1042,39 @@ async fn own_backend_outputs(
 }
 
 impl Driver for TerraformDriver {
-    fn render(&self, ctx: &UnitContext<'_>) -> Result<Rendered, DriverError> {
-        // What terraform would be given: the inputs as variables.
-        let s = settings(ctx)?;
-        let own = own_backend(&s)?;
-        let mut doc = Map::new();
-        for (k, v) in &ctx.unit.inputs {
-            let shown = if ctx.unit.sensitive_inputs.contains_key(k) {
-                Value::String(SENSITIVE.to_owned())
-            } else {
-                v.clone()
-            };
-            doc.insert(k.clone(), shown);
-        }
-        Ok(Rendered {
-            documents: vec![RenderedDocument {
-                address: format!("{} (variables)", ctx.unit.dir),
-                path: None,
-                content: format!(
-                    "# TF_VAR_* for {} (backend: {})\n{}",
-                    ctx.unit.dir,
-                    if own {
-                        "the module's own"
-                    } else {
-                        "terrace, local state"
-                    },
-                    serde_json::to_string_pretty(&doc).expect("JSON")
-                ),
-            }],
+    fn render<'a>(
+        &'a self,
+        ctx: &'a UnitContext<'a>,
+    ) -> BoxFuture<'a, Result<Rendered, DriverError>> {
+        Box::pin(async move {
+            // What terraform would be given: the inputs as variables.
+            let s = settings(ctx)?;
+            let own = own_backend(&s)?;
+            let mut doc = Map::new();
+            for (k, v) in &ctx.unit.inputs {
+                let shown = if ctx.unit.sensitive_inputs.contains_key(k) {
+                    Value::String(SENSITIVE.to_owned())
+                } else {
+                    v.clone()
+                };
+                doc.insert(k.clone(), shown);
+            }
+            Ok(Rendered {
+                documents: vec![RenderedDocument {
+                    address: format!("{} (variables)", ctx.unit.dir),
+                    path: None,
+                    content: format!(
+                        "# TF_VAR_* for {} (backend: {})\n{}",
+                        ctx.unit.dir,
+                        if own {
+                            "the module's own"
+                        } else {
+                            "terrace, local state"
+                        },
+                        serde_json::to_string_pretty(&doc).expect("JSON")
+                    ),
+                }],
+            })
         })
     }
 

@@ -24,6 +24,7 @@ fn unit(inputs: Value) -> ResolvedUnit {
         unknown: false,
         waiting_for: Vec::new(),
         sensitive_inputs: BTreeMap::new(),
+        sensitive_settings: BTreeMap::new(),
         target: None,
     }
 }

@@ -69,7 +69,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             }
             Ok(0)
         }
-        Command::Validate => validate(&start, env, cli.output),
+        Command::Validate => validate(&start, env, cli.output).await,
         Command::Graph(a) => {
             let engine = open(&start, env)?;
             let g = &engine.workspace.graph;
@@ -454,7 +454,7 @@ fn cluster_bindings(cli: &Cli) -> Result<Vec<(String, TargetBinding)>, CliError>
 
 /// `validate`: every environment (or the one asked for), fully evaluated
 /// with unknown outputs, and every unit rendered.
-fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8, CliError> {
+async fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8, CliError> {
     let project = load_project(start)?;
     let envs = match env {
         Some(e) => vec![project.pick_environment(Some(e))?],
@@ -490,7 +490,7 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
                         refresh: true,
                         lines: None,
                     };
-                    if let Err(err) = terrace_drivers_render(&project, &ctx) {
+                    if let Err(err) = terrace_drivers_render(&project, &ctx).await {
                         problems.push(err);
                     }
                 }
@@ -531,12 +531,12 @@ fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Result<u8,
     Ok(0)
 }
 
-fn terrace_drivers_render(
+async fn terrace_drivers_render(
     project: &Project,
     ctx: &terrace_core::driver::UnitContext<'_>,
 ) -> Result<(), terrace_core::Diagnostic> {
     use terrace_core::driver::DriverError;
-    match terrace_engine::render_with_driver(project, ctx) {
+    match terrace_engine::render_with_driver(project, ctx).await {
         Ok(_) => Ok(()),
         Err(DriverError::Input(d)) => Err(*d),
         Err(DriverError::Target(_)) => Ok(()),

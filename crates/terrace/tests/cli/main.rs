@@ -4,6 +4,7 @@
 mod cluster;
 mod errors;
 mod example;
+mod helm;
 mod hostile;
 mod kustomize;
 mod real_cluster;
