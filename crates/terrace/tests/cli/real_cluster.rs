@@ -197,6 +197,8 @@ struct Project {
     /// Whether workloads are waited for (`TERRACE_KUBE_WAIT`): not where
     /// pods would have to start.
     wait: bool,
+    /// The helm binary helm units run.
+    helm: Option<PathBuf>,
 }
 
 impl Project {
@@ -209,6 +211,7 @@ impl Project {
             dir,
             kubeconfig: kubeconfig.to_owned(),
             wait: true,
+            helm: None,
         }
     }
 
@@ -241,6 +244,9 @@ impl Project {
         cmd.args(["--cluster", &binding])
             .args(args)
             .env("TERRACE_KUBE_POLL_MS", "200");
+        if let Some(helm) = &self.helm {
+            cmd.env("TERRACE_HELM", helm);
+        }
         if !self.wait {
             cmd.env("TERRACE_KUBE_WAIT", "false");
         }
@@ -1131,4 +1137,199 @@ fn real_cluster_an_object_without_a_namespace_is_pruned_where_it_was_applied() {
     p.must(&["destroy", "--yes"]);
     assert_namespace_destroyed(&kc, A);
     assert_namespace_destroyed(&kc, B);
+}
+
+/// The chart of [`real_cluster_helm_chart_adopted_upgraded_pruned`]: a
+/// CRD in `crds/`, a custom resource of it, a ConfigMap whose `color` is
+/// a value, and a ConfigMap that only `extra: true` renders.
+fn widget_chart(root: &Path) {
+    write_files(
+        root,
+        &[
+            (
+                "platform/widgets/chart/Chart.yaml",
+                "apiVersion: v2\nname: widgets\nversion: 1.0.0\n",
+            ),
+            (
+                "platform/widgets/chart/values.yaml",
+                "color: blue\nsize: 3\nextra: true\n",
+            ),
+            (
+                "platform/widgets/chart/crds/widgets.yaml",
+                "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.helm.rt.terrace.dev\nspec:\n  group: helm.rt.terrace.dev\n  scope: Namespaced\n  names: {plural: widgets, singular: widget, kind: Widget}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}\n",
+            ),
+            (
+                "platform/widgets/chart/templates/config.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-config\ndata:\n  color: {{ .Values.color | quote }}\n",
+            ),
+            (
+                "platform/widgets/chart/templates/widget.yaml",
+                "apiVersion: helm.rt.terrace.dev/v1\nkind: Widget\nmetadata:\n  name: {{ .Release.Name }}-widget\nspec:\n  size: {{ .Values.size }}\n",
+            ),
+            (
+                "platform/widgets/chart/templates/extra.yaml",
+                "{{- if .Values.extra }}\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-extra\ndata:\n  on: \"yes\"\n{{- end }}\n",
+            ),
+        ],
+    );
+}
+
+fn widget_unit(values: &str) -> String {
+    format!(
+        "layer: apps\nkind: helm\nhelm:\n  chart: ./chart\n  releaseName: shop\n  namespace: terrace-rt-helm\n  values: {values}\n"
+    )
+}
+
+/// A chart with a CRD and a custom resource: objects `helm install` made
+/// are adopted (same uid, nothing recreated), a values change updates the
+/// one field it moves, and a template that leaves the chart is pruned.
+#[test]
+fn real_cluster_helm_chart_adopted_upgraded_pruned() {
+    const TEST: &str = "real_cluster_helm_chart_adopted_upgraded_pruned";
+    let Some(kubeconfig) = real_cluster(TEST) else {
+        return;
+    };
+    let Some(helm) = crate::helm::helm(TEST) else {
+        return;
+    };
+    let _sandbox = Sandbox::clear(
+        &kubeconfig,
+        &["terrace-rt-helm"],
+        &["widgets.helm.rt.terrace.dev"],
+    );
+    let mut p = Project::new("rt-helm", &kubeconfig);
+    p.helm = Some(helm.clone());
+    p.namespaces(&["terrace-rt-helm"]);
+    widget_chart(p.root());
+    p.write("platform/widgets/unit.yaml", &widget_unit("{}"));
+
+    // Installed by Helm first, as a repository moving to terrace has it.
+    let installed = std::process::Command::new(&helm)
+        .args([
+            "install",
+            "shop",
+            "platform/widgets/chart",
+            "--namespace",
+            "terrace-rt-helm",
+            "--create-namespace",
+            "--kubeconfig",
+        ])
+        .arg(&kubeconfig)
+        .current_dir(p.root())
+        .env("HELM_CACHE_HOME", p.root().join(".helm/cache"))
+        .env("HELM_CONFIG_HOME", p.root().join(".helm/config"))
+        .env("HELM_DATA_HOME", p.root().join(".helm/data"))
+        .output()
+        .expect("helm runs");
+    assert_eq!(
+        code(&installed),
+        0,
+        "helm install: {}{}",
+        stdout(&installed),
+        stderr(&installed)
+    );
+    let config_uid = uid(&existing(
+        &kubeconfig,
+        Some("terrace-rt-helm"),
+        "configmap",
+        "shop-config",
+    ));
+    let widget_uid = uid(&existing(
+        &kubeconfig,
+        Some("terrace-rt-helm"),
+        "widget",
+        "shop-widget",
+    ));
+
+    let (c, plan) = p.plan();
+    assert_eq!(c, 2, "{plan}");
+    let widgets = unit(&plan, "widgets");
+    let said = notes(widgets).join("\n");
+    assert!(
+        said.contains(
+            "v1 ConfigMap terrace-rt-helm/shop-config: adopting it from field manager(s) helm"
+        ),
+        "{said}"
+    );
+    assert!(said.contains("shop-widget: adopting it"), "{said}");
+    p.must(&["apply"]);
+    let config = existing(
+        &kubeconfig,
+        Some("terrace-rt-helm"),
+        "configmap",
+        "shop-config",
+    );
+    assert_eq!(uid(&config), config_uid, "adopted, not recreated");
+    assert_eq!(
+        config["metadata"]["annotations"]["terrace.dev/unit"], "widgets",
+        "{config}"
+    );
+    assert!(owns(&config, "terrace", &["f:data", "f:color"]), "{config}");
+    assert_eq!(
+        uid(&existing(
+            &kubeconfig,
+            Some("terrace-rt-helm"),
+            "widget",
+            "shop-widget"
+        )),
+        widget_uid
+    );
+    let (c, plan) = p.plan();
+    assert_eq!(c, 0, "adopted and applied: nothing left to do: {plan}");
+
+    // One value moves one field.
+    p.write("platform/widgets/unit.yaml", &widget_unit("{color: green}"));
+    let (c, plan) = p.plan();
+    assert_eq!(c, 2, "{plan}");
+    let widgets = unit(&plan, "widgets");
+    assert_eq!(
+        changes(widgets),
+        pairs(&[("v1 ConfigMap terrace-rt-helm/shop-config", "update")])
+    );
+    let diff = diff_of(widgets, "v1 ConfigMap terrace-rt-helm/shop-config");
+    assert!(
+        diff.contains("data.color") && diff.contains("green"),
+        "{diff}"
+    );
+    p.must(&["apply"]);
+    let config = existing(
+        &kubeconfig,
+        Some("terrace-rt-helm"),
+        "configmap",
+        "shop-config",
+    );
+    assert_eq!(config["data"]["color"], "green");
+    assert_eq!(uid(&config), config_uid);
+
+    // A template that no longer renders is pruned; the rest stays.
+    p.write(
+        "platform/widgets/unit.yaml",
+        &widget_unit("{color: green, extra: false}"),
+    );
+    let (c, plan) = p.plan();
+    assert_eq!(c, 2, "{plan}");
+    assert_eq!(
+        changes(unit(&plan, "widgets")),
+        pairs(&[("v1 ConfigMap terrace-rt-helm/shop-extra", "delete")])
+    );
+    p.must(&["apply"]);
+    assert!(
+        live(
+            &kubeconfig,
+            Some("terrace-rt-helm"),
+            "configmap",
+            "shop-extra"
+        )
+        .is_none()
+    );
+    assert_eq!(
+        uid(&existing(
+            &kubeconfig,
+            Some("terrace-rt-helm"),
+            "widget",
+            "shop-widget"
+        )),
+        widget_uid
+    );
+    p.must(&["destroy", "--yes"]);
 }
