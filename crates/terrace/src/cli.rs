@@ -217,6 +217,9 @@ pub enum Command {
     /// Render kustomizations in process, like `kustomize build`.
     #[command(subcommand)]
     Kustomize(KustomizeCommand),
+    /// Move the chart pins of terrace.lock (helm units' remote charts).
+    #[command(subcommand)]
+    Charts(ChartsCommand),
     /// Encrypt, decrypt and edit SOPS files (age), as sops does.
     #[command(subcommand, after_help = SECRETS_HELP)]
     Secrets(SecretsCommand),
@@ -526,6 +529,20 @@ pub enum KustomizeCommand {
         /// anywhere (`LoadRestrictionsNone`).
         #[arg(long, value_enum, default_value_t = LoadRestrictor::LoadRestrictionsRootOnly)]
         load_restrictor: LoadRestrictor,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChartsCommand {
+    /// Resolve every pinned chart's version constraint again and move its
+    /// pin in terrace.lock to the newest match (plans then show the
+    /// version change).
+    #[command(
+        after_help = "Example:\n  terrace charts update            # every pin\n  terrace charts update cert-manager\n\nA helm unit with a remote chart (`helm.repo`, or `oci://`) is pinned the\nfirst time it is planned: terrace.lock keeps the version its constraint\nresolved to and the archive's digest, and later plans use exactly that\n(offline, from .terrace/charts/). Commit terrace.lock."
+    )]
+    Update {
+        /// Only these charts (by chart name).
+        charts: Vec<String>,
     },
 }
 

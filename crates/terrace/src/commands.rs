@@ -203,6 +203,54 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::State(s) => state(&start, env, s, cli.output).await,
         Command::Secrets(s) => crate::secrets::run(s, cli.output).await,
+        Command::Charts(crate::cli::ChartsCommand::Update { charts }) => {
+            let project = load_project(&start)?;
+            let defaults = project.file.defaults.get("helm");
+            let binary = defaults
+                .and_then(|d| d.get("binary"))
+                .and_then(serde_json::Value::as_str);
+            let moved = terrace_drivers::helm::chart::update_pins(
+                &project.root,
+                binary,
+                Duration::from_secs(300),
+                &charts,
+            )
+            .await
+            .map_err(|e| CliError::message(e.to_string(), None))?;
+            match cli.output {
+                OutputFormat::Json => {
+                    let list: Vec<Value> = moved
+                        .iter()
+                        .map(|(old, new)| {
+                            json!({"source": new.source, "chart": new.chart, "constraint": new.constraint,
+                                   "from": old.version, "to": new.version, "digest": new.digest})
+                        })
+                        .collect();
+                    outln!("{}", json!({ "charts": list }));
+                }
+                _ => {
+                    if moved.is_empty() {
+                        outln!(
+                            "no chart pins in terrace.lock (a helm unit's remote chart is pinned when it is first planned)"
+                        );
+                    }
+                    for (old, new) in &moved {
+                        if old.version == new.version && old.digest == new.digest {
+                            outln!("{} {}: unchanged ({})", new.chart, new.version, new.source);
+                        } else {
+                            outln!(
+                                "{}: {} → {} ({})",
+                                new.chart,
+                                old.version,
+                                new.version,
+                                new.source
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(0)
+        }
         Command::Kustomize(crate::cli::KustomizeCommand::Build {
             dirs,
             load_restrictor,

@@ -216,3 +216,328 @@ fn conformance_corpus_matches_helm_template() {
         failures.join("\n")
     );
 }
+
+/// Every file under `root` except the key, as text.
+fn all_files(root: &Path, out: &mut Vec<(PathBuf, String)>) {
+    for entry in std::fs::read_dir(root).expect("read") {
+        let entry = entry.expect("entry");
+        let path = entry.path();
+        if entry.file_type().expect("type").is_dir() {
+            all_files(&path, out);
+        } else if !path.ends_with("keys/demo.agekey") {
+            let bytes = std::fs::read(&path).expect("read");
+            out.push((path, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+}
+
+/// Values from a SOPS-encrypted values file and from `${secret...}` in
+/// `values:` reach Helm (the objects hold them) but appear nowhere on
+/// disk or in any output, in plain text or base64.
+#[test]
+fn secret_values_reach_helm_and_nothing_else() {
+    let Some(helm) = helm("secret_values_reach_helm_and_nothing_else") else {
+        return;
+    };
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    with_demo_key(root);
+    const PASSWORD: &str = "pw-Zq8vLk3mNw";
+    const TOKEN: &str = "tok-Hx5rTy9pQs";
+    write_files(
+        root,
+        &[
+            (
+                "terrace.yaml",
+                "name: hs\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\n",
+            ),
+            (
+                "apps/db/unit.yaml",
+                "layer: apps\nkind: helm\nhelm:\n  chart: ./chart\n  valuesFiles: [values.yaml, secret-values.yaml]\n  values:\n    token: ${secret.secrets/app.yaml#token}\n",
+            ),
+            ("apps/db/values.yaml", "replicas: 2\n"),
+            (
+                "apps/db/secret-values.yaml",
+                &format!("password: {PASSWORD}\n"),
+            ),
+            ("secrets/app.yaml", &format!("token: {TOKEN}\n")),
+            (
+                "apps/db/chart/Chart.yaml",
+                "apiVersion: v2\nname: db\nversion: 0.1.0\n",
+            ),
+            (
+                "apps/db/chart/values.yaml",
+                "replicas: 1\npassword: \"\"\ntoken: \"\"\n",
+            ),
+            (
+                "apps/db/chart/templates/config.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-config\ndata:\n  encoded: {{ .Values.password | b64enc | quote }}\n  replicas: {{ .Values.replicas | quote }}\n",
+            ),
+            (
+                "apps/db/chart/templates/secret.yaml",
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db-token\nstringData:\n  token: {{ .Values.token | quote }}\n",
+            ),
+        ],
+    );
+    for file in ["apps/db/secret-values.yaml", "secrets/app.yaml"] {
+        let o = command(root)
+            .args(["secrets", "encrypt", "-i", file])
+            .output()
+            .expect("runs");
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let mut printed = String::new();
+    for args in [
+        &["plan"][..],
+        &["plan", "--output", "json"],
+        &["apply"],
+        &["plan", "--output", "json"],
+        &["render", "db"],
+        &["render", "db", "--output", "json"],
+    ] {
+        let o = terrace_helm(root, &helm, args);
+        assert!(
+            code(&o) == 0 || code(&o) == 2,
+            "{args:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        printed.push_str(&stdout(&o));
+        printed.push_str(&stderr(&o));
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(PASSWORD);
+    let mut files = Vec::new();
+    all_files(root, &mut files);
+    for secret in [PASSWORD, TOKEN, encoded.as_str()] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        for (path, text) in &files {
+            assert!(!text.contains(secret), "{secret} in {}", path.display());
+        }
+    }
+    // The values did reach Helm: the sealed objects hold them.
+    let rendered = root.join(".terrace/rendered/default/k8s/db");
+    let config =
+        std::fs::read_to_string(rendered.join("v1_configmap_db-config.yaml")).expect("written");
+    assert!(config.contains("ENC["), "sealed: {config}");
+    let o = command(root)
+        .args([
+            "secrets",
+            "decrypt",
+            ".terrace/rendered/default/k8s/db/v1_configmap_db-config.yaml",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        stdout(&o).contains(&encoded),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains("replicas: \"2\""), "{}", stdout(&o));
+    let o = command(root)
+        .args([
+            "secrets",
+            "decrypt",
+            ".terrace/rendered/default/k8s/db/v1_secret_db-token.yaml",
+        ])
+        .output()
+        .expect("runs");
+    assert!(stdout(&o).contains(TOKEN), "{}{}", stdout(&o), stderr(&o));
+    // Nothing of it was kept by the render cache.
+    assert!(!root.join(".terrace/cache/default/helm/db.json").exists());
+}
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A chart repository served over HTTP by Python's http.server; stopped
+/// when dropped.
+struct Repo {
+    dir: tempfile::TempDir,
+    port: u16,
+    server: Option<std::process::Child>,
+}
+
+impl Repo {
+    fn new() -> Repo {
+        Repo {
+            dir: tempfile::tempdir().expect("tempdir"),
+            port: free_port(),
+            server: None,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Packages chart `widgets` at `version` into the repository and
+    /// indexes it.
+    fn publish(&self, helm: &Path, version: &str) {
+        let src = tempfile::tempdir().expect("tempdir");
+        write_files(
+            src.path(),
+            &[
+                (
+                    "widgets/Chart.yaml",
+                    &format!("apiVersion: v2\nname: widgets\nversion: {version}\n"),
+                ),
+                (
+                    "widgets/templates/cm.yaml",
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n  labels:\n    chart: {{ .Chart.Version | quote }}\n",
+                ),
+            ],
+        );
+        let homes = src.path().join("homes");
+        let run = |args: &[&str]| {
+            let o = std::process::Command::new(helm)
+                .args(args)
+                .env("HELM_CACHE_HOME", homes.join("c"))
+                .env("HELM_CONFIG_HOME", homes.join("f"))
+                .env("HELM_DATA_HOME", homes.join("d"))
+                .output()
+                .expect("helm runs");
+            assert_eq!(code(&o), 0, "helm {args:?}: {}", stderr(&o));
+        };
+        let chart = src.path().join("widgets");
+        let repo = self.dir.path().display().to_string();
+        run(&[
+            "package",
+            &chart.display().to_string(),
+            "--destination",
+            &repo,
+        ]);
+        run(&["repo", "index", &repo, "--url", &self.url()]);
+    }
+
+    fn start(&mut self) {
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "-d",
+            ])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        self.server = Some(child);
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "http.server started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Repo {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A chart from an HTTP repository is pulled once, pinned in terrace.lock
+/// and cached by digest: later plans work with the repository gone, a
+/// newer version in the repository changes nothing until `terrace charts
+/// update` moves the pin, and the plan then shows the version change.
+#[test]
+fn remote_charts_are_pinned_cached_and_updated() {
+    let Some(helm) = helm("remote_charts_are_pinned_cached_and_updated") else {
+        return;
+    };
+    let mut repo = Repo::new();
+    repo.publish(&helm, "1.0.0");
+    repo.start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    write_files(
+        root,
+        &[
+            (
+                "terrace.yaml",
+                "name: hr\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\n",
+            ),
+            (
+                "apps/w/unit.yaml",
+                &format!(
+                    "layer: apps\nkind: helm\nhelm:\n  repo: {}\n  chart: widgets\n  version: \"1.x\"\n",
+                    repo.url()
+                ),
+            ),
+        ],
+    );
+    let o = terrace_helm(root, &helm, &["plan", "--output", "json"]);
+    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let notes = plan["units"][0]["notes"].to_string();
+    assert!(
+        notes.contains("chart widgets 1.0.0 pinned in terrace.lock"),
+        "{notes}"
+    );
+    let lock = std::fs::read_to_string(root.join("terrace.lock")).expect("lock written");
+    assert!(
+        lock.contains("version: \"1.0.0\"") && lock.contains("constraint: 1.x"),
+        "{lock}"
+    );
+    let o = terrace_helm(root, &helm, &["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+
+    // Offline: the pinned archive is in the cache.
+    repo.stop();
+    let o = terrace_helm(root, &helm, &["plan"]);
+    assert_eq!(code(&o), 0, "planned offline: {}{}", stdout(&o), stderr(&o));
+
+    // A newer version is published: the pin holds until it is moved.
+    repo.publish(&helm, "1.1.0");
+    repo.start();
+    let o = terrace_helm(root, &helm, &["plan"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = terrace_helm(root, &helm, &["charts", "update"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("widgets: 1.0.0 → 1.1.0"),
+        "{}",
+        stdout(&o)
+    );
+    let o = terrace_helm(root, &helm, &["plan", "--output", "json"]);
+    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let notes = plan["units"][0]["notes"].to_string();
+    assert!(notes.contains("chart widgets: 1.0.0 → 1.1.0"), "{notes}");
+
+    // A cached archive that was changed is refused (its digest), then
+    // pulled again and checked against the pin.
+    let lock = std::fs::read_to_string(root.join("terrace.lock")).expect("lock");
+    let digest = lock
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("digest: sha256:"))
+        .expect("a digest")
+        .to_owned();
+    let cached = root.join(format!(".terrace/charts/{digest}.tgz"));
+    assert!(cached.is_file());
+    std::fs::write(&cached, b"tampered").expect("write");
+    let o = terrace_helm(root, &helm, &["plan"]);
+    assert_eq!(code(&o), 2, "pulled again: {}{}", stdout(&o), stderr(&o));
+    assert_ne!(std::fs::read(&cached).expect("cached"), b"tampered");
+}
