@@ -213,7 +213,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 &project.root,
                 binary,
                 Duration::from_secs(300),
-                &charts,
+                charts,
             )
             .await
             .map_err(|e| CliError::message(e.to_string(), None))?;
