@@ -226,11 +226,47 @@ pub struct UnitFile {
     /// settings key given here replaces the unit's own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub overrides: BTreeMap<String, UnitOverride>,
+    /// `always` (the default): every apply reconciles the unit. `once`:
+    /// applied when it never was; afterwards plans show it as applied and
+    /// never change it (a bootstrap that GitOps then owns), unless
+    /// `terrace apply --unit NAME --replace`.
+    #[serde(default, skip_serializing_if = "Lifecycle::is_always")]
+    pub lifecycle: Lifecycle,
+    /// Gives this unit's objects to another unit without deleting them:
+    /// that unit's first apply adopts them, and this unit's prune and
+    /// destroy leave them alone. Needs `lifecycle: once`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_over: Option<HandOver>,
     /// The kind's own settings, under the key of the kind's name
     /// (`terraform: {...}` in a `terraform` unit). Checked against the kind
     /// when the project loads (`terrace_core::kind`).
     #[serde(flatten)]
     pub settings: BTreeMap<String, Value>,
+}
+
+/// When a unit is reconciled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifecycle {
+    /// On every apply.
+    #[default]
+    Always,
+    /// Once; later plans leave it alone.
+    Once,
+}
+
+impl Lifecycle {
+    pub fn is_always(&self) -> bool {
+        *self == Lifecycle::Always
+    }
+}
+
+/// Where a unit's objects go: `handOver: {to: UNIT}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HandOver {
+    /// The unit that takes the objects over (its first apply adopts them).
+    pub to: String,
 }
 
 impl UnitFile {

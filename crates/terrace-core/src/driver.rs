@@ -53,6 +53,10 @@ pub struct ResolvedUnit {
     /// behind them.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sensitive_settings: BTreeMap<String, Vec<String>>,
+    /// Units that handed their objects over to this one (`handOver`): its
+    /// apply adopts what they left.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub adopts_from: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<ResolvedTarget>,
 }
@@ -91,6 +95,7 @@ impl fmt::Debug for ResolvedUnit {
             .field("waiting_for", &self.waiting_for)
             .field("sensitive_inputs", &self.sensitive_inputs)
             .field("sensitive_settings", &self.sensitive_settings)
+            .field("adopts_from", &self.adopts_from)
             .field("target", &self.target)
             .finish()
     }
@@ -314,6 +319,7 @@ mod debug_tests {
                 .into_iter()
                 .collect(),
             sensitive_settings: BTreeMap::new(),
+            adopts_from: Vec::new(),
             target: None,
         };
         // An input known only after apply is named, not valued; only a

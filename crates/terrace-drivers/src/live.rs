@@ -126,6 +126,7 @@ pub(crate) async fn plan(
     } = rendered;
     let mut options = options(ctx)?;
     options.namespace = namespace;
+    options.adopt_from = ctx.unit.adopts_from.clone();
     let cluster = clusters.get(target, endpoint).await.map_err(kube_error)?;
     // Secret values never enter the render hash; which cluster does (a
     // saved plan is for the cluster it was made on, whatever file its

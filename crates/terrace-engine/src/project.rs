@@ -444,8 +444,7 @@ fn check_units(project: &ProjectFile, units: &[UnitDecl], kinds: &Registry) -> V
 }
 
 /// The fields of `unit.yaml` besides the kind's settings block, for hints.
-const UNIT_FIELDS: &str =
-    "name, description, layer, kind, dependsOn, inputs, target, environments, overrides";
+const UNIT_FIELDS: &str = "name, description, layer, kind, dependsOn, inputs, target, environments, overrides, lifecycle, handOver";
 /// The fields of an override besides the kind's settings block.
 const OVERRIDE_FIELDS: &str = "inputs, target";
 

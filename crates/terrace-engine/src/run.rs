@@ -289,6 +289,8 @@ pub struct Engine {
     /// marked sensitive, or one that echoes a secret).
     sensitive_outputs: Mutex<SensitiveValues>,
     refresh: bool,
+    /// `lifecycle: once` units to apply again (`--replace`).
+    replace: std::collections::BTreeSet<String>,
     /// No-op plans remembered from earlier runs (see `reuse`).
     reuse: crate::reuse::Reuse,
     /// The digest of what every unit's reuse key shares.
@@ -375,9 +377,17 @@ impl Engine {
             secrets,
             sensitive_outputs: Mutex::default(),
             refresh: true,
+            replace: Default::default(),
             reuse: crate::reuse::Reuse::new(&env),
             reuse_base: std::sync::OnceLock::new(),
         })
+    }
+
+    /// `lifecycle: once` units that plans treat as never applied (`apply
+    /// --unit U --replace`).
+    pub fn with_replace(mut self, units: impl IntoIterator<Item = String>) -> Self {
+        self.replace = units.into_iter().collect();
+        self
     }
 
     /// Whether plans refresh from real infrastructure (default true).
@@ -768,6 +778,30 @@ impl Engine {
             .workspace
             .evaluate(&self.project, i, views, Some(self.secrets.as_ref()))
             .map_err(ReportError::from_diagnostic)?;
+        // Applied once: left alone, unless replaced.
+        let spec = &self.workspace.units[i];
+        if spec.lifecycle == terrace_core::config::Lifecycle::Once
+            && !self.replace.contains(&unit.name)
+            && let Some(p) = prior.filter(|p| p.status == UnitStatus::Applied)
+        {
+            let mut notes = vec![format!("once: applied {}", p.updated_at)];
+            if let Some(to) = &spec.hand_over {
+                notes.push(format!(
+                    "its objects are handed over to unit `{to}`; `terrace apply --unit {} --replace` would take them back",
+                    unit.name
+                ));
+            }
+            let plan = UnitPlan {
+                action: Action::NoOp,
+                changes: Vec::new(),
+                unchanged: 0,
+                outputs: Some(p.outputs.clone()),
+                render_hash: p.render_hash.clone(),
+                notes,
+                payload: None,
+            };
+            return Ok((unit, plan));
+        }
         let ctx = self.unit_context(&unit, prior, lines);
         // A value known only after apply reaches no plan, diff or dry run:
         // the unit waits for its dependencies, and the plan says which.

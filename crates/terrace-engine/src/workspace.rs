@@ -38,6 +38,12 @@ pub struct UnitSpec {
     /// Every dependency with the place that asked for it, and the
     /// expression text for implicit ones.
     pub dependencies: Vec<(String, ValuePath, Option<String>)>,
+    /// `lifecycle: once` or always.
+    pub lifecycle: terrace_core::config::Lifecycle,
+    /// The unit this one hands its objects over to.
+    pub hand_over: Option<String>,
+    /// The units that hand their objects over to this one.
+    pub adopts_from: Vec<String>,
 }
 
 /// A project seen from one environment.
@@ -182,7 +188,52 @@ impl Workspace {
                 settings,
                 target,
                 dependencies,
+                lifecycle: u.file.lifecycle,
+                hand_over: u.file.hand_over.as_ref().map(|h| h.to.clone()),
+                adopts_from: Vec::new(),
             });
+        }
+        // Hand-overs: to a unit of this environment, from a `once` unit.
+        let handed: Vec<(usize, String)> = units
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| u.hand_over.clone().map(|to| (i, to)))
+            .collect();
+        for (i, to) in handed {
+            let decl = &project.units[units[i].decl];
+            let at = |msg: String, hint: &str| {
+                at_value(
+                    &decl.file_path,
+                    &decl.source,
+                    0,
+                    &ValuePath::root().key("handOver").key("to"),
+                    None,
+                    msg,
+                )
+                .with_hint(hint.to_owned())
+            };
+            if units[i].lifecycle != terrace_core::config::Lifecycle::Once {
+                diags.push(at(
+                    format!(
+                        "unit `{}` hands its objects over but is applied on every apply",
+                        units[i].name
+                    ),
+                    "add `lifecycle: once`: a unit that keeps applying would take the objects back",
+                ));
+            } else if to == units[i].name {
+                diags.push(at(
+                    format!("unit `{to}` hands its objects over to itself"),
+                    "name the unit that takes them over",
+                ));
+            } else if let Some(j) = units.iter().position(|u| u.name == to) {
+                let from = units[i].name.clone();
+                units[j].adopts_from.push(from);
+            } else {
+                diags.push(at(
+                    format!("`handOver.to` names unit `{to}`, which is not in environment `{environment}`"),
+                    "name a unit of the project that exists in this environment",
+                ));
+            }
         }
 
         let nodes = units
@@ -307,6 +358,7 @@ impl Workspace {
                 .collect(),
             sensitive_inputs,
             sensitive_settings,
+            adopts_from: spec.adopts_from.clone(),
             target,
         })
     }

@@ -25,6 +25,7 @@ fn unit(inputs: Value) -> ResolvedUnit {
         waiting_for: Vec::new(),
         sensitive_inputs: BTreeMap::new(),
         sensitive_settings: BTreeMap::new(),
+        adopts_from: Vec::new(),
         target: None,
     }
 }

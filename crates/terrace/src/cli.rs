@@ -311,6 +311,11 @@ pub struct ApplyArgs {
         value_parser = parse_lock_timeout
     )]
     pub lock_timeout: u64,
+    /// Apply the `--unit`s again even when they are `lifecycle: once` and
+    /// were applied (a once unit that handed its objects over takes them
+    /// back).
+    #[arg(long, requires = "units")]
+    pub replace: bool,
 }
 
 #[derive(Debug, Args)]

@@ -152,7 +152,11 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             apply_saved(&start, env, &bindings, a, cli.output, &interrupt).await
         }
         Command::Apply(a) => {
-            let engine = Arc::new(open(&start, env)?);
+            let mut engine = open(&start, env)?;
+            if a.replace {
+                engine = engine.with_replace(a.select.units.iter().cloned());
+            }
+            let engine = Arc::new(engine);
             let selected = engine.select(&selection(&a.select))?;
             let report = run_apply(&engine, &selected, a, &interrupt, None, cli.output).await?;
             Ok(report.exit_code() as u8)

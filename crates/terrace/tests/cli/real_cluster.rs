@@ -1333,3 +1333,122 @@ fn real_cluster_helm_chart_adopted_upgraded_pruned() {
     );
     p.must(&["destroy", "--yes"]);
 }
+
+/// A bootstrap chart applied once (`lifecycle: once`) hands its objects
+/// over to a platform unit: later plans leave the once unit alone, the
+/// platform unit's first apply adopts the objects (same uid), and
+/// destroying the bootstrap unit deletes only what was not handed over.
+#[test]
+fn real_cluster_once_unit_hands_its_objects_over() {
+    const TEST: &str = "real_cluster_once_unit_hands_its_objects_over";
+    let Some(kubeconfig) = real_cluster(TEST) else {
+        return;
+    };
+    let Some(helm) = crate::helm::helm(TEST) else {
+        return;
+    };
+    let _sandbox = Sandbox::clear(&kubeconfig, &["terrace-rt-once"], &[]);
+    let mut p = Project::new("rt-once", &kubeconfig);
+    p.helm = Some(helm);
+    p.namespaces(&["terrace-rt-once"]);
+    write_files(
+        p.root(),
+        &[
+            (
+                "boot/cni/chart/Chart.yaml",
+                "apiVersion: v2\nname: cni\nversion: 0.1.0\n",
+            ),
+            ("boot/cni/chart/values.yaml", "mode: bootstrap\n"),
+            (
+                "boot/cni/chart/templates/config.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cni-config\ndata:\n  mode: {{ .Values.mode | quote }}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cni-bootstrap-only\ndata:\n  x: \"1\"\n",
+            ),
+        ],
+    );
+    let boot = |values: &str, hand_over: &str| {
+        format!(
+            "layer: apps\nkind: helm\ndependsOn: [ns]\nlifecycle: once\n{hand_over}helm:\n  chart: ./chart\n  namespace: terrace-rt-once\n  values: {values}\n"
+        )
+    };
+    p.write("boot/cni/unit.yaml", &boot("{}", ""));
+    p.must(&["apply", "--unit", "ns", "--unit", "cni"]);
+    let config = existing(
+        &kubeconfig,
+        Some("terrace-rt-once"),
+        "configmap",
+        "cni-config",
+    );
+    let config_uid = uid(&config);
+    assert_eq!(config["metadata"]["annotations"]["terrace.dev/unit"], "cni");
+
+    // Once applied, a change to it plans nothing.
+    p.write("boot/cni/unit.yaml", &boot("{mode: changed}", ""));
+    let (c, plan) = p.plan();
+    assert_eq!(c, 0, "{plan}");
+    let cni = unit(&plan, "cni");
+    assert!(changes(cni).is_empty(), "{cni}");
+    assert!(
+        notes(cni).iter().any(|n| n.starts_with("once: applied ")),
+        "{cni}"
+    );
+
+    // The platform unit takes the config over, when the bootstrap unit
+    // hands it over.
+    p.write(
+        "boot/cni/unit.yaml",
+        &boot("{mode: changed}", "handOver: {to: platform-cni}\n"),
+    );
+    p.write(
+        "platform/cni/unit.yaml",
+        "name: platform-cni\nlayer: apps\nkind: manifests\ndependsOn: [ns]\n",
+    );
+    p.write(
+        "platform/cni/config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cni-config\n  namespace: terrace-rt-once\ndata:\n  mode: gitops\n",
+    );
+    let (c, plan) = p.plan();
+    assert_eq!(c, 2, "{plan}");
+    let platform = unit(&plan, "platform-cni");
+    assert!(
+        notes(platform)
+            .iter()
+            .any(|n| n.contains("adopting it from unit `cni`, which handed it over")),
+        "{platform}"
+    );
+    p.must(&["apply"]);
+    let config = existing(
+        &kubeconfig,
+        Some("terrace-rt-once"),
+        "configmap",
+        "cni-config",
+    );
+    assert_eq!(uid(&config), config_uid, "adopted, not recreated");
+    assert_eq!(config["data"]["mode"], "gitops");
+    assert_eq!(
+        config["metadata"]["annotations"]["terrace.dev/unit"],
+        "platform-cni"
+    );
+    let (c, plan) = p.plan();
+    assert_eq!(c, 0, "settled: {plan}");
+
+    // The bootstrap unit goes: what it handed over stays.
+    p.must(&["destroy", "--unit", "cni", "--yes"]);
+    assert_eq!(
+        uid(&existing(
+            &kubeconfig,
+            Some("terrace-rt-once"),
+            "configmap",
+            "cni-config"
+        )),
+        config_uid
+    );
+    assert!(
+        live(
+            &kubeconfig,
+            Some("terrace-rt-once"),
+            "configmap",
+            "cni-bootstrap-only"
+        )
+        .is_none()
+    );
+}
