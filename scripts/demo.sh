@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p terrace
+# The example's helm units need helm (and its secrets sops' format):
+# installed when missing, as for the tests.
+bash scripts/setup-tools.sh
+export PATH="$PATH:${TERRACE_TOOLS:-$HOME/.cache/terrace-tools}/bin"
 T="$PWD/target/release/terrace"
 cd examples/homelab
 # The example's secrets are encrypted to a demo age key kept beside them.

@@ -22,19 +22,19 @@ fn applied_twice_the_second_plan_has_no_changes() {
     let dir = homelab();
     let (c, plan) = plan_json(dir.path(), &[]);
     assert_eq!(c, 2, "a fresh plan has changes");
-    assert_eq!(units_with(&plan, "create").len(), 9);
+    assert_eq!(units_with(&plan, "create").len(), 13);
     // The VMs wait for the network's first apply, the node configs for the
     // VMs' outputs: no placeholder reaches a plan.
     assert_eq!(units_with(&plan, "deferred"), ["vms", "node-configs"]);
 
     let o = terrace(dir.path(), &["apply", "-j", "2"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("35 created"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("47 created"), "{}", stdout(&o));
 
     let o = terrace(dir.path(), &["plan"]);
     assert_eq!(code(&o), 0, "{}", stdout(&o));
     assert!(
-        stdout(&o).contains("11 of 11 units unchanged"),
+        stdout(&o).contains("15 of 15 units unchanged"),
         "{}",
         stdout(&o)
     );
@@ -42,7 +42,7 @@ fn applied_twice_the_second_plan_has_no_changes() {
     let o = terrace(dir.path(), &["apply"]);
     assert_eq!(code(&o), 0);
     assert!(
-        stdout(&o).contains("0 created, 0 updated, 0 deleted; 11 of 11 units unchanged"),
+        stdout(&o).contains("0 created, 0 updated, 0 deleted; 15 of 15 units unchanged"),
         "{}",
         stdout(&o)
     );
@@ -85,8 +85,72 @@ fn applied_twice_the_second_plan_has_no_changes() {
     assert_eq!(c, 2);
     assert_eq!(
         units_with(&plan, "create").len() + units_with(&plan, "deferred").len(),
-        10,
+        14,
         "status is homelab-only"
+    );
+}
+
+/// The example's helm units: a bootstrap chart applied once, a vendored
+/// platform chart with values per environment, and an app from the
+/// shared app chart with a post-render patch.
+#[test]
+fn helm_units_render_charts_with_values_per_environment() {
+    let dir = homelab();
+    let o = terrace(dir.path(), &["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let rendered = dir.path().join(".terrace/rendered/homelab/k3s");
+    let read = |rel: &str| std::fs::read_to_string(rendered.join(rel)).expect(rel);
+    // valuesFiles: values.yaml, then values-homelab.yaml; values: from vars.
+    let daemon = read("metrics/apps_v1_daemonset_node-metrics.yaml");
+    assert!(
+        daemon.contains("--collector.netdev") && daemon.contains("memory: 128Mi"),
+        "{daemon}"
+    );
+    assert!(read("metrics/v1_service_node-metrics.yaml").contains("cluster: k3s-home"));
+    // `tpl` in the chart, `${env}` in the unit, and the post-render patch.
+    let whoami = read("whoami/apps_v1_deployment_whoami.yaml");
+    assert!(whoami.contains("value: whoami in homelab"), "{whoami}");
+    assert!(whoami.contains("NET_BIND_SERVICE"), "{whoami}");
+    assert!(
+        read("whoami/networking.k8s.io_v1_ingress_whoami.yaml").contains("host: whoami.home.arpa")
+    );
+
+    // The bootstrap chart is applied once: a change to it plans nothing.
+    let unit = dir.path().join("bootstrap/cni/unit.yaml");
+    let text = std::fs::read_to_string(&unit).expect("unit");
+    std::fs::write(
+        &unit,
+        text.replace("podCIDR: ${var.pod_cidr}", "podCIDR: 10.99.0.0/16"),
+    )
+    .expect("write");
+    let (c, plan) = plan_json(dir.path(), &[]);
+    assert_eq!(c, 0, "{plan}");
+    let boot = crate::unit(&plan, "pod-network");
+    assert!(
+        boot["notes"][0]
+            .as_str()
+            .is_some_and(|n| n.starts_with("once: applied ")),
+        "{boot}"
+    );
+
+    // Staging: its own values file, and the override of `values`.
+    let (_, plan) = plan_json(dir.path(), &["--env", "staging"]);
+    let whoami = crate::unit(&plan, "whoami");
+    let made: Vec<&str> = whoami["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter_map(|c| c["address"].as_str())
+        .collect();
+    assert_eq!(
+        made,
+        ["v1 Service whoami", "apps/v1 Deployment whoami"],
+        "no ingress in staging"
+    );
+    let metrics = crate::unit(&plan, "metrics").to_string();
+    assert!(
+        metrics.contains("memory: 64Mi") && !metrics.contains("collector.netdev"),
+        "{metrics}"
     );
 }
 
@@ -321,10 +385,12 @@ fn affected_since_maps_changed_files_to_units_and_dependents() {
         [
             "namespaces",
             "ingress",
+            "metrics",
             "postgres",
             "dashboard",
             "status",
-            "web"
+            "web",
+            "whoami"
         ]
     );
 
