@@ -150,6 +150,7 @@ pub struct PostRenderPatch {
 
 /// The private homes Helm runs with: nothing of the user's own Helm
 /// configuration (repositories, registries, plugins) is read or changed.
+#[derive(Debug)]
 pub(crate) struct Homes {
     pub(crate) cache: PathBuf,
     pub(crate) config: PathBuf,
@@ -633,6 +634,158 @@ fn post_render(
             )
             .into()
     })
+}
+
+/// Helm for kustomize's `helmCharts` (`terrace kustomize build
+/// --enable-helm`, and every `kustomize` unit): the kustomize engine is
+/// synchronous, so each chart is rendered on a thread of its own with a
+/// runtime of its own, through `terrace-exec` like every other program.
+/// Values reach Helm on stdin.
+#[derive(Debug)]
+pub struct KustomizeHelm {
+    binary: Option<String>,
+    /// Where Helm keeps its caches: `.terrace/helm` of the project, or a
+    /// temporary directory for a build outside any project.
+    homes: Homes,
+    /// The project root, for pins of remote charts; `None` outside a
+    /// project (a remote chart is then pulled into the homes each build).
+    root: Option<PathBuf>,
+    timeout: Duration,
+    redact: terrace_core::secrets::Plaintexts,
+    /// Whether a chart was rendered (its objects may hold values from
+    /// secrets files the build decrypted).
+    pub used: std::sync::atomic::AtomicBool,
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl KustomizeHelm {
+    /// Helm for a unit of the project at `root`.
+    pub fn for_project(
+        root: &Path,
+        redact: terrace_core::secrets::Plaintexts,
+    ) -> Result<KustomizeHelm, DriverError> {
+        Ok(KustomizeHelm {
+            binary: None,
+            homes: Homes::of(root)?,
+            root: Some(root.to_owned()),
+            timeout: Duration::from_secs(300),
+            redact,
+            used: Default::default(),
+            _scratch: None,
+        })
+    }
+
+    /// Helm for `terrace kustomize build --enable-helm`: `binary` (else
+    /// `TERRACE_HELM`, else `helm`), homes in a temporary directory.
+    pub fn standalone(binary: Option<&str>) -> std::io::Result<KustomizeHelm> {
+        let scratch = tempfile::Builder::new().prefix("terrace-helm-").tempdir()?;
+        let base = scratch.path();
+        let homes = Homes {
+            cache: base.join("cache"),
+            config: base.join("config"),
+            data: base.join("data"),
+        };
+        for d in [&homes.cache, &homes.config, &homes.data] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(KustomizeHelm {
+            binary: binary.map(str::to_owned),
+            homes,
+            root: None,
+            timeout: Duration::from_secs(300),
+            redact: Default::default(),
+            used: Default::default(),
+            _scratch: Some(scratch),
+        })
+    }
+
+    async fn render(&self, r: &terrace_kustomize::Inflate) -> Result<String, String> {
+        let file = r.file.display().to_string();
+        let program = program(self.binary.as_deref(), &file).map_err(|e| e.to_string())?;
+        let chart = if r.chart_dir.is_dir() {
+            r.chart_dir.display().to_string()
+        } else if let Some(repo) = &r.repo {
+            let (source, chart) = match repo.strip_prefix("oci://") {
+                Some(_) => (repo.trim_end_matches('/').to_owned(), r.name.clone()),
+                None => (repo.trim_end_matches('/').to_owned(), r.name.clone()),
+            };
+            let remote = chart::Remote {
+                source,
+                chart,
+                constraint: r.version.clone().unwrap_or_default(),
+            };
+            let root = self
+                .root
+                .clone()
+                .unwrap_or_else(|| self.homes.cache.clone());
+            let pin = chart::pull(&root, &program, self.timeout, &remote, None, &file)
+                .await
+                .map_err(|e| e.to_string())?;
+            chart::archive(&root, &pin.digest).display().to_string()
+        } else {
+            return Err(format!(
+                "no chart at {} and no `repo` to pull it from",
+                r.chart_dir.display()
+            ));
+        };
+        let mut args: Vec<String> = vec!["template".into(), r.release_name.clone(), chart];
+        if let Some(ns) = &r.namespace {
+            args.extend(["--namespace".into(), ns.clone()]);
+        }
+        if let Some(t) = &r.name_template {
+            args.extend(["--name-template".into(), t.clone()]);
+        }
+        for a in &r.api_versions {
+            args.extend(["--api-versions".into(), a.clone()]);
+        }
+        if let Some(v) = &r.kube_version {
+            args.extend(["--kube-version".into(), v.clone()]);
+        }
+        if r.include_crds {
+            args.push("--include-crds".into());
+        }
+        if r.skip_tests {
+            args.push("--skip-tests".into());
+        }
+        if r.skip_hooks {
+            args.push("--no-hooks".into());
+        }
+        let mut merged = Map::new();
+        for doc in &r.values {
+            if let Value::Object(m) = doc {
+                terrace_kustomize::helm::merge_values(&mut merged, m);
+            }
+        }
+        args.extend(["--values".into(), "-".into()]);
+        let input = serde_json::to_vec(&Value::Object(merged)).map_err(|e| e.to_string())?;
+        let done = command(&program, &self.homes, self.timeout)
+            .args(&args)
+            .redact(self.redact.clone())
+            .stdin(input)
+            .run()
+            .await
+            .and_then(|f| f.success("template"))
+            .map_err(|e| e.to_string())?;
+        self.used.store(true, std::sync::atomic::Ordering::Relaxed);
+        String::from_utf8(done.stdout).map_err(|_| "helm printed text that is not UTF-8".to_owned())
+    }
+}
+
+impl terrace_kustomize::Helm for KustomizeHelm {
+    fn template(&self, request: &terrace_kustomize::Inflate) -> Result<String, String> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| format!("could not start a runtime for helm: {e}"))?;
+                    runtime.block_on(self.render(request))
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,8 @@ struct DecryptingFs<'a> {
     /// Every SOPS file the build decrypted (resources, generator files,
     /// patches): any object may hold their values.
     opened: Mutex<Vec<PathBuf>>,
+    /// Helm, for `helmCharts`.
+    helm: Option<crate::helm::KustomizeHelm>,
 }
 
 impl Fs for DecryptingFs<'_> {
@@ -121,6 +123,11 @@ impl Fs for DecryptingFs<'_> {
     fn real_path(&self, path: &Path) -> Option<PathBuf> {
         DiskFs.real_path(path)
     }
+    fn helm(&self) -> Option<&dyn terrace_kustomize::Helm> {
+        self.helm
+            .as_ref()
+            .map(|h| h as &dyn terrace_kustomize::Helm)
+    }
 }
 
 /// Removes the source mark from an object; the file it names, if any.
@@ -159,6 +166,10 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
         secrets: ctx.secrets,
         failure: Mutex::new(None),
         opened: Mutex::new(Vec::new()),
+        helm: Some(crate::helm::KustomizeHelm::for_project(
+            ctx.root,
+            ctx.secrets.map(|s| s.plaintexts()).unwrap_or_default(),
+        )?),
     };
     let built = terrace_kustomize::build(&fs, &abs);
     if let Some(e) = fs.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -172,6 +183,13 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
                 "`terrace kustomize build {dir}` shows the same error; the kustomization is at {dir}"
             ))
     })?;
+    // A chart may transform a decrypted value (`b64enc`) past any search
+    // for it: with a chart rendered and a secrets file opened, every
+    // object is sealed.
+    let charted = fs
+        .helm
+        .as_ref()
+        .is_some_and(|h| h.used.load(std::sync::atomic::Ordering::Relaxed));
     let mut opened = fs.opened.into_inner().unwrap_or_else(|p| p.into_inner());
     opened.sort();
     opened.dedup();
@@ -189,8 +207,12 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
                 .map_or_else(|| dir.clone(), |p| p.display().to_string()),
             value,
             file_name: id.file_name,
-            secret_sources: source.iter().cloned().collect(),
-            rule_from: source,
+            secret_sources: if charted && !opened.is_empty() {
+                opened.clone()
+            } else {
+                source.iter().cloned().collect()
+            },
+            rule_from: source.filter(|_| !charted || opened.is_empty()),
             secret_scope: opened.clone(),
         });
     }

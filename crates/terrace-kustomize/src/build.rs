@@ -47,16 +47,13 @@ const SUPPORTED: &[&str] = &[
     "generators",
     "openapi",
     "crds",
+    "helmCharts",
+    "helmGlobals",
 ];
 
 /// Fields kustomize has that this engine does not implement yet: an error,
 /// never a silent skip.
-const UNSUPPORTED: &[&str] = &[
-    "helmCharts",
-    "helmGlobals",
-    "helmChartInflationGenerator",
-    "validators",
-];
+const UNSUPPORTED: &[&str] = &["helmChartInflationGenerator", "validators"];
 
 /// One object on its way through the build.
 #[derive(Debug, Clone)]
@@ -1201,6 +1198,27 @@ fn generate_own(
         .flatten()
     {
         generate(fs, dir, file, g, &options, true, None, acc)?;
+    }
+    // `helmCharts:` (kustomize's HelmChartInflationGenerator).
+    let read_values = |entry: &str| -> Result<Value, KustomizeError> {
+        let path = restricted(fs, dir, entry, file)?;
+        let text = read(fs, &path, file)?;
+        Ok(yaml_documents(&text, &path)?
+            .into_iter()
+            .next()
+            .unwrap_or(Value::Null))
+    };
+    for (name, text) in crate::helm::inflate_all(fs, dir, file, k, &read_values)? {
+        let source = PathBuf::from(format!("{} (helm chart {name})", file.display()));
+        for v in parse_objects(&text, &source)? {
+            let mut r = Res::new(v);
+            r.from = Source::Generated {
+                configured_in: file.to_owned(),
+                kind: "HelmChartInflationGenerator",
+                by: None,
+            };
+            acc.push(r);
+        }
     }
     // `generators:`: builtin generator configurations, after the fields'.
     for (path, config) in plugin_configs(fs, dir, file, k, "generators", stack)? {

@@ -29,6 +29,67 @@ pub trait Fs {
     fn restricts_loads(&self) -> bool {
         true
     }
+    /// What renders `helmCharts` (`--enable-helm`); `None`: they are
+    /// refused.
+    fn helm(&self) -> Option<&dyn crate::Helm> {
+        None
+    }
+}
+
+impl<T: Fs + ?Sized> Fs for &T {
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        (**self).read(path)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        (**self).is_dir(path)
+    }
+    fn is_file(&self, path: &Path) -> bool {
+        (**self).is_file(path)
+    }
+    fn real_path(&self, path: &Path) -> Option<PathBuf> {
+        (**self).real_path(path)
+    }
+    fn restricts_loads(&self) -> bool {
+        (**self).restricts_loads()
+    }
+    fn helm(&self) -> Option<&dyn crate::Helm> {
+        (**self).helm()
+    }
+}
+
+/// A filesystem with Helm for `helmCharts` (`--enable-helm`).
+pub struct WithHelm<'a, F> {
+    pub fs: F,
+    pub helm: &'a dyn crate::Helm,
+}
+
+impl<F: std::fmt::Debug> std::fmt::Debug for WithHelm<'_, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithHelm")
+            .field("fs", &self.fs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Fs> Fs for WithHelm<'_, F> {
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.fs.read(path)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        self.fs.is_dir(path)
+    }
+    fn is_file(&self, path: &Path) -> bool {
+        self.fs.is_file(path)
+    }
+    fn real_path(&self, path: &Path) -> Option<PathBuf> {
+        self.fs.real_path(path)
+    }
+    fn restricts_loads(&self) -> bool {
+        self.fs.restricts_loads()
+    }
+    fn helm(&self) -> Option<&dyn crate::Helm> {
+        Some(self.helm)
+    }
 }
 
 /// A filesystem with kustomize's load restrictor off
@@ -52,6 +113,9 @@ impl<F: Fs> Fs for Unrestricted<F> {
     }
     fn restricts_loads(&self) -> bool {
         false
+    }
+    fn helm(&self) -> Option<&dyn crate::Helm> {
+        self.0.helm()
     }
 }
 
@@ -120,6 +184,9 @@ impl Fs for Cached<'_> {
     }
     fn restricts_loads(&self) -> bool {
         self.inner.restricts_loads()
+    }
+    fn helm(&self) -> Option<&dyn crate::Helm> {
+        self.inner.helm()
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod build;
 mod fs;
+pub mod helm;
 mod patch;
 mod replace;
 mod schema;
@@ -23,7 +24,8 @@ mod vars;
 use std::path::PathBuf;
 
 pub use build::{build, build_all};
-pub use fs::{DiskFs, Fs, MemFs, Unrestricted, normalize};
+pub use fs::{DiskFs, Fs, MemFs, Unrestricted, WithHelm, normalize};
+pub use helm::{Helm, Inflate};
 pub use patch::{apply_json6902, merge_strategic};
 
 /// Why a build failed. Every error names the kustomization file.

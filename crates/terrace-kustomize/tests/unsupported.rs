@@ -12,7 +12,6 @@ fn every_unsupported_field_is_refused_by_name() {
         "validators: [v.yaml]",
         "crds: [https://example.com/crd.json]",
         "openapi: {path: https://example.com/schema.json}",
-        "helmGlobals: {chartHome: charts}",
         "helmChartInflationGenerator: []",
     ];
     for field in fields {

@@ -522,7 +522,7 @@ pub struct MergeArgs {
 pub enum KustomizeCommand {
     /// Print what `kustomize build DIR` prints (the same objects, in order).
     #[command(
-        after_help = "Example:\n  terrace kustomize build overlays/prod | kubectl apply -f -\n\nSupported: resources, bases, components, namespace, namePrefix/Suffix,\ncommonLabels, labels, commonAnnotations, images, replicas, config map and\nsecret generators, patches (strategic merge and JSON 6902), sortOptions.\nAnything else is an error naming the field.\n\nFiles outside a kustomization's directory (or reached through a symlink\nthat leads outside it) are refused, as kustomize refuses them; pass\n--load-restrictor LoadRestrictionsNone to allow them."
+        after_help = "Example:\n  terrace kustomize build overlays/prod | kubectl apply -f -\n\nSupported: resources, bases, components, namespace, namePrefix/Suffix,\ncommonLabels, labels, commonAnnotations, images, replicas, config map and\nsecret generators, patches (strategic merge and JSON 6902), sortOptions,\nhelmCharts (with --enable-helm). Anything else is an error naming the field.\n\nFiles outside a kustomization's directory (or reached through a symlink\nthat leads outside it) are refused, as kustomize refuses them; pass\n--load-restrictor LoadRestrictionsNone to allow them."
     )]
     Build {
         /// The kustomization directories (each is built on its own; the
@@ -534,6 +534,14 @@ pub enum KustomizeCommand {
         /// anywhere (`LoadRestrictionsNone`).
         #[arg(long, value_enum, default_value_t = LoadRestrictor::LoadRestrictionsRootOnly)]
         load_restrictor: LoadRestrictor,
+        /// Render `helmCharts` with Helm (kustomize's flag; without it they
+        /// are refused). A `kustomize` unit always may.
+        #[arg(long)]
+        enable_helm: bool,
+        /// The helm binary for `--enable-helm` (default: `TERRACE_HELM`,
+        /// else `helm` on the PATH).
+        #[arg(long, value_name = "PATH", requires = "enable_helm")]
+        helm_command: Option<String>,
     },
 }
 

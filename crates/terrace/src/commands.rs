@@ -258,11 +258,28 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         Command::Kustomize(crate::cli::KustomizeCommand::Build {
             dirs,
             load_restrictor,
+            enable_helm,
+            helm_command,
         }) => {
+            let helm = if *enable_helm {
+                Some(
+                    terrace_drivers::helm::KustomizeHelm::standalone(helm_command.as_deref())
+                        .map_err(|e| CliError::message(e.to_string(), None))?,
+                )
+            } else {
+                None
+            };
             let unrestricted = terrace_kustomize::Unrestricted(terrace_kustomize::DiskFs);
-            let fs: &dyn terrace_kustomize::Fs = match load_restrictor {
+            let base: &dyn terrace_kustomize::Fs = match load_restrictor {
                 crate::cli::LoadRestrictor::LoadRestrictionsRootOnly => &terrace_kustomize::DiskFs,
                 crate::cli::LoadRestrictor::LoadRestrictionsNone => &unrestricted,
+            };
+            let with_helm = helm
+                .as_ref()
+                .map(|h| terrace_kustomize::WithHelm { fs: base, helm: h });
+            let fs: &dyn terrace_kustomize::Fs = match &with_helm {
+                Some(w) => w,
+                None => base,
             };
             // Overlays built together share their bases' files.
             let dirs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();

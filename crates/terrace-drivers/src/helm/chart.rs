@@ -268,6 +268,11 @@ pub(crate) async fn resolve(
     }
 }
 
+/// Where a pulled archive is kept, absolute.
+pub(crate) fn archive(root: &Path, digest: &str) -> PathBuf {
+    root.join(archive_path(digest))
+}
+
 /// Where a pulled archive is kept, relative to the project root.
 fn archive_path(digest: &str) -> String {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);

@@ -343,7 +343,7 @@ case("ingress-and-statefulset-references", {"kustomization.yaml": "nameSuffix: -
 # Error cases: kustomize rejects them; terrace's message must say why.
 case("error-missing-resource", {"kustomization.yaml": "resources: [nope.yaml]\n"}, error="does not exist")
 case("error-unknown-field", {"kustomization.yaml": "resourcs: [d.yaml]\n", "d.yaml": DEPLOY}, error="unknown field `resourcs`")
-case("error-helm-charts", {"kustomization.yaml": "helmCharts:\n- name: x\n  repo: https://example.com\n"}, error="`helmCharts` is not supported")
+case("error-helm-charts", {"kustomization.yaml": "helmCharts:\n- name: x\n  repo: https://example.com\n"}, error="--enable-helm")
 case("error-load-restrictor", {"base/secret.txt": "x\n", "overlay/kustomization.yaml": "configMapGenerator:\n- name: c\n  files: [../base/secret.txt]\n"}, build="overlay", error="outside the kustomization root")
 case("error-component-as-resource", {"comp/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n", "kustomization.yaml": "resources: [comp]\n"}, error="only be used under `components`")
 case("error-merge-without-base", {"kustomization.yaml": "configMapGenerator:\n- name: cfg\n  behavior: merge\n  literals: [A=1]\n"}, error="does not exist to merge")

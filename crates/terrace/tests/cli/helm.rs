@@ -541,3 +541,85 @@ fn remote_charts_are_pinned_cached_and_updated() {
     assert_eq!(code(&o), 2, "pulled again: {}{}", stdout(&o), stderr(&o));
     assert_ne!(std::fs::read(&cached).expect("cached"), b"tampered");
 }
+
+/// `helmCharts` in kustomizations (kustomize's HelmChartInflationGenerator
+/// with `--enable-helm`): each case under `tests/cli/kustomize_helm` builds
+/// to the objects kubectl's kustomize printed (`make_expected.sh`), and
+/// without `--enable-helm` the build is refused; a `kustomize` unit renders
+/// the same objects.
+#[test]
+fn kustomize_helm_charts_match_kubectl_kustomize() {
+    let Some(helm) = helm("kustomize_helm_charts_match_kubectl_kustomize") else {
+        return;
+    };
+    let cases = repo_root().join("crates/terrace/tests/cli/kustomize_helm");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&cases)
+        .expect("cases")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.join("expected.yaml").is_file())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3);
+    for case in &names {
+        let dir = if case.join("kustomization.yaml").is_file() {
+            case.clone()
+        } else {
+            case.join("prod")
+        };
+        let o = terrace_helm(
+            &cases,
+            &helm,
+            &[
+                "kustomize",
+                "build",
+                "--enable-helm",
+                &dir.display().to_string(),
+            ],
+        );
+        assert_eq!(code(&o), 0, "{}: {}", case.display(), stderr(&o));
+        let expected =
+            objects_of(&std::fs::read_to_string(case.join("expected.yaml")).expect("expected"));
+        let got = objects_of(&stdout(&o));
+        assert_eq!(got, expected, "{}", case.display());
+    }
+    let o = terrace_helm(
+        &cases,
+        &helm,
+        &[
+            "kustomize",
+            "build",
+            &cases.join("inline-override").display().to_string(),
+        ],
+    );
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("--enable-helm"), "{}", stderr(&o));
+
+    // A kustomize unit has Helm.
+    let project = tempfile::tempdir().expect("tempdir");
+    copy_dir(
+        &cases.join("inline-override"),
+        &project.path().join("apps/charted"),
+    );
+    std::fs::remove_file(project.path().join("apps/charted/expected.yaml")).expect("rm");
+    write_files(
+        project.path(),
+        &[
+            (
+                "terrace.yaml",
+                "name: kh\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\n",
+            ),
+            ("apps/charted/unit.yaml", "layer: apps\nkind: kustomize\n"),
+        ],
+    );
+    let o = terrace_helm(
+        project.path(),
+        &helm,
+        &["render", "charted", "--output", "json"],
+    );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let out: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let expected = objects_of(
+        &std::fs::read_to_string(cases.join("inline-override/expected.yaml")).expect("expected"),
+    );
+    assert_eq!(open_documents(project.path(), &out), expected);
+}
