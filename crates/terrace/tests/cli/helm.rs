@@ -623,3 +623,108 @@ fn kustomize_helm_charts_match_kubectl_kustomize() {
     );
     assert_eq!(open_documents(project.path(), &out), expected);
 }
+
+/// A small project with one helm unit `h` (chart `apps/h/chart`) and the
+/// settings block `settings`.
+fn hostile_project(settings: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_files(
+        dir.path(),
+        &[
+            (
+                "terrace.yaml",
+                "name: hh\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\n",
+            ),
+            (
+                "apps/h/unit.yaml",
+                &format!("layer: apps\nkind: helm\nhelm:\n{settings}"),
+            ),
+            (
+                "apps/h/chart/Chart.yaml",
+                "apiVersion: v2\nname: h\nversion: 0.1.0\n",
+            ),
+            (
+                "apps/h/chart/templates/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: h\ndata:\n  v: {{ .Values.v | default \"x\" | quote }}\n",
+            ),
+        ],
+    );
+    dir
+}
+
+/// What a hostile repository tries with a helm unit: charts and values
+/// files outside the project (by path or symlink), a bad release name, an
+/// unknown setting, a broken lock file, an alias bomb in a template. Each
+/// is refused, naming the file, and nothing outside is read.
+#[test]
+fn hostile_helm_units_are_refused() {
+    let Some(helm) = helm("hostile_helm_units_are_refused") else {
+        return;
+    };
+    let outside = tempfile::tempdir().expect("outside");
+    std::fs::write(outside.path().join("values.yaml"), "v: outside-value-7Kq\n").expect("write");
+    std::fs::write(
+        outside.path().join("cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: stolen\ndata:\n  v: outside-template-3Jd\n",
+    )
+    .expect("write");
+    let refused = |dir: &Path, needle: &str| {
+        let o = terrace_helm(dir, &helm, &["plan"]);
+        let all = format!("{}{}", stdout(&o), stderr(&o));
+        assert_eq!(code(&o), 1, "{all}");
+        assert!(all.contains(needle), "expected `{needle}` in:\n{all}");
+        assert!(
+            !all.contains("outside-value-7Kq") && !all.contains("outside-template-3Jd"),
+            "{all}"
+        );
+        assert!(
+            !dir.join(".terrace/rendered").exists()
+                || std::fs::read_dir(dir.join(".terrace/rendered"))
+                    .expect("dir")
+                    .next()
+                    .is_none()
+        );
+    };
+    // A chart directory outside the project.
+    let d = hostile_project("  chart: ../../../../../../../../tmp\n");
+    refused(d.path(), "leads outside the project");
+    // A template symlinked to a file outside: refused before Helm runs.
+    let d = hostile_project("  chart: ./chart\n");
+    std::os::unix::fs::symlink(
+        outside.path().join("cm.yaml"),
+        d.path().join("apps/h/chart/templates/stolen.yaml"),
+    )
+    .expect("symlink");
+    refused(d.path(), "apps/h/chart/templates/stolen.yaml");
+    // A values file outside, by path and by symlink.
+    let d =
+        hostile_project("  chart: ./chart\n  valuesFiles: [../../../../../../../../tmp/v.yaml]\n");
+    refused(d.path(), "leads outside the project");
+    let d = hostile_project("  chart: ./chart\n  valuesFiles: [values.yaml]\n");
+    std::os::unix::fs::symlink(
+        outside.path().join("values.yaml"),
+        d.path().join("apps/h/values.yaml"),
+    )
+    .expect("symlink");
+    refused(d.path(), "apps/h/values.yaml");
+    // Names Helm would refuse, and settings that do not exist.
+    let d = hostile_project("  chart: ./chart\n  releaseName: Bad_Name\n");
+    refused(d.path(), "release name `Bad_Name`");
+    let d = hostile_project("  chart: ./chart\n  valueFiles: [x.yaml]\n");
+    refused(d.path(), "unknown field `valueFiles`");
+    // A lock file that is not one.
+    let d = hostile_project("  repo: http://127.0.0.1:9/charts\n  chart: x\n");
+    std::fs::write(d.path().join("terrace.lock"), "charts: {not: a list}\n").expect("write");
+    refused(d.path(), "terrace.lock");
+    // An alias bomb in a template: refused, quickly.
+    let d = hostile_project("  chart: ./chart\n");
+    let mut bomb = String::from(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bomb\ndata:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+    );
+    for i in 1..9 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        bomb.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+    }
+    std::fs::write(d.path().join("apps/h/chart/templates/bomb.yaml"), bomb).expect("write");
+    refused(d.path(), "alias");
+}
