@@ -126,6 +126,12 @@ pub struct HelmSettings {
     /// path; default `helm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<String>,
+    /// Delete Helm's own release records of this release (the Secrets
+    /// `sh.helm.release.v1.<release>.v<N>` in its namespace) once terrace
+    /// manages it, so `helm` no longer takes it for one of its own
+    /// (default false; a live cluster only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_helm_release_records: Option<bool>,
     /// How long one helm command may take (default `5m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Timeout>,
@@ -566,11 +572,25 @@ async fn render(ctx: &UnitContext<'_>) -> Result<Objects, DriverError> {
             format!("chart {}: {before} → {}", chart.name, chart.version),
         );
     }
+    let remove = if s.delete_helm_release_records == Some(true) {
+        vec![terrace_kube::sync::Removal {
+            api_version: "v1".into(),
+            kind: "Secret".into(),
+            namespace: namespace.clone(),
+            labels: format!("owner=helm,name={release}"),
+            why: format!(
+                "Helm's release record of `{release}`: deleted on request (`deleteHelmReleaseRecords`)"
+            ),
+        }]
+    } else {
+        Vec::new()
+    };
     Ok(Objects {
         objects,
         outputs,
         notes,
         namespace: Some(namespace),
+        remove,
     })
 }
 

@@ -123,9 +123,11 @@ pub(crate) async fn plan(
         outputs: extra_outputs,
         notes: extra_notes,
         namespace,
+        remove,
     } = rendered;
     let mut options = options(ctx)?;
     options.namespace = namespace;
+    options.remove = remove;
     options.adopt_from = ctx.unit.adopts_from.clone();
     let cluster = clusters.get(target, endpoint).await.map_err(kube_error)?;
     // Secret values never enter the render hash; which cluster does (a

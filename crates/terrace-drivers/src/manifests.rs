@@ -55,6 +55,9 @@ pub struct Objects {
     /// The namespace objects without one land in, instead of the
     /// cluster's default (a Helm release's namespace).
     pub namespace: Option<String>,
+    /// Objects a live apply deletes whoever made them (Helm's release
+    /// records, on request).
+    pub remove: Vec<terrace_kube::sync::Removal>,
 }
 
 /// Where a kind's objects come from.

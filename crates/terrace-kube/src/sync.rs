@@ -135,6 +135,21 @@ pub struct Options {
     /// takes over (they handed them over): applying stamps this unit's
     /// marks on them instead of failing on another owner.
     pub adopt_from: Vec<String>,
+    /// Objects the unit asked to have deleted whoever made them (Helm's
+    /// release records after terrace took the release over).
+    pub remove: Vec<Removal>,
+}
+
+/// Objects to delete, picked by kind, namespace and labels, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    /// A label selector (`owner=helm,name=web`).
+    pub labels: String,
+    /// Shown after each address in the plan.
+    pub why: String,
 }
 
 impl Default for Options {
@@ -146,6 +161,7 @@ impl Default for Options {
             poll: Duration::from_secs(2),
             namespace: None,
             adopt_from: Vec::new(),
+            remove: Vec::new(),
         }
     }
 }
@@ -425,9 +441,22 @@ pub async fn plan(
             )
         })
         .collect();
-    let (prune, prune_changes, prune_notes) = plan_prune(&cluster, &owner, &gone, &kept).await?;
+    let (mut prune, prune_changes, prune_notes) =
+        plan_prune(&cluster, &owner, &gone, &kept).await?;
     changes.extend(prune_changes);
     notes.extend(prune_notes);
+    for removal in &options.remove {
+        for item in plan_removal(&cluster, removal).await? {
+            changes.push(Change {
+                address: item.address.clone(),
+                object: Some(item.target.object_ref()),
+                action: Action::Delete,
+                diff: None,
+            });
+            notes.push(format!("{}: {}", item.address, removal.why));
+            prune.push(item);
+        }
+    }
     notes.extend(skipped_notes);
     Ok(Planned {
         plan: KubePlan {
@@ -996,6 +1025,52 @@ async fn plan_prune(
         })
         .collect();
     Ok((prune, changes, notes))
+}
+
+/// The live objects a removal picks.
+async fn plan_removal(cluster: &Cluster, removal: &Removal) -> Result<Vec<PruneItem>, KubeError> {
+    let Some(resource) = cluster
+        .resource(&removal.api_version, &removal.kind)
+        .await?
+    else {
+        return Ok(Vec::new());
+    };
+    let target = Target {
+        api_version: removal.api_version.clone(),
+        kind: removal.kind.clone(),
+        namespace: resource.namespaced.then(|| removal.namespace.clone()),
+        name: String::new(),
+        resource: Some(resource.clone()),
+    };
+    let request = target
+        .requests(cluster, &resource)
+        .list(&ListParams::default().labels(&removal.labels));
+    let what = format!(
+        "list {} {} ({})",
+        removal.kind, removal.namespace, removal.labels
+    );
+    let list = match cluster.send(request, &what).await {
+        Ok(v) => v,
+        Err(e) if e.is_not_found() => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut items = Vec::new();
+    for mut live in list["items"].as_array().cloned().unwrap_or_default() {
+        let Some(name) = live["metadata"]["name"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        live["apiVersion"] = json!(removal.api_version);
+        live["kind"] = json!(removal.kind);
+        let mut t = target.clone();
+        t.name = name;
+        items.push(PruneItem {
+            address: t.object_ref().to_string(),
+            live,
+            target: t,
+        });
+    }
+    items.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(items)
 }
 
 /// Carries out a plan.

@@ -1176,7 +1176,7 @@ fn widget_chart(root: &Path) {
 
 fn widget_unit(values: &str) -> String {
     format!(
-        "layer: apps\nkind: helm\nhelm:\n  chart: ./chart\n  releaseName: shop\n  namespace: terrace-rt-helm\n  values: {values}\n"
+        "layer: apps\nkind: helm\nhelm:\n  chart: ./chart\n  releaseName: shop\n  namespace: terrace-rt-helm\n  deleteHelmReleaseRecords: true\n  values: {values}\n"
     )
 }
 
@@ -1252,7 +1252,33 @@ fn real_cluster_helm_chart_adopted_upgraded_pruned() {
         "{said}"
     );
     assert!(said.contains("shop-widget: adopting it"), "{said}");
+    // Helm's own record of the release goes, on request.
+    assert!(
+        changes(widgets).contains(&(
+            "v1 Secret terrace-rt-helm/sh.helm.release.v1.shop.v1".to_owned(),
+            "delete".to_owned()
+        )),
+        "{widgets}"
+    );
+    assert!(
+        live(
+            &kubeconfig,
+            Some("terrace-rt-helm"),
+            "secret",
+            "sh.helm.release.v1.shop.v1"
+        )
+        .is_some()
+    );
     p.must(&["apply"]);
+    assert!(
+        live(
+            &kubeconfig,
+            Some("terrace-rt-helm"),
+            "secret",
+            "sh.helm.release.v1.shop.v1"
+        )
+        .is_none()
+    );
     let config = existing(
         &kubeconfig,
         Some("terrace-rt-helm"),
