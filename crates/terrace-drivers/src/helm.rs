@@ -39,7 +39,7 @@ use terrace_core::kind::{Timeout, TypedKind};
 use terrace_core::secrets::looks_encrypted;
 use terrace_exec::{ExecError, Program};
 
-use crate::manifests::{self, Object, ObjectSource, Objects, ObjectsDriver, identify};
+use crate::manifests::{self, LiveTarget, Object, ObjectSource, Objects, ObjectsDriver, identify};
 use crate::{clean_relative, digest};
 
 /// The `helm` kind.
@@ -62,8 +62,9 @@ impl ObjectSource for HelmSource {
     fn objects<'a>(
         &'a self,
         ctx: &'a UnitContext<'a>,
+        live: Option<LiveTarget<'a>>,
     ) -> BoxFuture<'a, Result<Objects, DriverError>> {
-        Box::pin(render(ctx))
+        Box::pin(render(ctx, live))
     }
 }
 
@@ -102,10 +103,12 @@ pub struct HelmSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub include_crds: Option<bool>,
-    /// `.Capabilities.KubeVersion` (`1.33.0`); default: Helm's own.
+    /// `.Capabilities.KubeVersion` (`1.33.0`); default: the live
+    /// cluster's version (Helm's own when rendering to files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube_version: Option<String>,
-    /// Extra `.Capabilities.APIVersions` (`monitoring.coreos.com/v1`).
+    /// Extra `.Capabilities.APIVersions` (`monitoring.coreos.com/v1`), on
+    /// top of what a live cluster serves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_versions: Vec<String>,
     /// Values, merged over the values files (may use `${...}`, secrets
@@ -392,7 +395,10 @@ fn write_cache(ctx: &UnitContext<'_>, key: &str, output: &str) {
 }
 
 /// Renders the unit's chart: its objects, in Helm's output order.
-async fn render(ctx: &UnitContext<'_>) -> Result<Objects, DriverError> {
+async fn render(
+    ctx: &UnitContext<'_>,
+    live: Option<LiveTarget<'_>>,
+) -> Result<Objects, DriverError> {
     let unit_file = format!("{}/{UNIT_FILE}", ctx.unit.dir);
     let s: HelmSettings = crate::unit_settings(ctx)?;
     let program = program(s.binary.as_deref(), &unit_file)?;
@@ -419,11 +425,36 @@ async fn render(ctx: &UnitContext<'_>) -> Result<Objects, DriverError> {
     if s.include_crds.unwrap_or(true) {
         args.push("--include-crds".into());
     }
-    if let Some(v) = &s.kube_version {
+    // On a live cluster, `.Capabilities` are the cluster's (as Helm and
+    // Flux find them); a unit's own `kubeVersion` wins, and its
+    // `apiVersions` add to what the cluster serves.
+    let found = match live {
+        Some(t) => {
+            let cluster = t
+                .clusters
+                .get(t.name, t.endpoint)
+                .await
+                .map_err(|e| DriverError::Target(e.to_string()))?;
+            Some(
+                cluster
+                    .capabilities()
+                    .await
+                    .map_err(|e| DriverError::Target(e.to_string()))?
+                    .clone(),
+            )
+        }
+        None => None,
+    };
+    if let Some(v) = s
+        .kube_version
+        .clone()
+        .or_else(|| found.as_ref().map(|c| c.kube_version.clone()))
+    {
         args.push("--kube-version".into());
-        args.push(v.clone());
+        args.push(v);
     }
-    for a in &s.api_versions {
+    let served = found.iter().flat_map(|c| c.api_versions.iter());
+    for a in s.api_versions.iter().chain(served) {
         args.push("--api-versions".into());
         args.push(a.clone());
     }

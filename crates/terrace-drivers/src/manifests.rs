@@ -60,11 +60,21 @@ pub struct Objects {
     pub remove: Vec<terrace_kube::sync::Removal>,
 }
 
+/// The live cluster a plan is made for (a render has none): a source may
+/// ask it what it serves (Helm's `.Capabilities`).
+#[derive(Debug, Clone, Copy)]
+pub struct LiveTarget<'a> {
+    pub clusters: &'a ClusterPool,
+    pub name: &'a str,
+    pub endpoint: &'a Endpoint,
+}
+
 /// Where a kind's objects come from.
 pub trait ObjectSource: Send + Sync + std::fmt::Debug {
     fn objects<'a>(
         &'a self,
         ctx: &'a UnitContext<'a>,
+        live: Option<LiveTarget<'a>>,
     ) -> BoxFuture<'a, Result<Objects, DriverError>>;
 
     /// Whether it reads files only through `terrace_fs` and runs no
@@ -85,6 +95,7 @@ impl ObjectSource for InProcess {
     fn objects<'a>(
         &'a self,
         ctx: &'a UnitContext<'a>,
+        _live: Option<LiveTarget<'a>>,
     ) -> BoxFuture<'a, Result<Objects, DriverError>> {
         let rendered = (self.render)(ctx);
         Box::pin(async move {
@@ -595,8 +606,12 @@ fn plan_objects(ctx: &UnitContext<'_>, rendered: Objects) -> Result<UnitPlan, Dr
 
 impl ObjectsDriver {
     /// The kind's objects, with every secret they hold marked.
-    async fn objects(&self, ctx: &UnitContext<'_>) -> Result<Objects, DriverError> {
-        let mut rendered = self.source.objects(ctx).await?;
+    async fn objects<'a>(
+        &'a self,
+        ctx: &'a UnitContext<'a>,
+        live: Option<LiveTarget<'a>>,
+    ) -> Result<Objects, DriverError> {
+        let mut rendered = self.source.objects(ctx, live).await?;
         mark_secrets(ctx, &mut rendered.objects)?;
         if rendered.objects.iter().any(Object::is_sensitive) {
             terrace_fs::watch::taint();
@@ -615,7 +630,7 @@ impl Driver for ObjectsDriver {
         &'a self,
         ctx: &'a UnitContext<'a>,
     ) -> BoxFuture<'a, Result<Rendered, DriverError>> {
-        Box::pin(async move { render_documents(ctx, self.objects(ctx).await?.objects) })
+        Box::pin(async move { render_documents(ctx, self.objects(ctx, None).await?.objects) })
     }
 
     fn plan<'a>(
@@ -630,7 +645,15 @@ impl Driver for ObjectsDriver {
             if let Ok((name, Some(endpoint))) = &bound {
                 live::warm_up(&self.clusters, name.clone(), endpoint.clone());
             }
-            let rendered = self.objects(ctx).await?;
+            let live = match &bound {
+                Ok((name, Some(endpoint))) => Some(LiveTarget {
+                    clusters: &self.clusters,
+                    name,
+                    endpoint,
+                }),
+                _ => None,
+            };
+            let rendered = self.objects(ctx, live).await?;
             match bound? {
                 (name, Some(endpoint)) => {
                     live::plan(ctx, &self.clusters, &name, &endpoint, rendered).await

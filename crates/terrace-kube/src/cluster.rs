@@ -67,6 +67,19 @@ pub struct Cluster {
     /// Per `apiVersion`: its kinds (`None` when the cluster does not serve
     /// that group version).
     discovered: Mutex<HashMap<String, Option<HashMap<String, Resource>>>>,
+    /// What Helm's `.Capabilities` say of it, found once.
+    capabilities: tokio::sync::OnceCell<Capabilities>,
+}
+
+/// What a chart's `.Capabilities` say of a cluster, as Helm finds them on
+/// a live cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The API server's version (`v1.33.1`).
+    pub kube_version: String,
+    /// Every group version it serves, alone and with each kind
+    /// (`apps/v1`, `apps/v1/Deployment`), sorted.
+    pub api_versions: Vec<String>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -90,7 +103,48 @@ impl Cluster {
             client,
             identity,
             discovered: Mutex::new(HashMap::new()),
+            capabilities: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The cluster's version and everything it serves (one discovery of
+    /// every group, once per run), for Helm's `.Capabilities`.
+    pub async fn capabilities(&self) -> Result<&Capabilities, KubeError> {
+        self.capabilities
+            .get_or_try_init(|| async {
+                let fail = |e: kube::Error| {
+                    KubeError::Request(format!(
+                        "API discovery for Helm's .Capabilities: {e} (cluster `{}`)",
+                        self.name
+                    ))
+                };
+                let version = self.client.apiserver_version().await.map_err(fail)?;
+                let discovery = kube::discovery::Discovery::new(self.client.clone())
+                    .run()
+                    .await
+                    .map_err(fail)?;
+                let mut api_versions = Vec::new();
+                for group in discovery.groups() {
+                    for version in group.versions() {
+                        let gv = if group.name().is_empty() {
+                            version.to_owned()
+                        } else {
+                            format!("{}/{version}", group.name())
+                        };
+                        for (ar, _) in group.versioned_resources(version) {
+                            api_versions.push(format!("{gv}/{}", ar.kind));
+                        }
+                        api_versions.push(gv);
+                    }
+                }
+                api_versions.sort();
+                api_versions.dedup();
+                Ok(Capabilities {
+                    kube_version: version.git_version,
+                    api_versions,
+                })
+            })
+            .await
     }
 
     /// Connects to `endpoint`.

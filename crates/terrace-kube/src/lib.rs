@@ -19,7 +19,7 @@ pub mod sync;
 
 use kube::core::Status;
 
-pub use cluster::{Cluster, ClusterPool, Endpoint, Resource};
+pub use cluster::{Capabilities, Cluster, ClusterPool, Endpoint, Resource};
 
 /// The field manager terrace applies under.
 pub const FIELD_MANAGER: &str = "terrace";

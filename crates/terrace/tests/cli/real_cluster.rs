@@ -1167,6 +1167,10 @@ fn widget_chart(root: &Path) {
                 "apiVersion: helm.rt.terrace.dev/v1\nkind: Widget\nmetadata:\n  name: {{ .Release.Name }}-widget\nspec:\n  size: {{ .Values.size }}\n",
             ),
             (
+                "platform/widgets/chart/templates/caps.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-caps\ndata:\n  kube: {{ .Capabilities.KubeVersion.Version | quote }}\n  coordination: {{ .Capabilities.APIVersions.Has \"coordination.k8s.io/v1/Lease\" | quote }}\n",
+            ),
+            (
                 "platform/widgets/chart/templates/extra.yaml",
                 "{{- if .Values.extra }}\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-extra\ndata:\n  on: \"yes\"\n{{- end }}\n",
             ),
@@ -1302,6 +1306,24 @@ fn real_cluster_helm_chart_adopted_upgraded_pruned() {
     );
     let (c, plan) = p.plan();
     assert_eq!(c, 0, "adopted and applied: nothing left to do: {plan}");
+    // `.Capabilities` are the cluster's, as Helm itself finds them.
+    let server: Value =
+        serde_json::from_str(&kubectl_ok(&kubeconfig, &["version", "-o", "json"])).expect("json");
+    let caps = existing(
+        &kubeconfig,
+        Some("terrace-rt-helm"),
+        "configmap",
+        "shop-caps",
+    );
+    assert_eq!(
+        caps["data"]["kube"], server["serverVersion"]["gitVersion"],
+        "{caps}"
+    );
+    assert_eq!(caps["data"]["coordination"], "true", "{caps}");
+    assert!(
+        caps["metadata"]["annotations"]["terrace.dev/unit"] == "widgets",
+        "{caps}"
+    );
 
     // One value moves one field.
     p.write("platform/widgets/unit.yaml", &widget_unit("{color: green}"));
