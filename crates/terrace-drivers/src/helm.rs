@@ -15,8 +15,9 @@
 //! - Values: plain `valuesFiles` go to Helm as files, in order; then
 //!   SOPS-encrypted values files (decrypted in memory) and inline `values`
 //!   (with `${...}`) are merged into one document that reaches Helm on its
-//!   stdin, never through a file. When any value came from a secret,
-//!   every object of the release is treated as holding secrets (sealed on
+//!   stdin, never through a file. When any value came from a secret, the
+//!   chart is rendered again with those values masked, and every object
+//!   that renders differently is treated as holding secrets (sealed on
 //!   disk, no diff shown): a template can transform a value (`b64enc`,
 //!   `sha256sum`) past any search for it.
 //! - Render cache: a render whose chart, values, flags and Helm binary are
@@ -228,6 +229,10 @@ struct Values {
     piped: Map<String, Value>,
     /// The secrets files any value came from.
     secrets: Vec<PathBuf>,
+    /// `piped` with every value that came from a secret replaced by one
+    /// that differs from it: rendered too, it shows which objects depend
+    /// on a secret (those that render differently).
+    masked: Map<String, Value>,
     /// What the values are, for the render cache (plain files' digests and
     /// the piped document; `None` when a secret is among them).
     fingerprint: Option<String>,
@@ -253,6 +258,8 @@ fn gather_values(
 ) -> Result<Values, DriverError> {
     let mut files = Vec::new();
     let mut piped = Map::new();
+    let mut masked = Map::new();
+    let mut counter = 0usize;
     let mut secrets: Vec<PathBuf> = Vec::new();
     let mut fingerprint = String::new();
     for rel in &s.values_files {
@@ -293,6 +300,11 @@ fn gather_values(
                         .in_file(&path)
                         .into());
                 };
+                let mut hidden = Value::Object(map.clone());
+                mask_all(&mut hidden, &mut counter);
+                if let Value::Object(hidden) = hidden {
+                    merge_values(&mut masked, hidden);
+                }
                 merge_values(&mut piped, map);
             }
             secrets.push(PathBuf::from(&path));
@@ -306,6 +318,7 @@ fn gather_values(
                             .in_file(&path)
                             .into());
                     };
+                    merge_values(&mut masked, map.clone());
                     merge_values(&mut piped, map);
                 }
             } else {
@@ -317,8 +330,16 @@ fn gather_values(
     }
     if let Some(values) = &s.values {
         merge_values(&mut piped, values.clone());
+        let mut hidden = Value::Object(values.clone());
         if let Some(from) = ctx.unit.sensitive_settings.get("values") {
             secrets.extend(from.iter().map(PathBuf::from));
+            let files: Vec<PathBuf> = from.iter().map(PathBuf::from).collect();
+            if let Some(source) = ctx.secrets {
+                mask_secrets(&mut hidden, &source.plaintexts_of(&files), &mut counter);
+            }
+        }
+        if let Value::Object(hidden) = hidden {
+            merge_values(&mut masked, hidden);
         }
     }
     secrets.sort();
@@ -327,9 +348,42 @@ fn gather_values(
     Ok(Values {
         files,
         piped,
+        masked,
         fingerprint: secrets.is_empty().then(|| digest(fingerprint.as_bytes())),
         secrets,
     })
+}
+
+/// Replaces every scalar with one that differs from it.
+fn mask_all(v: &mut Value, counter: &mut usize) {
+    match v {
+        Value::String(s) => {
+            *counter += 1;
+            *s = format!("terrace-masked-{counter}");
+        }
+        Value::Number(n) => {
+            *v = json!(if n.as_f64() == Some(0.0) { 1 } else { 0 });
+        }
+        Value::Bool(b) => *b = !*b,
+        Value::Array(items) => items.iter_mut().for_each(|i| mask_all(i, counter)),
+        Value::Object(m) => m.values_mut().for_each(|i| mask_all(i, counter)),
+        Value::Null => {}
+    }
+}
+
+/// Replaces every string holding a secret value with one that differs.
+fn mask_secrets(v: &mut Value, plain: &terrace_core::secrets::Plaintexts, counter: &mut usize) {
+    match v {
+        Value::String(s) if plain.found_in(s) => {
+            *counter += 1;
+            *s = format!("terrace-masked-{counter}");
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|i| mask_secrets(i, plain, counter)),
+        Value::Object(m) => m.values_mut().for_each(|i| mask_secrets(i, plain, counter)),
+        _ => {}
+    }
 }
 
 /// What is kept of a render for the next plan.
@@ -475,25 +529,25 @@ async fn render(
         .as_ref()
         .map(|v| render_key(&program, &args, &chart, v));
     let cached = key.as_deref().and_then(|k| read_cache(ctx, k));
+    let homes_or_err = Homes::of(ctx.root)?;
     let from_cache = cached.is_some();
-    let output = match cached {
-        Some(text) => text,
-        None => {
-            let homes = Homes::of(ctx.root)?;
-            let mut exec = command(&program, &homes, timeout)
-                .args(&args)
-                .current_dir(ctx.root)
-                .redact(
-                    ctx.secrets
-                        .map(|s| s.plaintexts_of(&values.secrets))
-                        .unwrap_or_default(),
-                );
-            if let Some(input) = piped {
-                exec = exec.stdin(input);
-            }
-            if let Some(lines) = ctx.lines.cloned() {
-                exec = exec.on_line(move |_, line| lines.send(line));
-            }
+    let redact = ctx
+        .secrets
+        .map(|s| s.plaintexts_of(&values.secrets))
+        .unwrap_or_default();
+    let run = |input: Option<Vec<u8>>, lines: Option<&terrace_core::driver::Lines>| {
+        let mut exec = command(&program, &homes_or_err, timeout)
+            .args(&args)
+            .current_dir(ctx.root)
+            .redact(redact.clone());
+        if let Some(input) = input {
+            exec = exec.stdin(input);
+        }
+        if let Some(lines) = lines.cloned() {
+            exec = exec.on_line(move |_, line| lines.send(line));
+        }
+        let unit_file = unit_file.clone();
+        async move {
             let done = exec
                 .run()
                 .await
@@ -504,8 +558,12 @@ async fn render(
                     Diagnostic::new("`helm template` printed text that is not UTF-8")
                         .in_file(&unit_file),
                 )
-            })?
+            })
         }
+    };
+    let output = match cached {
+        Some(text) => text,
+        None => run(piped, ctx.lines).await?,
     };
     // A project path: a `Secret` the chart renders is sealed under the
     // `.sops.yaml` creation rule that matches it.
@@ -514,26 +572,32 @@ async fn render(
         None => ctx.unit.dir.clone(),
     };
     let described = format!("{unit_file} (chart {})", chart.describe());
-    let docs = terrace_yaml::tree::parse_stream_last_key_wins(
-        &output,
-        Path::new(&described),
-        terrace_yaml::tree::Schema::Kyaml,
-    )
-    .map_err(|d| {
-        Diagnostic::new(format!(
-            "the chart rendered YAML that cannot be read: {}",
-            d.message
-        ))
-        .in_file(&unit_file)
-    })?;
-    let mut values_out: Vec<Value> = docs
-        .iter()
-        .map(terrace_yaml::tree::Node::to_json)
-        .filter(|v| !v.is_null() && v.as_object().is_none_or(|m| !m.is_empty()))
-        .collect();
-    if !s.post_render.is_empty() {
-        values_out = post_render(values_out, &s.post_render, &unit_file)?;
-    }
+    let mut values_out = read_output(&output, &described, &s, &unit_file)?;
+    // Which objects a secret reaches: those that render differently with
+    // every secret value masked. `None` (the masked render failed): all.
+    let secret_derived: Option<std::collections::BTreeSet<String>> = if values.secrets.is_empty() {
+        Some(Default::default())
+    } else {
+        let input = serde_json::to_vec(&Value::Object(values.masked.clone()))
+            .map_err(|e| DriverError::Other(Box::new(e)))?;
+        match run(Some(input), None).await {
+            Ok(text) => read_output(&text, &described, &s, &unit_file)
+                .ok()
+                .map(|masked| {
+                    let masked: std::collections::HashMap<String, Value> = masked
+                        .into_iter()
+                        .filter_map(|v| identify(&v).ok().map(|id| (id.address, v)))
+                        .collect();
+                    values_out
+                        .iter()
+                        .filter_map(|v| identify(v).ok().map(|id| (id.address, v)))
+                        .filter(|(address, v)| masked.get(address) != Some(*v))
+                        .map(|(address, _)| address)
+                        .collect()
+                }),
+            Err(_) => None,
+        }
+    };
     if s.create_namespace == Some(true)
         && !values_out.iter().any(|v| {
             v["kind"] == "Namespace"
@@ -574,6 +638,14 @@ async fn render(
             .with_hint("check the chart's templates and values: two templates make the same object")
             .into());
         }
+        let secret_sources = if secret_derived
+            .as_ref()
+            .is_none_or(|set| set.contains(&id.address))
+        {
+            values.secrets.clone()
+        } else {
+            Vec::new()
+        };
         objects.push(Object {
             address: id.address,
             object: id.object,
@@ -581,8 +653,9 @@ async fn render(
             value,
             file_name: id.file_name,
             // A template may transform a secret value (`b64enc`) past any
-            // search for it: every object of such a release is sealed.
-            secret_sources: values.secrets.clone(),
+            // search for it: an object that renders differently without
+            // the secrets is sealed, whatever its text shows.
+            secret_sources,
             rule_from: None,
             secret_scope: values.secrets.clone(),
         });
@@ -623,6 +696,37 @@ async fn render(
         namespace: Some(namespace),
         remove,
     })
+}
+
+/// The objects of `helm template`'s output, after `postRender`.
+fn read_output(
+    output: &str,
+    described: &str,
+    s: &HelmSettings,
+    unit_file: &str,
+) -> Result<Vec<Value>, DriverError> {
+    let docs = terrace_yaml::tree::parse_stream_last_key_wins(
+        output,
+        Path::new(described),
+        terrace_yaml::tree::Schema::Kyaml,
+    )
+    .map_err(|d| {
+        Diagnostic::new(format!(
+            "the chart rendered YAML that cannot be read: {}",
+            d.message
+        ))
+        .in_file(unit_file)
+    })?;
+    let values: Vec<Value> = docs
+        .iter()
+        .map(terrace_yaml::tree::Node::to_json)
+        .filter(|v| !v.is_null() && v.as_object().is_none_or(|m| !m.is_empty()))
+        .collect();
+    if s.post_render.is_empty() {
+        Ok(values)
+    } else {
+        post_render(values, &s.post_render, unit_file)
+    }
 }
 
 /// Helm's rule for release names (a DNS-1123 label of at most 53
@@ -858,6 +962,28 @@ mod tests {
             Value::Object(base),
             json!({"a": {"b": 1, "c": [3], "e": null}, "d": {"now": "a map"}})
         );
+    }
+
+    #[test]
+    fn masking_changes_every_leaf() {
+        let real =
+            json!({"a": "pw", "n": 0, "m": 5, "b": true, "l": ["x", {"k": false}], "z": null});
+        let mut masked = real.clone();
+        let mut counter = 0;
+        mask_all(&mut masked, &mut counter);
+        fn leaves(v: &Value, out: &mut Vec<Value>) {
+            match v {
+                Value::Array(i) => i.iter().for_each(|x| leaves(x, out)),
+                Value::Object(m) => m.values().for_each(|x| leaves(x, out)),
+                other => out.push(other.clone()),
+            }
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        leaves(&real, &mut a);
+        leaves(&masked, &mut b);
+        for (x, y) in a.iter().zip(&b) {
+            assert!(x.is_null() || x != y, "{x} stayed");
+        }
     }
 
     #[test]

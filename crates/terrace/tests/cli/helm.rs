@@ -275,6 +275,10 @@ fn secret_values_reach_helm_and_nothing_else() {
                 "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-config\ndata:\n  encoded: {{ .Values.password | b64enc | quote }}\n  replicas: {{ .Values.replicas | quote }}\n",
             ),
             (
+                "apps/db/chart/templates/plain.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-plain\ndata:\n  replicas: {{ .Values.replicas | quote }}\n",
+            ),
+            (
                 "apps/db/chart/templates/secret.yaml",
                 "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db-token\nstringData:\n  token: {{ .Values.token | quote }}\n",
             ),
@@ -344,6 +348,14 @@ fn secret_values_reach_helm_and_nothing_else() {
         .output()
         .expect("runs");
     assert!(stdout(&o).contains(TOKEN), "{}{}", stdout(&o), stderr(&o));
+    // Only what a secret reaches is sealed: the ConfigMap that does not
+    // use one is written, and planned, in the clear.
+    let plain =
+        std::fs::read_to_string(rendered.join("v1_configmap_db-plain.yaml")).expect("written");
+    assert!(
+        !plain.contains("ENC[") && plain.contains("replicas: \"2\""),
+        "{plain}"
+    );
     // Nothing of it was kept by the render cache.
     assert!(!root.join(".terrace/cache/default/helm/db.json").exists());
 }
