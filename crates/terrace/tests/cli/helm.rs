@@ -740,3 +740,184 @@ fn hostile_helm_units_are_refused() {
     std::fs::write(d.path().join("apps/h/chart/templates/bomb.yaml"), bomb).expect("write");
     refused(d.path(), "alias");
 }
+
+/// The CNCF distribution registry (Debian's `docker-registry`) on
+/// 127.0.0.1, storing in a temporary directory; stopped when dropped.
+struct Registry {
+    dir: tempfile::TempDir,
+    port: u16,
+    binary: PathBuf,
+    server: Option<std::process::Child>,
+}
+
+impl Registry {
+    fn new(binary: &Path) -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nlog:\n  level: error\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).expect("write");
+        Registry {
+            dir,
+            port,
+            binary: binary.to_owned(),
+            server: None,
+        }
+    }
+
+    /// Serves (again: the same port and storage).
+    fn start(&mut self) {
+        let server = std::process::Command::new(&self.binary)
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry runs");
+        self.server = Some(server);
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "registry started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Packages chart `widgets` at `version` and pushes it to `charts/`.
+    fn push(&self, helm: &Path, version: &str) {
+        let src = self.dir.path().join(format!("src-{version}"));
+        write_files(
+            &src,
+            &[
+                (
+                    "widgets/Chart.yaml",
+                    &format!("apiVersion: v2\nname: widgets\nversion: {version}\n"),
+                ),
+                (
+                    "widgets/templates/cm.yaml",
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n  labels:\n    chart: {{ .Chart.Version | quote }}\n",
+                ),
+            ],
+        );
+        let homes = src.join("homes");
+        let run = |args: &[&str]| {
+            let o = std::process::Command::new(helm)
+                .args(args)
+                .env("HELM_CACHE_HOME", homes.join("c"))
+                .env("HELM_CONFIG_HOME", homes.join("f"))
+                .env("HELM_DATA_HOME", homes.join("d"))
+                .output()
+                .expect("helm runs");
+            assert_eq!(code(&o), 0, "helm {args:?}: {}", stderr(&o));
+        };
+        let dest = src.display().to_string();
+        run(&[
+            "package",
+            &src.join("widgets").display().to_string(),
+            "--destination",
+            &dest,
+        ]);
+        let archive = src.join(format!("widgets-{version}.tgz"));
+        let url = format!("oci://127.0.0.1:{}/charts", self.port);
+        run(&["push", &archive.display().to_string(), &url, "--plain-http"]);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A chart from an OCI registry (the real distribution registry, over
+/// plain HTTP): pulled by its constraint, pinned with `plainHttp`,
+/// planned offline, and moved by `terrace charts update`.
+#[test]
+fn oci_charts_are_pinned_and_updated() {
+    const TEST: &str = "oci_charts_are_pinned_and_updated";
+    let Some(helm) = helm(TEST) else {
+        return;
+    };
+    let Some(registry_bin) = ["/usr/bin/docker-registry", "/usr/local/bin/docker-registry"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    else {
+        eprintln!(
+            "skipped {TEST}: no docker-registry (Debian package docker-registry; scripts/setup-tools.sh installs it)"
+        );
+        return;
+    };
+    let mut registry = Registry::new(&registry_bin);
+    registry.start();
+    registry.push(&helm, "1.0.0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    write_files(
+        root,
+        &[
+            (
+                "terrace.yaml",
+                "name: ho\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\n",
+            ),
+            (
+                "apps/w/unit.yaml",
+                &format!(
+                    "layer: apps\nkind: helm\nhelm:\n  chart: oci://127.0.0.1:{}/charts/widgets\n  version: \"^1.0.0\"\n  plainHttp: true\n",
+                    registry.port
+                ),
+            ),
+        ],
+    );
+    let o = terrace_helm(root, &helm, &["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let lock = std::fs::read_to_string(root.join("terrace.lock")).expect("lock written");
+    assert!(
+        lock.contains(&format!("source: oci://127.0.0.1:{}/charts", registry.port))
+            && lock.contains("version: \"1.0.0\"")
+            && lock.contains("plainHttp: true"),
+        "{lock}"
+    );
+    let rendered =
+        std::fs::read_to_string(root.join(".terrace/rendered/default/k8s/w/v1_configmap_w.yaml"))
+            .expect("rendered");
+    assert!(rendered.contains("chart: \"1.0.0\""), "{rendered}");
+
+    // Offline: the pin is in the cache.
+    registry.stop();
+    let o = terrace_helm(root, &helm, &["plan"]);
+    assert_eq!(code(&o), 0, "planned offline: {}{}", stdout(&o), stderr(&o));
+
+    // A newer version: the pin moves only when asked.
+    registry.start();
+    registry.push(&helm, "1.1.0");
+    let o = terrace_helm(root, &helm, &["plan"]);
+    assert_eq!(code(&o), 0, "the pin holds: {}{}", stdout(&o), stderr(&o));
+    let o = terrace_helm(root, &helm, &["charts", "update"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("widgets: 1.0.0 → 1.1.0"),
+        "{}",
+        stdout(&o)
+    );
+    let o = terrace_helm(root, &helm, &["plan", "--output", "json"]);
+    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(
+        plan["units"][0]["notes"]
+            .to_string()
+            .contains("chart widgets: 1.0.0 → 1.1.0"),
+        "{plan}"
+    );
+}
