@@ -242,17 +242,10 @@ struct Values {
     fingerprint: Option<String>,
 }
 
-/// Helm's merge of values files: maps merge key by key, anything else is
-/// replaced by the later value.
+/// Helm's merge of values files (maps merge key by key, anything else is
+/// replaced by the later value), as the kustomize engine merges them too.
 fn merge_values(base: &mut Map<String, Value>, over: Map<String, Value>) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(Value::Object(b)), Value::Object(o)) => merge_values(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
+    terrace_kustomize::helm::merge_values(base, &over);
 }
 
 fn gather_values(

@@ -369,12 +369,91 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A chart repository served over HTTP by Python's http.server; stopped
-/// when dropped.
+/// A server the test started, on a port of 127.0.0.1; stopped when
+/// dropped.
+#[derive(Default)]
+struct Server {
+    child: Option<std::process::Child>,
+}
+
+impl Server {
+    /// Runs `cmd` and waits until `port` takes connections.
+    fn start(&mut self, mut cmd: std::process::Command, port: u16) {
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the server runs");
+        self.child = Some(child);
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{cmd:?} listens on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Writes chart `widgets` at `version` under `dir` and packages it there
+/// with helm (private homes); the archive, and a way to run helm the
+/// same way.
+fn package_widgets(helm: &Path, dir: &Path, version: &str) -> (PathBuf, impl Fn(&[&str])) {
+    let src = dir.join(format!("src-{version}"));
+    write_files(
+        &src,
+        &[
+            (
+                "widgets/Chart.yaml",
+                &format!("apiVersion: v2\nname: widgets\nversion: {version}\n"),
+            ),
+            (
+                "widgets/templates/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n  labels:\n    chart: {{ .Chart.Version | quote }}\n",
+            ),
+        ],
+    );
+    let homes = src.join("homes");
+    let helm = helm.to_owned();
+    let run = move |args: &[&str]| {
+        let o = std::process::Command::new(&helm)
+            .args(args)
+            .env("HELM_CACHE_HOME", homes.join("c"))
+            .env("HELM_CONFIG_HOME", homes.join("f"))
+            .env("HELM_DATA_HOME", homes.join("d"))
+            .output()
+            .expect("helm runs");
+        assert_eq!(code(&o), 0, "helm {args:?}: {}", stderr(&o));
+    };
+    let dest = src.display().to_string();
+    run(&[
+        "package",
+        &src.join("widgets").display().to_string(),
+        "--destination",
+        &dest,
+    ]);
+    (src.join(format!("widgets-{version}.tgz")), run)
+}
+
+/// A chart repository served over HTTP by Python's http.server.
 struct Repo {
     dir: tempfile::TempDir,
     port: u16,
-    server: Option<std::process::Child>,
+    server: Server,
 }
 
 impl Repo {
@@ -382,7 +461,7 @@ impl Repo {
         Repo {
             dir: tempfile::tempdir().expect("tempdir"),
             port: free_port(),
-            server: None,
+            server: Server::default(),
         }
     }
 
@@ -393,79 +472,38 @@ impl Repo {
     /// Packages chart `widgets` at `version` into the repository and
     /// indexes it.
     fn publish(&self, helm: &Path, version: &str) {
-        let src = tempfile::tempdir().expect("tempdir");
-        write_files(
-            src.path(),
-            &[
-                (
-                    "widgets/Chart.yaml",
-                    &format!("apiVersion: v2\nname: widgets\nversion: {version}\n"),
-                ),
-                (
-                    "widgets/templates/cm.yaml",
-                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n  labels:\n    chart: {{ .Chart.Version | quote }}\n",
-                ),
-            ],
-        );
-        let homes = src.path().join("homes");
-        let run = |args: &[&str]| {
-            let o = std::process::Command::new(helm)
-                .args(args)
-                .env("HELM_CACHE_HOME", homes.join("c"))
-                .env("HELM_CONFIG_HOME", homes.join("f"))
-                .env("HELM_DATA_HOME", homes.join("d"))
-                .output()
-                .expect("helm runs");
-            assert_eq!(code(&o), 0, "helm {args:?}: {}", stderr(&o));
-        };
-        let chart = src.path().join("widgets");
-        let repo = self.dir.path().display().to_string();
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let (archive, run) = package_widgets(helm, scratch.path(), version);
+        std::fs::copy(
+            &archive,
+            self.dir.path().join(archive.file_name().expect("name")),
+        )
+        .expect("copy");
         run(&[
-            "package",
-            &chart.display().to_string(),
-            "--destination",
-            &repo,
+            "repo",
+            "index",
+            &self.dir.path().display().to_string(),
+            "--url",
+            &self.url(),
         ]);
-        run(&["repo", "index", &repo, "--url", &self.url()]);
     }
 
     fn start(&mut self) {
-        let child = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "-d",
-            ])
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 runs");
-        self.server = Some(child);
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(10),
-                "http.server started"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args([
+            "-m",
+            "http.server",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "-d",
+        ])
+        .arg(self.dir.path());
+        self.server.start(cmd, self.port);
     }
 
     fn stop(&mut self) {
-        if let Some(mut c) = self.server.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Repo {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
     }
 }
 
@@ -742,12 +780,12 @@ fn hostile_helm_units_are_refused() {
 }
 
 /// The CNCF distribution registry (Debian's `docker-registry`) on
-/// 127.0.0.1, storing in a temporary directory; stopped when dropped.
+/// 127.0.0.1, storing in a temporary directory.
 struct Registry {
     dir: tempfile::TempDir,
     port: u16,
     binary: PathBuf,
-    server: Option<std::process::Child>,
+    server: Server,
 }
 
 impl Registry {
@@ -763,80 +801,26 @@ impl Registry {
             dir,
             port,
             binary: binary.to_owned(),
-            server: None,
+            server: Server::default(),
         }
     }
 
     /// Serves (again: the same port and storage).
     fn start(&mut self) {
-        let server = std::process::Command::new(&self.binary)
-            .arg("serve")
-            .arg(self.dir.path().join("config.yml"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("docker-registry runs");
-        self.server = Some(server);
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(10),
-                "registry started"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.arg("serve").arg(self.dir.path().join("config.yml"));
+        self.server.start(cmd, self.port);
+    }
+
+    fn stop(&mut self) {
+        self.server.stop();
     }
 
     /// Packages chart `widgets` at `version` and pushes it to `charts/`.
     fn push(&self, helm: &Path, version: &str) {
-        let src = self.dir.path().join(format!("src-{version}"));
-        write_files(
-            &src,
-            &[
-                (
-                    "widgets/Chart.yaml",
-                    &format!("apiVersion: v2\nname: widgets\nversion: {version}\n"),
-                ),
-                (
-                    "widgets/templates/cm.yaml",
-                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n  labels:\n    chart: {{ .Chart.Version | quote }}\n",
-                ),
-            ],
-        );
-        let homes = src.join("homes");
-        let run = |args: &[&str]| {
-            let o = std::process::Command::new(helm)
-                .args(args)
-                .env("HELM_CACHE_HOME", homes.join("c"))
-                .env("HELM_CONFIG_HOME", homes.join("f"))
-                .env("HELM_DATA_HOME", homes.join("d"))
-                .output()
-                .expect("helm runs");
-            assert_eq!(code(&o), 0, "helm {args:?}: {}", stderr(&o));
-        };
-        let dest = src.display().to_string();
-        run(&[
-            "package",
-            &src.join("widgets").display().to_string(),
-            "--destination",
-            &dest,
-        ]);
-        let archive = src.join(format!("widgets-{version}.tgz"));
+        let (archive, run) = package_widgets(helm, self.dir.path(), version);
         let url = format!("oci://127.0.0.1:{}/charts", self.port);
         run(&["push", &archive.display().to_string(), &url, "--plain-http"]);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.server.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
