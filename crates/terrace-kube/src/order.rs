@@ -171,24 +171,13 @@ pub fn role(v: &Value) -> Result<Role, OrderError> {
             }
         }
     }
-    let mut delete = DeletePolicy::default();
-    match annotations.get(HOOK_DELETE_POLICY).and_then(Value::as_str) {
-        None => delete.before_creation = phase != Phase::Sync,
-        Some(policies) => {
-            for p in policies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                match p {
-                    "BeforeHookCreation" => delete.before_creation = true,
-                    "HookSucceeded" => delete.on_success = true,
-                    "HookFailed" => delete.on_failure = true,
-                    other => {
-                        return Err(err(format!(
-                            "annotation {HOOK_DELETE_POLICY} is `{other}`; it must be BeforeHookCreation, HookSucceeded or HookFailed"
-                        )));
-                    }
-                }
-            }
-        }
-    }
+    let delete = delete_policy(
+        annotations,
+        HOOK_DELETE_POLICY,
+        ["BeforeHookCreation", "HookSucceeded", "HookFailed"],
+        phase != Phase::Sync,
+    )
+    .map_err(err)?;
     Ok(Role {
         phase,
         wave,
@@ -210,6 +199,35 @@ fn wave_of(annotations: &Value, key: &str) -> Result<i64, String> {
             })
         }
     }
+}
+
+/// A delete-policy annotation (`key`), whose words for before creation,
+/// on success and on failure are `names`; `default_before` when absent.
+fn delete_policy(
+    annotations: &Value,
+    key: &str,
+    names: [&str; 3],
+    default_before: bool,
+) -> Result<DeletePolicy, String> {
+    let mut delete = DeletePolicy::default();
+    let Some(policies) = annotations.get(key).and_then(Value::as_str) else {
+        delete.before_creation = default_before;
+        return Ok(delete);
+    };
+    for p in policies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match names.iter().position(|n| *n == p) {
+            Some(0) => delete.before_creation = true,
+            Some(1) => delete.on_success = true,
+            Some(_) => delete.on_failure = true,
+            None => {
+                return Err(format!(
+                    "annotation {key} is `{p}`; it must be {}, {} or {}",
+                    names[0], names[1], names[2]
+                ));
+            }
+        }
+    }
+    Ok(delete)
 }
 
 /// The role of an object with Helm hook annotations (and no Argo CD
@@ -240,27 +258,13 @@ fn helm_role(v: &Value, hooks: &str, annotations: &Value) -> Result<Role, OrderE
         }
     }
     let wave = wave_of(annotations, HELM_HOOK_WEIGHT).map_err(err)?;
-    let mut delete = DeletePolicy::default();
-    match annotations
-        .get(HELM_HOOK_DELETE_POLICY)
-        .and_then(Value::as_str)
-    {
-        None => delete.before_creation = true,
-        Some(policies) => {
-            for p in policies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                match p {
-                    "before-hook-creation" => delete.before_creation = true,
-                    "hook-succeeded" => delete.on_success = true,
-                    "hook-failed" => delete.on_failure = true,
-                    other => {
-                        return Err(err(format!(
-                            "annotation {HELM_HOOK_DELETE_POLICY} is `{other}`; it must be before-hook-creation, hook-succeeded or hook-failed"
-                        )));
-                    }
-                }
-            }
-        }
-    }
+    let delete = delete_policy(
+        annotations,
+        HELM_HOOK_DELETE_POLICY,
+        ["before-hook-creation", "hook-succeeded", "hook-failed"],
+        true,
+    )
+    .map_err(err)?;
     Ok(Role {
         phase: phase.unwrap_or(Phase::Sync),
         wave,

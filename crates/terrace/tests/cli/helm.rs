@@ -119,6 +119,17 @@ fn open_documents(root: &Path, out: &Value) -> Vec<Value> {
     objects
 }
 
+/// The directories of `dir` that hold `marker`, sorted.
+fn case_dirs(dir: &Path, marker: &str) -> Vec<PathBuf> {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("cases")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.join(marker).is_file())
+        .collect();
+    cases.sort();
+    cases
+}
+
 /// What a case renders, as terrace renders it.
 fn render_case(helm: &Path, case: &Path) -> Result<Vec<Value>, String> {
     let settings: Value =
@@ -164,13 +175,10 @@ fn conformance_corpus_matches_helm_template() {
     let Some(helm) = helm("conformance_corpus_matches_helm_template") else {
         return;
     };
-    let cases_dir = repo_root().join("crates/terrace-drivers/tests/helm/cases");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&cases_dir)
-        .expect("corpus")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.join("case.yaml").is_file())
-        .collect();
-    cases.sort();
+    let cases = case_dirs(
+        &repo_root().join("crates/terrace-drivers/tests/helm/cases"),
+        "case.yaml",
+    );
     assert!(cases.len() >= 15, "the corpus has {} cases", cases.len());
     let mut failures = Vec::new();
     for case in &cases {
@@ -603,12 +611,7 @@ fn kustomize_helm_charts_match_kubectl_kustomize() {
         return;
     };
     let cases = repo_root().join("crates/terrace/tests/cli/kustomize_helm");
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&cases)
-        .expect("cases")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.join("expected.yaml").is_file())
-        .collect();
-    names.sort();
+    let names = case_dirs(&cases, "expected.yaml");
     assert_eq!(names.len(), 3);
     for case in &names {
         let dir = if case.join("kustomization.yaml").is_file() {
