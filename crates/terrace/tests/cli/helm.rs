@@ -515,6 +515,25 @@ impl Repo {
     }
 }
 
+/// With chart `widgets` pinned at 1.0.0 and 1.1.0 published: plans hold
+/// the pin, `terrace charts update` moves it, and the plan says so.
+fn assert_pin_moves_when_asked(root: &Path, helm: &Path) {
+    let o = terrace_helm(root, helm, &["plan"]);
+    assert_eq!(code(&o), 0, "the pin holds: {}{}", stdout(&o), stderr(&o));
+    let o = terrace_helm(root, helm, &["charts", "update"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("widgets: 1.0.0 → 1.1.0"),
+        "{}",
+        stdout(&o)
+    );
+    let o = terrace_helm(root, helm, &["plan", "--output", "json"]);
+    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let notes = plan["units"][0]["notes"].to_string();
+    assert!(notes.contains("chart widgets: 1.0.0 → 1.1.0"), "{notes}");
+}
+
 /// A chart from an HTTP repository is pulled once, pinned in terrace.lock
 /// and cached by digest: later plans work with the repository gone, a
 /// newer version in the repository changes nothing until `terrace charts
@@ -569,20 +588,7 @@ fn remote_charts_are_pinned_cached_and_updated() {
     // A newer version is published: the pin holds until it is moved.
     repo.publish(&helm, "1.1.0");
     repo.start();
-    let o = terrace_helm(root, &helm, &["plan"]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    let o = terrace_helm(root, &helm, &["charts", "update"]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(
-        stdout(&o).contains("widgets: 1.0.0 → 1.1.0"),
-        "{}",
-        stdout(&o)
-    );
-    let o = terrace_helm(root, &helm, &["plan", "--output", "json"]);
-    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
-    let plan: Value = serde_json::from_slice(&o.stdout).expect("json");
-    let notes = plan["units"][0]["notes"].to_string();
-    assert!(notes.contains("chart widgets: 1.0.0 → 1.1.0"), "{notes}");
+    assert_pin_moves_when_asked(root, &helm);
 
     // A cached archive that was changed is refused (its digest), then
     // pulled again and checked against the pin.
@@ -889,22 +895,5 @@ fn oci_charts_are_pinned_and_updated() {
     // A newer version: the pin moves only when asked.
     registry.start();
     registry.push(&helm, "1.1.0");
-    let o = terrace_helm(root, &helm, &["plan"]);
-    assert_eq!(code(&o), 0, "the pin holds: {}{}", stdout(&o), stderr(&o));
-    let o = terrace_helm(root, &helm, &["charts", "update"]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(
-        stdout(&o).contains("widgets: 1.0.0 → 1.1.0"),
-        "{}",
-        stdout(&o)
-    );
-    let o = terrace_helm(root, &helm, &["plan", "--output", "json"]);
-    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
-    let plan: Value = serde_json::from_slice(&o.stdout).expect("json");
-    assert!(
-        plan["units"][0]["notes"]
-            .to_string()
-            .contains("chart widgets: 1.0.0 → 1.1.0"),
-        "{plan}"
-    );
+    assert_pin_moves_when_asked(root, &helm);
 }
