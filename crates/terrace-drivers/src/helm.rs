@@ -218,9 +218,20 @@ pub(crate) fn exec_error(e: ExecError, unit_file: &str, what: &str) -> DriverErr
         ExecError::Interrupted { .. } | ExecError::TimedOut { .. } => {
             DriverError::Other(Box::new(e))
         }
-        other => Diagnostic::new(format!("{what}: {other}"))
-            .in_file(unit_file)
-            .into(),
+        other => {
+            let text = other.to_string();
+            let mut d = Diagnostic::new(format!("{what}: {text}")).in_file(unit_file);
+            if text.contains("missing in charts/ directory") {
+                d = d.with_hint(
+                    "terrace renders a chart's `charts/` as it is, offline: run `helm dependency build` in the chart directory and commit `charts/` (and Chart.lock)",
+                );
+            } else if text.contains("no such host") || text.contains("connection refused") {
+                d = d.with_hint(
+                    "the chart could not be pulled; once pinned in terrace.lock and cached in .terrace/charts, plans need no network",
+                );
+            }
+            d.into()
+        }
     }
 }
 
