@@ -1,5 +1,7 @@
 //! Affected-unit detection: files changed in Git since a revision, mapped
-//! to the units that own them, plus everything that depends on those.
+//! to the units that own them (the unit whose directory holds the file,
+//! and every unit that read it when last planned: `reads`), plus
+//! everything that depends on those.
 //!
 //! Git is run as a binary behind [`git`]: repository discovery is left to
 //! it, its environment is cleared of variables that redirect it, and its
@@ -104,8 +106,18 @@ pub fn affected_units(engine: &Engine, rev: &str) -> Result<BTreeSet<usize>, Eng
         .get(&ws.environment)
         .map(|e| e.var_files.iter().collect())
         .unwrap_or_default();
+    let reads = engine.reads.all(&engine.project.root);
     let mut direct = BTreeSet::new();
     for f in &files {
+        // Every unit that read it when last planned.
+        for (i, u) in ws.units.iter().enumerate() {
+            if reads
+                .get(&u.name)
+                .is_some_and(|read| crate::reads::touches(read, f))
+            {
+                direct.insert(i);
+            }
+        }
         if f == PROJECT_FILE || var_files.contains(&f) {
             // Project settings and variables can change any unit.
             return Ok((0..ws.graph.len()).collect());

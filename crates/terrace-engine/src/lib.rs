@@ -17,6 +17,7 @@ pub mod affected;
 mod error;
 mod locate;
 pub mod project;
+mod reads;
 mod reuse;
 pub mod run;
 pub mod saved;

@@ -293,6 +293,8 @@ pub struct Engine {
     replace: std::collections::BTreeSet<String>,
     /// No-op plans remembered from earlier runs (see `reuse`).
     reuse: crate::reuse::Reuse,
+    /// What each unit read when last planned (see `reads`).
+    pub(crate) reads: crate::reads::Reads,
     /// The digest of what every unit's reuse key shares.
     reuse_base: std::sync::OnceLock<String>,
 }
@@ -379,6 +381,7 @@ impl Engine {
             refresh: true,
             replace: Default::default(),
             reuse: crate::reuse::Reuse::new(&env),
+            reads: crate::reads::Reads::new(&env),
             reuse_base: std::sync::OnceLock::new(),
         })
     }
@@ -758,6 +761,7 @@ impl Engine {
         }
         reports.sort_by_key(|(i, _)| position[i]);
         self.reuse.save(&self.project.root);
+        self.reads.save(&self.project.root);
         Ok(Report {
             command: "plan".to_owned(),
             environment: self.environment().to_owned(),
@@ -829,18 +833,26 @@ impl Engine {
         {
             return Ok((unit, plan));
         }
-        let plan = match reuse_key {
-            None => driver.plan(&ctx).await,
-            Some(key) => {
-                let (plan, looked) =
-                    terrace_fs::watch::Recorded::new(root, driver.plan(&ctx)).await;
-                if let Ok(p) = &plan {
-                    self.reuse.remember(root, &unit.name, key, p, looked);
-                }
-                plan
+        // What the driver reads is recorded for every unit: a reusable
+        // plan is kept with it, and any unit is affected by a change to
+        // a file it read (`reads`).
+        let (plan, watched) = terrace_fs::watch::Recorded::new(root, driver.plan(&ctx)).await;
+        if let Ok(p) = &plan {
+            if let Some(key) = reuse_key {
+                self.reuse
+                    .remember(root, &unit.name, key, p, watched.reusable);
             }
+            let mut read = watched.read;
+            read.extend(
+                unit.sensitive_inputs
+                    .values()
+                    .chain(unit.sensitive_settings.values())
+                    .flatten()
+                    .cloned(),
+            );
+            self.reads.remember(root, &unit.name, read);
         }
-        .map_err(ReportError::from_driver)?;
+        let plan = plan.map_err(ReportError::from_driver)?;
         let plain = self.plaintexts();
         if let Some(c) = plan.changes.iter().find(|c| {
             c.address
@@ -1179,6 +1191,7 @@ impl Engine {
         self.record(&report, &run_id, &started_at, revision.get().await)
             .await;
         self.reuse.save(&self.project.root);
+        self.reads.save(&self.project.root);
         Ok(report)
     }
 

@@ -138,6 +138,17 @@ struct Recording {
     tainted: bool,
 }
 
+/// What a recorded piece of work looked at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// Every path, with its metadata, when the result can be trusted again
+    /// later: nothing tainted it and every path had settled.
+    pub reusable: Option<Vec<Looked>>,
+    /// Every project-relative path it looked at (files and directories),
+    /// tainted or not: what a change must touch to affect the work.
+    pub read: Vec<String>,
+}
+
 thread_local! {
     static CURRENT: RefCell<Option<Recording>> = const { RefCell::new(None) };
 }
@@ -214,9 +225,8 @@ impl<F: Future> Recorded<F> {
 }
 
 impl<F: Future> Future for Recorded<F> {
-    /// The inner output, and what it looked at when that can be trusted
-    /// again later: nothing tainted it and every path had settled.
-    type Output = (F::Output, Option<Vec<Looked>>);
+    /// The inner output, and what it looked at.
+    type Output = (F::Output, Watched);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
@@ -229,10 +239,17 @@ impl<F: Future> Future for Recorded<F> {
             Poll::Ready(out) => {
                 let rec = this.recording.take().unwrap_or_default();
                 let cutoff = this.started_ns.saturating_sub(SETTLE.as_nanos() as i64);
+                let read = rec.looked.iter().map(|l| l.path.clone()).collect();
                 let kept = (!rec.tainted
                     && rec.looked.iter().all(|l| l.stat.settled_before(cutoff)))
                 .then_some(rec.looked);
-                Poll::Ready((out, kept))
+                Poll::Ready((
+                    out,
+                    Watched {
+                        reusable: kept,
+                        read,
+                    },
+                ))
             }
         }
     }
@@ -286,12 +303,14 @@ mod tests {
         let root = dir.path();
         std::fs::write(root.join("a.yaml"), "a: 1\n").expect("write");
         age(&root.join("a.yaml"));
-        let ((), looked) = block_on(Recorded::new(root, async {
+        let ((), watched) = block_on(Recorded::new(root, async {
             crate::read_to_string(root, &root.join("a.yaml")).expect("read");
             note(&root.join("missing"));
         }));
         // The change time was just set: not settled.
-        assert_eq!(looked, None);
+        assert_eq!(watched.reusable, None);
+        // What was read is known all the same.
+        assert_eq!(watched.read, ["a.yaml", "missing"]);
     }
 
     #[test]
@@ -300,11 +319,11 @@ mod tests {
         let root = dir.path();
         std::fs::write(root.join("a.yaml"), "a: 1\n").expect("write");
         std::thread::sleep(SETTLE + Duration::from_millis(50));
-        let ((), looked) = block_on(Recorded::new(root, async {
+        let ((), watched) = block_on(Recorded::new(root, async {
             crate::read_to_string(root, &root.join("a.yaml")).expect("read");
             note(&root.join("missing"));
         }));
-        let looked = looked.expect("settled, nothing tainted");
+        let looked = watched.reusable.expect("settled, nothing tainted");
         assert_eq!(looked.len(), 2);
         assert_eq!(looked[0].path, "a.yaml");
         assert_eq!(looked[1].stat, Stat::Absent);
@@ -321,12 +340,13 @@ mod tests {
     fn taint_and_paths_outside_drop_the_record() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        let ((), looked) = block_on(Recorded::new(root, async { taint() }));
-        assert_eq!(looked, None);
-        let ((), looked) = block_on(Recorded::new(root, async {
+        let ((), watched) = block_on(Recorded::new(root, async { taint() }));
+        assert_eq!(watched.reusable, None);
+        let ((), watched) = block_on(Recorded::new(root, async {
             note(Path::new("/etc/hostname"))
         }));
-        assert_eq!(looked, None);
+        assert_eq!(watched.reusable, None);
+        assert!(watched.read.is_empty(), "nothing outside is listed");
         // Nothing recorded outside a `Recorded`.
         taint();
         note(Path::new("/etc/hostname"));

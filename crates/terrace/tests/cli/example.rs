@@ -364,6 +364,18 @@ fn affected_since_maps_changed_files_to_units_and_dependents() {
     let (_, v) = plan_json(dir.path(), &["--affected-since", "HEAD"]);
     assert!(names(&v).is_empty(), "nothing changed: {v}");
 
+    // A file outside every unit's directory affects the units that read
+    // it when they were last planned: the shared chart, only `whoami`.
+    let (_, _) = plan_json(dir.path(), &[]);
+    let template = dir
+        .path()
+        .join("charts/app-template/templates/service.yaml");
+    let text = std::fs::read_to_string(&template).expect("chart");
+    std::fs::write(&template, text.replace("port: 80", "port: 8080")).expect("write");
+    let (_, v) = plan_json(dir.path(), &["--affected-since", "HEAD"]);
+    assert_eq!(names(&v), ["whoami"]);
+    std::fs::write(&template, text).expect("write back");
+
     write_files(
         dir.path(),
         &[(
