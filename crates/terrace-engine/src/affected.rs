@@ -98,6 +98,13 @@ pub fn changed_files(root: &Path, rev: &str) -> Result<Vec<String>, EngineError>
 /// The units a change since `rev` touches, with their dependents.
 pub fn affected_units(engine: &Engine, rev: &str) -> Result<BTreeSet<usize>, EngineError> {
     let files = changed_files(&engine.project.root, rev)?;
+    Ok(units_touched_by(engine, &files))
+}
+
+/// The units changed `files` (project-relative) touch, with their
+/// dependents: every unit when the project file or one of the
+/// environment's variable files is among them.
+pub fn units_touched_by(engine: &Engine, files: &[String]) -> BTreeSet<usize> {
     let ws = &engine.workspace;
     let var_files: Vec<&String> = engine
         .project
@@ -108,7 +115,7 @@ pub fn affected_units(engine: &Engine, rev: &str) -> Result<BTreeSet<usize>, Eng
         .unwrap_or_default();
     let reads = engine.reads.all(&engine.project.root);
     let mut direct = BTreeSet::new();
-    for f in &files {
+    for f in files {
         // Every unit that read it when last planned.
         for (i, u) in ws.units.iter().enumerate() {
             if reads
@@ -120,7 +127,7 @@ pub fn affected_units(engine: &Engine, rev: &str) -> Result<BTreeSet<usize>, Eng
         }
         if f == PROJECT_FILE || var_files.contains(&f) {
             // Project settings and variables can change any unit.
-            return Ok((0..ws.graph.len()).collect());
+            return (0..ws.graph.len()).collect();
         }
         // The unit whose directory holds the file, innermost first.
         let owner = ws
@@ -133,5 +140,5 @@ pub fn affected_units(engine: &Engine, rev: &str) -> Result<BTreeSet<usize>, Eng
             direct.insert(i);
         }
     }
-    Ok(ws.graph.with_dependents(direct))
+    ws.graph.with_dependents(direct)
 }

@@ -291,6 +291,9 @@ pub struct Engine {
     refresh: bool,
     /// `lifecycle: once` units to apply again (`--replace`).
     replace: std::collections::BTreeSet<String>,
+    /// The revision runs record, when the caller knows it (the daemon's
+    /// checkout is no Git work tree); else Git is asked.
+    revision: Option<String>,
     /// No-op plans remembered from earlier runs (see `reuse`).
     reuse: crate::reuse::Reuse,
     /// What each unit read when last planned (see `reads`).
@@ -324,6 +327,15 @@ impl PendingRevision {
             task: Arc::new(Mutex::new(Some(tokio::task::spawn_blocking(move || {
                 crate::affected::revision(&root)
             })))),
+        }
+    }
+
+    fn known(revision: &str) -> PendingRevision {
+        let found = tokio::sync::OnceCell::new();
+        let _ = found.set(Some(revision.to_owned()));
+        PendingRevision {
+            found: Arc::new(found),
+            task: Arc::default(),
         }
     }
 
@@ -380,6 +392,7 @@ impl Engine {
             sensitive_outputs: Mutex::default(),
             refresh: true,
             replace: Default::default(),
+            revision: None,
             reuse: crate::reuse::Reuse::new(&env),
             reads: crate::reads::Reads::new(&env),
             reuse_base: std::sync::OnceLock::new(),
@@ -390,6 +403,12 @@ impl Engine {
     /// --unit U --replace`).
     pub fn with_replace(mut self, units: impl IntoIterator<Item = String>) -> Self {
         self.replace = units.into_iter().collect();
+        self
+    }
+
+    /// The revision runs record (instead of asking Git in the project).
+    pub fn with_revision(mut self, revision: impl Into<String>) -> Self {
+        self.revision = Some(revision.into());
         self
     }
 
@@ -1067,7 +1086,10 @@ impl Engine {
         terrace_fs::forget_checked();
         let run_id = new_run_id();
         let started_at = now_rfc3339();
-        let revision = PendingRevision::start(&self.project.root);
+        let revision = match &self.revision {
+            Some(r) => PendingRevision::known(r),
+            None => PendingRevision::start(&self.project.root),
+        };
         let graph = &self.workspace.graph;
         let views: Arc<Mutex<HashMap<String, OutputView>>> = Arc::default();
         let mut pending: HashMap<usize, usize> = selected

@@ -217,6 +217,12 @@ pub enum Command {
     /// Render kustomizations in process, like `kustomize build`.
     #[command(subcommand)]
     Kustomize(KustomizeCommand),
+    /// Keep a Git remote's branch applied: fetch it every interval, and
+    /// apply the units each new revision touches.
+    #[command(
+        after_help = "Example:\n  terrace serve --repo ssh://git@git.home.arpa/infra.git --branch main --interval 1m\n  terrace serve --repo file:///srv/git/infra.git --once   # one reconcile, then exit\n\nThe remote is fetched with gix into a private work directory (--workdir):\nmirror.git (a bare mirror), tree/ (the project at the revision checked out,\nits .terrace/ state kept from revision to revision) and serve.json (the\nrevision checked out and the last one applied whole). The first revision\napplies every unit; each later one applies the units whose files (or the\nfiles they read when last planned) changed, and their dependents. A\nrevision that fails is tried again at the next interval.\n\nExit codes with --once: 0 applied (or nothing new), 1 a unit failed or the\nremote could not be read."
+    )]
+    Serve(ServeArgs),
     /// Move the chart pins of terrace.lock (helm units' remote charts).
     #[command(subcommand)]
     Charts(ChartsCommand),
@@ -543,6 +549,47 @@ pub enum KustomizeCommand {
         #[arg(long, value_name = "PATH", requires = "enable_helm")]
         helm_command: Option<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The Git remote: file://, ssh:// or git:// (a path is a file:// remote).
+    #[arg(long, value_name = "URL")]
+    pub repo: String,
+    /// The branch to follow.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// The project's directory inside the repository.
+    #[arg(long, value_name = "DIR", default_value = "")]
+    pub path: String,
+    /// Where the mirror, the work tree and the daemon's status live
+    /// (default: $XDG_STATE_HOME/terrace/serve/<digest of the remote and
+    /// branch>, else ~/.local/state/...).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// How often the remote is fetched, as `30s`, `1m` or `1h`.
+    #[arg(long, default_value = "1m", value_parser = parse_interval)]
+    pub interval: std::time::Duration,
+    /// Reconcile once and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Fetch only the branch's last commit.
+    #[arg(long)]
+    pub shallow: bool,
+    /// Units applied at once, 1 to 256.
+    #[arg(short, long, default_value_t = 4, value_parser = parse_jobs)]
+    pub jobs: usize,
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}`: {e} (write it as 30s, 1m or 1h)"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!(
+            "`{s}` is under a second; poll at most once a second"
+        ));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Subcommand)]

@@ -41,7 +41,11 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
     if !matches!(cli.command, Command::Secrets(_)) {
         let graceful = matches!(
             cli.command,
-            Command::Apply(_) | Command::Destroy(_) | Command::Plan(_) | Command::Render(_)
+            Command::Apply(_)
+                | Command::Destroy(_)
+                | Command::Plan(_)
+                | Command::Render(_)
+                | Command::Serve(_)
         );
         crate::signals::install(interrupt.clone(), graceful);
     }
@@ -207,6 +211,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::State(s) => state(&start, env, s, cli.output).await,
         Command::Secrets(s) => crate::secrets::run(s, cli.output).await,
+        Command::Serve(a) => serve(a, env, &interrupt).await,
         Command::Charts(crate::cli::ChartsCommand::Update { charts }) => {
             let project = load_project(&start)?;
             let defaults = project.file.defaults.get("helm");
@@ -613,6 +618,66 @@ async fn terrace_drivers_render(
             "unit `{}`: {other}",
             ctx.unit.name
         ))),
+    }
+}
+
+async fn serve(
+    a: &crate::cli::ServeArgs,
+    env: Option<&str>,
+    interrupt: &Interrupt,
+) -> Result<u8, CliError> {
+    let repo = if a.repo.contains("://") {
+        a.repo.clone()
+    } else {
+        let abs = std::path::absolute(&a.repo)
+            .map_err(|e| CliError::message(format!("{}: {e}", a.repo), None))?;
+        format!("file://{}", abs.display())
+    };
+    let workdir = match &a.workdir {
+        Some(w) => std::path::absolute(w).map_err(|e| CliError::message(e.to_string(), None))?,
+        None => {
+            let base = std::env::var_os("XDG_STATE_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+                .ok_or_else(|| {
+                    CliError::message(
+                        "no --workdir, and neither XDG_STATE_HOME nor HOME is set",
+                        None,
+                    )
+                })?;
+            let digest = terrace_fs::digest::digest(format!("{repo}\0{}", a.branch).as_bytes());
+            let short = digest
+                .trim_start_matches("sha256:")
+                .chars()
+                .take(16)
+                .collect::<String>();
+            base.join("terrace/serve").join(short)
+        }
+    };
+    let opts = terrace_server::Options {
+        repo,
+        branch: a.branch.clone(),
+        path: a.path.clone(),
+        workdir,
+        interval: a.interval,
+        environment: env.map(str::to_owned),
+        jobs: a.jobs,
+        once: a.once,
+        shallow: a.shallow,
+    };
+    eprintln!(
+        "serving {} ({}) every {:?}; work directory {}",
+        opts.repo,
+        opts.branch,
+        opts.interval,
+        opts.workdir.display()
+    );
+    let say = |line: &str| outln!("{line}");
+    match terrace_server::serve(&opts, interrupt, &say).await {
+        Ok(true) => Ok(0),
+        Ok(false) => Ok(1),
+        Err(e) => Err(CliError::message(e.to_string(), None)),
     }
 }
 

@@ -12,6 +12,7 @@ mod reuse;
 mod saved_plan;
 mod schema;
 mod secrets;
+mod serve;
 mod terraform;
 mod upgrade;
 

@@ -1,0 +1,289 @@
+//! `terrace serve`: the GitOps daemon. This part: a Git remote's branch
+//! polled through gix ([`source`]), each new revision checked out into a
+//! private work tree, and the units that revision touches (the files it
+//! changed since the last applied revision, mapped to the units that hold
+//! or read them, and their dependents; every unit the first time)
+//! applied. Webhooks, approval policies, drift intervals, notifications,
+//! metrics and the JSON API come next (issue 16).
+//!
+//! The work directory holds `mirror.git` (the bare mirror), `tree/` (the
+//! project at the revision checked out, with its `.terrace/` state kept
+//! from run to run) and `serve.json` (the revision checked out and the
+//! last one applied whole).
+
+pub mod source;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use terrace_engine::run::{ApplyOptions, Interrupt, Outcome, Quiet};
+use terrace_engine::{Engine, Project};
+
+pub use source::{Source, SourceError};
+
+/// How `terrace serve` runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The remote: `file://`, `ssh://` or `git://` (https needs a later
+    /// part).
+    pub repo: String,
+    pub branch: String,
+    /// The project's directory inside the repository (`""`: its root).
+    pub path: String,
+    pub workdir: PathBuf,
+    /// How often the remote is fetched.
+    pub interval: Duration,
+    pub environment: Option<String>,
+    /// Units applied at once.
+    pub jobs: usize,
+    /// Reconcile once and return.
+    pub once: bool,
+    /// Fetch only the branch's last commit.
+    pub shallow: bool,
+}
+
+/// Why serving stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Engine(#[from] terrace_engine::EngineError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the daemon keeps between runs (`serve.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Status {
+    /// The revision the work tree holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_out: Option<String>,
+    /// The last revision whose units were all applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<String>,
+}
+
+impl Status {
+    fn path(workdir: &Path) -> PathBuf {
+        workdir.join("serve.json")
+    }
+
+    /// The status in `workdir` (empty when there is none, or it cannot be
+    /// read: the next reconcile then applies every unit).
+    pub fn load(workdir: &Path) -> Status {
+        std::fs::read(Status::path(workdir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, workdir: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        terrace_fs::atomic::write(&Status::path(workdir), &bytes, terrace_fs::Mode::Private)
+    }
+}
+
+/// One reconcile of a new revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    pub revision: String,
+    /// The revision applied before, when there was one.
+    pub since: Option<String>,
+    /// Files that changed since then (every file the first time).
+    pub changed: usize,
+    /// Each unit applied, with how it ended.
+    pub units: Vec<(String, Outcome)>,
+    /// Tree entries left out (symlinks, submodules, terrace's own paths).
+    pub skipped: Vec<String>,
+}
+
+impl Reconciled {
+    pub fn succeeded(&self) -> bool {
+        self.units
+            .iter()
+            .all(|(_, o)| matches!(o, Outcome::Applied | Outcome::Unchanged))
+    }
+
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        let short = &self.revision[..self.revision.len().min(12)];
+        if self.units.is_empty() {
+            return format!(
+                "revision {short}: {} file(s) changed, no unit touched",
+                self.changed
+            );
+        }
+        let mut by: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+        for (unit, outcome) in &self.units {
+            by.entry(format!("{outcome:?}").to_lowercase())
+                .or_default()
+                .push(unit);
+        }
+        let parts: Vec<String> = by
+            .iter()
+            .map(|(o, units)| format!("{o}: {}", units.join(", ")))
+            .collect();
+        format!(
+            "revision {short}: {} file(s) changed; {}",
+            self.changed,
+            parts.join("; ")
+        )
+    }
+}
+
+impl Options {
+    fn source(&self) -> Source {
+        Source {
+            url: self.repo.clone(),
+            branch: self.branch.clone(),
+            mirror: self.workdir.join("mirror.git"),
+            shallow: self.shallow,
+            path: self.path.trim_matches('/').to_owned(),
+        }
+    }
+
+    fn tree(&self) -> PathBuf {
+        self.workdir.join("tree")
+    }
+}
+
+/// Fetches the remote and, when its branch moved past the last applied
+/// revision, checks it out and applies the units it touches. `None`:
+/// nothing new.
+pub async fn reconcile(
+    opts: &Options,
+    interrupt: &Interrupt,
+) -> Result<Option<Reconciled>, ServeError> {
+    terrace_fs::private_dir(&opts.workdir)?;
+    let source = opts.source();
+    let fetched = {
+        let source = source.clone();
+        let stop = interrupt.clone();
+        tokio::task::spawn_blocking(move || {
+            let flag = std::sync::atomic::AtomicBool::new(stop.is_set());
+            source.fetch(&flag)
+        })
+        .await
+        .map_err(|e| SourceError::Git(format!("the fetch stopped: {e}")))??
+    };
+    let mut status = Status::load(&opts.workdir);
+    if status.applied.as_deref() == Some(fetched.as_str())
+        && status.checked_out.as_deref() == Some(fetched.as_str())
+    {
+        return Ok(None);
+    }
+    let tree = opts.tree();
+    let (files, skipped, before) = {
+        let source = source.clone();
+        let tree = tree.clone();
+        let status = status.clone();
+        let revision = fetched.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, SourceError> {
+            let current = match &status.checked_out {
+                Some(rev) => source.files(rev)?.0,
+                None => Default::default(),
+            };
+            let (files, skipped) = source.checkout(&revision, &tree, &current)?;
+            let before = match &status.applied {
+                Some(rev) => Some(source.files(rev)?.0),
+                None => None,
+            };
+            Ok((files, skipped, before))
+        })
+        .await
+        .map_err(|e| SourceError::Git(format!("the checkout stopped: {e}")))??
+    };
+    status.checked_out = Some(fetched.clone());
+    status.save(&opts.workdir)?;
+
+    let project = Project::discover(&tree, Arc::new(terrace_drivers::registry()))?;
+    let state = Arc::new(terrace_state::LocalBackend::new(project.state_dir()));
+    let secrets = Arc::new(terrace_secrets::SecretStore::new(&project.root));
+    let engine = Engine::new(project, opts.environment.as_deref(), state, secrets)?
+        .with_revision(fetched.clone());
+    let (selected, changed): (BTreeSet<usize>, usize) = match &before {
+        Some(before) => {
+            let changed = source::changed(before, &files);
+            (
+                terrace_engine::affected::units_touched_by(&engine, &changed),
+                changed.len(),
+            )
+        }
+        None => ((0..engine.workspace.graph.len()).collect(), files.len()),
+    };
+    let mut reconciled = Reconciled {
+        revision: fetched.clone(),
+        since: status.applied.clone(),
+        changed,
+        units: Vec::new(),
+        skipped,
+    };
+    if !selected.is_empty() {
+        let engine = Arc::new(engine);
+        let options = ApplyOptions {
+            jobs: opts.jobs,
+            command: "serve".to_owned(),
+            interrupt: interrupt.clone(),
+            ..ApplyOptions::default()
+        };
+        let report = engine.apply(&selected, &options, Arc::new(Quiet)).await?;
+        reconciled.units = report
+            .units
+            .iter()
+            .map(|u| (u.unit.clone(), u.outcome))
+            .collect();
+    }
+    if reconciled.succeeded() {
+        status.applied = Some(fetched);
+        status.save(&opts.workdir)?;
+    }
+    Ok(Some(reconciled))
+}
+
+/// Serves until interrupted (or once, with `opts.once`): reconciles every
+/// `opts.interval`, telling `say` what happened. A failed reconcile is
+/// reported and tried again at the next interval (its revision stays
+/// unapplied); with `once` it is the error returned.
+pub async fn serve(
+    opts: &Options,
+    interrupt: &Interrupt,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<bool, ServeError> {
+    loop {
+        let healthy = match reconcile(opts, interrupt).await {
+            Ok(Some(r)) => {
+                for s in &r.skipped {
+                    say(&format!("left out of the work tree: {s}"));
+                }
+                say(&r.summary());
+                r.succeeded()
+            }
+            Ok(None) => {
+                if opts.once {
+                    say("up to date: nothing new on the remote since the last applied revision");
+                }
+                true
+            }
+            Err(e) if opts.once => return Err(e),
+            Err(e) => {
+                say(&format!(
+                    "reconcile failed (tried again in {:?}): {e}",
+                    opts.interval
+                ));
+                false
+            }
+        };
+        if opts.once || interrupt.is_set() {
+            return Ok(healthy);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(opts.interval) => {}
+            () = interrupt.wait() => return Ok(healthy),
+        }
+    }
+}
