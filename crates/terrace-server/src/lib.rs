@@ -11,6 +11,7 @@
 //! from run to run) and `serve.json` (the revision checked out and the
 //! last one applied whole).
 
+pub mod http;
 pub mod source;
 
 use std::collections::BTreeSet;
@@ -43,6 +44,11 @@ pub struct Options {
     pub once: bool,
     /// Fetch only the branch's last commit.
     pub shallow: bool,
+    /// Where `/healthz`, `/readyz`, `/metrics` and the webhooks are
+    /// served; `None`: no HTTP.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The secret webhooks are signed with; `None`: webhooks are refused.
+    pub webhook_secret: Option<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 /// Why serving stopped.
@@ -246,16 +252,82 @@ pub async fn reconcile(
 }
 
 /// Serves until interrupted (or once, with `opts.once`): reconciles every
-/// `opts.interval`, telling `say` what happened. A failed reconcile is
-/// reported and tried again at the next interval (its revision stays
-/// unapplied); with `once` it is the error returned.
+/// `opts.interval` and whenever a signed webhook arrives, telling `say`
+/// what happened. A failed reconcile is reported and tried again at the
+/// next interval (its revision stays unapplied); with `once` it is the
+/// error returned.
 pub async fn serve(
     opts: &Options,
     interrupt: &Interrupt,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<bool, ServeError> {
+    let shared = Arc::new(http::Shared::new(opts.webhook_secret.clone()));
+    shared
+        .metrics
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .applied_revision = Status::load(&opts.workdir).applied;
+    let server = match opts.listen {
+        Some(addr) if !opts.once => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            say(&format!(
+                "listening on http://{}: /healthz, /readyz, /metrics, /hooks/{{github,gitlab,gitea,forgejo,generic}}",
+                listener.local_addr()?
+            ));
+            let app = http::router(Arc::clone(&shared));
+            let stop = interrupt.clone();
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.wait().await })
+                    .await;
+            }))
+        }
+        _ => None,
+    };
+    let result = serve_loop(opts, interrupt, say, &shared).await;
+    if let Some(server) = server {
+        server.abort();
+    }
+    result
+}
+
+async fn serve_loop(
+    opts: &Options,
+    interrupt: &Interrupt,
+    say: &(dyn Fn(&str) + Sync),
+    shared: &http::Shared,
+) -> Result<bool, ServeError> {
     loop {
-        let healthy = match reconcile(opts, interrupt).await {
+        let started = std::time::Instant::now();
+        let result = reconcile(opts, interrupt).await;
+        {
+            let mut m = shared
+                .metrics
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            m.ready = true;
+            let fetched = !matches!(result, Err(ServeError::Source(_)));
+            *m.fetches
+                .entry(if fetched { "ok" } else { "error" }.to_owned())
+                .or_default() += 1;
+            let outcome = match &result {
+                Ok(None) => "unchanged",
+                Ok(Some(r)) if r.succeeded() => "applied",
+                Ok(Some(_)) => "failed",
+                Err(_) => "error",
+            };
+            *m.reconciles.entry(outcome.to_owned()).or_default() += 1;
+            if let Ok(Some(r)) = &result {
+                m.durations.push(started.elapsed().as_secs_f64());
+                for (_, o) in &r.units {
+                    *m.units.entry(format!("{o:?}").to_lowercase()).or_default() += 1;
+                }
+                if r.succeeded() {
+                    m.applied_revision = Some(r.revision.clone());
+                }
+            }
+        }
+        let healthy = match result {
             Ok(Some(r)) => {
                 for s in &r.skipped {
                     say(&format!("left out of the work tree: {s}"));
@@ -283,6 +355,7 @@ pub async fn serve(
         }
         tokio::select! {
             () = tokio::time::sleep(opts.interval) => {}
+            () = shared.trigger.notified() => {}
             () = interrupt.wait() => return Ok(healthy),
         }
     }

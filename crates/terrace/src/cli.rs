@@ -220,7 +220,7 @@ pub enum Command {
     /// Keep a Git remote's branch applied: fetch it every interval, and
     /// apply the units each new revision touches.
     #[command(
-        after_help = "Example:\n  terrace serve --repo ssh://git@git.home.arpa/infra.git --branch main --interval 1m\n  terrace serve --repo file:///srv/git/infra.git --once   # one reconcile, then exit\n\nThe remote is fetched with gix into a private work directory (--workdir):\nmirror.git (a bare mirror), tree/ (the project at the revision checked out,\nits .terrace/ state kept from revision to revision) and serve.json (the\nrevision checked out and the last one applied whole). The first revision\napplies every unit; each later one applies the units whose files (or the\nfiles they read when last planned) changed, and their dependents. A\nrevision that fails is tried again at the next interval.\n\nExit codes with --once: 0 applied (or nothing new), 1 a unit failed or the\nremote could not be read."
+        after_help = "Example:\n  terrace serve --repo ssh://git@git.home.arpa/infra.git --branch main --interval 1m\n  terrace serve --repo file:///srv/git/infra.git --once   # one reconcile, then exit\n\nThe remote is fetched with gix into a private work directory (--workdir):\nmirror.git (a bare mirror), tree/ (the project at the revision checked out,\nits .terrace/ state kept from revision to revision) and serve.json (the\nrevision checked out and the last one applied whole). The first revision\napplies every unit; each later one applies the units whose files (or the\nfiles they read when last planned) changed, and their dependents. A\nrevision that fails is tried again at the next interval.\n\nWebhooks trigger a fetch at once: POST /hooks/github (X-Hub-Signature-256),\n/hooks/gitlab (X-Gitlab-Token), /hooks/gitea or /hooks/forgejo, and\n/hooks/generic (X-Signature: sha256=<hex of HMAC-SHA256 of the body>), all\nwith the secret of --webhook-secret-file. /metrics is Prometheus text.\n\nExit codes with --once: 0 applied (or nothing new), 1 a unit failed or the\nremote could not be read."
     )]
     Serve(ServeArgs),
     /// Move the chart pins of terrace.lock (helm units' remote charts).
@@ -579,6 +579,17 @@ pub struct ServeArgs {
     /// Units applied at once, 1 to 256.
     #[arg(short, long, default_value_t = 4, value_parser = parse_jobs)]
     pub jobs: usize,
+    /// Where /healthz, /readyz, /metrics and the webhooks are served.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Serve no HTTP at all.
+    #[arg(long, conflicts_with = "listen")]
+    pub no_listen: bool,
+    /// A file holding the secret webhooks are signed with (GitHub, Gitea,
+    /// Forgejo and generic HMAC-SHA256 signatures; GitLab's token).
+    /// Without it, webhooks are refused.
+    #[arg(long, value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {

@@ -655,6 +655,25 @@ async fn serve(
             base.join("terrace/serve").join(short)
         }
     };
+    let webhook_secret = match &a.webhook_secret_file {
+        None => None,
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| CliError::message(format!("{}: {e}", path.display()), None))?;
+            let text = String::from_utf8_lossy(&bytes);
+            let secret = text.trim_end_matches(['\n', '\r']).as_bytes().to_vec();
+            if secret.is_empty() {
+                return Err(CliError::message(
+                    format!("{}: the webhook secret is empty", path.display()),
+                    Some(
+                        "write the secret your Git host signs webhooks with into the file"
+                            .to_owned(),
+                    ),
+                ));
+            }
+            Some(zeroize::Zeroizing::new(secret))
+        }
+    };
     let opts = terrace_server::Options {
         repo,
         branch: a.branch.clone(),
@@ -665,6 +684,8 @@ async fn serve(
         jobs: a.jobs,
         once: a.once,
         shallow: a.shallow,
+        listen: (!a.no_listen).then_some(a.listen),
+        webhook_secret,
     };
     eprintln!(
         "serving {} ({}) every {:?}; work directory {}",

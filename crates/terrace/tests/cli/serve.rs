@@ -262,6 +262,7 @@ fn serve_applies_a_push_without_a_command_and_stops_on_sigterm() {
             &remote.url(),
             "--interval",
             "1s",
+            "--no-listen",
             "--workdir",
         ])
         .arg(remote.workdir())
@@ -309,4 +310,211 @@ fn serve_applies_a_push_without_a_command_and_stops_on_sigterm() {
     let out = child.wait_with_output().expect("output");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("applied: b"), "{text}");
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`: the status and the body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    // A server may answer (413) before reading a large body whole.
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn sign(secret: &[u8], body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("key");
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Webhooks: with the poll an hour away, a push is applied as soon as a
+/// signed webhook says so; a bad signature is 401, a body over 1 MiB 413,
+/// a replayed delivery is ignored; `/metrics` is Prometheus text that
+/// counts all of it.
+#[test]
+fn webhooks_trigger_a_fetch_and_metrics_count_it() {
+    let p = project();
+    let remote = Remote::new(&files(&p));
+    let secret = b"hook-secret-Vb7q";
+    let secret_file = remote.dir.path().join("webhook.secret");
+    std::fs::write(&secret_file, [secret.as_slice(), b"\n"].concat()).expect("write");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut child = std_command(remote.dir.path())
+        .args([
+            "serve",
+            "--repo",
+            &remote.url(),
+            "--interval",
+            "1h",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--webhook-secret-file",
+        ])
+        .arg(&secret_file)
+        .arg("--workdir")
+        .arg(remote.workdir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("terrace serve runs");
+    let started = Instant::now();
+    loop {
+        let ready = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/readyz", &[], b"").0 == 200;
+        if ready {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "ready within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
+    remote.push(&[("apps/b/cm.yaml", &cm("b", "7"))], &[]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        remote
+            .rendered("b", "v1_configmap_b.yaml")
+            .is_some_and(|t| t.contains("v: \"1\"")),
+        "not applied before the webhook"
+    );
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let signed = vec![
+        (
+            "X-Hub-Signature-256",
+            format!("sha256={}", sign(secret, body)),
+        ),
+        ("X-GitHub-Delivery", "d-1".to_owned()),
+    ];
+    assert_eq!(http(port, "POST", "/hooks/github", &signed, body).0, 202);
+    let started = Instant::now();
+    while !remote
+        .rendered("b", "v1_configmap_b.yaml")
+        .is_some_and(|t| t.contains("v: \"7\""))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "applied within 10 s of the webhook"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, text) = http(port, "POST", "/hooks/github", &signed, body);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("seen before"), "{text}");
+    let forged = vec![(
+        "X-Hub-Signature-256",
+        format!("sha256={}", sign(b"guess", body)),
+    )];
+    assert_eq!(http(port, "POST", "/hooks/github", &forged, body).0, 401);
+    assert_eq!(http(port, "POST", "/hooks/generic", &[], body).0, 401);
+    let big = vec![b'x'; 2 << 20];
+    let big_signed = vec![("X-Signature", format!("sha256={}", sign(secret, &big)))];
+    assert_eq!(
+        http(port, "POST", "/hooks/generic", &big_signed, &big).0,
+        413
+    );
+    let gitlab = vec![(
+        "X-Gitlab-Token",
+        String::from_utf8_lossy(secret).into_owned(),
+    )];
+    assert_eq!(http(port, "POST", "/hooks/gitlab", &gitlab, body).0, 202);
+
+    let (status, metrics) = http(port, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    for line in metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (_, value) = line.rsplit_once(' ').expect("name and value");
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+    for needle in [
+        "terrace_webhook_requests_total{provider=\"github\",result=\"accepted\"} 1",
+        "terrace_webhook_requests_total{provider=\"github\",result=\"replayed\"} 1",
+        "terrace_webhook_requests_total{provider=\"github\",result=\"bad-signature\"} 1",
+        "terrace_webhook_requests_total{provider=\"generic\",result=\"bad-signature\"} 1",
+        "terrace_reconciles_total{outcome=\"applied\"}",
+        "terrace_reconcile_duration_seconds_count",
+        "terrace_applied_revision_info{revision=",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in:\n{metrics}");
+    }
+    // Prometheus's own parser (PyPI prometheus-client), when installed.
+    let parsed = std::process::Command::new("python3")
+        .args(["-c", "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nprint(sum(len(f.samples) for f in p(sys.stdin.read())))"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(metrics.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("python3 runs");
+    if parsed.status.success() {
+        let samples: usize = String::from_utf8_lossy(&parsed.stdout)
+            .trim()
+            .parse()
+            .expect("a count");
+        assert!(samples >= 10, "{samples} samples");
+    } else {
+        eprintln!(
+            "note: /metrics not checked with prometheus_client (pip install prometheus-client): {}",
+            String::from_utf8_lossy(&parsed.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        );
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "stopped on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
