@@ -50,11 +50,91 @@ pub struct ProjectFile {
     /// Where units act: clusters, Docker hosts, machines.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
+    /// How `terrace serve` treats each layer, and whom it tells.
+    #[serde(default, skip_serializing_if = "ServeConfig::is_empty")]
+    pub serve: ServeConfig,
     /// Defaults for every unit of a kind, under the kind's name
     /// (`terraform: {binary: tofu}`): the same settings as the kind's block
     /// in `unit.yaml`, which wins key by key.
     #[serde(flatten)]
     pub defaults: BTreeMap<String, Value>,
+}
+
+/// `serve:` in terrace.yaml.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServeConfig {
+    /// Per layer, by name; a layer not listed is `auto` with drift
+    /// reported every 10 minutes and not healed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub layers: BTreeMap<String, LayerServe>,
+    /// Where events are sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifyConfig>,
+}
+
+impl ServeConfig {
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty() && self.notify.is_empty()
+    }
+}
+
+/// How the daemon treats one layer.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LayerServe {
+    /// `auto` applies what a revision changes (default); `plan` only
+    /// reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<ServePolicy>,
+    /// Apply again what drifted (default false: drift is reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_heal: Option<bool>,
+    /// How often every unit of the layer is planned against what is live,
+    /// as `10m` (default) or `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_interval: Option<crate::kind::Timeout>,
+}
+
+/// What the daemon does with a layer's changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServePolicy {
+    #[default]
+    Auto,
+    Plan,
+}
+
+/// One place events are sent to.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NotifyConfig {
+    /// `webhook` (JSON, signed with HMAC-SHA256 in `X-Terrace-Signature`
+    /// when `secretEnv` names a secret), `slack` or `discord` (their
+    /// incoming-webhook payloads).
+    pub kind: NotifyKind,
+    /// The URL; or `urlEnv`, the environment variable that holds it (a
+    /// Slack or Discord URL is a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    /// The environment variable holding the signing secret (`webhook`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    /// Which events (default: all): `applied`, `failed`, `drift`,
+    /// `recovered`, `planned`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+/// Where a notification goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyKind {
+    Webhook,
+    Slack,
+    Discord,
 }
 
 /// One environment: variables and target bindings.

@@ -263,7 +263,7 @@ fn check_project(file: &ProjectFile, source: &str, kinds: &Registry) -> Vec<Diag
             diags.push(
                 at_key(PROJECT_FILE, source, 0, &path, format!("unknown field `{key}`"))
                     .with_hint(format!(
-                        "the fields here: name, layers, vars, environments, defaultEnvironment, state, targets, and defaults for a kind under its name ({})",
+                        "the fields here: name, layers, vars, environments, defaultEnvironment, state, targets, serve, and defaults for a kind under its name ({})",
                         kinds.names().collect::<Vec<_>>().join(", ")
                     )),
             );

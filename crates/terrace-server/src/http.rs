@@ -185,6 +185,14 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
+/// HMAC-SHA256 of `body` with `secret`, as lower-case hex.
+pub fn sign_hex(secret: &[u8], body: &[u8]) -> String {
+    hmac_hex(secret, body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn hmac_hex(secret: &[u8], body: &[u8]) -> Vec<u8> {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
         return Vec::new();

@@ -12,6 +12,7 @@
 //! last one applied whole).
 
 pub mod http;
+pub mod notify;
 pub mod source;
 
 use std::collections::BTreeSet;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use terrace_core::config::{ServeConfig, ServePolicy};
 use terrace_engine::run::{ApplyOptions, Interrupt, Outcome, Quiet};
 use terrace_engine::{Engine, Project};
 
@@ -60,6 +62,8 @@ pub enum ServeError {
     Engine(#[from] terrace_engine::EngineError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// What the daemon keeps between runs (`serve.json`).
@@ -95,7 +99,7 @@ impl Status {
 }
 
 /// One reconcile of a new revision.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reconciled {
     pub revision: String,
     /// The revision applied before, when there was one.
@@ -106,13 +110,31 @@ pub struct Reconciled {
     pub units: Vec<(String, Outcome)>,
     /// Tree entries left out (symlinks, submodules, terrace's own paths).
     pub skipped: Vec<String>,
+    /// The revision's `serve:` settings.
+    pub config: terrace_core::config::ServeConfig,
 }
 
 impl Reconciled {
     pub fn succeeded(&self) -> bool {
         self.units
             .iter()
-            .all(|(_, o)| matches!(o, Outcome::Applied | Outcome::Unchanged))
+            .all(|(_, o)| matches!(o, Outcome::Applied | Outcome::Unchanged | Outcome::Planned))
+    }
+
+    /// What to tell of each unit: `applied`, `failed`, `planned`.
+    pub fn states(&self) -> Vec<(String, String)> {
+        self.units
+            .iter()
+            .filter_map(|(u, o)| {
+                let state = match o {
+                    Outcome::Applied => "applied",
+                    Outcome::Failed | Outcome::Skipped => "failed",
+                    Outcome::Planned => "planned",
+                    _ => return None,
+                };
+                Some((u.clone(), state.to_owned()))
+            })
+            .collect()
     }
 
     /// One line for people.
@@ -156,6 +178,94 @@ impl Options {
     fn tree(&self) -> PathBuf {
         self.workdir.join("tree")
     }
+}
+
+/// A layer's policy.
+fn policy(config: &ServeConfig, layer: &str) -> ServePolicy {
+    config
+        .layers
+        .get(layer)
+        .and_then(|l| l.policy)
+        .unwrap_or_default()
+}
+
+/// `serve.layers` names only layers the project has.
+fn check_layers(engine: &Engine, config: &ServeConfig) -> Result<(), ServeError> {
+    let layers = &engine.project.file.layers;
+    match config.layers.keys().find(|l| !layers.contains(l)) {
+        Some(l) => Err(ServeError::Config(format!(
+            "terrace.yaml: `serve.layers` names layer `{l}`, which is not one of the project's layers ({})",
+            layers.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What a drift check found: units whose live state differs from the
+/// revision applied, and how healing the self-healing ones ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drift {
+    pub drifted: Vec<String>,
+    pub healed: Vec<(String, Outcome)>,
+}
+
+/// Plans every unit of `layers` against what is live, and applies again
+/// those of self-healing layers that drifted.
+pub async fn drift(
+    opts: &Options,
+    interrupt: &Interrupt,
+    layers: &BTreeSet<String>,
+) -> Result<Drift, ServeError> {
+    let tree = opts.tree();
+    let project = Project::discover(&tree, Arc::new(terrace_drivers::registry()))?;
+    let state = Arc::new(terrace_state::LocalBackend::new(project.state_dir()));
+    let secrets = Arc::new(terrace_secrets::SecretStore::new(&project.root));
+    let mut engine = Engine::new(project, opts.environment.as_deref(), state, secrets)?;
+    if let Some(rev) = Status::load(&opts.workdir).applied {
+        engine = engine.with_revision(rev);
+    }
+    let config = engine.project.file.serve.clone();
+    let units: BTreeSet<usize> = engine
+        .workspace
+        .units
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| layers.contains(&u.layer))
+        .map(|(i, _)| i)
+        .collect();
+    let engine = Arc::new(engine);
+    let report = engine.plan(&units, &Quiet, opts.jobs).await?;
+    let mut found = Drift::default();
+    let mut heal = BTreeSet::new();
+    for u in &report.units {
+        if u.changes.is_empty() || u.outcome == Outcome::Failed {
+            continue;
+        }
+        found.drifted.push(u.unit.clone());
+        let Some(i) = engine.workspace.index_of(&u.unit) else {
+            continue;
+        };
+        let layer = &engine.workspace.units[i].layer;
+        let heals = config.layers.get(layer).and_then(|l| l.self_heal) == Some(true);
+        if heals && policy(&config, layer) == ServePolicy::Auto {
+            heal.insert(i);
+        }
+    }
+    if !heal.is_empty() {
+        let options = ApplyOptions {
+            jobs: opts.jobs,
+            command: "serve (drift)".to_owned(),
+            interrupt: interrupt.clone(),
+            ..ApplyOptions::default()
+        };
+        let report = engine.apply(&heal, &options, Arc::new(Quiet)).await?;
+        found.healed = report
+            .units
+            .iter()
+            .map(|u| (u.unit.clone(), u.outcome))
+            .collect();
+    }
+    Ok(found)
 }
 
 /// Fetches the remote and, when its branch moved past the last applied
@@ -222,27 +332,45 @@ pub async fn reconcile(
         }
         None => ((0..engine.workspace.graph.len()).collect(), files.len()),
     };
+    let config = engine.project.file.serve.clone();
+    check_layers(&engine, &config)?;
     let mut reconciled = Reconciled {
         revision: fetched.clone(),
         since: status.applied.clone(),
         changed,
         units: Vec::new(),
         skipped,
+        config: config.clone(),
     };
-    if !selected.is_empty() {
-        let engine = Arc::new(engine);
+    // Layers whose policy is `plan` are only planned.
+    let (planned, applied): (BTreeSet<usize>, BTreeSet<usize>) = selected
+        .into_iter()
+        .partition(|&i| policy(&config, &engine.workspace.units[i].layer) == ServePolicy::Plan);
+    let engine = Arc::new(engine);
+    if !applied.is_empty() {
         let options = ApplyOptions {
             jobs: opts.jobs,
             command: "serve".to_owned(),
             interrupt: interrupt.clone(),
             ..ApplyOptions::default()
         };
-        let report = engine.apply(&selected, &options, Arc::new(Quiet)).await?;
-        reconciled.units = report
+        let report = engine.apply(&applied, &options, Arc::new(Quiet)).await?;
+        reconciled
             .units
-            .iter()
-            .map(|u| (u.unit.clone(), u.outcome))
-            .collect();
+            .extend(report.units.iter().map(|u| (u.unit.clone(), u.outcome)));
+    }
+    if !planned.is_empty() {
+        let report = engine.plan(&planned, &Quiet, opts.jobs).await?;
+        reconciled.units.extend(report.units.iter().map(|u| {
+            let outcome = if u.outcome == Outcome::Failed {
+                Outcome::Failed
+            } else if u.changes.is_empty() {
+                Outcome::Unchanged
+            } else {
+                Outcome::Planned
+            };
+            (u.unit.clone(), outcome)
+        }));
     }
     if reconciled.succeeded() {
         status.applied = Some(fetched);
@@ -291,15 +419,34 @@ pub async fn serve(
     result
 }
 
+/// How often drift is looked for when a layer does not say.
+const DRIFT_DEFAULT: Duration = Duration::from_secs(600);
+
 async fn serve_loop(
     opts: &Options,
     interrupt: &Interrupt,
     say: &(dyn Fn(&str) + Sync),
     shared: &http::Shared,
 ) -> Result<bool, ServeError> {
+    let mut notifier: Option<(Vec<terrace_core::config::NotifyConfig>, notify::Notifier)> = None;
+    let mut config = ServeConfig::default();
+    let mut drift_checked: std::collections::BTreeMap<String, std::time::Instant> =
+        Default::default();
     loop {
         let started = std::time::Instant::now();
         let result = reconcile(opts, interrupt).await;
+        if let Ok(Some(r)) = &result {
+            config = r.config.clone();
+        }
+        // The revision's notification targets (kept while they stay the
+        // same, with what was already sent).
+        let wanted = config.notify.clone();
+        if notifier.as_ref().is_none_or(|(had, _)| *had != wanted) {
+            match notify::Notifier::new(&wanted) {
+                Ok(n) => notifier = Some((wanted, n)),
+                Err(e) => say(&format!("notifications are off: {e}")),
+            }
+        }
         {
             let mut m = shared
                 .metrics
@@ -333,6 +480,14 @@ async fn serve_loop(
                     say(&format!("left out of the work tree: {s}"));
                 }
                 say(&r.summary());
+                if let Some((_, n)) = notifier.as_mut() {
+                    let events = n.fresh(&r.revision, &r.states());
+                    if !events.is_empty() {
+                        for e in n.send(&r.revision, &events).await {
+                            say(&format!("notification not sent: {e}"));
+                        }
+                    }
+                }
                 r.succeeded()
             }
             Ok(None) => {
@@ -353,10 +508,88 @@ async fn serve_loop(
         if opts.once || interrupt.is_set() {
             return Ok(healthy);
         }
+        // Drift: the layers whose interval has passed since they were
+        // last looked at (from the first reconcile on).
+        if opts.workdir.join("tree").is_dir() {
+            let now = std::time::Instant::now();
+            let due: BTreeSet<String> = layers_of(opts)
+                .into_iter()
+                .filter(|l| {
+                    let every = config
+                        .layers
+                        .get(l)
+                        .and_then(|c| c.drift_interval.as_ref())
+                        .map_or(DRIFT_DEFAULT, terrace_core::kind::Timeout::duration);
+                    match drift_checked.get(l) {
+                        None => {
+                            drift_checked.insert(l.clone(), now);
+                            false
+                        }
+                        Some(at) => now.duration_since(*at) >= every,
+                    }
+                })
+                .collect();
+            if !due.is_empty() {
+                for l in &due {
+                    drift_checked.insert(l.clone(), now);
+                }
+                match drift(opts, interrupt, &due).await {
+                    Ok(d) if !d.drifted.is_empty() => {
+                        say(&format!("drift: {}", d.drifted.join(", ")));
+                        let mut states: Vec<(String, String)> = d
+                            .drifted
+                            .iter()
+                            .map(|u| (u.clone(), "drift".to_owned()))
+                            .collect();
+                        for (u, o) in &d.healed {
+                            say(&format!("healed {u}: {}", format!("{o:?}").to_lowercase()));
+                            if *o == Outcome::Applied {
+                                // Told after the drift: a recovery.
+                                states.push((u.clone(), "applied".to_owned()));
+                            }
+                        }
+                        let revision = Status::load(&opts.workdir).applied.unwrap_or_default();
+                        if let Some((_, n)) = notifier.as_mut() {
+                            let events = n.fresh(&revision, &states);
+                            if !events.is_empty() {
+                                for e in n.send(&revision, &events).await {
+                                    say(&format!("notification not sent: {e}"));
+                                }
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => say(&format!("drift check failed: {e}")),
+                }
+            }
+        }
+        let next = config
+            .layers
+            .values()
+            .filter_map(|c| {
+                c.drift_interval
+                    .as_ref()
+                    .map(terrace_core::kind::Timeout::duration)
+            })
+            .chain(std::iter::once(DRIFT_DEFAULT))
+            .min()
+            .unwrap_or(DRIFT_DEFAULT)
+            .min(opts.interval);
         tokio::select! {
-            () = tokio::time::sleep(opts.interval) => {}
+            () = tokio::time::sleep(next) => {}
             () = shared.trigger.notified() => {}
             () = interrupt.wait() => return Ok(healthy),
         }
     }
+}
+
+/// The layers of the project in the work tree (none when it does not
+/// load).
+fn layers_of(opts: &Options) -> Vec<String> {
+    let file = opts.tree().join(terrace_core::config::PROJECT_FILE);
+    std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| terrace_yaml::from_str::<terrace_core::config::ProjectFile>(&t, &file).ok())
+        .map(|p| p.layers)
+        .unwrap_or_default()
 }

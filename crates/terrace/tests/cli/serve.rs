@@ -518,3 +518,204 @@ fn webhooks_trigger_a_fetch_and_metrics_count_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A local HTTP sink: every request's signature header and body, in
+/// order. Answers 200.
+struct Sink {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+        let keep = std::sync::Arc::clone(&got);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let (mut length, mut signature) = (0usize, String::new());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if lower.starts_with("x-terrace-signature:") {
+                        signature = line
+                            .split_once(':')
+                            .map(|(_, v)| v.trim().to_owned())
+                            .unwrap_or_default();
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                keep.lock()
+                    .expect("lock")
+                    .push((signature, String::from_utf8_lossy(&body).into_owned()));
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Sink { port, got }
+    }
+
+    fn messages(&self) -> Vec<(String, String)> {
+        self.got.lock().expect("lock").clone()
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, f: &dyn Fn() -> bool) {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn spawn_serve(remote: &Remote, extra: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = std_command(remote.dir.path());
+    cmd.args(["serve", "--repo", &remote.url(), "--no-listen", "--workdir"])
+        .arg(remote.workdir())
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("terrace serve runs")
+}
+
+fn stop(mut child: std::process::Child) -> String {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "stopped on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Notifications reach a local sink once per revision, unit and state,
+/// signed: the first revision, a unit that fails (told once however often
+/// it is retried), and its recovery; drift found by the drift interval
+/// is healed (`selfHeal`) and told as drift and recovery.
+#[test]
+fn notifications_are_sent_once_and_drift_is_healed() {
+    let sink = Sink::start();
+    let mut p = project();
+    p[0].1 = format!(
+        "name: sv\nlayers: [apps]\ntargets:\n  k8s: {{ type: cluster }}\nserve:\n  layers:\n    apps: {{selfHeal: true, driftInterval: 1s}}\n  notify:\n    - {{kind: webhook, url: \"http://127.0.0.1:{}/hook\", secretEnv: TEST_NOTIFY_SECRET}}\n",
+        sink.port
+    );
+    let remote = Remote::new(&files(&p));
+    let child = spawn_serve(
+        &remote,
+        &["--interval", "1s"],
+        &[("TEST_NOTIFY_SECRET", "notify-Zx9")],
+    );
+    wait_until("the first revision told", Duration::from_secs(30), &|| {
+        !sink.messages().is_empty()
+    });
+    let (signature, body) = sink.messages()[0].clone();
+    let expected = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"notify-Zx9").expect("key");
+        mac.update(body.as_bytes());
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256={hex}")
+    };
+    assert_eq!(signature, expected, "signed: {body}");
+    assert!(body.contains("applied: a, b, k"), "{body}");
+
+    // A unit that fails: told once, though retried every second.
+    remote.push(
+        &[("apps/b/cm.yaml", "apiVersion: v1\nkind: ConfigMap\n")],
+        &[],
+    );
+    wait_until("the failure told", Duration::from_secs(30), &|| {
+        sink.messages().len() >= 2
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages[1].1.contains("failed: b"), "{:?}", messages[1]);
+
+    // Fixed: a recovery.
+    remote.push(&[("apps/b/cm.yaml", &cm("b", "5"))], &[]);
+    wait_until("the recovery told", Duration::from_secs(30), &|| {
+        sink.messages().len() >= 3
+    });
+    assert!(
+        sink.messages()[2].1.contains("recovered: b"),
+        "{:?}",
+        sink.messages()[2]
+    );
+
+    // Drift: a rendered file changed by hand is put back.
+    let rendered = remote
+        .workdir()
+        .join("tree/.terrace/rendered/default/k8s/a/v1_configmap_a.yaml");
+    let before = std::fs::read_to_string(&rendered).expect("rendered");
+    std::fs::write(&rendered, before.replace("v: \"1\"", "v: \"hand\"")).expect("write");
+    wait_until("the drift healed", Duration::from_secs(30), &|| {
+        std::fs::read_to_string(&rendered).is_ok_and(|t| t == before)
+    });
+    wait_until("the drift told", Duration::from_secs(30), &|| {
+        sink.messages().len() >= 4
+    });
+    let told = &sink.messages()[3].1;
+    assert!(
+        told.contains("drift: a") && told.contains("recovered: a"),
+        "{told}"
+    );
+    let out = stop(child);
+    assert!(
+        out.contains("drift: a") && out.contains("healed a: applied"),
+        "{out}"
+    );
+}
+
+/// A layer whose policy is `plan` is planned, never applied.
+#[test]
+fn a_plan_layer_is_only_planned() {
+    let mut p = project();
+    p[0].1 = "name: sv\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\nserve:\n  layers:\n    apps: {policy: plan}\n".to_owned();
+    let remote = Remote::new(&files(&p));
+    let (c, out) = remote.serve_once();
+    assert_eq!(c, 0, "{out}");
+    assert!(out.contains("planned: a, b, k"), "{out}");
+    assert!(
+        remote.rendered("a", "v1_configmap_a.yaml").is_none(),
+        "nothing applied"
+    );
+    // A layer serve.layers names must exist.
+    let mut p = project();
+    p[0].1 = "name: sv\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\nserve:\n  layers:\n    aps: {policy: plan}\n".to_owned();
+    let remote = Remote::new(&files(&p));
+    let (c, out) = remote.serve_once();
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("names layer `aps`"), "{out}");
+}
