@@ -275,6 +275,16 @@ pub async fn reconcile(
     opts: &Options,
     interrupt: &Interrupt,
 ) -> Result<Option<Reconciled>, ServeError> {
+    reconcile_unless(opts, interrupt, None).await
+}
+
+/// [`reconcile`], except that a fetched revision equal to `hold` (one
+/// that failed and waits for its retry) is left alone: `None`.
+async fn reconcile_unless(
+    opts: &Options,
+    interrupt: &Interrupt,
+    hold: Option<&str>,
+) -> Result<Option<Reconciled>, ServeError> {
     terrace_fs::private_dir(&opts.workdir)?;
     let source = opts.source();
     let fetched = {
@@ -288,8 +298,9 @@ pub async fn reconcile(
         .map_err(|e| SourceError::Git(format!("the fetch stopped: {e}")))??
     };
     let mut status = Status::load(&opts.workdir);
-    if status.applied.as_deref() == Some(fetched.as_str())
-        && status.checked_out.as_deref() == Some(fetched.as_str())
+    if hold == Some(fetched.as_str())
+        || (status.applied.as_deref() == Some(fetched.as_str())
+            && status.checked_out.as_deref() == Some(fetched.as_str()))
     {
         return Ok(None);
     }
@@ -432,9 +443,38 @@ async fn serve_loop(
     let mut config = ServeConfig::default();
     let mut drift_checked: std::collections::BTreeMap<String, std::time::Instant> =
         Default::default();
+    // A revision that failed, how often, and when it is tried again:
+    // the interval doubled per failure, at most an hour (a new revision
+    // or a webhook is taken at once).
+    let mut backoff: Option<(String, u32, std::time::Instant)> = None;
+    let mut woken = false;
     loop {
         let started = std::time::Instant::now();
-        let result = reconcile(opts, interrupt).await;
+        let hold = backoff
+            .as_ref()
+            .filter(|(_, _, at)| !woken && started < *at)
+            .map(|(rev, _, _)| rev.clone());
+        woken = false;
+        let result = reconcile_unless(opts, interrupt, hold.as_deref()).await;
+        match &result {
+            Ok(Some(r)) if !r.succeeded() => {
+                let attempts = match &backoff {
+                    Some((rev, n, _)) if *rev == r.revision => n + 1,
+                    _ => 1,
+                };
+                let wait = opts
+                    .interval
+                    .saturating_mul(1 << attempts.min(12))
+                    .min(Duration::from_secs(3600));
+                say(&format!(
+                    "revision {} failed {attempts} time(s): tried again in {wait:?}, or at once when the remote moves or a webhook comes",
+                    &r.revision[..r.revision.len().min(12)]
+                ));
+                backoff = Some((r.revision.clone(), attempts, started + wait));
+            }
+            Ok(Some(_)) => backoff = None,
+            _ => {}
+        }
         if let Ok(Some(r)) = &result {
             config = r.config.clone();
         }
@@ -494,7 +534,7 @@ async fn serve_loop(
                 if opts.once {
                     say("up to date: nothing new on the remote since the last applied revision");
                 }
-                true
+                backoff.is_none()
             }
             Err(e) if opts.once => return Err(e),
             Err(e) => {
@@ -577,7 +617,7 @@ async fn serve_loop(
             .min(opts.interval);
         tokio::select! {
             () = tokio::time::sleep(next) => {}
-            () = shared.trigger.notified() => {}
+            () = shared.trigger.notified() => woken = true,
             () = interrupt.wait() => return Ok(healthy),
         }
     }

@@ -223,6 +223,12 @@ pub enum Command {
         after_help = "Example:\n  terrace serve --repo ssh://git@git.home.arpa/infra.git --branch main --interval 1m\n  terrace serve --repo file:///srv/git/infra.git --once   # one reconcile, then exit\n\nThe remote is fetched with gix into a private work directory (--workdir):\nmirror.git (a bare mirror), tree/ (the project at the revision checked out,\nits .terrace/ state kept from revision to revision) and serve.json (the\nrevision checked out and the last one applied whole). The first revision\napplies every unit; each later one applies the units whose files (or the\nfiles they read when last planned) changed, and their dependents. A\nrevision that fails is tried again at the next interval.\n\nWebhooks trigger a fetch at once: POST /hooks/github (X-Hub-Signature-256),\n/hooks/gitlab (X-Gitlab-Token), /hooks/gitea or /hooks/forgejo, and\n/hooks/generic (X-Signature: sha256=<hex of HMAC-SHA256 of the body>), all\nwith the secret of --webhook-secret-file. /metrics is Prometheus text.\n\nExit codes with --once: 0 applied (or nothing new), 1 a unit failed or the\nremote could not be read."
     )]
     Serve(ServeArgs),
+    /// List past runs (apply, destroy, serve): when, what, how many units
+    /// failed, at which revision. The same as `terrace state history`.
+    #[command(
+        after_help = "Example:\n  terrace runs\n  terrace -C ~/.local/state/terrace/serve/<id>/tree runs --output json   # the daemon's"
+    )]
+    Runs,
     /// Move the chart pins of terrace.lock (helm units' remote charts).
     #[command(subcommand)]
     Charts(ChartsCommand),

@@ -210,6 +210,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             Ok(0)
         }
         Command::State(s) => state(&start, env, s, cli.output).await,
+        Command::Runs => state(&start, env, &StateCommand::History, cli.output).await,
         Command::Secrets(s) => crate::secrets::run(s, cli.output).await,
         Command::Serve(a) => serve(a, env, &interrupt).await,
         Command::Charts(crate::cli::ChartsCommand::Update { charts }) => {

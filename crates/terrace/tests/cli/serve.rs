@@ -182,6 +182,16 @@ fn serve_applies_the_units_each_revision_touches() {
     )
     .expect("json");
     assert_eq!(status["applied"], status["checkedOut"]);
+    let o = command(&remote.workdir().join("tree"))
+        .args(["runs", "--output", "json"])
+        .output()
+        .expect("runs");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let runs = runs.as_array().expect("runs");
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    assert!(runs.iter().all(|r| r["command"] == "serve"));
+    assert!(runs.iter().any(|r| r["revision"] == status["applied"]));
 }
 
 /// A revision that does not load fails the reconcile (exit 1, nothing
@@ -696,6 +706,10 @@ fn notifications_are_sent_once_and_drift_is_healed() {
         out.contains("drift: a") && out.contains("healed a: applied"),
         "{out}"
     );
+    // The failing revision was retried with backoff (1 s, then 2 s, ...),
+    // not every second.
+    assert!(out.contains("failed 1 time(s): tried again in 2s"), "{out}");
+    assert!(!out.contains("failed 3 time(s)"), "{out}");
 }
 
 /// A layer whose policy is `plan` is planned, never applied.
