@@ -83,8 +83,9 @@ impl ServeConfig {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LayerServe {
-    /// `auto` applies what a revision changes (default); `plan` only
-    /// reports it.
+    /// `auto` applies what a revision changes (default); `approve` plans
+    /// it and applies that plan once approved (`POST /api/v1/approve`);
+    /// `plan` only reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<ServePolicy>,
     /// Apply again what drifted (default false: drift is reported).
@@ -102,6 +103,7 @@ pub struct LayerServe {
 pub enum ServePolicy {
     #[default]
     Auto,
+    Approve,
     Plan,
 }
 

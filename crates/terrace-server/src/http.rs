@@ -34,8 +34,35 @@ pub struct Shared {
     pub trigger: tokio::sync::Notify,
     /// The webhook secret; `None`: webhooks are refused.
     pub secret: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// Tokens of the JSON API (`Authorization: Bearer`); the write token
+    /// reads too. Neither: the API is served on loopback only.
+    pub read_token: Option<zeroize::Zeroizing<String>>,
+    pub write_token: Option<zeroize::Zeroizing<String>>,
     pub metrics: Mutex<Metrics>,
-    seen: Mutex<VecDeque<String>>,
+    pub(crate) seen: Mutex<VecDeque<String>>,
+    /// The daemon's view of every unit it touched.
+    pub units: Mutex<BTreeMap<String, UnitView>>,
+    /// Units the API paused.
+    pub paused: Mutex<std::collections::BTreeSet<String>>,
+    /// A revision the API approved, for the loop to apply.
+    pub approved: Mutex<Option<String>>,
+    /// `serve.json`'s directory, and the work tree's state, for reads.
+    pub workdir: std::path::PathBuf,
+    /// The environment served (known after the first reconcile).
+    pub environment: Mutex<Option<String>>,
+}
+
+/// What the API says of a unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitView {
+    /// `applied`, `unchanged`, `failed`, `skipped`, `planned`,
+    /// `approval`, `paused`, `drift`.
+    pub state: String,
+    pub revision: String,
+    /// Why it waits, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The daemon's counters and gauges.
@@ -128,6 +155,21 @@ impl Shared {
         }
     }
 
+    /// Whether the request may read (`write`: may change things).
+    fn allowed(&self, headers: &HeaderMap, write: bool) -> bool {
+        let given = header(headers, "authorization").and_then(|h| h.strip_prefix("Bearer "));
+        let matches = |t: &Option<zeroize::Zeroizing<String>>| {
+            t.as_ref()
+                .zip(given)
+                .is_some_and(|(t, g)| same(t.as_bytes(), g.as_bytes()))
+        };
+        if self.read_token.is_none() && self.write_token.is_none() {
+            // Served on loopback only (checked at start).
+            return true;
+        }
+        matches(&self.write_token) || (!write && matches(&self.read_token))
+    }
+
     fn count(&self, provider: &str, result: &str) {
         let mut m = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
         *m.webhooks
@@ -156,8 +198,173 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/hooks/{provider}", post(webhook))
+        .route("/api/v1/status", get(api_status))
+        .route("/api/v1/units", get(api_units))
+        .route("/api/v1/runs", get(api_runs))
+        .route("/api/v1/reconcile", post(api_reconcile))
+        .route("/api/v1/approve", post(api_approve))
+        .route("/api/v1/units/{unit}/{action}", post(api_pause))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
+}
+
+fn denied() -> axum::response::Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "a token is needed: Authorization: Bearer <token>\n",
+    )
+        .into_response()
+}
+
+fn json(value: &serde_json::Value) -> axum::response::Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{value}\n"),
+    )
+        .into_response()
+}
+
+async fn api_status(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if !shared.allowed(&headers, false) {
+        return denied();
+    }
+    let status = crate::Status::load(&shared.workdir);
+    let paused: Vec<String> = shared
+        .paused
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .cloned()
+        .collect();
+    json(&serde_json::json!({
+        "checkedOut": status.checked_out,
+        "applied": status.applied,
+        "pending": status.pending,
+        "pendingRevision": status.pending_revision,
+        "held": status.held,
+        "paused": paused,
+    }))
+}
+
+async fn api_units(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if !shared.allowed(&headers, false) {
+        return denied();
+    }
+    let units = shared
+        .units
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    json(&serde_json::to_value(units).unwrap_or_default())
+}
+
+async fn api_runs(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    use terrace_state::StateBackend;
+    if !shared.allowed(&headers, false) {
+        return denied();
+    }
+    let Some(env) = shared
+        .environment
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+    else {
+        return json(&serde_json::json!([]));
+    };
+    let backend = terrace_state::LocalBackend::new(
+        shared
+            .workdir
+            .join("tree")
+            .join(terrace_core::config::WORK_DIR)
+            .join("state"),
+    );
+    match backend.runs(&env).await {
+        Ok(runs) => json(&serde_json::to_value(runs).unwrap_or_default()),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn api_reconcile(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if !shared.allowed(&headers, true) {
+        return denied();
+    }
+    shared.trigger.notify_one();
+    (StatusCode::ACCEPTED, "reconciling now\n").into_response()
+}
+
+async fn api_approve(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    if !shared.allowed(&headers, true) {
+        return denied();
+    }
+    let Some(revision) = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["revision"].as_str().map(str::to_owned))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "send {\"revision\": \"<the revision whose plan you approve>\"}\n",
+        )
+            .into_response();
+    };
+    let status = crate::Status::load(&shared.workdir);
+    if status.pending_revision.as_deref() != Some(revision.as_str()) {
+        return (
+            StatusCode::CONFLICT,
+            format!(
+                "no plan of revision {revision} waits for approval{}\n",
+                status
+                    .pending_revision
+                    .map(|r| format!(" (the one waiting is of {r})"))
+                    .unwrap_or_default()
+            ),
+        )
+            .into_response();
+    }
+    *shared
+        .approved
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(revision);
+    shared.trigger.notify_one();
+    (StatusCode::ACCEPTED, "approved: applying the plan\n").into_response()
+}
+
+async fn api_pause(
+    State(shared): State<Arc<Shared>>,
+    Path((unit, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if !shared.allowed(&headers, true) {
+        return denied();
+    }
+    let mut paused = shared.paused.lock().unwrap_or_else(PoisonError::into_inner);
+    match action.as_str() {
+        "pause" => {
+            paused.insert(unit);
+        }
+        "resume" => {
+            paused.remove(&unit);
+            shared.trigger.notify_one();
+        }
+        _ => return (StatusCode::NOT_FOUND, "POST .../pause or .../resume\n").into_response(),
+    }
+    (StatusCode::OK, format!("{action}d\n")).into_response()
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -51,6 +51,10 @@ pub struct Options {
     pub listen: Option<std::net::SocketAddr>,
     /// The secret webhooks are signed with; `None`: webhooks are refused.
     pub webhook_secret: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// Tokens of the JSON API; with neither, HTTP is served on loopback
+    /// only.
+    pub read_token: Option<zeroize::Zeroizing<String>>,
+    pub write_token: Option<zeroize::Zeroizing<String>>,
 }
 
 /// Why serving stopped.
@@ -76,6 +80,15 @@ pub struct Status {
     /// The last revision whose units were all applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<String>,
+    /// Units of `approve` layers whose plan waits for approval.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
+    /// The revision that plan is of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_revision: Option<String>,
+    /// Units held back while paused; applied once resumed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<String>,
 }
 
 impl Status {
@@ -112,6 +125,12 @@ pub struct Reconciled {
     pub skipped: Vec<String>,
     /// The revision's `serve:` settings.
     pub config: terrace_core::config::ServeConfig,
+    /// Units of `approve` layers whose plan waits for approval.
+    pub awaiting: Vec<String>,
+    /// Units held back because they are paused.
+    pub paused: Vec<String>,
+    /// The environment served.
+    pub environment: String,
 }
 
 impl Reconciled {
@@ -129,6 +148,7 @@ impl Reconciled {
                 let state = match o {
                     Outcome::Applied => "applied",
                     Outcome::Failed | Outcome::Skipped => "failed",
+                    Outcome::Planned if self.awaiting.contains(u) => "approval",
                     Outcome::Planned => "planned",
                     _ => return None,
                 };
@@ -275,7 +295,93 @@ pub async fn reconcile(
     opts: &Options,
     interrupt: &Interrupt,
 ) -> Result<Option<Reconciled>, ServeError> {
-    reconcile_unless(opts, interrupt, None).await
+    reconcile_unless(opts, interrupt, None, &BTreeSet::new()).await
+}
+
+/// Where the plan waiting for approval is kept.
+fn approval_file(workdir: &Path) -> PathBuf {
+    workdir.join("approval.plan")
+}
+
+/// The project in the work tree, as an engine (the revision it records).
+fn open_engine(opts: &Options, revision: Option<&str>) -> Result<Engine, ServeError> {
+    let project = Project::discover(&opts.tree(), Arc::new(terrace_drivers::registry()))?;
+    let state = Arc::new(terrace_state::LocalBackend::new(project.state_dir()));
+    let secrets = Arc::new(terrace_secrets::SecretStore::new(&project.root));
+    let mut engine = Engine::new(project, opts.environment.as_deref(), state, secrets)?;
+    if let Some(rev) = revision {
+        engine = engine.with_revision(rev);
+    }
+    Ok(engine)
+}
+
+/// Applies exactly the plan that waits for approval, when it is of
+/// `revision` and still holds (every unit plans as it did).
+pub async fn approve(
+    opts: &Options,
+    interrupt: &Interrupt,
+    revision: &str,
+) -> Result<Reconciled, ServeError> {
+    let mut status = Status::load(&opts.workdir);
+    if status.pending.is_empty() || status.pending_revision.as_deref() != Some(revision) {
+        return Err(ServeError::Config(format!(
+            "no plan of revision {revision} waits for approval{}",
+            status
+                .pending_revision
+                .as_deref()
+                .map(|r| format!(" (the one waiting is of {r})"))
+                .unwrap_or_default()
+        )));
+    }
+    let text = std::fs::read_to_string(approval_file(&opts.workdir))?;
+    let saved = terrace_engine::saved::SavedPlan::parse(&text, &approval_file(&opts.workdir))
+        .map_err(|d| ServeError::Config(d.message))?;
+    let engine = Arc::new(open_engine(opts, Some(revision))?);
+    let selection = engine.select_saved(&saved);
+    let mut moved = selection.moved;
+    if moved.is_empty() {
+        let fresh = engine.plan(&selection.applied, &Quiet, opts.jobs).await?;
+        moved = saved.compare(&fresh);
+    }
+    if !moved.is_empty() {
+        let list: Vec<String> = moved.iter().map(ToString::to_string).collect();
+        return Err(ServeError::Config(format!(
+            "the plan waiting for approval no longer holds, nothing was applied: {}",
+            list.join("; ")
+        )));
+    }
+    let options = ApplyOptions {
+        jobs: opts.jobs,
+        command: "serve (approved)".to_owned(),
+        interrupt: interrupt.clone(),
+        saved: Some(Arc::new(saved)),
+        ..ApplyOptions::default()
+    };
+    let report = engine
+        .apply(&selection.applied, &options, Arc::new(Quiet))
+        .await?;
+    let reconciled = Reconciled {
+        revision: revision.to_owned(),
+        since: None,
+        changed: 0,
+        units: report
+            .units
+            .iter()
+            .map(|u| (u.unit.clone(), u.outcome))
+            .collect(),
+        skipped: Vec::new(),
+        config: engine.project.file.serve.clone(),
+        awaiting: Vec::new(),
+        paused: Vec::new(),
+        environment: engine.workspace.environment.clone(),
+    };
+    if reconciled.succeeded() {
+        status.pending.clear();
+        status.pending_revision = None;
+        status.save(&opts.workdir)?;
+        let _ = std::fs::remove_file(approval_file(&opts.workdir));
+    }
+    Ok(reconciled)
 }
 
 /// [`reconcile`], except that a fetched revision equal to `hold` (one
@@ -284,6 +390,7 @@ async fn reconcile_unless(
     opts: &Options,
     interrupt: &Interrupt,
     hold: Option<&str>,
+    paused: &BTreeSet<String>,
 ) -> Result<Option<Reconciled>, ServeError> {
     terrace_fs::private_dir(&opts.workdir)?;
     let source = opts.source();
@@ -298,8 +405,10 @@ async fn reconcile_unless(
         .map_err(|e| SourceError::Git(format!("the fetch stopped: {e}")))??
     };
     let mut status = Status::load(&opts.workdir);
+    let resumed = status.held.iter().any(|u| !paused.contains(u));
     if hold == Some(fetched.as_str())
-        || (status.applied.as_deref() == Some(fetched.as_str())
+        || (!resumed
+            && status.applied.as_deref() == Some(fetched.as_str())
             && status.checked_out.as_deref() == Some(fetched.as_str()))
     {
         return Ok(None);
@@ -328,12 +437,8 @@ async fn reconcile_unless(
     status.checked_out = Some(fetched.clone());
     status.save(&opts.workdir)?;
 
-    let project = Project::discover(&tree, Arc::new(terrace_drivers::registry()))?;
-    let state = Arc::new(terrace_state::LocalBackend::new(project.state_dir()));
-    let secrets = Arc::new(terrace_secrets::SecretStore::new(&project.root));
-    let engine = Engine::new(project, opts.environment.as_deref(), state, secrets)?
-        .with_revision(fetched.clone());
-    let (selected, changed): (BTreeSet<usize>, usize) = match &before {
+    let engine = open_engine(opts, Some(&fetched))?;
+    let (mut selected, changed): (BTreeSet<usize>, usize) = match &before {
         Some(before) => {
             let changed = source::changed(before, &files);
             (
@@ -345,6 +450,19 @@ async fn reconcile_unless(
     };
     let config = engine.project.file.serve.clone();
     check_layers(&engine, &config)?;
+    // What waited for approval, or was held while paused, is planned
+    // again with this revision.
+    for name in status.pending.iter().chain(&status.held) {
+        if let Some(i) = engine.workspace.index_of(name) {
+            selected.insert(i);
+        }
+    }
+    let held: Vec<String> = selected
+        .iter()
+        .map(|&i| engine.workspace.units[i].name.clone())
+        .filter(|n| paused.contains(n))
+        .collect();
+    selected.retain(|&i| !paused.contains(&engine.workspace.units[i].name));
     let mut reconciled = Reconciled {
         revision: fetched.clone(),
         since: status.applied.clone(),
@@ -352,11 +470,19 @@ async fn reconcile_unless(
         units: Vec::new(),
         skipped,
         config: config.clone(),
+        awaiting: Vec::new(),
+        paused: held.clone(),
+        environment: engine.workspace.environment.clone(),
     };
-    // Layers whose policy is `plan` are only planned.
-    let (planned, applied): (BTreeSet<usize>, BTreeSet<usize>) = selected
+    // Layers whose policy is `plan` are only planned; `approve` layers
+    // are planned and their plan kept until it is approved.
+    let layer_policy = |i: &usize| policy(&config, &engine.workspace.units[*i].layer);
+    let (planned, rest): (BTreeSet<usize>, BTreeSet<usize>) = selected
         .into_iter()
-        .partition(|&i| policy(&config, &engine.workspace.units[i].layer) == ServePolicy::Plan);
+        .partition(|i| layer_policy(i) == ServePolicy::Plan);
+    let (approving, applied): (BTreeSet<usize>, BTreeSet<usize>) = rest
+        .into_iter()
+        .partition(|i| layer_policy(i) == ServePolicy::Approve);
     let engine = Arc::new(engine);
     if !applied.is_empty() {
         let options = ApplyOptions {
@@ -383,10 +509,47 @@ async fn reconcile_unless(
             (u.unit.clone(), outcome)
         }));
     }
+    if !approving.is_empty() {
+        let report = engine.plan(&approving, &Quiet, opts.jobs).await?;
+        let waiting: Vec<String> = report
+            .units
+            .iter()
+            .filter(|u| !u.changes.is_empty() && u.outcome != Outcome::Failed)
+            .map(|u| u.unit.clone())
+            .collect();
+        reconciled.units.extend(report.units.iter().map(|u| {
+            let outcome = match u.outcome {
+                Outcome::Failed => Outcome::Failed,
+                _ if u.changes.is_empty() => Outcome::Unchanged,
+                _ => Outcome::Planned,
+            };
+            (u.unit.clone(), outcome)
+        }));
+        status.pending.clear();
+        status.pending_revision = None;
+        if !waiting.is_empty() {
+            let saved = terrace_engine::saved::SavedPlan::from_report(
+                &engine.project.file.name,
+                true,
+                Some(fetched.clone()),
+                &report,
+            )
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+            terrace_fs::atomic::write(
+                &approval_file(&opts.workdir),
+                saved.to_json().as_bytes(),
+                terrace_fs::Mode::Private,
+            )?;
+            status.pending = waiting.clone();
+            status.pending_revision = Some(fetched.clone());
+        }
+        reconciled.awaiting = waiting;
+    }
+    status.held = held;
     if reconciled.succeeded() {
         status.applied = Some(fetched);
-        status.save(&opts.workdir)?;
     }
+    status.save(&opts.workdir)?;
     Ok(Some(reconciled))
 }
 
@@ -400,7 +563,22 @@ pub async fn serve(
     interrupt: &Interrupt,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<bool, ServeError> {
-    let shared = Arc::new(http::Shared::new(opts.webhook_secret.clone()));
+    if let Some(addr) = opts.listen
+        && !opts.once
+        && !addr.ip().is_loopback()
+        && opts.read_token.is_none()
+        && opts.write_token.is_none()
+    {
+        return Err(ServeError::Config(format!(
+            "{addr} is reachable from other machines, and the API has no token: give --read-token-file and --write-token-file, or listen on 127.0.0.1"
+        )));
+    }
+    let shared = Arc::new(http::Shared {
+        read_token: opts.read_token.clone(),
+        write_token: opts.write_token.clone(),
+        workdir: opts.workdir.clone(),
+        ..http::Shared::new(opts.webhook_secret.clone())
+    });
     shared
         .metrics
         .lock()
@@ -455,7 +633,36 @@ async fn serve_loop(
             .filter(|(_, _, at)| !woken && started < *at)
             .map(|(rev, _, _)| rev.clone());
         woken = false;
-        let result = reconcile_unless(opts, interrupt, hold.as_deref()).await;
+        let paused = shared
+            .paused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        // An approval the API received: its plan is applied first.
+        let approved = shared
+            .approved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(rev) = approved {
+            match approve(opts, interrupt, &rev).await {
+                Ok(r) => {
+                    say(&format!("approved {}", r.summary()));
+                    record_units(shared, &r);
+                    if let Some((_, n)) = notifier.as_mut() {
+                        let events = n.fresh(&r.revision, &r.states());
+                        for e in n.send(&r.revision, &events).await {
+                            say(&format!("notification not sent: {e}"));
+                        }
+                    }
+                }
+                Err(e) => say(&format!("approval of {rev} not applied: {e}")),
+            }
+        }
+        let result = reconcile_unless(opts, interrupt, hold.as_deref(), &paused).await;
+        if let Ok(Some(r)) = &result {
+            record_units(shared, r);
+        }
         match &result {
             Ok(Some(r)) if !r.succeeded() => {
                 let attempts = match &backoff {
@@ -620,6 +827,52 @@ async fn serve_loop(
             () = shared.trigger.notified() => woken = true,
             () = interrupt.wait() => return Ok(healthy),
         }
+    }
+}
+
+/// The API's view of the units a reconcile touched.
+fn record_units(shared: &http::Shared, r: &Reconciled) {
+    *shared
+        .environment
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r.environment.clone());
+    let mut units = shared
+        .units
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (unit, outcome) in &r.units {
+        let awaiting = r.awaiting.contains(unit);
+        let state = if awaiting {
+            "approval".to_owned()
+        } else {
+            format!("{outcome:?}").to_lowercase()
+        };
+        let reason = match outcome {
+            _ if awaiting => Some(format!(
+                "waiting for approval of revision {} (POST /api/v1/approve)",
+                r.revision
+            )),
+            Outcome::Skipped => Some("waiting: a unit it depends on failed".to_owned()),
+            _ => None,
+        };
+        units.insert(
+            unit.clone(),
+            http::UnitView {
+                state,
+                revision: r.revision.clone(),
+                reason,
+            },
+        );
+    }
+    for unit in &r.paused {
+        units.insert(
+            unit.clone(),
+            http::UnitView {
+                state: "paused".to_owned(),
+                revision: r.revision.clone(),
+                reason: Some("paused: its changes are held until it is resumed".to_owned()),
+            },
+        );
     }
 }
 

@@ -596,6 +596,14 @@ pub struct ServeArgs {
     /// Without it, webhooks are refused.
     #[arg(long, value_name = "FILE")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// A file holding the token that reads the JSON API (`Authorization:
+    /// Bearer <token>`). Without tokens the API is served on loopback only.
+    #[arg(long, value_name = "FILE")]
+    pub read_token_file: Option<PathBuf>,
+    /// A file holding the token that may also approve, reconcile, pause
+    /// and resume through the API.
+    #[arg(long, value_name = "FILE")]
+    pub write_token_file: Option<PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {

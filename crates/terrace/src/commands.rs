@@ -656,25 +656,30 @@ async fn serve(
             base.join("terrace/serve").join(short)
         }
     };
-    let webhook_secret = match &a.webhook_secret_file {
-        None => None,
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .map_err(|e| CliError::message(format!("{}: {e}", path.display()), None))?;
-            let text = String::from_utf8_lossy(&bytes);
-            let secret = text.trim_end_matches(['\n', '\r']).as_bytes().to_vec();
-            if secret.is_empty() {
-                return Err(CliError::message(
-                    format!("{}: the webhook secret is empty", path.display()),
-                    Some(
-                        "write the secret your Git host signs webhooks with into the file"
-                            .to_owned(),
-                    ),
-                ));
-            }
-            Some(zeroize::Zeroizing::new(secret))
+    let secret_of = |file: &Option<PathBuf>,
+                     what: &str|
+     -> Result<Option<zeroize::Zeroizing<String>>, CliError> {
+        let Some(path) = file else {
+            return Ok(None);
+        };
+        let bytes = zeroize::Zeroizing::new(
+            std::fs::read(path)
+                .map_err(|e| CliError::message(format!("{}: {e}", path.display()), None))?,
+        );
+        let text = String::from_utf8_lossy(&bytes);
+        let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+        if secret.is_empty() {
+            return Err(CliError::message(
+                format!("{}: the {what} is empty", path.display()),
+                Some(format!("write the {what} into the file")),
+            ));
         }
+        Ok(Some(zeroize::Zeroizing::new(secret)))
     };
+    let webhook_secret = secret_of(&a.webhook_secret_file, "webhook secret")?
+        .map(|s| zeroize::Zeroizing::new(s.as_bytes().to_vec()));
+    let read_token = secret_of(&a.read_token_file, "read token")?;
+    let write_token = secret_of(&a.write_token_file, "write token")?;
     let opts = terrace_server::Options {
         repo,
         branch: a.branch.clone(),
@@ -687,6 +692,8 @@ async fn serve(
         shallow: a.shallow,
         listen: (!a.no_listen).then_some(a.listen),
         webhook_secret,
+        read_token,
+        write_token,
     };
     eprintln!(
         "serving {} ({}) every {:?}; work directory {}",

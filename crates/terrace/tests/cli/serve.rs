@@ -733,3 +733,157 @@ fn a_plan_layer_is_only_planned() {
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("names layer `aps`"), "{out}");
 }
+
+/// An `approve` layer: its changes are planned and wait, the API says
+/// why; tokens are checked; approving applies exactly that plan. A paused
+/// unit's changes are held until it is resumed. Without tokens the API
+/// is served on loopback only.
+#[test]
+fn an_approve_layer_waits_for_approval_and_pause_holds_a_unit() {
+    let remote = Remote::new(&[
+        (
+            "terrace.yaml",
+            "name: sv\nlayers: [base, apps]\ntargets:\n  k8s: { type: cluster }\nserve:\n  layers:\n    apps: {policy: approve}\n",
+        ),
+        ("base/a/unit.yaml", "layer: base\nkind: manifests\n"),
+        ("base/a/cm.yaml", &cm("a", "1")),
+        ("apps/b/unit.yaml", "layer: apps\nkind: manifests\n"),
+        ("apps/b/cm.yaml", &cm("b", "1")),
+    ]);
+    let read = remote.dir.path().join("read.token");
+    let write = remote.dir.path().join("write.token");
+    std::fs::write(&read, "read-Tk1\n").expect("write");
+    std::fs::write(&write, "write-Tk2\n").expect("write");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut cmd = std_command(remote.dir.path());
+    cmd.args([
+        "serve",
+        "--repo",
+        &remote.url(),
+        "--interval",
+        "1s",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--read-token-file",
+    ])
+    .arg(&read)
+    .arg("--write-token-file")
+    .arg(&write)
+    .arg("--workdir")
+    .arg(remote.workdir())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("terrace serve runs");
+    let reader = vec![("Authorization", "Bearer read-Tk1".to_owned())];
+    let writer = vec![("Authorization", "Bearer write-Tk2".to_owned())];
+    wait_until("ready", Duration::from_secs(30), &|| {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/readyz", &[], b"").0 == 200
+    });
+    assert_eq!(http(port, "GET", "/api/v1/units", &[], b"").0, 401);
+    let (status, body) = http(port, "GET", "/api/v1/units", &reader, b"");
+    assert_eq!(status, 200, "{body}");
+    let units: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(units["a"]["state"], "applied", "{units}");
+    assert_eq!(units["b"]["state"], "approval", "{units}");
+    assert!(
+        units["b"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("waiting for approval")),
+        "{units}"
+    );
+    assert!(
+        remote.rendered("b", "v1_configmap_b.yaml").is_none(),
+        "not applied before approval"
+    );
+    let (_, body) = http(port, "GET", "/api/v1/status", &reader, b"");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let revision = status["pendingRevision"]
+        .as_str()
+        .expect("a revision waits")
+        .to_owned();
+    assert_eq!(status["pending"], serde_json::json!(["b"]));
+
+    let approve = format!("{{\"revision\": \"{revision}\"}}");
+    assert_eq!(
+        http(port, "POST", "/api/v1/approve", &reader, approve.as_bytes()).0,
+        401,
+        "a read token does not approve"
+    );
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/api/v1/approve",
+            &writer,
+            b"{\"revision\": \"0000\"}"
+        )
+        .0,
+        409
+    );
+    assert_eq!(
+        http(port, "POST", "/api/v1/approve", &writer, approve.as_bytes()).0,
+        202
+    );
+    wait_until(
+        "the approved plan applied",
+        Duration::from_secs(30),
+        &|| remote.rendered("b", "v1_configmap_b.yaml").is_some(),
+    );
+
+    // Pause holds a unit's changes until it is resumed.
+    assert_eq!(
+        http(port, "POST", "/api/v1/units/a/pause", &writer, b"").0,
+        200
+    );
+    remote.push(&[("base/a/cm.yaml", &cm("a", "2"))], &[]);
+    wait_until("the paused unit reported", Duration::from_secs(30), &|| {
+        let (_, body) = http(port, "GET", "/api/v1/units", &reader, b"");
+        body.contains("\"paused\"")
+    });
+    assert!(
+        remote
+            .rendered("a", "v1_configmap_a.yaml")
+            .expect("a")
+            .contains("v: \"1\""),
+        "held while paused"
+    );
+    assert_eq!(
+        http(port, "POST", "/api/v1/units/a/resume", &writer, b"").0,
+        200
+    );
+    wait_until("the resumed unit applied", Duration::from_secs(30), &|| {
+        remote
+            .rendered("a", "v1_configmap_a.yaml")
+            .is_some_and(|t| t.contains("v: \"2\""))
+    });
+    let (status, runs) = http(port, "GET", "/api/v1/runs", &reader, b"");
+    assert_eq!(status, 200, "{runs}");
+    assert!(runs.contains("serve (approved)"), "{runs}");
+    let out = stop(child);
+    assert!(out.contains("approved revision"), "{out}");
+
+    // No token: loopback only.
+    let o = command(remote.dir.path())
+        .args([
+            "serve",
+            "--repo",
+            &remote.url(),
+            "--listen",
+            "0.0.0.0:0",
+            "--workdir",
+        ])
+        .arg(remote.dir.path().join("other"))
+        .output()
+        .expect("runs");
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("reachable from other machines"),
+        "{}",
+        stderr(&o)
+    );
+}
