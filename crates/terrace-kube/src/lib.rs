@@ -14,6 +14,7 @@
 pub mod cluster;
 pub mod diff;
 pub mod health;
+pub mod lease;
 pub mod order;
 pub mod sync;
 

@@ -55,6 +55,20 @@ pub struct Options {
     /// only.
     pub read_token: Option<zeroize::Zeroizing<String>>,
     pub write_token: Option<zeroize::Zeroizing<String>>,
+    /// Leader election among replicas; `None`: this one always leads.
+    pub leader: Option<Leader>,
+}
+
+/// Where replicas elect their leader: a Lease on a cluster.
+#[derive(Debug, Clone)]
+pub struct Leader {
+    pub endpoint: terrace_kube::Endpoint,
+    pub namespace: String,
+    pub name: String,
+    /// This replica (host and process).
+    pub identity: String,
+    /// How long a Lease holds without renewal.
+    pub duration: Duration,
 }
 
 /// Why serving stopped.
@@ -601,11 +615,106 @@ pub async fn serve(
         }
         _ => None,
     };
+    // Replicas: only the leader reconciles; a standby waits for the
+    // Lease. A leader that loses it stops (no unit starts after), so two
+    // replicas never apply at once.
+    let mut leading = None;
+    if let Some(l) = &opts.leader {
+        match lead(l, interrupt, say).await? {
+            Some(l) => leading = Some(l),
+            None => {
+                if let Some(server) = server {
+                    server.abort();
+                }
+                return Ok(true);
+            }
+        }
+    }
     let result = serve_loop(opts, interrupt, say, &shared).await;
     if let Some(server) = server {
         server.abort();
     }
+    if let Some((lease, renewer, lost)) = leading {
+        renewer.abort();
+        if lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ServeError::Config(format!(
+                "lost the lease {}/{}: another replica leads now; stopped so that two never apply",
+                lease.namespace, lease.name
+            )));
+        }
+        if let Err(e) = lease.release().await {
+            say(&format!("could not give the lease up: {e}"));
+        }
+    }
     result
+}
+
+type Leading = (
+    terrace_kube::lease::Lease,
+    tokio::task::JoinHandle<()>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
+/// Waits until this replica holds the Lease (`None`: interrupted first),
+/// then keeps renewing it in the background.
+async fn lead(
+    l: &Leader,
+    interrupt: &Interrupt,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Option<Leading>, ServeError> {
+    use terrace_kube::lease::{Held, Lease};
+    let cluster = terrace_kube::Cluster::connect("leader election", &l.endpoint)
+        .await
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let lease = Lease {
+        cluster: Arc::new(cluster),
+        namespace: l.namespace.clone(),
+        name: l.name.clone(),
+        identity: l.identity.clone(),
+        duration: l.duration,
+    };
+    let retry = (l.duration / 3).max(Duration::from_millis(500));
+    let mut told: Option<String> = None;
+    loop {
+        match lease.try_acquire().await {
+            Ok(Held::Mine) => break,
+            Ok(Held::Theirs(holder)) => {
+                if told.as_deref() != Some(holder.as_str()) {
+                    say(&format!(
+                        "standby: {holder} leads (lease {}/{})",
+                        l.namespace, l.name
+                    ));
+                    told = Some(holder);
+                }
+            }
+            Err(e) => say(&format!("leader election: {e}")),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(retry) => {}
+            () = interrupt.wait() => return Ok(None),
+        }
+    }
+    say(&format!(
+        "leading as {} (lease {}/{})",
+        l.identity, l.namespace, l.name
+    ));
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renewer = {
+        let lease = lease.clone();
+        let lost = Arc::clone(&lost);
+        let interrupt = interrupt.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(retry).await;
+                if !matches!(lease.try_acquire().await, Ok(Held::Mine)) {
+                    lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                    interrupt.trigger();
+                    return;
+                }
+            }
+        })
+    };
+    Ok(Some((lease, renewer, lost)))
 }
 
 /// How often drift is looked for when a layer does not say.

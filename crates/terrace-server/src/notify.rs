@@ -7,7 +7,7 @@
 //! only when its revision or state changes. One message goes per
 //! reconcile, naming every unit, never one message per unit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -34,10 +34,9 @@ struct Target {
 /// Sends events once each.
 pub struct Notifier {
     targets: Vec<Target>,
-    /// (revision, unit, state) already sent.
-    sent: BTreeSet<(String, String, String)>,
-    /// Each unit's last state, to tell a recovery.
-    last: BTreeMap<String, String>,
+    /// Each unit's last revision and state told (`recovered` counted as
+    /// `applied`): only a change is told again.
+    last: BTreeMap<String, (String, String)>,
     client: hyper_util::client::legacy::Client<
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         Full<Bytes>,
@@ -48,7 +47,7 @@ impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Notifier")
             .field("targets", &self.targets.len())
-            .field("sent", &self.sent.len())
+            .field("units", &self.last.len())
             .finish_non_exhaustive()
     }
 }
@@ -109,31 +108,31 @@ impl Notifier {
                 .build(https);
         Ok(Notifier {
             targets,
-            sent: BTreeSet::new(),
             last: BTreeMap::new(),
             client,
         })
     }
 
-    /// The events of `outcomes` (unit, state) at `revision` not sent
-    /// before, a recovery told as such; remembers them as sent.
+    /// The events of `outcomes` (unit, state) at `revision` that change
+    /// what was last told of the unit (its revision or its state), a
+    /// recovery told as such; remembers them.
     pub fn fresh(&mut self, revision: &str, outcomes: &[(String, String)]) -> Vec<Event> {
         let mut out = Vec::new();
         for (unit, state) in outcomes {
-            let state = match (self.last.get(unit).map(String::as_str), state.as_str()) {
+            let last = self.last.get(unit);
+            if last.is_some_and(|(r, s)| r == revision && s == state) {
+                continue;
+            }
+            let told = match (last.map(|(_, s)| s.as_str()), state.as_str()) {
                 (Some("failed" | "drift"), "applied") => "recovered".to_owned(),
                 _ => state.clone(),
             };
-            self.last.insert(unit.clone(), state.clone());
-            if self
-                .sent
-                .insert((revision.to_owned(), unit.clone(), state.clone()))
-            {
-                out.push(Event {
-                    unit: unit.clone(),
-                    state,
-                });
-            }
+            self.last
+                .insert(unit.clone(), (revision.to_owned(), state.clone()));
+            out.push(Event {
+                unit: unit.clone(),
+                state: told,
+            });
         }
         out
     }
@@ -232,6 +231,13 @@ mod tests {
         let events = n.fresh("r2", &fixed);
         assert_eq!(events[0].state, "recovered");
         assert!(n.fresh("r2", &fixed).is_empty());
+        // Drift and its healing at the same revision are both told.
+        let drift = vec![
+            ("web".to_owned(), "drift".to_owned()),
+            ("web".to_owned(), "applied".to_owned()),
+        ];
+        let told: Vec<String> = n.fresh("r2", &drift).into_iter().map(|e| e.state).collect();
+        assert_eq!(told, ["drift", "recovered"]);
         assert_eq!(
             summary(
                 "0123456789abcdef",

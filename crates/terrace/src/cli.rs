@@ -604,6 +604,27 @@ pub struct ServeArgs {
     /// and resume through the API.
     #[arg(long, value_name = "FILE")]
     pub write_token_file: Option<PathBuf>,
+    /// Elect a leader among replicas through a Kubernetes Lease: only the
+    /// leader reconciles; a standby takes over once the leader stops
+    /// renewing. The cluster is --kubeconfig, else the pod's service
+    /// account.
+    #[arg(long)]
+    pub leader_election: bool,
+    /// The kubeconfig of the cluster holding the Lease.
+    #[arg(long, value_name = "FILE", requires = "leader_election")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig's context.
+    #[arg(long, value_name = "NAME", requires = "kubeconfig")]
+    pub context: Option<String>,
+    /// The Lease's namespace.
+    #[arg(long, default_value = "default", requires = "leader_election")]
+    pub lease_namespace: String,
+    /// The Lease's name.
+    #[arg(long, default_value = "terrace-serve", requires = "leader_election")]
+    pub lease_name: String,
+    /// How long the Lease holds without renewal (renewed every third of it).
+    #[arg(long, default_value = "15s", value_parser = parse_interval, requires = "leader_election")]
+    pub lease_duration: std::time::Duration,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {

@@ -694,6 +694,23 @@ async fn serve(
         webhook_secret,
         read_token,
         write_token,
+        leader: a.leader_election.then(|| terrace_server::Leader {
+            endpoint: match &a.kubeconfig {
+                Some(path) => terrace_kube::Endpoint::Kubeconfig {
+                    path: path.clone(),
+                    context: a.context.clone(),
+                },
+                None => terrace_kube::Endpoint::InCluster,
+            },
+            namespace: a.lease_namespace.clone(),
+            name: a.lease_name.clone(),
+            identity: format!(
+                "{}-{}",
+                gethostname::gethostname().to_string_lossy(),
+                std::process::id()
+            ),
+            duration: a.lease_duration,
+        }),
     };
     eprintln!(
         "serving {} ({}) every {:?}; work directory {}",

@@ -887,3 +887,99 @@ fn an_approve_layer_waits_for_approval_and_pause_holds_a_unit() {
         stderr(&o)
     );
 }
+
+/// Two replicas against the real API server of `../shared/kube`: one
+/// leads (applies), the other stands by (applies nothing); killed without
+/// a word, the leader is replaced within the lease's duration.
+#[test]
+fn real_cluster_two_replicas_elect_one_leader() {
+    const TEST: &str = "real_cluster_two_replicas_elect_one_leader";
+    let Some(kubeconfig) = crate::real_cluster(TEST) else {
+        return;
+    };
+    let p = project();
+    let remote = Remote::new(&files(&p));
+    let lease = format!("terrace-rt-lease-{}", std::process::id());
+    let _ = crate::kubectl(
+        &kubeconfig,
+        &[
+            "delete",
+            "lease",
+            &lease,
+            "-n",
+            "default",
+            "--ignore-not-found",
+        ],
+    );
+    let replica = |n: u32| {
+        let mut cmd = std_command(remote.dir.path());
+        cmd.args([
+            "serve",
+            "--repo",
+            &remote.url(),
+            "--interval",
+            "1s",
+            "--no-listen",
+            "--leader-election",
+            "--lease-name",
+            &lease,
+            "--lease-duration",
+            "4s",
+            "--kubeconfig",
+        ])
+        .arg(&kubeconfig)
+        .arg("--workdir")
+        .arg(remote.dir.path().join(format!("replica-{n}")))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        cmd.spawn().expect("terrace serve runs")
+    };
+    let applied = |n: u32| {
+        let status = remote.dir.path().join(format!("replica-{n}/serve.json"));
+        std::fs::read_to_string(status).is_ok_and(|t| t.contains("\"applied\""))
+    };
+    let first = replica(1);
+    wait_until(
+        "the first replica leads and applies",
+        Duration::from_secs(30),
+        &|| applied(1),
+    );
+    let mut second = replica(2);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !applied(2),
+        "the standby applies nothing while the leader renews"
+    );
+    // The leader dies without giving the Lease up.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &first.id().to_string()])
+        .status();
+    let killed = Instant::now();
+    wait_until("the standby takes over", Duration::from_secs(20), &|| {
+        applied(2)
+    });
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(12),
+        "took over {took:?} after the leader died (lease 4 s)"
+    );
+    let _ = second.kill();
+    let out = second.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("standby:") && text.contains("leading as"),
+        "{text}"
+    );
+    let _ = crate::kubectl(
+        &kubeconfig,
+        &[
+            "delete",
+            "lease",
+            &lease,
+            "-n",
+            "default",
+            "--ignore-not-found",
+        ],
+    );
+    drop(first);
+}
