@@ -983,3 +983,113 @@ fn real_cluster_two_replicas_elect_one_leader() {
     );
     drop(first);
 }
+
+/// `deploy/` runs `terrace serve` in a cluster and is a terrace project:
+/// it validates and renders a Deployment with leader election, the RBAC
+/// its Lease needs, and probes on the daemon's health endpoints; on the
+/// real API server it applies and is destroyed again.
+#[test]
+fn the_in_cluster_deployment_renders_and_applies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("deploy");
+    copy_tree(&crate::repo_root().join("deploy"), &root);
+    let o = command(&root).args(["validate"]).output().expect("runs");
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = command(&root)
+        .args(["render", "serve", "--output", "json"])
+        .output()
+        .expect("runs");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let all: String = out["documents"]
+        .as_array()
+        .expect("documents")
+        .iter()
+        .filter_map(|d| d["content"].as_str())
+        .collect::<Vec<_>>()
+        .join("---\n");
+    for needle in [
+        "kind: Deployment",
+        "- --leader-election",
+        "- --lease-namespace=terrace-system",
+        "replicas: 2",
+        "resources:\n  - leases",
+        "path: /readyz",
+        "readOnlyRootFilesystem: true",
+    ] {
+        assert!(all.contains(needle), "{needle} in:\n{all}");
+    }
+    let Some(kubeconfig) =
+        crate::real_cluster("the_in_cluster_deployment_renders_and_applies (apply)")
+    else {
+        return;
+    };
+    let binding = format!("home={}", kubeconfig.display());
+    let ns = format!("terrace-rt-deploy-{}", std::process::id());
+    let run = |args: &[&str]| {
+        std_command(&root)
+            .args(["--cluster", &binding])
+            .args(args)
+            .env("TERRACE_KUBE_WAIT", "false")
+            .output()
+            .expect("runs")
+    };
+    // In a namespace of the test's own.
+    let vars = root.join("terrace.yaml");
+    let text = std::fs::read_to_string(&vars).expect("read");
+    std::fs::write(
+        &vars,
+        text.replace("namespace: terrace-system", &format!("namespace: {ns}")),
+    )
+    .expect("write");
+    let o = run(&["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let got = crate::kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "deployment,role,rolebinding,serviceaccount,service",
+            "-n",
+            &ns,
+            "-o",
+            "name",
+        ],
+    );
+    let names = stdout(&got);
+    for want in [
+        "deployment.apps/terrace-serve",
+        "role.rbac.authorization.k8s.io/terrace-serve-leader",
+        "serviceaccount/terrace-serve",
+        "service/terrace-serve",
+    ] {
+        assert!(names.contains(want), "{want} in {names}");
+    }
+    let o = run(&["destroy", "--unit", "serve", "--yes"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let _ = crate::kubectl(
+        &kubeconfig,
+        &[
+            "delete",
+            "namespace",
+            &ns,
+            "--ignore-not-found",
+            "--wait=false",
+        ],
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read") {
+        let entry = entry.expect("entry");
+        if entry.file_name() == ".terrace" {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
