@@ -1093,3 +1093,56 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The same daemon over the Git protocol: `git daemon` serving the bare
+/// remote on 127.0.0.1, fetched by gix's own git:// transport.
+#[test]
+fn serve_fetches_over_the_git_protocol() {
+    let p = project();
+    let remote = Remote::new(&files(&p));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut daemon = std::process::Command::new("git")
+        .args([
+            "daemon".to_owned(),
+            "--reuseaddr".to_owned(),
+            "--export-all".to_owned(),
+            "--listen=127.0.0.1".to_owned(),
+            format!("--port={port}"),
+            format!("--base-path={}", remote.dir.path().display()),
+            remote.dir.path().display().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("git daemon runs");
+    wait_until("git daemon listens", Duration::from_secs(10), &|| {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let url = format!("git://127.0.0.1:{port}/remote.git");
+    let run = || {
+        command(remote.dir.path())
+            .args(["serve", "--repo", &url, "--once", "--workdir"])
+            .arg(remote.workdir())
+            .output()
+            .expect("runs")
+    };
+    let o = run();
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("applied: a, b, k"), "{}", stdout(&o));
+    remote.push(&[("apps/a/cm.yaml", &cm("a", "git"))], &[]);
+    let o = run();
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("applied: a"), "{}", stdout(&o));
+    assert!(
+        remote
+            .rendered("a", "v1_configmap_a.yaml")
+            .expect("a")
+            .contains("v: git")
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
