@@ -30,7 +30,13 @@ pub enum SourceError {
 }
 
 fn git<E: std::fmt::Display>(e: E) -> SourceError {
-    SourceError::Git(e.to_string())
+    let text = e.to_string();
+    if text.contains("handshake") {
+        return SourceError::Git(format!(
+            "{text} (for an https remote, its certificate must be trusted: the system's store, or SSL_CERT_FILE naming the CA)"
+        ));
+    }
+    SourceError::Git(text)
 }
 
 /// One file of a revision: its blob and whether it is executable.
@@ -61,6 +67,7 @@ impl Source {
     /// Fetches the branch and returns the commit it points at. Blocking:
     /// run it off the async runtime.
     pub fn fetch(&self, interrupt: &AtomicBool) -> Result<String, SourceError> {
+        tls_provider();
         let repo = if self.mirror.join("HEAD").is_file() {
             gix::open(&self.mirror).map_err(git)?
         } else {
@@ -192,6 +199,17 @@ impl Source {
         }
         Ok((files, skipped))
     }
+}
+
+/// https remotes go through reqwest with rustls; the build carries two
+/// crypto providers (ring for kube, aws-lc for reqwest), so rustls cannot
+/// pick one on its own: ring is installed for the process, once.
+fn tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Already installed (by an embedding program): theirs stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// Files that differ between two revisions' listings.

@@ -1146,3 +1146,123 @@ fn serve_fetches_over_the_git_protocol() {
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
+
+/// An https remote: the real `git http-backend` behind TLS on 127.0.0.1
+/// (a certificate made for the test, trusted through SSL_CERT_FILE).
+#[test]
+fn serve_fetches_over_https() {
+    let p = project();
+    let remote = Remote::new(&files(&p));
+    let certs = remote.dir.path().join("tls");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    // A CA made for the test, and the server's certificate it signs.
+    let openssl = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .current_dir(&certs)
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=terrace-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        certs.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let script = crate::repo_root().join("crates/terrace/tests/cli/support/git_https.py");
+    let mut server = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(remote.dir.path())
+        .arg(port.to_string())
+        .arg(certs.join("cert.pem"))
+        .arg(certs.join("key.pem"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    wait_until("the https server listens", Duration::from_secs(10), &|| {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let url = format!("https://127.0.0.1:{port}/remote.git");
+    let run = |trusted: bool| {
+        let mut cmd = command(remote.dir.path());
+        cmd.args(["serve", "--repo", &url, "--once", "--workdir"])
+            .arg(remote.workdir());
+        if trusted {
+            cmd.env("SSL_CERT_FILE", certs.join("ca.pem"));
+        } else {
+            cmd.env("SSL_CERT_FILE", "/nonexistent");
+        }
+        cmd.output().expect("runs")
+    };
+    // A certificate nobody trusts is refused.
+    let o = run(false);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("certificate must be trusted"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(true);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("applied: a, b, k"), "{}", stdout(&o));
+    remote.push(&[("apps/b/cm.yaml", &cm("b", "tls"))], &[]);
+    let o = run(true);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("applied: b"), "{}", stdout(&o));
+    let _ = server.kill();
+    let _ = server.wait();
+}
