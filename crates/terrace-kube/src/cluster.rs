@@ -93,6 +93,7 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// A cluster over an existing client (tests pass a scripted one).
     pub fn new(name: impl Into<String>, client: Client) -> Cluster {
+        crate::tls_provider();
         let identity = format!("(client) {}", client.default_namespace());
         Cluster::with_identity(name, client, identity)
     }
@@ -149,6 +150,7 @@ impl Cluster {
 
     /// Connects to `endpoint`.
     pub async fn connect(name: &str, endpoint: &Endpoint) -> Result<Cluster, KubeError> {
+        crate::tls_provider();
         let fail = |message: String| KubeError::Connect {
             cluster: name.to_owned(),
             endpoint: endpoint.to_string(),

@@ -22,6 +22,17 @@ use kube::core::Status;
 
 pub use cluster::{Capabilities, Cluster, ClusterPool, Endpoint, Resource};
 
+/// Installs ring as the process's TLS provider, once. The build carries
+/// two (kube's ring, and aws-lc through the Git source's reqwest), and
+/// rustls picks neither on its own: every TLS client would panic.
+/// Called before any connection; a provider installed earlier stays.
+pub fn tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// The field manager terrace applies under.
 pub const FIELD_MANAGER: &str = "terrace";
 

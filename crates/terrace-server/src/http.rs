@@ -82,6 +82,10 @@ pub struct Metrics {
     pub applied_revision: Option<String>,
     /// Whether a reconcile has finished since start.
     pub ready: bool,
+    /// Seconds each unit's apply took, by layer.
+    pub layer_durations: BTreeMap<String, Vec<f64>>,
+    /// Units the last drift check found drifted.
+    pub drifted: usize,
 }
 
 /// Histogram buckets of reconcile durations, in seconds.
@@ -137,6 +141,25 @@ impl Metrics {
                 "terrace_unit_applies_total{{outcome=\"{outcome}\"}} {n}\n"
             ));
         }
+        out.push_str("# HELP terrace_unit_apply_duration_seconds How long applying a unit took, by layer.\n# TYPE terrace_unit_apply_duration_seconds histogram\n");
+        for (layer, durations) in &self.layer_durations {
+            for b in BUCKETS {
+                let n = durations.iter().filter(|d| **d <= b).count();
+                out.push_str(&format!(
+                    "terrace_unit_apply_duration_seconds_bucket{{layer=\"{layer}\",le=\"{b}\"}} {n}\n"
+                ));
+            }
+            out.push_str(&format!(
+                "terrace_unit_apply_duration_seconds_bucket{{layer=\"{layer}\",le=\"+Inf\"}} {}\nterrace_unit_apply_duration_seconds_sum{{layer=\"{layer}\"}} {}\nterrace_unit_apply_duration_seconds_count{{layer=\"{layer}\"}} {}\n",
+                durations.len(),
+                durations.iter().sum::<f64>(),
+                durations.len()
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP terrace_drifted_units Units the last drift check found drifted.\n# TYPE terrace_drifted_units gauge\nterrace_drifted_units {}\n",
+            self.drifted
+        ));
         out.push_str("# HELP terrace_applied_revision_info The last revision applied whole.\n# TYPE terrace_applied_revision_info gauge\n");
         if let Some(rev) = &self.applied_revision {
             out.push_str(&format!(
@@ -201,6 +224,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/status", get(api_status))
         .route("/api/v1/units", get(api_units))
         .route("/api/v1/runs", get(api_runs))
+        .route("/api/v1/approval", get(api_approval))
         .route("/api/v1/reconcile", post(api_reconcile))
         .route("/api/v1/approve", post(api_approve))
         .route("/api/v1/units/{unit}/{action}", post(api_pause))
@@ -294,6 +318,21 @@ async fn api_runs(
     }
 }
 
+/// The plan waiting for approval (its changes and diffs, sealed as every
+/// saved plan is), or 404.
+async fn api_approval(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if !shared.allowed(&headers, false) {
+        return denied();
+    }
+    match std::fs::read_to_string(shared.workdir.join("approval.plan")) {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(_) => (StatusCode::NOT_FOUND, "no plan waits for approval\n").into_response(),
+    }
+}
+
 async fn api_reconcile(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -384,11 +423,24 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let text = shared
+    let mut text = shared
         .metrics
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .render();
+    let mut states: BTreeMap<String, u64> = BTreeMap::new();
+    for u in shared
+        .units
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+    {
+        *states.entry(u.state.clone()).or_default() += 1;
+    }
+    text.push_str("# HELP terrace_units Units the daemon touched, by their last state.\n# TYPE terrace_units gauge\n");
+    for (state, n) in states {
+        text.push_str(&format!("terrace_units{{state=\"{state}\"}} {n}\n"));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

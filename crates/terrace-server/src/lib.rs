@@ -33,7 +33,8 @@ pub struct Options {
     /// The remote: `file://`, `ssh://` or `git://` (https needs a later
     /// part).
     pub repo: String,
-    pub branch: String,
+    /// What is followed: `refs/heads/<branch>` or `refs/tags/<tag>`.
+    pub reference: String,
     /// The project's directory inside the repository (`""`: its root).
     pub path: String,
     pub workdir: PathBuf,
@@ -145,6 +146,8 @@ pub struct Reconciled {
     pub paused: Vec<String>,
     /// The environment served.
     pub environment: String,
+    /// How long each applied unit took, by layer (seconds).
+    pub timings: Vec<(String, f64)>,
 }
 
 impl Reconciled {
@@ -202,7 +205,7 @@ impl Options {
     fn source(&self) -> Source {
         Source {
             url: self.repo.clone(),
-            branch: self.branch.clone(),
+            reference: self.reference.clone(),
             mirror: self.workdir.join("mirror.git"),
             shallow: self.shallow,
             path: self.path.trim_matches('/').to_owned(),
@@ -388,6 +391,7 @@ pub async fn approve(
         awaiting: Vec::new(),
         paused: Vec::new(),
         environment: engine.workspace.environment.clone(),
+        timings: Vec::new(),
     };
     if reconciled.succeeded() {
         status.pending.clear();
@@ -487,6 +491,7 @@ async fn reconcile_unless(
         awaiting: Vec::new(),
         paused: held.clone(),
         environment: engine.workspace.environment.clone(),
+        timings: Vec::new(),
     };
     // Layers whose policy is `plan` are only planned; `approve` layers
     // are planned and their plan kept until it is approved.
@@ -509,6 +514,11 @@ async fn reconcile_unless(
         reconciled
             .units
             .extend(report.units.iter().map(|u| (u.unit.clone(), u.outcome)));
+        reconciled.timings = report
+            .units
+            .iter()
+            .map(|u| (u.layer.clone(), u.duration_ms as f64 / 1000.0))
+            .collect();
     }
     if !planned.is_empty() {
         let report = engine.plan(&planned, &Quiet, opts.jobs).await?;
@@ -828,6 +838,12 @@ async fn serve_loop(
                 if r.succeeded() {
                     m.applied_revision = Some(r.revision.clone());
                 }
+                for (layer, seconds) in &r.timings {
+                    m.layer_durations
+                        .entry(layer.clone())
+                        .or_default()
+                        .push(*seconds);
+                }
             }
         }
         let healthy = match result {
@@ -889,7 +905,15 @@ async fn serve_loop(
                 for l in &due {
                     drift_checked.insert(l.clone(), now);
                 }
-                match drift(opts, interrupt, &due).await {
+                let found = drift(opts, interrupt, &due).await;
+                if let Ok(d) = &found {
+                    shared
+                        .metrics
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .drifted = d.drifted.len();
+                }
+                match found {
                     Ok(d) if !d.drifted.is_empty() => {
                         say(&format!("drift: {}", d.drifted.join(", ")));
                         let mut states: Vec<(String, String)> = d

@@ -97,6 +97,7 @@ impl Notifier {
                 events: c.events.clone(),
             });
         }
+        terrace_kube::tls_provider();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(|e| format!("no TLS root certificates: {e}"))?

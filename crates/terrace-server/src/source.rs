@@ -23,8 +23,8 @@ use gix::bstr::ByteSlice;
 pub enum SourceError {
     #[error("git: {0}")]
     Git(String),
-    #[error("branch `{branch}` is not on the remote {url}")]
-    NoBranch { url: String, branch: String },
+    #[error("`{reference}` is not on the remote {url}")]
+    NoBranch { url: String, reference: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -50,7 +50,8 @@ pub struct Entry {
 #[derive(Debug, Clone)]
 pub struct Source {
     pub url: String,
-    pub branch: String,
+    /// What is followed: `refs/heads/<branch>` or `refs/tags/<tag>`.
+    pub reference: String,
     /// The bare repository the remote is fetched into.
     pub mirror: PathBuf,
     /// Fetch only the branch's last commit.
@@ -61,20 +62,26 @@ pub struct Source {
 
 impl Source {
     fn tracking(&self) -> String {
-        format!("refs/remotes/source/{}", self.branch)
+        let short = self
+            .reference
+            .strip_prefix("refs/heads/")
+            .unwrap_or(&self.reference);
+        format!("refs/remotes/source/{short}")
     }
 
     /// Fetches the branch and returns the commit it points at. Blocking:
     /// run it off the async runtime.
     pub fn fetch(&self, interrupt: &AtomicBool) -> Result<String, SourceError> {
-        tls_provider();
+        // https goes through reqwest with rustls: one provider for the
+        // process (see terrace_kube::tls_provider).
+        terrace_kube::tls_provider();
         let repo = if self.mirror.join("HEAD").is_file() {
             gix::open(&self.mirror).map_err(git)?
         } else {
             terrace_fs::private_dir(&self.mirror)?;
             gix::init_bare(&self.mirror).map_err(git)?
         };
-        let spec = format!("+refs/heads/{}:{}", self.branch, self.tracking());
+        let spec = format!("+{}:{}", self.reference, self.tracking());
         let remote = repo
             .remote_at(self.url.as_str())
             .map_err(git)?
@@ -105,7 +112,7 @@ impl Source {
             repo.find_reference(self.tracking().as_str())
                 .map_err(|_| SourceError::NoBranch {
                     url: self.url.clone(),
-                    branch: self.branch.clone(),
+                    reference: self.reference.clone(),
                 })?;
         Ok(reference.peel_to_id().map_err(git)?.to_string())
     }
@@ -199,17 +206,6 @@ impl Source {
         }
         Ok((files, skipped))
     }
-}
-
-/// https remotes go through reqwest with rustls; the build carries two
-/// crypto providers (ring for kube, aws-lc for reqwest), so rustls cannot
-/// pick one on its own: ring is installed for the process, once.
-fn tls_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Already installed (by an embedding program): theirs stays.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }
 
 /// Files that differ between two revisions' listings.

@@ -565,6 +565,10 @@ pub struct ServeArgs {
     /// The branch to follow.
     #[arg(long, default_value = "main")]
     pub branch: String,
+    /// Follow a tag instead of a branch (the tag moved by force is a new
+    /// revision).
+    #[arg(long, value_name = "TAG", conflicts_with = "branch")]
+    pub tag: Option<String>,
     /// The project's directory inside the repository.
     #[arg(long, value_name = "DIR", default_value = "")]
     pub path: String,

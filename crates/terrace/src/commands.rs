@@ -634,6 +634,10 @@ async fn serve(
             .map_err(|e| CliError::message(format!("{}: {e}", a.repo), None))?;
         format!("file://{}", abs.display())
     };
+    let reference = match &a.tag {
+        Some(tag) => format!("refs/tags/{tag}"),
+        None => format!("refs/heads/{}", a.branch),
+    };
     let workdir = match &a.workdir {
         Some(w) => std::path::absolute(w).map_err(|e| CliError::message(e.to_string(), None))?,
         None => {
@@ -647,7 +651,7 @@ async fn serve(
                         None,
                     )
                 })?;
-            let digest = terrace_fs::digest::digest(format!("{repo}\0{}", a.branch).as_bytes());
+            let digest = terrace_fs::digest::digest(format!("{repo}\0{reference}").as_bytes());
             let short = digest
                 .trim_start_matches("sha256:")
                 .chars()
@@ -682,7 +686,7 @@ async fn serve(
     let write_token = secret_of(&a.write_token_file, "write token")?;
     let opts = terrace_server::Options {
         repo,
-        branch: a.branch.clone(),
+        reference: reference.clone(),
         path: a.path.clone(),
         workdir,
         interval: a.interval,
@@ -715,7 +719,7 @@ async fn serve(
     eprintln!(
         "serving {} ({}) every {:?}; work directory {}",
         opts.repo,
-        opts.branch,
+        opts.reference,
         opts.interval,
         opts.workdir.display()
     );

@@ -11,6 +11,8 @@ use clap::error::ErrorKind;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before any TLS: the build has two rustls providers (see there).
+    terrace_kube::tls_provider();
     let cli = match terrace::Cli::try_parse() {
         Ok(cli) => cli,
         // Help and version are answers, not errors; every other refusal is

@@ -485,6 +485,9 @@ fn webhooks_trigger_a_fetch_and_metrics_count_it() {
         "terrace_reconciles_total{outcome=\"applied\"}",
         "terrace_reconcile_duration_seconds_count",
         "terrace_applied_revision_info{revision=",
+        "terrace_units{state=\"applied\"}",
+        "terrace_unit_apply_duration_seconds_count{layer=\"apps\"}",
+        "terrace_drifted_units 0",
     ] {
         assert!(metrics.contains(needle), "{needle} in:\n{metrics}");
     }
@@ -808,6 +811,10 @@ fn an_approve_layer_waits_for_approval_and_pause_holds_a_unit() {
         .to_owned();
     assert_eq!(status["pending"], serde_json::json!(["b"]));
 
+    let (status, plan) = http(port, "GET", "/api/v1/approval", &reader, b"");
+    assert_eq!(status, 200, "{plan}");
+    let plan: serde_json::Value = serde_json::from_str(&plan).expect("a saved plan");
+    assert!(plan.to_string().contains("v1 ConfigMap b"), "{plan}");
     let approve = format!("{{\"revision\": \"{revision}\"}}");
     assert_eq!(
         http(port, "POST", "/api/v1/approve", &reader, approve.as_bytes()).0,
@@ -834,6 +841,9 @@ fn an_approve_layer_waits_for_approval_and_pause_holds_a_unit() {
         Duration::from_secs(30),
         &|| remote.rendered("b", "v1_configmap_b.yaml").is_some(),
     );
+    wait_until("the approval cleared", Duration::from_secs(10), &|| {
+        http(port, "GET", "/api/v1/approval", &reader, b"").0 == 404
+    });
 
     // Pause holds a unit's changes until it is resumed.
     assert_eq!(
@@ -1265,4 +1275,44 @@ fn serve_fetches_over_https() {
     assert!(stdout(&o).contains("applied: b"), "{}", stdout(&o));
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// A tag is followed instead of a branch: commits on the branch change
+/// nothing, moving the tag is a new revision.
+#[test]
+fn serve_follows_a_tag() {
+    let p = project();
+    let remote = Remote::new(&files(&p));
+    git(&remote.work(), &["tag", "release"]);
+    git(&remote.work(), &["push", "-q", "origin", "release"]);
+    let run = || {
+        command(remote.dir.path())
+            .args([
+                "serve",
+                "--repo",
+                &remote.url(),
+                "--tag",
+                "release",
+                "--once",
+                "--workdir",
+            ])
+            .arg(remote.workdir())
+            .output()
+            .expect("runs")
+    };
+    let o = run();
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("applied: a, b, k"), "{}", stdout(&o));
+    remote.push(&[("apps/a/cm.yaml", &cm("a", "7"))], &[]);
+    let o = run();
+    assert!(
+        stdout(&o).contains("up to date"),
+        "the branch moved, not the tag: {}",
+        stdout(&o)
+    );
+    git(&remote.work(), &["tag", "-f", "release"]);
+    git(&remote.work(), &["push", "-q", "-f", "origin", "release"]);
+    let o = run();
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("applied: a"), "{}", stdout(&o));
 }
