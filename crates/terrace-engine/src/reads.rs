@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 const FORMAT: u32 = 1;
-const MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,14 +45,7 @@ impl Reads {
     }
 
     fn load(&self, root: &Path) -> BTreeMap<String, Vec<String>> {
-        let abs = root.join(&self.rel);
-        if terrace_fs::check_write(root, &self.rel).is_err()
-            || std::fs::symlink_metadata(&abs).map_or(true, |m| !m.is_file() || m.len() > MAX_BYTES)
-        {
-            return BTreeMap::new();
-        }
-        std::fs::read(&abs)
-            .ok()
+        crate::reuse::read_cache(root, &self.rel)
             .and_then(|bytes| serde_json::from_slice::<File>(&bytes).ok())
             .filter(|f| f.format == FORMAT)
             .map(|f| f.units)
@@ -99,12 +91,7 @@ impl Reads {
             units: units.clone(),
         };
         let bytes = serde_json::to_vec(&body).expect("reads serialize");
-        let dir = self.rel.rsplit_once('/').map_or("", |(d, _)| d);
-        let written = terrace_fs::check_write(root, dir)
-            .map_err(std::io::Error::from)
-            .and_then(|abs| terrace_fs::private_dir(&abs))
-            .and_then(|()| terrace_fs::write(root, &self.rel, &bytes, terrace_fs::Mode::Private));
-        if let Err(e) = written {
+        if let Err(e) = crate::reuse::write_cache(root, &self.rel, &bytes) {
             debug!(file = %self.rel, error = %e, "could not write unit reads");
         }
     }

@@ -87,14 +87,7 @@ impl Reuse {
     }
 
     fn load(&self, root: &Path) -> BTreeMap<String, Arc<Entry>> {
-        let abs = root.join(&self.rel);
-        if terrace_fs::check_write(root, &self.rel).is_err()
-            || std::fs::symlink_metadata(&abs).map_or(true, |m| !m.is_file() || m.len() > MAX_BYTES)
-        {
-            return BTreeMap::new();
-        }
-        let parsed = std::fs::read(&abs)
-            .ok()
+        let parsed = read_cache(root, &self.rel)
             .and_then(|bytes| serde_json::from_slice::<FileIn>(&bytes).ok())
             .filter(|f| f.format == FORMAT && f.version == env!("CARGO_PKG_VERSION"));
         match parsed {
@@ -185,13 +178,30 @@ impl Reuse {
                 .collect(),
         };
         let bytes = serde_json::to_vec(&body).expect("records serialize");
-        let dir = self.rel.rsplit_once('/').map_or("", |(d, _)| d);
-        let written = terrace_fs::check_write(root, dir)
-            .map_err(std::io::Error::from)
-            .and_then(|abs| terrace_fs::private_dir(&abs))
-            .and_then(|()| terrace_fs::write(root, &self.rel, &bytes, terrace_fs::Mode::Private));
-        if let Err(e) = written {
+        if let Err(e) = write_cache(root, &self.rel, &bytes) {
             debug!(file = %self.rel, error = %e, "could not write plan records");
         }
     }
+}
+
+/// A cache file under `.terrace/` (project-relative `rel`): its bytes when
+/// it is a regular file, reached through no symlink, of at most 64 MiB.
+pub(crate) fn read_cache(root: &Path, rel: &str) -> Option<Vec<u8>> {
+    let abs = root.join(rel);
+    if terrace_fs::check_write(root, rel).is_err()
+        || std::fs::symlink_metadata(&abs).map_or(true, |m| !m.is_file() || m.len() > MAX_BYTES)
+    {
+        return None;
+    }
+    std::fs::read(&abs).ok()
+}
+
+/// Writes a cache file privately (0600 in 0700 directories), atomically,
+/// following no symlink.
+pub(crate) fn write_cache(root: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = rel.rsplit_once('/').map_or("", |(d, _)| d);
+    terrace_fs::check_write(root, dir)
+        .map_err(std::io::Error::from)
+        .and_then(|abs| terrace_fs::private_dir(&abs))
+        .and_then(|()| terrace_fs::write(root, rel, bytes, terrace_fs::Mode::Private))
 }

@@ -387,7 +387,7 @@ fn webhooks_trigger_a_fetch_and_metrics_count_it() {
         .local_addr()
         .expect("addr")
         .port();
-    let mut child = std_command(remote.dir.path())
+    let child = std_command(remote.dir.path())
         .args([
             "serve",
             "--repo",
@@ -519,17 +519,7 @@ fn webhooks_trigger_a_fetch_and_metrics_count_it() {
                 .unwrap_or_default()
         );
     }
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let started = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "stopped on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop(child);
 }
 
 /// A local HTTP sink: every request's signature header and body, in
