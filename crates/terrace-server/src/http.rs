@@ -59,6 +59,8 @@ pub struct UnitView {
     /// `applied`, `unchanged`, `failed`, `skipped`, `planned`,
     /// `approval`, `paused`, `drift`.
     pub state: String,
+    pub layer: String,
+    pub kind: String,
     pub revision: String,
     /// Why it waits, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,6 +214,47 @@ impl Shared {
         seen.push_back(delivery);
         true
     }
+}
+
+/// GETs `url` (http or https) and reads the JSON answer; `token` goes
+/// as `Authorization: Bearer`.
+pub async fn get_json(url: &str, token: Option<&str>) -> Result<serde_json::Value, String> {
+    use http_body_util::BodyExt;
+    terrace_kube::tls_provider();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("no TLS root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
+    let mut request = hyper::Request::get(url).header(header::USER_AGENT, "terrace");
+    if let Some(t) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let request = request
+        .body(http_body_util::Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+        .await
+        .map_err(|_| "no answer within 30 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = answer.status();
+    let body = answer
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("the answer is not JSON: {e}"))
 }
 
 /// The routes.

@@ -148,6 +148,22 @@ pub struct Reconciled {
     pub environment: String,
     /// How long each applied unit took, by layer (seconds).
     pub timings: Vec<(String, f64)>,
+    /// Each unit's layer and kind.
+    pub kinds: std::collections::BTreeMap<String, (String, String)>,
+}
+
+fn kinds_of(engine: &Engine) -> std::collections::BTreeMap<String, (String, String)> {
+    engine
+        .workspace
+        .units
+        .iter()
+        .map(|u| {
+            (
+                u.name.clone(),
+                (u.layer.clone(), u.kind.as_str().to_owned()),
+            )
+        })
+        .collect()
 }
 
 impl Reconciled {
@@ -392,6 +408,7 @@ pub async fn approve(
         paused: Vec::new(),
         environment: engine.workspace.environment.clone(),
         timings: Vec::new(),
+        kinds: kinds_of(&engine),
     };
     if reconciled.succeeded() {
         status.pending.clear();
@@ -492,6 +509,7 @@ async fn reconcile_unless(
         paused: held.clone(),
         environment: engine.workspace.environment.clone(),
         timings: Vec::new(),
+        kinds: kinds_of(&engine),
     };
     // Layers whose policy is `plan` are only planned; `approve` layers
     // are planned and their plan kept until it is approved.
@@ -988,20 +1006,26 @@ fn record_units(shared: &http::Shared, r: &Reconciled) {
             Outcome::Skipped => Some("waiting: a unit it depends on failed".to_owned()),
             _ => None,
         };
+        let (layer, kind) = r.kinds.get(unit).cloned().unwrap_or_default();
         units.insert(
             unit.clone(),
             http::UnitView {
                 state,
+                layer,
+                kind,
                 revision: r.revision.clone(),
                 reason,
             },
         );
     }
     for unit in &r.paused {
+        let (layer, kind) = r.kinds.get(unit).cloned().unwrap_or_default();
         units.insert(
             unit.clone(),
             http::UnitView {
                 state: "paused".to_owned(),
+                layer,
+                kind,
                 revision: r.revision.clone(),
                 reason: Some("paused: its changes are held until it is resumed".to_owned()),
             },

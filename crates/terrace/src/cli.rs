@@ -229,6 +229,12 @@ pub enum Command {
         after_help = "Example:\n  terrace runs\n  terrace -C ~/.local/state/terrace/serve/<id>/tree runs --output json   # the daemon's"
     )]
     Runs,
+    /// Every unit, layer by layer: applied, failed, never applied, applied
+    /// once; the revision; why it waits.
+    #[command(
+        after_help = "Examples:\n  terrace status\n  terrace status --output markdown\n  terrace status --server http://127.0.0.1:8080 --watch   # the daemon's view (TERRACE_TOKEN: its read token)"
+    )]
+    Status(UnitStatusArgs),
     /// Move the chart pins of terrace.lock (helm units' remote charts).
     #[command(subcommand)]
     Charts(ChartsCommand),
@@ -346,6 +352,17 @@ pub struct DestroyArgs {
         value_parser = parse_lock_timeout
     )]
     pub lock_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct UnitStatusArgs {
+    /// Read a running `terrace serve` (its JSON API) instead of the local
+    /// state; the read token is taken from TERRACE_TOKEN.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Refresh every two seconds until interrupted.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]

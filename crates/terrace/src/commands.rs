@@ -211,6 +211,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::State(s) => state(&start, env, s, cli.output).await,
         Command::Runs => state(&start, env, &StateCommand::History, cli.output).await,
+        Command::Status(a) => status(&start, env, a, cli.output, &interrupt).await,
         Command::Secrets(s) => crate::secrets::run(s, cli.output).await,
         Command::Serve(a) => serve(a, env, &interrupt).await,
         Command::Charts(crate::cli::ChartsCommand::Update { charts }) => {
@@ -619,6 +620,195 @@ async fn terrace_drivers_render(
             "unit `{}`: {other}",
             ctx.unit.name
         ))),
+    }
+}
+
+/// One unit in `terrace status`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusRow {
+    unit: String,
+    layer: String,
+    kind: String,
+    state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// Every unit of the local project, from its state.
+async fn local_status(
+    start: &Path,
+    env: Option<&str>,
+) -> Result<(String, Vec<StatusRow>), CliError> {
+    let engine = open_engine(start, env)?;
+    let envname = engine.environment().to_owned();
+    let ws = &engine.workspace;
+    let mut records = std::collections::HashMap::new();
+    for u in &ws.units {
+        records.insert(
+            u.name.clone(),
+            engine.state().read(&envname, &u.name).await?,
+        );
+    }
+    let mut rows = Vec::new();
+    for i in ws.graph.topological_order() {
+        let u = &ws.units[i];
+        let rec = records.get(&u.name).and_then(Option::as_ref);
+        let waiting: Vec<&str> = ws
+            .graph
+            .dependencies(i)
+            .iter()
+            .map(|&d| ws.units[d].name.as_str())
+            .filter(|d| !matches!(records.get(*d), Some(Some(r)) if r.status == terrace_core::state::UnitStatus::Applied))
+            .collect();
+        let (state, reason) = match rec.map(|r| r.status) {
+            None if waiting.is_empty() => {
+                ("not applied", Some("planned on the next apply".to_owned()))
+            }
+            None => (
+                "not applied",
+                Some(format!("waits for {} to be applied", waiting.join(", "))),
+            ),
+            Some(terrace_core::state::UnitStatus::Failed) => (
+                "failed",
+                Some("its last apply failed part way; the next apply runs it again".to_owned()),
+            ),
+            Some(terrace_core::state::UnitStatus::Applied)
+                if u.lifecycle == terrace_core::config::Lifecycle::Once =>
+            {
+                (
+                    "once",
+                    Some("applied once; `apply --unit NAME --replace` applies it again".to_owned()),
+                )
+            }
+            Some(terrace_core::state::UnitStatus::Applied) => ("applied", None),
+        };
+        let locked = engine.state().lock_holder(&envname, &u.name).await?;
+        let reason = match locked {
+            Some(holder) => Some(format!("locked by {holder}")),
+            None => reason,
+        };
+        rows.push(StatusRow {
+            unit: u.name.clone(),
+            layer: u.layer.clone(),
+            kind: u.kind.as_str().to_owned(),
+            state: state.to_owned(),
+            revision: rec.and_then(|r| r.revision.clone()),
+            since: rec.map(|r| r.updated_at.clone()),
+            reason,
+        });
+    }
+    Ok((envname, rows))
+}
+
+/// Every unit a running daemon knows, from its API.
+async fn remote_status(server: &str) -> Result<(String, Vec<StatusRow>), CliError> {
+    let token = std::env::var("TERRACE_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let url = format!("{}/api/v1/units", server.trim_end_matches('/'));
+    let answer = terrace_server::http::get_json(&url, token.as_deref())
+        .await
+        .map_err(|e| {
+            CliError::message(
+                format!("{url}: {e}"),
+                Some(
+                    "is `terrace serve` running there, and is TERRACE_TOKEN its read token?"
+                        .to_owned(),
+                ),
+            )
+        })?;
+    let mut rows = Vec::new();
+    for (unit, v) in answer.as_object().into_iter().flatten() {
+        let text = |k: &str| v[k].as_str().map(str::to_owned);
+        rows.push(StatusRow {
+            unit: unit.clone(),
+            layer: text("layer").unwrap_or_default(),
+            kind: text("kind").unwrap_or_default(),
+            state: text("state").unwrap_or_default(),
+            revision: text("revision"),
+            since: None,
+            reason: text("reason"),
+        });
+    }
+    rows.sort_by(|a, b| (&a.layer, &a.unit).cmp(&(&b.layer, &b.unit)));
+    Ok((server.to_owned(), rows))
+}
+
+async fn status(
+    start: &Path,
+    env: Option<&str>,
+    a: &crate::cli::UnitStatusArgs,
+    format: OutputFormat,
+    interrupt: &Interrupt,
+) -> Result<u8, CliError> {
+    loop {
+        let (source, rows) = match &a.server {
+            Some(url) => remote_status(url).await?,
+            None => local_status(start, env).await?,
+        };
+        if a.watch && format == OutputFormat::Text {
+            out!("\x1b[2J\x1b[H");
+        }
+        match format {
+            OutputFormat::Json => outln!("{}", json!({"source": source, "units": rows})),
+            OutputFormat::Markdown => {
+                let mut layer = None;
+                for r in &rows {
+                    if layer != Some(&r.layer) {
+                        outln!(
+                            "\n### {}\n\n| unit | kind | state | revision | why |\n|---|---|---|---|---|",
+                            r.layer
+                        );
+                        layer = Some(&r.layer);
+                    }
+                    outln!(
+                        "| {} | {} | {} | {} | {} |",
+                        r.unit,
+                        r.kind,
+                        r.state,
+                        r.revision
+                            .as_deref()
+                            .map(|v| &v[..v.len().min(12)])
+                            .unwrap_or(""),
+                        r.reason.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            OutputFormat::Text => {
+                outln!("{source}");
+                let mut layer = None;
+                for r in &rows {
+                    if layer != Some(&r.layer) {
+                        outln!("{}", r.layer);
+                        layer = Some(&r.layer);
+                    }
+                    let rev = r
+                        .revision
+                        .as_deref()
+                        .map(|v| &v[..v.len().min(12)])
+                        .unwrap_or("-");
+                    let why = r
+                        .reason
+                        .as_deref()
+                        .map(|w| format!("  {w}"))
+                        .unwrap_or_default();
+                    outln!("  {:<24} {:<10} {:<12} {rev}{why}", r.unit, r.kind, r.state);
+                }
+            }
+        }
+        if !a.watch {
+            let failed = rows.iter().any(|r| r.state == "failed");
+            return Ok(u8::from(failed));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = interrupt.wait() => return Ok(0),
+        }
     }
 }
 

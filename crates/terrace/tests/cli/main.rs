@@ -182,3 +182,35 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
         .output()
         .expect("kubectl runs")
 }
+
+/// `terrace status`: every unit layer by layer, from the local state.
+#[test]
+fn status_shows_every_unit_and_why_it_waits() {
+    let dir = two_file_units("st");
+    let o = terrace(dir.path(), &["status", "--output", "json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let units = v["units"].as_array().expect("units");
+    assert_eq!(units.len(), 2);
+    assert!(
+        units
+            .iter()
+            .all(|u| u["state"] == "not applied" && u["layer"] == "apps"),
+        "{v}"
+    );
+    assert_eq!(code(&terrace(dir.path(), &["apply"])), 0);
+    let o = terrace(dir.path(), &["status"]);
+    assert_eq!(code(&o), 0);
+    let text = stdout(&o);
+    assert!(
+        text.contains("apps\n") && text.contains("settings") && text.contains("applied"),
+        "{text}"
+    );
+    assert!(!text.contains("not applied"), "{text}");
+    let o = terrace(dir.path(), &["status", "--output", "markdown"]);
+    assert!(
+        stdout(&o).contains("| unit | kind | state | revision | why |"),
+        "{}",
+        stdout(&o)
+    );
+}

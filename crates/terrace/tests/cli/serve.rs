@@ -801,6 +801,38 @@ fn an_approve_layer_waits_for_approval_and_pause_holds_a_unit() {
         .to_owned();
     assert_eq!(status["pending"], serde_json::json!(["b"]));
 
+    // The same, through `terrace status --server`.
+    let o = command(remote.dir.path())
+        .args([
+            "status",
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+            "--output",
+            "json",
+        ])
+        .env("TERRACE_TOKEN", "read-Tk1")
+        .output()
+        .expect("runs");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let seen: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let b = seen["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .find(|u| u["unit"] == "b")
+        .expect("b")
+        .clone();
+    assert_eq!(
+        (b["state"].as_str(), b["layer"].as_str()),
+        (Some("approval"), Some("apps")),
+        "{seen}"
+    );
+    let o = command(remote.dir.path())
+        .args(["status", "--server", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .expect("runs");
+    assert_eq!(code(&o), 1, "no token: refused");
+    assert!(stderr(&o).contains("TERRACE_TOKEN"), "{}", stderr(&o));
     let (status, plan) = http(port, "GET", "/api/v1/approval", &reader, b"");
     assert_eq!(status, 200, "{plan}");
     let plan: serde_json::Value = serde_json::from_str(&plan).expect("a saved plan");
