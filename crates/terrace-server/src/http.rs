@@ -50,6 +50,8 @@ pub struct Shared {
     pub workdir: std::path::PathBuf,
     /// The environment served (known after the first reconcile).
     pub environment: Mutex<Option<String>>,
+    /// The project's layers, lowest first.
+    pub layers: Mutex<Vec<String>>,
 }
 
 /// What the API says of a unit.
@@ -260,6 +262,7 @@ pub async fn get_json(url: &str, token: Option<&str>) -> Result<serde_json::Valu
 /// The routes.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -307,7 +310,13 @@ async fn api_status(
         .iter()
         .cloned()
         .collect();
+    let layers = shared
+        .layers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     json(&serde_json::json!({
+        "layers": layers,
         "checkedOut": status.checked_out,
         "applied": status.applied,
         "pending": status.pending,
@@ -447,6 +456,21 @@ async fn api_pause(
         _ => return (StatusCode::NOT_FOUND, "POST .../pause or .../resume\n").into_response(),
     }
     (StatusCode::OK, format!("{action}d\n")).into_response()
+}
+
+/// The dashboard: one page, embedded, reading the JSON API (tokens asked
+/// for when the API wants them, kept for the browser session).
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            ),
+        ],
+        include_str!("dashboard.html"),
+    )
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -150,6 +150,8 @@ pub struct Reconciled {
     pub timings: Vec<(String, f64)>,
     /// Each unit's layer and kind.
     pub kinds: std::collections::BTreeMap<String, (String, String)>,
+    /// The project's layers, lowest first.
+    pub layers: Vec<String>,
 }
 
 fn kinds_of(engine: &Engine) -> std::collections::BTreeMap<String, (String, String)> {
@@ -409,6 +411,7 @@ pub async fn approve(
         environment: engine.workspace.environment.clone(),
         timings: Vec::new(),
         kinds: kinds_of(&engine),
+        layers: engine.project.file.layers.clone(),
     };
     if reconciled.succeeded() {
         status.pending.clear();
@@ -510,6 +513,7 @@ async fn reconcile_unless(
         environment: engine.workspace.environment.clone(),
         timings: Vec::new(),
         kinds: kinds_of(&engine),
+        layers: engine.project.file.layers.clone(),
     };
     // Layers whose policy is `plan` are only planned; `approve` layers
     // are planned and their plan kept until it is approved.
@@ -983,6 +987,10 @@ async fn serve_loop(
 
 /// The API's view of the units a reconcile touched.
 fn record_units(shared: &http::Shared, r: &Reconciled) {
+    *shared
+        .layers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = r.layers.clone();
     *shared
         .environment
         .lock()

@@ -1338,3 +1338,106 @@ fn serve_follows_a_tag() {
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("applied: a"), "{}", stdout(&o));
 }
+
+/// The dashboard in a real browser (Chromium through playwright-core),
+/// at a phone's size: layers in order, unit states, the filter, a unit's
+/// reason, and approving through the page with the tokens it asks for;
+/// nothing is loaded from anywhere but the daemon.
+#[test]
+fn the_dashboard_works_in_a_browser() {
+    const TEST: &str = "the_dashboard_works_in_a_browser";
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
+    let playwright = std::env::var_os("TERRACE_PLAYWRIGHT")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| {
+                PathBuf::from(h).join(".cache/terrace-tools/node/node_modules/playwright-core")
+            })
+        })
+        .filter(|p| p.is_dir());
+    let (Some(chromium), Some(playwright)) = (chromium, playwright) else {
+        eprintln!(
+            "skipped {TEST}: needs chromium (Debian) and playwright-core (npm); scripts/setup-tools.sh installs both"
+        );
+        return;
+    };
+    let remote = Remote::new(&[
+        (
+            "terrace.yaml",
+            "name: sv\nlayers: [base, apps]\ntargets:\n  k8s: { type: cluster }\nserve:\n  layers:\n    apps: {policy: approve}\n",
+        ),
+        ("base/a/unit.yaml", "layer: base\nkind: manifests\n"),
+        ("base/a/cm.yaml", &cm("a", "1")),
+        ("apps/b/unit.yaml", "layer: apps\nkind: manifests\n"),
+        ("apps/b/cm.yaml", &cm("b", "1")),
+    ]);
+    let read = remote.dir.path().join("read.token");
+    let write = remote.dir.path().join("write.token");
+    std::fs::write(&read, "read-Db1\n").expect("write");
+    std::fs::write(&write, "write-Db2\n").expect("write");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let child = std_command(remote.dir.path())
+        .args([
+            "serve",
+            "--repo",
+            &remote.url(),
+            "--interval",
+            "1s",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--read-token-file",
+        ])
+        .arg(&read)
+        .arg("--write-token-file")
+        .arg(&write)
+        .arg("--workdir")
+        .arg(remote.workdir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("terrace serve runs");
+    wait_until("ready", Duration::from_secs(30), &|| {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/readyz", &[], b"").0 == 200
+    });
+    let (status, page) = http(port, "GET", "/", &[], b"");
+    assert_eq!(status, 200);
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no outside URL in the page"
+    );
+    let script = crate::repo_root().join("crates/terrace/tests/cli/support/dashboard.cjs");
+    let o = std::process::Command::new("node")
+        .arg(&script)
+        .env("PLAYWRIGHT", &playwright)
+        .env("CHROMIUM", &chromium)
+        .env("URL", format!("http://127.0.0.1:{port}/"))
+        .env("READ", "read-Db1")
+        .env("WRITE", "write-Db2")
+        .output()
+        .expect("node runs");
+    let out = stop(child);
+    assert!(
+        o.status.success(),
+        "{}{}\n-- daemon:\n{out}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON line");
+    assert_eq!(report["ok"], true);
+    assert!(
+        report["asked"].to_string().contains("Write token"),
+        "{report}"
+    );
+    assert!(
+        remote.rendered("b", "v1_configmap_b.yaml").is_some(),
+        "approved through the page"
+    );
+}
