@@ -52,6 +52,12 @@ pub struct Shared {
     pub environment: Mutex<Option<String>>,
     /// The project's layers, lowest first.
     pub layers: Mutex<Vec<String>>,
+    /// The state directory runs are read from; `None`: the daemon's work
+    /// tree's.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// A dashboard without the daemon (`terrace dashboard`): nothing can
+    /// be changed through it.
+    pub read_only: bool,
 }
 
 /// What the API says of a unit.
@@ -182,8 +188,23 @@ impl Shared {
         }
     }
 
-    /// Whether the request may read (`write`: may change things).
+    /// A read-only dashboard's (`terrace dashboard`): runs from
+    /// `state_dir`, nothing can be changed.
+    pub fn read_only(state_dir: std::path::PathBuf, workdir: std::path::PathBuf) -> Shared {
+        Shared {
+            state_dir: Some(state_dir),
+            read_only: true,
+            workdir,
+            ..Shared::default()
+        }
+    }
+
+    /// Whether the request may read (`write`: may change things; never
+    /// on a read-only dashboard).
     fn allowed(&self, headers: &HeaderMap, write: bool) -> bool {
+        if write && self.read_only {
+            return false;
+        }
         let given = header(headers, "authorization").and_then(|h| h.strip_prefix("Bearer "));
         let matches = |t: &Option<zeroize::Zeroizing<String>>| {
             t.as_ref()
@@ -278,6 +299,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// Serves the routes on `listener` until `stop` resolves.
+pub async fn serve_until(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(shared))
+        .with_graceful_shutdown(stop)
+        .await
+}
+
 fn denied() -> axum::response::Response {
     (
         StatusCode::UNAUTHORIZED,
@@ -316,6 +348,7 @@ async fn api_status(
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     json(&serde_json::json!({
+        "readOnly": shared.read_only,
         "layers": layers,
         "checkedOut": status.checked_out,
         "applied": status.applied,
@@ -357,13 +390,14 @@ async fn api_runs(
     else {
         return json(&serde_json::json!([]));
     };
-    let backend = terrace_state::LocalBackend::new(
+    let dir = shared.state_dir.clone().unwrap_or_else(|| {
         shared
             .workdir
             .join("tree")
             .join(terrace_core::config::WORK_DIR)
-            .join("state"),
-    );
+            .join("state")
+    });
+    let backend = terrace_state::LocalBackend::new(dir);
     match backend.runs(&env).await {
         Ok(runs) => json(&serde_json::to_value(runs).unwrap_or_default()),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
@@ -389,6 +423,13 @@ async fn api_reconcile(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
 ) -> axum::response::Response {
+    if shared.read_only {
+        return (
+            StatusCode::FORBIDDEN,
+            "a read-only dashboard (terrace dashboard): changes go through `terrace apply`, or a running `terrace serve`\n",
+        )
+            .into_response();
+    }
     if !shared.allowed(&headers, true) {
         return denied();
     }
@@ -401,6 +442,13 @@ async fn api_approve(
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
+    if shared.read_only {
+        return (
+            StatusCode::FORBIDDEN,
+            "a read-only dashboard (terrace dashboard): changes go through `terrace apply`, or a running `terrace serve`\n",
+        )
+            .into_response();
+    }
     if !shared.allowed(&headers, true) {
         return denied();
     }
@@ -441,6 +489,13 @@ async fn api_pause(
     Path((unit, action)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> axum::response::Response {
+    if shared.read_only {
+        return (
+            StatusCode::FORBIDDEN,
+            "a read-only dashboard (terrace dashboard): changes go through `terrace apply`, or a running `terrace serve`\n",
+        )
+            .into_response();
+    }
     if !shared.allowed(&headers, true) {
         return denied();
     }

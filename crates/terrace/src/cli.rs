@@ -235,6 +235,12 @@ pub enum Command {
         after_help = "Examples:\n  terrace status\n  terrace status --output markdown\n  terrace status --server http://127.0.0.1:8080 --watch   # the daemon's view (TERRACE_TOKEN: its read token)"
     )]
     Status(UnitStatusArgs),
+    /// The dashboard of the local project, without the daemon: read-only,
+    /// on this machine only, refreshed from the state every two seconds.
+    #[command(
+        after_help = "Example:\n  terrace dashboard              # then open http://127.0.0.1:8081/"
+    )]
+    Dashboard(DashboardArgs),
     /// Move the chart pins of terrace.lock (helm units' remote charts).
     #[command(subcommand)]
     Charts(ChartsCommand),
@@ -352,6 +358,13 @@ pub struct DestroyArgs {
         value_parser = parse_lock_timeout
     )]
     pub lock_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Where to serve it (a loopback address: it has no tokens).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]

@@ -46,6 +46,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 | Command::Plan(_)
                 | Command::Render(_)
                 | Command::Serve(_)
+                | Command::Dashboard(_)
         );
         crate::signals::install(interrupt.clone(), graceful);
     }
@@ -212,6 +213,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         Command::State(s) => state(&start, env, s, cli.output).await,
         Command::Runs => state(&start, env, &StateCommand::History, cli.output).await,
         Command::Status(a) => status(&start, env, a, cli.output, &interrupt).await,
+        Command::Dashboard(a) => dashboard(&start, env, a, &interrupt).await,
         Command::Secrets(s) => crate::secrets::run(s, cli.output).await,
         Command::Serve(a) => serve(a, env, &interrupt).await,
         Command::Charts(crate::cli::ChartsCommand::Update { charts }) => {
@@ -737,6 +739,101 @@ async fn remote_status(server: &str) -> Result<(String, Vec<StatusRow>), CliErro
     }
     rows.sort_by(|a, b| (&a.layer, &a.unit).cmp(&(&b.layer, &b.unit)));
     Ok((server.to_owned(), rows))
+}
+
+/// The local project's units in the daemon's terms, for the dashboard.
+async fn fill_dashboard(
+    start: &Path,
+    env: Option<&str>,
+    shared: &terrace_server::http::Shared,
+) -> Result<(), CliError> {
+    let project = load_project(start)?;
+    let (envname, rows) = local_status(start, env).await?;
+    let mut units = std::collections::BTreeMap::new();
+    for r in rows {
+        units.insert(
+            r.unit.clone(),
+            terrace_server::http::UnitView {
+                state: r.state,
+                layer: r.layer,
+                kind: r.kind,
+                revision: r.revision.unwrap_or_default(),
+                reason: r.reason,
+            },
+        );
+    }
+    *shared
+        .units
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = units;
+    *shared
+        .layers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = project.file.layers.clone();
+    *shared
+        .environment
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(envname);
+    shared
+        .metrics
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .ready = true;
+    Ok(())
+}
+
+async fn dashboard(
+    start: &Path,
+    env: Option<&str>,
+    a: &crate::cli::DashboardArgs,
+    interrupt: &Interrupt,
+) -> Result<u8, CliError> {
+    if !a.listen.ip().is_loopback() {
+        return Err(CliError::message(
+            format!(
+                "{} is reachable from other machines, and `terrace dashboard` has no tokens",
+                a.listen
+            ),
+            Some("listen on 127.0.0.1, or run `terrace serve` with tokens".to_owned()),
+        ));
+    }
+    let project = load_project(start)?;
+    let shared = Arc::new(terrace_server::http::Shared::read_only(
+        project.state_dir(),
+        project
+            .root
+            .join(terrace_core::config::WORK_DIR)
+            .join("dashboard"),
+    ));
+    fill_dashboard(start, env, &shared).await?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| CliError::message(format!("{}: {e}", a.listen), None))?;
+    eprintln!(
+        "dashboard of {} at http://{}/ (read-only; Ctrl-C stops it)",
+        project.root.display(),
+        listener
+            .local_addr()
+            .map_err(|e| CliError::message(e.to_string(), None))?
+    );
+    let stop = interrupt.clone();
+    let server = tokio::spawn(terrace_server::http::serve_until(
+        Arc::clone(&shared),
+        listener,
+        async move { stop.wait().await },
+    ));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {
+                if let Err(e) = fill_dashboard(start, env, &shared).await {
+                    eprintln!("could not read the project: {e:?}");
+                }
+            }
+            () = interrupt.wait() => break,
+        }
+    }
+    let _ = server.await;
+    Ok(0)
 }
 
 async fn status(

@@ -1441,3 +1441,50 @@ fn the_dashboard_works_in_a_browser() {
         "approved through the page"
     );
 }
+
+/// `terrace dashboard`: the same page over the local project without the
+/// daemon, read-only and on loopback only.
+#[test]
+fn the_local_dashboard_is_read_only() {
+    let dir = crate::two_file_units("dash");
+    assert_eq!(code(&crate::terrace(dir.path(), &["apply"])), 0);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let child = std_command(dir.path())
+        .args(["dashboard", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("terrace dashboard runs");
+    wait_until("the dashboard listens", Duration::from_secs(30), &|| {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let (status, page) = http(port, "GET", "/", &[], b"");
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>terrace</title>"));
+    let (_, units) = http(port, "GET", "/api/v1/units", &[], b"");
+    let units: serde_json::Value = serde_json::from_str(&units).expect("json");
+    assert_eq!(units["settings"]["state"], "applied", "{units}");
+    assert_eq!(units["docs"]["layer"], "apps", "{units}");
+    let (_, st) = http(port, "GET", "/api/v1/status", &[], b"");
+    assert!(st.contains("\"readOnly\":true"), "{st}");
+    let (_, runs) = http(port, "GET", "/api/v1/runs", &[], b"");
+    assert!(runs.contains("\"command\":\"apply\""), "{runs}");
+    for path in ["/api/v1/reconcile", "/api/v1/units/docs/pause"] {
+        assert_eq!(http(port, "POST", path, &[], b"").0, 403, "{path}");
+    }
+    stop(child);
+    let o = command(dir.path())
+        .args(["dashboard", "--listen", "0.0.0.0:0"])
+        .output()
+        .expect("runs");
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("reachable from other machines"),
+        "{}",
+        stderr(&o)
+    );
+}
