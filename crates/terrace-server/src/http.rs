@@ -73,6 +73,9 @@ pub struct UnitView {
     /// Why it waits, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The units it depends on (the graph's edges).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 /// The daemon's counters and gauges.

@@ -148,21 +148,27 @@ pub struct Reconciled {
     pub environment: String,
     /// How long each applied unit took, by layer (seconds).
     pub timings: Vec<(String, f64)>,
-    /// Each unit's layer and kind.
-    pub kinds: std::collections::BTreeMap<String, (String, String)>,
+    /// Each unit's layer, kind and dependencies.
+    pub kinds: std::collections::BTreeMap<String, (String, String, Vec<String>)>,
     /// The project's layers, lowest first.
     pub layers: Vec<String>,
 }
 
-fn kinds_of(engine: &Engine) -> std::collections::BTreeMap<String, (String, String)> {
-    engine
-        .workspace
-        .units
+fn kinds_of(engine: &Engine) -> std::collections::BTreeMap<String, (String, String, Vec<String>)> {
+    let ws = &engine.workspace;
+    ws.units
         .iter()
-        .map(|u| {
+        .enumerate()
+        .map(|(i, u)| {
+            let deps = ws
+                .graph
+                .dependencies(i)
+                .iter()
+                .map(|&d| ws.units[d].name.clone())
+                .collect();
             (
                 u.name.clone(),
-                (u.layer.clone(), u.kind.as_str().to_owned()),
+                (u.layer.clone(), u.kind.as_str().to_owned(), deps),
             )
         })
         .collect()
@@ -1014,7 +1020,7 @@ fn record_units(shared: &http::Shared, r: &Reconciled) {
             Outcome::Skipped => Some("waiting: a unit it depends on failed".to_owned()),
             _ => None,
         };
-        let (layer, kind) = r.kinds.get(unit).cloned().unwrap_or_default();
+        let (layer, kind, depends_on) = r.kinds.get(unit).cloned().unwrap_or_default();
         units.insert(
             unit.clone(),
             http::UnitView {
@@ -1023,17 +1029,19 @@ fn record_units(shared: &http::Shared, r: &Reconciled) {
                 kind,
                 revision: r.revision.clone(),
                 reason,
+                depends_on,
             },
         );
     }
     for unit in &r.paused {
-        let (layer, kind) = r.kinds.get(unit).cloned().unwrap_or_default();
+        let (layer, kind, depends_on) = r.kinds.get(unit).cloned().unwrap_or_default();
         units.insert(
             unit.clone(),
             http::UnitView {
                 state: "paused".to_owned(),
                 layer,
                 kind,
+                depends_on,
                 revision: r.revision.clone(),
                 reason: Some("paused: its changes are held until it is resumed".to_owned()),
             },

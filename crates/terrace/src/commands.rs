@@ -639,6 +639,8 @@ struct StatusRow {
     since: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    depends_on: Vec<String>,
 }
 
 /// Every unit of the local project, from its state.
@@ -702,6 +704,12 @@ async fn local_status(
             revision: rec.and_then(|r| r.revision.clone()),
             since: rec.map(|r| r.updated_at.clone()),
             reason,
+            depends_on: ws
+                .graph
+                .dependencies(i)
+                .iter()
+                .map(|&d| ws.units[d].name.clone())
+                .collect(),
         });
     }
     Ok((envname, rows))
@@ -735,6 +743,12 @@ async fn remote_status(server: &str) -> Result<(String, Vec<StatusRow>), CliErro
             revision: text("revision"),
             since: None,
             reason: text("reason"),
+            depends_on: v["dependsOn"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect(),
         });
     }
     rows.sort_by(|a, b| (&a.layer, &a.unit).cmp(&(&b.layer, &b.unit)));
@@ -759,6 +773,7 @@ async fn fill_dashboard(
                 kind: r.kind,
                 revision: r.revision.unwrap_or_default(),
                 reason: r.reason,
+                depends_on: r.depends_on,
             },
         );
     }

@@ -34,6 +34,9 @@ function check(ok, what) {
     await page.fill("#filter", "");
     await page.click('.unit[data-unit="b"]');
     await page.waitForSelector('aside dd:has-text("waiting for approval")', { timeout: 10000 });
+    // Its dependency is drawn as such, and named.
+    check(await page.$eval('.unit[data-unit="a"]', (e) => e.classList.contains("upstream")), "a is marked as b's dependency");
+    await page.waitForSelector('aside dd:has-text("a")', { timeout: 10000 });
     await page.click("#approve");
     await page.waitForSelector('.unit[data-unit="b"][data-state="applied"]', { timeout: 30000 });
     const origin = new globalThis.URL(URL).origin;
