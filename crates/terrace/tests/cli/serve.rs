@@ -1371,7 +1371,10 @@ fn the_dashboard_works_in_a_browser() {
         ),
         ("base/a/unit.yaml", "layer: base\nkind: manifests\n"),
         ("base/a/cm.yaml", &cm("a", "1")),
-        ("apps/b/unit.yaml", "layer: apps\nkind: manifests\ndependsOn: [a]\n"),
+        (
+            "apps/b/unit.yaml",
+            "layer: apps\nkind: manifests\ndependsOn: [a]\n",
+        ),
         ("apps/b/cm.yaml", &cm("b", "1")),
     ]);
     let read = remote.dir.path().join("read.token");
