@@ -246,16 +246,7 @@ impl Shared {
 /// as `Authorization: Bearer`.
 pub async fn get_json(url: &str, token: Option<&str>) -> Result<serde_json::Value, String> {
     use http_body_util::BodyExt;
-    terrace_kube::tls_provider();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| format!("no TLS root certificates: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(https);
+    let client = client()?;
     let mut request = hyper::Request::get(url).header(header::USER_AGENT, "terrace");
     if let Some(t) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -311,6 +302,41 @@ pub async fn serve_until(
     axum::serve(listener, router(shared))
         .with_graceful_shutdown(stop)
         .await
+}
+
+/// Why a write is refused: 403 on a read-only dashboard, 401 without the
+/// write token; `None` when it may go on.
+fn may_write(shared: &Shared, headers: &HeaderMap) -> Option<axum::response::Response> {
+    if shared.read_only {
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "a read-only dashboard (terrace dashboard): changes go through `terrace apply`, or a running `terrace serve`\n",
+            )
+                .into_response(),
+        );
+    }
+    (!shared.allowed(headers, true)).then(denied)
+}
+
+/// A client for http and https (the system's roots, ring's TLS).
+pub(crate) type Client = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<Bytes>,
+>;
+
+pub(crate) fn client() -> Result<Client, String> {
+    terrace_kube::tls_provider();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("no TLS root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https),
+    )
 }
 
 fn denied() -> axum::response::Response {
@@ -426,15 +452,8 @@ async fn api_reconcile(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
 ) -> axum::response::Response {
-    if shared.read_only {
-        return (
-            StatusCode::FORBIDDEN,
-            "a read-only dashboard (terrace dashboard): changes go through `terrace apply`, or a running `terrace serve`\n",
-        )
-            .into_response();
-    }
-    if !shared.allowed(&headers, true) {
-        return denied();
+    if let Some(refused) = may_write(&shared, &headers) {
+        return refused;
     }
     shared.trigger.notify_one();
     (StatusCode::ACCEPTED, "reconciling now\n").into_response()
@@ -445,15 +464,8 @@ async fn api_approve(
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
-    if shared.read_only {
-        return (
-            StatusCode::FORBIDDEN,
-            "a read-only dashboard (terrace dashboard): changes go through `terrace apply`, or a running `terrace serve`\n",
-        )
-            .into_response();
-    }
-    if !shared.allowed(&headers, true) {
-        return denied();
+    if let Some(refused) = may_write(&shared, &headers) {
+        return refused;
     }
     let Some(revision) = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
@@ -492,15 +504,8 @@ async fn api_pause(
     Path((unit, action)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> axum::response::Response {
-    if shared.read_only {
-        return (
-            StatusCode::FORBIDDEN,
-            "a read-only dashboard (terrace dashboard): changes go through `terrace apply`, or a running `terrace serve`\n",
-        )
-            .into_response();
-    }
-    if !shared.allowed(&headers, true) {
-        return denied();
+    if let Some(refused) = may_write(&shared, &headers) {
+        return refused;
     }
     let mut paused = shared.paused.lock().unwrap_or_else(PoisonError::into_inner);
     match action.as_str() {

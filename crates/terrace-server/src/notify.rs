@@ -37,10 +37,7 @@ pub struct Notifier {
     /// Each unit's last revision and state told (`recovered` counted as
     /// `applied`): only a change is told again.
     last: BTreeMap<String, (String, String)>,
-    client: hyper_util::client::legacy::Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        Full<Bytes>,
-    >,
+    client: crate::http::Client,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -97,16 +94,7 @@ impl Notifier {
                 events: c.events.clone(),
             });
         }
-        terrace_kube::tls_provider();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| format!("no TLS root certificates: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(https);
+        let client = crate::http::client()?;
         Ok(Notifier {
             targets,
             last: BTreeMap::new(),

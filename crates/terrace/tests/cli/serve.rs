@@ -727,12 +727,16 @@ fn a_plan_layer_is_only_planned() {
     assert!(out.contains("names layer `aps`"), "{out}");
 }
 
-/// An `approve` layer: its changes are planned and wait, the API says
-/// why; tokens are checked; approving applies exactly that plan. A paused
-/// unit's changes are held until it is resumed. Without tokens the API
-/// is served on loopback only.
-#[test]
-fn an_approve_layer_waits_for_approval_and_pause_holds_a_unit() {
+/// A project of two layers, `base` (unit `a`) and `apps` (unit `b`,
+/// whose layer's policy is `approve`), served with read and write tokens
+/// (`read-Tk1`, `write-Tk2`) on a free port: the remote, the daemon and
+/// the port, once it is ready.
+fn approve_daemon(b_depends_on_a: bool) -> (Remote, std::process::Child, u16) {
+    let b_unit = if b_depends_on_a {
+        "layer: apps\nkind: manifests\ndependsOn: [a]\n"
+    } else {
+        "layer: apps\nkind: manifests\n"
+    };
     let remote = Remote::new(&[
         (
             "terrace.yaml",
@@ -740,7 +744,7 @@ fn an_approve_layer_waits_for_approval_and_pause_holds_a_unit() {
         ),
         ("base/a/unit.yaml", "layer: base\nkind: manifests\n"),
         ("base/a/cm.yaml", &cm("a", "1")),
-        ("apps/b/unit.yaml", "layer: apps\nkind: manifests\n"),
+        ("apps/b/unit.yaml", b_unit),
         ("apps/b/cm.yaml", &cm("b", "1")),
     ]);
     let read = remote.dir.path().join("read.token");
@@ -752,31 +756,42 @@ fn an_approve_layer_waits_for_approval_and_pause_holds_a_unit() {
         .local_addr()
         .expect("addr")
         .port();
-    let mut cmd = std_command(remote.dir.path());
-    cmd.args([
-        "serve",
-        "--repo",
-        &remote.url(),
-        "--interval",
-        "1s",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--read-token-file",
-    ])
-    .arg(&read)
-    .arg("--write-token-file")
-    .arg(&write)
-    .arg("--workdir")
-    .arg(remote.workdir())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().expect("terrace serve runs");
-    let reader = vec![("Authorization", "Bearer read-Tk1".to_owned())];
-    let writer = vec![("Authorization", "Bearer write-Tk2".to_owned())];
+    let child = std_command(remote.dir.path())
+        .args([
+            "serve",
+            "--repo",
+            &remote.url(),
+            "--interval",
+            "1s",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--read-token-file",
+        ])
+        .arg(&read)
+        .arg("--write-token-file")
+        .arg(&write)
+        .arg("--workdir")
+        .arg(remote.workdir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("terrace serve runs");
     wait_until("ready", Duration::from_secs(30), &|| {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             && http(port, "GET", "/readyz", &[], b"").0 == 200
     });
+    (remote, child, port)
+}
+
+/// An `approve` layer: its changes are planned and wait, the API says
+/// why; tokens are checked; approving applies exactly that plan. A paused
+/// unit's changes are held until it is resumed. Without tokens the API
+/// is served on loopback only.
+#[test]
+fn an_approve_layer_waits_for_approval_and_pause_holds_a_unit() {
+    let (remote, child, port) = approve_daemon(false);
+    let reader = vec![("Authorization", "Bearer read-Tk1".to_owned())];
+    let writer = vec![("Authorization", "Bearer write-Tk2".to_owned())];
     assert_eq!(http(port, "GET", "/api/v1/units", &[], b"").0, 401);
     let (status, body) = http(port, "GET", "/api/v1/units", &reader, b"");
     assert_eq!(status, 200, "{body}");
@@ -1364,52 +1379,7 @@ fn the_dashboard_works_in_a_browser() {
         );
         return;
     };
-    let remote = Remote::new(&[
-        (
-            "terrace.yaml",
-            "name: sv\nlayers: [base, apps]\ntargets:\n  k8s: { type: cluster }\nserve:\n  layers:\n    apps: {policy: approve}\n",
-        ),
-        ("base/a/unit.yaml", "layer: base\nkind: manifests\n"),
-        ("base/a/cm.yaml", &cm("a", "1")),
-        (
-            "apps/b/unit.yaml",
-            "layer: apps\nkind: manifests\ndependsOn: [a]\n",
-        ),
-        ("apps/b/cm.yaml", &cm("b", "1")),
-    ]);
-    let read = remote.dir.path().join("read.token");
-    let write = remote.dir.path().join("write.token");
-    std::fs::write(&read, "read-Db1\n").expect("write");
-    std::fs::write(&write, "write-Db2\n").expect("write");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let child = std_command(remote.dir.path())
-        .args([
-            "serve",
-            "--repo",
-            &remote.url(),
-            "--interval",
-            "1s",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--read-token-file",
-        ])
-        .arg(&read)
-        .arg("--write-token-file")
-        .arg(&write)
-        .arg("--workdir")
-        .arg(remote.workdir())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("terrace serve runs");
-    wait_until("ready", Duration::from_secs(30), &|| {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && http(port, "GET", "/readyz", &[], b"").0 == 200
-    });
+    let (remote, child, port) = approve_daemon(true);
     let (status, page) = http(port, "GET", "/", &[], b"");
     assert_eq!(status, 200);
     assert!(
@@ -1422,8 +1392,8 @@ fn the_dashboard_works_in_a_browser() {
         .env("PLAYWRIGHT", &playwright)
         .env("CHROMIUM", &chromium)
         .env("URL", format!("http://127.0.0.1:{port}/"))
-        .env("READ", "read-Db1")
-        .env("WRITE", "write-Db2")
+        .env("READ", "read-Tk1")
+        .env("WRITE", "write-Tk2")
         .output()
         .expect("node runs");
     let out = stop(child);
