@@ -369,7 +369,7 @@ fn secret_values_reach_helm_and_nothing_else() {
 }
 
 /// A free port on 127.0.0.1.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()

@@ -382,11 +382,7 @@ fn webhooks_trigger_a_fetch_and_metrics_count_it() {
     let secret = b"hook-secret-Vb7q";
     let secret_file = remote.dir.path().join("webhook.secret");
     std::fs::write(&secret_file, [secret.as_slice(), b"\n"].concat()).expect("write");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = crate::helm::free_port();
     let child = std_command(remote.dir.path())
         .args([
             "serve",
@@ -751,11 +747,7 @@ fn approve_daemon(b_depends_on_a: bool) -> (Remote, std::process::Child, u16) {
     let write = remote.dir.path().join("write.token");
     std::fs::write(&read, "read-Tk1\n").expect("write");
     std::fs::write(&write, "write-Tk2\n").expect("write");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = crate::helm::free_port();
     let child = std_command(remote.dir.path())
         .args([
             "serve",
@@ -1147,11 +1139,7 @@ fn copy_tree(from: &Path, to: &Path) {
 fn serve_fetches_over_the_git_protocol() {
     let p = project();
     let remote = Remote::new(&files(&p));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = crate::helm::free_port();
     let mut daemon = std::process::Command::new("git")
         .args([
             "daemon".to_owned(),
@@ -1264,11 +1252,7 @@ fn serve_fetches_over_https() {
         "-out",
         "cert.pem",
     ]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = crate::helm::free_port();
     let script = crate::repo_root().join("crates/terrace/tests/cli/support/git_https.py");
     let mut server = std::process::Command::new("python3")
         .arg(&script)
@@ -1421,11 +1405,7 @@ fn the_dashboard_works_in_a_browser() {
 fn the_local_dashboard_is_read_only() {
     let dir = crate::two_file_units("dash");
     assert_eq!(code(&crate::terrace(dir.path(), &["apply"])), 0);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = crate::helm::free_port();
     let child = std_command(dir.path())
         .args(["dashboard", "--listen", &format!("127.0.0.1:{port}")])
         .stdout(std::process::Stdio::piped())
