@@ -377,17 +377,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A server the test started, on a port of 127.0.0.1; stopped when
-/// dropped.
+/// A server the test started, on a port of 127.0.0.1, in a process group
+/// of its own; the whole group is stopped when dropped (`git daemon`
+/// runs `git-daemon` as a child, which outlives a kill of its parent).
 #[derive(Default)]
-struct Server {
+pub struct Server {
     child: Option<std::process::Child>,
 }
 
 impl Server {
     /// Runs `cmd` and waits until `port` takes connections.
-    fn start(&mut self, mut cmd: std::process::Command, port: u16) {
+    pub fn start(&mut self, mut cmd: std::process::Command, port: u16) {
+        use std::os::unix::process::CommandExt;
         let child = cmd
+            .process_group(0)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -403,8 +406,11 @@ impl Server {
         }
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", c.id())])
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }

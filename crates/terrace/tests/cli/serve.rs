@@ -1140,23 +1140,19 @@ fn serve_fetches_over_the_git_protocol() {
     let p = project();
     let remote = Remote::new(&files(&p));
     let port = crate::helm::free_port();
-    let mut daemon = std::process::Command::new("git")
-        .args([
-            "daemon".to_owned(),
-            "--reuseaddr".to_owned(),
-            "--export-all".to_owned(),
-            "--listen=127.0.0.1".to_owned(),
-            format!("--port={port}"),
-            format!("--base-path={}", remote.dir.path().display()),
-            remote.dir.path().display().to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("git daemon runs");
-    wait_until("git daemon listens", Duration::from_secs(10), &|| {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    // Stopped when the test ends, passed or failed.
+    let mut daemon = crate::helm::Server::default();
+    let mut cmd = std::process::Command::new("git");
+    cmd.args([
+        "daemon".to_owned(),
+        "--reuseaddr".to_owned(),
+        "--export-all".to_owned(),
+        "--listen=127.0.0.1".to_owned(),
+        format!("--port={port}"),
+        format!("--base-path={}", remote.dir.path().display()),
+        remote.dir.path().display().to_string(),
+    ]);
+    daemon.start(cmd, port);
     let url = format!("git://127.0.0.1:{port}/remote.git");
     let run = || {
         command(remote.dir.path())
@@ -1178,8 +1174,7 @@ fn serve_fetches_over_the_git_protocol() {
             .expect("a")
             .contains("v: git")
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    daemon.stop();
 }
 
 /// An https remote: the real `git http-backend` behind TLS on 127.0.0.1
@@ -1254,19 +1249,15 @@ fn serve_fetches_over_https() {
     ]);
     let port = crate::helm::free_port();
     let script = crate::repo_root().join("crates/terrace/tests/cli/support/git_https.py");
-    let mut server = std::process::Command::new("python3")
-        .arg(&script)
+    // Stopped when the test ends, passed or failed.
+    let mut server = crate::helm::Server::default();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(&script)
         .arg(remote.dir.path())
         .arg(port.to_string())
         .arg(certs.join("cert.pem"))
-        .arg(certs.join("key.pem"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 runs");
-    wait_until("the https server listens", Duration::from_secs(10), &|| {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+        .arg(certs.join("key.pem"));
+    server.start(cmd, port);
     let url = format!("https://127.0.0.1:{port}/remote.git");
     let run = |trusted: bool| {
         let mut cmd = command(remote.dir.path());
@@ -1294,8 +1285,7 @@ fn serve_fetches_over_https() {
     let o = run(true);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("applied: b"), "{}", stdout(&o));
-    let _ = server.kill();
-    let _ = server.wait();
+    server.stop();
 }
 
 /// A tag is followed instead of a branch: commits on the branch change
