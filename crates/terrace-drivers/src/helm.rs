@@ -537,41 +537,43 @@ async fn render(
         .as_ref()
         .map(|v| render_key(&program, &args, &chart, v));
     let cached = key.as_deref().and_then(|k| read_cache(ctx, k));
-    let homes_or_err = Homes::of(ctx.root)?;
     let from_cache = cached.is_some();
     let redact = ctx
         .secrets
         .map(|s| s.plaintexts_of(&values.secrets))
         .unwrap_or_default();
-    let run = |input: Option<Vec<u8>>, lines: Option<&terrace_core::driver::Lines>| {
-        let mut exec = command(&program, &homes_or_err, timeout)
-            .args(&args)
-            .current_dir(ctx.root)
-            .redact(redact.clone());
-        if let Some(input) = input {
-            exec = exec.stdin(input);
-        }
-        if let Some(lines) = lines.cloned() {
-            exec = exec.on_line(move |_, line| lines.send(line));
-        }
-        let unit_file = unit_file.clone();
-        async move {
-            let done = exec
-                .run()
-                .await
-                .and_then(|f| f.success("template"))
-                .map_err(|e| exec_error(e, &unit_file, "rendering the chart failed"))?;
-            String::from_utf8(done.stdout).map_err(|_| {
-                DriverError::from(
-                    Diagnostic::new("`helm template` printed text that is not UTF-8")
-                        .in_file(&unit_file),
-                )
-            })
-        }
-    };
+    // The private homes are made only when Helm runs: a render from the
+    // cache touches nothing.
+    let run =
+        |homes: &Homes, input: Option<Vec<u8>>, lines: Option<&terrace_core::driver::Lines>| {
+            let mut exec = command(&program, homes, timeout)
+                .args(&args)
+                .current_dir(ctx.root)
+                .redact(redact.clone());
+            if let Some(input) = input {
+                exec = exec.stdin(input);
+            }
+            if let Some(lines) = lines.cloned() {
+                exec = exec.on_line(move |_, line| lines.send(line));
+            }
+            let unit_file = unit_file.clone();
+            async move {
+                let done = exec
+                    .run()
+                    .await
+                    .and_then(|f| f.success("template"))
+                    .map_err(|e| exec_error(e, &unit_file, "rendering the chart failed"))?;
+                String::from_utf8(done.stdout).map_err(|_| {
+                    DriverError::from(
+                        Diagnostic::new("`helm template` printed text that is not UTF-8")
+                            .in_file(&unit_file),
+                    )
+                })
+            }
+        };
     let output = match cached {
         Some(text) => text,
-        None => run(piped, ctx.lines).await?,
+        None => run(&Homes::of(ctx.root)?, piped, ctx.lines).await?,
     };
     // A project path: a `Secret` the chart renders is sealed under the
     // `.sops.yaml` creation rule that matches it.
@@ -588,7 +590,7 @@ async fn render(
     } else {
         let input = serde_json::to_vec(&Value::Object(values.masked.clone()))
             .map_err(|e| DriverError::Other(Box::new(e)))?;
-        match run(Some(input), None).await {
+        match run(&Homes::of(ctx.root)?, Some(input), None).await {
             Ok(text) => read_output(&text, &described, &s, &unit_file)
                 .ok()
                 .map(|masked| {
