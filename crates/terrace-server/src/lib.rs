@@ -277,14 +277,8 @@ pub async fn drift(
     interrupt: &Interrupt,
     layers: &BTreeSet<String>,
 ) -> Result<Drift, ServeError> {
-    let tree = opts.tree();
-    let project = Project::discover(&tree, Arc::new(terrace_drivers::registry()))?;
-    let state = Arc::new(terrace_state::LocalBackend::new(project.state_dir()));
-    let secrets = Arc::new(terrace_secrets::SecretStore::new(&project.root));
-    let mut engine = Engine::new(project, opts.environment.as_deref(), state, secrets)?;
-    if let Some(rev) = Status::load(&opts.workdir).applied {
-        engine = engine.with_revision(rev);
-    }
+    let applied = Status::load(&opts.workdir).applied;
+    let engine = open_engine(opts, applied.as_deref())?;
     let config = engine.project.file.serve.clone();
     let units: BTreeSet<usize> = engine
         .workspace

@@ -644,11 +644,7 @@ struct StatusRow {
 }
 
 /// Every unit of the local project, from its state.
-async fn local_status(
-    start: &Path,
-    env: Option<&str>,
-) -> Result<(String, Vec<StatusRow>), CliError> {
-    let engine = open_engine(start, env)?;
+async fn local_status(engine: &Engine) -> Result<(String, Vec<StatusRow>), CliError> {
     let envname = engine.environment().to_owned();
     let ws = &engine.workspace;
     let mut records = std::collections::HashMap::new();
@@ -761,8 +757,8 @@ async fn fill_dashboard(
     env: Option<&str>,
     shared: &terrace_server::http::Shared,
 ) -> Result<(), CliError> {
-    let project = load_project(start)?;
-    let (envname, rows) = local_status(start, env).await?;
+    let engine = open_engine(start, env)?;
+    let (envname, rows) = local_status(&engine).await?;
     let mut units = std::collections::BTreeMap::new();
     for r in rows {
         units.insert(
@@ -784,7 +780,7 @@ async fn fill_dashboard(
     *shared
         .layers
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = project.file.layers.clone();
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = engine.project.file.layers.clone();
     *shared
         .environment
         .lock()
@@ -861,7 +857,7 @@ async fn status(
     loop {
         let (source, rows) = match &a.server {
             Some(url) => remote_status(url).await?,
-            None => local_status(start, env).await?,
+            None => local_status(&open_engine(start, env)?).await?,
         };
         if a.watch && format == OutputFormat::Text {
             out!("\x1b[2J\x1b[H");
