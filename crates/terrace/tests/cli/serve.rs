@@ -939,17 +939,20 @@ fn real_cluster_two_replicas_elect_one_leader() {
     let p = project();
     let remote = Remote::new(&files(&p));
     let lease = format!("terrace-rt-lease-{}", std::process::id());
-    let _ = crate::kubectl(
-        &kubeconfig,
-        &[
-            "delete",
-            "lease",
-            &lease,
-            "-n",
-            "default",
-            "--ignore-not-found",
-        ],
-    );
+    let delete_lease = || {
+        crate::kubectl(
+            &kubeconfig,
+            &[
+                "delete",
+                "lease",
+                &lease,
+                "-n",
+                "default",
+                "--ignore-not-found",
+            ],
+        )
+    };
+    let _ = delete_lease();
     let replica = |n: u32| {
         let mut cmd = std_command(remote.dir.path());
         cmd.args([
@@ -977,7 +980,7 @@ fn real_cluster_two_replicas_elect_one_leader() {
         let status = remote.dir.path().join(format!("replica-{n}/serve.json"));
         std::fs::read_to_string(status).is_ok_and(|t| t.contains("\"applied\""))
     };
-    let first = replica(1);
+    let mut first = replica(1);
     wait_until(
         "the first replica leads and applies",
         Duration::from_secs(30),
@@ -1009,18 +1012,8 @@ fn real_cluster_two_replicas_elect_one_leader() {
         text.contains("standby:") && text.contains("leading as"),
         "{text}"
     );
-    let _ = crate::kubectl(
-        &kubeconfig,
-        &[
-            "delete",
-            "lease",
-            &lease,
-            "-n",
-            "default",
-            "--ignore-not-found",
-        ],
-    );
-    drop(first);
+    let _ = delete_lease();
+    let _ = first.wait();
 }
 
 /// `deploy/` runs `terrace serve` in a cluster and is a terrace project:
