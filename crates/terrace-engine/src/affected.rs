@@ -106,6 +106,29 @@ pub fn affected_units(engine: &Engine, rev: &str) -> Result<BTreeSet<usize>, Eng
 /// environment's variable files is among them.
 pub fn units_touched_by(engine: &Engine, files: &[String]) -> BTreeSet<usize> {
     let ws = &engine.workspace;
+    let touched = files_touching(engine, files);
+    if touched.everything {
+        return (0..ws.graph.len()).collect();
+    }
+    ws.graph.with_dependents(touched.units.into_keys())
+}
+
+/// Which changed files touch which unit directly (before dependents are
+/// added): the files in its directory, and the files it read when last
+/// planned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Unit index → the changed files that touch it.
+    pub units: std::collections::BTreeMap<usize, Vec<String>>,
+    /// The project file or one of the environment's variable files
+    /// changed: every unit may have changed.
+    pub everything: bool,
+}
+
+/// The units each of the changed `files` (project-relative) touches
+/// directly.
+pub fn files_touching(engine: &Engine, files: &[String]) -> Touched {
+    let ws = &engine.workspace;
     let var_files: Vec<&String> = engine
         .project
         .file
@@ -114,20 +137,27 @@ pub fn units_touched_by(engine: &Engine, files: &[String]) -> BTreeSet<usize> {
         .map(|e| e.var_files.iter().collect())
         .unwrap_or_default();
     let reads = engine.reads.all(&engine.project.root);
-    let mut direct = BTreeSet::new();
+    let mut touched = Touched::default();
     for f in files {
+        let mut add = |i: usize| {
+            let list = touched.units.entry(i).or_default();
+            if list.last() != Some(f) {
+                list.push(f.clone());
+            }
+        };
         // Every unit that read it when last planned.
         for (i, u) in ws.units.iter().enumerate() {
             if reads
                 .get(&u.name)
                 .is_some_and(|read| crate::reads::touches(read, f))
             {
-                direct.insert(i);
+                add(i);
             }
         }
         if f == PROJECT_FILE || var_files.contains(&f) {
             // Project settings and variables can change any unit.
-            return (0..ws.graph.len()).collect();
+            touched.everything = true;
+            continue;
         }
         // The unit whose directory holds the file, innermost first.
         let owner = ws
@@ -137,8 +167,8 @@ pub fn units_touched_by(engine: &Engine, files: &[String]) -> BTreeSet<usize> {
             .filter(|(_, u)| u.dir == "." || f.starts_with(&format!("{}/", u.dir)))
             .max_by_key(|(_, u)| u.dir.len());
         if let Some((i, _)) = owner {
-            direct.insert(i);
+            add(i);
         }
     }
-    ws.graph.with_dependents(direct)
+    touched
 }

@@ -1044,23 +1044,7 @@ impl Engine {
         let plain = self.plaintexts();
         // The unit goes out with the documents (`render --output json`):
         // its secret inputs are shown as sensitive.
-        let mut unit = unit;
-        for name in unit.sensitive_inputs.keys() {
-            if let Some(v) = unit.inputs.get_mut(name) {
-                *v = Value::String(terrace_core::secrets::REDACTED.to_owned());
-            }
-        }
-        for v in unit.inputs.values_mut() {
-            plain.redact_value(v);
-        }
-        if let Some(settings) = unit.settings.as_object_mut() {
-            for name in unit.sensitive_settings.keys() {
-                if let Some(v) = settings.get_mut(name) {
-                    *v = Value::String(terrace_core::secrets::REDACTED.to_owned());
-                }
-            }
-        }
-        plain.redact_value(&mut unit.settings);
+        let unit = masked(unit, &plain);
         Ok(rendered
             .map(|mut r| {
                 for d in &mut r.documents {
@@ -1073,6 +1057,39 @@ impl Engine {
                 e.redact(&plain);
                 e
             }))
+    }
+
+    /// Unit `name` as it stands now, its inputs from its dependencies'
+    /// recorded outputs, with every secret input and setting shown as
+    /// sensitive (and any secret value elsewhere redacted): what a unit's
+    /// page shows. Inputs known only after a dependency is applied are
+    /// named in `unknown_inputs`.
+    pub async fn inputs(
+        &self,
+        name: &str,
+    ) -> Result<Result<ResolvedUnit, ReportError>, EngineError> {
+        let i = self
+            .workspace
+            .index_of(name)
+            .ok_or_else(|| EngineError::UnknownUnit {
+                name: name.to_owned(),
+                environment: self.environment().to_owned(),
+            })?;
+        let mut views = HashMap::new();
+        self.fill_from_state(i, &mut views).await?;
+        let evaluated =
+            self.workspace
+                .evaluate(&self.project, i, &views, Some(self.secrets.as_ref()));
+        // After the evaluation: the secrets it decrypted are known.
+        let plain = self.plaintexts();
+        Ok(match evaluated {
+            Ok(u) => Ok(masked(u, &plain)),
+            Err(d) => {
+                let mut e = ReportError::from_diagnostic(d);
+                e.redact(&plain);
+                Err(e)
+            }
+        })
     }
 
     /// Applies the selected units.
@@ -1731,6 +1748,28 @@ impl Engine {
 /// runtime. Rendering, decryption, kustomize builds and fsyncs are
 /// synchronous; here they never hold one of the runtime's few threads, so
 /// `-j N` works on N units at once. A panic comes back out as the task's.
+/// `unit` with its secret inputs and settings shown as sensitive, and
+/// any other secret value redacted.
+fn masked(mut unit: ResolvedUnit, plain: &Plaintexts) -> ResolvedUnit {
+    for name in unit.sensitive_inputs.keys() {
+        if let Some(v) = unit.inputs.get_mut(name) {
+            *v = Value::String(terrace_core::secrets::REDACTED.to_owned());
+        }
+    }
+    for v in unit.inputs.values_mut() {
+        plain.redact_value(v);
+    }
+    if let Some(settings) = unit.settings.as_object_mut() {
+        for name in unit.sensitive_settings.keys() {
+            if let Some(v) = settings.get_mut(name) {
+                *v = Value::String(terrace_core::secrets::REDACTED.to_owned());
+            }
+        }
+    }
+    plain.redact_value(&mut unit.settings);
+    unit
+}
+
 async fn off_runtime<T: Send + 'static>(
     work: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
