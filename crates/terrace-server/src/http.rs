@@ -58,6 +58,34 @@ pub struct Shared {
     /// A dashboard without the daemon (`terrace dashboard`): nothing can
     /// be changed through it.
     pub read_only: bool,
+    /// The daemon's runs, their logs, and the actions taken.
+    pub history: crate::runs::History,
+    /// Each unit's last plan or apply report (sealed by the engine).
+    pub reports: Mutex<BTreeMap<String, terrace_engine::run::UnitReport>>,
+    /// The project as last reconciled, for unit pages.
+    pub engine: Mutex<Option<Arc<terrace_engine::Engine>>>,
+    /// What woke the loop up (a webhook, an API call).
+    pub wake: Mutex<Option<crate::runs::Trigger>>,
+    /// Layers the API paused.
+    pub paused_layers: Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// What the API paused, at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Paused {
+    units: std::collections::BTreeSet<String>,
+    layers: std::collections::BTreeSet<String>,
+    layer_of: BTreeMap<String, String>,
+}
+
+impl Paused {
+    /// Whether unit `name` (of `layer`, when known) is held back.
+    pub fn holds(&self, name: &str, layer: Option<&str>) -> bool {
+        self.units.contains(name)
+            || layer
+                .or_else(|| self.layer_of.get(name).map(String::as_str))
+                .is_some_and(|l| self.layers.contains(l))
+    }
 }
 
 /// What the API says of a unit.
@@ -221,6 +249,89 @@ impl Shared {
         matches(&self.write_token) || (!write && matches(&self.read_token))
     }
 
+    /// What is paused now: units, and layers whole.
+    pub fn paused_units(&self) -> Paused {
+        Paused {
+            units: self
+                .paused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            layers: self
+                .paused_layers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            layer_of: self
+                .units
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(n, u)| (n.clone(), u.layer.clone()))
+                .collect(),
+        }
+    }
+
+    /// Wakes the loop up now, saying why.
+    pub fn wake(&self, why: crate::runs::Trigger) {
+        *self.wake.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+        self.trigger.notify_one();
+    }
+
+    /// Who made a write request: the name the client gave
+    /// (`X-Terrace-Actor`), with the credential that allowed it; and the
+    /// address it came from.
+    fn actor(&self, headers: &HeaderMap, extensions: &axum::http::Extensions) -> (String, String) {
+        let by = if self.write_token.is_some() {
+            "write token"
+        } else {
+            "loopback, no token"
+        };
+        let who = match header(headers, "x-terrace-actor").map(str::trim) {
+            Some(name) if !name.is_empty() => format!("{name} ({by})"),
+            _ => by.to_owned(),
+        };
+        let from = extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default();
+        (who, from)
+    }
+
+    /// The runs the state backend recorded (`terrace dashboard`: every
+    /// `apply` and `destroy`), in the daemon's terms.
+    async fn state_runs(&self) -> Result<Vec<crate::runs::Run>, String> {
+        use terrace_state::StateBackend;
+        let Some(env) = self
+            .environment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return Ok(Vec::new());
+        };
+        let dir = self.state_dir.clone().unwrap_or_else(|| {
+            self.workdir
+                .join("tree")
+                .join(terrace_core::config::WORK_DIR)
+                .join("state")
+        });
+        let backend = terrace_state::LocalBackend::new(dir);
+        let records = backend.runs(&env).await.map_err(|e| e.to_string())?;
+        let layers: BTreeMap<String, String> = self
+            .units
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(n, u)| (n.clone(), u.layer.clone()))
+            .collect();
+        Ok(records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| crate::runs::Run::from_record(i as u64 + 1, &r, &layers))
+            .collect())
+    }
+
     fn count(&self, provider: &str, result: &str) {
         let mut m = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
         *m.webhooks
@@ -288,7 +399,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/approval", get(api_approval))
         .route("/api/v1/reconcile", post(api_reconcile))
         .route("/api/v1/approve", post(api_approve))
+        .route("/api/v1/units/{unit}", get(api_unit))
         .route("/api/v1/units/{unit}/{action}", post(api_pause))
+        .route("/api/v1/layers/{layer}/{action}", post(api_pause_layer))
+        .route("/api/v1/runs/{id}", get(api_run))
+        .route("/api/v1/runs/{id}/log", get(api_run_log))
+        .route("/api/v1/actions", get(api_actions))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
@@ -299,9 +415,12 @@ pub async fn serve_until(
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(stop)
-        .await
+    axum::serve(
+        listener,
+        router(shared).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
 }
 
 /// Why a write is refused: 403 on a read-only dashboard, 401 without the
@@ -385,6 +504,13 @@ async fn api_status(
         "pendingRevision": status.pending_revision,
         "held": status.held,
         "paused": paused,
+        "pausedLayers": shared
+            .paused_layers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>(),
     }))
 }
 
@@ -407,30 +533,111 @@ async fn api_runs(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
 ) -> axum::response::Response {
-    use terrace_state::StateBackend;
     if !shared.allowed(&headers, false) {
         return denied();
     }
-    let Some(env) = shared
-        .environment
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone()
-    else {
-        return json(&serde_json::json!([]));
-    };
-    let dir = shared.state_dir.clone().unwrap_or_else(|| {
-        shared
-            .workdir
-            .join("tree")
-            .join(terrace_core::config::WORK_DIR)
-            .join("state")
-    });
-    let backend = terrace_state::LocalBackend::new(dir);
-    match backend.runs(&env).await {
+    if shared.state_dir.is_none() {
+        return json(&serde_json::to_value(shared.history.runs()).unwrap_or_default());
+    }
+    match shared.state_runs().await {
         Ok(runs) => json(&serde_json::to_value(runs).unwrap_or_default()),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+/// One run, with its log so far.
+async fn api_run(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if !shared.allowed(&headers, false) {
+        return denied();
+    }
+    let run = if shared.state_dir.is_none() {
+        shared.history.run(id)
+    } else {
+        shared
+            .state_runs()
+            .await
+            .ok()
+            .and_then(|runs| runs.into_iter().find(|r| r.id == id))
+    };
+    let Some(run) = run else {
+        return (StatusCode::NOT_FOUND, format!("no run {id} is kept\n")).into_response();
+    };
+    let (log, running) = shared.history.log(id).unwrap_or_default();
+    let mut value = serde_json::to_value(run).unwrap_or_default();
+    value["log"] = serde_json::json!(log);
+    value["running"] = serde_json::json!(running);
+    json(&value)
+}
+
+/// A run's log as server-sent events: the lines so far, then each new
+/// line while it runs (`event: line`), then `event: end`.
+async fn api_run_log(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    if !shared.allowed(&headers, false) {
+        return denied();
+    }
+    // Subscribed before the lines so far are read: none is missed (one
+    // may come twice, and is dropped by its number).
+    let follow = shared.history.lines.subscribe();
+    let Some((so_far, running)) = shared.history.log(id) else {
+        return (StatusCode::NOT_FOUND, format!("no run {id} is kept\n")).into_response();
+    };
+    let seen = so_far.len();
+    let first: Vec<Result<Event, std::convert::Infallible>> = so_far
+        .into_iter()
+        .enumerate()
+        .map(|(n, l)| Ok(Event::default().event("line").id(n.to_string()).data(l)))
+        .collect();
+    let head = futures::stream::iter(first);
+    let tail = futures::stream::unfold(running.then_some(follow), move |rx| async move {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut rx = rx?;
+        loop {
+            match rx.recv().await {
+                Ok(crate::runs::LogEvent {
+                    run,
+                    line: Some((n, text)),
+                }) if run == id => {
+                    if n < seen {
+                        // Read with the log so far.
+                        continue;
+                    }
+                    let event = Event::default().event("line").id(n.to_string()).data(text);
+                    return Some((Ok(event), Some(rx)));
+                }
+                Ok(crate::runs::LogEvent { run, line: None }) if run == id => {
+                    return Some((Ok(Event::default().event("end").data("end")), None));
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(k)) => {
+                    let event = Event::default().event("lagged").data(format!(
+                        "{k} line(s) went by too fast to stream; the run's page has them all"
+                    ));
+                    return Some((Ok(event), Some(rx)));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    let end = futures::stream::iter(if running {
+        Vec::new()
+    } else {
+        vec![Ok(Event::default().event("end").data("end"))]
+    });
+    Sse::new(futures::StreamExt::chain(
+        futures::StreamExt::chain(head, tail),
+        end,
+    ))
+    .keep_alive(KeepAlive::default())
+    .into_response()
 }
 
 /// The plan waiting for approval (its changes and diffs, sealed as every
@@ -451,17 +658,21 @@ async fn api_approval(
 async fn api_reconcile(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> axum::response::Response {
     if let Some(refused) = may_write(&shared, &headers) {
         return refused;
     }
-    shared.trigger.notify_one();
+    let (who, from) = shared.actor(&headers, &extensions);
+    shared.history.act(&who, &from, "reconcile", "");
+    shared.wake(crate::runs::Trigger::Manual);
     (StatusCode::ACCEPTED, "reconciling now\n").into_response()
 }
 
 async fn api_approve(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: Bytes,
 ) -> axum::response::Response {
     if let Some(refused) = may_write(&shared, &headers) {
@@ -494,8 +705,10 @@ async fn api_approve(
     *shared
         .approved
         .lock()
-        .unwrap_or_else(PoisonError::into_inner) = Some(revision);
-    shared.trigger.notify_one();
+        .unwrap_or_else(PoisonError::into_inner) = Some(revision.clone());
+    let (who, from) = shared.actor(&headers, &extensions);
+    shared.history.act(&who, &from, "approve", &revision);
+    shared.wake(crate::runs::Trigger::Approval);
     (StatusCode::ACCEPTED, "approved: applying the plan\n").into_response()
 }
 
@@ -503,22 +716,180 @@ async fn api_pause(
     State(shared): State<Arc<Shared>>,
     Path((unit, action)): Path<(String, String)>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> axum::response::Response {
     if let Some(refused) = may_write(&shared, &headers) {
         return refused;
     }
+    if !matches!(action.as_str(), "pause" | "resume") {
+        return (StatusCode::NOT_FOUND, "POST .../pause or .../resume\n").into_response();
+    }
+    let (who, from) = shared.actor(&headers, &extensions);
+    shared
+        .history
+        .act(&who, &from, &action, &format!("unit/{unit}"));
     let mut paused = shared.paused.lock().unwrap_or_else(PoisonError::into_inner);
-    match action.as_str() {
-        "pause" => {
-            paused.insert(unit);
-        }
-        "resume" => {
-            paused.remove(&unit);
-            shared.trigger.notify_one();
-        }
-        _ => return (StatusCode::NOT_FOUND, "POST .../pause or .../resume\n").into_response(),
+    if action == "pause" {
+        paused.insert(unit);
+    } else {
+        paused.remove(&unit);
+        drop(paused);
+        shared.wake(crate::runs::Trigger::Manual);
     }
     (StatusCode::OK, format!("{action}d\n")).into_response()
+}
+
+/// Pauses or resumes every unit of a layer.
+async fn api_pause_layer(
+    State(shared): State<Arc<Shared>>,
+    Path((layer, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+) -> axum::response::Response {
+    if let Some(refused) = may_write(&shared, &headers) {
+        return refused;
+    }
+    if !matches!(action.as_str(), "pause" | "resume") {
+        return (StatusCode::NOT_FOUND, "POST .../pause or .../resume\n").into_response();
+    }
+    let known = shared
+        .layers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&layer);
+    if !known {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no layer {layer}: GET /api/v1/status lists the layers\n"),
+        )
+            .into_response();
+    }
+    let (who, from) = shared.actor(&headers, &extensions);
+    shared
+        .history
+        .act(&who, &from, &action, &format!("layer/{layer}"));
+    let mut paused = shared
+        .paused_layers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if action == "pause" {
+        paused.insert(layer);
+    } else {
+        paused.remove(&layer);
+        drop(paused);
+        shared.wake(crate::runs::Trigger::Manual);
+    }
+    (StatusCode::OK, format!("{action}d\n")).into_response()
+}
+
+async fn api_actions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if !shared.allowed(&headers, false) {
+        return denied();
+    }
+    json(&serde_json::to_value(shared.history.actions()).unwrap_or_default())
+}
+
+/// A unit's page: what the daemon last saw of it, its inputs (secrets
+/// shown as sensitive), its recorded outputs (sensitive ones named, never
+/// shown) and inventory, its last plan with the diffs (sealed as the
+/// CLI's are), and the runs it took part in with the files that touched
+/// it.
+async fn api_unit(
+    State(shared): State<Arc<Shared>>,
+    Path(unit): Path<String>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if !shared.allowed(&headers, false) {
+        return denied();
+    }
+    let view = shared
+        .units
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&unit)
+        .cloned();
+    let Some(view) = view else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no unit {unit}: GET /api/v1/units lists them\n"),
+        )
+            .into_response();
+    };
+    let engine = shared
+        .engine
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let mut page = serde_json::json!({ "unit": unit, "view": view });
+    if let Some(engine) = engine {
+        match engine.inputs(&unit).await {
+            Ok(Ok(resolved)) => {
+                page["dir"] = serde_json::json!(resolved.dir);
+                page["inputs"] = serde_json::json!(resolved.inputs);
+                page["unknownInputs"] = serde_json::json!(resolved.unknown_inputs);
+                page["sensitiveInputs"] =
+                    serde_json::json!(resolved.sensitive_inputs.keys().collect::<Vec<_>>());
+                page["settings"] = resolved.settings.clone();
+                page["target"] = serde_json::to_value(&resolved.target).unwrap_or_default();
+            }
+            Ok(Err(e)) => page["inputsError"] = serde_json::json!(e.message),
+            Err(e) => page["inputsError"] = serde_json::json!(e.to_string()),
+        }
+        match engine.state().read(engine.environment(), &unit).await {
+            Ok(Some(record)) => {
+                page["record"] = serde_json::json!({
+                    "revision": record.revision,
+                    "updatedAt": record.updated_at,
+                    "status": record.status,
+                    "serial": record.serial,
+                    "outputs": record.outputs,
+                    "sensitiveOutputs": record.sensitive_outputs,
+                    "inventory": record.inventory,
+                });
+            }
+            Ok(None) => page["record"] = serde_json::Value::Null,
+            Err(e) => page["recordError"] = serde_json::json!(e.to_string()),
+        }
+    }
+    let report = shared
+        .reports
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&unit)
+        .cloned();
+    if let Some(r) = report {
+        page["lastPlan"] = serde_json::to_value(&r).unwrap_or_default();
+    }
+    let runs: Vec<serde_json::Value> = shared
+        .history
+        .of_unit(&unit, 20)
+        .into_iter()
+        .map(|(run, u)| {
+            serde_json::json!({
+                "id": run.id,
+                "trigger": run.trigger,
+                "revision": run.revision,
+                "startedAt": run.started_at,
+                "outcome": u.outcome,
+                "durationMs": u.duration_ms,
+                "files": u.files,
+            })
+        })
+        .collect();
+    page["runs"] = serde_json::json!(runs);
+    // Whatever slipped through, no secret value this run knows leaves.
+    if let Some(engine) = shared
+        .engine
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+    {
+        engine.plaintexts().redact_value(&mut page);
+    }
+    json(&page)
 }
 
 /// The dashboard: one page, embedded, reading the JSON API (tokens asked
@@ -682,7 +1053,7 @@ async fn webhook(
             let id = delivery.unwrap_or_else(|| terrace_fs::digest::digest(&body));
             if shared.first_time(format!("{provider}:{id}")) {
                 shared.count(&provider, "accepted");
-                shared.trigger.notify_one();
+                shared.wake(crate::runs::Trigger::Webhook);
                 (StatusCode::ACCEPTED, "fetching now\n")
             } else {
                 shared.count(&provider, "replayed");

@@ -13,6 +13,7 @@
 
 pub mod http;
 pub mod notify;
+pub mod runs;
 pub mod source;
 
 use std::collections::BTreeSet;
@@ -152,6 +153,8 @@ pub struct Reconciled {
     pub kinds: std::collections::BTreeMap<String, (String, String, Vec<String>)>,
     /// The project's layers, lowest first.
     pub layers: Vec<String>,
+    /// The daemon's record of this run (`GET /api/v1/runs/{id}`).
+    pub run: Option<u64>,
 }
 
 fn kinds_of(engine: &Engine) -> std::collections::BTreeMap<String, (String, String, Vec<String>)> {
@@ -277,6 +280,16 @@ pub async fn drift(
     interrupt: &Interrupt,
     layers: &BTreeSet<String>,
 ) -> Result<Drift, ServeError> {
+    drift_recorded(opts, interrupt, layers, None).await
+}
+
+/// [`drift`], a heal recorded as a run of `shared`'s history.
+async fn drift_recorded(
+    opts: &Options,
+    interrupt: &Interrupt,
+    layers: &BTreeSet<String>,
+    shared: Option<&Arc<http::Shared>>,
+) -> Result<Drift, ServeError> {
     let applied = Status::load(&opts.workdir).applied;
     let engine = open_engine(opts, applied.as_deref())?;
     let config = engine.project.file.serve.clone();
@@ -313,8 +326,56 @@ pub async fn drift(
             interrupt: interrupt.clone(),
             ..ApplyOptions::default()
         };
-        let report = engine.apply(&heal, &options, Arc::new(Quiet)).await?;
-        found.healed = report
+        let run = shared.map(|shared| {
+            let id = shared
+                .history
+                .start(runs::Trigger::Drift, applied.as_deref());
+            shared.history.line(
+                id,
+                &format!("drift found in {}: healing", found.drifted.join(", ")),
+            );
+            (shared, id)
+        });
+        let progress: Arc<dyn terrace_engine::run::Progress> = match run {
+            Some((shared, id)) => Arc::new(runs::RunLog {
+                shared: Arc::clone(shared),
+                id,
+            }),
+            None => Arc::new(Quiet),
+        };
+        let report = engine.apply(&heal, &options, progress).await;
+        if let Some((shared, id)) = run {
+            let (outcome, units) = match &report {
+                Ok(r) => (
+                    if r.units
+                        .iter()
+                        .all(|u| u.outcome != Outcome::Failed && u.outcome != Outcome::Skipped)
+                    {
+                        "applied"
+                    } else {
+                        "failed"
+                    },
+                    r.units
+                        .iter()
+                        .map(|u| runs::RunUnit {
+                            unit: u.unit.clone(),
+                            layer: u.layer.clone(),
+                            outcome: format!("{:?}", u.outcome).to_lowercase(),
+                            duration_ms: u.duration_ms,
+                            files: Vec::new(),
+                        })
+                        .collect(),
+                ),
+                Err(e) => {
+                    shared.history.line(id, &format!("error: {e}"));
+                    ("error", Vec::new())
+                }
+            };
+            shared
+                .history
+                .finish(id, outcome, applied.clone(), units, Vec::new());
+        }
+        found.healed = report?
             .units
             .iter()
             .map(|u| (u.unit.clone(), u.outcome))
@@ -330,7 +391,8 @@ pub async fn reconcile(
     opts: &Options,
     interrupt: &Interrupt,
 ) -> Result<Option<Reconciled>, ServeError> {
-    reconcile_unless(opts, interrupt, None, &BTreeSet::new()).await
+    let shared = Arc::new(http::Shared::default());
+    reconcile_unless(opts, interrupt, None, &shared, runs::Trigger::Manual).await
 }
 
 /// Where the plan waiting for approval is kept.
@@ -356,6 +418,22 @@ pub async fn approve(
     opts: &Options,
     interrupt: &Interrupt,
     revision: &str,
+) -> Result<Reconciled, ServeError> {
+    approve_recorded(
+        opts,
+        interrupt,
+        revision,
+        &Arc::new(http::Shared::default()),
+    )
+    .await
+}
+
+/// [`approve`], recorded as a run of `shared`'s history.
+async fn approve_recorded(
+    opts: &Options,
+    interrupt: &Interrupt,
+    revision: &str,
+    shared: &Arc<http::Shared>,
 ) -> Result<Reconciled, ServeError> {
     let mut status = Status::load(&opts.workdir);
     if status.pending.is_empty() || status.pending_revision.as_deref() != Some(revision) {
@@ -392,9 +470,31 @@ pub async fn approve(
         saved: Some(Arc::new(saved)),
         ..ApplyOptions::default()
     };
-    let report = engine
-        .apply(&selection.applied, &options, Arc::new(Quiet))
-        .await?;
+    let id = shared
+        .history
+        .start(runs::Trigger::Approval, Some(revision));
+    shared.history.line(
+        id,
+        &format!("applying the approved plan of revision {}", short(revision)),
+    );
+    let log = Arc::new(runs::RunLog {
+        shared: Arc::clone(shared),
+        id,
+    });
+    let report = match engine.apply(&selection.applied, &options, log).await {
+        Ok(r) => r,
+        Err(e) => {
+            shared.history.line(id, &format!("error: {e}"));
+            shared.history.finish(
+                id,
+                "error",
+                Some(revision.to_owned()),
+                Vec::new(),
+                Vec::new(),
+            );
+            return Err(e.into());
+        }
+    };
     let reconciled = Reconciled {
         revision: revision.to_owned(),
         since: None,
@@ -412,7 +512,9 @@ pub async fn approve(
         timings: Vec::new(),
         kinds: kinds_of(&engine),
         layers: engine.project.file.layers.clone(),
+        run: Some(id),
     };
+    finish_run(shared, &reconciled, &Ok(()), Vec::new(), &|_| Vec::new());
     if reconciled.succeeded() {
         status.pending.clear();
         status.pending_revision = None;
@@ -428,8 +530,10 @@ async fn reconcile_unless(
     opts: &Options,
     interrupt: &Interrupt,
     hold: Option<&str>,
-    paused: &BTreeSet<String>,
+    shared: &Arc<http::Shared>,
+    trigger: runs::Trigger,
 ) -> Result<Option<Reconciled>, ServeError> {
+    let paused = shared.paused_units();
     terrace_fs::private_dir(&opts.workdir)?;
     let source = opts.source();
     let fetched = {
@@ -443,7 +547,7 @@ async fn reconcile_unless(
         .map_err(|e| SourceError::Git(format!("the fetch stopped: {e}")))??
     };
     let mut status = Status::load(&opts.workdir);
-    let resumed = status.held.iter().any(|u| !paused.contains(u));
+    let resumed = status.held.iter().any(|u| !paused.holds(u, None));
     if hold == Some(fetched.as_str())
         || (!resumed
             && status.applied.as_deref() == Some(fetched.as_str())
@@ -476,16 +580,25 @@ async fn reconcile_unless(
     status.save(&opts.workdir)?;
 
     let engine = open_engine(opts, Some(&fetched))?;
-    let (mut selected, changed): (BTreeSet<usize>, usize) = match &before {
-        Some(before) => {
-            let changed = source::changed(before, &files);
-            (
-                terrace_engine::affected::units_touched_by(&engine, &changed),
-                changed.len(),
-            )
-        }
-        None => ((0..engine.workspace.graph.len()).collect(), files.len()),
-    };
+    let (mut selected, changed, changed_files, touching): (BTreeSet<usize>, usize, Vec<String>, _) =
+        match &before {
+            Some(before) => {
+                let changed = source::changed(before, &files);
+                let touching = terrace_engine::affected::files_touching(&engine, &changed);
+                (
+                    terrace_engine::affected::units_touched_by(&engine, &changed),
+                    changed.len(),
+                    changed,
+                    touching.units,
+                )
+            }
+            None => (
+                (0..engine.workspace.graph.len()).collect(),
+                files.len(),
+                Vec::new(),
+                Default::default(),
+            ),
+        };
     let config = engine.project.file.serve.clone();
     check_layers(&engine, &config)?;
     // What waited for approval, or was held while paused, is planned
@@ -495,12 +608,16 @@ async fn reconcile_unless(
             selected.insert(i);
         }
     }
+    let is_paused = |i: usize| {
+        let u = &engine.workspace.units[i];
+        paused.holds(&u.name, Some(&u.layer))
+    };
     let held: Vec<String> = selected
         .iter()
+        .filter(|&&i| is_paused(i))
         .map(|&i| engine.workspace.units[i].name.clone())
-        .filter(|n| paused.contains(n))
         .collect();
-    selected.retain(|&i| !paused.contains(&engine.workspace.units[i].name));
+    selected.retain(|&i| !is_paused(i));
     let mut reconciled = Reconciled {
         revision: fetched.clone(),
         since: status.applied.clone(),
@@ -514,17 +631,140 @@ async fn reconcile_unless(
         timings: Vec::new(),
         kinds: kinds_of(&engine),
         layers: engine.project.file.layers.clone(),
+        run: None,
     };
+    let id = shared.history.start(trigger, Some(&fetched));
+    reconciled.run = Some(id);
+    shared.history.line(
+        id,
+        &format!(
+            "revision {}: {changed} file(s) changed since {}; {} unit(s) to reconcile{}",
+            short(&fetched),
+            status.applied.as_deref().map_or("nothing applied", short),
+            selected.len(),
+            if held.is_empty() {
+                String::new()
+            } else {
+                format!(", {} held (paused)", held.len())
+            }
+        ),
+    );
+    let engine = Arc::new(engine);
+    *shared
+        .engine
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&engine));
+    let log = Arc::new(runs::RunLog {
+        shared: Arc::clone(shared),
+        id,
+    });
+    let ran = run_selected(
+        opts,
+        interrupt,
+        &engine,
+        selected,
+        &config,
+        &log,
+        &mut reconciled,
+        &mut status,
+        &fetched,
+    )
+    .await;
+    let touched_files = |unit: &str| {
+        engine
+            .workspace
+            .index_of(unit)
+            .and_then(|i| touching.get(&i).cloned())
+            .unwrap_or_default()
+    };
+    finish_run(shared, &reconciled, &ran, changed_files, &touched_files);
+    ran?;
+    status.held = held;
+    if reconciled.succeeded() {
+        status.applied = Some(fetched);
+    }
+    status.save(&opts.workdir)?;
+    Ok(Some(reconciled))
+}
+
+/// The first 12 characters of a revision.
+fn short(revision: &str) -> &str {
+    &revision[..revision.len().min(12)]
+}
+
+/// Ends the daemon's record of a run.
+fn finish_run(
+    shared: &http::Shared,
+    r: &Reconciled,
+    ran: &Result<(), ServeError>,
+    changed: Vec<String>,
+    files: &dyn Fn(&str) -> Vec<String>,
+) {
+    let Some(id) = r.run else { return };
+    let reports = shared
+        .reports
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let units = r
+        .units
+        .iter()
+        .map(|(unit, outcome)| runs::RunUnit {
+            unit: unit.clone(),
+            layer: r.kinds.get(unit).map(|k| k.0.clone()).unwrap_or_default(),
+            outcome: if r.awaiting.contains(unit) {
+                "approval".to_owned()
+            } else {
+                format!("{outcome:?}").to_lowercase()
+            },
+            duration_ms: reports.get(unit).map_or(0, |rep| rep.duration_ms),
+            files: files(unit),
+        })
+        .chain(r.paused.iter().map(|unit| runs::RunUnit {
+            unit: unit.clone(),
+            layer: r.kinds.get(unit).map(|k| k.0.clone()).unwrap_or_default(),
+            outcome: "paused".to_owned(),
+            duration_ms: 0,
+            files: files(unit),
+        }))
+        .collect();
+    let outcome = match ran {
+        Err(e) => {
+            shared.history.line(id, &format!("error: {e}"));
+            "error"
+        }
+        Ok(()) if r.succeeded() => "applied",
+        Ok(()) => "failed",
+    };
+    shared.history.line(id, &r.summary());
+    shared
+        .history
+        .finish(id, outcome, Some(r.revision.clone()), units, changed);
+}
+
+/// Applies, plans, or plans and keeps for approval each selected unit,
+/// as its layer's policy says.
+#[allow(clippy::too_many_arguments)]
+async fn run_selected(
+    opts: &Options,
+    interrupt: &Interrupt,
+    engine: &Arc<Engine>,
+    selected: BTreeSet<usize>,
+    config: &ServeConfig,
+    log: &Arc<runs::RunLog>,
+    reconciled: &mut Reconciled,
+    status: &mut Status,
+    fetched: &str,
+) -> Result<(), ServeError> {
     // Layers whose policy is `plan` are only planned; `approve` layers
     // are planned and their plan kept until it is approved.
-    let layer_policy = |i: &usize| policy(&config, &engine.workspace.units[*i].layer);
+    let layer_policy = |i: &usize| policy(config, &engine.workspace.units[*i].layer);
     let (planned, rest): (BTreeSet<usize>, BTreeSet<usize>) = selected
         .into_iter()
         .partition(|i| layer_policy(i) == ServePolicy::Plan);
     let (approving, applied): (BTreeSet<usize>, BTreeSet<usize>) = rest
         .into_iter()
         .partition(|i| layer_policy(i) == ServePolicy::Approve);
-    let engine = Arc::new(engine);
     if !applied.is_empty() {
         let options = ApplyOptions {
             jobs: opts.jobs,
@@ -532,7 +772,7 @@ async fn reconcile_unless(
             interrupt: interrupt.clone(),
             ..ApplyOptions::default()
         };
-        let report = engine.apply(&applied, &options, Arc::new(Quiet)).await?;
+        let report = engine.apply(&applied, &options, log.clone()).await?;
         reconciled
             .units
             .extend(report.units.iter().map(|u| (u.unit.clone(), u.outcome)));
@@ -543,7 +783,7 @@ async fn reconcile_unless(
             .collect();
     }
     if !planned.is_empty() {
-        let report = engine.plan(&planned, &Quiet, opts.jobs).await?;
+        let report = engine.plan(&planned, log.as_ref(), opts.jobs).await?;
         reconciled.units.extend(report.units.iter().map(|u| {
             let outcome = if u.outcome == Outcome::Failed {
                 Outcome::Failed
@@ -556,7 +796,7 @@ async fn reconcile_unless(
         }));
     }
     if !approving.is_empty() {
-        let report = engine.plan(&approving, &Quiet, opts.jobs).await?;
+        let report = engine.plan(&approving, log.as_ref(), opts.jobs).await?;
         let waiting: Vec<String> = report
             .units
             .iter()
@@ -577,7 +817,7 @@ async fn reconcile_unless(
             let saved = terrace_engine::saved::SavedPlan::from_report(
                 &engine.project.file.name,
                 true,
-                Some(fetched.clone()),
+                Some(fetched.to_owned()),
                 &report,
             )
             .map_err(|e| ServeError::Config(e.to_string()))?;
@@ -587,16 +827,11 @@ async fn reconcile_unless(
                 terrace_fs::Mode::Private,
             )?;
             status.pending = waiting.clone();
-            status.pending_revision = Some(fetched.clone());
+            status.pending_revision = Some(fetched.to_owned());
         }
         reconciled.awaiting = waiting;
     }
-    status.held = held;
-    if reconciled.succeeded() {
-        status.applied = Some(fetched);
-    }
-    status.save(&opts.workdir)?;
-    Ok(Some(reconciled))
+    Ok(())
 }
 
 /// Serves until interrupted (or once, with `opts.once`): reconciles every
@@ -623,6 +858,11 @@ pub async fn serve(
         read_token: opts.read_token.clone(),
         write_token: opts.write_token.clone(),
         workdir: opts.workdir.clone(),
+        history: {
+            let dir = runs::dir(&opts.workdir);
+            terrace_fs::private_dir(&dir)?;
+            runs::History::new(Some(dir))
+        },
         ..http::Shared::new(opts.webhook_secret.clone())
     });
     shared
@@ -756,7 +996,7 @@ async fn serve_loop(
     opts: &Options,
     interrupt: &Interrupt,
     say: &(dyn Fn(&str) + Sync),
-    shared: &http::Shared,
+    shared: &Arc<http::Shared>,
 ) -> Result<bool, ServeError> {
     let mut notifier: Option<(Vec<terrace_core::config::NotifyConfig>, notify::Notifier)> = None;
     let mut config = ServeConfig::default();
@@ -773,12 +1013,17 @@ async fn serve_loop(
             .as_ref()
             .filter(|(_, _, at)| !woken && started < *at)
             .map(|(rev, _, _)| rev.clone());
+        let trigger = if woken {
+            shared
+                .wake
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+                .unwrap_or(runs::Trigger::Manual)
+        } else {
+            runs::Trigger::Poll
+        };
         woken = false;
-        let paused = shared
-            .paused
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
         // An approval the API received: its plan is applied first.
         let approved = shared
             .approved
@@ -786,7 +1031,7 @@ async fn serve_loop(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(rev) = approved {
-            match approve(opts, interrupt, &rev).await {
+            match approve_recorded(opts, interrupt, &rev, shared).await {
                 Ok(r) => {
                     say(&format!("approved {}", r.summary()));
                     record_units(shared, &r);
@@ -800,7 +1045,7 @@ async fn serve_loop(
                 Err(e) => say(&format!("approval of {rev} not applied: {e}")),
             }
         }
-        let result = reconcile_unless(opts, interrupt, hold.as_deref(), &paused).await;
+        let result = reconcile_unless(opts, interrupt, hold.as_deref(), shared, trigger).await;
         if let Ok(Some(r)) = &result {
             record_units(shared, r);
         }
@@ -927,7 +1172,7 @@ async fn serve_loop(
                 for l in &due {
                     drift_checked.insert(l.clone(), now);
                 }
-                let found = drift(opts, interrupt, &due).await;
+                let found = drift_recorded(opts, interrupt, &due, Some(shared)).await;
                 if let Ok(d) = &found {
                     shared
                         .metrics
@@ -999,10 +1244,20 @@ fn record_units(shared: &http::Shared, r: &Reconciled) {
         .units
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let reports = shared
+        .reports
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     for (unit, outcome) in &r.units {
         let awaiting = r.awaiting.contains(unit);
+        let report = reports.get(unit);
+        // Planned with inputs known only once its dependencies are applied.
+        let deferred = *outcome == Outcome::Planned && report.is_some_and(|rep| rep.unknown_inputs);
         let state = if awaiting {
             "approval".to_owned()
+        } else if deferred {
+            "deferred".to_owned()
         } else {
             format!("{outcome:?}").to_lowercase()
         };
@@ -1011,7 +1266,14 @@ fn record_units(shared: &http::Shared, r: &Reconciled) {
                 "waiting for approval of revision {} (POST /api/v1/approve)",
                 r.revision
             )),
+            _ if deferred => Some(
+                "deferred: some inputs are known only after its dependencies are applied"
+                    .to_owned(),
+            ),
             Outcome::Skipped => Some("waiting: a unit it depends on failed".to_owned()),
+            Outcome::Failed => report
+                .and_then(|rep| rep.error.as_ref())
+                .map(|e| format!("failed: {}", e.message.lines().next().unwrap_or_default())),
             _ => None,
         };
         let (layer, kind, depends_on) = r.kinds.get(unit).cloned().unwrap_or_default();

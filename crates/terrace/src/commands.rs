@@ -785,6 +785,11 @@ async fn fill_dashboard(
         .environment
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(envname);
+    // Unit pages read inputs and records through it.
+    *shared
+        .engine
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(engine));
     shared
         .metrics
         .lock()
