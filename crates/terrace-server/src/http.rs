@@ -288,7 +288,10 @@ impl Shared {
             "loopback, no token"
         };
         let who = match header(headers, "x-terrace-actor").map(str::trim) {
-            Some(name) if !name.is_empty() => format!("{name} ({by})"),
+            Some(name) if !name.is_empty() => {
+                let name: String = name.chars().take(60).collect();
+                format!("{name} ({by})")
+            }
             _ => by.to_owned(),
         };
         let from = extensions

@@ -155,6 +155,19 @@ pub struct Reconciled {
     pub layers: Vec<String>,
     /// The daemon's record of this run (`GET /api/v1/runs/{id}`).
     pub run: Option<u64>,
+    /// Units applied only once (`lifecycle: once`), with the unit they
+    /// hand their objects over to, if any.
+    pub once: std::collections::BTreeMap<String, Option<String>>,
+}
+
+fn once_of(engine: &Engine) -> std::collections::BTreeMap<String, Option<String>> {
+    engine
+        .workspace
+        .units
+        .iter()
+        .filter(|u| u.lifecycle == terrace_core::config::Lifecycle::Once)
+        .map(|u| (u.name.clone(), u.hand_over.clone()))
+        .collect()
 }
 
 fn kinds_of(engine: &Engine) -> std::collections::BTreeMap<String, (String, String, Vec<String>)> {
@@ -513,6 +526,7 @@ async fn approve_recorded(
         kinds: kinds_of(&engine),
         layers: engine.project.file.layers.clone(),
         run: Some(id),
+        once: once_of(&engine),
     };
     finish_run(shared, &reconciled, &Ok(()), Vec::new(), &|_| Vec::new());
     if reconciled.succeeded() {
@@ -632,6 +646,7 @@ async fn reconcile_unless(
         kinds: kinds_of(&engine),
         layers: engine.project.file.layers.clone(),
         run: None,
+        once: once_of(&engine),
     };
     let id = shared.history.start(trigger, Some(&fetched));
     reconciled.run = Some(id);
@@ -1254,8 +1269,11 @@ fn record_units(shared: &http::Shared, r: &Reconciled) {
         let report = reports.get(unit);
         // Planned with inputs known only once its dependencies are applied.
         let deferred = *outcome == Outcome::Planned && report.is_some_and(|rep| rep.unknown_inputs);
+        let once = r.once.get(unit);
         let state = if awaiting {
             "approval".to_owned()
+        } else if once.is_some() && matches!(outcome, Outcome::Applied | Outcome::Unchanged) {
+            "once".to_owned()
         } else if deferred {
             "deferred".to_owned()
         } else {
@@ -1270,6 +1288,10 @@ fn record_units(shared: &http::Shared, r: &Reconciled) {
                 "deferred: some inputs are known only after its dependencies are applied"
                     .to_owned(),
             ),
+            Outcome::Applied | Outcome::Unchanged if once.is_some() => Some(match once {
+                Some(Some(to)) => format!("applied once; its objects are handed over to {to}"),
+                _ => "applied once; `apply --unit NAME --replace` applies it again".to_owned(),
+            }),
             Outcome::Skipped => Some("waiting: a unit it depends on failed".to_owned()),
             Outcome::Failed => report
                 .and_then(|rep| rep.error.as_ref())

@@ -986,6 +986,55 @@ fn an_approve_layer_waits_for_approval_and_pause_holds_a_unit() {
     assert_eq!(page["runs"][1]["outcome"], "paused", "{page}");
     assert_eq!(page["runs"][1]["files"][0], "base/a/cm.yaml", "{page}");
     assert_eq!(http(port, "GET", "/api/v1/units/nope", &reader, b"").0, 404);
+    // Hostile requests: unknown or malformed ids, a path out of the tree,
+    // a layer that does not exist, a name full of escapes and far too
+    // long, reads without a token.
+    for (method, path, want) in [
+        ("GET", "/api/v1/runs/999999", 404),
+        ("GET", "/api/v1/runs/999999/log", 404),
+        ("GET", "/api/v1/runs/-1", 400),
+        ("GET", "/api/v1/runs/x/log", 400),
+        ("GET", "/api/v1/units/..%2F..%2Fetc%2Fpasswd", 404),
+        ("POST", "/api/v1/layers/nope/pause", 404),
+        ("POST", "/api/v1/layers/base/explode", 404),
+    ] {
+        let headers = if method == "POST" { &writer } else { &reader };
+        assert_eq!(
+            http(port, method, path, headers, b"").0,
+            want,
+            "{method} {path}"
+        );
+    }
+    for path in [
+        "/api/v1/actions",
+        "/api/v1/runs/1",
+        "/api/v1/runs/1/log",
+        "/api/v1/units/a",
+    ] {
+        assert_eq!(http(port, "GET", path, &[], b"").0, 401, "{path}");
+    }
+    // (Escapes never arrive: the server refuses control characters in a
+    // header, but a tab.)
+    let mut named = writer.to_vec();
+    named.push(("X-Terrace-Actor", format!("mallory\t{}", "x".repeat(500))));
+    assert_eq!(
+        http(port, "POST", "/api/v1/layers/base/pause", &named, b"").0,
+        200
+    );
+    assert_eq!(
+        http(port, "POST", "/api/v1/layers/base/resume", &writer, b"").0,
+        200
+    );
+    let (_, actions) = http(port, "GET", "/api/v1/actions", &reader, b"");
+    let actions: serde_json::Value = serde_json::from_str(&actions).expect("json");
+    let who = actions[3]["who"].as_str().expect("who").to_owned();
+    assert!(
+        who.starts_with("mallory\txxx") && who.ends_with("x (write token)"),
+        "{who}"
+    );
+    assert!(who.chars().count() <= 80, "{who}");
+    assert_eq!(actions[3]["target"], "layer/base");
+    assert_eq!(actions[4]["action"], "resume");
     let out = stop(child);
     assert!(out.contains("approved revision"), "{out}");
 

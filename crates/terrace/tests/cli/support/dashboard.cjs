@@ -56,6 +56,9 @@ const shot = (page, name) => page.screenshot({ path: path.join(SHOTS, "dashboard
     const order = await page.$$eval(".layer", (els) => els.map((e) => e.dataset.layer));
     check(JSON.stringify(order) === JSON.stringify(LAYERS), "layers in order: " + order);
     check(await page.isVisible("#approval"), "the approval banner shows");
+    // The bootstrap chart applied once, and to whom it hands over.
+    const once = await page.$eval('.unit[data-unit="pod-network"]', (e) => [e.dataset.state, e.title]);
+    check(once[0] === "once" && once[1].includes("handed over to cni"), "pod-network is once: " + once);
     const waiting = await page.$$eval('.layer[data-layer="apps"] .unit', (els) => els.map((e) => e.dataset.state));
     check(waiting.includes("approval"), "apps wait for approval: " + waiting);
     // The filter, by name and by state.
