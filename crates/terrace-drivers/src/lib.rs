@@ -23,6 +23,7 @@ pub mod helm;
 pub mod kustomize;
 mod live;
 pub mod manifests;
+pub mod substitute;
 pub mod template;
 
 use terrace_core::kind::Registry;
