@@ -193,9 +193,27 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
     let mut opened = fs.opened.into_inner().unwrap_or_else(|p| p.into_inner());
     opened.sort();
     opened.dedup();
+    let substitution = settings
+        .substitute
+        .as_ref()
+        .map(|s| crate::substitute::Substitution::load(ctx, s))
+        .transpose()?;
     let mut objects = Vec::with_capacity(values.len());
     for mut value in values {
         let source = take_source(&mut value);
+        let substituted = match &substitution {
+            Some(sub) => sub.apply(&mut value).map_err(|e| {
+                let what = identify(&value).map_or_else(|_| dir.clone(), |id| id.address);
+                DriverError::from(
+                    Diagnostic::new(format!("substitution in {what}: {e}"))
+                        .in_file(&unit_file)
+                        .with_hint("set the variable in `kustomize.substitute`, give it a default (`${VAR:=default}`), or write `$${` for a literal `${`"),
+                )
+            })?,
+            None => Vec::new(),
+        };
+        // A secret variable may sit anywhere in it: every value sealed.
+        let from_vars = !substituted.is_empty();
         let id = identify(&value).map_err(|msg| {
             DriverError::from(Diagnostic::new(format!("{dir}: {msg}")).in_file(&unit_file))
         })?;
@@ -207,12 +225,18 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
                 .map_or_else(|| dir.clone(), |p| p.display().to_string()),
             value,
             file_name: id.file_name,
-            secret_sources: if charted && !opened.is_empty() {
-                opened.clone()
-            } else {
-                source.iter().cloned().collect()
+            secret_sources: {
+                let mut from = if charted && !opened.is_empty() {
+                    opened.clone()
+                } else {
+                    source.iter().cloned().collect()
+                };
+                from.extend(substituted);
+                from.sort();
+                from.dedup();
+                from
             },
-            rule_from: source.filter(|_| !charted || opened.is_empty()),
+            rule_from: source.filter(|_| (!charted || opened.is_empty()) && !from_vars),
             secret_scope: opened.clone(),
         });
     }
@@ -231,6 +255,9 @@ pub struct KustomizeSettings {
     /// How the objects are applied to a live cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply: Option<crate::ApplySettings>,
+    /// Flux's post-build substitution of `${VAR}` in the built objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substitute: Option<crate::substitute::SubstituteSettings>,
 }
 
 #[cfg(test)]

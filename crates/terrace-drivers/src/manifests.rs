@@ -271,6 +271,13 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
         sensitive_inputs: &ctx.unit.sensitive_inputs,
         secrets: ctx.secrets,
     };
+    // With `substitute:`, files use Flux's `${VAR}` instead of terrace's
+    // expressions.
+    let substitution = settings
+        .substitute
+        .as_ref()
+        .map(|s| crate::substitute::Substitution::load(ctx, s))
+        .transpose()?;
     let mut objects: Vec<Object> = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for (file, read) in files.iter().zip(read_and_parse(ctx.root, &files)) {
@@ -303,14 +310,35 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
                 .collect(),
         };
         for (doc, value) in docs {
-            let evaluated = expr::eval(&value, &ValuePath::root(), &scope).map_err(|e| {
-                let loc = terrace_yaml::locate(&src, doc, &e.path, Some(&e.source_text));
-                let mut d = Diagnostic::new(e.kind.to_string()).in_file(&file).at(loc);
-                if let Some(h) = e.kind.hint() {
-                    d = d.with_hint(h);
+            let mut evaluated = match &substitution {
+                Some(sub) => {
+                    let mut value = value;
+                    let files = sub.apply(&mut value).map_err(|e| {
+                        let loc = terrace_yaml::locate(&src, doc, &ValuePath::root(), None);
+                        DriverError::from(
+                            Diagnostic::new(format!("substitution: {e}"))
+                                .in_file(&file)
+                                .at(loc)
+                                .with_hint("set the variable in `substitute` of unit.yaml, give it a default (`${VAR:=default}`), or write `$${` for a literal `${`"),
+                        )
+                    })?;
+                    expr::Evaluated {
+                        value,
+                        unknown: false,
+                        secrets: files.iter().map(|f| f.display().to_string()).collect(),
+                    }
                 }
-                DriverError::from(d)
-            })?;
+                None => expr::eval(&value, &ValuePath::root(), &scope).map_err(|e| {
+                    let loc = terrace_yaml::locate(&src, doc, &e.path, Some(&e.source_text));
+                    let mut d = Diagnostic::new(e.kind.to_string()).in_file(&file).at(loc);
+                    if let Some(h) = e.kind.hint() {
+                        d = d.with_hint(h);
+                    }
+                    DriverError::from(d)
+                })?,
+            };
+            evaluated.secrets.sort();
+            evaluated.secrets.dedup();
             let id = identify(&evaluated.value).map_err(|msg| {
                 let loc = terrace_yaml::locate(&src, doc, &ValuePath::root().key("metadata"), None)
                     .or_else(|| terrace_yaml::locate(&src, doc, &ValuePath::root(), None));
@@ -702,6 +730,11 @@ pub struct ManifestsSettings {
     /// How the objects are applied to a live cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply: Option<crate::ApplySettings>,
+    /// Flux's post-build substitution: with it, the files use `${VAR}`
+    /// as a Flux Kustomization's do (terrace's own `${...}` is then not
+    /// read in them; the variables may use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substitute: Option<crate::substitute::SubstituteSettings>,
 }
 
 #[cfg(test)]

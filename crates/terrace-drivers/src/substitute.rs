@@ -530,13 +530,12 @@ fn glob(p: &[char], s: &[char]) -> bool {
                         continue;
                     }
                 }
-                '\\' if pi + 1 < p.len() => {
-                    if p[pi + 1] == s[si] {
-                        pi += 2;
-                        si += 1;
-                        continue;
-                    }
+                '\\' if pi + 1 < p.len() && p[pi + 1] == s[si] => {
+                    pi += 2;
+                    si += 1;
+                    continue;
                 }
+                '\\' if pi + 1 < p.len() => {}
                 c if c == s[si] => {
                     pi += 1;
                     si += 1;
@@ -686,6 +685,210 @@ fn retype(text: String) -> Value {
     }
 }
 
+/// `substitute:` of a `kustomize` or `manifests` unit: Flux's
+/// `postBuild.substitute` and `substituteFrom`.
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SubstituteSettings {
+    /// Variables by name (letters, digits and `_`), each a string, number
+    /// or boolean; they may use `${...}`: `${var.domain}`,
+    /// `${unit.db.outputs.host}`, secrets. They win over `from`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, Value>,
+    /// ConfigMap and Secret manifests in the project (SOPS-encrypted or
+    /// not; relative to the unit directory) whose data become variables,
+    /// in order: a later one wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<SubstituteFrom>,
+    /// Fail on a variable that is not set, where no default applies
+    /// (default false; Flux's controllers turn it on since v2.5).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+}
+
+/// One file of `substitute.from`.
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SubstituteFrom {
+    /// The file, relative to the unit directory.
+    pub path: String,
+    /// A missing file is no error (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// The variables of a unit, with the secrets files behind each secret
+/// one.
+#[derive(Debug, Clone, Default)]
+pub struct Substitution {
+    pub vars: Vars,
+    secret_of: BTreeMap<String, Vec<std::path::PathBuf>>,
+}
+
+impl Substitution {
+    /// Reads the unit's `substitute:` settings and files.
+    pub fn load(
+        ctx: &terrace_core::driver::UnitContext<'_>,
+        settings: &SubstituteSettings,
+    ) -> Result<Substitution, terrace_core::driver::DriverError> {
+        use terrace_core::diag::Diagnostic;
+        let unit_file = format!("{}/{}", ctx.unit.dir, terrace_core::config::UNIT_FILE);
+        let mut out = Substitution::default();
+        out.vars.strict = settings.strict;
+        for from in &settings.from {
+            let rel = crate::clean_relative(&ctx.unit.dir, &from.path).ok_or_else(|| {
+                Diagnostic::new(format!(
+                    "substitute.from `{}` leads outside the project",
+                    from.path
+                ))
+                .in_file(&unit_file)
+            })?;
+            let abs = ctx.root.join(&rel);
+            if !abs.is_file() {
+                if from.optional {
+                    continue;
+                }
+                return Err(
+                    Diagnostic::new(format!("substitute.from `{rel}` does not exist"))
+                        .in_file(&unit_file)
+                        .with_hint("create it, fix the path, or mark it `optional: true`")
+                        .into(),
+                );
+            }
+            let text = terrace_fs::read_to_string(ctx.root, &abs)?;
+            let encrypted = terrace_core::secrets::looks_encrypted(&text);
+            let docs: Vec<Value> = if encrypted {
+                let Some(secrets) = ctx.secrets else {
+                    return Err(Diagnostic::new(
+                        "this file is SOPS-encrypted, and secrets are not available here",
+                    )
+                    .in_file(&rel)
+                    .into());
+                };
+                terrace_fs::watch::taint();
+                secrets
+                    .open_documents(std::path::Path::new(&rel), &text)
+                    .map_err(|e| Diagnostic::new(e.to_string()).in_file(&rel))?
+                    .unwrap_or_default()
+            } else {
+                terrace_yaml::documents(&text, std::path::Path::new(&rel))?
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .collect()
+            };
+            for doc in docs.into_iter().filter(|d| !d.is_null()) {
+                let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+                let mut data: Vec<(String, String)> = Vec::new();
+                let strings = |key: &str| -> Vec<(String, String)> {
+                    doc.get(key)
+                        .and_then(Value::as_object)
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| (k.clone(), scalar(v).unwrap_or_default()))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                match kind {
+                    "ConfigMap" => data.extend(strings("data")),
+                    "Secret" => {
+                        use base64::Engine as _;
+                        for (k, v) in strings("data") {
+                            let bytes = base64::engine::general_purpose::STANDARD
+                                .decode(v.trim())
+                                .map_err(|e| {
+                                    Diagnostic::new(format!("Secret data `{k}` is not base64: {e}"))
+                                        .in_file(&rel)
+                                })?;
+                            data.push((k, String::from_utf8_lossy(&bytes).into_owned()));
+                        }
+                        // What the API server would merge over `data`.
+                        data.extend(strings("stringData"));
+                    }
+                    other => {
+                        return Err(Diagnostic::new(format!(
+                            "substitute.from `{rel}` holds a {}; only ConfigMaps and Secrets give variables",
+                            if other.is_empty() { "document without a kind" } else { other }
+                        ))
+                        .in_file(&unit_file)
+                        .into());
+                    }
+                }
+                let sealed = encrypted || kind == "Secret";
+                for (k, v) in data {
+                    out.vars.set(&k, &v);
+                    if sealed {
+                        out.secret_of
+                            .insert(k, vec![std::path::PathBuf::from(&rel)]);
+                    } else {
+                        out.secret_of.remove(&k);
+                    }
+                }
+            }
+        }
+        let secret_settings = ctx.unit.sensitive_settings.get("substitute");
+        for (k, v) in &settings.vars {
+            let Some(text) = scalar(v) else {
+                return Err(Diagnostic::new(format!(
+                    "substitute.vars.{k} is a list or a mapping; a variable is a string, number or boolean"
+                ))
+                .in_file(&unit_file)
+                .into());
+            };
+            out.vars.set(k, &text);
+            match secret_settings {
+                Some(files) => {
+                    out.secret_of.insert(
+                        k.clone(),
+                        files.iter().map(std::path::PathBuf::from).collect(),
+                    );
+                }
+                None => {
+                    out.secret_of.remove(k);
+                }
+            }
+        }
+        out.vars
+            .check_names()
+            .map_err(|e| Diagnostic::new(e.to_string()).in_file(&unit_file))?;
+        Ok(out)
+    }
+
+    /// Substitutes one object (nothing at all when there is no variable,
+    /// as with Flux); the secrets files whose values it may now hold.
+    pub fn apply(&self, object: &mut Value) -> Result<Vec<std::path::PathBuf>, SubstError> {
+        if self.vars.values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let used = substitute_object(object, &self.vars)?;
+        let mut files: Vec<std::path::PathBuf> = used
+            .iter()
+            .filter_map(|v| self.secret_of.get(v))
+            .flatten()
+            .cloned()
+            .collect();
+        files.sort();
+        files.dedup();
+        Ok(files)
+    }
+}
+
+/// A variable's text: strings as they are, numbers and booleans written
+/// out, null empty; `None` for lists and mappings.
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,7 +910,8 @@ mod tests {
     /// evaluator answers), input → output.
     #[test]
     fn flux_cases() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case<'_>] = &[
             (&[("var01", "abcdEFGH28ij")], "${#var01}", "12"),
             (&[("var01", "abcdEFGH28ij")], "${var01^}", "AbcdEFGH28ij"),
             (&[("var01", "abcdEFGH28ij")], "${var01^^}", "ABCDEFGH28IJ"),
@@ -855,7 +1059,7 @@ mod tests {
             Err(SubstError::NotSet("missing".into()))
         );
         assert_eq!(
-            sub("${missing}", &v).unwrap_err().to_string(),
+            sub("${missing}", &v).expect_err("unset").to_string(),
             "variable not set (strict mode): \"missing\""
         );
         for (input, want) in [

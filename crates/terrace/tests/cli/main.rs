@@ -13,6 +13,7 @@ mod saved_plan;
 mod schema;
 mod secrets;
 mod serve;
+mod substitute;
 mod terraform;
 mod upgrade;
 
