@@ -61,10 +61,18 @@ struct DecryptingFs<'a> {
     opened: Mutex<Vec<PathBuf>>,
     /// Helm, for `helmCharts`.
     helm: Option<crate::helm::KustomizeHelm>,
+    /// The kustomization file as the unit's Flux-style fields changed it
+    /// (`targetNamespace`, `patches`, ...): read instead of the file.
+    overlay: Option<(PathBuf, Vec<u8>)>,
 }
 
 impl Fs for DecryptingFs<'_> {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        if let Some((at, bytes)) = &self.overlay
+            && at == path
+        {
+            return Ok(bytes.clone());
+        }
         // Nothing outside the project, whatever a symlink says.
         let bytes = terrace_fs::read(self.root, path)?;
         let Ok(text) = std::str::from_utf8(&bytes) else {
@@ -161,11 +169,13 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
         .with_hint("create it, or set `kustomize.path` (for example `overlays/${env}`)")
         .into());
     }
+    let overlay = flux_overlay(&settings, ctx.root, &abs, &unit_file)?;
     let fs = DecryptingFs {
         root: ctx.root,
         secrets: ctx.secrets,
         failure: Mutex::new(None),
         opened: Mutex::new(Vec::new()),
+        overlay,
         helm: Some(crate::helm::KustomizeHelm::for_project(
             ctx.root,
             ctx.secrets.map(|s| s.plaintexts()).unwrap_or_default(),
@@ -200,6 +210,9 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
         .transpose()?;
     let mut objects = Vec::with_capacity(values.len());
     for mut value in values {
+        if settings.exclude.iter().any(|f| f.matches(&value)) {
+            continue;
+        }
         let source = take_source(&mut value);
         let substituted = match &substitution {
             Some(sub) => sub.apply(&mut value).map_err(|e| {
@@ -258,6 +271,137 @@ pub struct KustomizeSettings {
     /// Flux's post-build substitution of `${VAR}` in the built objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub substitute: Option<crate::substitute::SubstituteSettings>,
+    /// Set over the kustomization at `path` as a Flux Kustomization sets
+    /// it: the namespace of every namespaced object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_namespace: Option<String>,
+    /// Put before and after every name, as Flux's `namePrefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_suffix: Option<String>,
+    /// Patches added to the kustomization's own (`{patch, target}`), as
+    /// Flux's `patches`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<Value>,
+    /// Components added to the kustomization's own, relative to `path`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<String>,
+    /// Objects the build yields that the unit does not apply (an import
+    /// from Flux leaves out Flux's own objects, which became units).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<ObjectFilter>,
+}
+
+/// Which objects: every field given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectFilter {
+    /// The API group (`helm.toolkit.fluxcd.io`; `""` for the core group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ObjectFilter {
+    pub fn matches(&self, object: &Value) -> bool {
+        let api = object
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let group = api.rsplit_once('/').map_or("", |(g, _)| g);
+        let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        self.group.as_deref().is_none_or(|g| g == group)
+            && self.kind.as_deref().is_none_or(|k| k == kind)
+            && self.name.as_deref().is_none_or(|n| n == name)
+    }
+}
+
+/// The kustomization at `dir` with the unit's Flux-style fields set over
+/// it, as kustomize-controller edits its copy; `None` without any.
+fn flux_overlay(
+    settings: &KustomizeSettings,
+    root: &Path,
+    dir: &Path,
+    unit_file: &str,
+) -> Result<Option<(PathBuf, Vec<u8>)>, DriverError> {
+    if settings.target_namespace.is_none()
+        && settings.name_prefix.is_none()
+        && settings.name_suffix.is_none()
+        && settings.patches.is_empty()
+        && settings.components.is_empty()
+    {
+        return Ok(None);
+    }
+    let Some(file) = ["kustomization.yaml", "kustomization.yml", "Kustomization"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+    else {
+        return Err(Diagnostic::new(format!(
+            "`targetNamespace`, `namePrefix`, `nameSuffix`, `patches` and `components` need a kustomization.yaml in {}",
+            dir.strip_prefix(root).unwrap_or(dir).display()
+        ))
+        .in_file(unit_file)
+        .with_hint("add a kustomization.yaml listing the resources (Flux generates one; terrace does not)")
+        .into());
+    };
+    let text = terrace_fs::read_to_string(root, &file)?;
+    let rel = file
+        .strip_prefix(root)
+        .unwrap_or(&file)
+        .display()
+        .to_string();
+    let mut k: Value = terrace_yaml::from_str(&text, Path::new(&rel))?;
+    let Some(map) = k.as_object_mut() else {
+        return Err(Diagnostic::new("a kustomization must be a mapping")
+            .in_file(rel)
+            .into());
+    };
+    if let Some(ns) = &settings.target_namespace {
+        map.insert("namespace".into(), Value::String(ns.clone()));
+    }
+    if let Some(p) = &settings.name_prefix {
+        map.insert("namePrefix".into(), Value::String(p.clone()));
+    }
+    if let Some(p) = &settings.name_suffix {
+        map.insert("nameSuffix".into(), Value::String(p.clone()));
+    }
+    for (key, add) in [
+        ("patches", settings.patches.clone()),
+        (
+            "components",
+            settings
+                .components
+                .iter()
+                .cloned()
+                .map(Value::String)
+                .collect(),
+        ),
+    ] {
+        if add.is_empty() {
+            continue;
+        }
+        let list = map.entry(key).or_insert_with(|| Value::Array(Vec::new()));
+        match list {
+            Value::Array(items) => items.extend(add),
+            _ => {
+                return Err(
+                    Diagnostic::new(format!("`{key}` of the kustomization is not a list"))
+                        .in_file(rel)
+                        .into(),
+                );
+            }
+        }
+    }
+    Ok(Some((file, terrace_yaml::to_string(&k).into_bytes())))
 }
 
 #[cfg(test)]

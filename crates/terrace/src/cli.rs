@@ -244,6 +244,10 @@ pub enum Command {
     /// Move the chart pins of terrace.lock (helm units' remote charts).
     #[command(subcommand)]
     Charts(ChartsCommand),
+    /// Read a repository as it is (a Flux tree) into units, leaving its
+    /// files untouched.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Encrypt, decrypt and edit SOPS files (age), as sops does.
     #[command(subcommand, after_help = SECRETS_HELP)]
     Secrets(SecretsCommand),
@@ -670,6 +674,34 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
         ));
     }
     Ok(d)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Every Flux Kustomization and HelmRelease under DIR becomes a unit.
+    #[command(
+        after_help = "Example:\n  terrace import flux kubernetes --layer kubernetes/flux=flux --layer kubernetes/apps/kube-system=platform\n  terrace import flux kubernetes --dry-run --output json\n\nKustomization -> kind: kustomize (path, dependsOn, targetNamespace,\nnamePrefix/Suffix, patches, components, wait, timeout, postBuild.substitute\nand substituteFrom with the ConfigMaps and Secrets found in the tree);\nHelmRelease -> kind: helm (chart from its HelmRepository, OCIRepository or\nthis repository, version, values with Flux's variables resolved,\ninstall.crds, postRenderers, dependsOn, targetNamespace, releaseName).\nEach unit goes to OUT/<layer>/<name>/unit.yaml; Flux's own objects are left\nout of what the units apply. Anything not mapped is listed with its file\nand what to do. terrace.yaml is written when there is none; otherwise the\nlayers to add are named. Run `terrace validate` and `terrace plan` after."
+    )]
+    Flux {
+        /// The tree to read (inside the project).
+        dir: PathBuf,
+        /// Where the unit directories go, relative to the project root.
+        #[arg(long, value_name = "DIR", default_value = "terrace")]
+        out: String,
+        /// PREFIX=LAYER: objects in files under PREFIX go to LAYER (first
+        /// match wins; the layers are ordered as given, lowest first).
+        #[arg(long = "layer", value_name = "PREFIX=LAYER")]
+        layers: Vec<String>,
+        /// The layer of everything no --layer names.
+        #[arg(long, value_name = "LAYER", default_value = "apps")]
+        default_layer: String,
+        /// The cluster target the units apply to.
+        #[arg(long, value_name = "NAME", default_value = "cluster")]
+        target: String,
+        /// Print what would be written; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

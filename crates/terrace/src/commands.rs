@@ -216,6 +216,23 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         Command::Dashboard(a) => dashboard(&start, env, a, &interrupt).await,
         Command::Secrets(s) => crate::secrets::run(s, cli.output).await,
         Command::Serve(a) => serve(a, env, &interrupt).await,
+        Command::Import(crate::cli::ImportCommand::Flux {
+            dir,
+            out,
+            layers,
+            default_layer,
+            target,
+            dry_run,
+        }) => import_flux(
+            &start,
+            dir,
+            out,
+            layers,
+            default_layer,
+            target,
+            *dry_run,
+            cli.output,
+        ),
         Command::Charts(crate::cli::ChartsCommand::Update { charts }) => {
             let project = load_project(&start)?;
             let defaults = project.file.defaults.get("helm");
@@ -1197,4 +1214,176 @@ fn lookup(outputs: &serde_json::Map<String, Value>, key: &str) -> Option<Value> 
         };
     }
     Some(cur.clone())
+}
+
+/// `terrace import flux`.
+#[allow(clippy::too_many_arguments)]
+fn import_flux(
+    start: &Path,
+    dir: &Path,
+    out: &str,
+    layers: &[String],
+    default_layer: &str,
+    target: &str,
+    dry_run: bool,
+    format: OutputFormat,
+) -> Result<u8, CliError> {
+    // The project root: where terrace.yaml is, else the start directory.
+    let start_abs = std::fs::canonicalize(start)
+        .map_err(|e| CliError::message(format!("{}: {e}", start.display()), None))?;
+    let root = start_abs
+        .ancestors()
+        .find(|d| d.join(terrace_core::config::PROJECT_FILE).is_file())
+        .map_or_else(|| start_abs.clone(), Path::to_path_buf);
+    let tree = std::fs::canonicalize(start.join(dir)).map_err(|e| {
+        CliError::message(
+            format!("{}: {e}", dir.display()),
+            Some("give the directory of the Flux tree, inside the project".to_owned()),
+        )
+    })?;
+    if !tree.starts_with(&root) {
+        return Err(CliError::message(
+            format!(
+                "{} is outside the project at {}",
+                dir.display(),
+                root.display()
+            ),
+            Some("run the import from the repository that holds the Flux tree".to_owned()),
+        ));
+    }
+    let out = out.trim_matches('/').to_owned();
+    if terrace_fs::clean_relative(".", &out).is_none_or(|c| c == ".") {
+        return Err(CliError::message(
+            format!("--out {out}: not a directory inside the project"),
+            Some("give a relative path such as `terrace`".to_owned()),
+        ));
+    }
+    let mut mapping = Vec::new();
+    for l in layers {
+        let Some((prefix, layer)) = l.split_once('=') else {
+            return Err(CliError::message(
+                format!("--layer {l}: expected PREFIX=LAYER"),
+                Some("for example --layer kubernetes/apps/kube-system=platform".to_owned()),
+            ));
+        };
+        terrace_fs::check_name("layer", layer)
+            .map_err(|e| CliError::message(format!("--layer {l}: {e}"), None))?;
+        mapping.push((prefix.trim_start_matches("./").to_owned(), layer.to_owned()));
+    }
+    terrace_fs::check_name("layer", default_layer)
+        .map_err(|e| CliError::message(format!("--default-layer {default_layer}: {e}"), None))?;
+    let imported = terrace_import::flux(&terrace_import::Options {
+        root: root.clone(),
+        dir: tree,
+        out: out.clone(),
+        layers: mapping,
+        default_layer: default_layer.to_owned(),
+        target: target.to_owned(),
+    })
+    .map_err(|e| CliError::message(e.to_string(), None))?;
+    let project_file = root.join(terrace_core::config::PROJECT_FILE);
+    let new_project = !project_file.is_file();
+    let mut written = Vec::new();
+    if !dry_run {
+        for u in &imported.units {
+            let dir = root.join(&u.dir);
+            let file = dir.join(terrace_core::config::UNIT_FILE);
+            if file.is_file() {
+                return Err(CliError::message(
+                    format!("{}/unit.yaml exists already: nothing was written", u.dir),
+                    Some(
+                        "import into another --out directory, or remove the earlier import"
+                            .to_owned(),
+                    ),
+                ));
+            }
+        }
+        for u in &imported.units {
+            // No symlink on the way: nothing lands outside the project.
+            terrace_fs::write(
+                &root,
+                &format!("{}/{}", u.dir, terrace_core::config::UNIT_FILE),
+                u.text.as_bytes(),
+                terrace_fs::Mode::Shared,
+            )
+            .map_err(|e| CliError::message(format!("{}: {e}", u.dir), None))?;
+            written.push(format!("{}/unit.yaml", u.dir));
+        }
+        if new_project {
+            let name = root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "imported".to_owned());
+            let text = format!(
+                "# Written by `terrace import flux`.\nname: {}\nlayers: [{}]\ntargets:\n  {target}:\n    type: cluster\n    description: The cluster Flux applied to; bind its kubeconfig per environment or with --cluster {target}=PATH.\n",
+                name.replace(|c: char| !(c.is_ascii_alphanumeric() || c == '-'), "-"),
+                imported.layers.join(", ")
+            );
+            terrace_fs::write(
+                &root,
+                terrace_core::config::PROJECT_FILE,
+                text.as_bytes(),
+                terrace_fs::Mode::Shared,
+            )
+            .map_err(|e| CliError::message(format!("terrace.yaml: {e}"), None))?;
+            written.push("terrace.yaml".to_owned());
+        }
+    }
+    match format {
+        OutputFormat::Json => {
+            let units: Vec<Value> = imported
+                .units
+                .iter()
+                .map(|u| json!({"unit": u.name, "layer": u.layer, "kind": u.kind, "dir": u.dir, "from": u.from, "unitYaml": u.text}))
+                .collect();
+            let unmapped: Vec<Value> = imported
+                .unmapped
+                .iter()
+                .map(|u| json!({"file": u.file, "what": u.what, "todo": u.todo}))
+                .collect();
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "files": imported.files, "layers": imported.layers, "units": units,
+                    "unmapped": unmapped, "written": written, "dryRun": dry_run,
+                }))
+                .expect("json")
+            );
+        }
+        _ => {
+            outln!(
+                "Read {} YAML file(s): {} unit(s) in layers {}.",
+                imported.files,
+                imported.units.len(),
+                imported.layers.join(", ")
+            );
+            for u in &imported.units {
+                outln!("  {:9} {:<32} {:<12} <- {}", u.kind, u.dir, u.layer, u.from);
+            }
+            if !imported.unmapped.is_empty() {
+                outln!(
+                    "\nNot mapped ({}): each needs a step of yours.",
+                    imported.unmapped.len()
+                );
+                for u in &imported.unmapped {
+                    outln!("  {}: {}\n    -> {}", u.file, u.what, u.todo);
+                }
+            }
+            if dry_run {
+                outln!("\nNothing was written (--dry-run).");
+            } else if new_project {
+                outln!(
+                    "\nWrote {} file(s), terrace.yaml included. Next: terrace validate && terrace plan",
+                    written.len()
+                );
+            } else {
+                outln!(
+                    "\nWrote {} unit file(s). terrace.yaml was kept: its `layers` must hold {}. Next: terrace validate && terrace plan",
+                    written.len(),
+                    imported.layers.join(", ")
+                );
+            }
+        }
+    }
+    Ok(if imported.unmapped.is_empty() { 0 } else { 3 })
 }

@@ -464,14 +464,14 @@ fn package_widgets(helm: &Path, dir: &Path, version: &str) -> (PathBuf, impl Fn(
 }
 
 /// A chart repository served over HTTP by Python's http.server.
-struct Repo {
+pub(crate) struct Repo {
     dir: tempfile::TempDir,
     port: u16,
     server: Server,
 }
 
 impl Repo {
-    fn new() -> Repo {
+    pub(crate) fn new() -> Repo {
         Repo {
             dir: tempfile::tempdir().expect("tempdir"),
             port: free_port(),
@@ -479,13 +479,13 @@ impl Repo {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Packages chart `widgets` at `version` into the repository and
     /// indexes it.
-    fn publish(&self, helm: &Path, version: &str) {
+    pub(crate) fn publish(&self, helm: &Path, version: &str) {
         let scratch = tempfile::tempdir().expect("tempdir");
         let (archive, run) = package_widgets(helm, scratch.path(), version);
         std::fs::copy(
@@ -502,7 +502,7 @@ impl Repo {
         ]);
     }
 
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let mut cmd = std::process::Command::new("python3");
         cmd.args([
             "-m",

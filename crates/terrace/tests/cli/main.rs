@@ -6,6 +6,7 @@ mod errors;
 mod example;
 mod helm;
 mod hostile;
+mod import;
 mod kustomize;
 mod real_cluster;
 mod reuse;

@@ -1,0 +1,602 @@
+//! `terrace import flux` on a tree written in Flux's conventions (a
+//! cluster Kustomization with a cluster-settings ConfigMap and a SOPS
+//! Secret for `substituteFrom`, app Kustomizations with `ks.yaml` and
+//! `app/`, HelmReleases from an HTTP repository, OCI, and this
+//! repository): it imports, validates, and plans the objects Flux would
+//! apply, leaving the user's files as they were.
+
+use std::path::Path;
+
+use crate::{code, homelab, stderr, stdout, terrace, write_files};
+
+const CLUSTER: &str = "---
+apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata:
+  name: cluster-apps
+  namespace: flux-system
+spec:
+  interval: 30m
+  path: ./kubernetes/apps
+  prune: true
+  sourceRef:
+    kind: GitRepository
+    name: flux-system
+  postBuild:
+    substituteFrom:
+      - kind: ConfigMap
+        name: cluster-settings
+      - kind: Secret
+        name: cluster-secrets
+";
+
+const SOURCES: &str = "---
+apiVersion: source.toolkit.fluxcd.io/v1
+kind: HelmRepository
+metadata:
+  name: bjw-s
+  namespace: flux-system
+spec:
+  url: {REPO}
+---
+apiVersion: source.toolkit.fluxcd.io/v1
+kind: HelmRepository
+metadata:
+  name: podinfo-oci
+  namespace: flux-system
+spec:
+  type: oci
+  url: oci://ghcr.io/stefanprodan/charts
+---
+apiVersion: source.toolkit.fluxcd.io/v1beta2
+kind: OCIRepository
+metadata:
+  name: app-template
+  namespace: flux-system
+spec:
+  url: oci://ghcr.io/bjw-s/helm/app-template
+  ref:
+    tag: 3.5.1
+";
+
+fn ks(name: &str, path: &str, depends: &str) -> String {
+    format!(
+        "---
+apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata:
+  name: {name}
+  namespace: flux-system
+spec:
+  targetNamespace: default
+  path: {path}
+  prune: true
+  wait: true
+  timeout: 5m
+  sourceRef:
+    kind: GitRepository
+    name: flux-system
+{depends}  postBuild:
+    substitute:
+      APP: {name}
+    substituteFrom:
+      - kind: ConfigMap
+        name: cluster-settings
+      - kind: Secret
+        name: cluster-secrets
+"
+    )
+}
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: ${APP}
+  labels:
+    cluster: ${CLUSTER_NAME}
+spec:
+  replicas: ${REPLICAS:=2}
+  selector:
+    matchLabels:
+      app: ${APP}
+  template:
+    metadata:
+      labels:
+        app: ${APP}
+    spec:
+      containers:
+        - name: app
+          image: ghcr.io/example/echo:1.0.0
+          env:
+            - name: HOST
+              value: ${APP}.${SECRET_DOMAIN}
+";
+
+const RELEASES: &str = "---
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata:
+  name: podinfo
+spec:
+  interval: 30m
+  chart:
+    spec:
+      chart: ./charts/podinfo
+      sourceRef:
+        kind: GitRepository
+        name: flux-system
+        namespace: flux-system
+  install:
+    crds: Skip
+  values:
+    host: podinfo.${SECRET_DOMAIN}
+    cluster: ${CLUSTER_NAME}
+    literal: $${NOT_A_VAR}
+  postRenderers:
+    - kustomize:
+        patches:
+          - target:
+              kind: ConfigMap
+            patch: |
+              - op: add
+                path: /metadata/labels/patched
+                value: \"yes\"
+---
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata:
+  name: web
+spec:
+  chart:
+    spec:
+      chart: widgets
+      version: 1.x
+      sourceRef:
+        kind: HelmRepository
+        name: bjw-s
+        namespace: flux-system
+  dependsOn:
+    - name: podinfo
+  valuesFrom:
+    - kind: ConfigMap
+      name: only-in-the-cluster
+";
+
+/// Releases from OCI, mapped but not planned (no registry here).
+const OCI_RELEASES: &str = "---
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata:
+  name: from-oci
+  namespace: default
+spec:
+  chartRef:
+    kind: OCIRepository
+    name: app-template
+    namespace: flux-system
+---
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata:
+  name: oci-repo
+  namespace: default
+spec:
+  chart:
+    spec:
+      chart: podinfo
+      version: 6.7.0
+      sourceRef:
+        kind: HelmRepository
+        name: podinfo-oci
+        namespace: flux-system
+";
+
+fn flux_repo(dir: &Path, repo: &str) {
+    // The example's files go: this repository is the Flux tree, with only
+    // the example's keys and .sops.yaml kept.
+    for entry in std::fs::read_dir(dir).expect("read") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "keys" || name == ".sops.yaml" {
+            continue;
+        }
+        let p = entry.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).expect("rm");
+        } else {
+            std::fs::remove_file(&p).expect("rm");
+        }
+    }
+    write_files(
+        dir,
+        &[
+            ("kubernetes/flux/cluster/ks.yaml", CLUSTER),
+            (
+                "kubernetes/flux/repositories/sources.yaml",
+                &SOURCES.replace("{REPO}", repo),
+            ),
+            (
+                "kubernetes/flux/vars/cluster-settings.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cluster-settings\n  namespace: flux-system\ndata:\n  CLUSTER_NAME: home\n  TIMEZONE: Europe/Berlin\n",
+            ),
+            (
+                "kubernetes/flux/vars/cluster-secrets.yaml",
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: cluster-secrets\n  namespace: flux-system\nstringData:\n  SECRET_DOMAIN: secret-zone-9Kd.example\n",
+            ),
+            (
+                "kubernetes/apps/kustomization.yaml",
+                "resources: [./default]\n",
+            ),
+            (
+                "kubernetes/apps/default/kustomization.yaml",
+                "resources: [./echo/ks.yaml, ./podinfo/ks.yaml]\n",
+            ),
+            (
+                "kubernetes/apps/default/echo/ks.yaml",
+                &ks("echo", "./kubernetes/apps/default/echo/app", ""),
+            ),
+            (
+                "kubernetes/apps/default/echo/app/deployment.yaml",
+                DEPLOYMENT,
+            ),
+            (
+                "kubernetes/apps/default/echo/app/kustomization.yaml",
+                "resources: [deployment.yaml]\n",
+            ),
+            (
+                "kubernetes/apps/default/podinfo/ks.yaml",
+                &ks(
+                    "podinfo",
+                    "./kubernetes/apps/default/podinfo/app",
+                    "  dependsOn:\n    - name: echo\n",
+                ),
+            ),
+            (
+                "kubernetes/apps/default/podinfo/app/helmrelease.yaml",
+                RELEASES,
+            ),
+            (
+                "kubernetes/apps/default/podinfo/app/kustomization.yaml",
+                "resources: [helmrelease.yaml]\n",
+            ),
+            (
+                "charts/podinfo/Chart.yaml",
+                "apiVersion: v2\nname: podinfo\nversion: 6.7.0\n",
+            ),
+            (
+                "charts/podinfo/templates/configmap.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n  labels:\n    app: podinfo\ndata:\n  host: {{ .Values.host | quote }}\n  cluster: {{ .Values.cluster | quote }}\n  literal: {{ .Values.literal | quote }}\n",
+            ),
+        ],
+    );
+    let o = terrace(
+        dir,
+        &[
+            "secrets",
+            "encrypt",
+            "-i",
+            "kubernetes/flux/vars/cluster-secrets.yaml",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, d: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(d).expect("read").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).expect("in").display().to_string();
+                out.push((rel, std::fs::read(&p).expect("read")));
+            }
+        }
+    }
+    walk(dir, &dir.join("kubernetes"), &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_flux_tree_imports_validates_and_plans_what_flux_would_apply() {
+    let Some(helm) =
+        crate::helm::helm("a_flux_tree_imports_validates_and_plans_what_flux_would_apply")
+    else {
+        return;
+    };
+    // The HTTP chart repository, served here.
+    let mut repo = crate::helm::Repo::new();
+    repo.publish(&helm, "1.2.0");
+    repo.start();
+    let dir = homelab();
+    flux_repo(dir.path(), &repo.url());
+    let before = snapshot(dir.path());
+    let o = terrace(
+        dir.path(),
+        &[
+            "import",
+            "flux",
+            "kubernetes",
+            "--layer",
+            "kubernetes/flux=flux",
+            "--output",
+            "json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    // One thing is not mapped: a valuesFrom only the cluster has.
+    assert_eq!(code(&o), 3, "{report:#}\n{}", stderr(&o));
+    let unmapped = report["unmapped"].as_array().expect("list");
+    assert_eq!(unmapped.len(), 1, "{report:#}");
+    assert!(
+        unmapped[0]["what"].as_str().is_some_and(
+            |w| w.contains("HelmRelease /web: valuesFrom ConfigMap/only-in-the-cluster")
+        ),
+        "{report:#}"
+    );
+    assert_eq!(
+        unmapped[0]["file"],
+        "kubernetes/apps/default/podinfo/app/helmrelease.yaml"
+    );
+    assert_eq!(report["layers"], serde_json::json!(["flux", "apps"]));
+    let mut units: Vec<(String, String, String)> = report["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .map(|u| {
+            (
+                u["unit"].as_str().unwrap_or_default().to_owned(),
+                u["kind"].as_str().unwrap_or_default().to_owned(),
+                u["layer"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    units.sort();
+    let want: Vec<(String, String, String)> = [
+        ("cluster-apps", "kustomize", "flux"),
+        ("echo", "kustomize", "apps"),
+        ("flux-system-podinfo", "kustomize", "apps"),
+        ("podinfo", "helm", "apps"),
+        ("web", "helm", "apps"),
+    ]
+    .iter()
+    .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
+    .collect();
+    assert_eq!(units, want);
+    // The user's files are as they were.
+    assert_eq!(snapshot(dir.path()), before);
+    let unit = |name: &str, layer: &str| {
+        let text =
+            std::fs::read_to_string(dir.path().join(format!("terrace/{layer}/{name}/unit.yaml")))
+                .expect("unit.yaml");
+        let v: serde_json::Value = terrace_yaml::from_str(&text, Path::new(name)).expect("yaml");
+        v
+    };
+    // Sources mapped: an HTTP repository, OCI two ways, this repository.
+    let web = unit("web", "apps");
+    assert_eq!(web["helm"]["repo"], repo.url());
+    assert_eq!(web["helm"]["chart"], "widgets");
+    assert_eq!(web["helm"]["version"], "1.x");
+    assert_eq!(
+        web["dependsOn"],
+        serde_json::json!(["flux-system-podinfo", "podinfo"])
+    );
+    let podinfo = unit("podinfo", "apps");
+    assert_eq!(podinfo["helm"]["chart"], "../../../charts/podinfo");
+    assert_eq!(
+        podinfo["helm"]["namespace"], "default",
+        "the Kustomization's targetNamespace"
+    );
+    assert_eq!(podinfo["helm"]["includeCRDs"], false);
+    assert_eq!(podinfo["helm"]["values"]["cluster"], "home");
+    assert_eq!(
+        podinfo["helm"]["values"]["host"],
+        "podinfo.${secret.kubernetes/flux/vars/cluster-secrets.yaml#stringData.SECRET_DOMAIN}"
+    );
+    let echo = unit("echo", "apps");
+    assert_eq!(echo["kustomize"]["targetNamespace"], "default");
+    assert_eq!(echo["kustomize"]["substitute"]["vars"]["APP"], "echo");
+    assert_eq!(echo["kustomize"]["apply"]["timeout"], "5m");
+    assert_eq!(
+        unit("flux-system-podinfo", "apps")["dependsOn"],
+        serde_json::json!(["echo"])
+    );
+
+    // It validates, and plans (the units whose charts are here).
+    let o = crate::helm::terrace_helm(dir.path(), &helm, &["validate"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = crate::helm::terrace_helm(
+        dir.path(),
+        &helm,
+        &[
+            "apply",
+            "--unit",
+            "web",
+            "--unit",
+            "cluster-apps",
+            "--unit",
+            "echo",
+            "--unit",
+            "flux-system-podinfo",
+            "--unit",
+            "podinfo",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let plan = stdout(&o);
+    assert!(!plan.contains("secret-zone-9Kd"), "{plan}");
+    let rendered = dir.path().join(".terrace/rendered/default/cluster");
+    let files = |unit: &str| -> Vec<String> {
+        let mut f: Vec<String> = std::fs::read_dir(rendered.join(unit))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        f.sort();
+        f
+    };
+    // Flux's own objects are units, not objects of the units.
+    assert!(
+        files("cluster-apps").is_empty(),
+        "{:?}",
+        files("cluster-apps")
+    );
+    assert!(
+        files("flux-system-podinfo").is_empty(),
+        "{:?}",
+        files("flux-system-podinfo")
+    );
+    assert_eq!(files("echo"), ["apps_v1_deployment_default_echo.yaml"]);
+    assert_eq!(files("podinfo"), ["v1_configmap_podinfo.yaml"]);
+    assert_eq!(
+        files("web"),
+        ["v1_configmap_web.yaml"],
+        "the HTTP repository's chart"
+    );
+    // The secret domain reached both: sealed on disk.
+    for (u, f) in [
+        ("echo", "apps_v1_deployment_default_echo.yaml"),
+        ("podinfo", "v1_configmap_podinfo.yaml"),
+    ] {
+        let text = std::fs::read_to_string(rendered.join(u).join(f)).expect("rendered");
+        assert!(
+            !text.contains("secret-zone-9Kd") && text.contains("ENC["),
+            "{text}"
+        );
+        let o = terrace(
+            dir.path(),
+            &[
+                "secrets",
+                "decrypt",
+                &format!(".terrace/rendered/default/cluster/{u}/{f}"),
+            ],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let open = stdout(&o);
+        if u == "echo" {
+            // Flux's substitution: the variables of the Kustomization.
+            assert!(
+                open.contains("value: echo.secret-zone-9Kd.example"),
+                "{open}"
+            );
+            assert!(open.contains("replicas: 2"), "{open}");
+            assert!(open.contains("cluster: home"), "{open}");
+        } else {
+            assert!(open.contains("podinfo.secret-zone-9Kd.example"), "{open}");
+            assert!(open.contains("literal: ${NOT_A_VAR}"), "{open}");
+            assert!(open.contains("patched: \"yes\""), "{open}");
+        }
+    }
+
+    // Imported once: a second import refuses to overwrite.
+    let o = terrace(dir.path(), &["import", "flux", "kubernetes"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("exists already: nothing was written"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn oci_sources_are_mapped() {
+    let dir = homelab();
+    flux_repo(dir.path(), "https://charts.example.org");
+    write_files(
+        dir.path(),
+        &[("kubernetes/apps/default/oci/releases.yaml", OCI_RELEASES)],
+    );
+    let o = terrace(
+        dir.path(),
+        &[
+            "import",
+            "flux",
+            "kubernetes",
+            "--dry-run",
+            "--output",
+            "json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let unit = |name: &str| -> serde_json::Value {
+        let u = report["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .find(|u| u["unit"] == name)
+            .expect(name);
+        terrace_yaml::from_str(u["unitYaml"].as_str().expect("text"), Path::new(name))
+            .expect("yaml")
+    };
+    assert_eq!(
+        unit("from-oci")["helm"]["chart"],
+        "oci://ghcr.io/bjw-s/helm/app-template"
+    );
+    assert_eq!(unit("from-oci")["helm"]["version"], "3.5.1");
+    assert_eq!(
+        unit("oci-repo")["helm"]["chart"],
+        "oci://ghcr.io/stefanprodan/charts/podinfo"
+    );
+    assert_eq!(unit("oci-repo")["helm"]["version"], "6.7.0");
+    assert_eq!(unit("oci-repo")["helm"]["namespace"], "default");
+    assert!(
+        !dir.path().join("terrace").exists(),
+        "--dry-run writes nothing"
+    );
+}
+
+#[test]
+fn hostile_flux_trees_are_refused_or_listed() {
+    let dir = homelab();
+    flux_repo(dir.path(), "https://charts.example.org");
+    write_files(
+        dir.path(),
+        &[(
+            "kubernetes/apps/evil.yaml",
+            "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: ../../escape\n  namespace: flux-system\nspec:\n  path: ./x\n---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: outside\n  namespace: flux-system\nspec:\n  path: ../../../etc\n",
+        )],
+    );
+    let o = terrace(
+        dir.path(),
+        &[
+            "import",
+            "flux",
+            "kubernetes",
+            "--dry-run",
+            "--output",
+            "json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let whats: Vec<&str> = report["unmapped"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|u| u["what"].as_str())
+        .collect();
+    assert!(
+        whats.iter().any(|w| w.contains("../../escape")),
+        "{whats:?}"
+    );
+    assert!(
+        whats.iter().any(|w| w.contains("outside: path")),
+        "{whats:?}"
+    );
+    assert!(
+        !dir.path().join("terrace").exists(),
+        "--dry-run writes nothing"
+    );
+    // Bad options.
+    for args in [
+        vec!["import", "flux", "kubernetes", "--out", "../elsewhere"],
+        vec!["import", "flux", "kubernetes", "--layer", "nolayer"],
+        vec!["import", "flux", "../.."],
+    ] {
+        let o = terrace(dir.path(), &args);
+        assert_eq!(code(&o), 1, "{args:?}: {}{}", stdout(&o), stderr(&o));
+    }
+}
