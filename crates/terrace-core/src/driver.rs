@@ -152,6 +152,9 @@ pub struct ApplyContext<'a> {
     pub root: &'a Path,
     /// Where programs' output goes while they run.
     pub lines: Option<&'a Lines>,
+    /// Apply even what another tool still runs (a Flux Kustomization or
+    /// Argo CD Application that is not suspended): `apply --force`.
+    pub force: bool,
 }
 
 /// Where a unit is planned or applied.

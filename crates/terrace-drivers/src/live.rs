@@ -198,10 +198,30 @@ pub(crate) fn is_live(plan: &UnitPlan) -> bool {
 }
 
 /// Carries out a live plan.
-pub(crate) async fn apply(plan: &UnitPlan) -> Result<Applied, DriverError> {
+pub(crate) async fn apply(plan: &UnitPlan, force: bool) -> Result<Applied, DriverError> {
     let live = plan
         .payload::<LivePlan>()
         .ok_or_else(|| DriverError::Other("plan was not made for a live cluster".into()))?;
+    // A GitOps controller still applying what this unit takes over: the
+    // two would undo each other's work.
+    let held: Vec<String> = live
+        .kube
+        .objects
+        .iter()
+        .filter_map(|o| {
+            o.ownership
+                .still_applied_by
+                .as_ref()
+                .map(|why| format!("{}: {why}", o.desired.address))
+        })
+        .collect();
+    if !held.is_empty() && !force {
+        return Err(DriverError::Other(format!(
+            "nothing was applied: {}. Suspend it, then apply again; `apply --force` takes the objects over all the same",
+            held.join("; ")
+        )
+        .into()));
+    }
     match sync::apply(&live.kube).await {
         Ok(inventory) => Ok(Applied {
             outputs: live.outputs.clone(),

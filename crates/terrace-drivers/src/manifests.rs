@@ -710,7 +710,7 @@ impl Driver for ObjectsDriver {
     ) -> BoxFuture<'a, Result<Applied, DriverError>> {
         Box::pin(async move {
             if live::is_live(plan) {
-                live::apply(plan).await
+                live::apply(plan, ctx.force).await
             } else {
                 fileset::apply(ctx.root, plan)
             }

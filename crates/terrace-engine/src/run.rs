@@ -57,6 +57,8 @@ pub struct ApplyOptions {
     /// `apply FILE`: each unit is applied only if its fresh plan is the
     /// saved one.
     pub saved: Option<Arc<SavedPlan>>,
+    /// Take objects over even where Flux or Argo CD still applies them.
+    pub force: bool,
 }
 
 impl Default for ApplyOptions {
@@ -67,6 +69,7 @@ impl Default for ApplyOptions {
             command: "apply".to_owned(),
             interrupt: Interrupt::default(),
             saved: None,
+            force: false,
         }
     }
 }
@@ -309,6 +312,7 @@ struct UnitRun<'a> {
     revision: &'a PendingRevision,
     saved: Option<&'a SavedPlan>,
     lines: &'a Lines,
+    force: bool,
 }
 
 /// The Git revision a run records, found on the blocking pool while the
@@ -1322,6 +1326,7 @@ impl Engine {
                     revision: &revision,
                     saved: opts.saved.as_deref(),
                     lines: &lines,
+                    force: opts.force,
                 },
                 &mut r,
             )
@@ -1348,6 +1353,7 @@ impl Engine {
             run_id,
             saved,
             lines,
+            force,
             ..
         } = *run;
         let env = self.environment();
@@ -1463,6 +1469,7 @@ impl Engine {
                 &ApplyContext {
                     root: &self.project.root,
                     lines: Some(lines),
+                    force,
                 },
                 &plan,
             )
@@ -1691,6 +1698,7 @@ impl Engine {
                     &ApplyContext {
                         root: &self.project.root,
                         lines: None,
+                        force: false,
                     },
                     &plan,
                 )

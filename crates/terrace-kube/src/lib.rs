@@ -13,6 +13,7 @@
 
 pub mod cluster;
 pub mod diff;
+pub mod gitops;
 pub mod health;
 pub mod lease;
 pub mod order;

@@ -41,6 +41,7 @@ use terrace_core::plan::{Action, Change};
 use terrace_core::state::{InventoryItem, ObjectRef};
 
 use crate::diff::{self, normalize};
+use crate::gitops::GitOpsOwner;
 use crate::health::{Health, health};
 use crate::order::{self, Phase, Role};
 use crate::{Cluster, FIELD_MANAGER, KubeError, Resource};
@@ -409,6 +410,12 @@ pub async fn plan(
         if let Some(from) = &ownership.adopted_from {
             notes.push(format!("{}: adopting it from {from}", o.desired.address));
         }
+        if let Some(why) = &ownership.still_applied_by {
+            notes.push(format!(
+                "{}: {why}; apply refuses until then (`apply --force` takes it over all the same, and the two will fight)",
+                o.desired.address
+            ));
+        }
         o.ownership = ownership;
         if o.hook {
             continue;
@@ -566,9 +573,10 @@ async fn locate(
 
 /// Whether a field manager is a person's tool (its changes are drift,
 /// taken back under `conflicts: yield`) rather than a controller (whose
-/// fields are left to it). Helm and Flux's helm-controller count as
-/// people's tools too: terrace takes over the releases they installed, so
-/// their fields are terrace's to change.
+/// fields are left to it). Helm and the GitOps controllers (Flux's
+/// helm-controller and kustomize-controller, Argo CD's) count as people's
+/// tools too: terrace takes over what they applied, so their fields are
+/// terrace's to change.
 pub fn is_hand_edit(manager: &str) -> bool {
     manager.starts_with("kubectl")
         || manager.starts_with("k9s")
@@ -576,6 +584,8 @@ pub fn is_hand_edit(manager: &str) -> bool {
         || manager == "before-first-apply"
         || manager == "helm"
         || manager == "helm-controller"
+        || manager == "kustomize-controller"
+        || manager == "argocd-controller"
 }
 
 /// Who holds the fields of an object terrace applies.
@@ -589,6 +599,9 @@ pub struct Ownership {
     /// who had it (a unit that handed it over, or the field managers that
     /// made it).
     pub adopted_from: Option<String>,
+    /// A GitOps controller (Flux, Argo CD) still applies it: why, and how
+    /// to suspend it. The apply refuses while it does, unless forced.
+    pub still_applied_by: Option<String>,
 }
 
 /// Who owns the field at `path` (as a conflict names it:
@@ -784,6 +797,7 @@ async fn compare(
         },
     };
     let mut adopted_from = None;
+    let mut still_applied_by = None;
     match Owner::of(&live) {
         Some(other) if other == *owner => {}
         Some(other)
@@ -815,10 +829,22 @@ async fn compare(
                 .filter(|m| m != FIELD_MANAGER)
                 .collect();
             managers.dedup();
-            adopted_from = Some(if managers.is_empty() {
-                "no terrace unit (it has no ownership marks)".to_owned()
+            let by = if managers.is_empty() {
+                String::new()
             } else {
                 format!("field manager(s) {}", managers.join(", "))
+            };
+            adopted_from = Some(match GitOpsOwner::of(&live) {
+                Some(g) => {
+                    still_applied_by = g.still_running(cluster).await?;
+                    if by.is_empty() {
+                        g.describe()
+                    } else {
+                        format!("{} ({by})", g.describe())
+                    }
+                }
+                None if by.is_empty() => "no terrace unit (it has no ownership marks)".to_owned(),
+                None => by,
             });
         }
     }
@@ -843,6 +869,7 @@ async fn compare(
     )
     .await?;
     owned.adopted_from = adopted_from;
+    owned.still_applied_by = still_applied_by;
     let hide = o.desired.sensitive || o.target.kind == "Secret";
     let changes = diff::fields(&normalize(&live), &normalize(&dry));
     if changes.is_empty() {

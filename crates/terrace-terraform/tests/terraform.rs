@@ -9,7 +9,11 @@ use terrace_core::plan::Action;
 use terrace_terraform::TerraformDriver;
 
 fn apply_ctx(root: &std::path::Path) -> ApplyContext<'_> {
-    ApplyContext { root, lines: None }
+    ApplyContext {
+        root,
+        lines: None,
+        force: false,
+    }
 }
 
 fn unit(inputs: Value) -> ResolvedUnit {

@@ -344,6 +344,11 @@ pub struct ApplyArgs {
     /// back).
     #[arg(long, requires = "units")]
     pub replace: bool,
+    /// Take objects over even where the Flux Kustomization or HelmRelease,
+    /// or the Argo CD Application, that applies them is not suspended
+    /// (the two will then undo each other's changes).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

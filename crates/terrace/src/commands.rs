@@ -457,6 +457,7 @@ async fn run_apply(
         command: "apply".to_owned(),
         interrupt: interrupt.clone(),
         saved,
+        force: a.force,
     };
     let report = engine
         .apply(selected, &opts, Arc::clone(&progress) as Arc<dyn Progress>)
@@ -1078,6 +1079,7 @@ async fn destroy(
         command: "destroy".to_owned(),
         interrupt: interrupt.clone(),
         saved: None,
+        force: false,
     };
     let progress = Reporter::new(selected.len() + named_orphans.len(), "destroy", a.yes);
     let report = engine

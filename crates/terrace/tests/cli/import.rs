@@ -600,3 +600,201 @@ fn hostile_flux_trees_are_refused_or_listed() {
         assert_eq!(code(&o), 1, "{args:?}: {}{}", stdout(&o), stderr(&o));
     }
 }
+
+const FLUX_KS_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: kustomizations.kustomize.toolkit.fluxcd.io
+spec:
+  group: kustomize.toolkit.fluxcd.io
+  names: {kind: Kustomization, listKind: KustomizationList, plural: kustomizations, singular: kustomization}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+";
+
+/// On the real API server: objects Flux's kustomize-controller applied
+/// (its field manager and labels) are taken over by imported units with
+/// the same uid and no conflict; the plan says Flux had them, and apply
+/// refuses while the Flux Kustomization is not suspended, unless forced.
+#[test]
+fn real_cluster_objects_flux_applied_are_taken_over_once_it_is_suspended() {
+    let Some(kc) = crate::real_cluster(
+        "real_cluster_objects_flux_applied_are_taken_over_once_it_is_suspended",
+    ) else {
+        return;
+    };
+    let ns = "terrace-takeover";
+    let k = |args: &[&str]| {
+        let o = crate::kubectl(&kc, args);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let crd = tmp.path().join("crd.yaml");
+    std::fs::write(&crd, FLUX_KS_CRD).expect("write");
+    k(&["apply", "--server-side", "-f", &crd.display().to_string()]);
+    k(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/kustomizations.kustomize.toolkit.fluxcd.io",
+        "--timeout=60s",
+    ]);
+    let _ = crate::kubectl(
+        &kc,
+        &["delete", "namespace", ns, "--wait=true", "--timeout=120s"],
+    );
+    k(&["create", "namespace", ns]);
+    // What Flux applied: the Kustomization, and two ConfigMaps as
+    // kustomize-controller applies them.
+    let flux = tmp.path().join("flux.yaml");
+    let mut text = format!(
+        "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: apps\n  namespace: {ns}\nspec:\n  path: ./apps\n  interval: 10m\n"
+    );
+    std::fs::write(&flux, &text).expect("write");
+    k(&["apply", "--server-side", "-f", &flux.display().to_string()]);
+    text.clear();
+    for name in ["one", "two"] {
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    kustomize.toolkit.fluxcd.io/name: apps\n    kustomize.toolkit.fluxcd.io/namespace: {ns}\ndata:\n  v: flux\n"
+        ));
+    }
+    let cms = tmp.path().join("cms.yaml");
+    std::fs::write(&cms, &text).expect("write");
+    k(&[
+        "apply",
+        "--server-side",
+        "--field-manager=kustomize-controller",
+        "-f",
+        &cms.display().to_string(),
+    ]);
+    let uid = |name: &str| {
+        k(&[
+            "get",
+            "configmap",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+    };
+    let before = (uid("one"), uid("two"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files = vec![(
+        "terrace.yaml".to_owned(),
+        format!(
+            "name: takeover\nlayers: [apps]\ntargets:\n  cluster:\n    type: cluster\nenvironments:\n  default:\n    targets:\n      cluster: {{kubeconfig: {}}}\n",
+            kc.display()
+        ),
+    )];
+    for name in ["one", "two"] {
+        files.push((
+            format!("apps/{name}/unit.yaml"),
+            "layer: apps\nkind: manifests\ntarget: cluster\nmanifests:\n  apply: {wait: false}\n"
+                .to_owned(),
+        ));
+        files.push((
+            format!("apps/{name}/cm.yaml"),
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  v: terrace\n"),
+        ));
+    }
+    let borrowed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    write_files(dir.path(), &borrowed);
+    let o = terrace(dir.path(), &["plan"]);
+    let out = format!("{}{}", stdout(&o), stderr(&o));
+    assert_eq!(code(&o), 2, "{out}");
+    assert!(
+        out.contains(&format!(
+            "adopting it from Flux Kustomization {ns}/apps (field manager(s) kustomize-controller"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("flux suspend kustomization apps -n {ns}")),
+        "{out}"
+    );
+    // Refused while Flux still applies them.
+    let o = terrace(dir.path(), &["apply"]);
+    let out = format!("{}{}", stdout(&o), stderr(&o));
+    assert_eq!(code(&o), 1, "{out}");
+    assert!(out.contains("nothing was applied"), "{out}");
+    assert_eq!(
+        k(&[
+            "get",
+            "configmap",
+            "one",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.data.v}"
+        ]),
+        "flux"
+    );
+    // Forced: taken over all the same.
+    let o = terrace(dir.path(), &["apply", "--unit", "one", "--force"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    // Suspended: taken over, no force needed.
+    k(&[
+        "patch",
+        "kustomization.kustomize.toolkit.fluxcd.io",
+        "apps",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        "{\"spec\":{\"suspend\":true}}",
+    ]);
+    let o = terrace(dir.path(), &["apply", "--unit", "two"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        (uid("one"), uid("two")),
+        before,
+        "the same objects, not new ones"
+    );
+    for name in ["one", "two"] {
+        assert_eq!(
+            k(&[
+                "get",
+                "configmap",
+                name,
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.data.v}"
+            ]),
+            "terrace"
+        );
+        let managers = k(&[
+            "get",
+            "configmap",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ]);
+        assert!(managers.contains("terrace"), "{managers}");
+    }
+    let o = terrace(dir.path(), &["plan"]);
+    assert_eq!(
+        code(&o),
+        0,
+        "nothing left to change: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let _ = crate::kubectl(&kc, &["delete", "namespace", ns, "--wait=false"]);
+}
