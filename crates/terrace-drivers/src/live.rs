@@ -83,6 +83,7 @@ fn options(ctx: &UnitContext<'_>) -> Result<Options, DriverError> {
     if let Some(t) = &settings.timeout {
         options.timeout = t.duration();
     }
+    options.namespace = settings.namespace.clone();
     // For CI against clusters where pods never start (no nodes), and for
     // tests: the environment can turn waiting off, or poll faster.
     if let Ok(w) = std::env::var("TERRACE_KUBE_WAIT") {
@@ -126,7 +127,9 @@ pub(crate) async fn plan(
         remove,
     } = rendered;
     let mut options = options(ctx)?;
-    options.namespace = namespace;
+    if namespace.is_some() {
+        options.namespace = namespace;
+    }
     options.remove = remove;
     options.adopt_from = ctx.unit.adopts_from.clone();
     let cluster = clusters.get(target, endpoint).await.map_err(kube_error)?;
@@ -312,6 +315,10 @@ pub struct ApplySettings {
     /// Wait after apply until the objects are healthy (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<bool>,
+    /// Where namespaced objects that name no namespace land (Argo CD's
+    /// `destination.namespace`); default: the kubeconfig's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// How long the waits of one apply may take, as `90s`, `5m` or `1h`
     /// (default `5m`). Dependents of a unit that is not healthy in time do
     /// not start.

@@ -339,6 +339,9 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
             };
             evaluated.secrets.sort();
             evaluated.secrets.dedup();
+            if settings.exclude.iter().any(|f| f.matches(&evaluated.value)) {
+                continue;
+            }
             let id = identify(&evaluated.value).map_err(|msg| {
                 let loc = terrace_yaml::locate(&src, doc, &ValuePath::root().key("metadata"), None)
                     .or_else(|| terrace_yaml::locate(&src, doc, &ValuePath::root(), None));
@@ -730,6 +733,10 @@ pub struct ManifestsSettings {
     /// How the objects are applied to a live cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply: Option<crate::ApplySettings>,
+    /// Objects the files hold that the unit does not apply (an import
+    /// from Argo CD leaves out the Applications, which became units).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<crate::kustomize::ObjectFilter>,
     /// Flux's post-build substitution: with it, the files use `${VAR}`
     /// as a Flux Kustomization's do (terrace's own `${...}` is then not
     /// read in them; the variables may use it).

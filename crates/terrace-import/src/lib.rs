@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
+pub mod argocd;
+
 /// How an import runs.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -101,14 +103,14 @@ const FLUX_GROUPS: [&str; 5] = [
     "image.toolkit.fluxcd.io",
 ];
 
-fn group_of(v: &Value) -> &str {
+pub(crate) fn group_of(v: &Value) -> &str {
     v.get("apiVersion")
         .and_then(Value::as_str)
         .and_then(|a| a.rsplit_once('/'))
         .map_or("", |(g, _)| g)
 }
 
-fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+pub(crate) fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
 }
 
@@ -832,7 +834,7 @@ fn resolve_vars(v: &mut Value, vars: &BTreeMap<String, VarValue>, un: &mut dyn F
 }
 
 #[allow(clippy::too_many_arguments)]
-fn unit_file(
+pub(crate) fn unit_file(
     name: &str,
     layer: &str,
     kind: &'static str,
@@ -854,7 +856,7 @@ fn unit_file(
     }
     unit.insert(kind.into(), Value::Object(settings));
     let text = format!(
-        "# Imported from {from} by `terrace import flux`;\n# that file is left as it is.\n{}",
+        "# Imported from {from} by `terrace import`;\n# that file is left as it is.\n{}",
         terrace_yaml::to_string(&Value::Object(unit))
     );
     UnitFile {
@@ -869,7 +871,7 @@ fn unit_file(
 
 /// A Kubernetes object name (RFC 1123 subdomain): it becomes a directory
 /// name, so nothing else is taken.
-fn dns_name(n: &str) -> bool {
+pub(crate) fn dns_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 253
         && n.chars()
@@ -879,7 +881,7 @@ fn dns_name(n: &str) -> bool {
 }
 
 /// A Flux path (`./kubernetes/apps`) as a clean relative path.
-fn clean(p: &str) -> String {
+pub(crate) fn clean(p: &str) -> String {
     let parts: Vec<&str> = p
         .split('/')
         .filter(|s| !s.is_empty() && *s != ".")
@@ -891,7 +893,7 @@ fn clean(p: &str) -> String {
     }
 }
 
-fn walk(
+pub(crate) fn walk(
     root: &Path,
     dir: &Path,
     out_dir: &str,

@@ -152,7 +152,10 @@ impl GitOpsOwner {
         let running = if self.tool == "Flux" {
             owner["spec"]["suspend"].as_bool() != Some(true)
         } else {
-            !owner["spec"]["syncPolicy"]["automated"].is_null()
+            // Auto-sync is on while `automated` is there and not
+            // `enabled: false`.
+            let automated = &owner["spec"]["syncPolicy"]["automated"];
+            !automated.is_null() && automated["enabled"].as_bool() != Some(false)
         };
         Ok(running.then(|| {
             format!(

@@ -685,28 +685,37 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
 pub enum ImportCommand {
     /// Every Flux Kustomization and HelmRelease under DIR becomes a unit.
     #[command(
-        after_help = "Example:\n  terrace import flux kubernetes --layer kubernetes/flux=flux --layer kubernetes/apps/kube-system=platform\n  terrace import flux kubernetes --dry-run --output json\n\nKustomization -> kind: kustomize (path, dependsOn, targetNamespace,\nnamePrefix/Suffix, patches, components, wait, timeout, postBuild.substitute\nand substituteFrom with the ConfigMaps and Secrets found in the tree);\nHelmRelease -> kind: helm (chart from its HelmRepository, OCIRepository or\nthis repository, version, values with Flux's variables resolved,\ninstall.crds, postRenderers, dependsOn, targetNamespace, releaseName).\nEach unit goes to OUT/<layer>/<name>/unit.yaml; Flux's own objects are left\nout of what the units apply. Anything not mapped is listed with its file\nand what to do. terrace.yaml is written when there is none; otherwise the\nlayers to add are named. Run `terrace validate` and `terrace plan` after."
+        after_help = "Example:\n  terrace import flux kubernetes --layer kubernetes/flux=flux --layer kubernetes/apps/kube-system=platform\n  terrace import flux kubernetes --dry-run --output json\n\nKustomization -> kind: kustomize (path, dependsOn, targetNamespace,\nnamePrefix/Suffix, patches, components, wait, timeout, postBuild.substitute\nand substituteFrom with the ConfigMaps and Secrets found in the tree);\nHelmRelease -> kind: helm (chart from its HelmRepository, OCIRepository or\nthis repository, version, values with Flux's variables resolved,\ninstall.crds, postRenderers, dependsOn, targetNamespace, releaseName).\nEach unit goes to OUT/<layer>/<name>/unit.yaml; Flux's own objects are left\nout of what the units apply. Anything not mapped is listed with its file\nand what to do (exit code 3). terrace.yaml is written when there is none;\notherwise the layers to add are named. Run `terrace validate` and\n`terrace plan` after."
     )]
-    Flux {
-        /// The tree to read (inside the project).
-        dir: PathBuf,
-        /// Where the unit directories go, relative to the project root.
-        #[arg(long, value_name = "DIR", default_value = "terrace")]
-        out: String,
-        /// PREFIX=LAYER: objects in files under PREFIX go to LAYER (first
-        /// match wins; the layers are ordered as given, lowest first).
-        #[arg(long = "layer", value_name = "PREFIX=LAYER")]
-        layers: Vec<String>,
-        /// The layer of everything no --layer names.
-        #[arg(long, value_name = "LAYER", default_value = "apps")]
-        default_layer: String,
-        /// The cluster target the units apply to.
-        #[arg(long, value_name = "NAME", default_value = "cluster")]
-        target: String,
-        /// Print what would be written; write nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Flux(ImportArgs),
+    /// Every Argo CD Application (and what list and git-directory
+    /// ApplicationSets generate) under DIR becomes a unit.
+    #[command(
+        after_help = "Example:\n  terrace import argocd argocd\n  terrace import argocd . --dry-run --output json\n\nA path with a chart -> kind: helm (valueFiles, values, valuesObject,\nparameters, releaseName, skipCrds, CreateNamespace); a kustomization ->\nkind: kustomize (namePrefix/Suffix, namespace, patches, components);\nanything else -> kind: manifests; a chart from a Helm repository or OCI ->\na remote helm unit. App-of-apps trees become layers (the children of an\nApplication go to the layer named after it, the roots to `argocd`), and\nthe sync-wave annotation orders the units of a layer. Anything not mapped\nis listed with its file and what to do (exit code 3)."
+    )]
+    Argocd(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The tree to read (inside the project).
+    pub dir: PathBuf,
+    /// Where the unit directories go, relative to the project root.
+    #[arg(long, value_name = "DIR", default_value = "terrace")]
+    pub out: String,
+    /// PREFIX=LAYER: objects in files under PREFIX go to LAYER (first
+    /// match wins; the layers are ordered as given, lowest first).
+    #[arg(long = "layer", value_name = "PREFIX=LAYER")]
+    pub layers: Vec<String>,
+    /// The layer of everything no --layer names (Flux).
+    #[arg(long, value_name = "LAYER", default_value = "apps")]
+    pub default_layer: String,
+    /// The cluster target the units apply to.
+    #[arg(long, value_name = "NAME", default_value = "cluster")]
+    pub target: String,
+    /// Print what would be written; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

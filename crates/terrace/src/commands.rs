@@ -216,23 +216,12 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         Command::Dashboard(a) => dashboard(&start, env, a, &interrupt).await,
         Command::Secrets(s) => crate::secrets::run(s, cli.output).await,
         Command::Serve(a) => serve(a, env, &interrupt).await,
-        Command::Import(crate::cli::ImportCommand::Flux {
-            dir,
-            out,
-            layers,
-            default_layer,
-            target,
-            dry_run,
-        }) => import_flux(
-            &start,
-            dir,
-            out,
-            layers,
-            default_layer,
-            target,
-            *dry_run,
-            cli.output,
-        ),
+        Command::Import(crate::cli::ImportCommand::Flux(a)) => {
+            import_tree(&start, "flux", a, cli.output)
+        }
+        Command::Import(crate::cli::ImportCommand::Argocd(a)) => {
+            import_tree(&start, "argocd", a, cli.output)
+        }
         Command::Charts(crate::cli::ChartsCommand::Update { charts }) => {
             let project = load_project(&start)?;
             let defaults = project.file.defaults.get("helm");
@@ -1218,18 +1207,22 @@ fn lookup(outputs: &serde_json::Map<String, Value>, key: &str) -> Option<Value> 
     Some(cur.clone())
 }
 
-/// `terrace import flux`.
-#[allow(clippy::too_many_arguments)]
-fn import_flux(
+/// `terrace import flux|argocd`.
+fn import_tree(
     start: &Path,
-    dir: &Path,
-    out: &str,
-    layers: &[String],
-    default_layer: &str,
-    target: &str,
-    dry_run: bool,
+    tool: &str,
+    a: &crate::cli::ImportArgs,
     format: OutputFormat,
 ) -> Result<u8, CliError> {
+    let crate::cli::ImportArgs {
+        dir,
+        out,
+        layers,
+        default_layer,
+        target,
+        dry_run,
+    } = a;
+    let dry_run = *dry_run;
     // The project root: where terrace.yaml is, else the start directory.
     let start_abs = std::fs::canonicalize(start)
         .map_err(|e| CliError::message(format!("{}: {e}", start.display()), None))?;
@@ -1274,14 +1267,19 @@ fn import_flux(
     }
     terrace_fs::check_name("layer", default_layer)
         .map_err(|e| CliError::message(format!("--default-layer {default_layer}: {e}"), None))?;
-    let imported = terrace_import::flux(&terrace_import::Options {
+    let options = terrace_import::Options {
         root: root.clone(),
         dir: tree,
         out: out.clone(),
         layers: mapping,
-        default_layer: default_layer.to_owned(),
-        target: target.to_owned(),
-    })
+        default_layer: default_layer.clone(),
+        target: target.clone(),
+    };
+    let imported = if tool == "flux" {
+        terrace_import::flux(&options)
+    } else {
+        terrace_import::argocd::argocd(&options)
+    }
     .map_err(|e| CliError::message(e.to_string(), None))?;
     let project_file = root.join(terrace_core::config::PROJECT_FILE);
     let new_project = !project_file.is_file();
@@ -1317,7 +1315,7 @@ fn import_flux(
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "imported".to_owned());
             let text = format!(
-                "# Written by `terrace import flux`.\nname: {}\nlayers: [{}]\ntargets:\n  {target}:\n    type: cluster\n    description: The cluster Flux applied to; bind its kubeconfig per environment or with --cluster {target}=PATH.\n",
+                "# Written by `terrace import {tool}`.\nname: {}\nlayers: [{}]\ntargets:\n  {target}:\n    type: cluster\n    description: The cluster Flux applied to; bind its kubeconfig per environment or with --cluster {target}=PATH.\n",
                 name.replace(|c: char| !(c.is_ascii_alphanumeric() || c == '-'), "-"),
                 imported.layers.join(", ")
             );

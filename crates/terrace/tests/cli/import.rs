@@ -798,3 +798,289 @@ fn real_cluster_objects_flux_applied_are_taken_over_once_it_is_suspended() {
     );
     let _ = crate::kubectl(&kc, &["delete", "namespace", ns, "--wait=false"]);
 }
+
+fn app(name: &str, wave: i64, source: &str, dest_ns: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\n  namespace: argocd\n  annotations:\n    argocd.argoproj.io/sync-wave: \"{wave}\"\nspec:\n  project: default\n  source:\n    repoURL: https://git.example.org/home/infra.git\n    targetRevision: main\n{source}  destination:\n    server: https://kubernetes.default.svc\n    namespace: {dest_ns}\n  syncPolicy:\n    automated: {{prune: true, selfHeal: true}}\n{extra}"
+    )
+}
+
+/// An Argo CD app-of-apps tree: a root Application over a directory of
+/// Applications, two app-of-apps under it ordered by sync wave, a local
+/// chart with values files, values and parameters, and ApplicationSets
+/// with a list generator (kustomize overlays) and a git directory
+/// generator (plain manifests).
+fn argo_repo(dir: &Path) {
+    let ingress_source = "    path: charts/ingress\n    helm:\n      releaseName: ingress-nginx\n      valueFiles: [values-prod.yaml]\n      valuesObject:\n        replicas: 2\n      parameters:\n        - {name: image.tag, value: \"1.2.3\"}\n";
+    write_files(
+        dir,
+        &[
+            (
+                "argocd/root.yaml",
+                &app("root", 0, "    path: argocd/apps\n", "argocd", ""),
+            ),
+            (
+                "argocd/apps/platform.yaml",
+                &app("platform", -1, "    path: argocd/platform\n", "argocd", ""),
+            ),
+            (
+                "argocd/apps/workloads.yaml",
+                &app("workloads", 0, "    path: argocd/workloads\n", "argocd", ""),
+            ),
+            (
+                "argocd/platform/ingress.yaml",
+                &app(
+                    "ingress",
+                    0,
+                    ingress_source,
+                    "ingress",
+                    "    syncOptions: [CreateNamespace=true]\n",
+                ),
+            ),
+            (
+                "argocd/workloads/guestbook.yaml",
+                "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: guestbook\n  namespace: argocd\nspec:\n  generators:\n    - list:\n        elements:\n          - {env: dev}\n          - {env: prod}\n  template:\n    metadata:\n      name: guestbook-{{env}}\n    spec:\n      project: default\n      source:\n        repoURL: https://git.example.org/home/infra.git\n        path: apps/guestbook/overlays/{{env}}\n      destination:\n        server: https://kubernetes.default.svc\n        namespace: guestbook-{{env}}\n",
+            ),
+            (
+                "argocd/workloads/tools.yaml",
+                "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: tools\n  namespace: argocd\nspec:\n  goTemplate: true\n  generators:\n    - git:\n        repoURL: https://git.example.org/home/infra.git\n        directories:\n          - path: apps/tools/*\n          - path: apps/tools/skipped\n            exclude: true\n  template:\n    metadata:\n      name: 'tool-{{.path.basename}}'\n    spec:\n      project: default\n      source:\n        repoURL: https://git.example.org/home/infra.git\n        path: '{{.path.path}}'\n      destination:\n        server: https://kubernetes.default.svc\n        namespace: tools\n",
+            ),
+            (
+                "apps/guestbook/base/kustomization.yaml",
+                "resources: [deployment.yaml]\n",
+            ),
+            (
+                "apps/guestbook/base/deployment.yaml",
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: guestbook\nspec:\n  selector: {matchLabels: {app: guestbook}}\n  template:\n    metadata: {labels: {app: guestbook}}\n    spec:\n      containers: [{name: ui, image: ghcr.io/example/guestbook:1}]\n",
+            ),
+            (
+                "apps/guestbook/overlays/dev/kustomization.yaml",
+                "resources: [../../base]\nnamePrefix: dev-\n",
+            ),
+            (
+                "apps/guestbook/overlays/prod/kustomization.yaml",
+                "resources: [../../base]\nnamePrefix: prod-\n",
+            ),
+            (
+                "apps/tools/a/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata: {v: \"1\"}\n",
+            ),
+            (
+                "apps/tools/b/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\ndata: {v: \"2\"}\n",
+            ),
+            (
+                "apps/tools/skipped/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: skipped\n",
+            ),
+            (
+                "charts/ingress/Chart.yaml",
+                "apiVersion: v2\nname: ingress\nversion: 0.1.0\n",
+            ),
+            (
+                "charts/ingress/values.yaml",
+                "replicas: 1\nimage: {tag: latest}\nfromFile: default\n",
+            ),
+            ("charts/ingress/values-prod.yaml", "fromFile: prod\n"),
+            (
+                "charts/ingress/templates/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\ndata:\n  replicas: {{ .Values.replicas | quote }}\n  tag: {{ .Values.image.tag | quote }}\n  fromFile: {{ .Values.fromFile | quote }}\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn an_argo_cd_app_of_apps_imports_validates_and_plans() {
+    let Some(helm) = crate::helm::helm("an_argo_cd_app_of_apps_imports_validates_and_plans") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    argo_repo(dir.path());
+    let o = terrace(dir.path(), &["import", "argocd", ".", "--output", "json"]);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(code(&o), 0, "{report:#}\n{}", stderr(&o));
+    assert_eq!(
+        report["layers"],
+        serde_json::json!(["argocd", "root", "platform", "workloads"]),
+        "{report:#}"
+    );
+    let mut units: Vec<(String, String, String)> = report["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .map(|u| {
+            (
+                u["unit"].as_str().unwrap_or_default().to_owned(),
+                u["kind"].as_str().unwrap_or_default().to_owned(),
+                u["layer"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    units.sort();
+    let want: Vec<(String, String, String)> = [
+        ("guestbook-dev", "kustomize", "workloads"),
+        ("guestbook-prod", "kustomize", "workloads"),
+        ("ingress", "helm", "platform"),
+        ("platform", "manifests", "root"),
+        ("root", "manifests", "argocd"),
+        ("tool-a", "manifests", "workloads"),
+        ("tool-b", "manifests", "workloads"),
+        ("workloads", "manifests", "root"),
+    ]
+    .iter()
+    .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
+    .collect();
+    assert_eq!(units, want);
+    let unit = |name: &str, layer: &str| -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(dir.path().join(format!("terrace/{layer}/{name}/unit.yaml")))
+                .expect("unit.yaml");
+        terrace_yaml::from_str(&text, Path::new(name)).expect("yaml")
+    };
+    // The sync wave orders the two app-of-apps.
+    assert_eq!(
+        unit("workloads", "root")["dependsOn"],
+        serde_json::json!(["platform"])
+    );
+    let ingress = unit("ingress", "platform");
+    assert_eq!(ingress["helm"]["releaseName"], "ingress-nginx");
+    assert_eq!(ingress["helm"]["namespace"], "ingress");
+    assert_eq!(ingress["helm"]["createNamespace"], true);
+    assert_eq!(
+        ingress["helm"]["valuesFiles"],
+        serde_json::json!(["../../../charts/ingress/values-prod.yaml"])
+    );
+    assert_eq!(unit("tool-a", "workloads")["manifests"]["apply"]["namespace"], "tools");
+
+    let o = crate::helm::terrace_helm(dir.path(), &helm, &["validate"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = crate::helm::terrace_helm(dir.path(), &helm, &["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let rendered = dir.path().join(".terrace/rendered/default/cluster");
+    let files = |unit: &str| -> Vec<String> {
+        let mut f: Vec<String> = std::fs::read_dir(rendered.join(unit))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        f.sort();
+        f
+    };
+    // The app-of-apps apply no Applications: those are units.
+    for u in ["root", "platform", "workloads"] {
+        assert!(files(u).is_empty(), "{u}: {:?}", files(u));
+    }
+    assert_eq!(files("tool-a"), ["v1_configmap_a.yaml"]);
+    assert_eq!(files("tool-b"), ["v1_configmap_b.yaml"]);
+    assert!(
+        !rendered.join("tool-skipped").exists(),
+        "excluded by the generator"
+    );
+    // The overlays, as kubectl kustomize builds them.
+    for env in ["dev", "prod"] {
+        assert_eq!(
+            files(&format!("guestbook-{env}")),
+            [format!("apps_v1_deployment_{env}-guestbook.yaml")]
+        );
+        if let Ok(k) = std::process::Command::new("kubectl")
+            .args(["kustomize", &format!("apps/guestbook/overlays/{env}")])
+            .current_dir(dir.path())
+            .output()
+        {
+            let text = String::from_utf8_lossy(&k.stdout);
+            assert!(text.contains(&format!("name: {env}-guestbook")), "{text}");
+        }
+    }
+    // The chart with values files, values and parameters in Argo CD's
+    // order of precedence.
+    assert_eq!(
+        files("ingress"),
+        [
+            "v1_configmap_ingress-nginx.yaml",
+            "v1_namespace_ingress.yaml"
+        ]
+    );
+    let cm = std::fs::read_to_string(rendered.join("ingress/v1_configmap_ingress-nginx.yaml"))
+        .expect("cm");
+    for want in ["replicas: \"2\"", "tag: \"1.2.3\"", "fromFile: prod"] {
+        assert!(cm.contains(want), "{want} in {cm}");
+    }
+}
+
+#[test]
+fn argo_cd_remote_charts_and_unmapped_fields_are_listed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_files(
+        dir.path(),
+        &[
+            (
+                "apps/certs.yaml",
+                "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: certs\nspec:\n  source:\n    repoURL: https://charts.jetstack.io\n    chart: cert-manager\n    targetRevision: v1.14.0\n    helm:\n      values: |\n        installCRDs: true\n        note: ${not-terrace}\n  destination:\n    name: other-cluster\n    namespace: cert-manager\n  ignoreDifferences:\n    - {group: apps, kind: Deployment, jsonPointers: [/spec/replicas]}\n",
+            ),
+            (
+                "apps/oci.yaml",
+                "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: oci\nspec:\n  source:\n    repoURL: ghcr.io/example/charts\n    chart: app\n    targetRevision: 1.0.0\n  destination:\n    server: https://kubernetes.default.svc\n    namespace: oci\n",
+            ),
+            (
+                "apps/templated.yaml",
+                "{{- range .Values.apps }}\napiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {{ . }}\n{{- end }}\n",
+            ),
+            (
+                "apps/clusters.yaml",
+                "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: per-cluster\nspec:\n  generators:\n    - clusters: {}\n  template:\n    metadata: {name: 'x-{{name}}'}\n    spec: {source: {path: apps}}\n",
+            ),
+        ],
+    );
+    let o = terrace(
+        dir.path(),
+        &["import", "argocd", ".", "--dry-run", "--output", "json"],
+    );
+    assert_eq!(code(&o), 3, "{}{}", stdout(&o), stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let unit = |name: &str| -> serde_json::Value {
+        let u = report["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .find(|u| u["unit"] == name)
+            .expect(name);
+        terrace_yaml::from_str(u["unitYaml"].as_str().expect("text"), Path::new(name))
+            .expect("yaml")
+    };
+    let certs = unit("certs");
+    assert_eq!(certs["helm"]["repo"], "https://charts.jetstack.io");
+    assert_eq!(certs["helm"]["chart"], "cert-manager");
+    assert_eq!(certs["helm"]["version"], "v1.14.0");
+    assert_eq!(certs["helm"]["values"]["installCRDs"], true);
+    assert_eq!(
+        certs["helm"]["values"]["note"], "$${not-terrace}",
+        "kept literal for terrace"
+    );
+    assert_eq!(
+        unit("oci")["helm"]["chart"],
+        "oci://ghcr.io/example/charts/app"
+    );
+    let whats: Vec<String> = report["unmapped"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|u| {
+            format!(
+                "{}: {}",
+                u["file"].as_str().unwrap_or_default(),
+                u["what"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    for want in [
+        "apps/certs.yaml: Application certs: destination",
+        "apps/certs.yaml: Application certs: ignoreDifferences",
+        "apps/templated.yaml: Argo CD objects in a file that is not YAML as it is",
+        "apps/clusters.yaml: ApplicationSet per-cluster: the clusters generator",
+    ] {
+        assert!(whats.iter().any(|w| w == want), "{want} in {whats:#?}");
+    }
+}
