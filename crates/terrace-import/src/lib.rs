@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value, json};
 
 pub mod argocd;
+pub mod terragrunt;
+
+/// The file a unit is declared in.
+pub const UNIT_YAML: &str = "unit.yaml";
 
 /// How an import runs.
 #[derive(Debug, Clone)]
@@ -50,6 +54,8 @@ pub struct UnitFile {
     pub from: String,
     /// The unit.yaml text.
     pub text: String,
+    /// Other files of the unit (a Terraform root module): name, text.
+    pub extra: Vec<(String, String)>,
 }
 
 /// Something the import could not map, and what to do about it.
@@ -866,6 +872,7 @@ pub(crate) fn unit_file(
         dir: format!("{}/{layer}/{name}", out.trim_end_matches('/')),
         from: from.to_owned(),
         text,
+        extra: Vec::new(),
     }
 }
 

@@ -694,6 +694,11 @@ pub enum ImportCommand {
         after_help = "Example:\n  terrace import argocd argocd\n  terrace import argocd . --dry-run --output json\n\nA path with a chart -> kind: helm (valueFiles, values, valuesObject,\nparameters, releaseName, skipCrds, CreateNamespace); a kustomization ->\nkind: kustomize (namePrefix/Suffix, namespace, patches, components);\nanything else -> kind: manifests; a chart from a Helm repository or OCI ->\na remote helm unit. App-of-apps trees become layers (the children of an\nApplication go to the layer named after it, the roots to `argocd`), and\nthe sync-wave annotation orders the units of a layer. Anything not mapped\nis listed with its file and what to do (exit code 3)."
     )]
     Argocd(ImportArgs),
+    /// Every terragrunt.hcl under DIR becomes a terraform unit.
+    #[command(
+        after_help = "Example:\n  terrace import terragrunt live --layer live/network=network\n\nEach stack: its module (`terraform.source`, a local path) called from a\nroot module in the unit's directory, its inputs (the root file's merged in\nas `include` merges them; `locals`, `read_terragrunt_config`,\n`find_in_parent_folders`, `path_relative_to_include`, `get_env` and the\ncommon functions evaluated), `dependency` outputs as `${unit.X.outputs.Y}`\n(mock_outputs dropped: terrace defers instead), `dependencies` as\n`dependsOn`, and `generate` blocks as files of the unit. Remote module\nsources and `remote_state` are listed with what to do (exit code 3)."
+    )]
+    Terragrunt(ImportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -707,9 +712,10 @@ pub struct ImportArgs {
     /// match wins; the layers are ordered as given, lowest first).
     #[arg(long = "layer", value_name = "PREFIX=LAYER")]
     pub layers: Vec<String>,
-    /// The layer of everything no --layer names (Flux).
-    #[arg(long, value_name = "LAYER", default_value = "apps")]
-    pub default_layer: String,
+    /// The layer of everything no --layer names (default: `apps`, and
+    /// `infra` for Terragrunt).
+    #[arg(long, value_name = "LAYER")]
+    pub default_layer: Option<String>,
     /// The cluster target the units apply to.
     #[arg(long, value_name = "NAME", default_value = "cluster")]
     pub target: String,

@@ -222,6 +222,9 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         Command::Import(crate::cli::ImportCommand::Argocd(a)) => {
             import_tree(&start, "argocd", a, cli.output)
         }
+        Command::Import(crate::cli::ImportCommand::Terragrunt(a)) => {
+            import_tree(&start, "terragrunt", a, cli.output)
+        }
         Command::Charts(crate::cli::ChartsCommand::Update { charts }) => {
             let project = load_project(&start)?;
             let defaults = project.file.defaults.get("helm");
@@ -1223,6 +1226,14 @@ fn import_tree(
         dry_run,
     } = a;
     let dry_run = *dry_run;
+    let default_layer = default_layer.clone().unwrap_or_else(|| {
+        if tool == "terragrunt" {
+            "infra"
+        } else {
+            "apps"
+        }
+        .to_owned()
+    });
     // The project root: where terrace.yaml is, else the start directory.
     let start_abs = std::fs::canonicalize(start)
         .map_err(|e| CliError::message(format!("{}: {e}", start.display()), None))?;
@@ -1265,20 +1276,20 @@ fn import_tree(
             .map_err(|e| CliError::message(format!("--layer {l}: {e}"), None))?;
         mapping.push((prefix.trim_start_matches("./").to_owned(), layer.to_owned()));
     }
-    terrace_fs::check_name("layer", default_layer)
+    terrace_fs::check_name("layer", &default_layer)
         .map_err(|e| CliError::message(format!("--default-layer {default_layer}: {e}"), None))?;
     let options = terrace_import::Options {
         root: root.clone(),
         dir: tree,
         out: out.clone(),
         layers: mapping,
-        default_layer: default_layer.clone(),
+        default_layer,
         target: target.clone(),
     };
-    let imported = if tool == "flux" {
-        terrace_import::flux(&options)
-    } else {
-        terrace_import::argocd::argocd(&options)
+    let imported = match tool {
+        "flux" => terrace_import::flux(&options),
+        "argocd" => terrace_import::argocd::argocd(&options),
+        _ => terrace_import::terragrunt::terragrunt(&options),
     }
     .map_err(|e| CliError::message(e.to_string(), None))?;
     let project_file = root.join(terrace_core::config::PROJECT_FILE);
@@ -1308,6 +1319,16 @@ fn import_tree(
             )
             .map_err(|e| CliError::message(format!("{}: {e}", u.dir), None))?;
             written.push(format!("{}/unit.yaml", u.dir));
+            for (name, text) in &u.extra {
+                terrace_fs::write(
+                    &root,
+                    &format!("{}/{name}", u.dir),
+                    text.as_bytes(),
+                    terrace_fs::Mode::Shared,
+                )
+                .map_err(|e| CliError::message(format!("{}/{name}: {e}", u.dir), None))?;
+                written.push(format!("{}/{name}", u.dir));
+            }
         }
         if new_project {
             let name = root
@@ -1334,7 +1355,8 @@ fn import_tree(
             let units: Vec<Value> = imported
                 .units
                 .iter()
-                .map(|u| json!({"unit": u.name, "layer": u.layer, "kind": u.kind, "dir": u.dir, "from": u.from, "unitYaml": u.text}))
+                .map(|u| json!({"unit": u.name, "layer": u.layer, "kind": u.kind, "dir": u.dir, "from": u.from, "unitYaml": u.text,
+                    "files": u.extra.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()}))
                 .collect();
             let unmapped: Vec<Value> = imported
                 .unmapped

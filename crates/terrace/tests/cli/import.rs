@@ -951,7 +951,10 @@ fn an_argo_cd_app_of_apps_imports_validates_and_plans() {
         ingress["helm"]["valuesFiles"],
         serde_json::json!(["../../../charts/ingress/values-prod.yaml"])
     );
-    assert_eq!(unit("tool-a", "workloads")["manifests"]["apply"]["namespace"], "tools");
+    assert_eq!(
+        unit("tool-a", "workloads")["manifests"]["apply"]["namespace"],
+        "tools"
+    );
 
     let o = crate::helm::terrace_helm(dir.path(), &helm, &["validate"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
@@ -1083,4 +1086,309 @@ fn argo_cd_remote_charts_and_unmapped_fields_are_listed() {
     ] {
         assert!(whats.iter().any(|w| w == want), "{want} in {whats:#?}");
     }
+}
+
+const TG_ROOT: &str = r#"locals {
+  env_vars = read_terragrunt_config(find_in_parent_folders("env.hcl"))
+  env      = local.env_vars.locals.env
+  owner    = "infra-team"
+}
+
+generate "versions" {
+  path      = "versions.tf"
+  if_exists = "overwrite"
+  contents  = <<EOF
+terraform {
+  required_version = ">= 1.5"
+}
+EOF
+}
+
+remote_state {
+  backend = "s3"
+  config = {
+    bucket = "tf-state"
+    key    = "${path_relative_to_include()}/tf.tfstate"
+  }
+}
+
+inputs = {
+  env   = local.env
+  owner = local.owner
+  tags  = { env = local.env }
+}
+"#;
+
+fn tg_module(name: &str, vars: &[&str], outputs: &str) -> String {
+    let mut t = String::new();
+    for v in vars {
+        t.push_str(&format!("variable \"{v}\" {{}}\n"));
+    }
+    t.push_str("variable \"tags\" {\n  default = {}\n}\n");
+    t.push_str(&format!(
+        "resource \"terraform_data\" \"{name}\" {{\n  input = {{ {} }}\n}}\n",
+        vars.iter()
+            .map(|v| format!("{v} = var.{v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    t.push_str(outputs);
+    t
+}
+
+fn tg_stack(env: &str, stack: &str) -> String {
+    let head =
+        "include \"root\" {\n  path   = find_in_parent_folders(\"root.hcl\")\n  expose = true\n}\n";
+    match stack {
+        "vpc" => format!(
+            "{head}terraform {{\n  source = \"${{get_repo_root()}}/modules//vpc\"\n}}\ninputs = {{\n  cidr = \"10.{}.0.0/16\"\n  name = \"${{include.root.locals.env}}-vpc\"\n}}\n",
+            if env == "dev" { 1 } else { 2 }
+        ),
+        "db" | "cache" => format!(
+            "{head}terraform {{\n  source = \"../../../modules/{stack}\"\n}}\ndependency \"vpc\" {{\n  config_path  = \"../vpc\"\n  mock_outputs = {{ vpc_id = \"mock\", subnets = [\"mock\"] }}\n}}\ninputs = {{\n  vpc_id = dependency.vpc.outputs.vpc_id\n  subnet = dependency.vpc.outputs.subnets[0]\n  name   = \"${{basename(get_terragrunt_dir())}}-${{get_env(\"TERRACE_TG_UNSET_VAR\", \"x\")}}\"\n}}\n"
+        ),
+        "app" => format!(
+            "{head}terraform {{\n  source = \"../../../modules/app\"\n}}\ndependency \"db\" {{\n  config_path = \"../db\"\n}}\ndependency \"cache\" {{\n  config_path = \"../cache\"\n}}\ndependencies {{\n  paths = [\"../dns\"]\n}}\ninputs = {{\n  db_endpoint = \"postgres://${{dependency.db.outputs.endpoint}}/app\"\n  cache_url   = dependency.cache.outputs.endpoint\n}}\n"
+        ),
+        _ => format!(
+            "{head}terraform {{\n  source = \"../../../modules/dns\"\n}}\ninputs = {{\n  zone = \"${{path_relative_to_include()}}\"\n}}\n"
+        ),
+    }
+}
+
+fn terragrunt_repo(dir: &Path) {
+    let mut files: Vec<(String, String)> = vec![
+        ("live/root.hcl".into(), TG_ROOT.into()),
+        (
+            "live/dev/env.hcl".into(),
+            "locals {\n  env = \"dev\"\n}\n".into(),
+        ),
+        (
+            "live/prod/env.hcl".into(),
+            "locals {\n  env = \"prod\"\n}\n".into(),
+        ),
+        (
+            "modules/vpc/main.tf".into(),
+            tg_module(
+                "vpc",
+                &["cidr", "name", "env"],
+                "output \"vpc_id\" {\n  value = terraform_data.vpc.id\n}\noutput \"subnets\" {\n  value = [cidrsubnet(var.cidr, 8, 1)]\n}\n",
+            ),
+        ),
+        (
+            "modules/db/main.tf".into(),
+            tg_module(
+                "db",
+                &["vpc_id", "subnet", "name", "env"],
+                "output \"endpoint\" {\n  value = \"${var.name}.${var.subnet}\"\n}\noutput \"password\" {\n  value     = \"pw-${var.name}\"\n  sensitive = true\n}\n",
+            ),
+        ),
+        (
+            "modules/cache/main.tf".into(),
+            tg_module(
+                "cache",
+                &["vpc_id", "subnet", "name"],
+                "output \"endpoint\" {\n  value = \"redis://${var.name}\"\n}\n",
+            ),
+        ),
+        (
+            "modules/app/main.tf".into(),
+            tg_module(
+                "app",
+                &["db_endpoint", "cache_url", "env"],
+                "output \"url\" {\n  value = var.db_endpoint\n}\n",
+            ),
+        ),
+        (
+            "modules/dns/main.tf".into(),
+            tg_module("dns", &["zone", "owner"], ""),
+        ),
+    ];
+    for env in ["dev", "prod"] {
+        for stack in ["vpc", "db", "cache", "app", "dns"] {
+            files.push((
+                format!("live/{env}/{stack}/terragrunt.hcl"),
+                tg_stack(env, stack),
+            ));
+        }
+    }
+    let borrowed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    write_files(dir, &borrowed);
+}
+
+/// A Terragrunt tree of ten stacks (a root file with locals from
+/// `read_terragrunt_config`, `generate` and `remote_state`; stacks with
+/// dependencies, `dependencies`, exposed includes and path functions)
+/// imports, validates and applies the module's resources with the inputs
+/// Terragrunt would give them.
+#[test]
+fn a_terragrunt_tree_imports_validates_and_applies() {
+    if std::process::Command::new("terraform")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "skipped a_terragrunt_tree_imports_validates_and_applies: terraform is not on the PATH"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    terragrunt_repo(dir.path());
+    write_files(
+        dir.path(),
+        &[("terrace.yaml", "name: tg\nlayers: [infra]\ntargets: {}\n")],
+    );
+    let o = terrace(
+        dir.path(),
+        &["import", "terragrunt", "live", "--output", "json"],
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(code(&o), 3, "{report:#}\n{}", stderr(&o));
+    let unmapped = report["unmapped"].as_array().expect("list");
+    assert_eq!(unmapped.len(), 10, "{report:#}");
+    assert!(
+        unmapped.iter().all(|u| u["what"] == "remote_state"),
+        "{report:#}"
+    );
+    let mut names: Vec<&str> = report["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .filter_map(|u| u["unit"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "dev-app",
+            "dev-cache",
+            "dev-db",
+            "dev-dns",
+            "dev-vpc",
+            "prod-app",
+            "prod-cache",
+            "prod-db",
+            "prod-dns",
+            "prod-vpc"
+        ]
+    );
+    let unit = |name: &str| -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(dir.path().join(format!("terrace/infra/{name}/unit.yaml")))
+                .expect("unit.yaml");
+        terrace_yaml::from_str(&text, Path::new(name)).expect("yaml")
+    };
+    let db = unit("dev-db");
+    assert_eq!(db["inputs"]["vpc_id"], "${unit.dev-vpc.outputs.vpc_id}");
+    assert_eq!(db["inputs"]["subnet"], "${unit.dev-vpc.outputs.subnets[0]}");
+    assert_eq!(db["inputs"]["name"], "db-x");
+    assert_eq!(
+        db["inputs"]["env"], "dev",
+        "the root file's inputs merged in"
+    );
+    assert!(
+        db["inputs"].get("owner").is_none(),
+        "the module does not declare it"
+    );
+    assert_eq!(
+        unit("prod-vpc")["inputs"]["name"],
+        "prod-vpc",
+        "an exposed include's locals"
+    );
+    assert_eq!(
+        unit("dev-dns")["inputs"]["zone"],
+        "dev/dns",
+        "path_relative_to_include"
+    );
+    assert_eq!(unit("dev-dns")["inputs"]["owner"], "infra-team");
+    let app = unit("dev-app");
+    assert_eq!(app["dependsOn"], serde_json::json!(["dev-dns"]));
+    assert_eq!(
+        app["inputs"]["db_endpoint"],
+        "postgres://${unit.dev-db.outputs.endpoint}/app"
+    );
+    let versions = std::fs::read_to_string(dir.path().join("terrace/infra/dev-db/versions.tf"))
+        .expect("generated");
+    assert!(versions.contains("required_version"), "{versions}");
+    let main = std::fs::read_to_string(dir.path().join("terrace/infra/dev-db/main.tf"))
+        .expect("root module");
+    assert!(
+        main.contains("source = \"./../../../modules/db\""),
+        "{main}"
+    );
+    assert!(main.contains("sensitive = true"), "{main}");
+
+    let o = terrace(dir.path(), &["validate"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = terrace(dir.path(), &["apply", "-j", "2"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    // The values Terragrunt would have passed reached the resources.
+    let o = terrace(dir.path(), &["output", "dev-app", "url"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim().trim_matches('"'),
+        "postgres://db-x.10.1.1.0/24/app"
+    );
+    // Planned again: nothing changes.
+    let o = terrace(dir.path(), &["plan", "--output", "json"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+}
+
+#[test]
+fn hostile_terragrunt_trees_are_listed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_files(
+        dir.path(),
+        &[
+            (
+                "live/remote/terragrunt.hcl",
+                "terraform {\n  source = \"git::https://example.org/modules.git//vpc?ref=v1\"\n}\n",
+            ),
+            ("live/broken/terragrunt.hcl", "terraform {\n  source = \n"),
+            (
+                "live/unknown/terragrunt.hcl",
+                "terraform {\n  source = try(local.x, \"../m\")\n}\n",
+            ),
+            (
+                "live/outside/terragrunt.hcl",
+                "terraform {\n  source = \"../../../../etc\"\n}\n",
+            ),
+            (
+                "live/reads/terragrunt.hcl",
+                "locals {\n  x = file(\"/etc/passwd\")\n}\nterraform {\n  source = \"../../m\"\n}\n",
+            ),
+            ("m/main.tf", "variable \"a\" {\n  default = 1\n}\n"),
+        ],
+    );
+    let o = terrace(
+        dir.path(),
+        &[
+            "import",
+            "terragrunt",
+            "live",
+            "--dry-run",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code(&o), 3, "{}{}", stdout(&o), stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let text = report["unmapped"].to_string();
+    for want in [
+        "is remote: vendor the module",
+        "live/broken/terragrunt.hcl",
+        "live/unknown/terragrunt.hcl",
+        "is not a directory of the project",
+        "locals.x",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+    assert!(
+        !text.contains("root:x:0:0"),
+        "nothing from outside the project is read: {text}"
+    );
 }
