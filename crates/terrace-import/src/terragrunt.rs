@@ -1114,7 +1114,7 @@ fn stack_unit(
     {
         un(
             "remote_state",
-            "terrace keeps Terraform's state itself (under .terrace/); to move an existing state there, `terraform state pull` it into the unit's state once",
+            "terrace keeps Terraform's state itself (under .terrace/terraform/); to keep what the stack's state holds, push it into the unit's state once and move each resource under `module.this.` (`terraform state mv`)",
         );
     }
     let mut doc = Map::new();

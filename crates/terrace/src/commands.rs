@@ -1374,8 +1374,13 @@ fn import_tree(
         }
         _ => {
             outln!(
-                "Read {} YAML file(s): {} unit(s) in layers {}.",
+                "Read {} {} file(s): {} unit(s) in layers {}.",
                 imported.files,
+                if tool == "terragrunt" {
+                    "terragrunt.hcl"
+                } else {
+                    "YAML"
+                },
                 imported.units.len(),
                 imported.layers.join(", ")
             );
@@ -1400,7 +1405,7 @@ fn import_tree(
                 );
             } else {
                 outln!(
-                    "\nWrote {} unit file(s). terrace.yaml was kept: its `layers` must hold {}. Next: terrace validate && terrace plan",
+                    "\nWrote {} file(s). terrace.yaml was kept: its `layers` must hold {}. Next: terrace validate && terrace plan",
                     written.len(),
                     imported.layers.join(", ")
                 );

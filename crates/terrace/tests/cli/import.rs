@@ -1324,6 +1324,25 @@ fn a_terragrunt_tree_imports_validates_and_applies() {
 
     let o = terrace(dir.path(), &["validate"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    // The plan holds each stack's module resources, as Terragrunt's would
+    // (under `module.this.`); units waiting for outputs are deferred.
+    let (c, plan) = crate::plan_json(dir.path(), &[]);
+    assert_eq!(c, 2, "{plan:#}");
+    for env in ["dev", "prod"] {
+        let vpc = crate::unit(&plan, &format!("{env}-vpc"));
+        let addresses: Vec<&str> = vpc["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .filter_map(|c| c["address"].as_str())
+            .filter(|a| !a.starts_with("output."))
+            .collect();
+        assert_eq!(addresses, ["module.this.terraform_data.vpc"], "{vpc:#}");
+        assert_eq!(
+            crate::unit(&plan, &format!("{env}-db"))["action"],
+            "deferred"
+        );
+    }
     let o = terrace(dir.path(), &["apply", "-j", "2"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     // The values Terragrunt would have passed reached the resources.
