@@ -132,6 +132,9 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
     let mut releases = Vec::new();
     // (kind, namespace, name) of sources, ConfigMaps and Secrets.
     let mut objects: BTreeMap<(String, String, String), Found> = BTreeMap::new();
+    // ConfigMaps and Secrets kustomize generates from files: (kind, name)
+    // → key → the file (from the root).
+    let mut generated: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
     for file in &files {
         let rel = file
             .strip_prefix(&opts.root)
@@ -144,6 +147,40 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
             // Not YAML a Kubernetes object could be in (a Helm template).
             continue;
         };
+        if rel.ends_with("kustomization.yaml") || rel.ends_with("kustomization.yml") {
+            let dir = Path::new(&rel)
+                .parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            for (_, k) in &docs {
+                for (field, kind) in [
+                    ("configMapGenerator", "ConfigMap"),
+                    ("secretGenerator", "Secret"),
+                ] {
+                    for g in k.get(field).and_then(Value::as_array).into_iter().flatten() {
+                        let Some(name) = g.get("name").and_then(Value::as_str) else {
+                            continue;
+                        };
+                        let files = generated
+                            .entry((kind.to_owned(), name.to_owned()))
+                            .or_default();
+                        for f in g
+                            .get("files")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                        {
+                            let (key, path) = match f.split_once('=') {
+                                Some((k, p)) => (k.to_owned(), p),
+                                None => (f.rsplit('/').next().unwrap_or(f).to_owned(), f),
+                            };
+                            files.insert(key, clean(&format!("{dir}/{path}")));
+                        }
+                    }
+                }
+            }
+        }
         for (_, v) in docs {
             let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
             let found = Found {
@@ -454,6 +491,8 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
             resolve_vars(&mut values, &vars, &mut un);
             settings.insert("values".into(), values);
         }
+        let mut values_files: Vec<Value> = Vec::new();
+        let mut extra: Vec<(String, String)> = Vec::new();
         for v in spec
             .get("valuesFrom")
             .and_then(Value::as_array)
@@ -462,10 +501,61 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
         {
             let kind = v.get("kind").and_then(Value::as_str).unwrap_or("ConfigMap");
             let n = v.get("name").and_then(Value::as_str).unwrap_or_default();
-            un(
-                &format!("valuesFrom {kind}/{n}"),
-                "put the values in a file beside the unit and list it in `helm.valuesFiles` (SOPS-encrypt it when it holds secrets)",
-            );
+            let key = v
+                .get("valuesKey")
+                .and_then(Value::as_str)
+                .unwrap_or("values.yaml");
+            let optional = v.get("optional").and_then(Value::as_bool) == Some(true);
+            if v.get("targetPath").is_some() {
+                un(
+                    &format!("valuesFrom {kind}/{n}: targetPath"),
+                    "set that value in `helm.values` (with a `${secret...}` reference when it is secret)",
+                );
+                continue;
+            }
+            let up = "../".repeat(depth(&layer));
+            // A generator's file (a SOPS one is decrypted in memory), or
+            // the data of a ConfigMap manifest, written beside the unit.
+            if let Some(file) = generated
+                .get(&(kind.to_owned(), n.to_owned()))
+                .and_then(|f| f.get(key))
+            {
+                values_files.push(json!(format!("{up}{file}")));
+                continue;
+            }
+            let manifest = objects
+                .get(&(kind.to_owned(), h.namespace.clone(), n.to_owned()))
+                .or_else(|| {
+                    objects
+                        .iter()
+                        .find(|((k, _, m), _)| k == kind && m == n)
+                        .map(|(_, f)| f)
+                });
+            match (
+                kind,
+                manifest
+                    .and_then(|f| {
+                        f.value.pointer(&format!(
+                            "/data/{}",
+                            key.replace('~', "~0").replace('/', "~1")
+                        ))
+                    })
+                    .and_then(Value::as_str),
+            ) {
+                ("ConfigMap", Some(text)) => {
+                    let file = format!("values-{n}.yaml");
+                    extra.push((file.clone(), text.to_owned()));
+                    values_files.push(json!(file));
+                }
+                _ if optional => {}
+                _ => un(
+                    &format!("valuesFrom {kind}/{n}"),
+                    "put the values in a file beside the unit and list it in `helm.valuesFiles` (SOPS-encrypt it when it holds secrets)",
+                ),
+            }
+        }
+        if !values_files.is_empty() {
+            settings.insert("valuesFiles".into(), Value::Array(values_files));
         }
         for (field, path) in [
             ("install.crds", "/install/crds"),
@@ -544,7 +634,7 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
             depends.push(u.clone());
         }
         out.unmapped.extend(un_list);
-        out.units.push(unit_file(
+        let mut unit = unit_file(
             &name,
             &layer,
             "helm",
@@ -553,7 +643,9 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
             &format!("{} ({what})", h.file),
             depends,
             settings,
-        ));
+        );
+        unit.extra = extra;
+        out.units.push(unit);
     }
     if out.units.iter().any(|u| u.layer == opts.default_layer)
         && !out.layers.contains(&opts.default_layer)

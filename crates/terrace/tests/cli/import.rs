@@ -128,6 +128,9 @@ spec:
         namespace: flux-system
   install:
     crds: Skip
+  valuesFrom:
+    - kind: ConfigMap
+      name: podinfo-values
   values:
     host: podinfo.${SECRET_DOMAIN}
     cluster: ${CLUSTER_NAME}
@@ -158,6 +161,8 @@ spec:
   dependsOn:
     - name: podinfo
   valuesFrom:
+    - kind: ConfigMap
+      name: web-values
     - kind: ConfigMap
       name: only-in-the-cluster
 ";
@@ -257,7 +262,15 @@ fn flux_repo(dir: &Path, repo: &str) {
             ),
             (
                 "kubernetes/apps/default/podinfo/app/kustomization.yaml",
-                "resources: [helmrelease.yaml]\n",
+                "resources: [helmrelease.yaml, podinfo-values.yaml]\nconfigMapGenerator:\n  - name: web-values\n    files: [values.yaml=web-values.yaml]\n",
+            ),
+            (
+                "kubernetes/apps/default/podinfo/app/web-values.yaml",
+                "extra: from-generator\n",
+            ),
+            (
+                "kubernetes/apps/default/podinfo/app/podinfo-values.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: podinfo-values\ndata:\n  values.yaml: |\n    extra: plain\n",
             ),
             (
                 "charts/podinfo/Chart.yaml",
@@ -265,7 +278,7 @@ fn flux_repo(dir: &Path, repo: &str) {
             ),
             (
                 "charts/podinfo/templates/configmap.yaml",
-                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n  labels:\n    app: podinfo\ndata:\n  host: {{ .Values.host | quote }}\n  cluster: {{ .Values.cluster | quote }}\n  literal: {{ .Values.literal | quote }}\n",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n  labels:\n    app: podinfo\ndata:\n  host: {{ .Values.host | quote }}\n  cluster: {{ .Values.cluster | quote }}\n  literal: {{ .Values.literal | quote }}\n  extra: {{ .Values.extra | default \"none\" | quote }}\n",
             ),
         ],
     );
@@ -390,6 +403,24 @@ fn a_flux_tree_imports_validates_and_plans_what_flux_would_apply() {
         "the Kustomization's targetNamespace"
     );
     assert_eq!(podinfo["helm"]["includeCRDs"], false);
+    // valuesFrom: a ConfigMap manifest's data, written beside the unit;
+    // a generated ConfigMap, its file as it is.
+    assert_eq!(
+        podinfo["helm"]["valuesFiles"],
+        serde_json::json!(["values-podinfo-values.yaml"])
+    );
+    assert_eq!(
+        std::fs::read_to_string(
+            dir.path()
+                .join("terrace/apps/podinfo/values-podinfo-values.yaml")
+        )
+        .expect("written"),
+        "extra: plain\n"
+    );
+    assert_eq!(
+        web["helm"]["valuesFiles"],
+        serde_json::json!(["../../../kubernetes/apps/default/podinfo/app/web-values.yaml"])
+    );
     assert_eq!(podinfo["helm"]["values"]["cluster"], "home");
     assert_eq!(
         podinfo["helm"]["values"]["host"],
@@ -445,10 +476,14 @@ fn a_flux_tree_imports_validates_and_plans_what_flux_would_apply() {
         "{:?}",
         files("cluster-apps")
     );
+    // The podinfo Kustomization applies its values ConfigMaps, as Flux
+    // would; the HelmRelease is a unit of its own.
+    let values = files("flux-system-podinfo");
+    assert_eq!(values.len(), 2, "{values:?}");
+    assert_eq!(values[0], "v1_configmap_default_podinfo-values.yaml");
     assert!(
-        files("flux-system-podinfo").is_empty(),
-        "{:?}",
-        files("flux-system-podinfo")
+        values[1].starts_with("v1_configmap_default_web-values"),
+        "{values:?}"
     );
     assert_eq!(files("echo"), ["apps_v1_deployment_default_echo.yaml"]);
     assert_eq!(files("podinfo"), ["v1_configmap_podinfo.yaml"]);
@@ -489,6 +524,10 @@ fn a_flux_tree_imports_validates_and_plans_what_flux_would_apply() {
             assert!(open.contains("podinfo.secret-zone-9Kd.example"), "{open}");
             assert!(open.contains("literal: ${NOT_A_VAR}"), "{open}");
             assert!(open.contains("patched: \"yes\""), "{open}");
+            assert!(
+                open.contains("extra: plain"),
+                "the values from valuesFrom: {open}"
+            );
         }
     }
 
