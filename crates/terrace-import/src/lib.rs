@@ -763,6 +763,9 @@ fn chart_source(
             if let Some(v) = version {
                 settings.insert("version".into(), json!(v));
             }
+            if f.value.pointer("/spec/insecure").and_then(Value::as_bool) == Some(true) {
+                settings.insert("plainHttp".into(), json!(true));
+            }
             if f.value.pointer("/spec/secretRef").is_some() {
                 un(
                     "chart source credentials (HelmRepository secretRef)",

@@ -796,15 +796,15 @@ fn hostile_helm_units_are_refused() {
 
 /// The CNCF distribution registry (Debian's `docker-registry`) on
 /// 127.0.0.1, storing in a temporary directory.
-struct Registry {
+pub(crate) struct Registry {
     dir: tempfile::TempDir,
-    port: u16,
+    pub(crate) port: u16,
     binary: PathBuf,
     server: Server,
 }
 
 impl Registry {
-    fn new(binary: &Path) -> Registry {
+    pub(crate) fn new(binary: &Path) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = format!(
@@ -821,7 +821,7 @@ impl Registry {
     }
 
     /// Serves (again: the same port and storage).
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let mut cmd = std::process::Command::new(&self.binary);
         cmd.arg("serve").arg(self.dir.path().join("config.yml"));
         self.server.start(cmd, self.port);
@@ -832,7 +832,7 @@ impl Registry {
     }
 
     /// Packages chart `widgets` at `version` and pushes it to `charts/`.
-    fn push(&self, helm: &Path, version: &str) {
+    pub(crate) fn push(&self, helm: &Path, version: &str) {
         let (archive, run) = package_widgets(helm, self.dir.path(), version);
         let url = format!("oci://127.0.0.1:{}/charts", self.port);
         run(&["push", &archive.display().to_string(), &url, "--plain-http"]);

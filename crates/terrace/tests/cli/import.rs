@@ -541,24 +541,43 @@ fn a_flux_tree_imports_validates_and_plans_what_flux_would_apply() {
     );
 }
 
+/// HelmReleases from OCI (a HelmRepository of type oci, and an
+/// OCIRepository), against a real registry on 127.0.0.1: mapped, pinned
+/// and rendered.
 #[test]
-fn oci_sources_are_mapped() {
+fn oci_sources_are_mapped_and_planned() {
+    const TEST: &str = "oci_sources_are_mapped_and_planned";
+    let Some(helm) = crate::helm::helm(TEST) else {
+        return;
+    };
+    let Some(bin) = ["/usr/bin/docker-registry", "/usr/local/bin/docker-registry"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.is_file())
+    else {
+        eprintln!("skipped {TEST}: no docker-registry (scripts/setup-tools.sh installs it)");
+        return;
+    };
+    let mut registry = crate::helm::Registry::new(&bin);
+    registry.start();
+    registry.push(&helm, "1.0.0");
     let dir = homelab();
     flux_repo(dir.path(), "https://charts.example.org");
+    let port = registry.port;
+    let sources = format!(
+        "---\napiVersion: source.toolkit.fluxcd.io/v1\nkind: HelmRepository\nmetadata:\n  name: local-oci\n  namespace: flux-system\nspec:\n  type: oci\n  insecure: true\n  url: oci://127.0.0.1:{port}/charts\n---\napiVersion: source.toolkit.fluxcd.io/v1beta2\nkind: OCIRepository\nmetadata:\n  name: widgets\n  namespace: flux-system\nspec:\n  insecure: true\n  url: oci://127.0.0.1:{port}/charts/widgets\n  ref:\n    tag: 1.0.0\n"
+    );
+    let releases = "---\napiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata:\n  name: from-oci\n  namespace: default\nspec:\n  chartRef:\n    kind: OCIRepository\n    name: widgets\n    namespace: flux-system\n---\napiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata:\n  name: oci-repo\n  namespace: default\nspec:\n  chart:\n    spec:\n      chart: widgets\n      version: 1.x\n      sourceRef:\n        kind: HelmRepository\n        name: local-oci\n        namespace: flux-system\n";
     write_files(
         dir.path(),
-        &[("kubernetes/apps/default/oci/releases.yaml", OCI_RELEASES)],
+        &[
+            ("kubernetes/flux/repositories/oci.yaml", &sources),
+            ("kubernetes/apps/default/oci/releases.yaml", releases),
+        ],
     );
     let o = terrace(
         dir.path(),
-        &[
-            "import",
-            "flux",
-            "kubernetes",
-            "--dry-run",
-            "--output",
-            "json",
-        ],
+        &["import", "flux", "kubernetes", "--output", "json"],
     );
     let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     let unit = |name: &str| -> serde_json::Value {
@@ -573,19 +592,30 @@ fn oci_sources_are_mapped() {
     };
     assert_eq!(
         unit("from-oci")["helm"]["chart"],
-        "oci://ghcr.io/bjw-s/helm/app-template"
+        format!("oci://127.0.0.1:{port}/charts/widgets")
     );
-    assert_eq!(unit("from-oci")["helm"]["version"], "3.5.1");
+    assert_eq!(unit("from-oci")["helm"]["version"], "1.0.0");
+    assert_eq!(unit("from-oci")["helm"]["plainHttp"], true);
     assert_eq!(
         unit("oci-repo")["helm"]["chart"],
-        "oci://ghcr.io/stefanprodan/charts/podinfo"
+        format!("oci://127.0.0.1:{port}/charts/widgets")
     );
-    assert_eq!(unit("oci-repo")["helm"]["version"], "6.7.0");
+    assert_eq!(unit("oci-repo")["helm"]["version"], "1.x");
     assert_eq!(unit("oci-repo")["helm"]["namespace"], "default");
-    assert!(
-        !dir.path().join("terrace").exists(),
-        "--dry-run writes nothing"
+    let o = crate::helm::terrace_helm(
+        dir.path(),
+        &helm,
+        &["apply", "--unit", "from-oci", "--unit", "oci-repo"],
     );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let lock = std::fs::read_to_string(dir.path().join("terrace.lock")).expect("pinned");
+    assert!(lock.contains("1.0.0"), "{lock}");
+    for u in ["from-oci", "oci-repo"] {
+        let f = dir.path().join(format!(
+            ".terrace/rendered/default/cluster/{u}/v1_configmap_{u}.yaml"
+        ));
+        assert!(f.is_file(), "{} rendered", f.display());
+    }
 }
 
 #[test]
