@@ -167,35 +167,6 @@ spec:
       name: only-in-the-cluster
 ";
 
-/// Releases from OCI, mapped but not planned (no registry here).
-const OCI_RELEASES: &str = "---
-apiVersion: helm.toolkit.fluxcd.io/v2
-kind: HelmRelease
-metadata:
-  name: from-oci
-  namespace: default
-spec:
-  chartRef:
-    kind: OCIRepository
-    name: app-template
-    namespace: flux-system
----
-apiVersion: helm.toolkit.fluxcd.io/v2
-kind: HelmRelease
-metadata:
-  name: oci-repo
-  namespace: default
-spec:
-  chart:
-    spec:
-      chart: podinfo
-      version: 6.7.0
-      sourceRef:
-        kind: HelmRepository
-        name: podinfo-oci
-        namespace: flux-system
-";
-
 fn flux_repo(dir: &Path, repo: &str) {
     // The example's files go: this repository is the Flux tree, with only
     // the example's keys and .sops.yaml kept.
