@@ -424,10 +424,38 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
                 "no Kustomization of that name in the tree: add it, or take the dependency out",
             );
         });
+        // Without a kustomization file Flux builds every manifest under
+        // the path: a `manifests` unit does the same.
+        let has_kustomization = ["kustomization.yaml", "kustomization.yml", "Kustomization"]
+            .iter()
+            .any(|f| opts.root.join(&path).join(f).is_file());
+        let kind = if has_kustomization {
+            "kustomize"
+        } else {
+            "manifests"
+        };
+        if !has_kustomization {
+            for field in [
+                "targetNamespace",
+                "namePrefix",
+                "nameSuffix",
+                "patches",
+                "components",
+            ] {
+                if settings.remove(field).is_some() {
+                    un(
+                        field,
+                        &format!(
+                            "`{path}` has no kustomization.yaml (Flux generates one): add one listing the manifests, and set `{field}` in the unit's `kustomize` settings"
+                        ),
+                    );
+                }
+            }
+        }
         out.units.push(unit_file(
             &name,
             &layer,
-            "kustomize",
+            kind,
             &opts.out,
             &opts.target,
             &format!("{} ({what})", k.file),

@@ -216,6 +216,15 @@ fn flux_repo(dir: &Path, repo: &str) {
                 DEPLOYMENT,
             ),
             (
+                "kubernetes/apps/default/plain/ks.yaml",
+                &ks("plain", "./kubernetes/apps/default/plain/app", "")
+                    .replace("  targetNamespace: default\n", ""),
+            ),
+            (
+                "kubernetes/apps/default/plain/app/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: plain\n  namespace: default\ndata:\n  cluster: ${CLUSTER_NAME}\n",
+            ),
+            (
                 "kubernetes/apps/default/echo/app/kustomization.yaml",
                 "resources: [deployment.yaml]\n",
             ),
@@ -342,6 +351,7 @@ fn a_flux_tree_imports_validates_and_plans_what_flux_would_apply() {
         ("cluster-apps", "kustomize", "flux"),
         ("echo", "kustomize", "apps"),
         ("flux-system-podinfo", "kustomize", "apps"),
+        ("plain", "manifests", "apps"),
         ("podinfo", "helm", "apps"),
         ("web", "helm", "apps"),
     ]
@@ -424,6 +434,8 @@ fn a_flux_tree_imports_validates_and_plans_what_flux_would_apply() {
             "flux-system-podinfo",
             "--unit",
             "podinfo",
+            "--unit",
+            "plain",
         ],
     );
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
@@ -457,6 +469,10 @@ fn a_flux_tree_imports_validates_and_plans_what_flux_would_apply() {
         "{values:?}"
     );
     assert_eq!(files("echo"), ["apps_v1_deployment_default_echo.yaml"]);
+    // No kustomization.yaml: every manifest under the path, substituted.
+    let plain = std::fs::read_to_string(rendered.join("plain/v1_configmap_default_plain.yaml"))
+        .expect("a manifests unit");
+    assert!(plain.contains("cluster: home"), "{plain}");
     assert_eq!(files("podinfo"), ["v1_configmap_podinfo.yaml"]);
     assert_eq!(
         files("web"),
