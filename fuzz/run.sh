@@ -5,7 +5,8 @@
 # fixed key), enc_value (ENC[...] values), yaml_tree (the comment-keeping
 # YAML tree must read back what it writes), records (state records of
 # both formats and saved plans read, or are refused, and read back what
-# is written), substitute (Flux-style ${VAR} substitution). Needs a
+# is written), substitute (Flux-style ${VAR} substitution), import (the importers'
+# own parsing, and whole imports of one hostile file). Needs a
 # nightly toolchain (or RUSTC_BOOTSTRAP=1 with stable) and
 # `cargo install cargo-fuzz`.
 set -euo pipefail

@@ -738,7 +738,12 @@ fn all_dirs(root: &Path, dir: &Path, out_dir: &str, found: &mut Vec<String>) {
 }
 
 /// Go's `path.Match`: `*` and `?` do not cross `/`; `[...]` classes.
-fn path_match(pattern: &str, name: &str) -> bool {
+/// A pattern of more than 8 stars or 512 characters matches nothing (the
+/// backtracking would have no budget).
+pub fn path_match(pattern: &str, name: &str) -> bool {
+    if pattern.len() > 512 || pattern.matches('*').count() > 8 {
+        return false;
+    }
     let p: Vec<char> = pattern.chars().collect();
     let s: Vec<char> = name.chars().collect();
     fn go(p: &[char], s: &[char]) -> bool {
@@ -812,7 +817,7 @@ fn render(v: &mut Value, params: &Value, go: bool) {
     }
 }
 
-fn fill(s: &str, params: &Value, go: bool) -> String {
+pub fn fill(s: &str, params: &Value, go: bool) -> String {
     let mut out = String::new();
     let mut rest = s;
     while let Some(at) = rest.find("{{") {

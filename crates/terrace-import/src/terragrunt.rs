@@ -570,7 +570,7 @@ struct Included {
 /// `dependency.NAME.outputs.KEY[...]` written as the terrace reference
 /// to that unit's output (a string HCL keeps as it is), so evaluation
 /// carries it through templates and into inputs.
-fn rewrite_dependencies(src: &str, units: &BTreeMap<String, String>) -> Result<String, String> {
+pub fn rewrite_dependencies(src: &str, units: &BTreeMap<String, String>) -> Result<String, String> {
     let b = src.as_bytes();
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
     let mut out = String::with_capacity(src.len());
