@@ -583,7 +583,14 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
             }
         }
         if !values_files.is_empty() {
-            settings.insert("valuesFiles".into(), Value::Array(values_files));
+            // After the chart's own values files, as Flux merges them.
+            let mut all = settings
+                .get("valuesFiles")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            all.extend(values_files);
+            settings.insert("valuesFiles".into(), Value::Array(all));
         }
         for (field, path) in [
             ("install.crds", "/install/crds"),
@@ -809,6 +816,31 @@ fn chart_source(
                 "chart".into(),
                 json!(format!("{}{}", "../".repeat(depth), clean(chart))),
             );
+            // The chart's values files, from the repository's root.
+            let files: Vec<&str> = c
+                .get("valuesFiles")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if !files.is_empty() {
+                settings.insert(
+                    "valuesFiles".into(),
+                    json!(
+                        files
+                            .iter()
+                            .map(|f| format!("{}{}", "../".repeat(depth), clean(f)))
+                            .collect::<Vec<_>>()
+                    ),
+                );
+                if !files.iter().any(|f| f.ends_with("/values.yaml")) {
+                    un(
+                        "chart.spec.valuesFiles",
+                        "Flux used these files instead of the chart's values.yaml; terrace merges them over it: move what values.yaml sets and they do not into them, or leave it",
+                    );
+                }
+            }
             // `flux-system` is the repository Flux was bootstrapped from.
             if source(kind, name, None).is_none() && name != "flux-system" {
                 un(

@@ -22,6 +22,8 @@ use axum::routing::{get, post};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+/// Where the daemon keeps what the API paused.
+const PAUSED_FILE: &str = "paused.json";
 /// The largest webhook body accepted.
 pub const MAX_BODY: usize = 1 << 20;
 /// How many delivery ids are remembered to ignore replays.
@@ -270,6 +272,54 @@ impl Shared {
                 .map(|(n, u)| (n.clone(), u.layer.clone()))
                 .collect(),
         }
+    }
+
+    /// Keeps what is paused in `paused.json` of the work directory, so a
+    /// restarted daemon still holds it.
+    fn save_paused(&self) {
+        let units: Vec<String> = self
+            .paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        let layers: Vec<String> = self
+            .paused_layers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        let text = serde_json::json!({"units": units, "layers": layers}).to_string();
+        let _ = terrace_fs::atomic::write(
+            &self.workdir.join(PAUSED_FILE),
+            text.as_bytes(),
+            terrace_fs::Mode::Private,
+        );
+    }
+
+    /// What a daemon before this one left paused.
+    pub fn load_paused(&self) {
+        let Ok(text) = std::fs::read_to_string(self.workdir.join(PAUSED_FILE)) else {
+            return;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return;
+        };
+        let names = |key: &str| -> std::collections::BTreeSet<String> {
+            v[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        };
+        *self.paused.lock().unwrap_or_else(PoisonError::into_inner) = names("units");
+        *self
+            .paused_layers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = names("layers");
     }
 
     /// Wakes the loop up now, saying why.
@@ -734,9 +784,12 @@ async fn api_pause(
     let mut paused = shared.paused.lock().unwrap_or_else(PoisonError::into_inner);
     if action == "pause" {
         paused.insert(unit);
+        drop(paused);
+        shared.save_paused();
     } else {
         paused.remove(&unit);
         drop(paused);
+        shared.save_paused();
         shared.wake(crate::runs::Trigger::Manual);
     }
     (StatusCode::OK, format!("{action}d\n")).into_response()
@@ -777,9 +830,12 @@ async fn api_pause_layer(
         .unwrap_or_else(PoisonError::into_inner);
     if action == "pause" {
         paused.insert(layer);
+        drop(paused);
+        shared.save_paused();
     } else {
         paused.remove(&layer);
         drop(paused);
+        shared.save_paused();
         shared.wake(crate::runs::Trigger::Manual);
     }
     (StatusCode::OK, format!("{action}d\n")).into_response()
@@ -1128,6 +1184,39 @@ mod tests {
             ]),
         );
         assert_eq!(with_id, Ok(Some("abc".to_owned())));
+    }
+
+    #[test]
+    fn what_is_paused_outlives_the_daemon() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Shared {
+            workdir: dir.path().to_owned(),
+            ..Shared::default()
+        };
+        first.paused.lock().expect("lock").insert("web".to_owned());
+        first
+            .paused_layers
+            .lock()
+            .expect("lock")
+            .insert("apps".to_owned());
+        first.save_paused();
+        let second = Shared {
+            workdir: dir.path().to_owned(),
+            ..Shared::default()
+        };
+        second.load_paused();
+        let held = second.paused_units();
+        assert!(held.holds("web", None));
+        assert!(held.holds("other", Some("apps")));
+        assert!(!held.holds("other", Some("base")));
+        // A broken file pauses nothing.
+        std::fs::write(dir.path().join(PAUSED_FILE), b"{broken").expect("write");
+        let third = Shared {
+            workdir: dir.path().to_owned(),
+            ..Shared::default()
+        };
+        third.load_paused();
+        assert!(!third.paused_units().holds("web", None));
     }
 
     #[test]

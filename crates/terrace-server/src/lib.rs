@@ -880,6 +880,7 @@ pub async fn serve(
         },
         ..http::Shared::new(opts.webhook_secret.clone())
     });
+    shared.load_paused();
     shared
         .metrics
         .lock()

@@ -122,6 +122,9 @@ spec:
   chart:
     spec:
       chart: ./charts/podinfo
+      valuesFiles:
+        - ./charts/podinfo/values.yaml
+        - ./charts/podinfo/values-home.yaml
       sourceRef:
         kind: GitRepository
         name: flux-system
@@ -253,12 +256,17 @@ fn flux_repo(dir: &Path, repo: &str) {
                 "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: podinfo-values\ndata:\n  values.yaml: |\n    extra: plain\n",
             ),
             (
+                "charts/podinfo/values.yaml",
+                "extra: chart-default\nzone: none\n",
+            ),
+            ("charts/podinfo/values-home.yaml", "zone: home-zone\n"),
+            (
                 "charts/podinfo/Chart.yaml",
                 "apiVersion: v2\nname: podinfo\nversion: 6.7.0\n",
             ),
             (
                 "charts/podinfo/templates/configmap.yaml",
-                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n  labels:\n    app: podinfo\ndata:\n  host: {{ .Values.host | quote }}\n  cluster: {{ .Values.cluster | quote }}\n  literal: {{ .Values.literal | quote }}\n  extra: {{ .Values.extra | default \"none\" | quote }}\n",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n  labels:\n    app: podinfo\ndata:\n  host: {{ .Values.host | quote }}\n  cluster: {{ .Values.cluster | quote }}\n  literal: {{ .Values.literal | quote }}\n  extra: {{ .Values.extra | default \"none\" | quote }}\n  zone: {{ .Values.zone | quote }}\n",
             ),
         ],
     );
@@ -388,7 +396,11 @@ fn a_flux_tree_imports_validates_and_plans_what_flux_would_apply() {
     // a generated ConfigMap, its file as it is.
     assert_eq!(
         podinfo["helm"]["valuesFiles"],
-        serde_json::json!(["values-podinfo-values.yaml"])
+        serde_json::json!([
+            "../../../charts/podinfo/values.yaml",
+            "../../../charts/podinfo/values-home.yaml",
+            "values-podinfo-values.yaml"
+        ])
     );
     assert_eq!(
         std::fs::read_to_string(
