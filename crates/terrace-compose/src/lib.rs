@@ -809,7 +809,8 @@ pub fn duration(s: &str) -> Result<std::time::Duration, String> {
         total += n * secs;
         rest = &rest[unit_len..];
     }
-    Ok(std::time::Duration::from_secs_f64(total))
+    std::time::Duration::try_from_secs_f64(total)
+        .map_err(|_| format!("time: invalid duration {s:?}"))
 }
 
 /// `512M`, `1gb`, `1.5g`, `1024`: bytes, 1024-based.
@@ -834,7 +835,11 @@ pub fn bytes(s: &str) -> Result<i64, String> {
         "p" => 5,
         _ => return Err(format!("invalid suffix: '{unit}'")),
     };
-    Ok((n * 1024f64.powi(power)) as i64)
+    let size = n * 1024f64.powi(power);
+    if !size.is_finite() || size > i64::MAX as f64 {
+        return Err(format!("invalid size: '{s}'"));
+    }
+    Ok(size as i64)
 }
 
 fn healthcheck(v: &Value) -> Result<Option<Healthcheck>, FieldError> {
@@ -1411,5 +1416,8 @@ networks:
         assert_eq!(duration("1d"), Ok(std::time::Duration::from_secs(86400)));
         assert_eq!(duration("500ms"), Ok(std::time::Duration::from_millis(500)));
         assert!(duration("10").is_err());
+        // Found by the fuzzer: a duration past what a Duration holds.
+        assert!(duration("99999999999999999999999w").is_err());
+        assert!(bytes("9e999p").is_err());
     }
 }
