@@ -551,6 +551,14 @@ fn short_port(spec: &str) -> Result<Vec<Port>, FieldError> {
     }
     let hosts = host.map(|h| range(h, "hostPort")).transpose()?;
     if let Some((h0, h1)) = hosts
+        && h1 < h0
+    {
+        return Err(fe(
+            "ports",
+            format!("invalid hostPort: {}", host.unwrap_or_default()),
+        ));
+    }
+    if let Some((h0, h1)) = hosts
         && c0 != c1
         && (h1 - h0) != (c1 - c0)
     {
@@ -1419,5 +1427,8 @@ networks:
         // Found by the fuzzer: a duration past what a Duration holds.
         assert!(duration("99999999999999999999999w").is_err());
         assert!(bytes("9e999p").is_err());
+        // Found by the fuzzer: a host range that runs backwards.
+        assert!(short_port("9000-8002:90-91").is_err());
+        assert_eq!(short_port("65534-65535:1-2").map(|p| p.len()), Ok(2));
     }
 }
