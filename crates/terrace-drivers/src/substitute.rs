@@ -369,6 +369,10 @@ fn eval(nodes: &[Node], vars: &Vars, used: &mut BTreeSet<String>) -> Result<Stri
             Node::Text(t) => out.push_str(t),
             Node::Var { name, op } => out.push_str(&eval_var(name, op, vars, used)?),
         }
+        // What substitution makes has the budget of what it reads.
+        if out.len() > MAX_TEXT {
+            return Err(SubstError::Budget);
+        }
     }
     Ok(out)
 }
@@ -464,7 +468,7 @@ fn substr(v: &str, pos: &str, len: Option<&str>) -> Result<String, SubstError> {
         Some(l) => match l.parse::<i64>() {
             Err(_) => return Ok(v.to_owned()),
             Ok(l) if l < 0 => return Err(SubstError::Parse("a substring's length is negative")),
-            Ok(l) => (start + l).min(size),
+            Ok(l) => start.saturating_add(l).min(size),
         },
     };
     let (start, end) = (start as usize, end as usize);
@@ -1150,5 +1154,14 @@ mod tests {
         assert_eq!(sub(&deep, &Vars::default()), Err(SubstError::Budget));
         let long = "$".repeat(MAX_TEXT + 1);
         assert_eq!(sub(&long, &Vars::default()), Err(SubstError::Budget));
+        // What it makes, too: many references to a large value.
+        let big_value = "x".repeat(1 << 16);
+        let big = vars(&[("A", big_value.as_str())]);
+        assert_eq!(sub(&"${A}".repeat(64), &big), Err(SubstError::Budget));
+        // A length past the end stops at the end (found in review).
+        assert_eq!(
+            sub("${A:1:9223372036854775807}", &vars(&[("A", "abc")])).as_deref(),
+            Ok("bc")
+        );
     }
 }

@@ -1751,11 +1751,6 @@ impl Engine {
     }
 }
 
-/// Runs a unit's plan or apply on a thread of the blocking pool, its
-/// async parts (requests, child programs, timers) still driven by the
-/// runtime. Rendering, decryption, kustomize builds and fsyncs are
-/// synchronous; here they never hold one of the runtime's few threads, so
-/// `-j N` works on N units at once. A panic comes back out as the task's.
 /// `unit` with its secret inputs and settings shown as sensitive, and
 /// any other secret value redacted.
 fn masked(mut unit: ResolvedUnit, plain: &Plaintexts) -> ResolvedUnit {
@@ -1778,6 +1773,11 @@ fn masked(mut unit: ResolvedUnit, plain: &Plaintexts) -> ResolvedUnit {
     unit
 }
 
+/// Runs a unit's plan or apply on a thread of the blocking pool, its
+/// async parts (requests, child programs, timers) still driven by the
+/// runtime. Rendering, decryption, kustomize builds and fsyncs are
+/// synchronous; here they never hold one of the runtime's few threads, so
+/// `-j N` works on N units at once. A panic comes back out as the task's.
 async fn off_runtime<T: Send + 'static>(
     work: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {

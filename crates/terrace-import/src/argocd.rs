@@ -738,49 +738,86 @@ fn all_dirs(root: &Path, dir: &Path, out_dir: &str, found: &mut Vec<String>) {
 }
 
 /// Go's `path.Match`: `*` and `?` do not cross `/`; `[...]` classes.
-/// A pattern of more than 8 stars or 512 characters matches nothing (the
-/// backtracking would have no budget).
+/// Segment by segment, each with a two-pointer wildcard match (linear,
+/// whatever the pattern: no backtracking blows up).
 pub fn path_match(pattern: &str, name: &str) -> bool {
-    if pattern.len() > 512 || pattern.matches('*').count() > 8 {
+    if pattern.len() > 4096 || name.len() > 4096 {
         return false;
     }
-    let p: Vec<char> = pattern.chars().collect();
-    let s: Vec<char> = name.chars().collect();
-    fn go(p: &[char], s: &[char]) -> bool {
-        match p.first() {
-            None => s.is_empty(),
-            Some('*') => (0..=s.len())
-                .take_while(|&i| i == 0 || s[i - 1] != '/')
-                .any(|i| go(&p[1..], &s[i..])),
-            Some('?') => s.first().is_some_and(|c| *c != '/') && go(&p[1..], &s[1..]),
-            Some('[') => {
-                let Some(end) = p.iter().position(|c| *c == ']') else {
-                    return false;
-                };
-                let Some(c) = s.first() else { return false };
-                let class = &p[1..end];
-                let (neg, class) = match class.first() {
-                    Some('^' | '!') => (true, &class[1..]),
-                    _ => (false, class),
-                };
-                let mut hit = false;
-                let mut i = 0;
-                while i < class.len() {
-                    if i + 2 < class.len() && class[i + 1] == '-' {
-                        hit |= class[i] <= *c && *c <= class[i + 2];
-                        i += 3;
-                    } else {
-                        hit |= class[i] == *c;
-                        i += 1;
-                    }
+    let ps: Vec<&str> = pattern.split('/').collect();
+    let ns: Vec<&str> = name.split('/').collect();
+    ps.len() == ns.len()
+        && ps.iter().zip(&ns).all(|(p, n)| {
+            segment_match(
+                &p.chars().collect::<Vec<_>>(),
+                &n.chars().collect::<Vec<_>>(),
+            )
+        })
+}
+
+/// One character of a pattern at `p[i]` against `c`: whether it
+/// matches, and the pattern's length consumed (`None`: not a single
+/// character pattern, a `*`).
+fn one(p: &[char], i: usize, c: char) -> Option<(bool, usize)> {
+    match p[i] {
+        '*' => None,
+        '?' => Some((true, 1)),
+        '\\' if i + 1 < p.len() => Some((p[i + 1] == c, 2)),
+        '[' => {
+            let Some(end) = p[i + 1..].iter().position(|x| *x == ']').map(|e| i + 1 + e) else {
+                return Some((c == '[', 1));
+            };
+            let class = &p[i + 1..end];
+            let (neg, class) = match class.first() {
+                Some('^' | '!') => (true, &class[1..]),
+                _ => (false, class),
+            };
+            let mut hit = false;
+            let mut k = 0;
+            while k < class.len() {
+                if k + 2 < class.len() && class[k + 1] == '-' {
+                    hit |= class[k] <= c && c <= class[k + 2];
+                    k += 3;
+                } else {
+                    hit |= class[k] == c;
+                    k += 1;
                 }
-                hit != neg && *c != '/' && go(&p[end + 1..], &s[1..])
             }
-            Some('\\') if p.len() > 1 => s.first() == Some(&p[1]) && go(&p[2..], &s[1..]),
-            Some(c) => s.first() == Some(c) && go(&p[1..], &s[1..]),
+            Some((hit != neg, end + 1 - i))
+        }
+        other => Some((other == c, 1)),
+    }
+}
+
+fn segment_match(p: &[char], s: &[char]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() {
+            match one(p, pi, s[si]) {
+                None => {
+                    star = Some((pi, si));
+                    pi += 1;
+                    continue;
+                }
+                Some((true, len)) => {
+                    pi += len;
+                    si += 1;
+                    continue;
+                }
+                Some((false, _)) => {}
+            }
+        }
+        match star {
+            Some((sp, ss)) => {
+                pi = sp + 1;
+                si = ss + 1;
+                star = Some((sp, ss + 1));
+            }
+            None => return false,
         }
     }
-    go(&p, &s)
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// Argo CD's `basenameNormalized`.
@@ -892,6 +929,11 @@ mod tests {
         assert!(!path_match("apps/*", "apps/guestbook/base"));
         assert!(path_match("apps/[a-g]*", "apps/guestbook"));
         assert!(!path_match("apps/[h-z]*", "apps/guestbook"));
+        assert!(path_match("*/*", "apps/x"));
+        assert!(!path_match("*", "apps/x"));
+        // Linear: a pattern made to backtrack answers at once.
+        let long = "a".repeat(200);
+        assert!(!path_match("*a*a*a*a*a*a*a*a*b", &long));
         let p = json!({"path": {"path": "apps/guestbook", "basename": "guestbook", "basenameNormalized": "guestbook", "segments": ["apps", "guestbook"]}, "env": "prod"});
         assert_eq!(
             fill("{{path.basename}}-{{ env }}", &p, false),

@@ -247,9 +247,19 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
         .iter()
         .map(|k| ((k.namespace.clone(), k.name.clone()), unit_name(k)))
         .collect();
+    // A release named as a Kustomization of its namespace gets `-release`.
+    let ks_names: std::collections::BTreeSet<String> = ks_by.values().cloned().collect();
+    let release_name = |h: &Found| -> String {
+        let n = unit_name(h);
+        if ks_names.contains(&n) {
+            format!("{n}-release")
+        } else {
+            n
+        }
+    };
     let hr_by: BTreeMap<(String, String), String> = releases
         .iter()
-        .map(|h| ((h.namespace.clone(), h.name.clone()), unit_name(h)))
+        .map(|h| ((h.namespace.clone(), h.name.clone()), release_name(h)))
         .collect();
     // Each Kustomization's path, for the releases inside it.
     let ks_paths: Vec<(String, &Found)> = kustomizations
@@ -287,6 +297,18 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
                 .get("kind")
                 .and_then(Value::as_str)
                 .unwrap_or("GitRepository");
+            let name = src
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("flux-system");
+            if kind == "GitRepository" && name != "flux-system" {
+                un(
+                    "sourceRef",
+                    &format!(
+                        "GitRepository {name} is taken to be this repository (`path` is built from here); if it is another repository, import that one too"
+                    ),
+                );
+            }
             if kind != "GitRepository" {
                 un(
                     "sourceRef",
@@ -465,7 +487,7 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
     }
 
     for h in &releases {
-        let name = unit_name(h);
+        let name = release_name(h);
         let layer = layer_of(&h.file);
         let what = format!("HelmRelease {}/{}", h.namespace, h.name);
         let spec = h.value.get("spec").cloned().unwrap_or(Value::Null);
@@ -485,14 +507,17 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
             });
         };
         let mut settings = Map::new();
+        // Flux: the release's own targetNamespace, else the one of the
+        // Kustomization that applies it (which overrides the file's), else
+        // the file's.
         let namespace = str_at(&spec, "/targetNamespace")
             .map(str::to_owned)
-            .or_else(|| Some(h.namespace.clone()).filter(|n| !n.is_empty()))
             .or_else(|| {
                 owner
                     .and_then(|k| str_at(&k.value, "/spec/targetNamespace"))
                     .map(str::to_owned)
             })
+            .or_else(|| Some(h.namespace.clone()).filter(|n| !n.is_empty()))
             .unwrap_or_else(|| "default".to_owned());
         settings.insert("namespace".into(), json!(namespace));
         let release = str_at(&spec, "/releaseName")
@@ -570,7 +595,9 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
                     })
                     .and_then(Value::as_str),
             ) {
-                ("ConfigMap", Some(text)) => {
+                // The file is named after the object: only a Kubernetes
+                // name becomes one.
+                ("ConfigMap", Some(text)) if dns_name(n) => {
                     let file = format!("values-{n}.yaml");
                     extra.push((file.clone(), text.to_owned()));
                     values_files.push(json!(file));

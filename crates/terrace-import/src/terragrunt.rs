@@ -29,6 +29,9 @@ use crate::{ImportError, Imported, Options, UnitFile, Unmapped, dns_name};
 const MAX_READS: usize = 256;
 const MAX_DEPTH: usize = 4;
 const MAX_FILE: u64 = 1 << 20;
+/// The largest value one local may hold, and all of them together.
+const MAX_VALUE: usize = 1 << 20;
+const MAX_VALUES: usize = 16 << 20;
 
 /// Where the functions of one evaluation are called from.
 #[derive(Debug, Clone, Default)]
@@ -159,14 +162,14 @@ fn get_path_to_repo_root(_: FuncArgs) -> Result<hcl::Value, String> {
     Ok(here(|h| rel(&h.unit_dir, &h.root)).into())
 }
 
+/// `get_env(NAME, DEFAULT)`: the default. The importer's own environment
+/// is never read: its values (a password in `TF_VAR_*`) would be written
+/// into files meant to be committed.
 fn get_env(args: FuncArgs) -> Result<hcl::Value, String> {
     let name = s(&args[0])?;
-    match std::env::var(name) {
-        Ok(v) => Ok(v.into()),
-        Err(_) => args.get(1).cloned().ok_or_else(|| {
-            format!("the environment variable {name} is not set, and no default is given")
-        }),
-    }
+    args.get(1).cloned().ok_or_else(|| {
+        format!("get_env(\"{name}\") reads the environment of whoever runs the import, which is not written into units: set the input in unit.yaml (with `${{secret...}}` for a secret)")
+    })
 }
 
 /// A path relative to the file being read.
@@ -526,6 +529,13 @@ fn eval_locals(
         .flat_map(|b| b.body().attributes())
         .collect();
     let mut done = Map::new();
+    if attrs.len() > 1000 {
+        return (
+            done,
+            vec![("locals".to_owned(), "more than 1,000 locals".to_owned())],
+        );
+    }
+    let mut total = 0usize;
     let mut left: Vec<&hcl::Attribute> = attrs;
     loop {
         let ctx = context(&done, include);
@@ -534,7 +544,14 @@ fn eval_locals(
         for a in &left {
             match a.expr().evaluate(&ctx) {
                 Ok(v) => {
-                    done.insert(a.key().to_owned(), to_json(&v));
+                    let v = to_json(&v);
+                    let size = v.to_string().len();
+                    total += size;
+                    if size > MAX_VALUE || total > MAX_VALUES {
+                        errors.push((a.key().to_owned(), format!("over the import's budget ({MAX_VALUE} bytes a value, {MAX_VALUES} in all)")));
+                        return (done, errors);
+                    }
+                    done.insert(a.key().to_owned(), v);
                 }
                 Err(e) => {
                     errors.push((a.key().to_owned(), e.to_string()));

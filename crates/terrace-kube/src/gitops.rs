@@ -66,15 +66,14 @@ impl GitOpsOwner {
                 });
             }
         }
-        // Only with Argo CD's annotation, or with its instance label on
-        // an object a managed-by other than Helm does not claim (Helm
-        // charts set `app.kubernetes.io/instance` too).
+        // Only with Argo CD's annotation, or with its instance label on an
+        // object Argo CD's field manager wrote (Helm charts set
+        // `app.kubernetes.io/instance` too).
         let app = text(live, "/metadata/annotations", ARGO_TRACKING)
             .and_then(|t| t.split_once(':'))
             .map(|(app, _)| app.to_owned())
             .or_else(|| {
                 let instance = text(live, "/metadata/labels", ARGO_INSTANCE)?;
-                let managed = text(live, "/metadata/labels", "app.kubernetes.io/managed-by");
                 let argo_managed = live["metadata"]["managedFields"]
                     .as_array()
                     .into_iter()
@@ -84,7 +83,9 @@ impl GitOpsOwner {
                             .as_str()
                             .is_some_and(|n| n.starts_with("argocd"))
                     });
-                (argo_managed && managed != Some("Helm")).then(|| instance.to_owned())
+                // Argo CD's own field manager decides it, whatever the
+                // chart's managed-by label says.
+                argo_managed.then(|| instance.to_owned())
             })?;
         let (namespace, name) = match app.split_once('_') {
             Some((ns, name)) => (ns.to_owned(), name.to_owned()),
@@ -128,15 +129,29 @@ impl GitOpsOwner {
     /// Why the controller still applies the object (`None`: it is
     /// suspended, or gone, or the cluster does not serve its kind).
     pub async fn still_running(&self, cluster: &Cluster) -> Result<Option<String>, KubeError> {
-        let Some(resource) = cluster.resource(self.api_version, self.kind).await? else {
+        // Whichever version of the kind the cluster serves (older Flux
+        // serves HelmRelease v2beta2 or v2beta1 only).
+        let (group, _) = self
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", self.api_version));
+        let versions: &[&str] = match self.kind {
+            "HelmRelease" => &["v2", "v2beta2", "v2beta1"],
+            "Kustomization" => &["v1", "v1beta2", "v1beta1"],
+            _ => &["v1alpha1"],
+        };
+        let mut served = None;
+        for v in versions {
+            let api = format!("{group}/{v}");
+            if let Some(resource) = cluster.resource(&api, self.kind).await? {
+                served = Some((api, resource));
+                break;
+            }
+        }
+        let Some((api_version, resource)) = served else {
             return Ok(None);
         };
-        let request = cluster.requests(
-            self.api_version,
-            self.kind,
-            &resource,
-            Some(&self.namespace),
-        );
+        let request = cluster.requests(&api_version, self.kind, &resource, Some(&self.namespace));
         let what = format!("{} {}/{}", self.kind, self.namespace, self.name);
         let owner = match cluster
             .send(
@@ -204,6 +219,10 @@ mod tests {
         let helm = json!({"metadata": {"labels": {"app.kubernetes.io/instance": "web",
             "app.kubernetes.io/managed-by": "Helm"}, "managedFields": [{"manager": "helm"}]}});
         assert_eq!(GitOpsOwner::of(&helm), None);
+        // A chart Argo CD synced (label tracking): Argo CD's.
+        let argo_chart = json!({"metadata": {"labels": {"app.kubernetes.io/instance": "web",
+            "app.kubernetes.io/managed-by": "Helm"}, "managedFields": [{"manager": "argocd-controller"}]}});
+        assert_eq!(GitOpsOwner::of(&argo_chart).expect("argo").name, "web");
         let by_label = json!({"metadata": {"labels": {"app.kubernetes.io/instance": "guestbook"},
             "managedFields": [{"manager": "argocd-controller"}]}});
         assert_eq!(GitOpsOwner::of(&by_label).expect("argo").name, "guestbook");

@@ -777,6 +777,24 @@ async fn api_pause(
     if !matches!(action.as_str(), "pause" | "resume") {
         return (StatusCode::NOT_FOUND, "POST .../pause or .../resume\n").into_response();
     }
+    let known = shared
+        .units
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains_key(&unit);
+    let paused_now = shared
+        .paused
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&unit);
+    // Only a unit the daemon knows (or one paused before) is kept.
+    if !known && !paused_now {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no unit {unit}: GET /api/v1/units lists them\n"),
+        )
+            .into_response();
+    }
     let (who, from) = shared.actor(&headers, &extensions);
     shared
         .history

@@ -186,6 +186,8 @@ impl History {
 
     /// Starts a run of `revision`; its id.
     pub fn start(&self, trigger: Trigger, revision: Option<&str>) -> u64 {
+        // Locks are taken live first, then runs, everywhere.
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
         let id = runs.back().map_or(1, |r| r.id + 1);
         runs.push_back(Run {
@@ -200,7 +202,7 @@ impl History {
             units: Vec::new(),
             changed: Vec::new(),
         });
-        *self.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(Live {
+        *live = Some(Live {
             id,
             lines: Vec::new(),
             dropped: 0,
@@ -211,18 +213,18 @@ impl History {
     /// Adds a line to run `id`'s log (and to its followers).
     pub fn line(&self, id: u64, line: &str) {
         let line = clean(line);
-        let n = {
-            let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(l) = live.as_mut().filter(|l| l.id == id) else {
-                return;
-            };
-            if l.lines.len() >= LOG_LINES {
-                l.dropped += 1;
-                return;
-            }
-            l.lines.push(line.clone());
-            l.lines.len() - 1
+        // Sent while the log is held: followers get the lines in order,
+        // and none after the run's end.
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(l) = live.as_mut().filter(|l| l.id == id) else {
+            return;
         };
+        if l.lines.len() >= LOG_LINES {
+            l.dropped += 1;
+            return;
+        }
+        l.lines.push(line.clone());
+        let n = l.lines.len() - 1;
         let _ = self.lines.send(LogEvent {
             run: id,
             line: Some((n, line)),
@@ -239,11 +241,26 @@ impl History {
         units: Vec<RunUnit>,
         changed: Vec<String>,
     ) {
-        let live = self
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take_if(|l| l.id == id);
+        // The log is written out before the live one goes, so a reader
+        // finds it in one place or the other.
+        let mut live_slot = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if let (Some(dir), Some(l)) = (&self.dir, live_slot.as_ref().filter(|l| l.id == id)) {
+            let logs = dir.join("logs");
+            let mut lines = l.lines.clone();
+            if l.dropped > 0 {
+                lines.push(format!("({} more line(s) not kept)", l.dropped));
+            }
+            let mut text = lines.join("\n");
+            text.push('\n');
+            let _ = terrace_fs::private_dir(&logs).and_then(|()| {
+                terrace_fs::atomic::write(
+                    &logs.join(format!("{id}.log")),
+                    text.as_bytes(),
+                    terrace_fs::Mode::Private,
+                )
+            });
+        }
+        live_slot.take_if(|l| l.id == id);
         let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(run) = runs.iter_mut().rev().find(|r| r.id == id) {
             let finished = std::time::SystemTime::now();
@@ -265,21 +282,6 @@ impl History {
         }
         if let Some(dir) = &self.dir {
             let logs = dir.join("logs");
-            if let Some(mut l) = live {
-                if l.dropped > 0 {
-                    l.lines
-                        .push(format!("({} more line(s) not kept)", l.dropped));
-                }
-                let mut text = l.lines.join("\n");
-                text.push('\n');
-                let _ = terrace_fs::private_dir(&logs).and_then(|()| {
-                    terrace_fs::atomic::write(
-                        &logs.join(format!("{id}.log")),
-                        text.as_bytes(),
-                        terrace_fs::Mode::Private,
-                    )
-                });
-            }
             for old in gone {
                 let _ = std::fs::remove_file(logs.join(format!("{old}.log")));
             }
@@ -296,6 +298,7 @@ impl History {
             run: id,
             line: None,
         });
+        drop(live_slot);
     }
 
     /// Every run kept, oldest first.

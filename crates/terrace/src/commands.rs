@@ -1295,10 +1295,50 @@ fn import_tree(
     let project_file = root.join(terrace_core::config::PROJECT_FILE);
     let new_project = !project_file.is_file();
     let mut written = Vec::new();
+    // Two units in one directory would overwrite each other; an extra
+    // file is a plain name inside its unit's directory.
+    let mut dirs = std::collections::BTreeSet::new();
+    for u in &imported.units {
+        if !dirs.insert(u.dir.clone()) {
+            return Err(CliError::message(
+                format!(
+                    "two units would both be written to {}: nothing was written",
+                    u.dir
+                ),
+                Some(
+                    "rename one of the two objects, or import them from separate trees".to_owned(),
+                ),
+            ));
+        }
+        for (name, _) in &u.extra {
+            if name.contains('/')
+                || name.contains('\\')
+                || name.starts_with('.')
+                || name == terrace_core::config::UNIT_FILE
+            {
+                return Err(CliError::message(
+                    format!(
+                        "{}: `{name}` is not a file name of the unit: nothing was written",
+                        u.dir
+                    ),
+                    None,
+                ));
+            }
+        }
+    }
     if !dry_run {
         for u in &imported.units {
             let dir = root.join(&u.dir);
             let file = dir.join(terrace_core::config::UNIT_FILE);
+            if let Some((name, _)) = u.extra.iter().find(|(n, _)| dir.join(n).exists()) {
+                return Err(CliError::message(
+                    format!("{}/{name} exists already: nothing was written", u.dir),
+                    Some(
+                        "import into another --out directory, or remove the earlier import"
+                            .to_owned(),
+                    ),
+                ));
+            }
             if file.is_file() {
                 return Err(CliError::message(
                     format!("{}/unit.yaml exists already: nothing was written", u.dir),

@@ -1448,6 +1448,10 @@ fn hostile_terragrunt_trees_are_listed() {
                 "live/reads/terragrunt.hcl",
                 "locals {\n  x = file(\"/etc/passwd\")\n}\nterraform {\n  source = \"../../m\"\n}\n",
             ),
+            (
+                "live/env/terragrunt.hcl",
+                "terraform {\n  source = \"../../m\"\n}\ninputs = {\n  a = get_env(\"HOME\")\n}\n",
+            ),
             ("m/main.tf", "variable \"a\" {\n  default = 1\n}\n"),
         ],
     );
@@ -1471,6 +1475,7 @@ fn hostile_terragrunt_trees_are_listed() {
         "live/unknown/terragrunt.hcl",
         "is not a directory of the project",
         "locals.x",
+        "get_env(\\\"HOME\\\") reads the environment of whoever runs the import",
     ] {
         assert!(text.contains(want), "{want} in {text}");
     }
@@ -1478,4 +1483,32 @@ fn hostile_terragrunt_trees_are_listed() {
         !text.contains("root:x:0:0"),
         "nothing from outside the project is read: {text}"
     );
+}
+
+/// A `valuesFrom` ConfigMap whose name is a path is never written: the
+/// file named after it would land outside the unit (found in review).
+#[test]
+fn a_values_from_name_cannot_write_outside_its_unit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_files(
+        dir.path(),
+        &[(
+            "k/app.yaml",
+            "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata:\n  name: app\n  namespace: default\nspec:\n  chart:\n    spec:\n      chart: ./charts/app\n      sourceRef: {kind: GitRepository, name: flux-system}\n  valuesFrom:\n    - kind: ConfigMap\n      name: /../../../../.github/workflows/pwn\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: /../../../../.github/workflows/pwn\ndata:\n  values.yaml: \"on: push\\n\"\n",
+        )],
+    );
+    let o = terrace(dir.path(), &["import", "flux", "k", "--output", "json"]);
+    assert_eq!(code(&o), 3, "{}{}", stdout(&o), stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert!(
+        report["unmapped"]
+            .to_string()
+            .contains("valuesFrom ConfigMap/"),
+        "{report:#}"
+    );
+    assert!(
+        !dir.path().join(".github").exists(),
+        "nothing written outside"
+    );
+    assert!(dir.path().join("terrace/apps/app/unit.yaml").is_file());
 }
