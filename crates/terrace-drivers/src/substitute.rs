@@ -641,7 +641,13 @@ fn walk(v: &mut Value, vars: &Vars, used: &mut BTreeSet<String>) -> Result<(), S
         Value::String(s) if s.contains('$') => {
             let out = substitute_str(s, vars, used)?;
             if out != *s {
-                *v = retype(out);
+                // Flux substitutes in the YAML text, where a string that
+                // needs quotes is quoted: only a plain one is read again.
+                *v = if terrace_yaml::tree::plain_safe(s) {
+                    retype(out)
+                } else {
+                    Value::String(out)
+                };
             }
         }
         Value::Array(items) => {
@@ -1132,6 +1138,11 @@ mod tests {
         assert_eq!(o["spec"]["empty"], Value::Null);
         assert_eq!(o["spec"]["list"], json!(["prod", "${kept}"]));
         assert_eq!(o["spec"]["text"], "a: b prod", "not a mapping");
+        // A string Flux's YAML would have quoted stays whole (review).
+        let mut quoted = json!({"a": "Welcome to ${env} # note", "b": "'${R}'"});
+        substitute_object(&mut quoted, &v).expect("substitutes");
+        assert_eq!(quoted["a"], "Welcome to prod # note");
+        assert_eq!(quoted["b"], "'3'");
         assert!(o["spec"].get("evil").is_none());
         assert_eq!(
             used,

@@ -582,6 +582,8 @@ struct Included {
     body: hcl::Body,
     expose: bool,
     deep: bool,
+    /// `merge_strategy = "no_merge"`: nothing of it is merged in.
+    no_merge: bool,
 }
 
 /// `dependency.NAME.outputs.KEY[...]` written as the terrace reference
@@ -776,6 +778,11 @@ pub fn terragrunt(opts: &Options) -> Result<Imported, ImportError> {
                                     .and_then(|v| v.as_str().map(str::to_owned))
                                     .as_deref()
                                     == Some("deep"),
+                                no_merge: attr("merge_strategy")
+                                    .as_ref()
+                                    .and_then(|v| v.as_str().map(str::to_owned))
+                                    .as_deref()
+                                    == Some("no_merge"),
                             });
                         }
                         Err(e) => un("include", &format!("{}: {e}", p.display())),
@@ -875,6 +882,7 @@ fn stack_unit(
     for body in s
         .include
         .iter()
+        .filter(|i| !i.no_merge)
         .map(|i| &i.body)
         .chain(std::iter::once(&s.body))
     {
@@ -919,6 +927,7 @@ fn stack_unit(
     for body in s
         .include
         .iter()
+        .filter(|i| !i.no_merge)
         .map(|i| &i.body)
         .chain(std::iter::once(&s.body))
     {
@@ -954,6 +963,10 @@ fn stack_unit(
         .as_ref()
         .map(|i| reparse(&i.text, "the included file"))
         .transpose()?;
+    // `merge_strategy = "no_merge"`: the root file only lends what an
+    // exposed include shows.
+    let merged = s.include.as_ref().is_some_and(|i| !i.no_merge);
+    let merged_parent = parent.as_ref().filter(|_| merged);
     // The root file's locals and inputs, in its own place.
     let mut include_var = Map::new();
     let mut parent_inputs = Value::Object(Map::new());
@@ -989,7 +1002,11 @@ fn stack_unit(
         un(&format!("locals.{k}"), &format!("not evaluated: {e}"));
     }
     let ctx = context(&locals, &include_var);
-    let mut inputs = parent_inputs;
+    let mut inputs = if merged {
+        parent_inputs
+    } else {
+        Value::Object(Map::new())
+    };
     if let Some(a) = child.attributes().find(|a| a.key() == "inputs") {
         let v = to_json(
             &a.expr()
@@ -1000,7 +1017,7 @@ fn stack_unit(
         merge_into(&mut inputs, v, deep);
     }
     // terraform.source: the child's, else the root file's.
-    let source = [Some(&child), parent.as_ref()]
+    let source = [Some(&child), merged_parent]
         .into_iter()
         .flatten()
         .find_map(|b| {
@@ -1080,7 +1097,7 @@ fn stack_unit(
     let mut extra = vec![("main.tf".to_owned(), main)];
     // generate blocks: the root file's, the stack's over them by label.
     let mut generate: BTreeMap<String, (Value, Value)> = BTreeMap::new();
-    for body in parent.iter().chain(std::iter::once(&child)) {
+    for body in merged_parent.into_iter().chain(std::iter::once(&child)) {
         for g in body.blocks().filter(|b| b.identifier() == "generate") {
             let label = g
                 .labels()
@@ -1122,11 +1139,11 @@ fn stack_unit(
     }
     if child
         .blocks()
-        .chain(parent.iter().flat_map(|p| p.blocks()))
+        .chain(merged_parent.into_iter().flat_map(|p| p.blocks()))
         .any(|b| b.identifier() == "remote_state")
         || child
             .attributes()
-            .chain(parent.iter().flat_map(|p| p.attributes()))
+            .chain(merged_parent.into_iter().flat_map(|p| p.attributes()))
             .any(|a| a.key() == "remote_state")
     {
         un(

@@ -1512,3 +1512,62 @@ fn a_values_from_name_cannot_write_outside_its_unit() {
     );
     assert!(dir.path().join("terrace/apps/app/unit.yaml").is_file());
 }
+
+/// `merge_strategy = "no_merge"` merges nothing of the root file, and
+/// locals that grow past the budget are listed, not evaluated (review).
+#[test]
+fn terragrunt_no_merge_and_the_locals_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut doubling = String::from("locals {\n  a0 = \"xxxxxxxxxxxxxxxx\"\n");
+    for i in 1..40 {
+        doubling.push_str(&format!(
+            "  a{i} = \"${{local.a{}}}${{local.a{}}}\"\n",
+            i - 1,
+            i - 1
+        ));
+    }
+    doubling.push_str("}\nterraform {\n  source = \"../../m\"\n}\ninputs = {\n  b = 2\n}\n");
+    write_files(
+        dir.path(),
+        &[
+            ("live/root.hcl", "inputs = {\n  a = 1\n}\n"),
+            (
+                "live/one/terragrunt.hcl",
+                "include \"root\" {\n  path           = find_in_parent_folders(\"root.hcl\")\n  merge_strategy = \"no_merge\"\n}\nterraform {\n  source = \"../../m\"\n}\ninputs = {\n  b = 2\n}\n",
+            ),
+            ("live/big/terragrunt.hcl", &doubling),
+            (
+                "m/main.tf",
+                "variable \"a\" {\n  default = 0\n}\nvariable \"b\" {}\n",
+            ),
+        ],
+    );
+    let o = terrace(
+        dir.path(),
+        &[
+            "import",
+            "terragrunt",
+            "live",
+            "--dry-run",
+            "--output",
+            "json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let one = report["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .find(|u| u["unit"] == "one")
+        .expect("one");
+    let unit: serde_json::Value =
+        terrace_yaml::from_str(one["unitYaml"].as_str().expect("text"), Path::new("one"))
+            .expect("yaml");
+    assert_eq!(unit["inputs"], serde_json::json!({"b": 2}), "{report:#}");
+    assert!(
+        report["unmapped"]
+            .to_string()
+            .contains("over the import's budget"),
+        "{report:#}"
+    );
+}
