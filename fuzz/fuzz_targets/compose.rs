@@ -1,5 +1,6 @@
 //! Compose files: any text loads or fails with a diagnostic, within the
-//! parser's budgets; interpolation and shell words never panic.
+//! parser's budgets; interpolation, shell words and env files never
+//! panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,4 +15,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = terrace_compose::shell_words(s);
     let _ = terrace_compose::duration(s);
     let _ = terrace_compose::bytes(s);
+    let _ = terrace_compose::dotenv::parse(s, &lookup, &Default::default(), &mut Default::default());
 });

@@ -6,6 +6,7 @@
 //! subset is an error naming it and where it is; `x-` extensions are
 //! allowed and ignored.
 
+pub mod dotenv;
 pub mod interpolate;
 
 use std::collections::BTreeMap;
@@ -157,6 +158,45 @@ pub struct NetworkDef {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A service's environment with its `env_file`s, as Compose merges them:
+/// the `environment` entries that have a value, then each file in
+/// order, then every `environment` entry again on top (a named-only one
+/// that the project environment does not set erases a file's value).
+/// `read` gives a file's text (`None`: it does not exist); `lookup` is
+/// the project environment.
+pub fn environment_with_files(
+    service: &Service,
+    read: &dyn Fn(&str) -> Result<Option<String>, String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, Option<String>>, String> {
+    let mut out: BTreeMap<String, Option<String>> = service
+        .environment
+        .iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let service_env = |k: &str| lookup(k).or_else(|| service.environment.get(k).cloned().flatten());
+    let mut earlier: BTreeMap<String, String> = BTreeMap::new();
+    for f in &service.env_file {
+        let Some(text) = read(&f.path)? else {
+            if f.required {
+                return Err(format!("env file {} not found", f.path));
+            }
+            continue;
+        };
+        let vars = dotenv::parse(&text, &service_env, &earlier, &mut Read::default())
+            .map_err(|e| format!("{}: {e}", f.path))?;
+        for (k, v) in vars {
+            earlier.insert(k.clone(), v.clone());
+            out.insert(k, Some(v));
+        }
+    }
+    for (k, v) in &service.environment {
+        out.insert(k.clone(), v.clone());
+    }
+    Ok(out)
+}
+
 /// The most services a file may declare.
 const MAX_SERVICES: usize = 1000;
 
@@ -256,7 +296,7 @@ pub fn load(
             ));
         }
         let at = format!("services.{name}");
-        let s = service(&v)
+        let s = service(&v, lookup)
             .map_err(|(field, m)| err(format!("{at}.{field}").trim_end_matches('.'), m))?;
         out.services.insert(name, s);
     }
@@ -959,7 +999,7 @@ fn depends_on(v: &Value) -> Result<BTreeMap<String, Condition>, FieldError> {
     Ok(out)
 }
 
-fn service(v: &Value) -> Result<Service, FieldError> {
+fn service(v: &Value, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Service, FieldError> {
     let Value::Object(m) = v else {
         return Err(fe("", "a service must be a mapping"));
     };
@@ -1073,7 +1113,13 @@ fn service(v: &Value) -> Result<Service, FieldError> {
         image,
         command: command(get("command"), "command")?,
         entrypoint: command(get("entrypoint"), "entrypoint")?,
-        environment: environment(get("environment"))?,
+        environment: environment(get("environment"))?
+            .into_iter()
+            .map(|(k, v)| {
+                let v = v.or_else(|| lookup(&k));
+                (k, v)
+            })
+            .collect(),
         env_file: env_files(get("env_file"))?,
         ports: ports(get("ports"))?,
         volumes: mounts(get("volumes"))?,

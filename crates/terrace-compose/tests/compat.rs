@@ -373,3 +373,52 @@ fn compare(n: usize, dir: &Path, ours: &terrace_compose::Compose, theirs: &Value
 fn go_duration(s: &str) -> Option<std::time::Duration> {
     terrace_compose::duration(s).ok()
 }
+
+/// `env_file`s merged into `environment` as Docker Compose merges them:
+/// the dotenv syntaxes, interpolation, and `environment` on top (a
+/// named-only entry the environment does not set erases the file's).
+#[test]
+fn env_files_merge_as_docker_compose_merges_them() {
+    let Some(bin) = compose("env_files_merge_as_docker_compose_merges_them") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = "services:\n  a:\n    image: x\n    env_file: [a.env, {path: missing.env, required: false}]\n    environment: [B=override, X, K]\n";
+    let env_text = "\u{feff}# comment\nexport A=1\nB=from-file\nC = spaced # comment\nD=x#c\nE=\"line\\nnext \\$HOME ${A}\"\nF='single $A'\nG: colon\nH=${A}-$$x\nX=fromfile\nK\nL=${K}\n";
+    std::fs::write(dir.path().join("compose.yaml"), text).expect("write");
+    std::fs::write(dir.path().join("a.env"), env_text).expect("write");
+    let o = std::process::Command::new(&bin)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("K", "fromenv")
+        .args([
+            "-f",
+            "compose.yaml",
+            "-p",
+            "compat",
+            "config",
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("docker compose runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let want: std::collections::BTreeMap<String, Option<String>> =
+        theirs["services"]["a"]["environment"]
+            .as_object()
+            .expect("environment")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map(unescape)))
+            .collect();
+    let lookup = |k: &str| (k == "K").then(|| "fromenv".to_owned());
+    let c = terrace_compose::load(text, Path::new("compose.yaml"), &lookup).expect("loads");
+    let read = |f: &str| -> Result<Option<String>, String> {
+        Ok(std::fs::read_to_string(dir.path().join(f)).ok())
+    };
+    let ours =
+        terrace_compose::environment_with_files(&c.services["a"], &read, &lookup).expect("merges");
+    assert_eq!(ours, want);
+}
