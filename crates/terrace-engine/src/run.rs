@@ -1016,11 +1016,11 @@ impl Engine {
             .collect())
     }
 
-    /// What unit `name` renders, with dependencies' outputs from state.
-    pub async fn render(
+    /// Unit `name` evaluated with its dependencies' outputs from state.
+    async fn evaluate_from_state(
         &self,
         name: &str,
-    ) -> Result<Result<(ResolvedUnit, Rendered), ReportError>, EngineError> {
+    ) -> Result<Result<ResolvedUnit, Diagnostic>, EngineError> {
         let i = self
             .workspace
             .index_of(name)
@@ -1030,14 +1030,20 @@ impl Engine {
             })?;
         let mut views = HashMap::new();
         self.fill_from_state(i, &mut views).await?;
-        let unit =
-            match self
-                .workspace
-                .evaluate(&self.project, i, &views, Some(self.secrets.as_ref()))
-            {
-                Ok(u) => u,
-                Err(d) => return Ok(Err(ReportError::from_diagnostic(d))),
-            };
+        Ok(self
+            .workspace
+            .evaluate(&self.project, i, &views, Some(self.secrets.as_ref())))
+    }
+
+    /// What unit `name` renders, with dependencies' outputs from state.
+    pub async fn render(
+        &self,
+        name: &str,
+    ) -> Result<Result<(ResolvedUnit, Rendered), ReportError>, EngineError> {
+        let unit = match self.evaluate_from_state(name).await? {
+            Ok(u) => u,
+            Err(d) => return Ok(Err(ReportError::from_diagnostic(d))),
+        };
         // What it would apply, with placeholders for what is known only
         // after its dependencies are applied.
         let unit = unit.preview();
@@ -1072,18 +1078,7 @@ impl Engine {
         &self,
         name: &str,
     ) -> Result<Result<ResolvedUnit, ReportError>, EngineError> {
-        let i = self
-            .workspace
-            .index_of(name)
-            .ok_or_else(|| EngineError::UnknownUnit {
-                name: name.to_owned(),
-                environment: self.environment().to_owned(),
-            })?;
-        let mut views = HashMap::new();
-        self.fill_from_state(i, &mut views).await?;
-        let evaluated =
-            self.workspace
-                .evaluate(&self.project, i, &views, Some(self.secrets.as_ref()));
+        let evaluated = self.evaluate_from_state(name).await?;
         // After the evaluation: the secrets it decrypted are known.
         let plain = self.plaintexts();
         Ok(match evaluated {

@@ -16,7 +16,9 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-use crate::{ImportError, Imported, Options, Unmapped, clean, dns_name, str_at, unit_file, walk};
+use crate::{
+    ImportError, Imported, Options, Unmapped, clean, dns_name, str_at, to_root, unit_file, walk,
+};
 
 const WAVE: &str = "argocd.argoproj.io/sync-wave";
 
@@ -285,9 +287,7 @@ fn map_app(
             *first
         }
     };
-    let up = "../".repeat(
-        opts.out.split('/').filter(|s| !s.is_empty()).count() + layer.split('/').count() + 1,
-    );
+    let up = to_root(&opts.out, layer);
     let dest_ns = str_at(&spec, "/destination/namespace").map(str::to_owned);
     let server = str_at(&spec, "/destination/server");
     let dest_name = str_at(&spec, "/destination/name");
@@ -490,29 +490,7 @@ fn map_app(
                     path.clone().unwrap_or_else(|| ".".to_owned())
                 )),
             );
-            for (from, to) in [
-                ("namePrefix", "namePrefix"),
-                ("nameSuffix", "nameSuffix"),
-                ("namespace", "targetNamespace"),
-            ] {
-                if let Some(v) = k.get(from).filter(|v| v.is_string()) {
-                    settings.insert(to.into(), v.clone());
-                }
-            }
-            if let Some(p) = k
-                .get("patches")
-                .and_then(Value::as_array)
-                .filter(|p| !p.is_empty())
-            {
-                settings.insert("patches".into(), json!(p));
-            }
-            if let Some(c) = k
-                .get("components")
-                .and_then(Value::as_array)
-                .filter(|c| !c.is_empty())
-            {
-                settings.insert("components".into(), json!(c));
-            }
+            crate::kustomize_overlay(&k, "namespace", &mut settings);
             for field in [
                 "images",
                 "commonLabels",

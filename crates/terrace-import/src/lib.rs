@@ -266,10 +266,7 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
         .iter()
         .map(|k| (clean(str_at(&k.value, "/spec/path").unwrap_or(".")), k))
         .collect();
-    let depth = |layer: &str| {
-        opts.out.split('/').filter(|s| !s.is_empty()).count() + layer.split('/').count() + 1
-    };
-    let up = |n: usize| "../".repeat(n);
+    let up = |layer: &str| to_root(&opts.out, layer);
 
     for k in &kustomizations {
         let name = unit_name(k);
@@ -291,7 +288,7 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
                 "leads out of the repository: terrace builds only what is in the project",
             );
         }
-        settings.insert("path".into(), json!(format!("{}{path}", up(depth(&layer)))));
+        settings.insert("path".into(), json!(format!("{}{path}", up(&layer))));
         if let Some(src) = spec.get("sourceRef") {
             let kind = src
                 .get("kind")
@@ -318,29 +315,7 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
                 );
             }
         }
-        for (from, to) in [
-            ("targetNamespace", "targetNamespace"),
-            ("namePrefix", "namePrefix"),
-            ("nameSuffix", "nameSuffix"),
-        ] {
-            if let Some(v) = spec.get(from).filter(|v| v.is_string()) {
-                settings.insert(to.into(), v.clone());
-            }
-        }
-        if let Some(p) = spec
-            .get("patches")
-            .and_then(Value::as_array)
-            .filter(|p| !p.is_empty())
-        {
-            settings.insert("patches".into(), json!(p));
-        }
-        if let Some(c) = spec
-            .get("components")
-            .and_then(Value::as_array)
-            .filter(|c| !c.is_empty())
-        {
-            settings.insert("components".into(), json!(c));
-        }
+        kustomize_overlay(&spec, "targetNamespace", &mut settings);
         let mut apply = Map::new();
         if let Some(w) = spec.get("wait").and_then(Value::as_bool) {
             apply.insert("wait".into(), json!(w));
@@ -415,10 +390,7 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
                 match hit {
                     Some(f) => {
                         let mut e = Map::new();
-                        e.insert(
-                            "path".into(),
-                            json!(format!("{}{}", up(depth(&layer)), f.file)),
-                        );
+                        e.insert("path".into(), json!(format!("{}{}", up(&layer), f.file)));
                         if optional {
                             e.insert("optional".into(), json!(true));
                         }
@@ -566,7 +538,7 @@ pub fn flux(opts: &Options) -> Result<Imported, ImportError> {
                 );
                 continue;
             }
-            let up = "../".repeat(depth(&layer));
+            let up = up(&layer);
             // A generator's file (a SOPS one is decrypted in memory), or
             // the data of a ConfigMap manifest, written beside the unit.
             if let Some(file) = generated
@@ -837,12 +809,8 @@ fn chart_source(
         }
         ("GitRepository", Some(_)) | ("GitRepository", None) if !chart.contains("://") => {
             // A chart in this repository: Flux paths are from its root.
-            let depth =
-                out_dir.split('/').filter(|s| !s.is_empty()).count() + layer.split('/').count() + 1;
-            settings.insert(
-                "chart".into(),
-                json!(format!("{}{}", "../".repeat(depth), clean(chart))),
-            );
+            let up = to_root(out_dir, layer);
+            settings.insert("chart".into(), json!(format!("{up}{}", clean(chart))));
             // The chart's values files, from the repository's root.
             let files: Vec<&str> = c
                 .get("valuesFiles")
@@ -857,7 +825,7 @@ fn chart_source(
                     json!(
                         files
                             .iter()
-                            .map(|f| format!("{}{}", "../".repeat(depth), clean(f)))
+                            .map(|f| format!("{up}{}", clean(f)))
                             .collect::<Vec<_>>()
                     ),
                 );
@@ -1067,6 +1035,41 @@ pub(crate) fn dns_name(n: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && n.starts_with(|c: char| c.is_ascii_alphanumeric())
         && n.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// From a unit's directory (`OUT/<layer>/<name>`) back to the root:
+/// `../../../`.
+pub(crate) fn to_root(out: &str, layer: &str) -> String {
+    "../".repeat(out.split('/').filter(|s| !s.is_empty()).count() + layer.split('/').count() + 1)
+}
+
+/// The fields a Flux Kustomization and an Argo CD kustomize source both
+/// set over a kustomization: `namePrefix`, `nameSuffix`, `patches`,
+/// `components`, and the namespace (`targetNamespace` in Flux,
+/// `namespace` in Argo CD), as a `kustomize` unit's settings.
+pub(crate) fn kustomize_overlay(
+    src: &Value,
+    namespace_key: &str,
+    settings: &mut Map<String, Value>,
+) {
+    for (from, to) in [
+        (namespace_key, "targetNamespace"),
+        ("namePrefix", "namePrefix"),
+        ("nameSuffix", "nameSuffix"),
+    ] {
+        if let Some(v) = src.get(from).filter(|v| v.is_string()) {
+            settings.insert(to.into(), v.clone());
+        }
+    }
+    for key in ["patches", "components"] {
+        if let Some(list) = src
+            .get(key)
+            .and_then(Value::as_array)
+            .filter(|l| !l.is_empty())
+        {
+            settings.insert(key.into(), json!(list));
+        }
+    }
 }
 
 /// A Flux path (`./kubernetes/apps`) as a clean relative path.

@@ -299,6 +299,28 @@ impl Shared {
         );
     }
 
+    /// Pauses or resumes `name` in `set` (the units' or the layers'),
+    /// keeps it on disk, and on resume reconciles at once.
+    fn set_paused(
+        &self,
+        set: &Mutex<std::collections::BTreeSet<String>>,
+        name: String,
+        pause: bool,
+    ) {
+        {
+            let mut set = set.lock().unwrap_or_else(PoisonError::into_inner);
+            if pause {
+                set.insert(name);
+            } else {
+                set.remove(&name);
+            }
+        }
+        self.save_paused();
+        if !pause {
+            self.wake(crate::runs::Trigger::Manual);
+        }
+    }
+
     /// What a daemon before this one left paused.
     pub fn load_paused(&self) {
         let Ok(text) = std::fs::read_to_string(self.workdir.join(PAUSED_FILE)) else {
@@ -799,17 +821,7 @@ async fn api_pause(
     shared
         .history
         .act(&who, &from, &action, &format!("unit/{unit}"));
-    let mut paused = shared.paused.lock().unwrap_or_else(PoisonError::into_inner);
-    if action == "pause" {
-        paused.insert(unit);
-        drop(paused);
-        shared.save_paused();
-    } else {
-        paused.remove(&unit);
-        drop(paused);
-        shared.save_paused();
-        shared.wake(crate::runs::Trigger::Manual);
-    }
+    shared.set_paused(&shared.paused, unit, action == "pause");
     (StatusCode::OK, format!("{action}d\n")).into_response()
 }
 
@@ -842,20 +854,7 @@ async fn api_pause_layer(
     shared
         .history
         .act(&who, &from, &action, &format!("layer/{layer}"));
-    let mut paused = shared
-        .paused_layers
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if action == "pause" {
-        paused.insert(layer);
-        drop(paused);
-        shared.save_paused();
-    } else {
-        paused.remove(&layer);
-        drop(paused);
-        shared.save_paused();
-        shared.wake(crate::runs::Trigger::Manual);
-    }
+    shared.set_paused(&shared.paused_layers, layer, action == "pause");
     (StatusCode::OK, format!("{action}d\n")).into_response()
 }
 

@@ -264,10 +264,7 @@ impl History {
         let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(run) = runs.iter_mut().rev().find(|r| r.id == id) {
             let finished = std::time::SystemTime::now();
-            run.duration_ms = humantime::parse_rfc3339(&run.started_at)
-                .ok()
-                .and_then(|s| finished.duration_since(s).ok())
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            run.duration_ms = millis_since(&run.started_at, Some(finished));
             run.finished_at = Some(humantime::format_rfc3339_seconds(finished).to_string());
             run.outcome = outcome.to_owned();
             run.revision = revision;
@@ -399,6 +396,16 @@ impl History {
     }
 }
 
+/// Milliseconds from `started` (RFC 3339) to `until`; 0 when either is
+/// unknown or they run backwards.
+fn millis_since(started: &str, until: Option<std::time::SystemTime>) -> u64 {
+    humantime::parse_rfc3339(started)
+        .ok()
+        .zip(until)
+        .and_then(|(s, f)| f.duration_since(s).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The time now, RFC 3339 in UTC.
 pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -473,11 +480,8 @@ impl Run {
             .iter()
             .any(|u| matches!(u.outcome, Outcome::Failed | Outcome::Skipped));
         let applied = r.units.iter().any(|u| u.outcome == Outcome::Applied);
-        let duration_ms = humantime::parse_rfc3339(&r.started_at)
-            .ok()
-            .zip(humantime::parse_rfc3339(&r.finished_at).ok())
-            .and_then(|(s, f)| f.duration_since(s).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let duration_ms =
+            millis_since(&r.started_at, humantime::parse_rfc3339(&r.finished_at).ok());
         Run {
             id,
             trigger: Trigger::Manual,
