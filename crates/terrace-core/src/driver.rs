@@ -192,6 +192,8 @@ pub struct DestroyContext<'a> {
     /// The environment's targets, by name: where a unit removed from the
     /// repository was applied.
     pub targets: &'a BTreeMap<String, ResolvedTarget>,
+    /// Remove data too: a compose unit's volumes (`destroy --volumes`).
+    pub volumes: bool,
 }
 
 /// One document a unit renders: a Kubernetes object or a file.

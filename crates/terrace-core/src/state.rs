@@ -84,6 +84,15 @@ pub enum InventoryItem {
     /// A resource instance in a Terraform module's state.
     #[serde(rename_all = "camelCase")]
     TerraformResource { address: String },
+    /// A container on a Docker host, running a compose service.
+    #[serde(rename_all = "camelCase")]
+    Container { name: String, service: String },
+    /// A network on a Docker host.
+    #[serde(rename_all = "camelCase")]
+    DockerNetwork { name: String },
+    /// A volume on a Docker host (kept unless destroyed with `--volumes`).
+    #[serde(rename_all = "camelCase")]
+    DockerVolume { name: String },
 }
 
 impl InventoryItem {
@@ -94,6 +103,9 @@ impl InventoryItem {
             InventoryItem::Object { object, .. } => object.to_string(),
             InventoryItem::TerraformModule { dir, .. } => format!("terraform module {dir}"),
             InventoryItem::TerraformResource { address } => address.clone(),
+            InventoryItem::Container { service, .. } => format!("service {service}"),
+            InventoryItem::DockerNetwork { name } => format!("network {name}"),
+            InventoryItem::DockerVolume { name } => format!("volume {name}"),
         }
     }
 

@@ -18,6 +18,7 @@
 //! External programs run through `terrace-exec` (a cleared environment,
 //! a timeout, redacted output, interrupts that reach them).
 
+pub mod compose;
 pub mod fileset;
 pub mod helm;
 pub mod kustomize;
@@ -43,6 +44,7 @@ pub fn registry() -> Registry {
         .with(kustomize::kind(&clusters))
         .with(helm::kind(&clusters))
         .with(template::kind())
+        .with(compose::kind())
         .with(terrace_terraform::kind())
 }
 

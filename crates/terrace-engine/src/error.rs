@@ -25,8 +25,13 @@ pub enum EngineError {
     State(#[from] StateError),
     #[error("git: {0}")]
     Git(String),
-    #[error("--cluster names target `{name}`, which is not a cluster target of this project; its cluster targets: {}", .known.join(", "))]
-    UnknownClusterTarget { name: String, known: Vec<String> },
+    #[error("{flag} names target `{name}`, which is not a {kind} target of this project; its {kind} targets: {}", if .known.is_empty() { "none".to_owned() } else { .known.join(", ") })]
+    UnknownTarget {
+        flag: &'static str,
+        kind: terrace_core::config::TargetKind,
+        name: String,
+        known: Vec<String>,
+    },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -59,6 +59,8 @@ pub struct ApplyOptions {
     pub saved: Option<Arc<SavedPlan>>,
     /// Take objects over even where Flux or Argo CD still applies them.
     pub force: bool,
+    /// Destroy: remove compose units' volumes too.
+    pub volumes: bool,
 }
 
 impl Default for ApplyOptions {
@@ -70,6 +72,7 @@ impl Default for ApplyOptions {
             interrupt: Interrupt::default(),
             saved: None,
             force: false,
+            volumes: false,
         }
     }
 }
@@ -430,19 +433,30 @@ impl Engine {
         bindings: &[(String, TargetBinding)],
     ) -> Result<Self, EngineError> {
         for (name, binding) in bindings {
+            let kind = if binding.host.is_some() {
+                TargetKind::Docker
+            } else {
+                TargetKind::Cluster
+            };
             let Some(t) = self
                 .workspace
                 .targets
                 .get_mut(name)
-                .filter(|t| t.kind == TargetKind::Cluster)
+                .filter(|t| t.kind == kind)
             else {
-                return Err(EngineError::UnknownClusterTarget {
+                return Err(EngineError::UnknownTarget {
+                    flag: if kind == TargetKind::Docker {
+                        "--docker"
+                    } else {
+                        "--cluster"
+                    },
+                    kind,
                     name: name.clone(),
                     known: self
                         .workspace
                         .targets
                         .values()
-                        .filter(|t| t.kind == TargetKind::Cluster)
+                        .filter(|t| t.kind == kind)
                         .map(|t| t.name.clone())
                         .collect(),
                 });
@@ -1663,6 +1677,7 @@ impl Engine {
             prior,
             unit: unit.as_ref(),
             targets: &self.workspace.targets,
+            volumes: opts.volumes,
         };
         let driver = self
             .driver(&prior.kind)
@@ -1672,6 +1687,7 @@ impl Engine {
             .await
             .map_err(ReportError::from_driver)?;
         r.changes = plan.changes.clone();
+        r.notes.extend(plan.notes.iter().cloned());
         if dry_run {
             return Ok(());
         }

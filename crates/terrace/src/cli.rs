@@ -58,6 +58,19 @@ pub struct Cli {
     )]
     pub cluster_contexts: Vec<String>,
 
+    /// Point docker target TARGET at a Docker or Podman engine, whatever
+    /// terrace.yaml binds it to (repeatable): `unix:///run/podman.sock`,
+    /// `tcp://HOST:2376` or `ssh://USER@HOST`. The shell's DOCKER_HOST is
+    /// never read.
+    #[arg(
+        long = "docker",
+        global = true,
+        env = "TERRACE_DOCKER",
+        value_delimiter = ',',
+        value_name = "TARGET=HOST"
+    )]
+    pub dockers: Vec<String>,
+
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -358,6 +371,10 @@ pub struct DestroyArgs {
     /// Really destroy; without it, destroy only plans.
     #[arg(long)]
     pub yes: bool,
+    /// Remove the volumes of compose units too (their data). Without it,
+    /// volumes are kept and listed.
+    #[arg(long)]
+    pub volumes: bool,
     /// Seconds to wait for a unit locked by another run (at most 604800,
     /// a week).
     #[arg(

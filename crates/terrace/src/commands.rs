@@ -450,6 +450,7 @@ async fn run_apply(
         interrupt: interrupt.clone(),
         saved,
         force: a.force,
+        volumes: false,
     };
     let report = engine
         .apply(selected, &opts, Arc::clone(&progress) as Arc<dyn Progress>)
@@ -536,6 +537,10 @@ fn cluster_bindings(cli: &Cli) -> Result<Vec<(String, TargetBinding)>, CliError>
     for c in &cli.cluster_contexts {
         let (target, value) = split("--cluster-context", c)?;
         entry(&mut out, target).context = Some(value);
+    }
+    for c in &cli.dockers {
+        let (target, value) = split("--docker", c)?;
+        entry(&mut out, target).host = Some(value);
     }
     Ok(out)
 }
@@ -1072,6 +1077,7 @@ async fn destroy(
         interrupt: interrupt.clone(),
         saved: None,
         force: false,
+        volumes: a.volumes,
     };
     let progress = Reporter::new(selected.len() + named_orphans.len(), "destroy", a.yes);
     let report = engine

@@ -193,7 +193,7 @@ pub fn text(report: &Report, root: &Path, full_diff: bool) -> String {
         );
         for ch in &u.changes {
             let _ = writeln!(out, "  {} {}", ch.action.symbol(), ch.address);
-            let show = ch.action == Action::Update || full_diff;
+            let show = matches!(ch.action, Action::Update | Action::Replace) || full_diff;
             if let (true, Some(diff)) = (show, &ch.diff) {
                 // Unified diffs start with their `---`/`+++` header;
                 // field-level diffs (live clusters) have none.

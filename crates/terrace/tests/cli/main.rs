@@ -2,6 +2,7 @@
 //! `examples/homelab` and small projects written by the tests.
 
 mod cluster;
+mod compose;
 mod errors;
 mod example;
 mod helm;

@@ -1,0 +1,638 @@
+//! `kind: compose` against a real engine: Podman's Docker-compatible API
+//! (`podman system service`), started per test on a private socket with
+//! its own storage and network configuration, images imported from
+//! Debian's static busybox.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{code, stderr, stdout, terrace, unit, write_files};
+
+/// A Podman API service for one test; everything it started is removed
+/// on drop.
+pub struct Podman {
+    pub dir: tempfile::TempDir,
+    service: Child,
+    /// Held while the service runs: one engine at a time on this machine
+    /// (their networks share the host's packet filter), across test
+    /// threads and processes.
+    _turn: std::fs::File,
+}
+
+fn found(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+impl Podman {
+    /// Starts the service, or says why `test` is skipped.
+    pub fn start(test: &str) -> Option<Podman> {
+        if !found("podman") || !found("runc") || busybox().is_none() {
+            eprintln!(
+                "skipped {test}: podman, runc and busybox-static are needed (scripts/setup-tools.sh installs them)"
+            );
+            return None;
+        }
+        let turn = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("terrace-podman-tests.lock"))
+            .expect("lock file");
+        turn.lock().expect("lock");
+        // Unix socket paths are short: keep the directory under /tmp.
+        let dir = tempfile::Builder::new()
+            .prefix("tpm")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("networks")).expect("mkdir");
+        std::fs::write(
+            d.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n[network]\nnetwork_config_dir = \"{}\"\n",
+                d.join("networks").display()
+            ),
+        )
+        .expect("containers.conf");
+        let service = Command::new("podman")
+            .args(Self::global(d))
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", d.join("api.sock").display()))
+            .env("CONTAINERS_CONF", d.join("containers.conf"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("service.log")).expect("log"))
+            .spawn()
+            .expect("podman system service starts");
+        let p = Podman {
+            dir,
+            service,
+            _turn: turn,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !p.socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "podman's API socket did not appear"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p.import_busybox("localhost/busybox:1");
+        p.cli(&["tag", "localhost/busybox:1", "localhost/busybox:2"]);
+        Some(p)
+    }
+
+    fn global(d: &Path) -> Vec<String> {
+        vec![
+            "--root".into(),
+            d.join("root").display().to_string(),
+            "--runroot".into(),
+            d.join("run").display().to_string(),
+            "--storage-driver".into(),
+            "vfs".into(),
+        ]
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("api.sock")
+    }
+
+    /// `unix://…`, for `--docker`.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// The podman CLI on this service's storage.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new("podman")
+            .args(Self::global(self.dir.path()))
+            .args(args)
+            .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
+            .output()
+            .expect("podman runs")
+    }
+
+    fn import_busybox(&self, tag: &str) {
+        let root = self.dir.path().join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).expect("mkdir");
+        std::fs::create_dir_all(root.join("tmp")).expect("mkdir");
+        std::fs::copy(busybox().expect("busybox"), root.join("bin/busybox")).expect("copy");
+        for applet in [
+            "sh", "sleep", "test", "touch", "cat", "echo", "wget", "httpd", "nc", "ls", "mkdir",
+            "env", "date", "true", "false", "id",
+        ] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("link");
+        }
+        let tar = self.dir.path().join("busybox.tar");
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .expect("tar");
+        assert!(ok.success());
+        let o = self.cli(&[
+            "import",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+            &tar.display().to_string(),
+            tag,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// `podman inspect` of a container, or `None`.
+    pub fn inspect(&self, name: &str) -> Option<Value> {
+        let o = self.cli(&["container", "inspect", name]);
+        if !o.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+        v.as_array().and_then(|a| a.first()).cloned()
+    }
+
+    pub fn volume_exists(&self, name: &str) -> bool {
+        self.cli(&["volume", "exists", name]).status.success()
+    }
+
+    pub fn volume_path(&self, name: &str) -> PathBuf {
+        let o = self.cli(&["volume", "inspect", name, "--format", "{{.Mountpoint}}"]);
+        PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cli(&["rm", "-a", "-f", "-t", "0"]);
+        let _ = self.cli(&["network", "prune", "-f"]);
+        let _ = self.cli(&["volume", "prune", "-f"]);
+        let _ = self.service.kill();
+        let _ = self.service.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+const TERRACE_YAML: &str = "name: stack\nlayers: [data, apps]\ntargets:\n  host: { type: docker }\n  k8s: { type: cluster }\n";
+
+fn compose_file(web_image: &str, with_db: bool, with_web: bool) -> String {
+    let mut s = String::from("services:\n");
+    if with_db {
+        s.push_str(
+            r#"  db:
+    image: localhost/busybox:1
+    command: ["sh", "-c", "trap 'exit 0' TERM; echo $$GREETING > /data/hello; sleep 2; touch /tmp/ready; while true; do sleep 1; done"]
+    environment:
+      GREETING: ${GREETING}
+      TOKEN: ${TOKEN}
+    volumes: ["data:/data"]
+    ports: ["127.0.0.1:${DB_PORT}:5432"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/tmp/ready"]
+      interval: 1s
+      timeout: 2s
+"#,
+        );
+    }
+    if with_web {
+        s.push_str(&format!(
+            "  web:\n    image: {web_image}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n    labels:\n      tier: front\n"
+        ));
+        if with_db {
+            s.push_str("    depends_on:\n      db:\n        condition: service_healthy\n");
+        }
+    }
+    s.push_str("volumes:\n  data: {}\n");
+    s
+}
+
+fn started_at(p: &Podman, name: &str) -> chrono_like::Stamp {
+    let v = p.inspect(name).unwrap_or_else(|| panic!("{name} exists"));
+    chrono_like::Stamp::parse(v["State"]["StartedAt"].as_str().expect("StartedAt"))
+}
+
+/// Times as podman prints them (`2026-12-01T04:10:11.123456789Z` or with
+/// an offset), compared as text after normalising to UTC nanoseconds.
+mod chrono_like {
+    #[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
+    pub struct Stamp(pub i128);
+
+    impl Stamp {
+        pub fn parse(s: &str) -> Stamp {
+            let t = humantime::parse_rfc3339_weak(
+                s.split('+').next().unwrap_or(s).trim_end_matches('Z'),
+            )
+            .or_else(|_| humantime::parse_rfc3339(s))
+            .unwrap_or_else(|e| panic!("time {s}: {e}"));
+            Stamp(
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .expect("after the epoch")
+                    .as_nanos() as i128,
+            )
+        }
+    }
+}
+
+#[test]
+fn a_compose_unit_applies_recreates_what_changed_prunes_and_keeps_volumes() {
+    let Some(p) =
+        Podman::start("a_compose_unit_applies_recreates_what_changed_prunes_and_keeps_volumes")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let unit_yaml = format!(
+        "layer: data\nkind: compose\ntarget: host\ninputs:\n  GREETING: hello-from-terrace\n  TOKEN: plain-token\n  DB_PORT: {port}\n"
+    );
+    write_files(
+        dir.path(),
+        &[
+            ("terrace.yaml", TERRACE_YAML),
+            ("data/pg/unit.yaml", &unit_yaml),
+            (
+                "data/pg/compose.yaml",
+                &compose_file("localhost/busybox:1", true, true),
+            ),
+        ],
+    );
+    let host = p.host();
+    let run = |args: &[&str]| {
+        let mut a = vec!["--docker", &*format!("host={host}")]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        a.extend(args.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        terrace(dir.path(), &a)
+    };
+
+    // First plan: everything is created.
+    let o = run(&["plan", "--output", "json"]);
+    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let u = unit(&v, "pg");
+    let addresses: Vec<&str> = u["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["address"].as_str().expect("address"))
+        .collect();
+    assert!(addresses.contains(&"service db"), "{addresses:?}");
+    assert!(addresses.contains(&"service web"), "{addresses:?}");
+    assert!(addresses.contains(&"network pg_default"), "{addresses:?}");
+    assert!(addresses.contains(&"volume pg_data"), "{addresses:?}");
+
+    let o = run(&["apply", "--output", "json"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = run(&["output", "pg", "--output", "json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let outs: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(outs["services"]["db"]["port"], port, "{outs}");
+    assert_eq!(outs["services"]["db"]["host"], "127.0.0.1", "{outs}");
+    assert_eq!(outs["services"]["db"]["container"], "pg-db-1", "{outs}");
+    let db = p.inspect("pg-db-1").expect("db runs");
+    let web = p.inspect("pg-web-1").expect("web runs");
+    assert_eq!(db["State"]["Running"], true);
+    assert_eq!(web["State"]["Running"], true);
+    // The dependent waited for the database's health check (2 s after
+    // its start).
+    let (db_start, web_start) = (started_at(&p, "pg-db-1"), started_at(&p, "pg-web-1"));
+    assert!(
+        web_start.0 - db_start.0 >= 1_900_000_000,
+        "web started {} ns after db",
+        web_start.0 - db_start.0
+    );
+    let env: Vec<&str> = db["Config"]["Env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(env.contains(&"GREETING=hello-from-terrace"), "{env:?}");
+    assert_eq!(web["Config"]["Labels"]["tier"], "front");
+    assert_eq!(web["Config"]["Labels"]["com.docker.compose.project"], "pg");
+    let db_id = db["Id"].as_str().expect("id").to_owned();
+    let web_id = web["Id"].as_str().expect("id").to_owned();
+    let data = p.volume_path("pg_data");
+    assert_eq!(
+        std::fs::read_to_string(data.join("hello"))
+            .expect("the volume holds the file")
+            .trim(),
+        "hello-from-terrace"
+    );
+
+    // A second plan is clean.
+    let o = run(&["plan"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+
+    // An image tag change recreates exactly that service.
+    write_files(
+        dir.path(),
+        &[(
+            "data/pg/compose.yaml",
+            &compose_file("localhost/busybox:2", true, true),
+        )],
+    );
+    let o = run(&["plan"]);
+    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("~ web.image: localhost/busybox:1 → localhost/busybox:2"),
+        "{text}"
+    );
+    assert!(!text.contains("service db"), "{text}");
+    let o = run(&["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(p.inspect("pg-db-1").expect("db")["Id"], db_id.as_str());
+    let web2 = p.inspect("pg-web-1").expect("web");
+    assert_ne!(web2["Id"], web_id.as_str());
+    assert_eq!(web2["Config"]["Image"], "localhost/busybox:2");
+    let o = run(&["plan"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+
+    // An environment value change is shown by name and value.
+    let changed = unit_yaml.replace("plain-token", "other-token");
+    write_files(dir.path(), &[("data/pg/unit.yaml", &changed)]);
+    let o = run(&["plan"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stdout(&o).contains("~ db.environment.TOKEN: plain-token → other-token"),
+        "{}",
+        stdout(&o)
+    );
+    write_files(dir.path(), &[("data/pg/unit.yaml", &unit_yaml)]);
+
+    // Removing the service that holds the volume prunes its container and
+    // keeps the volume with its data.
+    write_files(
+        dir.path(),
+        &[(
+            "data/pg/compose.yaml",
+            &compose_file("localhost/busybox:2", false, true),
+        )],
+    );
+    let o = run(&["plan"]);
+    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("- service db"), "{}", stdout(&o));
+    let o = run(&["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(p.inspect("pg-db-1").is_none(), "db was pruned");
+    assert!(p.inspect("pg-web-1").is_some());
+    assert!(p.volume_exists("pg_data"));
+    assert!(data.join("hello").is_file());
+
+    // Destroy without --volumes keeps the data.
+    let o = run(&["destroy", "--yes"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("pg_data is kept"), "{}", stdout(&o));
+    assert!(p.inspect("pg-web-1").is_none());
+    assert!(p.volume_exists("pg_data"));
+    assert!(data.join("hello").is_file());
+
+    // Applied again, the database finds its data; destroy --volumes
+    // removes it.
+    write_files(
+        dir.path(),
+        &[(
+            "data/pg/compose.yaml",
+            &compose_file("localhost/busybox:1", true, true),
+        )],
+    );
+    let o = run(&["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = run(&["destroy", "--yes", "--volumes"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(!p.volume_exists("pg_data"));
+    assert!(p.inspect("pg-db-1").is_none());
+}
+
+/// A project with the example's demo key, its SOPS rules and secrets
+/// file, and a SOPS-encrypted env file.
+fn secret_project(compose: &str, unit_extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let homelab = super::repo_root().join("examples/homelab");
+    for f in ["keys/demo.agekey", ".sops.yaml", "secrets/web.yaml"] {
+        let to = dir.path().join(f);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(homelab.join(f), to).expect("copy");
+    }
+    write_files(
+        dir.path(),
+        &[
+            ("terrace.yaml", TERRACE_YAML),
+            (
+                "data/pg/unit.yaml",
+                &format!(
+                    "layer: data\nkind: compose\ntarget: host\ninputs:\n  TOKEN: ${{secret.secrets/web.yaml#db_password}}\n{unit_extra}"
+                ),
+            ),
+            ("data/pg/compose.yaml", compose),
+            (
+                "secrets/db.env",
+                "DB_PASSWORD=from-the-env-file-0451\nDB_USER=app\n",
+            ),
+        ],
+    );
+    let o = terrace(dir.path(), &["secrets", "encrypt", "-i", "secrets/db.env"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = std::fs::read_to_string(dir.path().join("secrets/db.env")).expect("env");
+    assert!(!text.contains("from-the-env-file-0451"), "{text}");
+    dir
+}
+
+/// Every file under `dir` (state, rendered files, caches), as text.
+fn all_text(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+    out
+}
+
+const SECRET_COMPOSE: &str = "services:\n  app:\n    image: localhost/busybox:1\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n    environment:\n      TOKEN: ${TOKEN}\n      URL: postgres://app:${TOKEN}@db/app\n    env_file: [../../secrets/db.env]\n";
+
+#[test]
+fn compose_secrets_reach_the_container_environment_and_nowhere_else() {
+    let Some(p) = Podman::start("compose_secrets_reach_the_container_environment_and_nowhere_else")
+    else {
+        return;
+    };
+    let dir = secret_project(SECRET_COMPOSE, "");
+    let o = terrace(dir.path(), &["secrets", "decrypt", "secrets/web.yaml"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let password = stdout(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("db_password: "))
+        .expect("db_password")
+        .trim()
+        .to_owned();
+    assert!(password.len() >= 8, "{password}");
+    let docker = format!("host={}", p.host());
+    let mut seen = String::new();
+    for args in [
+        vec!["--docker", &docker, "plan", "--full-diff"],
+        vec!["--docker", &docker, "plan", "--output", "json"],
+        vec!["--docker", &docker, "apply"],
+        vec!["--docker", &docker, "plan", "--full-diff"],
+        vec!["--docker", &docker, "output", "pg"],
+    ] {
+        let o = terrace(dir.path(), &args);
+        assert!(
+            code(&o) == 0 || code(&o) == 2,
+            "{args:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        seen.push_str(&stdout(&o));
+        seen.push_str(&stderr(&o));
+    }
+    assert!(
+        seen.contains("app.environment.TOKEN: (sensitive)"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("app.environment.DB_PASSWORD: (sensitive)"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("app.environment.DB_USER: (sensitive)"),
+        "{seen}"
+    );
+    seen.push_str(&all_text(&dir.path().join(".terrace")));
+    for secret in [password.as_str(), "from-the-env-file-0451"] {
+        assert!(!seen.contains(secret), "{secret} leaked: {seen}");
+    }
+    // Delivered: the container has them, through the API only.
+    let c = p.inspect("pg-app-1").expect("app runs");
+    let env: Vec<String> = c["Config"]["Env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    assert!(env.contains(&format!("TOKEN={password}")), "{env:?}");
+    assert!(
+        env.contains(&format!("URL=postgres://app:{password}@db/app")),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&"DB_PASSWORD=from-the-env-file-0451".to_owned()),
+        "{env:?}"
+    );
+    // A second plan compares the running environment in memory: clean.
+    let o = terrace(dir.path(), &["--docker", &docker, "plan"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+}
+
+#[test]
+fn compose_without_a_host_writes_the_planned_containers_with_secrets_hidden() {
+    let dir = secret_project(SECRET_COMPOSE, "");
+    let o = terrace(dir.path(), &["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let rendered = dir
+        .path()
+        .join(".terrace/rendered/default/host/pg/app.yaml");
+    let text = std::fs::read_to_string(&rendered).expect("rendered service");
+    assert!(text.contains("image: localhost/busybox:1"), "{text}");
+    assert!(text.contains("TOKEN: (sensitive)"), "{text}");
+    assert!(text.contains("DB_PASSWORD: (sensitive)"), "{text}");
+    assert!(!all_text(&dir.path().join(".terrace")).contains("from-the-env-file-0451"));
+    let o = terrace(dir.path(), &["plan"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+}
+
+#[test]
+fn hostile_compose_units_and_docker_targets_are_refused_with_the_place() {
+    let plan = |compose: &str, extra: &[&str]| {
+        let dir = secret_project(compose, "");
+        let mut args = extra.to_vec();
+        args.push("plan");
+        let o = terrace(dir.path(), &args);
+        (code(&o), format!("{}{}", stdout(&o), stderr(&o)))
+    };
+    let ok = "services:\n  app:\n    image: localhost/busybox:1\n";
+    // A secret outside the environment (it would show in `inspect`'s
+    // command line and in the spec label).
+    let (c, out) = plan(
+        "services:\n  app:\n    image: localhost/busybox:1\n    command: [\"echo\", \"${TOKEN}\"]\n",
+        &[],
+    );
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("holds a secret outside its environment"),
+        "{out}"
+    );
+    // A field outside the subset, named with its place.
+    let (c, out) = plan(
+        "services:\n  app:\n    image: localhost/busybox:1\n    privileged: true\n",
+        &[],
+    );
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("privileged"), "{out}");
+    assert!(out.contains("data/pg/compose.yaml"), "{out}");
+    // Env files and bind paths may not leave the project through `..`.
+    let (c, out) = plan(
+        "services:\n  app:\n    image: localhost/busybox:1\n    env_file: [../../../../etc/passwd]\n",
+        &[],
+    );
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("outside the project"), "{out}");
+    // Plain TCP to another machine, SSH without a pinned host key, and
+    // addresses ssh would read as options.
+    for (host, want) in [
+        ("host=tcp://10.0.0.5:2375", "plain TCP"),
+        ("host=ssh://deploy@nas.lan", "knownHosts"),
+        ("host=ssh://-oProxyCommand=touch@x", "ssh would misread"),
+        ("host=unix://relative.sock", "absolute socket path"),
+        ("host=http://x:1", "not an address terrace knows"),
+    ] {
+        let (c, out) = plan(ok, &["--docker", host]);
+        assert_eq!(c, 1, "{host}: {out}");
+        assert!(out.contains(want), "{host}: {out}");
+    }
+    // --docker names a target that is not a docker target.
+    let (c, out) = plan(ok, &["--docker", "k8s=unix:///run/x.sock"]);
+    assert_ne!(c, 0, "{out}");
+    assert!(out.contains("not a docker target"), "{out}");
+    // A compose file that is a symlink out of the project.
+    let dir = secret_project(ok, "");
+    let f = dir.path().join("data/pg/compose.yaml");
+    std::fs::remove_file(&f).expect("rm");
+    std::os::unix::fs::symlink("/etc/hostname", &f).expect("symlink");
+    let o = terrace(dir.path(), &["plan"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    let out = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(out.contains("compose.yaml"), "{out}");
+    assert!(out.contains("symlink") || out.contains("outside"), "{out}");
+}
