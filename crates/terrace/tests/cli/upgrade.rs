@@ -36,8 +36,23 @@ fn a_project_applied_in_state_format_1_upgrades_and_plans_clean() {
         "platform/cni",
         "platform/metrics",
         "apps/whoami",
+        "services/analytics-db",
     ] {
         std::fs::remove_dir_all(d.join(newer)).expect("remove a newer unit");
+    }
+    // ... nor the web app's reading of the compose unit's address.
+    for (file, newer) in [
+        ("apps/web/unit.yaml", "analytics"),
+        ("apps/web/deployment.yaml", "ANALYTICS_DB"),
+        ("apps/web/deployment.yaml", "input.analytics_db"),
+    ] {
+        let text = std::fs::read_to_string(d.join(file)).expect("read");
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.contains(newer))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(d.join(file), kept).expect("write");
     }
     copy(
         &repo_root().join("crates/terrace/tests/fixtures/state-format-1/dot-terrace"),
