@@ -1018,6 +1018,7 @@ async fn serve_loop(
     let mut config = ServeConfig::default();
     let mut drift_checked: std::collections::BTreeMap<String, std::time::Instant> =
         Default::default();
+    let mut backups_seen: BackupsSeen = Default::default();
     // A revision that failed, how often, and when it is tried again:
     // the interval doubled per failure, at most an hour (a new revision
     // or a webhook is taken at once).
@@ -1226,6 +1227,12 @@ async fn serve_loop(
                 }
             }
         }
+        // Backups whose schedule fired since they were last looked at.
+        let backups_due = if opts.workdir.join("tree").is_dir() {
+            scheduled_backups(opts, shared, &mut backups_seen, say).await
+        } else {
+            None
+        };
         let next = config
             .layers
             .values()
@@ -1235,6 +1242,7 @@ async fn serve_loop(
                     .map(terrace_core::kind::Timeout::duration)
             })
             .chain(std::iter::once(DRIFT_DEFAULT))
+            .chain(backups_due)
             .min()
             .unwrap_or(DRIFT_DEFAULT)
             .min(opts.interval);
@@ -1244,6 +1252,127 @@ async fn serve_loop(
             () = interrupt.wait() => return Ok(healthy),
         }
     }
+}
+
+/// When each (unit, service) backup schedule was last looked at.
+type BackupsSeen = std::collections::BTreeMap<(String, String), jiff::Timestamp>;
+
+/// Runs the backups of compose units (of the applied revision) whose
+/// schedule fired since they were last looked at (a schedule is first
+/// looked at when the daemon starts: nothing runs for times before
+/// that), each as a run of the history. The time until the next one.
+async fn scheduled_backups(
+    opts: &Options,
+    shared: &Arc<http::Shared>,
+    seen: &mut BackupsSeen,
+    say: &(dyn Fn(&str) + Sync),
+) -> Option<Duration> {
+    use terrace_drivers::compose::backup;
+    let applied = Status::load(&opts.workdir).applied;
+    let engine = match open_engine(opts, applied.as_deref()) {
+        Ok(e) => e,
+        Err(e) => {
+            say(&format!("scheduled backups: {e}"));
+            return None;
+        }
+    };
+    let now = jiff::Timestamp::now();
+    let mut soonest: Option<Duration> = None;
+    let mut until = |at: jiff::Timestamp| {
+        let d = Duration::from_millis(
+            u64::try_from(at.as_millisecond() - now.as_millisecond()).unwrap_or(0),
+        );
+        soonest = Some(soonest.map_or(d, |s| s.min(d)));
+    };
+    let names: Vec<(String, String)> = engine
+        .workspace
+        .units
+        .iter()
+        .filter(|u| u.kind == *"compose")
+        .map(|u| (u.name.clone(), u.layer.clone()))
+        .collect();
+    for (name, layer) in names {
+        let Ok(Ok(unit)) = engine.evaluate_from_state(&name).await else {
+            continue;
+        };
+        let Ok(settings) = serde_json::from_value::<terrace_drivers::compose::ComposeSettings>(
+            unit.settings.clone(),
+        ) else {
+            continue;
+        };
+        for (service, b) in &settings.backup {
+            let Some(cron) = b
+                .schedule
+                .as_deref()
+                .and_then(|s| backup::parse_schedule(s).ok())
+            else {
+                continue;
+            };
+            let key = (name.clone(), service.clone());
+            let since = *seen.entry(key.clone()).or_insert(now);
+            let Some(next) = backup::next_run(&cron, since) else {
+                continue;
+            };
+            if next > now {
+                until(next);
+                continue;
+            }
+            seen.insert(key, now);
+            let prior = engine
+                .state()
+                .read(engine.environment(), &name)
+                .await
+                .ok()
+                .flatten();
+            let ctx = engine.unit_context(&unit, prior.as_ref(), None);
+            let id = shared
+                .history
+                .start(runs::Trigger::Schedule, applied.as_deref());
+            shared.history.line(
+                id,
+                &format!(
+                    "backup of {name}/{service} (schedule {})",
+                    b.schedule.as_deref().unwrap_or_default()
+                ),
+            );
+            let started = std::time::Instant::now();
+            let history = &shared.history;
+            let result = backup::run(&ctx, Some(service), &|l: &str| history.line(id, l)).await;
+            let outcome = match &result {
+                Ok(snaps) => {
+                    let ids: Vec<&str> = snaps.iter().map(|s| s.short_id.as_str()).collect();
+                    say(&format!(
+                        "backed up {name}/{service}: snapshot {}",
+                        ids.join(", ")
+                    ));
+                    "applied"
+                }
+                Err(e) => {
+                    let msg = engine.plaintexts().redact(&e.to_string());
+                    history.line(id, &format!("error: {msg}"));
+                    say(&format!("backup of {name}/{service} failed: {msg}"));
+                    "failed"
+                }
+            };
+            history.finish(
+                id,
+                if result.is_ok() { "applied" } else { "failed" },
+                applied.clone(),
+                vec![runs::RunUnit {
+                    unit: name.clone(),
+                    layer: layer.clone(),
+                    outcome: outcome.to_owned(),
+                    duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    files: Vec::new(),
+                }],
+                Vec::new(),
+            );
+            if let Some(n) = backup::next_run(&cron, now) {
+                until(n);
+            }
+        }
+    }
+    soonest
 }
 
 /// The API's view of the units a reconcile touched.

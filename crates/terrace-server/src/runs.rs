@@ -39,6 +39,8 @@ pub enum Trigger {
     Approval,
     /// The drift check found drift and healed it.
     Drift,
+    /// A compose unit's backup schedule fired.
+    Schedule,
 }
 
 /// What one unit did in a run.

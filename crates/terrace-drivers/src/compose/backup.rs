@@ -208,10 +208,14 @@ fn mount_of<'a>(d: &Desired, w: &'a ServiceWant, key: &str) -> Option<(String, &
         .map(|m| (name, m.target.as_str()))
 }
 
-/// A cron schedule (five fields, minute first; in UTC), as `terrace
-/// serve` reads it.
+/// A cron schedule (five fields, minute first, or six with seconds
+/// first; in UTC), as `terrace serve` reads it.
 pub fn parse_schedule(s: &str) -> Result<croner::Cron, String> {
-    s.parse::<croner::Cron>().map_err(|e| e.to_string())
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(s)
+        .map_err(|e| e.to_string())
 }
 
 /// When schedule `s` next fires after `after` (UTC).

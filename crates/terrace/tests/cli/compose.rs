@@ -22,7 +22,7 @@ pub struct Podman {
     _turn: std::fs::File,
 }
 
-fn found(program: &str) -> bool {
+pub fn found(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .stdout(Stdio::null())

@@ -1760,3 +1760,102 @@ fn the_local_dashboard_is_read_only() {
         stderr(&o)
     );
 }
+
+/// A compose unit's backup schedule fires under `terrace serve`: each
+/// backup is a run of the history, and restic holds its snapshots.
+#[test]
+fn serve_runs_backups_on_their_schedule() {
+    let test = "serve_runs_backups_on_their_schedule";
+    if !super::compose::found("restic") {
+        eprintln!("skipped {test}: no restic (Debian restic; scripts/setup-tools.sh installs it)");
+        return;
+    }
+    let Some(p) = super::compose::Podman::start(test) else {
+        return;
+    };
+    let repo = tempfile::tempdir().expect("tempdir");
+    let homelab = crate::repo_root().join("examples/homelab");
+    let sops = std::fs::read_to_string(homelab.join(".sops.yaml")).expect(".sops.yaml");
+    let terrace_yaml = format!(
+        "name: sv\nlayers: [data]\ntargets:\n  host: {{ type: docker, host: \"{}\" }}\n",
+        p.host()
+    );
+    let unit = format!(
+        "layer: data\nkind: compose\ntarget: host\ncompose:\n  backup:\n    db:\n      volume: data\n      repository: {}\n      password: ${{secret.secrets/backup.yaml#restic}}\n      schedule: \"*/2 * * * * *\"\n      keep: {{ last: 3 }}\n",
+        repo.path().display()
+    );
+    let remote = Remote::new(&[
+        ("terrace.yaml", &terrace_yaml),
+        (".sops.yaml", &sops),
+        ("data/pg/unit.yaml", &unit),
+        (
+            "data/pg/compose.yaml",
+            "services:\n  db:\n    image: localhost/busybox:1\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; echo row > /data/rows; while true; do sleep 1; done\"]\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {}\n",
+        ),
+    ]);
+    // The key terrace's test command gives the daemon, and the secret
+    // encrypted to it before it is pushed.
+    let keys = remote.dir.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("mkdir");
+    std::fs::copy(homelab.join("keys/demo.agekey"), keys.join("demo.agekey")).expect("key");
+    write_files(
+        &remote.work(),
+        &[(
+            "secrets/backup.yaml",
+            "restic: scheduled-backup-password-8812\n",
+        )],
+    );
+    let o = std_command(remote.dir.path())
+        .current_dir(remote.work())
+        .args(["secrets", "encrypt", "-i", "secrets/backup.yaml"])
+        .output()
+        .expect("encrypt");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    remote.push(&[], &[]);
+
+    let serve = spawn_serve(&remote, &["--interval", "1s"], &[]);
+    let snapshots = || -> usize {
+        let o = std::process::Command::new("restic")
+            .args([
+                "-r",
+                &repo.path().display().to_string(),
+                "snapshots",
+                "--json",
+                "--tag",
+                "service:db",
+            ])
+            .env("RESTIC_PASSWORD", "scheduled-backup-password-8812")
+            .output()
+            .expect("restic");
+        serde_json::from_slice::<Option<Vec<serde_json::Value>>>(&o.stdout)
+            .ok()
+            .flatten()
+            .map_or(0, |v| v.len())
+    };
+    let started = Instant::now();
+    while snapshots() < 2 && started.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = stop(serve);
+    assert!(snapshots() >= 2, "two scheduled backups: {log}");
+    assert!(log.contains("backed up pg/db"), "{log}");
+    assert!(!log.contains("scheduled-backup-password-8812"), "{log}");
+    // The daemon's own history: a run per backup, triggered by the
+    // schedule.
+    let runs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(remote.workdir().join("history/runs.json")).expect("runs.json"),
+    )
+    .expect("json");
+    let scheduled: Vec<&serde_json::Value> = runs
+        .as_array()
+        .or_else(|| runs["runs"].as_array())
+        .expect("runs")
+        .iter()
+        .filter(|r| r["trigger"] == "schedule")
+        .collect();
+    assert!(scheduled.len() >= 2, "{runs}");
+    assert!(
+        scheduled.iter().all(|r| r["units"][0]["unit"] == "pg"),
+        "{runs}"
+    );
+}
