@@ -179,6 +179,116 @@ impl Podman {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 
+    /// Imports `localhost/postgres:test`: this machine's Debian
+    /// PostgreSQL (server, psql, pg_dump and the libraries they load) over
+    /// a busybox root, initialised on first start with a trusted superuser
+    /// `app`, listening on a socket in /tmp. `false` (after saying why
+    /// `test` is skipped) without the Debian package.
+    pub fn import_postgres(&self, test: &str) -> bool {
+        let Some(version) = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|v| Path::new(&format!("/usr/lib/postgresql/{v}/bin/postgres")).is_file())
+        else {
+            eprintln!(
+                "skipped {test}: no PostgreSQL server (Debian postgresql; scripts/setup-tools.sh installs it)"
+            );
+            return false;
+        };
+        let root = self.dir.path().join("pgroot");
+        let copy_tree = |from: &str| {
+            let to = root.join(from.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            let ok = Command::new("cp")
+                .args(["-a", from])
+                .arg(&to)
+                .status()
+                .expect("cp");
+            assert!(ok.success(), "copy {from}");
+        };
+        copy_tree(&format!("/usr/lib/postgresql/{version}"));
+        copy_tree(&format!("/usr/share/postgresql/{version}"));
+        let bin = format!("/usr/lib/postgresql/{version}/bin");
+        let mut libs = std::collections::BTreeSet::new();
+        for b in ["postgres", "initdb", "psql", "pg_dump", "pg_isready"] {
+            let o = Command::new("ldd")
+                .arg(format!("{bin}/{b}"))
+                .output()
+                .expect("ldd");
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                for word in line.split_whitespace() {
+                    if word.starts_with('/') {
+                        libs.insert(word.to_owned());
+                    }
+                }
+            }
+        }
+        for lib in &libs {
+            let to = root.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(lib, &to).expect("copy a library");
+        }
+        for d in [
+            "bin",
+            "etc",
+            "tmp",
+            "var/run/postgresql",
+            "var/lib/postgresql/data",
+            "usr/local/bin",
+        ] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        std::fs::copy(busybox().expect("busybox"), root.join("bin/busybox")).expect("busybox");
+        for applet in ["sh", "cat", "sleep", "test", "mkdir", "ls", "id"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("link");
+        }
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\npostgres:x:999:999::/var/lib/postgresql:/bin/sh\n",
+        )
+        .expect("passwd");
+        std::fs::write(root.join("etc/group"), "root:x:0:\npostgres:x:999:\n").expect("group");
+        std::fs::write(
+            root.join("usr/local/bin/pg-start"),
+            "#!/bin/sh\nset -e\nD=/var/lib/postgresql/data\nif [ ! -s \"$D/PG_VERSION\" ]; then\n  initdb -D \"$D\" -U app --auth=trust --no-locale -E UTF8 > /tmp/initdb.log\nfi\nexec postgres -D \"$D\" -c listen_addresses= -k /tmp\n",
+        )
+        .expect("start script");
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "chmod 755 {r}/usr/local/bin/pg-start && chmod 1777 {r}/tmp && chown -R 999:999 {r}/var/lib/postgresql {r}/var/run/postgresql && chmod 700 {r}/var/lib/postgresql/data",
+                r = root.display()
+            ))
+            .status()
+            .expect("sh");
+        assert!(ok.success());
+        let tar = self.dir.path().join("postgres.tar");
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .expect("tar");
+        assert!(ok.success());
+        let o = self.cli(&[
+            "import",
+            "--change",
+            "USER 999",
+            "--change",
+            &format!("ENV PATH={bin}:/bin"),
+            "--change",
+            "CMD [\"/usr/local/bin/pg-start\"]",
+            &tar.display().to_string(),
+            "localhost/postgres:test",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        true
+    }
+
     /// `podman inspect` of a container, or `None`.
     pub fn inspect(&self, name: &str) -> Option<Value> {
         let o = self.cli(&["container", "inspect", name]);
@@ -1163,4 +1273,119 @@ fn a_backup_password_written_in_plain_text_is_refused() {
         assert_eq!(code(&o), 1, "{out}");
         assert!(out.contains(want), "{out}");
     }
+}
+
+/// The issue's own scenario: rows written to a real PostgreSQL, a
+/// `pg_dump` backup to restic on S3, the volume destroyed, the dump
+/// restored through `psql`, the same rows read back.
+#[test]
+fn postgres_rows_survive_a_lost_volume_through_a_dump_backup() {
+    let test = "postgres_rows_survive_a_lost_volume_through_a_dump_backup";
+    if !found("restic") {
+        eprintln!("skipped {test}: no restic (Debian restic; scripts/setup-tools.sh installs it)");
+        return;
+    }
+    let Some(s3) = Seaweed::start(test) else {
+        return;
+    };
+    let Some(p) = Podman::start(test) else {
+        return;
+    };
+    if !p.import_postgres(test) {
+        return;
+    }
+    let compose = r#"services:
+  db:
+    image: localhost/postgres:test
+    volumes: ["pgdata:/var/lib/postgresql/data"]
+    healthcheck:
+      test: ["CMD", "pg_isready", "-h", "/tmp", "-U", "app", "-d", "postgres"]
+      interval: 1s
+      timeout: 5s
+      retries: 30
+volumes:
+  pgdata: {}
+"#;
+    let unit_extra = format!(
+        r#"compose:
+  backup:
+    db:
+      command: [pg_dump, -h, /tmp, -U, app, -d, postgres, --clean, --if-exists]
+      restore: [psql, -h, /tmp, -U, app, -d, postgres, -v, ON_ERROR_STOP=1, -q]
+      repository: {repo}
+      password: ${{secret.secrets/backup.yaml#restic}}
+      env:
+        AWS_ACCESS_KEY_ID: ${{secret.secrets/backup.yaml#s3_key}}
+        AWS_SECRET_ACCESS_KEY: ${{secret.secrets/backup.yaml#s3_secret}}
+      keep: {{ daily: 7, weekly: 4, monthly: 6 }}
+"#,
+        repo = s3.repository("pg")
+    );
+    let dir = secret_project(compose, &unit_extra);
+    write_files(
+        dir.path(),
+        &[(
+            "secrets/backup.yaml",
+            &format!("restic: {RESTIC_PASSWORD}\ns3_key: {S3_KEY}\ns3_secret: {S3_SECRET}\n"),
+        )],
+    );
+    let o = terrace(
+        dir.path(),
+        &["secrets", "encrypt", "-i", "secrets/backup.yaml"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let docker = format!("host={}", p.host());
+    let run = |args: &[&str]| {
+        let mut a = vec!["--docker", docker.as_str()];
+        a.extend_from_slice(args);
+        let o = terrace(dir.path(), &a);
+        (code(&o), stdout(&o), stderr(&o))
+    };
+    let psql = |sql: &str| -> String {
+        let o = p.cli(&[
+            "exec", "pg-db-1", "psql", "-h", "/tmp", "-U", "app", "-d", "postgres", "-At", "-c",
+            sql,
+        ]);
+        assert!(
+            o.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    // Apply waits for pg_isready (run by terrace: Podman runs no checks).
+    let (c, out, err) = run(&["apply"]);
+    assert_eq!(c, 0, "{out}{err}");
+    psql(
+        "create table guests (name text); insert into guests values ('ada'), ('grace'), ('linus');",
+    );
+    assert_eq!(psql("select count(*) from guests"), "3");
+
+    let (c, out, err) = run(&["backup", "run", "pg"]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("db"), "{out}");
+
+    // The volume is lost; a fresh database starts empty.
+    let (c, out, err) = run(&["destroy", "--yes", "--volumes"]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(!p.volume_exists("pg_pgdata"));
+    let (c, out, err) = run(&["apply"]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert_eq!(
+        psql("select count(*) from pg_tables where tablename = 'guests'"),
+        "0"
+    );
+
+    let (c, out, err) = run(&["backup", "restore", "pg", "--service", "db", "--yes"]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert_eq!(
+        psql("select string_agg(name, ',' order by name) from guests"),
+        "ada,grace,linus"
+    );
+    let mut everything = all_text(dir.path());
+    everything.push_str(&all_text(s3.dir.path()));
+    assert!(
+        !everything.contains(RESTIC_PASSWORD),
+        "the restic password is on disk"
+    );
 }
