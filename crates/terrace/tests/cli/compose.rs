@@ -1389,3 +1389,156 @@ volumes:
         "the restic password is on disk"
     );
 }
+
+/// An OpenSSH server on a free loopback port, with its own host key and
+/// one authorised user key; stopped on drop.
+struct Sshd {
+    dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+}
+
+impl Sshd {
+    fn start(test: &str) -> Option<Sshd> {
+        if !Path::new("/usr/sbin/sshd").is_file() || !found("ssh-keygen") {
+            eprintln!(
+                "skipped {test}: no sshd (Debian openssh-server; scripts/setup-tools.sh installs it)"
+            );
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("tsh")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let d = dir.path();
+        for key in ["host", "user", "other_host"] {
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(key))
+                .status()
+                .expect("ssh-keygen");
+            assert!(ok.success());
+        }
+        std::fs::copy(d.join("user.pub"), d.join("authorized_keys")).expect("authorized_keys");
+        let port = free_port();
+        std::fs::create_dir_all("/run/sshd").ok();
+        std::fs::write(
+            d.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {h}\nAuthorizedKeysFile {a}\nPidFile {p}\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nAllowStreamLocalForwarding yes\nAllowTcpForwarding yes\n",
+                h = d.join("host").display(),
+                a = d.join("authorized_keys").display(),
+                p = d.join("sshd.pid").display(),
+            ),
+        )
+        .expect("config");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("sshd.log")).expect("log"))
+            .spawn()
+            .expect("sshd starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(Sshd { dir, child, port })
+    }
+
+    /// A known_hosts file holding `key`'s public half for this server.
+    fn known_hosts(&self, key: &str) -> PathBuf {
+        let public =
+            std::fs::read_to_string(self.dir.path().join(format!("{key}.pub"))).expect("pub");
+        let mut parts = public.split_whitespace();
+        let line = format!(
+            "[127.0.0.1]:{} {} {}\n",
+            self.port,
+            parts.next().expect("type"),
+            parts.next().expect("key")
+        );
+        let path = self.dir.path().join(format!("known_hosts_{key}"));
+        std::fs::write(&path, line).expect("known_hosts");
+        path
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_docker_host_is_reached_over_ssh_with_its_host_key_checked() {
+    let test = "a_docker_host_is_reached_over_ssh_with_its_host_key_checked";
+    let Some(sshd) = Sshd::start(test) else {
+        return;
+    };
+    let Some(p) = Podman::start(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let terrace_yaml = |known: &Path| {
+        format!(
+            "name: stack\nlayers: [data]\ntargets:\n  host:\n    type: docker\n    host: ssh://root@127.0.0.1:{port}\n    ssh:\n      knownHosts: {known}\n      identity: {id}\n      socket: {sock}\n",
+            port = sshd.port,
+            known = known.display(),
+            id = sshd.dir.path().join("user").display(),
+            sock = p.socket().display(),
+        )
+    };
+    write_files(
+        dir.path(),
+        &[
+            ("terrace.yaml", &terrace_yaml(&sshd.known_hosts("host"))),
+            (
+                "data/app/unit.yaml",
+                "layer: data\nkind: compose\ntarget: host\n",
+            ),
+            (
+                "data/app/compose.yaml",
+                "services:\n  web:\n    image: localhost/busybox:1\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n    ports: [\"18081:80\"]\n",
+            ),
+        ],
+    );
+    let o = terrace(dir.path(), &["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        p.inspect("app-web-1").is_some(),
+        "created through the tunnel"
+    );
+    let o = terrace(dir.path(), &["output", "app", "services.web.host"]);
+    assert_eq!(stdout(&o).trim(), "127.0.0.1", "{}", stderr(&o));
+    let o = terrace(dir.path(), &["plan"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+
+    // The server's key is not the one pinned: refused, never asked.
+    write_files(
+        dir.path(),
+        &[(
+            "terrace.yaml",
+            &terrace_yaml(&sshd.known_hosts("other_host")),
+        )],
+    );
+    let o = terrace(dir.path(), &["plan"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    let out = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        out.contains("Host key verification failed")
+            || out.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{out}"
+    );
+    // No tunnel socket or ssh process is left behind.
+    let left = Command::new("pgrep")
+        .args(["-f", "--", &format!("-p {} -L", sshd.port)])
+        .output()
+        .expect("pgrep");
+    assert!(
+        left.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
