@@ -7,7 +7,8 @@
 # both formats and saved plans read, or are refused, and read back what
 # is written), substitute (Flux-style ${VAR} substitution), import (the importers'
 # own parsing, and whole imports of one hostile file), compose (compose
-# files, interpolation, shell words). Needs a
+# files, interpolation, shell words), docker (docker target addresses and
+# the archives engines send). Needs a
 # nightly toolchain (or RUSTC_BOOTSTRAP=1 with stable) and
 # `cargo install cargo-fuzz`.
 set -euo pipefail

@@ -913,7 +913,7 @@ impl Engine {
 /// `raw` with every entry relative to the archived directory (named
 /// `base` in archives that hold the directory itself); the directory's
 /// own entry left out.
-fn reroot(raw: &[u8], base: &str) -> std::io::Result<Vec<u8>> {
+pub fn reroot(raw: &[u8], base: &str) -> std::io::Result<Vec<u8>> {
     let mut archive = tar::Archive::new(raw);
     let mut out = tar::Builder::new(Vec::new());
     let mut rooted_at_slash: Option<bool> = None;
