@@ -21,6 +21,9 @@ command -v age >/dev/null && command -v age-keygen >/dev/null || missing+=(age)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 # The SSH server the docker target's SSH tunnel is tested through.
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# A TLS terminator in front of the engine, for the docker target's TLS test.
+command -v socat >/dev/null || missing+=(socat)
+command -v openssl >/dev/null || missing+=(openssl)
 # The OCI registry helm units pull charts from in the tests (CNCF distribution).
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 # The browser the dashboard test drives.

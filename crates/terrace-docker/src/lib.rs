@@ -67,6 +67,22 @@ fn api(doing: impl Into<String>) -> impl FnOnce(ApiError) -> DockerError {
     move |source| DockerError::Api { doing, source }
 }
 
+/// An error with its causes, `: `-joined (hyper's own message alone says
+/// only "client error (Connect)").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Whether an API error is a 404.
 pub fn is_not_found(e: &DockerError) -> bool {
     matches!(
@@ -251,12 +267,12 @@ impl Engine {
                 Docker::connect_with_unix(&sock, REQUEST_TIMEOUT, bollard::API_DEFAULT_VERSION)
             }
         }
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(chain(&e)))?;
         let docker = docker
             .negotiate_version()
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        let version = docker.version().await.map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(chain(&e)))?;
+        let version = docker.version().await.map_err(|e| fail(chain(&e)))?;
         let podman = version
             .components
             .iter()

@@ -1542,3 +1542,122 @@ fn a_docker_host_is_reached_over_ssh_with_its_host_key_checked() {
         String::from_utf8_lossy(&left.stdout)
     );
 }
+
+/// Certificates made with openssl: a CA, a server certificate for
+/// 127.0.0.1, and client certificates from that CA (`cert.pem`) and from
+/// another (`stranger.pem`).
+fn certificates(dir: &Path) {
+    let sh = |script: &str| {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .expect("sh");
+        assert!(
+            o.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let key = "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    sh(&format!(
+        "{key} -x509 -keyout ca.key -out ca.pem -days 2 -subj /CN=ca && \
+         {key} -x509 -keyout other-ca.key -out other-ca.pem -days 2 -subj /CN=other && \
+         {key} -keyout server.key -out server.csr -subj /CN=127.0.0.1 && \
+         printf 'subjectAltName=IP:127.0.0.1\\n' > server.ext && \
+         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext && \
+         printf 'extendedKeyUsage=clientAuth\\n' > client.ext && \
+         {key} -keyout key.pem -out client.csr -subj /CN=terrace && \
+         openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 2 -extfile client.ext && \
+         {key} -keyout stranger.key -out stranger.csr -subj /CN=stranger && \
+         openssl x509 -req -in stranger.csr -CA other-ca.pem -CAkey other-ca.key -CAcreateserial -out stranger.pem -days 2 -extfile client.ext"
+    ));
+}
+
+#[test]
+fn a_docker_host_is_reached_over_tcp_with_tls_client_certificates() {
+    let test = "a_docker_host_is_reached_over_tcp_with_tls_client_certificates";
+    if !found("socat") || !found("openssl") {
+        eprintln!(
+            "skipped {test}: socat and openssl terminate TLS in front of the engine (scripts/setup-tools.sh installs them)"
+        );
+        return;
+    }
+    let Some(p) = Podman::start(test) else {
+        return;
+    };
+    let certs = tempfile::tempdir().expect("tempdir");
+    certificates(certs.path());
+    let port = free_port();
+    let c = certs.path();
+    // socat's forked children cannot resume a TLS 1.3 session another
+    // child began (the second connection gets an internal-error alert):
+    // without session tickets every connection shakes hands in full, as
+    // it would with dockerd.
+    std::fs::write(
+        c.join("openssl.cnf"),
+        "openssl_conf = default_conf\n[default_conf]\nssl_conf = ssl_sect\n[ssl_sect]\nsystem_default = system_default_sect\n[system_default_sect]\nOptions = -SessionTicket\n",
+    )
+    .expect("openssl.cnf");
+    let mut socat = Command::new("socat")
+        .env("OPENSSL_CONF", c.join("openssl.cnf"))
+        .arg(format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify=1",
+            c.join("server.pem").display(),
+            c.join("server.key").display(),
+            c.join("ca.pem").display()
+        ))
+        .arg(format!("UNIX-CONNECT:{}", p.socket().display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "socat did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = |cert: &str, key: &str| {
+        format!(
+            "name: stack\nlayers: [data]\ntargets:\n  host:\n    type: docker\n    host: tcp://127.0.0.1:{port}\n    tls:\n      ca: {}\n      cert: {}\n      key: {}\n",
+            c.join("ca.pem").display(),
+            c.join(cert).display(),
+            c.join(key).display()
+        )
+    };
+    write_files(
+        dir.path(),
+        &[
+            ("terrace.yaml", &project("cert.pem", "key.pem")),
+            (
+                "data/tls/unit.yaml",
+                "layer: data\nkind: compose\ntarget: host\n",
+            ),
+            (
+                "data/tls/compose.yaml",
+                "services:\n  app:\n    image: localhost/busybox:1\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n",
+            ),
+        ],
+    );
+    let o = terrace(dir.path(), &["apply"]);
+    let applied = (code(&o), format!("{}{}", stdout(&o), stderr(&o)));
+    // A client certificate from another CA is refused by the server.
+    write_files(
+        dir.path(),
+        &[("terrace.yaml", &project("stranger.pem", "stranger.key"))],
+    );
+    let o = terrace(dir.path(), &["plan"]);
+    let refused = (code(&o), format!("{}{}", stdout(&o), stderr(&o)));
+    let _ = socat.kill();
+    let _ = socat.wait();
+    assert_eq!(applied.0, 0, "{}", applied.1);
+    assert!(p.inspect("tls-app-1").is_some(), "created over TLS");
+    assert_eq!(refused.0, 1, "{}", refused.1);
+    assert!(
+        refused.1.contains("cannot reach the Docker engine"),
+        "{}",
+        refused.1
+    );
+}
