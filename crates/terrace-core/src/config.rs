@@ -167,6 +167,21 @@ pub struct StateConfig {
     /// Default `.terrace/state`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// For `s3`: the bucket. Credentials come from the environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), never from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// For `s3`: a key prefix (`terrace/homelab`); records live under
+    /// `<prefix>/<environment>/units/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// For `s3`: an S3-compatible store's URL (MinIO, R2, SeaweedFS:
+    /// `https://s3.home.arpa`); without one, AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// For `s3`: the region (default `AWS_REGION`, else `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// The state backends terrace knows.
@@ -176,6 +191,9 @@ pub enum StateBackendKind {
     /// Files under the project's `.terrace/state/`.
     #[default]
     Local,
+    /// An S3-compatible bucket: locks by conditional create, records
+    /// written by compare-and-swap, so a team and a daemon share them.
+    S3,
 }
 
 /// A target: somewhere units act.

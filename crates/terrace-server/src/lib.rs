@@ -84,6 +84,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    State(#[from] terrace_state::StateError),
 }
 
 /// What the daemon keeps between runs (`serve.json`).
@@ -414,9 +416,35 @@ fn approval_file(workdir: &Path) -> PathBuf {
 }
 
 /// The project in the work tree, as an engine (the revision it records).
+/// The state backend terrace.yaml's `state:` names: local files, or an
+/// S3-compatible bucket shared by every process that applies the
+/// project.
+pub fn state_backend(
+    project: &Project,
+) -> Result<Arc<dyn terrace_state::StateBackend>, terrace_state::StateError> {
+    use terrace_core::config::StateBackendKind;
+    let c = &project.file.state;
+    Ok(match c.backend {
+        StateBackendKind::Local => Arc::new(terrace_state::LocalBackend::new(project.state_dir())),
+        StateBackendKind::S3 => Arc::new(terrace_state_s3::S3Backend::new(
+            terrace_state_s3::S3Settings {
+                bucket: c.bucket.clone().unwrap_or_default(),
+                prefix: c
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| project.file.name.clone())
+                    .trim_matches('/')
+                    .to_owned(),
+                endpoint: c.endpoint.clone(),
+                region: c.region.clone(),
+            },
+        )?),
+    })
+}
+
 fn open_engine(opts: &Options, revision: Option<&str>) -> Result<Engine, ServeError> {
     let project = Project::discover(&opts.tree(), Arc::new(terrace_drivers::registry()))?;
-    let state = Arc::new(terrace_state::LocalBackend::new(project.state_dir()));
+    let state = state_backend(&project)?;
     let secrets = Arc::new(terrace_secrets::SecretStore::new(&project.root));
     let mut engine = Engine::new(project, opts.environment.as_deref(), state, secrets)?;
     if let Some(rev) = revision {

@@ -34,6 +34,15 @@ pub enum StateError {
         found: u64,
         expected: u32,
     },
+    /// The remote store failed or refused a request.
+    #[error("{0}")]
+    Remote(String),
+    /// The record changed since this process read it: another writer got
+    /// there first (compare-and-swap refused the write).
+    #[error(
+        "the state record of unit `{unit}` in environment `{environment}` changed since this run read it: another process wrote it"
+    )]
+    Conflict { environment: String, unit: String },
     #[error("unit `{unit}` in environment `{environment}` is locked by {holder}{}", if *.stale { " — that process is gone" } else { "" })]
     Locked {
         environment: String,
@@ -59,6 +68,9 @@ impl StateError {
                 "wait for the other run to finish, or pass --lock-timeout to wait for it"
                     .to_owned(),
             ),
+            StateError::Conflict { unit, .. } => Some(format!(
+                "nothing was overwritten; plan again (`terrace plan --unit {unit}`) to see what the other run applied"
+            )),
             StateError::Corrupt { .. } => Some(
                 "restore the file from a backup or remove it; terrace then plans the unit as new"
                     .to_owned(),

@@ -30,7 +30,7 @@ pub fn load_project(start: &Path) -> Result<Project, CliError> {
 /// built-in kinds, the local state backend, the SOPS secret store.
 pub fn open_engine(start: &Path, env: Option<&str>) -> Result<Engine, CliError> {
     let project = load_project(start)?;
-    let state = std::sync::Arc::new(terrace_state::LocalBackend::new(project.state_dir()));
+    let state = terrace_server::state_backend(&project)?;
     let secrets = std::sync::Arc::new(terrace_secrets::SecretStore::new(&project.root));
     Ok(Engine::new(project, env, state, secrets)?)
 }

@@ -1004,6 +1004,9 @@ pub struct Seaweed {
     pub dir: tempfile::TempDir,
     child: Child,
     pub s3_port: u16,
+    /// Held while it runs: two `weed mini`s at once on one machine fail
+    /// each other's requests. Taken before Podman's turn, always.
+    _turn: std::fs::File,
 }
 
 pub const S3_KEY: &str = "terrace-test";
@@ -1017,8 +1020,23 @@ impl Seaweed {
             );
             return None;
         }
+        let turn = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("terrace-seaweed-tests.lock"))
+            .expect("lock file");
+        turn.lock().expect("lock");
         let dir = tempfile::tempdir().expect("tempdir");
-        let s3_port = free_port();
+        // weed derives gRPC ports as the HTTP port + 10000 where it is
+        // not told one: every port is given, each below 55000.
+        let port = || loop {
+            let p = free_port();
+            if p < 55000 {
+                break p;
+            }
+        };
+        let s3_port = port();
         let mut cmd = Command::new("weed");
         cmd.arg("mini")
             .arg(format!("-dir={}", dir.path().display()))
@@ -1026,13 +1044,20 @@ impl Seaweed {
             .arg(format!("-s3.port={s3_port}"));
         for flag in [
             "master.port",
+            "master.port.grpc",
             "volume.port",
+            "volume.port.grpc",
+            "volume.port.public",
             "filer.port",
+            "filer.port.grpc",
+            "filer.port.public",
             "admin.port",
+            "admin.port.grpc",
             "webdav.port",
             "debug.port",
+            "metricsPort",
         ] {
-            cmd.arg(format!("-{flag}={}", free_port()));
+            cmd.arg(format!("-{flag}={}", port()));
         }
         let child = cmd
             .env("AWS_ACCESS_KEY_ID", S3_KEY)
@@ -1046,6 +1071,7 @@ impl Seaweed {
             dir,
             child,
             s3_port,
+            _turn: turn,
         };
         // Ready when a signed request lists the bucket.
         let deadline = Instant::now() + Duration::from_secs(60);

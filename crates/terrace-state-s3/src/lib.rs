@@ -1,0 +1,623 @@
+//! State in an S3-compatible bucket (AWS, MinIO, R2, SeaweedFS), through
+//! `object_store`:
+//!
+//! ```text
+//! <prefix>/<environment>/units/<unit>.json   the unit's record
+//! <prefix>/<environment>/locks/<unit>.json   the holder, while locked
+//! <prefix>/<environment>/runs/<run-id>.json  one object per run
+//! ```
+//!
+//! A lock is taken by a conditional create (`If-None-Match: *`) of its
+//! object, which holds the holder record, so exactly one of two writers
+//! gets it and the other is told who holds it. A record is written by
+//! compare-and-swap: `If-Match` with the ETag this process read (or
+//! `If-None-Match: *` when it read none), so a write based on a stale read
+//! fails instead of overwriting another writer's record. Some
+//! S3-compatible servers ignore conditional headers: [`S3Backend::open`]
+//! checks by creating one probe object twice, and refuses a store that
+//! lets the second create through. An environment's records are read
+//! with one LIST and parallel GETs, then served from memory (each write
+//! updates the copy).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use terrace_core::driver::BoxFuture;
+use terrace_core::state::{LockInfo, RecordError, RunRecord, STATE_FORMAT, UnitState};
+
+use terrace_state::{StateBackend, StateError, hostname};
+
+/// Where an S3 state lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Key prefix, without a trailing `/`.
+    pub prefix: String,
+    /// `https://host[:port]` of an S3-compatible store; `None`: AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+/// A record as read: its ETag, for the next write's compare-and-swap.
+#[derive(Debug, Clone)]
+struct Seen {
+    state: Option<UnitState>,
+    version: Option<UpdateVersion>,
+}
+
+/// State in an S3 bucket.
+#[derive(Debug)]
+pub struct S3Backend {
+    store: Arc<AmazonS3>,
+    settings: S3Settings,
+    /// Per environment: every record read (one LIST and parallel GETs
+    /// the first time), by unit.
+    records: Mutex<HashMap<String, HashMap<String, Seen>>>,
+    /// Set once the store was found to honour conditional writes.
+    checked: tokio::sync::OnceCell<()>,
+}
+
+fn s3_error(doing: &str, e: object_store::Error) -> StateError {
+    StateError::Remote(format!("{doing}: {e}"))
+}
+
+/// The most GETs in flight at once.
+const PARALLEL: usize = 32;
+
+impl S3Backend {
+    /// A client of the bucket; the first operation checks that the store
+    /// honours conditional writes. Credentials come from the environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`), or the instance's role.
+    pub fn new(settings: S3Settings) -> Result<S3Backend, StateError> {
+        if settings.bucket.is_empty() {
+            return Err(StateError::Remote(
+                "state.bucket is empty; name the bucket terrace keeps state in".to_owned(),
+            ));
+        }
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&settings.bucket)
+            .with_conditional_put(S3ConditionalPut::ETagMatch);
+        if let Some(r) = &settings.region {
+            b = b.with_region(r);
+        } else if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            b = b.with_region("us-east-1");
+        }
+        if let Some(e) = &settings.endpoint {
+            b = b
+                .with_endpoint(e)
+                .with_allow_http(e.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        let store = b
+            .build()
+            .map_err(|e| StateError::Remote(format!("state bucket {}: {e}", settings.bucket)))?;
+        Ok(S3Backend {
+            store: Arc::new(store),
+            settings,
+            records: Mutex::new(HashMap::new()),
+            checked: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The store, once it was found to honour conditional writes.
+    async fn ready(&self) -> Result<(), StateError> {
+        self.checked
+            .get_or_try_init(|| self.check_conditional_writes())
+            .await
+            .map(drop)
+    }
+
+    fn key(&self, rest: &str) -> Path {
+        if self.settings.prefix.is_empty() {
+            Path::from(rest)
+        } else {
+            Path::from(format!("{}/{rest}", self.settings.prefix))
+        }
+    }
+
+    fn unit_key(&self, env: &str, unit: &str) -> Result<Path, StateError> {
+        terrace_fs::check_name("environment", env).map_err(std::io::Error::from)?;
+        terrace_fs::check_name("unit", unit).map_err(std::io::Error::from)?;
+        Ok(self.key(&format!("{env}/units/{unit}.json")))
+    }
+
+    fn lock_key(&self, env: &str, unit: &str) -> Result<Path, StateError> {
+        terrace_fs::check_name("environment", env).map_err(std::io::Error::from)?;
+        terrace_fs::check_name("unit", unit).map_err(std::io::Error::from)?;
+        Ok(self.key(&format!("{env}/locks/{unit}.json")))
+    }
+
+    /// A store that lets a second conditional create through would let
+    /// two processes hold one lock: refused.
+    async fn check_conditional_writes(&self) -> Result<(), StateError> {
+        let probe = self.key(&format!(
+            ".terrace-probe/{}-{}",
+            hostname(),
+            terrace_state::new_run_id()
+        ));
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(&probe, PutPayload::from_static(b"1"), create.clone())
+            .await
+            .map_err(|e| {
+                s3_error(
+                    &format!("writing to state bucket {}", self.settings.bucket),
+                    e,
+                )
+            })?;
+        let second = self
+            .store
+            .put_opts(&probe, PutPayload::from_static(b"2"), create)
+            .await;
+        let _ = self.store.delete(&probe).await;
+        match second {
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(()),
+            Ok(_) => Err(StateError::Remote(format!(
+                "the S3 store of bucket {} ignores conditional writes (If-None-Match): two processes could hold one lock; use a store that honours them (AWS S3, R2, MinIO, SeaweedFS)",
+                self.settings.bucket
+            ))),
+            Err(e) => Err(s3_error("checking conditional writes", e)),
+        }
+    }
+
+    /// Every record of `env`: one LIST, then GETs in parallel.
+    async fn load_env(&self, env: &str) -> Result<(), StateError> {
+        if self
+            .records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(env)
+        {
+            return Ok(());
+        }
+        terrace_fs::check_name("environment", env).map_err(std::io::Error::from)?;
+        let prefix = self.key(&format!("{env}/units"));
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| s3_error(&format!("listing {prefix}"), e))?;
+        let store = Arc::clone(&self.store);
+        let loaded: Vec<(String, Seen)> =
+            futures::stream::iter(metas.into_iter().filter_map(|m| {
+                let name = m.location.filename()?.strip_suffix(".json")?.to_owned();
+                Some((name, m.location))
+            }))
+            .map(|(name, location)| {
+                let store = Arc::clone(&store);
+                async move {
+                    let got = store
+                        .get(&location)
+                        .await
+                        .map_err(|e| s3_error(&format!("reading {location}"), e))?;
+                    let version = UpdateVersion {
+                        e_tag: got.meta.e_tag.clone(),
+                        version: got.meta.version.clone(),
+                    };
+                    let bytes = got
+                        .bytes()
+                        .await
+                        .map_err(|e| s3_error(&format!("reading {location}"), e))?;
+                    let state = parse(&location, &bytes)?;
+                    Ok::<_, StateError>((
+                        name,
+                        Seen {
+                            state: Some(state),
+                            version: Some(version),
+                        },
+                    ))
+                }
+            })
+            .buffer_unordered(PARALLEL)
+            .try_collect()
+            .await?;
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(env.to_owned())
+            .or_insert_with(|| loaded.into_iter().collect());
+        Ok(())
+    }
+
+    fn seen(&self, env: &str, unit: &str) -> Option<Seen> {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(env)
+            .and_then(|m| m.get(unit).cloned())
+    }
+
+    fn remember(&self, env: &str, unit: &str, seen: Seen) {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(env.to_owned())
+            .or_default()
+            .insert(unit.to_owned(), seen);
+    }
+
+    async fn read_lock(&self, env: &str, unit: &str) -> Result<Option<LockInfo>, StateError> {
+        let key = self.lock_key(env, unit)?;
+        match self.store.get(&key).await {
+            Ok(got) => {
+                let bytes = got
+                    .bytes()
+                    .await
+                    .map_err(|e| s3_error(&format!("reading {key}"), e))?;
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| StateError::Corrupt {
+                        path: key.to_string().into(),
+                        source,
+                    })
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(s3_error(&format!("reading {key}"), e)),
+        }
+    }
+
+    async fn try_lock(&self, env: &str, unit: &str, holder: &LockInfo) -> Result<bool, StateError> {
+        let key = self.lock_key(env, unit)?;
+        let body = serde_json::to_vec_pretty(holder).expect("lock info serializes");
+        match self
+            .store
+            .put_opts(
+                &key,
+                PutPayload::from(body),
+                PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(false),
+            Err(e) => Err(s3_error(&format!("taking lock {key}"), e)),
+        }
+    }
+}
+
+fn parse(location: &Path, bytes: &[u8]) -> Result<UnitState, StateError> {
+    let path: std::path::PathBuf = location.to_string().into();
+    let text = std::str::from_utf8(bytes).map_err(|e| StateError::Corrupt {
+        path: path.clone(),
+        source: <serde_json::Error as serde::de::Error>::custom(e),
+    })?;
+    UnitState::from_json(text).map_err(|e| match e {
+        RecordError::Json(source) => StateError::Corrupt { path, source },
+        RecordError::Format { found } => StateError::Format {
+            path,
+            found,
+            expected: STATE_FORMAT,
+        },
+    })
+}
+
+/// Whether a lock's holder ran on this host and is gone.
+fn is_stale(holder: &LockInfo) -> bool {
+    holder.host == hostname()
+        && std::path::Path::new("/proc/self").exists()
+        && !std::path::Path::new(&format!("/proc/{}", holder.pid)).exists()
+}
+
+impl StateBackend for S3Backend {
+    fn describe(&self) -> String {
+        format!(
+            "s3://{}/{}{}",
+            self.settings.bucket,
+            self.settings.prefix,
+            self.settings
+                .endpoint
+                .as_deref()
+                .map(|e| format!(" at {e}"))
+                .unwrap_or_default()
+        )
+    }
+
+    fn read<'a>(
+        &'a self,
+        environment: &'a str,
+        unit: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UnitState>, StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            self.unit_key(environment, unit)?;
+            self.load_env(environment).await?;
+            Ok(self.seen(environment, unit).and_then(|s| s.state))
+        })
+    }
+
+    fn write<'a>(&'a self, state: &'a UnitState) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            let key = self.unit_key(&state.environment, &state.unit)?;
+            self.load_env(&state.environment).await?;
+            let mut body = serde_json::to_vec_pretty(state).expect("state serializes");
+            body.push(b'\n');
+            let mode = match self
+                .seen(&state.environment, &state.unit)
+                .and_then(|s| s.version)
+            {
+                Some(v) => PutMode::Update(v),
+                None => PutMode::Create,
+            };
+            let put = self
+                .store
+                .put_opts(
+                    &key,
+                    PutPayload::from(body),
+                    PutOptions {
+                        mode,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            match put {
+                Ok(r) => {
+                    self.remember(
+                        &state.environment,
+                        &state.unit,
+                        Seen {
+                            state: Some(state.clone()),
+                            version: Some(UpdateVersion {
+                                e_tag: r.e_tag,
+                                version: r.version,
+                            }),
+                        },
+                    );
+                    Ok(())
+                }
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => Err(StateError::Conflict {
+                    environment: state.environment.clone(),
+                    unit: state.unit.clone(),
+                }),
+                Err(e) => Err(s3_error(&format!("writing {key}"), e)),
+            }
+        })
+    }
+
+    fn remove<'a>(
+        &'a self,
+        environment: &'a str,
+        unit: &'a str,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            let key = self.unit_key(environment, unit)?;
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(s3_error(&format!("removing {key}"), e)),
+            }
+            self.remember(
+                environment,
+                unit,
+                Seen {
+                    state: None,
+                    version: None,
+                },
+            );
+            Ok(())
+        })
+    }
+
+    fn list<'a>(&'a self, environment: &'a str) -> BoxFuture<'a, Result<Vec<String>, StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            self.load_env(environment).await?;
+            let mut names: Vec<String> = self
+                .records
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(environment)
+                .map(|m| {
+                    m.iter()
+                        .filter(|(_, s)| s.state.is_some())
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            Ok(names)
+        })
+    }
+
+    fn lock<'a>(
+        &'a self,
+        environment: &'a str,
+        unit: &'a str,
+        holder: &'a LockInfo,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Option<LockInfo>, StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            let started = Instant::now();
+            let mut taken_over = None;
+            loop {
+                if self.try_lock(environment, unit, holder).await? {
+                    // The record may have moved while another held the
+                    // lock: read it again under ours.
+                    self.refresh(environment, unit).await?;
+                    return Ok(taken_over);
+                }
+                if let Some(current) = self.read_lock(environment, unit).await? {
+                    if is_stale(&current) && taken_over.is_none() {
+                        let key = self.lock_key(environment, unit)?;
+                        let _ = self.store.delete(&key).await;
+                        taken_over = Some(current);
+                        continue;
+                    }
+                    if started.elapsed() >= wait {
+                        return Err(StateError::Locked {
+                            environment: environment.to_owned(),
+                            unit: unit.to_owned(),
+                            stale: false,
+                            holder: Box::new(current),
+                        });
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    }
+
+    fn unlock<'a>(
+        &'a self,
+        environment: &'a str,
+        unit: &'a str,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            if let Some(current) = self.read_lock(environment, unit).await?
+                && current.run_id == run_id
+            {
+                let key = self.lock_key(environment, unit)?;
+                self.store
+                    .delete(&key)
+                    .await
+                    .map_err(|e| s3_error(&format!("releasing lock {key}"), e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn force_unlock<'a>(
+        &'a self,
+        environment: &'a str,
+        unit: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LockInfo>, StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            let current = self.read_lock(environment, unit).await?;
+            if current.is_some() {
+                let key = self.lock_key(environment, unit)?;
+                self.store
+                    .delete(&key)
+                    .await
+                    .map_err(|e| s3_error(&format!("breaking lock {key}"), e))?;
+            }
+            Ok(current)
+        })
+    }
+
+    fn lock_holder<'a>(
+        &'a self,
+        environment: &'a str,
+        unit: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LockInfo>, StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            self.read_lock(environment, unit).await
+        })
+    }
+
+    fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            terrace_fs::check_name("environment", &run.environment)
+                .map_err(std::io::Error::from)?;
+            terrace_fs::check_name("run", &run.id).map_err(std::io::Error::from)?;
+            let key = self.key(&format!("{}/runs/{}.json", run.environment, run.id));
+            let body = serde_json::to_vec_pretty(run).expect("runs serialize");
+            self.store
+                .put(&key, PutPayload::from(body))
+                .await
+                .map_err(|e| s3_error(&format!("writing {key}"), e))?;
+            Ok(())
+        })
+    }
+
+    fn runs<'a>(
+        &'a self,
+        environment: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>, StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            terrace_fs::check_name("environment", environment).map_err(std::io::Error::from)?;
+            let prefix = self.key(&format!("{environment}/runs"));
+            let mut metas: Vec<object_store::ObjectMeta> = self
+                .store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|e| s3_error(&format!("listing {prefix}"), e))?;
+            metas.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+            let store = Arc::clone(&self.store);
+            let runs: Vec<RunRecord> = futures::stream::iter(metas)
+                .map(|m| {
+                    let store = Arc::clone(&store);
+                    async move {
+                        let bytes = store
+                            .get(&m.location)
+                            .await
+                            .map_err(|e| s3_error(&format!("reading {}", m.location), e))?
+                            .bytes()
+                            .await
+                            .map_err(|e| s3_error(&format!("reading {}", m.location), e))?;
+                        serde_json::from_slice::<RunRecord>(&bytes).map_err(|source| {
+                            StateError::Corrupt {
+                                path: m.location.to_string().into(),
+                                source,
+                            }
+                        })
+                    }
+                })
+                .buffered(PARALLEL)
+                .try_collect()
+                .await?;
+            Ok(runs)
+        })
+    }
+}
+
+impl S3Backend {
+    /// Reads one record again (after taking its lock).
+    async fn refresh(&self, env: &str, unit: &str) -> Result<(), StateError> {
+        let key = self.unit_key(env, unit)?;
+        let seen = match self.store.get(&key).await {
+            Ok(got) => {
+                let version = UpdateVersion {
+                    e_tag: got.meta.e_tag.clone(),
+                    version: got.meta.version.clone(),
+                };
+                let bytes = got
+                    .bytes()
+                    .await
+                    .map_err(|e| s3_error(&format!("reading {key}"), e))?;
+                Seen {
+                    state: Some(parse(&key, &bytes)?),
+                    version: Some(version),
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => Seen {
+                state: None,
+                version: None,
+            },
+            Err(e) => return Err(s3_error(&format!("reading {key}"), e)),
+        };
+        self.remember(env, unit, seen);
+        Ok(())
+    }
+}

@@ -1,0 +1,199 @@
+//! State in an S3-compatible bucket (SeaweedFS's `weed mini`, started
+//! per test on free loopback ports): two processes share it without
+//! losing an update, a killed holder's lock names it until `state
+//! unlock`, and records are never written in a local file.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::compose::{S3_KEY, S3_SECRET, Seaweed};
+use crate::{code, std_command, stderr, stdout, write_files};
+
+fn s3_yaml(s3: &Seaweed, name: &str) -> String {
+    format!(
+        "name: {name}\nlayers: [apps]\ntargets:\n  k8s: {{ type: cluster }}\nstate:\n  backend: s3\n  bucket: backups\n  prefix: state/{name}\n  endpoint: http://127.0.0.1:{}\n",
+        s3.s3_port
+    )
+}
+
+fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+    std_command(dir)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", S3_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+        .output()
+        .expect("terrace runs")
+}
+
+/// A project of `units` template units writing local files.
+fn project(s3: &Seaweed, name: &str, units: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files = vec![("terrace.yaml".to_owned(), s3_yaml(s3, name))];
+    for i in 0..units {
+        files.push((
+            format!("apps/u{i}/unit.yaml"),
+            "layer: apps\nkind: template\n".to_owned(),
+        ));
+        files.push((
+            format!("apps/u{i}/templates/f.txt.j2"),
+            format!("unit {i}\n"),
+        ));
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    write_files(dir.path(), &refs);
+    dir
+}
+
+#[test]
+fn two_processes_sharing_s3_state_never_lose_an_update() {
+    let Some(s3) = Seaweed::start("two_processes_sharing_s3_state_never_lose_an_update") else {
+        return;
+    };
+    // A laptop and CI: two copies of the project, one bucket.
+    let a = project(&s3, "shared", 12);
+    let b = project(&s3, "shared", 12);
+    let spawn = |dir: &Path| {
+        std_command(dir)
+            .args([
+                "apply",
+                "--output",
+                "json",
+                "--lock-timeout",
+                "120",
+                "-j",
+                "4",
+            ])
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("terrace runs")
+    };
+    let (pa, pb) = (spawn(a.path()), spawn(b.path()));
+    let (oa, ob) = (
+        pa.wait_with_output().expect("a"),
+        pb.wait_with_output().expect("b"),
+    );
+    assert_eq!(code(&oa), 0, "{}{}", stdout(&oa), stderr(&oa));
+    assert_eq!(code(&ob), 0, "{}{}", stdout(&ob), stderr(&ob));
+    // Every write a process made is counted by the record's serial: a
+    // write based on a stale read would have left the serial short.
+    let writes = |o: &std::process::Output| -> Vec<String> {
+        let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+        v["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .filter(|u| u["outcome"] == "applied")
+            .map(|u| u["unit"].as_str().expect("unit").to_owned())
+            .collect()
+    };
+    let (wa, wb) = (writes(&oa), writes(&ob));
+    for i in 0..12 {
+        let unit = format!("u{i}");
+        let o = run(a.path(), &["state", "show", &unit, "--output", "json"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let record: Value = serde_json::from_slice(&o.stdout).expect("record");
+        let count =
+            wa.iter().filter(|u| **u == unit).count() + wb.iter().filter(|u| **u == unit).count();
+        assert!(count >= 1, "{unit} was applied by one of them");
+        assert_eq!(record["serial"], count as u64, "{unit}: {record}");
+    }
+    // Nothing was written locally.
+    assert!(!a.path().join(".terrace/state").exists());
+    // Each copy plans clean against the shared records (its own files
+    // are there: each applied what it lacked under the lock).
+    for d in [&a, &b] {
+        let o = run(d.path(), &["plan"]);
+        assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    }
+}
+
+const SLOW_TF: &str = r#"resource "terraform_data" "slow" {
+  provisioner "local-exec" {
+    command = "sleep 31"
+  }
+}
+"#;
+
+#[test]
+fn a_killed_holder_of_an_s3_lock_is_named_until_unlocked() {
+    let Some(s3) = Seaweed::start("a_killed_holder_of_an_s3_lock_is_named_until_unlocked") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_files(
+        dir.path(),
+        &[
+            (
+                "terrace.yaml",
+                &s3_yaml(&s3, "killed").replace("layers: [apps]", "layers: [infra]"),
+            ),
+            ("infra/slow/unit.yaml", "layer: infra\nkind: terraform\n"),
+            ("infra/slow/main.tf", SLOW_TF),
+        ],
+    );
+    let log = dir.path().join("apply.log");
+    let mut child = std_command(dir.path())
+        .args(["apply"])
+        .env("AWS_ACCESS_KEY_ID", S3_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("terrace runs");
+    // The provisioner runs: the unit's lock is held.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::process::Command::new("pgrep")
+        .args(["-f", "sleep 31"])
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline && child.try_wait().expect("wait").is_none(),
+            "the slow apply never started: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = child.id().to_string();
+    // Another process is told who holds it.
+    let o = run(dir.path(), &["apply", "--lock-timeout", "0"]);
+    let out = format!("{}{}", stdout(&o), stderr(&o));
+    assert_ne!(code(&o), 0, "{out}");
+    assert!(out.contains("is locked by") && out.contains(&pid), "{out}");
+    // Killed outright: its lock object stays in the bucket, naming it.
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status();
+    let _ = child.wait();
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", "sleep 31"])
+        .status();
+    let o = run(dir.path(), &["state", "unlock", "slow"]);
+    let out = format!("{}{}", stdout(&o), stderr(&o));
+    assert_eq!(code(&o), 0, "{out}");
+    assert!(
+        out.contains(&pid),
+        "unlock names the holder it freed: {out}"
+    );
+    // The next apply converges.
+    write_files(
+        dir.path(),
+        &[(
+            "infra/slow/main.tf",
+            "resource \"terraform_data\" \"slow\" {}\n",
+        )],
+    );
+    let o = run(dir.path(), &["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = run(dir.path(), &["plan"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+}
