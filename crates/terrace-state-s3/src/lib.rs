@@ -75,6 +75,19 @@ impl S3Backend {
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_SESSION_TOKEN`), or the instance's role.
     pub fn new(settings: S3Settings) -> Result<S3Backend, StateError> {
+        Self::build(settings, None)
+    }
+
+    /// [`S3Backend::new`] with these keys instead of the environment's.
+    pub fn with_credentials(
+        settings: S3Settings,
+        access_key: &str,
+        secret_key: &str,
+    ) -> Result<S3Backend, StateError> {
+        Self::build(settings, Some((access_key, secret_key)))
+    }
+
+    fn build(settings: S3Settings, keys: Option<(&str, &str)>) -> Result<S3Backend, StateError> {
         if settings.bucket.is_empty() {
             return Err(StateError::Remote(
                 "state.bucket is empty; name the bucket terrace keeps state in".to_owned(),
@@ -83,6 +96,9 @@ impl S3Backend {
         let mut b = AmazonS3Builder::from_env()
             .with_bucket_name(&settings.bucket)
             .with_conditional_put(S3ConditionalPut::ETagMatch);
+        if let Some((id, secret)) = keys {
+            b = b.with_access_key_id(id).with_secret_access_key(secret);
+        }
         if let Some(r) = &settings.region {
             b = b.with_region(r);
         } else if std::env::var_os("AWS_REGION").is_none()

@@ -197,3 +197,66 @@ fn a_killed_holder_of_an_s3_lock_is_named_until_unlocked() {
     let o = run(dir.path(), &["plan"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
 }
+
+/// Compare-and-swap, below the locks: a process that writes a record it
+/// read before another process wrote it is refused, and nothing is
+/// overwritten.
+#[test]
+fn a_write_based_on_a_stale_read_is_refused() {
+    use terrace_state::{StateBackend, StateError};
+    let Some(s3) = Seaweed::start("a_write_based_on_a_stale_read_is_refused") else {
+        return;
+    };
+    let dir = project(&s3, "cas", 1);
+    let o = run(dir.path(), &["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let settings = terrace_state_s3::S3Settings {
+        bucket: "backups".into(),
+        prefix: "state/cas".into(),
+        endpoint: Some(format!("http://127.0.0.1:{}", s3.s3_port)),
+        region: None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let with_keys = |s: terrace_state_s3::S3Settings| {
+            terrace_state_s3::S3Backend::with_credentials(s, S3_KEY, S3_SECRET).expect("backend")
+        };
+        let (a, b) = (with_keys(settings.clone()), with_keys(settings));
+        let seen_by_a = a
+            .read("default", "u0")
+            .await
+            .expect("read")
+            .expect("record");
+        let mut newer = b
+            .read("default", "u0")
+            .await
+            .expect("read")
+            .expect("record");
+        newer.serial += 1;
+        newer.run_id = "b".into();
+        b.write(&newer).await.expect("b writes first");
+        let mut stale = seen_by_a.clone();
+        stale.serial += 1;
+        stale.run_id = "a".into();
+        match a.write(&stale).await {
+            Err(StateError::Conflict { unit, .. }) => assert_eq!(unit, "u0"),
+            other => panic!("a stale write went through: {other:?}"),
+        }
+        let fresh = with_keys(terrace_state_s3::S3Settings {
+            bucket: "backups".into(),
+            prefix: "state/cas".into(),
+            endpoint: Some(format!("http://127.0.0.1:{}", s3.s3_port)),
+            region: None,
+        });
+        let kept = fresh
+            .read("default", "u0")
+            .await
+            .expect("read")
+            .expect("record");
+        assert_eq!(kept.run_id, "b", "b's record was kept");
+        assert_eq!(kept.serial, seen_by_a.serial + 1);
+    });
+}
