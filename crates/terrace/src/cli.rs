@@ -472,6 +472,18 @@ pub enum StateCommand {
     /// List past apply and destroy runs.
     #[command(after_help = "Example:\n  terrace state history")]
     History,
+    /// Copy every record and run of every environment to another backend,
+    /// then read each back to check it. Refused while any unit is locked,
+    /// or when the destination already holds state.
+    #[command(
+        after_help = "Examples:\n  terrace state migrate --to 's3://infra-state/homelab?endpoint=https://s3.home.arpa'\n  terrace state migrate --to local                 # .terrace/state\n  terrace state migrate --to local:state-backup\n\nThen point terrace.yaml's `state:` at the destination. S3 credentials come from\nAWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+    )]
+    Migrate {
+        /// The destination: `local`, `local:DIR` (relative to the project
+        /// root), or `s3://BUCKET/PREFIX[?endpoint=URL&region=R]`.
+        #[arg(long, value_name = "BACKEND")]
+        to: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -1170,6 +1170,7 @@ async fn state(
             }
             Ok(0)
         }
+        StateCommand::Migrate { to } => migrate(&engine, to, format).await,
         StateCommand::History => {
             let runs = backend.runs(&envname).await?;
             if format == OutputFormat::Json {
@@ -1194,6 +1195,164 @@ async fn state(
             Ok(0)
         }
     }
+}
+
+/// The backend `--to` names.
+fn backend_at(
+    project_root: &Path,
+    to: &str,
+) -> Result<Arc<dyn terrace_state::StateBackend>, CliError> {
+    let bad = |why: &str| {
+        CliError::message(
+            format!("--to `{to}` {why}"),
+            Some("write local, local:DIR, or s3://BUCKET/PREFIX?endpoint=URL".to_owned()),
+        )
+    };
+    if to == "local" {
+        return Ok(Arc::new(terrace_state::LocalBackend::new(
+            project_root.join(".terrace/state"),
+        )));
+    }
+    if let Some(dir) = to.strip_prefix("local:") {
+        let rel = terrace_fs::clean_relative("", dir)
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| bad("names a directory outside the project"))?;
+        return Ok(Arc::new(terrace_state::LocalBackend::new(
+            project_root.join(rel),
+        )));
+    }
+    if let Some(rest) = to.strip_prefix("s3://") {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        if bucket.is_empty() {
+            return Err(bad("names no bucket"));
+        }
+        let mut settings = terrace_state_s3::S3Settings {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            endpoint: None,
+            region: None,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("endpoint", v)) => settings.endpoint = Some(v.to_owned()),
+                Some(("region", v)) => settings.region = Some(v.to_owned()),
+                _ => {
+                    return Err(bad(&format!(
+                        "has `{pair}`, which is neither endpoint= nor region="
+                    )));
+                }
+            }
+        }
+        return Ok(Arc::new(terrace_state_s3::S3Backend::new(settings)?));
+    }
+    Err(bad("is not a backend terrace knows"))
+}
+
+/// `state migrate`: every record and run of every environment copied,
+/// then read back and compared.
+async fn migrate(engine: &Engine, to: &str, format: OutputFormat) -> Result<u8, CliError> {
+    let from = engine.state();
+    let dest = backend_at(&engine.project.root, to)?;
+    if dest.describe() == from.describe() {
+        return Err(CliError::message(
+            format!(
+                "--to `{to}` is where the state already is ({})",
+                from.describe()
+            ),
+            None,
+        ));
+    }
+    let envs = engine.project.environments();
+    // Nothing may be applying meanwhile, and nothing may be overwritten.
+    let mut plan: Vec<(String, Vec<String>)> = Vec::new();
+    for env in &envs {
+        let units = from.list(env).await?;
+        for u in &units {
+            if let Some(h) = from.lock_holder(env, u).await? {
+                return Err(CliError::message(
+                    format!("unit `{u}` in environment `{env}` is locked by {h}: a run is applying it"),
+                    Some("let it finish (or break a dead holder's lock with `terrace state unlock`), then migrate".to_owned()),
+                ));
+            }
+        }
+        let there = dest.list(env).await?;
+        if !there.is_empty() {
+            return Err(CliError::message(
+                format!(
+                    "{} already holds state for environment `{env}` ({} units)",
+                    dest.describe(),
+                    there.len()
+                ),
+                Some("migrate into an empty place".to_owned()),
+            ));
+        }
+        plan.push((env.clone(), units));
+    }
+    let mut counts = Vec::new();
+    for (env, units) in &plan {
+        let mut records = 0;
+        for u in units {
+            if let Some(record) = from.read(env, u).await? {
+                dest.write(&record).await?;
+                let back = dest.read(env, u).await?;
+                if back.as_ref() != Some(&record) {
+                    return Err(CliError::message(
+                        format!(
+                            "unit `{u}` in environment `{env}` did not read back as written from {}",
+                            dest.describe()
+                        ),
+                        Some(
+                            "the source is untouched; check the destination and migrate again"
+                                .to_owned(),
+                        ),
+                    ));
+                }
+                records += 1;
+            }
+        }
+        let runs = from.runs(env).await?;
+        for r in &runs {
+            dest.record_run(r).await?;
+        }
+        let back = dest.runs(env).await?.len();
+        if back < runs.len() {
+            return Err(CliError::message(
+                format!(
+                    "{} runs of environment `{env}` were copied but {back} read back",
+                    runs.len()
+                ),
+                None,
+            ));
+        }
+        counts
+            .push(serde_json::json!({"environment": env, "records": records, "runs": runs.len()}));
+    }
+    match format {
+        OutputFormat::Json => outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "from": from.describe(), "to": dest.describe(), "environments": counts
+            }))
+            .expect("json")
+        ),
+        _ => {
+            for c in &counts {
+                outln!(
+                    "{}: {} records and {} runs copied and read back",
+                    c["environment"].as_str().unwrap_or_default(),
+                    c["records"],
+                    c["runs"]
+                );
+            }
+            outln!(
+                "from {} to {}; the source is left as it was. Point terrace.yaml's `state:` at the destination.",
+                from.describe(),
+                dest.describe()
+            );
+        }
+    }
+    Ok(0)
 }
 
 /// An output by path: `a.b`, `a[0]`, `files["x.yaml"].path`.

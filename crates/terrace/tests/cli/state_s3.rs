@@ -260,3 +260,107 @@ fn a_write_based_on_a_stale_read_is_refused() {
         assert_eq!(kept.serial, seen_by_a.serial + 1);
     });
 }
+
+/// The example's state moved local → S3 → local: every step plans with
+/// no changes; a held lock or a destination that holds state refuses.
+#[test]
+fn the_example_migrates_local_to_s3_and_back_and_plans_clean() {
+    let Some(s3) = Seaweed::start("the_example_migrates_local_to_s3_and_back_and_plans_clean")
+    else {
+        return;
+    };
+    let dir = crate::homelab();
+    let d = dir.path();
+    let o = run(d, &["apply", "-j", "2"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let yaml = std::fs::read_to_string(d.join("terrace.yaml")).expect("terrace.yaml");
+    let endpoint = format!("http://127.0.0.1:{}", s3.s3_port);
+    let to_s3 = format!("s3://backups/homelab?endpoint={endpoint}");
+
+    let o = run(d, &["state", "migrate", "--to", &to_s3, "--output", "json"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let homelab = v["environments"]
+        .as_array()
+        .expect("environments")
+        .iter()
+        .find(|e| e["environment"] == "homelab")
+        .expect("homelab")
+        .clone();
+    assert_eq!(homelab["records"], 16, "{v}");
+    assert!(homelab["runs"].as_u64().expect("runs") >= 1, "{v}");
+
+    write_files(
+        d,
+        &[(
+            "terrace.yaml",
+            &format!(
+                "{yaml}\nstate:\n  backend: s3\n  bucket: backups\n  prefix: homelab\n  endpoint: {endpoint}\n"
+            ),
+        )],
+    );
+    let o = run(d, &["plan"]);
+    assert_eq!(code(&o), 0, "from S3: {}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("16 of 16 units unchanged"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Into S3 again: it already holds state.
+    let o = run(
+        d,
+        &[
+            "state",
+            "migrate",
+            "--to",
+            &format!("s3://backups/homelab?endpoint={endpoint}"),
+        ],
+    );
+    assert_ne!(code(&o), 0);
+    let o = run(
+        d,
+        &[
+            "state",
+            "migrate",
+            "--to",
+            &to_s3.replace("/homelab", "/elsewhere"),
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+
+    let o = run(d, &["state", "migrate", "--to", "local:state-back"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    write_files(
+        d,
+        &[(
+            "terrace.yaml",
+            &format!("{yaml}\nstate:\n  backend: local\n  path: state-back\n"),
+        )],
+    );
+    let o = run(d, &["plan"]);
+    assert_eq!(code(&o), 0, "back to local: {}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("16 of 16 units unchanged"),
+        "{}",
+        stdout(&o)
+    );
+
+    // A unit locked by a live process: nothing is copied.
+    let holder = serde_json::json!({
+        "pid": std::process::id(), "host": terrace_state::hostname(), "command": "apply",
+        "acquiredAt": "2026-12-01T00:00:00Z", "runId": "held"
+    });
+    write_files(
+        d,
+        &[("state-back/homelab/locks/web.lock", &holder.to_string())],
+    );
+    let o = run(d, &["state", "migrate", "--to", "local:state-third"]);
+    let out = format!("{}{}", stdout(&o), stderr(&o));
+    assert_ne!(code(&o), 0, "{out}");
+    assert!(out.contains("locked by"), "{out}");
+    assert!(
+        !d.join("state-third/homelab/units").exists(),
+        "nothing was copied"
+    );
+}
