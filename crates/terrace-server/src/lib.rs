@@ -437,6 +437,7 @@ pub fn state_backend(
                     .to_owned(),
                 endpoint: c.endpoint.clone(),
                 region: c.region.clone(),
+                cache_root: Some(project.root.clone()),
             },
         )?),
     })

@@ -41,6 +41,10 @@ pub struct S3Settings {
     /// `https://host[:port]` of an S3-compatible store; `None`: AWS.
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    /// The project root: records already read are kept under its
+    /// `.terrace/cache/state-s3/`, by ETag, so a plan that finds every
+    /// ETag of the LIST unchanged makes no GET. `None`: no cache.
+    pub cache_root: Option<std::path::PathBuf>,
 }
 
 /// A record as read: its ETag, for the next write's compare-and-swap.
@@ -67,7 +71,14 @@ fn s3_error(doing: &str, e: object_store::Error) -> StateError {
 }
 
 /// The most GETs in flight at once.
-const PARALLEL: usize = 32;
+const PARALLEL: usize = 64;
+
+/// A record kept by ETag in the local cache.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Cached {
+    e_tag: String,
+    record: serde_json::Value,
+}
 
 impl S3Backend {
     /// A client of the bucket; the first operation checks that the store
@@ -190,7 +201,8 @@ impl S3Backend {
         }
     }
 
-    /// Every record of `env`: one LIST, then GETs in parallel.
+    /// Every record of `env`: one LIST, then GETs in parallel of those
+    /// whose ETag this machine has not cached.
     async fn load_env(&self, env: &str) -> Result<(), StateError> {
         if self
             .records
@@ -208,12 +220,37 @@ impl S3Backend {
             .try_collect()
             .await
             .map_err(|e| s3_error(&format!("listing {prefix}"), e))?;
+        let cached = self.cache_read(env);
+        let mut loaded: Vec<(String, Seen)> = Vec::new();
+        let mut fetch = Vec::new();
+        for m in metas {
+            let Some(name) = m
+                .location
+                .filename()
+                .and_then(|f| f.strip_suffix(".json"))
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            // Unchanged since this machine read it: no GET.
+            let hit = m.e_tag.as_ref().and_then(|tag| {
+                let c = cached.get(&name).filter(|c| &c.e_tag == tag)?;
+                let state = serde_json::from_value::<UnitState>(c.record.clone()).ok()?;
+                Some(Seen {
+                    state: Some(state),
+                    version: Some(UpdateVersion {
+                        e_tag: Some(tag.clone()),
+                        version: m.version.clone(),
+                    }),
+                })
+            });
+            match hit {
+                Some(seen) => loaded.push((name, seen)),
+                None => fetch.push((name, m.location)),
+            }
+        }
         let store = Arc::clone(&self.store);
-        let loaded: Vec<(String, Seen)> =
-            futures::stream::iter(metas.into_iter().filter_map(|m| {
-                let name = m.location.filename()?.strip_suffix(".json")?.to_owned();
-                Some((name, m.location))
-            }))
+        let fetched: Vec<(String, Seen)> = futures::stream::iter(fetch)
             .map(|(name, location)| {
                 let store = Arc::clone(&store);
                 async move {
@@ -242,12 +279,73 @@ impl S3Backend {
             .buffer_unordered(PARALLEL)
             .try_collect()
             .await?;
+        let refreshed = !fetched.is_empty() || loaded.len() != cached.len();
+        loaded.extend(fetched);
+        let map: HashMap<String, Seen> = loaded.into_iter().collect();
+        if refreshed {
+            self.cache_write(env, &map);
+        }
         self.records
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(env.to_owned())
-            .or_insert_with(|| loaded.into_iter().collect());
+            .or_insert(map);
         Ok(())
+    }
+
+    /// The cache file of `env`, under the project's `.terrace/cache/`.
+    fn cache_rel(&self, env: &str) -> Option<String> {
+        self.settings.cache_root.as_ref()?;
+        let id = terrace_fs::digest::digest(
+            format!(
+                "{}\n{}\n{}",
+                self.settings.endpoint.as_deref().unwrap_or("aws"),
+                self.settings.bucket,
+                self.settings.prefix
+            )
+            .as_bytes(),
+        );
+        let id = id.trim_start_matches("sha256:").to_owned();
+        Some(format!(".terrace/cache/state-s3/{}/{env}.json", &id[..16]))
+    }
+
+    fn cache_read(&self, env: &str) -> HashMap<String, Cached> {
+        let (Some(root), Some(rel)) = (&self.settings.cache_root, self.cache_rel(env)) else {
+            return HashMap::new();
+        };
+        let path = root.join(&rel);
+        // A cache is only ever a regular file of ours, of a sane size.
+        let ok = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.file_type().is_file() && m.len() < 256 << 20);
+        if !ok {
+            return HashMap::new();
+        }
+        terrace_fs::read(root, &path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn cache_write(&self, env: &str, records: &HashMap<String, Seen>) {
+        let (Some(root), Some(rel)) = (&self.settings.cache_root, self.cache_rel(env)) else {
+            return;
+        };
+        let cache: HashMap<&String, Cached> = records
+            .iter()
+            .filter_map(|(name, seen)| {
+                let tag = seen.version.as_ref()?.e_tag.clone()?;
+                let record = serde_json::to_value(seen.state.as_ref()?).ok()?;
+                Some((name, Cached { e_tag: tag, record }))
+            })
+            .collect();
+        let Ok(body) = serde_json::to_vec(&cache) else {
+            return;
+        };
+        if let Some(dir) = std::path::Path::new(&rel).parent() {
+            let _ = terrace_fs::private_dir(&root.join(dir));
+        }
+        // Disposable: a failed write costs only speed.
+        let _ = terrace_fs::write(root, &rel, &body, terrace_fs::Mode::Private);
     }
 
     fn seen(&self, env: &str, unit: &str) -> Option<Seen> {

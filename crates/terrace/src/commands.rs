@@ -1232,6 +1232,7 @@ fn backend_at(
             prefix: prefix.trim_matches('/').to_owned(),
             endpoint: None,
             region: None,
+            cache_root: Some(project_root.to_owned()),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {

@@ -215,6 +215,7 @@ fn a_write_based_on_a_stale_read_is_refused() {
         prefix: "state/cas".into(),
         endpoint: Some(format!("http://127.0.0.1:{}", s3.s3_port)),
         region: None,
+        cache_root: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -250,6 +251,7 @@ fn a_write_based_on_a_stale_read_is_refused() {
             prefix: "state/cas".into(),
             endpoint: Some(format!("http://127.0.0.1:{}", s3.s3_port)),
             region: None,
+            cache_root: None,
         });
         let kept = fresh
             .read("default", "u0")
