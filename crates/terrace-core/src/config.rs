@@ -182,6 +182,33 @@ pub struct StateConfig {
     /// For `s3`: the region (default `AWS_REGION`, else `us-east-1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Encryption at rest of every record and run (for `s3`): a leaked
+    /// bucket leaks nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<StateEncryption>,
+}
+
+/// How state is encrypted at rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StateEncryption {
+    /// The age recipients (`age1…`, `ssh-ed25519 …`) every record is
+    /// encrypted to; decrypted with keys from where SOPS keys are found.
+    /// Rotation: add the new recipient, apply or migrate, remove the old.
+    pub age: Vec<String>,
+    /// `plaintext`: read records written before encryption was turned on
+    /// (each is encrypted at its next write). Without it a plaintext
+    /// record is refused: someone who can write to the bucket could
+    /// plant one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<EncryptionFallback>,
+}
+
+/// What is read besides encrypted records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum EncryptionFallback {
+    Plaintext,
 }
 
 /// The state backends terrace knows.

@@ -298,6 +298,66 @@ impl Keyring {
     }
 }
 
+impl Keyring {
+    /// The plaintext of an age file (binary or armored) one of the
+    /// identities opens; `what` names it in errors.
+    pub fn open_age(&self, data: &[u8], what: &Path) -> Result<Zeroizing<Vec<u8>>, SecretsError> {
+        if self.identities.is_empty() {
+            return Err(SecretsError::NoIdentities {
+                file: what.to_owned(),
+                searched: self.searched.clone(),
+            });
+        }
+        let reader = ArmoredReader::new(data);
+        let decryptor = age::Decryptor::new(reader).map_err(|_| SecretsError::Truncated {
+            file: what.to_owned(),
+            detail: "not a valid age file".into(),
+        })?;
+        let ids = self
+            .identities
+            .iter()
+            .map(|(i, _)| i.as_ref() as &dyn age::Identity);
+        let mut r = match decryptor.decrypt(ids) {
+            Ok(r) => r,
+            Err(age::DecryptError::NoMatchingKeys) => {
+                return Err(SecretsError::WrongKey {
+                    file: what.to_owned(),
+                    recipients: Vec::new(),
+                    tried: self.sources(),
+                });
+            }
+            Err(e) => {
+                return Err(SecretsError::Truncated {
+                    file: what.to_owned(),
+                    detail: format!("does not decrypt: {e}"),
+                });
+            }
+        };
+        let mut out = Zeroizing::new(Vec::new());
+        r.read_to_end(&mut out)
+            .map_err(|e| SecretsError::Truncated {
+                file: what.to_owned(),
+                detail: format!("does not decrypt whole: {e}"),
+            })?;
+        Ok(out)
+    }
+}
+
+/// `data` as an age file (binary) encrypted to every one of `recipients`.
+pub fn seal_age(recipients: &[Recipient], data: &[u8]) -> Vec<u8> {
+    let encryptor = age::Encryptor::with_recipients(
+        recipients
+            .iter()
+            .map(|r| r.inner.as_ref() as &dyn age::Recipient),
+    )
+    .expect("at least one valid recipient");
+    let mut out = Vec::new();
+    let mut stream = encryptor.wrap_output(&mut out).expect("writing to memory");
+    stream.write_all(data).expect("writing to memory");
+    stream.finish().expect("writing to memory");
+    out
+}
+
 /// A parsed recipient and its text.
 pub struct Recipient {
     pub text: String,

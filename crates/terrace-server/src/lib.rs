@@ -416,18 +416,76 @@ fn approval_file(workdir: &Path) -> PathBuf {
 }
 
 /// The project in the work tree, as an engine (the revision it records).
+/// Records sealed with age to `state.encryption`'s recipients and opened
+/// with the keys SOPS would use.
+#[derive(Debug)]
+struct AgeCipher {
+    recipients: Vec<terrace_secrets::Recipient>,
+    keyring: terrace_secrets::Keyring,
+    plaintext: bool,
+}
+
+impl terrace_state::RecordCipher for AgeCipher {
+    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, terrace_state::StateError> {
+        Ok(terrace_secrets::keys::seal_age(&self.recipients, plain))
+    }
+
+    fn open(&self, stored: &[u8], at: &str) -> Result<Vec<u8>, terrace_state::StateError> {
+        if stored.starts_with(b"age-encryption.org/") {
+            return self
+                .keyring
+                .open_age(stored, std::path::Path::new(at))
+                .map(|p| p.to_vec())
+                .map_err(|e| terrace_state::StateError::Remote(e.to_string()));
+        }
+        if self.plaintext {
+            return Ok(stored.to_vec());
+        }
+        Err(terrace_state::StateError::Remote(format!(
+            "{at} is not encrypted, and state.encryption has no `fallback: plaintext`: refused (someone who can write to the bucket could have planted it)"
+        )))
+    }
+}
+
+fn state_cipher(
+    e: &terrace_core::config::StateEncryption,
+) -> Result<Arc<dyn terrace_state::RecordCipher>, terrace_state::StateError> {
+    let bad = |m: String| terrace_state::StateError::Remote(format!("state.encryption: {m}"));
+    if e.age.is_empty() {
+        return Err(bad("`age` lists no recipient".to_owned()));
+    }
+    let recipients = e
+        .age
+        .iter()
+        .map(|r| terrace_secrets::Recipient::parse(r).map_err(|x| bad(x.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keyring = terrace_secrets::Keyring::load(&terrace_secrets::KeySources::from_env())
+        .map_err(|x| bad(x.to_string()))?;
+    Ok(Arc::new(AgeCipher {
+        recipients,
+        keyring,
+        plaintext: e.fallback == Some(terrace_core::config::EncryptionFallback::Plaintext),
+    }))
+}
+
 /// The state backend terrace.yaml's `state:` names: local files, or an
 /// S3-compatible bucket shared by every process that applies the
-/// project.
+/// project (its records and runs encrypted with age when
+/// `state.encryption` says so).
 pub fn state_backend(
     project: &Project,
 ) -> Result<Arc<dyn terrace_state::StateBackend>, terrace_state::StateError> {
     use terrace_core::config::StateBackendKind;
     let c = &project.file.state;
+    if c.encryption.is_some() && c.backend == StateBackendKind::Local {
+        return Err(terrace_state::StateError::Remote(
+            "state.encryption is for remote backends (s3): local records sit beside the keys that would open them".to_owned(),
+        ));
+    }
     Ok(match c.backend {
         StateBackendKind::Local => Arc::new(terrace_state::LocalBackend::new(project.state_dir())),
-        StateBackendKind::S3 => Arc::new(terrace_state_s3::S3Backend::new(
-            terrace_state_s3::S3Settings {
+        StateBackendKind::S3 => {
+            let mut b = terrace_state_s3::S3Backend::new(terrace_state_s3::S3Settings {
                 bucket: c.bucket.clone().unwrap_or_default(),
                 prefix: c
                     .prefix
@@ -438,8 +496,12 @@ pub fn state_backend(
                 endpoint: c.endpoint.clone(),
                 region: c.region.clone(),
                 cache_root: Some(project.root.clone()),
-            },
-        )?),
+            })?;
+            if let Some(e) = &c.encryption {
+                b = b.with_cipher(state_cipher(e)?);
+            }
+            Arc::new(b)
+        }
     })
 }
 

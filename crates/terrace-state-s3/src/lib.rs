@@ -30,7 +30,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use terrace_core::driver::BoxFuture;
 use terrace_core::state::{LockInfo, RecordError, RunRecord, STATE_FORMAT, UnitState};
 
-use terrace_state::{StateBackend, StateError, hostname};
+use base64::Engine as _;
+use terrace_state::{RecordCipher, StateBackend, StateError, hostname};
 
 /// Where an S3 state lives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub struct S3Settings {
 struct Seen {
     state: Option<UnitState>,
     version: Option<UpdateVersion>,
+    /// The object as stored, for the local cache.
+    raw: Option<Vec<u8>>,
 }
 
 /// State in an S3 bucket.
@@ -64,6 +67,8 @@ pub struct S3Backend {
     records: Mutex<HashMap<String, HashMap<String, Seen>>>,
     /// Set once the store was found to honour conditional writes.
     checked: tokio::sync::OnceCell<()>,
+    /// Encryption at rest of records and runs.
+    cipher: Option<Arc<dyn RecordCipher>>,
 }
 
 fn s3_error(doing: &str, e: object_store::Error) -> StateError {
@@ -77,7 +82,8 @@ const PARALLEL: usize = 64;
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Cached {
     e_tag: String,
-    record: serde_json::Value,
+    /// The object as stored (sealed when state is encrypted), base64.
+    raw: String,
 }
 
 impl S3Backend {
@@ -131,7 +137,33 @@ impl S3Backend {
             settings,
             records: Mutex::new(HashMap::new()),
             checked: tokio::sync::OnceCell::new(),
+            cipher: None,
         })
+    }
+
+    /// Records and runs sealed by `cipher` before they are stored.
+    pub fn with_cipher(mut self, cipher: Arc<dyn RecordCipher>) -> S3Backend {
+        self.cipher = Some(cipher);
+        self
+    }
+
+    /// What is stored for `plain`.
+    fn encode(&self, plain: Vec<u8>) -> Result<Vec<u8>, StateError> {
+        match &self.cipher {
+            Some(c) => c.seal(&plain),
+            None => Ok(plain),
+        }
+    }
+
+    /// The plaintext of what is stored at `at`.
+    fn decode(&self, stored: &[u8], at: &str) -> Result<Vec<u8>, StateError> {
+        match &self.cipher {
+            Some(c) => c.open(stored, at),
+            None if stored.starts_with(b"age-encryption.org/") => Err(StateError::Remote(format!(
+                "{at} is encrypted, and terrace.yaml's state has no `encryption`; add the recipients it was encrypted to"
+            ))),
+            None => Ok(stored.to_vec()),
+        }
     }
 
     /// The store, once it was found to honour conditional writes.
@@ -235,13 +267,18 @@ impl S3Backend {
             // Unchanged since this machine read it: no GET.
             let hit = m.e_tag.as_ref().and_then(|tag| {
                 let c = cached.get(&name).filter(|c| &c.e_tag == tag)?;
-                let state = serde_json::from_value::<UnitState>(c.record.clone()).ok()?;
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(&c.raw)
+                    .ok()?;
+                let plain = self.decode(&raw, m.location.as_ref()).ok()?;
+                let state = parse(&m.location, &plain).ok()?;
                 Some(Seen {
                     state: Some(state),
                     version: Some(UpdateVersion {
                         e_tag: Some(tag.clone()),
                         version: m.version.clone(),
                     }),
+                    raw: Some(raw),
                 })
             });
             match hit {
@@ -266,12 +303,14 @@ impl S3Backend {
                         .bytes()
                         .await
                         .map_err(|e| s3_error(&format!("reading {location}"), e))?;
-                    let state = parse(&location, &bytes)?;
+                    let plain = self.decode(&bytes, location.as_ref())?;
+                    let state = parse(&location, &plain)?;
                     Ok::<_, StateError>((
                         name,
                         Seen {
                             state: Some(state),
                             version: Some(version),
+                            raw: Some(bytes.to_vec()),
                         },
                     ))
                 }
@@ -334,8 +373,8 @@ impl S3Backend {
             .iter()
             .filter_map(|(name, seen)| {
                 let tag = seen.version.as_ref()?.e_tag.clone()?;
-                let record = serde_json::to_value(seen.state.as_ref()?).ok()?;
-                Some((name, Cached { e_tag: tag, record }))
+                let raw = base64::engine::general_purpose::STANDARD.encode(seen.raw.as_ref()?);
+                Some((name, Cached { e_tag: tag, raw }))
             })
             .collect();
         let Ok(body) = serde_json::to_vec(&cache) else {
@@ -467,6 +506,8 @@ impl StateBackend for S3Backend {
             self.load_env(&state.environment).await?;
             let mut body = serde_json::to_vec_pretty(state).expect("state serializes");
             body.push(b'\n');
+            let body = self.encode(body)?;
+            let stored = body.clone();
             let mode = match self
                 .seen(&state.environment, &state.unit)
                 .and_then(|s| s.version)
@@ -496,6 +537,7 @@ impl StateBackend for S3Backend {
                                 e_tag: r.e_tag,
                                 version: r.version,
                             }),
+                            raw: Some(stored),
                         },
                     );
                     Ok(())
@@ -530,6 +572,7 @@ impl StateBackend for S3Backend {
                 Seen {
                     state: None,
                     version: None,
+                    raw: None,
                 },
             );
             Ok(())
@@ -654,7 +697,7 @@ impl StateBackend for S3Backend {
                 .map_err(std::io::Error::from)?;
             terrace_fs::check_name("run", &run.id).map_err(std::io::Error::from)?;
             let key = self.key(&format!("{}/runs/{}.json", run.environment, run.id));
-            let body = serde_json::to_vec_pretty(run).expect("runs serialize");
+            let body = self.encode(serde_json::to_vec_pretty(run).expect("runs serialize"))?;
             self.store
                 .put(&key, PutPayload::from(body))
                 .await
@@ -690,7 +733,8 @@ impl StateBackend for S3Backend {
                             .bytes()
                             .await
                             .map_err(|e| s3_error(&format!("reading {}", m.location), e))?;
-                        serde_json::from_slice::<RunRecord>(&bytes).map_err(|source| {
+                        let plain = self.decode(&bytes, m.location.as_ref())?;
+                        serde_json::from_slice::<RunRecord>(&plain).map_err(|source| {
                             StateError::Corrupt {
                                 path: m.location.to_string().into(),
                                 source,
@@ -721,13 +765,15 @@ impl S3Backend {
                     .await
                     .map_err(|e| s3_error(&format!("reading {key}"), e))?;
                 Seen {
-                    state: Some(parse(&key, &bytes)?),
+                    state: Some(parse(&key, &self.decode(&bytes, key.as_ref())?)?),
                     version: Some(version),
+                    raw: Some(bytes.to_vec()),
                 }
             }
             Err(object_store::Error::NotFound { .. }) => Seen {
                 state: None,
                 version: None,
+                raw: None,
             },
             Err(e) => return Err(s3_error(&format!("reading {key}"), e)),
         };

@@ -80,6 +80,17 @@ impl StateError {
     }
 }
 
+/// Encryption at rest of what a backend stores (records and runs): the
+/// CLI gives remote backends one made from `state.encryption`.
+pub trait RecordCipher: Send + Sync + fmt::Debug {
+    /// `plain` sealed for storage.
+    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, StateError>;
+    /// The plaintext of `stored` (read from `at`, for errors). A stored
+    /// object that is not sealed is refused unless the cipher allows
+    /// plaintext (while state written before encryption is rewritten).
+    fn open(&self, stored: &[u8], at: &str) -> Result<Vec<u8>, StateError>;
+}
+
 /// A state backend.
 pub trait StateBackend: Send + Sync + fmt::Debug {
     /// Where the state lives, for messages.
