@@ -275,7 +275,9 @@ impl Restic<'_> {
             .map_err(|e| DriverError::Other(Box::new(e)))
     }
 
-    /// Makes the repository when it does not exist yet.
+    /// Makes the repository when it does not exist yet, and removes the
+    /// locks of restic runs that died (an interrupted backup or prune
+    /// leaves one, and every later run would wait on it).
     async fn ensure(&self) -> Result<(), DriverError> {
         if self
             .run(
@@ -286,7 +288,11 @@ impl Restic<'_> {
             .await
             .is_ok()
         {
-            return Ok(());
+            // Only locks whose process is gone are removed.
+            return self
+                .run(&["unlock".into()], None, "remove stale locks")
+                .await
+                .map(drop);
         }
         self.run(&["init".into()], None, "create the repository")
             .await
