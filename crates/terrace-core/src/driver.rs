@@ -177,6 +177,9 @@ pub struct UnitContext<'a> {
     pub refresh: bool,
     /// Where programs' output goes while they run; `None` keeps it quiet.
     pub lines: Option<&'a Lines>,
+    /// The project's state settings: a kind with state of its own
+    /// (Terraform) keeps it beside terrace's (an S3 bucket).
+    pub state: Option<&'a crate::config::StateConfig>,
 }
 
 /// Where a unit's destruction is planned: only its state is needed, so a
@@ -194,6 +197,8 @@ pub struct DestroyContext<'a> {
     pub targets: &'a BTreeMap<String, ResolvedTarget>,
     /// Remove data too: a compose unit's volumes (`destroy --volumes`).
     pub volumes: bool,
+    /// The project's state settings (see [`UnitContext::state`]).
+    pub state: Option<&'a crate::config::StateConfig>,
 }
 
 /// One document a unit renders: a Kubernetes object or a file.

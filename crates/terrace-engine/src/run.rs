@@ -642,6 +642,7 @@ impl Engine {
             secrets: Some(self.secrets.as_ref()),
             refresh: self.refresh,
             lines,
+            state: Some(&self.project.file.state),
         }
     }
 
@@ -1678,6 +1679,7 @@ impl Engine {
             unit: unit.as_ref(),
             targets: &self.workspace.targets,
             volumes: opts.volumes,
+            state: Some(&self.project.file.state),
         };
         let driver = self
             .driver(&prior.kind)

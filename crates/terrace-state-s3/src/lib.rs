@@ -166,6 +166,40 @@ impl S3Backend {
         }
     }
 
+    /// Object `rel` (under the prefix) as stored, or `None`: what other
+    /// tools keep beside the records (Terraform's state).
+    pub async fn get_object(&self, rel: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.ready().await?;
+        let key = self.key(rel);
+        match self.store.get(&key).await {
+            Ok(got) => Ok(Some(
+                got.bytes()
+                    .await
+                    .map_err(|e| s3_error(&format!("reading {key}"), e))?
+                    .to_vec(),
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(s3_error(&format!("reading {key}"), e)),
+        }
+    }
+
+    /// Writes object `rel` (under the prefix) as it is.
+    pub async fn put_object(&self, rel: &str, bytes: Vec<u8>) -> Result<(), StateError> {
+        self.ready().await?;
+        let key = self.key(rel);
+        self.store
+            .put(&key, PutPayload::from(bytes))
+            .await
+            .map_err(|e| s3_error(&format!("writing {key}"), e))?;
+        Ok(())
+    }
+
+    /// Where Terraform keeps a unit's state in the bucket (its `s3`
+    /// backend, as the `terraform` kind configures it), under the prefix.
+    pub fn terraform_state_key(env: &str, unit: &str) -> String {
+        format!("{env}/terraform/{unit}.tfstate")
+    }
+
     /// The store, once it was found to honour conditional writes.
     async fn ready(&self) -> Result<(), StateError> {
         self.checked
@@ -674,6 +708,16 @@ impl StateBackend for S3Backend {
                     .delete(&key)
                     .await
                     .map_err(|e| s3_error(&format!("breaking lock {key}"), e))?;
+                // The dead run's Terraform held its own lock file on the
+                // unit's Terraform state: it goes with terrace's.
+                let tf = self.key(&format!(
+                    "{}.tflock",
+                    Self::terraform_state_key(environment, unit)
+                ));
+                match self.store.delete(&tf).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(s3_error(&format!("breaking lock {tf}"), e)),
+                }
             }
             Ok(current)
         })

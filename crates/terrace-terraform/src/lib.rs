@@ -62,6 +62,65 @@ fn module_of(inventory: &[InventoryItem]) -> Option<(&str, &str, &str)> {
     })
 }
 
+/// Terraform's own `s3` backend, beside terrace's state in the same
+/// bucket: one key per environment and unit, locked by Terraform's
+/// lock file (`use_lockfile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RemoteState {
+    bucket: String,
+    key: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+}
+
+impl RemoteState {
+    /// With S3 state, where the unit's Terraform state goes.
+    fn of(
+        state: Option<&terrace_core::config::StateConfig>,
+        project: &str,
+        environment: &str,
+        unit: &str,
+    ) -> Option<RemoteState> {
+        let c = state?;
+        if c.backend != terrace_core::config::StateBackendKind::S3 {
+            return None;
+        }
+        let prefix = c
+            .prefix
+            .clone()
+            .unwrap_or_else(|| project.to_owned())
+            .trim_matches('/')
+            .to_owned();
+        Some(RemoteState {
+            bucket: c.bucket.clone().unwrap_or_default(),
+            key: format!("{prefix}/{environment}/terraform/{unit}.tfstate"),
+            endpoint: c.endpoint.clone(),
+            region: c.region.clone(),
+        })
+    }
+
+    fn backend_json(&self) -> String {
+        let mut b = serde_json::json!({
+            "bucket": self.bucket,
+            "key": self.key,
+            "region": self.region.clone().unwrap_or_else(|| "us-east-1".to_owned()),
+            "use_lockfile": true,
+        });
+        if let Some(e) = &self.endpoint {
+            b["endpoints"] = serde_json::json!({ "s3": e });
+            b["use_path_style"] = Value::Bool(true);
+            b["skip_credentials_validation"] = Value::Bool(true);
+            b["skip_requesting_account_id"] = Value::Bool(true);
+            b["skip_metadata_api_check"] = Value::Bool(true);
+            b["skip_region_validation"] = Value::Bool(true);
+        }
+        format!(
+            "{}\n",
+            serde_json::json!({ "terraform": { "backend": { "s3": b } } })
+        )
+    }
+}
+
 /// Where a unit's Terraform files live.
 #[derive(Debug, Clone)]
 struct Layout {
@@ -71,6 +130,8 @@ struct Layout {
     work: PathBuf,
     plugin_cache: PathBuf,
     own_backend: bool,
+    /// With S3 state: Terraform's state in the bucket too.
+    remote: Option<RemoteState>,
 }
 
 impl Layout {
@@ -81,6 +142,33 @@ impl Layout {
             work: base.join(environment).join(unit),
             plugin_cache: base.join("plugin-cache"),
             own_backend,
+            remote: None,
+        }
+    }
+
+    fn with_remote(mut self, remote: Option<RemoteState>) -> Layout {
+        if !self.own_backend {
+            self.remote = remote;
+        }
+        self
+    }
+
+    /// The override terrace writes into the module.
+    fn override_content(&self) -> String {
+        match &self.remote {
+            Some(r) => r.backend_json(),
+            None => OVERRIDE_CONTENT.to_owned(),
+        }
+    }
+
+    /// How the inventory names the backend.
+    fn backend_name(&self) -> &'static str {
+        if self.own_backend {
+            "own"
+        } else if self.remote.is_some() {
+            "s3"
+        } else {
+            "terrace"
         }
     }
 
@@ -482,11 +570,12 @@ fn fingerprint(files: &[(String, String)], vars: &[(String, String)]) -> String 
 /// module that declare providers, modules and backends.
 fn init_fingerprint(tool: &Tool, layout: &Layout, files: &[(String, String)]) -> String {
     let mut text = format!(
-        "{} {}\nown_backend={}\nstate={}\n",
+        "{} {}\nown_backend={}\nstate={}\nbackend={}\n",
         tool.binary,
         tool.version,
         layout.own_backend,
-        layout.state().display()
+        layout.state().display(),
+        layout.override_content()
     );
     for (name, content) in files {
         if name == ".terraform.lock.hcl" {
@@ -523,8 +612,9 @@ fn place_override(layout: &Layout) -> Result<(), DriverError> {
         }
         return Ok(());
     }
-    if fs_err::read_to_string(&path).ok().as_deref() != Some(OVERRIDE_CONTENT) {
-        terrace_fs::atomic::write(&path, OVERRIDE_CONTENT.as_bytes(), terrace_fs::Mode::Shared)?;
+    let content = layout.override_content();
+    if fs_err::read_to_string(&path).ok().as_deref() != Some(content.as_str()) {
+        terrace_fs::atomic::write(&path, content.as_bytes(), terrace_fs::Mode::Shared)?;
     }
     Ok(())
 }
@@ -547,7 +637,9 @@ async fn ensure_init(
     let backend_config = format!("-backend-config=path={}", layout.state().display());
     let mut args = vec!["init", "-input=false", "-no-color"];
     if !layout.own_backend {
-        args.push(&backend_config);
+        if layout.remote.is_none() {
+            args.push(&backend_config);
+        }
         args.push("-reconfigure");
     }
     let out = run(runner, layout, &args, &[], true).await?;
@@ -814,7 +906,13 @@ impl TerraformDriver {
             &ctx.unit.name,
             &ctx.unit.dir,
             own_backend(&s)?,
-        );
+        )
+        .with_remote(RemoteState::of(
+            ctx.state,
+            ctx.project,
+            ctx.environment,
+            &ctx.unit.name,
+        ));
         let plaintexts = ctx.secrets.map(|s| s.plaintexts()).unwrap_or_default();
         let runner = Runner::new(tool(s.binary.as_deref()).await?, &s, plaintexts, ctx.lines);
         let files = module_files(&layout.module)?;
@@ -880,7 +978,9 @@ impl TerraformDriver {
         };
         let dir = dir.to_owned();
         let own = backend == "own";
-        let layout = Layout::new(ctx.root, ctx.environment, &prior.unit, &dir, own);
+        let layout = Layout::new(ctx.root, ctx.environment, &prior.unit, &dir, own).with_remote(
+            RemoteState::of(ctx.state, ctx.project, ctx.environment, &prior.unit),
+        );
         if !layout.module.is_dir() {
             return Err(DriverError::Target(format!(
                 "the module of unit `{}` ({dir}) is gone; restore it to destroy what it manages",
@@ -982,6 +1082,9 @@ impl TerraformDriver {
             return Err(failure(&p.unit, &p.runner, "apply", &out));
         }
         let state = p.layout.state();
+        if p.layout.remote.is_some() {
+            pull_state(&runner, p).await?;
+        }
         let (outputs, sensitive) = if p.layout.own_backend {
             own_backend_outputs(p).await?
         } else {
@@ -993,12 +1096,7 @@ impl TerraformDriver {
         let mut inventory = vec![InventoryItem::TerraformModule {
             dir: p.dir.clone(),
             binary: p.runner.tool.binary.clone(),
-            backend: if p.layout.own_backend {
-                "own"
-            } else {
-                "terrace"
-            }
-            .to_owned(),
+            backend: p.layout.backend_name().to_owned(),
         }];
         inventory.extend(
             state_resources(&state)
@@ -1011,6 +1109,18 @@ impl TerraformDriver {
             sensitive,
         })
     }
+}
+
+/// With Terraform's state in the bucket, a private copy is pulled where
+/// the local backend keeps it, so outputs (sensitive ones included) and
+/// resources are read as for local state, without `terraform output`.
+async fn pull_state(runner: &Runner, p: &Payload) -> Result<(), DriverError> {
+    let out = run(runner, &p.layout, &["state", "pull"], &p.vars, false).await?;
+    if !out.status.success() {
+        return Err(failure(&p.unit, &p.runner, "state pull", &out));
+    }
+    terrace_fs::atomic::write(&p.layout.state(), &out.stdout, terrace_fs::Mode::Private)?;
+    Ok(())
 }
 
 /// With the module's own backend the state is not a local file terrace

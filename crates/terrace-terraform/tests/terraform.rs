@@ -61,6 +61,7 @@ async fn a_saved_plan_is_refused_once_the_module_changed() {
         secrets: None,
         refresh: true,
         lines: None,
+        state: None,
     };
     let driver = TerraformDriver;
     let plan = driver.plan(&ctx).await.expect("plans");
@@ -113,6 +114,7 @@ async fn a_used_plan_cannot_be_applied_again() {
         secrets: None,
         refresh: true,
         lines: None,
+        state: None,
     };
     let plan = TerraformDriver.plan(&ctx).await.expect("plans");
     let applied = TerraformDriver

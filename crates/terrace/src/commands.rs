@@ -583,6 +583,7 @@ async fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Resu
                         secrets: Some(&secrets),
                         refresh: true,
                         lines: None,
+                        state: Some(&project.file.state),
                     };
                     if let Err(err) = terrace_drivers_render(&project, &ctx).await {
                         problems.push(err);
@@ -1221,6 +1222,20 @@ fn backend_at(
             project_root.join(rel),
         )));
     }
+    if to.starts_with("s3://") {
+        return Ok(Arc::new(s3_backend_at(project_root, to)?));
+    }
+    Err(bad("is not a backend terrace knows"))
+}
+
+/// The S3 backend `--to s3://BUCKET/PREFIX?endpoint=…` names.
+fn s3_backend_at(project_root: &Path, to: &str) -> Result<terrace_state_s3::S3Backend, CliError> {
+    let bad = |why: &str| {
+        CliError::message(
+            format!("--to `{to}` {why}"),
+            Some("write s3://BUCKET/PREFIX?endpoint=URL".to_owned()),
+        )
+    };
     if let Some(rest) = to.strip_prefix("s3://") {
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
@@ -1245,9 +1260,9 @@ fn backend_at(
                 }
             }
         }
-        return Ok(Arc::new(terrace_state_s3::S3Backend::new(settings)?));
+        return Ok(terrace_state_s3::S3Backend::new(settings)?);
     }
-    Err(bad("is not a backend terrace knows"))
+    Err(bad("is not an s3:// address"))
 }
 
 /// `state migrate`: every record and run of every environment copied,
@@ -1290,11 +1305,69 @@ async fn migrate(engine: &Engine, to: &str, format: OutputFormat) -> Result<u8, 
         }
         plan.push((env.clone(), units));
     }
+    // Terraform units keep their own state beside terrace's: a local file
+    // with local state, an object of the bucket with S3 state. It moves
+    // too, so the next plan finds it where the kind will look.
+    let s3_of = |c: &terrace_core::config::StateConfig| -> Result<Option<terrace_state_s3::S3Backend>, CliError> {
+        if c.backend != terrace_core::config::StateBackendKind::S3 {
+            return Ok(None);
+        }
+        Ok(Some(terrace_state_s3::S3Backend::new(terrace_state_s3::S3Settings {
+            bucket: c.bucket.clone().unwrap_or_default(),
+            prefix: c
+                .prefix
+                .clone()
+                .unwrap_or_else(|| engine.project.file.name.clone())
+                .trim_matches('/')
+                .to_owned(),
+            endpoint: c.endpoint.clone(),
+            region: c.region.clone(),
+            cache_root: None,
+        })?))
+    };
+    let from_s3 = s3_of(&engine.project.file.state)?;
+    let dest_s3 = match to.strip_prefix("s3://") {
+        Some(_) => Some(s3_backend_at(&engine.project.root, to)?),
+        None => None,
+    };
+    let local_tfstate = |env: &str, unit: &str| {
+        engine
+            .project
+            .root
+            .join(".terrace/terraform")
+            .join(env)
+            .join(unit)
+            .join("terraform.tfstate")
+    };
     let mut counts = Vec::new();
     for (env, units) in &plan {
         let mut records = 0;
         for u in units {
             if let Some(record) = from.read(env, u).await? {
+                let terraform = record.inventory.iter().any(|i| {
+                    matches!(i, terrace_core::state::InventoryItem::TerraformModule { backend, .. } if backend != "own")
+                });
+                if terraform {
+                    let key = terrace_state_s3::S3Backend::terraform_state_key(env, u);
+                    let tfstate = match &from_s3 {
+                        Some(s) => s.get_object(&key).await?,
+                        None => std::fs::read(local_tfstate(env, u)).ok(),
+                    };
+                    if let Some(bytes) = tfstate {
+                        match &dest_s3 {
+                            Some(d) => d.put_object(&key, bytes).await?,
+                            None => {
+                                let path = local_tfstate(env, u);
+                                terrace_fs::private_dir(path.parent().expect("a parent"))?;
+                                terrace_fs::atomic::write(
+                                    &path,
+                                    &bytes,
+                                    terrace_fs::Mode::Private,
+                                )?;
+                            }
+                        }
+                    }
+                }
                 dest.write(&record).await?;
                 let back = dest.read(env, u).await?;
                 if back.as_ref() != Some(&record) {

@@ -482,3 +482,109 @@ fn encrypted_s3_state_leaks_nothing_into_the_bucket() {
     assert_ne!(code(&o), 0, "{out}");
     assert!(!out.contains("plain-gateway-value-5520"), "{out}");
 }
+
+/// With S3 state, Terraform units keep their state in the same bucket
+/// (Terraform's own `s3` backend, one key per environment and unit,
+/// `use_lockfile`): outputs reach dependents, and a second Terraform
+/// working on the same state meets Terraform's lock.
+#[test]
+fn terraform_units_keep_their_state_in_the_bucket_with_terraforms_lock() {
+    let Some(s3) =
+        Seaweed::start("terraform_units_keep_their_state_in_the_bucket_with_terraforms_lock")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    write_files(
+        d,
+        &[
+            (
+                "terrace.yaml",
+                &s3_yaml(&s3, "tfs3").replace("layers: [apps]", "layers: [infra, apps]"),
+            ),
+            ("infra/net/unit.yaml", "layer: infra\nkind: terraform\n"),
+            (
+                "infra/net/main.tf",
+                "output \"cidr\" {\n  value = \"10.7.0.0/16\"\n}\noutput \"token\" {\n  value     = \"tf-sensitive-8841\"\n  sensitive = true\n}\n",
+            ),
+            (
+                "apps/cfg/unit.yaml",
+                "layer: apps\nkind: template\ninputs:\n  cidr: ${unit.net.outputs.cidr}\n",
+            ),
+            ("apps/cfg/templates/net.txt.j2", "{{ cidr }}\n"),
+        ],
+    );
+    let o = run(d, &["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let tfstate = s3
+        .raw("backups", "state/tfs3/default/terraform/net.tfstate")
+        .expect("Terraform's state is in the bucket");
+    assert!(String::from_utf8_lossy(&tfstate).contains("\"terraform_version\""));
+    assert!(
+        std::fs::read_to_string(d.join(".terrace/generated/default/cfg/net.txt"))
+            .expect("the dependent rendered")
+            .contains("10.7.0.0/16")
+    );
+    let o = run(d, &["plan"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+
+    // While terrace applies (a slow provisioner), Terraform itself, on
+    // the same module and backend, meets the lock file in the bucket.
+    write_files(
+        d,
+        &[(
+            "infra/net/slow.tf",
+            "resource \"terraform_data\" \"slow\" {\n  provisioner \"local-exec\" {\n    command = \"sleep 33\"\n  }\n}\n",
+        )],
+    );
+    let mut child = std_command(d)
+        .args(["apply", "--unit", "net"])
+        .env("AWS_ACCESS_KEY_ID", S3_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("terrace runs");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::process::Command::new("pgrep")
+        .args(["-f", "sleep 33"])
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline && child.try_wait().expect("wait").is_none(),
+            "the slow apply never started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let other = tempfile::tempdir().expect("tempdir");
+    for f in ["main.tf", "slow.tf", "terrace_backend_override.tf.json"] {
+        std::fs::copy(d.join("infra/net").join(f), other.path().join(f)).expect("copy");
+    }
+    let terraform = |args: &[&str]| {
+        std::process::Command::new("terraform")
+            .args(args)
+            .current_dir(other.path())
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("TF_IN_AUTOMATION", "1")
+            .env("TF_CLI_CONFIG_FILE", "")
+            .output()
+            .expect("terraform runs")
+    };
+    let o = terraform(&["init", "-input=false", "-no-color"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = terraform(&["plan", "-input=false", "-no-color", "-lock-timeout=0s"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", "sleep 33"])
+        .status();
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("Error acquiring the state lock"), "{err}");
+}
