@@ -1032,10 +1032,19 @@ impl Seaweed {
         turn.lock().expect("lock");
         let dir = tempfile::tempdir().expect("tempdir");
         // weed derives gRPC ports as the HTTP port + 10000 where it is
-        // not told one: every port is given, each below 55000.
-        let port = || loop {
-            let p = free_port();
-            if p < 55000 {
+        // not told one: every port is given. They are taken below the
+        // kernel's ephemeral range (32768 and up), where no outgoing
+        // connection of another test can land on one between the check
+        // and weed's bind: a component that cannot bind ends weed.
+        let mut seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .subsec_nanos()
+            ^ std::process::id();
+        let mut port = move || loop {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let p = 20_000 + u16::try_from((seed >> 8) % 12_000).expect("fits");
+            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
                 break p;
             }
         };
