@@ -316,6 +316,12 @@ impl Drop for Podman {
         let _ = self.cli(&["volume", "prune", "-f"]);
         let _ = self.service.kill();
         let _ = self.service.wait();
+        // What the engine started outside its service (conmon monitors
+        // of containers and exec sessions) carries the storage path: no
+        // process of this engine outlives the test.
+        let _ = Command::new("pkill")
+            .args(["-f", &self.dir.path().display().to_string()])
+            .output();
     }
 }
 
