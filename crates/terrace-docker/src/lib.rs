@@ -83,18 +83,25 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Whether an API error is a 404.
-pub fn is_not_found(e: &DockerError) -> bool {
-    matches!(
-        e,
-        DockerError::Api {
-            source: ApiError::DockerResponseServerError {
-                status_code: 404,
-                ..
-            },
-            ..
+/// `r`, with an answer whose status is one of `statuses` (404: not
+/// there; 304: already so) taken as `None` rather than as an error.
+fn tolerate<T>(
+    r: Result<T, ApiError>,
+    statuses: &[u16],
+    doing: impl FnOnce() -> String,
+) -> Result<Option<T>, DockerError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(ApiError::DockerResponseServerError { status_code, .. })
+            if statuses.contains(&status_code) =>
+        {
+            Ok(None)
         }
-    )
+        Err(source) => Err(DockerError::Api {
+            doing: doing(),
+            source,
+        }),
+    }
 }
 
 /// TLS client files, as absolute paths.
@@ -331,28 +338,20 @@ impl Engine {
 
     /// A container by name or id; `None` when there is none.
     pub async fn inspect(&self, name: &str) -> Result<Option<LiveContainer>, DockerError> {
-        match self
+        let found = self
             .docker
             .inspect_container(name, None::<q::InspectContainerOptions>)
-            .await
-        {
-            Ok(c) => Ok(Some(LiveContainer::from_inspect(c))),
-            Err(ApiError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(None),
-            Err(e) => Err(api(format!("inspecting container {name}"))(e)),
-        }
+            .await;
+        Ok(
+            tolerate(found, &[404], || format!("inspecting container {name}"))?
+                .map(LiveContainer::from_inspect),
+        )
     }
 
     /// The id of image `image` if the engine has it.
     pub async fn image_id(&self, image: &str) -> Result<Option<String>, DockerError> {
-        match self.docker.inspect_image(image).await {
-            Ok(i) => Ok(i.id),
-            Err(ApiError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(None),
-            Err(e) => Err(api(format!("inspecting image {image}"))(e)),
-        }
+        let found = self.docker.inspect_image(image).await;
+        Ok(tolerate(found, &[404], || format!("inspecting image {image}"))?.and_then(|i| i.id))
     }
 
     /// Pulls `image`; each progress status goes to `progress`.
@@ -424,27 +423,16 @@ impl Engine {
 
     /// Whether network `name` exists (made by anyone).
     pub async fn network_exists(&self, name: &str) -> Result<bool, DockerError> {
-        match self
+        let found = self
             .docker
             .inspect_network(name, None::<q::InspectNetworkOptions>)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(ApiError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(false),
-            Err(e) => Err(api(format!("inspecting network {name}"))(e)),
-        }
+            .await;
+        Ok(tolerate(found, &[404], || format!("inspecting network {name}"))?.is_some())
     }
 
     pub async fn volume_exists(&self, name: &str) -> Result<bool, DockerError> {
-        match self.docker.inspect_volume(name).await {
-            Ok(_) => Ok(true),
-            Err(ApiError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(false),
-            Err(e) => Err(api(format!("inspecting volume {name}"))(e)),
-        }
+        let found = self.docker.inspect_volume(name).await;
+        Ok(tolerate(found, &[404], || format!("inspecting volume {name}"))?.is_some())
     }
 
     pub async fn create_network(
@@ -468,13 +456,8 @@ impl Engine {
     }
 
     pub async fn remove_network(&self, name: &str) -> Result<(), DockerError> {
-        match self.docker.remove_network(name).await {
-            Ok(()) => Ok(()),
-            Err(ApiError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            Err(e) => Err(api(format!("removing network {name}"))(e)),
-        }
+        let removed = self.docker.remove_network(name).await;
+        tolerate(removed, &[404], || format!("removing network {name}")).map(drop)
     }
 
     pub async fn create_volume(
@@ -496,41 +479,18 @@ impl Engine {
     }
 
     pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
-        match self
+        let removed = self
             .docker
             .remove_volume(name, None::<q::RemoveVolumeOptions>)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(ApiError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            Err(e) => Err(api(format!("removing volume {name}"))(e)),
-        }
+            .await;
+        tolerate(removed, &[404], || format!("removing volume {name}")).map(drop)
     }
 
     /// Stops (10 s, then killed) and removes container `name`, keeping
     /// its named volumes; nothing when it does not exist.
     pub async fn remove_container(&self, name: &str) -> Result<(), DockerError> {
-        match self
-            .docker
-            .stop_container(
-                name,
-                Some(q::StopContainerOptions {
-                    t: Some(10),
-                    signal: None,
-                }),
-            )
-            .await
-        {
-            Ok(())
-            | Err(ApiError::DockerResponseServerError {
-                status_code: 304 | 404,
-                ..
-            }) => {}
-            Err(e) => return Err(api(format!("stopping container {name}"))(e)),
-        }
-        match self
+        self.stop_unless(name, &[304, 404]).await?;
+        let removed = self
             .docker
             .remove_container(
                 name,
@@ -540,14 +500,24 @@ impl Engine {
                     link: false,
                 }),
             )
-            .await
-        {
-            Ok(())
-            | Err(ApiError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            Err(e) => Err(api(format!("removing container {name}"))(e)),
-        }
+            .await;
+        tolerate(removed, &[404], || format!("removing container {name}")).map(drop)
+    }
+
+    /// Stops container `name` (10 s, then killed), an answer of one of
+    /// `statuses` taken as done.
+    async fn stop_unless(&self, name: &str, statuses: &[u16]) -> Result<(), DockerError> {
+        let stopped = self
+            .docker
+            .stop_container(
+                name,
+                Some(q::StopContainerOptions {
+                    t: Some(10),
+                    signal: None,
+                }),
+            )
+            .await;
+        tolerate(stopped, statuses, || format!("stopping container {name}")).map(drop)
     }
 
     /// Creates and starts the container `spec` describes (the old one of
@@ -728,37 +698,15 @@ impl Engine {
 
     /// Stops container `name` (10 s, then killed).
     pub async fn stop(&self, name: &str) -> Result<(), DockerError> {
-        match self
-            .docker
-            .stop_container(
-                name,
-                Some(q::StopContainerOptions {
-                    t: Some(10),
-                    signal: None,
-                }),
-            )
-            .await
-        {
-            Ok(())
-            | Err(ApiError::DockerResponseServerError {
-                status_code: 304, ..
-            }) => Ok(()),
-            Err(e) => Err(api(format!("stopping container {name}"))(e)),
-        }
+        self.stop_unless(name, &[304]).await
     }
 
     pub async fn start(&self, name: &str) -> Result<(), DockerError> {
-        match self
+        let started = self
             .docker
             .start_container(name, None::<q::StartContainerOptions>)
-            .await
-        {
-            Ok(())
-            | Err(ApiError::DockerResponseServerError {
-                status_code: 304, ..
-            }) => Ok(()),
-            Err(e) => Err(api(format!("starting container {name}"))(e)),
-        }
+            .await;
+        tolerate(started, &[304], || format!("starting container {name}")).map(drop)
     }
 
     /// A tar archive of what directory `path` of container `name` holds

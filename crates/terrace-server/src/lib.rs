@@ -468,6 +468,26 @@ fn state_cipher(
     }))
 }
 
+/// Where terrace.yaml's `state:` puts an S3 state (its prefix defaulting
+/// to the project's name); `None` for another backend.
+pub fn s3_settings(project: &Project) -> Option<terrace_state_s3::S3Settings> {
+    let c = &project.file.state;
+    (c.backend == terrace_core::config::StateBackendKind::S3).then(|| {
+        terrace_state_s3::S3Settings {
+            bucket: c.bucket.clone().unwrap_or_default(),
+            prefix: c
+                .prefix
+                .clone()
+                .unwrap_or_else(|| project.file.name.clone())
+                .trim_matches('/')
+                .to_owned(),
+            endpoint: c.endpoint.clone(),
+            region: c.region.clone(),
+            cache_root: Some(project.root.clone()),
+        }
+    })
+}
+
 /// The state backend terrace.yaml's `state:` names: local files, or an
 /// S3-compatible bucket shared by every process that applies the
 /// project (its records and runs encrypted with age when
@@ -485,18 +505,8 @@ pub fn state_backend(
     Ok(match c.backend {
         StateBackendKind::Local => Arc::new(terrace_state::LocalBackend::new(project.state_dir())),
         StateBackendKind::S3 => {
-            let mut b = terrace_state_s3::S3Backend::new(terrace_state_s3::S3Settings {
-                bucket: c.bucket.clone().unwrap_or_default(),
-                prefix: c
-                    .prefix
-                    .clone()
-                    .unwrap_or_else(|| project.file.name.clone())
-                    .trim_matches('/')
-                    .to_owned(),
-                endpoint: c.endpoint.clone(),
-                region: c.region.clone(),
-                cache_root: Some(project.root.clone()),
-            })?;
+            let settings = s3_settings(project).expect("an s3 state");
+            let mut b = terrace_state_s3::S3Backend::new(settings)?;
             if let Some(e) = &c.encryption {
                 b = b.with_cipher(state_cipher(e)?);
             }

@@ -28,10 +28,10 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use terrace_core::driver::BoxFuture;
-use terrace_core::state::{LockInfo, RecordError, RunRecord, STATE_FORMAT, UnitState};
+use terrace_core::state::{LockInfo, RunRecord, UnitState};
 
 use base64::Engine as _;
-use terrace_state::{RecordCipher, StateBackend, StateError, hostname};
+use terrace_state::{RecordCipher, StateBackend, StateError, hostname, is_stale};
 
 /// Where an S3 state lives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -170,17 +170,40 @@ impl S3Backend {
     /// tools keep beside the records (Terraform's state).
     pub async fn get_object(&self, rel: &str) -> Result<Option<Vec<u8>>, StateError> {
         self.ready().await?;
-        let key = self.key(rel);
-        match self.store.get(&key).await {
-            Ok(got) => Ok(Some(
-                got.bytes()
-                    .await
-                    .map_err(|e| s3_error(&format!("reading {key}"), e))?
-                    .to_vec(),
-            )),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(s3_error(&format!("reading {key}"), e)),
-        }
+        Ok(self.fetch(&self.key(rel)).await?.map(|(bytes, _)| bytes))
+    }
+
+    /// Object `key` as stored with its version, or `None`.
+    async fn fetch(&self, key: &Path) -> Result<Option<(Vec<u8>, UpdateVersion)>, StateError> {
+        let got = match self.store.get(key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(s3_error(&format!("reading {key}"), e)),
+        };
+        let version = UpdateVersion {
+            e_tag: got.meta.e_tag.clone(),
+            version: got.meta.version.clone(),
+        };
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(|e| s3_error(&format!("reading {key}"), e))?;
+        Ok(Some((bytes.to_vec(), version)))
+    }
+
+    /// A record as read from `key`: opened, parsed, kept as stored.
+    fn read_seen(
+        &self,
+        key: &Path,
+        raw: Vec<u8>,
+        version: UpdateVersion,
+    ) -> Result<Seen, StateError> {
+        let plain = self.decode(&raw, key.as_ref())?;
+        Ok(Seen {
+            state: Some(parse(key, &plain)?),
+            version: Some(version),
+            raw: Some(raw),
+        })
     }
 
     /// Writes object `rel` (under the prefix) as it is.
@@ -320,34 +343,13 @@ impl S3Backend {
                 None => fetch.push((name, m.location)),
             }
         }
-        let store = Arc::clone(&self.store);
         let fetched: Vec<(String, Seen)> = futures::stream::iter(fetch)
-            .map(|(name, location)| {
-                let store = Arc::clone(&store);
-                async move {
-                    let got = store
-                        .get(&location)
-                        .await
-                        .map_err(|e| s3_error(&format!("reading {location}"), e))?;
-                    let version = UpdateVersion {
-                        e_tag: got.meta.e_tag.clone(),
-                        version: got.meta.version.clone(),
-                    };
-                    let bytes = got
-                        .bytes()
-                        .await
-                        .map_err(|e| s3_error(&format!("reading {location}"), e))?;
-                    let plain = self.decode(&bytes, location.as_ref())?;
-                    let state = parse(&location, &plain)?;
-                    Ok::<_, StateError>((
-                        name,
-                        Seen {
-                            state: Some(state),
-                            version: Some(version),
-                            raw: Some(bytes.to_vec()),
-                        },
-                    ))
-                }
+            .map(|(name, location)| async move {
+                // Listed a moment ago: gone since, it is no record.
+                let (raw, version) = self.fetch(&location).await?.ok_or_else(|| {
+                    StateError::Remote(format!("{location} was removed while it was read"))
+                })?;
+                Ok::<_, StateError>((name, self.read_seen(&location, raw, version)?))
             })
             .buffer_unordered(PARALLEL)
             .try_collect()
@@ -440,22 +442,15 @@ impl S3Backend {
 
     async fn read_lock(&self, env: &str, unit: &str) -> Result<Option<LockInfo>, StateError> {
         let key = self.lock_key(env, unit)?;
-        match self.store.get(&key).await {
-            Ok(got) => {
-                let bytes = got
-                    .bytes()
-                    .await
-                    .map_err(|e| s3_error(&format!("reading {key}"), e))?;
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|source| StateError::Corrupt {
-                        path: key.to_string().into(),
-                        source,
-                    })
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(s3_error(&format!("reading {key}"), e)),
-        }
+        let Some((bytes, _)) = self.fetch(&key).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StateError::Corrupt {
+                path: key.to_string().into(),
+                source,
+            })
     }
 
     async fn try_lock(&self, env: &str, unit: &str, holder: &LockInfo) -> Result<bool, StateError> {
@@ -483,27 +478,9 @@ impl S3Backend {
     }
 }
 
+/// A record read from `location`, as the local backend reads its files.
 fn parse(location: &Path, bytes: &[u8]) -> Result<UnitState, StateError> {
-    let path: std::path::PathBuf = location.to_string().into();
-    let text = std::str::from_utf8(bytes).map_err(|e| StateError::Corrupt {
-        path: path.clone(),
-        source: <serde_json::Error as serde::de::Error>::custom(e),
-    })?;
-    UnitState::from_json(text).map_err(|e| match e {
-        RecordError::Json(source) => StateError::Corrupt { path, source },
-        RecordError::Format { found } => StateError::Format {
-            path,
-            found,
-            expected: STATE_FORMAT,
-        },
-    })
-}
-
-/// Whether a lock's holder ran on this host and is gone.
-fn is_stale(holder: &LockInfo) -> bool {
-    holder.host == hostname()
-        && std::path::Path::new("/proc/self").exists()
-        && !std::path::Path::new(&format!("/proc/{}", holder.pid)).exists()
+    terrace_state::parse_state(std::path::Path::new(location.as_ref()), bytes)
 }
 
 impl StateBackend for S3Backend {
@@ -765,26 +742,18 @@ impl StateBackend for S3Backend {
                 .await
                 .map_err(|e| s3_error(&format!("listing {prefix}"), e))?;
             metas.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
-            let store = Arc::clone(&self.store);
             let runs: Vec<RunRecord> = futures::stream::iter(metas)
-                .map(|m| {
-                    let store = Arc::clone(&store);
-                    async move {
-                        let bytes = store
-                            .get(&m.location)
-                            .await
-                            .map_err(|e| s3_error(&format!("reading {}", m.location), e))?
-                            .bytes()
-                            .await
-                            .map_err(|e| s3_error(&format!("reading {}", m.location), e))?;
-                        let plain = self.decode(&bytes, m.location.as_ref())?;
-                        serde_json::from_slice::<RunRecord>(&plain).map_err(|source| {
-                            StateError::Corrupt {
-                                path: m.location.to_string().into(),
-                                source,
-                            }
-                        })
-                    }
+                .map(|m| async move {
+                    let (bytes, _) = self.fetch(&m.location).await?.ok_or_else(|| {
+                        StateError::Remote(format!("{} was removed while it was read", m.location))
+                    })?;
+                    let plain = self.decode(&bytes, m.location.as_ref())?;
+                    serde_json::from_slice::<RunRecord>(&plain).map_err(|source| {
+                        StateError::Corrupt {
+                            path: m.location.to_string().into(),
+                            source,
+                        }
+                    })
                 })
                 .buffered(PARALLEL)
                 .try_collect()
@@ -798,28 +767,13 @@ impl S3Backend {
     /// Reads one record again (after taking its lock).
     async fn refresh(&self, env: &str, unit: &str) -> Result<(), StateError> {
         let key = self.unit_key(env, unit)?;
-        let seen = match self.store.get(&key).await {
-            Ok(got) => {
-                let version = UpdateVersion {
-                    e_tag: got.meta.e_tag.clone(),
-                    version: got.meta.version.clone(),
-                };
-                let bytes = got
-                    .bytes()
-                    .await
-                    .map_err(|e| s3_error(&format!("reading {key}"), e))?;
-                Seen {
-                    state: Some(parse(&key, &self.decode(&bytes, key.as_ref())?)?),
-                    version: Some(version),
-                    raw: Some(bytes.to_vec()),
-                }
-            }
-            Err(object_store::Error::NotFound { .. }) => Seen {
+        let seen = match self.fetch(&key).await? {
+            Some((raw, version)) => self.read_seen(&key, raw, version)?,
+            None => Seen {
                 state: None,
                 version: None,
                 raw: None,
             },
-            Err(e) => return Err(s3_error(&format!("reading {key}"), e)),
         };
         self.remember(env, unit, seen);
         Ok(())

@@ -13,7 +13,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-pub use local::LocalBackend;
+pub use local::{LocalBackend, is_stale, parse_state};
 use terrace_core::driver::BoxFuture;
 use terrace_core::state::{LockInfo, RunRecord, UnitState};
 

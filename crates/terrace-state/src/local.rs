@@ -154,7 +154,7 @@ fn remove_lock(path: &Path) -> std::io::Result<()> {
 }
 
 /// Whether a lock's holder ran on this host and is gone.
-fn is_stale(holder: &LockInfo) -> bool {
+pub fn is_stale(holder: &LockInfo) -> bool {
     holder.host == hostname()
         && Path::new("/proc/self").exists()
         && !Path::new(&format!("/proc/{}", holder.pid)).exists()
@@ -163,7 +163,7 @@ fn is_stale(holder: &LockInfo) -> bool {
 /// A record of this format, or of format 1 upgraded (see
 /// [`UnitState::from_json`]); the upgraded record is written on the
 /// unit's next apply.
-fn parse_state(path: &Path, bytes: &[u8]) -> Result<UnitState, StateError> {
+pub fn parse_state(path: &Path, bytes: &[u8]) -> Result<UnitState, StateError> {
     let text = std::str::from_utf8(bytes).map_err(|e| StateError::Corrupt {
         path: path.to_owned(),
         source: <serde_json::Error as serde::de::Error>::custom(e),

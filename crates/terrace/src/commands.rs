@@ -1308,24 +1308,9 @@ async fn migrate(engine: &Engine, to: &str, format: OutputFormat) -> Result<u8, 
     // Terraform units keep their own state beside terrace's: a local file
     // with local state, an object of the bucket with S3 state. It moves
     // too, so the next plan finds it where the kind will look.
-    let s3_of = |c: &terrace_core::config::StateConfig| -> Result<Option<terrace_state_s3::S3Backend>, CliError> {
-        if c.backend != terrace_core::config::StateBackendKind::S3 {
-            return Ok(None);
-        }
-        Ok(Some(terrace_state_s3::S3Backend::new(terrace_state_s3::S3Settings {
-            bucket: c.bucket.clone().unwrap_or_default(),
-            prefix: c
-                .prefix
-                .clone()
-                .unwrap_or_else(|| engine.project.file.name.clone())
-                .trim_matches('/')
-                .to_owned(),
-            endpoint: c.endpoint.clone(),
-            region: c.region.clone(),
-            cache_root: None,
-        })?))
-    };
-    let from_s3 = s3_of(&engine.project.file.state)?;
+    let from_s3 = terrace_server::s3_settings(&engine.project)
+        .map(terrace_state_s3::S3Backend::new)
+        .transpose()?;
     let dest_s3 = match to.strip_prefix("s3://") {
         Some(_) => Some(s3_backend_at(&engine.project.root, to)?),
         None => None,

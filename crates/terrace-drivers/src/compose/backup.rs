@@ -190,7 +190,8 @@ pub(super) fn check(
 fn password_is_secret(ctx: &UnitContext<'_>, password: &str) -> bool {
     ctx.unit.sensitive_settings.contains_key("backup")
         && ctx.secrets.is_some_and(|s| {
-            s.plaintexts().found_in(password) || s.plaintexts().found_in_name(password)
+            let known = s.plaintexts();
+            known.found_in(password) || known.found_in_name(password)
         })
 }
 
@@ -393,6 +394,30 @@ fn selected(
     }
 }
 
+/// Runs `cmd` in `container` (fed `input`); its stdout, or an error
+/// naming the service, the command and how it ended.
+async fn run_in(
+    engine: &Engine,
+    container: &str,
+    service: &str,
+    cmd: &[String],
+    input: Option<&[u8]>,
+) -> Result<Vec<u8>, DriverError> {
+    let (code, out, err) = engine
+        .exec_io(container, cmd, input)
+        .await
+        .map_err(docker_error)?;
+    if code != Some(0) {
+        return Err(DriverError::Target(format!(
+            "{service}: `{}` exited with {}: {}",
+            cmd.join(" "),
+            code.map_or("no code".to_owned(), |c| c.to_string()),
+            err.trim()
+        )));
+    }
+    Ok(out)
+}
+
 /// Backs up the unit's services (or `only` that one) now, then applies
 /// each one's retention.
 pub async fn run(
@@ -439,18 +464,7 @@ pub async fn run(
             }
             (None, Some(cmd)) => {
                 say(&format!("{service}: running {}", cmd.join(" ")));
-                let (code, out, err) = engine
-                    .exec_io(container, cmd, None)
-                    .await
-                    .map_err(docker_error)?;
-                if code != Some(0) {
-                    return Err(DriverError::Target(format!(
-                        "{service}: `{}` exited with {}: {}",
-                        cmd.join(" "),
-                        code.map_or("no code".to_owned(), |c| c.to_string()),
-                        err.trim()
-                    )));
-                }
+                let out = run_in(&engine, container, service, cmd, None).await?;
                 (out, format!("{service}.dump"), "command")
             }
             (None, None) => unreachable!("checked"),
@@ -661,18 +675,7 @@ pub async fn restore(
                 cmd.join(" "),
                 snap.short_id
             ));
-            let (code, _, err) = engine
-                .exec_io(container, cmd, Some(&dump))
-                .await
-                .map_err(docker_error)?;
-            if code != Some(0) {
-                return Err(DriverError::Target(format!(
-                    "{service}: `{}` exited with {}: {}",
-                    cmd.join(" "),
-                    code.map_or("no code".to_owned(), |c| c.to_string()),
-                    err.trim()
-                )));
-            }
+            run_in(&engine, container, service, cmd, Some(&dump)).await?;
         }
         (None, None) => {
             return Err(Diagnostic::new(format!(

@@ -22,6 +22,19 @@ pub struct Podman {
     _turn: std::fs::File,
 }
 
+/// Waits for, then holds, the machine-wide turn named `name` (a file
+/// lock): across test threads and processes, one holder at a time.
+fn take_turn(name: &str) -> std::fs::File {
+    let turn = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join(name))
+        .expect("lock file");
+    turn.lock().expect("lock");
+    turn
+}
+
 pub fn found(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
@@ -46,13 +59,7 @@ impl Podman {
             );
             return None;
         }
-        let turn = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(std::env::temp_dir().join("terrace-podman-tests.lock"))
-            .expect("lock file");
-        turn.lock().expect("lock");
+        let turn = take_turn("terrace-podman-tests.lock");
         Self::clean_leftovers();
         // Unix socket paths are short: keep the directory under /tmp.
         let dir = tempfile::Builder::new()
@@ -1029,13 +1036,7 @@ impl Seaweed {
             );
             return None;
         }
-        let turn = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(std::env::temp_dir().join("terrace-seaweed-tests.lock"))
-            .expect("lock file");
-        turn.lock().expect("lock");
+        let turn = take_turn("terrace-seaweed-tests.lock");
         let dir = tempfile::tempdir().expect("tempdir");
         // weed derives gRPC ports as the HTTP port + 10000 where it is
         // not told one: every port is given. They are taken below the
@@ -1173,6 +1174,35 @@ impl Drop for Seaweed {
 
 const RESTIC_PASSWORD: &str = "restic-password-never-on-disk-5150";
 
+/// [`secret_project`] with `secrets/backup.yaml` (the restic password and
+/// the S3 keys), encrypted to the demo key.
+fn backup_project(compose: &str, unit_extra: &str) -> tempfile::TempDir {
+    let dir = secret_project(compose, unit_extra);
+    write_files(
+        dir.path(),
+        &[(
+            "secrets/backup.yaml",
+            &format!("restic: {RESTIC_PASSWORD}\ns3_key: {S3_KEY}\ns3_secret: {S3_SECRET}\n"),
+        )],
+    );
+    let o = terrace(
+        dir.path(),
+        &["secrets", "encrypt", "-i", "secrets/backup.yaml"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    dir
+}
+
+/// terrace in `dir` with `args`, its docker target on `p`: (exit code,
+/// stdout, stderr).
+fn run_on(p: &Podman, dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let docker = format!("host={}", p.host());
+    let mut a = vec!["--docker", docker.as_str()];
+    a.extend_from_slice(args);
+    let o = terrace(dir, &a);
+    (code(&o), stdout(&o), stderr(&o))
+}
+
 #[test]
 fn compose_backups_go_to_restic_on_s3_and_restore_into_fresh_volumes() {
     let test = "compose_backups_go_to_restic_on_s3_and_restore_into_fresh_volumes";
@@ -1220,26 +1250,8 @@ volumes:
 "#,
         repo = s3.repository("db")
     );
-    let dir = secret_project(compose, &unit_extra);
-    write_files(
-        dir.path(),
-        &[(
-            "secrets/backup.yaml",
-            &format!("restic: {RESTIC_PASSWORD}\ns3_key: {S3_KEY}\ns3_secret: {S3_SECRET}\n"),
-        )],
-    );
-    let o = terrace(
-        dir.path(),
-        &["secrets", "encrypt", "-i", "secrets/backup.yaml"],
-    );
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let docker = format!("host={}", p.host());
-    let run = |args: &[&str]| {
-        let mut a = vec!["--docker", docker.as_str()];
-        a.extend_from_slice(args);
-        let o = terrace(dir.path(), &a);
-        (code(&o), stdout(&o), stderr(&o))
-    };
+    let dir = backup_project(compose, &unit_extra);
+    let run = |args: &[&str]| run_on(&p, dir.path(), args);
     let (c, out, err) = run(&["apply"]);
     assert_eq!(c, 0, "{out}{err}");
     // Rows written to the database's volume and the store's file.
@@ -1408,26 +1420,8 @@ volumes:
 "#,
         repo = s3.repository("pg")
     );
-    let dir = secret_project(compose, &unit_extra);
-    write_files(
-        dir.path(),
-        &[(
-            "secrets/backup.yaml",
-            &format!("restic: {RESTIC_PASSWORD}\ns3_key: {S3_KEY}\ns3_secret: {S3_SECRET}\n"),
-        )],
-    );
-    let o = terrace(
-        dir.path(),
-        &["secrets", "encrypt", "-i", "secrets/backup.yaml"],
-    );
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let docker = format!("host={}", p.host());
-    let run = |args: &[&str]| {
-        let mut a = vec!["--docker", docker.as_str()];
-        a.extend_from_slice(args);
-        let o = terrace(dir.path(), &a);
-        (code(&o), stdout(&o), stderr(&o))
-    };
+    let dir = backup_project(compose, &unit_extra);
+    let run = |args: &[&str]| run_on(&p, dir.path(), args);
     let psql = |sql: &str| -> String {
         let o = p.cli(&[
             "exec", "pg-db-1", "psql", "-h", "/tmp", "-U", "app", "-d", "postgres", "-At", "-c",
