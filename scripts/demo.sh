@@ -4,6 +4,7 @@
 # examples/homelab/.terrace/), and show that a second plan has no changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/build-deps.sh
 cargo build --release -p terrace
 # The example's helm units need helm (and its secrets sops' format):
 # installed when missing, as for the tests.

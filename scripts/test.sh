@@ -4,6 +4,7 @@
 # cargo-nextest is used when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/build-deps.sh
 bash scripts/setup-tools.sh
 # Where setup-tools.sh puts what no package carries (helm).
 export PATH="$PATH:${TERRACE_TOOLS:-$HOME/.cache/terrace-tools}/bin"

@@ -182,10 +182,36 @@ pub struct StateConfig {
     /// For `s3`: the region (default `AWS_REGION`, else `us-east-1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// Encryption at rest of every record and run (for `s3`): a leaked
-    /// bucket leaks nothing.
+    /// For `etcd`: the members' client URLs, as `https://etcd1:2379`
+    /// (plain `http://` only to this machine).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// For `etcd`: TLS files, relative to the project root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<StateTls>,
+    /// For `etcd`: how long the lock of a holder that died stays (default
+    /// `30s`); a live holder renews it every third of that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_ttl: Option<crate::kind::Timeout>,
+    /// Encryption at rest of every record and run (for `s3` and `etcd`):
+    /// a leaked bucket or etcd snapshot leaks nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<StateEncryption>,
+}
+
+/// TLS to a state server, files relative to the project root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StateTls {
+    /// The CA that signed the servers' certificates (PEM).
+    pub ca: String,
+    /// A client certificate (PEM), for servers that require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// The client certificate's key (PEM). It is read as it is: keep it
+    /// out of the repository (a path under `~` or `/etc` works).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// How state is encrypted at rest.
@@ -221,6 +247,9 @@ pub enum StateBackendKind {
     /// An S3-compatible bucket: locks by conditional create, records
     /// written by compare-and-swap, so a team and a daemon share them.
     S3,
+    /// An etcd v3 cluster: records written in transactions comparing
+    /// revisions, locks on leases that lapse when their holder dies.
+    Etcd,
 }
 
 /// A target: somewhere units act.

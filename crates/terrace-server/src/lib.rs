@@ -447,6 +447,20 @@ impl terrace_state::RecordCipher for AgeCipher {
     }
 }
 
+/// The cipher terrace.yaml's `state.encryption` describes, if any: what
+/// remote backends seal records and runs with.
+pub fn project_cipher(
+    project: &Project,
+) -> Result<Option<Arc<dyn terrace_state::RecordCipher>>, terrace_state::StateError> {
+    project
+        .file
+        .state
+        .encryption
+        .as_ref()
+        .map(state_cipher)
+        .transpose()
+}
+
 fn state_cipher(
     e: &terrace_core::config::StateEncryption,
 ) -> Result<Arc<dyn terrace_state::RecordCipher>, terrace_state::StateError> {
@@ -488,9 +502,73 @@ pub fn s3_settings(project: &Project) -> Option<terrace_state_s3::S3Settings> {
     })
 }
 
+/// Where terrace.yaml's `state:` puts an etcd state (its prefix
+/// defaulting to `terrace/<project name>`), TLS files read; `None` for
+/// another backend.
+pub fn etcd_settings(
+    project: &Project,
+) -> Result<Option<terrace_state_etcd::EtcdSettings>, terrace_state::StateError> {
+    let c = &project.file.state;
+    if c.backend != terrace_core::config::StateBackendKind::Etcd {
+        return Ok(None);
+    }
+    let tls = c
+        .tls
+        .as_ref()
+        .map(|t| read_tls(&project.root, t))
+        .transpose()?;
+    Ok(Some(terrace_state_etcd::EtcdSettings {
+        endpoints: c.endpoints.clone(),
+        prefix: c
+            .prefix
+            .clone()
+            .unwrap_or_else(|| format!("terrace/{}", project.file.name))
+            .trim_matches('/')
+            .to_owned(),
+        tls,
+        lock_ttl: c
+            .lock_ttl
+            .as_ref()
+            .map_or(terrace_state_etcd::EtcdSettings::DEFAULT_LOCK_TTL, |t| {
+                t.duration()
+            }),
+    }))
+}
+
+/// The PEM files `state.tls` names. Paths are relative to the project
+/// root; an absolute path (a key kept outside the repository) is read as
+/// given.
+pub fn read_tls(
+    root: &std::path::Path,
+    t: &terrace_core::config::StateTls,
+) -> Result<terrace_state_etcd::EtcdTls, terrace_state::StateError> {
+    let read = |what: &str, p: &str| {
+        let path = root.join(p);
+        let bytes = if std::path::Path::new(p).is_absolute() {
+            std::fs::read(&path)
+        } else {
+            terrace_fs::read(root, &path)
+        };
+        bytes.map_err(|e| terrace_state::StateError::Remote(format!("state.tls.{what} `{p}`: {e}")))
+    };
+    let identity = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => Some((read("cert", c)?, read("key", k)?)),
+        (None, None) => None,
+        _ => {
+            return Err(terrace_state::StateError::Remote(
+                "state.tls: `cert` and `key` go together; give both or neither".to_owned(),
+            ));
+        }
+    };
+    Ok(terrace_state_etcd::EtcdTls {
+        ca: Some(read("ca", &t.ca)?),
+        identity,
+    })
+}
+
 /// The state backend terrace.yaml's `state:` names: local files, or an
-/// S3-compatible bucket shared by every process that applies the
-/// project (its records and runs encrypted with age when
+/// S3-compatible bucket or an etcd cluster shared by every process that
+/// applies the project (its records and runs encrypted with age when
 /// `state.encryption` says so).
 pub fn state_backend(
     project: &Project,
@@ -499,7 +577,7 @@ pub fn state_backend(
     let c = &project.file.state;
     if c.encryption.is_some() && c.backend == StateBackendKind::Local {
         return Err(terrace_state::StateError::Remote(
-            "state.encryption is for remote backends (s3): local records sit beside the keys that would open them".to_owned(),
+            "state.encryption is for remote backends (s3, etcd): local records sit beside the keys that would open them".to_owned(),
         ));
     }
     Ok(match c.backend {
@@ -507,6 +585,14 @@ pub fn state_backend(
         StateBackendKind::S3 => {
             let settings = s3_settings(project).expect("an s3 state");
             let mut b = terrace_state_s3::S3Backend::new(settings)?;
+            if let Some(e) = &c.encryption {
+                b = b.with_cipher(state_cipher(e)?);
+            }
+            Arc::new(b)
+        }
+        StateBackendKind::Etcd => {
+            let settings = etcd_settings(project)?.expect("an etcd state");
+            let mut b = terrace_state_etcd::EtcdBackend::new(settings)?;
             if let Some(e) = &c.encryption {
                 b = b.with_cipher(state_cipher(e)?);
             }

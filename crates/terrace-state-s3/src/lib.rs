@@ -149,21 +149,12 @@ impl S3Backend {
 
     /// What is stored for `plain`.
     fn encode(&self, plain: Vec<u8>) -> Result<Vec<u8>, StateError> {
-        match &self.cipher {
-            Some(c) => c.seal(&plain),
-            None => Ok(plain),
-        }
+        terrace_state::seal_with(self.cipher.as_deref(), plain)
     }
 
     /// The plaintext of what is stored at `at`.
     fn decode(&self, stored: &[u8], at: &str) -> Result<Vec<u8>, StateError> {
-        match &self.cipher {
-            Some(c) => c.open(stored, at),
-            None if stored.starts_with(b"age-encryption.org/") => Err(StateError::Remote(format!(
-                "{at} is encrypted, and terrace.yaml's state has no `encryption`; add the recipients it was encrypted to"
-            ))),
-            None => Ok(stored.to_vec()),
-        }
+        terrace_state::open_with(self.cipher.as_deref(), stored, at)
     }
 
     /// Object `rel` (under the prefix) as stored, or `None`: what other

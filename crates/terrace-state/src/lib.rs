@@ -91,6 +91,31 @@ pub trait RecordCipher: Send + Sync + fmt::Debug {
     fn open(&self, stored: &[u8], at: &str) -> Result<Vec<u8>, StateError>;
 }
 
+/// What a remote backend stores for `plain`: sealed by `cipher`, or as
+/// it is without one.
+pub fn seal_with(cipher: Option<&dyn RecordCipher>, plain: Vec<u8>) -> Result<Vec<u8>, StateError> {
+    match cipher {
+        Some(c) => c.seal(&plain),
+        None => Ok(plain),
+    }
+}
+
+/// The plaintext of what a remote backend read at `at`. Without a cipher
+/// an age file is refused with what to add, never parsed as a record.
+pub fn open_with(
+    cipher: Option<&dyn RecordCipher>,
+    stored: &[u8],
+    at: &str,
+) -> Result<Vec<u8>, StateError> {
+    match cipher {
+        Some(c) => c.open(stored, at),
+        None if stored.starts_with(b"age-encryption.org/") => Err(StateError::Remote(format!(
+            "{at} is encrypted, and terrace.yaml's state has no `encryption`; add the recipients it was encrypted to"
+        ))),
+        None => Ok(stored.to_vec()),
+    }
+}
+
 /// A state backend.
 pub trait StateBackend: Send + Sync + fmt::Debug {
     /// Where the state lives, for messages.

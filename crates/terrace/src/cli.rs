@@ -476,11 +476,13 @@ pub enum StateCommand {
     /// then read each back to check it. Refused while any unit is locked,
     /// or when the destination already holds state.
     #[command(
-        after_help = "Examples:\n  terrace state migrate --to 's3://infra-state/homelab?endpoint=https://s3.home.arpa'\n  terrace state migrate --to local                 # .terrace/state\n  terrace state migrate --to local:state-backup\n\nThen point terrace.yaml's `state:` at the destination. S3 credentials come from\nAWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+        after_help = "Examples:\n  terrace state migrate --to 's3://infra-state/homelab?endpoint=https://s3.home.arpa'\n  terrace state migrate --to local                 # .terrace/state\n  terrace state migrate --to local:state-backup\n  terrace state migrate --to etcd://127.0.0.1:2379/terrace/homelab\n  terrace state migrate --to 'etcd+https://etcd1:2379,etcd2:2379/terrace/homelab?ca=pki/ca.pem&cert=pki/me.pem&key=/etc/terrace/me.key'\n\nThen point terrace.yaml's `state:` at the destination. Records and runs are\nwritten sealed when terrace.yaml's `state.encryption` names recipients. S3\ncredentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
     )]
     Migrate {
         /// The destination: `local`, `local:DIR` (relative to the project
-        /// root), or `s3://BUCKET/PREFIX[?endpoint=URL&region=R]`.
+        /// root), `s3://BUCKET/PREFIX[?endpoint=URL&region=R]`,
+        /// `etcd://HOST:PORT[,HOST:PORT]/PREFIX` or
+        /// `etcd+https://…/PREFIX?ca=FILE[&cert=FILE&key=FILE]`.
         #[arg(long, value_name = "BACKEND")]
         to: String,
     },

@@ -1198,15 +1198,20 @@ async fn state(
     }
 }
 
-/// The backend `--to` names.
+/// The backend `--to` names; a remote one seals what it stores with
+/// `cipher` (the project's `state.encryption`).
 fn backend_at(
     project_root: &Path,
     to: &str,
+    cipher: Option<Arc<dyn terrace_state::RecordCipher>>,
 ) -> Result<Arc<dyn terrace_state::StateBackend>, CliError> {
     let bad = |why: &str| {
         CliError::message(
             format!("--to `{to}` {why}"),
-            Some("write local, local:DIR, or s3://BUCKET/PREFIX?endpoint=URL".to_owned()),
+            Some(
+                "write local, local:DIR, s3://BUCKET/PREFIX?endpoint=URL, or etcd://HOST:PORT/PREFIX"
+                    .to_owned(),
+            ),
         )
     };
     if to == "local" {
@@ -1223,9 +1228,76 @@ fn backend_at(
         )));
     }
     if to.starts_with("s3://") {
-        return Ok(Arc::new(s3_backend_at(project_root, to)?));
+        let b = s3_backend_at(project_root, to)?;
+        return Ok(match cipher {
+            Some(c) => Arc::new(b.with_cipher(c)),
+            None => Arc::new(b),
+        });
+    }
+    if to.starts_with("etcd://") || to.starts_with("etcd+https://") {
+        let b = etcd_backend_at(project_root, to)?;
+        return Ok(match cipher {
+            Some(c) => Arc::new(b.with_cipher(c)),
+            None => Arc::new(b),
+        });
     }
     Err(bad("is not a backend terrace knows"))
+}
+
+/// The etcd backend `--to etcd://HOST:PORT[,HOST:PORT]/PREFIX` names
+/// (plain, this machine only), or `etcd+https://…?ca=F&cert=F&key=F`.
+fn etcd_backend_at(
+    project_root: &Path,
+    to: &str,
+) -> Result<terrace_state_etcd::EtcdBackend, CliError> {
+    let bad = |why: &str| {
+        CliError::message(
+            format!("--to `{to}` {why}"),
+            Some(
+                "write etcd://HOST:PORT/PREFIX, or etcd+https://HOST:PORT/PREFIX?ca=FILE[&cert=FILE&key=FILE]"
+                    .to_owned(),
+            ),
+        )
+    };
+    let (scheme, rest) = match to.split_once("://") {
+        Some(("etcd", r)) => ("http", r),
+        Some(("etcd+https", r)) => ("https", r),
+        _ => return Err(bad("is not an etcd:// address")),
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (hosts, prefix) = path.split_once('/').unwrap_or((path, ""));
+    if hosts.is_empty() {
+        return Err(bad("names no endpoint"));
+    }
+    let mut tls = terrace_core::config::StateTls::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("ca", v)) if scheme == "https" => tls.ca = v.to_owned(),
+            Some(("cert", v)) if scheme == "https" => tls.cert = Some(v.to_owned()),
+            Some(("key", v)) if scheme == "https" => tls.key = Some(v.to_owned()),
+            _ => {
+                return Err(bad(&format!(
+                    "has `{pair}`, which is not ca=, cert= or key= of etcd+https"
+                )));
+            }
+        }
+    }
+    let tls = match scheme {
+        "https" if tls.ca.is_empty() => return Err(bad("names no ca=")),
+        "https" => Some(terrace_server::read_tls(project_root, &tls)?),
+        _ => None,
+    };
+    Ok(terrace_state_etcd::EtcdBackend::new(
+        terrace_state_etcd::EtcdSettings {
+            endpoints: hosts
+                .split(',')
+                .map(|h| format!("{scheme}://{h}"))
+                .collect(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            tls,
+            lock_ttl: terrace_state_etcd::EtcdSettings::DEFAULT_LOCK_TTL,
+        },
+    )?)
 }
 
 /// The S3 backend `--to s3://BUCKET/PREFIX?endpoint=…` names.
@@ -1269,7 +1341,8 @@ fn s3_backend_at(project_root: &Path, to: &str) -> Result<terrace_state_s3::S3Ba
 /// then read back and compared.
 async fn migrate(engine: &Engine, to: &str, format: OutputFormat) -> Result<u8, CliError> {
     let from = engine.state();
-    let dest = backend_at(&engine.project.root, to)?;
+    let cipher = terrace_server::project_cipher(&engine.project)?;
+    let dest = backend_at(&engine.project.root, to, cipher)?;
     if dest.describe() == from.describe() {
         return Err(CliError::message(
             format!(

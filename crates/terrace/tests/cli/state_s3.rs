@@ -263,12 +263,16 @@ fn a_write_based_on_a_stale_read_is_refused() {
     });
 }
 
-/// The example's state moved local → S3 → local: every step plans with
-/// no changes; a held lock or a destination that holds state refuses.
+/// The example's state moved local → S3 → etcd → local: every step
+/// plans with no changes; a held lock or a destination that holds state
+/// refuses.
 #[test]
-fn the_example_migrates_local_to_s3_and_back_and_plans_clean() {
-    let Some(s3) = Seaweed::start("the_example_migrates_local_to_s3_and_back_and_plans_clean")
-    else {
+fn the_example_migrates_local_to_s3_to_etcd_and_back_and_plans_clean() {
+    let test = "the_example_migrates_local_to_s3_to_etcd_and_back_and_plans_clean";
+    let Some(s3) = Seaweed::start(test) else {
+        return;
+    };
+    let Some(etcd) = crate::state_etcd::Etcd::start(test) else {
         return;
     };
     let dir = crate::homelab();
@@ -330,6 +334,34 @@ fn the_example_migrates_local_to_s3_and_back_and_plans_clean() {
         ],
     );
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+
+    // S3 → etcd: Terraform's states come down to local files under
+    // `.terrace/terraform/` (Terraform has no etcd backend).
+    let to_etcd = format!("etcd://127.0.0.1:{}/terrace/homelab", etcd.port);
+    let o = run(
+        d,
+        &["state", "migrate", "--to", &to_etcd, "--output", "json"],
+    );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(v["to"].as_str().expect("to").starts_with("etcd://"), "{v}");
+    write_files(
+        d,
+        &[(
+            "terrace.yaml",
+            &format!(
+                "{yaml}\nstate:\n  backend: etcd\n  endpoints: [{}]\n",
+                etcd.endpoint()
+            ),
+        )],
+    );
+    let o = run(d, &["plan"]);
+    assert_eq!(code(&o), 0, "from etcd: {}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("16 of 16 units unchanged"),
+        "{}",
+        stdout(&o)
+    );
 
     let o = run(d, &["state", "migrate", "--to", "local:state-back"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
