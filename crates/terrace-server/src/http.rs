@@ -70,6 +70,12 @@ pub struct Shared {
     pub wake: Mutex<Option<crate::runs::Trigger>>,
     /// Layers the API paused.
     pub paused_layers: Mutex<std::collections::BTreeSet<String>>,
+    /// Set once what replicas share through a remote state backend was
+    /// copied into this one's work directory.
+    pub(crate) took_over: std::sync::atomic::AtomicBool,
+    /// The remote state backend of the last revision opened, which the
+    /// loop copies the shared documents out to.
+    pub(crate) replica_store: Mutex<Option<Arc<dyn terrace_state::StateBackend>>>,
 }
 
 /// What the API paused, at one moment.

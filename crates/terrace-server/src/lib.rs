@@ -13,6 +13,7 @@
 
 pub mod http;
 pub mod notify;
+mod replicas;
 pub mod runs;
 pub mod source;
 
@@ -734,7 +735,6 @@ async fn reconcile_unless(
     shared: &Arc<http::Shared>,
     trigger: runs::Trigger,
 ) -> Result<Option<Reconciled>, ServeError> {
-    let paused = shared.paused_units();
     terrace_fs::private_dir(&opts.workdir)?;
     let source = opts.source();
     let fetched = {
@@ -747,6 +747,15 @@ async fn reconcile_unless(
         .await
         .map_err(|e| SourceError::Git(format!("the fetch stopped: {e}")))??
     };
+    // A replica restarted over the work tree it had: what the replicas
+    // share is taken over before deciding that nothing is new.
+    if !shared.took_over.load(std::sync::atomic::Ordering::SeqCst)
+        && opts.tree().is_dir()
+        && let Ok(engine) = open_engine(opts, None)
+    {
+        take_over(opts, shared, engine.state()).await?;
+    }
+    let mut paused = shared.paused_units();
     let mut status = Status::load(&opts.workdir);
     let resumed = status.held.iter().any(|u| !paused.holds(u, None));
     if hold == Some(fetched.as_str())
@@ -781,6 +790,31 @@ async fn reconcile_unless(
     status.save(&opts.workdir)?;
 
     let engine = open_engine(opts, Some(&fetched))?;
+    // With remote state, a replica's first pass takes over what the
+    // replicas share (the applied revision, the approval waiting, the
+    // history) before deciding what to do.
+    let mut before = before;
+    if take_over(opts, shared, engine.state()).await? {
+        status = Status::load(&opts.workdir);
+        paused = shared.paused_units();
+        let resumed = status.held.iter().any(|u| !paused.holds(u, None));
+        if hold == Some(fetched.as_str())
+            || (!resumed && status.applied.as_deref() == Some(fetched.as_str()))
+        {
+            return Ok(None);
+        }
+        before = match status.applied.clone() {
+            Some(rev) => {
+                let source = source.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || source.files(&rev).map(|f| f.0))
+                        .await
+                        .map_err(|e| SourceError::Git(format!("the checkout stopped: {e}")))??,
+                )
+            }
+            None => None,
+        };
+    }
     let (mut selected, changed, changed_files, touching): (BTreeSet<usize>, usize, Vec<String>, _) =
         match &before {
             Some(before) => {
@@ -887,6 +921,34 @@ async fn reconcile_unless(
     }
     status.save(&opts.workdir)?;
     Ok(Some(reconciled))
+}
+
+/// With remote state, the store the loop copies what the replicas share
+/// out to; on a replica's first pass, what they share is copied in
+/// (`true`: the status, approval and history changed).
+async fn take_over(
+    opts: &Options,
+    shared: &http::Shared,
+    state: &Arc<dyn terrace_state::StateBackend>,
+) -> Result<bool, ServeError> {
+    use std::sync::atomic::Ordering;
+    if !state.shares_documents() {
+        return Ok(false);
+    }
+    *shared
+        .replica_store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(state));
+    if shared.took_over.load(Ordering::SeqCst) {
+        return Ok(false);
+    }
+    let pulled = replicas::pull(&opts.workdir, state.as_ref()).await?;
+    shared.took_over.store(true, Ordering::SeqCst);
+    if pulled {
+        shared.history.reload();
+        shared.load_paused();
+    }
+    Ok(pulled)
 }
 
 /// The first 12 characters of a revision.
@@ -1211,6 +1273,8 @@ async fn serve_loop(
     // or a webhook is taken at once).
     let mut backoff: Option<(String, u32, std::time::Instant)> = None;
     let mut woken = false;
+    // Run logs already copied to the replicas' shared store.
+    let mut pushed_logs = BTreeSet::new();
     loop {
         let started = std::time::Instant::now();
         let hold = backoff
@@ -1348,6 +1412,17 @@ async fn serve_loop(
                 false
             }
         };
+        // What the replicas share, copied out after every pass.
+        let store = shared
+            .replica_store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(store) = store
+            && let Err(e) = replicas::push(&opts.workdir, store.as_ref(), &mut pushed_logs).await
+        {
+            say(&format!("the replicas' shared status was not written: {e}"));
+        }
         if opts.once || interrupt.is_set() {
             return Ok(healthy);
         }

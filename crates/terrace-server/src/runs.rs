@@ -163,20 +163,7 @@ impl History {
     /// The history kept in `dir` (`None`: in memory only); what an
     /// earlier daemon left there is read back.
     pub fn new(dir: Option<PathBuf>) -> History {
-        let runs: VecDeque<Run> = dir
-            .as_deref()
-            .and_then(|d| std::fs::read(d.join("runs.json")).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let actions: VecDeque<ActionRecord> = dir
-            .as_deref()
-            .and_then(|d| std::fs::read_to_string(d.join("actions.jsonl")).ok())
-            .map(|t| {
-                t.lines()
-                    .filter_map(|l| serde_json::from_str(l).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (runs, actions) = Self::read(dir.as_deref());
         History {
             dir,
             runs: Mutex::new(runs),
@@ -184,6 +171,42 @@ impl History {
             actions: Mutex::new(actions),
             lines: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// What `dir` holds: its runs and actions (none where a file is
+    /// missing or unreadable).
+    fn read(dir: Option<&Path>) -> (VecDeque<Run>, VecDeque<ActionRecord>) {
+        let runs = dir
+            .and_then(|d| std::fs::read(d.join("runs.json")).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let actions = dir
+            .and_then(|d| std::fs::read_to_string(d.join("actions.jsonl")).ok())
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (runs, actions)
+    }
+
+    /// Reads the history from its directory again (after another replica's
+    /// was brought there); a run in progress is kept.
+    pub fn reload(&self) {
+        let (mut runs, actions) = Self::read(self.dir.as_deref());
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut current = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(l) = live.as_ref()
+            && let Some(run) = current.iter().find(|r| r.id == l.id)
+        {
+            runs.retain(|r| r.id != l.id);
+            runs.push_back(run.clone());
+        }
+        *current = runs;
+        drop(current);
+        drop(live);
+        *self.actions.lock().unwrap_or_else(PoisonError::into_inner) = actions;
     }
 
     /// Starts a run of `revision`; its id.

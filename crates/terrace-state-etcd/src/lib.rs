@@ -753,6 +753,55 @@ impl StateBackend for EtcdBackend {
                 .collect()
         })
     }
+
+    fn shares_documents(&self) -> bool {
+        true
+    }
+
+    fn read_document<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StateError>> {
+        Box::pin(async move {
+            let key = self.key(&terrace_state::document_key(name)?);
+            let mut c = self.client().await?;
+            let r = c
+                .get(key.clone(), None)
+                .await
+                .map_err(|e| self.err(&format!("reading {key}"), e))?;
+            r.kvs()
+                .first()
+                .map(|kv| terrace_state::open_with(self.cipher.as_deref(), kv.value(), &key))
+                .transpose()
+        })
+    }
+
+    fn write_document<'a>(
+        &'a self,
+        name: &'a str,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move {
+            let key = self.key(&terrace_state::document_key(name)?);
+            let body = terrace_state::seal_with(self.cipher.as_deref(), bytes)?;
+            let mut c = self.client().await?;
+            c.put(key.clone(), body, None)
+                .await
+                .map_err(|e| self.err(&format!("writing {key}"), e))?;
+            Ok(())
+        })
+    }
+
+    fn remove_document<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move {
+            let key = self.key(&terrace_state::document_key(name)?);
+            let mut c = self.client().await?;
+            c.delete(key.clone(), None)
+                .await
+                .map_err(|e| self.err(&format!("removing {key}"), e))?;
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]

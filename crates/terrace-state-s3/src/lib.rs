@@ -752,9 +752,60 @@ impl StateBackend for S3Backend {
             Ok(runs)
         })
     }
+
+    fn shares_documents(&self) -> bool {
+        true
+    }
+
+    fn read_document<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            let key = self.document(name)?;
+            match self.fetch(&key).await? {
+                Some((bytes, _)) => Ok(Some(self.decode(&bytes, key.as_ref())?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn write_document<'a>(
+        &'a self,
+        name: &'a str,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            let key = self.document(name)?;
+            let body = self.encode(bytes)?;
+            self.store
+                .put(&key, PutPayload::from(body))
+                .await
+                .map_err(|e| s3_error(&format!("writing {key}"), e))?;
+            Ok(())
+        })
+    }
+
+    fn remove_document<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            let key = self.document(name)?;
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(s3_error(&format!("removing {key}"), e)),
+            }
+        })
+    }
 }
 
 impl S3Backend {
+    /// A shared document's object.
+    fn document(&self, name: &str) -> Result<Path, StateError> {
+        Ok(self.key(&terrace_state::document_key(name)?))
+    }
+
     /// Reads one record again (after taking its lock).
     async fn refresh(&self, env: &str, unit: &str) -> Result<(), StateError> {
         let key = self.unit_key(env, unit)?;

@@ -182,6 +182,58 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
         &'a self,
         environment: &'a str,
     ) -> BoxFuture<'a, Result<Vec<RunRecord>, StateError>>;
+
+    /// Whether documents (below) reach other machines: remote backends
+    /// keep them beside the records, so every replica of `terrace serve`
+    /// sees one status, approval and history. Local state keeps none: the
+    /// daemon's work directory is where they live.
+    fn shares_documents(&self) -> bool {
+        false
+    }
+
+    /// A document the daemon shares with its replicas, by name
+    /// (`history/runs.json`, see [`document_key`]), as written.
+    fn read_document<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StateError>> {
+        Box::pin(async move {
+            document_key(name)?;
+            Ok(None)
+        })
+    }
+
+    /// Replaces a shared document.
+    fn write_document<'a>(
+        &'a self,
+        name: &'a str,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        drop(bytes);
+        Box::pin(async move { document_key(name).map(drop) })
+    }
+
+    /// Removes a shared document (absent is fine).
+    fn remove_document<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move { document_key(name).map(drop) })
+    }
+}
+
+/// Where a shared document lives under a remote backend's prefix:
+/// `_daemon/<name>`. Names are at most four `/`-separated parts, each a
+/// name terrace writes (letters, digits, `-`, `_`, `.`, not starting
+/// with `.`), so none leaves the daemon's part of the store.
+pub fn document_key(name: &str) -> Result<String, StateError> {
+    let parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 4 {
+        return Err(StateError::Remote(format!(
+            "document name `{name}` has more than four parts"
+        )));
+    }
+    for p in &parts {
+        terrace_fs::check_name("document", p).map_err(std::io::Error::from)?;
+    }
+    Ok(format!("_daemon/{name}"))
 }
 
 pub use terrace_fs::time::now_rfc3339;

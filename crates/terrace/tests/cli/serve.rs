@@ -1862,3 +1862,119 @@ fn serve_runs_backups_on_their_schedule() {
         "{runs}"
     );
 }
+
+/// Two daemons with state in etcd share one status, approval and
+/// history: a second replica, with a work directory of its own, goes on
+/// where the first stopped (nothing applied again), shows the plan the
+/// first left waiting, applies it once approved, and the first then
+/// sees that run in its history.
+#[test]
+fn replicas_share_status_approval_and_history_through_etcd_state() {
+    let Some(etcd) = crate::state_etcd::Etcd::start(
+        "replicas_share_status_approval_and_history_through_etcd_state",
+    ) else {
+        return;
+    };
+    let yaml = format!(
+        "name: sv\nlayers: [base, apps]\ntargets:\n  k8s: {{ type: cluster }}\nserve:\n  layers:\n    apps: {{policy: approve}}\nstate:\n  backend: etcd\n  endpoints: [{}]\n",
+        etcd.endpoint()
+    );
+    let remote = Remote::new(&[
+        ("terrace.yaml", &yaml),
+        ("base/a/unit.yaml", "layer: base\nkind: manifests\n"),
+        ("base/a/cm.yaml", &cm("a", "1")),
+        ("apps/b/unit.yaml", "layer: apps\nkind: manifests\n"),
+        ("apps/b/cm.yaml", &cm("b", "1")),
+    ]);
+    // The first daemon: `a` applied, `b` waits for approval.
+    let (c, out) = remote.serve_once();
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        remote.rendered("a", "v1_configmap_a.yaml").is_some(),
+        "{out}"
+    );
+    assert!(
+        remote.rendered("b", "v1_configmap_b.yaml").is_none(),
+        "{out}"
+    );
+    assert!(
+        etcd.dump("terrace/sv/_daemon/")
+            .contains("terrace/sv/_daemon/approval.plan"),
+        "the waiting plan is in the shared store"
+    );
+
+    // A second replica, its own work directory.
+    let other = remote.dir.path().join("serve-2");
+    let port = crate::helm::free_port();
+    let child = std_command(remote.dir.path())
+        .args(["serve", "--repo", &remote.url(), "--interval", "1s"])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--workdir"])
+        .arg(&other)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("terrace serve runs");
+    wait_until("ready", Duration::from_secs(30), &|| {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/readyz", &[], b"").0 == 200
+    });
+    let (_, body) = http(port, "GET", "/api/v1/status", &[], b"");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(status["pending"], serde_json::json!(["b"]), "{status}");
+    let revision = status["pendingRevision"]
+        .as_str()
+        .expect("the first daemon's plan waits")
+        .to_owned();
+    assert!(
+        !other
+            .join("tree/.terrace/rendered/default/k8s/a/v1_configmap_a.yaml")
+            .exists(),
+        "the applied revision was not applied again"
+    );
+    let (_, runs) = http(port, "GET", "/api/v1/runs", &[], b"");
+    assert!(runs.contains(&revision), "the first daemon's run: {runs}");
+    assert_eq!(
+        http(port, "GET", "/api/v1/approval", &[], b"").0,
+        200,
+        "the first daemon's plan, shown by the second"
+    );
+    let approve = format!("{{\"revision\": \"{revision}\"}}");
+    assert_eq!(
+        http(port, "POST", "/api/v1/approve", &[], approve.as_bytes()).0,
+        202
+    );
+    wait_until(
+        "the approved plan applied by the second replica",
+        Duration::from_secs(30),
+        &|| {
+            other
+                .join("tree/.terrace/rendered/default/k8s/b/v1_configmap_b.yaml")
+                .exists()
+        },
+    );
+    wait_until("the approval cleared", Duration::from_secs(10), &|| {
+        http(port, "GET", "/api/v1/approval", &[], b"").0 == 404
+    });
+    // Written out at the end of the pass that applied it.
+    wait_until(
+        "the approval left the store",
+        Duration::from_secs(10),
+        &|| {
+            !etcd
+                .dump("terrace/sv/_daemon/")
+                .contains("terrace/sv/_daemon/approval.plan")
+        },
+    );
+    let out = stop(child);
+    assert!(!out.contains("not written"), "{out}");
+
+    // The first daemon again: nothing waits, nothing to apply, and its
+    // history holds the approval the other replica applied.
+    let (c, out) = remote.serve_once();
+    assert_eq!(c, 0, "{out}");
+    assert!(out.contains("up to date"), "{out}");
+    let runs =
+        std::fs::read_to_string(remote.workdir().join("history/runs.json")).expect("history");
+    assert!(runs.contains("\"trigger\":\"approval\""), "{runs}");
+    assert!(!remote.workdir().join("approval.plan").exists());
+}
