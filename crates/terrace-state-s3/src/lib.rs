@@ -48,6 +48,103 @@ pub struct S3Settings {
     pub cache_root: Option<std::path::PathBuf>,
 }
 
+/// What the AWS shared files hold for the profile in use (`AWS_PROFILE`,
+/// else `default`): keys from the credentials file
+/// (`AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`), the
+/// region from the config file (`AWS_CONFIG_FILE`, else `~/.aws/config`).
+#[derive(Default)]
+struct SharedProfile {
+    keys: Option<(String, String)>,
+    session_token: Option<String>,
+    region: Option<String>,
+}
+
+impl std::fmt::Debug for SharedProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedProfile")
+            .field("keys", &self.keys.is_some())
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The largest shared file read.
+const MAX_SHARED_FILE: u64 = 1 << 20;
+
+impl SharedProfile {
+    fn from_env() -> Result<Option<SharedProfile>, StateError> {
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let file = |var: &str, rel: &str| {
+            std::env::var_os(var)
+                .map(std::path::PathBuf::from)
+                .or_else(|| home.as_ref().map(|h| h.join(rel)))
+        };
+        let named = std::env::var("AWS_PROFILE").ok();
+        let profile = named.clone().unwrap_or_else(|| "default".to_owned());
+        let credentials = file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials");
+        let config = file("AWS_CONFIG_FILE", ".aws/config");
+        let mut found = SharedProfile::default();
+        let mut seen = false;
+        if let Some(path) = &credentials
+            && let Some(ini) = read_ini(path)?
+            && let Some(sec) = ini.section(Some(profile.as_str()))
+        {
+            seen = true;
+            if let (Some(id), Some(secret)) = (
+                sec.get("aws_access_key_id"),
+                sec.get("aws_secret_access_key"),
+            ) {
+                found.keys = Some((id.to_owned(), secret.to_owned()));
+                found.session_token = sec.get("aws_session_token").map(str::to_owned);
+            }
+        }
+        if let Some(path) = &config
+            && let Some(ini) = read_ini(path)?
+        {
+            // The config file names profiles `[profile NAME]`, except
+            // `[default]`.
+            let name = if profile == "default" {
+                profile.clone()
+            } else {
+                format!("profile {profile}")
+            };
+            if let Some(sec) = ini.section(Some(name.as_str())) {
+                seen = true;
+                found.region = sec.get("region").map(str::to_owned);
+            }
+        }
+        if !seen && named.is_some() {
+            return Err(StateError::Remote(format!(
+                "AWS_PROFILE names profile `{profile}`, which neither {} nor {} holds",
+                credentials.map_or("~/.aws/credentials".to_owned(), |p| p.display().to_string()),
+                config.map_or("~/.aws/config".to_owned(), |p| p.display().to_string()),
+            )));
+        }
+        Ok(seen.then_some(found))
+    }
+}
+
+/// An AWS shared file, parsed; `None` where there is none.
+fn read_ini(path: &std::path::Path) -> Result<Option<ini::Ini>, StateError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StateError::Remote(format!("{}: {e}", path.display()))),
+    };
+    if meta.len() > MAX_SHARED_FILE {
+        return Err(StateError::Remote(format!(
+            "{} is {} bytes; an AWS shared file over {MAX_SHARED_FILE} is not read",
+            path.display(),
+            meta.len()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StateError::Remote(format!("{}: {e}", path.display())))?;
+    ini::Ini::load_from_str(&text).map(Some).map_err(|e| {
+        StateError::Remote(format!("{} is not an AWS shared file: {e}", path.display()))
+    })
+}
+
 /// A record as read: its ETag, for the next write's compare-and-swap.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -90,7 +187,8 @@ impl S3Backend {
     /// A client of the bucket; the first operation checks that the store
     /// honours conditional writes. Credentials come from the environment
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-    /// `AWS_SESSION_TOKEN`), or the instance's role.
+    /// `AWS_SESSION_TOKEN`), else the shared profile (`AWS_PROFILE`,
+    /// `~/.aws/credentials`), else the instance's role.
     pub fn new(settings: S3Settings) -> Result<S3Backend, StateError> {
         Self::build(settings, None)
     }
@@ -113,15 +211,30 @@ impl S3Backend {
         let mut b = AmazonS3Builder::from_env()
             .with_bucket_name(&settings.bucket)
             .with_conditional_put(S3ConditionalPut::ETagMatch);
+        // Keys given, else the environment's, else the shared profile's.
+        let profile = match keys {
+            None if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() => SharedProfile::from_env()?,
+            _ => None,
+        };
         if let Some((id, secret)) = keys {
             b = b.with_access_key_id(id).with_secret_access_key(secret);
+        } else if let Some(p) = &profile
+            && let Some((id, secret)) = &p.keys
+        {
+            b = b
+                .with_access_key_id(id.as_str())
+                .with_secret_access_key(secret.as_str());
+            if let Some(t) = &p.session_token {
+                b = b.with_token(t.as_str());
+            }
         }
+        let env_region = std::env::var_os("AWS_REGION").is_some()
+            || std::env::var_os("AWS_DEFAULT_REGION").is_some();
         if let Some(r) = &settings.region {
             b = b.with_region(r);
-        } else if std::env::var_os("AWS_REGION").is_none()
-            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-        {
-            b = b.with_region("us-east-1");
+        } else if !env_region {
+            let r = profile.as_ref().and_then(|p| p.region.as_deref());
+            b = b.with_region(r.unwrap_or("us-east-1"));
         }
         if let Some(e) = &settings.endpoint {
             b = b

@@ -620,3 +620,55 @@ fn terraform_units_keep_their_state_in_the_bucket_with_terraforms_lock() {
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("Error acquiring the state lock"), "{err}");
 }
+
+/// Without keys in the environment, they come from the AWS shared files'
+/// profile (`AWS_PROFILE`), as the AWS tools find them; a profile that
+/// is not there is named in the error.
+#[test]
+fn s3_credentials_come_from_the_shared_profile() {
+    let Some(s3) = Seaweed::start("s3_credentials_come_from_the_shared_profile") else {
+        return;
+    };
+    let dir = project(&s3, "profile", 1);
+    let aws = tempfile::tempdir().expect("tempdir");
+    let credentials = aws.path().join("credentials");
+    let config = aws.path().join("config");
+    let with_profile = |profile: &str| {
+        std_command(dir.path())
+            .arg("apply")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_PROFILE", profile)
+            .output()
+            .expect("terrace runs")
+    };
+    std::fs::write(
+        &config,
+        "[default]\nregion = eu-west-1\n\n[profile ci]\nregion = us-east-1\n",
+    )
+    .expect("config");
+    // The control: a profile with a wrong secret is refused by the store.
+    std::fs::write(
+        &credentials,
+        format!("[ci]\naws_access_key_id = {S3_KEY}\naws_secret_access_key = not-the-secret\n"),
+    )
+    .expect("credentials");
+    let o = with_profile("ci");
+    assert_ne!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    std::fs::write(
+        &credentials,
+        format!(
+            "[default]\naws_access_key_id = nobody\naws_secret_access_key = nothing\n\n[ci]\naws_access_key_id = {S3_KEY}\naws_secret_access_key = {S3_SECRET}\n"
+        ),
+    )
+    .expect("credentials");
+    let o = with_profile("ci");
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = with_profile("staging");
+    let out = format!("{}{}", stdout(&o), stderr(&o));
+    assert_ne!(code(&o), 0, "{out}");
+    assert!(out.contains("profile `staging`"), "{out}");
+}
