@@ -208,9 +208,22 @@ impl S3Backend {
                 "state.bucket is empty; name the bucket terrace keeps state in".to_owned(),
             ));
         }
+        // A store that stopped answering fails the run within about 20s,
+        // naming it, instead of being retried for object_store's 3 minutes.
+        let retry = object_store::RetryConfig {
+            max_retries: 4,
+            retry_timeout: Duration::from_secs(20),
+            ..Default::default()
+        };
         let mut b = AmazonS3Builder::from_env()
             .with_bucket_name(&settings.bucket)
-            .with_conditional_put(S3ConditionalPut::ETagMatch);
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_retry(retry)
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(60)),
+            );
         // Keys given, else the environment's, else the shared profile's.
         let profile = match keys {
             None if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() => SharedProfile::from_env()?,
@@ -325,6 +338,12 @@ impl S3Backend {
     /// backend, as the `terraform` kind configures it), under the prefix.
     pub fn terraform_state_key(env: &str, unit: &str) -> String {
         format!("{env}/terraform/{unit}.tfstate")
+    }
+
+    /// The lock file Terraform's `s3` backend keeps beside the unit's
+    /// Terraform state (`use_lockfile`).
+    fn terraform_lock_key(&self, env: &str, unit: &str) -> Path {
+        self.key(&format!("{}.tflock", Self::terraform_state_key(env, unit)))
     }
 
     /// The store, once it was found to honour conditional writes.
@@ -735,8 +754,15 @@ impl StateBackend for S3Backend {
                 }
                 if let Some(current) = self.read_lock(environment, unit).await? {
                     if is_stale(&current) && taken_over.is_none() {
+                        // Its holder ran here and is gone: its lock goes,
+                        // with the lock its Terraform left on the unit's
+                        // state.
                         let key = self.lock_key(environment, unit)?;
                         let _ = self.store.delete(&key).await;
+                        let _ = self
+                            .store
+                            .delete(&self.terraform_lock_key(environment, unit))
+                            .await;
                         taken_over = Some(current);
                         continue;
                     }
@@ -791,10 +817,7 @@ impl StateBackend for S3Backend {
                     .map_err(|e| s3_error(&format!("breaking lock {key}"), e))?;
                 // The dead run's Terraform held its own lock file on the
                 // unit's Terraform state: it goes with terrace's.
-                let tf = self.key(&format!(
-                    "{}.tflock",
-                    Self::terraform_state_key(environment, unit)
-                ));
+                let tf = self.terraform_lock_key(environment, unit);
                 match self.store.delete(&tf).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(s3_error(&format!("breaking lock {tf}"), e)),

@@ -1036,7 +1036,9 @@ pub fn low_port() -> u16 {
 pub struct Seaweed {
     /// Its data, removed on drop.
     _dir: tempfile::TempDir,
-    child: Child,
+    child: Option<Child>,
+    /// Its arguments, to start it again on the same data and ports.
+    args: Vec<String>,
     pub s3_port: u16,
     /// The filer's HTTP port: objects read raw, as stored, without S3.
     pub filer_port: u16,
@@ -1065,13 +1067,16 @@ impl Seaweed {
         // and weed's bind: a component that cannot bind ends weed.
         let port = low_port;
         let s3_port = port();
-        let mut cmd = Command::new("weed");
-        cmd.arg("mini")
-            .arg(format!("-dir={}", dir.path().display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-bucket=backups"])
-            .arg(format!("-s3.port={s3_port}"));
         let filer_port = port();
-        cmd.arg(format!("-filer.port={filer_port}"));
+        let mut args = vec![
+            "mini".to_owned(),
+            format!("-dir={}", dir.path().display()),
+            "-ip=127.0.0.1".to_owned(),
+            "-ip.bind=127.0.0.1".to_owned(),
+            "-bucket=backups".to_owned(),
+            format!("-s3.port={s3_port}"),
+            format!("-filer.port={filer_port}"),
+        ];
         for flag in [
             "master.port",
             "master.port.grpc",
@@ -1086,28 +1091,43 @@ impl Seaweed {
             "debug.port",
             "metricsPort",
         ] {
-            cmd.arg(format!("-{flag}={}", port()));
+            args.push(format!("-{flag}={}", port()));
         }
-        let child = cmd
-            .env("AWS_ACCESS_KEY_ID", S3_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("weed.log")).expect("log"))
-            .spawn()
-            .expect("weed starts");
-        let s = Seaweed {
+        let mut s = Seaweed {
             _dir: dir,
-            child,
+            child: None,
+            args,
             s3_port,
             filer_port,
             _turn: turn,
         };
-        // Ready when a signed request lists the bucket.
+        s.run();
+        Some(s)
+    }
+
+    /// Starts weed (again, on the same data and ports) and waits until
+    /// a signed request lists the bucket and a write goes through.
+    pub fn run(&mut self) {
+        let child = Command::new("weed")
+            .args(&self.args)
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .current_dir(self._dir.path())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self._dir.path().join("weed.log"))
+                    .expect("log"),
+            )
+            .spawn()
+            .expect("weed starts");
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ok = Command::new("restic")
-                .args(["-r", &s.repository("probe"), "cat", "config"])
+                .args(["-r", &self.repository("probe"), "cat", "config"])
                 .env("AWS_ACCESS_KEY_ID", S3_KEY)
                 .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
                 .env("RESTIC_PASSWORD", "x")
@@ -1126,7 +1146,40 @@ impl Seaweed {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
-        Some(s)
+        // Its volume server may come up after the S3 API: ready once a
+        // write goes through too.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_nanos();
+        let mut n = 0;
+        loop {
+            n += 1;
+            let ok = Command::new("restic")
+                .args([
+                    "-r",
+                    &self.repository(&format!("ready-{start}-{n}")),
+                    "init",
+                ])
+                .env("AWS_ACCESS_KEY_ID", S3_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+                .env("RESTIC_PASSWORD", "x")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "weed mini took no write");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Stops weed outright (its data stays).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Object `key` of bucket `bucket` as stored (through the filer, not
@@ -1176,8 +1229,7 @@ impl Seaweed {
 
 impl Drop for Seaweed {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

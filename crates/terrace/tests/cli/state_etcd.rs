@@ -228,7 +228,7 @@ fn two_processes_sharing_etcd_state_never_lose_an_update() {
 
 /// A unit whose provisioner sleeps `secs`: each test its own number, so
 /// that each finds and stops only its own.
-fn slow_tf(secs: u32) -> String {
+pub fn slow_tf(secs: u32) -> String {
     format!(
         "resource \"terraform_data\" \"slow\" {{\n  provisioner \"local-exec\" {{\n    command = \"sleep {secs}\"\n  }}\n}}\n"
     )
@@ -236,10 +236,15 @@ fn slow_tf(secs: u32) -> String {
 
 /// Starts `apply` of the slow unit and waits until its provisioner runs
 /// (the unit's lock is held).
-fn start_slow_apply(dir: &Path, secs: u32) -> (Child, std::path::PathBuf) {
+pub fn start_slow_apply(
+    dir: &Path,
+    secs: u32,
+    env: &[(&str, &str)],
+) -> (Child, std::path::PathBuf) {
     let log = dir.join("apply.log");
     let mut child = std_command(dir)
         .args(["apply"])
+        .envs(env.iter().copied())
         .stdout(std::fs::File::create(&log).expect("log"))
         .stderr(std::fs::File::create(dir.join("apply.err")).expect("log"))
         .spawn()
@@ -283,7 +288,7 @@ fn a_killed_holder_of_an_etcd_lock_frees_itself_after_the_ttl() {
         return;
     };
     let dir = slow_project(&e, "killed", 33);
-    let (mut child, _) = start_slow_apply(dir.path(), 33);
+    let (mut child, _) = start_slow_apply(dir.path(), 33, &[]);
     let pid = child.id().to_string();
     // Held beyond its TTL (5s) while the holder lives: renewed.
     std::thread::sleep(Duration::from_secs(7));
@@ -345,7 +350,7 @@ fn etcd_stopped_in_the_middle_of_an_apply_fails_cleanly_and_the_next_apply_conve
         return;
     };
     let dir = slow_project(&e, "stopped", 12);
-    let (child, log) = start_slow_apply(dir.path(), 12);
+    let (child, log) = start_slow_apply(dir.path(), 12, &[]);
     e.kill();
     let o = child.wait_with_output().expect("apply ends");
     let out = format!(

@@ -672,3 +672,69 @@ fn s3_credentials_come_from_the_shared_profile() {
     assert_ne!(code(&o), 0, "{out}");
     assert!(out.contains("profile `staging`"), "{out}");
 }
+
+/// The bucket's server stopped while a Terraform unit applies: the run
+/// fails, no record is written, and once the server is back the next
+/// apply (taking over the dead run's locks, terrace's and Terraform's)
+/// converges.
+#[test]
+fn s3_stopped_in_the_middle_of_an_apply_fails_cleanly_and_the_next_apply_converges() {
+    let Some(mut s3) = Seaweed::start(
+        "s3_stopped_in_the_middle_of_an_apply_fails_cleanly_and_the_next_apply_converges",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_files(
+        dir.path(),
+        &[
+            (
+                "terrace.yaml",
+                &s3_yaml(&s3, "stopped").replace("layers: [apps]", "layers: [infra]"),
+            ),
+            ("infra/slow/unit.yaml", "layer: infra\nkind: terraform\n"),
+            ("infra/slow/main.tf", &crate::state_etcd::slow_tf(14)),
+        ],
+    );
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", S3_KEY),
+        ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
+    ];
+    let (child, log) = crate::state_etcd::start_slow_apply(dir.path(), 14, &keys);
+    s3.kill();
+    let stopped = Instant::now();
+    let o = child.wait_with_output().expect("apply ends");
+    let out = format!(
+        "{}{}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        std::fs::read_to_string(dir.path().join("apply.err")).unwrap_or_default()
+    );
+    assert_ne!(code(&o), 0, "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+    assert!(
+        out.contains(&format!("127.0.0.1:{}", s3.s3_port)),
+        "the error names the store: {out}"
+    );
+    eprintln!(
+        "the apply failed {:?} after the store stopped",
+        stopped.elapsed()
+    );
+    s3.run();
+    assert!(
+        s3.raw("backups", "state/stopped/default/units/slow.json")
+            .is_none(),
+        "no record was written"
+    );
+    write_files(
+        dir.path(),
+        &[(
+            "infra/slow/main.tf",
+            "resource \"terraform_data\" \"slow\" {}\n",
+        )],
+    );
+    let o = run(dir.path(), &["apply", "--lock-timeout", "30"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = run(dir.path(), &["plan"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("unchanged"), "{}", stdout(&o));
+}
