@@ -7,6 +7,8 @@
 //!   `terrace-kustomize`, its objects written like a `manifests` unit's;
 //! - [`helm`]: a Helm chart with values, rendered by the helm binary,
 //!   its objects applied like a `manifests` unit's;
+//! - [`app`]: one service from a short spec, expanded into its
+//!   Kubernetes objects with secure defaults, applied like `manifests`;
 //! - [`template`]: files rendered from Jinja templates, optionally once per
 //!   item of a list;
 //! - `terraform`: a Terraform/OpenTofu root module with state per
@@ -18,6 +20,7 @@
 //! External programs run through `terrace-exec` (a cleared environment,
 //! a timeout, redacted output, interrupts that reach them).
 
+pub mod app;
 pub mod compose;
 pub mod fileset;
 pub mod helm;
@@ -43,6 +46,7 @@ pub fn registry() -> Registry {
         .with(manifests::kind(&clusters))
         .with(kustomize::kind(&clusters))
         .with(helm::kind(&clusters))
+        .with(app::kind(&clusters))
         .with(template::kind())
         .with(compose::kind())
         .with(terrace_terraform::kind())

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `terrace` binary on copies of
 //! `examples/homelab` and small projects written by the tests.
 
+mod app;
 mod cluster;
 mod compose;
 mod errors;
