@@ -70,12 +70,9 @@ pub struct Shared {
     pub wake: Mutex<Option<crate::runs::Trigger>>,
     /// Layers the API paused.
     pub paused_layers: Mutex<std::collections::BTreeSet<String>>,
-    /// Set once what replicas share through a remote state backend was
-    /// copied into this one's work directory.
-    pub(crate) took_over: std::sync::atomic::AtomicBool,
-    /// The remote state backend of the last revision opened, which the
-    /// loop copies the shared documents out to.
-    pub(crate) replica_store: Mutex<Option<Arc<dyn terrace_state::StateBackend>>>,
+    /// What this replica shares with the others through a remote state
+    /// backend.
+    pub(crate) replica: crate::replicas::Replica,
 }
 
 /// What the API paused, at one moment.
@@ -329,12 +326,11 @@ impl Shared {
 
     /// What a daemon before this one left paused.
     pub fn load_paused(&self) {
-        let Ok(text) = std::fs::read_to_string(self.workdir.join(PAUSED_FILE)) else {
-            return;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-            return;
-        };
+        // None left (or another replica resumed them all): nothing paused.
+        let v = std::fs::read_to_string(self.workdir.join(PAUSED_FILE))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .unwrap_or_default();
         let names = |key: &str| -> std::collections::BTreeSet<String> {
             v[key]
                 .as_array()

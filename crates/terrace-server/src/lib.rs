@@ -749,7 +749,7 @@ async fn reconcile_unless(
     };
     // A replica restarted over the work tree it had: what the replicas
     // share is taken over before deciding that nothing is new.
-    if !shared.took_over.load(std::sync::atomic::Ordering::SeqCst)
+    if !shared.replica.took_over()
         && opts.tree().is_dir()
         && let Ok(engine) = open_engine(opts, None)
     {
@@ -923,27 +923,15 @@ async fn reconcile_unless(
     Ok(Some(reconciled))
 }
 
-/// With remote state, the store the loop copies what the replicas share
-/// out to; on a replica's first pass, what they share is copied in
-/// (`true`: the status, approval and history changed).
+/// With remote state, on a replica's first pass: what the replicas share
+/// copied in (`true`: the status, approval and history changed), the
+/// history and pauses read again.
 async fn take_over(
     opts: &Options,
     shared: &http::Shared,
     state: &Arc<dyn terrace_state::StateBackend>,
 ) -> Result<bool, ServeError> {
-    use std::sync::atomic::Ordering;
-    if !state.shares_documents() {
-        return Ok(false);
-    }
-    *shared
-        .replica_store
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(state));
-    if shared.took_over.load(Ordering::SeqCst) {
-        return Ok(false);
-    }
-    let pulled = replicas::pull(&opts.workdir, state.as_ref()).await?;
-    shared.took_over.store(true, Ordering::SeqCst);
+    let pulled = shared.replica.take_over(&opts.workdir, state).await?;
     if pulled {
         shared.history.reload();
         shared.load_paused();
@@ -1273,8 +1261,6 @@ async fn serve_loop(
     // or a webhook is taken at once).
     let mut backoff: Option<(String, u32, std::time::Instant)> = None;
     let mut woken = false;
-    // Run logs already copied to the replicas' shared store.
-    let mut pushed_logs = BTreeSet::new();
     loop {
         let started = std::time::Instant::now();
         let hold = backoff
@@ -1413,13 +1399,10 @@ async fn serve_loop(
             }
         };
         // What the replicas share, copied out after every pass.
-        let store = shared
-            .replica_store
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(store) = store
-            && let Err(e) = replicas::push(&opts.workdir, store.as_ref(), &mut pushed_logs).await
+        // Not once told to stop: a replica that lost its lease must not
+        // write over the new leader's.
+        if !interrupt.is_set()
+            && let Err(e) = shared.replica.push(&opts.workdir).await
         {
             say(&format!("the replicas' shared status was not written: {e}"));
         }

@@ -10,9 +10,12 @@
 //!
 //! Documents from the store are written only to fixed names in the work
 //! directory (logs by run number), each at most [`MAX_DOCUMENT`] bytes.
+//! Nothing is copied out before what is shared was copied in, and a
+//! replica that was told to stop (a lost lease) copies nothing out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use terrace_state::{StateBackend, StateError};
@@ -29,8 +32,9 @@ const FILES: [(&str, &str); 4] = [
     ("history/runs.json", "history/runs.json"),
     ("history/actions.jsonl", "history/actions.jsonl"),
 ];
-/// The largest document copied in.
-const MAX_DOCUMENT: usize = 64 << 20;
+/// The largest document copied in or out: under etcd's default request
+/// limit (1.5 MiB), so a document every backend takes.
+const MAX_DOCUMENT: usize = 1 << 20;
 
 /// The part of [`Status`] every replica shares.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -76,12 +80,80 @@ fn run_ids(runs_json: &[u8]) -> Vec<u64> {
         .collect()
 }
 
+/// One replica's side of the sharing: the store (set once what it shares
+/// was copied in, so nothing is ever copied out over it before), and
+/// what was last copied out.
+#[derive(Debug, Default)]
+pub struct Replica {
+    store: Mutex<Option<Arc<dyn StateBackend>>>,
+    pushed: tokio::sync::Mutex<Pushed>,
+}
+
+/// What this replica last wrote to the store: each document's digest
+/// (an unchanged one is not written again: etcd keeps every revision),
+/// and the run logs there.
+#[derive(Debug, Default)]
+struct Pushed {
+    digests: BTreeMap<String, String>,
+    logs: BTreeSet<u64>,
+}
+
+impl Replica {
+    /// Whether what the replicas share was already taken over.
+    pub fn took_over(&self) -> bool {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// On the first call with a backend that shares documents: copies what
+    /// the replicas share into `workdir` (`true`: the status, approval and
+    /// history changed). Until that succeeds nothing is copied out, so a
+    /// replica that could not read the store never overwrites it.
+    pub async fn take_over(
+        &self,
+        workdir: &Path,
+        state: &Arc<dyn StateBackend>,
+    ) -> Result<bool, StateError> {
+        if !state.shares_documents() || self.took_over() {
+            return Ok(false);
+        }
+        let mut pushed = self.pushed.lock().await;
+        let pulled = pull(workdir, state.as_ref(), &mut pushed).await?;
+        *self
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(state));
+        Ok(pulled)
+    }
+
+    /// Copies what changed out to the store, once taken over. A document
+    /// that cannot be written is reported; the others are written still.
+    pub async fn push(&self, workdir: &Path) -> Result<(), StateError> {
+        let store = self
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(store) = store else {
+            return Ok(());
+        };
+        let mut pushed = self.pushed.lock().await;
+        push(workdir, store.as_ref(), &mut pushed).await
+    }
+}
+
 /// Copies what the replicas share into `workdir`; `false` when the store
 /// holds nothing yet (this is the first daemon). The shared status
 /// replaces this replica's (the revision checked out stays its own);
 /// a shared file the store does not hold is removed here (an approval
-/// another replica applied).
-pub(crate) async fn pull(workdir: &Path, state: &dyn StateBackend) -> Result<bool, StateError> {
+/// another replica applied), and the shared logs replace this one's.
+async fn pull(
+    workdir: &Path,
+    state: &dyn StateBackend,
+    pushed: &mut Pushed,
+) -> Result<bool, StateError> {
     let Some(bytes) = read(state, STATUS).await? else {
         return Ok(false);
     };
@@ -105,27 +177,27 @@ pub(crate) async fn pull(workdir: &Path, state: &dyn StateBackend) -> Result<boo
             },
         }
     }
-    // The logs of the runs the shared history names, where missing here.
+    // The logs of the runs the shared history names: the store's win over
+    // any this replica kept under the same number.
     let runs = std::fs::read(workdir.join("history/runs.json")).unwrap_or_default();
     for id in run_ids(&runs) {
         let rel = format!("history/logs/{id}.log");
-        if workdir.join(&rel).exists() {
-            continue;
-        }
         if let Some(b) = read(state, &rel).await? {
             write_file(workdir, &rel, &b)?;
+            pushed.logs.insert(id);
         }
     }
     Ok(true)
 }
 
-/// Copies what this replica knows out to the store. `pushed` holds the
-/// run logs already copied (a log does not change once its run ended);
-/// logs of runs that left the history are removed from the store.
-pub(crate) async fn push(
+/// Copies what this replica knows out to the store: documents whose
+/// content changed since they were last written, the logs of runs not
+/// yet there; logs of runs that left the history are removed. Every
+/// document is tried; the first failure is returned.
+async fn push(
     workdir: &Path,
     state: &dyn StateBackend,
-    pushed: &mut BTreeSet<u64>,
+    pushed: &mut Pushed,
 ) -> Result<(), StateError> {
     let status = Status::load(workdir);
     let shared = SharedStatus {
@@ -134,50 +206,90 @@ pub(crate) async fn push(
         pending_revision: status.pending_revision,
         held: status.held,
     };
-    state
-        .write_document(
-            STATUS,
-            serde_json::to_vec_pretty(&shared).expect("status serializes"),
-        )
-        .await?;
+    let mut docs: Vec<(String, Option<Vec<u8>>)> = vec![(
+        STATUS.to_owned(),
+        Some(serde_json::to_vec_pretty(&shared).expect("status serializes")),
+    )];
     for (doc, file) in FILES {
         match std::fs::read(workdir.join(file)) {
-            Ok(b) => state.write_document(doc, b).await?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                state.remove_document(doc).await?;
-            }
+            Ok(b) => docs.push((doc.to_owned(), Some(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => docs.push((doc.to_owned(), None)),
             Err(e) => return Err(e.into()),
+        }
+    }
+    let mut first_error = None;
+    for (doc, bytes) in docs {
+        let digest = bytes
+            .as_deref()
+            .map_or_else(|| "(none)".to_owned(), terrace_fs::digest::digest);
+        if pushed.digests.get(&doc) == Some(&digest) {
+            continue;
+        }
+        let done = match bytes {
+            Some(b) if b.len() > MAX_DOCUMENT => Err(too_big(&doc, b.len())),
+            Some(b) => state.write_document(&doc, b).await,
+            None => state.remove_document(&doc).await,
+        };
+        match done {
+            Ok(()) => {
+                pushed.digests.insert(doc, digest);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
     }
     let runs = std::fs::read(workdir.join("history/runs.json")).unwrap_or_default();
     let ids: BTreeSet<u64> = run_ids(&runs).into_iter().collect();
     for id in &ids {
-        if pushed.contains(id) {
+        if pushed.logs.contains(id) {
             continue;
         }
         let rel = format!("history/logs/{id}.log");
         if let Ok(b) = std::fs::read(workdir.join(&rel)) {
-            state.write_document(&rel, b).await?;
-            pushed.insert(*id);
+            let done = if b.len() > MAX_DOCUMENT {
+                Err(too_big(&rel, b.len()))
+            } else {
+                state.write_document(&rel, b).await
+            };
+            match done {
+                Ok(()) => {
+                    pushed.logs.insert(*id);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
     }
-    let gone: Vec<u64> = pushed.difference(&ids).copied().collect();
+    let gone: Vec<u64> = pushed.logs.difference(&ids).copied().collect();
     for id in gone {
-        state
+        match state
             .remove_document(&format!("history/logs/{id}.log"))
-            .await?;
-        pushed.remove(&id);
+            .await
+        {
+            Ok(()) => {
+                pushed.logs.remove(&id);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A backend keeping documents in memory, as the remote ones do.
+    /// A backend keeping documents in memory, as the remote ones do;
+    /// `failing`: every read of a document fails.
     #[derive(Debug, Default)]
-    struct Docs(std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>);
+    struct Docs(
+        std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>,
+        std::sync::atomic::AtomicBool,
+    );
 
     impl StateBackend for Docs {
         fn describe(&self) -> String {
@@ -276,6 +388,9 @@ mod tests {
         ) -> terrace_core::driver::BoxFuture<'a, Result<Option<Vec<u8>>, StateError>> {
             Box::pin(async move {
                 terrace_state::document_key(name)?;
+                if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(StateError::Remote("the store does not answer".into()));
+                }
                 Ok(self.0.lock().expect("docs").get(name).cloned())
             })
         }
@@ -310,13 +425,15 @@ mod tests {
 
     #[test]
     fn a_replica_takes_over_status_approval_and_history_but_not_its_checkout() {
-        let docs = Docs::default();
+        let docs = Arc::new(Docs::default());
+        let store: Arc<dyn StateBackend> = docs.clone();
         let (a, b) = (
             tempfile::tempdir().expect("a"),
             tempfile::tempdir().expect("b"),
         );
+        let first = Replica::default();
         // The first daemon: nothing shared yet.
-        assert!(!block(pull(a.path(), &docs)).expect("pull"));
+        assert!(!block(first.take_over(a.path(), &store)).expect("pull"));
         Status {
             checked_out: Some("rev2".into()),
             applied: Some("rev1".into()),
@@ -330,18 +447,21 @@ mod tests {
         write_file(a.path(), "history/runs.json", br#"[{"id":1},{"id":2}]"#).expect("runs");
         write_file(a.path(), "history/logs/1.log", b"one\n").expect("log");
         write_file(a.path(), "history/logs/2.log", b"two\n").expect("log");
-        let mut pushed = BTreeSet::new();
-        block(push(a.path(), &docs, &mut pushed)).expect("push");
-        assert_eq!(pushed, BTreeSet::from([1, 2]));
+        block(first.push(a.path())).expect("push");
+        let writes = |d: &Docs| d.0.lock().expect("docs").len();
+        assert_eq!(writes(&docs), 5, "status, plan, runs and two logs");
 
-        // Another replica, which had checked out something else.
+        // Another replica, which had checked out something else and kept
+        // a log of its own under a number the store has.
         Status {
             checked_out: Some("rev0".into()),
             ..Status::default()
         }
         .save(b.path())
         .expect("save");
-        assert!(block(pull(b.path(), &docs)).expect("pull"));
+        write_file(b.path(), "history/logs/2.log", b"stale\n").expect("log");
+        let second = Replica::default();
+        assert!(block(second.take_over(b.path(), &store)).expect("pull"));
         let s = Status::load(b.path());
         assert_eq!(s.checked_out.as_deref(), Some("rev0"), "its own checkout");
         assert_eq!(s.applied.as_deref(), Some("rev1"));
@@ -352,24 +472,24 @@ mod tests {
         );
         assert_eq!(
             std::fs::read(b.path().join("history/logs/2.log")).expect("log"),
-            b"two\n"
+            b"two\n",
+            "the store's log wins"
         );
 
         // Approved and applied on b: the plan goes, everywhere.
         std::fs::remove_file(b.path().join("approval.plan")).expect("rm");
         write_file(b.path(), "history/runs.json", br#"[{"id":2},{"id":3}]"#).expect("runs");
         write_file(b.path(), "history/logs/3.log", b"three\n").expect("log");
-        let mut pushed_b = BTreeSet::from([1, 2]);
-        block(push(b.path(), &docs, &mut pushed_b)).expect("push");
+        block(second.push(b.path())).expect("push");
+        let held = |k: &str| docs.0.lock().expect("docs").contains_key(k);
+        assert!(!held("approval.plan"));
+        assert!(held("history/logs/3.log"));
         assert!(
-            !docs
-                .0
-                .lock()
-                .expect("docs")
-                .contains_key("history/logs/1.log"),
+            !held("history/logs/1.log"),
             "a log whose run left the history left the store"
         );
-        assert!(block(pull(a.path(), &docs)).expect("pull"));
+        let again = Replica::default();
+        assert!(block(again.take_over(a.path(), &store)).expect("pull"));
         assert!(!a.path().join("approval.plan").exists());
         assert_eq!(
             std::fs::read(a.path().join("history/logs/3.log")).expect("log"),
@@ -378,14 +498,41 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_that_could_not_read_the_store_never_writes_it() {
+        let docs = Arc::new(Docs::default());
+        let store: Arc<dyn StateBackend> = docs.clone();
+        let dir = tempfile::tempdir().expect("dir");
+        let leader = Replica::default();
+        block(leader.take_over(dir.path(), &store)).expect("first");
+        Status {
+            applied: Some("rev9".into()),
+            ..Status::default()
+        }
+        .save(dir.path())
+        .expect("save");
+        block(leader.push(dir.path())).expect("push");
+        let before = docs.0.lock().expect("docs").clone();
+        // A fresh replica while the store fails reads: no take-over, and
+        // its empty status is not written over the shared one.
+        docs.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        let fresh = tempfile::tempdir().expect("fresh");
+        let other = Replica::default();
+        assert!(block(other.take_over(fresh.path(), &store)).is_err());
+        assert!(!other.took_over());
+        block(other.push(fresh.path())).expect("nothing to do");
+        assert_eq!(*docs.0.lock().expect("docs"), before);
+    }
+
+    #[test]
     fn a_document_too_big_or_badly_named_is_refused() {
-        let docs = Docs::default();
+        let docs = Arc::new(Docs::default());
+        let store: Arc<dyn StateBackend> = docs.clone();
         docs.0
             .lock()
             .expect("docs")
             .insert(STATUS.into(), vec![b' '; MAX_DOCUMENT + 1]);
         let dir = tempfile::tempdir().expect("dir");
-        let e = block(pull(dir.path(), &docs)).expect_err("too big");
+        let e = block(Replica::default().take_over(dir.path(), &store)).expect_err("too big");
         assert!(e.to_string().contains("over the"), "{e}");
         for bad in ["../x", "a/../../b", ".hidden", "a/b/c/d/e", ""] {
             assert!(terrace_state::document_key(bad).is_err(), "{bad}");

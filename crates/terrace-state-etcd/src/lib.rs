@@ -73,11 +73,19 @@ struct Seen {
     mod_revision: i64,
 }
 
-/// A lock this process holds: its lease, and the task renewing it.
+/// A lock this process holds: its lease, and the task renewing it. The
+/// renewal stops when it is dropped, however the lock ends (an error, a
+/// cancelled wait), so a lease is never renewed for a lock nobody holds.
 #[derive(Debug)]
 struct Held {
     lease: i64,
     keeper: tokio::task::AbortHandle,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
 }
 
 /// State in etcd.
@@ -184,9 +192,9 @@ impl EtcdBackend {
                 return Err(bad(format!("`{e}` is neither http:// nor https://")));
             }
         }
-        if settings.lock_ttl < Duration::from_secs(2) {
+        if settings.lock_ttl < Duration::from_secs(5) {
             return Err(StateError::Remote(
-                "state.lockTtl is under 2s: a lock could lapse between two renewals".to_owned(),
+                "state.lockTtl is under 5s: a lock could lapse between two renewals".to_owned(),
             ));
         }
         Ok(EtcdBackend {
@@ -342,11 +350,12 @@ impl EtcdBackend {
             .and_then(|m| m.get(unit).cloned())
     }
 
+    /// Updates the copy of a loaded environment (one not loaded yet is
+    /// read whole when first asked for).
     fn remember(&self, env: &str, unit: &str, seen: Seen) {
-        self.lock_records()
-            .entry(env.to_owned())
-            .or_default()
-            .insert(unit.to_owned(), seen);
+        if let Some(m) = self.lock_records().get_mut(env) {
+            m.insert(unit.to_owned(), seen);
+        }
     }
 
     /// Reads one record again (after taking its lock).
@@ -412,10 +421,17 @@ impl EtcdBackend {
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ttl / 3).await;
-                let renewed = match keeper.keep_alive().await {
-                    Ok(()) => answers.message().await.ok().flatten().map(|a| a.ttl()),
-                    Err(_) => None,
-                };
+                // A renewal that takes longer than a third of the TTL is
+                // given up and tried on a new stream.
+                let renewed = tokio::time::timeout(ttl / 3, async {
+                    match keeper.keep_alive().await {
+                        Ok(()) => answers.message().await.ok().flatten().map(|a| a.ttl()),
+                        Err(_) => None,
+                    }
+                })
+                .await
+                .ok()
+                .flatten();
                 match renewed {
                     // Gone: etcd no longer knows it; nothing to renew.
                     Some(ttl) if ttl <= 0 => return,
@@ -441,6 +457,15 @@ impl EtcdBackend {
         if let Ok(mut c) = self.client().await {
             let _ = c.lease_revoke(held.lease).await;
         }
+    }
+
+    /// The lease of the lock this process holds on the unit, if it holds one.
+    fn held_lease(&self, env: &str, unit: &str) -> Option<i64> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(env.to_owned(), unit.to_owned()))
+            .map(|h| h.lease)
     }
 }
 
@@ -480,19 +505,41 @@ impl StateBackend for EtcdBackend {
             let read_at = self
                 .seen(&state.environment, &state.unit)
                 .map_or(0, |s| s.mod_revision);
+            // Under this process's lock, the write also requires the lock
+            // still to be on its lease: a lock that lapsed (etcd did not
+            // hear from this process within the TTL) may be another's now.
+            let mut when = vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                read_at,
+            )];
+            let lease = self.held_lease(&state.environment, &state.unit);
+            let lock_key = self.named_key(&state.environment, "lock", &state.unit)?;
+            if let Some(lease) = lease {
+                when.push(Compare::lease(lock_key.clone(), CompareOp::Equal, lease));
+            }
             let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    read_at,
-                )])
-                .and_then([TxnOp::put(key.clone(), body, None)]);
+                .when(when)
+                .and_then([TxnOp::put(key.clone(), body, None)])
+                .or_else([TxnOp::get(lock_key.clone(), None)]);
             let mut c = self.client().await?;
             let r = c
                 .txn(txn)
                 .await
                 .map_err(|e| self.err(&format!("writing {key}"), e))?;
             if !r.succeeded() {
+                let lock_lease = r.op_responses().into_iter().find_map(|op| match op {
+                    TxnOpResponse::Get(g) => Some(g.kvs().first().map(KeyValue::lease)),
+                    _ => None,
+                });
+                if let Some(ours) = lease
+                    && lock_lease.flatten() != Some(ours)
+                {
+                    return Err(StateError::Remote(format!(
+                        "the lock of unit `{}` in environment `{}` lapsed while this run held it (etcd did not hear from it within state.lockTtl); nothing was written",
+                        state.unit, state.environment
+                    )));
+                }
                 return Err(StateError::Conflict {
                     environment: state.environment.clone(),
                     unit: state.unit.clone(),
@@ -608,8 +655,11 @@ impl StateBackend for EtcdBackend {
                                 revision,
                             )])
                             .and_then([TxnOp::delete(key.clone(), None)]);
-                        if let Err(e) = c.txn(txn).await {
-                            break Err(self.err(&format!("breaking lock {key}"), e));
+                        match c.txn(txn).await {
+                            Err(e) => break Err(self.err(&format!("breaking lock {key}"), e)),
+                            // Replaced meanwhile: looked at again.
+                            Ok(r) if !r.succeeded() => continue,
+                            Ok(_) => {}
                         }
                         taken_over = Some(current);
                         continue;
@@ -636,8 +686,20 @@ impl StateBackend for EtcdBackend {
                         self.release(p).await;
                     }
                     // The record may have moved while another held the
-                    // lock: read it again under ours.
-                    self.refresh(environment, unit).await?;
+                    // lock: read it again under ours. If that fails, the
+                    // lock is given back: the caller never unlocks a lock
+                    // it was not given.
+                    if let Err(e) = self.refresh(environment, unit).await {
+                        let ours = self
+                            .held
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(&(environment.to_owned(), unit.to_owned()));
+                        if let Some(h) = ours {
+                            self.release(h).await;
+                        }
+                        return Err(e);
+                    }
                     Ok(taken_over)
                 }
                 Err(e) => {
@@ -691,12 +753,26 @@ impl StateBackend for EtcdBackend {
     ) -> BoxFuture<'a, Result<Option<LockInfo>, StateError>> {
         Box::pin(async move {
             let current = self.read_lock(environment, unit).await?;
-            if current.is_some() {
+            if let Some((holder, revision)) = &current {
+                // Only the lock read: one taken meanwhile is another's.
                 let key = self.named_key(environment, "lock", unit)?;
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        *revision,
+                    )])
+                    .and_then([TxnOp::delete(key.clone(), None)]);
                 let mut c = self.client().await?;
-                c.delete(key.clone(), None)
+                let r = c
+                    .txn(txn)
                     .await
                     .map_err(|e| self.err(&format!("breaking lock {key}"), e))?;
+                if !r.succeeded() {
+                    return Err(StateError::Remote(format!(
+                        "the lock of unit `{unit}` changed hands while it was broken (it was {holder}); look again with `terrace state show {unit}`"
+                    )));
+                }
             }
             Ok(current.map(|(h, _)| h))
         })

@@ -172,6 +172,10 @@ fn s3_error(doing: &str, e: object_store::Error) -> StateError {
     StateError::Remote(format!("{doing}: {e}"))
 }
 
+/// The largest object read (a record, a run, a shared document, a
+/// Terraform state).
+const MAX_OBJECT: u64 = 256 << 20;
+
 /// The most GETs in flight at once.
 const PARALLEL: usize = 64;
 
@@ -297,6 +301,14 @@ impl S3Backend {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(s3_error(&format!("reading {key}"), e)),
         };
+        // Sized before it is read: an object planted to exhaust memory is
+        // refused unread.
+        if got.meta.size > MAX_OBJECT {
+            return Err(StateError::Remote(format!(
+                "{key} is {} bytes; terrace reads state objects of at most {MAX_OBJECT}",
+                got.meta.size
+            )));
+        }
         let version = UpdateVersion {
             e_tag: got.meta.e_tag.clone(),
             version: got.meta.version.clone(),
@@ -554,13 +566,17 @@ impl S3Backend {
             .and_then(|m| m.get(unit).cloned())
     }
 
+    /// Updates the copy of a loaded environment (one not loaded yet is
+    /// read whole when first asked for).
     fn remember(&self, env: &str, unit: &str, seen: Seen) {
-        self.records
+        if let Some(m) = self
+            .records
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(env.to_owned())
-            .or_default()
-            .insert(unit.to_owned(), seen);
+            .get_mut(env)
+        {
+            m.insert(unit.to_owned(), seen);
+        }
     }
 
     async fn read_lock(&self, env: &str, unit: &str) -> Result<Option<LockInfo>, StateError> {

@@ -509,3 +509,51 @@ fn encrypted_etcd_state_leaks_nothing_into_the_keyspace() {
         );
     }
 }
+
+/// A lock that lapsed while its holder lived (etcd lost its lease) is
+/// another's to take: the holder's write is refused, naming the lapse,
+/// and nothing is written.
+#[test]
+fn a_write_after_the_lock_lapsed_is_refused() {
+    use terrace_state::StateBackend;
+    let Some(e) = Etcd::start("a_write_after_the_lock_lapsed_is_refused") else {
+        return;
+    };
+    let dir = project(&e, "lapse", 1);
+    let o = run(dir.path(), &["apply"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    runtime().block_on(async {
+        let a = backend(&e, "state/lapse");
+        let mut record = a
+            .read("default", "u0")
+            .await
+            .expect("read")
+            .expect("record");
+        let holder = terrace_state::this_holder("test", "lapse-run");
+        a.lock("default", "u0", &holder, Duration::ZERO)
+            .await
+            .expect("locked");
+        // The control: under a live lock the write goes through.
+        record.serial += 1;
+        a.write(&record).await.expect("written under the lock");
+        let leases = e.ctl(&["lease", "list"]);
+        let ids: Vec<String> = stdout(&leases)
+            .lines()
+            .skip(1)
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(ids.len(), 1, "{}", stdout(&leases));
+        let revoked = e.ctl(&["lease", "revoke", &ids[0]]);
+        assert!(revoked.status.success(), "{}", stderr(&revoked));
+        record.serial += 1;
+        let err = a.write(&record).await.expect_err("the lock lapsed");
+        assert!(err.to_string().contains("lapsed"), "{err}");
+        let kept = backend(&e, "state/lapse")
+            .read("default", "u0")
+            .await
+            .expect("read")
+            .expect("record");
+        assert_eq!(kept.serial, record.serial - 1, "nothing was written");
+    });
+}
