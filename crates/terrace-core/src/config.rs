@@ -47,6 +47,11 @@ pub struct ProjectFile {
     /// Where state is kept.
     #[serde(default)]
     pub state: StateConfig,
+    /// Rules checked on every Kubernetes object a unit renders, at plan
+    /// time (the Pod Security Standards and best practices). Without it,
+    /// none are checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyConfig>,
     /// Where units act: clusters, Docker hosts, machines.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,

@@ -180,6 +180,8 @@ pub struct UnitContext<'a> {
     /// The project's state settings: a kind with state of its own
     /// (Terraform) keeps it beside terrace's (an S3 bucket).
     pub state: Option<&'a crate::config::StateConfig>,
+    /// The project's policy over rendered objects; `None`: none checked.
+    pub policy: Option<&'a crate::policy::PolicyConfig>,
 }
 
 /// Where a unit's destruction is planned: only its state is needed, so a

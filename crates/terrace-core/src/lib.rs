@@ -14,6 +14,7 @@ pub mod expr;
 pub mod graph;
 pub mod kind;
 pub mod plan;
+pub mod policy;
 pub mod secrets;
 pub mod state;
 pub mod value_path;

@@ -27,6 +27,7 @@ pub mod helm;
 pub mod kustomize;
 mod live;
 pub mod manifests;
+mod policy;
 pub mod substitute;
 pub mod template;
 

@@ -644,6 +644,15 @@ impl ObjectsDriver {
     ) -> Result<Objects, DriverError> {
         let mut rendered = self.source.objects(ctx, live).await?;
         mark_secrets(ctx, &mut rendered.objects)?;
+        if let Some(config) = ctx.policy {
+            let audits = crate::policy::check(
+                ctx,
+                config,
+                &rendered.objects,
+                rendered.namespace.as_deref(),
+            )?;
+            rendered.notes.extend(audits);
+        }
         if rendered.objects.iter().any(Object::is_sensitive) {
             terrace_fs::watch::taint();
         }

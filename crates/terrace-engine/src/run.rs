@@ -643,6 +643,7 @@ impl Engine {
             refresh: self.refresh,
             lines,
             state: Some(&self.project.file.state),
+            policy: self.project.file.policy.as_ref(),
         }
     }
 

@@ -62,6 +62,7 @@ async fn a_saved_plan_is_refused_once_the_module_changed() {
         refresh: true,
         lines: None,
         state: None,
+        policy: None,
     };
     let driver = TerraformDriver;
     let plan = driver.plan(&ctx).await.expect("plans");
@@ -115,6 +116,7 @@ async fn a_used_plan_cannot_be_applied_again() {
         refresh: true,
         lines: None,
         state: None,
+        policy: None,
     };
     let plan = TerraformDriver.plan(&ctx).await.expect("plans");
     let applied = TerraformDriver

@@ -584,6 +584,7 @@ async fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Resu
                         refresh: true,
                         lines: None,
                         state: Some(&project.file.state),
+                        policy: project.file.policy.as_ref(),
                     };
                     if let Err(err) = terrace_drivers_render(&project, &ctx).await {
                         problems.push(err);

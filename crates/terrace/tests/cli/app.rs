@@ -57,7 +57,8 @@ fn project(namespace: &str) -> tempfile::TempDir {
     }
     let mut files = vec![(
         "terrace.yaml".to_owned(),
-        "name: apps\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\n".to_owned(),
+        // terrace's own Pod Security rules, enforced: every app passes.
+        "name: apps\nlayers: [apps]\ntargets:\n  k8s: { type: cluster }\npolicy:\n  default: off\n  rules: {pss-restricted: enforce, image-tag: enforce, resources: enforce, read-only-root-filesystem: audit}\n".to_owned(),
     )];
     for (unit, yaml) in SPECS {
         files.push((

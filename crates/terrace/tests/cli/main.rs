@@ -10,6 +10,7 @@ mod helm;
 mod hostile;
 mod import;
 mod kustomize;
+mod policy;
 mod real_cluster;
 mod reuse;
 mod saved_plan;
