@@ -52,6 +52,11 @@ pub struct ProjectFile {
     /// none are checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::policy::PolicyConfig>,
+    /// Tiers of workloads by importance (`0-core` … `4-aux`): each a
+    /// PriorityClass (rendered by a `tiers` unit), and for every namespace
+    /// of the tier a LimitRange and a ResourceQuota.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: BTreeMap<String, TierConfig>,
     /// Where units act: clusters, Docker hosts, machines.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
@@ -160,6 +165,41 @@ pub struct EnvironmentConfig {
     /// Per-environment settings of the project's targets, by target name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub targets: BTreeMap<String, TargetBinding>,
+}
+
+/// One tier of `tiers:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TierConfig {
+    /// The PriorityClass's value: higher is scheduled first and evicted
+    /// last (at most 1000000000).
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Namespaces of the tier, besides those whose Namespace object is
+    /// labelled `terrace.dev/tier: <tier>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Requests and limits a container of the tier gets when it sets
+    /// none (the LimitRange's defaults, and an app's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<TierResources>,
+    /// The most one container may ask for (`{cpu: "2", memory: 2Gi}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub max: BTreeMap<String, Value>,
+    /// The namespace's ResourceQuota (`requests.cpu: "4"`, `pods: 50`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quota: BTreeMap<String, Value>,
+}
+
+/// Requests and limits of a tier's containers.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TierResources {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, Value>,
 }
 
 /// Where state is kept.

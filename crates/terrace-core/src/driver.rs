@@ -182,6 +182,8 @@ pub struct UnitContext<'a> {
     pub state: Option<&'a crate::config::StateConfig>,
     /// The project's policy over rendered objects; `None`: none checked.
     pub policy: Option<&'a crate::policy::PolicyConfig>,
+    /// The project's tiers (empty: none).
+    pub tiers: &'a BTreeMap<String, crate::config::TierConfig>,
 }
 
 /// Where a unit's destruction is planned: only its state is needed, so a

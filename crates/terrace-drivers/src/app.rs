@@ -110,7 +110,9 @@ pub struct AppSettings {
     /// port, when there is one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probes: Option<ProbesSpec>,
-    /// The app's tier (`terrace.dev/tier` on every object).
+    /// The app's tier: `terrace.dev/tier` on every object and, with
+    /// terrace.yaml's `tiers:`, the tier's PriorityClass and default
+    /// resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
     /// A cron schedule (`0 3 * * *`, UTC): a CronJob instead of a
@@ -731,9 +733,30 @@ fn render_one(
             container_security[field] = json!(v);
         }
     }
-    let resources = match &s.resources {
-        Some(r) => serde_json::to_value(r).expect("resources serialize"),
-        None => json!({
+    let tier = s.tier.as_deref().and_then(|t| ctx.tiers.get(t));
+    if let Some(t) = &s.tier
+        && !ctx.tiers.is_empty()
+        && tier.is_none()
+    {
+        return Err(bad(
+            ctx,
+            "tier",
+            format!(
+                "`{t}` is not a tier of terrace.yaml (it has {})",
+                ctx.tiers.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            "name one of terrace.yaml's tiers",
+        ));
+    }
+    let resources = match (&s.resources, tier.and_then(|t| t.defaults.as_ref())) {
+        (Some(r), _) => serde_json::to_value(r).expect("resources serialize"),
+        // The tier's defaults, as its LimitRange would give them.
+        (None, Some(d)) => serde_json::to_value(Resources {
+            requests: d.requests.clone(),
+            limits: d.limits.clone(),
+        })
+        .expect("resources serialize"),
+        (None, None) => json!({
             "requests": {"cpu": "50m", "memory": "64Mi"},
             "limits": {"memory": "256Mi"},
         }),

@@ -30,6 +30,7 @@ pub mod manifests;
 mod policy;
 pub mod substitute;
 pub mod template;
+pub mod tiers;
 
 use terrace_core::kind::Registry;
 
@@ -48,6 +49,7 @@ pub fn registry() -> Registry {
         .with(kustomize::kind(&clusters))
         .with(helm::kind(&clusters))
         .with(app::kind(&clusters))
+        .with(tiers::kind(&clusters))
         .with(template::kind())
         .with(compose::kind())
         .with(terrace_terraform::kind())

@@ -644,6 +644,7 @@ impl ObjectsDriver {
     ) -> Result<Objects, DriverError> {
         let mut rendered = self.source.objects(ctx, live).await?;
         mark_secrets(ctx, &mut rendered.objects)?;
+        crate::tiers::expand(ctx, &mut rendered.objects, rendered.namespace.as_deref())?;
         if let Some(config) = ctx.policy {
             let audits = crate::policy::check(
                 ctx,

@@ -644,6 +644,7 @@ impl Engine {
             lines,
             state: Some(&self.project.file.state),
             policy: self.project.file.policy.as_ref(),
+            tiers: &self.project.file.tiers,
         }
     }
 

@@ -8,6 +8,9 @@ use terrace_core::driver::{ApplyContext, Driver, ResolvedUnit, UnitContext};
 use terrace_core::plan::Action;
 use terrace_terraform::TerraformDriver;
 
+static NO_TIERS: std::collections::BTreeMap<String, terrace_core::config::TierConfig> =
+    std::collections::BTreeMap::new();
+
 fn apply_ctx(root: &std::path::Path) -> ApplyContext<'_> {
     ApplyContext {
         root,
@@ -63,6 +66,7 @@ async fn a_saved_plan_is_refused_once_the_module_changed() {
         lines: None,
         state: None,
         policy: None,
+        tiers: &NO_TIERS,
     };
     let driver = TerraformDriver;
     let plan = driver.plan(&ctx).await.expect("plans");
@@ -117,6 +121,7 @@ async fn a_used_plan_cannot_be_applied_again() {
         lines: None,
         state: None,
         policy: None,
+        tiers: &NO_TIERS,
     };
     let plan = TerraformDriver.plan(&ctx).await.expect("plans");
     let applied = TerraformDriver

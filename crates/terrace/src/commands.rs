@@ -585,6 +585,7 @@ async fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Resu
                         lines: None,
                         state: Some(&project.file.state),
                         policy: project.file.policy.as_ref(),
+                        tiers: &project.file.tiers,
                     };
                     if let Err(err) = terrace_drivers_render(&project, &ctx).await {
                         problems.push(err);

@@ -21,6 +21,7 @@ mod state_etcd;
 mod state_s3;
 mod substitute;
 mod terraform;
+mod tiers;
 mod upgrade;
 
 use std::path::{Path, PathBuf};
