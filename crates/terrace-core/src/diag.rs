@@ -17,10 +17,22 @@ pub struct Location {
     pub len: usize,
 }
 
+/// Why a problem happened, where a caller acts on it: `terrace ci` says
+/// "needs secret keys" for a unit whose secrets this machine cannot open,
+/// instead of failing the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Cause {
+    /// No age identity to decrypt a secret with.
+    MissingKeys,
+}
+
 /// An error about user input, naming the file and, where known, the place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Diagnostic {
     pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
     /// The file, relative to the project root when it lies inside it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
@@ -35,10 +47,19 @@ impl Diagnostic {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            cause: None,
             file: None,
             location: None,
             hint: None,
         }
+    }
+
+    /// The same, with why it happened.
+    pub fn because(mut self, cause: Option<Cause>) -> Self {
+        if cause.is_some() {
+            self.cause = cause;
+        }
+        self
     }
 
     pub fn in_file(mut self, file: impl Into<PathBuf>) -> Self {

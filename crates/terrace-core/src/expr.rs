@@ -449,6 +449,19 @@ pub enum SecretError {
         message: String,
         hint: Option<String>,
     },
+    /// No key this machine has opens the secret.
+    #[error("{message}")]
+    NoKeys {
+        message: String,
+        hint: Option<String>,
+    },
+}
+
+impl SecretError {
+    /// Why it happened, for callers that act on it.
+    pub fn cause(&self) -> Option<crate::diag::Cause> {
+        matches!(self, SecretError::NoKeys { .. }).then_some(crate::diag::Cause::MissingKeys)
+    }
 }
 
 /// Why an expression could not be evaluated.
@@ -505,7 +518,17 @@ impl EvalErrorKind {
             EvalErrorKind::Secret(SecretError::Unsupported) => Some(
                 "secrets are resolved by the engine; this context has no secrets source".to_owned(),
             ),
-            EvalErrorKind::Secret(SecretError::Failed { hint, .. }) => hint.clone(),
+            EvalErrorKind::Secret(
+                SecretError::Failed { hint, .. } | SecretError::NoKeys { hint, .. },
+            ) => hint.clone(),
+            _ => None,
+        }
+    }
+
+    /// Why it happened, for callers that act on it.
+    pub fn cause(&self) -> Option<crate::diag::Cause> {
+        match self {
+            EvalErrorKind::Secret(s) => s.cause(),
             _ => None,
         }
     }

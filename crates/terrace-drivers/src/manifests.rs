@@ -228,11 +228,14 @@ fn mark_secrets(ctx: &UnitContext<'_>, objects: &mut [Object]) -> Result<(), Dri
 }
 
 pub(crate) fn secret_error(e: SecretError, file: &str) -> DriverError {
+    let cause = e.cause();
     let (message, hint) = match e {
-        SecretError::Failed { message, hint } => (message, hint),
+        SecretError::Failed { message, hint } | SecretError::NoKeys { message, hint } => {
+            (message, hint)
+        }
         other => (other.to_string(), None),
     };
-    let mut d = Diagnostic::new(message).in_file(file);
+    let mut d = Diagnostic::new(message).in_file(file).because(cause);
     if let Some(h) = hint {
         d = d.with_hint(h);
     }
@@ -330,7 +333,10 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
                 }
                 None => expr::eval(&value, &ValuePath::root(), &scope).map_err(|e| {
                     let loc = terrace_yaml::locate(&src, doc, &e.path, Some(&e.source_text));
-                    let mut d = Diagnostic::new(e.kind.to_string()).in_file(&file).at(loc);
+                    let mut d = Diagnostic::new(e.kind.to_string())
+                        .in_file(&file)
+                        .at(loc)
+                        .because(e.kind.cause());
                     if let Some(h) = e.kind.hint() {
                         d = d.with_hint(h);
                     }

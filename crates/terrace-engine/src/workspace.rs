@@ -300,7 +300,7 @@ impl Workspace {
             if let Some(h) = e.kind.hint() {
                 d = d.with_hint(h);
             }
-            d
+            d.because(e.kind.cause())
         };
         let mut inputs = Map::new();
         let mut unknown_inputs = std::collections::BTreeSet::new();

@@ -63,6 +63,12 @@ impl Drop for SecretStore {
 }
 
 fn failed(e: SecretsError) -> SecretError {
+    if matches!(e, SecretsError::NoIdentities { .. }) {
+        return SecretError::NoKeys {
+            hint: e.hint(),
+            message: e.to_string(),
+        };
+    }
     SecretError::Failed {
         hint: e.hint(),
         message: e.to_string(),

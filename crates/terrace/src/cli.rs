@@ -209,6 +209,12 @@ pub enum Command {
         after_help = "Examples:\n  terrace plan\n  terrace plan --layer apps --unit web\n  terrace plan --affected-since origin/main --output markdown\n  terrace plan --out plan.json      # in CI on a pull request; then `terrace apply plan.json` on merge\n\nExit codes: 0 no changes, 2 changes, 1 error."
     )]
     Plan(PlanArgs),
+    /// A pull request's check: policy and plan of the units affected
+    /// since the base revision, as a PR comment, JUnit XML and JSON.
+    #[command(
+        after_help = "Examples:\n  terrace ci --base origin/main --markdown comment.md --junit junit.xml\n  terrace ci --output json > ci.json\n\nThe base defaults to origin/$GITHUB_BASE_REF (GitHub Actions) or\norigin/$CI_MERGE_REQUEST_TARGET_BRANCH_NAME (GitLab CI), else origin/main.\nNo secret keys are needed: units whose secrets cannot be opened here are\nreported as needing keys, not as failures. examples/ci/ holds workflows.\n\nExit codes: 0 no changes, 2 changes, 1 a unit failed (an enforced policy\nrule included)."
+    )]
+    Ci(CiArgs),
     /// Apply changes in graph order.
     #[command(
         after_help = "Examples:\n  terrace apply\n  terrace apply -j 4 --layer platform\n  terrace apply plan.json           # exactly the plan `terrace plan --out plan.json` saved\n\nA unit that fails stops only the units that depend on it. A saved plan is\nrefused, naming what moved, when a unit's sources, inputs, dependency\noutputs or state changed since it was planned."
@@ -486,6 +492,26 @@ pub enum StateCommand {
         #[arg(long, value_name = "BACKEND")]
         to: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct CiArgs {
+    /// The revision the change is compared with (default: the pull
+    /// request's target branch, else origin/main).
+    #[arg(long, value_name = "REF")]
+    pub base: Option<String>,
+    /// Write the pull-request comment (markdown, under 65,536 characters).
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// Write JUnit XML: a test case per unit and per policy violation.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write the whole report as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Units planned at once, 1 to 256.
+    #[arg(short, long, default_value_t = 4, value_parser = parse_jobs)]
+    pub jobs: usize,
 }
 
 #[derive(Debug, Args)]

@@ -44,6 +44,7 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             Command::Apply(_)
                 | Command::Destroy(_)
                 | Command::Plan(_)
+                | Command::Ci(_)
                 | Command::Render(_)
                 | Command::Serve(_)
                 | Command::Dashboard(_)
@@ -152,6 +153,10 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 save_plan(&engine, &report, a.refresh, out)?;
             }
             Ok(report.exit_code() as u8)
+        }
+        Command::Ci(a) => {
+            let engine = Arc::new(open(&start, env)?.with_refresh(false));
+            crate::ci::ci(engine, a, cli.output).await
         }
         Command::Apply(a) if a.plan.is_some() => {
             apply_saved(&start, env, &bindings, a, cli.output, &interrupt).await

@@ -9,6 +9,7 @@
 //! `{"error": {...}}` document on stdout. A reader that closes stdout
 //! early (`terrace state list | head -1`) ends the output quietly.
 
+mod ci;
 mod cli;
 mod commands;
 mod diagnostics;

@@ -139,7 +139,7 @@ fn counts(u: &UnitReport) -> (usize, usize, usize) {
     terrace_core::plan::count_changes(&u.changes)
 }
 
-fn status_word(u: &UnitReport) -> String {
+pub(crate) fn status_word(u: &UnitReport) -> String {
     match u.outcome {
         Outcome::Failed => "FAILED".to_owned(),
         Outcome::Skipped => "skipped".to_owned(),
@@ -154,7 +154,7 @@ fn status_word(u: &UnitReport) -> String {
     }
 }
 
-fn change_cell(u: &UnitReport) -> String {
+pub(crate) fn change_cell(u: &UnitReport) -> String {
     let (c, up, d) = counts(u);
     let mut parts = Vec::new();
     if c > 0 {
@@ -284,7 +284,7 @@ fn table(report: &Report) -> String {
     out
 }
 
-fn summary_line(report: &Report) -> String {
+pub(crate) fn summary_line(report: &Report) -> String {
     let t = totals(report);
     let verb = match report.command.as_str() {
         "plan" => "Plan",

@@ -2,6 +2,7 @@
 //! `examples/homelab` and small projects written by the tests.
 
 mod app;
+mod ci;
 mod cluster;
 mod compose;
 mod errors;
