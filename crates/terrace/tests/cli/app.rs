@@ -188,6 +188,21 @@ fn app_specs_that_would_deploy_something_unsafe_are_refused() {
             "  replicas: 2\n  colour: blue\n",
             "colour",
         ),
+        (
+            "  replicas: 2\n",
+            "  replicas: 2\n  name: ../../etc\n",
+            "not a valid object name",
+        ),
+        (
+            "  replicas: 2\n",
+            "  replicas: 2\n  volumes:\n    ../x: {path: /x, emptyDir: true}\n",
+            "not a usable volume name",
+        ),
+        (
+            "  replicas: 2\n",
+            "  replicas: 2\n  instances:\n    A_B: {replicas: 1}\n",
+            "is not a valid name",
+        ),
     ];
     for (from, to, expected) in cases {
         let dir = project("apps");
