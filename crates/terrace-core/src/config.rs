@@ -329,9 +329,60 @@ pub struct TargetConfig {
     pub ssh: Option<DockerSsh>,
     /// For a Docker host: the address other units reach its published
     /// ports at (outputs' `host`). Default: the host's name, or
-    /// `127.0.0.1` for a Unix socket.
+    /// `127.0.0.1` for a Unix socket. For a host: where SSH reaches it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// For a host: the SSH login, connection and key settings.
+    #[serde(flatten)]
+    pub ssh_host: HostSsh,
+}
+
+/// How a host target is reached over SSH (or run locally).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostSsh {
+    /// The user to log in as (default: ssh's own choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The SSH port (default 22).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The private key to log in with (relative to the project root, or
+    /// `~/…`); a SOPS-encrypted key is decrypted in memory and handed to
+    /// a private ssh-agent, never written out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The host's public key, as `ssh-ed25519 AAAA…`: an unknown or
+    /// changed key is refused, never accepted on first use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+    /// Or a known_hosts file holding the host's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<String>,
+    /// Run commands as root through `sudo -n`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sudo: Option<bool>,
+    /// This machine: commands run here, without SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<bool>,
+}
+
+impl HostSsh {
+    /// `self` with every field `other` sets replaced.
+    pub fn overlay(&self, other: &HostSsh) -> HostSsh {
+        HostSsh {
+            user: other.user.clone().or_else(|| self.user.clone()),
+            port: other.port.or(self.port),
+            identity: other.identity.clone().or_else(|| self.identity.clone()),
+            host_key: other.host_key.clone().or_else(|| self.host_key.clone()),
+            known_hosts: other
+                .known_hosts
+                .clone()
+                .or_else(|| self.known_hosts.clone()),
+            sudo: other.sudo.or(self.sudo),
+            local: other.local.or(self.local),
+        }
+    }
 }
 
 /// TLS client files of a Docker host reached over TCP (paths relative to
@@ -371,6 +422,7 @@ impl TargetConfig {
             tls: self.tls.clone(),
             ssh: self.ssh.clone(),
             address: self.address.clone(),
+            ssh_host: self.ssh_host.clone(),
         }
     }
 }
@@ -386,6 +438,9 @@ pub enum TargetKind {
     /// default: the planned containers are written under
     /// `.terrace/rendered/`.
     Docker,
+    /// A machine reached over SSH (or this one, `local: true`), where
+    /// `script` and `ansible` units run.
+    Host,
 }
 
 impl fmt::Display for TargetKind {
@@ -393,6 +448,7 @@ impl fmt::Display for TargetKind {
         match self {
             TargetKind::Cluster => f.write_str("cluster"),
             TargetKind::Docker => f.write_str("docker"),
+            TargetKind::Host => f.write_str("host"),
         }
     }
 }
@@ -424,9 +480,13 @@ pub struct TargetBinding {
     /// How a Docker host is reached over SSH.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<DockerSsh>,
-    /// Where other units reach a Docker host's published ports.
+    /// Where other units reach a Docker host's published ports; where
+    /// SSH reaches a host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// A host's SSH settings in this environment.
+    #[serde(flatten)]
+    pub ssh_host: HostSsh,
 }
 
 impl TargetBinding {
@@ -452,6 +512,7 @@ impl TargetBinding {
                 ..TargetBinding::default()
             };
         }
+        let ssh_host = self.ssh_host.overlay(&other.ssh_host);
         TargetBinding {
             host: self.host.clone(),
             tls: other.tls.clone().or_else(|| self.tls.clone()),
@@ -464,6 +525,7 @@ impl TargetBinding {
             } else {
                 other.in_cluster.or(self.in_cluster)
             },
+            ssh_host,
         }
     }
 

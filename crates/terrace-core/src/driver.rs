@@ -184,6 +184,9 @@ pub struct UnitContext<'a> {
     pub policy: Option<&'a crate::policy::PolicyConfig>,
     /// The project's tiers (empty: none).
     pub tiers: &'a BTreeMap<String, crate::config::TierConfig>,
+    /// The environment's targets, by name (a unit may act on several
+    /// hosts).
+    pub targets: &'a BTreeMap<String, ResolvedTarget>,
 }
 
 /// Where a unit's destruction is planned: only its state is needed, so a

@@ -93,6 +93,17 @@ pub enum InventoryItem {
     /// A volume on a Docker host (kept unless destroyed with `--volumes`).
     #[serde(rename_all = "camelCase")]
     DockerVolume { name: String },
+    /// A script applied on a host: the digest of what was applied there
+    /// (its inputs, files and commands).
+    #[serde(rename_all = "camelCase")]
+    HostScript { host: String, digest: String },
+    /// A file a script unit put on a host.
+    #[serde(rename_all = "camelCase")]
+    HostFile {
+        host: String,
+        path: String,
+        digest: String,
+    },
 }
 
 impl InventoryItem {
@@ -106,6 +117,8 @@ impl InventoryItem {
             InventoryItem::Container { service, .. } => format!("service {service}"),
             InventoryItem::DockerNetwork { name } => format!("network {name}"),
             InventoryItem::DockerVolume { name } => format!("volume {name}"),
+            InventoryItem::HostScript { host, .. } => format!("script on {host}"),
+            InventoryItem::HostFile { host, path, .. } => format!("file {path} on {host}"),
         }
     }
 

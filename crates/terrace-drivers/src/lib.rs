@@ -28,6 +28,7 @@ pub mod kustomize;
 mod live;
 pub mod manifests;
 mod policy;
+pub mod script;
 pub mod substitute;
 pub mod template;
 pub mod tiers;
@@ -52,6 +53,7 @@ pub fn registry() -> Registry {
         .with(tiers::kind(&clusters))
         .with(template::kind())
         .with(compose::kind())
+        .with(script::kind())
         .with(terrace_terraform::kind())
 }
 

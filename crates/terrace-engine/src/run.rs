@@ -645,6 +645,7 @@ impl Engine {
             state: Some(&self.project.file.state),
             policy: self.project.file.policy.as_ref(),
             tiers: &self.project.file.tiers,
+            targets: &self.workspace.targets,
         }
     }
 

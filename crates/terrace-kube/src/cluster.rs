@@ -120,10 +120,23 @@ impl Cluster {
                     ))
                 };
                 let version = self.client.apiserver_version().await.map_err(fail)?;
-                let discovery = kube::discovery::Discovery::new(self.client.clone())
-                    .run()
-                    .await
-                    .map_err(fail)?;
+                // A group version that goes away between the list of
+                // groups and its own request (a CRD deleted meanwhile)
+                // answers 404: discovery runs again, up to three times.
+                let mut attempt = 0;
+                let discovery = loop {
+                    attempt += 1;
+                    match kube::discovery::Discovery::new(self.client.clone())
+                        .run()
+                        .await
+                    {
+                        Ok(d) => break d,
+                        Err(kube::Error::Api(ae)) if ae.code == 404 && attempt < 3 => {
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        }
+                        Err(e) => return Err(fail(e)),
+                    }
+                };
                 let mut api_versions = Vec::new();
                 for group in discovery.groups() {
                     for version in group.versions() {

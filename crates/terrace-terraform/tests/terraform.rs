@@ -10,6 +10,8 @@ use terrace_terraform::TerraformDriver;
 
 static NO_TIERS: std::collections::BTreeMap<String, terrace_core::config::TierConfig> =
     std::collections::BTreeMap::new();
+static NO_TARGETS: std::collections::BTreeMap<String, terrace_core::driver::ResolvedTarget> =
+    std::collections::BTreeMap::new();
 
 fn apply_ctx(root: &std::path::Path) -> ApplyContext<'_> {
     ApplyContext {
@@ -67,6 +69,7 @@ async fn a_saved_plan_is_refused_once_the_module_changed() {
         state: None,
         policy: None,
         tiers: &NO_TIERS,
+        targets: &NO_TARGETS,
     };
     let driver = TerraformDriver;
     let plan = driver.plan(&ctx).await.expect("plans");
@@ -122,6 +125,7 @@ async fn a_used_plan_cannot_be_applied_again() {
         state: None,
         policy: None,
         tiers: &NO_TIERS,
+        targets: &NO_TARGETS,
     };
     let plan = TerraformDriver.plan(&ctx).await.expect("plans");
     let applied = TerraformDriver

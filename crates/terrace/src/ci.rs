@@ -139,6 +139,7 @@ async fn violations(
             state: Some(&project.file.state),
             policy: None,
             tiers: &project.file.tiers,
+            targets: &ws.targets,
         };
         let rendered = match terrace_engine::render_with_driver(project, &ctx).await {
             Ok(r) => r,

@@ -591,6 +591,7 @@ async fn validate(start: &Path, env: Option<&str>, format: OutputFormat) -> Resu
                         state: Some(&project.file.state),
                         policy: project.file.policy.as_ref(),
                         tiers: &project.file.tiers,
+                        targets: &ws.targets,
                     };
                     if let Err(err) = terrace_drivers_render(&project, &ctx).await {
                         problems.push(err);

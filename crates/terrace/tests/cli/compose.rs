@@ -1533,14 +1533,14 @@ volumes:
 
 /// An OpenSSH server on a free loopback port, with its own host key and
 /// one authorised user key; stopped on drop.
-struct Sshd {
-    dir: tempfile::TempDir,
+pub struct Sshd {
+    pub dir: tempfile::TempDir,
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl Sshd {
-    fn start(test: &str) -> Option<Sshd> {
+    pub fn start(test: &str) -> Option<Sshd> {
         if !Path::new("/usr/sbin/sshd").is_file() || !found("ssh-keygen") {
             eprintln!(
                 "skipped {test}: no sshd (Debian openssh-server; scripts/setup-tools.sh installs it)"
@@ -1589,7 +1589,12 @@ impl Sshd {
     }
 
     /// A known_hosts file holding `key`'s public half for this server.
-    fn known_hosts(&self, key: &str) -> PathBuf {
+    /// The listening server's process id (its sessions are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn known_hosts(&self, key: &str) -> PathBuf {
         let public =
             std::fs::read_to_string(self.dir.path().join(format!("{key}.pub"))).expect("pub");
         let mut parts = public.split_whitespace();

@@ -9,6 +9,7 @@ mod errors;
 mod example;
 mod helm;
 mod hostile;
+mod hosts;
 mod import;
 mod kustomize;
 mod policy;

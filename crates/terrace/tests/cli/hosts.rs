@@ -1,0 +1,305 @@
+//! `kind: script` on host targets, over a real OpenSSH server started on
+//! a free loopback port with its own host and user keys: check → apply →
+//! clean plan, a file changed by hand is drift and is restored, a changed
+//! host key is refused, a secret input reaches the commands and nowhere
+//! else (not the process list, not terrace's output, not the state), and
+//! a connection killed mid-apply fails the unit and the next apply
+//! converges.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::compose::Sshd;
+use crate::{code, std_command, stderr, stdout, write_files};
+
+const SECRET: &str = "host-token-secret-7319";
+
+fn whoami() -> String {
+    String::from_utf8(Command::new("id").arg("-un").output().expect("id").stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+fn public_key(sshd: &Sshd, key: &str) -> String {
+    let text = std::fs::read_to_string(sshd.dir.path().join(format!("{key}.pub"))).expect("pub");
+    let mut parts = text.split_whitespace();
+    format!(
+        "{} {}",
+        parts.next().expect("type"),
+        parts.next().expect("key")
+    )
+}
+
+fn terrace_yaml(sshd: &Sshd, host_key: &str) -> String {
+    format!(
+        "name: hosts\nlayers: [os]\ntargets:\n  node1:\n    type: host\n    address: 127.0.0.1\n    port: {}\n    user: {}\n    identity: {}\n    hostKey: {host_key}\n",
+        sshd.port,
+        whoami(),
+        sshd.dir.path().join("user").display()
+    )
+}
+
+/// A project whose `svc` unit installs a marker and a config file under
+/// `root` on node1, with a secret input.
+fn project(sshd: &Sshd, root: &Path, apply_extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let homelab = crate::repo_root().join("examples/homelab");
+    for f in ["keys/demo.agekey", ".sops.yaml"] {
+        std::fs::create_dir_all(d.join(f).parent().expect("parent")).expect("mkdir");
+        std::fs::copy(homelab.join(f), d.join(f)).expect("copy");
+    }
+    let r = root.display();
+    write_files(
+        d,
+        &[
+            (
+                "terrace.yaml",
+                &terrace_yaml(sshd, &public_key(sshd, "host")),
+            ),
+            ("secrets/host.yaml", &format!("token: {SECRET}\n")),
+            (
+                "os/svc/unit.yaml",
+                &format!(
+                    "layer: os\nkind: script\ntarget: node1\ninputs:\n  GREETING: hello\n  TOKEN: ${{secret.secrets/host.yaml#token}}\nscript:\n  check: |\n    if [ \"$(cat {r}/installed 2>/dev/null)\" = \"$GREETING\" ]; then exit 0; fi\n    echo \"would install $GREETING\"\n    exit 2\n  apply: |\n    {apply_extra}\n    echo \"$GREETING\" > {r}/installed\n    echo \"installing with $TOKEN\"\n    printf '::outputs::{{\"endpoint\":\"svc.local\",\"token\":\"%s\"}}\\n' \"$TOKEN\"\n  files:\n    {r}/etc/app.conf:\n      content: \"port=8080\\n\"\n      mode: \"0600\"\n  sensitiveOutputs: [token]\n"
+                ),
+            ),
+        ],
+    );
+    let o = run(d, &["secrets", "encrypt", "-i", "secrets/host.yaml"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    dir
+}
+
+fn run(d: &Path, args: &[&str]) -> std::process::Output {
+    std_command(d)
+        .args(args)
+        .env("SOPS_AGE_KEY_FILE", d.join("keys/demo.agekey"))
+        .output()
+        .expect("terrace runs")
+}
+
+fn all(o: &std::process::Output) -> String {
+    format!("{}{}", stdout(o), stderr(o))
+}
+
+/// Every file under `dir`, as text.
+fn tree_text(dir: &Path) -> String {
+    let mut out = String::new();
+    for entry in walk(dir) {
+        if let Ok(t) = std::fs::read(&entry) {
+            out.push_str(&String::from_utf8_lossy(&t));
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_script_unit_checks_applies_converges_and_restores_drift_over_ssh() {
+    let Some(sshd) =
+        Sshd::start("a_script_unit_checks_applies_converges_and_restores_drift_over_ssh")
+    else {
+        return;
+    };
+    let host_root = tempfile::tempdir().expect("host root");
+    let hr = host_root.path();
+    let dir = project(&sshd, hr, "sleep 2");
+    let d = dir.path();
+
+    // The check decides: a change, with its output as the diff.
+    let o = run(d, &["plan"]);
+    let out = all(&o);
+    assert_eq!(code(&o), 2, "{out}");
+    assert!(out.contains("+ script on node1"), "{out}");
+    let o = run(d, &["plan", "--output", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let script = plan["units"][0]["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|c| c["address"] == "script on node1")
+        .expect("the script's change")
+        .clone();
+    assert_eq!(script["diff"], "would install hello\n", "{plan}");
+    assert!(
+        out.contains(&format!("file {}/etc/app.conf on node1", hr.display())),
+        "{out}"
+    );
+
+    // Applied, with the process list watched for the secret meanwhile.
+    let apply = std_command(d)
+        .arg("apply")
+        .env("SOPS_AGE_KEY_FILE", d.join("keys/demo.agekey"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("terrace runs");
+    let started = Instant::now();
+    let mut seen_sleep = false;
+    while started.elapsed() < Duration::from_secs(60) {
+        let ps = Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .expect("ps");
+        let list = String::from_utf8_lossy(&ps.stdout);
+        assert!(
+            !list.contains(SECRET),
+            "the secret is in the process list:\n{list}"
+        );
+        if list.lines().any(|l| l.trim() == "sleep 2") {
+            seen_sleep = true;
+        }
+        if hr.join("installed").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = apply.wait_with_output().expect("apply ends");
+    let out = all(&o);
+    assert_eq!(code(&o), 0, "{out}");
+    assert!(
+        seen_sleep,
+        "the apply ran on the host while the list was read"
+    );
+    assert!(
+        !out.contains(SECRET),
+        "the secret is in terrace's output: {out}"
+    );
+    assert!(
+        out.contains("installing with"),
+        "the apply's output is shown: {out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(hr.join("installed")).expect("installed"),
+        "hello\n"
+    );
+    let conf = hr.join("etc/app.conf");
+    assert_eq!(std::fs::read_to_string(&conf).expect("conf"), "port=8080\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&conf).expect("meta").permissions().mode() & 0o777,
+        0o600
+    );
+    // Outputs: the endpoint plain, the token sealed in the state.
+    let o = run(d, &["output", "svc", "endpoint"]);
+    assert_eq!(stdout(&o).trim(), "svc.local", "{}", stderr(&o));
+    assert!(
+        !tree_text(&d.join(".terrace/state")).contains(SECRET),
+        "the state holds the secret"
+    );
+
+    // Converged.
+    let o = run(d, &["plan"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+
+    // Changed by hand on the host: drift, restored by apply.
+    std::fs::write(&conf, "port=9999\n").expect("edit");
+    let o = run(d, &["plan"]);
+    let out = all(&o);
+    assert_eq!(code(&o), 2, "{out}");
+    assert!(
+        out.contains(&format!("~ file {}/etc/app.conf on node1", hr.display())),
+        "{out}"
+    );
+    let o = run(d, &["apply"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    assert_eq!(std::fs::read_to_string(&conf).expect("conf"), "port=8080\n");
+    let o = run(d, &["plan"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+
+    // The host presents another key: refused, nothing run.
+    let yaml = terrace_yaml(&sshd, &public_key(&sshd, "other_host"));
+    write_files(d, &[("terrace.yaml", &yaml)]);
+    std::fs::remove_file(hr.join("installed")).expect("rm");
+    let o = run(d, &["apply"]);
+    let out = all(&o);
+    assert_ne!(code(&o), 0, "{out}");
+    assert!(out.contains("Host key verification failed"), "{out}");
+    assert!(
+        !hr.join("installed").exists(),
+        "nothing ran on a host whose key changed"
+    );
+}
+
+#[test]
+fn a_connection_killed_mid_apply_fails_the_unit_and_the_next_apply_converges() {
+    let Some(sshd) =
+        Sshd::start("a_connection_killed_mid_apply_fails_the_unit_and_the_next_apply_converges")
+    else {
+        return;
+    };
+    let host_root = tempfile::tempdir().expect("host root");
+    let hr = host_root.path();
+    let marker = hr.join("started");
+    let dir = project(
+        &sshd,
+        hr,
+        &format!(
+            "if [ ! -f {m} ]; then touch {m}; sleep 29; fi",
+            m = marker.display()
+        ),
+    );
+    let d = dir.path();
+    let mut apply = std_command(d)
+        .arg("apply")
+        .env("SOPS_AGE_KEY_FILE", d.join("keys/demo.agekey"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("terrace runs");
+    let started = Instant::now();
+    while !marker.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the apply never started"
+        );
+        assert!(
+            apply.try_wait().expect("wait").is_none(),
+            "the apply ended early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The server's session processes for this connection are killed: the
+    // connection drops in the middle of the apply.
+    let sessions = Command::new("pgrep")
+        .args(["-P", &sshd.pid().to_string()])
+        .output()
+        .expect("pgrep");
+    let pids = String::from_utf8_lossy(&sessions.stdout).into_owned();
+    assert!(!pids.trim().is_empty(), "an SSH session serves the apply");
+    for pid in pids.split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    let o = apply.wait_with_output().expect("apply ends");
+    let out = all(&o);
+    assert_ne!(code(&o), 0, "{out}");
+    assert!(out.contains("node1"), "the failure names the host: {out}");
+    assert!(!out.contains("panicked"), "{out}");
+    assert!(!hr.join("installed").exists());
+    // The next apply converges, and then nothing is left to do.
+    let o = run(d, &["apply"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    assert_eq!(
+        std::fs::read_to_string(hr.join("installed")).expect("installed"),
+        "hello\n"
+    );
+    let o = run(d, &["plan"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    // The first apply's shell on the host outlived its connection.
+    let _ = Command::new("pkill").args(["-f", "sleep 29"]).status();
+}
