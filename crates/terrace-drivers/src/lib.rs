@@ -20,6 +20,7 @@
 //! External programs run through `terrace-exec` (a cleared environment,
 //! a timeout, redacted output, interrupts that reach them).
 
+pub mod ansible;
 pub mod app;
 pub mod compose;
 pub mod fileset;
@@ -54,6 +55,7 @@ pub fn registry() -> Registry {
         .with(template::kind())
         .with(compose::kind())
         .with(script::kind())
+        .with(ansible::kind())
         .with(terrace_terraform::kind())
 }
 

@@ -102,7 +102,7 @@ struct ScriptDriver;
 /// The largest file put on a host.
 const MAX_FILE: usize = 16 << 20;
 
-fn bad(dir: &str, message: String, hint: &str) -> DriverError {
+pub(crate) fn bad(dir: &str, message: String, hint: &str) -> DriverError {
     Diagnostic::new(message)
         .in_file(format!("{dir}/{UNIT_FILE}"))
         .with_hint(hint.to_owned())
@@ -114,7 +114,7 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     terrace_fs::digest::digest(bytes)
         .trim_start_matches("sha256:")
         .to_owned()
@@ -122,16 +122,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// A host, as its target says to reach it.
 #[derive(Debug, Clone)]
-struct Host {
-    name: String,
-    local: bool,
-    address: String,
-    user: Option<String>,
-    port: Option<u16>,
-    identity: Option<PathBuf>,
-    host_key: Option<String>,
-    known_hosts: Option<PathBuf>,
-    sudo: bool,
+pub(crate) struct Host {
+    pub(crate) name: String,
+    pub(crate) local: bool,
+    pub(crate) address: String,
+    pub(crate) user: Option<String>,
+    pub(crate) port: Option<u16>,
+    pub(crate) identity: Option<PathBuf>,
+    pub(crate) host_key: Option<String>,
+    pub(crate) known_hosts: Option<PathBuf>,
+    pub(crate) sudo: bool,
 }
 
 fn expand(root: &Path, p: &str) -> PathBuf {
@@ -198,7 +198,7 @@ impl Host {
 /// What `ssh` needs that lives on disk while the unit runs: a
 /// known_hosts file from `hostKey`, and an agent holding a decrypted key.
 #[derive(Debug)]
-struct Session {
+pub(crate) struct Session {
     dir: tempfile::TempDir,
     agent: Option<tokio::process::Child>,
 }
@@ -212,7 +212,7 @@ impl Drop for Session {
 }
 
 impl Session {
-    fn agent_socket(&self) -> Option<PathBuf> {
+    pub(crate) fn agent_socket(&self) -> Option<PathBuf> {
         self.agent
             .as_ref()
             .map(|_| self.dir.path().join("agent.sock"))
@@ -220,7 +220,10 @@ impl Session {
 
     /// A private directory, and an agent holding the key when it is
     /// SOPS-encrypted.
-    async fn open(ctx: &UnitContext<'_>, hosts: &[Host]) -> Result<Session, DriverError> {
+    pub(crate) async fn open(
+        ctx: &UnitContext<'_>,
+        hosts: &[Host],
+    ) -> Result<Session, DriverError> {
         let dir = tempfile::Builder::new()
             .prefix("terrace-hosts-")
             .tempdir()
@@ -318,6 +321,19 @@ impl Session {
         Ok(session)
     }
 
+    /// The known_hosts file that pins the host's key.
+    pub(crate) fn known_hosts(&self, h: &Host) -> PathBuf {
+        match (&h.host_key, &h.known_hosts) {
+            (None, Some(k)) => k.clone(),
+            _ => self.dir.path().join(format!("known_hosts_{}", h.name)),
+        }
+    }
+
+    /// A private directory that lives as long as the session.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The command that runs a script (given on standard input) there.
     fn command(&self, h: &Host) -> Result<terrace_exec::Exec, DriverError> {
         let shell = if h.sudo { "sudo -n sh -s" } else { "sh -s" };
@@ -332,11 +348,7 @@ impl Session {
                 sh.command().arg("-s")
             });
         }
-        let known = match (&h.host_key, &h.known_hosts) {
-            (Some(_), _) => self.dir.path().join(format!("known_hosts_{}", h.name)),
-            (None, Some(k)) => k.clone(),
-            (None, None) => unreachable!("checked in Host::of"),
-        };
+        let known = self.known_hosts(h);
         let mut c = Program::find("ssh")
             .map_err(|e| DriverError::Target(e.to_string()))?
             .command()
@@ -563,8 +575,16 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(ScriptSettings, Desired), DriverErr
 }
 
 fn hosts(ctx: &UnitContext<'_>, s: &ScriptSettings) -> Result<Vec<Host>, DriverError> {
+    hosts_named(ctx, &s.hosts)
+}
+
+/// The hosts `names` names (the unit's `target` when it names none).
+pub(crate) fn hosts_named(
+    ctx: &UnitContext<'_>,
+    names: &[String],
+) -> Result<Vec<Host>, DriverError> {
     let dir = &ctx.unit.dir;
-    let names: Vec<String> = if s.hosts.is_empty() {
+    let names: Vec<String> = if names.is_empty() {
         match &ctx.unit.target {
             Some(t) => vec![t.name.clone()],
             None => {
@@ -576,7 +596,7 @@ fn hosts(ctx: &UnitContext<'_>, s: &ScriptSettings) -> Result<Vec<Host>, DriverE
             }
         }
     } else {
-        s.hosts.clone()
+        names.to_vec()
     };
     names
         .iter()

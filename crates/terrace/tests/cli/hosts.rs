@@ -303,3 +303,93 @@ fn a_connection_killed_mid_apply_fails_the_unit_and_the_next_apply_converges() {
     // The first apply's shell on the host outlived its connection.
     let _ = Command::new("pkill").args(["-f", "sleep 29"]).status();
 }
+
+const PLAYBOOK: &str = r#"- hosts: all
+  gather_facts: false
+  tasks:
+    - name: the cache directory
+      ansible.builtin.file: {path: "{{ root }}/cache", state: directory, mode: "0755"}
+    - name: the config
+      ansible.builtin.copy: {dest: "{{ root }}/app.conf", content: "greeting={{ greeting }}\n", mode: "0600"}
+    - name: a line in the list
+      ansible.builtin.lineinfile: {path: "{{ root }}/list", line: "item-1", create: true, mode: "0644"}
+    - name: the token
+      ansible.builtin.copy: {dest: "{{ root }}/token", content: "{{ token }}", mode: "0600"}
+      no_log: true
+"#;
+
+#[test]
+fn an_ansible_playbook_is_checked_applied_and_converges_over_ssh() {
+    let test = "an_ansible_playbook_is_checked_applied_and_converges_over_ssh";
+    if !crate::compose::found("ansible-playbook") {
+        eprintln!(
+            "skipped {test}: no ansible-playbook (PyPI ansible-core; scripts/setup-tools.sh installs it)"
+        );
+        return;
+    }
+    let Some(sshd) = Sshd::start(test) else {
+        return;
+    };
+    let host_root = tempfile::tempdir().expect("host root");
+    let hr = host_root.path();
+    let dir = project(&sshd, hr, "true");
+    let d = dir.path();
+    write_files(
+        d,
+        &[
+            (
+                "os/conf/unit.yaml",
+                &format!(
+                    "layer: os\nkind: ansible\ntarget: node1\ninputs:\n  root: {}\n  greeting: hello\n  token: ${{secret.secrets/host.yaml#token}}\nansible:\n  playbook: site.yml\n  python: /usr/bin/python3\n",
+                    hr.display()
+                ),
+            ),
+            ("os/conf/site.yml", PLAYBOOK),
+        ],
+    );
+    // --check --diff: each task that would change is in the plan.
+    let o = run(d, &["plan", "--unit", "conf", "--output", "json"]);
+    assert_eq!(code(&o), 2, "{}", all(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let changes = plan["units"][0]["changes"]
+        .as_array()
+        .expect("changes")
+        .clone();
+    let names: Vec<&str> = changes
+        .iter()
+        .map(|c| c["address"].as_str().expect("address"))
+        .collect();
+    for task in ["the cache directory", "the config", "a line in the list"] {
+        assert!(
+            names.contains(&format!("task \"{task}\" on node1").as_str()),
+            "{task} in {names:?}"
+        );
+    }
+    let config = changes
+        .iter()
+        .find(|c| c["address"] == "task \"the config\" on node1")
+        .expect("config");
+    assert!(
+        config["diff"]
+            .as_str()
+            .is_some_and(|d| d.contains("+greeting=hello")),
+        "{config}"
+    );
+    assert!(!hr.join("app.conf").exists(), "--check changed nothing");
+    assert!(!all(&o).contains(SECRET), "{}", all(&o));
+    // Applied, then nothing is left to change.
+    let o = run(d, &["apply", "--unit", "conf"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    assert!(!all(&o).contains(SECRET), "{}", all(&o));
+    assert_eq!(
+        std::fs::read_to_string(hr.join("app.conf")).expect("conf"),
+        "greeting=hello\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(hr.join("token")).expect("token"),
+        SECRET
+    );
+    assert!(hr.join("cache").is_dir());
+    let o = run(d, &["plan", "--unit", "conf"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+}
