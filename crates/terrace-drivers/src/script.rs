@@ -652,7 +652,9 @@ async fn run(
         .map_err(|e| DriverError::Target(format!("host `{}`: {e}", h.name)))?;
     Ok(Ran {
         exit: finished.status.code(),
-        stdout: finished.stdout_text(),
+        // As printed: `::outputs::` carries secrets the unit's outputs
+        // need whole; what is shown is redacted where it is shown.
+        stdout: String::from_utf8_lossy(&finished.stdout).into_owned(),
         stderr: d.redact.redact(&finished.stderr),
     })
 }
@@ -669,6 +671,20 @@ struct ScriptPlan {
     session: Session,
     desired: Desired,
     hosts: Vec<HostPlan>,
+    /// Where the values of sensitive outputs are kept (see
+    /// [`outputs_file`]).
+    outputs_file: PathBuf,
+}
+
+/// The private file holding the values of a unit's sensitive outputs
+/// (0600, as Terraform's local state holds its own): the state record
+/// names them only. Dependents read them back through `read_outputs`.
+fn outputs_file(root: &Path, environment: &str, unit: &str) -> PathBuf {
+    root.join(terrace_core::config::WORK_DIR)
+        .join("hosts")
+        .join(environment)
+        .join(unit)
+        .join("outputs.json")
 }
 
 #[derive(Debug)]
@@ -864,7 +880,14 @@ impl ScriptDriver {
             outputs: if plans.iter().any(|p| p.run) {
                 None
             } else {
-                ctx.prior.map(|p| p.outputs.clone())
+                // Unchanged: what was applied, sensitive values included.
+                match ctx.prior {
+                    Some(p) => match self.read_outputs(ctx.root, p) {
+                        Some(r) => Some(r?),
+                        None => Some(p.outputs.clone()),
+                    },
+                    None => None,
+                }
             },
             render_hash: digest,
             notes: Vec::new(),
@@ -872,6 +895,7 @@ impl ScriptDriver {
                 session,
                 desired: d,
                 hosts: plans,
+                outputs_file: outputs_file(ctx.root, ctx.environment, &ctx.unit.name),
             })),
         })
     }
@@ -921,6 +945,24 @@ fn parse_outputs(stdout: &str) -> Option<Result<Map<String, Value>, String>> {
 }
 
 impl Driver for ScriptDriver {
+    fn read_outputs(
+        &self,
+        root: &Path,
+        prior: &terrace_core::state::UnitState,
+    ) -> Option<Result<Map<String, Value>, DriverError>> {
+        let file = outputs_file(root, &prior.environment, &prior.unit);
+        let bytes = std::fs::read(&file).ok()?;
+        Some(
+            serde_json::from_slice::<Map<String, Value>>(&bytes)
+                .map(|kept| {
+                    let mut all = prior.outputs.clone();
+                    all.extend(kept);
+                    all
+                })
+                .map_err(|e| DriverError::Target(format!("{}: {e}", file.display()))),
+        )
+    }
+
     fn render<'a>(
         &'a self,
         ctx: &'a UnitContext<'a>,
@@ -1175,12 +1217,27 @@ impl Driver for ScriptDriver {
                     });
                 }
             }
-            let sensitive = d
+            let sensitive: Vec<String> = d
                 .sensitive_outputs
                 .iter()
                 .filter(|k| outputs.contains_key(*k))
                 .cloned()
                 .collect();
+            // Their values go to the unit's private outputs file; the state
+            // record keeps their names.
+            let kept: Map<String, Value> = outputs
+                .iter()
+                .filter(|(k, _)| sensitive.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if let Some(dir) = p.outputs_file.parent() {
+                terrace_fs::private_dir(dir)?;
+            }
+            terrace_fs::atomic::write(
+                &p.outputs_file,
+                &serde_json::to_vec(&kept).expect("outputs serialize"),
+                terrace_fs::Mode::Private,
+            )?;
             Ok(Applied {
                 outputs,
                 inventory,

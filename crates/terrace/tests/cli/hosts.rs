@@ -34,7 +34,7 @@ fn public_key(sshd: &Sshd, key: &str) -> String {
 
 fn terrace_yaml(sshd: &Sshd, host_key: &str) -> String {
     format!(
-        "name: hosts\nlayers: [os]\ntargets:\n  node1:\n    type: host\n    address: 127.0.0.1\n    port: {}\n    user: {}\n    identity: {}\n    hostKey: {host_key}\n",
+        "name: hosts\nlayers: [os, apps]\ntargets:\n  k8s: {{ type: cluster }}\n  node1:\n    type: host\n    address: 127.0.0.1\n    port: {}\n    user: {}\n    identity: {}\n    hostKey: {host_key}\n",
         sshd.port,
         whoami(),
         sshd.dir.path().join("user").display()
@@ -60,6 +60,15 @@ fn project(sshd: &Sshd, root: &Path, apply_extra: &str) -> tempfile::TempDir {
                 &terrace_yaml(sshd, &public_key(sshd, "host")),
             ),
             ("secrets/host.yaml", &format!("token: {SECRET}\n")),
+            // A later layer's unit that takes the script's sensitive output.
+            (
+                "apps/consumer/unit.yaml",
+                "layer: apps\nkind: terraform\ninputs:\n  token: ${unit.svc.outputs.token}\n",
+            ),
+            (
+                "apps/consumer/main.tf",
+                "variable \"token\" {\n  type      = string\n  sensitive = true\n}\noutput \"length\" {\n  value = nonsensitive(length(var.token))\n}\n",
+            ),
             (
                 "os/svc/unit.yaml",
                 &format!(
@@ -203,9 +212,17 @@ fn a_script_unit_checks_applies_converges_and_restores_drift_over_ssh() {
         "the state holds the secret"
     );
 
-    // Converged.
+    // Converged; in this new process the consumer reads the sensitive
+    // output back from where the script unit keeps it.
     let o = run(d, &["plan"]);
     assert_eq!(code(&o), 0, "{}", all(&o));
+    let o = run(d, &["output", "consumer", "length"]);
+    assert_eq!(
+        stdout(&o).trim(),
+        SECRET.len().to_string(),
+        "the consumer got the token: {}",
+        stderr(&o)
+    );
 
     // Changed by hand on the host: drift, restored by apply.
     std::fs::write(&conf, "port=9999\n").expect("edit");
