@@ -423,6 +423,7 @@ impl TargetConfig {
             ssh: self.ssh.clone(),
             address: self.address.clone(),
             ssh_host: self.ssh_host.clone(),
+            kubeconfig_inline: None,
         }
     }
 }
@@ -487,6 +488,29 @@ pub struct TargetBinding {
     /// A host's SSH settings in this environment.
     #[serde(flatten)]
     pub ssh_host: HostSsh,
+    /// A cluster's kubeconfig given whole by a unit's output
+    /// (`kubeconfig: ${unit.k3s.outputs.kubeconfig}`), resolved for each
+    /// unit that acts on the target: kept in memory, never written out.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub kubeconfig_inline: Option<InlineKubeconfig>,
+}
+
+/// A kubeconfig's text, from a unit's output: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InlineKubeconfig(pub std::sync::Arc<String>);
+
+impl fmt::Debug for InlineKubeconfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InlineKubeconfig(from a unit output)")
+    }
+}
+
+impl TargetBinding {
+    /// Whether the kubeconfig is a unit's output (an expression).
+    pub fn kubeconfig_from_output(&self) -> Option<&str> {
+        self.kubeconfig.as_deref().filter(|k| k.contains("${"))
+    }
 }
 
 impl TargetBinding {
@@ -526,13 +550,17 @@ impl TargetBinding {
                 other.in_cluster.or(self.in_cluster)
             },
             ssh_host,
+            kubeconfig_inline: None,
         }
     }
 
     /// Whether this binding reaches a live cluster (else it is the
     /// embedded default: rendered files).
     pub fn is_live(&self) -> bool {
-        self.kubeconfig.is_some() || self.in_cluster == Some(true) || self.host.is_some()
+        self.kubeconfig.is_some()
+            || self.kubeconfig_inline.is_some()
+            || self.in_cluster == Some(true)
+            || self.host.is_some()
     }
 }
 

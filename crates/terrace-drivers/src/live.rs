@@ -32,6 +32,12 @@ struct LivePlan {
 /// Where a live target is; `None` for the embedded default.
 pub(crate) fn endpoint(root: &Path, target: &ResolvedTarget) -> Option<Endpoint> {
     let b = &target.binding;
+    if let Some(inline) = &b.kubeconfig_inline {
+        return Some(Endpoint::Inline {
+            kubeconfig: std::sync::Arc::clone(&inline.0),
+            context: b.context.clone(),
+        });
+    }
     if let Some(path) = &b.kubeconfig {
         // `~/…` is the user's home; other relative paths are the project's.
         let home = std::env::var_os("HOME").map(std::path::PathBuf::from);

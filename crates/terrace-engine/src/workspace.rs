@@ -152,6 +152,32 @@ impl Workspace {
                 .enumerate()
                 .map(|(i, d)| (d.clone(), ValuePath::root().key("dependsOn").index(i), None))
                 .collect();
+            // A target whose kubeconfig is a unit's output: every unit
+            // acting on it waits for that unit.
+            if let Some(kc) = target
+                .as_ref()
+                .and_then(|t| targets.get(t))
+                .and_then(|t| t.binding.kubeconfig_from_output())
+            {
+                let origin = ValuePath::root().key("target");
+                match expr::unit_references_at(&Value::String(kc.to_owned()), &origin) {
+                    Ok(refs) => {
+                        for r in refs {
+                            if !dependencies.iter().any(|(d, _, _)| *d == r.unit) {
+                                dependencies.push((r.unit, r.path, Some(r.source_text)));
+                            }
+                        }
+                    }
+                    Err((_, e)) => diags.push(
+                        Diagnostic::new(format!(
+                            "the kubeconfig of target `{}` is not a valid expression: {}",
+                            target.as_deref().unwrap_or_default(),
+                            e.kind
+                        ))
+                        .in_file(PROJECT_FILE),
+                    ),
+                }
+            }
             for (_, v, origin) in inputs.iter().chain(settings.iter()) {
                 match expr::unit_references_at(v, origin) {
                     Ok(refs) => {
@@ -329,12 +355,44 @@ impl Workspace {
             }
             settings.insert(k.clone(), ev.value);
         }
-        let target = match &spec.target {
+        let mut target = match &spec.target {
             Some(t) => Some(self.targets.get(t).cloned().ok_or_else(|| {
                 Diagnostic::new(format!("unknown target `{t}`")).in_file(&decl.file_path)
             })?),
             None => None,
         };
+        // A kubeconfig from a unit's output: its text, once that unit is
+        // applied; until then the unit waits.
+        if let Some(t) = target.as_mut()
+            && let Some(kc) = t.binding.kubeconfig_from_output().map(str::to_owned)
+        {
+            let origin = ValuePath::root()
+                .key("targets")
+                .key(&t.name)
+                .key("kubeconfig");
+            let ev = expr::eval(&Value::String(kc), &origin, &scope).map_err(|e| {
+                Diagnostic::new(format!("the kubeconfig of target `{}`: {}", t.name, e.kind))
+                    .in_file(PROJECT_FILE)
+            })?;
+            t.binding.kubeconfig = None;
+            if ev.unknown {
+                unknown = true;
+            } else {
+                let text = match ev.value {
+                    Value::String(s) => s,
+                    other => {
+                        return Err(Diagnostic::new(format!(
+                            "the kubeconfig of target `{}` is {other}, not a kubeconfig's text",
+                            t.name
+                        ))
+                        .in_file(PROJECT_FILE));
+                    }
+                };
+                t.binding.kubeconfig_inline = Some(terrace_core::config::InlineKubeconfig(
+                    std::sync::Arc::new(text),
+                ));
+            }
+        }
         Ok(ResolvedUnit {
             name: spec.name.clone(),
             layer: spec.layer.clone(),

@@ -30,6 +30,11 @@ pub enum Endpoint {
     },
     /// The service account of the pod terrace runs in.
     InCluster,
+    /// A kubeconfig's text (a unit's output), kept in memory.
+    Inline {
+        kubeconfig: std::sync::Arc<String>,
+        context: Option<String>,
+    },
 }
 
 impl std::fmt::Display for Endpoint {
@@ -44,6 +49,8 @@ impl std::fmt::Display for Endpoint {
                 context: None,
             } => write!(f, "{}", path.display()),
             Endpoint::InCluster => f.write_str("in-cluster service account"),
+            // Its text holds credentials: never shown.
+            Endpoint::Inline { .. } => f.write_str("the kubeconfig a unit's output gives"),
         }
     }
 }
@@ -182,6 +189,21 @@ impl Cluster {
                     .map_err(|e| fail(e.to_string()))?
             }
             Endpoint::InCluster => Config::incluster().map_err(|e| fail(e.to_string()))?,
+            Endpoint::Inline {
+                kubeconfig,
+                context,
+            } => {
+                let parsed = Kubeconfig::from_yaml(kubeconfig)
+                    .map_err(|e| fail(format!("not a kubeconfig: {e}")))?;
+                let options = KubeConfigOptions {
+                    context: context.clone(),
+                    cluster: None,
+                    user: None,
+                };
+                Config::from_custom_kubeconfig(parsed, &options)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+            }
         };
         let identity = format!("{} {}", config.cluster_url, config.default_namespace);
         let client = Client::try_from(config).map_err(|e| fail(e.to_string()))?;

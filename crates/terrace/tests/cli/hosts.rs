@@ -410,3 +410,104 @@ fn an_ansible_playbook_is_checked_applied_and_converges_over_ssh() {
     let o = run(d, &["plan", "--unit", "conf"]);
     assert_eq!(code(&o), 0, "{}", all(&o));
 }
+
+/// A cluster target bound to a unit's output: a script unit "installs" a
+/// cluster and prints its kubeconfig (here, the real API server's), and
+/// the next layer's objects go to that cluster, in the same apply and in
+/// later runs; the kubeconfig is never shown nor written into the state.
+#[test]
+fn real_cluster_a_unit_output_kubeconfig_binds_the_cluster_target() {
+    let Some(kubeconfig) =
+        crate::real_cluster("real_cluster_a_unit_output_kubeconfig_binds_the_cluster_target")
+    else {
+        return;
+    };
+    let ns = "terrace-rt-kcout";
+    let _ = crate::kubectl(
+        &kubeconfig,
+        &[
+            "delete",
+            "namespace",
+            ns,
+            "--wait=true",
+            "--ignore-not-found",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    write_files(
+        d,
+        &[
+            (
+                "terrace.yaml",
+                "name: kcout\nlayers: [os, platform]\ntargets:\n  laptop: {type: host, local: true}\n  k8s:\n    type: cluster\n    kubeconfig: ${unit.k3s.outputs.kubeconfig}\n",
+            ),
+            (
+                "os/k3s/unit.yaml",
+                &format!(
+                    "layer: os\nkind: script\ntarget: laptop\ninputs:\n  KC_FILE: {}\nscript:\n  apply: |\n    python3 -c 'import json, sys; print(\"::outputs::\" + json.dumps({{\"kubeconfig\": open(sys.argv[1]).read()}}))' \"$KC_FILE\"\n  sensitiveOutputs: [kubeconfig]\n",
+                    kubeconfig.display()
+                ),
+            ),
+            (
+                "platform/ns/unit.yaml",
+                "layer: platform\nkind: manifests\ntarget: k8s\n",
+            ),
+            (
+                "platform/ns/objects.yaml",
+                &format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-output\n  namespace: {ns}\ndata:\n  bound: \"yes\"\n"
+                ),
+            ),
+        ],
+    );
+    let terrace = |args: &[&str]| {
+        std_command(d)
+            .args(args)
+            .env("TERRACE_KUBE_POLL_MS", "200")
+            .output()
+            .expect("terrace runs")
+    };
+    let o = terrace(&["plan"]);
+    let out = all(&o);
+    assert_eq!(code(&o), 2, "{out}");
+    assert!(
+        out.contains("waiting for k3s"),
+        "the cluster's units wait: {out}"
+    );
+    let o = terrace(&["apply"]);
+    let out = all(&o);
+    assert_eq!(code(&o), 0, "{out}");
+    let cm = crate::kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "configmap",
+            "from-output",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.data.bound}",
+        ],
+    );
+    assert_eq!(stdout(&cm), "yes", "{}", stderr(&cm));
+    // A later run reads the kubeconfig back and finds nothing to do.
+    let o = terrace(&["plan"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    let key_line = std::fs::read_to_string(&kubeconfig)
+        .expect("kubeconfig")
+        .lines()
+        .find(|l| {
+            l.contains("client-key-data")
+                || l.contains("client-certificate-data")
+                || l.contains("server:")
+        })
+        .map(|l| l.split_once(':').map_or(l, |(_, v)| v).trim().to_owned())
+        .expect("a line of the kubeconfig");
+    assert!(!out.contains(&key_line), "the kubeconfig was shown: {out}");
+    assert!(
+        !tree_text(&d.join(".terrace/state")).contains(&key_line),
+        "the state holds the kubeconfig"
+    );
+    let _ = crate::kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=false"]);
+}
