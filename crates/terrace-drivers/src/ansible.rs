@@ -148,24 +148,23 @@ fn prepare(ctx: &UnitContext<'_>) -> Result<(AnsibleSettings, Run), DriverError>
                 v.as_str().map_or_else(|| v.to_string(), str::to_owned),
             ));
         } else {
-            vars.insert(k.clone(), v.clone());
+            // Marked unsafe: ansible does not template them (a value from
+            // another unit's output with `{{ lookup('pipe', …) }}` in it
+            // stays text).
+            vars.insert(k.clone(), unsafe_value(v));
         }
     }
     let vars = serde_json::to_vec(&Value::Object(vars)).expect("inputs serialize");
-    let redact = match ctx.secrets {
-        Some(sec) => {
-            let from: Vec<PathBuf> = ctx
-                .unit
-                .sensitive_inputs
-                .values()
-                .flatten()
-                .map(PathBuf::from)
-                .collect();
-            sec.plaintexts_of(&from)
-        }
-        None => Plaintexts::default(),
-    };
-    let inputs = serde_json::to_vec(&ctx.unit.inputs).expect("inputs serialize");
+    let redact = crate::script::secret_values(ctx);
+    // Secret inputs count by where they came from, never by value.
+    let mut shown = ctx.unit.inputs.clone();
+    for (k, from) in &ctx.unit.sensitive_inputs {
+        shown.insert(
+            k.clone(),
+            json!(crate::sealed_sources_digest(ctx.root, from)),
+        );
+    }
+    let inputs = serde_json::to_vec(&shown).expect("inputs serialize");
     let digest = terrace_fs::digest::digest(&[text.as_slice(), b"\0", inputs.as_slice()].concat());
     Ok((
         s.clone(),
@@ -186,6 +185,20 @@ fn prepare(ctx: &UnitContext<'_>) -> Result<(AnsibleSettings, Run), DriverError>
     ))
 }
 
+/// `v` with every string marked as ansible's unsafe text.
+fn unsafe_value(v: &Value) -> Value {
+    match v {
+        Value::String(s) => json!({"__ansible_unsafe": s}),
+        Value::Array(items) => Value::Array(items.iter().map(unsafe_value).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), unsafe_value(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// The inventory of `hosts`, as ansible's YAML inventory (JSON is YAML).
 fn inventory(session: &Session, hosts: &[Host], python: Option<&str>) -> Value {
     let mut all = Map::new();
@@ -194,6 +207,9 @@ fn inventory(session: &Session, hosts: &[Host], python: Option<&str>) -> Value {
         if h.local {
             v.insert("ansible_connection".into(), json!("local"));
         } else {
+            // Never paramiko, whatever an ansible.cfg says: the pinned key
+            // is checked by OpenSSH.
+            v.insert("ansible_connection".into(), json!("ssh"));
             v.insert("ansible_host".into(), json!(h.address));
             if let Some(p) = h.port {
                 v.insert("ansible_port".into(), json!(p));
@@ -209,7 +225,7 @@ fn inventory(session: &Session, hosts: &[Host], python: Option<&str>) -> Value {
             v.insert(
                 "ansible_ssh_common_args".into(),
                 json!(format!(
-                    "-o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout=15",
+                    "-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o VerifyHostKeyDNS=no -o UserKnownHostsFile={} -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout=15",
                     session.known_hosts(h).display()
                 )),
             );

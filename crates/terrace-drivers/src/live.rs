@@ -34,7 +34,7 @@ pub(crate) fn endpoint(root: &Path, target: &ResolvedTarget) -> Option<Endpoint>
     let b = &target.binding;
     if let Some(inline) = &b.kubeconfig_inline {
         return Some(Endpoint::Inline {
-            kubeconfig: std::sync::Arc::clone(&inline.0),
+            kubeconfig: terrace_kube::InlineText(std::sync::Arc::clone(&inline.0)),
             context: b.context.clone(),
         });
     }
@@ -269,7 +269,14 @@ pub(crate) async fn plan_destroy(
         .or_else(|| prior.outputs.get("cluster")?.as_str().map(str::to_owned))?;
     Some(
         async {
-            let target = ctx.targets.get(&name).ok_or_else(|| {
+            // The unit's own target when it is still here (a kubeconfig
+            // from a unit's output is resolved there), else the project's.
+            let target = ctx
+                .unit
+                .and_then(|u| u.target.as_ref())
+                .filter(|t| t.name == name)
+                .or_else(|| ctx.targets.get(&name))
+                .ok_or_else(|| {
                 DriverError::Target(format!(
                     "unit `{}` was applied to cluster `{name}`, which terrace.yaml no longer defines; define the target again to destroy it",
                     prior.unit

@@ -201,6 +201,8 @@ impl Host {
 pub(crate) struct Session {
     dir: tempfile::TempDir,
     agent: Option<tokio::process::Child>,
+    /// The identities decrypted into the agent.
+    in_agent: Vec<PathBuf>,
 }
 
 impl Drop for Session {
@@ -228,7 +230,11 @@ impl Session {
             .prefix("terrace-hosts-")
             .tempdir()
             .map_err(|e| DriverError::Target(format!("cannot make a private directory: {e}")))?;
-        let mut session = Session { dir, agent: None };
+        let mut session = Session {
+            dir,
+            agent: None,
+            in_agent: Vec::new(),
+        };
         let encrypted: Vec<&PathBuf> = hosts
             .iter()
             .filter_map(|h| h.identity.as_ref())
@@ -296,6 +302,7 @@ impl Session {
                 added
                     .success("ssh-add")
                     .map_err(|e| DriverError::Target(e.to_string()))?;
+                session.in_agent.push(path.clone());
             }
         }
         for h in hosts {
@@ -352,12 +359,14 @@ impl Session {
         let mut c = Program::find("ssh")
             .map_err(|e| DriverError::Target(e.to_string()))?
             .command()
+            // No ssh_config: nothing there (VerifyHostKeyDNS, a
+            // KnownHostsCommand) may loosen the pinned host key.
+            .args(["-F", "/dev/null", "-T", "-o", "BatchMode=yes"])
             .args([
-                "-T",
-                "-o",
-                "BatchMode=yes",
                 "-o",
                 "StrictHostKeyChecking=yes",
+                "-o",
+                "VerifyHostKeyDNS=no",
             ])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", known.display()))
@@ -371,10 +380,13 @@ impl Session {
             .args(["-o", "LogLevel=ERROR"])
             .pass_env("HOME")
             .pass_env("USER");
-        match (self.agent_socket(), &h.identity) {
-            (Some(sock), _) => c = c.env("SSH_AUTH_SOCK", sock),
-            (None, Some(id)) => c = c.arg("-i").arg(id).args(["-o", "IdentitiesOnly=yes"]),
-            (None, None) => c = c.pass_env("SSH_AUTH_SOCK"),
+        match (&h.identity, self.agent_socket()) {
+            // A SOPS-encrypted key is in the agent.
+            (Some(id), Some(sock)) if self.in_agent.contains(id) => {
+                c = c.env("SSH_AUTH_SOCK", sock);
+            }
+            (Some(id), _) => c = c.arg("-i").arg(id).args(["-o", "IdentitiesOnly=yes"]),
+            (None, _) => c = c.pass_env("SSH_AUTH_SOCK"),
         }
         if let Some(p) = h.port {
             c = c.arg("-p").arg(p.to_string());
@@ -397,6 +409,9 @@ struct Desired {
     /// (path, content, mode, owner)
     files: Vec<(String, Vec<u8>, String, Option<String>)>,
     env: Vec<(String, String)>,
+    /// What stands for each secret input in the digest: the digest of the
+    /// files (or outputs) it came from, never its value.
+    sealed_env: BTreeMap<String, String>,
     timeout: Duration,
     sensitive_outputs: Vec<String>,
     redact: Plaintexts,
@@ -405,7 +420,12 @@ struct Desired {
 impl Desired {
     /// What a host's state is compared with when there is no `check`.
     fn digest(&self) -> String {
-        let mut text = format!("{}\0{:?}\0", self.apply, self.env);
+        let env: Vec<(&String, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k, self.sealed_env.get(k).map_or(v.as_str(), String::as_str)))
+            .collect();
+        let mut text = format!("{}\0{env:?}\0", self.apply);
         for (p, c, m, o) in &self.files {
             text.push_str(&format!("{p}\0{}\0{m}\0{o:?}\0", sha256_hex(c)));
         }
@@ -422,18 +442,72 @@ impl Desired {
     }
 }
 
+/// Every secret value a unit's commands may print: the secrets files'
+/// values, and the unit's secret inputs themselves (one from another
+/// unit's sensitive output has no file to look up).
+pub(crate) fn secret_values(ctx: &UnitContext<'_>) -> Plaintexts {
+    let files = match ctx.secrets {
+        Some(sec) => {
+            let from: Vec<PathBuf> = ctx
+                .unit
+                .sensitive_inputs
+                .values()
+                .flatten()
+                .map(PathBuf::from)
+                .collect();
+            sec.plaintexts_of(&from)
+        }
+        None => Plaintexts::default(),
+    };
+    let mut values = Vec::new();
+    for (k, from) in &ctx.unit.sensitive_inputs {
+        let text = match ctx.unit.inputs.get(k) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => continue,
+        };
+        values.push((
+            text,
+            PathBuf::from(from.first().cloned().unwrap_or_default()),
+        ));
+    }
+    files.merged(&Plaintexts::new(values))
+}
+
+/// A valid environment variable name, or an error naming the unit file.
+fn check_env_name(dir: &str, k: &str) -> Result<(), DriverError> {
+    let valid = k
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(bad(
+            dir,
+            format!("input `{k}` is not a valid environment variable name"),
+            "use letters, digits and `_`, not starting with a digit",
+        ))
+    }
+}
+
 /// A command: shell text, or a `.sh` file of the unit.
 fn command_text(ctx: &UnitContext<'_>, text: &str) -> Result<String, DriverError> {
+    command_text_in(ctx.root, &ctx.unit.dir, text)
+}
+
+fn command_text_in(root: &Path, dir: &str, text: &str) -> Result<String, DriverError> {
     let t = text.trim();
     if t.ends_with(".sh") && !t.contains(char::is_whitespace) {
-        let rel = crate::clean_relative(&ctx.unit.dir, t).ok_or_else(|| {
+        let rel = crate::clean_relative(dir, t).ok_or_else(|| {
             bad(
-                &ctx.unit.dir,
+                dir,
                 format!("`{t}` leads outside the project"),
                 "name a script in the unit directory",
             )
         })?;
-        return Ok(terrace_fs::read_to_string(ctx.root, &ctx.root.join(rel))?);
+        return Ok(terrace_fs::read_to_string(root, &root.join(rel))?);
     }
     Ok(text.to_owned())
 }
@@ -537,19 +611,13 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(ScriptSettings, Desired), DriverErr
         }
         files.push((path.clone(), content, mode, f.owner.clone()));
     }
-    let redact = match ctx.secrets {
-        Some(sec) => {
-            let from: Vec<PathBuf> = ctx
-                .unit
-                .sensitive_inputs
-                .values()
-                .flatten()
-                .map(PathBuf::from)
-                .collect();
-            sec.plaintexts_of(&from)
-        }
-        None => Plaintexts::default(),
-    };
+    let redact = secret_values(ctx);
+    let sealed_env: BTreeMap<String, String> = ctx
+        .unit
+        .sensitive_inputs
+        .iter()
+        .map(|(k, from)| (k.clone(), crate::sealed_sources_digest(ctx.root, from)))
+        .collect();
     let d = Desired {
         check: s
             .check
@@ -564,6 +632,7 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(ScriptSettings, Desired), DriverErr
             .transpose()?,
         files,
         env,
+        sealed_env,
         timeout: s
             .timeout
             .as_ref()
@@ -671,6 +740,9 @@ struct ScriptPlan {
     session: Session,
     desired: Desired,
     hosts: Vec<HostPlan>,
+    /// What the last apply left (sensitive values included): hosts not run
+    /// keep theirs.
+    prior_outputs: Map<String, Value>,
     /// Where the values of sensitive outputs are kept (see
     /// [`outputs_file`]).
     outputs_file: PathBuf,
@@ -692,6 +764,8 @@ struct ScriptDestroy {
     session: Session,
     desired: Option<Desired>,
     hosts: Vec<(Host, Vec<String>)>,
+    /// The unit's kept sensitive outputs, removed with it.
+    outputs_file: Option<PathBuf>,
 }
 
 fn probe_script(d: &Desired) -> String {
@@ -699,12 +773,12 @@ fn probe_script(d: &Desired) -> String {
     for (p, ..) in &d.files {
         let q = quote(p);
         s.push_str(&format!(
-            "if [ -f {q} ]; then printf '::file:: %s %s\\n' \"$(sha256sum {q} | cut -d' ' -f1)\" {q}; else printf '::file:: - %s\\n' {q}; fi\n"
+            "if [ -f {q} ]; then printf '::file:: %s %s\\n' \"$(sha256sum < {q} | cut -d' ' -f1)\" {q}; else printf '::file:: - %s\\n' {q}; fi\n"
         ));
     }
     if let Some(c) = &d.check {
         s.push_str(&format!(
-            "(\n{c}\n)\n__terrace_rc=$?\nprintf '\\n::check:: %s\\n' \"$__terrace_rc\"\n"
+            "(\n{c}\n) </dev/null\n__terrace_rc=$?\nprintf '\\n::check:: %s\\n' \"$__terrace_rc\"\n"
         ));
     }
     s
@@ -713,28 +787,31 @@ fn probe_script(d: &Desired) -> String {
 fn apply_script(d: &Desired) -> String {
     use base64::Engine as _;
     let mut s = d.preamble();
-    s.push_str("set -e\n");
+    // Files are made private, then given their owner and mode: nobody
+    // reads one half written, and nothing planted in the directory is
+    // written through.
+    s.push_str("set -e\numask 077\n");
     for (p, content, mode, owner) in &d.files {
         let q = quote(p);
-        let tmp = quote(&format!("{p}.terrace-tmp"));
         let encoded = base64::engine::general_purpose::STANDARD.encode(content);
         s.push_str(&format!(
-            "mkdir -p \"$(dirname {q})\"\nbase64 -d > {tmp} <<'__TERRACE_FILE__'\n"
+            "mkdir -p -- \"$(dirname -- {q})\"\n__t=$(mktemp -- \"$(dirname -- {q})/.terrace-XXXXXXXX\")\nbase64 -d > \"$__t\" <<'__TERRACE_FILE__'\n"
         ));
         for chunk in encoded.as_bytes().chunks(76) {
             s.push_str(std::str::from_utf8(chunk).expect("base64 is ascii"));
             s.push('\n');
         }
         s.push_str("__TERRACE_FILE__\n");
-        s.push_str(&format!("chmod {mode} {tmp}\n"));
         if let Some(o) = owner {
-            s.push_str(&format!("chown {} {tmp}\n", quote(o)));
+            s.push_str(&format!("chown -- {} \"$__t\"\n", quote(o)));
         }
-        s.push_str(&format!("mv -f {tmp} {q}\n"));
+        s.push_str(&format!(
+            "chmod -- {mode} \"$__t\"\nmv -f -- \"$__t\" {q}\n"
+        ));
     }
-    s.push_str("set +e\n(\n");
+    s.push_str("umask 022\nset +e\n(\n");
     s.push_str(&d.apply);
-    s.push_str("\n)\n");
+    s.push_str("\n) </dev/null\n");
     s
 }
 
@@ -877,24 +954,22 @@ impl ScriptDriver {
             unchanged,
             // Outputs come from the apply's `::outputs::`; unchanged hosts
             // keep the recorded ones.
-            outputs: if plans.iter().any(|p| p.run) {
-                None
-            } else {
-                // Unchanged: what was applied, sensitive values included.
-                match ctx.prior {
-                    Some(p) => match self.read_outputs(ctx.root, p) {
-                        Some(r) => Some(r?),
-                        None => Some(p.outputs.clone()),
-                    },
-                    None => None,
-                }
-            },
+            // Unchanged: the engine reads the applied outputs back (their
+            // sensitive names with them) through `read_outputs`.
+            outputs: None,
             render_hash: digest,
             notes: Vec::new(),
             payload: Some(Arc::new(ScriptPlan {
                 session,
                 desired: d,
                 hosts: plans,
+                prior_outputs: match ctx.prior {
+                    Some(p) => match self.read_outputs(ctx.root, p) {
+                        Some(r) => r?,
+                        None => p.outputs.clone(),
+                    },
+                    None => Map::new(),
+                },
                 outputs_file: outputs_file(ctx.root, ctx.environment, &ctx.unit.name),
             })),
         })
@@ -1051,27 +1126,37 @@ impl Driver for ScriptDriver {
                                 "fix the unit's script block",
                             )
                         })?;
-                    s.destroy.map(|cmd| Desired {
+                    let mut env = Vec::new();
+                    for (k, v) in &u.inputs {
+                        check_env_name(&u.dir, k)?;
+                        env.push((
+                            k.clone(),
+                            v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                        ));
+                    }
+                    // The secret inputs' values, to redact what it prints.
+                    let redact = Plaintexts::new(
+                        env.iter()
+                            .filter(|(k, _)| u.sensitive_inputs.contains_key(k))
+                            .map(|(_, v)| (v.clone(), PathBuf::from("(secret input)"))),
+                    );
+                    let cmd = match s.destroy {
+                        Some(c) => Some(command_text_in(ctx.root, &u.dir, &c)?),
+                        None => None,
+                    };
+                    cmd.map(|cmd| Desired {
                         check: None,
                         apply: String::new(),
                         destroy: Some(cmd),
                         files: Vec::new(),
-                        env: u
-                            .inputs
-                            .iter()
-                            .map(|(k, v)| {
-                                (
-                                    k.clone(),
-                                    v.as_str().map_or_else(|| v.to_string(), str::to_owned),
-                                )
-                            })
-                            .collect(),
+                        env,
+                        sealed_env: BTreeMap::new(),
                         timeout: s
                             .timeout
                             .as_ref()
                             .map_or(Duration::from_secs(600), Timeout::duration),
                         sensitive_outputs: Vec::new(),
-                        redact: Plaintexts::default(),
+                        redact,
                     })
                 }
                 None => None,
@@ -1084,6 +1169,7 @@ impl Driver for ScriptDriver {
             let session = Session {
                 dir: dir_tmp,
                 agent: None,
+                in_agent: Vec::new(),
             };
             for h in &session_hosts {
                 if let Some(k) = &h.host_key {
@@ -1115,6 +1201,11 @@ impl Driver for ScriptDriver {
                     session,
                     desired: unit_ctx_desired,
                     hosts,
+                    outputs_file: Some(outputs_file(
+                        ctx.root,
+                        &ctx.prior.environment,
+                        &ctx.prior.unit,
+                    )),
                 })),
             })
         })
@@ -1129,15 +1220,16 @@ impl Driver for ScriptDriver {
             if let Some(p) = plan.payload::<ScriptDestroy>() {
                 for (h, files) in &p.hosts {
                     let mut script = String::new();
+                    // The command first (its failure stops the destroy:
+                    // the state stays), then the files.
                     if let Some(d) = &p.desired
                         && let Some(cmd) = &d.destroy
                     {
                         script.push_str(&d.preamble());
-                        script.push_str(cmd);
-                        script.push('\n');
+                        script.push_str(&format!("(\n{cmd}\n) </dev/null || exit $?\n"));
                     }
                     for f in files {
-                        script.push_str(&format!("rm -f {}\n", quote(f)));
+                        script.push_str(&format!("rm -f -- {} || exit $?\n", quote(f)));
                     }
                     let d = p.desired.clone().unwrap_or(Desired {
                         check: None,
@@ -1145,6 +1237,7 @@ impl Driver for ScriptDriver {
                         destroy: None,
                         files: Vec::new(),
                         env: Vec::new(),
+                        sealed_env: BTreeMap::new(),
                         timeout: Duration::from_secs(600),
                         sensitive_outputs: Vec::new(),
                         redact: Plaintexts::default(),
@@ -1157,6 +1250,12 @@ impl Driver for ScriptDriver {
                             ran.exit,
                             ran.stderr.trim()
                         )));
+                    }
+                }
+                if let Some(f) = &p.outputs_file {
+                    match std::fs::remove_file(f) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                        _ => {}
                     }
                 }
                 return Ok(Applied::default());
@@ -1180,7 +1279,7 @@ impl Driver for ScriptDriver {
                 return Err(DriverError::Target(errors.join("\n")));
             }
             // Hosts not run keep what they had.
-            let prior_outputs = plan.outputs.clone().unwrap_or_default();
+            let prior_outputs = p.prior_outputs.clone();
             let mut per_host: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
             for (name, r) in results {
                 if let Ok(Some(m)) = r {
@@ -1217,12 +1316,21 @@ impl Driver for ScriptDriver {
                     });
                 }
             }
-            let sensitive: Vec<String> = d
-                .sensitive_outputs
-                .iter()
-                .filter(|k| outputs.contains_key(*k))
-                .cloned()
-                .collect();
+            // With several hosts every output is under `hosts`: it is
+            // sensitive whole when any output is.
+            let sensitive: Vec<String> = if p.hosts.len() > 1 {
+                if d.sensitive_outputs.is_empty() {
+                    Vec::new()
+                } else {
+                    vec!["hosts".to_owned()]
+                }
+            } else {
+                d.sensitive_outputs
+                    .iter()
+                    .filter(|k| outputs.contains_key(*k))
+                    .cloned()
+                    .collect()
+            };
             // Their values go to the unit's private outputs file; the state
             // record keeps their names.
             let kept: Map<String, Value> = outputs

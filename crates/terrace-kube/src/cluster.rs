@@ -32,7 +32,7 @@ pub enum Endpoint {
     InCluster,
     /// A kubeconfig's text (a unit's output), kept in memory.
     Inline {
-        kubeconfig: std::sync::Arc<String>,
+        kubeconfig: InlineText,
         context: Option<String>,
     },
 }
@@ -52,6 +52,16 @@ impl std::fmt::Display for Endpoint {
             // Its text holds credentials: never shown.
             Endpoint::Inline { .. } => f.write_str("the kubeconfig a unit's output gives"),
         }
+    }
+}
+
+/// A kubeconfig's text: compared and hashed as text, never printed.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct InlineText(pub std::sync::Arc<String>);
+
+impl std::fmt::Debug for InlineText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(a kubeconfig from a unit output)")
     }
 }
 
@@ -193,8 +203,10 @@ impl Cluster {
                 kubeconfig,
                 context,
             } => {
-                let parsed = Kubeconfig::from_yaml(kubeconfig)
-                    .map_err(|e| fail(format!("not a kubeconfig: {e}")))?;
+                // The parser's message may quote the text: not repeated.
+                let parsed = Kubeconfig::from_yaml(&kubeconfig.0).map_err(|_| {
+                    fail("the unit's output is not a kubeconfig (YAML with clusters, users and contexts)".to_owned())
+                })?;
                 let options = KubeConfigOptions {
                     context: context.clone(),
                     cluster: None,

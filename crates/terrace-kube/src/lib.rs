@@ -21,7 +21,7 @@ pub mod sync;
 
 use kube::core::Status;
 
-pub use cluster::{Capabilities, Cluster, ClusterPool, Endpoint, Resource};
+pub use cluster::{Capabilities, Cluster, ClusterPool, Endpoint, InlineText, Resource};
 
 /// Installs ring as the process's TLS provider, once. The build carries
 /// two (kube's ring, and aws-lc through the Git source's reqwest), and

@@ -205,6 +205,15 @@ fn a_script_unit_checks_applies_converges_and_restores_drift_over_ssh() {
         0o600
     );
     // Outputs: the endpoint plain, the token sealed in the state.
+    let kept = d.join(".terrace/hosts/default/svc/outputs.json");
+    assert_eq!(
+        std::fs::metadata(&kept)
+            .expect("outputs file")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     let o = run(d, &["output", "svc", "endpoint"]);
     assert_eq!(stdout(&o).trim(), "svc.local", "{}", stderr(&o));
     assert!(
@@ -333,6 +342,8 @@ const PLAYBOOK: &str = r#"- hosts: all
     - name: the token
       ansible.builtin.copy: {dest: "{{ root }}/token", content: "{{ token }}", mode: "0600"}
       no_log: true
+    - name: a task that prints the token
+      ansible.builtin.debug: {msg: "the token is {{ token }}"}
 "#;
 
 #[test]
@@ -397,6 +408,8 @@ fn an_ansible_playbook_is_checked_applied_and_converges_over_ssh() {
     // Applied, then nothing is left to change.
     let o = run(d, &["apply", "--unit", "conf"]);
     assert_eq!(code(&o), 0, "{}", all(&o));
+    // The task that prints the token is shown, the token redacted.
+    assert!(all(&o).contains("the token is"), "{}", all(&o));
     assert!(!all(&o).contains(SECRET), "{}", all(&o));
     assert_eq!(
         std::fs::read_to_string(hr.join("app.conf")).expect("conf"),
@@ -494,20 +507,35 @@ fn real_cluster_a_unit_output_kubeconfig_binds_the_cluster_target() {
     // A later run reads the kubeconfig back and finds nothing to do.
     let o = terrace(&["plan"]);
     assert_eq!(code(&o), 0, "{}", all(&o));
-    let key_line = std::fs::read_to_string(&kubeconfig)
-        .expect("kubeconfig")
-        .lines()
-        .find(|l| {
-            l.contains("client-key-data")
-                || l.contains("client-certificate-data")
-                || l.contains("server:")
+    // The client key: the part of the kubeconfig that must never show.
+    let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig");
+    let key = text
+        .split("client-key-data:")
+        .nth(1)
+        .map(|rest| {
+            rest.trim_start()
+                .split(|c: char| c == ',' || c == '}' || c.is_whitespace())
+                .next()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_owned()
         })
-        .map(|l| l.split_once(':').map_or(l, |(_, v)| v).trim().to_owned())
-        .expect("a line of the kubeconfig");
-    assert!(!out.contains(&key_line), "the kubeconfig was shown: {out}");
+        .filter(|k| k.len() > 40)
+        .expect("the kubeconfig holds a client key");
+    let later = all(&o);
+    for shown in [&out, &later] {
+        assert!(
+            !shown.contains(&key[..40]),
+            "the kubeconfig was shown: {shown}"
+        );
+    }
     assert!(
-        !tree_text(&d.join(".terrace/state")).contains(&key_line),
+        !tree_text(&d.join(".terrace/state")).contains(&key[..40]),
         "the state holds the kubeconfig"
+    );
+    assert!(
+        !tree_text(&d.join(".terrace/rendered")).contains(&key[..40]),
+        "a rendered file holds the kubeconfig"
     );
     let _ = crate::kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=false"]);
 }
