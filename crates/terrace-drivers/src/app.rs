@@ -33,7 +33,7 @@ use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{DriverError, UnitContext};
 use terrace_core::kind::TypedKind;
 
-use crate::manifests::{InProcess, Object, ObjectsDriver, identify};
+use crate::manifests::{Object, ObjectsDriver, identify};
 use terrace_kube::ClusterPool;
 
 /// The `app` kind.
@@ -42,13 +42,7 @@ pub fn kind(clusters: &std::sync::Arc<ClusterPool>) -> TypedKind<AppSettings> {
         "app",
         "One service from a short spec: Deployment (or StatefulSet, CronJob), Service, Ingress with TLS, Secret, ConfigMap, volumes, PodDisruptionBudget and NetworkPolicy, with secure defaults.",
         Some(TargetKind::Cluster),
-        std::sync::Arc::new(ObjectsDriver {
-            clusters: std::sync::Arc::clone(clusters),
-            source: std::sync::Arc::new(InProcess {
-                render: render_objects,
-                reads_through_terrace_fs: true,
-            }),
-        }),
+        ObjectsDriver::in_process(clusters, render_objects, true),
     )
 }
 

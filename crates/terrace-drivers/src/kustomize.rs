@@ -24,7 +24,7 @@ use terrace_core::secrets::{SecretSource, looks_encrypted};
 use terrace_kustomize::{DiskFs, Fs};
 
 use crate::clean_relative;
-use crate::manifests::{self, InProcess, Object, ObjectsDriver, identify};
+use crate::manifests::{self, Object, ObjectsDriver, identify};
 
 /// The `kustomize` kind: its objects go the way of a `manifests` unit's
 /// (the same `ObjectsDriver`, sharing the registry's cluster pool).
@@ -33,14 +33,8 @@ pub fn kind(clusters: &std::sync::Arc<terrace_kube::ClusterPool>) -> TypedKind<K
         "kustomize",
         "A kustomization directory, built by terrace's own Kustomize engine (the same objects `kustomize build` prints).",
         Some(TargetKind::Cluster),
-        std::sync::Arc::new(ObjectsDriver {
-            clusters: std::sync::Arc::clone(clusters),
-            source: std::sync::Arc::new(InProcess {
-                render: render_objects,
-                // The kustomize engine lists and probes files on its own.
-                reads_through_terrace_fs: false,
-            }),
-        }),
+        // The kustomize engine lists and probes files on its own.
+        ObjectsDriver::in_process(clusters, render_objects, false),
     )
 }
 

@@ -117,13 +117,7 @@ pub fn kind(clusters: &std::sync::Arc<ClusterPool>) -> TypedKind<ManifestsSettin
         "manifests",
         "A directory of Kubernetes YAML with `${...}` substitution.",
         Some(TargetKind::Cluster),
-        std::sync::Arc::new(ObjectsDriver {
-            clusters: std::sync::Arc::clone(clusters),
-            source: std::sync::Arc::new(InProcess {
-                render: render_objects,
-                reads_through_terrace_fs: true,
-            }),
-        }),
+        ObjectsDriver::in_process(clusters, render_objects, true),
     )
 }
 
@@ -642,6 +636,22 @@ fn plan_objects(ctx: &UnitContext<'_>, rendered: Objects) -> Result<UnitPlan, Dr
 }
 
 impl ObjectsDriver {
+    /// The driver of a kind whose objects `render` makes in process
+    /// (`reads_through_terrace_fs`: see [`ObjectSource::reads_through_terrace_fs`]).
+    pub fn in_process(
+        clusters: &std::sync::Arc<ClusterPool>,
+        render: fn(&UnitContext<'_>) -> Result<Vec<Object>, DriverError>,
+        reads_through_terrace_fs: bool,
+    ) -> std::sync::Arc<ObjectsDriver> {
+        std::sync::Arc::new(ObjectsDriver {
+            clusters: std::sync::Arc::clone(clusters),
+            source: std::sync::Arc::new(InProcess {
+                render,
+                reads_through_terrace_fs,
+            }),
+        })
+    }
+
     /// The kind's objects, with every secret they hold marked.
     async fn objects<'a>(
         &'a self,

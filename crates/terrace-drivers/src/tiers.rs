@@ -20,7 +20,7 @@ use terrace_core::diag::Diagnostic;
 use terrace_core::driver::{DriverError, UnitContext};
 use terrace_core::kind::TypedKind;
 
-use crate::manifests::{InProcess, Object, ObjectsDriver, identify};
+use crate::manifests::{Object, ObjectsDriver, identify};
 use terrace_kube::ClusterPool;
 
 /// The label naming an object's tier.
@@ -32,13 +32,7 @@ pub fn kind(clusters: &std::sync::Arc<ClusterPool>) -> TypedKind<TiersSettings> 
         "tiers",
         "The PriorityClass of every tier in terrace.yaml's `tiers:`.",
         Some(TargetKind::Cluster),
-        std::sync::Arc::new(ObjectsDriver {
-            clusters: std::sync::Arc::clone(clusters),
-            source: std::sync::Arc::new(InProcess {
-                render: render_objects,
-                reads_through_terrace_fs: true,
-            }),
-        }),
+        ObjectsDriver::in_process(clusters, render_objects, true),
     )
 }
 
