@@ -352,28 +352,6 @@ impl Driver for AnsibleDriver {
         Box::pin(async move {
             let (s, run) = prepare(ctx)?;
             let hosts = hosts_named(ctx, &s.hosts)?;
-            if ctx.unit.unknown {
-                return Ok(UnitPlan {
-                    action: UnitPlan::action_for(ctx.prior.is_some(), &[]),
-                    changes: hosts
-                        .iter()
-                        .map(|h| Change {
-                            address: format!("playbook on {}", h.name),
-                            object: None,
-                            action: Action::Deferred,
-                            diff: None,
-                        })
-                        .collect(),
-                    unchanged: 0,
-                    outputs: None,
-                    render_hash: String::new(),
-                    notes: vec![
-                        "inputs are known only after a dependency is applied: checked then"
-                            .to_owned(),
-                    ],
-                    payload: None,
-                });
-            }
             let session = Session::open(ctx, &hosts).await?;
             let finished = command(&session, &hosts, &run)?
                 .args(["--check", "--diff"])

@@ -226,15 +226,7 @@ impl Session {
         ctx: &UnitContext<'_>,
         hosts: &[Host],
     ) -> Result<Session, DriverError> {
-        let dir = tempfile::Builder::new()
-            .prefix("terrace-hosts-")
-            .tempdir()
-            .map_err(|e| DriverError::Target(format!("cannot make a private directory: {e}")))?;
-        let mut session = Session {
-            dir,
-            agent: None,
-            in_agent: Vec::new(),
-        };
+        let mut session = Session::pinned(&ctx.unit.dir, hosts)?;
         let encrypted: Vec<&PathBuf> = hosts
             .iter()
             .filter_map(|h| h.identity.as_ref())
@@ -305,12 +297,27 @@ impl Session {
                 session.in_agent.push(path.clone());
             }
         }
+        Ok(session)
+    }
+
+    /// A private directory holding a known_hosts file for each host whose
+    /// key the target gives (`hostKey`); no agent.
+    fn pinned(dir: &str, hosts: &[Host]) -> Result<Session, DriverError> {
+        let tmp = tempfile::Builder::new()
+            .prefix("terrace-hosts-")
+            .tempdir()
+            .map_err(|e| DriverError::Target(format!("cannot make a private directory: {e}")))?;
+        let session = Session {
+            dir: tmp,
+            agent: None,
+            in_agent: Vec::new(),
+        };
         for h in hosts {
             if let Some(k) = &h.host_key {
                 let mut parts = k.split_whitespace();
                 let (Some(kind), Some(key)) = (parts.next(), parts.next()) else {
                     return Err(bad(
-                        &ctx.unit.dir,
+                        dir,
                         format!("host target `{}`: hostKey is not `TYPE KEY`", h.name),
                         "write it as ssh-keyscan prints it: `ssh-ed25519 AAAA…`",
                     ));
@@ -319,10 +326,7 @@ impl Session {
                     Some(p) if p != 22 => format!("[{}]:{p}", h.address),
                     _ => h.address.clone(),
                 };
-                std::fs::write(
-                    session.dir.path().join(format!("known_hosts_{}", h.name)),
-                    format!("{who} {kind} {key}\n"),
-                )?;
+                std::fs::write(session.known_hosts(h), format!("{who} {kind} {key}\n"))?;
             }
         }
         Ok(session)
@@ -819,27 +823,6 @@ impl ScriptDriver {
     async fn plan_hosts(&self, ctx: &UnitContext<'_>) -> Result<UnitPlan, DriverError> {
         let (s, d) = desired(ctx)?;
         let hosts = hosts(ctx, &s)?;
-        if ctx.unit.unknown {
-            return Ok(UnitPlan {
-                action: UnitPlan::action_for(ctx.prior.is_some(), &[]),
-                changes: hosts
-                    .iter()
-                    .map(|h| Change {
-                        address: format!("script on {}", h.name),
-                        object: None,
-                        action: Action::Deferred,
-                        diff: None,
-                    })
-                    .collect(),
-                unchanged: 0,
-                outputs: None,
-                render_hash: String::new(),
-                notes: vec![
-                    "inputs are known only after a dependency is applied: checked then".to_owned(),
-                ],
-                payload: None,
-            });
-        }
         let session = Session::open(ctx, &hosts).await?;
         let digest = d.digest();
         let probe = probe_script(&d);
@@ -1162,30 +1145,7 @@ impl Driver for ScriptDriver {
                 None => None,
             };
             let session_hosts: Vec<Host> = hosts.iter().map(|(h, _)| h.clone()).collect();
-            let dir_tmp = tempfile::Builder::new()
-                .prefix("terrace-hosts-")
-                .tempdir()
-                .map_err(|e| DriverError::Target(e.to_string()))?;
-            let session = Session {
-                dir: dir_tmp,
-                agent: None,
-                in_agent: Vec::new(),
-            };
-            for h in &session_hosts {
-                if let Some(k) = &h.host_key {
-                    let mut parts = k.split_whitespace();
-                    if let (Some(kind), Some(key)) = (parts.next(), parts.next()) {
-                        let who = match h.port {
-                            Some(p) if p != 22 => format!("[{}]:{p}", h.address),
-                            _ => h.address.clone(),
-                        };
-                        std::fs::write(
-                            session.dir.path().join(format!("known_hosts_{}", h.name)),
-                            format!("{who} {kind} {key}\n"),
-                        )?;
-                    }
-                }
-            }
+            let session = Session::pinned(dir, &session_hosts)?;
             Ok(UnitPlan {
                 action: if changes.is_empty() {
                     Action::NoOp
