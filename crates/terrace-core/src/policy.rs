@@ -215,28 +215,35 @@ pub fn is_exempt(exempt: &[String], rule: Rule) -> bool {
     exempt.iter().any(|n| rule.named_by(n))
 }
 
-/// The pod spec an object makes, with where it sits and its pod
-/// metadata; `None` for objects that make no pod.
-fn pod_of(object: &Value) -> Option<(&Value, &Value, &'static str)> {
-    match object["kind"].as_str()? {
-        "Pod" => Some((&object["spec"], &object["metadata"], "spec")),
+/// Where the pod template of an object of `kind` sits (its `metadata`
+/// and `spec`): the object itself for a Pod; `None` for kinds that make
+/// no pod.
+pub fn pod_template_path(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "Pod" => Some(&[]),
         "Deployment"
         | "StatefulSet"
         | "DaemonSet"
         | "ReplicaSet"
         | "ReplicationController"
-        | "Job" => Some((
-            &object["spec"]["template"]["spec"],
-            &object["spec"]["template"]["metadata"],
-            "spec.template.spec",
-        )),
-        "CronJob" => Some((
-            &object["spec"]["jobTemplate"]["spec"]["template"]["spec"],
-            &object["spec"]["jobTemplate"]["spec"]["template"]["metadata"],
-            "spec.jobTemplate.spec.template.spec",
-        )),
+        | "Job" => Some(&["spec", "template"]),
+        "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
         _ => None,
     }
+}
+
+/// The pod spec an object makes, with where it sits and its pod
+/// metadata; `None` for objects that make no pod.
+fn pod_of(object: &Value) -> Option<(&Value, &Value, String)> {
+    let path = pod_template_path(object["kind"].as_str()?)?;
+    let template = path.iter().fold(object, |v, k| &v[*k]);
+    let at = path
+        .iter()
+        .chain(&["spec"])
+        .copied()
+        .collect::<Vec<_>>()
+        .join(".");
+    Some((&template["spec"], &template["metadata"], at))
 }
 
 /// Every container of a pod spec: (field, container).
@@ -328,6 +335,7 @@ pub fn findings(object: &Value) -> Vec<Finding> {
     let Some((spec, pod_meta, at)) = pod_of(object) else {
         return out;
     };
+    let at = at.as_str();
     let pod_sc = &spec["securityContext"];
     let all = containers(spec, at);
     let long_running = !matches!(object["kind"].as_str(), Some("Job" | "CronJob" | "Pod"));

@@ -137,17 +137,7 @@ fn quantities(m: &BTreeMap<String, Value>) -> Map<String, Value> {
 /// The pod template of a workload (a Pod itself), mutable: its
 /// `metadata` and `spec`.
 fn pod_template(v: &mut Value) -> Option<&mut Value> {
-    let path: &[&str] = match v["kind"].as_str()? {
-        "Pod" => &[],
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "ReplicationController"
-        | "Job" => &["spec", "template"],
-        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
-        _ => return None,
-    };
+    let path = terrace_core::policy::pod_template_path(v["kind"].as_str()?)?;
     let mut at = v;
     for p in path {
         at = at.get_mut(*p)?;
