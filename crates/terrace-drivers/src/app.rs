@@ -347,7 +347,7 @@ pub fn image_problem(image: &str) -> Option<&'static str> {
 }
 
 /// A DNS-1123 label: what Kubernetes names most objects with.
-fn is_label(s: &str) -> bool {
+pub(crate) fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

@@ -92,14 +92,7 @@ pub fn render_objects(ctx: &UnitContext<'_>) -> Result<Vec<Object>, DriverError>
 }
 
 fn check_tier(name: &str, t: &TierConfig) -> Result<(), DriverError> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.starts_with("system-");
+    let valid = crate::app::is_label(name) && !name.starts_with("system-");
     if !valid {
         return Err(
             Diagnostic::new(format!("tier `{name}` is not a valid PriorityClass name"))
