@@ -8,8 +8,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::compose::{found, low_port};
 use crate::{code, std_command, stderr, stdout, write_files};
 
@@ -190,29 +188,9 @@ fn two_processes_sharing_etcd_state_never_lose_an_update() {
     );
     assert_eq!(code(&oa), 0, "{}{}", stdout(&oa), stderr(&oa));
     assert_eq!(code(&ob), 0, "{}{}", stdout(&ob), stderr(&ob));
-    // Each record's serial counts the writes made to it: a write based on
-    // a stale read would have left it short.
-    let writes = |o: &std::process::Output| -> Vec<String> {
-        let v: Value = serde_json::from_slice(&o.stdout).expect("json");
-        v["units"]
-            .as_array()
-            .expect("units")
-            .iter()
-            .filter(|u| u["outcome"] == "applied")
-            .map(|u| u["unit"].as_str().expect("unit").to_owned())
-            .collect()
-    };
-    let (wa, wb) = (writes(&oa), writes(&ob));
-    for i in 0..12 {
-        let unit = format!("u{i}");
-        let o = run(a.path(), &["state", "show", &unit, "--output", "json"]);
-        assert_eq!(code(&o), 0, "{}", stderr(&o));
-        let record: Value = serde_json::from_slice(&o.stdout).expect("record");
-        let count =
-            wa.iter().filter(|u| **u == unit).count() + wb.iter().filter(|u| **u == unit).count();
-        assert!(count >= 1, "{unit} was applied by one of them");
-        assert_eq!(record["serial"], count as u64, "{unit}: {record}");
-    }
+    crate::state_s3::assert_serials_count_writes(&oa, &ob, 12, |unit| {
+        run(a.path(), &["state", "show", unit, "--output", "json"])
+    });
     assert!(!a.path().join(".terrace/state").exists());
     for d in [&a, &b] {
         let o = run(d.path(), &["plan"]);

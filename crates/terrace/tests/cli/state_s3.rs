@@ -83,8 +83,28 @@ fn two_processes_sharing_s3_state_never_lose_an_update() {
     );
     assert_eq!(code(&oa), 0, "{}{}", stdout(&oa), stderr(&oa));
     assert_eq!(code(&ob), 0, "{}{}", stdout(&ob), stderr(&ob));
-    // Every write a process made is counted by the record's serial: a
-    // write based on a stale read would have left the serial short.
+    crate::state_s3::assert_serials_count_writes(&oa, &ob, 12, |unit| {
+        run(a.path(), &["state", "show", unit, "--output", "json"])
+    });
+    // Nothing was written locally.
+    assert!(!a.path().join(".terrace/state").exists());
+    // Each copy plans clean against the shared records (its own files
+    // are there: each applied what it lacked under the lock).
+    for d in [&a, &b] {
+        let o = run(d.path(), &["plan"]);
+        assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    }
+}
+
+/// Two concurrent applies (their JSON reports `oa` and `ob`) of units
+/// `u0`…: each record's serial (read with `show`) counts the writes both
+/// made to it, so a write based on a stale read would leave it short.
+pub(crate) fn assert_serials_count_writes(
+    oa: &std::process::Output,
+    ob: &std::process::Output,
+    units: usize,
+    show: impl Fn(&str) -> std::process::Output,
+) {
     let writes = |o: &std::process::Output| -> Vec<String> {
         let v: Value = serde_json::from_slice(&o.stdout).expect("json");
         v["units"]
@@ -95,24 +115,16 @@ fn two_processes_sharing_s3_state_never_lose_an_update() {
             .map(|u| u["unit"].as_str().expect("unit").to_owned())
             .collect()
     };
-    let (wa, wb) = (writes(&oa), writes(&ob));
-    for i in 0..12 {
+    let (wa, wb) = (writes(oa), writes(ob));
+    for i in 0..units {
         let unit = format!("u{i}");
-        let o = run(a.path(), &["state", "show", &unit, "--output", "json"]);
+        let o = show(&unit);
         assert_eq!(code(&o), 0, "{}", stderr(&o));
         let record: Value = serde_json::from_slice(&o.stdout).expect("record");
         let count =
             wa.iter().filter(|u| **u == unit).count() + wb.iter().filter(|u| **u == unit).count();
         assert!(count >= 1, "{unit} was applied by one of them");
         assert_eq!(record["serial"], count as u64, "{unit}: {record}");
-    }
-    // Nothing was written locally.
-    assert!(!a.path().join(".terrace/state").exists());
-    // Each copy plans clean against the shared records (its own files
-    // are there: each applied what it lacked under the lock).
-    for d in [&a, &b] {
-        let o = run(d.path(), &["plan"]);
-        assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     }
 }
 
