@@ -127,19 +127,10 @@ async fn violations(
         // Rendered with the policy off: every finding is wanted here, at
         // its level, not only the first enforced one.
         let ctx = terrace_core::driver::UnitContext {
-            root: &project.root,
-            project: &project.file.name,
-            environment: &ws.environment,
-            vars: &ws.vars,
-            unit: &unit,
-            prior: None,
             secrets: Some(&secrets),
             refresh: false,
-            lines: None,
-            state: Some(&project.file.state),
             policy: None,
-            tiers: &project.file.tiers,
-            targets: &ws.targets,
+            ..engine.unit_context(&unit, None, None)
         };
         let rendered = match terrace_engine::render_with_driver(project, &ctx).await {
             Ok(r) => r,
