@@ -362,9 +362,15 @@ pub struct HostSsh {
     /// Run commands as root through `sudo -n`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sudo: Option<bool>,
-    /// This machine: commands run here, without SSH.
+    /// This machine: commands run here, without SSH (in the project
+    /// root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<bool>,
+    /// Where the host's file system starts for units' files and scripts
+    /// (`$TERRACE_ROOT`), as a staging directory or `DESTDIR`: absolute, or
+    /// for a local host relative to the project root. Default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
 }
 
 impl HostSsh {
@@ -381,6 +387,7 @@ impl HostSsh {
                 .or_else(|| self.known_hosts.clone()),
             sudo: other.sudo.or(self.sudo),
             local: other.local.or(self.local),
+            root: other.root.clone().or_else(|| self.root.clone()),
         }
     }
 }

@@ -155,6 +155,9 @@ pub struct ApplyContext<'a> {
     /// Apply even what another tool still runs (a Flux Kustomization or
     /// Argo CD Application that is not suspended): `apply --force`.
     pub force: bool,
+    /// How many things at once (`-j`): a unit acting on several hosts
+    /// runs on this many at a time.
+    pub jobs: usize,
 }
 
 /// Where a unit is planned or applied.
@@ -202,6 +205,9 @@ pub struct DestroyContext<'a> {
     /// The environment's targets, by name: where a unit removed from the
     /// repository was applied.
     pub targets: &'a BTreeMap<String, ResolvedTarget>,
+    /// Decrypts what reaching the target needs (a host's SOPS-encrypted
+    /// SSH key); `None` where the engine offers none.
+    pub secrets: Option<&'a dyn SecretSource>,
     /// Remove data too: a compose unit's volumes (`destroy --volumes`).
     pub volumes: bool,
     /// The project's state settings (see [`UnitContext::state`]).

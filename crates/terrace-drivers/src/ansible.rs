@@ -30,7 +30,7 @@ use terrace_core::secrets::Plaintexts;
 use terrace_core::state::InventoryItem;
 use terrace_exec::{Program, Stream};
 
-use crate::script::{Host, Session, bad, hosts_named};
+use crate::script::{Host, HostList, Session, bad, hosts_named};
 
 /// The `ansible` kind.
 pub fn kind() -> TypedKind<AnsibleSettings> {
@@ -48,9 +48,15 @@ pub fn kind() -> TypedKind<AnsibleSettings> {
 pub struct AnsibleSettings {
     /// The playbook, relative to the unit directory.
     pub playbook: String,
-    /// The hosts it runs on; default: the unit's `target`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<String>,
+    /// The hosts it runs on: target names, or the items of a list
+    /// variable (`hosts: ${var.nodes}`) whose `name` is one, their other
+    /// fields the host's variables; default: the unit's `target`.
+    #[serde(default, skip_serializing_if = "HostList::is_empty")]
+    pub hosts: HostList,
+    /// Only the `hosts` items whose fields have these values, as
+    /// `where: {role: agent}`.
+    #[serde(default, rename = "where", skip_serializing_if = "Map::is_empty")]
+    pub only: Map<String, Value>,
     /// How long a run may take (default 30m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Timeout>,
@@ -114,7 +120,7 @@ fn program(s: &AnsibleSettings) -> Result<Program, DriverError> {
 fn prepare(ctx: &UnitContext<'_>) -> Result<(AnsibleSettings, Run), DriverError> {
     let s: AnsibleSettings = crate::unit_settings(ctx)?;
     let dir = &ctx.unit.dir;
-    for field in ["playbook", "hosts", "binary"] {
+    for field in ["playbook", "hosts", "where", "binary"] {
         if ctx.unit.sensitive_settings.contains_key(field) {
             return Err(bad(
                 dir,
@@ -199,11 +205,41 @@ fn unsafe_value(v: &Value) -> Value {
     }
 }
 
+/// The unit's hosts, their items' fields checked as host variables.
+fn ansible_hosts(ctx: &UnitContext<'_>, s: &AnsibleSettings) -> Result<Vec<Host>, DriverError> {
+    let hosts = hosts_named(ctx, &s.hosts, &s.only)?;
+    if hosts.is_empty() {
+        return Err(bad(
+            &ctx.unit.dir,
+            "`where` keeps none of the hosts".to_owned(),
+            "check `where` against the `hosts` items, or exclude the unit from this environment",
+        ));
+    }
+    for h in &hosts {
+        if let Some(k) = h.vars.keys().find(|k| {
+            k.starts_with("ansible_") || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }) {
+            return Err(bad(
+                &ctx.unit.dir,
+                format!("host `{}`: field `{k}` cannot be a host variable", h.name),
+                "host variables are names of letters, digits and `_`, and not ansible's own `ansible_*`: set connection settings on the target",
+            ));
+        }
+    }
+    Ok(hosts)
+}
+
 /// The inventory of `hosts`, as ansible's YAML inventory (JSON is YAML).
 fn inventory(session: &Session, hosts: &[Host], python: Option<&str>) -> Value {
     let mut all = Map::new();
     for h in hosts {
-        let mut v = Map::new();
+        // The item's fields first: what terrace sets below wins (and
+        // `hosts` refuses fields named like ansible's own).
+        let mut v: Map<String, Value> = h
+            .vars
+            .iter()
+            .map(|(k, x)| (k.clone(), unsafe_value(x)))
+            .collect();
         if h.local {
             v.insert("ansible_connection".into(), json!("local"));
         } else {
@@ -330,7 +366,7 @@ impl Driver for AnsibleDriver {
     ) -> BoxFuture<'a, Result<Rendered, DriverError>> {
         Box::pin(async move {
             let (s, run) = prepare(ctx)?;
-            let hosts = hosts_named(ctx, &s.hosts)?;
+            let hosts = ansible_hosts(ctx, &s)?;
             let text = terrace_fs::read_to_string(ctx.root, &run.playbook)?;
             Ok(Rendered {
                 documents: hosts
@@ -351,8 +387,8 @@ impl Driver for AnsibleDriver {
     ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
         Box::pin(async move {
             let (s, run) = prepare(ctx)?;
-            let hosts = hosts_named(ctx, &s.hosts)?;
-            let session = Session::open(ctx, &hosts).await?;
+            let hosts = ansible_hosts(ctx, &s)?;
+            let session = Session::open(&ctx.unit.dir, ctx.secrets, &hosts).await?;
             let finished = command(&session, &hosts, &run)?
                 .args(["--check", "--diff"])
                 .env("ANSIBLE_STDOUT_CALLBACK", "terrace_events")

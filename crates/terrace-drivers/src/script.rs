@@ -54,10 +54,15 @@ pub fn kind() -> TypedKind<ScriptSettings> {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ScriptSettings {
-    /// The hosts it runs on (targets of `type: host`); default: the
-    /// unit's `target`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<String>,
+    /// The hosts it runs on (targets of `type: host`): names, or the
+    /// items of a list variable (`hosts: ${var.nodes}`) whose `name` is
+    /// one; default: the unit's `target`.
+    #[serde(default, skip_serializing_if = "HostList::is_empty")]
+    pub hosts: HostList,
+    /// Only the `hosts` items whose fields have these values, as
+    /// `where: {role: agent}`.
+    #[serde(default, rename = "where", skip_serializing_if = "Map::is_empty")]
+    pub only: Map<String, Value>,
     /// Exit 0: as wanted; exit 2: changes (its output is the diff). Shell
     /// text, or a `.sh` file of the unit directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,7 +84,44 @@ pub struct ScriptSettings {
     pub sensitive_outputs: Vec<String>,
 }
 
-/// One file put on a host: `content`, or a `source` file of the unit.
+/// `hosts`: a list, or an expression that gives one (`${var.nodes}`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum HostList {
+    List(Vec<HostRef>),
+    /// `${var.nodes}`: evaluated into a list before the unit runs.
+    Expression(String),
+}
+
+impl Default for HostList {
+    fn default() -> Self {
+        HostList::List(Vec::new())
+    }
+}
+
+impl HostList {
+    pub fn is_empty(&self) -> bool {
+        matches!(self, HostList::List(l) if l.is_empty())
+    }
+}
+
+/// One entry of `hosts`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum HostRef {
+    /// A target's name.
+    Name(String),
+    /// An item of a list variable: `name` is the target's.
+    Item {
+        name: String,
+        #[serde(flatten)]
+        fields: Map<String, Value>,
+    },
+}
+
+/// One file put on a host: `content`, a `source` file of the unit, or a
+/// file another unit `generated`. `{host}` in its path, `source` or
+/// `generated` is the host's name, so each host of a group gets its own.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FileSpec {
@@ -88,6 +130,11 @@ pub struct FileSpec {
     /// Relative to the unit directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Relative to the project root, as a template unit's outputs give
+    /// it: `${unit.node-configs.outputs.dir}/servers/{host}/config.yaml`.
+    /// Until that unit is applied, this unit is deferred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated: Option<String>,
     /// Octal, as `0640` (default `0644`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
@@ -132,6 +179,13 @@ pub(crate) struct Host {
     pub(crate) host_key: Option<String>,
     pub(crate) known_hosts: Option<PathBuf>,
     pub(crate) sudo: bool,
+    /// The fields of its `hosts` item (`role`, `ip`, …) besides `name`.
+    pub(crate) vars: Map<String, Value>,
+    /// Where its file system starts for the unit (`root`), absolute, with
+    /// no trailing `/`; empty: `/`.
+    pub(crate) root: String,
+    /// Where a local host's commands run: the project root.
+    pub(crate) workdir: PathBuf,
 }
 
 fn expand(root: &Path, p: &str) -> PathBuf {
@@ -181,6 +235,34 @@ impl Host {
                 ));
             }
         }
+        let fs_root = match s.root.as_deref() {
+            None | Some("/") => String::new(),
+            Some(r) => {
+                let abs = if r.starts_with('/') {
+                    PathBuf::from(r)
+                } else if local {
+                    root.join(r)
+                } else {
+                    return Err(bad(
+                        dir,
+                        format!("host target `{}`: root `{r}` is not absolute", t.name),
+                        "give the directory on the host, as `/srv/staging` (a relative root is only for `local: true`)",
+                    ));
+                };
+                let text = abs.to_string_lossy().trim_end_matches('/').to_owned();
+                if text.contains('\n') || text.split('/').any(|p| p == "..") {
+                    return Err(bad(
+                        dir,
+                        format!(
+                            "host target `{}`: root `{r}` is not a plain directory",
+                            t.name
+                        ),
+                        "give a directory path without `..`",
+                    ));
+                }
+                text
+            }
+        };
         Ok(Host {
             name: t.name.clone(),
             local,
@@ -191,7 +273,39 @@ impl Host {
             host_key: s.host_key.clone(),
             known_hosts: s.known_hosts.as_deref().map(|p| expand(root, p)),
             sudo: s.sudo == Some(true),
+            vars: Map::new(),
+            root: fs_root,
+            workdir: root.to_path_buf(),
         })
+    }
+
+    /// The host's own variables: `TERRACE_HOST` and `HOST_NAME` its name,
+    /// `TERRACE_ROOT` its `root`, and its item's fields as `HOST_<FIELD>`
+    /// (upper case, `-` as `_`).
+    fn env(&self, dir: &str) -> Result<Vec<(String, String)>, DriverError> {
+        let mut env = vec![
+            ("TERRACE_HOST".to_owned(), self.name.clone()),
+            ("TERRACE_ROOT".to_owned(), self.root.clone()),
+            ("HOST_NAME".to_owned(), self.name.clone()),
+        ];
+        for (k, v) in &self.vars {
+            let name = format!("HOST_{}", k.to_ascii_uppercase().replace('-', "_"));
+            if check_env_name(dir, &name).is_err() {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "host `{}`: field `{k}` cannot be an environment variable",
+                        self.name
+                    ),
+                    "name the fields of `hosts` items with letters, digits, `_` and `-`",
+                ));
+            }
+            env.push((
+                name,
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+            ));
+        }
+        Ok(env)
     }
 }
 
@@ -223,10 +337,11 @@ impl Session {
     /// A private directory, and an agent holding the key when it is
     /// SOPS-encrypted.
     pub(crate) async fn open(
-        ctx: &UnitContext<'_>,
+        dir: &str,
+        secrets: Option<&dyn terrace_core::secrets::SecretSource>,
         hosts: &[Host],
     ) -> Result<Session, DriverError> {
-        let mut session = Session::pinned(&ctx.unit.dir, hosts)?;
+        let mut session = Session::pinned(dir, hosts)?;
         let encrypted: Vec<&PathBuf> = hosts
             .iter()
             .filter_map(|h| h.identity.as_ref())
@@ -235,9 +350,9 @@ impl Session {
             })
             .collect();
         if let Some(first) = encrypted.first() {
-            let secrets = ctx.secrets.ok_or_else(|| {
+            let secrets = secrets.ok_or_else(|| {
                 bad(
-                    &ctx.unit.dir,
+                    dir,
                     format!(
                         "{} is SOPS-encrypted, and secrets are not available here",
                         first.display()
@@ -257,9 +372,14 @@ impl Session {
                 .spawn()
                 .map_err(|e| DriverError::Target(format!("cannot run ssh-agent: {e}")))?;
             session.agent = Some(agent);
-            for _ in 0..100 {
-                if socket.exists() {
-                    break;
+            // Ready once it accepts a connection: the socket file exists
+            // a moment before the agent listens on it.
+            let started = std::time::Instant::now();
+            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                if started.elapsed() > Duration::from_secs(15) {
+                    return Err(DriverError::Target(
+                        "ssh-agent did not start listening within 15s".to_owned(),
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -275,7 +395,7 @@ impl Session {
                     .and_then(|d| d.get("data").and_then(Value::as_str).map(str::to_owned))
                     .ok_or_else(|| {
                         bad(
-                            &ctx.unit.dir,
+                            dir,
                             format!("{} holds no key (`data`)", path.display()),
                             "encrypt the key file whole: sops -e --input-type binary KEY",
                         )
@@ -350,14 +470,15 @@ impl Session {
         let shell = if h.sudo { "sudo -n sh -s" } else { "sh -s" };
         if h.local {
             let sh = Program::find("sh").map_err(|e| DriverError::Target(e.to_string()))?;
-            return Ok(if h.sudo {
+            let c = if h.sudo {
                 Program::find("sudo")
                     .map_err(|e| DriverError::Target(e.to_string()))?
                     .command()
                     .args(["-n", "sh", "-s"])
             } else {
                 sh.command().arg("-s")
-            });
+            };
+            return Ok(c.current_dir(&h.workdir));
         }
         let known = self.known_hosts(h);
         let mut c = Program::find("ssh")
@@ -410,8 +531,6 @@ struct Desired {
     check: Option<String>,
     apply: String,
     destroy: Option<String>,
-    /// (path, content, mode, owner)
-    files: Vec<(String, Vec<u8>, String, Option<String>)>,
     env: Vec<(String, String)>,
     /// What stands for each secret input in the digest: the digest of the
     /// files (or outputs) it came from, never its value.
@@ -419,27 +538,76 @@ struct Desired {
     timeout: Duration,
     sensitive_outputs: Vec<String>,
     redact: Plaintexts,
+    /// Each host's files and own variables, by host name.
+    hosts: BTreeMap<String, HostWant>,
+}
+
+/// What one host gets besides what every host gets.
+#[derive(Debug, Clone, Default)]
+struct HostWant {
+    files: Vec<WantFile>,
+    /// `TERRACE_HOST` and its item's `HOST_*` fields.
+    env: Vec<(String, String)>,
+}
+
+/// A file as one host gets it.
+#[derive(Debug, Clone)]
+struct WantFile {
+    /// As the unit names it.
+    path: String,
+    /// Where it is on the host: under the host's `root`.
+    at: String,
+    /// `None`: another unit generates it, and has not yet.
+    content: Option<Vec<u8>>,
+    /// Octal, as written (`0644`).
+    mode: String,
+    owner: Option<String>,
+    /// The project file it comes from, for messages.
+    from: Option<String>,
+}
+
+impl WantFile {
+    /// The content's sha256 as `sha256sum` prints it, or `pending`.
+    fn sum(&self) -> String {
+        self.content
+            .as_deref()
+            .map_or_else(|| "pending".to_owned(), sha256_hex)
+    }
 }
 
 impl Desired {
+    fn host(&self, name: &str) -> &HostWant {
+        static NONE: std::sync::OnceLock<HostWant> = std::sync::OnceLock::new();
+        self.hosts
+            .get(name)
+            .unwrap_or_else(|| NONE.get_or_init(HostWant::default))
+    }
+
     /// What a host's state is compared with when there is no `check`.
-    fn digest(&self) -> String {
+    fn digest(&self, host: &str) -> String {
         let env: Vec<(&String, &str)> = self
             .env
             .iter()
             .map(|(k, v)| (k, self.sealed_env.get(k).map_or(v.as_str(), String::as_str)))
             .collect();
-        let mut text = format!("{}\0{env:?}\0", self.apply);
-        for (p, c, m, o) in &self.files {
-            text.push_str(&format!("{p}\0{}\0{m}\0{o:?}\0", sha256_hex(c)));
+        let want = self.host(host);
+        let mut text = format!("{}\0{env:?}\0{:?}\0", self.apply, want.env);
+        for f in &want.files {
+            text.push_str(&format!(
+                "{}\0{}\0{}\0{:?}\0",
+                f.at,
+                f.sum(),
+                f.mode,
+                f.owner
+            ));
         }
         terrace_fs::digest::digest(text.as_bytes())
     }
 
-    /// The `export`s every script starts with.
-    fn preamble(&self) -> String {
+    /// The `export`s every script on `host` starts with.
+    fn preamble(&self, host: &str) -> String {
         let mut s = String::from("set -u\n");
-        for (k, v) in &self.env {
+        for (k, v) in self.env.iter().chain(&self.host(host).env) {
             s.push_str(&format!("export {k}={}\n", quote(v)));
         }
         s
@@ -516,10 +684,123 @@ fn command_text_in(root: &Path, dir: &str, text: &str) -> Result<String, DriverE
     Ok(text.to_owned())
 }
 
-fn desired(ctx: &UnitContext<'_>) -> Result<(ScriptSettings, Desired), DriverError> {
+/// The files of `specs` as `host` gets them (`{host}` its name).
+fn host_files(
+    ctx: &UnitContext<'_>,
+    specs: &BTreeMap<String, FileSpec>,
+    h: &Host,
+) -> Result<Vec<WantFile>, DriverError> {
+    let host = h.name.as_str();
+    let dir = &ctx.unit.dir;
+    let mut files = Vec::new();
+    for (path, f) in specs {
+        let path = path.replace("{host}", host);
+        if !path.starts_with('/') || path.split('/').any(|p| p == "..") || path.contains('\n') {
+            return Err(bad(
+                dir,
+                format!("file `{path}` is not an absolute path on the host"),
+                "write where it goes, as `/etc/app/app.conf`",
+            ));
+        }
+        let (content, from) = match (&f.content, &f.source, &f.generated) {
+            (Some(c), None, None) => (Some(c.clone().into_bytes()), None),
+            (None, Some(src), None) => {
+                let src = src.replace("{host}", host);
+                let rel = crate::clean_relative(dir, &src).ok_or_else(|| {
+                    bad(
+                        dir,
+                        format!("file source `{src}` leads outside the project"),
+                        "name a file in the unit directory",
+                    )
+                })?;
+                (
+                    Some(terrace_fs::read(ctx.root, &ctx.root.join(&rel))?),
+                    Some(rel),
+                )
+            }
+            (None, None, Some(generated)) => {
+                let generated = generated.replace("{host}", host);
+                let rel = crate::clean_relative("", &generated).ok_or_else(|| {
+                    bad(
+                        dir,
+                        format!("generated file `{generated}` leads outside the project"),
+                        "give the project-relative path a unit's outputs name, as `${unit.node-configs.outputs.dir}/{host}/config.yaml`",
+                    )
+                })?;
+                let abs = ctx.root.join(&rel);
+                terrace_fs::check_read(ctx.root, &abs).map_err(|e| {
+                    bad(
+                        dir,
+                        e.to_string(),
+                        "generated files stay inside the project",
+                    )
+                })?;
+                match std::fs::symlink_metadata(&abs) {
+                    // Not generated yet: the unit that makes it is applied
+                    // first, and the plan made then reads it.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, Some(rel)),
+                    _ => (Some(terrace_fs::read(ctx.root, &abs)?), Some(rel)),
+                }
+            }
+            _ => {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "file `{path}` needs exactly one of `content`, `source` or `generated`"
+                    ),
+                    "give its content inline, the unit's file it is copied from, or the file another unit generates",
+                ));
+            }
+        };
+        if let Some(c) = &content
+            && c.len() > MAX_FILE
+        {
+            return Err(bad(
+                dir,
+                format!(
+                    "file `{path}` is {} bytes; at most {MAX_FILE} are put on a host",
+                    c.len()
+                ),
+                "ship large files another way",
+            ));
+        }
+        let mode = f.mode.clone().unwrap_or_else(|| "0644".to_owned());
+        if !(3..=4).contains(&mode.len()) || !mode.chars().all(|c| ('0'..='7').contains(&c)) {
+            return Err(bad(
+                dir,
+                format!("file `{path}`: mode `{mode}` is not octal"),
+                "write it as `0644`",
+            ));
+        }
+        if let Some(o) = &f.owner
+            && (o.is_empty()
+                || o.starts_with('-')
+                || !o
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.')))
+        {
+            return Err(bad(
+                dir,
+                format!("file `{path}`: owner `{o}` is not a user[:group]"),
+                "write it as `user` or `user:group`",
+            ));
+        }
+        files.push(WantFile {
+            at: format!("{}{path}", h.root),
+            path,
+            content,
+            mode,
+            owner: f.owner.clone(),
+            from,
+        });
+    }
+    Ok(files)
+}
+
+fn desired(ctx: &UnitContext<'_>) -> Result<(Vec<Host>, Desired), DriverError> {
     let s: ScriptSettings = crate::unit_settings(ctx)?;
     let dir = &ctx.unit.dir;
-    for field in ["hosts", "files", "check", "apply", "destroy"] {
+    for field in ["hosts", "where", "files", "check", "apply", "destroy"] {
         if ctx.unit.sensitive_settings.contains_key(field) {
             return Err(bad(
                 dir,
@@ -537,83 +818,23 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(ScriptSettings, Desired), DriverErr
     })?;
     let mut env = Vec::new();
     for (k, v) in &ctx.unit.inputs {
-        let valid = k
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(bad(
-                dir,
-                format!("input `{k}` is not a valid environment variable name"),
-                "use letters, digits and `_`, not starting with a digit",
-            ));
-        }
+        check_env_name(dir, k)?;
         let text = match v {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
         env.push((k.clone(), text));
     }
-    let mut files = Vec::new();
-    for (path, f) in &s.files {
-        if !path.starts_with('/') || path.split('/').any(|p| p == "..") || path.contains('\n') {
-            return Err(bad(
-                dir,
-                format!("file `{path}` is not an absolute path on the host"),
-                "write where it goes, as `/etc/app/app.conf`",
-            ));
-        }
-        let content = match (&f.content, &f.source) {
-            (Some(c), None) => c.clone().into_bytes(),
-            (None, Some(src)) => {
-                let rel = crate::clean_relative(dir, src).ok_or_else(|| {
-                    bad(
-                        dir,
-                        format!("file source `{src}` leads outside the project"),
-                        "name a file in the unit directory",
-                    )
-                })?;
-                terrace_fs::read(ctx.root, &ctx.root.join(rel))?
-            }
-            _ => {
-                return Err(bad(
-                    dir,
-                    format!("file `{path}` needs exactly one of `content` or `source`"),
-                    "give its content inline, or the unit's file it is copied from",
-                ));
-            }
-        };
-        if content.len() > MAX_FILE {
-            return Err(bad(
-                dir,
-                format!(
-                    "file `{path}` is {} bytes; at most {MAX_FILE} are put on a host",
-                    content.len()
-                ),
-                "ship large files another way",
-            ));
-        }
-        let mode = f.mode.clone().unwrap_or_else(|| "0644".to_owned());
-        if !(3..=4).contains(&mode.len()) || !mode.chars().all(|c| ('0'..='7').contains(&c)) {
-            return Err(bad(
-                dir,
-                format!("file `{path}`: mode `{mode}` is not octal"),
-                "write it as `0644`",
-            ));
-        }
-        if let Some(o) = &f.owner
-            && !o
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.'))
-        {
-            return Err(bad(
-                dir,
-                format!("file `{path}`: owner `{o}` is not a user[:group]"),
-                "write it as `user` or `user:group`",
-            ));
-        }
-        files.push((path.clone(), content, mode, f.owner.clone()));
+    let hosts = hosts(ctx, &s)?;
+    let mut per_host = BTreeMap::new();
+    for h in &hosts {
+        per_host.insert(
+            h.name.clone(),
+            HostWant {
+                files: host_files(ctx, &s.files, h)?,
+                env: h.env(dir)?,
+            },
+        );
     }
     let redact = secret_values(ctx);
     let sealed_env: BTreeMap<String, String> = ctx
@@ -634,7 +855,6 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(ScriptSettings, Desired), DriverErr
             .as_deref()
             .map(|c| command_text(ctx, c))
             .transpose()?,
-        files,
         env,
         sealed_env,
         timeout: s
@@ -643,45 +863,82 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(ScriptSettings, Desired), DriverErr
             .map_or(Duration::from_secs(600), Timeout::duration),
         sensitive_outputs: s.sensitive_outputs.clone(),
         redact,
+        hosts: per_host,
     };
-    Ok((s, d))
+    Ok((hosts, d))
 }
 
 fn hosts(ctx: &UnitContext<'_>, s: &ScriptSettings) -> Result<Vec<Host>, DriverError> {
-    hosts_named(ctx, &s.hosts)
+    hosts_named(ctx, &s.hosts, &s.only)
 }
 
-/// The hosts `names` names (the unit's `target` when it names none).
+/// The hosts `refs` names, kept by `only` (the unit's `target` when it
+/// names none), each with its item's fields.
 pub(crate) fn hosts_named(
     ctx: &UnitContext<'_>,
-    names: &[String],
+    refs: &HostList,
+    only: &Map<String, Value>,
 ) -> Result<Vec<Host>, DriverError> {
     let dir = &ctx.unit.dir;
-    let names: Vec<String> = if names.is_empty() {
+    let refs = match refs {
+        HostList::List(l) => l.as_slice(),
+        HostList::Expression(e) => {
+            return Err(bad(
+                dir,
+                format!("`hosts: {e}` is not a list"),
+                "give a list of target names, or a variable holding a list (items may be objects with a `name`)",
+            ));
+        }
+    };
+    let mut picked: Vec<(String, Map<String, Value>)> = Vec::new();
+    if refs.is_empty() {
         match &ctx.unit.target {
-            Some(t) => vec![t.name.clone()],
+            Some(t) => picked.push((t.name.clone(), Map::new())),
             None => {
                 return Err(bad(
                     dir,
-                    "the script names no host".to_owned(),
-                    "set `target:` in unit.yaml, or `script.hosts: [node1, node2]`",
+                    "the unit names no host".to_owned(),
+                    "set `target:` in unit.yaml, or `hosts: [node1, node2]` (or `hosts: ${var.nodes}`)",
                 ));
             }
         }
-    } else {
-        names.to_vec()
-    };
-    names
-        .iter()
-        .map(|n| {
-            let t = ctx.targets.get(n).ok_or_else(|| {
+    }
+    for r in refs {
+        let (name, fields) = match r {
+            HostRef::Name(n) => (n.clone(), Map::new()),
+            HostRef::Item { name, fields } => (name.clone(), fields.clone()),
+        };
+        let kept = only.iter().all(|(k, want)| {
+            if k == "name" {
+                want.as_str() == Some(name.as_str())
+            } else {
+                fields.get(k) == Some(want)
+            }
+        });
+        if kept {
+            if picked.iter().any(|(n, _)| *n == name) {
+                return Err(bad(
+                    dir,
+                    format!("host `{name}` is listed twice"),
+                    "list each host once",
+                ));
+            }
+            picked.push((name, fields));
+        }
+    }
+    picked
+        .into_iter()
+        .map(|(n, fields)| {
+            let t = ctx.targets.get(&n).ok_or_else(|| {
                 bad(
                     dir,
                     format!("host `{n}` is not a target of terrace.yaml"),
                     "add it under `targets:` with `type: host`",
                 )
             })?;
-            Host::of(ctx.root, t, dir)
+            let mut h = Host::of(ctx.root, t, dir)?;
+            h.vars = fields;
+            Ok(h)
         })
         .collect()
 }
@@ -747,6 +1004,8 @@ struct ScriptPlan {
     /// What the last apply left (sensitive values included): hosts not run
     /// keep theirs.
     prior_outputs: Map<String, Value>,
+    /// What the last apply recorded: a host that fails keeps its items.
+    prior_inventory: Vec<InventoryItem>,
     /// Where the values of sensitive outputs are kept (see
     /// [`outputs_file`]).
     outputs_file: PathBuf,
@@ -772,12 +1031,14 @@ struct ScriptDestroy {
     outputs_file: Option<PathBuf>,
 }
 
-fn probe_script(d: &Desired) -> String {
-    let mut s = d.preamble();
-    for (p, ..) in &d.files {
-        let q = quote(p);
+/// Reads each file's digest, mode and owner on `host`, then runs the
+/// check.
+fn probe_script(d: &Desired, host: &str) -> String {
+    let mut s = d.preamble(host);
+    for f in &d.host(host).files {
+        let q = quote(&f.at);
         s.push_str(&format!(
-            "if [ -f {q} ]; then printf '::file:: %s %s\\n' \"$(sha256sum < {q} | cut -d' ' -f1)\" {q}; else printf '::file:: - %s\\n' {q}; fi\n"
+            "if [ -f {q} ]; then printf '::file:: %s %s %s\\n' \"$(sha256sum < {q} | cut -d' ' -f1)\" \"$(stat -c '%a %U:%G' -- {q})\" {q}; else printf '::file:: - - - %s\\n' {q}; fi\n"
         ));
     }
     if let Some(c) = &d.check {
@@ -788,15 +1049,22 @@ fn probe_script(d: &Desired) -> String {
     s
 }
 
-fn apply_script(d: &Desired) -> String {
+fn apply_script(d: &Desired, host: &str) -> Result<String, String> {
     use base64::Engine as _;
-    let mut s = d.preamble();
+    let mut s = d.preamble(host);
     // Files are made private, then given their owner and mode: nobody
     // reads one half written, and nothing planted in the directory is
     // written through.
     s.push_str("set -e\numask 077\n");
-    for (p, content, mode, owner) in &d.files {
-        let q = quote(p);
+    for f in &d.host(host).files {
+        let content = f.content.as_deref().ok_or_else(|| {
+            format!(
+                "host `{host}`: file {} was not generated ({} is missing)",
+                f.path,
+                f.from.as_deref().unwrap_or("its source")
+            )
+        })?;
+        let q = quote(&f.at);
         let encoded = base64::engine::general_purpose::STANDARD.encode(content);
         s.push_str(&format!(
             "mkdir -p -- \"$(dirname -- {q})\"\n__t=$(mktemp -- \"$(dirname -- {q})/.terrace-XXXXXXXX\")\nbase64 -d > \"$__t\" <<'__TERRACE_FILE__'\n"
@@ -806,26 +1074,77 @@ fn apply_script(d: &Desired) -> String {
             s.push('\n');
         }
         s.push_str("__TERRACE_FILE__\n");
-        if let Some(o) = owner {
+        if let Some(o) = &f.owner {
             s.push_str(&format!("chown -- {} \"$__t\"\n", quote(o)));
         }
         s.push_str(&format!(
-            "chmod -- {mode} \"$__t\"\nmv -f -- \"$__t\" {q}\n"
+            "chmod -- {} \"$__t\"\nmv -f -- \"$__t\" {q}\n",
+            f.mode
         ));
     }
     s.push_str("umask 022\nset +e\n(\n");
     s.push_str(&d.apply);
     s.push_str("\n) </dev/null\n");
-    s
+    Ok(s)
+}
+
+/// How a file found on a host differs from what it should be, if it does:
+/// its action and what differs besides the content.
+fn file_drift(want: &WantFile, sum: &str, mode: &str, owner: &str) -> Option<(Action, String)> {
+    if sum == "-" {
+        return Some((Action::Create, String::new()));
+    }
+    let mut what = Vec::new();
+    if sum != want.sum() {
+        what.push("content".to_owned());
+    }
+    let wanted_mode = u32::from_str_radix(&want.mode, 8).ok();
+    if u32::from_str_radix(mode, 8).ok() != wanted_mode {
+        what.push(format!("mode {mode} → {}", want.mode));
+    }
+    if let Some(o) = &want.owner {
+        let (user, group) = o
+            .split_once(':')
+            .map_or((o.as_str(), None), |(u, g)| (u, Some(g)));
+        let (has_user, has_group) = owner.split_once(':').unwrap_or((owner, ""));
+        if has_user != user || group.is_some_and(|g| g != has_group) {
+            what.push(format!("owner {owner} → {o}"));
+        }
+    }
+    (!what.is_empty()).then(|| (Action::Update, what.join(", ")))
 }
 
 impl ScriptDriver {
     async fn plan_hosts(&self, ctx: &UnitContext<'_>) -> Result<UnitPlan, DriverError> {
-        let (s, d) = desired(ctx)?;
-        let hosts = hosts(ctx, &s)?;
-        let session = Session::open(ctx, &hosts).await?;
-        let digest = d.digest();
-        let probe = probe_script(&d);
+        let (hosts, d) = desired(ctx)?;
+        // A file another unit has not generated yet: like an input known
+        // only after a dependency is applied, nothing is planned on what
+        // it will hold. The engine plans the unit again once it exists.
+        let pending: Vec<String> =
+            d.hosts
+                .iter()
+                .flat_map(|(h, w)| {
+                    w.files.iter().filter(|f| f.content.is_none()).map(move |f| {
+                    format!(
+                        "deferred: file {} on {h} is generated by a unit applied first ({})",
+                        f.path,
+                        f.from.as_deref().unwrap_or("its source")
+                    )
+                })
+                })
+                .collect();
+        if !pending.is_empty() {
+            return Ok(UnitPlan {
+                action: Action::Deferred,
+                changes: Vec::new(),
+                unchanged: 0,
+                outputs: None,
+                render_hash: String::new(),
+                notes: pending,
+                payload: None,
+            });
+        }
+        let session = Session::open(&ctx.unit.dir, ctx.secrets, &hosts).await?;
         let prior_digest = |host: &str| {
             ctx.prior.and_then(|p| {
                 p.inventory.iter().find_map(|i| match i {
@@ -839,84 +1158,17 @@ impl ScriptDriver {
         let results: Vec<Result<(HostPlan, Vec<Change>), DriverError>> =
             futures::stream::iter(hosts.iter().cloned())
                 .map(|h| {
-                    let probe = probe.clone();
                     let session = &session;
                     let d = &d;
-                    let digest = digest.clone();
                     let before = prior_digest(&h.name);
-                    async move {
-                        let ran = run(session, &h, probe, d, None).await?;
-                        let mut changes = Vec::new();
-                        let mut check_rc = None;
-                        let mut diff = String::new();
-                        for line in ran.stdout.lines() {
-                            if let Some(rest) = line.strip_prefix("::file:: ") {
-                                let (sum, path) = rest.split_once(' ').unwrap_or(("-", rest));
-                                if let Some((_, content, ..)) =
-                                    d.files.iter().find(|(p, ..)| p == path)
-                                    && sum != sha256_hex(content)
-                                {
-                                    changes.push(Change {
-                                        address: format!("file {path} on {}", h.name),
-                                        object: None,
-                                        action: if sum == "-" {
-                                            Action::Create
-                                        } else {
-                                            Action::Update
-                                        },
-                                        diff: None,
-                                    });
-                                }
-                            } else if let Some(rc) = line.strip_prefix("::check:: ") {
-                                check_rc = rc.trim().parse::<i32>().ok();
-                            } else if !line.starts_with("::outputs::") {
-                                diff.push_str(line);
-                                diff.push('\n');
-                            }
-                        }
-                        if ran.exit != Some(0) {
-                            return Err(DriverError::Target(format!(
-                                "host `{}`: the check could not run (exit {:?}): {}",
-                                h.name,
-                                ran.exit,
-                                ran.stderr.trim()
-                            )));
-                        }
-                        let script_change = match (&d.check, check_rc) {
-                            (Some(_), Some(0)) => false,
-                            (Some(_), Some(2)) => true,
-                            (Some(_), other) => {
-                                return Err(DriverError::Target(format!(
-                                    "host `{}`: check exited {} (0: as wanted, 2: changes): {}",
-                                    h.name,
-                                    other.map_or("without a status".to_owned(), |c| c.to_string()),
-                                    ran.stderr.trim()
-                                )));
-                            }
-                            (None, _) => before.as_deref() != Some(digest.as_str()),
-                        };
-                        if script_change {
-                            changes.push(Change {
-                                address: format!("script on {}", h.name),
-                                object: None,
-                                action: if before.is_some() {
-                                    Action::Update
-                                } else {
-                                    Action::Create
-                                },
-                                diff: (!diff.trim().is_empty())
-                                    .then(|| format!("{}\n", d.redact.redact(diff.trim_end()))),
-                            });
-                        }
-                        let run = !changes.is_empty();
-                        Ok((HostPlan { host: h, run }, changes))
-                    }
+                    async move { plan_host(session, h, d, before).await }
                 })
                 .buffered(4)
                 .collect()
                 .await;
         let mut plans = Vec::new();
         let mut changes = Vec::new();
+        let mut notes = Vec::new();
         let mut errors = Vec::new();
         for r in results {
             match r {
@@ -930,18 +1182,30 @@ impl ScriptDriver {
         if !errors.is_empty() {
             return Err(DriverError::Target(errors.join("\n")));
         }
+        if hosts.is_empty() {
+            notes.push(
+                "no host: `where` keeps none of the `hosts` items, so nothing runs".to_owned(),
+            );
+        }
         let unchanged = plans.iter().filter(|p| !p.run).count();
+        let render_hash = terrace_fs::digest::digest(
+            hosts
+                .iter()
+                .map(|h| d.digest(&h.name))
+                .collect::<Vec<_>>()
+                .join("\0")
+                .as_bytes(),
+        );
         Ok(UnitPlan {
             action: UnitPlan::action_for(ctx.prior.is_some(), &changes),
             changes,
             unchanged,
-            // Outputs come from the apply's `::outputs::`; unchanged hosts
-            // keep the recorded ones.
-            // Unchanged: the engine reads the applied outputs back (their
-            // sensitive names with them) through `read_outputs`.
+            // Outputs come from the apply's `::outputs::`. Unchanged, the
+            // engine reads the applied outputs back (their sensitive
+            // values with them) through `read_outputs`.
             outputs: None,
-            render_hash: digest,
-            notes: Vec::new(),
+            render_hash,
+            notes,
             payload: Some(Arc::new(ScriptPlan {
                 session,
                 desired: d,
@@ -953,10 +1217,89 @@ impl ScriptDriver {
                     },
                     None => Map::new(),
                 },
+                prior_inventory: ctx.prior.map(|p| p.inventory.clone()).unwrap_or_default(),
                 outputs_file: outputs_file(ctx.root, ctx.environment, &ctx.unit.name),
             })),
         })
     }
+}
+
+/// One host's plan: its probe run, then its files' drift and its check
+/// (or the digest of what it was last given) read.
+async fn plan_host(
+    session: &Session,
+    h: Host,
+    d: &Desired,
+    before: Option<String>,
+) -> Result<(HostPlan, Vec<Change>), DriverError> {
+    let ran = run(session, &h, probe_script(d, &h.name), d, None).await?;
+    let want = d.host(&h.name);
+    let mut changes = Vec::new();
+    let mut check_rc = None;
+    let mut diff = String::new();
+    for line in ran.stdout.lines() {
+        if let Some(rest) = line.strip_prefix("::file:: ") {
+            let mut parts = rest.splitn(4, ' ');
+            let (Some(sum), Some(mode), Some(owner), Some(path)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if let Some(f) = want.files.iter().find(|f| f.at == path)
+                && let Some((action, what)) = file_drift(f, sum, mode, owner)
+            {
+                changes.push(Change {
+                    address: format!("file {} on {}", f.path, h.name),
+                    object: None,
+                    action,
+                    diff: (!what.is_empty()).then(|| format!("{what}\n")),
+                });
+            }
+        } else if let Some(rc) = line.strip_prefix("::check:: ") {
+            check_rc = rc.trim().parse::<i32>().ok();
+        } else if !line.starts_with("::outputs::") {
+            diff.push_str(line);
+            diff.push('\n');
+        }
+    }
+    if ran.exit != Some(0) {
+        return Err(DriverError::Target(format!(
+            "host `{}`: the check could not run (exit {:?}): {}",
+            h.name,
+            ran.exit,
+            ran.stderr.trim()
+        )));
+    }
+    if d.check.is_some() && !matches!(check_rc, Some(0 | 2)) {
+        return Err(DriverError::Target(format!(
+            "host `{}`: check exited {} (0: as wanted, 2: changes): {}",
+            h.name,
+            check_rc.map_or("without a status".to_owned(), |c| c.to_string()),
+            ran.stderr.trim()
+        )));
+    }
+    let script_change = match &d.check {
+        // Never applied here: applied once even when the check passes,
+        // so the host is recorded and its outputs are read.
+        _ if before.is_none() => true,
+        Some(_) => check_rc == Some(2),
+        None => before.as_deref() != Some(d.digest(&h.name).as_str()),
+    };
+    if script_change {
+        changes.push(Change {
+            address: format!("script on {}", h.name),
+            object: None,
+            action: if before.is_some() {
+                Action::Update
+            } else {
+                Action::Create
+            },
+            diff: (!diff.trim().is_empty())
+                .then(|| format!("{}\n", d.redact.redact(diff.trim_end()))),
+        });
+    }
+    let run = !changes.is_empty();
+    Ok((HostPlan { host: h, run }, changes))
 }
 
 /// A host's name, and its outputs (`None`: not run) or why it failed.
@@ -966,28 +1309,31 @@ type HostResult = (String, Result<Option<Map<String, Value>>, String>);
 async fn apply_host(
     session: &Session,
     hp: &HostPlan,
-    script: &str,
     d: &Desired,
     lines: Option<&Lines>,
 ) -> HostResult {
+    let name = hp.host.name.clone();
     if !hp.run {
-        return (hp.host.name.clone(), Ok(None));
+        return (name, Ok(None));
     }
-    let r = match run(session, &hp.host, script.to_owned(), d, lines).await {
+    let script = match apply_script(d, &name) {
+        Ok(s) => s,
+        Err(e) => return (name, Err(e)),
+    };
+    let r = match run(session, &hp.host, script, d, lines).await {
         Err(e) => Err(e.to_string()),
         Ok(ran) if ran.exit != Some(0) => Err(format!(
-            "host `{}`: apply exited {}: {}",
-            hp.host.name,
+            "host `{name}`: apply exited {}: {}",
             ran.exit.map_or("on a signal".to_owned(), |c| c.to_string()),
             ran.stderr.trim()
         )),
         Ok(ran) => match parse_outputs(&ran.stdout) {
             None => Ok(Some(Map::new())),
             Some(Ok(m)) => Ok(Some(m)),
-            Some(Err(e)) => Err(format!("host `{}`: {e}", hp.host.name)),
+            Some(Err(e)) => Err(format!("host `{name}`: {e}")),
         },
     };
-    (hp.host.name.clone(), r)
+    (name, r)
 }
 
 fn parse_outputs(stdout: &str) -> Option<Result<Map<String, Value>, String>> {
@@ -1026,8 +1372,7 @@ impl Driver for ScriptDriver {
         ctx: &'a UnitContext<'a>,
     ) -> BoxFuture<'a, Result<Rendered, DriverError>> {
         Box::pin(async move {
-            let (s, d) = desired(ctx)?;
-            let hosts = hosts(ctx, &s)?;
+            let (hosts, d) = desired(ctx)?;
             let mut documents = Vec::new();
             for h in &hosts {
                 documents.push(RenderedDocument {
@@ -1035,11 +1380,17 @@ impl Driver for ScriptDriver {
                     path: None,
                     content: d.redact.redact(&d.apply),
                 });
-                for (p, c, ..) in &d.files {
+                for f in &d.host(&h.name).files {
                     documents.push(RenderedDocument {
-                        address: format!("file {p} on {}", h.name),
+                        address: format!("file {} on {}", f.path, h.name),
                         path: None,
-                        content: d.redact.redact(&String::from_utf8_lossy(c)),
+                        content: match &f.content {
+                            Some(c) => d.redact.redact(&String::from_utf8_lossy(c)),
+                            None => format!(
+                                "(generated by a unit applied first: {})",
+                                f.from.as_deref().unwrap_or("its source")
+                            ),
+                        },
                     });
                 }
             }
@@ -1127,11 +1478,36 @@ impl Driver for ScriptDriver {
                         Some(c) => Some(command_text_in(ctx.root, &u.dir, &c)?),
                         None => None,
                     };
+                    // Each host's own variables, as its `hosts` item gives them.
+                    let mut per_host = BTreeMap::new();
+                    for (h, _) in &hosts {
+                        let mut h = h.clone();
+                        let listed = match &s.hosts {
+                            HostList::List(l) => l.as_slice(),
+                            HostList::Expression(_) => &[],
+                        };
+                        h.vars = listed
+                            .iter()
+                            .find_map(|r| match r {
+                                HostRef::Item { name, fields } if *name == h.name => {
+                                    Some(fields.clone())
+                                }
+                                _ => None,
+                            })
+                            .unwrap_or_default();
+                        per_host.insert(
+                            h.name.clone(),
+                            HostWant {
+                                files: Vec::new(),
+                                env: h.env(&u.dir)?,
+                            },
+                        );
+                    }
                     cmd.map(|cmd| Desired {
                         check: None,
                         apply: String::new(),
                         destroy: Some(cmd),
-                        files: Vec::new(),
+                        hosts: per_host,
                         env,
                         sealed_env: BTreeMap::new(),
                         timeout: s
@@ -1145,7 +1521,7 @@ impl Driver for ScriptDriver {
                 None => None,
             };
             let session_hosts: Vec<Host> = hosts.iter().map(|(h, _)| h.clone()).collect();
-            let session = Session::pinned(dir, &session_hosts)?;
+            let session = Session::open(dir, ctx.secrets, &session_hosts).await?;
             Ok(UnitPlan {
                 action: if changes.is_empty() {
                     Action::NoOp
@@ -1185,7 +1561,7 @@ impl Driver for ScriptDriver {
                     if let Some(d) = &p.desired
                         && let Some(cmd) = &d.destroy
                     {
-                        script.push_str(&d.preamble());
+                        script.push_str(&d.preamble(&h.name));
                         script.push_str(&format!("(\n{cmd}\n) </dev/null || exit $?\n"));
                     }
                     for f in files {
@@ -1195,7 +1571,7 @@ impl Driver for ScriptDriver {
                         check: None,
                         apply: String::new(),
                         destroy: None,
-                        files: Vec::new(),
+                        hosts: BTreeMap::new(),
                         env: Vec::new(),
                         sealed_env: BTreeMap::new(),
                         timeout: Duration::from_secs(600),
@@ -1224,20 +1600,25 @@ impl Driver for ScriptDriver {
                 DriverError::Target("this plan was not made by the script kind".to_owned())
             })?;
             let d = &p.desired;
-            let script = apply_script(d);
-            let results: Vec<HostResult> = futures::future::join_all(
-                p.hosts
-                    .iter()
-                    .map(|hp| apply_host(&p.session, hp, &script, d, ctx.lines)),
-            )
-            .await;
+            // `-j` hosts at a time.
+            let runs: Vec<_> = p
+                .hosts
+                .iter()
+                .map(|hp| apply_host(&p.session, hp, d, ctx.lines))
+                .collect();
+            let results: Vec<HostResult> = futures::stream::iter(runs)
+                .buffered(ctx.jobs.max(1))
+                .collect()
+                .await;
             let errors: Vec<String> = results
                 .iter()
                 .filter_map(|(_, r)| r.as_ref().err().cloned())
                 .collect();
-            if !errors.is_empty() {
-                return Err(DriverError::Target(errors.join("\n")));
-            }
+            let failed: Vec<String> = results
+                .iter()
+                .filter(|(_, r)| r.is_err())
+                .map(|(n, _)| n.clone())
+                .collect();
             // Hosts not run keep what they had.
             let prior_outputs = p.prior_outputs.clone();
             let mut per_host: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
@@ -1261,19 +1642,36 @@ impl Driver for ScriptDriver {
                 m.insert("hosts".to_owned(), Value::Object(all));
                 m
             };
-            let digest = d.digest();
             let mut inventory = Vec::new();
             for hp in &p.hosts {
+                let name = &hp.host.name;
+                // A host that failed part way runs again next time, and
+                // destroy still knows the files it may have been given.
+                let digest = if failed.contains(name) {
+                    "incomplete".to_owned()
+                } else {
+                    d.digest(name)
+                };
                 inventory.push(InventoryItem::HostScript {
-                    host: hp.host.name.clone(),
-                    digest: digest.clone(),
+                    host: name.clone(),
+                    digest,
                 });
-                for (path, content, ..) in &d.files {
+                for f in &d.host(name).files {
                     inventory.push(InventoryItem::HostFile {
-                        host: hp.host.name.clone(),
-                        path: path.clone(),
-                        digest: terrace_fs::digest::digest(content),
+                        host: name.clone(),
+                        path: f.at.clone(),
+                        digest: format!("sha256:{}", f.sum()),
                     });
+                }
+            }
+            // Files of hosts that failed, given by an earlier apply and no
+            // longer wanted, are still on them.
+            for i in &p.prior_inventory {
+                if let InventoryItem::HostFile { host, .. } = i
+                    && failed.contains(host)
+                    && !inventory.contains(i)
+                {
+                    inventory.push(i.clone());
                 }
             }
             // With several hosts every output is under `hosts`: it is
@@ -1306,11 +1704,180 @@ impl Driver for ScriptDriver {
                 &serde_json::to_vec(&kept).expect("outputs serialize"),
                 terrace_fs::Mode::Private,
             )?;
-            Ok(Applied {
+            let applied = Applied {
                 outputs,
                 inventory,
                 sensitive,
-            })
+            };
+            if !errors.is_empty() {
+                return Err(DriverError::Incomplete {
+                    applied: Box::new(applied),
+                    message: errors.join("\n"),
+                });
+            }
+            Ok(applied)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn want(mode: &str, owner: Option<&str>) -> WantFile {
+        WantFile {
+            path: "/etc/a".into(),
+            at: "/srv/root/etc/a".into(),
+            content: Some(b"x\n".to_vec()),
+            mode: mode.into(),
+            owner: owner.map(str::to_owned),
+            from: None,
+        }
+    }
+
+    #[test]
+    fn drift_is_read_from_content_mode_and_owner() {
+        let f = want("0600", Some("app"));
+        let sum = sha256_hex(b"x\n");
+        assert_eq!(file_drift(&f, &sum, "600", "app:app"), None);
+        assert_eq!(
+            file_drift(&f, "-", "-", "-"),
+            Some((Action::Create, String::new()))
+        );
+        assert_eq!(
+            file_drift(&f, "0000", "600", "app:app"),
+            Some((Action::Update, "content".into()))
+        );
+        assert_eq!(
+            file_drift(&f, &sum, "644", "root:root"),
+            Some((
+                Action::Update,
+                "mode 644 → 0600, owner root:root → app".into()
+            ))
+        );
+        // A group is compared only when the unit names one.
+        let g = want("644", Some("app:web"));
+        assert_eq!(
+            file_drift(&g, &sum, "644", "app:app").map(|d| d.1),
+            Some("owner app:app → app:web".into())
+        );
+        // No owner wanted: any owner will do.
+        assert_eq!(file_drift(&want("0644", None), &sum, "644", "x:y"), None);
+        // A file not generated yet always differs.
+        let mut pending = want("0644", None);
+        pending.content = None;
+        assert!(file_drift(&pending, &sum, "644", "x:y").is_some());
+    }
+
+    #[test]
+    fn outputs_are_the_last_outputs_line() {
+        let out = "hello\n::outputs::{\"a\":1}\nmore\n::outputs::{\"b\":\"x\"}\n";
+        let m = parse_outputs(out).expect("a line").expect("json");
+        assert_eq!(m.get("b"), Some(&Value::String("x".into())));
+        assert!(m.get("a").is_none());
+        assert!(parse_outputs("nothing\n").is_none());
+        assert!(parse_outputs("::outputs::[1]\n").expect("a line").is_err());
+        assert!(
+            parse_outputs("::outputs::{oops\n")
+                .expect("a line")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn hosts_are_names_items_or_an_expression() {
+        let s: ScriptSettings = serde_json::from_value(serde_json::json!({
+            "hosts": ["node1", {"name": "node2", "role": "agent", "ip": "10.0.0.2"}],
+            "where": {"role": "agent"},
+            "apply": "true"
+        }))
+        .expect("settings");
+        let HostList::List(l) = &s.hosts else {
+            panic!("a list: {:?}", s.hosts)
+        };
+        assert_eq!(l[0], HostRef::Name("node1".into()));
+        let HostRef::Item { name, fields } = &l[1] else {
+            panic!("an item: {:?}", l[1])
+        };
+        assert_eq!(name, "node2");
+        assert_eq!(fields.get("role"), Some(&Value::String("agent".into())));
+        assert!(!fields.contains_key("name"));
+        // Before evaluation, `${var.nodes}` is text; checked settings take it.
+        let s: ScriptSettings = serde_json::from_value(serde_json::json!({
+            "hosts": "${var.nodes}", "apply": "true"
+        }))
+        .expect("settings");
+        assert_eq!(s.hosts, HostList::Expression("${var.nodes}".into()));
+        // An item without a name is not a host.
+        assert!(
+            serde_json::from_value::<ScriptSettings>(serde_json::json!({
+                "hosts": [{"role": "agent"}], "apply": "true"
+            }))
+            .is_err()
+        );
+    }
+
+    fn desired_with(files: Vec<WantFile>, env: Vec<(String, String)>) -> Desired {
+        let mut hosts = BTreeMap::new();
+        hosts.insert(
+            "n1".to_owned(),
+            HostWant {
+                files,
+                env: vec![("TERRACE_HOST".into(), "n1".into())],
+            },
+        );
+        Desired {
+            check: None,
+            apply: "echo hi".into(),
+            destroy: None,
+            env,
+            sealed_env: BTreeMap::new(),
+            timeout: Duration::from_secs(1),
+            sensitive_outputs: Vec::new(),
+            redact: Plaintexts::default(),
+            hosts,
+        }
+    }
+
+    #[test]
+    fn values_are_quoted_for_the_shell_and_files_go_under_the_root() {
+        let d = desired_with(
+            vec![want("0600", Some("app"))],
+            vec![("V".into(), "it's $(rm -rf /) `x`".into())],
+        );
+        let script = apply_script(&d, "n1").expect("script");
+        assert!(
+            script.contains("export V='it'\\''s $(rm -rf /) `x`'\n"),
+            "{script}"
+        );
+        assert!(script.contains("export TERRACE_HOST='n1'\n"), "{script}");
+        assert!(
+            script.contains("mv -f -- \"$__t\" '/srv/root/etc/a'"),
+            "{script}"
+        );
+        assert!(script.contains("chown -- 'app' \"$__t\""), "{script}");
+        // The value is really one word: sh reads it back whole.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{}printf %s \"$V\"", d.preamble("n1")))
+            .output()
+            .expect("sh");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "it's $(rm -rf /) `x`");
+    }
+
+    #[test]
+    fn a_file_not_generated_stops_the_apply_naming_it() {
+        let mut f = want("0644", None);
+        f.content = None;
+        f.from = Some(".terrace/generated/x/n1.yaml".into());
+        let d = desired_with(vec![f], Vec::new());
+        let e = apply_script(&d, "n1").expect_err("pending");
+        assert!(e.contains(".terrace/generated/x/n1.yaml"), "{e}");
+        assert!(e.contains("/etc/a"), "{e}");
+        // Its digest differs from the generated file's.
+        let mut g = want("0644", None);
+        g.from = Some(".terrace/generated/x/n1.yaml".into());
+        let applied = desired_with(vec![g], Vec::new());
+        assert_ne!(d.digest("n1"), applied.digest("n1"));
     }
 }

@@ -316,6 +316,7 @@ struct UnitRun<'a> {
     saved: Option<&'a SavedPlan>,
     lines: &'a Lines,
     force: bool,
+    jobs: usize,
 }
 
 /// The Git revision a run records, found on the blocking pool while the
@@ -1340,6 +1341,7 @@ impl Engine {
                     saved: opts.saved.as_deref(),
                     lines: &lines,
                     force: opts.force,
+                    jobs: opts.jobs.max(1),
                 },
                 &mut r,
             )
@@ -1367,6 +1369,7 @@ impl Engine {
             saved,
             lines,
             force,
+            jobs,
             ..
         } = *run;
         let env = self.environment();
@@ -1483,6 +1486,7 @@ impl Engine {
                     root: &self.project.root,
                     lines: Some(lines),
                     force,
+                    jobs,
                 },
                 &plan,
             )
@@ -1683,6 +1687,7 @@ impl Engine {
             targets: &self.workspace.targets,
             volumes: opts.volumes,
             state: Some(&self.project.file.state),
+            secrets: Some(self.secrets.as_ref()),
         };
         let driver = self
             .driver(&prior.kind)
@@ -1715,6 +1720,7 @@ impl Engine {
                         root: &self.project.root,
                         lines: None,
                         force: false,
+                        jobs: opts.jobs.max(1),
                     },
                     &plan,
                 )

@@ -18,6 +18,7 @@ fn apply_ctx(root: &std::path::Path) -> ApplyContext<'_> {
         root,
         lines: None,
         force: false,
+        jobs: 1,
     }
 }
 

@@ -25,16 +25,19 @@ fn applied_twice_the_second_plan_has_no_changes() {
     assert_eq!(units_with(&plan, "create").len(), 14);
     // The VMs wait for the network's first apply, the node configs for the
     // VMs' outputs: no placeholder reaches a plan.
-    assert_eq!(units_with(&plan, "deferred"), ["vms", "node-configs"]);
+    assert_eq!(
+        units_with(&plan, "deferred"),
+        ["vms", "node-configs", "k3s-server", "k3s-agents"]
+    );
 
     let o = terrace(dir.path(), &["apply", "-j", "2"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("49 created"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("55 created"), "{}", stdout(&o));
 
     let o = terrace(dir.path(), &["plan"]);
     assert_eq!(code(&o), 0, "{}", stdout(&o));
     assert!(
-        stdout(&o).contains("16 of 16 units unchanged"),
+        stdout(&o).contains("18 of 18 units unchanged"),
         "{}",
         stdout(&o)
     );
@@ -42,7 +45,7 @@ fn applied_twice_the_second_plan_has_no_changes() {
     let o = terrace(dir.path(), &["apply"]);
     assert_eq!(code(&o), 0);
     assert!(
-        stdout(&o).contains("0 created, 0 updated, 0 deleted; 16 of 16 units unchanged"),
+        stdout(&o).contains("0 created, 0 updated, 0 deleted; 18 of 18 units unchanged"),
         "{}",
         stdout(&o)
     );
@@ -85,7 +88,7 @@ fn applied_twice_the_second_plan_has_no_changes() {
     assert_eq!(c, 2);
     assert_eq!(
         units_with(&plan, "create").len() + units_with(&plan, "deferred").len(),
-        15,
+        17,
         "status is homelab-only"
     );
 }

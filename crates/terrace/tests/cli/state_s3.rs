@@ -305,7 +305,7 @@ fn the_example_migrates_local_to_s3_to_etcd_and_back_and_plans_clean() {
         .find(|e| e["environment"] == "homelab")
         .expect("homelab")
         .clone();
-    assert_eq!(homelab["records"], 16, "{v}");
+    assert_eq!(homelab["records"], 18, "{v}");
     assert!(homelab["runs"].as_u64().expect("runs") >= 1, "{v}");
 
     write_files(
@@ -320,7 +320,7 @@ fn the_example_migrates_local_to_s3_to_etcd_and_back_and_plans_clean() {
     let o = run(d, &["plan"]);
     assert_eq!(code(&o), 0, "from S3: {}{}", stdout(&o), stderr(&o));
     assert!(
-        stdout(&o).contains("16 of 16 units unchanged"),
+        stdout(&o).contains("18 of 18 units unchanged"),
         "{}",
         stdout(&o)
     );
@@ -370,7 +370,7 @@ fn the_example_migrates_local_to_s3_to_etcd_and_back_and_plans_clean() {
     let o = run(d, &["plan"]);
     assert_eq!(code(&o), 0, "from etcd: {}{}", stdout(&o), stderr(&o));
     assert!(
-        stdout(&o).contains("16 of 16 units unchanged"),
+        stdout(&o).contains("18 of 18 units unchanged"),
         "{}",
         stdout(&o)
     );
@@ -387,7 +387,7 @@ fn the_example_migrates_local_to_s3_to_etcd_and_back_and_plans_clean() {
     let o = run(d, &["plan"]);
     assert_eq!(code(&o), 0, "back to local: {}{}", stdout(&o), stderr(&o));
     assert!(
-        stdout(&o).contains("16 of 16 units unchanged"),
+        stdout(&o).contains("18 of 18 units unchanged"),
         "{}",
         stdout(&o)
     );

@@ -37,6 +37,8 @@ fn a_project_applied_in_state_format_1_upgrades_and_plans_clean() {
         "platform/metrics",
         "apps/whoami",
         "services/analytics-db",
+        "os/k3s-server",
+        "os/k3s-agents",
     ] {
         std::fs::remove_dir_all(d.join(newer)).expect("remove a newer unit");
     }
