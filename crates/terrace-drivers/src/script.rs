@@ -1417,6 +1417,17 @@ impl Driver for ScriptDriver {
                         by_host.entry(host.clone()).or_default();
                     }
                     InventoryItem::HostFile { host, path, .. } => {
+                        // A path from the state: only a plain absolute
+                        // path is removed.
+                        if !path.starts_with('/')
+                            || path.contains(['\n', '\0'])
+                            || path.split('/').any(|p| p == ".." || p == ".")
+                        {
+                            return Err(DriverError::Target(format!(
+                                "the state of `{}` names file {path:?} on {host}, which is not a plain absolute path: nothing was removed",
+                                ctx.prior.unit
+                            )));
+                        }
                         by_host.entry(host.clone()).or_default().push(path.clone())
                     }
                     _ => {}

@@ -344,6 +344,8 @@ const PLAYBOOK: &str = r#"- hosts: all
       no_log: true
     - name: a task that prints the token
       ansible.builtin.debug: {msg: "the token is {{ token }}"}
+    - name: the rack, a field of the host's item
+      ansible.builtin.copy: {dest: "{{ root }}/rack", content: "{{ rack }}", mode: "0644"}
 "#;
 
 #[test]
@@ -368,7 +370,7 @@ fn an_ansible_playbook_is_checked_applied_and_converges_over_ssh() {
             (
                 "os/conf/unit.yaml",
                 &format!(
-                    "layer: os\nkind: ansible\ntarget: node1\ninputs:\n  root: {}\n  greeting: hello\n  token: ${{secret.secrets/host.yaml#token}}\nansible:\n  playbook: site.yml\n  python: /usr/bin/python3\n",
+                    "layer: os\nkind: ansible\ninputs:\n  root: {}\n  greeting: hello\n  token: ${{secret.secrets/host.yaml#token}}\nansible:\n  playbook: site.yml\n  hosts: [{{name: node1, rack: r7}}, {{name: node9, rack: r9}}]\n  where: {{rack: r7}}\n  python: /usr/bin/python3\n",
                     hr.display()
                 ),
             ),
@@ -420,6 +422,11 @@ fn an_ansible_playbook_is_checked_applied_and_converges_over_ssh() {
         SECRET
     );
     assert!(hr.join("cache").is_dir());
+    // The host's item's field is a host variable.
+    assert_eq!(
+        std::fs::read_to_string(hr.join("rack")).expect("rack"),
+        "r7"
+    );
     let o = run(d, &["plan", "--unit", "conf"]);
     assert_eq!(code(&o), 0, "{}", all(&o));
 }
@@ -800,4 +807,143 @@ fn hostile_script_settings_are_refused_naming_the_unit() {
         !d.join("stage").exists(),
         "a hostile unit wrote under its root"
     );
+}
+
+/// A host group of this machine's "hosts" (`local: true`, each with its
+/// own `root`) from a list variable: `-j 1` runs one host at a time and
+/// `-j 3` all three together; a failing host fails the unit while the
+/// others are recorded, and the next apply runs only the failed host.
+#[test]
+fn a_failing_host_fails_the_unit_and_only_it_runs_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    write_files(
+        d,
+        &[
+            (
+                "terrace.yaml",
+                "name: group\nlayers: [os]\nvars:\n  nodes:\n    - {name: a, zone: z1}\n    - {name: b, zone: z1}\n    - {name: c, zone: z2}\ntargets:\n  a: {type: host, local: true, root: stage/a}\n  b: {type: host, local: true, root: stage/b}\n  c: {type: host, local: true, root: stage/c}\n",
+            ),
+            (
+                "os/grp/unit.yaml",
+                r#"layer: os
+kind: script
+script:
+  hosts: ${var.nodes}
+  files:
+    /etc/node.conf: {content: "node\n", mode: "0640"}
+  check: |
+    [ -f "$TERRACE_ROOT/done" ] && exit 0
+    echo "todo $HOST_NAME in $HOST_ZONE"
+    exit 2
+  apply: |
+    stage="$TERRACE_ROOT/.."
+    mkdir "$stage/running" 2>/dev/null || echo "$HOST_NAME" >> "$stage/overlap"
+    sleep 1
+    rmdir "$stage/running" 2>/dev/null
+    echo run >> "$TERRACE_ROOT/runs"
+    if [ -f "$stage/fail-$HOST_NAME" ]; then echo "broken $HOST_NAME" >&2; exit 1; fi
+    touch "$TERRACE_ROOT/done"
+    echo "::outputs::{\"zone\":\"$HOST_ZONE\"}"
+"#,
+            ),
+        ],
+    );
+    let stage = d.join("stage");
+    let runs = |h: &str| {
+        std::fs::read_to_string(stage.join(h).join("runs"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    std::fs::create_dir_all(&stage).expect("mkdir");
+    std::fs::write(stage.join("fail-b"), "").expect("fail b");
+
+    let o = run(d, &["apply", "-j", "1"]);
+    let out = all(&o);
+    assert_eq!(code(&o), 1, "{out}");
+    assert!(out.contains("host `b`: apply exited 1: broken b"), "{out}");
+    assert_eq!((runs("a"), runs("b"), runs("c")), (1, 1, 1));
+    assert!(
+        !stage.join("overlap").exists(),
+        "-j 1 ran two hosts at once"
+    );
+    // The hosts that succeeded are recorded, with every file given out.
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join(".terrace/state/default/units/grp.json"))
+            .expect("a record of the failed apply"),
+    )
+    .expect("json");
+    assert_eq!(record["status"], "failed", "{record}");
+    let files: Vec<&str> = record["inventory"]
+        .as_array()
+        .expect("inventory")
+        .iter()
+        .filter(|i| i["type"] == "hostFile")
+        .map(|i| i["path"].as_str().expect("path"))
+        .collect();
+    assert_eq!(files.len(), 3, "{record}");
+    for h in ["a", "b", "c"] {
+        let conf = stage.join(h).join("etc/node.conf");
+        assert!(
+            files.contains(&conf.to_str().expect("utf-8")),
+            "{h}: {files:?}"
+        );
+    }
+    assert_eq!(record["outputs"]["hosts"]["a"]["zone"], "z1", "{record}");
+    assert_eq!(record["outputs"]["hosts"]["c"]["zone"], "z2", "{record}");
+
+    // Fixed: only b runs again.
+    std::fs::remove_file(stage.join("fail-b")).expect("rm");
+    let o = run(d, &["plan", "--output", "json"]);
+    assert_eq!(code(&o), 2, "{}", all(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let changes: Vec<&str> = plan["units"][0]["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["address"].as_str().expect("address"))
+        .collect();
+    assert_eq!(changes, ["script on b"], "{plan}");
+    let o = run(d, &["apply", "-j", "3"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    assert_eq!((runs("a"), runs("b"), runs("c")), (1, 2, 1));
+    let o = run(d, &["output", "grp", "hosts.b.zone"]);
+    assert_eq!(stdout(&o).trim(), "z1", "{}", all(&o));
+    let o = run(d, &["plan"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+
+    // -j 3: the three hosts run together.
+    for h in ["a", "b", "c"] {
+        std::fs::remove_file(stage.join(h).join("done")).expect("rm done");
+    }
+    let o = run(d, &["apply", "-j", "3"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    assert!(
+        stage.join("overlap").exists(),
+        "-j 3 ran the hosts one at a time"
+    );
+
+    // A state record naming a path that is not a plain absolute path is
+    // refused by destroy, and nothing is removed.
+    let path = d.join(".terrace/state/default/units/grp.json");
+    let text = std::fs::read_to_string(&path).expect("record");
+    let conf_a = stage.join("a/etc/node.conf");
+    let planted = text.replace(
+        conf_a.to_str().expect("utf-8"),
+        &format!("{}/../../../etc/passwd", stage.join("a").display()),
+    );
+    assert_ne!(planted, text);
+    std::fs::write(&path, planted).expect("plant");
+    let o = run(d, &["destroy", "--yes"]);
+    let out = all(&o);
+    assert_eq!(code(&o), 1, "{out}");
+    assert!(out.contains("is not a plain absolute path"), "{out}");
+    assert!(stage.join("b/etc/node.conf").exists(), "destroy went on");
+    std::fs::write(&path, text).expect("restore");
+    let o = run(d, &["destroy", "--yes"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    for h in ["a", "b", "c"] {
+        assert!(!stage.join(h).join("etc/node.conf").exists(), "{h}");
+    }
 }
