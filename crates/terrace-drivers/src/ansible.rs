@@ -51,8 +51,8 @@ pub struct AnsibleSettings {
     /// The hosts it runs on: target names, or the items of a list
     /// variable (`hosts: ${var.nodes}`) whose `name` is one, their other
     /// fields the host's variables; default: the unit's `target`.
-    #[serde(default, skip_serializing_if = "HostList::is_empty")]
-    pub hosts: HostList,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<HostList>,
     /// Only the `hosts` items whose fields have these values, as
     /// `where: {role: agent}`.
     #[serde(default, rename = "where", skip_serializing_if = "Map::is_empty")]
@@ -207,7 +207,7 @@ fn unsafe_value(v: &Value) -> Value {
 
 /// The unit's hosts, their items' fields checked as host variables.
 fn ansible_hosts(ctx: &UnitContext<'_>, s: &AnsibleSettings) -> Result<Vec<Host>, DriverError> {
-    let hosts = hosts_named(ctx, &s.hosts, &s.only)?;
+    let hosts = hosts_named(ctx, s.hosts.as_ref(), &s.only)?;
     if hosts.is_empty() {
         return Err(bad(
             &ctx.unit.dir,
@@ -217,7 +217,9 @@ fn ansible_hosts(ctx: &UnitContext<'_>, s: &AnsibleSettings) -> Result<Vec<Host>
     }
     for h in &hosts {
         if let Some(k) = h.vars.keys().find(|k| {
-            k.starts_with("ansible_") || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            k.starts_with("ansible_")
+                || !k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         }) {
             return Err(bad(
                 &ctx.unit.dir,

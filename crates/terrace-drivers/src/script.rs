@@ -56,9 +56,9 @@ pub fn kind() -> TypedKind<ScriptSettings> {
 pub struct ScriptSettings {
     /// The hosts it runs on (targets of `type: host`): names, or the
     /// items of a list variable (`hosts: ${var.nodes}`) whose `name` is
-    /// one; default: the unit's `target`.
-    #[serde(default, skip_serializing_if = "HostList::is_empty")]
-    pub hosts: HostList,
+    /// one; unset: the unit's `target` (an empty list: no host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<HostList>,
     /// Only the `hosts` items whose fields have these values, as
     /// `where: {role: agent}`.
     #[serde(default, rename = "where", skip_serializing_if = "Map::is_empty")]
@@ -91,18 +91,6 @@ pub enum HostList {
     List(Vec<HostRef>),
     /// `${var.nodes}`: evaluated into a list before the unit runs.
     Expression(String),
-}
-
-impl Default for HostList {
-    fn default() -> Self {
-        HostList::List(Vec::new())
-    }
-}
-
-impl HostList {
-    pub fn is_empty(&self) -> bool {
-        matches!(self, HostList::List(l) if l.is_empty())
-    }
 }
 
 /// One entry of `hosts`.
@@ -165,6 +153,52 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     terrace_fs::digest::digest(bytes)
         .trim_start_matches("sha256:")
         .to_owned()
+}
+
+/// Whether `p` is an absolute path with no `.`, `..` or empty part and
+/// no control character: what is written, read and removed on a host.
+fn plain_absolute(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.chars().any(char::is_control)
+        && (p == "/"
+            || p[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."))
+}
+
+/// A file path from the state that may be removed on `h`: a plain
+/// absolute path, under the host's `root` when it has one. The state is
+/// where the path comes from, so nothing else is trusted.
+fn check_removable(h: &Host, path: &str, unit: &str) -> Result<(), DriverError> {
+    if plain_absolute(path) && (h.root.is_empty() || path.starts_with(&format!("{}/", h.root))) {
+        Ok(())
+    } else {
+        Err(DriverError::Target(format!(
+            "the state of `{unit}` names file {path:?} on {}, which is not a plain absolute path{}: nothing was removed",
+            h.name,
+            if h.root.is_empty() {
+                String::new()
+            } else {
+                format!(" under its root {}", h.root)
+            }
+        )))
+    }
+}
+
+/// What leaves a host: the unit's `destroy` command (when there is
+/// one; its failure stops the rest), then the files it was given.
+fn destroy_script(d: Option<&Desired>, host: &str, files: &[String]) -> String {
+    let mut script = String::new();
+    if let Some(d) = d {
+        script.push_str(&d.preamble(host));
+        if let Some(cmd) = &d.destroy {
+            script.push_str(&format!("(\n{cmd}\n) </dev/null || exit $?\n"));
+        }
+    }
+    for f in files {
+        script.push_str(&format!("rm -f -- {} || exit $?\n", quote(f)));
+    }
+    script
 }
 
 /// A host, as its target says to reach it.
@@ -241,7 +275,17 @@ impl Host {
                 let abs = if r.starts_with('/') {
                     PathBuf::from(r)
                 } else if local {
-                    root.join(r)
+                    let rel = crate::clean_relative("", r).ok_or_else(|| {
+                        bad(
+                            dir,
+                            format!(
+                                "host target `{}`: root `{r}` leads outside the project",
+                                t.name
+                            ),
+                            "give a directory inside the project, or an absolute path",
+                        )
+                    })?;
+                    root.join(rel)
                 } else {
                     return Err(bad(
                         dir,
@@ -250,7 +294,7 @@ impl Host {
                     ));
                 };
                 let text = abs.to_string_lossy().trim_end_matches('/').to_owned();
-                if text.contains('\n') || text.split('/').any(|p| p == "..") {
+                if !plain_absolute(&text) {
                     return Err(bad(
                         dir,
                         format!(
@@ -278,35 +322,70 @@ impl Host {
             workdir: root.to_path_buf(),
         })
     }
+}
 
-    /// The host's own variables: `TERRACE_HOST` and `HOST_NAME` its name,
-    /// `TERRACE_ROOT` its `root`, and its item's fields as `HOST_<FIELD>`
-    /// (upper case, `-` as `_`).
-    fn env(&self, dir: &str) -> Result<Vec<(String, String)>, DriverError> {
-        let mut env = vec![
-            ("TERRACE_HOST".to_owned(), self.name.clone()),
-            ("TERRACE_ROOT".to_owned(), self.root.clone()),
-            ("HOST_NAME".to_owned(), self.name.clone()),
-        ];
-        for (k, v) in &self.vars {
-            let name = format!("HOST_{}", k.to_ascii_uppercase().replace('-', "_"));
-            if check_env_name(dir, &name).is_err() {
+/// Each host's own variables: `TERRACE_HOST` and `HOST_NAME` its name,
+/// `TERRACE_ROOT` its `root`, and its item's fields as `HOST_<FIELD>`
+/// (upper case, `-` as `_`). A field one host lacks is empty there, so a
+/// script under `set -u` runs alike on every host; two fields of one
+/// name, or a field named like an input, are refused.
+fn host_envs(
+    dir: &str,
+    hosts: &[Host],
+    inputs: &Map<String, Value>,
+) -> Result<BTreeMap<String, Vec<(String, String)>>, DriverError> {
+    let var_name = |h: &Host, k: &str| -> Result<String, DriverError> {
+        let name = format!("HOST_{}", k.to_ascii_uppercase().replace('-', "_"));
+        if check_env_name(dir, &name).is_err() {
+            return Err(bad(
+                dir,
+                format!(
+                    "host `{}`: field `{k}` cannot be an environment variable",
+                    h.name
+                ),
+                "name the fields of `hosts` items with letters, digits, `_` and `-`",
+            ));
+        }
+        Ok(name)
+    };
+    let mut all_names = std::collections::BTreeSet::new();
+    let mut per_host = Vec::new();
+    for h in hosts {
+        let mut fields: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in &h.vars {
+            let name = var_name(h, k)?;
+            let taken = name == "HOST_NAME" || inputs.contains_key(&name);
+            if taken || fields.contains_key(&name) {
                 return Err(bad(
                     dir,
                     format!(
-                        "host `{}`: field `{k}` cannot be an environment variable",
-                        self.name
+                        "host `{}`: field `{k}` would be `{name}`, which is already set",
+                        h.name
                     ),
-                    "name the fields of `hosts` items with letters, digits, `_` and `-`",
+                    "rename the field: HOST_NAME is the host's name, and inputs keep their names",
                 ));
             }
-            env.push((
-                name,
+            fields.insert(
+                name.clone(),
                 v.as_str().map_or_else(|| v.to_string(), str::to_owned),
-            ));
+            );
+            all_names.insert(name);
         }
-        Ok(env)
+        per_host.push((h, fields));
     }
+    let mut out = BTreeMap::new();
+    for (h, fields) in per_host {
+        let mut env = vec![
+            ("TERRACE_HOST".to_owned(), h.name.clone()),
+            ("TERRACE_ROOT".to_owned(), h.root.clone()),
+            ("HOST_NAME".to_owned(), h.name.clone()),
+        ];
+        for name in &all_names {
+            env.push((name.clone(), fields.get(name).cloned().unwrap_or_default()));
+        }
+        out.insert(h.name.clone(), env);
+    }
+    Ok(out)
 }
 
 /// What `ssh` needs that lives on disk while the unit runs: a
@@ -342,13 +421,16 @@ impl Session {
         hosts: &[Host],
     ) -> Result<Session, DriverError> {
         let mut session = Session::pinned(dir, hosts)?;
-        let encrypted: Vec<&PathBuf> = hosts
+        let mut encrypted: Vec<&PathBuf> = hosts
             .iter()
             .filter_map(|h| h.identity.as_ref())
             .filter(|p| {
                 std::fs::read_to_string(p).is_ok_and(|t| terrace_core::secrets::looks_encrypted(&t))
             })
             .collect();
+        // Hosts sharing a key: decrypted and added once.
+        encrypted.sort();
+        encrypted.dedup();
         if let Some(first) = encrypted.first() {
             let secrets = secrets.ok_or_else(|| {
                 bad(
@@ -540,6 +622,9 @@ struct Desired {
     redact: Plaintexts,
     /// Each host's files and own variables, by host name.
     hosts: BTreeMap<String, HostWant>,
+    /// The fields of every `hosts` item, `where` or not: a host leaving
+    /// the unit has its variables in its destroy command.
+    listed: BTreeMap<String, Map<String, Value>>,
 }
 
 /// What one host gets besides what every host gets.
@@ -548,6 +633,9 @@ struct HostWant {
     files: Vec<WantFile>,
     /// `TERRACE_HOST` and its item's `HOST_*` fields.
     env: Vec<(String, String)>,
+    /// Files an earlier apply gave the host that the unit no longer
+    /// names: removed before `apply` runs.
+    remove: Vec<String>,
 }
 
 /// A file as one host gets it.
@@ -695,7 +783,7 @@ fn host_files(
     let mut files = Vec::new();
     for (path, f) in specs {
         let path = path.replace("{host}", host);
-        if !path.starts_with('/') || path.split('/').any(|p| p == "..") || path.contains('\n') {
+        if !plain_absolute(&path) {
             return Err(bad(
                 dir,
                 format!("file `{path}` is not an absolute path on the host"),
@@ -775,6 +863,9 @@ fn host_files(
         if let Some(o) = &f.owner
             && (o.is_empty()
                 || o.starts_with('-')
+                || o.starts_with(':')
+                || o.ends_with(':')
+                || o.matches(':').count() > 1
                 || !o
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.')))
@@ -826,13 +917,15 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(Vec<Host>, Desired), DriverError> {
         env.push((k.clone(), text));
     }
     let hosts = hosts(ctx, &s)?;
+    let mut envs = host_envs(dir, &hosts, &ctx.unit.inputs)?;
     let mut per_host = BTreeMap::new();
     for h in &hosts {
         per_host.insert(
             h.name.clone(),
             HostWant {
                 files: host_files(ctx, &s.files, h)?,
-                env: h.env(dir)?,
+                env: envs.remove(&h.name).unwrap_or_default(),
+                remove: Vec::new(),
             },
         );
     }
@@ -864,36 +957,45 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(Vec<Host>, Desired), DriverError> {
         sensitive_outputs: s.sensitive_outputs.clone(),
         redact,
         hosts: per_host,
+        listed: listed_fields(s.hosts.as_ref()),
     };
     Ok((hosts, d))
 }
 
 fn hosts(ctx: &UnitContext<'_>, s: &ScriptSettings) -> Result<Vec<Host>, DriverError> {
-    hosts_named(ctx, &s.hosts, &s.only)
+    hosts_named(ctx, s.hosts.as_ref(), &s.only)
 }
 
 /// The hosts `refs` names, kept by `only` (the unit's `target` when it
 /// names none), each with its item's fields.
 pub(crate) fn hosts_named(
     ctx: &UnitContext<'_>,
-    refs: &HostList,
+    refs: Option<&HostList>,
     only: &Map<String, Value>,
 ) -> Result<Vec<Host>, DriverError> {
     let dir = &ctx.unit.dir;
+    let mut picked: Vec<(String, Map<String, Value>)> = Vec::new();
     let refs = match refs {
-        HostList::List(l) => l.as_slice(),
-        HostList::Expression(e) => {
+        Some(HostList::List(l)) => l.as_slice(),
+        Some(HostList::Expression(e)) => {
             return Err(bad(
                 dir,
                 format!("`hosts: {e}` is not a list"),
                 "give a list of target names, or a variable holding a list (items may be objects with a `name`)",
             ));
         }
-    };
-    let mut picked: Vec<(String, Map<String, Value>)> = Vec::new();
-    if refs.is_empty() {
-        match &ctx.unit.target {
-            Some(t) => picked.push((t.name.clone(), Map::new())),
+        None if !only.is_empty() => {
+            return Err(bad(
+                dir,
+                "`where` chooses among `hosts`, and there are none".to_owned(),
+                "list the hosts (`hosts: ${var.nodes}`), or drop `where`",
+            ));
+        }
+        None => match &ctx.unit.target {
+            Some(t) => {
+                picked.push((t.name.clone(), Map::new()));
+                &[]
+            }
             None => {
                 return Err(bad(
                     dir,
@@ -901,8 +1003,8 @@ pub(crate) fn hosts_named(
                     "set `target:` in unit.yaml, or `hosts: [node1, node2]` (or `hosts: ${var.nodes}`)",
                 ));
             }
-        }
-    }
+        },
+    };
     for r in refs {
         let (name, fields) = match r {
             HostRef::Name(n) => (n.clone(), Map::new()),
@@ -1006,6 +1108,8 @@ struct ScriptPlan {
     prior_outputs: Map<String, Value>,
     /// What the last apply recorded: a host that fails keeps its items.
     prior_inventory: Vec<InventoryItem>,
+    /// Hosts that left the unit, with the files they were given.
+    retired: Vec<(Host, Vec<String>)>,
     /// Where the values of sensitive outputs are kept (see
     /// [`outputs_file`]).
     outputs_file: PathBuf,
@@ -1037,16 +1141,56 @@ fn probe_script(d: &Desired, host: &str) -> String {
     let mut s = d.preamble(host);
     for f in &d.host(host).files {
         let q = quote(&f.at);
+        // Tab-separated: owner names may hold spaces, paths may not hold
+        // tabs.
         s.push_str(&format!(
-            "if [ -f {q} ]; then printf '::file:: %s %s %s\\n' \"$(sha256sum < {q} | cut -d' ' -f1)\" \"$(stat -c '%a %U:%G' -- {q})\" {q}; else printf '::file:: - - - %s\\n' {q}; fi\n"
+            "if [ -f {q} ]; then printf '::file::\\t%s\\t%s\\t%s\\t%s\\t%s\\n' \"$(sha256sum < {q} | cut -d' ' -f1)\" \"$(stat -c %a -- {q})\" \"$(stat -c %U:%G -- {q})\" \"$(stat -c %u:%g -- {q})\" {q}; else printf '::file::\\t-\\t-\\t-\\t-\\t%s\\n' {q}; fi\n"
         ));
     }
     if let Some(c) = &d.check {
+        // Without `set -u`: dash exits 2 on an unset variable, which would
+        // read as "changes".
         s.push_str(&format!(
-            "(\n{c}\n) </dev/null\n__terrace_rc=$?\nprintf '\\n::check:: %s\\n' \"$__terrace_rc\"\n"
+            "(\nset +u\n{c}\n) </dev/null\n__terrace_rc=$?\nprintf '\\n::check:: %s\\n' \"$__terrace_rc\"\n"
         ));
     }
     s
+}
+
+/// A file as the probe found it on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Found {
+    /// Its sha256, or `-` when there is none.
+    sum: String,
+    /// Octal, as `stat` prints it.
+    mode: String,
+    /// `user:group` by name, and by id.
+    names: String,
+    ids: String,
+}
+
+impl Found {
+    /// A `::file::` line: the file's path and what was found.
+    fn parse(line: &str) -> Option<(&str, Found)> {
+        let rest = line.strip_prefix("::file::\t")?;
+        let mut parts = rest.splitn(5, '\t');
+        let (sum, mode, names, ids, path) = (
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        );
+        Some((
+            path,
+            Found {
+                sum: sum.to_owned(),
+                mode: mode.to_owned(),
+                names: names.to_owned(),
+                ids: ids.to_owned(),
+            },
+        ))
+    }
 }
 
 fn apply_script(d: &Desired, host: &str) -> Result<String, String> {
@@ -1067,7 +1211,7 @@ fn apply_script(d: &Desired, host: &str) -> Result<String, String> {
         let q = quote(&f.at);
         let encoded = base64::engine::general_purpose::STANDARD.encode(content);
         s.push_str(&format!(
-            "mkdir -p -- \"$(dirname -- {q})\"\n__t=$(mktemp -- \"$(dirname -- {q})/.terrace-XXXXXXXX\")\nbase64 -d > \"$__t\" <<'__TERRACE_FILE__'\n"
+            "(umask 022 && mkdir -p -- \"$(dirname -- {q})\")\n__t=$(mktemp -- \"$(dirname -- {q})/.terrace-XXXXXXXX\")\nbase64 -d > \"$__t\" <<'__TERRACE_FILE__'\n"
         ));
         for chunk in encoded.as_bytes().chunks(76) {
             s.push_str(std::str::from_utf8(chunk).expect("base64 is ascii"));
@@ -1082,6 +1226,9 @@ fn apply_script(d: &Desired, host: &str) -> Result<String, String> {
             f.mode
         ));
     }
+    for f in &d.host(host).remove {
+        s.push_str(&format!("rm -f -- {}\n", quote(f)));
+    }
     s.push_str("umask 022\nset +e\n(\n");
     s.push_str(&d.apply);
     s.push_str("\n) </dev/null\n");
@@ -1090,33 +1237,121 @@ fn apply_script(d: &Desired, host: &str) -> Result<String, String> {
 
 /// How a file found on a host differs from what it should be, if it does:
 /// its action and what differs besides the content.
-fn file_drift(want: &WantFile, sum: &str, mode: &str, owner: &str) -> Option<(Action, String)> {
-    if sum == "-" {
+fn file_drift(want: &WantFile, found: &Found) -> Option<(Action, String)> {
+    if found.sum == "-" {
         return Some((Action::Create, String::new()));
     }
     let mut what = Vec::new();
-    if sum != want.sum() {
+    if found.sum != want.sum() {
         what.push("content".to_owned());
     }
     let wanted_mode = u32::from_str_radix(&want.mode, 8).ok();
-    if u32::from_str_radix(mode, 8).ok() != wanted_mode {
-        what.push(format!("mode {mode} → {}", want.mode));
+    if u32::from_str_radix(&found.mode, 8).ok() != wanted_mode {
+        what.push(format!("mode {} → {}", found.mode, want.mode));
     }
     if let Some(o) = &want.owner {
+        // Each part by name or by id, as chown takes either.
         let (user, group) = o
             .split_once(':')
             .map_or((o.as_str(), None), |(u, g)| (u, Some(g)));
-        let (has_user, has_group) = owner.split_once(':').unwrap_or((owner, ""));
-        if has_user != user || group.is_some_and(|g| g != has_group) {
-            what.push(format!("owner {owner} → {o}"));
+        let (user_name, group_name) = found.names.split_once(':').unwrap_or((&found.names, ""));
+        let (uid, gid) = found.ids.split_once(':').unwrap_or((&found.ids, ""));
+        let user_ok = user == user_name || user == uid;
+        let group_ok = group.is_none_or(|g| g == group_name || g == gid);
+        if !(user_ok && group_ok) {
+            what.push(format!("owner {} → {o}", found.names));
         }
     }
     (!what.is_empty()).then(|| (Action::Update, what.join(", ")))
 }
 
+/// The fields of every item of `hosts`, by name.
+fn listed_fields(hosts: Option<&HostList>) -> BTreeMap<String, Map<String, Value>> {
+    match hosts {
+        Some(HostList::List(l)) => l
+            .iter()
+            .filter_map(|r| match r {
+                HostRef::Item { name, fields } => Some((name.clone(), fields.clone())),
+                HostRef::Name(_) => None,
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// What an earlier apply left that the unit no longer wants: the hosts
+/// that left it (returned, with the files they were given; their
+/// variables added to `d`), and files no longer given to a host that
+/// stays (set as that host's `remove`).
+fn leftovers(
+    ctx: &UnitContext<'_>,
+    hosts: &[Host],
+    d: &mut Desired,
+    prior: &[InventoryItem],
+) -> Result<Vec<(Host, Vec<String>)>, DriverError> {
+    let dir = &ctx.unit.dir;
+    let mut by_host: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for i in prior {
+        match i {
+            InventoryItem::HostScript { host, .. } => {
+                by_host.entry(host).or_default();
+            }
+            InventoryItem::HostFile { host, path, .. } => {
+                by_host.entry(host).or_default().push(path.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut retired = Vec::new();
+    for (name, files) in by_host {
+        if let Some(h) = hosts.iter().find(|h| h.name == name) {
+            let want = d.hosts.get_mut(name).expect("every host is desired");
+            let gone: Vec<String> = files
+                .into_iter()
+                .filter(|p| !want.files.iter().any(|f| f.at == *p))
+                .collect();
+            for p in &gone {
+                check_removable(h, p, &ctx.unit.name)?;
+            }
+            want.remove = gone;
+        } else {
+            let t = ctx.targets.get(name).ok_or_else(|| {
+                bad(
+                    dir,
+                    format!("host `{name}`, which the unit ran on, is no longer a target"),
+                    "put the target back until the unit has left the host (its destroy command runs and its files are removed)",
+                )
+            })?;
+            let mut h = Host::of(ctx.root, t, dir)?;
+            h.vars = d.listed.get(name).cloned().unwrap_or_default();
+            for p in &files {
+                check_removable(&h, p, &ctx.unit.name)?;
+            }
+            retired.push((h, files));
+        }
+    }
+    // Their variables beside those that stay, so every field name is set.
+    let mut all = hosts.to_vec();
+    all.extend(retired.iter().map(|(h, _)| h.clone()));
+    for (name, env) in host_envs(dir, &all, &ctx.unit.inputs)?
+        .into_iter()
+        .filter(|(n, _)| retired.iter().any(|(h, _)| h.name == *n))
+    {
+        d.hosts.insert(
+            name,
+            HostWant {
+                files: Vec::new(),
+                env,
+                remove: Vec::new(),
+            },
+        );
+    }
+    Ok(retired)
+}
+
 impl ScriptDriver {
     async fn plan_hosts(&self, ctx: &UnitContext<'_>) -> Result<UnitPlan, DriverError> {
-        let (hosts, d) = desired(ctx)?;
+        let (hosts, mut d) = desired(ctx)?;
         // A file another unit has not generated yet: like an input known
         // only after a dependency is applied, nothing is planned on what
         // it will hold. The engine plans the unit again once it exists.
@@ -1144,7 +1379,12 @@ impl ScriptDriver {
                 payload: None,
             });
         }
-        let session = Session::open(&ctx.unit.dir, ctx.secrets, &hosts).await?;
+        // What an earlier apply left that the unit no longer wants.
+        let prior_inventory: &[InventoryItem] = ctx.prior.map_or(&[], |p| p.inventory.as_slice());
+        let retired = leftovers(ctx, &hosts, &mut d, prior_inventory)?;
+        let mut reached = hosts.clone();
+        reached.extend(retired.iter().map(|(h, _)| h.clone()));
+        let session = Session::open(&ctx.unit.dir, ctx.secrets, &reached).await?;
         let prior_digest = |host: &str| {
             ctx.prior.and_then(|p| {
                 p.inventory.iter().find_map(|i| match i {
@@ -1182,6 +1422,25 @@ impl ScriptDriver {
         if !errors.is_empty() {
             return Err(DriverError::Target(errors.join("\n")));
         }
+        for (h, files) in &retired {
+            changes.push(Change {
+                address: format!("script on {}", h.name),
+                object: None,
+                action: Action::Delete,
+                diff: d
+                    .destroy
+                    .is_some()
+                    .then(|| "the host left the unit: its destroy command runs\n".to_owned()),
+            });
+            for f in files {
+                changes.push(Change {
+                    address: format!("file {f} on {}", h.name),
+                    object: None,
+                    action: Action::Delete,
+                    diff: None,
+                });
+            }
+        }
         if hosts.is_empty() {
             notes.push(
                 "no host: `where` keeps none of the `hosts` items, so nothing runs".to_owned(),
@@ -1217,7 +1476,8 @@ impl ScriptDriver {
                     },
                     None => Map::new(),
                 },
-                prior_inventory: ctx.prior.map(|p| p.inventory.clone()).unwrap_or_default(),
+                prior_inventory: prior_inventory.to_vec(),
+                retired,
                 outputs_file: outputs_file(ctx.root, ctx.environment, &ctx.unit.name),
             })),
         })
@@ -1237,16 +1497,20 @@ async fn plan_host(
     let mut changes = Vec::new();
     let mut check_rc = None;
     let mut diff = String::new();
-    for line in ran.stdout.lines() {
-        if let Some(rest) = line.strip_prefix("::file:: ") {
-            let mut parts = rest.splitn(4, ' ');
-            let (Some(sum), Some(mode), Some(owner), Some(path)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                continue;
+    let mut reported = std::collections::BTreeSet::new();
+    for line in ran.stdout.split('\n') {
+        if line.starts_with("::file::") {
+            let Some((path, found)) = Found::parse(line) else {
+                return Err(DriverError::Target(format!(
+                    "host `{}`: a file's digest, mode and owner could not be read: {line:?}",
+                    h.name
+                )));
             };
+            if let Some(f) = want.files.iter().find(|f| f.at == path) {
+                reported.insert(f.at.clone());
+            }
             if let Some(f) = want.files.iter().find(|f| f.at == path)
-                && let Some((action, what)) = file_drift(f, sum, mode, owner)
+                && let Some((action, what)) = file_drift(f, &found)
             {
                 changes.push(Change {
                     address: format!("file {} on {}", f.path, h.name),
@@ -1270,6 +1534,15 @@ async fn plan_host(
             ran.stderr.trim()
         )));
     }
+    // Every file reported, or the plan would miss its drift.
+    if let Some(f) = want.files.iter().find(|f| !reported.contains(&f.at)) {
+        return Err(DriverError::Target(format!(
+            "host `{}`: the probe did not report file {} (it needs sh, sha256sum and GNU stat): {}",
+            h.name,
+            f.path,
+            ran.stderr.trim()
+        )));
+    }
     if d.check.is_some() && !matches!(check_rc, Some(0 | 2)) {
         return Err(DriverError::Target(format!(
             "host `{}`: check exited {} (0: as wanted, 2: changes): {}",
@@ -1278,10 +1551,19 @@ async fn plan_host(
             ran.stderr.trim()
         )));
     }
+    for f in &want.remove {
+        changes.push(Change {
+            address: format!("file {f} on {}", h.name),
+            object: None,
+            action: Action::Delete,
+            diff: Some("no longer in the unit's files\n".to_owned()),
+        });
+    }
     let script_change = match &d.check {
-        // Never applied here: applied once even when the check passes,
-        // so the host is recorded and its outputs are read.
-        _ if before.is_none() => true,
+        // Never applied here, or its last apply failed part way: applied
+        // even when the check passes, so the host is recorded and its
+        // outputs are read.
+        _ if before.is_none() || before.as_deref() == Some(INCOMPLETE) => true,
         Some(_) => check_rc == Some(2),
         None => before.as_deref() != Some(d.digest(&h.name).as_str()),
     };
@@ -1301,6 +1583,9 @@ async fn plan_host(
     let run = !changes.is_empty();
     Ok((HostPlan { host: h, run }, changes))
 }
+
+/// The digest recorded for a host whose apply failed: it runs again.
+const INCOMPLETE: &str = "incomplete";
 
 /// A host's name, and its outputs (`None`: not run) or why it failed.
 type HostResult = (String, Result<Option<Map<String, Value>>, String>);
@@ -1417,17 +1702,6 @@ impl Driver for ScriptDriver {
                         by_host.entry(host.clone()).or_default();
                     }
                     InventoryItem::HostFile { host, path, .. } => {
-                        // A path from the state: only a plain absolute
-                        // path is removed.
-                        if !path.starts_with('/')
-                            || path.contains(['\n', '\0'])
-                            || path.split('/').any(|p| p == ".." || p == ".")
-                        {
-                            return Err(DriverError::Target(format!(
-                                "the state of `{}` names file {path:?} on {host}, which is not a plain absolute path: nothing was removed",
-                                ctx.prior.unit
-                            )));
-                        }
                         by_host.entry(host.clone()).or_default().push(path.clone())
                     }
                     _ => {}
@@ -1443,6 +1717,9 @@ impl Driver for ScriptDriver {
                     ))
                 })?;
                 let h = Host::of(ctx.root, t, dir)?;
+                for f in &files {
+                    check_removable(&h, f, &ctx.prior.unit)?;
+                }
                 changes.push(Change {
                     address: format!("script on {name}"),
                     object: None,
@@ -1489,36 +1766,37 @@ impl Driver for ScriptDriver {
                         Some(c) => Some(command_text_in(ctx.root, &u.dir, &c)?),
                         None => None,
                     };
-                    // Each host's own variables, as its `hosts` item gives them.
-                    let mut per_host = BTreeMap::new();
-                    for (h, _) in &hosts {
-                        let mut h = h.clone();
-                        let listed = match &s.hosts {
-                            HostList::List(l) => l.as_slice(),
-                            HostList::Expression(_) => &[],
-                        };
-                        h.vars = listed
-                            .iter()
-                            .find_map(|r| match r {
-                                HostRef::Item { name, fields } if *name == h.name => {
-                                    Some(fields.clone())
-                                }
-                                _ => None,
+                    // Each host's own variables, as its `hosts` item gives them
+                    // (a host no longer listed has its fields empty).
+                    let listed = listed_fields(s.hosts.as_ref());
+                    let with_vars: Vec<Host> = hosts
+                        .iter()
+                        .map(|(h, _)| {
+                            let mut h = h.clone();
+                            h.vars = listed.get(&h.name).cloned().unwrap_or_default();
+                            h
+                        })
+                        .collect();
+                    let per_host: BTreeMap<String, HostWant> =
+                        host_envs(&u.dir, &with_vars, &u.inputs)?
+                            .into_iter()
+                            .map(|(name, env)| {
+                                (
+                                    name,
+                                    HostWant {
+                                        files: Vec::new(),
+                                        env,
+                                        remove: Vec::new(),
+                                    },
+                                )
                             })
-                            .unwrap_or_default();
-                        per_host.insert(
-                            h.name.clone(),
-                            HostWant {
-                                files: Vec::new(),
-                                env: h.env(&u.dir)?,
-                            },
-                        );
-                    }
+                            .collect();
                     cmd.map(|cmd| Desired {
                         check: None,
                         apply: String::new(),
                         destroy: Some(cmd),
                         hosts: per_host,
+                        listed,
                         env,
                         sealed_env: BTreeMap::new(),
                         timeout: s
@@ -1566,23 +1844,15 @@ impl Driver for ScriptDriver {
         Box::pin(async move {
             if let Some(p) = plan.payload::<ScriptDestroy>() {
                 for (h, files) in &p.hosts {
-                    let mut script = String::new();
                     // The command first (its failure stops the destroy:
                     // the state stays), then the files.
-                    if let Some(d) = &p.desired
-                        && let Some(cmd) = &d.destroy
-                    {
-                        script.push_str(&d.preamble(&h.name));
-                        script.push_str(&format!("(\n{cmd}\n) </dev/null || exit $?\n"));
-                    }
-                    for f in files {
-                        script.push_str(&format!("rm -f -- {} || exit $?\n", quote(f)));
-                    }
+                    let script = destroy_script(p.desired.as_ref(), &h.name, files);
                     let d = p.desired.clone().unwrap_or(Desired {
                         check: None,
                         apply: String::new(),
                         destroy: None,
                         hosts: BTreeMap::new(),
+                        listed: BTreeMap::new(),
                         env: Vec::new(),
                         sealed_env: BTreeMap::new(),
                         timeout: Duration::from_secs(600),
@@ -1621,9 +1891,39 @@ impl Driver for ScriptDriver {
                 .buffered(ctx.jobs.max(1))
                 .collect()
                 .await;
-            let errors: Vec<String> = results
+            // Hosts that left the unit: its destroy command, then their
+            // files removed.
+            let leaving: Vec<_> = p
+                .retired
+                .iter()
+                .map(|(h, files)| async move {
+                    let script = destroy_script(Some(d), &h.name, files);
+                    let r = match run(&p.session, h, script, d, ctx.lines).await {
+                        Err(e) => Err(e.to_string()),
+                        Ok(ran) if ran.exit != Some(0) => Err(format!(
+                            "host `{}` left the unit, and its destroy exited {}: {}",
+                            h.name,
+                            ran.exit.map_or("on a signal".to_owned(), |c| c.to_string()),
+                            ran.stderr.trim()
+                        )),
+                        Ok(_) => Ok(()),
+                    };
+                    (h.name.clone(), r)
+                })
+                .collect();
+            let left: Vec<(String, Result<(), String>)> = futures::stream::iter(leaving)
+                .buffered(ctx.jobs.max(1))
+                .collect()
+                .await;
+            let mut errors: Vec<String> = results
                 .iter()
                 .filter_map(|(_, r)| r.as_ref().err().cloned())
+                .collect();
+            errors.extend(left.iter().filter_map(|(_, r)| r.as_ref().err().cloned()));
+            let still_there: Vec<&str> = left
+                .iter()
+                .filter(|(_, r)| r.is_err())
+                .map(|(n, _)| n.as_str())
                 .collect();
             let failed: Vec<String> = results
                 .iter()
@@ -1649,6 +1949,11 @@ impl Driver for ScriptDriver {
                 for (k, v) in per_host {
                     all.insert(k, Value::Object(v));
                 }
+                for (n, r) in &left {
+                    if r.is_ok() {
+                        all.remove(n);
+                    }
+                }
                 let mut m = Map::new();
                 m.insert("hosts".to_owned(), Value::Object(all));
                 m
@@ -1659,7 +1964,7 @@ impl Driver for ScriptDriver {
                 // A host that failed part way runs again next time, and
                 // destroy still knows the files it may have been given.
                 let digest = if failed.contains(name) {
-                    "incomplete".to_owned()
+                    INCOMPLETE.to_owned()
                 } else {
                     d.digest(name)
                 };
@@ -1675,12 +1980,23 @@ impl Driver for ScriptDriver {
                     });
                 }
             }
+            // Hosts that failed to leave keep what was recorded.
+            for i in &p.prior_inventory {
+                if let InventoryItem::HostScript { host, .. } | InventoryItem::HostFile { host, .. } =
+                    i
+                    && still_there.contains(&host.as_str())
+                {
+                    inventory.push(i.clone());
+                }
+            }
             // Files of hosts that failed, given by an earlier apply and no
             // longer wanted, are still on them.
             for i in &p.prior_inventory {
-                if let InventoryItem::HostFile { host, .. } = i
+                if let InventoryItem::HostFile { host, path, .. } = i
                     && failed.contains(host)
-                    && !inventory.contains(i)
+                    && !inventory.iter().any(|k| {
+                        matches!(k, InventoryItem::HostFile { host: h, path: q, .. } if h == host && q == path)
+                    })
                 {
                     inventory.push(i.clone());
                 }
@@ -1746,21 +2062,33 @@ mod tests {
         }
     }
 
+    fn found(sum: &str, mode: &str, names: &str, ids: &str) -> Found {
+        Found {
+            sum: sum.into(),
+            mode: mode.into(),
+            names: names.into(),
+            ids: ids.into(),
+        }
+    }
+
     #[test]
     fn drift_is_read_from_content_mode_and_owner() {
         let f = want("0600", Some("app"));
         let sum = sha256_hex(b"x\n");
-        assert_eq!(file_drift(&f, &sum, "600", "app:app"), None);
         assert_eq!(
-            file_drift(&f, "-", "-", "-"),
+            file_drift(&f, &found(&sum, "600", "app:app", "990:990")),
+            None
+        );
+        assert_eq!(
+            file_drift(&f, &found("-", "-", "-", "-")),
             Some((Action::Create, String::new()))
         );
         assert_eq!(
-            file_drift(&f, "0000", "600", "app:app"),
+            file_drift(&f, &found("0000", "600", "app:app", "990:990")),
             Some((Action::Update, "content".into()))
         );
         assert_eq!(
-            file_drift(&f, &sum, "644", "root:root"),
+            file_drift(&f, &found(&sum, "644", "root:root", "0:0")),
             Some((
                 Action::Update,
                 "mode 644 → 0600, owner root:root → app".into()
@@ -1769,15 +2097,51 @@ mod tests {
         // A group is compared only when the unit names one.
         let g = want("644", Some("app:web"));
         assert_eq!(
-            file_drift(&g, &sum, "644", "app:app").map(|d| d.1),
+            file_drift(&g, &found(&sum, "644", "app:app", "990:990")).map(|d| d.1),
             Some("owner app:app → app:web".into())
         );
+        // Owners by id, as chown takes them, match by id.
+        let n = want("644", Some("1000:1000"));
+        assert_eq!(
+            file_drift(&n, &found(&sum, "644", "ann:ann", "1000:1000")),
+            None
+        );
         // No owner wanted: any owner will do.
-        assert_eq!(file_drift(&want("0644", None), &sum, "644", "x:y"), None);
-        // A file not generated yet always differs.
-        let mut pending = want("0644", None);
-        pending.content = None;
-        assert!(file_drift(&pending, &sum, "644", "x:y").is_some());
+        assert_eq!(
+            file_drift(&want("0644", None), &found(&sum, "644", "x:y", "1:2")),
+            None
+        );
+        // A stat that printed nothing is drift, not a match.
+        assert!(file_drift(&want("0644", None), &found(&sum, "", "", "")).is_some());
+    }
+
+    #[test]
+    fn probe_lines_split_on_tabs() {
+        let (path, f) = Found::parse("::file::\tabc\t640\tdomain users:web\t1:2\t/etc/my file")
+            .expect("a line");
+        assert_eq!(path, "/etc/my file");
+        assert_eq!(f, found("abc", "640", "domain users:web", "1:2"));
+        assert!(Found::parse("::file::\tabc\t640").is_none());
+        assert!(Found::parse("::file:: abc 640 a:b /x").is_none());
+    }
+
+    #[test]
+    fn only_plain_absolute_paths_pass() {
+        for ok in ["/", "/etc/a", "/srv/x y/z"] {
+            assert!(plain_absolute(ok), "{ok}");
+        }
+        for bad in [
+            "etc/a",
+            "/etc/../a",
+            "/etc/./a",
+            "/etc//a",
+            "/etc/a/",
+            "/a\tb",
+            "/a\nb",
+            "",
+        ] {
+            assert!(!plain_absolute(bad), "{bad:?}");
+        }
     }
 
     #[test]
@@ -1803,7 +2167,7 @@ mod tests {
             "apply": "true"
         }))
         .expect("settings");
-        let HostList::List(l) = &s.hosts else {
+        let Some(HostList::List(l)) = &s.hosts else {
             panic!("a list: {:?}", s.hosts)
         };
         assert_eq!(l[0], HostRef::Name("node1".into()));
@@ -1818,7 +2182,7 @@ mod tests {
             "hosts": "${var.nodes}", "apply": "true"
         }))
         .expect("settings");
-        assert_eq!(s.hosts, HostList::Expression("${var.nodes}".into()));
+        assert_eq!(s.hosts, Some(HostList::Expression("${var.nodes}".into())));
         // An item without a name is not a host.
         assert!(
             serde_json::from_value::<ScriptSettings>(serde_json::json!({
@@ -1835,6 +2199,7 @@ mod tests {
             HostWant {
                 files,
                 env: vec![("TERRACE_HOST".into(), "n1".into())],
+                remove: Vec::new(),
             },
         );
         Desired {
@@ -1847,6 +2212,7 @@ mod tests {
             sensitive_outputs: Vec::new(),
             redact: Plaintexts::default(),
             hosts,
+            listed: BTreeMap::new(),
         }
     }
 

@@ -755,6 +755,16 @@ fn hostile_script_settings_are_refused_naming_the_unit() {
         ),
         unit("twice", &format!("script:\n  hosts: [here, here]\n{apply}")),
         unit(
+            "whereonly",
+            &format!("target: here\nscript:\n  where: {{role: x}}\n{apply}"),
+        ),
+        unit(
+            "clash",
+            &format!(
+                "inputs:\n  HOST_ZONE: z\nscript:\n  hosts: [{{name: here, zone: a}}]\n{apply}"
+            ),
+        ),
+        unit(
             "notalist",
             &format!("script:\n  hosts: ${{var.one}}\n{apply}"),
         ),
@@ -783,6 +793,14 @@ fn hostile_script_settings_are_refused_naming_the_unit() {
             "field `bad field` cannot be an environment variable",
         ),
         ("twice", "host `here` is listed twice"),
+        (
+            "whereonly",
+            "`where` chooses among `hosts`, and there are none",
+        ),
+        (
+            "clash",
+            "field `zone` would be `HOST_ZONE`, which is already set",
+        ),
         ("notalist", "is not a list"),
         ("nohost", "host `nowhere` is not a target"),
         (
@@ -832,6 +850,9 @@ script:
   hosts: ${var.nodes}
   files:
     /etc/node.conf: {content: "node\n", mode: "0640"}
+    /etc/extra.conf: {content: "extra\n"}
+  destroy: |
+    echo "$HOST_ZONE" > "$TERRACE_ROOT/../left-$HOST_NAME"
   check: |
     [ -f "$TERRACE_ROOT/done" ] && exit 0
     echo "todo $HOST_NAME in $HOST_ZONE"
@@ -882,7 +903,7 @@ script:
         .filter(|i| i["type"] == "hostFile")
         .map(|i| i["path"].as_str().expect("path"))
         .collect();
-    assert_eq!(files.len(), 3, "{record}");
+    assert_eq!(files.len(), 6, "{record}");
     for h in ["a", "b", "c"] {
         let conf = stage.join(h).join("etc/node.conf");
         assert!(
@@ -924,26 +945,84 @@ script:
         "-j 3 ran the hosts one at a time"
     );
 
-    // A state record naming a path that is not a plain absolute path is
-    // refused by destroy, and nothing is removed.
+    // c leaves the group and extra.conf leaves the unit: the destroy
+    // command runs on c, and what is no longer wanted is removed.
+    let unit = std::fs::read_to_string(d.join("os/grp/unit.yaml")).expect("unit");
+    let changed = unit
+        .replace(
+            "  hosts: ${var.nodes}\n",
+            "  hosts: ${var.nodes}\n  where: {zone: z1}\n",
+        )
+        .replace("    /etc/extra.conf: {content: \"extra\\n\"}\n", "");
+    assert_ne!(changed, unit);
+    assert!(!changed.contains("extra.conf"), "{changed}");
+    write_files(d, &[("os/grp/unit.yaml", &changed)]);
+    let o = run(d, &["plan", "--output", "json"]);
+    assert_eq!(code(&o), 2, "{}", all(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let mut deleted: Vec<String> = plan["units"][0]["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter(|c| c["action"] == "delete")
+        .map(|c| c["address"].as_str().expect("address").to_owned())
+        .collect();
+    deleted.sort();
+    let at = |h: &str, f: &str| stage.join(h).join("etc").join(f).display().to_string();
+    let mut expected = vec![
+        format!("file {} on a", at("a", "extra.conf")),
+        format!("file {} on b", at("b", "extra.conf")),
+        format!("file {} on c", at("c", "extra.conf")),
+        format!("file {} on c", at("c", "node.conf")),
+        "script on c".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(deleted, expected, "{plan}");
+    let o = run(d, &["apply"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    assert_eq!(
+        std::fs::read_to_string(stage.join("left-c")).expect("c's destroy ran"),
+        "z2\n"
+    );
+    assert!(!stage.join("left-a").exists());
+    for (h, f, there) in [
+        ("a", "node.conf", true),
+        ("a", "extra.conf", false),
+        ("b", "extra.conf", false),
+        ("c", "node.conf", false),
+        ("c", "extra.conf", false),
+    ] {
+        assert_eq!(stage.join(h).join("etc").join(f).exists(), there, "{h} {f}");
+    }
+    let o = run(d, &["output", "grp", "hosts.c"]);
+    assert_ne!(code(&o), 0, "c's outputs are gone: {}", all(&o));
+    let o = run(d, &["plan"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+
+    // A state record naming a path that is not a plain absolute path
+    // under the host's root is refused by destroy, and nothing is
+    // removed.
     let path = d.join(".terrace/state/default/units/grp.json");
     let text = std::fs::read_to_string(&path).expect("record");
     let conf_a = stage.join("a/etc/node.conf");
-    let planted = text.replace(
-        conf_a.to_str().expect("utf-8"),
-        &format!("{}/../../../etc/passwd", stage.join("a").display()),
-    );
-    assert_ne!(planted, text);
-    std::fs::write(&path, planted).expect("plant");
-    let o = run(d, &["destroy", "--yes"]);
-    let out = all(&o);
-    assert_eq!(code(&o), 1, "{out}");
-    assert!(out.contains("is not a plain absolute path"), "{out}");
-    assert!(stage.join("b/etc/node.conf").exists(), "destroy went on");
+    for planted_path in [
+        format!("{}/../../../etc/passwd", stage.join("a").display()),
+        "/etc/passwd".to_owned(),
+    ] {
+        let planted = text.replace(conf_a.to_str().expect("utf-8"), &planted_path);
+        assert_ne!(planted, text);
+        std::fs::write(&path, planted).expect("plant");
+        let o = run(d, &["destroy", "--yes"]);
+        let out = all(&o);
+        assert_eq!(code(&o), 1, "{out}");
+        assert!(out.contains("is not a plain absolute path"), "{out}");
+        assert!(stage.join("b/etc/node.conf").exists(), "destroy went on");
+    }
     std::fs::write(&path, text).expect("restore");
     let o = run(d, &["destroy", "--yes"]);
     assert_eq!(code(&o), 0, "{}", all(&o));
-    for h in ["a", "b", "c"] {
+    for h in ["a", "b"] {
         assert!(!stage.join(h).join("etc/node.conf").exists(), "{h}");
+        assert!(stage.join(format!("left-{h}")).exists(), "{h}");
     }
 }
