@@ -3,6 +3,8 @@
 //! unit's lock ([`LockInfo`]). Backends store them; this module only says
 //! what they are.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -96,7 +98,15 @@ pub enum InventoryItem {
     /// A script applied on a host: the digest of what was applied there
     /// (its inputs, files and commands).
     #[serde(rename_all = "camelCase")]
-    HostScript { host: String, digest: String },
+    HostScript {
+        host: String,
+        digest: String,
+        /// The host's own variables when it was applied (`HOST_*` from
+        /// its `hosts` item): its destroy command has them after it has
+        /// left the unit's list.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        vars: BTreeMap<String, String>,
+    },
     /// A file a script unit put on a host.
     #[serde(rename_all = "camelCase")]
     HostFile {

@@ -525,6 +525,7 @@ impl Driver for AnsibleDriver {
                 .map(|h| InventoryItem::HostScript {
                     host: h.name.clone(),
                     digest: p.run.digest.clone(),
+                    vars: std::collections::BTreeMap::new(),
                 })
                 .collect();
             Ok(Applied {

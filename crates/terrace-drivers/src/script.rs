@@ -166,23 +166,71 @@ fn plain_absolute(p: &str) -> bool {
                 .all(|c| !c.is_empty() && c != "." && c != ".."))
 }
 
-/// A file path from the state that may be removed on `h`: a plain
-/// absolute path, under the host's `root` when it has one. The state is
+/// Whether a file path from the state may be removed on `h`: a plain
+/// absolute path (else the state is corrupt: an error), under the host's
+/// `root` when it has one (else it is left in place, `Ok(false)`: a
+/// root that moved, or a path the state should not name). The state is
 /// where the path comes from, so nothing else is trusted.
-fn check_removable(h: &Host, path: &str, unit: &str) -> Result<(), DriverError> {
-    if plain_absolute(path) && (h.root.is_empty() || path.starts_with(&format!("{}/", h.root))) {
-        Ok(())
-    } else {
-        Err(DriverError::Target(format!(
-            "the state of `{unit}` names file {path:?} on {}, which is not a plain absolute path{}: nothing was removed",
-            h.name,
-            if h.root.is_empty() {
-                String::new()
-            } else {
-                format!(" under its root {}", h.root)
-            }
-        )))
+fn check_removable(h: &Host, path: &str, unit: &str) -> Result<bool, DriverError> {
+    if !plain_absolute(path) || path == "/" {
+        return Err(DriverError::Target(format!(
+            "the state of `{unit}` names file {path:?} on {}, which is not a plain absolute path: nothing was removed",
+            h.name
+        )));
     }
+    Ok(h.root.is_empty() || path.starts_with(&format!("{}/", h.root)))
+}
+
+/// The files of `files` that may be removed on `h`; a note for each left
+/// in place.
+fn removable(
+    h: &Host,
+    files: Vec<String>,
+    unit: &str,
+    notes: &mut Vec<String>,
+) -> Result<Vec<String>, DriverError> {
+    let mut out = Vec::new();
+    for f in files {
+        if check_removable(h, &f, unit)? {
+            out.push(f);
+        } else {
+            notes.push(format!(
+                "file {f} on {} is outside the host's root {}: left in place",
+                h.name, h.root
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The variables each host had when it was last applied, by host.
+fn recorded_vars(prior: &[InventoryItem]) -> BTreeMap<&str, &BTreeMap<String, String>> {
+    prior
+        .iter()
+        .filter_map(|i| match i {
+            InventoryItem::HostScript { host, vars, .. } if !vars.is_empty() => {
+                Some((host.as_str(), vars))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// `env` with the `HOST_*` fields replaced by those recorded, when there
+/// are any.
+fn with_recorded(
+    env: Vec<(String, String)>,
+    recorded: Option<&&BTreeMap<String, String>>,
+) -> Vec<(String, String)> {
+    let Some(vars) = recorded else {
+        return env;
+    };
+    let mut out: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("HOST_") || k == "HOST_NAME")
+        .collect();
+    out.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
 }
 
 /// What leaves a host: the unit's `destroy` command (when there is
@@ -783,7 +831,7 @@ fn host_files(
     let mut files = Vec::new();
     for (path, f) in specs {
         let path = path.replace("{host}", host);
-        if !plain_absolute(&path) {
+        if !plain_absolute(&path) || path == "/" {
             return Err(bad(
                 dir,
                 format!("file `{path}` is not an absolute path on the host"),
@@ -910,6 +958,13 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(Vec<Host>, Desired), DriverError> {
     let mut env = Vec::new();
     for (k, v) in &ctx.unit.inputs {
         check_env_name(dir, k)?;
+        if matches!(k.as_str(), "TERRACE_HOST" | "TERRACE_ROOT" | "HOST_NAME") {
+            return Err(bad(
+                dir,
+                format!("input `{k}` is a name terrace sets for each host"),
+                "rename the input",
+            ));
+        }
         let text = match v {
             Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -1181,6 +1236,10 @@ impl Found {
             parts.next()?,
             parts.next()?,
         );
+        // A field left empty: sha256sum or stat could not read the file.
+        if sum != "-" && [sum, mode, names, ids].iter().any(|f| f.is_empty()) {
+            return None;
+        }
         Some((
             path,
             Found {
@@ -1288,8 +1347,10 @@ fn leftovers(
     hosts: &[Host],
     d: &mut Desired,
     prior: &[InventoryItem],
+    notes: &mut Vec<String>,
 ) -> Result<Vec<(Host, Vec<String>)>, DriverError> {
     let dir = &ctx.unit.dir;
+    let unit = &ctx.unit.name;
     let mut by_host: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for i in prior {
         match i {
@@ -1310,33 +1371,32 @@ fn leftovers(
                 .into_iter()
                 .filter(|p| !want.files.iter().any(|f| f.at == *p))
                 .collect();
-            for p in &gone {
-                check_removable(h, p, &ctx.unit.name)?;
-            }
-            want.remove = gone;
+            want.remove = removable(h, gone, unit, notes)?;
         } else {
-            let t = ctx.targets.get(name).ok_or_else(|| {
-                bad(
-                    dir,
-                    format!("host `{name}`, which the unit ran on, is no longer a target"),
-                    "put the target back until the unit has left the host (its destroy command runs and its files are removed)",
-                )
-            })?;
+            // Its target gone: nothing can reach it, and nothing is
+            // removed; the unit forgets it.
+            let Some(t) = ctx.targets.get(name) else {
+                notes.push(format!(
+                    "host `{name}` left the unit and is no longer a target: what the unit left there stays"
+                ));
+                continue;
+            };
             let mut h = Host::of(ctx.root, t, dir)?;
             h.vars = d.listed.get(name).cloned().unwrap_or_default();
-            for p in &files {
-                check_removable(&h, p, &ctx.unit.name)?;
-            }
+            let files = removable(&h, files, unit, notes)?;
             retired.push((h, files));
         }
     }
-    // Their variables beside those that stay, so every field name is set.
+    // Their variables beside those that stay, so every field name is set;
+    // those recorded when they were applied win.
+    let recorded = recorded_vars(prior);
     let mut all = hosts.to_vec();
     all.extend(retired.iter().map(|(h, _)| h.clone()));
     for (name, env) in host_envs(dir, &all, &ctx.unit.inputs)?
         .into_iter()
         .filter(|(n, _)| retired.iter().any(|(h, _)| h.name == *n))
     {
+        let env = with_recorded(env, recorded.get(name.as_str()));
         d.hosts.insert(
             name,
             HostWant {
@@ -1381,16 +1441,17 @@ impl ScriptDriver {
         }
         // What an earlier apply left that the unit no longer wants.
         let prior_inventory: &[InventoryItem] = ctx.prior.map_or(&[], |p| p.inventory.as_slice());
-        let retired = leftovers(ctx, &hosts, &mut d, prior_inventory)?;
+        let mut notes = Vec::new();
+        let retired = leftovers(ctx, &hosts, &mut d, prior_inventory, &mut notes)?;
         let mut reached = hosts.clone();
         reached.extend(retired.iter().map(|(h, _)| h.clone()));
         let session = Session::open(&ctx.unit.dir, ctx.secrets, &reached).await?;
         let prior_digest = |host: &str| {
             ctx.prior.and_then(|p| {
                 p.inventory.iter().find_map(|i| match i {
-                    InventoryItem::HostScript { host: h, digest } if h == host => {
-                        Some(digest.clone())
-                    }
+                    InventoryItem::HostScript {
+                        host: h, digest, ..
+                    } if h == host => Some(digest.clone()),
                     _ => None,
                 })
             })
@@ -1408,7 +1469,6 @@ impl ScriptDriver {
                 .await;
         let mut plans = Vec::new();
         let mut changes = Vec::new();
-        let mut notes = Vec::new();
         let mut errors = Vec::new();
         for r in results {
             match r {
@@ -1443,7 +1503,7 @@ impl ScriptDriver {
         }
         if hosts.is_empty() {
             notes.push(
-                "no host: `where` keeps none of the `hosts` items, so nothing runs".to_owned(),
+                "no host: the unit's `hosts` (with `where`) name none, so nothing runs".to_owned(),
             );
         }
         let unchanged = plans.iter().filter(|p| !p.run).count();
@@ -1710,16 +1770,17 @@ impl Driver for ScriptDriver {
             let dir = ctx.unit.map_or(".", |u| u.dir.as_str());
             let mut hosts = Vec::new();
             let mut changes = Vec::new();
+            let mut notes = Vec::new();
             for (name, files) in by_host {
-                let t = ctx.targets.get(&name).ok_or_else(|| {
-                    DriverError::Target(format!(
-                        "host `{name}` the unit ran on is no longer a target"
-                    ))
-                })?;
+                // Its target gone: nothing can reach it, nothing is removed.
+                let Some(t) = ctx.targets.get(&name) else {
+                    notes.push(format!(
+                        "host `{name}` is no longer a target: what the unit left there stays"
+                    ));
+                    continue;
+                };
                 let h = Host::of(ctx.root, t, dir)?;
-                for f in &files {
-                    check_removable(&h, f, &ctx.prior.unit)?;
-                }
+                let files = removable(&h, files, &ctx.prior.unit, &mut notes)?;
                 changes.push(Change {
                     address: format!("script on {name}"),
                     object: None,
@@ -1777,10 +1838,12 @@ impl Driver for ScriptDriver {
                             h
                         })
                         .collect();
+                    let recorded = recorded_vars(&ctx.prior.inventory);
                     let per_host: BTreeMap<String, HostWant> =
                         host_envs(&u.dir, &with_vars, &u.inputs)?
                             .into_iter()
                             .map(|(name, env)| {
+                                let env = with_recorded(env, recorded.get(name.as_str()));
                                 (
                                     name,
                                     HostWant {
@@ -1821,7 +1884,7 @@ impl Driver for ScriptDriver {
                 unchanged: 0,
                 outputs: None,
                 render_hash: String::new(),
-                notes: Vec::new(),
+                notes,
                 payload: Some(Arc::new(ScriptDestroy {
                     session,
                     desired: unit_ctx_desired,
@@ -1930,32 +1993,56 @@ impl Driver for ScriptDriver {
                 .filter(|(_, r)| r.is_err())
                 .map(|(n, _)| n.clone())
                 .collect();
-            // Hosts not run keep what they had.
-            let prior_outputs = p.prior_outputs.clone();
+            // Each host's outputs: this run's, else what it had (a host
+            // not run, one that failed, one that failed to leave).
+            let prior_single = p
+                .prior_inventory
+                .iter()
+                .filter(|i| matches!(i, InventoryItem::HostScript { .. }))
+                .count()
+                == 1;
+            let prior_of = |name: &str| -> Option<Map<String, Value>> {
+                match p.prior_outputs.get("hosts").and_then(Value::as_object) {
+                    Some(all) if !prior_single => all.get(name).and_then(Value::as_object).cloned(),
+                    _ => p
+                        .prior_inventory
+                        .iter()
+                        .any(
+                            |i| matches!(i, InventoryItem::HostScript { host, .. } if host == name),
+                        )
+                        .then(|| p.prior_outputs.clone()),
+                }
+            };
             let mut per_host: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
             for (name, r) in results {
-                if let Ok(Some(m)) = r {
+                let kept = match r {
+                    Ok(Some(m)) => Some(m),
+                    _ => prior_of(&name),
+                };
+                if let Some(m) = kept {
                     per_host.insert(name, m);
                 }
             }
-            let outputs = if p.hosts.len() == 1 {
-                per_host.into_values().next().unwrap_or(prior_outputs)
+            for name in &still_there {
+                if let Some(m) = prior_of(name) {
+                    per_host.insert((*name).to_owned(), m);
+                }
+            }
+            // One host: its outputs are the unit's; several: by host.
+            let single = p.hosts.len() == 1 && still_there.is_empty();
+            let outputs = if single {
+                per_host.into_values().next().unwrap_or_default()
             } else {
-                let mut all = prior_outputs
-                    .get("hosts")
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
-                for (k, v) in per_host {
-                    all.insert(k, Value::Object(v));
-                }
-                for (n, r) in &left {
-                    if r.is_ok() {
-                        all.remove(n);
-                    }
-                }
                 let mut m = Map::new();
-                m.insert("hosts".to_owned(), Value::Object(all));
+                m.insert(
+                    "hosts".to_owned(),
+                    Value::Object(
+                        per_host
+                            .into_iter()
+                            .map(|(k, v)| (k, Value::Object(v)))
+                            .collect(),
+                    ),
+                );
                 m
             };
             let mut inventory = Vec::new();
@@ -1968,9 +2055,19 @@ impl Driver for ScriptDriver {
                 } else {
                     d.digest(name)
                 };
+                // Its own variables, for its destroy command once it has
+                // left the list.
+                let vars = d
+                    .host(name)
+                    .env
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("HOST_") && k != "HOST_NAME")
+                    .cloned()
+                    .collect();
                 inventory.push(InventoryItem::HostScript {
                     host: name.clone(),
                     digest,
+                    vars,
                 });
                 for f in &d.host(name).files {
                     inventory.push(InventoryItem::HostFile {
@@ -2003,7 +2100,7 @@ impl Driver for ScriptDriver {
             }
             // With several hosts every output is under `hosts`: it is
             // sensitive whole when any output is.
-            let sensitive: Vec<String> = if p.hosts.len() > 1 {
+            let sensitive: Vec<String> = if !single {
                 if d.sensitive_outputs.is_empty() {
                     Vec::new()
                 } else {
@@ -2122,6 +2219,9 @@ mod tests {
         assert_eq!(path, "/etc/my file");
         assert_eq!(f, found("abc", "640", "domain users:web", "1:2"));
         assert!(Found::parse("::file::\tabc\t640").is_none());
+        // stat or sha256sum missing: the line is not a reading.
+        assert!(Found::parse("::file::\tabc\t\t\t\t/x").is_none());
+        assert!(Found::parse("::file::\t-\t-\t-\t-\t/x").is_some());
         assert!(Found::parse("::file:: abc 640 a:b /x").is_none());
     }
 

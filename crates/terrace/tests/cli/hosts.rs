@@ -865,7 +865,8 @@ script:
     echo run >> "$TERRACE_ROOT/runs"
     if [ -f "$stage/fail-$HOST_NAME" ]; then echo "broken $HOST_NAME" >&2; exit 1; fi
     touch "$TERRACE_ROOT/done"
-    echo "::outputs::{\"zone\":\"$HOST_ZONE\"}"
+    echo "::outputs::{\"zone\":\"$HOST_ZONE\",\"secret\":\"s3cr3t-$HOST_NAME\"}"
+  sensitiveOutputs: [secret]
 "#,
             ),
         ],
@@ -911,8 +912,25 @@ script:
             "{h}: {files:?}"
         );
     }
-    assert_eq!(record["outputs"]["hosts"]["a"]["zone"], "z1", "{record}");
-    assert_eq!(record["outputs"]["hosts"]["c"]["zone"], "z2", "{record}");
+    // Outputs under `hosts`, sensitive whole: kept in the unit's private
+    // outputs file, named only in the record.
+    assert_eq!(
+        record["sensitiveOutputs"],
+        serde_json::json!(["hosts"]),
+        "{record}"
+    );
+    assert!(!record.to_string().contains("s3cr3t-"), "{record}");
+    let kept = || -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(d.join(".terrace/hosts/default/grp/outputs.json"))
+                .expect("outputs file"),
+        )
+        .expect("json")
+    };
+    let first = kept();
+    assert_eq!(first["hosts"]["a"]["zone"], "z1", "{first}");
+    assert_eq!(first["hosts"]["c"]["secret"], "s3cr3t-c", "{first}");
+    assert!(first["hosts"].get("b").is_none(), "{first}");
 
     // Fixed: only b runs again.
     std::fs::remove_file(stage.join("fail-b")).expect("rm");
@@ -929,8 +947,7 @@ script:
     let o = run(d, &["apply", "-j", "3"]);
     assert_eq!(code(&o), 0, "{}", all(&o));
     assert_eq!((runs("a"), runs("b"), runs("c")), (1, 2, 1));
-    let o = run(d, &["output", "grp", "hosts.b.zone"]);
-    assert_eq!(stdout(&o).trim(), "z1", "{}", all(&o));
+    assert_eq!(kept()["hosts"]["b"]["zone"], "z1", "{}", kept());
     let o = run(d, &["plan"]);
     assert_eq!(code(&o), 0, "{}", all(&o));
 
@@ -945,18 +962,56 @@ script:
         "-j 3 ran the hosts one at a time"
     );
 
-    // c leaves the group and extra.conf leaves the unit: the destroy
-    // command runs on c, and what is no longer wanted is removed.
+    let state_text = || {
+        std::fs::read_to_string(d.join(".terrace/state/default/units/grp.json")).expect("record")
+    };
+    assert!(!state_text().contains("s3cr3t-"), "{}", state_text());
+
+    // b and c leave the list (a stays as it is): the destroy command runs
+    // on each with the variables it had, their files are removed, and
+    // their outputs go; a's are the unit's own now, its secret still out
+    // of the state.
+    let yaml = std::fs::read_to_string(d.join("terrace.yaml")).expect("yaml");
+    let fewer = yaml.replace("    - {name: c, zone: z2}\n", "");
+    assert_ne!(fewer, yaml);
+    let only_a = fewer.replace("    - {name: b, zone: z1}\n", "");
+    assert_ne!(only_a, fewer);
+    write_files(d, &[("terrace.yaml", &only_a)]);
+    let o = run(d, &["apply"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    assert_eq!(
+        std::fs::read_to_string(stage.join("left-c")).expect("c's destroy ran"),
+        "z2\n"
+    );
+    assert!(stage.join("left-b").exists(), "b's destroy ran");
+    assert!(!stage.join("c/etc/node.conf").exists());
+    assert!(!stage.join("b/etc/node.conf").exists());
+    assert_eq!(
+        (runs("a"), runs("b"), runs("c")),
+        (2, 3, 2),
+        "a did not run"
+    );
+    assert!(!state_text().contains("s3cr3t-"), "{}", state_text());
+    assert_eq!(kept()["secret"], "s3cr3t-a", "{}", kept());
+    assert!(kept().get("hosts").is_none(), "{}", kept());
+    // Put back for the next step.
+    write_files(d, &[("terrace.yaml", &yaml)]);
+    let o = run(d, &["apply"]);
+    assert_eq!(code(&o), 0, "{}", all(&o));
+    assert!(!state_text().contains("s3cr3t-"), "{}", state_text());
+    assert_eq!(kept()["hosts"]["a"]["secret"], "s3cr3t-a", "{}", kept());
+    for h in ["b", "c"] {
+        std::fs::remove_file(stage.join(format!("left-{h}"))).expect("rm");
+    }
+
+    // Now c leaves again together with extra.conf leaving the unit.
     let unit = std::fs::read_to_string(d.join("os/grp/unit.yaml")).expect("unit");
-    let changed = unit
-        .replace(
-            "  hosts: ${var.nodes}\n",
-            "  hosts: ${var.nodes}\n  where: {zone: z1}\n",
-        )
-        .replace("    /etc/extra.conf: {content: \"extra\\n\"}\n", "");
-    assert_ne!(changed, unit);
+    let changed = unit.replace("    /etc/extra.conf: {content: \"extra\\n\"}\n", "");
     assert!(!changed.contains("extra.conf"), "{changed}");
-    write_files(d, &[("os/grp/unit.yaml", &changed)]);
+    write_files(
+        d,
+        &[("os/grp/unit.yaml", &changed), ("terrace.yaml", &fewer)],
+    );
     let o = run(d, &["plan", "--output", "json"]);
     assert_eq!(code(&o), 2, "{}", all(&o));
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
@@ -994,8 +1049,11 @@ script:
     ] {
         assert_eq!(stage.join(h).join("etc").join(f).exists(), there, "{h} {f}");
     }
-    let o = run(d, &["output", "grp", "hosts.c"]);
-    assert_ne!(code(&o), 0, "c's outputs are gone: {}", all(&o));
+    assert!(
+        kept()["hosts"].get("c").is_none(),
+        "c's outputs are gone: {}",
+        kept()
+    );
     let o = run(d, &["plan"]);
     assert_eq!(code(&o), 0, "{}", all(&o));
 
@@ -1005,24 +1063,37 @@ script:
     let path = d.join(".terrace/state/default/units/grp.json");
     let text = std::fs::read_to_string(&path).expect("record");
     let conf_a = stage.join("a/etc/node.conf");
-    for planted_path in [
-        format!("{}/../../../etc/passwd", stage.join("a").display()),
-        "/etc/passwd".to_owned(),
-    ] {
-        let planted = text.replace(conf_a.to_str().expect("utf-8"), &planted_path);
-        assert_ne!(planted, text);
-        std::fs::write(&path, planted).expect("plant");
-        let o = run(d, &["destroy", "--yes"]);
-        let out = all(&o);
-        assert_eq!(code(&o), 1, "{out}");
-        assert!(out.contains("is not a plain absolute path"), "{out}");
-        assert!(stage.join("b/etc/node.conf").exists(), "destroy went on");
-    }
-    std::fs::write(&path, text).expect("restore");
+    let planted = text.replace(
+        conf_a.to_str().expect("utf-8"),
+        &format!("{}/../../canary.txt", stage.join("a").display()),
+    );
+    assert_ne!(planted, text);
+    std::fs::write(&path, planted).expect("plant");
+    let canary = d.join("canary.txt");
+    std::fs::write(&canary, "keep me\n").expect("canary");
     let o = run(d, &["destroy", "--yes"]);
-    assert_eq!(code(&o), 0, "{}", all(&o));
+    let out = all(&o);
+    assert_eq!(code(&o), 1, "{out}");
+    assert!(out.contains("is not a plain absolute path"), "{out}");
+    assert!(stage.join("b/etc/node.conf").exists(), "destroy went on");
+    // A plain path outside the host's root is left in place, and the
+    // rest goes.
+    let planted = text.replace(
+        conf_a.to_str().expect("utf-8"),
+        canary.to_str().expect("utf-8"),
+    );
+    std::fs::write(&path, planted).expect("plant");
+    let o = run(d, &["destroy", "--yes"]);
+    let out = all(&o);
+    assert_eq!(code(&o), 0, "{out}");
+    assert!(out.contains("outside the host's root"), "{out}");
+    assert!(out.contains("left in place"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&canary).expect("canary"),
+        "keep me\n"
+    );
+    assert!(!stage.join("b/etc/node.conf").exists());
     for h in ["a", "b"] {
-        assert!(!stage.join(h).join("etc/node.conf").exists(), "{h}");
         assert!(stage.join(format!("left-{h}")).exists(), "{h}");
     }
 }
