@@ -8,7 +8,8 @@
 # is written), substitute (Flux-style ${VAR} substitution), import (the importers'
 # own parsing, and whole imports of one hostile file), compose (compose
 # files, interpolation, shell words), docker (docker target addresses and
-# the archives engines send). Needs a
+# the archives engines send), host_output (what a host prints back to a
+# script unit: probe reports and ::outputs:: lines). Needs a
 # nightly toolchain (or RUSTC_BOOTSTRAP=1 with stable) and
 # `cargo install cargo-fuzz`.
 set -euo pipefail

@@ -1214,19 +1214,19 @@ fn probe_script(d: &Desired, host: &str) -> String {
 
 /// A file as the probe found it on a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Found {
+pub struct Found {
     /// Its sha256, or `-` when there is none.
-    sum: String,
+    pub sum: String,
     /// Octal, as `stat` prints it.
-    mode: String,
+    pub mode: String,
     /// `user:group` by name, and by id.
-    names: String,
-    ids: String,
+    pub names: String,
+    pub ids: String,
 }
 
 impl Found {
     /// A `::file::` line: the file's path and what was found.
-    fn parse(line: &str) -> Option<(&str, Found)> {
+    pub fn parse(line: &str) -> Option<(&str, Found)> {
         let rest = line.strip_prefix("::file::\t")?;
         let mut parts = rest.splitn(5, '\t');
         let (sum, mode, names, ids, path) = (
@@ -1292,6 +1292,41 @@ fn apply_script(d: &Desired, host: &str) -> Result<String, String> {
     s.push_str(&d.apply);
     s.push_str("\n) </dev/null\n");
     Ok(s)
+}
+
+/// What a host printed on standard output while probed, read by its
+/// shape only: a host may be compromised, and nothing it prints is
+/// trusted further.
+#[derive(Debug, Default)]
+pub struct HostReport {
+    /// Each `::file::` line: the path and what was found there, or the
+    /// line when it is not well-formed.
+    pub files: Vec<Result<(String, Found), String>>,
+    /// The check's exit status (`::check::`).
+    pub check: Option<i32>,
+    /// The other lines: the check's own output, its diff.
+    pub diff: String,
+}
+
+impl HostReport {
+    pub fn read(stdout: &str) -> HostReport {
+        let mut r = HostReport::default();
+        for line in stdout.split('\n') {
+            if line.starts_with("::file::") {
+                r.files.push(
+                    Found::parse(line)
+                        .map(|(p, f)| (p.to_owned(), f))
+                        .ok_or_else(|| line.to_owned()),
+                );
+            } else if let Some(rc) = line.strip_prefix("::check:: ") {
+                r.check = rc.trim().parse::<i32>().ok();
+            } else if !line.starts_with("::outputs::") {
+                r.diff.push_str(line);
+                r.diff.push('\n');
+            }
+        }
+        r
+    }
 }
 
 /// How a file found on a host differs from what it should be, if it does:
@@ -1555,35 +1590,29 @@ async fn plan_host(
     let ran = run(session, &h, probe_script(d, &h.name), d, None).await?;
     let want = d.host(&h.name);
     let mut changes = Vec::new();
-    let mut check_rc = None;
-    let mut diff = String::new();
+    let report = HostReport::read(&ran.stdout);
+    let check_rc = report.check;
+    let diff = report.diff;
     let mut reported = std::collections::BTreeSet::new();
-    for line in ran.stdout.split('\n') {
-        if line.starts_with("::file::") {
-            let Some((path, found)) = Found::parse(line) else {
-                return Err(DriverError::Target(format!(
-                    "host `{}`: a file's digest, mode and owner could not be read: {line:?}",
-                    h.name
-                )));
-            };
-            if let Some(f) = want.files.iter().find(|f| f.at == path) {
-                reported.insert(f.at.clone());
-            }
-            if let Some(f) = want.files.iter().find(|f| f.at == path)
-                && let Some((action, what)) = file_drift(f, &found)
-            {
-                changes.push(Change {
-                    address: format!("file {} on {}", f.path, h.name),
-                    object: None,
-                    action,
-                    diff: (!what.is_empty()).then(|| format!("{what}\n")),
-                });
-            }
-        } else if let Some(rc) = line.strip_prefix("::check:: ") {
-            check_rc = rc.trim().parse::<i32>().ok();
-        } else if !line.starts_with("::outputs::") {
-            diff.push_str(line);
-            diff.push('\n');
+    for file in report.files {
+        let (path, found) = file.map_err(|line| {
+            DriverError::Target(format!(
+                "host `{}`: a file's digest, mode and owner could not be read: {:?}",
+                h.name,
+                d.redact.redact(&line)
+            ))
+        })?;
+        let Some(f) = want.files.iter().find(|f| f.at == path) else {
+            continue;
+        };
+        reported.insert(f.at.clone());
+        if let Some((action, what)) = file_drift(f, &found) {
+            changes.push(Change {
+                address: format!("file {} on {}", f.path, h.name),
+                object: None,
+                action,
+                diff: (!what.is_empty()).then(|| format!("{what}\n")),
+            });
         }
     }
     if ran.exit != Some(0) {
@@ -1681,7 +1710,8 @@ async fn apply_host(
     (name, r)
 }
 
-fn parse_outputs(stdout: &str) -> Option<Result<Map<String, Value>, String>> {
+/// The last `::outputs::` line's JSON object, if there is such a line.
+pub fn parse_outputs(stdout: &str) -> Option<Result<Map<String, Value>, String>> {
     let line = stdout
         .lines()
         .rev()
