@@ -1510,6 +1510,11 @@ fn lookup(outputs: &serde_json::Map<String, Value>, key: &str) -> Option<Value> 
         cur = match (seg, cur) {
             (terrace_core::Seg::Key(k), Value::Object(m)) => m.get(k)?,
             (terrace_core::Seg::Index(i), Value::Array(a)) => a.get(*i)?,
+            // Inside a sensitive output: that output is all there is to
+            // say.
+            (_, Value::String(s)) if s == terrace_core::driver::SENSITIVE => {
+                return Some(cur.clone());
+            }
             _ => return None,
         };
     }

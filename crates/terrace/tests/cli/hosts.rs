@@ -666,7 +666,7 @@ fn the_example_bootstrap_chain_installs_over_ssh_and_hands_the_token_on() {
         "the state holds the token"
     );
     let o = run(d, &["output", "k3s-server", "token"]);
-    assert!(!stdout(&o).contains(&token), "{}", stdout(&o));
+    assert_eq!(stdout(&o).trim(), "(sensitive)", "{}", all(&o));
 
     let o = run(d, &["plan"]);
     assert_eq!(code(&o), 0, "{}", all(&o));
@@ -948,6 +948,9 @@ script:
     assert_eq!(code(&o), 0, "{}", all(&o));
     assert_eq!((runs("a"), runs("b"), runs("c")), (1, 2, 1));
     assert_eq!(kept()["hosts"]["b"]["zone"], "z1", "{}", kept());
+    // `terrace output` says what it cannot show.
+    let o = run(d, &["output", "grp", "hosts.b.zone"]);
+    assert_eq!(stdout(&o).trim(), "(sensitive)", "{}", all(&o));
     let o = run(d, &["plan"]);
     assert_eq!(code(&o), 0, "{}", all(&o));
 
