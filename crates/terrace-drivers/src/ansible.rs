@@ -30,7 +30,7 @@ use terrace_core::secrets::Plaintexts;
 use terrace_core::state::InventoryItem;
 use terrace_exec::{Program, Stream};
 
-use crate::script::{Host, HostList, Session, bad, hosts_named};
+use crate::script::{Host, HostList, Session, bad, hosts_named, is_env_name, value_text};
 
 /// The `ansible` kind.
 pub fn kind() -> TypedKind<AnsibleSettings> {
@@ -149,10 +149,7 @@ fn prepare(ctx: &UnitContext<'_>) -> Result<(AnsibleSettings, Run), DriverError>
                 k.clone(),
                 json!(format!("{{{{ lookup('ansible.builtin.env', '{name}') }}}}")),
             );
-            secret_env.push((
-                name,
-                v.as_str().map_or_else(|| v.to_string(), str::to_owned),
-            ));
+            secret_env.push((name, value_text(v)));
         } else {
             // Marked unsafe: ansible does not template them (a value from
             // another unit's output with `{{ lookup('pipe', …) }}` in it
@@ -216,11 +213,11 @@ fn ansible_hosts(ctx: &UnitContext<'_>, s: &AnsibleSettings) -> Result<Vec<Host>
         ));
     }
     for h in &hosts {
-        if let Some(k) = h.vars.keys().find(|k| {
-            k.starts_with("ansible_")
-                || !k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        }) {
+        if let Some(k) = h
+            .vars
+            .keys()
+            .find(|k| k.starts_with("ansible_") || !is_env_name(k))
+        {
             return Err(bad(
                 &ctx.unit.dir,
                 format!("host `{}`: field `{k}` cannot be a host variable", h.name),

@@ -134,6 +134,9 @@ pub struct FileSpec {
 #[derive(Debug)]
 struct ScriptDriver;
 
+/// How long each host's commands may take unless `timeout` says.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// The largest file put on a host.
 const MAX_FILE: usize = 16 << 20;
 
@@ -201,6 +204,23 @@ fn removable(
         }
     }
     Ok(out)
+}
+
+/// Every host an earlier apply recorded, with the files it gave each.
+fn recorded_hosts(inventory: &[InventoryItem]) -> BTreeMap<String, Vec<String>> {
+    let mut by_host: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in inventory {
+        match i {
+            InventoryItem::HostScript { host, .. } => {
+                by_host.entry(host.clone()).or_default();
+            }
+            InventoryItem::HostFile { host, path, .. } => {
+                by_host.entry(host.clone()).or_default().push(path.clone());
+            }
+            _ => {}
+        }
+    }
+    by_host
 }
 
 /// The variables each host had when it was last applied, by host.
@@ -384,7 +404,7 @@ fn host_envs(
 ) -> Result<BTreeMap<String, Vec<(String, String)>>, DriverError> {
     let var_name = |h: &Host, k: &str| -> Result<String, DriverError> {
         let name = format!("HOST_{}", k.to_ascii_uppercase().replace('-', "_"));
-        if check_env_name(dir, &name).is_err() {
+        if !is_env_name(&name) {
             return Err(bad(
                 dir,
                 format!(
@@ -413,10 +433,7 @@ fn host_envs(
                     "rename the field: HOST_NAME is the host's name, and inputs keep their names",
                 ));
             }
-            fields.insert(
-                name.clone(),
-                v.as_str().map_or_else(|| v.to_string(), str::to_owned),
-            );
+            fields.insert(name.clone(), value_text(v));
             all_names.insert(name);
         }
         per_host.push((h, fields));
@@ -782,22 +799,41 @@ pub(crate) fn secret_values(ctx: &UnitContext<'_>) -> Plaintexts {
     files.merged(&Plaintexts::new(values))
 }
 
-/// A valid environment variable name, or an error naming the unit file.
-fn check_env_name(dir: &str, k: &str) -> Result<(), DriverError> {
-    let valid = k
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid {
-        Ok(())
-    } else {
-        Err(bad(
-            dir,
-            format!("input `{k}` is not a valid environment variable name"),
-            "use letters, digits and `_`, not starting with a digit",
-        ))
+/// Whether `k` is a valid environment variable (and ansible variable)
+/// name: letters, digits and `_`, not starting with a digit.
+pub(crate) fn is_env_name(k: &str) -> bool {
+    k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A value as an environment variable holds it: a string as it is, any
+/// other value as JSON.
+pub(crate) fn value_text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
+/// The unit's inputs as the `export`s of its scripts: each name a valid
+/// environment variable and none of those terrace sets for each host.
+fn input_env(dir: &str, inputs: &Map<String, Value>) -> Result<Vec<(String, String)>, DriverError> {
+    let mut env = Vec::new();
+    for (k, v) in inputs {
+        if !is_env_name(k) {
+            return Err(bad(
+                dir,
+                format!("input `{k}` is not a valid environment variable name"),
+                "use letters, digits and `_`, not starting with a digit",
+            ));
+        }
+        if matches!(k.as_str(), "TERRACE_HOST" | "TERRACE_ROOT" | "HOST_NAME") {
+            return Err(bad(
+                dir,
+                format!("input `{k}` is a name terrace sets for each host"),
+                "rename the input",
+            ));
+        }
+        env.push((k.clone(), value_text(v)));
     }
+    Ok(env)
 }
 
 /// A command: shell text, or a `.sh` file of the unit.
@@ -821,10 +857,13 @@ fn command_text_in(root: &Path, dir: &str, text: &str) -> Result<String, DriverE
 }
 
 /// The files of `specs` as `host` gets them (`{host}` its name).
+/// `reads` keeps what each project file held (by how it is named), so a
+/// file every host gets is read and checked once.
 fn host_files(
     ctx: &UnitContext<'_>,
     specs: &BTreeMap<String, FileSpec>,
     h: &Host,
+    reads: &mut BTreeMap<String, Option<Vec<u8>>>,
 ) -> Result<Vec<WantFile>, DriverError> {
     let host = h.name.as_str();
     let dir = &ctx.unit.dir;
@@ -849,10 +888,16 @@ fn host_files(
                         "name a file in the unit directory",
                     )
                 })?;
-                (
-                    Some(terrace_fs::read(ctx.root, &ctx.root.join(&rel))?),
-                    Some(rel),
-                )
+                let key = format!("source:{rel}");
+                let content = match reads.get(&key) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = Some(terrace_fs::read(ctx.root, &ctx.root.join(&rel))?);
+                        reads.insert(key, c.clone());
+                        c
+                    }
+                };
+                (content, Some(rel))
             }
             (None, None, Some(generated)) => {
                 let generated = generated.replace("{host}", host);
@@ -863,20 +908,29 @@ fn host_files(
                         "give the project-relative path a unit's outputs name, as `${unit.node-configs.outputs.dir}/{host}/config.yaml`",
                     )
                 })?;
-                let abs = ctx.root.join(&rel);
-                terrace_fs::check_read(ctx.root, &abs).map_err(|e| {
-                    bad(
-                        dir,
-                        e.to_string(),
-                        "generated files stay inside the project",
-                    )
-                })?;
-                match std::fs::symlink_metadata(&abs) {
-                    // Not generated yet: the unit that makes it is applied
-                    // first, and the plan made then reads it.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, Some(rel)),
-                    _ => (Some(terrace_fs::read(ctx.root, &abs)?), Some(rel)),
-                }
+                let key = format!("generated:{rel}");
+                let content = match reads.get(&key) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let abs = ctx.root.join(&rel);
+                        terrace_fs::check_read(ctx.root, &abs).map_err(|e| {
+                            bad(
+                                dir,
+                                e.to_string(),
+                                "generated files stay inside the project",
+                            )
+                        })?;
+                        let c = match std::fs::symlink_metadata(&abs) {
+                            // Not generated yet: the unit that makes it is
+                            // applied first, and the plan made then reads it.
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                            _ => Some(terrace_fs::read(ctx.root, &abs)?),
+                        };
+                        reads.insert(key, c.clone());
+                        c
+                    }
+                };
+                (content, Some(rel))
             }
             _ => {
                 return Err(bad(
@@ -955,30 +1009,16 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(Vec<Host>, Desired), DriverError> {
             "give the commands that make the host as wanted",
         )
     })?;
-    let mut env = Vec::new();
-    for (k, v) in &ctx.unit.inputs {
-        check_env_name(dir, k)?;
-        if matches!(k.as_str(), "TERRACE_HOST" | "TERRACE_ROOT" | "HOST_NAME") {
-            return Err(bad(
-                dir,
-                format!("input `{k}` is a name terrace sets for each host"),
-                "rename the input",
-            ));
-        }
-        let text = match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        env.push((k.clone(), text));
-    }
+    let env = input_env(dir, &ctx.unit.inputs)?;
     let hosts = hosts(ctx, &s)?;
     let mut envs = host_envs(dir, &hosts, &ctx.unit.inputs)?;
     let mut per_host = BTreeMap::new();
+    let mut reads = BTreeMap::new();
     for h in &hosts {
         per_host.insert(
             h.name.clone(),
             HostWant {
-                files: host_files(ctx, &s.files, h)?,
+                files: host_files(ctx, &s.files, h, &mut reads)?,
                 env: envs.remove(&h.name).unwrap_or_default(),
                 remove: Vec::new(),
             },
@@ -1008,7 +1048,7 @@ fn desired(ctx: &UnitContext<'_>) -> Result<(Vec<Host>, Desired), DriverError> {
         timeout: s
             .timeout
             .as_ref()
-            .map_or(Duration::from_secs(600), Timeout::duration),
+            .map_or(DEFAULT_TIMEOUT, Timeout::duration),
         sensitive_outputs: s.sensitive_outputs.clone(),
         redact,
         hosts: per_host,
@@ -1386,20 +1426,9 @@ fn leftovers(
 ) -> Result<Vec<(Host, Vec<String>)>, DriverError> {
     let dir = &ctx.unit.dir;
     let unit = &ctx.unit.name;
-    let mut by_host: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for i in prior {
-        match i {
-            InventoryItem::HostScript { host, .. } => {
-                by_host.entry(host).or_default();
-            }
-            InventoryItem::HostFile { host, path, .. } => {
-                by_host.entry(host).or_default().push(path.clone());
-            }
-            _ => {}
-        }
-    }
     let mut retired = Vec::new();
-    for (name, files) in by_host {
+    for (name, files) in recorded_hosts(prior) {
+        let name = name.as_str();
         if let Some(h) = hosts.iter().find(|h| h.name == name) {
             let want = d.hosts.get_mut(name).expect("every host is desired");
             let gone: Vec<String> = files
@@ -1676,6 +1705,11 @@ async fn plan_host(
 /// The digest recorded for a host whose apply failed: it runs again.
 const INCOMPLETE: &str = "incomplete";
 
+/// How a host's shell ended, for messages: its status, or a signal.
+fn exit_text(exit: Option<i32>) -> String {
+    exit.map_or("on a signal".to_owned(), |c| c.to_string())
+}
+
 /// A host's name, and its outputs (`None`: not run) or why it failed.
 type HostResult = (String, Result<Option<Map<String, Value>>, String>);
 
@@ -1698,7 +1732,7 @@ async fn apply_host(
         Err(e) => Err(e.to_string()),
         Ok(ran) if ran.exit != Some(0) => Err(format!(
             "host `{name}`: apply exited {}: {}",
-            ran.exit.map_or("on a signal".to_owned(), |c| c.to_string()),
+            exit_text(ran.exit),
             ran.stderr.trim()
         )),
         Ok(ran) => match parse_outputs(&ran.stdout) {
@@ -1785,18 +1819,7 @@ impl Driver for ScriptDriver {
         ctx: &'a DestroyContext<'a>,
     ) -> BoxFuture<'a, Result<UnitPlan, DriverError>> {
         Box::pin(async move {
-            let mut by_host: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for i in &ctx.prior.inventory {
-                match i {
-                    InventoryItem::HostScript { host, .. } => {
-                        by_host.entry(host.clone()).or_default();
-                    }
-                    InventoryItem::HostFile { host, path, .. } => {
-                        by_host.entry(host.clone()).or_default().push(path.clone())
-                    }
-                    _ => {}
-                }
-            }
+            let by_host = recorded_hosts(&ctx.prior.inventory);
             let dir = ctx.unit.map_or(".", |u| u.dir.as_str());
             let mut hosts = Vec::new();
             let mut changes = Vec::new();
@@ -1839,14 +1862,7 @@ impl Driver for ScriptDriver {
                                 "fix the unit's script block",
                             )
                         })?;
-                    let mut env = Vec::new();
-                    for (k, v) in &u.inputs {
-                        check_env_name(&u.dir, k)?;
-                        env.push((
-                            k.clone(),
-                            v.as_str().map_or_else(|| v.to_string(), str::to_owned),
-                        ));
-                    }
+                    let env = input_env(&u.dir, &u.inputs)?;
                     // The secret inputs' values, to redact what it prints.
                     let redact = Plaintexts::new(
                         env.iter()
@@ -1895,7 +1911,7 @@ impl Driver for ScriptDriver {
                         timeout: s
                             .timeout
                             .as_ref()
-                            .map_or(Duration::from_secs(600), Timeout::duration),
+                            .map_or(DEFAULT_TIMEOUT, Timeout::duration),
                         sensitive_outputs: Vec::new(),
                         redact,
                     })
@@ -1948,16 +1964,16 @@ impl Driver for ScriptDriver {
                         listed: BTreeMap::new(),
                         env: Vec::new(),
                         sealed_env: BTreeMap::new(),
-                        timeout: Duration::from_secs(600),
+                        timeout: DEFAULT_TIMEOUT,
                         sensitive_outputs: Vec::new(),
                         redact: Plaintexts::default(),
                     });
                     let ran = run(&p.session, h, script, &d, ctx.lines).await?;
                     if ran.exit != Some(0) {
                         return Err(DriverError::Target(format!(
-                            "host `{}`: destroy exited {:?}: {}",
+                            "host `{}`: destroy exited {}: {}",
                             h.name,
-                            ran.exit,
+                            exit_text(ran.exit),
                             ran.stderr.trim()
                         )));
                     }
@@ -1996,7 +2012,7 @@ impl Driver for ScriptDriver {
                         Ok(ran) if ran.exit != Some(0) => Err(format!(
                             "host `{}` left the unit, and its destroy exited {}: {}",
                             h.name,
-                            ran.exit.map_or("on a signal".to_owned(), |c| c.to_string()),
+                            exit_text(ran.exit),
                             ran.stderr.trim()
                         )),
                         Ok(_) => Ok(()),
