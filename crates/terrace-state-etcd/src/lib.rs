@@ -219,6 +219,17 @@ impl EtcdBackend {
         ))
     }
 
+    /// Deletes `key` only if it is still at `revision` (nobody replaced
+    /// it meanwhile): whether it was.
+    async fn delete_at(&self, key: &str, revision: i64, doing: &str) -> Result<bool, StateError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut c = self.client().await?;
+        let r = c.txn(txn).await.map_err(|e| self.err(doing, e))?;
+        Ok(r.succeeded())
+    }
+
     async fn client(&self) -> Result<Client, StateError> {
         self.client
             .get_or_try_init(|| async {
@@ -648,18 +659,14 @@ impl StateBackend for EtcdBackend {
                     if is_stale(&current) && taken_over.is_none() {
                         // Its holder ran here and is gone: removed only
                         // if nobody replaced it meanwhile.
-                        let txn = Txn::new()
-                            .when([Compare::mod_revision(
-                                key.clone(),
-                                CompareOp::Equal,
-                                revision,
-                            )])
-                            .and_then([TxnOp::delete(key.clone(), None)]);
-                        match c.txn(txn).await {
-                            Err(e) => break Err(self.err(&format!("breaking lock {key}"), e)),
+                        match self
+                            .delete_at(&key, revision, &format!("breaking lock {key}"))
+                            .await
+                        {
+                            Err(e) => break Err(e),
                             // Replaced meanwhile: looked at again.
-                            Ok(r) if !r.succeeded() => continue,
-                            Ok(_) => {}
+                            Ok(false) => continue,
+                            Ok(true) => {}
                         }
                         taken_over = Some(current);
                         continue;
@@ -725,17 +732,8 @@ impl StateBackend for EtcdBackend {
             match self.read_lock(environment, unit).await? {
                 Some((current, revision)) if current.run_id == run_id => {
                     let key = self.named_key(environment, "lock", unit)?;
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            revision,
-                        )])
-                        .and_then([TxnOp::delete(key.clone(), None)]);
-                    let mut c = self.client().await?;
-                    c.txn(txn)
-                        .await
-                        .map_err(|e| self.err(&format!("releasing lock {key}"), e))?;
+                    self.delete_at(&key, revision, &format!("releasing lock {key}"))
+                        .await?;
                 }
                 _ => {}
             }
@@ -756,19 +754,10 @@ impl StateBackend for EtcdBackend {
             if let Some((holder, revision)) = &current {
                 // Only the lock read: one taken meanwhile is another's.
                 let key = self.named_key(environment, "lock", unit)?;
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        *revision,
-                    )])
-                    .and_then([TxnOp::delete(key.clone(), None)]);
-                let mut c = self.client().await?;
-                let r = c
-                    .txn(txn)
-                    .await
-                    .map_err(|e| self.err(&format!("breaking lock {key}"), e))?;
-                if !r.succeeded() {
+                let deleted = self
+                    .delete_at(&key, *revision, &format!("breaking lock {key}"))
+                    .await?;
+                if !deleted {
                     return Err(StateError::Remote(format!(
                         "the lock of unit `{unit}` changed hands while it was broken (it was {holder}); look again with `terrace state show {unit}`"
                     )));
